@@ -1,0 +1,30 @@
+//! Catalyst-Zero's durable store: the only crate that speaks SQL.
+//!
+//! SQLite in WAL mode with `synchronous = FULL` (a returned commit is on
+//! disk), forward-only migrations (`migrations/`), and:
+//! - Sovereigns and jobs (request with secrets removed, plan, status cache);
+//! - the step journal, append-only, checked by the transition function in
+//!   [`journal`] before every write;
+//! - the per-job event stream with gap-free monotonic ids, fanned out live to
+//!   subscribers after commit;
+//! - the audit trail of operator actions;
+//! - secrets as age-encrypted blobs ([`secrets`]);
+//! - idempotency keys for submissions.
+
+mod error;
+pub mod journal;
+mod model;
+pub mod secrets;
+mod store;
+
+pub use error::StoreError;
+pub use journal::{IllegalTransition, NodeState, StepEvent};
+pub use model::{
+    AuditEntry, Job, JobEvent, JobId, JobKind, JobMode, JobStatus, Millis, NewAudit, NewJobEvent,
+    Sovereign, SovereignId, SovereignStatus, StepEventRecord, now_ms,
+};
+pub use secrets::{SealError, Sealer, SecretString};
+pub use store::{
+    IdempotencyKey, JobUpdate, MIGRATOR, SovereignTarget, Store, StorePaths, SubmitOutcome,
+    Submission,
+};

@@ -1,0 +1,216 @@
+//! Secrets at rest: the daemon's age identity and the `SecretString` type.
+//!
+//! Every secret the daemon holds (cloud tokens, join tokens, OpenBao shares,
+//! private keys) is stored as an age-encrypted blob in the `secrets` table,
+//! encrypted to the daemon's own X25519 identity. The identity file is created
+//! on first start with mode 0600 and read again on every start, so a resumed
+//! job still has its secrets after a restart (the Go version lost them: F-45).
+//!
+//! `SecretString` is how plaintext travels in memory: its `Debug`, `Display`
+//! and `Serialize` print `<redacted>`, so a secret that slips into a log line,
+//! an event or an API response shows up as a redaction, not as the value.
+//!
+//! TODO-design: the identity file sits beside the database. An operator who
+//! wants separation can point `identity_path` at another volume (or, later, a
+//! KMS-backed unwrap); the file format is age's own, so `age -d -i` works.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A string that must never be printed, logged or serialized in the clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(s.into())
+    }
+    /// The plaintext. Call sites are the places that really need it
+    /// (encryption, an outgoing request's auth header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Serialize for SecretString {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(SecretString)
+    }
+}
+
+/// Errors of the identity file and of sealing/unsealing.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("cannot create the daemon identity file {path}")]
+    CreateIdentity { path: PathBuf, #[source] source: std::io::Error },
+    #[error("cannot read the daemon identity file {path}")]
+    ReadIdentity { path: PathBuf, #[source] source: std::io::Error },
+    #[error("the daemon identity file {path} has mode {mode:o}; it must not be readable by group or others")]
+    IdentityPermissions { path: PathBuf, mode: u32 },
+    #[error("the daemon identity file {path} holds no AGE-SECRET-KEY line")]
+    ParseIdentity { path: PathBuf },
+    #[error("age encryption failed: {0}")]
+    Encrypt(String),
+    #[error("age decryption failed (wrong identity or corrupted blob): {0}")]
+    Decrypt(String),
+}
+
+/// The daemon's age identity: encrypts secrets for storage and decrypts them.
+pub struct Sealer {
+    identity: age::x25519::Identity,
+    recipient: age::x25519::Recipient,
+}
+
+impl Sealer {
+    /// Loads the identity at `path`, creating it (mode 0600) if absent.
+    pub fn load_or_create(path: &Path) -> Result<Sealer, SealError> {
+        if !path.exists() {
+            let identity = age::x25519::Identity::generate();
+            let body = format!(
+                "# catalyst-zero daemon identity (age X25519), created {}\n# public key: {}\n{}\n",
+                chrono::Utc::now().to_rfc3339(),
+                identity.to_public(),
+                identity.to_string().expose_secret()
+            );
+            let create = |path: &Path| -> std::io::Result<()> {
+                let tmp = path.with_extension("tmp");
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                f.write_all(body.as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, path)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            };
+            create(path).map_err(|source| SealError::CreateIdentity {
+                path: path.to_owned(),
+                source,
+            })?;
+            tracing::info!(path = %path.display(), "Created the daemon identity file.");
+        }
+        let meta = std::fs::metadata(path)
+            .map_err(|source| SealError::ReadIdentity { path: path.to_owned(), source })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SealError::IdentityPermissions { path: path.to_owned(), mode });
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SealError::ReadIdentity { path: path.to_owned(), source })?;
+        let identity = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+            .and_then(|l| age::x25519::Identity::from_str(l).ok())
+            .ok_or_else(|| SealError::ParseIdentity { path: path.to_owned() })?;
+        let recipient = identity.to_public();
+        Ok(Sealer { identity, recipient })
+    }
+
+    /// The public half, for display (`age1…`).
+    pub fn recipient(&self) -> String {
+        self.recipient.to_string()
+    }
+
+    pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        age::encrypt(&self.recipient, plaintext).map_err(|e| SealError::Encrypt(e.to_string()))
+    }
+
+    pub fn unseal(&self, ciphertext: &[u8]) -> Result<Vec<u8>, SealError> {
+        age::decrypt(&self.identity, ciphertext).map_err(|e| SealError::Decrypt(e.to_string()))
+    }
+}
+
+/// Encrypts `plaintext` to a set of external age recipients (`age1…`), e.g.
+/// the operators who take custody of OpenBao shares. The output decrypts with
+/// the real `age` CLI and any one of the matching identities.
+pub fn encrypt_to_recipients(recipients: &[String], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+    let parsed: Vec<age::x25519::Recipient> = recipients
+        .iter()
+        .map(|r| age::x25519::Recipient::from_str(r).map_err(|e| SealError::Encrypt(e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let encryptor = age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| SealError::Encrypt(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut w = encryptor.wrap_output(&mut out).map_err(|e| SealError::Encrypt(e.to_string()))?;
+    w.write_all(plaintext).map_err(|e| SealError::Encrypt(e.to_string()))?;
+    w.finish().map_err(|e| SealError::Encrypt(e.to_string()))?;
+    Ok(out)
+}
+
+/// True when `s` parses as an age X25519 recipient.
+pub fn is_age_recipient(s: &str) -> bool {
+    age::x25519::Recipient::from_str(s).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_string_never_prints() {
+        let s = SecretString::new("hunter2");
+        assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"<redacted>\"");
+        let back: SecretString = serde_json::from_str("\"hunter2\"").unwrap();
+        assert_eq!(back.expose(), "hunter2");
+    }
+
+    #[test]
+    fn identity_is_created_0600_and_survives_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.txt");
+        let a = Sealer::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let blob = a.seal(b"token").unwrap();
+        assert!(!blob.windows(5).any(|w| w == b"token"));
+        let b = Sealer::load_or_create(&path).unwrap();
+        assert_eq!(b.recipient(), a.recipient());
+        assert_eq!(b.unseal(&blob).unwrap(), b"token");
+    }
+
+    #[test]
+    fn refuses_world_readable_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.txt");
+        Sealer::load_or_create(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            Sealer::load_or_create(&path),
+            Err(SealError::IdentityPermissions { .. })
+        ));
+    }
+}

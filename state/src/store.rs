@@ -1,0 +1,938 @@
+//! The SQLite store: opening, migrations, the group-commit writer, queries.
+//!
+//! Durability: WAL with `synchronous = FULL`, so a commit that returned has
+//! reached the disk. Every write goes through one writer task that owns one
+//! connection and commits whatever is queued as one transaction (group
+//! commit): under load many step checkpoints share one fsync, and SQLite never
+//! sees two writers (no `SQLITE_BUSY` dance). Each operation in a batch runs
+//! under its own savepoint, so one refused operation (an illegal journal
+//! transition, a taken FQDN) does not take the rest of the batch with it.
+//!
+//! Recording progress cannot fail silently (omicron's `sec_store.rs`): a
+//! batch whose commit fails answers every op with a retryable
+//! `StoreError::Commit`, and the engine's recorder retries journal writes
+//! with backoff, forever, logging the attempt count and the elapsed time.
+//!
+//! Queries are runtime-checked (`sqlx::query` + binds), not the compile-time
+//! macros: the macros need a live database or committed `.sqlx` data at build
+//! time, and the store's tests exercise every query against a real SQLite.
+//! TODO-design: switch to `query!` with committed offline data once the schema
+//! settles.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::error::StoreError;
+use crate::journal::{NodeState, StepEvent};
+use crate::model::*;
+use crate::secrets::{SealError, Sealer, SecretString};
+
+/// The forward-only migrations in `state/migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How many live events a slow SSE subscriber may fall behind before it
+/// re-reads from the database (it never loses events, see `subscribe`).
+const EVENT_FANOUT_CAPACITY: usize = 4096;
+
+/// How many queued writes one transaction takes at most.
+const MAX_BATCH: usize = 512;
+
+type OpResult = Result<Box<dyn Any + Send>, StoreError>;
+type CustomFn =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, OpResult> + Send>;
+
+struct WriteOp {
+    run: CustomFn,
+    reply: oneshot::Sender<OpResult>,
+    /// Events to fan out to subscribers once the batch has committed.
+    publishes_events: bool,
+}
+
+/// Where the store keeps its files.
+#[derive(Clone, Debug)]
+pub struct StorePaths {
+    pub database: PathBuf,
+    pub identity: PathBuf,
+}
+
+impl StorePaths {
+    /// The default layout under a data directory.
+    pub fn in_dir(dir: &Path) -> StorePaths {
+        StorePaths { database: dir.join("catalyst-zero.db"), identity: dir.join("identity.age.txt") }
+    }
+}
+
+/// What a submission should create, all in one transaction.
+#[derive(Debug)]
+pub struct Submission {
+    pub sovereign: SovereignTarget,
+    pub job_id: JobId,
+    pub kind: JobKind,
+    pub request: Value,
+    pub plan: Value,
+    pub options: Value,
+    /// `(owner, name, plaintext)`; sealed before the transaction.
+    pub secrets: Vec<(String, String, SecretString)>,
+    pub idempotency: Option<IdempotencyKey>,
+    /// What the API answers; replayed verbatim for a repeated key.
+    pub response: Value,
+    pub audit: NewAudit,
+}
+
+/// The Sovereign a submission creates or acts on.
+#[derive(Debug)]
+pub enum SovereignTarget {
+    New { id: SovereignId, name: String, fqdn: String },
+    /// An existing Sovereign; its status becomes `status`.
+    Existing { id: SovereignId, status: SovereignStatus },
+}
+
+#[derive(Clone, Debug)]
+pub struct IdempotencyKey {
+    pub scope: String,
+    pub key: String,
+    pub body_sha256: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubmitOutcome {
+    Created(Value),
+    /// The same key and body were submitted before: the first answer.
+    Replayed(Value),
+}
+
+/// A change to a job's cached status, checked against the status machine.
+#[derive(Clone, Debug, Default)]
+pub struct JobUpdate {
+    pub status: Option<JobStatus>,
+    pub mode: Option<JobMode>,
+    /// `Some(None)` clears.
+    pub pause: Option<Option<Value>>,
+    pub error: Option<Option<Value>>,
+    pub sovereign_status: Option<SovereignStatus>,
+}
+
+/// The durable store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    writer: mpsc::UnboundedSender<WriteOp>,
+    sealer: Sealer,
+    hub: Mutex<HashMap<JobId, broadcast::Sender<Arc<JobEvent>>>>,
+    paths: StorePaths,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and identity under `paths`,
+    /// applies pending migrations and starts the writer task.
+    pub async fn open(paths: StorePaths) -> Result<Store, StoreError> {
+        if let Some(dir) = paths.database.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::DataDir { path: dir.to_owned(), source })?;
+        }
+        let sealer = Sealer::load_or_create(&paths.identity).map_err(StoreError::Seal)?;
+        let opts = SqliteConnectOptions::new()
+            .filename(&paths.database)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let mut writer_conn = SqliteConnection::connect_with(&opts)
+            .await
+            .map_err(|source| StoreError::Open { path: paths.database.clone(), source })?;
+        MIGRATOR.run(&mut writer_conn).await.map_err(StoreError::Migrate)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(|source| StoreError::Open { path: paths.database.clone(), source })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = Store {
+            inner: Arc::new(Inner {
+                pool,
+                writer: tx,
+                sealer,
+                hub: Mutex::new(HashMap::new()),
+                paths,
+            }),
+        };
+        tokio::spawn(writer_task(writer_conn, rx, Arc::downgrade(&store.inner)));
+        Ok(store)
+    }
+
+    pub fn paths(&self) -> &StorePaths {
+        &self.inner.paths
+    }
+
+    /// A read-only pool (tests and the schema check use it).
+    pub fn read_pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// The public half of the daemon identity.
+    pub fn identity_recipient(&self) -> String {
+        self.inner.sealer.recipient()
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        publishes_events: bool,
+        run: CustomFn,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(WriteOp { run, reply, publishes_events })
+            .map_err(|_| StoreError::WriterGone)?;
+        let boxed = rx.await.map_err(|_| StoreError::WriterGone)??;
+        Ok(*boxed.downcast::<T>().expect("writer op returned its own type"))
+    }
+
+    // === submissions ===
+
+    /// Creates (or, for a repeated idempotency key, replays) a submission:
+    /// Sovereign, job, sealed secrets, idempotency key and audit entry in one
+    /// transaction. On any error nothing is written.
+    pub async fn submit(&self, sub: Submission) -> Result<SubmitOutcome, StoreError> {
+        let mut sealed = Vec::new();
+        for (owner, name, plain) in &sub.secrets {
+            sealed.push((owner.clone(), name.clone(), self.seal(plain)?));
+        }
+        self.write(false, Box::new(move |c| Box::pin(async move {
+            let out: SubmitOutcome = submit_tx(c, sub, sealed).await?;
+            Ok(Box::new(out) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+
+    // === sovereigns ===
+
+    pub async fn get_sovereign(&self, id: SovereignId) -> Result<Option<Sovereign>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sovereigns WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("get sovereign"))?;
+        row.map(|r| sovereign_from_row(&r)).transpose()
+    }
+
+    pub async fn list_sovereigns(&self) -> Result<Vec<Sovereign>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM sovereigns ORDER BY created_at, id")
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("list sovereigns"))?;
+        rows.iter().map(sovereign_from_row).collect()
+    }
+
+    // === jobs ===
+
+    pub async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("get job"))?;
+        row.map(|r| job_from_row(&r)).transpose()
+    }
+
+    pub async fn list_jobs(&self, sovereign: Option<SovereignId>) -> Result<Vec<Job>, StoreError> {
+        let rows = match sovereign {
+            Some(s) => sqlx::query("SELECT * FROM jobs WHERE sovereign_id = ? ORDER BY created_at, id")
+                .bind(s.to_string())
+                .fetch_all(&self.inner.pool)
+                .await,
+            None => sqlx::query("SELECT * FROM jobs ORDER BY created_at, id")
+                .fetch_all(&self.inner.pool)
+                .await,
+        }
+        .map_err(StoreError::query("list jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Jobs a starting daemon must drive: `pending` or `running`.
+    pub async fn jobs_in_flight(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE status IN ('pending', 'running') ORDER BY created_at, id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("jobs in flight"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Applies `update` to a job, refusing a status change the status machine
+    /// forbids. Returns the updated row.
+    pub async fn update_job(&self, id: JobId, update: JobUpdate) -> Result<Job, StoreError> {
+        self.write(false, Box::new(move |c| Box::pin(async move {
+            let job = update_job_tx(c, id, update).await?;
+            Ok(Box::new(job) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+
+    // === step journal ===
+
+    /// Appends one journal event after checking it against the node's
+    /// current state. Returns the new state.
+    pub async fn append_step_event(
+        &self,
+        job: JobId,
+        node: &str,
+        event: StepEvent,
+    ) -> Result<NodeState, StoreError> {
+        let node = node.to_owned();
+        self.write(false, Box::new(move |c| Box::pin(async move {
+            let state = append_step_tx(c, job, &node, &event).await?;
+            Ok(Box::new(state) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+
+    /// Appends a journal event and stream events in one transaction (a step
+    /// transition and the events announcing it are never separated).
+    pub async fn append_step_event_with(
+        &self,
+        job: JobId,
+        node: &str,
+        event: StepEvent,
+        events: Vec<NewJobEvent>,
+    ) -> Result<(NodeState, Vec<JobEvent>), StoreError> {
+        let node = node.to_owned();
+        self.write(true, Box::new(move |c| Box::pin(async move {
+            let state = append_step_tx(c, job, &node, &event).await?;
+            let evs = append_events_tx(c, job, events).await?;
+            Ok(Box::new((state, evs)) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+
+    /// The whole journal of a job, in order.
+    pub async fn journal(&self, job: JobId) -> Result<Vec<StepEventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, node, body, at FROM step_events WHERE job_id = ? ORDER BY seq",
+        )
+        .bind(job.to_string())
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("read journal"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepEventRecord {
+                    seq: r.get("seq"),
+                    node: r.get("node"),
+                    event: json_col(r, "body")?,
+                    at: r.get("at"),
+                })
+            })
+            .collect()
+    }
+
+    /// Every node's derived state (nodes without events are absent).
+    pub async fn node_states(&self, job: JobId) -> Result<BTreeMap<String, NodeState>, StoreError> {
+        let mut out: BTreeMap<String, NodeState> = BTreeMap::new();
+        for rec in self.journal(job).await? {
+            let cur = out.remove(&rec.node).unwrap_or_default();
+            let next = cur.next(&rec.event).map_err(|source| StoreError::CorruptJournal {
+                job,
+                node: rec.node.clone(),
+                source,
+            })?;
+            out.insert(rec.node, next);
+        }
+        Ok(out)
+    }
+
+    // === job events ===
+
+    /// Appends events to a job's stream; ids are allocated in the transaction.
+    pub async fn append_events(
+        &self,
+        job: JobId,
+        events: Vec<NewJobEvent>,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(true, Box::new(move |c| Box::pin(async move {
+            let evs = append_events_tx(c, job, events).await?;
+            Ok(Box::new(evs) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+
+    /// Events with id > `after`, at most `limit`.
+    pub async fn events_after(
+        &self,
+        job: JobId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, body FROM job_events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(job.to_string())
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("read events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    job_id: job,
+                    id: r.get("id"),
+                    at: r.get("at"),
+                    kind: r.get("kind"),
+                    body: json_col(r, "body")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Live events of a job, published after their transaction committed.
+    /// Subscribe *before* reading the backlog and drop ids already seen; on
+    /// `Lagged`, read the gap back from `events_after`.
+    pub fn subscribe(&self, job: JobId) -> broadcast::Receiver<Arc<JobEvent>> {
+        let mut hub = self.inner.hub.lock().expect("event hub lock");
+        hub.entry(job).or_insert_with(|| broadcast::channel(EVENT_FANOUT_CAPACITY).0).subscribe()
+    }
+
+    // === audit ===
+
+    pub async fn record_audit(&self, entry: NewAudit) -> Result<i64, StoreError> {
+        self.write(false, Box::new(move |c| Box::pin(async move {
+            let id = insert_audit(c, &entry).await?;
+            Ok(Box::new(id) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+
+    pub async fn audit(&self, job: Option<JobId>) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = match job {
+            Some(j) => sqlx::query("SELECT * FROM audit WHERE job_id = ? ORDER BY id")
+                .bind(j.to_string())
+                .fetch_all(&self.inner.pool)
+                .await,
+            None => sqlx::query("SELECT * FROM audit ORDER BY id").fetch_all(&self.inner.pool).await,
+        }
+        .map_err(StoreError::query("read audit"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.get("id"),
+                    at: r.get("at"),
+                    actor: r.get("actor"),
+                    action: r.get("action"),
+                    job_id: opt_id(r, "job_id")?,
+                    sovereign_id: opt_id(r, "sovereign_id")?,
+                    detail: json_col(r, "detail")?,
+                })
+            })
+            .collect()
+    }
+
+    // === secrets ===
+
+    fn seal(&self, plain: &SecretString) -> Result<Vec<u8>, StoreError> {
+        self.inner.sealer.seal(plain.expose().as_bytes()).map_err(StoreError::Seal)
+    }
+
+    /// Stores (or replaces) a secret, age-encrypted.
+    pub async fn put_secret(
+        &self,
+        owner: &str,
+        name: &str,
+        plain: &SecretString,
+    ) -> Result<(), StoreError> {
+        let blob = self.seal(plain)?;
+        let (owner, name) = (owner.to_owned(), name.to_owned());
+        self.write(false, Box::new(move |c| Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
+            )
+            .bind(owner)
+            .bind(name)
+            .bind(blob)
+            .bind(now_ms())
+            .execute(&mut *c)
+            .await
+            .map_err(StoreError::query("put secret"))?;
+            Ok(Box::new(()) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+
+    /// Reads and decrypts a secret.
+    pub async fn get_secret(&self, owner: &str, name: &str) -> Result<Option<SecretString>, StoreError> {
+        let row = sqlx::query("SELECT ciphertext FROM secrets WHERE owner = ? AND name = ?")
+            .bind(owner)
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("get secret"))?;
+        let Some(row) = row else { return Ok(None) };
+        let blob: Vec<u8> = row.get("ciphertext");
+        let plain = self.inner.sealer.unseal(&blob).map_err(StoreError::Seal)?;
+        let text = String::from_utf8(plain)
+            .map_err(|_| StoreError::Seal(SealError::Decrypt("secret is not UTF-8".into())))?;
+        Ok(Some(SecretString::new(text)))
+    }
+
+    /// Removes a secret; absent is fine.
+    pub async fn delete_secret(&self, owner: &str, name: &str) -> Result<(), StoreError> {
+        let (owner, name) = (owner.to_owned(), name.to_owned());
+        self.write(false, Box::new(move |c| Box::pin(async move {
+            sqlx::query("DELETE FROM secrets WHERE owner = ? AND name = ?")
+                .bind(owner)
+                .bind(name)
+                .execute(&mut *c)
+                .await
+                .map_err(StoreError::query("delete secret"))?;
+            Ok(Box::new(()) as Box<dyn Any + Send>)
+        })))
+        .await
+    }
+}
+
+// === the writer ===
+
+async fn writer_task(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    inner: std::sync::Weak<Inner>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let results = run_batch(&mut conn, &mut batch).await;
+        for (op, result) in batch.into_iter().zip(results) {
+            if op.publishes_events
+                && let Ok(value) = &result
+                && let Some(inner) = inner.upgrade()
+            {
+                publish(&inner, value.as_ref());
+            }
+            let _ = op.reply.send(result);
+        }
+    }
+}
+
+/// Runs one batch in one transaction. Each op runs under a savepoint so its
+/// own failure is contained. If the transaction cannot begin or commit, every
+/// op of the batch gets a retryable `StoreError::Commit` and nothing of the
+/// batch is visible; callers that must record progress retry (see
+/// the engine's recorder).
+async fn run_batch(conn: &mut SqliteConnection, batch: &mut [WriteOp]) -> Vec<OpResult> {
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    // BEGIN IMMEDIATE only fails if another process holds the write lock
+    // (an operator's sqlite3 shell, say): wait for it, bounded per try.
+    loop {
+        match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            Ok(_) => break,
+            Err(error) => {
+                attempt += 1;
+                log_retry("begin", attempt, started, &error);
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for op in batch.iter_mut() {
+        let run = std::mem::replace(
+            &mut op.run,
+            Box::new(|_| Box::pin(async { Err(StoreError::WriterGone) })),
+        );
+        if let Err(e) = sqlx::query("SAVEPOINT op").execute(&mut *conn).await {
+            results.push(Err(StoreError::query("savepoint")(e)));
+            continue;
+        }
+        let result = run(&mut *conn).await;
+        let end = if result.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+        match sqlx::raw_sql(end).execute(&mut *conn).await {
+            Ok(_) => results.push(result),
+            Err(e) => results.push(Err(StoreError::query("release savepoint")(e))),
+        }
+    }
+    if let Err(error) = sqlx::query("COMMIT").execute(&mut *conn).await {
+        log_retry("commit", 1, started, &error);
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let msg = error.to_string();
+        return results.iter().map(|_| Err(StoreError::Commit(msg.clone()))).collect();
+    }
+    results
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((10u64 << attempt.min(10)).min(5_000))
+}
+
+fn log_retry(what: &str, attempt: u32, started: Instant, error: &sqlx::Error) {
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if attempt < 5 {
+        tracing::warn!(what, attempt, elapsed_ms, error = error as &dyn std::error::Error, "Store write failed; retrying.");
+    } else {
+        tracing::error!(what, attempt, elapsed_ms, error = error as &dyn std::error::Error, "Store write keeps failing; progress cannot be recorded until it succeeds.");
+    }
+}
+
+fn publish(inner: &Inner, value: &(dyn Any + Send)) {
+    let events: &[JobEvent] = if let Some(v) = value.downcast_ref::<Vec<JobEvent>>() {
+        v
+    } else if let Some((_, v)) = value.downcast_ref::<(NodeState, Vec<JobEvent>)>() {
+        v
+    } else {
+        return;
+    };
+    let hub = inner.hub.lock().expect("event hub lock");
+    for ev in events {
+        if let Some(tx) = hub.get(&ev.job_id) {
+            let _ = tx.send(Arc::new(ev.clone()));
+        }
+    }
+}
+
+// === transactional bodies ===
+
+async fn submit_tx(
+    c: &mut SqliteConnection,
+    sub: Submission,
+    sealed: Vec<(String, String, Vec<u8>)>,
+) -> Result<SubmitOutcome, StoreError> {
+    let now = now_ms();
+    if let Some(k) = &sub.idempotency {
+        let row = sqlx::query("SELECT body_sha256, response FROM idempotency_keys WHERE scope = ? AND key = ?")
+            .bind(&k.scope)
+            .bind(&k.key)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(StoreError::query("read idempotency key"))?;
+        if let Some(row) = row {
+            let hash: String = row.get("body_sha256");
+            if hash != k.body_sha256 {
+                return Err(StoreError::IdempotencyConflict { key: k.key.clone() });
+            }
+            return Ok(SubmitOutcome::Replayed(json_col(&row, "response")?));
+        }
+    }
+    let sovereign_id = match &sub.sovereign {
+        SovereignTarget::New { id, name, fqdn } => {
+            let taken = sqlx::query("SELECT id FROM sovereigns WHERE fqdn = ? AND status <> 'destroyed'")
+                .bind(fqdn)
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(StoreError::query("check fqdn"))?;
+            if taken.is_some() {
+                return Err(StoreError::FqdnTaken { fqdn: fqdn.clone() });
+            }
+            sqlx::query("INSERT INTO sovereigns (id, name, fqdn, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+                .bind(id.to_string())
+                .bind(name)
+                .bind(fqdn)
+                .bind(SovereignStatus::Provisioning.as_str())
+                .bind(now)
+                .bind(now)
+                .execute(&mut *c)
+                .await
+                .map_err(StoreError::query("insert sovereign"))?;
+            *id
+        }
+        SovereignTarget::Existing { id, status } => {
+            let row = sqlx::query("SELECT status FROM sovereigns WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(StoreError::query("read sovereign"))?
+                .ok_or(StoreError::SovereignNotFound { id: *id })?;
+            let cur: String = row.get("status");
+            if cur == SovereignStatus::Destroyed.as_str() {
+                return Err(StoreError::SovereignGone { id: *id });
+            }
+            let busy = sqlx::query("SELECT id FROM jobs WHERE sovereign_id = ? AND status IN ('pending', 'running', 'paused') LIMIT 1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *c)
+                .await
+                .map_err(StoreError::query("check busy sovereign"))?;
+            if let Some(row) = busy {
+                let job: String = row.get("id");
+                return Err(StoreError::SovereignBusy { id: *id, job });
+            }
+            sqlx::query("UPDATE sovereigns SET status = ?, updated_at = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(now)
+                .bind(id.to_string())
+                .execute(&mut *c)
+                .await
+                .map_err(StoreError::query("update sovereign"))?;
+            *id
+        }
+    };
+    sqlx::query("INSERT INTO jobs (id, sovereign_id, kind, status, mode, request, plan, options, created_at, updated_at) VALUES (?, ?, ?, 'pending', 'forward', ?, ?, ?, ?, ?)")
+        .bind(sub.job_id.to_string())
+        .bind(sovereign_id.to_string())
+        .bind(sub.kind.as_str())
+        .bind(sub.request.to_string())
+        .bind(sub.plan.to_string())
+        .bind(sub.options.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::query("insert job"))?;
+    for (owner, name, blob) in sealed {
+        sqlx::query("INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext")
+            .bind(owner)
+            .bind(name)
+            .bind(blob)
+            .bind(now)
+            .execute(&mut *c)
+            .await
+            .map_err(StoreError::query("insert secret"))?;
+    }
+    if let Some(k) = &sub.idempotency {
+        sqlx::query("INSERT INTO idempotency_keys (scope, key, body_sha256, response, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&k.scope)
+            .bind(&k.key)
+            .bind(&k.body_sha256)
+            .bind(sub.response.to_string())
+            .bind(now)
+            .execute(&mut *c)
+            .await
+            .map_err(StoreError::query("insert idempotency key"))?;
+    }
+    insert_audit(c, &sub.audit).await?;
+    Ok(SubmitOutcome::Created(sub.response))
+}
+
+async fn update_job_tx(c: &mut SqliteConnection, id: JobId, u: JobUpdate) -> Result<Job, StoreError> {
+    let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(StoreError::query("read job"))?
+        .ok_or(StoreError::JobNotFound { id })?;
+    let mut job = job_from_row(&row)?;
+    let now = now_ms();
+    if let Some(next) = u.status {
+        if !job.status.can_become(next) {
+            return Err(StoreError::IllegalJobStatus { id, from: job.status, to: next });
+        }
+        if next != job.status {
+            job.finished_at = matches!(
+                next,
+                JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Abandoned
+            )
+            .then_some(now);
+        }
+        job.status = next;
+    }
+    if let Some(mode) = u.mode {
+        job.mode = mode;
+    }
+    if let Some(p) = u.pause {
+        job.pause = p;
+    }
+    if let Some(e) = u.error {
+        job.error = e;
+    }
+    job.updated_at = now;
+    sqlx::query("UPDATE jobs SET status = ?, mode = ?, pause = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?")
+        .bind(job.status.as_str())
+        .bind(job.mode.as_str())
+        .bind(job.pause.as_ref().map(Value::to_string))
+        .bind(job.error.as_ref().map(Value::to_string))
+        .bind(job.updated_at)
+        .bind(job.finished_at)
+        .bind(id.to_string())
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::query("update job"))?;
+    if let Some(s) = u.sovereign_status {
+        sqlx::query("UPDATE sovereigns SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(s.as_str())
+            .bind(now)
+            .bind(job.sovereign_id.to_string())
+            .execute(&mut *c)
+            .await
+            .map_err(StoreError::query("update sovereign status"))?;
+    }
+    Ok(job)
+}
+
+async fn append_step_tx(
+    c: &mut SqliteConnection,
+    job: JobId,
+    node: &str,
+    event: &StepEvent,
+) -> Result<NodeState, StoreError> {
+    let rows = sqlx::query("SELECT body FROM step_events WHERE job_id = ? AND node = ? ORDER BY seq")
+        .bind(job.to_string())
+        .bind(node)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(StoreError::query("read node journal"))?;
+    let mut state = NodeState::Pending;
+    for r in &rows {
+        let ev: StepEvent = json_col(r, "body")?;
+        state = state.next(&ev).map_err(|source| StoreError::CorruptJournal {
+            job,
+            node: node.to_owned(),
+            source,
+        })?;
+    }
+    let next = state.next(event).map_err(|source| StoreError::IllegalTransition {
+        job,
+        node: node.to_owned(),
+        source,
+    })?;
+    sqlx::query("INSERT INTO step_events (job_id, node, event, body, at) VALUES (?, ?, ?, ?, ?)")
+        .bind(job.to_string())
+        .bind(node)
+        .bind(event.name())
+        .bind(serde_json::to_string(event).expect("step events serialize"))
+        .bind(now_ms())
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::query("append step event"))?;
+    Ok(next)
+}
+
+async fn append_events_tx(
+    c: &mut SqliteConnection,
+    job: JobId,
+    events: Vec<NewJobEvent>,
+) -> Result<Vec<JobEvent>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let head: Option<i64> = sqlx::query("SELECT last_id FROM job_event_heads WHERE job_id = ?")
+        .bind(job.to_string())
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(StoreError::query("read event head"))?
+        .map(|r| r.get("last_id"));
+    let mut id = head.unwrap_or(0);
+    let at = now_ms();
+    let mut out = Vec::with_capacity(events.len());
+    let job_s = job.to_string();
+    // Multi-row inserts: 100k tofu lines are a few hundred statements.
+    for chunk in events.chunks(200) {
+        let mut qb = sqlx::QueryBuilder::new("INSERT INTO job_events (job_id, id, at, kind, body) ");
+        qb.push_values(chunk, |mut b, ev| {
+            id += 1;
+            b.push_bind(job_s.clone())
+                .push_bind(id)
+                .push_bind(at)
+                .push_bind(ev.kind.clone())
+                .push_bind(ev.body.to_string());
+            out.push(JobEvent { job_id: job, id, at, kind: ev.kind.clone(), body: ev.body.clone() });
+        });
+        qb.build().execute(&mut *c).await.map_err(StoreError::query("append events"))?;
+    }
+    sqlx::query("INSERT INTO job_event_heads (job_id, last_id) VALUES (?, ?) ON CONFLICT (job_id) DO UPDATE SET last_id = excluded.last_id")
+        .bind(&job_s)
+        .bind(id)
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::query("advance event head"))?;
+    Ok(out)
+}
+
+async fn insert_audit(c: &mut SqliteConnection, e: &NewAudit) -> Result<i64, StoreError> {
+    let r = sqlx::query("INSERT INTO audit (at, actor, action, job_id, sovereign_id, detail) VALUES (?, ?, ?, ?, ?, ?)")
+        .bind(now_ms())
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(e.job_id.map(|j| j.to_string()))
+        .bind(e.sovereign_id.map(|s| s.to_string()))
+        .bind(e.detail.to_string())
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::query("insert audit"))?;
+    Ok(r.last_insert_rowid())
+}
+
+// === row decoding ===
+
+fn json_col<T: serde::de::DeserializeOwned>(r: &SqliteRow, col: &'static str) -> Result<T, StoreError> {
+    let s: String = r.get(col);
+    serde_json::from_str(&s).map_err(|source| StoreError::Decode { column: col, source: Box::new(source) })
+}
+
+fn parse_col<T: FromStr>(r: &SqliteRow, col: &'static str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: String = r.get(col);
+    s.parse::<T>().map_err(|e| StoreError::Decode {
+        column: col,
+        source: format!("`{s}`: {e}").into(),
+    })
+}
+
+fn opt_id<T: FromStr>(r: &SqliteRow, col: &'static str) -> Result<Option<T>, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    let s: Option<String> = r.get(col);
+    s.map(|s| s.parse::<T>().map_err(|e| StoreError::Decode { column: col, source: e.to_string().into() }))
+        .transpose()
+}
+
+fn sovereign_from_row(r: &SqliteRow) -> Result<Sovereign, StoreError> {
+    Ok(Sovereign {
+        id: parse_col(r, "id")?,
+        name: r.get("name"),
+        fqdn: r.get("fqdn"),
+        status: parse_col(r, "status")?,
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    })
+}
+
+fn job_from_row(r: &SqliteRow) -> Result<Job, StoreError> {
+    let opt_json = |col: &'static str| -> Result<Option<Value>, StoreError> {
+        let s: Option<String> = r.get(col);
+        s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Decode { column: col, source: Box::new(e) }))
+            .transpose()
+    };
+    Ok(Job {
+        id: parse_col(r, "id")?,
+        sovereign_id: parse_col(r, "sovereign_id")?,
+        kind: parse_col(r, "kind")?,
+        status: parse_col(r, "status")?,
+        mode: parse_col(r, "mode")?,
+        request: json_col(r, "request")?,
+        plan: json_col(r, "plan")?,
+        options: json_col(r, "options")?,
+        pause: opt_json("pause")?,
+        error: opt_json("error")?,
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        finished_at: r.get("finished_at"),
+    })
+}
