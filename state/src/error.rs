@@ -13,25 +13,51 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create the data directory {path}")]
-    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the database {path}")]
-    Open { path: PathBuf, #[source] source: sqlx::Error },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("cannot apply migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("secret sealing failed")]
     Seal(#[source] SealError),
     #[error("database query failed: {what}")]
-    Query { what: &'static str, #[source] source: sqlx::Error },
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("the transaction could not commit: {0}")]
     Commit(String),
     #[error("cannot decode column `{column}`")]
-    Decode { column: &'static str, #[source] source: BoxError },
+    Decode {
+        column: &'static str,
+        #[source]
+        source: BoxError,
+    },
     #[error("the store writer has stopped")]
     WriterGone,
     #[error("journal of job {job}, step `{node}` refused an event")]
-    IllegalTransition { job: JobId, node: String, #[source] source: IllegalTransition },
+    IllegalTransition {
+        job: JobId,
+        node: String,
+        #[source]
+        source: IllegalTransition,
+    },
     #[error("journal of job {job}, step `{node}` is corrupt")]
-    CorruptJournal { job: JobId, node: String, #[source] source: IllegalTransition },
+    CorruptJournal {
+        job: JobId,
+        node: String,
+        #[source]
+        source: IllegalTransition,
+    },
     #[error("job {id} cannot go from `{from}` to `{to}`")]
     IllegalJobStatus { id: JobId, from: JobStatus, to: JobStatus },
     #[error("job {id} does not exist")]

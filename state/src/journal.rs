@@ -74,14 +74,35 @@ impl StepEvent {
 pub enum NodeState {
     #[default]
     Pending,
-    Running { attempt: u32, last_error: Option<Value> },
-    Succeeded { output: Value, attempts: u32 },
-    Failed { error: Value, attempts: u32 },
-    Skipped { by: String, reason: String },
+    Running {
+        attempt: u32,
+        last_error: Option<Value>,
+    },
+    Succeeded {
+        output: Value,
+        attempts: u32,
+    },
+    Failed {
+        error: Value,
+        attempts: u32,
+    },
+    Skipped {
+        by: String,
+        reason: String,
+    },
     /// `output` is kept so an undo re-run after a crash still has it.
-    Undoing { attempts: u32, output: Option<Value> },
-    Undone { attempts: u32 },
-    UndoFailed { error: Value, attempts: u32, output: Option<Value> },
+    Undoing {
+        attempts: u32,
+        output: Option<Value>,
+    },
+    Undone {
+        attempts: u32,
+    },
+    UndoFailed {
+        error: Value,
+        attempts: u32,
+        output: Option<Value>,
+    },
 }
 
 /// An event that does not fit the step's current state.
@@ -159,9 +180,7 @@ impl NodeState {
             }
             // Recovery re-runs a step whose last event is `started`, and the
             // engine re-runs it after a transient failure.
-            (S::Running { attempt: prev, .. }, E::Started { attempt })
-                if *attempt > *prev =>
-            {
+            (S::Running { attempt: prev, .. }, E::Started { attempt }) if *attempt > *prev => {
                 S::Running { attempt: *attempt, last_error: None }
             }
             (S::Running { attempt: a, .. }, E::AttemptFailed { attempt, error, .. })
@@ -196,7 +215,8 @@ impl NodeState {
                 E::UndoStarted,
             ) => S::Undoing { attempts: *attempts, output: Some(output.clone()) },
             (
-                S::Undoing { attempts, output: None } | S::UndoFailed { attempts, output: None, .. },
+                S::Undoing { attempts, output: None }
+                | S::UndoFailed { attempts, output: None, .. },
                 E::UndoStarted,
             ) => S::Undoing { attempts: *attempts, output: None },
             (S::Undoing { attempts, .. }, E::UndoFinished) => S::Undone { attempts: *attempts },

@@ -11,6 +11,7 @@
 //! - secrets as age-encrypted blobs ([`secrets`]);
 //! - idempotency keys for submissions.
 
+pub mod bench;
 mod error;
 pub mod journal;
 mod model;
@@ -25,6 +26,6 @@ pub use model::{
 };
 pub use secrets::{SealError, Sealer, SecretString};
 pub use store::{
-    IdempotencyKey, JobUpdate, MIGRATOR, SovereignTarget, Store, StorePaths, SubmitOutcome,
-    Submission,
+    IdempotencyKey, JobUpdate, MIGRATOR, SovereignTarget, Store, StorePaths, Submission,
+    SubmitOutcome,
 };

@@ -69,10 +69,20 @@ impl<'de> Deserialize<'de> for SecretString {
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
     #[error("cannot create the daemon identity file {path}")]
-    CreateIdentity { path: PathBuf, #[source] source: std::io::Error },
+    CreateIdentity {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the daemon identity file {path}")]
-    ReadIdentity { path: PathBuf, #[source] source: std::io::Error },
-    #[error("the daemon identity file {path} has mode {mode:o}; it must not be readable by group or others")]
+    ReadIdentity {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the daemon identity file {path} has mode {mode:o}; it must not be readable by group or others"
+    )]
     IdentityPermissions { path: PathBuf, mode: u32 },
     #[error("the daemon identity file {path} holds no AGE-SECRET-KEY line")]
     ParseIdentity { path: PathBuf },
@@ -115,10 +125,8 @@ impl Sealer {
                 }
                 Ok(())
             };
-            create(path).map_err(|source| SealError::CreateIdentity {
-                path: path.to_owned(),
-                source,
-            })?;
+            create(path)
+                .map_err(|source| SealError::CreateIdentity { path: path.to_owned(), source })?;
             tracing::info!(path = %path.display(), "Created the daemon identity file.");
         }
         let meta = std::fs::metadata(path)
@@ -156,13 +164,17 @@ impl Sealer {
 /// Encrypts `plaintext` to a set of external age recipients (`age1…`), e.g.
 /// the operators who take custody of OpenBao shares. The output decrypts with
 /// the real `age` CLI and any one of the matching identities.
-pub fn encrypt_to_recipients(recipients: &[String], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+pub fn encrypt_to_recipients(
+    recipients: &[String],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
     let parsed: Vec<age::x25519::Recipient> = recipients
         .iter()
         .map(|r| age::x25519::Recipient::from_str(r).map_err(|e| SealError::Encrypt(e.to_string())))
         .collect::<Result<_, _>>()?;
-    let encryptor = age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
-        .map_err(|e| SealError::Encrypt(e.to_string()))?;
+    let encryptor =
+        age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| SealError::Encrypt(e.to_string()))?;
     let mut out = Vec::new();
     let mut w = encryptor.wrap_output(&mut out).map_err(|e| SealError::Encrypt(e.to_string()))?;
     w.write_all(plaintext).map_err(|e| SealError::Encrypt(e.to_string()))?;

@@ -51,8 +51,7 @@ const EVENT_FANOUT_CAPACITY: usize = 4096;
 const MAX_BATCH: usize = 512;
 
 type OpResult = Result<Box<dyn Any + Send>, StoreError>;
-type CustomFn =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, OpResult> + Send>;
+type CustomFn = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, OpResult> + Send>;
 
 struct WriteOp {
     run: CustomFn,
@@ -71,7 +70,10 @@ pub struct StorePaths {
 impl StorePaths {
     /// The default layout under a data directory.
     pub fn in_dir(dir: &Path) -> StorePaths {
-        StorePaths { database: dir.join("catalyst-zero.db"), identity: dir.join("identity.age.txt") }
+        StorePaths {
+            database: dir.join("catalyst-zero.db"),
+            identity: dir.join("identity.age.txt"),
+        }
     }
 }
 
@@ -95,9 +97,16 @@ pub struct Submission {
 /// The Sovereign a submission creates or acts on.
 #[derive(Debug)]
 pub enum SovereignTarget {
-    New { id: SovereignId, name: String, fqdn: String },
+    New {
+        id: SovereignId,
+        name: String,
+        fqdn: String,
+    },
     /// An existing Sovereign; its status becomes `status`.
-    Existing { id: SovereignId, status: SovereignStatus },
+    Existing {
+        id: SovereignId,
+        status: SovereignStatus,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -216,10 +225,15 @@ impl Store {
         for (owner, name, plain) in &sub.secrets {
             sealed.push((owner.clone(), name.clone(), self.seal(plain)?));
         }
-        self.write(false, Box::new(move |c| Box::pin(async move {
-            let out: SubmitOutcome = submit_tx(c, sub, sealed).await?;
-            Ok(Box::new(out) as Box<dyn Any + Send>)
-        })))
+        self.write(
+            false,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    let out: SubmitOutcome = submit_tx(c, sub, sealed).await?;
+                    Ok(Box::new(out) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 
@@ -255,13 +269,17 @@ impl Store {
 
     pub async fn list_jobs(&self, sovereign: Option<SovereignId>) -> Result<Vec<Job>, StoreError> {
         let rows = match sovereign {
-            Some(s) => sqlx::query("SELECT * FROM jobs WHERE sovereign_id = ? ORDER BY created_at, id")
-                .bind(s.to_string())
-                .fetch_all(&self.inner.pool)
-                .await,
-            None => sqlx::query("SELECT * FROM jobs ORDER BY created_at, id")
-                .fetch_all(&self.inner.pool)
-                .await,
+            Some(s) => {
+                sqlx::query("SELECT * FROM jobs WHERE sovereign_id = ? ORDER BY created_at, id")
+                    .bind(s.to_string())
+                    .fetch_all(&self.inner.pool)
+                    .await
+            }
+            None => {
+                sqlx::query("SELECT * FROM jobs ORDER BY created_at, id")
+                    .fetch_all(&self.inner.pool)
+                    .await
+            }
         }
         .map_err(StoreError::query("list jobs"))?;
         rows.iter().map(job_from_row).collect()
@@ -281,10 +299,15 @@ impl Store {
     /// Applies `update` to a job, refusing a status change the status machine
     /// forbids. Returns the updated row.
     pub async fn update_job(&self, id: JobId, update: JobUpdate) -> Result<Job, StoreError> {
-        self.write(false, Box::new(move |c| Box::pin(async move {
-            let job = update_job_tx(c, id, update).await?;
-            Ok(Box::new(job) as Box<dyn Any + Send>)
-        })))
+        self.write(
+            false,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    let job = update_job_tx(c, id, update).await?;
+                    Ok(Box::new(job) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 
@@ -299,10 +322,15 @@ impl Store {
         event: StepEvent,
     ) -> Result<NodeState, StoreError> {
         let node = node.to_owned();
-        self.write(false, Box::new(move |c| Box::pin(async move {
-            let state = append_step_tx(c, job, &node, &event).await?;
-            Ok(Box::new(state) as Box<dyn Any + Send>)
-        })))
+        self.write(
+            false,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    let state = append_step_tx(c, job, &node, &event).await?;
+                    Ok(Box::new(state) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 
@@ -316,11 +344,16 @@ impl Store {
         events: Vec<NewJobEvent>,
     ) -> Result<(NodeState, Vec<JobEvent>), StoreError> {
         let node = node.to_owned();
-        self.write(true, Box::new(move |c| Box::pin(async move {
-            let state = append_step_tx(c, job, &node, &event).await?;
-            let evs = append_events_tx(c, job, events).await?;
-            Ok(Box::new((state, evs)) as Box<dyn Any + Send>)
-        })))
+        self.write(
+            true,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    let state = append_step_tx(c, job, &node, &event).await?;
+                    let evs = append_events_tx(c, job, events).await?;
+                    Ok(Box::new((state, evs)) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 
@@ -371,10 +404,15 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(true, Box::new(move |c| Box::pin(async move {
-            let evs = append_events_tx(c, job, events).await?;
-            Ok(Box::new(evs) as Box<dyn Any + Send>)
-        })))
+        self.write(
+            true,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    let evs = append_events_tx(c, job, events).await?;
+                    Ok(Box::new(evs) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 
@@ -418,20 +456,29 @@ impl Store {
     // === audit ===
 
     pub async fn record_audit(&self, entry: NewAudit) -> Result<i64, StoreError> {
-        self.write(false, Box::new(move |c| Box::pin(async move {
-            let id = insert_audit(c, &entry).await?;
-            Ok(Box::new(id) as Box<dyn Any + Send>)
-        })))
+        self.write(
+            false,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    let id = insert_audit(c, &entry).await?;
+                    Ok(Box::new(id) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 
     pub async fn audit(&self, job: Option<JobId>) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = match job {
-            Some(j) => sqlx::query("SELECT * FROM audit WHERE job_id = ? ORDER BY id")
-                .bind(j.to_string())
-                .fetch_all(&self.inner.pool)
-                .await,
-            None => sqlx::query("SELECT * FROM audit ORDER BY id").fetch_all(&self.inner.pool).await,
+            Some(j) => {
+                sqlx::query("SELECT * FROM audit WHERE job_id = ? ORDER BY id")
+                    .bind(j.to_string())
+                    .fetch_all(&self.inner.pool)
+                    .await
+            }
+            None => {
+                sqlx::query("SELECT * FROM audit ORDER BY id").fetch_all(&self.inner.pool).await
+            }
         }
         .map_err(StoreError::query("read audit"))?;
         rows.iter()
@@ -464,8 +511,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let blob = self.seal(plain)?;
         let (owner, name) = (owner.to_owned(), name.to_owned());
-        self.write(false, Box::new(move |c| Box::pin(async move {
-            sqlx::query(
+        self.write(
+            false,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    sqlx::query(
                 "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?)
                  ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
             )
@@ -476,13 +526,19 @@ impl Store {
             .execute(&mut *c)
             .await
             .map_err(StoreError::query("put secret"))?;
-            Ok(Box::new(()) as Box<dyn Any + Send>)
-        })))
+                    Ok(Box::new(()) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 
     /// Reads and decrypts a secret.
-    pub async fn get_secret(&self, owner: &str, name: &str) -> Result<Option<SecretString>, StoreError> {
+    pub async fn get_secret(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> Result<Option<SecretString>, StoreError> {
         let row = sqlx::query("SELECT ciphertext FROM secrets WHERE owner = ? AND name = ?")
             .bind(owner)
             .bind(name)
@@ -500,15 +556,20 @@ impl Store {
     /// Removes a secret; absent is fine.
     pub async fn delete_secret(&self, owner: &str, name: &str) -> Result<(), StoreError> {
         let (owner, name) = (owner.to_owned(), name.to_owned());
-        self.write(false, Box::new(move |c| Box::pin(async move {
-            sqlx::query("DELETE FROM secrets WHERE owner = ? AND name = ?")
-                .bind(owner)
-                .bind(name)
-                .execute(&mut *c)
-                .await
-                .map_err(StoreError::query("delete secret"))?;
-            Ok(Box::new(()) as Box<dyn Any + Send>)
-        })))
+        self.write(
+            false,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM secrets WHERE owner = ? AND name = ?")
+                        .bind(owner)
+                        .bind(name)
+                        .execute(&mut *c)
+                        .await
+                        .map_err(StoreError::query("delete secret"))?;
+                    Ok(Box::new(()) as Box<dyn Any + Send>)
+                })
+            }),
+        )
         .await
     }
 }
@@ -594,9 +655,21 @@ fn backoff(attempt: u32) -> Duration {
 fn log_retry(what: &str, attempt: u32, started: Instant, error: &sqlx::Error) {
     let elapsed_ms = started.elapsed().as_millis() as u64;
     if attempt < 5 {
-        tracing::warn!(what, attempt, elapsed_ms, error = error as &dyn std::error::Error, "Store write failed; retrying.");
+        tracing::warn!(
+            what,
+            attempt,
+            elapsed_ms,
+            error = error as &dyn std::error::Error,
+            "Store write failed; retrying."
+        );
     } else {
-        tracing::error!(what, attempt, elapsed_ms, error = error as &dyn std::error::Error, "Store write keeps failing; progress cannot be recorded until it succeeds.");
+        tracing::error!(
+            what,
+            attempt,
+            elapsed_ms,
+            error = error as &dyn std::error::Error,
+            "Store write keeps failing; progress cannot be recorded until it succeeds."
+        );
     }
 }
 
@@ -625,12 +698,14 @@ async fn submit_tx(
 ) -> Result<SubmitOutcome, StoreError> {
     let now = now_ms();
     if let Some(k) = &sub.idempotency {
-        let row = sqlx::query("SELECT body_sha256, response FROM idempotency_keys WHERE scope = ? AND key = ?")
-            .bind(&k.scope)
-            .bind(&k.key)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(StoreError::query("read idempotency key"))?;
+        let row = sqlx::query(
+            "SELECT body_sha256, response FROM idempotency_keys WHERE scope = ? AND key = ?",
+        )
+        .bind(&k.scope)
+        .bind(&k.key)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(StoreError::query("read idempotency key"))?;
         if let Some(row) = row {
             let hash: String = row.get("body_sha256");
             if hash != k.body_sha256 {
@@ -641,11 +716,12 @@ async fn submit_tx(
     }
     let sovereign_id = match &sub.sovereign {
         SovereignTarget::New { id, name, fqdn } => {
-            let taken = sqlx::query("SELECT id FROM sovereigns WHERE fqdn = ? AND status <> 'destroyed'")
-                .bind(fqdn)
-                .fetch_optional(&mut *c)
-                .await
-                .map_err(StoreError::query("check fqdn"))?;
+            let taken =
+                sqlx::query("SELECT id FROM sovereigns WHERE fqdn = ? AND status <> 'destroyed'")
+                    .bind(fqdn)
+                    .fetch_optional(&mut *c)
+                    .await
+                    .map_err(StoreError::query("check fqdn"))?;
             if taken.is_some() {
                 return Err(StoreError::FqdnTaken { fqdn: fqdn.clone() });
             }
@@ -728,7 +804,11 @@ async fn submit_tx(
     Ok(SubmitOutcome::Created(sub.response))
 }
 
-async fn update_job_tx(c: &mut SqliteConnection, id: JobId, u: JobUpdate) -> Result<Job, StoreError> {
+async fn update_job_tx(
+    c: &mut SqliteConnection,
+    id: JobId,
+    u: JobUpdate,
+) -> Result<Job, StoreError> {
     let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
         .bind(id.to_string())
         .fetch_optional(&mut *c)
@@ -744,7 +824,10 @@ async fn update_job_tx(c: &mut SqliteConnection, id: JobId, u: JobUpdate) -> Res
         if next != job.status {
             job.finished_at = matches!(
                 next,
-                JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::Abandoned
+                JobStatus::Succeeded
+                    | JobStatus::Failed
+                    | JobStatus::Cancelled
+                    | JobStatus::Abandoned
             )
             .then_some(now);
         }
@@ -789,12 +872,13 @@ async fn append_step_tx(
     node: &str,
     event: &StepEvent,
 ) -> Result<NodeState, StoreError> {
-    let rows = sqlx::query("SELECT body FROM step_events WHERE job_id = ? AND node = ? ORDER BY seq")
-        .bind(job.to_string())
-        .bind(node)
-        .fetch_all(&mut *c)
-        .await
-        .map_err(StoreError::query("read node journal"))?;
+    let rows =
+        sqlx::query("SELECT body FROM step_events WHERE job_id = ? AND node = ? ORDER BY seq")
+            .bind(job.to_string())
+            .bind(node)
+            .fetch_all(&mut *c)
+            .await
+            .map_err(StoreError::query("read node journal"))?;
     let mut state = NodeState::Pending;
     for r in &rows {
         let ev: StepEvent = json_col(r, "body")?;
@@ -841,7 +925,8 @@ async fn append_events_tx(
     let job_s = job.to_string();
     // Multi-row inserts: 100k tofu lines are a few hundred statements.
     for chunk in events.chunks(200) {
-        let mut qb = sqlx::QueryBuilder::new("INSERT INTO job_events (job_id, id, at, kind, body) ");
+        let mut qb =
+            sqlx::QueryBuilder::new("INSERT INTO job_events (job_id, id, at, kind, body) ");
         qb.push_values(chunk, |mut b, ev| {
             id += 1;
             b.push_bind(job_s.clone())
@@ -849,7 +934,13 @@ async fn append_events_tx(
                 .push_bind(at)
                 .push_bind(ev.kind.clone())
                 .push_bind(ev.body.to_string());
-            out.push(JobEvent { job_id: job, id, at, kind: ev.kind.clone(), body: ev.body.clone() });
+            out.push(JobEvent {
+                job_id: job,
+                id,
+                at,
+                kind: ev.kind.clone(),
+                body: ev.body.clone(),
+            });
         });
         qb.build().execute(&mut *c).await.map_err(StoreError::query("append events"))?;
     }
@@ -878,9 +969,13 @@ async fn insert_audit(c: &mut SqliteConnection, e: &NewAudit) -> Result<i64, Sto
 
 // === row decoding ===
 
-fn json_col<T: serde::de::DeserializeOwned>(r: &SqliteRow, col: &'static str) -> Result<T, StoreError> {
+fn json_col<T: serde::de::DeserializeOwned>(
+    r: &SqliteRow,
+    col: &'static str,
+) -> Result<T, StoreError> {
     let s: String = r.get(col);
-    serde_json::from_str(&s).map_err(|source| StoreError::Decode { column: col, source: Box::new(source) })
+    serde_json::from_str(&s)
+        .map_err(|source| StoreError::Decode { column: col, source: Box::new(source) })
 }
 
 fn parse_col<T: FromStr>(r: &SqliteRow, col: &'static str) -> Result<T, StoreError>
@@ -888,10 +983,8 @@ where
     T::Err: std::fmt::Display,
 {
     let s: String = r.get(col);
-    s.parse::<T>().map_err(|e| StoreError::Decode {
-        column: col,
-        source: format!("`{s}`: {e}").into(),
-    })
+    s.parse::<T>()
+        .map_err(|e| StoreError::Decode { column: col, source: format!("`{s}`: {e}").into() })
 }
 
 fn opt_id<T: FromStr>(r: &SqliteRow, col: &'static str) -> Result<Option<T>, StoreError>
@@ -899,8 +992,10 @@ where
     T::Err: std::fmt::Display,
 {
     let s: Option<String> = r.get(col);
-    s.map(|s| s.parse::<T>().map_err(|e| StoreError::Decode { column: col, source: e.to_string().into() }))
-        .transpose()
+    s.map(|s| {
+        s.parse::<T>().map_err(|e| StoreError::Decode { column: col, source: e.to_string().into() })
+    })
+    .transpose()
 }
 
 fn sovereign_from_row(r: &SqliteRow) -> Result<Sovereign, StoreError> {
@@ -917,8 +1012,11 @@ fn sovereign_from_row(r: &SqliteRow) -> Result<Sovereign, StoreError> {
 fn job_from_row(r: &SqliteRow) -> Result<Job, StoreError> {
     let opt_json = |col: &'static str| -> Result<Option<Value>, StoreError> {
         let s: Option<String> = r.get(col);
-        s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Decode { column: col, source: Box::new(e) }))
-            .transpose()
+        s.map(|s| {
+            serde_json::from_str(&s)
+                .map_err(|e| StoreError::Decode { column: col, source: Box::new(e) })
+        })
+        .transpose()
     };
     Ok(Job {
         id: parse_col(r, "id")?,

@@ -11,16 +11,34 @@ fn submission(fqdn: &str, key: Option<(&str, &str)>) -> Submission {
     let sov = SovereignId::new();
     let job = JobId::new();
     Submission {
-        sovereign: SovereignTarget::New { id: sov, name: fqdn.split('.').next().unwrap().into(), fqdn: fqdn.into() },
+        sovereign: SovereignTarget::New {
+            id: sov,
+            name: fqdn.split('.').next().unwrap().into(),
+            fqdn: fqdn.into(),
+        },
         job_id: job,
         kind: JobKind::Provision,
         request: json!({ "fqdn": fqdn }),
         plan: json!({ "phases": [] }),
         options: json!({}),
-        secrets: vec![(sov.to_string(), "cloud_token".into(), SecretString::new("tok-plaintext-123"))],
-        idempotency: key.map(|(k, body)| IdempotencyKey { scope: "POST /v1/sovereigns".into(), key: k.into(), body_sha256: body.into() }),
+        secrets: vec![(
+            sov.to_string(),
+            "cloud_token".into(),
+            SecretString::new("tok-plaintext-123"),
+        )],
+        idempotency: key.map(|(k, body)| IdempotencyKey {
+            scope: "POST /v1/sovereigns".into(),
+            key: k.into(),
+            body_sha256: body.into(),
+        }),
         response: json!({ "sovereign_id": sov, "job_id": job }),
-        audit: NewAudit { actor: "wizard".into(), action: "submit".into(), job_id: Some(job), sovereign_id: Some(sov), detail: json!({}) },
+        audit: NewAudit {
+            actor: "wizard".into(),
+            action: "submit".into(),
+            job_id: Some(job),
+            sovereign_id: Some(sov),
+            detail: json!({}),
+        },
     }
 }
 
@@ -33,18 +51,59 @@ async fn migrations_build_the_expected_schema_on_an_empty_database() {
         .await
         .unwrap();
     let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
-    assert_eq!(names, ["audit", "idempotency_keys", "job_event_heads", "job_events", "jobs", "secrets", "sovereigns", "step_events"]);
-    let cols: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_table_info('jobs') ORDER BY cid").fetch_all(store.read_pool()).await.unwrap();
+    assert_eq!(
+        names,
+        [
+            "audit",
+            "idempotency_keys",
+            "job_event_heads",
+            "job_events",
+            "jobs",
+            "secrets",
+            "sovereigns",
+            "step_events"
+        ]
+    );
+    let cols: Vec<(String,)> =
+        sqlx::query_as("SELECT name FROM pragma_table_info('jobs') ORDER BY cid")
+            .fetch_all(store.read_pool())
+            .await
+            .unwrap();
     let cols: Vec<&str> = cols.iter().map(|c| c.0.as_str()).collect();
-    assert_eq!(cols, ["id", "sovereign_id", "kind", "status", "mode", "request", "plan", "options", "pause", "error", "created_at", "updated_at", "finished_at"]);
-    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(store.read_pool()).await.unwrap();
+    assert_eq!(
+        cols,
+        [
+            "id",
+            "sovereign_id",
+            "kind",
+            "status",
+            "mode",
+            "request",
+            "plan",
+            "options",
+            "pause",
+            "error",
+            "created_at",
+            "updated_at",
+            "finished_at"
+        ]
+    );
+    let (mode,): (String,) =
+        sqlx::query_as("PRAGMA journal_mode").fetch_one(store.read_pool()).await.unwrap();
     assert_eq!(mode, "wal");
-    let applied: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version").fetch_all(store.read_pool()).await.unwrap();
+    let applied: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(store.read_pool())
+            .await
+            .unwrap();
     assert_eq!(applied.len(), MIGRATOR.iter().count());
     // Re-opening applies nothing new and keeps data.
     drop(store);
     let again = open(dir.path()).await;
-    let applied2: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations").fetch_all(again.read_pool()).await.unwrap();
+    let applied2: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations")
+        .fetch_all(again.read_pool())
+        .await
+        .unwrap();
     assert_eq!(applied, applied2);
 }
 
@@ -55,15 +114,24 @@ async fn journal_refuses_illegal_transitions_and_is_append_only() {
     let sub = submission("a.omani.works", None);
     let job = sub.job_id;
     store.submit(sub).await.unwrap();
-    let err = store.append_step_event(job, "infra/apply", StepEvent::Succeeded { output: json!(1) }).await.unwrap_err();
+    let err = store
+        .append_step_event(job, "infra/apply", StepEvent::Succeeded { output: json!(1) })
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::IllegalTransition { .. }), "{err}");
     assert!(store.journal(job).await.unwrap().is_empty(), "refused event not written");
     store.append_step_event(job, "infra/apply", StepEvent::Started { attempt: 1 }).await.unwrap();
-    let s = store.append_step_event(job, "infra/apply", StepEvent::Succeeded { output: json!({"id": 1}) }).await.unwrap();
+    let s = store
+        .append_step_event(job, "infra/apply", StepEvent::Succeeded { output: json!({"id": 1}) })
+        .await
+        .unwrap();
     assert!(s.is_satisfied());
     assert_eq!(store.node_states(job).await.unwrap()["infra/apply"], s);
     // The triggers refuse updates even from raw SQL.
-    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.paths().database.display())).await.unwrap();
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.paths().database.display()))
+            .await
+            .unwrap();
     let r = sqlx::query("UPDATE step_events SET event = 'x'").execute(&mut conn).await;
     assert!(r.is_err());
 }
@@ -82,7 +150,15 @@ async fn events_have_gap_free_ids_and_reach_subscribers() {
     for i in 0..20 {
         let s = store.clone();
         handles.push(tokio::spawn(async move {
-            s.append_events(job, vec![NewJobEvent::new("log", json!({ "i": i })), NewJobEvent::new("log", json!({ "i": i }))]).await.unwrap()
+            s.append_events(
+                job,
+                vec![
+                    NewJobEvent::new("log", json!({ "i": i })),
+                    NewJobEvent::new("log", json!({ "i": i })),
+                ],
+            )
+            .await
+            .unwrap()
         }));
     }
     for h in handles {
@@ -103,7 +179,10 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let sub = submission("c.omani.works", None);
-    let sov = match &sub.sovereign { SovereignTarget::New { id, .. } => *id, _ => unreachable!() };
+    let sov = match &sub.sovereign {
+        SovereignTarget::New { id, .. } => *id,
+        _ => unreachable!(),
+    };
     store.submit(sub).await.unwrap();
     drop(store);
     let raw = std::fs::read(dir.path().join("catalyst-zero.db")).unwrap();
@@ -129,10 +208,18 @@ async fn submissions_are_atomic_and_idempotent() {
     let err = store.submit(submission("e.omani.works", Some(("k1", "h2")))).await.unwrap_err();
     assert!(matches!(err, StoreError::IdempotencyConflict { .. }));
     // A taken FQDN: refused, and nothing of that submission is written.
-    let before = (store.list_sovereigns().await.unwrap().len(), store.list_jobs(None).await.unwrap().len(), store.audit(None).await.unwrap().len());
+    let before = (
+        store.list_sovereigns().await.unwrap().len(),
+        store.list_jobs(None).await.unwrap().len(),
+        store.audit(None).await.unwrap().len(),
+    );
     let err = store.submit(submission("d.omani.works", None)).await.unwrap_err();
     assert!(matches!(err, StoreError::FqdnTaken { .. }));
-    let after = (store.list_sovereigns().await.unwrap().len(), store.list_jobs(None).await.unwrap().len(), store.audit(None).await.unwrap().len());
+    let after = (
+        store.list_sovereigns().await.unwrap().len(),
+        store.list_jobs(None).await.unwrap().len(),
+        store.audit(None).await.unwrap().len(),
+    );
     assert_eq!(before, after);
     assert_eq!(before, (1, 1, 1));
 }
@@ -144,10 +231,19 @@ async fn job_status_machine_is_enforced() {
     let sub = submission("f.omani.works", None);
     let job = sub.job_id;
     store.submit(sub).await.unwrap();
-    let j = store.update_job(job, JobUpdate { status: Some(JobStatus::Running), ..Default::default() }).await.unwrap();
+    let j = store
+        .update_job(job, JobUpdate { status: Some(JobStatus::Running), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(j.status, JobStatus::Running);
-    store.update_job(job, JobUpdate { status: Some(JobStatus::Succeeded), ..Default::default() }).await.unwrap();
-    let err = store.update_job(job, JobUpdate { status: Some(JobStatus::Running), ..Default::default() }).await.unwrap_err();
+    store
+        .update_job(job, JobUpdate { status: Some(JobStatus::Succeeded), ..Default::default() })
+        .await
+        .unwrap();
+    let err = store
+        .update_job(job, JobUpdate { status: Some(JobStatus::Running), ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::IllegalJobStatus { .. }));
     assert!(store.jobs_in_flight().await.unwrap().is_empty());
 }

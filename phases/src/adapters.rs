@@ -1,0 +1,343 @@
+//! The adapter traits: one narrow trait per external system.
+//!
+//! Each trait has one real implementation (arriving with its phase issue:
+//! Hetzner REST, the tofu CLI, ssh2, kube, OpenBao and PowerDNS HTTP) and one
+//! hand-written fake in [`crate::sim`] with failure injection. Steps only see
+//! these traits, through [`Backend`]. No mocking framework: see
+//! omicron's `illumos-utils/src/fakes/README.adoc` for why.
+//!
+//! Errors are [`StepError`]s whose `Cause` the adapter decided from its
+//! system's own codes; the engine classifies from there.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cz_state::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::StepError;
+
+pub type AdapterResult<T> = Result<T, StepError>;
+
+// === cloud API (pre-flight, label sweep) ===
+
+/// What a cloud token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenScope {
+    Read,
+    ReadWrite,
+}
+
+/// A project limit: how many exist and how many may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    pub used: u32,
+    pub max: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectLimits {
+    pub servers: Limit,
+    pub load_balancers: Limit,
+    pub networks: Limit,
+    pub placement_groups: Limit,
+}
+
+/// A server type (SKU) with its per-location prices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerType {
+    pub name: String,
+    pub cores: u32,
+    pub memory_gb: f64,
+    pub deprecated: bool,
+    /// location → (hourly, monthly) gross price in EUR.
+    pub prices: BTreeMap<String, (f64, f64)>,
+}
+
+/// A load balancer type with its per-location prices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadBalancerType {
+    pub name: String,
+    pub prices: BTreeMap<String, (f64, f64)>,
+}
+
+/// An object in the cloud project, as a label sweep sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloudObject {
+    /// `server`, `network`, `firewall`, `load_balancer`, `ssh_key`,
+    /// `placement_group`, `volume`, `primary_ip`.
+    pub kind: String,
+    pub id: i64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Kind-specific attributes (IPs, location, type).
+    #[serde(default)]
+    pub attrs: Value,
+}
+
+#[async_trait]
+pub trait CloudApi: Send + Sync {
+    /// Proves the token's scope by a harmless write where the API allows it.
+    async fn token_scope(&self, token: &SecretString) -> AdapterResult<TokenScope>;
+    async fn limits(&self, token: &SecretString) -> AdapterResult<ProjectLimits>;
+    /// Locations that exist and accept new servers.
+    async fn locations(&self, token: &SecretString) -> AdapterResult<Vec<String>>;
+    async fn server_type(
+        &self,
+        token: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Option<ServerType>>;
+    async fn load_balancer_type(
+        &self,
+        token: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Option<LoadBalancerType>>;
+    /// Every object whose labels match `selector` (Kubernetes syntax).
+    async fn list(&self, token: &SecretString, selector: &str) -> AdapterResult<Vec<CloudObject>>;
+    /// Objects whose name is `name`, of any kind (collision checks).
+    async fn find_by_name(
+        &self,
+        token: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Vec<CloudObject>>;
+    /// Deletes an object; already gone is success.
+    async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()>;
+}
+
+// === OpenTofu ===
+
+/// A per-region OpenTofu workspace under the data directory (never a temp
+/// dir: F-05).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workspace {
+    pub dir: PathBuf,
+}
+
+/// One line of `tofu apply -json`, typed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TofuEvent {
+    /// `apply_start`, `apply_progress`, `apply_complete`, `apply_errored`,
+    /// `diagnostic`, `change_summary`, `refresh_complete`, …
+    pub kind: String,
+    pub address: Option<String>,
+    pub action: Option<String>,
+    pub elapsed_s: Option<f64>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    pub add: u32,
+    pub change: u32,
+    pub destroy: u32,
+}
+
+/// One resource of the tofu state (`show -json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateResource {
+    pub address: String,
+    pub kind: String,
+    pub id: i64,
+    pub name: String,
+    #[serde(default)]
+    pub attrs: Value,
+}
+
+/// Where apply/destroy stream their events. Sent in order; the step
+/// forwards them to the job's event stream.
+pub type TofuSink = tokio::sync::mpsc::UnboundedSender<TofuEvent>;
+
+#[async_trait]
+pub trait TofuApi: Send + Sync {
+    async fn init(&self, ws: &Workspace) -> AdapterResult<()>;
+    async fn plan(&self, ws: &Workspace, token: &SecretString) -> AdapterResult<PlanSummary>;
+    async fn apply(
+        &self,
+        ws: &Workspace,
+        token: &SecretString,
+        sink: TofuSink,
+    ) -> AdapterResult<()>;
+    async fn output(&self, ws: &Workspace) -> AdapterResult<Value>;
+    async fn state(&self, ws: &Workspace) -> AdapterResult<Vec<StateResource>>;
+    /// `tofu import ADDRESS ID`: adopts an object created by an apply whose
+    /// state write was lost (kill -9 between create and state write).
+    async fn import(
+        &self,
+        ws: &Workspace,
+        token: &SecretString,
+        address: &str,
+        id: i64,
+    ) -> AdapterResult<()>;
+    async fn destroy(
+        &self,
+        ws: &Workspace,
+        token: &SecretString,
+        sink: TofuSink,
+    ) -> AdapterResult<()>;
+}
+
+// === SSH ===
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// Name for logs and events (the server name).
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[async_trait]
+pub trait SshApi: Send + Sync {
+    /// Connects once; returns the host key fingerprint (SHA256:…).
+    async fn probe(&self, host: &Host) -> AdapterResult<String>;
+    /// Runs a command; a non-zero exit is an `Ok` with the status (callers
+    /// decide); connection problems are errors.
+    async fn run(
+        &self,
+        host: &Host,
+        fingerprint: &str,
+        command: &str,
+    ) -> AdapterResult<CommandOutput>;
+    async fn upload(
+        &self,
+        host: &Host,
+        fingerprint: &str,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+    ) -> AdapterResult<()>;
+}
+
+// === Kubernetes ===
+
+/// A reference to an object for get/delete.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn of(obj: &Value) -> Option<ObjectRef> {
+        Some(ObjectRef {
+            api_version: obj.get("apiVersion")?.as_str()?.to_owned(),
+            kind: obj.get("kind")?.as_str()?.to_owned(),
+            namespace: obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            name: obj.pointer("/metadata/name")?.as_str()?.to_owned(),
+        })
+    }
+}
+
+#[async_trait]
+pub trait KubeApi: Send + Sync {
+    /// Server-side apply of each object under `field_manager`.
+    async fn apply(
+        &self,
+        kubeconfig: &SecretString,
+        field_manager: &str,
+        objects: &[Value],
+    ) -> AdapterResult<()>;
+    async fn get(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<Option<Value>>;
+    async fn list(
+        &self,
+        kubeconfig: &SecretString,
+        api_version: &str,
+        kind: &str,
+        selector: &str,
+    ) -> AdapterResult<Vec<Value>>;
+    /// Deletes; already gone is success.
+    async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()>;
+}
+
+// === OpenBao ===
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaoStatus {
+    pub initialized: bool,
+    pub sealed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct BaoInit {
+    pub keys: Vec<SecretString>,
+    pub root_token: SecretString,
+}
+
+#[async_trait]
+pub trait BaoApi: Send + Sync {
+    async fn status(&self, endpoint: &str) -> AdapterResult<BaoStatus>;
+    /// `sys/init`; fails with `Conflict` if already initialized.
+    async fn init(&self, endpoint: &str, shares: u8, threshold: u8) -> AdapterResult<BaoInit>;
+    async fn unseal(&self, endpoint: &str, key: &SecretString) -> AdapterResult<BaoStatus>;
+    async fn write(
+        &self,
+        endpoint: &str,
+        token: &SecretString,
+        path: &str,
+        body: Value,
+    ) -> AdapterResult<Value>;
+    async fn read(
+        &self,
+        endpoint: &str,
+        token: &SecretString,
+        path: &str,
+    ) -> AdapterResult<Option<Value>>;
+}
+
+// === PowerDNS ===
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rrset {
+    pub name: String,
+    pub rtype: String,
+    pub ttl: u32,
+    pub records: Vec<String>,
+}
+
+#[async_trait]
+pub trait DnsApi: Send + Sync {
+    async fn zone_exists(&self, zone: &str) -> AdapterResult<bool>;
+    /// Creates a Native zone with these NS; an existing zone is success.
+    async fn create_zone(&self, zone: &str, nameservers: &[String]) -> AdapterResult<()>;
+    async fn delete_zone(&self, zone: &str) -> AdapterResult<()>;
+    /// PATCH with changetype REPLACE for each rrset.
+    async fn replace_rrsets(&self, zone: &str, rrsets: &[Rrset]) -> AdapterResult<()>;
+    /// PATCH with changetype DELETE; absent is success.
+    async fn delete_rrsets(&self, zone: &str, names: &[(String, String)]) -> AdapterResult<()>;
+    /// A DNS query (not the API) to the authoritative server.
+    async fn query(&self, name: &str, rtype: &str) -> AdapterResult<Vec<String>>;
+}
+
+/// The adapters a job runs against.
+#[derive(Clone)]
+pub struct Backend {
+    /// `sim` or `hetzner`.
+    pub name: String,
+    pub cloud: Arc<dyn CloudApi>,
+    pub tofu: Arc<dyn TofuApi>,
+    pub ssh: Arc<dyn SshApi>,
+    pub kube: Arc<dyn KubeApi>,
+    pub bao: Arc<dyn BaoApi>,
+    pub dns: Arc<dyn DnsApi>,
+    /// Where per-job workspaces live (under the data directory).
+    pub workspace_root: PathBuf,
+    /// Poll interval for bounded waits.
+    pub poll: std::time::Duration,
+}

@@ -1,0 +1,1077 @@
+//! The engine: drives one job's plan from its journal.
+//!
+//! One code path for the happy path and recovery: [`Engine::drive`] always
+//! starts by reading the job row and the journal, derives every node's state,
+//! and decides what to do next from that alone. A daemon that died mid-step
+//! therefore resumes exactly there: a node whose last event is `started` is
+//! run again (steps are idempotent), an `undo_started` node is undone again.
+//!
+//! Forward: phases run in order; inside a phase every node whose
+//! dependencies are satisfied runs concurrently. An error's class decides:
+//! `transient` → retried here with bounded, jittered exponential backoff
+//! (`backon`), escalating to `needs-operator` when attempts run out;
+//! `needs-operator` → the job pauses with remediation and runbook;
+//! `terminal` → the job fails and, under the `rollback` policy, unwinds.
+//!
+//! Unwinding: every node that may have had effects is undone in reverse
+//! (phases backwards, each phase in reverse topological order). A failed undo
+//! pauses the job: an operator must look (steno: an undo that fails leaves a
+//! stuck saga, so undos retry transient errors before giving up).
+//!
+//! Fault injection ([`FaultPlan`]) is part of the engine, as in steno's SEC:
+//! fail a node's do or undo, or run a node's do twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use cz_state::{
+    Job, JobId, JobKind, JobMode, JobStatus, JobUpdate, NewAudit, NewJobEvent, NodeState,
+    SovereignStatus, StepEvent, Store, StoreError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::Backend;
+use crate::error::{ErrorClass, StepError, error_chain};
+use crate::plan::{NodeDef, PhaseDef, Plan};
+pub use crate::request::FailurePolicy;
+use crate::step::{Registry, StepCtx};
+
+/// Faults to inject, by node id.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultPlan {
+    /// Fail the node's do with this class (every attempt).
+    pub fail: BTreeMap<String, ErrorClass>,
+    /// Fail the node's do with a transient error this many times, then pass.
+    pub flaky: BTreeMap<String, u32>,
+    /// Run the node's do twice (idempotency check).
+    pub repeat: BTreeSet<String>,
+    /// Run the node's undo twice.
+    pub repeat_undo: BTreeSet<String>,
+    /// Fail the node's undo.
+    pub fail_undo: BTreeSet<String>,
+}
+
+/// Bounds for transient retries.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: 6, min_delay_ms: 1_000, max_delay_ms: 60_000 }
+    }
+}
+
+/// Per-job engine options, stored with the job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobOptions {
+    pub on_failure: FailurePolicy,
+    pub faults: FaultPlan,
+    pub retry: RetryPolicy,
+}
+
+/// How a drive ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DriveOutcome {
+    /// The job reached this status (final, failed or paused).
+    Stopped(JobStatus),
+    /// The cancellation token fired; the job is still in flight in the store.
+    Interrupted,
+}
+
+/// Errors that stop the engine itself (not a step).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("store failure while driving job {job}")]
+    Store {
+        job: JobId,
+        #[source]
+        source: StoreError,
+    },
+    #[error("job {0} does not exist")]
+    NoSuchJob(JobId),
+    #[error("job {job} has an invalid plan: {message}")]
+    BadPlan { job: JobId, message: String },
+}
+
+/// Drives jobs. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+    pub backend: Arc<Backend>,
+}
+
+enum PhaseOutcome {
+    Done,
+    Paused { node: String, error: Value },
+    Failed { node: String, error: Value },
+    Interrupted,
+}
+
+enum UnwindOutcome {
+    Done,
+    Paused { node: String, error: Value },
+    Interrupted,
+}
+
+impl Engine {
+    pub fn new(store: Store, registry: Arc<Registry>, backend: Arc<Backend>) -> Self {
+        Engine { store, registry, backend }
+    }
+
+    /// Drives `job` until it stops or `cancel` fires.
+    pub async fn drive(
+        &self,
+        job_id: JobId,
+        cancel: CancellationToken,
+    ) -> Result<DriveOutcome, EngineError> {
+        let st = |source| EngineError::Store { job: job_id, source };
+        loop {
+            let job = self
+                .store
+                .get_job(job_id)
+                .await
+                .map_err(st)?
+                .ok_or(EngineError::NoSuchJob(job_id))?;
+            if !job.status.in_flight() {
+                return Ok(DriveOutcome::Stopped(job.status));
+            }
+            let plan: Plan = serde_json::from_value(job.plan.clone())
+                .map_err(|e| EngineError::BadPlan { job: job_id, message: e.to_string() })?;
+            plan.validate()
+                .map_err(|e| EngineError::BadPlan { job: job_id, message: e.to_string() })?;
+            if let Some(n) =
+                plan.nodes_in_order().into_iter().find(|n| !self.registry.contains(&n.action))
+            {
+                return Err(EngineError::BadPlan {
+                    job: job_id,
+                    message: format!("node `{}` names unregistered action `{}`", n.id, n.action),
+                });
+            }
+            let options: JobOptions =
+                serde_json::from_value(job.options.clone()).unwrap_or_default();
+            if job.status == JobStatus::Pending {
+                self.set_status(
+                    &job,
+                    JobUpdate { status: Some(JobStatus::Running), ..Default::default() },
+                )
+                .await?;
+            }
+            let run = JobRun {
+                engine: self.clone(),
+                job: Arc::new(job),
+                plan,
+                options,
+                cancel: cancel.clone(),
+            };
+            match run.job.mode {
+                JobMode::Forward => match run.forward().await? {
+                    None => return Ok(DriveOutcome::Interrupted),
+                    Some(true) => continue, // switched to unwinding
+                    Some(false) => {}
+                },
+                JobMode::Unwinding => {
+                    if run.unwind().await?.is_none() {
+                        return Ok(DriveOutcome::Interrupted);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn set_status(&self, job: &Job, update: JobUpdate) -> Result<Job, EngineError> {
+        let status = update.status;
+        let mode = update.mode;
+        let j = record_forever(|| self.store.update_job(job.id, update.clone()))
+            .await
+            .map_err(|source| EngineError::Store { job: job.id, source })?;
+        if status.is_some() || mode.is_some() {
+            let mut evs = vec![NewJobEvent::new(
+                "job",
+                json!({ "status": j.status, "mode": j.mode, "pause": j.pause, "error": j.error }),
+            )];
+            if matches!(
+                j.status,
+                JobStatus::Succeeded
+                    | JobStatus::Failed
+                    | JobStatus::Cancelled
+                    | JobStatus::Abandoned
+            ) {
+                evs.push(NewJobEvent::new("end", json!({ "status": j.status })));
+            }
+            record_forever(|| self.store.append_events(job.id, evs.clone()))
+                .await
+                .map_err(|source| EngineError::Store { job: job.id, source })?;
+        }
+        Ok(j)
+    }
+}
+
+/// Retries a store write for as long as it fails with a retryable error,
+/// escalating the log level (omicron's `retry_notify_ext`): progress must be
+/// recorded, so there is no giving up.
+async fn record_forever<T, F, Fut>(mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retryable() => {
+                attempt += 1;
+                let elapsed_ms = started.elapsed().as_millis() as u64;
+                if attempt < 5 {
+                    tracing::warn!(
+                        attempt,
+                        elapsed_ms,
+                        error = &e as &dyn std::error::Error,
+                        "Recording progress failed; retrying."
+                    );
+                } else {
+                    tracing::error!(
+                        attempt,
+                        elapsed_ms,
+                        error = &e as &dyn std::error::Error,
+                        "Recording progress keeps failing; the job cannot advance until the store accepts writes."
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis((50u64 << attempt.min(7)).min(5_000)))
+                    .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct JobRun {
+    engine: Engine,
+    job: Arc<Job>,
+    plan: Plan,
+    options: JobOptions,
+    cancel: CancellationToken,
+}
+
+impl JobRun {
+    fn store(&self) -> &Store {
+        &self.engine.store
+    }
+
+    fn st(&self) -> impl FnOnce(StoreError) -> EngineError + '_ {
+        move |source| EngineError::Store { job: self.job.id, source }
+    }
+
+    async fn states(&self) -> Result<BTreeMap<String, NodeState>, EngineError> {
+        self.store().node_states(self.job.id).await.map_err(self.st())
+    }
+
+    /// `None`: interrupted. `Some(true)`: switched to unwinding. `Some(false)`: stopped.
+    async fn forward(&self) -> Result<Option<bool>, EngineError> {
+        let mut states = self.states().await?;
+        for phase in &self.plan.phases {
+            match self.run_phase(phase, &mut states).await? {
+                PhaseOutcome::Done => {}
+                PhaseOutcome::Interrupted => return Ok(None),
+                PhaseOutcome::Paused { node, error } => {
+                    self.phase_event(&phase.id, "paused").await?;
+                    self.engine
+                        .set_status(
+                            &self.job,
+                            JobUpdate {
+                                status: Some(JobStatus::Paused),
+                                pause: Some(Some(json!({ "step": node, "error": error }))),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    return Ok(Some(false));
+                }
+                PhaseOutcome::Failed { node, error } => {
+                    self.phase_event(&phase.id, "failed").await?;
+                    let err = json!({ "step": node, "error": error });
+                    if self.options.on_failure == FailurePolicy::Rollback {
+                        self.engine
+                            .set_status(
+                                &self.job,
+                                JobUpdate {
+                                    mode: Some(JobMode::Unwinding),
+                                    error: Some(Some(err)),
+                                    ..Default::default()
+                                },
+                            )
+                            .await?;
+                        return Ok(Some(true));
+                    }
+                    let sov =
+                        (self.job.kind == JobKind::Provision).then_some(SovereignStatus::Failed);
+                    self.engine
+                        .set_status(
+                            &self.job,
+                            JobUpdate {
+                                status: Some(JobStatus::Failed),
+                                error: Some(Some(err)),
+                                sovereign_status: sov,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    return Ok(Some(false));
+                }
+            }
+        }
+        let sov = match self.job.kind {
+            JobKind::Provision | JobKind::AddRegion => SovereignStatus::Ready,
+            JobKind::Destroy => SovereignStatus::Destroyed,
+        };
+        self.engine
+            .set_status(
+                &self.job,
+                JobUpdate {
+                    status: Some(JobStatus::Succeeded),
+                    pause: Some(None),
+                    sovereign_status: Some(sov),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Some(false))
+    }
+
+    async fn phase_event(&self, phase: &str, state: &str) -> Result<(), EngineError> {
+        let ev = NewJobEvent::new("phase", json!({ "phase": phase, "state": state }));
+        record_forever(|| self.store().append_events(self.job.id, vec![ev.clone()]))
+            .await
+            .map_err(self.st())?;
+        Ok(())
+    }
+
+    fn outputs(states: &BTreeMap<String, NodeState>) -> BTreeMap<String, Value> {
+        states.iter().filter_map(|(k, s)| s.output().map(|o| (k.clone(), o.clone()))).collect()
+    }
+
+    fn ctx(&self, node: &NodeDef, attempt: u32, states: &BTreeMap<String, NodeState>) -> StepCtx {
+        StepCtx {
+            job_id: self.job.id,
+            sovereign_id: self.job.sovereign_id,
+            node: node.id.clone(),
+            attempt,
+            params: node.params.clone(),
+            request: Arc::new(self.job.request.clone()),
+            outputs: Arc::new(Self::outputs(states)),
+            backend: self.engine.backend.clone(),
+            store: self.engine.store.clone(),
+            cancel: self.cancel.child_token(),
+        }
+    }
+
+    async fn run_phase(
+        &self,
+        phase: &PhaseDef,
+        states: &mut BTreeMap<String, NodeState>,
+    ) -> Result<PhaseOutcome, EngineError> {
+        let all_done = |states: &BTreeMap<String, NodeState>| {
+            phase.nodes.iter().all(|n| states.get(&n.id).is_some_and(NodeState::is_satisfied))
+        };
+        if all_done(states) {
+            return Ok(PhaseOutcome::Done);
+        }
+        self.phase_event(&phase.id, "started").await?;
+        let mut inflight: JoinSet<Result<(String, NodeState), EngineError>> = JoinSet::new();
+        let mut running: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let mut blocked: Option<(String, Value)> = None;
+            let mut failed: Option<(String, Value)> = None;
+            for n in &phase.nodes {
+                if let Some(NodeState::Failed { error, .. }) = states.get(&n.id) {
+                    match stored_class(error) {
+                        ErrorClass::Terminal => {
+                            failed = failed.or(Some((n.id.clone(), error.clone())))
+                        }
+                        _ => blocked = blocked.or(Some((n.id.clone(), error.clone()))),
+                    }
+                }
+            }
+            if failed.is_none() && blocked.is_none() && !self.cancel.is_cancelled() {
+                for n in &phase.nodes {
+                    if running.contains(&n.id) {
+                        continue;
+                    }
+                    let state = states.get(&n.id).cloned().unwrap_or_default();
+                    let ready = matches!(state, NodeState::Pending | NodeState::Running { .. })
+                        && n.depends_on
+                            .iter()
+                            .all(|d| states.get(d).is_some_and(NodeState::is_satisfied));
+                    if ready {
+                        running.insert(n.id.clone());
+                        let exec = NodeExec {
+                            run: self.clone_run(),
+                            node: n.clone(),
+                            prior: state,
+                            cx_states: Arc::new(states.clone()),
+                        };
+                        inflight.spawn(exec.forward());
+                    }
+                }
+            }
+            if inflight.is_empty() {
+                if let Some((node, error)) = failed {
+                    return Ok(PhaseOutcome::Failed { node, error });
+                }
+                if let Some((node, error)) = blocked {
+                    return Ok(PhaseOutcome::Paused { node, error });
+                }
+                if self.cancel.is_cancelled() {
+                    return Ok(PhaseOutcome::Interrupted);
+                }
+                if all_done(states) {
+                    self.phase_event(&phase.id, "succeeded").await?;
+                    return Ok(PhaseOutcome::Done);
+                }
+                return Err(EngineError::BadPlan {
+                    job: self.job.id,
+                    message: format!("phase `{}` cannot make progress", phase.id),
+                });
+            }
+            tokio::select! {
+                joined = inflight.join_next() => {
+                    let (id, state) = joined.expect("non-empty join set").expect("step task panicked")?;
+                    running.remove(&id);
+                    states.insert(id, state);
+                }
+                _ = self.cancel.cancelled() => {
+                    // Dropping in-flight steps is exactly a crash: their
+                    // journal says `started` and the next drive re-runs them.
+                    inflight.abort_all();
+                    return Ok(PhaseOutcome::Interrupted);
+                }
+            }
+        }
+    }
+
+    fn clone_run(&self) -> Arc<JobRun> {
+        Arc::new(JobRun {
+            engine: self.engine.clone(),
+            job: self.job.clone(),
+            plan: self.plan.clone(),
+            options: self.options.clone(),
+            cancel: self.cancel.clone(),
+        })
+    }
+
+    /// `None`: interrupted.
+    async fn unwind(&self) -> Result<Option<()>, EngineError> {
+        let mut states = self.states().await?;
+        let cancelled = self.job.error.as_ref().is_some_and(|e| e.get("cancelled").is_some());
+        match self.unwind_nodes(&mut states).await? {
+            UnwindOutcome::Interrupted => return Ok(None),
+            UnwindOutcome::Paused { node, error } => {
+                self.engine
+                    .set_status(
+                        &self.job,
+                        JobUpdate {
+                            status: Some(JobStatus::Paused),
+                            pause: Some(Some(
+                                json!({ "step": node, "error": error, "unwinding": true }),
+                            )),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                return Ok(Some(()));
+            }
+            UnwindOutcome::Done => {}
+        }
+        let sov = match self.job.kind {
+            // A provision rolled back leaves nothing: the name is free again.
+            JobKind::Provision => SovereignStatus::Destroyed,
+            JobKind::AddRegion => SovereignStatus::Ready,
+            JobKind::Destroy => SovereignStatus::Failed,
+        };
+        let status = if cancelled { JobStatus::Cancelled } else { JobStatus::Failed };
+        self.engine
+            .set_status(
+                &self.job,
+                JobUpdate {
+                    status: Some(status),
+                    pause: Some(None),
+                    sovereign_status: Some(sov),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(Some(()))
+    }
+
+    async fn unwind_nodes(
+        &self,
+        states: &mut BTreeMap<String, NodeState>,
+    ) -> Result<UnwindOutcome, EngineError> {
+        let mut order: Vec<NodeDef> = Vec::new();
+        for phase in self.plan.phases.iter().rev() {
+            let topo = phase
+                .topo_order()
+                .map_err(|e| EngineError::BadPlan { job: self.job.id, message: e.to_string() })?;
+            order.extend(topo.into_iter().rev().cloned());
+        }
+        for node in order {
+            if self.cancel.is_cancelled() {
+                return Ok(UnwindOutcome::Interrupted);
+            }
+            let state = states.get(&node.id).cloned().unwrap_or_default();
+            if !state.needs_undo() {
+                continue;
+            }
+            let exec = NodeExec {
+                run: self.clone_run(),
+                node: node.clone(),
+                prior: state,
+                cx_states: Arc::new(states.clone()),
+            };
+            let fut = exec.undo();
+            let (id, new_state) = tokio::select! {
+                r = fut => r?,
+                _ = self.cancel.cancelled() => return Ok(UnwindOutcome::Interrupted),
+            };
+            let failed = match &new_state {
+                NodeState::UndoFailed { error, .. } => Some(error.clone()),
+                _ => None,
+            };
+            states.insert(id.clone(), new_state);
+            if let Some(error) = failed {
+                return Ok(UnwindOutcome::Paused { node: id, error });
+            }
+        }
+        Ok(UnwindOutcome::Done)
+    }
+}
+
+/// The class recorded with a failed step (what the engine decided then).
+fn stored_class(error: &Value) -> ErrorClass {
+    match error.get("class").and_then(Value::as_str) {
+        Some("terminal") => ErrorClass::Terminal,
+        Some("transient") => ErrorClass::Transient,
+        _ => ErrorClass::NeedsOperator,
+    }
+}
+
+struct NodeExec {
+    run: Arc<JobRun>,
+    node: NodeDef,
+    prior: NodeState,
+    cx_states: Arc<BTreeMap<String, NodeState>>,
+}
+
+impl NodeExec {
+    async fn record(&self, event: StepEvent, body: Value) -> Result<NodeState, EngineError> {
+        let store = self.run.store();
+        let mut body = body;
+        if let Some(o) = body.as_object_mut() {
+            o.insert("step".into(), self.node.id.clone().into());
+            o.insert("phase".into(), self.node.id.split('/').next().unwrap_or("").into());
+        }
+        let ev = NewJobEvent::new("step", body);
+        let (state, _) = record_forever(|| {
+            store.append_step_event_with(
+                self.run.job.id,
+                &self.node.id,
+                event.clone(),
+                vec![ev.clone()],
+            )
+        })
+        .await
+        .map_err(|source| EngineError::Store { job: self.run.job.id, source })?;
+        Ok(state)
+    }
+
+    async fn forward(self) -> Result<(String, NodeState), EngineError> {
+        let opts = &self.run.options;
+        let faults = &opts.faults;
+        let step = self.run.engine.registry.get(&self.node.action).expect("validated action");
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(opts.retry.min_delay_ms))
+            .with_max_delay(Duration::from_millis(opts.retry.max_delay_ms))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut attempt = self.prior.attempts();
+        let mut flaky_left =
+            faults.flaky.get(&self.node.id).copied().unwrap_or(0).saturating_sub(attempt);
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            self.record(
+                StepEvent::Started { attempt },
+                json!({ "state": "started", "attempt": attempt }),
+            )
+            .await?;
+            let cx = self.run.ctx(&self.node, attempt, &self.cx_states);
+            let result = if let Some(class) = faults.fail.get(&self.node.id) {
+                Err(StepError::Injected { node: self.node.id.clone(), class: *class })
+            } else if flaky_left > 0 {
+                flaky_left -= 1;
+                Err(StepError::Injected {
+                    node: self.node.id.clone(),
+                    class: ErrorClass::Transient,
+                })
+            } else {
+                let first = step.run(&cx).await;
+                if faults.repeat.contains(&self.node.id) && first.is_ok() {
+                    step.run(&cx).await
+                } else {
+                    first
+                }
+            };
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            match result {
+                Ok(output) => {
+                    let s = self
+                        .record(
+                            StepEvent::Succeeded { output },
+                            json!({ "state": "succeeded", "attempt": attempt, "elapsed_ms": elapsed_ms }),
+                        )
+                        .await?;
+                    return Ok((self.node.id.clone(), s));
+                }
+                Err(e) => {
+                    let class = e.class();
+                    let mut err = e.to_json();
+                    tracing::warn!(job_id = %self.run.job.id, step = %self.node.id, attempt, class = class.as_str(), error = &e as &dyn std::error::Error, "Step failed.");
+                    if class == ErrorClass::Transient && attempt < opts.retry.max_attempts {
+                        let delay = backoff
+                            .next()
+                            .unwrap_or(Duration::from_millis(opts.retry.max_delay_ms));
+                        self.record(
+                            StepEvent::AttemptFailed { attempt, error: err.clone(), retry_in_ms: delay.as_millis() as u64 },
+                            json!({ "state": "retrying", "attempt": attempt, "error": err, "retry_in_ms": delay.as_millis() as u64 }),
+                        )
+                        .await?;
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = self.run.cancel.cancelled() => {
+                                // Journal says running: the next drive re-runs it.
+                                return Ok((self.node.id.clone(), NodeState::Running { attempt, last_error: Some(err) }));
+                            }
+                        }
+                    }
+                    if class == ErrorClass::Transient {
+                        // Attempts exhausted: a person has to look.
+                        err["class"] = "needs-operator".into();
+                        err["exhausted_attempts"] = attempt.into();
+                        err["remediation"] =
+                            format!("Still failing after {attempt} attempts. {}", e.remediation())
+                                .into();
+                    }
+                    let s = self
+                        .record(
+                            StepEvent::Failed { error: err.clone() },
+                            json!({ "state": "failed", "attempt": attempt, "error": err, "elapsed_ms": elapsed_ms }),
+                        )
+                        .await?;
+                    return Ok((self.node.id.clone(), s));
+                }
+            }
+        }
+    }
+
+    async fn undo(self) -> Result<(String, NodeState), EngineError> {
+        let opts = &self.run.options;
+        let step = self.run.engine.registry.get(&self.node.action).expect("validated action");
+        self.record(StepEvent::UndoStarted, json!({ "state": "undo_started" })).await?;
+        let started = Instant::now();
+        let attempt = self.prior.attempts().max(1);
+        // The undo sees its own output (the ids it must remove).
+        let mut states = (*self.cx_states).clone();
+        if let Some(out) = self.prior.output() {
+            states.insert(
+                self.node.id.clone(),
+                NodeState::Succeeded { output: out.clone(), attempts: attempt },
+            );
+        }
+        let cx = self.run.ctx(&self.node, attempt, &states);
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(opts.retry.min_delay_ms))
+            .with_max_delay(Duration::from_millis(opts.retry.max_delay_ms))
+            .with_jitter()
+            .with_max_times(opts.retry.max_attempts.saturating_sub(1) as usize)
+            .build();
+        let result = loop {
+            let r = if opts.faults.fail_undo.contains(&self.node.id) {
+                Err(StepError::Injected {
+                    node: self.node.id.clone(),
+                    class: ErrorClass::NeedsOperator,
+                })
+            } else {
+                let first = step.undo(&cx).await;
+                if opts.faults.repeat_undo.contains(&self.node.id) && first.is_ok() {
+                    step.undo(&cx).await
+                } else {
+                    first
+                }
+            };
+            match r {
+                Err(e) if e.class() == ErrorClass::Transient => match backoff.next() {
+                    Some(d) => {
+                        tracing::warn!(job_id = %self.run.job.id, step = %self.node.id, error = &e as &dyn std::error::Error, "Undo failed; retrying.");
+                        tokio::time::sleep(d).await;
+                    }
+                    None => break Err(e),
+                },
+                other => break other,
+            }
+        };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let s = match result {
+            Ok(()) => {
+                self.record(
+                    StepEvent::UndoFinished,
+                    json!({ "state": "undone", "elapsed_ms": elapsed_ms }),
+                )
+                .await?
+            }
+            Err(e) => {
+                let err = e.to_json();
+                tracing::error!(job_id = %self.run.job.id, step = %self.node.id, error = &e as &dyn std::error::Error, "Undo failed; the job needs an operator.");
+                self.record(
+                    StepEvent::UndoFailed { error: err.clone() },
+                    json!({ "state": "undo_failed", "error": err }),
+                )
+                .await?
+            }
+        };
+        Ok((self.node.id.clone(), s))
+    }
+}
+
+// === operator verbs ===
+
+/// What an operator asks `retry` to re-run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryTarget {
+    /// Every failed step (the default).
+    Failed,
+    /// One step (`phase/step`).
+    Step(String),
+    /// Every step of a phase, including succeeded ones (they are idempotent).
+    Phase(String),
+}
+
+/// An operator verb refused, with a reason the API shows as-is.
+#[derive(Debug, thiserror::Error)]
+pub enum VerbError {
+    #[error("job {0} does not exist")]
+    NoSuchJob(JobId),
+    #[error("{0}")]
+    Refused(String),
+    #[error("store failure")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for VerbError {
+    fn from(e: StoreError) -> Self {
+        VerbError::Store(e)
+    }
+}
+
+/// Applies operator verbs to the store. The daemon stops the job's driver
+/// before and restarts it after (see the provisioner's supervisor).
+pub struct Verbs<'a> {
+    pub store: &'a Store,
+}
+
+impl Verbs<'_> {
+    async fn job(&self, id: JobId) -> Result<Job, VerbError> {
+        self.store.get_job(id).await?.ok_or(VerbError::NoSuchJob(id))
+    }
+
+    fn plan(job: &Job) -> Result<Plan, VerbError> {
+        serde_json::from_value(job.plan.clone())
+            .map_err(|e| VerbError::Refused(format!("stored plan unreadable: {e}")))
+    }
+
+    async fn audit(
+        &self,
+        job: &Job,
+        actor: &str,
+        action: &str,
+        detail: Value,
+    ) -> Result<(), VerbError> {
+        self.store
+            .record_audit(NewAudit {
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                job_id: Some(job.id),
+                sovereign_id: Some(job.sovereign_id),
+                detail: detail.clone(),
+            })
+            .await?;
+        self.store
+            .append_events(
+                job.id,
+                vec![NewJobEvent::new(
+                    "operator",
+                    json!({ "action": action, "actor": actor, "detail": detail }),
+                )],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn reopen(&self, job: &Job) -> Result<(), VerbError> {
+        let j = self
+            .store
+            .update_job(
+                job.id,
+                JobUpdate {
+                    status: Some(JobStatus::Running),
+                    pause: Some(None),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.store
+            .append_events(
+                job.id,
+                vec![NewJobEvent::new("job", json!({ "status": j.status, "mode": j.mode }))],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `retry`: re-runs failed steps, one step, or a whole phase.
+    pub async fn retry(
+        &self,
+        id: JobId,
+        target: RetryTarget,
+        actor: &str,
+    ) -> Result<Vec<String>, VerbError> {
+        let job = self.job(id).await?;
+        if !matches!(job.status, JobStatus::Paused | JobStatus::Failed) {
+            return Err(VerbError::Refused(format!(
+                "job is `{}`; retry applies to paused or failed jobs",
+                job.status
+            )));
+        }
+        let plan = Self::plan(&job)?;
+        let states = self.store.node_states(id).await?;
+        let mut nodes: Vec<String> = match &target {
+            RetryTarget::Failed => states
+                .iter()
+                .filter(|(_, s)| {
+                    matches!(s, NodeState::Failed { .. } | NodeState::UndoFailed { .. })
+                })
+                .map(|(k, _)| k.clone())
+                .collect(),
+            RetryTarget::Step(s) => {
+                if plan.node(s).is_none() {
+                    return Err(VerbError::Refused(format!("no step `{s}` in this job's plan")));
+                }
+                vec![s.clone()]
+            }
+            RetryTarget::Phase(p) => plan
+                .phase(p)
+                .ok_or_else(|| VerbError::Refused(format!("no phase `{p}` in this job's plan")))?
+                .nodes
+                .iter()
+                .map(|n| n.id.clone())
+                .collect(),
+        };
+        if job.mode == JobMode::Unwinding {
+            // Retrying during an unwind means: try the failed undo again. The
+            // unwind re-runs every `undo_failed` node; nothing to append.
+            nodes.retain(|n| matches!(states.get(n), Some(NodeState::UndoFailed { .. })));
+        } else {
+            if job.status == JobStatus::Failed && job.error.is_some() && nodes.is_empty() {
+                return Err(VerbError::Refused("nothing to retry".into()));
+            }
+            let mut retried = Vec::new();
+            for n in &nodes {
+                let s = states.get(n).cloned().unwrap_or_default();
+                if matches!(
+                    s,
+                    NodeState::Failed { .. }
+                        | NodeState::Succeeded { .. }
+                        | NodeState::Skipped { .. }
+                        | NodeState::Undone { .. }
+                ) {
+                    self.store
+                        .append_step_event(id, n, StepEvent::Retried { by: actor.to_owned() })
+                        .await?;
+                    retried.push(n.clone());
+                } else if matches!(target, RetryTarget::Step(_)) && !matches!(s, NodeState::Pending)
+                {
+                    return Err(VerbError::Refused(format!(
+                        "step `{n}` is `{}`; only failed, succeeded or skipped steps can be retried",
+                        s.name()
+                    )));
+                }
+            }
+            nodes = retried;
+            if job.status == JobStatus::Failed {
+                self.store
+                    .update_job(id, JobUpdate { error: Some(None), ..Default::default() })
+                    .await?;
+            }
+        }
+        self.audit(&job, actor, "retry", json!({ "target": target, "steps": nodes })).await?;
+        self.reopen(&job).await?;
+        Ok(nodes)
+    }
+
+    /// `skip`: marks a step done by hand, with a justification.
+    pub async fn skip(
+        &self,
+        id: JobId,
+        step: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<(), VerbError> {
+        let job = self.job(id).await?;
+        if reason.trim().is_empty() {
+            return Err(VerbError::Refused("skip needs a reason".into()));
+        }
+        if job.status.is_final() {
+            return Err(VerbError::Refused(format!("job is `{}`", job.status)));
+        }
+        let plan = Self::plan(&job)?;
+        if plan.node(step).is_none() {
+            return Err(VerbError::Refused(format!("no step `{step}` in this job's plan")));
+        }
+        let states = self.store.node_states(id).await?;
+        let s = states.get(step).cloned().unwrap_or_default();
+        if matches!(s, NodeState::Running { .. }) && job.status == JobStatus::Running {
+            return Err(VerbError::Refused(format!(
+                "step `{step}` is running; pause the job (or wait for it to fail) first"
+            )));
+        }
+        self.store
+            .append_step_event(
+                id,
+                step,
+                StepEvent::Skipped { by: actor.to_owned(), reason: reason.to_owned() },
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::IllegalTransition { .. } => VerbError::Refused(format!(
+                    "step `{step}` is `{}` and cannot be skipped",
+                    s.name()
+                )),
+                other => VerbError::Store(other),
+            })?;
+        self.audit(&job, actor, "skip", json!({ "step": step, "reason": reason })).await?;
+        if matches!(job.status, JobStatus::Paused | JobStatus::Failed) {
+            self.reopen(&job).await?;
+        }
+        Ok(())
+    }
+
+    /// `resume`: continues a paused job (the failed step runs again).
+    pub async fn resume(&self, id: JobId, actor: &str) -> Result<(), VerbError> {
+        let job = self.job(id).await?;
+        if job.status != JobStatus::Paused {
+            return Err(VerbError::Refused(format!(
+                "job is `{}`; only paused jobs resume",
+                job.status
+            )));
+        }
+        if job.mode == JobMode::Forward {
+            for (n, s) in self.store.node_states(id).await? {
+                if matches!(s, NodeState::Failed { .. }) {
+                    self.store
+                        .append_step_event(id, &n, StepEvent::Retried { by: actor.to_owned() })
+                        .await?;
+                }
+            }
+        }
+        self.audit(&job, actor, "resume", json!({})).await?;
+        self.reopen(&job).await
+    }
+
+    /// `abandon`: stops the job where it is, undoing nothing.
+    pub async fn abandon(&self, id: JobId, actor: &str) -> Result<(), VerbError> {
+        let job = self.job(id).await?;
+        if job.status.is_final() {
+            return Err(VerbError::Refused(format!("job is already `{}`", job.status)));
+        }
+        self.audit(&job, actor, "abandon", json!({})).await?;
+        let sov = (job.kind != JobKind::Destroy).then_some(SovereignStatus::Failed);
+        let j = self
+            .store
+            .update_job(
+                id,
+                JobUpdate {
+                    status: Some(JobStatus::Abandoned),
+                    sovereign_status: sov,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.store
+            .append_events(
+                id,
+                vec![
+                    NewJobEvent::new("job", json!({ "status": j.status, "mode": j.mode })),
+                    NewJobEvent::new("end", json!({ "status": j.status })),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `cancel`: rolls the job back (undo of everything that ran).
+    pub async fn cancel(&self, id: JobId, actor: &str) -> Result<(), VerbError> {
+        let job = self.job(id).await?;
+        if job.status.is_final() {
+            return Err(VerbError::Refused(format!("job is already `{}`", job.status)));
+        }
+        if job.mode == JobMode::Unwinding && job.status == JobStatus::Running {
+            return Err(VerbError::Refused("job is already rolling back".into()));
+        }
+        self.audit(&job, actor, "cancel", json!({})).await?;
+        let j = self
+            .store
+            .update_job(
+                id,
+                JobUpdate {
+                    status: Some(JobStatus::Running),
+                    mode: Some(JobMode::Unwinding),
+                    pause: Some(None),
+                    error: Some(Some(json!({ "cancelled": true, "by": actor }))),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.store
+            .append_events(
+                id,
+                vec![NewJobEvent::new("job", json!({ "status": j.status, "mode": j.mode }))],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The error chain of an engine error, for logs and API messages.
+pub fn describe(e: &EngineError) -> String {
+    error_chain(e)
+}
+
+#[allow(dead_code)]
+fn _drive_is_send(e: &Engine) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(e.drive(JobId::new(), CancellationToken::new()));
+}

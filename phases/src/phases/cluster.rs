@@ -1,0 +1,409 @@
+//! Phase 3, `cluster`: K3s and Cilium over SSH, kubeconfig verified.
+//!
+//! Per region: one `ssh-<server>` node per server (connect with a bounded,
+//! reasoned wait while the host boots, pin the host key on first contact);
+//! a random join token held encrypted in the store (never derived from
+//! inputs, F-13); the first server with `--cluster-init`, the others joining
+//! it one at a time with `--server`, agents joining in parallel with
+//! `K3S_URL`; Cilium as a K3s HelmChart manifest at the release manifest's
+//! version (F-35); the kubeconfig rewritten to the load balancer on 6443,
+//! stored encrypted; and a verification that counts Ready nodes and servers.
+//!
+//! Every remote command is guarded by a marker file so a re-run after a
+//! crash installs nothing twice.
+//!
+//! TODO(cluster issue): ssh2 adapter, artifact directory (air-gap) upload
+//! with checksum verification, TLS-verified API check through the LB (F-12),
+//! etcd member count via etcdctl, CoreDNS readiness.
+
+use std::time::Duration;
+
+use cz_state::SecretString;
+use serde_json::{Value, json};
+
+use super::infra::{Outputs, Server};
+use super::{action, command_failed, fqdn, no_undo, release};
+use crate::adapters::Host;
+use crate::plan::{PhaseBuilder, PhaseDef};
+use crate::request::Region;
+use crate::step::{Registry, StepCtx, StepResult};
+use crate::{Cause, StepError, System};
+
+pub const PHASE: &str = "cluster";
+const KUBECONFIG_PATH: &str = "/etc/rancher/k3s/k3s.yaml";
+
+pub fn register(r: &mut Registry) {
+    r.register("cluster.ssh", action!(ssh, no_undo));
+    r.register("cluster.join-token", action!(join_token, join_token_undo));
+    r.register("cluster.k3s", action!(k3s, k3s_undo));
+    r.register("cluster.cilium", action!(cilium, no_undo));
+    r.register("cluster.kubeconfig", action!(kubeconfig, kubeconfig_undo));
+    r.register("cluster.verify", action!(verify, no_undo));
+}
+
+fn server_names(slug_loc: &str, r: &Region) -> (Vec<String>, Vec<String>) {
+    let cps = (1..=r.control_plane.count).map(|i| format!("{slug_loc}-cp{i}")).collect();
+    let ws = (1..=r.workers.count).map(|i| format!("{slug_loc}-w{i}")).collect();
+    (cps, ws)
+}
+
+pub fn phase(regions: &[Region]) -> PhaseDef {
+    let mut b = PhaseBuilder::new(PHASE);
+    for r in regions {
+        let l = &r.location;
+        let (cps, ws) = server_names(l, r);
+        let tok = format!("join-token-{l}");
+        b.step(&tok, "cluster.join-token", &[], json!({ "location": l }));
+        for (i, s) in cps.iter().chain(ws.iter()).enumerate() {
+            let role = if i < cps.len() { "control-plane" } else { "worker" };
+            b.step(
+                &format!("ssh-{s}"),
+                "cluster.ssh",
+                &[],
+                json!({ "location": l, "suffix": s, "role": role }),
+            );
+        }
+        let mut servers: Vec<String> = Vec::new();
+        for (i, s) in cps.iter().enumerate() {
+            let name = format!("k3s-{s}");
+            let ssh = format!("ssh-{s}");
+            let mut after = vec![ssh.as_str(), tok.as_str()];
+            let prev: Option<String> = servers.last().cloned();
+            if let Some(p) = &prev {
+                after.push(p.as_str());
+            }
+            let p = json!({ "location": l, "suffix": s, "role": "server", "first": i == 0 });
+            b.step(&name, "cluster.k3s", &after, p);
+            servers.push(name);
+        }
+        let first = servers[0].clone();
+        let mut agents = Vec::new();
+        for s in &ws {
+            let name = format!("k3s-{s}");
+            let ssh = format!("ssh-{s}");
+            b.step(
+                &name,
+                "cluster.k3s",
+                &[ssh.as_str(), first.as_str()],
+                json!({ "location": l, "suffix": s, "role": "agent", "first": false }),
+            );
+            agents.push(name);
+        }
+        let cil = format!("cilium-{l}");
+        b.step(&cil, "cluster.cilium", &[first.as_str()], json!({ "location": l }));
+        let kc = format!("kubeconfig-{l}");
+        let mut after: Vec<&str> = servers.iter().map(String::as_str).collect();
+        after.push(&cil);
+        b.step(&kc, "cluster.kubeconfig", &after, json!({ "location": l }));
+        let mut after: Vec<&str> = agents.iter().map(String::as_str).collect();
+        after.push(&kc);
+        b.step(
+            &format!("verify-{l}"),
+            "cluster.verify",
+            &after,
+            json!({ "location": l, "servers": r.control_plane.count, "agents": r.workers.count }),
+        );
+    }
+    b.build()
+}
+
+fn outputs(cx: &StepCtx) -> StepResult<Outputs> {
+    let loc: String = cx.param("location")?;
+    cx.lookup(&format!("infra/outputs-{loc}"))
+}
+
+fn server_by_suffix(cx: &StepCtx, out: &Outputs, suffix: &str) -> StepResult<Server> {
+    out.servers
+        .iter()
+        .find(|s| s.name.ends_with(&format!("-{suffix}")))
+        .cloned()
+        .ok_or_else(|| StepError::MissingOutput { name: format!("{}: server *-{suffix}", cx.node) })
+}
+
+fn host(s: &Server) -> Host {
+    Host { name: s.name.clone(), address: s.ipv4.clone(), port: 22, user: "root".into() }
+}
+
+async fn ssh(cx: &StepCtx) -> StepResult<Value> {
+    let out = outputs(cx)?;
+    let suffix: String = cx.param("suffix")?;
+    let s = server_by_suffix(cx, &out, &suffix)?;
+    let h = host(&s);
+    let fp = cx
+        .wait_for(
+            &format!("SSH on {} ({}) to accept connections", s.name, s.ipv4),
+            Duration::from_secs(600),
+            || async {
+                match cx.backend.ssh.probe(&h).await {
+                    Ok(fp) => Ok(Some(fp)),
+                    Err(StepError::Adapter {
+                        cause: Cause::Network | Cause::Unavailable, ..
+                    }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await?;
+    Ok(json!({ "host": h, "fingerprint": fp, "server": s }))
+}
+
+fn pinned(cx: &StepCtx, suffix: &str) -> StepResult<(Host, String, Server)> {
+    let v: Value = cx.lookup(&format!("cluster/ssh-{suffix}"))?;
+    let h: Host = serde_json::from_value(v["host"].clone())
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let s: Server = serde_json::from_value(v["server"].clone())
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let fp = v["fingerprint"].as_str().unwrap_or_default().to_owned();
+    Ok((h, fp, s))
+}
+
+fn token_name(loc: &str) -> String {
+    format!("k3s-token-{loc}")
+}
+
+async fn join_token(cx: &StepCtx) -> StepResult<Value> {
+    let loc: String = cx.param("location")?;
+    let name = token_name(&loc);
+    if cx.secret_opt(&name).await?.is_none() {
+        let bytes: [u8; 32] = rand::random();
+        cx.put_secret(&name, &SecretString::new(hex::encode(bytes))).await?;
+    }
+    Ok(json!({ "secret": name }))
+}
+
+async fn join_token_undo(cx: &StepCtx) -> StepResult<()> {
+    cx.delete_secret(&token_name(&cx.param::<String>("location")?)).await
+}
+
+/// The K3s config file (0600 on the node; carries the join token).
+fn k3s_config(
+    role: &str,
+    first: bool,
+    token: &str,
+    first_ip: &str,
+    lb_ip: &str,
+    fqdn: &str,
+) -> String {
+    let mut c = format!("token: \"{token}\"\n");
+    if role == "server" {
+        c.push_str(
+            "flannel-backend: none\ndisable-network-policy: true\ndisable-kube-proxy: true\n",
+        );
+        c.push_str("disable:\n  - traefik\n  - servicelb\n");
+        c.push_str(&format!("tls-san:\n  - \"{lb_ip}\"\n  - \"api.{fqdn}\"\n"));
+        c.push_str("node-label:\n  - \"catalyst.openova.io/role=control-plane\"\n");
+        if first {
+            c.push_str("cluster-init: true\n");
+        } else {
+            c.push_str(&format!("server: \"https://{first_ip}:6443\"\n"));
+        }
+    } else {
+        c.push_str(&format!("server: \"https://{first_ip}:6443\"\n"));
+        c.push_str("node-label:\n  - \"catalyst.openova.io/role=worker\"\n");
+    }
+    c
+}
+
+fn install_script(role: &str) -> String {
+    let exec = if role == "server" { "server" } else { "agent" };
+    format!(
+        "#!/bin/sh\n# sim:k3s-install role={role} version={v}\nset -eu\n\
+         INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_VERSION='{v}' INSTALL_K3S_EXEC='{exec}' \\\n  sh /var/lib/catalyst/artifacts/k3s-install.sh\n",
+        v = release::K3S_VERSION
+    )
+}
+
+async fn run_ok(cx: &StepCtx, h: &Host, fp: &str, cmd: &str) -> StepResult<String> {
+    let out = cx.backend.ssh.run(h, fp, cmd).await?;
+    if out.status != 0 {
+        return Err(command_failed(cmd, &out));
+    }
+    Ok(out.stdout)
+}
+
+fn marker() -> String {
+    format!("/var/lib/catalyst/k3s-{}.installed", release::K3S_VERSION)
+}
+
+async fn k3s(cx: &StepCtx) -> StepResult<Value> {
+    let suffix: String = cx.param("suffix")?;
+    let role: String = cx.param("role")?;
+    let first: bool = cx.param("first")?;
+    let (h, fp, _) = pinned(cx, &suffix)?;
+    let loc: String = cx.param("location")?;
+    let out = outputs(cx)?;
+    let first_ip = out
+        .servers
+        .iter()
+        .find(|s| s.role == "control-plane")
+        .map(|s| s.private_ip.clone())
+        .unwrap_or_default();
+    // Guard: installed at this version already? Then nothing to do.
+    if cx.backend.ssh.run(&h, &fp, &format!("test -f {}", marker())).await?.status == 0 {
+        return Ok(
+            json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": true }),
+        );
+    }
+    let token = cx.secret(&token_name(&loc)).await?;
+    let cfg =
+        k3s_config(&role, first, token.expose(), &first_ip, &out.load_balancer.ipv4, &fqdn(cx)?);
+    cx.backend.ssh.upload(&h, &fp, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600).await?;
+    cx.backend
+        .ssh
+        .upload(
+            &h,
+            &fp,
+            "/var/lib/catalyst/k3s-install.sh",
+            install_script(&role).as_bytes(),
+            0o700,
+        )
+        .await?;
+    run_ok(cx, &h, &fp, "sh /var/lib/catalyst/k3s-install.sh").await?;
+    run_ok(cx, &h, &fp, &format!("touch {}", marker())).await?;
+    cx.event("ssh", json!({ "host": h.name, "message": format!("k3s {} installed as {role}", release::K3S_VERSION) })).await?;
+    Ok(
+        json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": false }),
+    )
+}
+
+async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
+    let suffix: String = cx.param("suffix")?;
+    let role: String = cx.param("role")?;
+    let Ok((h, fp, _)) = pinned(cx, &suffix) else { return Ok(()) };
+    let script = if role == "server" {
+        "/usr/local/bin/k3s-uninstall.sh"
+    } else {
+        "/usr/local/bin/k3s-agent-uninstall.sh"
+    };
+    // Absent script = never installed or already uninstalled.
+    if cx.backend.ssh.run(&h, &fp, &format!("test -f {script}")).await?.status == 0 {
+        run_ok(cx, &h, &fp, &format!("sh {script}")).await?;
+    }
+    run_ok(cx, &h, &fp, &format!("rm -f {}", marker())).await?;
+    Ok(())
+}
+
+/// The Cilium HelmChart, same chart version as bp-cilium (F-35), with
+/// `k8sServiceHost` the first server's private IP so agents reach the API
+/// too (F-16: 127.0.0.1 only exists on servers).
+pub fn cilium_manifest(api_host: &str) -> String {
+    format!(
+        "apiVersion: helm.cattle.io/v1\nkind: HelmChart\nmetadata:\n  name: cilium\n  namespace: kube-system\nspec:\n  repo: https://helm.cilium.io/\n  chart: cilium\n  version: \"{v}\"\n  targetNamespace: kube-system\n  valuesContent: |-\n    kubeProxyReplacement: true\n    k8sServiceHost: \"{api_host}\"\n    k8sServicePort: 6443\n    ipam:\n      mode: kubernetes\n    l7Proxy: true\n    encryption:\n      enabled: true\n      type: wireguard\n",
+        v = release::CILIUM_CHART_VERSION
+    )
+}
+
+async fn cilium(cx: &StepCtx) -> StepResult<Value> {
+    let out = outputs(cx)?;
+    let first = out
+        .servers
+        .iter()
+        .find(|s| s.role == "control-plane")
+        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
+    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
+    let (h, fp, _) = pinned(cx, &suffix)?;
+    let body = cilium_manifest(&first.private_ip);
+    cx.backend
+        .ssh
+        .upload(
+            &h,
+            &fp,
+            "/var/lib/rancher/k3s/server/manifests/cilium.yaml",
+            body.as_bytes(),
+            0o600,
+        )
+        .await?;
+    Ok(
+        json!({ "chart_version": release::CILIUM_CHART_VERSION, "k8s_service_host": first.private_ip }),
+    )
+}
+
+fn kubeconfig_secret(loc: &str) -> String {
+    format!("kubeconfig-{loc}")
+}
+
+async fn kubeconfig(cx: &StepCtx) -> StepResult<Value> {
+    let loc: String = cx.param("location")?;
+    let out = outputs(cx)?;
+    let first = out
+        .servers
+        .iter()
+        .find(|s| s.role == "control-plane")
+        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
+    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
+    let (h, fp, _) = pinned(cx, &suffix)?;
+    let raw = run_ok(cx, &h, &fp, &format!("cat {KUBECONFIG_PATH}")).await?;
+    if !raw.contains("https://127.0.0.1:6443") {
+        return Err(StepError::adapter(
+            System::Ssh,
+            "kubeconfig",
+            Cause::Invalid,
+            "k3s.yaml does not point at https://127.0.0.1:6443",
+        ));
+    }
+    let endpoint = format!("https://{}:6443", out.load_balancer.ipv4);
+    let rewritten = raw.replace("https://127.0.0.1:6443", &endpoint);
+    cx.put_secret(&kubeconfig_secret(&loc), &SecretString::new(rewritten)).await?;
+    Ok(json!({ "endpoint": endpoint, "secret": kubeconfig_secret(&loc) }))
+}
+
+async fn kubeconfig_undo(cx: &StepCtx) -> StepResult<()> {
+    cx.delete_secret(&kubeconfig_secret(&cx.param::<String>("location")?)).await
+}
+
+/// The region's kubeconfig, for later phases.
+pub async fn kubeconfig_for(cx: &StepCtx, loc: &str) -> StepResult<SecretString> {
+    cx.secret(&kubeconfig_secret(loc)).await
+}
+
+async fn verify(cx: &StepCtx) -> StepResult<Value> {
+    let out = outputs(cx)?;
+    let want_servers: u32 = cx.param("servers")?;
+    let want_agents: u32 = cx.param("agents")?;
+    let first = out
+        .servers
+        .iter()
+        .find(|s| s.role == "control-plane")
+        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
+    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
+    let (h, fp, _) = pinned(cx, &suffix)?;
+    let counts = cx
+        .wait_for(
+            &format!(
+                "{} nodes Ready ({want_servers} servers, {want_agents} agents)",
+                want_servers + want_agents
+            ),
+            Duration::from_secs(900),
+            || async {
+                let text = run_ok(cx, &h, &fp, "k3s kubectl get nodes -o json").await?;
+                let list: Value = serde_json::from_str(&text).map_err(|e| {
+                    StepError::adapter(
+                        System::Kubernetes,
+                        "get nodes",
+                        Cause::Invalid,
+                        e.to_string(),
+                    )
+                })?;
+                let nodes = list["items"].as_array().cloned().unwrap_or_default();
+                let ready = |n: &Value| {
+                    n.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+                        cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                };
+                let servers = nodes
+                    .iter()
+                    .filter(|n| {
+                        ready(n)
+                            && n.pointer("/metadata/labels/catalyst.openova.io~1role")
+                                .and_then(Value::as_str)
+                                == Some("control-plane")
+                    })
+                    .count() as u32;
+                let total = nodes.iter().filter(|n| ready(n)).count() as u32;
+                Ok((servers == want_servers && total == want_servers + want_agents)
+                    .then_some((servers, total)))
+            },
+        )
+        .await?;
+    Ok(json!({ "ready_servers": counts.0, "ready_nodes": counts.1 }))
+}

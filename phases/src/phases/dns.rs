@@ -1,0 +1,253 @@
+//! Phases 1 and 7, `dns-reserve` and `dns-commit`: the Sovereign's zone.
+//!
+//! Pool mode: the child zone `<sub>.<pool>` and the NS delegation in the
+//! parent pool zone, one step each with its undo, then a check that the
+//! delegation answers over DNS. BYO modes record the NS set the customer (or
+//! the registrar adapter) must point at. `dns-commit` writes the record set
+//! in one REPLACE and verifies it by DNS queries before the job may finish.
+//!
+//! TODO(dns issue): the reservation lease renewed by the daemon (F-43), the
+//! registrar adapters (byo-api), the byo-manual NS wait, public-resolver
+//! propagation checks, the real PowerDNS adapter.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::{action, fqdn, no_undo};
+use crate::adapters::Rrset;
+use crate::plan::{PhaseBuilder, PhaseDef};
+use crate::request::{Domain, Region};
+use crate::step::{Registry, StepCtx, StepResult};
+use crate::{Cause, StepError, System};
+
+/// The nameservers of Sovereign zones (config in a later issue).
+pub const NAMESERVERS: &[&str] = &["ns1.openova.io.", "ns2.openova.io.", "ns3.openova.io."];
+/// Names `dns-commit` points at the load balancer.
+pub const RECORD_NAMES: &[&str] = &["@", "*", "console", "api", "gitea", "harbor"];
+pub const RECORD_TTL: u32 = 300;
+
+pub fn register(r: &mut Registry) {
+    r.register("dns.zone", action!(zone, zone_undo));
+    r.register("dns.delegation", action!(delegation, delegation_undo));
+    r.register("dns.verify-delegation", action!(verify_delegation, no_undo));
+    r.register("dns.records", action!(records, records_undo));
+    r.register("dns.verify-records", action!(verify_records, no_undo));
+    r.register("dns.propagation", action!(propagation, no_undo));
+}
+
+pub fn reserve_phase() -> PhaseDef {
+    let mut b = PhaseBuilder::new("dns-reserve");
+    b.step("zone", "dns.zone", &[], Value::Null);
+    b.step("delegation", "dns.delegation", &["zone"], Value::Null);
+    b.step("verify-delegation", "dns.verify-delegation", &["delegation"], Value::Null);
+    b.build()
+}
+
+/// `regional`: add-region writes `<location>.<fqdn>` records only.
+pub fn commit_phase(regions: &[Region], regional: Option<()>) -> PhaseDef {
+    let mut b = PhaseBuilder::new("dns-commit");
+    let locs: Vec<&str> = regions.iter().map(|r| r.location.as_str()).collect();
+    b.step(
+        "records",
+        "dns.records",
+        &[],
+        json!({ "locations": locs, "regional": regional.is_some() }),
+    );
+    b.step("verify-records", "dns.verify-records", &["records"], Value::Null);
+    b.step("propagation", "dns.propagation", &["verify-records"], Value::Null);
+    b.build()
+}
+
+fn abs(name: &str) -> String {
+    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+}
+
+fn nameservers() -> Vec<String> {
+    NAMESERVERS.iter().map(|s| s.to_string()).collect()
+}
+
+/// The parent zone that delegates to the Sovereign (pool mode only).
+fn parent(cx: &StepCtx) -> StepResult<Option<String>> {
+    if cx.request.pointer("/sovereign").is_some() {
+        return Ok(cx
+            .request
+            .pointer("/sovereign/pool_domain")
+            .and_then(Value::as_str)
+            .map(str::to_owned));
+    }
+    Ok(match super::request(cx)?.domain {
+        Domain::Pool { pool_domain, .. } => Some(pool_domain),
+        Domain::ByoManual { .. } | Domain::ByoApi { .. } => None,
+    })
+}
+
+async fn zone(cx: &StepCtx) -> StepResult<Value> {
+    let fqdn = fqdn(cx)?;
+    cx.backend.dns.create_zone(&abs(&fqdn), &nameservers()).await?;
+    Ok(json!({ "zone": abs(&fqdn), "nameservers": nameservers() }))
+}
+
+async fn zone_undo(cx: &StepCtx) -> StepResult<()> {
+    cx.backend.dns.delete_zone(&abs(&fqdn(cx)?)).await
+}
+
+async fn delegation(cx: &StepCtx) -> StepResult<Value> {
+    let fqdn = fqdn(cx)?;
+    match parent(cx)? {
+        Some(pool) => {
+            let rr =
+                Rrset { name: abs(&fqdn), rtype: "NS".into(), ttl: 3600, records: nameservers() };
+            cx.backend.dns.replace_rrsets(&abs(&pool), &[rr]).await?;
+            Ok(json!({ "mode": "pool", "parent": abs(&pool), "nameservers": nameservers() }))
+        }
+        None => {
+            cx.log(format!(
+                "Bring-your-own domain: point the NS records of {fqdn} at {}",
+                NAMESERVERS.join(", ")
+            ))
+            .await?;
+            Ok(json!({ "mode": "byo", "expected_nameservers": nameservers() }))
+        }
+    }
+}
+
+async fn delegation_undo(cx: &StepCtx) -> StepResult<()> {
+    if let Some(pool) = parent(cx)? {
+        cx.backend.dns.delete_rrsets(&abs(&pool), &[(abs(&fqdn(cx)?), "NS".into())]).await?;
+    }
+    Ok(())
+}
+
+async fn ns_matches(cx: &StepCtx, fqdn: &str) -> StepResult<Option<Vec<String>>> {
+    let mut got = cx.backend.dns.query(&abs(fqdn), "NS").await?;
+    got.sort();
+    let mut want = nameservers();
+    want.sort();
+    Ok((got == want).then_some(got))
+}
+
+async fn verify_delegation(cx: &StepCtx) -> StepResult<Value> {
+    let fqdn = fqdn(cx)?;
+    if parent(cx)?.is_none() {
+        // TODO(dns issue): byo-manual waits (bounded) for the customer's NS flip.
+        return Ok(
+            json!({ "verified": false, "reason": "bring-your-own domain: checked at dns-commit" }),
+        );
+    }
+    let ns = cx
+        .wait_for(
+            &format!("the NS delegation of {fqdn} to answer"),
+            Duration::from_secs(300),
+            || ns_matches(cx, &fqdn),
+        )
+        .await?;
+    Ok(json!({ "verified": true, "nameservers": ns }))
+}
+
+#[derive(serde::Deserialize)]
+struct RecordParams {
+    locations: Vec<String>,
+    regional: bool,
+}
+
+fn record_set(fqdn: &str, p: &RecordParams, lbs: &[(String, String)]) -> Vec<Rrset> {
+    if p.regional {
+        return lbs
+            .iter()
+            .map(|(loc, ip)| Rrset {
+                name: abs(&format!("{loc}.{fqdn}")),
+                rtype: "A".into(),
+                ttl: RECORD_TTL,
+                records: vec![ip.clone()],
+            })
+            .collect();
+    }
+    let ip = lbs[0].1.clone();
+    RECORD_NAMES
+        .iter()
+        .map(|n| {
+            let name = if *n == "@" { abs(fqdn) } else { abs(&format!("{n}.{fqdn}")) };
+            Rrset { name, rtype: "A".into(), ttl: RECORD_TTL, records: vec![ip.clone()] }
+        })
+        .collect()
+}
+
+fn lb_ips(cx: &StepCtx, p: &RecordParams) -> StepResult<Vec<(String, String)>> {
+    p.locations
+        .iter()
+        .map(|loc| {
+            let out: Value = cx.lookup(&format!("infra/outputs-{loc}"))?;
+            let ip =
+                out.pointer("/load_balancer/ipv4").and_then(Value::as_str).ok_or_else(|| {
+                    StepError::MissingOutput {
+                        name: format!("infra/outputs-{loc}.load_balancer.ipv4"),
+                    }
+                })?;
+            Ok((loc.clone(), ip.to_owned()))
+        })
+        .collect()
+}
+
+async fn records(cx: &StepCtx) -> StepResult<Value> {
+    let fqdn = fqdn(cx)?;
+    let p: RecordParams = serde_json::from_value(cx.params.clone())
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let set = record_set(&fqdn, &p, &lb_ips(cx, &p)?);
+    cx.backend.dns.replace_rrsets(&abs(&fqdn), &set).await?;
+    Ok(json!({ "rrsets": set }))
+}
+
+async fn records_undo(cx: &StepCtx) -> StepResult<()> {
+    let fqdn = fqdn(cx)?;
+    let p: RecordParams = serde_json::from_value(cx.params.clone())
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let Ok(lbs) = lb_ips(cx, &p) else { return Ok(()) };
+    let names: Vec<(String, String)> =
+        record_set(&fqdn, &p, &lbs).into_iter().map(|r| (r.name, r.rtype)).collect();
+    cx.backend.dns.delete_rrsets(&abs(&fqdn), &names).await
+}
+
+async fn verify_records(cx: &StepCtx) -> StepResult<Value> {
+    let out: Value = cx.lookup("dns-commit/records")?;
+    let set: Vec<Rrset> = serde_json::from_value(out["rrsets"].clone())
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    for rr in &set {
+        // A wildcard is checked through a name it must cover.
+        let probe = rr.name.replacen("*.", "catalyst-probe.", 1);
+        cx.wait_for(
+            &format!("{probe} A to answer {:?}", rr.records),
+            Duration::from_secs(300),
+            || async {
+                let got = cx.backend.dns.query(&probe, &rr.rtype).await?;
+                Ok((got == rr.records).then_some(()))
+            },
+        )
+        .await?;
+    }
+    Ok(json!({ "verified": set.len() }))
+}
+
+async fn propagation(cx: &StepCtx) -> StepResult<Value> {
+    let fqdn = fqdn(cx)?;
+    if parent(cx)?.is_some() {
+        let ns = cx
+            .wait_for(
+                &format!("the parent zone to delegate {fqdn}"),
+                Duration::from_secs(1800),
+                || ns_matches(cx, &fqdn),
+            )
+            .await?;
+        return Ok(json!({ "delegated": true, "nameservers": ns }));
+    }
+    // Bring-your-own: the customer's registrar must delegate to us.
+    match ns_matches(cx, &fqdn).await? {
+        Some(ns) => Ok(json!({ "delegated": true, "nameservers": ns })),
+        None => Err(StepError::adapter(
+            System::Dns,
+            "propagation",
+            Cause::NotFound,
+            format!("{fqdn} is not delegated to {} yet", NAMESERVERS.join(", ")),
+        )),
+    }
+}

@@ -1,0 +1,396 @@
+//! Phase 2, `infra`: cloud objects by OpenTofu, one workspace per region.
+//!
+//! Per region: `render` (the desired resources into the workspace), `init`,
+//! `plan`, `apply` (streaming every tofu event into the job's stream), and
+//! `outputs` (ids and IPs persisted as the step output). Workspaces and state
+//! live under the data directory, never a temp dir (F-05).
+//!
+//! Crash safety: tofu persists state after each resource, but a process
+//! killed between "the cloud created it" and "state written" leaves an
+//! object tofu does not know, and a plain re-apply would then fail on the
+//! name (or, for nameless objects, duplicate it). So `apply` first lists the
+//! region's objects by label and `tofu import`s every one that is missing
+//! from state: the crash is resolved by adoption, not duplication.
+//!
+//! TODO(infra issue): render `cloud-templates/hetzner/*.tf.tera` (HCL) next to
+//! the resource manifest and run the real tofu CLI; the sim tofu applies the
+//! manifest against the sim cloud.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{
+    LABEL_REGION, LABEL_SOVEREIGN, action, cloud_token, fqdn, labels, no_undo, precondition,
+    regions, release, slug,
+};
+use crate::adapters::{TofuEvent, Workspace};
+use crate::plan::{PhaseBuilder, PhaseDef};
+use crate::request::Region;
+use crate::step::{Registry, StepCtx, StepResult};
+use crate::{Cause, StepError, System};
+
+pub const PHASE: &str = "infra";
+/// The marker that makes a workspace read-only after hand-off.
+pub const HANDED_OFF: &str = "HANDED_OFF";
+pub const MANIFEST: &str = "catalyst-resources.json";
+
+pub fn register(r: &mut Registry) {
+    r.register("infra.render", action!(render, render_undo));
+    r.register("infra.init", action!(init, no_undo));
+    r.register("infra.plan", action!(plan, no_undo));
+    r.register("infra.apply", action!(apply, apply_undo));
+    r.register("infra.outputs", action!(outputs, no_undo));
+}
+
+pub fn phase(regions: &[Region]) -> PhaseDef {
+    let mut b = PhaseBuilder::new(PHASE);
+    for r in regions {
+        let l = &r.location;
+        let p = json!({ "location": l });
+        b.step(&format!("render-{l}"), "infra.render", &[], p.clone());
+        b.step(&format!("init-{l}"), "infra.init", &[&format!("render-{l}")], p.clone());
+        b.step(&format!("plan-{l}"), "infra.plan", &[&format!("init-{l}")], p.clone());
+        b.step(&format!("apply-{l}"), "infra.apply", &[&format!("plan-{l}")], p.clone());
+        b.step(&format!("outputs-{l}"), "infra.outputs", &[&format!("apply-{l}")], p);
+    }
+    b.build()
+}
+
+/// One desired cloud object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub address: String,
+    pub kind: String,
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub attrs: Value,
+}
+
+/// Every object name a region uses (pre-flight collision check).
+pub fn object_names(slug: &str, r: &Region) -> Vec<String> {
+    desired(slug, r, None).into_iter().map(|x| x.name).collect()
+}
+
+/// The desired resources of a region. Pure: the plan-execute split makes
+/// the render testable without a cloud.
+pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Resource> {
+    let l = &r.location;
+    let lab = |role: &str| match cx {
+        Some((cx, fqdn)) => labels(cx, fqdn, role, l),
+        None => Default::default(),
+    };
+    let mut out = vec![
+        Resource {
+            address: "hcloud_network.main".into(),
+            kind: "network".into(),
+            name: format!("{slug}-{l}-net"),
+            labels: lab("network"),
+            attrs: json!({ "ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24" }),
+        },
+        Resource {
+            address: "hcloud_firewall.main".into(),
+            kind: "firewall".into(),
+            name: format!("{slug}-{l}-fw"),
+            labels: lab("firewall"),
+            attrs: json!({ "open": [80, 443], "restricted": [22, 6443] }),
+        },
+        Resource {
+            address: "hcloud_ssh_key.main".into(),
+            kind: "ssh_key".into(),
+            name: format!("{slug}-{l}-key"),
+            labels: lab("ssh-key"),
+            attrs: json!({}),
+        },
+        Resource {
+            address: "hcloud_placement_group.cp".into(),
+            kind: "placement_group".into(),
+            name: format!("{slug}-{l}-pg-cp"),
+            labels: lab("placement-group"),
+            attrs: json!({ "type": "spread" }),
+        },
+    ];
+    for g in 0..r.workers.count.div_ceil(10) {
+        out.push(Resource {
+            address: format!("hcloud_placement_group.workers[{g}]"),
+            kind: "placement_group".into(),
+            name: format!("{slug}-{l}-pg-w{}", g + 1),
+            labels: lab("placement-group"),
+            attrs: json!({ "type": "spread" }),
+        });
+    }
+    for i in 0..r.control_plane.count {
+        out.push(Resource { address: format!("hcloud_server.cp[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-cp{}", i + 1), labels: lab("control-plane"), attrs: json!({ "server_type": r.control_plane.sku, "location": l, "image": release::SERVER_IMAGE, "role": "control-plane", "index": i }) });
+    }
+    for i in 0..r.workers.count {
+        out.push(Resource { address: format!("hcloud_server.worker[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-w{}", i + 1), labels: lab("worker"), attrs: json!({ "server_type": r.workers.sku, "location": l, "image": release::SERVER_IMAGE, "role": "worker", "index": i }) });
+    }
+    out.push(Resource { address: "hcloud_load_balancer.main".into(), kind: "load_balancer".into(), name: format!("{slug}-{l}-lb"), labels: lab("load-balancer"), attrs: json!({ "type": release::LOAD_BALANCER_TYPE, "services": [80, 443, 6443], "targets": "control-plane" }) });
+    out
+}
+
+pub fn workspace(cx: &StepCtx, location: &str) -> Workspace {
+    Workspace { dir: cx.backend.workspace_root.join(cx.sovereign_id.to_string()).join(location) }
+}
+
+fn region_of(cx: &StepCtx) -> StepResult<Region> {
+    let loc: String = cx.param("location")?;
+    regions(cx)?
+        .into_iter()
+        .find(|r| r.location == loc)
+        .ok_or_else(|| StepError::internal(format!("no region `{loc}` in the request")))
+}
+
+fn refuse_if_handed_off(ws: &Workspace) -> StepResult<()> {
+    if ws.dir.join(HANDED_OFF).exists() {
+        return Err(precondition(
+            format!("workspace {} was handed off to Crossplane", ws.dir.display()),
+            "This Sovereign's cloud objects are owned by Crossplane; change them there, never by tofu.",
+        ));
+    }
+    Ok(())
+}
+
+async fn render(cx: &StepCtx) -> StepResult<Value> {
+    let r = region_of(cx)?;
+    let fqdn = fqdn(cx)?;
+    let ws = workspace(cx, &r.location);
+    refuse_if_handed_off(&ws)?;
+    let resources = desired(&slug(&fqdn), &r, Some((cx, &fqdn)));
+    let body = serde_json::to_vec_pretty(&json!({ "resources": resources })).expect("serializable");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    write_atomic(&ws.dir, MANIFEST, &body).await?;
+    Ok(json!({ "workspace": ws.dir, "resources": resources.len(), "sha256": digest }))
+}
+
+async fn write_atomic(dir: &std::path::Path, name: &str, body: &[u8]) -> StepResult<()> {
+    let io = |e: std::io::Error| {
+        StepError::adapter(
+            System::Tofu,
+            "render",
+            Cause::Unavailable,
+            format!("{}: {e}", dir.display()),
+        )
+    };
+    tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    tokio::fs::write(&tmp, body).await.map_err(io)?;
+    tokio::fs::rename(&tmp, dir.join(name)).await.map_err(io)?;
+    Ok(())
+}
+
+async fn render_undo(cx: &StepCtx) -> StepResult<()> {
+    let loc: String = cx.param("location")?;
+    let ws = workspace(cx, &loc);
+    // Runs after apply's undo (reverse order): state is empty by now. A
+    // workspace whose state still lists objects is kept for the operator.
+    let state_left = cx.backend.tofu.state(&ws).await.map(|s| !s.is_empty()).unwrap_or(false);
+    if state_left {
+        return Err(precondition(
+            format!("workspace {} still has objects in its tofu state", ws.dir.display()),
+            "Run `destroy` for this Sovereign, then retry the rollback.",
+        ));
+    }
+    match tokio::fs::remove_dir_all(&ws.dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StepError::adapter(
+            System::Tofu,
+            "remove workspace",
+            Cause::Unavailable,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn init(cx: &StepCtx) -> StepResult<Value> {
+    let ws = workspace(cx, &cx.param::<String>("location")?);
+    cx.backend.tofu.init(&ws).await?;
+    Ok(json!({ "initialized": true }))
+}
+
+async fn plan(cx: &StepCtx) -> StepResult<Value> {
+    let ws = workspace(cx, &cx.param::<String>("location")?);
+    let token = cloud_token(cx).await?;
+    let s = cx.backend.tofu.plan(&ws, &token).await?;
+    cx.event(
+        "tofu",
+        json!({ "kind": "plan", "add": s.add, "change": s.change, "destroy": s.destroy }),
+    )
+    .await?;
+    Ok(json!({ "add": s.add, "change": s.change, "destroy": s.destroy }))
+}
+
+/// Forwards tofu events to the job's stream in batches (one commit per
+/// batch: 100k lines must not be 100k fsyncs).
+async fn forward_events(
+    cx: StepCtx,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<TofuEvent>,
+) -> StepResult<u64> {
+    let mut n = 0u64;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(ev) = rx.try_recv() {
+            batch.push(ev);
+            if batch.len() >= 1000 {
+                break;
+            }
+        }
+        n += batch.len() as u64;
+        cx.events(
+            "tofu",
+            batch.into_iter().map(|e| serde_json::to_value(e).expect("serializable")).collect(),
+        )
+        .await?;
+    }
+    Ok(n)
+}
+
+/// Runs a tofu operation that streams events, forwarding them durably.
+pub async fn with_events<F, Fut>(cx: &StepCtx, f: F) -> StepResult<u64>
+where
+    F: FnOnce(crate::adapters::TofuSink) -> Fut,
+    Fut: std::future::Future<Output = StepResult<()>>,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let fwd = tokio::spawn(forward_events(cx.clone(), rx));
+    let result = f(tx).await;
+    let n = fwd.await.map_err(|e| StepError::internal(e.to_string()))??;
+    result.map(|()| n)
+}
+
+/// Imports labelled objects of this region that the tofu state lacks.
+async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResult<Vec<String>> {
+    let token = cloud_token(cx).await?;
+    let fqdn = fqdn(cx)?;
+    let manifest: Value =
+        serde_json::from_slice(&tokio::fs::read(ws.dir.join(MANIFEST)).await.map_err(|e| {
+            StepError::adapter(System::Tofu, "read manifest", Cause::NotFound, e.to_string())
+        })?)
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let desired: Vec<Resource> = serde_json::from_value(manifest["resources"].clone())
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let state = cx.backend.tofu.state(ws).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn));
+    let mut adopted = Vec::new();
+    for obj in cx.backend.cloud.list(&token, &selector).await? {
+        if state.iter().any(|s| s.id == obj.id && s.kind == obj.kind) {
+            continue;
+        }
+        if let Some(want) = desired.iter().find(|d| d.kind == obj.kind && d.name == obj.name)
+            && !state.iter().any(|s| s.address == want.address)
+        {
+            cx.backend.tofu.import(ws, &token, &want.address, obj.id).await?;
+            adopted.push(format!("{} <- {} {}", want.address, obj.kind, obj.id));
+        }
+    }
+    if !adopted.is_empty() {
+        cx.event("tofu", json!({ "kind": "adopted", "message": format!("imported {} object(s) created by an interrupted apply", adopted.len()), "objects": adopted })).await?;
+    }
+    Ok(adopted)
+}
+
+async fn apply(cx: &StepCtx) -> StepResult<Value> {
+    let loc: String = cx.param("location")?;
+    let ws = workspace(cx, &loc);
+    refuse_if_handed_off(&ws)?;
+    let token = cloud_token(cx).await?;
+    let adopted = adopt_orphans(cx, &ws, &loc).await?;
+    let tofu = cx.backend.tofu.clone();
+    let lines = with_events(cx, |sink| {
+        let (ws, token) = (ws.clone(), token.clone());
+        async move { tofu.apply(&ws, &token, sink).await }
+    })
+    .await?;
+    let state = cx.backend.tofu.state(&ws).await?;
+    Ok(json!({ "resources": state.len(), "events": lines, "adopted": adopted }))
+}
+
+async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
+    let loc: String = cx.param("location")?;
+    let ws = workspace(cx, &loc);
+    refuse_if_handed_off(&ws)?;
+    if !ws.dir.join(MANIFEST).exists() {
+        return sweep_region(cx, &loc).await;
+    }
+    let token = cloud_token(cx).await?;
+    // Objects an interrupted apply created but never recorded must go too.
+    adopt_orphans(cx, &ws, &loc).await?;
+    let tofu = cx.backend.tofu.clone();
+    with_events(cx, |sink| {
+        let (ws, token) = (ws.clone(), token.clone());
+        async move { tofu.destroy(&ws, &token, sink).await }
+    })
+    .await?;
+    sweep_region(cx, &loc).await
+}
+
+/// Deletes every object labelled for this Sovereign and region.
+pub async fn sweep_region(cx: &StepCtx, location: &str) -> StepResult<()> {
+    let token = cloud_token(cx).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?));
+    for obj in cx.backend.cloud.list(&token, &selector).await? {
+        cx.backend.cloud.delete(&token, &obj).await?;
+    }
+    Ok(())
+}
+
+/// What `outputs` persists and later phases read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outputs {
+    pub location: String,
+    pub servers: Vec<Server>,
+    pub load_balancer: LoadBalancer,
+    pub workspace: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    pub name: String,
+    pub id: i64,
+    pub role: String,
+    pub ipv4: String,
+    pub private_ip: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadBalancer {
+    pub id: i64,
+    pub ipv4: String,
+}
+
+async fn outputs(cx: &StepCtx) -> StepResult<Value> {
+    let loc: String = cx.param("location")?;
+    let ws = workspace(cx, &loc);
+    let out = cx.backend.tofu.output(&ws).await?;
+    let servers: Vec<Server> = serde_json::from_value(out["servers"].clone()).map_err(|e| {
+        StepError::adapter(System::Tofu, "output", Cause::Invalid, format!("servers: {e}"))
+    })?;
+    let load_balancer: LoadBalancer = serde_json::from_value(out["load_balancer"].clone())
+        .map_err(|e| {
+            StepError::adapter(
+                System::Tofu,
+                "output",
+                Cause::Invalid,
+                format!("load_balancer: {e}"),
+            )
+        })?;
+    let want = region_of(cx)?;
+    let cps = servers.iter().filter(|s| s.role == "control-plane").count() as u32;
+    if cps != want.control_plane.count || servers.len() as u32 != cps + want.workers.count {
+        return Err(StepError::adapter(
+            System::Tofu,
+            "output",
+            Cause::Invalid,
+            format!(
+                "state has {} servers ({cps} control planes); the request wants {} + {}",
+                servers.len(),
+                want.control_plane.count,
+                want.workers.count
+            ),
+        ));
+    }
+    let o = Outputs { location: loc, servers, load_balancer, workspace: ws.dir };
+    Ok(serde_json::to_value(o).expect("serializable"))
+}

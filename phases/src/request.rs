@@ -1,0 +1,1750 @@
+//! The versioned provision request: one schema, validated in full before any
+//! side effect.
+//!
+//! Why this module exists:
+//! - **One schema, checked up front.** Every field of a request to create a
+//!   Sovereign (or to add regions to one) is checked here, before the daemon
+//!   stores a job, touches a cloud API or spends money. A request that passes
+//!   [`ProvisionRequest::validate`] cannot fail later because of a malformed
+//!   name, an unknown server type or a bad SSH key.
+//! - **Field-level errors, all at once.** Validation never stops at the first
+//!   problem: it returns every [`FieldError`], each with the path of the field
+//!   (`regions[1].control_plane.count`, `custody.age_recipients[2]`) and a
+//!   message that says what is accepted. [`parse_provision`] extends this to
+//!   the JSON layer: malformed JSON, unknown fields, wrong types and missing
+//!   fields come back with the same kind of path, so a client (or the CLI) can
+//!   point at the exact field.
+//! - **Secrets never serialized.** `cloud_token` and the registrar token are
+//!   [`SecretString`]s that are skipped when the request is serialized: the
+//!   copy of the request kept with the job (and shown by the API) carries no
+//!   secret at all. The secrets travel separately, through
+//!   [`ProvisionRequest::secrets`], to the age-encrypted secrets table. When a
+//!   stored request is read back the secret fields default to empty, which is
+//!   why validation (run on submission only) rejects an empty token.
+//! - **Versioned.** `api_version` must be exactly [`API_VERSION`]; a future
+//!   incompatible schema gets a new version instead of silently changing
+//!   meaning.
+//!
+//! The accepted Hetzner locations and server types are constants here; later
+//! checks compare them with live provider data.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use cz_state::SecretString;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The only accepted `api_version`.
+pub const API_VERSION: &str = "catalyst.openova.io/v1";
+
+/// Every component Catalyst-Zero can install, in install order.
+pub const COMPONENTS: &[&str] = &[
+    "cilium",
+    "cert-manager",
+    "flux",
+    "crossplane",
+    "sealed-secrets",
+    "spire",
+    "nats-jetstream",
+    "openbao",
+    "keycloak",
+    "gitea",
+    "powerdns",
+    "catalyst-platform",
+];
+
+/// Components later phases depend on; they cannot be deselected.
+pub const REQUIRED_COMPONENTS: &[&str] =
+    &["cilium", "cert-manager", "flux", "crossplane", "sealed-secrets", "openbao", "powerdns"];
+
+/// Hetzner Cloud locations a region may use.
+pub const HETZNER_LOCATIONS: &[&str] = &["fsn1", "nbg1", "hel1", "ash", "hil", "sin"];
+
+/// Hetzner Cloud server types a node group may use.
+pub const HETZNER_SKUS: &[&str] = &[
+    "cx23", "cx33", "cx43", "cx53", //
+    "cpx11", "cpx21", "cpx31", "cpx41", "cpx51", //
+    "cpx22", "cpx32", "cpx42", "cpx52", "cpx62", //
+    "cax11", "cax21", "cax31", "cax41", //
+    "ccx13", "ccx23", "ccx33", "ccx43", "ccx53", "ccx63",
+];
+
+/// Labels that may not be used as a pool subdomain: they collide with names
+/// the platform itself publishes or would mislead users.
+pub const RESERVED_LABELS: &[&str] = &[
+    "api", "admin", "console", "gitea", "harbor", "keycloak", "www", "mail", "smtp", "imap", "vpn",
+    "openova", "catalyst", "docs", "status", "app", "system", "openbao", "vault", "flux", "k8s",
+];
+
+/// SSH public key types accepted in `ssh_public_keys`.
+pub const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+];
+
+/// At most this many regions per Sovereign.
+pub const MAX_REGIONS: usize = 8;
+/// At most this many workers per region.
+pub const MAX_WORKERS: u32 = 50;
+/// At most this many SSH keys.
+pub const MAX_SSH_KEYS: usize = 10;
+/// At most this many age recipients.
+pub const MAX_AGE_RECIPIENTS: usize = 10;
+/// At most this many OpenBao unseal shares.
+pub const MAX_OPENBAO_SHARES: u8 = 10;
+
+/// The `dependsOn` graph of the components: what must be installed first.
+/// Unknown names have no dependencies.
+pub fn component_deps(name: &str) -> &'static [&'static str] {
+    match name {
+        "cert-manager" => &["cilium"],
+        "flux" => &["cert-manager"],
+        "crossplane" => &["flux"],
+        "sealed-secrets" => &["cert-manager"],
+        "spire" => &["cert-manager"],
+        "nats-jetstream" => &["spire"],
+        "openbao" => &["spire"],
+        "keycloak" => &["cert-manager"],
+        "gitea" => &["keycloak"],
+        "powerdns" => &["cert-manager"],
+        "catalyst-platform" => &["gitea"],
+        _ => &[],
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------
+
+/// A request to provision a new Sovereign.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRequest {
+    /// Must be `catalyst.openova.io/v1`.
+    pub api_version: String,
+    pub org: Org,
+    pub domain: Domain,
+    /// 1 to 8 regions, each in a different location.
+    pub regions: Vec<Region>,
+    /// Components to install; defaults to all of them. Required components
+    /// cannot be left out.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// 1 to 10 OpenSSH public keys (`<type> <base64> [comment]`).
+    pub ssh_public_keys: Vec<String>,
+    /// The Hetzner Cloud API token (64 letters and digits). Never serialized.
+    // `skip_serializing_if` (always true) rather than `skip_serializing`: both
+    // keep the token out of every serialized copy, but utoipa drops a
+    // `skip_serializing` field from the OpenAPI schema altogether, and the
+    // field must be documented as a (write-only) input.
+    #[serde(skip_serializing_if = "always_skip", default = "empty_secret")]
+    #[schema(value_type = String, format = Password, write_only, required = true)]
+    pub cloud_token: SecretString,
+    pub custody: Custody,
+    pub keycloak: Keycloak,
+    /// What to do with created resources when provisioning fails.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+}
+
+/// The organization that owns the Sovereign.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Org {
+    pub name: String,
+    pub email: String,
+}
+
+/// Where the Sovereign's DNS name comes from.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Domain {
+    /// A subdomain of a shared pool domain: `<subdomain>.<pool_domain>`.
+    Pool { pool_domain: String, subdomain: String },
+    /// The customer's own domain; DNS records are set by hand.
+    ByoManual { fqdn: String },
+    /// The customer's own domain; DNS records are set through the registrar's API.
+    ByoApi {
+        fqdn: String,
+        registrar: Registrar,
+        /// Never serialized.
+        #[serde(skip_serializing_if = "always_skip", default = "empty_secret")]
+        #[schema(value_type = String, format = Password, write_only, required = true)]
+        registrar_token: SecretString,
+    },
+}
+
+/// Registrars whose API can manage a bring-your-own domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Registrar {
+    Cloudflare,
+    Namecheap,
+    Godaddy,
+    Ovh,
+    Dynadot,
+}
+
+/// One region of the Sovereign: a cluster in one provider location.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub provider: Provider,
+    pub location: String,
+    pub control_plane: NodeGroup,
+    pub workers: NodeGroup,
+}
+
+/// Cloud providers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Hetzner,
+}
+
+/// A group of identical nodes.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeGroup {
+    /// Provider server type, e.g. `cpx32`.
+    pub sku: String,
+    pub count: u32,
+}
+
+/// Who holds the keys of the Sovereign.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Custody {
+    /// age X25519 recipients (`age1…`) the recovery material is encrypted to.
+    pub age_recipients: Vec<String>,
+    /// Number of OpenBao unseal shares (1 to 10).
+    pub openbao_shares: u8,
+    /// Shares needed to unseal (1 to `openbao_shares`).
+    pub openbao_threshold: u8,
+}
+
+/// Keycloak settings.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keycloak {
+    pub topology: KeycloakTopology,
+}
+
+/// One Keycloak realm per organization, or one shared by the Sovereign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeycloakTopology {
+    PerOrganization,
+    SharedSovereign,
+}
+
+/// What happens to created resources when provisioning fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Delete what was created.
+    #[default]
+    Rollback,
+    /// Keep it for inspection.
+    Keep,
+}
+
+/// A request to add regions to an existing Sovereign.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddRegionRequest {
+    /// Must be `catalyst.openova.io/v1`.
+    pub api_version: String,
+    pub regions: Vec<Region>,
+    /// A new cloud token; when absent the Sovereign's stored token is used.
+    /// Never serialized.
+    #[serde(skip_serializing_if = "always_skip", default)]
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    pub cloud_token: Option<SecretString>,
+}
+
+/// One problem with one field of a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Path of the field, e.g. `regions[1].control_plane.count`; `body` for
+    /// the request as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+fn default_components() -> Vec<String> {
+    COMPONENTS.iter().map(|c| c.to_string()).collect()
+}
+
+fn empty_secret() -> SecretString {
+    SecretString::new("")
+}
+
+fn always_skip<T>(_: &T) -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Accessors
+// ---------------------------------------------------------------------------
+
+impl ProvisionRequest {
+    /// The Sovereign's fully qualified domain name.
+    pub fn fqdn(&self) -> String {
+        match &self.domain {
+            Domain::Pool { pool_domain, subdomain } => format!("{subdomain}.{pool_domain}"),
+            Domain::ByoManual { fqdn } | Domain::ByoApi { fqdn, .. } => fqdn.clone(),
+        }
+    }
+
+    /// The Sovereign's short name: the first label of [`Self::fqdn`].
+    pub fn name(&self) -> String {
+        self.fqdn().split('.').next().unwrap_or_default().to_string()
+    }
+
+    /// The secrets of the request, by name, to be stored encrypted apart from
+    /// the (secret-free) serialized request.
+    pub fn secrets(&self) -> Vec<(&'static str, SecretString)> {
+        let mut out = vec![("cloud_token", self.cloud_token.clone())];
+        if let Domain::ByoApi { registrar_token, .. } = &self.domain {
+            out.push(("registrar_token", registrar_token.clone()));
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------
+
+/// Parses and validates a provision request body. Every JSON-level problem
+/// (malformed JSON, unknown field, wrong type, missing field) comes back as a
+/// [`FieldError`] with the path of the field; a well-formed request is then
+/// checked by [`ProvisionRequest::validate`].
+pub fn parse_provision(body: &[u8]) -> Result<ProvisionRequest, Vec<FieldError>> {
+    let req: ProvisionRequest = parse_json(body)?;
+    req.validate()?;
+    Ok(req)
+}
+
+/// Parses and validates an add-region request body for a Sovereign whose
+/// regions are in `existing_locations`.
+pub fn parse_add_region(
+    body: &[u8],
+    existing_locations: &[String],
+) -> Result<AddRegionRequest, Vec<FieldError>> {
+    let req: AddRegionRequest = parse_json(body)?;
+    req.validate(existing_locations)?;
+    Ok(req)
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Vec<FieldError>> {
+    // serde accepts a JSON array for a struct (fields by position); a request
+    // body must be an object.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    {
+        return Err(vec![FieldError::new("body", "must be a JSON object")]);
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| vec![json_error(e)])?;
+    // Like `serde_json::from_slice`: nothing but whitespace may follow.
+    de.end().map_err(|e| vec![syntax_error(&e)])?;
+    Ok(value)
+}
+
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+    use serde_json::error::Category;
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    match inner.classify() {
+        Category::Syntax | Category::Eof | Category::Io => syntax_error(&inner),
+        Category::Data => {
+            let message = message_without_position(&inner);
+            // A missing field is reported at its own path, not its parent's.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string);
+            // An unknown field is reported at the object that has it
+            // (serde_path_to_error's path ends with the unknown key).
+            let unknown =
+                message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next());
+            let path = match unknown {
+                Some(field) if path == field => ".".to_string(),
+                Some(field) => {
+                    path.strip_suffix(&format!(".{field}")).map(str::to_string).unwrap_or(path)
+                }
+                None => path,
+            };
+            let root = path == "." || path.is_empty();
+            let path = match (missing, root) {
+                (Some(field), true) => field,
+                (Some(field), false) => format!("{path}.{field}"),
+                (None, true) => "body".to_string(),
+                (None, false) => path,
+            };
+            FieldError::new(path, message)
+        }
+    }
+}
+
+fn syntax_error(e: &serde_json::Error) -> FieldError {
+    FieldError::new(
+        "body",
+        format!(
+            "invalid JSON at line {} column {}: {}",
+            e.line(),
+            e.column(),
+            message_without_position(e)
+        ),
+    )
+}
+
+/// serde_json appends " at line L column C" to its messages; the path already
+/// says where a data error is.
+fn message_without_position(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    full.strip_suffix(&suffix).map(str::to_string).unwrap_or(full)
+}
+
+// ---------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------
+
+/// Collects errors; keeps the checks below free of `Vec` plumbing.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(path, message));
+    }
+    fn check(&mut self, path: impl Into<String>, result: Result<(), String>) {
+        if let Err(message) = result {
+            self.add(path, message);
+        }
+    }
+    fn finish(self) -> Result<(), Vec<FieldError>> {
+        if self.0.is_empty() { Ok(()) } else { Err(self.0) }
+    }
+}
+
+/// User input quoted in a message, shortened so a huge value cannot blow up
+/// the error response. Never used for secrets.
+fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.chars().count() <= MAX {
+        format!("`{s}`")
+    } else {
+        format!("`{}…`", s.chars().take(MAX).collect::<String>())
+    }
+}
+
+impl ProvisionRequest {
+    /// Checks every field and returns all problems found.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errs = Errors::default();
+        check_api_version(&mut errs, &self.api_version);
+        self.check_org(&mut errs);
+        self.check_domain(&mut errs);
+        check_regions(&mut errs, &self.regions, &[]);
+        self.check_components(&mut errs);
+        check_ssh_keys(&mut errs, &self.ssh_public_keys);
+        if self.cloud_token.expose().trim().is_empty() {
+            errs.add(
+                "cloud_token",
+                "is required: a Hetzner Cloud API token with read & write access",
+            );
+        } else if self.regions.iter().all(|r| r.provider == Provider::Hetzner) {
+            errs.check("cloud_token", check_hetzner_token(&self.cloud_token));
+        }
+        self.check_custody(&mut errs);
+        errs.finish()
+    }
+
+    fn check_org(&self, errs: &mut Errors) {
+        let name = self.org.name.trim();
+        if name.is_empty() {
+            errs.add("org.name", "is required");
+        } else if self.org.name.chars().count() > 100 {
+            errs.add("org.name", "must be at most 100 characters");
+        }
+        errs.check("org.email", check_email(&self.org.email));
+    }
+
+    fn check_domain(&self, errs: &mut Errors) {
+        match &self.domain {
+            Domain::Pool { pool_domain, subdomain } => {
+                errs.check("domain.pool_domain", check_fqdn(pool_domain));
+                let sub = check_label(subdomain).and_then(|()| {
+                    if !subdomain.starts_with(|c: char| c.is_ascii_lowercase()) {
+                        Err(format!("{} must start with a letter", shown(subdomain)))
+                    } else if RESERVED_LABELS.contains(&subdomain.as_str()) {
+                        Err(format!(
+                            "{} is reserved; reserved names: {}",
+                            shown(subdomain),
+                            RESERVED_LABELS.join(", ")
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                });
+                match sub {
+                    Err(message) => errs.add("domain.subdomain", message),
+                    Ok(()) => {
+                        let len = subdomain.len() + 1 + pool_domain.len();
+                        if len > 253 {
+                            errs.add(
+                                "domain.subdomain",
+                                format!(
+                                    "`<subdomain>.<pool_domain>` would be {len} characters; a domain name has at most 253"
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            Domain::ByoManual { fqdn } => errs.check("domain.fqdn", check_fqdn(fqdn)),
+            Domain::ByoApi { fqdn, registrar: _, registrar_token } => {
+                errs.check("domain.fqdn", check_fqdn(fqdn));
+                if registrar_token.expose().trim().is_empty() {
+                    errs.add(
+                        "domain.registrar_token",
+                        "is required with mode `byo-api`: an API token of the registrar",
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_components(&self, errs: &mut Errors) {
+        let mut first_at: HashMap<&str, usize> = HashMap::new();
+        for (i, c) in self.components.iter().enumerate() {
+            let path = format!("components[{i}]");
+            if !COMPONENTS.contains(&c.as_str()) {
+                errs.add(
+                    path,
+                    format!(
+                        "unknown component {}; known components: {}",
+                        shown(c),
+                        COMPONENTS.join(", ")
+                    ),
+                );
+            } else if let Some(j) = first_at.get(c.as_str()) {
+                errs.add(path, format!("`{c}` is listed twice (also at components[{j}])"));
+            } else {
+                first_at.insert(c, i);
+            }
+        }
+        for required in REQUIRED_COMPONENTS {
+            if !first_at.contains_key(required) {
+                errs.add(
+                    "components",
+                    format!(
+                        "`{required}` is required and cannot be deselected (required: {})",
+                        REQUIRED_COMPONENTS.join(", ")
+                    ),
+                );
+            }
+        }
+        // A missing required dependency is already reported above.
+        for (i, c) in self.components.iter().enumerate() {
+            if first_at.get(c.as_str()) != Some(&i) {
+                continue;
+            }
+            for dep in component_deps(c) {
+                if !first_at.contains_key(dep) && !REQUIRED_COMPONENTS.contains(dep) {
+                    errs.add(
+                        format!("components[{i}]"),
+                        format!("`{c}` depends on `{dep}`, which is not selected"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_custody(&self, errs: &mut Errors) {
+        let c = &self.custody;
+        if c.age_recipients.is_empty() {
+            errs.add("custody.age_recipients", "at least one age recipient (`age1…`) is required");
+        } else if c.age_recipients.len() > MAX_AGE_RECIPIENTS {
+            errs.add(
+                "custody.age_recipients",
+                format!(
+                    "at most {MAX_AGE_RECIPIENTS} age recipients are allowed, got {}",
+                    c.age_recipients.len()
+                ),
+            );
+        }
+        for (i, r) in c.age_recipients.iter().enumerate() {
+            if !cz_state::secrets::is_age_recipient(r.trim()) || r.trim() != r {
+                errs.add(
+                    format!("custody.age_recipients[{i}]"),
+                    format!("{} is not an age X25519 recipient (expected `age1…`, as printed by `age-keygen -y`)", shown(r)),
+                );
+            }
+        }
+        let shares_ok = (1..=MAX_OPENBAO_SHARES).contains(&c.openbao_shares);
+        if !shares_ok {
+            errs.add(
+                "custody.openbao_shares",
+                format!("must be between 1 and {MAX_OPENBAO_SHARES}, got {}", c.openbao_shares),
+            );
+        }
+        if c.openbao_threshold == 0 {
+            errs.add("custody.openbao_threshold", "must be at least 1");
+        } else if shares_ok && c.openbao_threshold > c.openbao_shares {
+            errs.add(
+                "custody.openbao_threshold",
+                format!(
+                    "must be between 1 and openbao_shares ({}), got {}",
+                    c.openbao_shares, c.openbao_threshold
+                ),
+            );
+        } else if shares_ok && c.openbao_threshold == 1 && c.openbao_shares >= 3 {
+            errs.add(
+                "custody.openbao_threshold",
+                format!(
+                    "a threshold of 1 with {} shares lets any single holder unseal; use at least 2",
+                    c.openbao_shares
+                ),
+            );
+        }
+    }
+}
+
+impl AddRegionRequest {
+    /// Checks the new regions against each other and against the
+    /// Sovereign's `existing_locations`, and the optional cloud token.
+    pub fn validate(&self, existing_locations: &[String]) -> Result<(), Vec<FieldError>> {
+        let mut errs = Errors::default();
+        check_api_version(&mut errs, &self.api_version);
+        check_regions(&mut errs, &self.regions, existing_locations);
+        if let Some(token) = &self.cloud_token {
+            errs.check("cloud_token", check_hetzner_token(token));
+        }
+        errs.finish()
+    }
+}
+
+fn check_api_version(errs: &mut Errors, v: &str) {
+    if v != API_VERSION {
+        errs.add("api_version", format!("must be `{API_VERSION}`, got {}", shown(v)));
+    }
+}
+
+/// Region rules, shared by provisioning and add-region. `existing` are the
+/// locations the Sovereign already uses (empty for a new Sovereign).
+fn check_regions(errs: &mut Errors, regions: &[Region], existing: &[String]) {
+    if regions.is_empty() {
+        errs.add("regions", "at least one region is required");
+    }
+    let total = existing.len() + regions.len();
+    if total > MAX_REGIONS {
+        let msg = if existing.is_empty() {
+            format!("at most {MAX_REGIONS} regions are allowed, got {}", regions.len())
+        } else {
+            format!(
+                "a Sovereign has at most {MAX_REGIONS} regions; it has {} and {} would be added",
+                existing.len(),
+                regions.len()
+            )
+        };
+        errs.add("regions", msg);
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in regions.iter().enumerate() {
+        let p = format!("regions[{i}]");
+        if !HETZNER_LOCATIONS.contains(&r.location.as_str()) {
+            errs.add(
+                format!("{p}.location"),
+                format!(
+                    "unknown Hetzner location {}; accepted: {}",
+                    shown(&r.location),
+                    HETZNER_LOCATIONS.join(", ")
+                ),
+            );
+        }
+        if existing.iter().any(|e| e == &r.location) {
+            errs.add(
+                format!("{p}.location"),
+                format!("the Sovereign already has a region in `{}`", r.location),
+            );
+        } else if let Some(j) = seen.get(r.location.as_str()) {
+            errs.add(
+                format!("{p}.location"),
+                format!("location {} is already used by regions[{j}]; each region needs its own location", shown(&r.location)),
+            );
+        } else {
+            seen.insert(&r.location, i);
+        }
+        errs.check(format!("{p}.control_plane.sku"), check_sku(&r.control_plane.sku));
+        if !matches!(r.control_plane.count, 1 | 3) {
+            errs.add(
+                format!("{p}.control_plane.count"),
+                format!(
+                    "must be 1 or 3 (an odd etcd quorum; 3 for high availability), got {}",
+                    r.control_plane.count
+                ),
+            );
+        }
+        // Checked even with zero workers: the group can be scaled up later.
+        errs.check(format!("{p}.workers.sku"), check_sku(&r.workers.sku));
+        if r.workers.count > MAX_WORKERS {
+            errs.add(
+                format!("{p}.workers.count"),
+                format!("must be between 0 and {MAX_WORKERS}, got {}", r.workers.count),
+            );
+        }
+    }
+}
+
+fn check_sku(sku: &str) -> Result<(), String> {
+    if HETZNER_SKUS.contains(&sku) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown Hetzner server type {}; valid types include cx23, cx33, cpx22, cpx32, cax21, ccx23 (all: {})",
+            shown(sku),
+            HETZNER_SKUS.join(", ")
+        ))
+    }
+}
+
+/// Hetzner Cloud API tokens are 64 ASCII letters and digits. The message
+/// never contains the token.
+fn check_hetzner_token(token: &SecretString) -> Result<(), String> {
+    let t = token.expose();
+    if t.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if t.len() == 64 && t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Ok(());
+    }
+    let trimmed = t.trim();
+    if trimmed != t && trimmed.len() == 64 && trimmed.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("has leading or trailing whitespace; a Hetzner Cloud API token is exactly 64 letters and digits".to_string());
+    }
+    Err(format!(
+        "is not a Hetzner Cloud API token: expected exactly 64 letters and digits, got {} characters{}",
+        t.chars().count(),
+        if t.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            ""
+        } else {
+            " including other characters"
+        }
+    ))
+}
+
+fn check_email(email: &str) -> Result<(), String> {
+    if email.is_empty() {
+        return Err("is required".to_string());
+    }
+    if email.len() > 254 {
+        return Err("must be at most 254 characters".to_string());
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace".to_string());
+    }
+    let Some((local, domain)) = email.split_once('@') else {
+        return Err(format!("{} is not an email address: it has no `@`", shown(email)));
+    };
+    if domain.contains('@') {
+        return Err(format!("{} is not an email address: it has more than one `@`", shown(email)));
+    }
+    if local.is_empty() {
+        return Err(format!("{} is not an email address: nothing before the `@`", shown(email)));
+    }
+    // Domain names are case-insensitive; digits may lead (`163.com`).
+    check_fqdn_with(&domain.to_ascii_lowercase(), false)
+        .map_err(|e| format!("the domain of {} is not valid: {e}", shown(email)))
+}
+
+/// Checks one DNS label: 1 to 63 characters of `a-z`, `0-9` and `-`, not
+/// starting or ending with `-`.
+pub fn check_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("a DNS label must not be empty".to_string());
+    }
+    if s.len() > 63 {
+        return Err(format!("DNS label {} is {} characters; at most 63", shown(s), s.len()));
+    }
+    if let Some(c) =
+        s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        let hint = if c.is_ascii_uppercase() { " (use lowercase)" } else { "" };
+        return Err(format!(
+            "DNS label {} contains `{c}`; only lowercase letters, digits and `-` are allowed{hint}",
+            shown(s)
+        ));
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err(format!("DNS label {} must not start or end with `-`", shown(s)));
+    }
+    Ok(())
+}
+
+/// Checks a fully qualified domain name as the Sovereign uses it: lowercase,
+/// at least two labels each valid per [`check_label`], at most 253
+/// characters, no trailing dot, and a first label that starts with a letter
+/// (it becomes the Sovereign's name).
+pub fn check_fqdn(s: &str) -> Result<(), String> {
+    check_fqdn_with(s, true)
+}
+
+fn check_fqdn_with(s: &str, first_label_letter: bool) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is required".to_string());
+    }
+    if s.ends_with('.') {
+        return Err(format!("{} must not end with a dot", shown(s)));
+    }
+    if s.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("{} must be lowercase", shown(s)));
+    }
+    if s.len() > 253 {
+        return Err(format!("a domain name has at most 253 characters, this one has {}", s.len()));
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    if labels.len() < 2 {
+        return Err(format!(
+            "{} is not a fully qualified domain name: it needs at least two labels, like `example.com`",
+            shown(s)
+        ));
+    }
+    for label in &labels {
+        check_label(label).map_err(|e| format!("in {}: {e}", shown(s)))?;
+    }
+    if first_label_letter && !labels[0].starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(format!("the first label of {} must start with a letter", shown(s)));
+    }
+    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(format!("{} is not a domain name: the last label is all digits", shown(s)));
+    }
+    Ok(())
+}
+
+fn check_ssh_keys(errs: &mut Errors, keys: &[String]) {
+    if keys.is_empty() {
+        errs.add("ssh_public_keys", "at least one SSH public key is required");
+    } else if keys.len() > MAX_SSH_KEYS {
+        errs.add(
+            "ssh_public_keys",
+            format!("at most {MAX_SSH_KEYS} SSH public keys are allowed, got {}", keys.len()),
+        );
+    }
+    for (i, k) in keys.iter().enumerate() {
+        errs.check(format!("ssh_public_keys[{i}]"), check_ssh_key(k));
+    }
+}
+
+/// Checks one OpenSSH public key line: `<type> <base64> [comment]`, where the
+/// base64 blob is in the OpenSSH wire format and names the same type.
+fn check_ssh_key(line: &str) -> Result<(), String> {
+    if line.chars().any(|c| c == '\n' || c == '\r' || c == '\0') {
+        return Err("must be a single line".to_string());
+    }
+    let mut parts = line.split_whitespace();
+    let Some(kind) = parts.next() else {
+        return Err("is empty; expected `<type> <base64> [comment]`".to_string());
+    };
+    if !SSH_KEY_TYPES.contains(&kind) {
+        return Err(format!(
+            "unsupported SSH key type {}; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa",
+            shown(kind)
+        ));
+    }
+    let Some(data) = parts.next() else {
+        return Err(format!("has no key data; expected `{kind} <base64> [comment]`"));
+    };
+    let blob = base64_decode(data).ok_or("the key data is not valid base64")?;
+    if blob.len() < 4 {
+        return Err("the key data is too short to be an OpenSSH public key".to_string());
+    }
+    let n = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
+    let named = blob.get(4..4 + n.min(blob.len()));
+    if n != kind.len() || named != Some(kind.as_bytes()) {
+        return Err(format!("the key data does not encode a `{kind}` key"));
+    }
+    // ssh-ed25519: string type + string of the 32-byte public key.
+    if kind == "ssh-ed25519" && blob.len() != 4 + kind.len() + 4 + 32 {
+        return Err("the key data is not a complete ssh-ed25519 public key".to_string());
+    }
+    Ok(())
+}
+
+/// Standard base64 (RFC 4648 alphabet, `=` padding optional). `None` on any
+/// invalid character or length.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some((c - b'A') as u32),
+            b'a'..=b'z' => Some((c - b'a' + 26) as u32),
+            b'0'..=b'9' => Some((c - b'0' + 52) as u32),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    let body = match bytes {
+        [rest @ .., b'=', b'='] => rest,
+        [rest @ .., b'='] => rest,
+        _ => bytes,
+    };
+    if bytes.len() != body.len() && !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    if body.is_empty() || body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    for chunk in body.chunks(4) {
+        let mut acc = 0u32;
+        for (k, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * k);
+        }
+        out.push((acc >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((acc >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(acc as u8);
+        }
+    }
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJLgSfWI3AEt8R6XSfXLkH+3w9vy7JdRatHbOVvvga38 ops@example";
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBKr8PWQQJtnjbDjoVwi+BJeq/1FMdApOa3hqRNHIvtkzFyZxX5snRAcRCReWj6jqzQEanbNRjSgm8rrwrq11qeg=";
+    const HCLOUD_TOKEN: &str = "Zq8WnT3kLm0xV7pR2sY5uB9cD4eF6gH1jK8lM3nO0pQ7rS2tU5vW9xY4zA6bC1dE";
+    const REGISTRAR_TOKEN: &str = "cf-registrar-token-1234567890";
+
+    fn recipient() -> String {
+        age::x25519::Identity::generate().to_public().to_string()
+    }
+
+    fn region(location: &str) -> Region {
+        Region {
+            provider: Provider::Hetzner,
+            location: location.to_string(),
+            control_plane: NodeGroup { sku: "cpx32".to_string(), count: 3 },
+            workers: NodeGroup { sku: "cpx42".to_string(), count: 2 },
+        }
+    }
+
+    fn sample() -> ProvisionRequest {
+        ProvisionRequest {
+            api_version: API_VERSION.to_string(),
+            org: Org { name: "Acme Corp".to_string(), email: "ops@acme.example.com".to_string() },
+            domain: Domain::Pool {
+                pool_domain: "sovereign.openova.io".to_string(),
+                subdomain: "acme".to_string(),
+            },
+            regions: vec![region("fsn1"), region("hel1")],
+            components: default_components(),
+            ssh_public_keys: vec![ED25519.to_string(), ECDSA.to_string()],
+            cloud_token: SecretString::new(HCLOUD_TOKEN),
+            custody: Custody {
+                age_recipients: vec![recipient(), recipient()],
+                openbao_shares: 5,
+                openbao_threshold: 3,
+            },
+            keycloak: Keycloak { topology: KeycloakTopology::PerOrganization },
+            on_failure: FailurePolicy::Rollback,
+        }
+    }
+
+    fn byo_api() -> Domain {
+        Domain::ByoApi {
+            fqdn: "k8s-prod.acme.com".to_string(),
+            registrar: Registrar::Cloudflare,
+            registrar_token: SecretString::new(REGISTRAR_TOKEN),
+        }
+    }
+
+    /// The paths of the errors of `req`, which must be invalid.
+    fn paths(req: &ProvisionRequest) -> Vec<String> {
+        req.validate().expect_err("request should be invalid").into_iter().map(|e| e.path).collect()
+    }
+
+    /// The single error of `req`.
+    fn only_error(req: &ProvisionRequest) -> FieldError {
+        let errs = req.validate().expect_err("request should be invalid");
+        assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
+        errs.into_iter().next().unwrap()
+    }
+
+    fn sample_json() -> serde_json::Value {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["cloud_token"] = HCLOUD_TOKEN.into();
+        v
+    }
+
+    fn parse_err(v: &serde_json::Value) -> Vec<FieldError> {
+        parse_provision(v.to_string().as_bytes()).expect_err("body should be rejected")
+    }
+
+    #[test]
+    fn sample_is_valid_and_has_name_fqdn_and_secrets() {
+        assert_eq!(HCLOUD_TOKEN.len(), 64);
+        let req = sample();
+        req.validate().unwrap();
+        assert_eq!(req.fqdn(), "acme.sovereign.openova.io");
+        assert_eq!(req.name(), "acme");
+        let secrets = req.secrets();
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].0, "cloud_token");
+        assert_eq!(secrets[0].1.expose(), HCLOUD_TOKEN);
+
+        let mut req = sample();
+        req.domain = byo_api();
+        req.validate().unwrap();
+        assert_eq!(req.fqdn(), "k8s-prod.acme.com");
+        assert_eq!(req.name(), "k8s-prod");
+        let names: Vec<_> =
+            req.secrets().iter().map(|(n, s)| (*n, s.expose().to_string())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("cloud_token", HCLOUD_TOKEN.to_string()),
+                ("registrar_token", REGISTRAR_TOKEN.to_string())
+            ]
+        );
+
+        req.domain = Domain::ByoManual { fqdn: "acme.io".to_string() };
+        req.validate().unwrap();
+        assert_eq!(req.name(), "acme");
+    }
+
+    #[test]
+    fn component_graph_is_closed_and_ordered() {
+        // Every dependency is a known component listed before its dependent.
+        for (i, c) in COMPONENTS.iter().enumerate() {
+            for dep in component_deps(c) {
+                let j = COMPONENTS.iter().position(|x| x == dep).expect("known dep");
+                assert!(j < i, "{c} depends on later {dep}");
+            }
+        }
+        assert_eq!(COMPONENTS.len(), 12);
+        assert!(component_deps("cilium").is_empty());
+        assert_eq!(component_deps("catalyst-platform"), &["gitea"]);
+    }
+
+    #[test]
+    fn api_version_must_be_exact() {
+        let mut req = sample();
+        req.api_version = "catalyst.openova.io/v2".to_string();
+        let e = only_error(&req);
+        assert_eq!(e.path, "api_version");
+        assert!(e.message.contains(API_VERSION), "{}", e.message);
+    }
+
+    #[test]
+    fn org_name_rules() {
+        let mut req = sample();
+        req.org.name = "   ".to_string();
+        assert_eq!(only_error(&req).path, "org.name");
+        req.org.name = "x".repeat(101);
+        assert_eq!(only_error(&req).path, "org.name");
+        req.org.name = "é".repeat(100);
+        req.validate().unwrap();
+    }
+
+    #[test]
+    fn org_email_rules() {
+        for bad in [
+            "",
+            "ops.acme.com",
+            "ops@@acme.com",
+            "a@b@acme.com",
+            "@acme.com",
+            "ops@localhost",
+            "ops @acme.com",
+            "ops@acme.com.",
+            "ops@-acme.com",
+            "ops@acme..com",
+        ] {
+            let mut req = sample();
+            req.org.email = bad.to_string();
+            let e = only_error(&req);
+            assert_eq!(e.path, "org.email", "{bad:?}");
+        }
+        let mut req = sample();
+        req.org.email = format!("{}@acme.com", "a".repeat(250));
+        assert_eq!(only_error(&req).path, "org.email");
+        for good in ["ops@acme.com", "First.Last+tag@Mail.Acme.COM", "x@163.com"] {
+            req.org.email = good.to_string();
+            req.validate().unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn check_label_rules() {
+        assert!(check_label("acme-1").is_ok());
+        assert!(check_label("1acme").is_ok());
+        assert!(check_label("").is_err());
+        assert!(check_label(&"a".repeat(63)).is_ok());
+        assert!(check_label(&"a".repeat(64)).is_err());
+        assert!(check_label("-acme").is_err());
+        assert!(check_label("acme-").is_err());
+        assert!(check_label("Acme").unwrap_err().contains("lowercase"));
+        assert!(check_label("ac_me").is_err());
+        assert!(check_label("ac.me").is_err());
+    }
+
+    #[test]
+    fn check_fqdn_rules() {
+        assert!(check_fqdn("acme.com").is_ok());
+        assert!(check_fqdn("a-1.b.c.example").is_ok());
+        assert!(check_fqdn("").is_err());
+        assert!(check_fqdn("acme").unwrap_err().contains("two labels"));
+        assert!(check_fqdn("acme.com.").unwrap_err().contains("dot"));
+        assert!(check_fqdn("Acme.com").unwrap_err().contains("lowercase"));
+        assert!(check_fqdn("acme..com").is_err());
+        assert!(check_fqdn("-acme.com").is_err());
+        assert!(check_fqdn("1acme.com").unwrap_err().contains("start with a letter"));
+        assert!(check_fqdn("acme.1234").is_err());
+        assert!(check_fqdn("ac me.com").is_err());
+        let long = format!("{}.com", vec!["a".repeat(63); 4].join("."));
+        assert!(long.len() > 253);
+        assert!(check_fqdn(&long).unwrap_err().contains("253"));
+    }
+
+    #[test]
+    fn pool_subdomain_rules() {
+        for (sub, needle) in [
+            ("api", "reserved"),
+            ("k8s", "reserved"),
+            ("1acme", "letter"),
+            ("Acme", "lowercase"),
+            ("ac.me", "`.`"),
+            ("", "empty"),
+            ("acme-", "`-`"),
+        ] {
+            let mut req = sample();
+            req.domain = Domain::Pool {
+                pool_domain: "sovereign.openova.io".to_string(),
+                subdomain: sub.to_string(),
+            };
+            let e = only_error(&req);
+            assert_eq!(e.path, "domain.subdomain", "{sub:?}");
+            assert!(e.message.contains(needle), "{sub:?}: {}", e.message);
+        }
+        // Valid label, but the whole name would be too long.
+        let pool = format!("{}.io", vec!["p".repeat(63); 3].join("."));
+        assert!(check_fqdn(&pool).is_ok());
+        let mut req = sample();
+        req.domain = Domain::Pool { pool_domain: pool, subdomain: "a".repeat(60) };
+        let e = only_error(&req);
+        assert_eq!(e.path, "domain.subdomain");
+        assert!(e.message.contains("253"), "{}", e.message);
+    }
+
+    #[test]
+    fn pool_domain_and_byo_fqdn_rules() {
+        let mut req = sample();
+        req.domain =
+            Domain::Pool { pool_domain: "openova".to_string(), subdomain: "acme".to_string() };
+        assert_eq!(paths(&req), ["domain.pool_domain"]);
+
+        req.domain = Domain::ByoManual { fqdn: "Acme.com".to_string() };
+        assert_eq!(paths(&req), ["domain.fqdn"]);
+
+        req.domain = Domain::ByoApi {
+            fqdn: "acme".to_string(),
+            registrar: Registrar::Ovh,
+            registrar_token: SecretString::new("  "),
+        };
+        assert_eq!(paths(&req), ["domain.fqdn", "domain.registrar_token"]);
+    }
+
+    #[test]
+    fn region_count_rules() {
+        let mut req = sample();
+        req.regions.clear();
+        assert_eq!(paths(&req), ["regions"]);
+
+        let locs = ["fsn1", "nbg1", "hel1", "ash", "hil", "sin"];
+        req.regions = locs.iter().map(|l| region(l)).collect();
+        req.validate().unwrap();
+        // 9 regions: too many, and (only 6 locations) duplicates.
+        req.regions = (0..9).map(|i| region(locs[i % 6])).collect();
+        let p = paths(&req);
+        assert_eq!(p[0], "regions");
+        assert!(req.validate().unwrap_err()[0].message.contains("at most 8"));
+    }
+
+    #[test]
+    fn duplicate_location_is_reported_on_the_later_region() {
+        let mut req = sample();
+        req.regions = vec![region("fsn1"), region("nbg1"), region("fsn1")];
+        let e = only_error(&req);
+        assert_eq!(e.path, "regions[2].location");
+        assert!(e.message.contains("regions[0]"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_location() {
+        let mut req = sample();
+        req.regions[1].location = "fra1".to_string();
+        let e = only_error(&req);
+        assert_eq!(e.path, "regions[1].location");
+        assert!(e.message.contains("fsn1, nbg1, hel1, ash, hil, sin"), "{}", e.message);
+    }
+
+    #[test]
+    fn control_plane_count_must_be_1_or_3() {
+        for n in [0, 2, 4, 5] {
+            let mut req = sample();
+            req.regions[1].control_plane.count = n;
+            assert_eq!(paths(&req), ["regions[1].control_plane.count"], "{n}");
+        }
+        let mut req = sample();
+        req.regions[0].control_plane.count = 1;
+        req.validate().unwrap();
+    }
+
+    #[test]
+    fn worker_count_is_0_to_50() {
+        let mut req = sample();
+        req.regions[0].workers.count = 0;
+        req.validate().unwrap();
+        req.regions[0].workers.count = 50;
+        req.validate().unwrap();
+        req.regions[0].workers.count = 51;
+        assert_eq!(paths(&req), ["regions[0].workers.count"]);
+    }
+
+    #[test]
+    fn skus_must_be_known_even_with_zero_workers() {
+        let mut req = sample();
+        req.regions[0].control_plane.sku = "cx22".to_string();
+        req.regions[1].workers.sku = "m5.large".to_string();
+        req.regions[1].workers.count = 0;
+        let errs = req.validate().unwrap_err();
+        let p: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(p, ["regions[0].control_plane.sku", "regions[1].workers.sku"]);
+        assert!(
+            errs[0].message.contains("unknown Hetzner server type `cx22`"),
+            "{}",
+            errs[0].message
+        );
+        assert!(errs[0].message.contains("cpx32"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn ssh_key_count_rules() {
+        let mut req = sample();
+        req.ssh_public_keys.clear();
+        assert_eq!(paths(&req), ["ssh_public_keys"]);
+        req.ssh_public_keys = vec![ED25519.to_string(); 11];
+        assert_eq!(paths(&req), ["ssh_public_keys"]);
+        req.ssh_public_keys = vec![ED25519.to_string(); 10];
+        req.validate().unwrap();
+    }
+
+    #[test]
+    fn ssh_key_format_rules() {
+        let ed_data = ED25519.split_whitespace().nth(1).unwrap();
+        let ec_data = ECDSA.split_whitespace().nth(1).unwrap();
+        let cases: Vec<(String, &str)> = vec![
+            (format!("ssh-dss {ed_data}"), "unsupported SSH key type `ssh-dss`"),
+            (format!("ssh-foo {ed_data}"), "unsupported SSH key type `ssh-foo`"),
+            ("".to_string(), "empty"),
+            ("ssh-ed25519".to_string(), "no key data"),
+            ("ssh-ed25519 not*base64!".to_string(), "not valid base64"),
+            ("ssh-ed25519 QUJDRA==".to_string(), "does not encode"),
+            // Valid blob of another type.
+            (format!("ssh-ed25519 {ec_data}"), "does not encode a `ssh-ed25519` key"),
+            (format!("ssh-rsa {ed_data}"), "does not encode a `ssh-rsa` key"),
+            // Truncated ed25519 blob (the key itself cut short).
+            (format!("ssh-ed25519 {}", &ed_data[..40]), "not a complete"),
+            (format!("{ED25519}\nssh-ed25519 {ed_data} evil"), "single line"),
+        ];
+        for (key, needle) in cases {
+            let mut req = sample();
+            req.ssh_public_keys = vec![ED25519.to_string(), key.clone()];
+            let e = only_error(&req);
+            assert_eq!(e.path, "ssh_public_keys[1]", "{key:?}");
+            assert!(e.message.contains(needle), "{key:?}: {}", e.message);
+        }
+        let e = {
+            let mut req = sample();
+            req.ssh_public_keys[0] = format!("ssh-dss {ed_data}");
+            only_error(&req)
+        };
+        assert_eq!(
+            e.message,
+            "unsupported SSH key type `ssh-dss`; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa"
+        );
+        // Without a comment, and with extra spaces, a key is still fine.
+        let mut req = sample();
+        req.ssh_public_keys = vec![format!("ssh-ed25519   {ed_data}"), format!("{ECDSA} a b c")];
+        req.validate().unwrap();
+    }
+
+    #[test]
+    fn base64_decoder() {
+        assert_eq!(base64_decode("QUJD").unwrap(), b"ABC");
+        assert_eq!(base64_decode("QUI=").unwrap(), b"AB");
+        assert_eq!(base64_decode("QUI").unwrap(), b"AB");
+        assert_eq!(base64_decode("QQ==").unwrap(), b"A");
+        assert_eq!(base64_decode("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
+        assert!(base64_decode("").is_none());
+        assert!(base64_decode("Q").is_none());
+        assert!(base64_decode("QUI*").is_none());
+        assert!(base64_decode("QU=I").is_none());
+        assert!(base64_decode("QUJD=").is_none());
+    }
+
+    #[test]
+    fn cloud_token_rules_never_echo_the_token() {
+        let mut req = sample();
+        req.cloud_token = SecretString::new("");
+        let e = only_error(&req);
+        assert_eq!(e.path, "cloud_token");
+        assert!(e.message.contains("required"));
+
+        for bad in [
+            HCLOUD_TOKEN[..63].to_string(),
+            format!("{HCLOUD_TOKEN}A"),
+            format!("{}-", &HCLOUD_TOKEN[..63]),
+            format!("{HCLOUD_TOKEN}\n"),
+        ] {
+            let mut req = sample();
+            req.cloud_token = SecretString::new(bad.clone());
+            let e = only_error(&req);
+            assert_eq!(e.path, "cloud_token");
+            assert!(!e.message.contains(bad.trim()), "token leaked: {}", e.message);
+            assert!(!e.message.contains(&HCLOUD_TOKEN[..20]), "token leaked: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn custody_recipient_rules() {
+        let mut req = sample();
+        req.custody.age_recipients.clear();
+        assert_eq!(paths(&req), ["custody.age_recipients"]);
+
+        req.custody.age_recipients = (0..11).map(|_| recipient()).collect();
+        assert_eq!(paths(&req), ["custody.age_recipients"]);
+
+        let good = recipient();
+        req.custody.age_recipients = vec![
+            good.clone(),
+            good.to_uppercase().replace("AGE1", "age1"),
+            "age1notarecipient".to_string(),
+            ED25519.to_string(),
+            format!(" {good}"),
+        ];
+        assert_eq!(
+            paths(&req),
+            [
+                "custody.age_recipients[1]",
+                "custody.age_recipients[2]",
+                "custody.age_recipients[3]",
+                "custody.age_recipients[4]"
+            ]
+        );
+    }
+
+    #[test]
+    fn custody_share_and_threshold_rules() {
+        let cases: &[(u8, u8, &[&str])] = &[
+            (0, 1, &["custody.openbao_shares"]),
+            (11, 2, &["custody.openbao_shares"]),
+            (3, 0, &["custody.openbao_threshold"]),
+            (3, 4, &["custody.openbao_threshold"]),
+            (3, 1, &["custody.openbao_threshold"]),
+            (10, 1, &["custody.openbao_threshold"]),
+        ];
+        for &(shares, threshold, want) in cases {
+            let mut req = sample();
+            req.custody.openbao_shares = shares;
+            req.custody.openbao_threshold = threshold;
+            assert_eq!(paths(&req), want, "{shares}/{threshold}");
+        }
+        let mut req = sample();
+        req.custody.openbao_shares = 3;
+        req.custody.openbao_threshold = 1;
+        assert_eq!(
+            only_error(&req).message,
+            "a threshold of 1 with 3 shares lets any single holder unseal; use at least 2"
+        );
+        for (shares, threshold) in [(1, 1), (2, 1), (2, 2), (3, 2), (10, 10)] {
+            req.custody.openbao_shares = shares;
+            req.custody.openbao_threshold = threshold;
+            req.validate().unwrap_or_else(|e| panic!("{shares}/{threshold}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn component_rules() {
+        // Optional components can be left out when nothing selected needs them.
+        let mut req = sample();
+        req.components.retain(|c| {
+            !["catalyst-platform", "gitea", "keycloak", "nats-jetstream"].contains(&c.as_str())
+        });
+        req.validate().unwrap();
+
+        // Unknown and duplicate.
+        let mut req = sample();
+        req.components.push("istio".to_string());
+        req.components.push("flux".to_string());
+        let errs = req.validate().unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(errs[0].path, "components[12]");
+        assert!(errs[0].message.contains("unknown component `istio`"));
+        assert_eq!(errs[1].path, "components[13]");
+        assert!(errs[1].message.contains("components[2]"), "{}", errs[1].message);
+
+        // A required component cannot be deselected.
+        let mut req = sample();
+        req.components.retain(|c| c != "powerdns");
+        let e = only_error(&req);
+        assert_eq!(e.path, "components");
+        assert!(e.message.contains("`powerdns` is required"), "{}", e.message);
+
+        // A selected component needs its dependencies.
+        let mut req = sample();
+        req.components.retain(|c| c != "keycloak");
+        let e = only_error(&req);
+        let gitea = req.components.iter().position(|c| c == "gitea").unwrap();
+        assert_eq!(e.path, format!("components[{gitea}]"));
+        assert_eq!(e.message, "`gitea` depends on `keycloak`, which is not selected");
+
+        // spire is optional, but required openbao depends on it.
+        let mut req = sample();
+        req.components.retain(|c| c != "spire" && c != "nats-jetstream");
+        let e = only_error(&req);
+        assert!(e.message.contains("`openbao` depends on `spire`"), "{}", e.message);
+
+        // An empty selection lacks every required component.
+        let mut req = sample();
+        req.components.clear();
+        assert_eq!(paths(&req), vec!["components"; REQUIRED_COMPONENTS.len()]);
+    }
+
+    #[test]
+    fn all_errors_are_collected() {
+        let mut req = sample();
+        req.api_version = "v1".to_string();
+        req.org.email = "nope".to_string();
+        req.regions[1].control_plane.count = 2;
+        req.ssh_public_keys[0] = "ssh-dss AAAA".to_string();
+        req.custody.age_recipients[1] = "x".to_string();
+        req.cloud_token = SecretString::new("short");
+        assert_eq!(
+            paths(&req),
+            [
+                "api_version",
+                "org.email",
+                "regions[1].control_plane.count",
+                "ssh_public_keys[0]",
+                "cloud_token",
+                "custody.age_recipients[1]"
+            ]
+        );
+    }
+
+    #[test]
+    fn serialized_request_carries_no_secret() {
+        let mut req = sample();
+        req.domain = byo_api();
+        let json = serde_json::to_string(&req).unwrap();
+        assert!(!json.contains(HCLOUD_TOKEN), "{json}");
+        assert!(!json.contains(REGISTRAR_TOKEN), "{json}");
+        assert!(!json.contains("cloud_token") && !json.contains("registrar_token"), "{json}");
+        assert!(!json.contains("<redacted>"), "{json}");
+        assert!(
+            json.contains(r#""mode":"byo-api""#) && json.contains(r#""registrar":"cloudflare""#),
+            "{json}"
+        );
+
+        // A stored request reads back, with empty secrets that validation rejects.
+        let back: ProvisionRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.fqdn(), "k8s-prod.acme.com");
+        assert!(back.secrets().iter().all(|(_, s)| s.expose().is_empty()));
+        assert_eq!(paths(&back), ["domain.registrar_token", "cloud_token"]);
+
+        let add = AddRegionRequest {
+            api_version: API_VERSION.to_string(),
+            regions: vec![region("ash")],
+            cloud_token: Some(SecretString::new(HCLOUD_TOKEN)),
+        };
+        let json = serde_json::to_string(&add).unwrap();
+        assert!(!json.contains(HCLOUD_TOKEN) && !json.contains("cloud_token"), "{json}");
+    }
+
+    #[test]
+    fn parse_accepts_a_valid_body_and_applies_defaults() {
+        let mut v = sample_json();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("components");
+        obj.remove("on_failure");
+        obj.insert("keycloak".into(), serde_json::json!({"topology": "shared-sovereign"}));
+        let req = parse_provision(v.to_string().as_bytes()).unwrap();
+        assert_eq!(req.components, COMPONENTS);
+        assert_eq!(req.on_failure, FailurePolicy::Rollback);
+        assert_eq!(req.keycloak.topology, KeycloakTopology::SharedSovereign);
+        assert_eq!(req.cloud_token.expose(), HCLOUD_TOKEN);
+
+        let mut v = sample_json();
+        v["on_failure"] = "keep".into();
+        v["domain"] = serde_json::json!({
+            "mode": "byo-api", "fqdn": "acme.com", "registrar": "namecheap", "registrar_token": "t0k"
+        });
+        let req = parse_provision(v.to_string().as_bytes()).unwrap();
+        assert_eq!(req.on_failure, FailurePolicy::Keep);
+        assert_eq!(req.secrets()[1].1.expose(), "t0k");
+    }
+
+    #[test]
+    fn parse_reports_unknown_fields_at_the_containing_object() {
+        let mut v = sample_json();
+        v["org"]["phone"] = "123".into();
+        let errs = parse_err(&v);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "org");
+        assert!(errs[0].message.starts_with("unknown field `phone`"), "{}", errs[0].message);
+
+        let mut v = sample_json();
+        v["regions"][1]["workers"]["size"] = 3.into();
+        assert_eq!(parse_err(&v)[0].path, "regions[1].workers");
+
+        let mut v = sample_json();
+        v["extra"] = true.into();
+        let errs = parse_err(&v);
+        assert_eq!(errs[0].path, "body");
+        assert!(errs[0].message.starts_with("unknown field `extra`"), "{}", errs[0].message);
+
+        // Inside the internally tagged domain, too.
+        let mut v = sample_json();
+        v["domain"]["fqdn"] = "acme.com".into();
+        let errs = parse_err(&v);
+        assert_eq!(errs[0].path, "domain");
+        assert!(errs[0].message.starts_with("unknown field `fqdn`"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn parse_reports_wrong_types_at_the_field() {
+        let mut v = sample_json();
+        v["regions"][0]["control_plane"]["count"] = "three".into();
+        let errs = parse_err(&v);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "regions[0].control_plane.count");
+        assert!(
+            errs[0].message.starts_with("invalid type: string \"three\""),
+            "{}",
+            errs[0].message
+        );
+        assert!(!errs[0].message.contains("line"), "{}", errs[0].message);
+
+        let mut v = sample_json();
+        v["custody"]["openbao_shares"] = 300.into();
+        assert_eq!(parse_err(&v)[0].path, "custody.openbao_shares");
+
+        let mut v = sample_json();
+        v["ssh_public_keys"][1] = 7.into();
+        assert_eq!(parse_err(&v)[0].path, "ssh_public_keys[1]");
+
+        let mut v = sample_json();
+        v["regions"][0]["provider"] = "aws".into();
+        let errs = parse_err(&v);
+        assert_eq!(errs[0].path, "regions[0].provider");
+        assert!(errs[0].message.contains("unknown variant `aws`"), "{}", errs[0].message);
+
+        let mut v = sample_json();
+        v["keycloak"]["topology"] = "per_organization".into();
+        assert_eq!(parse_err(&v)[0].path, "keycloak.topology");
+
+        for body in [&b"[1, 2]"[..], b" \"x\" ", b"null"] {
+            let errs = parse_provision(body).unwrap_err();
+            assert_eq!(errs, vec![FieldError::new("body", "must be a JSON object")]);
+        }
+        // Not even by position.
+        let v = sample_json();
+        let obj = v.as_object().unwrap();
+        let positional: Vec<_> = obj.values().cloned().collect();
+        let body = serde_json::to_vec(&positional).unwrap();
+        assert_eq!(parse_provision(&body).unwrap_err()[0].message, "must be a JSON object");
+    }
+
+    #[test]
+    fn parse_reports_missing_fields_at_their_path() {
+        let mut v = sample_json();
+        v["org"].as_object_mut().unwrap().remove("email");
+        let errs = parse_err(&v);
+        assert_eq!(errs, vec![FieldError::new("org.email", "missing field `email`")]);
+
+        let mut v = sample_json();
+        v.as_object_mut().unwrap().remove("custody");
+        assert_eq!(parse_err(&v), vec![FieldError::new("custody", "missing field `custody`")]);
+
+        let mut v = sample_json();
+        v["regions"][1].as_object_mut().unwrap().remove("workers");
+        assert_eq!(parse_err(&v)[0].path, "regions[1].workers");
+
+        let mut v = sample_json();
+        v["domain"].as_object_mut().unwrap().remove("mode");
+        assert_eq!(parse_err(&v)[0].path, "domain.mode");
+
+        // A missing cloud token parses (stored requests have none) but does
+        // not validate.
+        let mut v = sample_json();
+        v.as_object_mut().unwrap().remove("cloud_token");
+        let errs = parse_err(&v);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "cloud_token");
+    }
+
+    #[test]
+    fn parse_reports_malformed_json() {
+        let errs =
+            parse_provision(b"{\n  \"api_version\": \"catalyst.openova.io/v1\",\n  \"org\": {,\n}")
+                .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "body");
+        assert!(
+            errs[0].message.starts_with("invalid JSON at line 3 column 11"),
+            "{}",
+            errs[0].message
+        );
+
+        let errs = parse_provision(b"").unwrap_err();
+        assert_eq!(errs[0].path, "body");
+        assert!(
+            errs[0].message.starts_with("invalid JSON at line 1 column 0"),
+            "{}",
+            errs[0].message
+        );
+
+        let body = format!("{} trailing", sample_json());
+        let errs = parse_provision(body.as_bytes()).unwrap_err();
+        assert_eq!(errs[0].path, "body");
+        assert!(errs[0].message.contains("trailing characters"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn parse_then_validate_reports_validation_errors() {
+        let mut v = sample_json();
+        v["regions"][1]["location"] = "fsn1".into();
+        v["custody"]["openbao_threshold"] = 9.into();
+        let p: Vec<_> = parse_err(&v).into_iter().map(|e| e.path).collect();
+        assert_eq!(p, ["regions[1].location", "custody.openbao_threshold"]);
+    }
+
+    #[test]
+    fn add_region_rules() {
+        let existing = vec!["fsn1".to_string(), "hel1".to_string()];
+        let ok = AddRegionRequest {
+            api_version: API_VERSION.to_string(),
+            regions: vec![region("nbg1"), region("ash")],
+            cloud_token: None,
+        };
+        ok.validate(&existing).unwrap();
+
+        let mut req = ok.clone();
+        req.regions = vec![region("nbg1"), region("hel1"), region("nbg1")];
+        req.regions[0].control_plane.count = 2;
+        req.cloud_token = Some(SecretString::new("not-a-token"));
+        let errs = req.validate(&existing).unwrap_err();
+        let p: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            p,
+            [
+                "regions[0].control_plane.count",
+                "regions[1].location",
+                "regions[2].location",
+                "cloud_token"
+            ]
+        );
+        assert!(errs[1].message.contains("already has a region in `hel1`"), "{}", errs[1].message);
+        assert!(!errs[3].message.contains("not-a-token"));
+
+        let mut req = ok.clone();
+        req.regions.clear();
+        assert_eq!(req.validate(&existing).unwrap_err()[0].path, "regions");
+
+        // Existing plus new may not exceed 8.
+        let existing: Vec<String> =
+            ["fsn1", "nbg1", "hel1", "ash", "hil"].iter().map(|s| s.to_string()).collect();
+        let mut req = ok.clone();
+        req.regions = vec![region("sin"); 4];
+        let errs = req.validate(&existing).unwrap_err();
+        assert_eq!(errs[0].path, "regions");
+        assert!(errs[0].message.contains("at most 8"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn parse_add_region_paths() {
+        let body = serde_json::json!({
+            "api_version": API_VERSION,
+            "regions": [{"provider": "hetzner", "location": "sin",
+                         "control_plane": {"sku": "cpx32", "count": 1},
+                         "workers": {"sku": "cpx32", "count": 0}}],
+            "cloud_token": HCLOUD_TOKEN
+        });
+        let req = parse_add_region(body.to_string().as_bytes(), &[]).unwrap();
+        assert_eq!(req.cloud_token.as_ref().unwrap().expose(), HCLOUD_TOKEN);
+
+        let errs = parse_add_region(body.to_string().as_bytes(), &["sin".to_string()]).unwrap_err();
+        assert_eq!(errs[0].path, "regions[0].location");
+
+        let mut bad = body.clone();
+        bad["regions"][0]["control_plane"]["count"] = "three".into();
+        let errs = parse_add_region(bad.to_string().as_bytes(), &[]).unwrap_err();
+        assert_eq!(errs[0].path, "regions[0].control_plane.count");
+
+        let mut bad = body;
+        bad["zone"] = "x".into();
+        assert!(
+            parse_add_region(bad.to_string().as_bytes(), &[]).unwrap_err()[0]
+                .message
+                .contains("unknown field `zone`")
+        );
+    }
+
+    #[test]
+    fn openapi_schema_documents_secret_fields_as_write_only() {
+        use utoipa::PartialSchema as _;
+        let schema = serde_json::to_value(ProvisionRequest::schema()).unwrap();
+        let token = &schema["properties"]["cloud_token"];
+        assert_eq!(token["type"], "string", "{schema:#}");
+        assert_eq!(token["format"], "password");
+        assert_eq!(token["writeOnly"], true);
+        assert!(
+            schema["required"].as_array().unwrap().contains(&"cloud_token".into()),
+            "{schema:#}"
+        );
+        assert!(!schema["required"].as_array().unwrap().contains(&"components".into()));
+    }
+}

@@ -1,0 +1,83 @@
+//! Raw-SQLite baselines for the benchmarks (`cz-bench`): the same work the
+//! store does, without the store, at the same durability (WAL,
+//! `synchronous = FULL`). They live here because this is the only crate that
+//! speaks SQL.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
+
+async fn connect(path: &Path) -> Result<SqliteConnection, sqlx::Error> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    SqliteConnection::connect_with(&opts).await
+}
+
+/// `n` step checkpoints as bare inserts: two rows (started, succeeded), each
+/// in its own committed transaction, into a table shaped like
+/// `step_events`.
+pub async fn raw_checkpoints(path: &Path, n: usize) -> Result<Duration, sqlx::Error> {
+    let mut c = connect(path).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS raw_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, node TEXT NOT NULL, event TEXT NOT NULL, body TEXT NOT NULL, at INTEGER NOT NULL)")
+        .execute(&mut c)
+        .await?;
+    let start = Instant::now();
+    for i in 0..n {
+        for (ev, body) in [
+            ("started", "{\"event\":\"started\",\"attempt\":1}"),
+            ("succeeded", "{\"event\":\"succeeded\",\"output\":{}}"),
+        ] {
+            let mut tx = c.begin().await?;
+            sqlx::query(
+                "INSERT INTO raw_events (job_id, node, event, body, at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind("job")
+            .bind(format!("phase/step-{i}"))
+            .bind(ev)
+            .bind(body)
+            .bind(0i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// `lines` JSON lines inserted in batches of `batch` rows, one transaction
+/// per batch, into a table shaped like `job_events`.
+pub async fn raw_batched_events(
+    path: &Path,
+    lines: &[String],
+    batch: usize,
+) -> Result<Duration, sqlx::Error> {
+    let mut c = connect(path).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS raw_job_events (job_id TEXT NOT NULL, id INTEGER NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (job_id, id)) WITHOUT ROWID")
+        .execute(&mut c)
+        .await?;
+    let start = Instant::now();
+    let mut id = 0i64;
+    for chunk in lines.chunks(batch) {
+        let mut tx = c.begin().await?;
+        for rows in chunk.chunks(200) {
+            let mut qb =
+                sqlx::QueryBuilder::new("INSERT INTO raw_job_events (job_id, id, at, kind, body) ");
+            qb.push_values(rows, |mut b, line| {
+                id += 1;
+                b.push_bind("job")
+                    .push_bind(id)
+                    .push_bind(0i64)
+                    .push_bind("tofu")
+                    .push_bind(line.clone());
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(start.elapsed())
+}
