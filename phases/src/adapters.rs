@@ -286,6 +286,11 @@ pub trait BaoApi: Send + Sync {
     /// `sys/init`; fails with `Conflict` if already initialized.
     async fn init(&self, endpoint: &str, shares: u8, threshold: u8) -> AdapterResult<BaoInit>;
     async fn unseal(&self, endpoint: &str, key: &SecretString) -> AdapterResult<BaoStatus>;
+    /// Destroys the storage of the OpenBao cluster `endpoint` belongs to
+    /// (every replica), leaving it uninitialized. Real implementation:
+    /// delete the StatefulSet's PVCs and pods through the Kubernetes API.
+    /// Only ever used before anything was stored in it.
+    async fn wipe(&self, endpoint: &str) -> AdapterResult<()>;
     async fn write(
         &self,
         endpoint: &str,

@@ -55,6 +55,9 @@ pub struct FaultPlan {
     pub repeat_undo: BTreeSet<String>,
     /// Fail the node's undo.
     pub fail_undo: BTreeSet<String>,
+    /// Slow motion: wait this long after every journal write, so an
+    /// observer (the kill -9 test, a drill) can act at each step boundary.
+    pub slow_ms: u64,
 }
 
 /// Bounds for transient retries.
@@ -594,6 +597,9 @@ impl NodeExec {
         })
         .await
         .map_err(|source| EngineError::Store { job: self.run.job.id, source })?;
+        if self.run.options.faults.slow_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.run.options.faults.slow_ms)).await;
+        }
         Ok(state)
     }
 

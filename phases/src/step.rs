@@ -142,6 +142,11 @@ impl StepCtx {
         Ok(self.store.put_secret(&self.sovereign_id.to_string(), name, value).await?)
     }
 
+    /// Stores several secrets in one commit (all or none).
+    pub async fn put_secrets(&self, secrets: &[(String, SecretString)]) -> StepResult<()> {
+        Ok(self.store.put_secrets(&self.sovereign_id.to_string(), secrets).await?)
+    }
+
     pub async fn delete_secret(&self, name: &str) -> StepResult<()> {
         Ok(self.store.delete_secret(&self.sovereign_id.to_string(), name).await?)
     }

@@ -533,6 +533,41 @@ impl Store {
         .await
     }
 
+    /// Stores several secrets in one transaction (all or none).
+    pub async fn put_secrets(
+        &self,
+        owner: &str,
+        secrets: &[(String, SecretString)],
+    ) -> Result<(), StoreError> {
+        let mut sealed = Vec::with_capacity(secrets.len());
+        for (name, plain) in secrets {
+            sealed.push((name.clone(), self.seal(plain)?));
+        }
+        let owner = owner.to_owned();
+        self.write(
+            false,
+            Box::new(move |c| {
+                Box::pin(async move {
+                    for (name, blob) in sealed {
+                        sqlx::query(
+                    "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?)
+                     ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
+                )
+                .bind(&owner)
+                .bind(name)
+                .bind(blob)
+                .bind(now_ms())
+                .execute(&mut *c)
+                .await
+                .map_err(StoreError::query("put secrets"))?;
+                    }
+                    Ok(Box::new(()) as Box<dyn Any + Send>)
+                })
+            }),
+        )
+        .await
+    }
+
     /// Reads and decrypts a secret.
     pub async fn get_secret(
         &self,

@@ -4,10 +4,10 @@
 //! OpenBao init is the one step whose side effect cannot be repeated: the
 //! shares exist only in `sys/init`'s answer. So the step encrypts every share
 //! to the operators' age recipients and stores them (sealed to the daemon for
-//! unsealing after restarts) before it returns; a re-run that finds OpenBao
-//! initialized and the shares in the store goes on; one that finds it
-//! initialized *without* stored shares stops for an operator (the window is
-//! a kill between the answer and the commit) — see the runbook.
+//! unsealing after restarts) in one commit before it returns; a re-run that
+//! finds OpenBao initialized and the shares in the store goes on; one that
+//! finds it initialized *without* stored shares (a kill between the answer
+//! and the commit) wipes the still-empty OpenBao and initializes it again.
 //!
 //! TODO(custody/hand-off issues): real OpenBao in-cluster endpoints (port
 //! forward through the API), the ESO ExternalSecret round-trip through a real
@@ -19,9 +19,7 @@ use cz_state::SecretString;
 use serde_json::{Value, json};
 
 use super::infra::{HANDED_OFF, workspace};
-use super::{
-    FIELD_MANAGER, action, cloud_token, cluster::kubeconfig_for, fqdn, no_undo, precondition,
-};
+use super::{FIELD_MANAGER, action, cloud_token, cluster::kubeconfig_for, fqdn, no_undo};
 use crate::adapters::ObjectRef;
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
@@ -117,13 +115,16 @@ async fn bao_init(cx: &StepCtx) -> StepResult<Value> {
                 json!({ "shares": shares, "threshold": threshold, "already_initialized": true }),
             );
         }
-        return Err(precondition(
-            "OpenBao is initialized but its shares never reached the store",
-            "The daemon stopped between OpenBao's init answer and recording the shares. Wipe the OpenBao data (PVCs) of this Sovereign, then `retry` this step. See runbooks/needs-operator-precondition.md.",
-        ));
+        // An earlier attempt got OpenBao's answer but died before the shares
+        // reached the store: they are lost. Nothing can have been written to
+        // this OpenBao yet (every later step needs those shares), so its
+        // storage is wiped and it is initialized again.
+        cx.event("custody", json!({ "message": "OpenBao was initialized by an interrupted attempt whose shares never reached the store; wiping its empty storage and initializing again" })).await?;
+        cx.backend.bao.wipe(&ep).await?;
     }
     let init = cx.backend.bao.init(&ep, shares, threshold).await?;
     let mut digests = Vec::new();
+    let mut secrets = Vec::new();
     for (i, key) in init.keys.iter().enumerate() {
         // Encrypted to the operators before anything else touches it...
         let escrow = cz_state::secrets::encrypt_to_recipients(&recipients, key.expose().as_bytes())
@@ -132,15 +133,14 @@ async fn bao_init(cx: &StepCtx) -> StepResult<Value> {
                 message: e.to_string(),
             })?;
         digests.push(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&escrow)));
-        cx.put_secret(
-            &format!("openbao-share-{i}.escrow"),
-            &SecretString::new(hex::encode(&escrow)),
-        )
-        .await?;
+        secrets
+            .push((format!("openbao-share-{i}.escrow"), SecretString::new(hex::encode(&escrow))));
         // ...and sealed to the daemon so restarts can unseal.
-        cx.put_secret(&format!("openbao-share-{i}"), key).await?;
+        secrets.push((format!("openbao-share-{i}"), key.clone()));
     }
-    cx.put_secret("openbao-root-token", &init.root_token).await?;
+    secrets.push(("openbao-root-token".to_owned(), init.root_token.clone()));
+    // One commit: either every share is recorded or none is.
+    cx.put_secrets(&secrets).await?;
     cx.event("custody", json!({ "message": format!("OpenBao initialized: {shares} shares, threshold {threshold}, each escrowed to {} age recipient(s)", recipients.len()), "escrow_sha256": digests })).await?;
     Ok(
         json!({ "shares": shares, "threshold": threshold, "escrow_sha256": digests, "already_initialized": false }),

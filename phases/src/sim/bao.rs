@@ -108,6 +108,24 @@ fn normalize_path(path: &str) -> String {
 
 #[async_trait]
 impl BaoApi for SimBao {
+    async fn wipe(&self, endpoint: &str) -> AdapterResult<()> {
+        self.world.op("bao.wipe", 2_000).await?;
+        let (cluster, _) = split_endpoint(endpoint);
+        let _guard = self.world.lock(SYS, "clusters").await;
+        self.world.delete(SYS, "clusters", &cluster).await?;
+        // Every replica's storage goes with it (the PVCs of each pod).
+        let scheme = endpoint.split_once("://").map_or("", |(s, _)| s);
+        for i in 0..16 {
+            let ep = if scheme.is_empty() {
+                format!("openbao-{i}.{cluster}")
+            } else {
+                format!("{scheme}://openbao-{i}.{cluster}")
+            };
+            self.world.delete(SYS, "replicas", &split_endpoint(&ep).1).await?;
+        }
+        Ok(())
+    }
+
     async fn status(&self, endpoint: &str) -> AdapterResult<BaoStatus> {
         self.world.op("bao.status", 100).await?;
         let (cluster, replica) = split_endpoint(endpoint);
