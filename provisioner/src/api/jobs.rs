@@ -1,0 +1,218 @@
+//! `/v1/jobs`: list and show jobs, and the operator verbs.
+//!
+//! Verbs go through the [`Supervisor`](crate::supervisor::Supervisor): stop
+//! the job's driver, apply the verb to the store (audit trail and journal),
+//! drive again if the job is still in flight.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use cz_phases::RetryTarget;
+use cz_state::{Job, JobId, SovereignId};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::views::{
+    ErrorBody, JobDetail, JobList, JobSummary, ValidationErrors, VerbResponse, job_detail,
+};
+use super::{ApiError, ApiState, Caller, require_json};
+use crate::supervisor::Verb;
+
+pub(crate) fn parse_job_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound(format!("job {id}")))
+}
+
+pub(crate) async fn load_job(st: &ApiState, id: JobId) -> Result<Job, ApiError> {
+    st.store
+        .get_job(id)
+        .await
+        .map_err(ApiError::store("read a job"))?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Only the jobs of this Sovereign.
+    pub sovereign: Option<String>,
+}
+
+/// List jobs, newest last.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(st): State<ApiState>,
+    _caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<JobList>, ApiError> {
+    let sov = match q.sovereign.as_deref() {
+        None => None,
+        Some(s) => Some(
+            s.parse::<SovereignId>()
+                .map_err(|_| ApiError::invalid("sovereign", "must be a sovereign id (UUID)"))?,
+        ),
+    };
+    let jobs = st.store.list_jobs(sov).await.map_err(ApiError::store("list jobs"))?;
+    Ok(Json(JobList { jobs: jobs.iter().map(JobSummary::from).collect() }))
+}
+
+/// Show a job: phases, steps, attempts, timings, errors, progress, audit.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(st): State<ApiState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let job = load_job(&st, id).await?;
+    let journal = st.store.journal(id).await.map_err(ApiError::store("read a journal"))?;
+    let audit = st.store.audit(Some(id)).await.map_err(ApiError::store("read the audit trail"))?;
+    Ok(Json(job_detail(&job, &journal, &audit)))
+}
+
+/// Body of `retry`: at most one of `step` and `phase`; neither retries every
+/// failed step.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryBody {
+    pub step: Option<String>,
+    pub phase: Option<String>,
+}
+
+/// Body of `skip`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SkipBody {
+    /// `<phase>/<step>`.
+    pub step: String,
+    /// Why skipping is safe; recorded in the audit trail.
+    pub reason: String,
+}
+
+/// Parses an optional JSON body (empty means default).
+fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_required(headers, body)
+}
+
+fn parse_required<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", e.to_string()))
+}
+
+async fn apply(
+    st: &ApiState,
+    caller: Caller,
+    id: &str,
+    verb: Verb,
+) -> Result<Json<VerbResponse>, ApiError> {
+    caller.require_operator("run operator verbs")?;
+    let id = parse_job_id(id)?;
+    let action = verb.name().to_owned();
+    let status = st.supervisor.apply(id, verb, caller.actor()).await?;
+    Ok(Json(VerbResponse { job_id: id.to_string(), action, status: status.to_string() }))
+}
+
+/// Retry failed steps, one step, or a whole phase. Operator token only.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "verbs",
+    params(("id" = String, Path, description = "Job id")),
+    request_body(content = Option<RetryBody>, content_type = "application/json"),
+    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ValidationErrors)),
+    security(("bearer" = [])))]
+pub async fn retry(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<VerbResponse>, ApiError> {
+    caller.require_operator("run operator verbs")?;
+    let b: RetryBody = parse_body(&headers, &body)?;
+    let target = match (b.step, b.phase) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("step", "give `step` or `phase`, not both"));
+        }
+        (Some(s), None) => RetryTarget::Step(s),
+        (None, Some(p)) => RetryTarget::Phase(p),
+        (None, None) => RetryTarget::Failed,
+    };
+    apply(&st, caller, &id, Verb::Retry(target)).await
+}
+
+/// Skip a step with a justification. Operator token only.
+#[utoipa::path(post, path = "/v1/jobs/{id}/skip", tag = "verbs",
+    params(("id" = String, Path, description = "Job id")),
+    request_body(content = SkipBody, content_type = "application/json"),
+    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ValidationErrors)),
+    security(("bearer" = [])))]
+pub async fn skip(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<VerbResponse>, ApiError> {
+    caller.require_operator("run operator verbs")?;
+    let b: SkipBody = parse_required(&headers, &body)?;
+    if b.reason.trim().is_empty() {
+        return Err(ApiError::invalid("reason", "is required: say why skipping is safe"));
+    }
+    apply(&st, caller, &id, Verb::Skip { step: b.step, reason: b.reason }).await
+}
+
+/// Resume a paused job. Operator token only.
+#[utoipa::path(post, path = "/v1/jobs/{id}/resume", tag = "verbs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn resume(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VerbResponse>, ApiError> {
+    apply(&st, caller, &id, Verb::Resume).await
+}
+
+/// Abandon a job where it stands (nothing is undone). Operator token only.
+#[utoipa::path(post, path = "/v1/jobs/{id}/abandon", tag = "verbs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn abandon(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VerbResponse>, ApiError> {
+    apply(&st, caller, &id, Verb::Abandon).await
+}
+
+/// Cancel a job with rollback (undo of everything that ran). Operator token
+/// only.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "verbs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<VerbResponse>, ApiError> {
+    apply(&st, caller, &id, Verb::Cancel).await
+}

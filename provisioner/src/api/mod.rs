@@ -1,0 +1,192 @@
+//! The HTTP API (ARCHITECTURE.md §5), versioned under `/v1`.
+//!
+//! [`router`] is a pure function of [`ApiState`]: tests drive it with
+//! `tower::ServiceExt::oneshot` against a real store in a temporary
+//! directory, without binding a socket.
+//!
+//! Authentication is a bearer token with two scopes. The operator token may
+//! do everything; the wizard token (the public wizard's backend) may submit
+//! and read but not run verbs or destroy. Tokens are compared in constant
+//! time (on their SHA-256 digests, so the length does not leak either).
+//! Health, readiness, metrics and the OpenAPI document need no token: they
+//! carry no tenant data and are what load balancers and scrapers reach.
+//!
+//! Request bodies are taken as raw bytes and parsed here, so that every
+//! rejection (malformed JSON, wrong content type, unknown field, invalid
+//! value) comes back in the one `422 {"errors": [{path, message}]}` shape,
+//! and so the idempotency key can be bound to the exact bytes submitted.
+//! Bodies are never logged: they carry cloud tokens.
+
+mod error;
+mod events;
+mod jobs;
+mod sovereigns;
+mod system;
+#[cfg(test)]
+mod tests;
+pub mod views;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use cz_state::Store;
+use sha2::{Digest, Sha256};
+
+pub use error::ApiError;
+pub use system::{ApiDoc, Metrics};
+
+use crate::config::Config;
+use crate::supervisor::Supervisor;
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub supervisor: Arc<Supervisor>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// Set once recovery has started every in-flight job.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl ApiState {
+    pub fn new(store: Store, supervisor: Arc<Supervisor>, config: Arc<Config>) -> Self {
+        ApiState {
+            store,
+            supervisor,
+            config,
+            metrics: Arc::new(Metrics::new()),
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The caller's scope, from the `Authorization: Bearer` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Operator,
+    Wizard,
+}
+
+impl Caller {
+    /// The actor recorded in the audit trail.
+    pub fn actor(self) -> &'static str {
+        match self {
+            Caller::Operator => "operator",
+            Caller::Wizard => "wizard",
+        }
+    }
+
+    /// Refuses anything but the operator token.
+    pub fn require_operator(self, what: &'static str) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Wizard => Err(ApiError::Forbidden(what)),
+        }
+    }
+}
+
+/// Constant-time comparison of two secrets (digests first, so neither the
+/// content nor the length leaks through timing).
+pub fn token_eq(a: &str, b: &str) -> bool {
+    let (da, db) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let tokens = &state.config.tokens;
+        // Evaluate both comparisons every time.
+        let op = tokens.operator.as_deref().is_some_and(|t| token_eq(t, presented));
+        let wiz = tokens.wizard.as_deref().is_some_and(|t| token_eq(t, presented));
+        match (op, wiz) {
+            (true, _) => Ok(Caller::Operator),
+            (false, true) => Ok(Caller::Wizard),
+            (false, false) => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// Checks the content type of a JSON body (absent is accepted).
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_TYPE) {
+        None => Ok(()),
+        Some(v) => {
+            let v = v.to_str().unwrap_or_default();
+            let mime = v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+            if mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+            {
+                Ok(())
+            } else {
+                Err(ApiError::invalid(
+                    "body",
+                    format!("expected Content-Type: application/json, got `{v}`"),
+                ))
+            }
+        }
+    }
+}
+
+/// SHA-256 of a raw body, hex (what an idempotency key is bound to).
+pub(crate) fn body_sha256(body: &Bytes) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+/// Counts every request by route and status.
+async fn count_requests(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state.metrics.count_request(&method, &route, resp.status().as_u16());
+    resp
+}
+
+/// The whole API.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/sovereigns", post(sovereigns::submit).get(sovereigns::list))
+        .route("/v1/sovereigns/{id}", get(sovereigns::show).delete(sovereigns::destroy))
+        .route("/v1/sovereigns/{id}/regions", post(sovereigns::add_region))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs/{id}/events", get(events::events))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/skip", post(jobs::skip))
+        .route("/v1/jobs/{id}/resume", post(jobs::resume))
+        .route("/v1/jobs/{id}/abandon", post(jobs::abandon))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

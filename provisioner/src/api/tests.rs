@@ -1,0 +1,670 @@
+//! API tests: the real router, a real store in a temporary directory and the
+//! sim backend at latency 0, driven with `tower::ServiceExt::oneshot`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use cz_phases::phases::{provision_plan, registry};
+use cz_phases::request::parse_provision;
+use cz_phases::sim::{SimConfig, sim_backend};
+use cz_phases::{Engine, RetryPolicy};
+use cz_state::{Store, StorePaths};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::{ApiState, router};
+use crate::config::{Config, Tokens};
+use crate::supervisor::Supervisor;
+
+const OP: &str = "operator-token-0123456789abcdef";
+const WIZ: &str = "wizard-token-0123456789abcdef00";
+/// A distinctive 64-character cloud token, searched for in every answer.
+const CLOUD_TOKEN: &str = "SeCrEtCloudTokenQ7x9Z2w4K6m8N0p1R3t5V7y9B1d3F5h7J9k1L3n5P7r9T1vW";
+const ED25519: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJLgSfWI3AEt8R6XSfXLkH+3w9vy7JdRatHbOVvvga38 ops@example";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    state: ApiState,
+    app: Router,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StorePaths::in_dir(dir.path())).await.unwrap();
+    let backend = sim_backend(dir.path().join("sim"), dir.path().join("ws"), SimConfig::instant());
+    crate::server::ensure_sim_pool_zones(&backend).await.unwrap();
+    let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
+    let config = Config {
+        tokens: Tokens { operator: Some(OP.into()), wizard: Some(WIZ.into()) },
+        retry: RetryPolicy { max_attempts: 3, min_delay_ms: 1, max_delay_ms: 10 },
+        heartbeat_secs: 1,
+        ..Config::default()
+    };
+    let state = ApiState::new(store, Arc::new(Supervisor::new(engine)), Arc::new(config));
+    state.set_ready();
+    let app = router(state.clone());
+    Harness { _dir: dir, state, app }
+}
+
+fn body(sub: &str) -> Value {
+    json!({
+        "api_version": "catalyst.openova.io/v1",
+        "org": { "name": "Acme Corp", "email": "ops@acme.example.com" },
+        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": sub },
+        "regions": [{
+            "provider": "hetzner", "location": "fsn1",
+            "control_plane": { "sku": "cpx32", "count": 1 },
+            "workers": { "sku": "cpx42", "count": 1 }
+        }],
+        "ssh_public_keys": [ED25519],
+        "cloud_token": CLOUD_TOKEN,
+        "custody": {
+            "age_recipients": [age::x25519::Identity::generate().to_public().to_string()],
+            "openbao_shares": 3, "openbao_threshold": 2
+        },
+        "keycloak": { "topology": "per-organization" }
+    })
+}
+
+struct Resp {
+    status: StatusCode,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+impl Harness {
+    async fn call(&self, req: Request<Body>) -> Resp {
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(!text.contains(CLOUD_TOKEN), "a secret leaked in an answer: {text}");
+        Resp { status, text }
+    }
+
+    async fn req(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(v) => b.header("content-type", "application/json").body(Body::from(v.to_string())),
+            None => b.body(Body::empty()),
+        };
+        self.call(req.unwrap()).await
+    }
+
+    async fn get(&self, uri: &str) -> Value {
+        let r = self.req(Method::GET, uri, Some(OP), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.text);
+        r.json()
+    }
+
+    async fn submit_with(&self, v: &Value, headers: &[(&str, &str)]) -> Resp {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/sovereigns")
+            .header("authorization", format!("Bearer {OP}"))
+            .header("content-type", "application/json");
+        for (k, val) in headers {
+            b = b.header(*k, *val);
+        }
+        self.call(b.body(Body::from(v.to_string())).unwrap()).await
+    }
+
+    async fn submit(&self, v: &Value) -> (String, String) {
+        let r = self.submit_with(v, &[]).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        let j = r.json();
+        (j["sovereign_id"].as_str().unwrap().to_owned(), j["job_id"].as_str().unwrap().to_owned())
+    }
+
+    /// Polls the job until `done(status)`, at most [`WAIT`].
+    async fn wait_for(&self, job: &str, done: impl Fn(&str) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let d = self.get(&format!("/v1/jobs/{job}")).await;
+            if done(d["status"].as_str().unwrap()) {
+                return d;
+            }
+            assert!(start.elapsed() < WAIT, "job {job} stuck: {d:#}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn wait_status(&self, job: &str, status: &str) -> Value {
+        let d = self
+            .wait_for(job, |s| {
+                s == status
+                    || matches!(s, "succeeded" | "failed" | "cancelled" | "abandoned" | "paused")
+            })
+            .await;
+        assert_eq!(d["status"], status, "{d:#}");
+        d
+    }
+
+    /// Everything a rejected request must not change.
+    async fn snapshot(&self) -> String {
+        let s = &self.state.store;
+        let sovs = s.list_sovereigns().await.unwrap();
+        let jobs = s.list_jobs(None).await.unwrap();
+        let audit = s.audit(None).await.unwrap();
+        serde_json::to_string(&json!([sovs, jobs, audit])).unwrap()
+    }
+
+    /// Reads an SSE response to its end (the stream closes after `end`).
+    async fn sse(&self, job: &str, last_event_id: Option<i64>) -> Vec<(i64, String, Value)> {
+        let mut b = Request::builder()
+            .uri(format!("/v1/jobs/{job}/events"))
+            .header("authorization", format!("Bearer {OP}"));
+        if let Some(k) = last_event_id {
+            b = b.header("last-event-id", k.to_string());
+        }
+        let resp = tokio::time::timeout(WAIT, self.call(b.body(Body::empty()).unwrap()))
+            .await
+            .expect("stream ends");
+        assert_eq!(resp.status, StatusCode::OK);
+        parse_sse(&resp.text)
+    }
+}
+
+fn parse_sse(text: &str) -> Vec<(i64, String, Value)> {
+    let mut p = crate::cli::follow::SseParser::default();
+    p.push(text)
+        .into_iter()
+        .map(|f| (f.id.unwrap(), f.event, serde_json::from_str(&f.data).unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn scopes_are_enforced() {
+    let h = harness().await;
+    for (token, want) in
+        [(None, 401), (Some("nope-nope-nope-nope"), 401), (Some(WIZ), 200), (Some(OP), 200)]
+    {
+        let r = h.req(Method::GET, "/v1/jobs", token, None).await;
+        assert_eq!(r.status.as_u16(), want, "{token:?}: {}", r.text);
+    }
+    let r = h.req(Method::GET, "/v1/sovereigns", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["error"]["code"], "unauthorized");
+    for uri in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(h.req(Method::GET, uri, None, None).await.status, StatusCode::OK, "{uri}");
+    }
+    let fake = cz_state::JobId::new();
+    for verb in ["retry", "skip", "resume", "abandon", "cancel"] {
+        let r = h
+            .req(Method::POST, &format!("/v1/jobs/{fake}/{verb}"), Some(WIZ), Some(&json!({})))
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{verb}");
+        let r = h.req(Method::POST, &format!("/v1/jobs/{fake}/{verb}"), None, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{verb}");
+    }
+    let r = h
+        .req(
+            Method::DELETE,
+            &format!("/v1/sovereigns/{}", cz_state::SovereignId::new()),
+            Some(WIZ),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Wizard may submit but not inject faults.
+    let before = h.snapshot().await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/sovereigns")
+        .header("authorization", format!("Bearer {WIZ}"))
+        .header("x-catalyst-fault-plan", r#"{"fail":{"preflight/quotas":"terminal"}}"#)
+        .body(Body::from(body("wizfault").to_string()))
+        .unwrap();
+    assert_eq!(h.call(req).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(before, h.snapshot().await);
+    let r = h.req(Method::POST, "/v1/sovereigns", Some(WIZ), Some(&body("wizard"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let job = r.json()["job_id"].as_str().unwrap().to_owned();
+    let audit = h.state.store.audit(Some(job.parse().unwrap())).await.unwrap();
+    assert_eq!((audit[0].actor.as_str(), audit[0].action.as_str()), ("wizard", "submit"));
+    assert_eq!(
+        h.req(Method::GET, &format!("/v1/jobs/{job}"), Some(WIZ), None).await.status,
+        StatusCode::OK
+    );
+    h.wait_status(&job, "succeeded").await;
+}
+
+#[tokio::test]
+async fn readyz_waits_for_recovery() {
+    let h = harness().await;
+    h.state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        h.req(Method::GET, "/readyz", None, None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    h.state.set_ready();
+    assert_eq!(h.req(Method::GET, "/readyz", None, None).await.status, StatusCode::OK);
+    assert_eq!(
+        h.req(Method::GET, "/v1/jobs/not-a-uuid", Some(OP), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r =
+        h.req(Method::GET, &format!("/v1/jobs/{}", cz_state::JobId::new()), Some(OP), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn a_valid_submission_succeeds_and_leaks_no_secret() {
+    let h = harness().await;
+    let (sov, job) = h.submit(&body("acme")).await;
+    let d = h.wait_status(&job, "succeeded").await;
+    assert_eq!(d["kind"], "provision");
+    let phases: Vec<&str> =
+        d["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, cz_phases::plan::PROVISION_PHASES);
+    for p in d["phases"].as_array().unwrap() {
+        assert_eq!(p["state"], "succeeded", "{p:#}");
+        for s in p["steps"].as_array().unwrap() {
+            assert_eq!(s["state"], "succeeded");
+            assert!(s["attempts"].as_u64().unwrap() >= 1);
+            assert!(
+                s["started_at"].is_string()
+                    && s["finished_at"].is_string()
+                    && s["elapsed_ms"].is_i64(),
+                "{s:#}"
+            );
+        }
+    }
+    for p in d["progress"].as_array().unwrap() {
+        assert_eq!(p["done"], p["total"]);
+    }
+    assert!(d["request"]["cloud_token"].is_null(), "the stored request has no token");
+    let s = h.get(&format!("/v1/sovereigns/{sov}")).await;
+    assert_eq!(s["status"], "ready");
+    assert_eq!(s["fqdn"], "acme.omani.works");
+    assert_eq!(s["jobs"][0]["id"], job.as_str());
+    // Every event, page by page: none carries the secret (checked in `call`).
+    let mut after = 0;
+    loop {
+        let page =
+            h.get(&format!("/v1/jobs/{job}/events?format=json&after={after}&limit=50")).await;
+        if page["events"].as_array().unwrap().is_empty() {
+            break;
+        }
+        after = page["next_after"].as_i64().unwrap();
+    }
+    assert!(after > 10);
+    h.sse(&job, None).await;
+    h.get("/v1/sovereigns").await;
+    h.get("/v1/jobs").await;
+    // Nor does the database, except sealed.
+    let dump = std::fs::read(h.state.store.paths().database.clone()).unwrap();
+    assert!(!dump.windows(CLOUD_TOKEN.len()).any(|w| w == CLOUD_TOKEN.as_bytes()));
+    // The same domain cannot be provisioned twice.
+    let r = h.submit_with(&body("acme"), &[]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let m = h.req(Method::GET, "/metrics", None, None).await.text;
+    assert!(m.contains("catalyst_zero_jobs{status=\"succeeded\"} 1"), "{m}");
+    assert!(m.contains("catalyst_zero_http_requests_total"), "{m}");
+}
+
+#[tokio::test]
+async fn every_bad_input_is_refused_with_its_field_and_no_trace() {
+    let h = harness().await;
+    // One accepted submission with a key, so the duplicate-key case has
+    // something to conflict with.
+    let keyed = body("keyed");
+    let first = h.submit_with(&keyed, &[("idempotency-key", "k-1")]).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.text);
+    // Let it finish, so the snapshot only changes if a rejection writes.
+    h.wait_status(first.json()["job_id"].as_str().unwrap(), "succeeded").await;
+    let before = h.snapshot().await;
+
+    let set = |f: &dyn Fn(&mut Value)| {
+        let mut v = body("bad");
+        f(&mut v);
+        v.to_string()
+    };
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        ("malformed JSON", "{\"api_version\": ".into(), vec![], "body"),
+        ("unknown field", set(&|v| v["org"]["colour"] = json!("red")), vec![], "colour"),
+        (
+            "wrong type",
+            set(&|v| v["regions"][0]["control_plane"]["count"] = json!("three")),
+            vec![],
+            "regions[0].control_plane.count",
+        ),
+        (
+            "out-of-range count",
+            set(&|v| v["regions"][0]["workers"]["count"] = json!(51)),
+            vec![],
+            "regions[0].workers.count",
+        ),
+        (
+            "invalid FQDN label",
+            set(&|v| v["domain"]["subdomain"] = json!("-bad-")),
+            vec![],
+            "domain.subdomain",
+        ),
+        (
+            "ssh-dss key",
+            set(&|v| v["ssh_public_keys"][0] = json!("ssh-dss AAAAB3NzaC1kc3MAAACBAP ops@x")),
+            vec![],
+            "ssh_public_keys[0]",
+        ),
+        (
+            "bad age recipient",
+            set(&|v| v["custody"]["age_recipients"][0] = json!("age1notarecipient")),
+            vec![],
+            "custody.age_recipients[0]",
+        ),
+        ("not an object", "[1, 2]".into(), vec![], "body"),
+        (
+            "duplicate key, other body",
+            body("other").to_string(),
+            vec![("idempotency-key", "k-1")],
+            "Idempotency-Key",
+        ),
+        (
+            "bad fault plan",
+            body("faulty").to_string(),
+            vec![("x-catalyst-fault-plan", "{\"explode\": 1}")],
+            "X-Catalyst-Fault-Plan",
+        ),
+        (
+            "wrong content type",
+            body("ctype").to_string(),
+            vec![("content-type", "text/plain")],
+            "body",
+        ),
+    ];
+    for (name, raw, headers, field) in cases {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/sovereigns")
+            .header("authorization", format!("Bearer {OP}"));
+        if !headers.iter().any(|(k, _)| *k == "content-type") {
+            b = b.header("content-type", "application/json");
+        }
+        for (k, v) in &headers {
+            b = b.header(*k, *v);
+        }
+        let r = h.call(b.body(Body::from(raw)).unwrap()).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {}", r.text);
+        let errors = r.json()["errors"].as_array().cloned().unwrap_or_default();
+        assert!(
+            errors.iter().any(|e| format!("{} {}", e["path"], e["message"]).contains(field)),
+            "{name}: no error names `{field}`: {errors:#?}"
+        );
+        assert!(before == h.snapshot().await, "{name} left a trace");
+    }
+
+    // Same key, same body: the same answer and still one job.
+    let again = h.submit_with(&keyed, &[("idempotency-key", "k-1")]).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.json(), first.json());
+    assert_eq!(before, h.snapshot().await);
+    assert_eq!(h.state.store.list_jobs(None).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sse_resumes_after_last_event_id_without_gap_or_duplicate() {
+    let h = harness().await;
+    let (_, job) = h.submit(&body("stream")).await;
+    h.wait_status(&job, "succeeded").await;
+    let all = h.sse(&job, None).await;
+    let ids: Vec<i64> = all.iter().map(|e| e.0).collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "ids are 1..n");
+    let (_, kind, data) = all.last().unwrap();
+    assert_eq!((kind.as_str(), data["status"].as_str()), ("end", Some("succeeded")));
+    assert!(all.iter().any(|e| e.1 == "cost"), "a cost preview event");
+    assert_eq!(all[0].2["id"], 1);
+    let k = ids.len() as i64 / 2;
+    let rest = h.sse(&job, Some(k)).await;
+    assert_eq!(
+        rest.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (k + 1..=ids.len() as i64).collect::<Vec<_>>()
+    );
+    assert_eq!(rest.last().unwrap().1, "end");
+    // `?after=` is the same resume for clients without headers.
+    let req = Request::builder()
+        .uri(format!("/v1/jobs/{job}/events?after={k}"))
+        .header("authorization", format!("Bearer {OP}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(parse_sse(&h.call(req).await.text).len(), rest.len());
+    // JSON pages concatenate to the stream.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let p = h.get(&format!("/v1/jobs/{job}/events?format=json&after={after}&limit=7")).await;
+        let evs = p["events"].as_array().unwrap().clone();
+        if evs.is_empty() {
+            assert_eq!(p["next_after"], after);
+            break;
+        }
+        assert!(evs.len() <= 7);
+        paged.extend(evs.iter().map(|e| e["id"].as_i64().unwrap()));
+        after = p["next_after"].as_i64().unwrap();
+    }
+    assert_eq!(paged, ids);
+    let bad =
+        h.req(Method::GET, &format!("/v1/jobs/{job}/events?format=json"), Some(OP), None).await;
+    assert_eq!(bad.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn pause_skip_and_live_stream() {
+    let h = harness().await;
+    let fault = r#"{"fail": {"preflight/quotas": "needs-operator"}}"#;
+    let r = h.submit_with(&body("pausy"), &[("x-catalyst-fault-plan", fault)]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let job = r.json()["job_id"].as_str().unwrap().to_owned();
+    let d = h.wait_status(&job, "paused").await;
+    assert_eq!(d["pause"]["step"], "preflight/quotas");
+    assert!(!d["pause"]["error"]["runbook"].as_str().unwrap().is_empty(), "{d:#}");
+    let quotas = d["phases"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "preflight/quotas")
+        .unwrap()
+        .clone();
+    assert_eq!(quotas["state"], "failed");
+    assert_eq!(quotas["error"]["class"], "needs-operator");
+    assert_eq!(d["phases"][0]["state"], "paused");
+
+    // A live stream opened while paused sees everything until `end`.
+    let app = h.app.clone();
+    let path = format!("/v1/jobs/{job}/events");
+    let live = tokio::spawn(async move {
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {OP}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    });
+
+    let skip = format!("/v1/jobs/{job}/skip");
+    let r = h
+        .req(
+            Method::POST,
+            &skip,
+            Some(OP),
+            Some(&json!({ "step": "preflight/quotas", "reason": "  " })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = h
+        .req(Method::POST, &skip, Some(OP), Some(&json!({ "step": "nope/nope", "reason": "x" })))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let r = h.req(Method::POST, &skip, Some(OP), Some(&json!({ "step": "preflight/quotas", "reason": "quota raised by Hetzner support, ticket 42" }))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = h.wait_status(&job, "succeeded").await;
+    let audit = d["audit"].as_array().unwrap();
+    let s = audit.iter().find(|a| a["action"] == "skip").expect("skip audited");
+    assert_eq!(s["actor"], "operator");
+    assert_eq!(s["detail"]["reason"], "quota raised by Hetzner support, ticket 42");
+    let step = d["phases"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "preflight/quotas")
+        .unwrap()
+        .clone();
+    assert_eq!(step["state"], "skipped");
+
+    let text = tokio::time::timeout(WAIT, live).await.expect("live stream ends").unwrap();
+    let evs = parse_sse(&text);
+    let ids: Vec<i64> = evs.iter().map(|e| e.0).collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "live stream has no gap: {ids:?}");
+    assert_eq!(evs.last().unwrap().1, "end");
+    assert!(evs.iter().any(|e| e.1 == "operator" && e.2["action"] == "skip"));
+
+    // Verbs on a finished job are refused with a reason.
+    let r = h.req(Method::POST, &format!("/v1/jobs/{job}/resume"), Some(OP), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("succeeded"));
+    let r = h
+        .req(
+            Method::POST,
+            &format!("/v1/jobs/{job}/retry"),
+            Some(OP),
+            Some(&json!({ "step": "a", "phase": "b" })),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn cancel_rolls_back() {
+    let h = harness().await;
+    let v = body("cancelme");
+    let plan = provision_plan(&parse_provision(v.to_string().as_bytes()).unwrap());
+    // Pause in the cluster phase, after DNS and infra have real effects.
+    let at = &plan.phase("cluster").unwrap().nodes[0].id;
+    let fault = json!({ "fail": { at.as_str(): "needs-operator" } }).to_string();
+    let r = h.submit_with(&v, &[("x-catalyst-fault-plan", &fault)]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let (sov, job) = (
+        r.json()["sovereign_id"].as_str().unwrap().to_owned(),
+        r.json()["job_id"].as_str().unwrap().to_owned(),
+    );
+    h.wait_status(&job, "paused").await;
+    let r = h.req(Method::POST, &format!("/v1/jobs/{job}/cancel"), Some(OP), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let d = h.wait_status(&job, "cancelled").await;
+    assert_eq!(d["mode"], "unwinding");
+    let infra = d["phases"].as_array().unwrap().iter().find(|p| p["phase"] == "infra").unwrap();
+    assert!(
+        infra["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "undone" || s["state"] == "pending"),
+        "{infra:#}"
+    );
+    assert!(infra["steps"].as_array().unwrap().iter().any(|s| s["state"] == "undone"));
+    assert!(
+        d["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "cancel" && a["actor"] == "operator")
+    );
+    let s = h.get(&format!("/v1/sovereigns/{sov}")).await;
+    assert_eq!(s["status"], "destroyed");
+    // The name is free again.
+    let (_, again) = h.submit(&body("cancelme")).await;
+    h.wait_status(&again, "succeeded").await;
+}
+
+#[tokio::test]
+async fn add_region_then_destroy() {
+    let h = harness().await;
+    let (sov, job) = h.submit(&body("grow")).await;
+    h.wait_status(&job, "succeeded").await;
+    let add = json!({
+        "api_version": "catalyst.openova.io/v1",
+        "regions": [{ "provider": "hetzner", "location": "hel1",
+            "control_plane": { "sku": "cpx32", "count": 1 }, "workers": { "sku": "cpx42", "count": 1 } }],
+    });
+    let before = h.snapshot().await;
+    let mut dup = add.clone();
+    dup["regions"][0]["location"] = json!("fsn1");
+    let r =
+        h.req(Method::POST, &format!("/v1/sovereigns/{sov}/regions"), Some(OP), Some(&dup)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(before, h.snapshot().await);
+    let r =
+        h.req(Method::POST, &format!("/v1/sovereigns/{sov}/regions"), Some(OP), Some(&add)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let add_job = r.json()["job_id"].as_str().unwrap().to_owned();
+    let d = h.wait_status(&add_job, "succeeded").await;
+    assert_eq!(d["kind"], "add-region");
+    assert_eq!(d["request"]["sovereign"]["fqdn"], "grow.omani.works");
+    let r = h.req(Method::DELETE, &format!("/v1/sovereigns/{sov}"), Some(OP), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let destroy = r.json()["job_id"].as_str().unwrap().to_owned();
+    let d = h.wait_status(&destroy, "succeeded").await;
+    let locations: Vec<&str> = d["request"]["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["location"].as_str().unwrap())
+        .collect();
+    assert_eq!(locations, ["fsn1", "hel1"]);
+    assert_eq!(h.get(&format!("/v1/sovereigns/{sov}")).await["status"], "destroyed");
+    let r = h.req(Method::DELETE, &format!("/v1/sovereigns/{sov}"), Some(OP), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+}
+
+#[tokio::test]
+async fn openapi_lists_every_path() {
+    let h = harness().await;
+    let doc = h.req(Method::GET, "/openapi.json", None, None).await.json();
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/sovereigns",
+        "/v1/sovereigns/{id}",
+        "/v1/sovereigns/{id}/regions",
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/events",
+        "/v1/jobs/{id}/retry",
+        "/v1/jobs/{id}/skip",
+        "/v1/jobs/{id}/resume",
+        "/v1/jobs/{id}/abandon",
+        "/v1/jobs/{id}/cancel",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+    }
+    assert!(paths["/v1/sovereigns/{id}"].get("delete").is_some());
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    assert!(schemas.contains_key("ProvisionRequest"));
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}

@@ -1,0 +1,430 @@
+//! What the API answers: typed views of store rows, with times as RFC 3339
+//! strings, and the job detail derived from the journal and the plan.
+//!
+//! The job detail is computed on every read from the step journal (folded
+//! with the store's own transition function, [`NodeState::next`]) and the
+//! stored plan, never from a cache: the journal is the source of truth.
+
+use std::collections::BTreeMap;
+
+use cz_phases::Plan;
+use cz_phases::request::FieldError;
+use cz_state::{
+    AuditEntry, Job, JobEvent, Millis, NodeState, Sovereign, StepEvent, StepEventRecord,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `202` answer of a submission.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    pub sovereign_id: String,
+    pub job_id: String,
+}
+
+/// `422` answer: every problem, each with the path of its field.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ValidationErrors {
+    pub errors: Vec<FieldError>,
+}
+
+/// Any other error answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SovereignView {
+    pub id: String,
+    pub name: String,
+    pub fqdn: String,
+    /// `provisioning`, `ready`, `failed`, `destroying` or `destroyed`.
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Sovereign> for SovereignView {
+    fn from(s: &Sovereign) -> Self {
+        SovereignView {
+            id: s.id.to_string(),
+            name: s.name.clone(),
+            fqdn: s.fqdn.clone(),
+            status: s.status.to_string(),
+            created_at: rfc3339(s.created_at),
+            updated_at: rfc3339(s.updated_at),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SovereignList {
+    pub sovereigns: Vec<SovereignView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SovereignDetail {
+    #[serde(flatten)]
+    pub sovereign: SovereignView,
+    pub jobs: Vec<JobSummary>,
+}
+
+/// A job row without its plan and journal.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobSummary {
+    pub id: String,
+    pub sovereign_id: String,
+    /// `provision`, `add-region` or `destroy`.
+    pub kind: String,
+    /// `pending`, `running`, `paused`, `succeeded`, `failed`, `cancelled`
+    /// or `abandoned`.
+    pub status: String,
+    /// `forward` or `unwinding`.
+    pub mode: String,
+    /// Why the job is paused: `{step, error: {class, message, remediation,
+    /// runbook}}`.
+    #[schema(value_type = Option<Object>)]
+    pub pause: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+impl From<&Job> for JobSummary {
+    fn from(j: &Job) -> Self {
+        JobSummary {
+            id: j.id.to_string(),
+            sovereign_id: j.sovereign_id.to_string(),
+            kind: j.kind.to_string(),
+            status: j.status.to_string(),
+            mode: j.mode.to_string(),
+            pause: j.pause.clone(),
+            error: j.error.clone(),
+            created_at: rfc3339(j.created_at),
+            updated_at: rfc3339(j.updated_at),
+            finished_at: j.finished_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobSummary>,
+}
+
+/// A step error as the API shows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StepErrorView {
+    /// `transient`, `needs-operator` or `terminal`.
+    pub class: String,
+    pub message: String,
+    pub remediation: String,
+    /// Path under `runbooks/`.
+    pub runbook: String,
+}
+
+impl StepErrorView {
+    pub fn from_json(v: &Value) -> StepErrorView {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        StepErrorView {
+            class: s("class"),
+            message: s("message"),
+            remediation: s("remediation"),
+            runbook: s("runbook"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    /// `<phase>/<step>`.
+    pub step: String,
+    /// The registered action.
+    pub action: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `skipped`, `undoing`,
+    /// `undone` or `undo_failed`.
+    pub state: String,
+    pub attempts: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub elapsed_ms: Option<i64>,
+    pub error: Option<StepErrorView>,
+    /// Who skipped the step and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub skipped: Option<Value>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PhaseView {
+    pub phase: String,
+    /// `pending`, `running`, `succeeded`, `failed`, `paused`, `undoing`,
+    /// `undone`.
+    pub state: String,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PhaseProgress {
+    pub phase: String,
+    pub done: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+}
+
+impl From<&AuditEntry> for AuditView {
+    fn from(a: &AuditEntry) -> Self {
+        AuditView {
+            id: a.id,
+            at: rfc3339(a.at),
+            actor: a.actor.clone(),
+            action: a.action.clone(),
+            detail: a.detail.clone(),
+        }
+    }
+}
+
+/// A job with its phases, steps, progress and audit trail.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// The request as stored: every secret removed.
+    #[schema(value_type = Object)]
+    pub request: Value,
+    pub phases: Vec<PhaseView>,
+    pub progress: Vec<PhaseProgress>,
+    pub audit: Vec<AuditView>,
+}
+
+/// One event of a job's stream (also each SSE `data:`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub id: i64,
+    pub at: String,
+    /// `job`, `phase`, `step`, `cost`, `tofu`, `wait`, `log`, `operator`,
+    /// `end`, …; the other fields depend on it.
+    pub kind: String,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub body: Map<String, Value>,
+}
+
+impl From<&JobEvent> for EventView {
+    fn from(e: &JobEvent) -> Self {
+        let mut body = match &e.body {
+            Value::Object(m) => m.clone(),
+            Value::Null => Map::new(),
+            other => Map::from_iter([("body".to_owned(), other.clone())]),
+        };
+        for k in ["id", "at", "kind"] {
+            body.remove(k);
+        }
+        EventView { id: e.id, at: rfc3339(e.at), kind: e.kind.clone(), body }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// Pass as `?after=` to get the next page.
+    pub next_after: i64,
+}
+
+/// Verb answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerbResponse {
+    pub job_id: String,
+    pub action: String,
+    /// The job's status after the verb.
+    pub status: String,
+}
+
+// === job detail from journal + plan ===
+
+#[derive(Default)]
+struct Fold {
+    state: NodeState,
+    started_at: Option<Millis>,
+    finished_at: Option<Millis>,
+}
+
+/// Folds a journal into per-step state and timings.
+fn fold(journal: &[StepEventRecord]) -> BTreeMap<&str, Fold> {
+    let mut out: BTreeMap<&str, Fold> = BTreeMap::new();
+    for r in journal {
+        let f = out.entry(r.node.as_str()).or_default();
+        match f.state.next(&r.event) {
+            Ok(s) => f.state = s,
+            Err(e) => {
+                // The store checked it on write; a refusal here means a newer
+                // event kind than this binary knows. Show what we have.
+                tracing::warn!(step = %r.node, error = &e as &dyn std::error::Error, "Journal event does not fold.");
+                continue;
+            }
+        }
+        match &r.event {
+            StepEvent::Started { attempt } => {
+                if *attempt <= 1 || f.started_at.is_none() {
+                    f.started_at = Some(r.at);
+                }
+                f.finished_at = None;
+            }
+            StepEvent::UndoStarted => {
+                f.finished_at = None;
+            }
+            StepEvent::Retried { .. } => {
+                f.started_at = None;
+                f.finished_at = None;
+            }
+            StepEvent::Succeeded { .. }
+            | StepEvent::Failed { .. }
+            | StepEvent::Skipped { .. }
+            | StepEvent::UndoFinished
+            | StepEvent::UndoFailed { .. } => f.finished_at = Some(r.at),
+            StepEvent::AttemptFailed { .. } => {}
+        }
+    }
+    out
+}
+
+fn phase_state(steps: &[StepView]) -> &'static str {
+    let any = |s: &str| steps.iter().any(|x| x.state == s);
+    let all = |f: &dyn Fn(&str) -> bool| steps.iter().all(|x| f(&x.state));
+    if any("undo_failed") || any("failed") {
+        "failed"
+    } else if any("undoing") {
+        "undoing"
+    } else if any("running") {
+        "running"
+    } else if all(&|s| s == "succeeded" || s == "skipped") {
+        "succeeded"
+    } else if any("undone") && all(&|s| s == "undone" || s == "pending") {
+        "undone"
+    } else if any("succeeded") || any("skipped") {
+        "running"
+    } else {
+        "pending"
+    }
+}
+
+/// The detail view of a job.
+pub fn job_detail(job: &Job, journal: &[StepEventRecord], audit: &[AuditEntry]) -> JobDetail {
+    let plan: Plan = serde_json::from_value(job.plan.clone()).unwrap_or_default();
+    let folded = fold(journal);
+    let mut phases = Vec::new();
+    let mut progress = Vec::new();
+    for p in &plan.phases {
+        let steps: Vec<StepView> = p
+            .nodes
+            .iter()
+            .map(|n| {
+                let f = folded.get(n.id.as_str());
+                let state = f.map(|f| f.state.clone()).unwrap_or_default();
+                let error = match &state {
+                    NodeState::Failed { error, .. } | NodeState::UndoFailed { error, .. } => {
+                        Some(StepErrorView::from_json(error))
+                    }
+                    NodeState::Running { last_error: Some(error), .. } => {
+                        Some(StepErrorView::from_json(error))
+                    }
+                    _ => None,
+                };
+                let skipped = match &state {
+                    NodeState::Skipped { by, reason } => {
+                        Some(serde_json::json!({ "by": by, "reason": reason }))
+                    }
+                    _ => None,
+                };
+                let started = f.and_then(|f| f.started_at);
+                let finished = f.and_then(|f| f.finished_at);
+                StepView {
+                    step: n.id.clone(),
+                    action: n.action.clone(),
+                    state: state.name().to_owned(),
+                    attempts: state.attempts(),
+                    started_at: started.map(rfc3339),
+                    finished_at: finished.map(rfc3339),
+                    elapsed_ms: started.zip(finished).map(|(s, e)| e - s),
+                    error,
+                    skipped,
+                }
+            })
+            .collect();
+        let done = steps.iter().filter(|s| s.state == "succeeded" || s.state == "skipped").count();
+        progress.push(PhaseProgress { phase: p.id.clone(), done, total: steps.len() });
+        let mut state = phase_state(&steps);
+        if state == "failed"
+            && job.status == cz_state::JobStatus::Paused
+            && steps.iter().any(|s| s.error.as_ref().is_some_and(|e| e.class != "terminal"))
+        {
+            state = "paused";
+        }
+        phases.push(PhaseView { phase: p.id.clone(), state: state.to_owned(), steps });
+    }
+    JobDetail {
+        job: JobSummary::from(job),
+        request: job.request.clone(),
+        phases,
+        progress,
+        audit: audit.iter().map(AuditView::from).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_tracks_times_and_retries() {
+        let rec =
+            |seq, node: &str, event, at| StepEventRecord { seq, node: node.into(), event, at };
+        let j = vec![
+            rec(1, "a/x", StepEvent::Started { attempt: 1 }, 100),
+            rec(
+                2,
+                "a/x",
+                StepEvent::Failed { error: serde_json::json!({"class": "terminal"}) },
+                150,
+            ),
+            rec(3, "a/x", StepEvent::Retried { by: "op".into() }, 200),
+            rec(4, "a/x", StepEvent::Started { attempt: 2 }, 300),
+            rec(5, "a/x", StepEvent::Succeeded { output: Value::Null }, 350),
+        ];
+        let f = fold(&j);
+        let x = &f["a/x"];
+        assert_eq!(x.state.name(), "succeeded");
+        assert_eq!((x.started_at, x.finished_at), (Some(300), Some(350)));
+    }
+
+    #[test]
+    fn rfc3339_is_utc_millis() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}

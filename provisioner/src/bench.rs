@@ -1,0 +1,207 @@
+//! Benchmarks that need a running daemon (P3, P5), called by `cz-bench`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::config::Config;
+
+const TOKEN: &str = "bench-operator-token";
+
+fn config(dir: &Path, latency: f64) -> Config {
+    let mut c = Config {
+        data_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..Default::default()
+    };
+    c.sim.latency_factor = latency;
+    c.tokens.operator = Some(TOKEN.into());
+    c
+}
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// A valid provision request body.
+pub fn sample_body(sub: &str, cps: u32, workers: u32) -> Value {
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    json!({
+        "api_version": "catalyst.openova.io/v1",
+        "org": { "name": "Bench", "email": "ops@bench.io" },
+        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": sub },
+        "regions": [{ "provider": "hetzner", "location": "fsn1",
+                      "control_plane": { "sku": "cpx32", "count": cps },
+                      "workers": { "sku": "cpx32", "count": workers } }],
+        "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 b@b"],
+        "cloud_token": "b".repeat(64),
+        "custody": { "age_recipients": [recipient], "openbao_shares": 3, "openbao_threshold": 2 },
+        "keycloak": { "topology": "per-organization" },
+    })
+}
+
+/// One SSE subscriber: returns (ids received, latencies in µs of tagged events).
+async fn subscribe(
+    url: String,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> Result<(Vec<i64>, Vec<i64>)> {
+    let client = reqwest::Client::new();
+    let resp = client.get(&url).bearer_auth(TOKEN).send().await?;
+    if !resp.status().is_success() {
+        bail!("subscribe: {}", resp.status());
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let (mut ids, mut lat) = (Vec::new(), Vec::new());
+    let mut signalled = false;
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(pos) = buf.find("\n\n") {
+            let frame: String = buf.drain(..pos + 2).collect();
+            let mut data = None;
+            for line in frame.lines() {
+                if let Some(d) = line.strip_prefix("data:") {
+                    data = Some(d.trim().to_owned());
+                }
+            }
+            let Some(d) = data else { continue };
+            let v: Value = serde_json::from_str(&d)?;
+            ids.push(v["id"].as_i64().unwrap_or(-1));
+            if let Some(sent) = v["sent_us"].as_i64() {
+                lat.push(now_us() - sent);
+            }
+            if !signalled {
+                signalled = true;
+                let _ = ready.send(()).await;
+            }
+            if v["kind"] == "end" {
+                return Ok((ids, lat));
+            }
+        }
+    }
+    Ok((ids, lat))
+}
+
+/// P3: `subscribers` SSE clients replay a job's backlog and tail it live.
+pub async fn p3(dir: &Path, subscribers: usize) -> Result<()> {
+    let handle = crate::server::start(config(&dir.join("p3"), 0.0)).await?;
+    let base = format!("http://{}", handle.addr);
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{base}/v1/sovereigns"))
+        .bearer_auth(TOKEN)
+        .header(
+            "X-Catalyst-Fault-Plan",
+            json!({ "fail": { "preflight/validate": "needs-operator" } }).to_string(),
+        )
+        .json(&sample_body("p3", 1, 0))
+        .send()
+        .await?;
+    let body: Value = resp.json().await?;
+    let job: cz_state::JobId = body["job_id"].as_str().context("job id")?.parse()?;
+    let store = handle.store().clone();
+    // Let the job pause, then add a backlog to replay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        let evs = (0..100)
+            .map(|i| {
+                cz_state::NewJobEvent::new("log", json!({ "message": format!("backlog {i}") }))
+            })
+            .collect();
+        store.append_events(job, evs).await?;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(subscribers);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..subscribers {
+        set.spawn(subscribe(format!("{base}/v1/jobs/{job}/events"), tx.clone()));
+    }
+    for _ in 0..subscribers {
+        rx.recv().await.context("a subscriber never connected")?;
+    }
+    let live = 500;
+    for i in 0..live {
+        store
+            .append_events(
+                job,
+                vec![cz_state::NewJobEvent::new(
+                    "log",
+                    json!({ "message": format!("live {i}"), "sent_us": now_us() }),
+                )],
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store
+        .append_events(job, vec![cz_state::NewJobEvent::new("end", json!({ "status": "bench" }))])
+        .await?;
+    let total = store.events_after(job, 0, 1_000_000).await?.len();
+    let (mut complete, mut lats) = (0usize, Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (ids, lat) = r??;
+        if ids == (1..=total as i64).collect::<Vec<_>>() {
+            complete += 1;
+        }
+        lats.extend(lat);
+    }
+    lats.sort_unstable();
+    let pct = |p: f64| {
+        lats.get(((lats.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "P3 SSE fan-out: {subscribers} subscribers x {total} events; complete and in order: {complete}/{subscribers} ({}); delivery latency p50 {:.1} ms, p99 {:.1} ms (aim p99 < 100 ms)",
+        if complete == subscribers { "zero loss" } else { "LOSS" },
+        pct(0.5),
+        pct(0.99)
+    );
+    handle.shutdown().await?;
+    Ok(())
+}
+
+/// P5: a daemon restarts over `jobs` stored in-flight jobs; time until
+/// every one is driven again (`/readyz` turns ready only after recovery
+/// started them all).
+pub async fn p5(dir: &Path, jobs: usize) -> Result<()> {
+    let data = dir.join("p5");
+    {
+        // Realistic latency: the jobs mostly wait, as real ones do.
+        let handle = crate::server::start(config(&data, 1.0)).await?;
+        let base = format!("http://{}", handle.addr);
+        let client = reqwest::Client::new();
+        for i in 0..jobs {
+            let r = client
+                .post(format!("{base}/v1/sovereigns"))
+                .bearer_auth(TOKEN)
+                .json(&sample_body(&format!("p{i}"), 1, 0))
+                .send()
+                .await?;
+            if r.status().as_u16() != 202 {
+                bail!("submit {i}: {}", r.status());
+            }
+        }
+        handle.shutdown().await?;
+    }
+    let t0 = Instant::now();
+    let handle = crate::server::start(config(&data, 1.0)).await?;
+    let client = reqwest::Client::new();
+    loop {
+        let r = client.get(format!("http://{}/readyz", handle.addr)).send().await?;
+        if r.status().is_success() {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("not ready after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let ready = t0.elapsed();
+    let in_flight = handle.store().jobs_in_flight().await?.len();
+    println!(
+        "P5 restart: {jobs} stored jobs, {in_flight} in flight; all driven again after {:.0} ms (aim < 1000 ms)",
+        ready.as_secs_f64() * 1000.0
+    );
+    handle.shutdown().await?;
+    Ok(())
+}

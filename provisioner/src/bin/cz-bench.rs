@@ -1,0 +1,231 @@
+//! `cz-bench`: the Foundation's performance figures, one line per figure.
+//!
+//! - P1 step checkpoint (started + succeeded, durable) vs raw insert+commit;
+//! - P2 100k OpenTofu `-json` lines into the event log vs raw batched insert;
+//! - P3 1,000 SSE subscribers replaying and tailing one job;
+//! - P4 200 concurrent `sim` jobs: wall time / one job's critical path, RSS;
+//! - P5 daemon restart with 1,000 stored jobs: time until all in-flight jobs
+//!   run again.
+//!
+//! `--quick` shrinks every size so CI can run it as a smoke test; the README
+//! figures come from a full run (`cargo run --release --bin cz-bench`).
+//! Targets are printed next to figures; they are not asserted here (speed
+//! belongs in benchmarks, not in timed tests).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cz_phases::engine::{DriveOutcome, Engine, JobOptions};
+use cz_phases::sim::{SimConfig, sim_backend};
+use cz_state::{
+    JobId, JobKind, NewAudit, NewJobEvent, SovereignId, SovereignTarget, StepEvent, Store,
+    StorePaths, Submission,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(about = "Catalyst-Zero benchmarks (P1–P5)")]
+struct Args {
+    /// Small sizes (CI smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these figures (e.g. `--only p1,p4`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Sim latency factor for P4.
+    #[arg(long, default_value_t = 0.02)]
+    latency: f64,
+}
+
+fn wants(args: &Args, p: &str) -> bool {
+    args.only.is_empty() || args.only.iter().any(|o| o.eq_ignore_ascii_case(p))
+}
+
+/// Peak resident set size of this process, in MiB (Linux `VmHWM`).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn sample_request(sub: &str, cps: u32, workers: u32) -> Value {
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    json!({
+        "api_version": "catalyst.openova.io/v1",
+        "org": { "name": "Bench", "email": "ops@bench.io" },
+        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": sub },
+        "regions": [{ "provider": "hetzner", "location": "fsn1",
+                      "control_plane": { "sku": "cpx32", "count": cps },
+                      "workers": { "sku": "cpx32", "count": workers } }],
+        "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 b@b"],
+        "cloud_token": "b".repeat(64),
+        "custody": { "age_recipients": [recipient], "openbao_shares": 3, "openbao_threshold": 2 },
+        "keycloak": { "topology": "per-organization" },
+    })
+}
+
+/// Submits a provision job for `body` straight into the store.
+async fn submit(store: &Store, body: &Value, options: &JobOptions) -> Result<JobId> {
+    let req = cz_phases::request::parse_provision(body.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("sample request invalid: {e:?}"))?;
+    let plan = cz_phases::phases::provision_plan(&req);
+    let sov = SovereignId::new();
+    let job = JobId::new();
+    store
+        .submit(Submission {
+            sovereign: SovereignTarget::New { id: sov, name: req.name(), fqdn: req.fqdn() },
+            job_id: job,
+            kind: JobKind::Provision,
+            request: serde_json::to_value(&req)?,
+            plan: serde_json::to_value(&plan)?,
+            options: serde_json::to_value(options)?,
+            secrets: req
+                .secrets()
+                .into_iter()
+                .map(|(n, v)| (sov.to_string(), n.to_owned(), v))
+                .collect(),
+            idempotency: None,
+            response: json!({}),
+            audit: NewAudit {
+                actor: "bench".into(),
+                action: "submit".into(),
+                job_id: Some(job),
+                sovereign_id: Some(sov),
+                detail: json!({}),
+            },
+        })
+        .await?;
+    Ok(job)
+}
+
+async fn p1(dir: &Path, n: usize) -> Result<()> {
+    let store = Store::open(StorePaths::in_dir(&dir.join("p1"))).await?;
+    let body = sample_request("p1", 1, 0);
+    let job = submit(&store, &body, &JobOptions::default()).await?;
+    let start = Instant::now();
+    for i in 0..n {
+        let node = format!("phase/step-{i}");
+        store.append_step_event(job, &node, StepEvent::Started { attempt: 1 }).await?;
+        store.append_step_event(job, &node, StepEvent::Succeeded { output: json!({}) }).await?;
+    }
+    let ours = start.elapsed();
+    let raw = cz_state::bench::raw_checkpoints(&dir.join("p1-raw.db"), n).await?;
+    println!(
+        "P1 step checkpoint: {:.0} µs per checkpoint (raw insert+commit {:.0} µs); ratio raw/ours = {:.2} (aim >= 0.8), n = {n}",
+        ours.as_micros() as f64 / n as f64,
+        raw.as_micros() as f64 / n as f64,
+        raw.as_secs_f64() / ours.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn p2(dir: &Path, lines: usize) -> Result<()> {
+    let store = Store::open(StorePaths::in_dir(&dir.join("p2"))).await?;
+    let body = sample_request("p2", 1, 0);
+    let job = submit(&store, &body, &JobOptions::default()).await?;
+    let texts: Vec<String> = (0..lines)
+        .map(|i| {
+            json!({ "@level": "info", "@message": format!("hcloud_server.worker[{i}]: Still creating... [{i}s elapsed]"),
+                    "type": "apply_progress", "hook": { "resource": { "addr": format!("hcloud_server.worker[{}]", i % 50) }, "action": "create", "elapsed_seconds": i } })
+            .to_string()
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in texts.chunks(1000) {
+        let evs = chunk
+            .iter()
+            .map(|t| NewJobEvent::new("tofu", serde_json::from_str(t).expect("json")))
+            .collect();
+        store.append_events(job, evs).await?;
+    }
+    let ours = start.elapsed();
+    let stored = store.events_after(job, 0, lines as i64 + 10).await?;
+    let ids_ok = stored.iter().enumerate().all(|(i, e)| e.id == i as i64 + 1);
+    let raw = cz_state::bench::raw_batched_events(&dir.join("p2-raw.db"), &texts, 1000).await?;
+    println!(
+        "P2 tofu lines: {lines} lines in {:.2} s ({:.0} lines/s), stored {} ({}), raw batched {:.2} s; ratio raw/ours = {:.2} (aim >= 0.5)",
+        ours.as_secs_f64(),
+        lines as f64 / ours.as_secs_f64(),
+        stored.len(),
+        if stored.len() == lines && ids_ok { "zero loss" } else { "LOSS" },
+        raw.as_secs_f64(),
+        raw.as_secs_f64() / ours.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn run_jobs(dir: &Path, n: usize, latency: f64) -> Result<(Duration, usize)> {
+    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await?;
+    let config = SimConfig { latency_factor: latency, ..SimConfig::default() };
+    let backend = Arc::new(sim_backend(dir.join("sim"), dir.join("ws"), config));
+    let ns: Vec<String> =
+        cz_phases::phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    backend.dns.create_zone("omani.works.", &ns).await?;
+    let engine = Engine::new(store.clone(), Arc::new(cz_phases::phases::registry()), backend);
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        jobs.push(
+            submit(&store, &sample_request(&format!("bench{i}"), 3, 2), &JobOptions::default())
+                .await?,
+        );
+    }
+    let start = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for job in jobs {
+        let e = engine.clone();
+        set.spawn(async move { e.drive(job, CancellationToken::new()).await });
+    }
+    let mut ok = 0;
+    while let Some(r) = set.join_next().await {
+        if matches!(r?, Ok(DriveOutcome::Stopped(cz_state::JobStatus::Succeeded))) {
+            ok += 1;
+        }
+    }
+    Ok((start.elapsed(), ok))
+}
+
+async fn p4(dir: &Path, n: usize, latency: f64) -> Result<()> {
+    let (one, ok1) = run_jobs(&dir.join("p4-one"), 1, latency).await?;
+    let (all, okn) = run_jobs(&dir.join("p4-all"), n, latency).await?;
+    println!(
+        "P4 concurrent sim jobs: {n} jobs (latency factor {latency}) in {:.2} s, one job alone {:.2} s; wall/critical-path = {:.2} (aim <= 1.1); succeeded {okn}/{n} (+{ok1}/1); peak RSS {:.0} MiB (aim <= 200)",
+        all.as_secs_f64(),
+        one.as_secs_f64(),
+        all.as_secs_f64() / one.as_secs_f64(),
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir().context("temp dir")?;
+    let dir = tmp.path();
+    if wants(&args, "p1") {
+        p1(dir, if args.quick { 200 } else { 2000 }).await?;
+    }
+    if wants(&args, "p2") {
+        p2(dir, if args.quick { 10_000 } else { 100_000 }).await?;
+    }
+    if wants(&args, "p3") {
+        catalyst_zero::bench::p3(dir, if args.quick { 100 } else { 1000 }).await?;
+    }
+    if wants(&args, "p4") {
+        p4(dir, if args.quick { 20 } else { 200 }, args.latency).await?;
+    }
+    if wants(&args, "p5") {
+        catalyst_zero::bench::p5(dir, if args.quick { 100 } else { 1000 }).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,502 @@
+//! The `catalyst-zero` command line: the daemon (`serve`), the all-in-one
+//! `run`, and client subcommands against a running daemon.
+//!
+//! Every flag is also an environment variable, so the same binary is
+//! configured the same way in a shell, a systemd unit or a container. The
+//! client token comes from `--token`/`CATALYST_ZERO_TOKEN`, then
+//! `CATALYST_ZERO_OPERATOR_TOKEN`, then the `operator.token` file a daemon
+//! without a configured token writes into its data directory: on one
+//! machine, `serve` in one terminal and `submit` in another just work.
+//!
+//! Exit codes: 0 success; 1 an error or a job that failed, was cancelled or
+//! abandoned; 2 a job that paused and needs an operator.
+
+pub mod client;
+pub mod follow;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::{self, BackendKind, Config};
+use crate::telemetry::{self, LogFormat};
+use client::Client;
+use follow::Outcome;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "catalyst-zero",
+    version,
+    about = "Provisions Sovereigns: daemon, API client and all-in-one runner."
+)]
+pub struct Cli {
+    /// Log line format (logs go to stderr; filter with RUST_LOG).
+    #[arg(long, env = "CATALYST_ZERO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the daemon is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// The daemon's base URL.
+    #[arg(long, env = "CATALYST_ZERO_SERVER", default_value = "http://127.0.0.1:7480")]
+    pub server: String,
+    /// Bearer token (falls back to CATALYST_ZERO_OPERATOR_TOKEN, then
+    /// <CATALYST_ZERO_DATA_DIR or .cz-data>/operator.token).
+    #[arg(long, env = "CATALYST_ZERO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Start a daemon in-process (sim backend), submit FILE, follow it to
+    /// the end, stop. Exits 0 only if the job succeeded.
+    Run {
+        /// Provision request (TOML or JSON).
+        file: PathBuf,
+        #[arg(long, env = "CATALYST_ZERO_DATA_DIR", default_value = ".cz-data")]
+        data_dir: PathBuf,
+        /// Sim latency factor: 0 = no waits, 1 = realistic (many minutes).
+        #[arg(long, env = "CATALYST_ZERO_SIM_LATENCY", default_value_t = 0.1)]
+        sim_latency: f64,
+    },
+    /// Submit a provision request (TOML or JSON by extension).
+    Submit {
+        file: PathBuf,
+        /// Follow the job after submitting.
+        #[arg(long)]
+        follow: bool,
+        /// Makes the submission safe to repeat.
+        #[arg(long, env = "CATALYST_ZERO_IDEMPOTENCY_KEY")]
+        idempotency_key: Option<String>,
+        /// Fault plan (JSON) for drills, e.g.
+        /// '{"fail": {"preflight/quotas": "needs-operator"}}'. Operator token only.
+        #[arg(long)]
+        fault_plan: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List Sovereigns and jobs.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show a job: phases, steps, attempts, timings, errors, audit.
+    Show {
+        job: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow a job's progress live (exit 1 if it fails, 2 if it pauses).
+    Follow {
+        job: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Retry the failed steps of a job, one step, or a whole phase.
+    Retry {
+        job: String,
+        #[arg(long, conflicts_with = "step")]
+        phase: Option<String>,
+        #[arg(long)]
+        step: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Skip a step, with a justification (recorded in the audit trail).
+    Skip {
+        job: String,
+        #[arg(long)]
+        step: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Resume a paused job.
+    Resume {
+        job: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Abandon a job where it stands (nothing is undone).
+    Abandon {
+        job: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a job with rollback (undo of everything that ran).
+    Cancel {
+        job: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Destroy a Sovereign (every cloud object, DNS zone and delegation).
+    Destroy {
+        sovereign: String,
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Add regions to a Sovereign (TOML or JSON add-region request).
+    AddRegion {
+        sovereign: String,
+        file: PathBuf,
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file (flags and CATALYST_ZERO_* variables override it).
+    #[arg(long, env = "CATALYST_ZERO_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "CATALYST_ZERO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "CATALYST_ZERO_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "CATALYST_ZERO_BACKEND")]
+    pub backend: Option<BackendKind>,
+    /// Sim latency factor: 0 = no waits, 1 = realistic.
+    #[arg(long, env = "CATALYST_ZERO_SIM_LATENCY")]
+    pub sim_latency: Option<f64>,
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Run { .. } => "warn",
+        _ => "info",
+    };
+    let _guard = match telemetry::init(cli.log_format, default_filter) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    match runtime.block_on(dispatch(cli.command, &env)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves the client token (see the module doc).
+pub fn resolve_token(
+    remote: &Remote,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<String> {
+    if let Some(t) = remote.token.as_ref().filter(|t| !t.trim().is_empty()) {
+        return Ok(t.trim().to_owned());
+    }
+    if let Some(t) = env(config::ENV_OPERATOR_TOKEN).filter(|t| !t.trim().is_empty()) {
+        return Ok(t.trim().to_owned());
+    }
+    let dir = env(config::ENV_DATA_DIR).unwrap_or_else(|| ".cz-data".into());
+    let path = Path::new(&dir).join(config::OPERATOR_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_owned()),
+        _ => anyhow::bail!(
+            "no API token: pass --token, set CATALYST_ZERO_TOKEN or CATALYST_ZERO_OPERATOR_TOKEN, \
+             or run where {} exists",
+            path.display()
+        ),
+    }
+}
+
+fn connect(remote: &Remote, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Client> {
+    Client::new(&remote.server, resolve_token(remote, env)?)
+}
+
+async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Serve(args) => serve(args, env).await.map(|()| 0),
+        Command::Run { file, data_dir, sim_latency } => run(&file, data_dir, sim_latency).await,
+        Command::Submit { file, follow, idempotency_key, fault_plan, remote } => {
+            let c = connect(&remote, env)?;
+            let body = client::read_request(&file)?;
+            let mut req = c.request(reqwest::Method::POST, "/v1/sovereigns").json(&body);
+            if let Some(k) = idempotency_key {
+                req = req.header("idempotency-key", k);
+            }
+            if let Some(f) = fault_plan {
+                req = req.header("x-catalyst-fault-plan", f);
+            }
+            let resp = c.send(req).await?;
+            submitted(&c, &resp, follow).await
+        }
+        Command::List { remote } => list(&connect(&remote, env)?).await.map(|()| 0),
+        Command::Show { job, json, remote } => {
+            show(&connect(&remote, env)?, &job, json).await.map(|()| 0)
+        }
+        Command::Follow { job, remote } => {
+            Ok(follow::follow(&connect(&remote, env)?, &job).await?.exit_code())
+        }
+        Command::Retry { job, phase, step, remote } => {
+            let body = match (step, phase) {
+                (Some(s), _) => json!({ "step": s }),
+                (None, Some(p)) => json!({ "phase": p }),
+                (None, None) => json!({}),
+            };
+            verb(&connect(&remote, env)?, &job, "retry", Some(body)).await
+        }
+        Command::Skip { job, step, reason, remote } => {
+            verb(
+                &connect(&remote, env)?,
+                &job,
+                "skip",
+                Some(json!({ "step": step, "reason": reason })),
+            )
+            .await
+        }
+        Command::Resume { job, remote } => {
+            verb(&connect(&remote, env)?, &job, "resume", None).await
+        }
+        Command::Abandon { job, remote } => {
+            verb(&connect(&remote, env)?, &job, "abandon", None).await
+        }
+        Command::Cancel { job, remote } => {
+            verb(&connect(&remote, env)?, &job, "cancel", None).await
+        }
+        Command::Destroy { sovereign, follow, remote } => {
+            let c = connect(&remote, env)?;
+            let resp = c
+                .send(c.request(reqwest::Method::DELETE, &format!("/v1/sovereigns/{sovereign}")))
+                .await?;
+            submitted(&c, &resp, follow).await
+        }
+        Command::AddRegion { sovereign, file, follow, remote } => {
+            let c = connect(&remote, env)?;
+            let body = client::read_request(&file)?;
+            let resp = c.post(&format!("/v1/sovereigns/{sovereign}/regions"), Some(&body)).await?;
+            submitted(&c, &resp, follow).await
+        }
+    }
+}
+
+async fn submitted(c: &Client, resp: &Value, follow: bool) -> anyhow::Result<u8> {
+    let job =
+        resp.get("job_id").and_then(Value::as_str).context("the daemon's answer has no job_id")?;
+    let sov = resp.get("sovereign_id").and_then(Value::as_str).unwrap_or_default();
+    println!("Submitted: sovereign {sov}, job {job}");
+    if follow { Ok(follow::follow(c, job).await?.exit_code()) } else { Ok(0) }
+}
+
+async fn verb(c: &Client, job: &str, action: &str, body: Option<Value>) -> anyhow::Result<u8> {
+    let resp = c.post(&format!("/v1/jobs/{job}/{action}"), body.as_ref()).await?;
+    println!(
+        "{action}: job {job} is now {}",
+        resp.get("status").and_then(Value::as_str).unwrap_or("unknown")
+    );
+    Ok(0)
+}
+
+fn st<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("-")
+}
+
+async fn list(c: &Client) -> anyhow::Result<()> {
+    let sovs = c.get("/v1/sovereigns").await?;
+    let jobs = c.get("/v1/jobs").await?;
+    println!("{:<38} {:<12} FQDN", "SOVEREIGN", "STATUS");
+    for s in sovs.get("sovereigns").and_then(Value::as_array).into_iter().flatten() {
+        println!("{:<38} {:<12} {}", st(s, "id"), st(s, "status"), st(s, "fqdn"));
+    }
+    println!();
+    println!("{:<38} {:<11} {:<10} {:<38} CREATED", "JOB", "KIND", "STATUS", "SOVEREIGN");
+    for j in jobs.get("jobs").and_then(Value::as_array).into_iter().flatten() {
+        println!(
+            "{:<38} {:<11} {:<10} {:<38} {}",
+            st(j, "id"),
+            st(j, "kind"),
+            st(j, "status"),
+            st(j, "sovereign_id"),
+            st(j, "created_at")
+        );
+    }
+    Ok(())
+}
+
+async fn show(c: &Client, job: &str, raw: bool) -> anyhow::Result<()> {
+    let d = c.get(&format!("/v1/jobs/{job}")).await?;
+    if raw {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    println!("job {} ({}) of sovereign {}", st(&d, "id"), st(&d, "kind"), st(&d, "sovereign_id"));
+    println!(
+        "status {} mode {} created {} finished {}",
+        st(&d, "status"),
+        st(&d, "mode"),
+        st(&d, "created_at"),
+        st(&d, "finished_at")
+    );
+    if st(&d, "status") == "paused" {
+        println!("{}", follow::describe_pause(&d));
+    }
+    for p in d.get("phases").and_then(Value::as_array).into_iter().flatten() {
+        println!("\n{} [{}]", st(p, "phase"), st(p, "state"));
+        for s in p.get("steps").and_then(Value::as_array).into_iter().flatten() {
+            let elapsed = s
+                .get("elapsed_ms")
+                .and_then(Value::as_i64)
+                .map(|m| format!("{m} ms"))
+                .unwrap_or_default();
+            println!(
+                "  {:<44} {:<11} attempts {:<2} {}",
+                st(s, "step"),
+                st(s, "state"),
+                s.get("attempts").and_then(Value::as_u64).unwrap_or_default(),
+                elapsed
+            );
+            if let Some(e) = s.get("error").filter(|e| !e.is_null()) {
+                println!("      [{}] {}", st(e, "class"), st(e, "message"));
+                println!("      remediation: {}", st(e, "remediation"));
+                println!("      runbook: {}", st(e, "runbook"));
+            }
+        }
+    }
+    let audit: Vec<&Value> =
+        d.get("audit").and_then(Value::as_array).into_iter().flatten().collect();
+    if !audit.is_empty() {
+        println!("\naudit:");
+        for a in audit {
+            println!(
+                "  {} {} {} {}",
+                st(a, "at"),
+                st(a, "actor"),
+                st(a, "action"),
+                a.get("detail").cloned().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Builds the daemon config for `serve`: file, then env, then flags.
+pub fn serve_config(
+    args: &ServeArgs,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(p) => Config::from_file(p)?,
+        None => Config::default(),
+    };
+    config.apply_env(env)?;
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(b) = args.backend {
+        config.backend = b;
+    }
+    if let Some(f) = args.sim_latency {
+        config.sim.latency_factor = f;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn serve(args: ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    let config = serve_config(&args, env)?;
+    let handle = crate::server::start(config).await?;
+    let stop = handle.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("Shutdown requested; finishing open requests.");
+        stop.cancel();
+    });
+    handle.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = &e as &dyn std::error::Error, "Cannot listen for ctrl-c.");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = &e as &dyn std::error::Error, "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// `run`: daemon in-process, submit, follow, stop.
+async fn run(file: &Path, data_dir: PathBuf, sim_latency: f64) -> anyhow::Result<u8> {
+    let body = client::read_request(file)?;
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut config = Config {
+        data_dir,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        backend: BackendKind::Sim,
+        ..Config::default()
+    };
+    config.sim.latency_factor = sim_latency;
+    config.tokens.operator = Some(token.clone());
+    let handle = crate::server::start(config).await?;
+    let c = Client::new(&format!("http://{}", handle.addr), token)?;
+    println!("Daemon started on {} (sim backend, latency factor {sim_latency})", handle.addr);
+    let result = async {
+        let resp = c.post("/v1/sovereigns", Some(&body)).await?;
+        let job = resp
+            .get("job_id")
+            .and_then(Value::as_str)
+            .context("no job_id in the answer")?
+            .to_owned();
+        println!("Submitted: sovereign {}, job {job}", st(&resp, "sovereign_id"));
+        follow::follow(&c, &job).await
+    }
+    .await;
+    handle.shutdown().await?;
+    let outcome = result?;
+    if outcome == Outcome::Paused {
+        eprintln!(
+            "The job stays paused in the data directory; `catalyst-zero serve` resumes it with the verbs above."
+        );
+    }
+    Ok(outcome.exit_code())
+}

@@ -1,0 +1,273 @@
+//! Daemon configuration: one TOML file, then `CATALYST_ZERO_*` overrides,
+//! then command-line flags (applied by the CLI).
+//!
+//! Why a typed file with `deny_unknown_fields`: a misspelt key in an
+//! operator's config must fail at startup with the file's path, not be
+//! silently ignored (omicron's `nexus-config` does the same). Environment
+//! overrides are applied through a lookup function rather than read from the
+//! process environment directly, so tests can exercise them without
+//! `std::env::set_var` (which races between test threads).
+//!
+//! Tokens are plain strings here because they are read once at startup; the
+//! `Debug` output redacts them, and nothing ever logs them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cz_phases::RetryPolicy;
+use cz_phases::sim::SimConfig;
+use serde::{Deserialize, Serialize};
+
+/// The environment variables the daemon reads.
+pub const ENV_OPERATOR_TOKEN: &str = "CATALYST_ZERO_OPERATOR_TOKEN";
+pub const ENV_WIZARD_TOKEN: &str = "CATALYST_ZERO_WIZARD_TOKEN";
+pub const ENV_DATA_DIR: &str = "CATALYST_ZERO_DATA_DIR";
+pub const ENV_LISTEN: &str = "CATALYST_ZERO_LISTEN";
+pub const ENV_SIM_LATENCY: &str = "CATALYST_ZERO_SIM_LATENCY";
+
+/// The file `serve` writes a generated operator token to.
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
+/// Which adapters drive the cloud and the cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Persistent fakes with scalable latency (ARCHITECTURE.md §4).
+    #[default]
+    Sim,
+    /// Real Hetzner Cloud, tofu, ssh, kube, OpenBao and PowerDNS.
+    Hetzner,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sim => "sim",
+            BackendKind::Hetzner => "hetzner",
+        }
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sim" => Ok(BackendKind::Sim),
+            "hetzner" => Ok(BackendKind::Hetzner),
+            other => Err(format!("unknown backend `{other}` (expected `sim` or `hetzner`)")),
+        }
+    }
+}
+
+/// Bearer tokens of the two API scopes.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tokens {
+    /// Every verb. Generated at startup when absent.
+    pub operator: Option<String>,
+    /// Submit and read only (the public wizard's backend).
+    pub wizard: Option<String>,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Tokens")
+            .field("operator", &shown(&self.operator))
+            .field("wizard", &shown(&self.wizard))
+            .finish()
+    }
+}
+
+/// The daemon's configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Database, identity, sim world and tofu workspaces live here.
+    pub data_dir: PathBuf,
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    pub backend: BackendKind,
+    /// Latency and failure injection of the `sim` backend.
+    pub sim: SimConfig,
+    /// Seconds between SSE heartbeat comments.
+    pub heartbeat_secs: u64,
+    /// Transient-retry bounds applied to every submitted job.
+    pub retry: RetryPolicy,
+    pub tokens: Tokens,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from(".cz-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            backend: BackendKind::Sim,
+            sim: SimConfig::default(),
+            heartbeat_secs: 15,
+            retry: RetryPolicy::default(),
+            tokens: Tokens::default(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded. Sources are not interpolated
+/// into the message (they are printed as the chain).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid value of {var}: {message}")]
+    Env { var: &'static str, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.to_owned(), source })?;
+        Config::from_toml(&text)
+            .map_err(|source| LoadError::Parse { path: path.to_owned(), source })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Applies `CATALYST_ZERO_*` overrides; `get` looks a variable up
+    /// (`&|k| std::env::var(k).ok()` in production).
+    pub fn apply_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> Result<(), LoadError> {
+        let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        if let Some(t) = non_empty(ENV_OPERATOR_TOKEN) {
+            self.tokens.operator = Some(t.trim().to_owned());
+        }
+        if let Some(t) = non_empty(ENV_WIZARD_TOKEN) {
+            self.tokens.wizard = Some(t.trim().to_owned());
+        }
+        if let Some(d) = non_empty(ENV_DATA_DIR) {
+            self.data_dir = PathBuf::from(d);
+        }
+        if let Some(l) = non_empty(ENV_LISTEN) {
+            self.listen = l.trim().parse().map_err(|e: std::net::AddrParseError| {
+                LoadError::Env { var: ENV_LISTEN, message: e.to_string() }
+            })?;
+        }
+        if let Some(f) = non_empty(ENV_SIM_LATENCY) {
+            self.sim.latency_factor =
+                f.trim().parse().map_err(|e: std::num::ParseFloatError| LoadError::Env {
+                    var: ENV_SIM_LATENCY,
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: ranges and features not built yet.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        if self.backend == BackendKind::Hetzner {
+            return Err(LoadError::Invalid(
+                "the hetzner backend arrives with the infra issue; use `--backend sim`".into(),
+            ));
+        }
+        if !(self.sim.latency_factor.is_finite() && self.sim.latency_factor >= 0.0) {
+            return Err(LoadError::Invalid(format!(
+                "sim.latency_factor must be a number >= 0, got {}",
+                self.sim.latency_factor
+            )));
+        }
+        if self.heartbeat_secs == 0 {
+            return Err(LoadError::Invalid("heartbeat_secs must be at least 1".into()));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(LoadError::Invalid("retry.max_attempts must be at least 1".into()));
+        }
+        for (name, t) in [("operator", &self.tokens.operator), ("wizard", &self.tokens.wizard)] {
+            if t.as_ref().is_some_and(|t| t.len() < 16) {
+                return Err(LoadError::Invalid(format!(
+                    "the {name} token must be at least 16 characters"
+                )));
+            }
+        }
+        if self.tokens.operator.is_some() && self.tokens.operator == self.tokens.wizard {
+            return Err(LoadError::Invalid("the operator and wizard tokens must differ".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml");
+        let c = Config::from_file(&path).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.backend, BackendKind::Sim);
+        assert_eq!(c.listen.port(), 7480);
+    }
+
+    #[test]
+    fn defaults_and_unknown_keys() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c, Config::default());
+        let err = Config::from_toml("listen_addr = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn missing_and_bad_files_name_the_path() {
+        let err = Config::from_file(Path::new("/nonexistent/cz.toml")).unwrap_err();
+        assert!(matches!(err, LoadError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/cz.toml"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, "heartbeat_secs = \"soon\"").unwrap();
+        let err = Config::from_file(&p).unwrap_err();
+        assert!(matches!(err, LoadError::Parse { .. }));
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env: HashMap<&str, &str> = HashMap::from([
+            (ENV_OPERATOR_TOKEN, "op-token-0123456789abcdef"),
+            (ENV_DATA_DIR, "/tmp/cz"),
+            (ENV_LISTEN, "127.0.0.1:0"),
+            (ENV_SIM_LATENCY, "0"),
+        ]);
+        let mut c = Config::default();
+        c.apply_env(&|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.tokens.operator.as_deref(), Some("op-token-0123456789abcdef"));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/cz"));
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.sim.latency_factor, 0.0);
+        assert!(!format!("{c:?}").contains("op-token"));
+
+        let mut c = Config::default();
+        let err = c.apply_env(&|k| (k == ENV_SIM_LATENCY).then(|| "fast".to_string()));
+        assert!(matches!(err, Err(LoadError::Env { var: ENV_SIM_LATENCY, .. })));
+    }
+
+    #[test]
+    fn hetzner_is_refused_with_a_clear_message() {
+        let c = Config { backend: BackendKind::Hetzner, ..Config::default() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("the hetzner backend arrives with the infra issue"), "{err}");
+    }
+}

@@ -1,0 +1,20 @@
+//! Catalyst-Zero: the daemon, its HTTP API and the operator CLI.
+//!
+//! - [`config`]: the TOML config file and `CATALYST_ZERO_*` overrides;
+//! - [`supervisor`]: the driver task of every running job, startup
+//!   recovery, and operator verbs (stop → apply → start);
+//! - [`api`]: the `/v1` HTTP API (axum), pure `router(state)`;
+//! - [`server`]: wires store, backend, engine, supervisor and API together;
+//! - [`telemetry`]: log subscriber setup (binary only);
+//! - [`cli`]: the `catalyst-zero` command line (daemon, client, `run`).
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod server;
+pub mod supervisor;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{ServerHandle, start};
