@@ -62,8 +62,10 @@ pub enum Command {
     Run {
         /// Provision request (TOML or JSON).
         file: PathBuf,
-        #[arg(long, env = "CATALYST_ZERO_DATA_DIR", default_value = ".cz-data")]
-        data_dir: PathBuf,
+        /// Data directory; by default a new `.cz-data/runs/<time>` per run,
+        /// so the command can be repeated (a Sovereign's name is unique).
+        #[arg(long, env = "CATALYST_ZERO_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// Sim latency factor: 0 = no waits, 1 = realistic (many minutes).
         #[arg(long, env = "CATALYST_ZERO_SIM_LATENCY", default_value_t = 0.1)]
         sim_latency: f64,
@@ -466,8 +468,14 @@ async fn shutdown_signal() {
 }
 
 /// `run`: daemon in-process, submit, follow, stop.
-async fn run(file: &Path, data_dir: PathBuf, sim_latency: f64) -> anyhow::Result<u8> {
+async fn run(file: &Path, data_dir: Option<PathBuf>, sim_latency: f64) -> anyhow::Result<u8> {
     let body = client::read_request(file)?;
+    let data_dir = data_dir.unwrap_or_else(|| {
+        PathBuf::from(".cz-data")
+            .join("runs")
+            .join(chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string())
+    });
+    println!("Data directory: {}", data_dir.display());
     let token = hex::encode(rand::random::<[u8; 32]>());
     let mut config = Config {
         data_dir,
