@@ -174,9 +174,10 @@ impl Engine {
             }
             let run = JobRun {
                 engine: self.clone(),
+                request: Arc::new(job.request.clone()),
                 job: Arc::new(job),
-                plan,
-                options,
+                plan: Arc::new(plan),
+                options: Arc::new(options),
                 cancel: cancel.clone(),
             };
             match run.job.mode {
@@ -261,11 +262,14 @@ where
     }
 }
 
+/// One drive of one job. Cheap to clone: every field is shared.
+#[derive(Clone)]
 struct JobRun {
     engine: Engine,
     job: Arc<Job>,
-    plan: Plan,
-    options: JobOptions,
+    request: Arc<Value>,
+    plan: Arc<Plan>,
+    options: Arc<JobOptions>,
     cancel: CancellationToken,
 }
 
@@ -366,15 +370,15 @@ impl JobRun {
         states.iter().filter_map(|(k, s)| s.output().map(|o| (k.clone(), o.clone()))).collect()
     }
 
-    fn ctx(&self, node: &NodeDef, attempt: u32, states: &BTreeMap<String, NodeState>) -> StepCtx {
+    fn ctx(&self, node: &NodeDef, attempt: u32, outputs: &Arc<BTreeMap<String, Value>>) -> StepCtx {
         StepCtx {
             job_id: self.job.id,
             sovereign_id: self.job.sovereign_id,
             node: node.id.clone(),
             attempt,
             params: node.params.clone(),
-            request: Arc::new(self.job.request.clone()),
-            outputs: Arc::new(Self::outputs(states)),
+            request: self.request.clone(),
+            outputs: outputs.clone(),
             backend: self.engine.backend.clone(),
             store: self.engine.store.clone(),
             cancel: self.cancel.child_token(),
@@ -395,6 +399,9 @@ impl JobRun {
         self.phase_event(&phase.id, "started").await?;
         let mut inflight: JoinSet<Result<(String, NodeState), EngineError>> = JoinSet::new();
         let mut running: BTreeSet<String> = BTreeSet::new();
+        // Outputs of satisfied steps, shared by every step launched until the
+        // next completion (copied only when a completion adds one).
+        let mut outputs = Arc::new(Self::outputs(states));
         loop {
             let mut blocked: Option<(String, Value)> = None;
             let mut failed: Option<(String, Value)> = None;
@@ -424,7 +431,7 @@ impl JobRun {
                             run: self.clone_run(),
                             node: n.clone(),
                             prior: state,
-                            cx_states: Arc::new(states.clone()),
+                            outputs: outputs.clone(),
                         };
                         inflight.spawn(exec.forward());
                     }
@@ -453,6 +460,9 @@ impl JobRun {
                 joined = inflight.join_next() => {
                     let (id, state) = joined.expect("non-empty join set").expect("step task panicked")?;
                     running.remove(&id);
+                    if let Some(out) = state.output() {
+                        Arc::make_mut(&mut outputs).insert(id.clone(), out.clone());
+                    }
                     states.insert(id, state);
                 }
                 _ = self.cancel.cancelled() => {
@@ -466,13 +476,7 @@ impl JobRun {
     }
 
     fn clone_run(&self) -> Arc<JobRun> {
-        Arc::new(JobRun {
-            engine: self.engine.clone(),
-            job: self.job.clone(),
-            plan: self.plan.clone(),
-            options: self.options.clone(),
-            cancel: self.cancel.clone(),
-        })
+        Arc::new(self.clone())
     }
 
     /// `None`: interrupted.
@@ -530,6 +534,7 @@ impl JobRun {
                 .map_err(|e| EngineError::BadPlan { job: self.job.id, message: e.to_string() })?;
             order.extend(topo.into_iter().rev().cloned());
         }
+        let outputs = Arc::new(Self::outputs(states));
         for node in order {
             if self.cancel.is_cancelled() {
                 return Ok(UnwindOutcome::Interrupted);
@@ -542,7 +547,7 @@ impl JobRun {
                 run: self.clone_run(),
                 node: node.clone(),
                 prior: state,
-                cx_states: Arc::new(states.clone()),
+                outputs: outputs.clone(),
             };
             let fut = exec.undo();
             let (id, new_state) = tokio::select! {
@@ -575,7 +580,8 @@ struct NodeExec {
     run: Arc<JobRun>,
     node: NodeDef,
     prior: NodeState,
-    cx_states: Arc<BTreeMap<String, NodeState>>,
+    /// Outputs of satisfied steps (and, for an undo, the step's own).
+    outputs: Arc<BTreeMap<String, Value>>,
 }
 
 impl NodeExec {
@@ -624,7 +630,7 @@ impl NodeExec {
                 json!({ "state": "started", "attempt": attempt }),
             )
             .await?;
-            let cx = self.run.ctx(&self.node, attempt, &self.cx_states);
+            let cx = self.run.ctx(&self.node, attempt, &self.outputs);
             let result = if let Some(class) = faults.fail.get(&self.node.id) {
                 Err(StepError::Injected { node: self.node.id.clone(), class: *class })
             } else if flaky_left > 0 {
@@ -699,15 +705,9 @@ impl NodeExec {
         self.record(StepEvent::UndoStarted, json!({ "state": "undo_started" })).await?;
         let started = Instant::now();
         let attempt = self.prior.attempts().max(1);
-        // The undo sees its own output (the ids it must remove).
-        let mut states = (*self.cx_states).clone();
-        if let Some(out) = self.prior.output() {
-            states.insert(
-                self.node.id.clone(),
-                NodeState::Succeeded { output: out.clone(), attempts: attempt },
-            );
-        }
-        let cx = self.run.ctx(&self.node, attempt, &states);
+        // The undo sees its own output (the ids it must remove): the map was
+        // built from every step's state, own output included.
+        let cx = self.run.ctx(&self.node, attempt, &self.outputs);
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(opts.retry.min_delay_ms))
             .with_max_delay(Duration::from_millis(opts.retry.max_delay_ms))

@@ -20,10 +20,14 @@ async fn connect(path: &Path) -> Result<SqliteConnection, sqlx::Error> {
 
 /// `n` step checkpoints as bare inserts: two rows (started, succeeded), each
 /// in its own committed transaction, into a table shaped like
-/// `step_events`.
+/// `step_events` (same columns, same index).
 pub async fn raw_checkpoints(path: &Path, n: usize) -> Result<Duration, sqlx::Error> {
     let mut c = connect(path).await?;
     sqlx::query("CREATE TABLE IF NOT EXISTS raw_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, node TEXT NOT NULL, event TEXT NOT NULL, body TEXT NOT NULL, at INTEGER NOT NULL)")
+        .execute(&mut c)
+        .await?;
+    // The same index the journal has (the engine's reads need it).
+    sqlx::query("CREATE INDEX IF NOT EXISTS raw_events_by_node ON raw_events (job_id, node, seq)")
         .execute(&mut c)
         .await?;
     let start = Instant::now();

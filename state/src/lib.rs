@@ -22,7 +22,7 @@ pub use error::StoreError;
 pub use journal::{IllegalTransition, NodeState, StepEvent};
 pub use model::{
     AuditEntry, Job, JobEvent, JobId, JobKind, JobMode, JobStatus, Millis, NewAudit, NewJobEvent,
-    Sovereign, SovereignId, SovereignStatus, StepEventRecord, now_ms,
+    Rendered, Sovereign, SovereignId, SovereignStatus, StepEventRecord, now_ms,
 };
 pub use secrets::{SealError, Sealer, SecretString};
 pub use store::{

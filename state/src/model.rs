@@ -206,6 +206,27 @@ pub struct JobEvent {
     pub at: Millis,
     pub kind: String,
     pub body: Value,
+    /// The event's wire form, rendered once and shared by every subscriber
+    /// of a live event (1,000 SSE clients must not serialize it 1,000 times).
+    #[serde(skip)]
+    pub rendered: Rendered,
+}
+
+/// A lazily rendered text form; equal to any other (it is derived data).
+#[derive(Clone, Debug, Default)]
+pub struct Rendered(std::sync::OnceLock<std::sync::Arc<str>>);
+
+impl Rendered {
+    /// The rendered form, computing it on first use.
+    pub fn get_or_init(&self, f: impl FnOnce() -> String) -> std::sync::Arc<str> {
+        self.0.get_or_init(|| f().into()).clone()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// An event to append (the store assigns id and time).

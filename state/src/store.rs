@@ -20,7 +20,7 @@
 //! settles.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -51,7 +51,109 @@ const EVENT_FANOUT_CAPACITY: usize = 4096;
 const MAX_BATCH: usize = 512;
 
 type OpResult = Result<Box<dyn Any + Send>, StoreError>;
-type CustomFn = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, OpResult> + Send>;
+type CustomFn = Box<dyn for<'c> FnOnce(&'c mut WriterConn) -> BoxFuture<'c, OpResult> + Send>;
+
+/// The writer's connection and its cache of step states.
+///
+/// The writer is the only process-wide writer, so the states it has
+/// committed are authoritative: the cache spares the journal read that the
+/// transition check would otherwise need on every append. Writes of an op
+/// are staged until the op's savepoint is released, and of a batch until it
+/// commits; a rolled-back op or batch leaves the cache as it was.
+pub(crate) struct WriterConn {
+    conn: SqliteConnection,
+    committed: HashMap<(JobId, String), NodeState>,
+    staged: HashMap<(JobId, String), NodeState>,
+    op: HashMap<(JobId, String), NodeState>,
+    /// Jobs whose whole journal is in the cache: an absent step is pending.
+    loaded: HashSet<JobId>,
+    staged_loaded: HashSet<JobId>,
+    op_loaded: HashSet<JobId>,
+}
+
+/// Past this many cached step states the cache starts over (it is only a
+/// cache: misses read the journal).
+const NODE_CACHE_MAX: usize = 50_000;
+
+impl WriterConn {
+    fn new(conn: SqliteConnection) -> Self {
+        WriterConn {
+            conn,
+            committed: HashMap::new(),
+            staged: HashMap::new(),
+            op: HashMap::new(),
+            loaded: HashSet::new(),
+            staged_loaded: HashSet::new(),
+            op_loaded: HashSet::new(),
+        }
+    }
+    fn cached(&self, key: &(JobId, String)) -> Option<NodeState> {
+        if let Some(s) =
+            self.op.get(key).or_else(|| self.staged.get(key)).or_else(|| self.committed.get(key))
+        {
+            return Some(s.clone());
+        }
+        let loaded = self.op_loaded.contains(&key.0)
+            || self.staged_loaded.contains(&key.0)
+            || self.loaded.contains(&key.0);
+        loaded.then_some(NodeState::Pending)
+    }
+    fn op_done(&mut self, ok: bool) {
+        if ok {
+            self.staged.extend(self.op.drain());
+            self.staged_loaded.extend(self.op_loaded.drain());
+        } else {
+            self.op.clear();
+            self.op_loaded.clear();
+        }
+    }
+    fn batch_done(&mut self, ok: bool) {
+        self.op.clear();
+        self.op_loaded.clear();
+        if ok {
+            if self.committed.len() + self.staged.len() > NODE_CACHE_MAX {
+                self.committed.clear();
+                self.loaded.clear();
+            }
+            self.committed.extend(self.staged.drain());
+            self.loaded.extend(self.staged_loaded.drain());
+        } else {
+            self.staged.clear();
+            self.staged_loaded.clear();
+        }
+    }
+    /// Reads a job's whole journal into the op layer (it becomes committed
+    /// cache only if this op and batch commit).
+    async fn load_job(&mut self, job: JobId) -> Result<(), StoreError> {
+        let rows = sqlx::query("SELECT node, body FROM step_events WHERE job_id = ? ORDER BY seq")
+            .bind(job.to_string())
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(StoreError::query("read job journal"))?;
+        let mut states: HashMap<String, NodeState> = HashMap::new();
+        for r in &rows {
+            let node: String = r.get("node");
+            let ev: StepEvent = json_col(r, "body")?;
+            let cur = states.remove(&node).unwrap_or_default();
+            let next = cur.next(&ev).map_err(|source| StoreError::CorruptJournal {
+                job,
+                node: node.clone(),
+                source,
+            })?;
+            states.insert(node, next);
+        }
+        for (node, st) in states {
+            let key = (job, node);
+            // Staged writes of this batch are newer than nothing and already
+            // in the rows read; keep the layers consistent by preferring them.
+            if !self.staged.contains_key(&key) && !self.op.contains_key(&key) {
+                self.op.insert(key, st);
+            }
+        }
+        self.op_loaded.insert(job);
+        Ok(())
+    }
+}
 
 struct WriteOp {
     run: CustomFn,
@@ -183,7 +285,23 @@ impl Store {
                 paths,
             }),
         };
-        tokio::spawn(writer_task(writer_conn, rx, Arc::downgrade(&store.inner)));
+        // The writer runs on its own thread with a single-threaded runtime:
+        // a caller's op then costs one wake-up each way instead of a trip
+        // through the shared scheduler (measured: ~50 µs vs ~125 µs per op).
+        let weak = Arc::downgrade(&store.inner);
+        std::thread::Builder::new()
+            .name("cz-store-writer".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the store writer's runtime");
+                rt.block_on(writer_task(writer_conn, rx, weak));
+            })
+            .map_err(|source| StoreError::DataDir {
+                path: store.inner.paths.database.clone(),
+                source,
+            })?;
         Ok(store)
     }
 
@@ -227,8 +345,9 @@ impl Store {
         }
         self.write(
             false,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
+                    let c = &mut w.conn;
                     let out: SubmitOutcome = submit_tx(c, sub, sealed).await?;
                     Ok(Box::new(out) as Box<dyn Any + Send>)
                 })
@@ -301,8 +420,9 @@ impl Store {
     pub async fn update_job(&self, id: JobId, update: JobUpdate) -> Result<Job, StoreError> {
         self.write(
             false,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
+                    let c = &mut w.conn;
                     let job = update_job_tx(c, id, update).await?;
                     Ok(Box::new(job) as Box<dyn Any + Send>)
                 })
@@ -324,9 +444,9 @@ impl Store {
         let node = node.to_owned();
         self.write(
             false,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
-                    let state = append_step_tx(c, job, &node, &event).await?;
+                    let state = append_step_tx(w, job, &node, &event).await?;
                     Ok(Box::new(state) as Box<dyn Any + Send>)
                 })
             }),
@@ -342,14 +462,15 @@ impl Store {
         node: &str,
         event: StepEvent,
         events: Vec<NewJobEvent>,
-    ) -> Result<(NodeState, Vec<JobEvent>), StoreError> {
+    ) -> Result<(NodeState, Vec<Arc<JobEvent>>), StoreError> {
         let node = node.to_owned();
+        let events = prepare(events);
         self.write(
             true,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
-                    let state = append_step_tx(c, job, &node, &event).await?;
-                    let evs = append_events_tx(c, job, events).await?;
+                    let state = append_step_tx(w, job, &node, &event).await?;
+                    let evs = append_events_tx(&mut w.conn, job, events).await?;
                     Ok(Box::new((state, evs)) as Box<dyn Any + Send>)
                 })
             }),
@@ -400,14 +521,16 @@ impl Store {
         &self,
         job: JobId,
         events: Vec<NewJobEvent>,
-    ) -> Result<Vec<JobEvent>, StoreError> {
+    ) -> Result<Vec<Arc<JobEvent>>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let events = prepare(events);
         self.write(
             true,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
+                    let c = &mut w.conn;
                     let evs = append_events_tx(c, job, events).await?;
                     Ok(Box::new(evs) as Box<dyn Any + Send>)
                 })
@@ -440,6 +563,7 @@ impl Store {
                     at: r.get("at"),
                     kind: r.get("kind"),
                     body: json_col(r, "body")?,
+                    rendered: Default::default(),
                 })
             })
             .collect()
@@ -458,8 +582,9 @@ impl Store {
     pub async fn record_audit(&self, entry: NewAudit) -> Result<i64, StoreError> {
         self.write(
             false,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
+                    let c = &mut w.conn;
                     let id = insert_audit(c, &entry).await?;
                     Ok(Box::new(id) as Box<dyn Any + Send>)
                 })
@@ -513,8 +638,9 @@ impl Store {
         let (owner, name) = (owner.to_owned(), name.to_owned());
         self.write(
             false,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
+                    let c = &mut w.conn;
                     sqlx::query(
                 "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?)
                  ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
@@ -546,8 +672,9 @@ impl Store {
         let owner = owner.to_owned();
         self.write(
             false,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
+                    let c = &mut w.conn;
                     for (name, blob) in sealed {
                         sqlx::query(
                     "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?)
@@ -593,8 +720,9 @@ impl Store {
         let (owner, name) = (owner.to_owned(), name.to_owned());
         self.write(
             false,
-            Box::new(move |c| {
+            Box::new(move |w| {
                 Box::pin(async move {
+                    let c = &mut w.conn;
                     sqlx::query("DELETE FROM secrets WHERE owner = ? AND name = ?")
                         .bind(owner)
                         .bind(name)
@@ -612,10 +740,11 @@ impl Store {
 // === the writer ===
 
 async fn writer_task(
-    mut conn: SqliteConnection,
+    conn: SqliteConnection,
     mut rx: mpsc::UnboundedReceiver<WriteOp>,
     inner: std::sync::Weak<Inner>,
 ) {
+    let mut conn = WriterConn::new(conn);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -642,13 +771,13 @@ async fn writer_task(
 /// op of the batch gets a retryable `StoreError::Commit` and nothing of the
 /// batch is visible; callers that must record progress retry (see
 /// the engine's recorder).
-async fn run_batch(conn: &mut SqliteConnection, batch: &mut [WriteOp]) -> Vec<OpResult> {
+async fn run_batch(w: &mut WriterConn, batch: &mut [WriteOp]) -> Vec<OpResult> {
     let started = Instant::now();
     let mut attempt = 0u32;
     // BEGIN IMMEDIATE only fails if another process holds the write lock
     // (an operator's sqlite3 shell, say): wait for it, bounded per try.
     loop {
-        match sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        match sqlx::query("BEGIN").execute(&mut w.conn).await {
             Ok(_) => break,
             Err(error) => {
                 attempt += 1;
@@ -658,28 +787,53 @@ async fn run_batch(conn: &mut SqliteConnection, batch: &mut [WriteOp]) -> Vec<Op
         }
     }
     let mut results = Vec::with_capacity(batch.len());
-    for op in batch.iter_mut() {
+    // A batch of one needs no savepoint: on failure the whole transaction
+    // is rolled back (two fewer statements on the sequential hot path).
+    if batch.len() == 1 {
         let run = std::mem::replace(
-            &mut op.run,
+            &mut batch[0].run,
             Box::new(|_| Box::pin(async { Err(StoreError::WriterGone) })),
         );
-        if let Err(e) = sqlx::query("SAVEPOINT op").execute(&mut *conn).await {
-            results.push(Err(StoreError::query("savepoint")(e)));
-            continue;
+        let result = run(&mut *w).await;
+        w.op_done(result.is_ok());
+        if result.is_err() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
+            w.batch_done(false);
+            return vec![result];
         }
-        let result = run(&mut *conn).await;
-        let end = if result.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-        match sqlx::raw_sql(end).execute(&mut *conn).await {
-            Ok(_) => results.push(result),
-            Err(e) => results.push(Err(StoreError::query("release savepoint")(e))),
+        results.push(result);
+    } else {
+        for op in batch.iter_mut() {
+            let run = std::mem::replace(
+                &mut op.run,
+                Box::new(|_| Box::pin(async { Err(StoreError::WriterGone) })),
+            );
+            if let Err(e) = sqlx::query("SAVEPOINT op").execute(&mut w.conn).await {
+                results.push(Err(StoreError::query("savepoint")(e)));
+                continue;
+            }
+            let result = run(&mut *w).await;
+            let end = if result.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+            match sqlx::raw_sql(end).execute(&mut w.conn).await {
+                Ok(_) => {
+                    w.op_done(result.is_ok());
+                    results.push(result);
+                }
+                Err(e) => {
+                    w.op_done(false);
+                    results.push(Err(StoreError::query("release savepoint")(e)));
+                }
+            }
         }
     }
-    if let Err(error) = sqlx::query("COMMIT").execute(&mut *conn).await {
+    if let Err(error) = sqlx::query("COMMIT").execute(&mut w.conn).await {
         log_retry("commit", 1, started, &error);
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
+        w.batch_done(false);
         let msg = error.to_string();
         return results.iter().map(|_| Err(StoreError::Commit(msg.clone()))).collect();
     }
+    w.batch_done(true);
     results
 }
 
@@ -709,9 +863,9 @@ fn log_retry(what: &str, attempt: u32, started: Instant, error: &sqlx::Error) {
 }
 
 fn publish(inner: &Inner, value: &(dyn Any + Send)) {
-    let events: &[JobEvent] = if let Some(v) = value.downcast_ref::<Vec<JobEvent>>() {
+    let events: &[Arc<JobEvent>] = if let Some(v) = value.downcast_ref::<Vec<Arc<JobEvent>>>() {
         v
-    } else if let Some((_, v)) = value.downcast_ref::<(NodeState, Vec<JobEvent>)>() {
+    } else if let Some((_, v)) = value.downcast_ref::<(NodeState, Vec<Arc<JobEvent>>)>() {
         v
     } else {
         return;
@@ -719,7 +873,7 @@ fn publish(inner: &Inner, value: &(dyn Any + Send)) {
     let hub = inner.hub.lock().expect("event hub lock");
     for ev in events {
         if let Some(tx) = hub.get(&ev.job_id) {
-            let _ = tx.send(Arc::new(ev.clone()));
+            let _ = tx.send(ev.clone());
         }
     }
 }
@@ -902,27 +1056,20 @@ async fn update_job_tx(
 }
 
 async fn append_step_tx(
-    c: &mut SqliteConnection,
+    w: &mut WriterConn,
     job: JobId,
     node: &str,
     event: &StepEvent,
 ) -> Result<NodeState, StoreError> {
-    let rows =
-        sqlx::query("SELECT body FROM step_events WHERE job_id = ? AND node = ? ORDER BY seq")
-            .bind(job.to_string())
-            .bind(node)
-            .fetch_all(&mut *c)
-            .await
-            .map_err(StoreError::query("read node journal"))?;
-    let mut state = NodeState::Pending;
-    for r in &rows {
-        let ev: StepEvent = json_col(r, "body")?;
-        state = state.next(&ev).map_err(|source| StoreError::CorruptJournal {
-            job,
-            node: node.to_owned(),
-            source,
-        })?;
-    }
+    let key = (job, node.to_owned());
+    let state = match w.cached(&key) {
+        Some(s) => s,
+        None => {
+            w.load_job(job).await?;
+            w.cached(&key).expect("a loaded job answers every step")
+        }
+    };
+    let c = &mut w.conn;
     let next = state.next(event).map_err(|source| StoreError::IllegalTransition {
         job,
         node: node.to_owned(),
@@ -937,45 +1084,53 @@ async fn append_step_tx(
         .execute(&mut *c)
         .await
         .map_err(StoreError::query("append step event"))?;
+    w.op.insert(key, next.clone());
     Ok(next)
+}
+
+/// An event serialized on the caller's thread, off the writer's path.
+pub(crate) struct PreparedEvent {
+    kind: String,
+    text: String,
+    body: Value,
+}
+
+pub(crate) fn prepare(events: Vec<NewJobEvent>) -> Vec<PreparedEvent> {
+    events
+        .into_iter()
+        .map(|e| PreparedEvent { text: e.body.to_string(), kind: e.kind, body: e.body })
+        .collect()
 }
 
 async fn append_events_tx(
     c: &mut SqliteConnection,
     job: JobId,
-    events: Vec<NewJobEvent>,
-) -> Result<Vec<JobEvent>, StoreError> {
+    events: Vec<PreparedEvent>,
+) -> Result<Vec<Arc<JobEvent>>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
+    let job_s = job.to_string();
     let head: Option<i64> = sqlx::query("SELECT last_id FROM job_event_heads WHERE job_id = ?")
-        .bind(job.to_string())
+        .bind(&job_s)
         .fetch_optional(&mut *c)
         .await
         .map_err(StoreError::query("read event head"))?
         .map(|r| r.get("last_id"));
-    let mut id = head.unwrap_or(0);
+    let first = head.unwrap_or(0) + 1;
     let at = now_ms();
-    let mut out = Vec::with_capacity(events.len());
-    let job_s = job.to_string();
     // Multi-row inserts: 100k tofu lines are a few hundred statements.
+    let mut id = first - 1;
     for chunk in events.chunks(200) {
         let mut qb =
             sqlx::QueryBuilder::new("INSERT INTO job_events (job_id, id, at, kind, body) ");
         qb.push_values(chunk, |mut b, ev| {
             id += 1;
-            b.push_bind(job_s.clone())
+            b.push_bind(job_s.as_str())
                 .push_bind(id)
                 .push_bind(at)
-                .push_bind(ev.kind.clone())
-                .push_bind(ev.body.to_string());
-            out.push(JobEvent {
-                job_id: job,
-                id,
-                at,
-                kind: ev.kind.clone(),
-                body: ev.body.clone(),
-            });
+                .push_bind(ev.kind.as_str())
+                .push_bind(ev.text.as_str());
         });
         qb.build().execute(&mut *c).await.map_err(StoreError::query("append events"))?;
     }
@@ -985,7 +1140,20 @@ async fn append_events_tx(
         .execute(&mut *c)
         .await
         .map_err(StoreError::query("advance event head"))?;
-    Ok(out)
+    Ok(events
+        .into_iter()
+        .zip(first..)
+        .map(|(ev, id)| {
+            Arc::new(JobEvent {
+                job_id: job,
+                id,
+                at,
+                kind: ev.kind,
+                body: ev.body,
+                rendered: Default::default(),
+            })
+        })
+        .collect())
 }
 
 async fn insert_audit(c: &mut SqliteConnection, e: &NewAudit) -> Result<i64, StoreError> {

@@ -247,3 +247,39 @@ async fn job_status_machine_is_enforced() {
     assert!(matches!(err, StoreError::IllegalJobStatus { .. }));
     assert!(store.jobs_in_flight().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_to_one_step_admit_exactly_one_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let sub = submission("g.omani.works", None);
+    let job = sub.job_id;
+    store.submit(sub).await.unwrap();
+    for round in 1..=3u32 {
+        // Many racers, one legal event each round: batches mix accepted and
+        // refused ops, and the writer's state cache must not count refused ones.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let s = store.clone();
+            set.spawn(async move {
+                s.append_step_event(job, "infra/apply", StepEvent::Started { attempt: round })
+                    .await
+                    .is_ok()
+            });
+        }
+        let mut ok = 0;
+        while let Some(r) = set.join_next().await {
+            ok += usize::from(r.unwrap());
+        }
+        assert_eq!(ok, 1, "round {round}");
+    }
+    assert_eq!(store.journal(job).await.unwrap().len(), 3);
+    drop(store);
+    // A fresh process (empty cache) derives the same state from the journal.
+    let store = open(dir.path()).await;
+    let s = store
+        .append_step_event(job, "infra/apply", StepEvent::Succeeded { output: json!(7) })
+        .await
+        .unwrap();
+    assert_eq!(s, NodeState::Succeeded { output: json!(7), attempts: 3 });
+}

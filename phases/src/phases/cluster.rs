@@ -157,6 +157,17 @@ fn pinned(cx: &StepCtx, suffix: &str) -> StepResult<(Host, String, Server)> {
     Ok((h, fp, s))
 }
 
+/// The region's first control plane with its pinned SSH host.
+fn first_server(cx: &StepCtx, out: &Outputs) -> StepResult<(Host, String, Server)> {
+    let first = out
+        .servers
+        .iter()
+        .find(|s| s.role == "control-plane")
+        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
+    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
+    pinned(cx, &suffix)
+}
+
 fn token_name(loc: &str) -> String {
     format!("k3s-token-{loc}")
 }
@@ -295,13 +306,7 @@ pub fn cilium_manifest(api_host: &str) -> String {
 
 async fn cilium(cx: &StepCtx) -> StepResult<Value> {
     let out = outputs(cx)?;
-    let first = out
-        .servers
-        .iter()
-        .find(|s| s.role == "control-plane")
-        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
-    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
-    let (h, fp, _) = pinned(cx, &suffix)?;
+    let (h, fp, first) = first_server(cx, &out)?;
     let body = cilium_manifest(&first.private_ip);
     cx.backend
         .ssh
@@ -325,13 +330,7 @@ fn kubeconfig_secret(loc: &str) -> String {
 async fn kubeconfig(cx: &StepCtx) -> StepResult<Value> {
     let loc: String = cx.param("location")?;
     let out = outputs(cx)?;
-    let first = out
-        .servers
-        .iter()
-        .find(|s| s.role == "control-plane")
-        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
-    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
-    let (h, fp, _) = pinned(cx, &suffix)?;
+    let (h, fp, _) = first_server(cx, &out)?;
     let raw = run_ok(cx, &h, &fp, &format!("cat {KUBECONFIG_PATH}")).await?;
     if !raw.contains("https://127.0.0.1:6443") {
         return Err(StepError::adapter(
@@ -360,13 +359,7 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
     let out = outputs(cx)?;
     let want_servers: u32 = cx.param("servers")?;
     let want_agents: u32 = cx.param("agents")?;
-    let first = out
-        .servers
-        .iter()
-        .find(|s| s.role == "control-plane")
-        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
-    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
-    let (h, fp, _) = pinned(cx, &suffix)?;
+    let (h, fp, _) = first_server(cx, &out)?;
     let counts = cx
         .wait_for(
             &format!(

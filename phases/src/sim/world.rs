@@ -182,6 +182,12 @@ pub struct SimWorld {
     fired: StdMutex<Vec<u32>>,
     calls: StdMutex<Calls>,
     rng: StdMutex<StdRng>,
+    /// Write-through cache of the object files, per (system, kind), keyed
+    /// by file name: one process uses a world at a time, so after a kind
+    /// is loaded once, reads never touch the disk (the sim's own cost must
+    /// not swamp what the benchmarks measure). Files stay the truth across
+    /// restarts.
+    cache: StdMutex<HashMap<(String, String), std::collections::BTreeMap<String, Value>>>,
 }
 
 impl std::fmt::Debug for SimWorld {
@@ -207,6 +213,7 @@ impl SimWorld {
             fired: StdMutex::new(vec![0; rules]),
             calls: StdMutex::new(Calls::default()),
             rng: StdMutex::new(rng),
+            cache: StdMutex::new(HashMap::new()),
         }
     }
 
@@ -239,7 +246,25 @@ impl SimWorld {
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_error(system, "encode", e))?;
         write_atomic_async(self.obj_path(system, kind, key), bytes)
             .await
-            .map_err(|e| io_error(system, "write", e))
+            .map_err(|e| io_error(system, "write", e))?;
+        let mut cache = self.cache.lock().expect("sim cache");
+        if let Some(objs) = cache.get_mut(&(system.to_owned(), kind.to_owned())) {
+            objs.insert(format!("{}.json", sanitize_key(key)), value.clone());
+        }
+        Ok(())
+    }
+
+    /// The objects of a kind, from the cache (loading them from disk once).
+    async fn cached_kind(&self, system: &str, kind: &str) -> Result<Vec<Value>, StepError> {
+        let k = (system.to_owned(), kind.to_owned());
+        if let Some(objs) = self.cache.lock().expect("sim cache").get(&k) {
+            return Ok(objs.values().cloned().collect());
+        }
+        let loaded = self.list_from_disk(system, kind).await?;
+        let mut cache = self.cache.lock().expect("sim cache");
+        // A write that raced the load is already on disk and in `loaded`, or
+        // it finished after: keep whatever got into the cache first.
+        Ok(cache.entry(k).or_insert(loaded).values().cloned().collect())
     }
 
     pub async fn get(
@@ -248,6 +273,12 @@ impl SimWorld {
         kind: &str,
         key: &str,
     ) -> Result<Option<Value>, StepError> {
+        let file = format!("{}.json", sanitize_key(key));
+        if let Some(objs) =
+            self.cache.lock().expect("sim cache").get(&(system.to_owned(), kind.to_owned()))
+        {
+            return Ok(objs.get(&file).cloned());
+        }
         let path = self.obj_path(system, kind, key);
         match tokio::fs::read(&path).await {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -260,12 +291,20 @@ impl SimWorld {
 
     /// Every object of a kind, in file-name order.
     pub async fn list(&self, system: &str, kind: &str) -> Result<Vec<Value>, StepError> {
+        self.cached_kind(system, kind).await
+    }
+
+    async fn list_from_disk(
+        &self,
+        system: &str,
+        kind: &str,
+    ) -> Result<std::collections::BTreeMap<String, Value>, StepError> {
         let dir = self.obj_dir(system, kind);
         let sys = system.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<Vec<Value>, StepError> {
+        tokio::task::spawn_blocking(move || -> Result<std::collections::BTreeMap<String, Value>, StepError> {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
                 Err(e) => return Err(io_error(&sys, "list", e)),
             };
             let mut names: Vec<PathBuf> = entries
@@ -277,11 +316,14 @@ impl SimWorld {
                 })
                 .collect();
             names.sort();
-            let mut out = Vec::with_capacity(names.len());
+            let mut out = std::collections::BTreeMap::new();
             for p in names {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
                 match std::fs::read(&p) {
                     Ok(bytes) => match serde_json::from_slice(&bytes) {
-                        Ok(v) => out.push(v),
+                        Ok(v) => {
+                            out.insert(name, v);
+                        }
                         Err(e) => tracing::warn!(path = %p.display(), error = %e, "Skipping an unreadable sim object."),
                     },
                     // Deleted between read_dir and read.
@@ -297,6 +339,11 @@ impl SimWorld {
 
     /// Removes an object; returns whether it existed.
     pub async fn delete(&self, system: &str, kind: &str, key: &str) -> Result<bool, StepError> {
+        if let Some(objs) =
+            self.cache.lock().expect("sim cache").get_mut(&(system.to_owned(), kind.to_owned()))
+        {
+            objs.remove(&format!("{}.json", sanitize_key(key)));
+        }
         match tokio::fs::remove_file(self.obj_path(system, kind, key)).await {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),

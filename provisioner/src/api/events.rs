@@ -50,11 +50,11 @@ pub struct EventsQuery {
 }
 
 fn to_sse(e: &JobEvent) -> Event {
-    let view = EventView::from(e);
-    Event::default()
-        .id(e.id.to_string())
-        .event(e.kind.clone())
-        .data(serde_json::to_string(&view).expect("event serializes"))
+    // Rendered once per event, shared by every subscriber of a live event.
+    let data = e
+        .rendered
+        .get_or_init(|| serde_json::to_string(&EventView::from(e)).expect("event serializes"));
+    Event::default().id(e.id.to_string()).event(e.kind.clone()).data(&*data)
 }
 
 /// Stream a job's events (SSE), or one page of them with `?format=json`.
