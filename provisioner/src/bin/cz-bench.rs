@@ -212,7 +212,13 @@ async fn run_jobs(dir: &Path, n: usize, latency: f64) -> Result<(Duration, usize
     Ok((start.elapsed(), ok))
 }
 
+/// Resets this process's peak RSS (`VmHWM`), so each figure reports its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 async fn p4(dir: &Path, n: usize, latency: f64) -> Result<()> {
+    reset_peak_rss();
     let (one, ok1) = run_jobs(&dir.join("p4-one"), 1, latency).await?;
     let (all, okn) = run_jobs(&dir.join("p4-all"), n, latency).await?;
     println!(
