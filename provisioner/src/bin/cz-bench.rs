@@ -234,6 +234,21 @@ async fn p4(dir: &Path, n: usize, latency: f64) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.only.is_empty() {
+        // Each figure in its own process: memory one figure used (and the
+        // allocator kept) must not count as the next one's peak RSS.
+        let exe = std::env::current_exe().context("own path")?;
+        for p in ["p1", "p2", "p3", "p4", "p5"] {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["--only", p, "--latency", &args.latency.to_string()]);
+            if args.quick {
+                cmd.arg("--quick");
+            }
+            let status = cmd.status().with_context(|| format!("run {p}"))?;
+            anyhow::ensure!(status.success(), "{p} failed: {status}");
+        }
+        return Ok(());
+    }
     let tmp = tempfile::tempdir().context("temp dir")?;
     let dir = tmp.path();
     if wants(&args, "p1") {
