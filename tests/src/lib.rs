@@ -185,10 +185,32 @@ pub fn request(sub: &str, cps: u32, workers: u32) -> Value {
                       "control_plane": { "sku": "cpx32", "count": cps },
                       "workers": { "sku": "cpx32", "count": workers } }],
         "ssh_public_keys": [SSH_KEY],
-        "cloud_token": "e".repeat(64),
+        "cloud_token": CLOUD_TOKEN,
         "custody": { "age_recipients": [recipient], "openbao_shares": 5, "openbao_threshold": 3 },
         "keycloak": { "topology": "per-organization" },
     })
+}
+
+/// A distinctive (sim-valid) cloud token, searched for on disk by tests.
+pub const CLOUD_TOKEN: &str = "E2EtokenE2EtokenE2EtokenE2EtokenE2EtokenE2EtokenE2EtokenE2Etoken";
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 pub const SSH_KEY: &str =

@@ -132,11 +132,18 @@ fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
     let ends: Vec<&Value> = all.iter().filter(|e| e["kind"] == "end").collect();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0]["status"], "succeeded");
+    // The cloud token was in the request; after 126 crashes it is nowhere on
+    // disk in clear: not in the database, its WAL, the logs, the tofu
+    // workspaces or the sim world.
+    let starts = d.starts;
+    drop(d);
+    let leaks = cz_e2e::files_containing(dir.path(), cz_e2e::CLOUD_TOKEN.as_bytes());
+    assert!(leaks.is_empty(), "cloud token in clear in {leaks:?}");
     eprintln!(
         "kill9: {kills} kills ({} mid-step, {} at boundaries), {} daemon starts, {} events",
         mid_killed.len(),
         boundary_killed.len(),
-        d.starts,
+        starts,
         ids.len()
     );
 }

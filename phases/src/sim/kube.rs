@@ -465,6 +465,22 @@ impl SimKube {
             err("apply", Cause::Invalid, format!("object #{idx} is not a JSON object"))
         })?;
         m.remove("status");
+        // The sim's files live under the daemon's data dir, which must never
+        // hold a secret in clear: a Secret's values are kept as digests (a
+        // real cluster keeps them in etcd; nothing here reads them back).
+        if r.api_version == "v1" && r.kind == "Secret" {
+            for field in ["data", "stringData"] {
+                if let Some(Value::Object(vals)) = m.get_mut(field) {
+                    for v in vals.values_mut() {
+                        let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                        *v = json!(format!(
+                            "sha256:{}",
+                            hex::encode(Sha256::digest(text.as_bytes()))
+                        ));
+                    }
+                }
+            }
+        }
         let managed = json!([{
             "manager": field_manager,
             "operation": "Apply",

@@ -32,6 +32,29 @@ const UNINSTALL_MARKER: &str = "# sim:k3s-uninstall";
 /// What the k3s uninstall scripts remove.
 const K3S_PREFIXES: [&str; 3] = ["/etc/rancher/", "/var/lib/rancher/", "/usr/local/bin/k3s"];
 
+/// What the sim keeps of a secret on a simulated host's disk: its digest.
+/// The world directory lives under the daemon's data dir, which must never
+/// hold a secret in clear; the k3s token check compares digests.
+fn at_rest(path: &str, contents: &[u8]) -> Vec<u8> {
+    if path != K3S_CONFIG_PATH {
+        return contents.to_vec();
+    }
+    let text = String::from_utf8_lossy(contents);
+    text.lines()
+        .map(|l| match l.trim_start().strip_prefix("token:") {
+            Some(v) => format!("token: \"sha256:{}\"", sha_hex(&unquote(v.trim()))),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        .into_bytes()
+}
+
+/// The digest of a token as configured (clear, or already a digest).
+fn token_digest(t: &str) -> String {
+    t.strip_prefix("sha256:").map_or_else(|| sha_hex(t), str::to_owned)
+}
+
 fn sha_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -418,7 +441,7 @@ impl SimSsh {
             (None, None) => host.address.clone(),
         };
         // The cluster token: set by the first server, checked on joins.
-        let token_sha = cfg.token.as_deref().map(sha_hex);
+        let token_sha = cfg.token.as_deref().map(token_digest);
         match self.world.get(SYS, "k3s_clusters", &cluster).await? {
             Some(c) => {
                 if let (Some(have), Some(want)) = (token_sha.as_deref(), c["token_sha256"].as_str())
@@ -452,10 +475,10 @@ impl SimSsh {
                 .entry(KUBECONFIG_PATH.into())
                 .or_insert_with(|| (0o600, fake_kubeconfig(&cluster).into_bytes()));
             let t = sha_hex(&format!("sim-k3s-token:{cluster}"));
-            let token = cfg
-                .token
-                .clone()
-                .unwrap_or_else(|| format!("K10{}::server:{}", &t[..32], &t[32..]));
+            let token = match token_sha.as_deref() {
+                Some(d) => format!("sha256:{d}"),
+                None => format!("K10{}::server:{}", &t[..32], &t[32..]),
+            };
             disk.files
                 .entry(K3S_TOKEN_PATH.into())
                 .or_insert_with(|| (0o600, format!("{token}\n").into_bytes()));
@@ -669,7 +692,7 @@ impl SshApi for SimSsh {
         )
         .await?;
         let mut disk = self.load_disk(&host.address, server.id).await?;
-        disk.files.insert(path.to_owned(), (mode, contents.to_vec()));
+        disk.files.insert(path.to_owned(), (mode, at_rest(path, contents)));
         self.world.put(SYS, "files", &host.address, &disk.to_json()).await
     }
 }
@@ -949,10 +972,13 @@ mod tests {
         let o = ssh.run(&hosts[0], &fps[0], "k3s kubectl get nodes -o json").await.unwrap();
         let list: Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(list["items"].as_array().unwrap().len(), 2);
+        // The sim keeps only the token's digest on its simulated disks.
         assert_eq!(
             ssh.run(&hosts[0], &fps[0], &format!("cat {K3S_TOKEN_PATH}")).await.unwrap().stdout,
-            "tok\n"
+            format!("sha256:{}\n", sha_hex("tok"))
         );
+        let cfg = ssh.run(&hosts[0], &fps[0], &format!("cat {K3S_CONFIG_PATH}")).await.unwrap();
+        assert!(!cfg.stdout.contains("\"tok\""), "{}", cfg.stdout);
     }
 
     #[test]
