@@ -34,6 +34,7 @@ pub mod infra;
 pub mod kit;
 pub mod preflight;
 pub mod release;
+pub mod render;
 
 /// The label keys every cloud object carries.
 pub const LABEL_SOVEREIGN: &str = "catalyst.openova.io/sovereign";
