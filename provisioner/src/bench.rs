@@ -180,36 +180,12 @@ pub async fn p5(dir: &Path, jobs: usize) -> Result<()> {
             let body = sample_body(&format!("p{i}"), 1, 0);
             let req = cz_phases::request::parse_provision(body.to_string().as_bytes())
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let plan = cz_phases::phases::provision_plan(&req);
-            let (sov, job) = (cz_state::SovereignId::new(), cz_state::JobId::new());
-            store
-                .submit(cz_state::Submission {
-                    sovereign: cz_state::SovereignTarget::New {
-                        id: sov,
-                        name: req.name(),
-                        fqdn: req.fqdn(),
-                    },
-                    job_id: job,
-                    kind: cz_state::JobKind::Provision,
-                    request: serde_json::to_value(&req)?,
-                    plan: serde_json::to_value(&plan)?,
-                    options: json!({}),
-                    secrets: req
-                        .secrets()
-                        .into_iter()
-                        .map(|(n, v)| (sov.to_string(), n.to_owned(), v))
-                        .collect(),
-                    idempotency: None,
-                    response: json!({}),
-                    audit: cz_state::NewAudit {
-                        actor: "bench".into(),
-                        action: "submit".into(),
-                        job_id: Some(job),
-                        sovereign_id: Some(sov),
-                        detail: json!({}),
-                    },
-                })
-                .await?;
+            let (_, job, sub) = cz_phases::phases::provision_submission(
+                &req,
+                &cz_phases::JobOptions::default(),
+                "bench",
+            );
+            store.submit(sub).await?;
             store
                 .update_job(
                     job,

@@ -634,29 +634,7 @@ impl Store {
         name: &str,
         plain: &SecretString,
     ) -> Result<(), StoreError> {
-        let blob = self.seal(plain)?;
-        let (owner, name) = (owner.to_owned(), name.to_owned());
-        self.write(
-            false,
-            Box::new(move |w| {
-                Box::pin(async move {
-                    let c = &mut w.conn;
-                    sqlx::query(
-                "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
-            )
-            .bind(owner)
-            .bind(name)
-            .bind(blob)
-            .bind(now_ms())
-            .execute(&mut *c)
-            .await
-            .map_err(StoreError::query("put secret"))?;
-                    Ok(Box::new(()) as Box<dyn Any + Send>)
-                })
-            }),
-        )
-        .await
+        self.put_secrets(owner, &[(name.to_owned(), plain.clone())]).await
     }
 
     /// Stores several secrets in one transaction (all or none).

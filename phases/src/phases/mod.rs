@@ -107,6 +107,40 @@ pub fn provision_plan(req: &ProvisionRequest) -> Plan {
     plan
 }
 
+/// A `provision` submission for a validated request: a new Sovereign, the
+/// plan, the request (secrets are skipped by its serializer) and the
+/// secrets to seal, owned by the Sovereign. The API adds its idempotency key.
+pub fn provision_submission(
+    req: &ProvisionRequest,
+    options: &crate::engine::JobOptions,
+    actor: &str,
+) -> (cz_state::SovereignId, cz_state::JobId, cz_state::Submission) {
+    let (sov, job) = (cz_state::SovereignId::new(), cz_state::JobId::new());
+    let sub = cz_state::Submission {
+        sovereign: cz_state::SovereignTarget::New { id: sov, name: req.name(), fqdn: req.fqdn() },
+        job_id: job,
+        kind: cz_state::JobKind::Provision,
+        request: serde_json::to_value(req).expect("requests serialize"),
+        plan: serde_json::to_value(provision_plan(req)).expect("plans serialize"),
+        options: serde_json::to_value(options).expect("options serialize"),
+        secrets: req
+            .secrets()
+            .into_iter()
+            .map(|(n, v)| (sov.to_string(), n.to_owned(), v))
+            .collect(),
+        idempotency: None,
+        response: json!({ "sovereign_id": sov, "job_id": job }),
+        audit: cz_state::NewAudit {
+            actor: actor.to_owned(),
+            action: "submit".into(),
+            job_id: Some(job),
+            sovereign_id: Some(sov),
+            detail: json!({ "kind": "provision", "fqdn": req.fqdn() }),
+        },
+    };
+    (sov, job, sub)
+}
+
 /// The `add-region` plan: the new regions only.
 pub fn add_region_plan(req: &AddRegionRequest, components: &[String]) -> Plan {
     let regions = req.regions.clone();

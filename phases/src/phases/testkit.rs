@@ -69,33 +69,9 @@ impl Harness {
         plan: &Plan,
         options: JobOptions,
     ) -> (SovereignId, JobId) {
-        let sov = SovereignId::new();
-        let job = JobId::new();
-        self.store
-            .submit(Submission {
-                sovereign: SovereignTarget::New { id: sov, name: req.name(), fqdn: req.fqdn() },
-                job_id: job,
-                kind: JobKind::Provision,
-                request: serde_json::to_value(req).unwrap(),
-                plan: serde_json::to_value(plan).unwrap(),
-                options: serde_json::to_value(options).unwrap(),
-                secrets: req
-                    .secrets()
-                    .into_iter()
-                    .map(|(n, v)| (sov.to_string(), n.to_owned(), v))
-                    .collect(),
-                idempotency: None,
-                response: json!({}),
-                audit: NewAudit {
-                    actor: "test".into(),
-                    action: "submit".into(),
-                    job_id: Some(job),
-                    sovereign_id: Some(sov),
-                    detail: json!({}),
-                },
-            })
-            .await
-            .unwrap();
+        let (sov, job, mut sub) = super::provision_submission(req, &options, "test");
+        sub.plan = serde_json::to_value(plan).unwrap();
+        self.store.submit(sub).await.unwrap();
         (sov, job)
     }
 

@@ -20,10 +20,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cz_phases::engine::{DriveOutcome, Engine, JobOptions};
 use cz_phases::sim::{SimConfig, sim_backend};
-use cz_state::{
-    JobId, JobKind, NewAudit, NewJobEvent, SovereignId, SovereignTarget, StepEvent, Store,
-    StorePaths, Submission,
-};
+use cz_state::{JobId, NewJobEvent, StepEvent, Store, StorePaths};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -63,33 +60,8 @@ fn peak_rss_mib() -> f64 {
 async fn submit(store: &Store, body: &Value, options: &JobOptions) -> Result<JobId> {
     let req = cz_phases::request::parse_provision(body.to_string().as_bytes())
         .map_err(|e| anyhow::anyhow!("sample request invalid: {e:?}"))?;
-    let plan = cz_phases::phases::provision_plan(&req);
-    let sov = SovereignId::new();
-    let job = JobId::new();
-    store
-        .submit(Submission {
-            sovereign: SovereignTarget::New { id: sov, name: req.name(), fqdn: req.fqdn() },
-            job_id: job,
-            kind: JobKind::Provision,
-            request: serde_json::to_value(&req)?,
-            plan: serde_json::to_value(&plan)?,
-            options: serde_json::to_value(options)?,
-            secrets: req
-                .secrets()
-                .into_iter()
-                .map(|(n, v)| (sov.to_string(), n.to_owned(), v))
-                .collect(),
-            idempotency: None,
-            response: json!({}),
-            audit: NewAudit {
-                actor: "bench".into(),
-                action: "submit".into(),
-                job_id: Some(job),
-                sovereign_id: Some(sov),
-                detail: json!({}),
-            },
-        })
-        .await?;
+    let (_, job, sub) = cz_phases::phases::provision_submission(&req, options, "bench");
+    store.submit(sub).await?;
     Ok(job)
 }
 
