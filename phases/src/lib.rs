@@ -15,6 +15,8 @@
 pub mod adapters;
 pub mod engine;
 pub mod error;
+pub mod exec;
+pub mod hcloud;
 pub mod phases;
 pub mod plan;
 pub mod request;
