@@ -333,6 +333,31 @@ impl ProvisionRequest {
 // Parsing
 // ---------------------------------------------------------------------------
 
+/// A valid provision request body (pool mode, one `fsn1` region, every
+/// component): the one sample the tests, the e2e harness and the
+/// benchmarks share. The SSH key is a real public key; the caller picks the
+/// (sim-valid) cloud token and the age recipient.
+pub fn sample_body(
+    subdomain: &str,
+    control_planes: u32,
+    workers: u32,
+    cloud_token: &str,
+    age_recipient: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "api_version": API_VERSION,
+        "org": { "name": "Acme", "email": "ops@acme.io" },
+        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": subdomain },
+        "regions": [{ "provider": "hetzner", "location": "fsn1",
+                      "control_plane": { "sku": "cpx32", "count": control_planes },
+                      "workers": { "sku": "cpx32", "count": workers } }],
+        "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 sample@acme"],
+        "cloud_token": cloud_token,
+        "custody": { "age_recipients": [age_recipient], "openbao_shares": 5, "openbao_threshold": 3 },
+        "keycloak": { "topology": "per-organization" },
+    })
+}
+
 /// Parses and validates a provision request body. Every JSON-level problem
 /// (malformed JSON, unknown field, wrong type, missing field) comes back as a
 /// [`FieldError`] with the path of the field; a well-formed request is then

@@ -26,21 +26,10 @@ fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// A valid provision request body.
+/// A valid provision request body (a fresh age recipient each time).
 pub fn sample_body(sub: &str, cps: u32, workers: u32) -> Value {
     let recipient = age::x25519::Identity::generate().to_public().to_string();
-    json!({
-        "api_version": "catalyst.openova.io/v1",
-        "org": { "name": "Bench", "email": "ops@bench.io" },
-        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": sub },
-        "regions": [{ "provider": "hetzner", "location": "fsn1",
-                      "control_plane": { "sku": "cpx32", "count": cps },
-                      "workers": { "sku": "cpx32", "count": workers } }],
-        "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 b@b"],
-        "cloud_token": "b".repeat(64),
-        "custody": { "age_recipients": [recipient], "openbao_shares": 3, "openbao_threshold": 2 },
-        "keycloak": { "topology": "per-organization" },
-    })
+    cz_phases::request::sample_body(sub, cps, workers, &"b".repeat(64), &recipient)
 }
 
 /// One SSE subscriber: returns (ids received, latencies in µs of tagged events).

@@ -174,21 +174,9 @@ impl Api {
     }
 }
 
-/// A valid provision request (sim backend).
+/// A valid provision request (sim backend) carrying [`CLOUD_TOKEN`].
 pub fn request(sub: &str, cps: u32, workers: u32) -> Value {
-    let recipient = age_recipient();
-    serde_json::json!({
-        "api_version": "catalyst.openova.io/v1",
-        "org": { "name": "Acme", "email": "ops@acme.io" },
-        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": sub },
-        "regions": [{ "provider": "hetzner", "location": "fsn1",
-                      "control_plane": { "sku": "cpx32", "count": cps },
-                      "workers": { "sku": "cpx32", "count": workers } }],
-        "ssh_public_keys": [SSH_KEY],
-        "cloud_token": CLOUD_TOKEN,
-        "custody": { "age_recipients": [recipient], "openbao_shares": 5, "openbao_threshold": 3 },
-        "keycloak": { "topology": "per-organization" },
-    })
+    cz_phases::request::sample_body(sub, cps, workers, CLOUD_TOKEN, &age_recipient())
 }
 
 /// A distinctive (sim-valid) cloud token, searched for on disk by tests.
@@ -212,9 +200,6 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     }
     out
 }
-
-pub const SSH_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 e2e@test";
 
 fn age_recipient() -> String {
     // A fixed public key; its identity is not needed by these tests.

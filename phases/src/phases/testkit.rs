@@ -33,18 +33,7 @@ pub struct Harness {
 
 pub fn sample_request(sub: &str, cps: u32, workers: u32) -> ProvisionRequest {
     let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let body = json!({
-        "api_version": API_VERSION,
-        "org": { "name": "Acme", "email": "ops@acme.io" },
-        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": sub },
-        "regions": [{ "provider": "hetzner", "location": "fsn1",
-                      "control_plane": { "sku": "cpx32", "count": cps },
-                      "workers": { "sku": "cpx32", "count": workers } }],
-        "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 t@t"],
-        "cloud_token": "s".repeat(64),
-        "custody": { "age_recipients": [recipient], "openbao_shares": 5, "openbao_threshold": 3 },
-        "keycloak": { "topology": "per-organization" },
-    });
+    let body = sample_body(sub, cps, workers, &"s".repeat(64), &recipient);
     serde_json::from_value(body).expect("sample request")
 }
 
