@@ -330,6 +330,35 @@ pub trait DnsApi: Send + Sync {
     async fn query(&self, name: &str, rtype: &str) -> AdapterResult<Vec<String>>;
 }
 
+/// What the `infra` phase renders into a region's workspace for its tofu.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InfraModule {
+    /// Only the JSON resource manifest, which the sim tofu applies.
+    Manifest,
+    /// The hcloud-provider module from `cloud-templates/hetzner/` (production).
+    Hcloud {
+        templates: PathBuf,
+        /// Where the provisioner connects from: the firewall opens SSH and
+        /// 6443 to these CIDRs only.
+        provisioner_cidrs: Vec<String>,
+    },
+    /// The offline stand-in from `cloud-templates/hetzner-offline/`: one
+    /// `terraform_data` per object whose `local-exec` provisioners create and
+    /// delete it through the Hetzner API (`catalyst-zero hcloud-shim`). For
+    /// machines where the hcloud provider cannot be downloaded; the real CLI
+    /// still plans, applies, locks and streams events, and the objects are
+    /// really created in the API at `endpoint`.
+    Offline { templates: PathBuf, shim: PathBuf, endpoint: String },
+}
+
+impl InfraModule {
+    /// Whether objects missing from state are adopted by `tofu import`
+    /// (the offline stand-in adopts by name itself).
+    pub fn adopts_by_import(&self) -> bool {
+        !matches!(self, InfraModule::Offline { .. })
+    }
+}
+
 /// The adapters a job runs against.
 #[derive(Clone)]
 pub struct Backend {
@@ -343,6 +372,8 @@ pub struct Backend {
     pub dns: Arc<dyn DnsApi>,
     /// Where per-job workspaces live (under the data directory).
     pub workspace_root: PathBuf,
+    /// What `infra.render` writes for tofu.
+    pub infra: InfraModule,
     /// Poll interval for bounded waits.
     pub poll: std::time::Duration,
 }

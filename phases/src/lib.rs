@@ -22,6 +22,7 @@ pub mod plan;
 pub mod request;
 pub mod sim;
 pub mod step;
+pub mod unbuilt;
 
 pub use adapters::Backend;
 pub use engine::{

@@ -25,6 +25,8 @@ pub const ENV_WIZARD_TOKEN: &str = "CATALYST_ZERO_WIZARD_TOKEN";
 pub const ENV_DATA_DIR: &str = "CATALYST_ZERO_DATA_DIR";
 pub const ENV_LISTEN: &str = "CATALYST_ZERO_LISTEN";
 pub const ENV_SIM_LATENCY: &str = "CATALYST_ZERO_SIM_LATENCY";
+pub const ENV_HETZNER_API_URL: &str = "CATALYST_ZERO_HETZNER_API_URL";
+pub const ENV_TOFU_BINARY: &str = "CATALYST_ZERO_TOFU_BINARY";
 
 /// The file `serve` writes a generated operator token to.
 pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
@@ -60,6 +62,121 @@ impl std::str::FromStr for BackendKind {
     }
 }
 
+/// Which tofu module the `hetzner` backend renders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleKind {
+    /// `cloud-templates/hetzner/` with the hcloud provider (production).
+    #[default]
+    Hcloud,
+    /// `cloud-templates/hetzner-offline/`: built-in `terraform_data` driving
+    /// the API through `catalyst-zero hcloud-shim`; for machines that cannot
+    /// download the provider (tests here). Never for a real Sovereign.
+    Offline,
+}
+
+/// Project limits Hetzner does not publish (Console → project → Limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub servers: u32,
+    pub load_balancers: u32,
+    pub networks: u32,
+    pub placement_groups: u32,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        let q = cz_phases::hcloud::ProjectQuota::default();
+        QuotaConfig {
+            servers: q.servers,
+            load_balancers: q.load_balancers,
+            networks: q.networks,
+            placement_groups: q.placement_groups,
+        }
+    }
+}
+
+/// The `hetzner` backend: Hetzner Cloud API and OpenTofu.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HetznerConfig {
+    /// The API base URL (a fake's in tests).
+    pub api_url: String,
+    /// `tofu` (default) or `terraform`, on the PATH or absolute.
+    pub tofu_binary: PathBuf,
+    /// Bound of one tofu command; on expiry it is stopped and the step
+    /// retried.
+    pub tofu_timeout_secs: u64,
+    pub module: ModuleKind,
+    /// The directory holding `hetzner/` and `hetzner-offline/`.
+    pub templates_dir: PathBuf,
+    /// Where this daemon connects from: the firewall opens SSH and the
+    /// Kubernetes API to these only. Required for the `hcloud` module.
+    pub provisioner_cidrs: Vec<String>,
+    pub quota: QuotaConfig,
+}
+
+impl HetznerConfig {
+    fn validate(&self) -> Result<(), LoadError> {
+        let bad = |m: String| Err(LoadError::Invalid(m));
+        match reqwest::Url::parse(&self.api_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => return bad(format!("hetzner.api_url `{}` is not an http(s) URL", self.api_url)),
+        }
+        if self.tofu_timeout_secs == 0 {
+            return bad("hetzner.tofu_timeout_secs must be at least 1".into());
+        }
+        if self.module == ModuleKind::Hcloud && self.provisioner_cidrs.is_empty() {
+            return bad("hetzner.provisioner_cidrs is empty: the firewall would close SSH and \
+                 the Kubernetes API to the provisioner itself; set this daemon's egress \
+                 address, e.g. [\"203.0.113.7/32\"]"
+                .into());
+        }
+        for c in &self.provisioner_cidrs {
+            let ok = c.split_once('/').is_some_and(|(ip, len)| {
+                ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+                    len.parse::<u8>().is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 })
+                })
+            });
+            if !ok {
+                return bad(format!("hetzner.provisioner_cidrs: `{c}` is not an IP network"));
+            }
+        }
+        let dir = self.templates_dir.join(self.module_dir());
+        if !dir.is_dir() {
+            return bad(format!(
+                "hetzner.templates_dir: {} does not exist (run from the repository root or set \
+                 the path to cloud-templates)",
+                dir.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The template folder of the configured module.
+    pub fn module_dir(&self) -> &'static str {
+        match self.module {
+            ModuleKind::Hcloud => "hetzner",
+            ModuleKind::Offline => "hetzner-offline",
+        }
+    }
+}
+
+impl Default for HetznerConfig {
+    fn default() -> Self {
+        HetznerConfig {
+            api_url: cz_phases::hcloud::client::DEFAULT_BASE_URL.to_owned(),
+            tofu_binary: PathBuf::from("tofu"),
+            tofu_timeout_secs: 30 * 60,
+            module: ModuleKind::Hcloud,
+            templates_dir: PathBuf::from("cloud-templates"),
+            provisioner_cidrs: Vec::new(),
+            quota: QuotaConfig::default(),
+        }
+    }
+}
+
 /// Bearer tokens of the two API scopes.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -91,6 +208,7 @@ pub struct Config {
     pub backend: BackendKind,
     /// Latency and failure injection of the `sim` backend.
     pub sim: SimConfig,
+    pub hetzner: HetznerConfig,
     /// Seconds between SSE heartbeat comments.
     pub heartbeat_secs: u64,
     /// Transient-retry bounds applied to every submitted job.
@@ -105,6 +223,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             backend: BackendKind::Sim,
             sim: SimConfig::default(),
+            hetzner: HetznerConfig::default(),
             heartbeat_secs: 15,
             retry: RetryPolicy::default(),
             tokens: Tokens::default(),
@@ -165,6 +284,12 @@ impl Config {
                 LoadError::Env { var: ENV_LISTEN, message: e.to_string() }
             })?;
         }
+        if let Some(u) = non_empty(ENV_HETZNER_API_URL) {
+            self.hetzner.api_url = u.trim().to_owned();
+        }
+        if let Some(b) = non_empty(ENV_TOFU_BINARY) {
+            self.hetzner.tofu_binary = PathBuf::from(b.trim());
+        }
         if let Some(f) = non_empty(ENV_SIM_LATENCY) {
             self.sim.latency_factor =
                 f.trim().parse().map_err(|e: std::num::ParseFloatError| LoadError::Env {
@@ -178,9 +303,7 @@ impl Config {
     /// Checks what serde cannot: ranges and features not built yet.
     pub fn validate(&self) -> Result<(), LoadError> {
         if self.backend == BackendKind::Hetzner {
-            return Err(LoadError::Invalid(
-                "the hetzner backend arrives with the infra issue; use `--backend sim`".into(),
-            ));
+            self.hetzner.validate()?;
         }
         if !(self.sim.latency_factor.is_finite() && self.sim.latency_factor >= 0.0) {
             return Err(LoadError::Invalid(format!(
@@ -265,9 +388,49 @@ mod tests {
     }
 
     #[test]
-    fn hetzner_is_refused_with_a_clear_message() {
-        let c = Config { backend: BackendKind::Hetzner, ..Config::default() };
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("the hetzner backend arrives with the infra issue"), "{err}");
+    fn hetzner_settings_are_checked_with_field_names() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates");
+        let base = || Config {
+            backend: BackendKind::Hetzner,
+            hetzner: HetznerConfig {
+                templates_dir: root.into(),
+                provisioner_cidrs: vec!["203.0.113.7/32".into()],
+                ..HetznerConfig::default()
+            },
+            ..Config::default()
+        };
+        base().validate().unwrap();
+        let err = |f: &dyn Fn(&mut Config)| {
+            let mut c = base();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(err(&|c| c.hetzner.provisioner_cidrs.clear()).contains("hetzner.provisioner_cidrs"));
+        assert!(
+            err(&|c| c.hetzner.provisioner_cidrs = vec!["0.0.0.0".into()])
+                .contains("`0.0.0.0` is not an IP network")
+        );
+        assert!(err(&|c| c.hetzner.api_url = "ftp://x".into()).contains("hetzner.api_url"));
+        assert!(err(&|c| c.hetzner.templates_dir = "/nope".into()).contains("/nope/hetzner"));
+        // The offline stand-in needs no CIDRs (it only talks to loopback).
+        let mut c = base();
+        c.hetzner.module = ModuleKind::Offline;
+        c.hetzner.provisioner_cidrs.clear();
+        c.validate().unwrap();
+        let c: Config = Config::from_toml(
+            "backend = \"hetzner\"\n[hetzner]\nmodule = \"offline\"\ntofu_binary = \"terraform\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.hetzner.module, ModuleKind::Offline);
+        assert_eq!(c.hetzner.tofu_binary, PathBuf::from("terraform"));
+        let mut c = Config::default();
+        c.apply_env(&|k| match k {
+            ENV_HETZNER_API_URL => Some("http://127.0.0.1:9/".into()),
+            ENV_TOFU_BINARY => Some("/usr/local/bin/terraform".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.hetzner.api_url, "http://127.0.0.1:9/");
+        assert_eq!(c.hetzner.tofu_binary, PathBuf::from("/usr/local/bin/terraform"));
     }
 }

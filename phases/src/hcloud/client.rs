@@ -423,6 +423,43 @@ impl HcloudClient {
         Ok(self.list_all(token, "limits", collection, &[]).await?.len() as u32)
     }
 
+    /// The object of `kind` named `name`, if one exists.
+    pub async fn find(
+        &self,
+        token: &SecretString,
+        kind: &str,
+        name: &str,
+    ) -> AdapterResult<Option<CloudObject>> {
+        let op = "find";
+        let collection = known_collection(op, kind)?;
+        let items = self.list_all(token, op, collection, &[("name", name.to_owned())]).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| object_of(kind, i))
+            .find(|o| o.name == name))
+    }
+
+    /// `POST /v1/{collection}` with `body` (the API's create body for that
+    /// kind); returns the created object. Not on [`CloudApi`]: steps create
+    /// objects through tofu, only the offline stand-in module
+    /// (`hcloud-shim`) calls this.
+    pub async fn create(
+        &self,
+        token: &SecretString,
+        kind: &str,
+        body: &Value,
+    ) -> AdapterResult<CloudObject> {
+        let op = "create";
+        let collection = known_collection(op, kind)?;
+        let v = self
+            .call(token, op, Method::POST, &format!("/v1/{collection}"), &[], Some(body))
+            .await
+            .map_err(|e| e.into_step(op))?;
+        v.get(kind).and_then(|o| object_of(kind, o)).ok_or_else(|| {
+            malformed(op, format!("POST /v1/{collection}: the answer has no `{kind}` object"))
+        })
+    }
+
     async fn list_kinds(
         &self,
         token: &SecretString,
@@ -560,6 +597,17 @@ pub fn prices_of(item: &Value) -> Result<BTreeMap<String, (f64, f64)>, String> {
         out.insert(loc.to_owned(), (hourly, monthly));
     }
     Ok(out)
+}
+
+fn known_collection(op: &str, kind: &str) -> AdapterResult<&'static str> {
+    collection_of(kind).ok_or_else(|| {
+        StepError::adapter(
+            System::Cloud,
+            op,
+            Cause::Invalid,
+            format!("invalid_input: unknown object kind `{kind}`"),
+        )
+    })
 }
 
 fn malformed(op: &str, msg: String) -> StepError {

@@ -69,6 +69,9 @@ pub struct FakeConfig {
     pub retry_after_s: u64,
     /// How long an injected `resource_unavailable` takes to answer.
     pub unavailable_delay: Duration,
+    /// Servers the project may hold; a create past it answers
+    /// `resource_limit_exceeded`.
+    pub server_limit: usize,
 }
 
 impl Default for FakeConfig {
@@ -80,6 +83,7 @@ impl Default for FakeConfig {
             refill_per_sec: 1.0,
             retry_after_s: 1,
             unavailable_delay: Duration::from_millis(200),
+            server_limit: 100,
         }
     }
 }
@@ -227,6 +231,22 @@ impl FakeHandle {
         let collection = collection_of(kind).unwrap_or_else(|| panic!("unknown kind `{kind}`"));
         self.state().objects.get(collection).cloned().unwrap_or_default()
     }
+}
+
+/// Hetzner's label syntax: keys `[prefix/]name` (name ≤ 63 of
+/// `[A-Za-z0-9._-]`, alphanumeric at both ends), values ≤ 63 of the same set.
+fn valid_label(k: &str, v: &str) -> bool {
+    let part = |s: &str, empty_ok: bool| {
+        (empty_ok && s.is_empty())
+            || (s.len() <= 63
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
+    };
+    let name = k.rsplit_once('/').map_or(k, |(prefix, name)| {
+        if prefix.is_empty() || prefix.len() > 253 { "" } else { name }
+    });
+    part(name, false) && part(v, true)
 }
 
 fn object_json(kind: &str, id: i64, name: &str, labels: &BTreeMap<String, String>) -> Value {
@@ -495,6 +515,7 @@ impl Inner {
         match (method.as_str(), segs.as_slice()) {
             ("GET", ["v1", coll]) => self.list(coll, &query),
             ("POST", ["v1", "ssh_keys"]) => self.create_ssh_key(body),
+            ("POST", ["v1", coll]) => self.create(coll, body),
             ("DELETE", ["v1", coll, id]) => self.delete(coll, id),
             _ => error(404, "not_found", format!("no route {method} {}", uri.path())),
         }
@@ -597,6 +618,112 @@ impl Inner {
         obj["public_key"] = json!(key);
         st.objects.entry("ssh_keys").or_default().push(obj.clone());
         ok(201, Some(json!({"ssh_key": obj})))
+    }
+
+    /// `POST /v1/{servers,networks,firewalls,load_balancers,placement_groups}`:
+    /// name (unique per kind), labels (Hetzner's syntax), and for servers and
+    /// load balancers a type from the catalogue, a known location and the
+    /// referenced network (which gives the private IP).
+    fn create(&self, coll: &str, body: &[u8]) -> Answer {
+        const CREATABLE: [(&str, &str); 5] = [
+            ("servers", "server"),
+            ("networks", "network"),
+            ("firewalls", "firewall"),
+            ("load_balancers", "load_balancer"),
+            ("placement_groups", "placement_group"),
+        ];
+        let Some(&(coll, kind)) = CREATABLE.iter().find(|(c, _)| *c == coll) else {
+            return error(404, "not_found", format!("no route POST /v1/{coll}"));
+        };
+        let mut st = self.state.lock().expect("fake lock");
+        if st.read_only {
+            return error(403, "forbidden", "insufficient permissions for this request");
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return error(400, "json_error", "request body is not valid JSON");
+        };
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = field("name");
+        if name.is_empty() || name.len() > 63 {
+            return error(400, "invalid_input", "invalid input in field 'name'");
+        }
+        let labels: BTreeMap<String, String> = match v.get("labels") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(l) => match serde_json::from_value(l.clone()) {
+                Ok(l) => l,
+                Err(_) => return error(400, "invalid_input", "invalid input in field 'labels'"),
+            },
+        };
+        if let Some((k, _)) = labels.iter().find(|(k, v)| !valid_label(k, v)) {
+            return error(400, "invalid_input", format!("invalid input in field 'labels' ({k})"));
+        }
+        let objs = st.objects.get(coll).map(Vec::as_slice).unwrap_or_default();
+        if objs.iter().any(|o| o.get("name").and_then(Value::as_str) == Some(name.as_str())) {
+            return error(409, "uniqueness_error", format!("{kind} name is already used"));
+        }
+        if kind == "server" && objs.len() >= self.cfg.server_limit {
+            return error(403, "resource_limit_exceeded", "server limit exceeded");
+        }
+        let location = field("location");
+        if matches!(kind, "server" | "load_balancer") && !LOCATIONS.contains(&location.as_str()) {
+            return error(400, "invalid_input", "invalid input in field 'location'");
+        }
+        if kind == "server" && !SERVER_TYPES.contains(&field("server_type").as_str()) {
+            return error(400, "invalid_server_type", "server type not found");
+        }
+        if kind == "load_balancer" && !LB_TYPES.contains(&field("load_balancer_type").as_str()) {
+            return error(400, "invalid_load_balancer_type", "load balancer type not found");
+        }
+        let network = match kind {
+            "server" => v.pointer("/networks/0").and_then(Value::as_i64),
+            "load_balancer" => v.get("network").and_then(Value::as_i64),
+            _ => None,
+        };
+        let network_exists = |id: i64| {
+            st.objects.get("networks").is_some_and(|ns| {
+                ns.iter().any(|n| n.get("id").and_then(Value::as_i64) == Some(id))
+            })
+        };
+        if let Some(n) = network.filter(|n| !network_exists(*n)) {
+            return error(404, "not_found", format!("network with ID '{n}' not found"));
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let mut obj = object_json(kind, id, &name, &labels);
+        let loc = json!({"id": 1, "name": location, "network_zone": "eu-central"});
+        match kind {
+            "server" => {
+                obj["server_type"]["name"] = json!(field("server_type"));
+                obj["datacenter"]["location"] = loc;
+                obj["datacenter"]["name"] = json!(format!("{location}-dc1"));
+            }
+            "load_balancer" => {
+                obj["load_balancer_type"]["name"] = json!(field("load_balancer_type"));
+                obj["location"] = loc;
+                obj["services"] = v.get("services").cloned().unwrap_or(json!([]));
+                obj["targets"] = v.get("targets").cloned().unwrap_or(json!([]));
+            }
+            "network" => {
+                obj["ip_range"] = v.get("ip_range").cloned().unwrap_or(json!("10.0.0.0/16"));
+                obj["subnets"] = v.get("subnets").cloned().unwrap_or(json!([]));
+            }
+            "firewall" => obj["rules"] = v.get("rules").cloned().unwrap_or(json!([])),
+            _ => {}
+        }
+        if let Some(n) = network {
+            let ip = format!("10.0.1.{}", (id % 250) + 2);
+            obj["private_net"] = json!([{"network": n, "ip": ip, "alias_ips": []}]);
+        }
+        st.objects.entry(coll).or_default().push(obj.clone());
+        let mut answer = json!({ kind: obj });
+        if kind == "server" {
+            answer["action"] = json!({"id": id * 1000, "command": "create_server",
+                "status": "running", "progress": 0, "error": null,
+                "resources": [{"id": id, "type": "server"}]});
+            answer["root_password"] = Value::Null;
+            answer["next_actions"] = json!([]);
+        }
+        ok(201, Some(answer))
     }
 
     fn delete(&self, coll: &str, id: &str) -> Answer {

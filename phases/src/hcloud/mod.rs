@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod client;
 pub mod fake;
+pub mod shim;
 
 pub use budget::{BudgetConfig, BudgetRegistry, RateBudget, project_key};
 pub use client::{HcloudClient, ProjectQuota, RetryConfig, cause_of};

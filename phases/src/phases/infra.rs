@@ -25,7 +25,8 @@ use super::{
     LABEL_REGION, LABEL_SOVEREIGN, action, cloud_token, fqdn, labels, no_undo, precondition,
     regions, release, slug,
 };
-use crate::adapters::{TofuEvent, Workspace};
+use super::render::{self, RenderInput};
+use crate::adapters::{CloudObject, InfraModule, TofuEvent, Workspace};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
 use crate::step::{Registry, StepCtx, StepResult};
@@ -160,8 +161,71 @@ async fn render(cx: &StepCtx) -> StepResult<Value> {
     let resources = desired(&slug(&fqdn), &r, Some((cx, &fqdn)));
     let body = serde_json::to_vec_pretty(&json!({ "resources": resources })).expect("serializable");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    let files = module_files(cx, &r, &fqdn, &resources)?;
+    for (name, text) in &files {
+        write_atomic(&ws.dir, name, text.as_bytes()).await?;
+    }
     write_atomic(&ws.dir, MANIFEST, &body).await?;
-    Ok(json!({ "workspace": ws.dir, "resources": resources.len(), "sha256": digest }))
+    let module = match &cx.backend.infra {
+        InfraModule::Manifest => "manifest",
+        InfraModule::Hcloud { .. } => "hcloud",
+        InfraModule::Offline { .. } => "offline",
+    };
+    Ok(json!({
+        "workspace": ws.dir,
+        "resources": resources.len(),
+        "sha256": digest,
+        "module": module,
+        "files": files.keys().collect::<Vec<_>>(),
+    }))
+}
+
+/// The tofu module files of the backend's [`InfraModule`] for one region.
+fn module_files(
+    cx: &StepCtx,
+    r: &Region,
+    fqdn: &str,
+    resources: &[Resource],
+) -> StepResult<std::collections::BTreeMap<String, String>> {
+    let input = || -> StepResult<RenderInput> {
+        let keys: Vec<String> = match cx.request.pointer("/ssh_public_keys") {
+            Some(_) => cx.request_field("/ssh_public_keys")?,
+            None => cx.request_field("/sovereign/ssh_public_keys")?,
+        };
+        let cidrs = match &cx.backend.infra {
+            InfraModule::Hcloud { provisioner_cidrs, .. } => provisioner_cidrs.clone(),
+            // The stand-in renders firewall rules from them too; the
+            // loopback is where the shim and the fake API live.
+            _ => vec!["127.0.0.1/32".to_owned()],
+        };
+        RenderInput::from_region(&slug(fqdn), &cx.job_id.to_string(), r, &keys, &cidrs)
+            .map_err(render_error)
+    };
+    match &cx.backend.infra {
+        InfraModule::Manifest => Ok(Default::default()),
+        InfraModule::Hcloud { templates, .. } => {
+            render::render_hetzner(&input()?, templates).map_err(render_error)
+        }
+        InfraModule::Offline { templates, shim, endpoint } => {
+            render::render_offline(&input()?, resources, shim, endpoint, templates)
+                .map_err(render_error)
+        }
+    }
+}
+
+fn render_error(e: render::RenderError) -> StepError {
+    match e {
+        render::RenderError::Input { field, reason } => {
+            StepError::InvalidInput { path: field.to_owned(), message: reason }
+        }
+        e @ render::RenderError::UnknownLocation(_) => {
+            StepError::InvalidInput { path: "regions.location".into(), message: e.to_string() }
+        }
+        e => precondition(
+            format!("the cloud templates do not render: {e}"),
+            "Check the templates directory in the daemon's config (hetzner.templates_dir) and the release's templates.",
+        ),
+    }
 }
 
 async fn write_atomic(dir: &std::path::Path, name: &str, body: &[u8]) -> StepResult<()> {
@@ -262,6 +326,10 @@ where
 
 /// Imports labelled objects of this region that the tofu state lacks.
 async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResult<Vec<String>> {
+    if !cx.backend.infra.adopts_by_import() {
+        // The offline stand-in adopts by name inside its own create.
+        return Ok(Vec::new());
+    }
     let token = cloud_token(cx).await?;
     let fqdn = fqdn(cx)?;
     let manifest: Value =
@@ -360,22 +428,117 @@ pub struct LoadBalancer {
     pub ipv4: String,
 }
 
+fn output_error(what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::adapter(System::Tofu, "output", Cause::Invalid, format!("{what}: {e}"))
+}
+
+/// The hcloud module's `control_planes`/`workers` entries as [`Server`]s.
+fn hcl_servers(out: &Value, key: &str, role: &str) -> StepResult<Vec<Server>> {
+    #[derive(Deserialize)]
+    struct Entry {
+        id: Value,
+        name: String,
+        ipv4_address: String,
+        private_ip: Option<String>,
+    }
+    let entries: Vec<Entry> =
+        serde_json::from_value(out[key].clone()).map_err(|e| output_error(key, e))?;
+    entries
+        .into_iter()
+        .map(|e| {
+            Ok(Server {
+                id: id_value(&e.id).ok_or_else(|| output_error(key, "an id is not a number"))?,
+                name: e.name,
+                role: role.to_owned(),
+                ipv4: e.ipv4_address,
+                private_ip: e.private_ip.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The provider gives ids as strings in some versions, numbers in others.
+fn id_value(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// The offline stand-in's `objects` output, resolved by name in the API.
+async fn resolve_objects(cx: &StepCtx, out: &Value) -> StepResult<(Vec<Server>, LoadBalancer)> {
+    #[derive(Deserialize)]
+    struct Entry {
+        kind: String,
+        name: String,
+    }
+    let entries: Vec<Entry> =
+        serde_json::from_value(out["objects"].clone()).map_err(|e| output_error("objects", e))?;
+    let loc: String = cx.param("location")?;
+    let token = cloud_token(cx).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
+    let live = cx.backend.cloud.list(&token, &selector).await?;
+    let find = |e: &Entry| -> StepResult<&CloudObject> {
+        live.iter().find(|o| o.kind == e.kind && o.name == e.name).ok_or_else(|| {
+            output_error(
+                "objects",
+                format!("{} `{}` is in the tofu state but not in the cloud", e.kind, e.name),
+            )
+        })
+    };
+    let text = |o: &CloudObject, k: &str| -> String {
+        o.attrs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned()
+    };
+    let mut servers = Vec::new();
+    let mut lb = None;
+    for e in &entries {
+        match e.kind.as_str() {
+            "server" => {
+                let o = find(e)?;
+                servers.push(Server {
+                    name: o.name.clone(),
+                    id: o.id,
+                    role: o.labels.get(super::LABEL_ROLE).cloned().unwrap_or_default(),
+                    ipv4: text(o, "ipv4"),
+                    private_ip: text(o, "private_ip"),
+                });
+            }
+            "load_balancer" => {
+                let o = find(e)?;
+                lb = Some(LoadBalancer { id: o.id, ipv4: text(o, "ipv4") });
+            }
+            _ => {
+                find(e)?;
+            }
+        }
+    }
+    let lb = lb.ok_or_else(|| output_error("objects", "no load balancer"))?;
+    Ok((servers, lb))
+}
+
 async fn outputs(cx: &StepCtx) -> StepResult<Value> {
     let loc: String = cx.param("location")?;
     let ws = workspace(cx, &loc);
     let out = cx.backend.tofu.output(&ws).await?;
-    let servers: Vec<Server> = serde_json::from_value(out["servers"].clone()).map_err(|e| {
-        StepError::adapter(System::Tofu, "output", Cause::Invalid, format!("servers: {e}"))
-    })?;
-    let load_balancer: LoadBalancer = serde_json::from_value(out["load_balancer"].clone())
-        .map_err(|e| {
-            StepError::adapter(
-                System::Tofu,
-                "output",
-                Cause::Invalid,
-                format!("load_balancer: {e}"),
-            )
-        })?;
+    let (servers, load_balancer) = if out.get("servers").is_some() {
+        // The sim tofu's shape.
+        let servers: Vec<Server> = serde_json::from_value(out["servers"].clone())
+            .map_err(|e| output_error("servers", e))?;
+        let lb: LoadBalancer = serde_json::from_value(out["load_balancer"].clone())
+            .map_err(|e| output_error("load_balancer", e))?;
+        (servers, lb)
+    } else if out.get("control_planes").is_some() {
+        // cloud-templates/hetzner/outputs.tf.
+        let mut servers = hcl_servers(&out, "control_planes", "control-plane")?;
+        servers.extend(hcl_servers(&out, "workers", "worker")?);
+        let lb = &out["load_balancer"];
+        let lb = LoadBalancer {
+            id: lb.get("id").and_then(id_value).ok_or_else(|| output_error("load_balancer", "no id"))?,
+            ipv4: lb.get("ipv4").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        };
+        (servers, lb)
+    } else if out.get("objects").is_some() {
+        resolve_objects(cx, &out).await?
+    } else {
+        return Err(output_error("outputs", "none of `servers`, `control_planes`, `objects`"));
+    };
     let want = region_of(cx)?;
     let cps = servers.iter().filter(|s| s.role == "control-plane").count() as u32;
     if cps != want.control_plane.count || servers.len() as u32 != cps + want.workers.count {

@@ -322,7 +322,7 @@ mod tests {
     }
 
     fn sovereign_block(req: &crate::request::ProvisionRequest) -> serde_json::Value {
-        serde_json::json!({ "fqdn": req.fqdn(), "pool_domain": "omani.works", "components": req.components })
+        serde_json::json!({ "fqdn": req.fqdn(), "pool_domain": "omani.works", "components": req.components, "ssh_public_keys": req.ssh_public_keys })
     }
 
     fn hel1() -> serde_json::Value {

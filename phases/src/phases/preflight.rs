@@ -33,13 +33,21 @@ pub fn register(r: &mut Registry) {
 /// `new_sovereign`: also check the DNS name (provision); add-region skips it.
 pub fn phase(_regions: &[Region], new_sovereign: bool) -> PhaseDef {
     let mut b = PhaseBuilder::new(PHASE);
+    // Reads first; the scope probe, the only write (a create that the API
+    // refuses on its content), runs last: a request doomed by its SKU, quota
+    // or names makes no write call at all.
     b.step("validate", "preflight.validate", &[], Value::Null);
-    b.step("token-scope", "preflight.token-scope", &["validate"], Value::Null);
-    b.step("quotas", "preflight.quotas", &["token-scope"], Value::Null);
-    b.step("catalog", "preflight.catalog", &["token-scope"], Value::Null);
+    b.step("catalog", "preflight.catalog", &["validate"], Value::Null);
+    b.step("quotas", "preflight.quotas", &["validate"], Value::Null);
+    b.step("names-free", "preflight.names-free", &["validate"], json!({ "dns": new_sovereign }));
     b.step("cost-preview", "preflight.cost-preview", &["catalog"], Value::Null);
     b.step("artifacts", "preflight.artifacts", &["validate"], Value::Null);
-    b.step("names-free", "preflight.names-free", &["token-scope"], json!({ "dns": new_sovereign }));
+    b.step(
+        "token-scope",
+        "preflight.token-scope",
+        &["catalog", "quotas", "names-free", "cost-preview"],
+        Value::Null,
+    );
     b.build()
 }
 
@@ -227,15 +235,18 @@ async fn names_free(cx: &StepCtx) -> StepResult<Value> {
             "Another Sovereign or a leftover run holds this name: destroy it, or choose another name.",
         ));
     }
-    let mut taken = Vec::new();
+    let mut wanted = std::collections::BTreeSet::new();
     for r in regions(cx)? {
-        for name in super::infra::object_names(&slug(&fqdn), &r) {
-            for o in cx.backend.cloud.find_by_name(&token, &name).await? {
-                // Ours from an earlier attempt of this very job is fine.
-                if o.labels.get(super::LABEL_JOB) != Some(&cx.job_id.to_string()) {
-                    taken.push(format!("{} {} (id {})", o.kind, o.name, o.id));
-                }
-            }
+        wanted.extend(super::infra::object_names(&slug(&fqdn), &r));
+    }
+    // One listing of the project (a request per kind, paginated) rather than
+    // a lookup per name and kind: 11 names would be 88 requests.
+    let mut taken = Vec::new();
+    for o in cx.backend.cloud.list(&token, "").await? {
+        // Ours from an earlier attempt of this very job is fine.
+        if wanted.contains(&o.name) && o.labels.get(super::LABEL_JOB) != Some(&cx.job_id.to_string())
+        {
+            taken.push(format!("{} {} (id {})", o.kind, o.name, o.id));
         }
     }
     if !taken.is_empty() {

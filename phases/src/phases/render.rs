@@ -139,11 +139,139 @@ pub fn render_hetzner(
     templates_dir: &Path,
 ) -> Result<BTreeMap<String, String>, RenderError> {
     validate(input)?;
+    render_dir(templates_dir, &context(input))
+}
+
+/// One object of the offline stand-in module, as its template sees it.
+#[derive(Clone, Debug, serde::Serialize)]
+struct OfflineObject {
+    /// The `terraform_data` name (`server_cp_0` for `hcloud_server.cp[0]`).
+    id: String,
+    address: String,
+    kind: String,
+    name: String,
+    /// The [`crate::hcloud::shim::ShimObject`] as JSON.
+    spec: String,
+    depends_on: Vec<String>,
+}
+
+/// The `terraform_data` name of a resource address.
+pub fn offline_id(address: &str) -> String {
+    let a = address.strip_prefix("hcloud_").unwrap_or(address);
+    a.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect::<String>()
+        .trim_end_matches('_')
+        .to_owned()
+}
+
+/// Renders `cloud-templates/hetzner-offline/` for one region: one
+/// `terraform_data` per object of `resources` (the manifest of
+/// [`super::infra::desired`]), created and deleted through `shim`
+/// (`catalyst-zero`, subcommand `hcloud-shim`) against the API at
+/// `endpoint`. Same names and labels as the hcloud module; the attributes the
+/// API needs (IDs of referenced objects are looked up by name at create).
+pub fn render_offline(
+    input: &RenderInput,
+    resources: &[super::infra::Resource],
+    shim: &Path,
+    endpoint: &str,
+    templates_dir: &Path,
+) -> Result<BTreeMap<String, String>, RenderError> {
+    use serde_json::json;
+    validate(input)?;
+    let prefix = format!("{}-{}", input.slug, input.location);
+    let id_of_kind = |kind: &str| {
+        resources.iter().find(|r| r.kind == kind).map(|r| offline_id(&r.address)).unwrap_or_default()
+    };
+    let open = json!(["0.0.0.0/0", "::/0"]);
+    let rule = |port: u16, sources: &serde_json::Value| {
+        json!({"direction": "in", "protocol": "tcp", "port": port.to_string(), "source_ips": sources})
+    };
+    let mut objects = Vec::new();
+    for r in resources {
+        let mut attrs = r.attrs.clone();
+        let mut depends_on = Vec::new();
+        match r.kind.as_str() {
+            "network" => attrs["network_zone"] = json!(input.network_zone),
+            "ssh_key" => attrs["public_key"] = json!(input.ssh_public_keys[0]),
+            "firewall" => {
+                let cidrs = json!(input.provisioner_cidrs);
+                attrs["rules"] = json!([rule(22, &cidrs), rule(6443, &cidrs), rule(80, &open), rule(443, &open)]);
+            }
+            "server" => {
+                let index = r.attrs.get("index").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                let pg = if r.attrs.get("role").and_then(serde_json::Value::as_str) == Some("worker") {
+                    let g = index / u64::from(SERVERS_PER_PLACEMENT_GROUP);
+                    depends_on.push(format!("placement_group_workers_{g}"));
+                    format!("{prefix}-pg-w{}", g + 1)
+                } else {
+                    depends_on.push("placement_group_cp".to_owned());
+                    format!("{prefix}-pg-cp")
+                };
+                attrs["placement_group"] = json!(pg);
+                attrs["network"] = json!(format!("{prefix}-net"));
+                attrs["firewall"] = json!(format!("{prefix}-fw"));
+                attrs["ssh_key"] = json!(format!("{prefix}-key"));
+                depends_on.extend(["network", "firewall", "ssh_key"].map(id_of_kind));
+            }
+            "load_balancer" => {
+                attrs["load_balancer_type"] = json!(input.load_balancer_type);
+                attrs["location"] = json!(input.location);
+                attrs["network"] = json!(format!("{prefix}-net"));
+                attrs["services"] = LB_PORTS
+                    .iter()
+                    .map(|p| json!({"protocol": "tcp", "listen_port": p, "destination_port": p}))
+                    .collect();
+                let selector = format!(
+                    "{}={},{}=control-plane",
+                    super::LABEL_SOVEREIGN,
+                    input.slug,
+                    super::LABEL_ROLE
+                );
+                attrs["targets"] = json!([{"type": "label_selector", "label_selector": {"selector": selector}}]);
+                depends_on.push(id_of_kind("network"));
+                depends_on.extend(
+                    resources
+                        .iter()
+                        .filter(|s| s.attrs.get("role").and_then(serde_json::Value::as_str) == Some("control-plane"))
+                        .map(|s| offline_id(&s.address)),
+                );
+            }
+            _ => {}
+        }
+        let spec = crate::hcloud::shim::ShimObject {
+            endpoint: endpoint.to_owned(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            labels: r.labels.clone(),
+            attrs,
+        };
+        depends_on.retain(|d| !d.is_empty());
+        objects.push(OfflineObject {
+            id: offline_id(&r.address),
+            address: r.address.clone(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            spec: serde_json::to_string(&spec).expect("serializable"),
+            depends_on,
+        });
+    }
+    let mut cx = context(input);
+    cx.insert("objects", &objects);
+    cx.insert("shim", &shim.to_string_lossy());
+    cx.insert("endpoint", endpoint);
+    render_dir(templates_dir, &cx)
+}
+
+fn render_dir(
+    templates_dir: &Path,
+    cx: &tera::Context,
+) -> Result<BTreeMap<String, String>, RenderError> {
     let tera = load(templates_dir)?;
-    let cx = context(input);
     let mut out = BTreeMap::new();
     for name in tera.get_template_names().map(str::to_owned).collect::<Vec<_>>() {
-        let body = tera.render(&name, &cx).map_err(|e| template_error(&name, &e))?;
+        let body = tera.render(&name, cx).map_err(|e| template_error(&name, &e))?;
         let file = name.strip_suffix(TEMPLATE_SUFFIX).unwrap_or(&name).to_owned();
         for marker in ["{{", "{%", "{#"] {
             if body.contains(marker) {

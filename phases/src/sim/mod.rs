@@ -55,6 +55,7 @@ pub fn sim_backend_with_world(world: Arc<SimWorld>, workspace_root: PathBuf) -> 
         bao: Arc::new(SimBao::new(world.clone())),
         dns: Arc::new(SimDns::new(world)),
         workspace_root,
+        infra: crate::adapters::InfraModule::Manifest,
         poll,
     }
 }

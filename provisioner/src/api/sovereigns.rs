@@ -214,7 +214,12 @@ fn location(r: &Value) -> Option<String> {
 }
 
 fn sovereign_block(s: &Sovereign, provision: &Value) -> Value {
-    let mut block = json!({ "fqdn": s.fqdn });
+    // The public keys go with it: an add-region's new servers get the same
+    // authorized keys as the Sovereign's first region.
+    let mut block = json!({
+        "fqdn": s.fqdn,
+        "ssh_public_keys": provision.get("ssh_public_keys").cloned().unwrap_or(json!([])),
+    });
     if provision.pointer("/domain/mode").and_then(Value::as_str) == Some("pool") {
         block["pool_domain"] =
             provision.pointer("/domain/pool_domain").cloned().unwrap_or(Value::Null);

@@ -161,6 +161,52 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Internal: the provider half of the offline tofu module
+    /// (`cloud-templates/hetzner-offline/`), run by its provisioners. Reads
+    /// the object from CZ_SHIM_OBJECT and the token from
+    /// TF_VAR_hcloud_token.
+    #[command(hide = true)]
+    HcloudShim {
+        #[arg(value_enum)]
+        action: ShimAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ShimAction {
+    Create,
+    Delete,
+}
+
+/// `hcloud-shim`: one create-or-adopt or delete-if-present, one line out.
+async fn hcloud_shim(action: ShimAction, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<u8> {
+    use cz_phases::exec::tofu::TOKEN_ENV;
+    use cz_phases::hcloud::shim::{self, OBJECT_ENV, ShimObject};
+    use cz_phases::hcloud::{BudgetRegistry, HcloudClient};
+    let spec = env(OBJECT_ENV).with_context(|| format!("{OBJECT_ENV} is not set"))?;
+    let obj: ShimObject =
+        serde_json::from_str(&spec).with_context(|| format!("{OBJECT_ENV} is not an object"))?;
+    let token = env(TOKEN_ENV)
+        .filter(|t| !t.trim().is_empty())
+        .with_context(|| format!("{TOKEN_ENV} is not set"))?;
+    let token = cz_state::SecretString::new(token);
+    let client = HcloudClient::new(&obj.endpoint, std::sync::Arc::new(BudgetRegistry::default()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match action {
+        ShimAction::Create => {
+            let (o, adopted) =
+                shim::create(&client, &token, &obj).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let verb = if adopted { "adopted" } else { "created" };
+            println!("{verb} {} {} id={}", o.kind, o.name, o.id);
+        }
+        ShimAction::Delete => {
+            let deleted =
+                shim::delete(&client, &token, &obj).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let verb = if deleted { "deleted" } else { "already gone:" };
+            println!("{verb} {} {}", obj.kind, obj.name);
+        }
+    }
+    Ok(0)
 }
 
 #[derive(Debug, Args)]
@@ -183,7 +229,7 @@ pub struct ServeArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Run { .. } => "warn",
+        Command::Run { .. } | Command::HcloudShim { .. } => "warn",
         _ => "info",
     };
     let _guard = match telemetry::init(cli.log_format, default_filter) {
@@ -240,6 +286,7 @@ fn connect(remote: &Remote, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Res
 async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<u8> {
     match cmd {
         Command::Serve(args) => serve(args, env).await.map(|()| 0),
+        Command::HcloudShim { action } => hcloud_shim(action, env).await,
         Command::Run { file, data_dir, sim_latency } => run(&file, data_dir, sim_latency).await,
         Command::Submit { file, follow, idempotency_key, fault_plan, remote } => {
             let c = connect(&remote, env)?;
