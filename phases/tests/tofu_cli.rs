@@ -264,6 +264,35 @@ async fn stale_lock_is_removed_and_live_lock_conflicts() {
     assert!(f.ws.dir.join(LOCK_FILE).exists(), "a live holder's lock is left alone");
 }
 
+/// A daemon killed with SIGKILL leaves its tofu running, reparented. The
+/// next run stops that orphan (it is not our child) instead of waiting on
+/// its lock forever.
+#[tokio::test]
+async fn an_orphaned_tofu_of_a_killed_daemon_is_stopped_and_its_lock_cleared() {
+    let Some(bin) = binary() else { return };
+    let f = fixture(&bin, "ok", Duration::from_secs(120));
+    f.cli.init(&f.ws).await.unwrap();
+    // `setsid` in a shell that exits at once: the "tofu" is reparented and
+    // leads its own process group, as our spawned tofu does.
+    let out = std::process::Command::new("/bin/sh")
+        .args(["-c", "setsid /bin/bash -c 'exec -a terraform-orphan sleep 60' >/dev/null 2>&1 & echo $!"])
+        .output()
+        .unwrap();
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    std::fs::write(f.ws.dir.join(LOCK_FILE), r#"{"ID":"orphan","Who":"x@y"}"#).unwrap();
+    std::fs::write(f.ws.dir.join(PID_FILE), format!("{pid}\n")).unwrap();
+    let (tx, mut rx) = events();
+    f.cli.apply(&f.ws, &token(), tx).await.unwrap();
+    let ev = drain(&mut rx);
+    let stale = ev.iter().find(|e| e.kind == "stale_lock_removed").expect("an event");
+    assert!(stale.message.contains(&format!("stopped tofu pid {pid}")), "{}", stale.message);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z"), "the orphan still runs: {stat}");
+    assert_eq!(f.cli.state(&f.ws).await.unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn timeout_kills_the_apply_and_a_rerun_converges() {
     let Some(bin) = binary() else { return };

@@ -227,7 +227,7 @@ pub fn tail(s: &str) -> String {
 
 /// Sends `signal` to the whole process group `pgid` via `/bin/kill`.
 /// Errors (the group is already gone) are ignored.
-fn kill_group_blocking(pgid: u32, signal: &str) {
+pub(crate) fn kill_group_blocking(pgid: u32, signal: &str) {
     let _ = std::process::Command::new("/bin/kill")
         .arg("-s")
         .arg(signal)

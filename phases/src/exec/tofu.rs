@@ -26,6 +26,12 @@
 //!   corrupt it). Otherwise the lock was left by a daemon killed mid-apply
 //!   (kill -9 leaves the lock file; its holder is gone), so it is removed
 //!   with a warning and a `stale_lock_removed` event, and the command runs.
+//! - **Orphans**: a daemon killed with SIGKILL runs no destructor, so the
+//!   tofu it spawned (in its own process group) lives on, reparented. A live
+//!   pid in `.catalyst-tofu.pid` whose parent is not this process is such an
+//!   orphan: its group gets `SIGTERM` (tofu finishes what is in flight and
+//!   writes its state), then `SIGKILL` after [`ORPHAN_GRACE`], and the run
+//!   goes on as for a stale lock.
 //! - **Timeout**: each command is bounded; on expiry its process group gets
 //!   `SIGTERM` (tofu persists the state it has), then `SIGKILL`, and the
 //!   call fails with `Unavailable`. The next apply refreshes and converges:
@@ -210,6 +216,16 @@ fn clear_stale_lock(dir: &Path, op: &str, binary: &Path) -> AdapterResult<Option
     let pid_path = dir.join(PID_FILE);
     let pid: Option<u32> =
         std::fs::read_to_string(&pid_path).ok().and_then(|s| s.trim().parse().ok());
+    let mut stopped = None;
+    if let Some(pid) = pid
+        && tofu_alive(pid, binary)
+        && parent_of(pid).is_some_and(|ppid| ppid != std::process::id())
+    {
+        // Not our child: it belongs to a daemon that was killed (SIGKILL
+        // runs no destructor, so its tofu lived on, reparented). Nobody will
+        // read its output; stop it so this run can take the workspace.
+        stopped = Some(stop_orphan(pid, binary));
+    }
     if let Some(pid) = pid
         && tofu_alive(pid, binary)
     {
@@ -232,7 +248,7 @@ fn clear_stale_lock(dir: &Path, op: &str, binary: &Path) -> AdapterResult<Option
     // The pid file (if any) names a dead process: left by a killed daemon.
     let _ = std::fs::remove_file(&pid_path);
     let Ok(bytes) = std::fs::read(&lock) else {
-        return Ok(None);
+        return Ok(stopped);
     };
     let info: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let id = info.get("ID").and_then(Value::as_str).unwrap_or("?").to_owned();
@@ -247,10 +263,43 @@ fn clear_stale_lock(dir: &Path, op: &str, binary: &Path) -> AdapterResult<Option
     std::fs::remove_file(&lock).map_err(|e| {
         err(op, Cause::Unavailable, format!("removing stale lock {}: {e}", lock.display()))
     })?;
-    Ok(Some(format!(
+    let removed = format!(
         "removed stale state lock {id} held by {who} (pid {}): its process is gone",
         pid.map_or("unknown".to_owned(), |p| p.to_string())
-    )))
+    );
+    Ok(Some(match stopped {
+        Some(s) => format!("{s}; {removed}"),
+        None => removed,
+    }))
+}
+
+/// The parent pid of `pid` (`/proc/<pid>/stat`, field 4).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// How long an orphaned tofu gets to stop after `SIGTERM` (it finishes the
+/// resource operations in flight and writes its state) before `SIGKILL`.
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stops an orphaned tofu (and its provisioners: its process group).
+fn stop_orphan(pid: u32, binary: &Path) -> String {
+    use super::command::kill_group_blocking;
+    tracing::warn!(pid, "Stopping a tofu process left running by a killed daemon.");
+    kill_group_blocking(pid, "TERM");
+    let deadline = std::time::Instant::now() + ORPHAN_GRACE;
+    while tofu_alive(pid, binary) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if tofu_alive(pid, binary) {
+        kill_group_blocking(pid, "KILL");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        format!("killed tofu pid {pid} left running by a killed daemon (no exit after SIGTERM)")
+    } else {
+        format!("stopped tofu pid {pid} left running by a killed daemon")
+    }
 }
 
 /// One `-json` UI line → a typed event (`log` if it is not JSON).
