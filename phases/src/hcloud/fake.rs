@@ -40,7 +40,8 @@ use crate::sim::cloud::{LOCATIONS, Selector, load_balancer_type_table, server_ty
 pub const DEFAULT_TOKEN: &str = "fakehcloudtoken0000000000000000000000000000000000000000000000000";
 
 /// Server types the fake's catalogue holds (prices from the sim table).
-pub const SERVER_TYPES: [&str; 6] = ["cx23", "cx33", "cpx31", "cax21", "ccx13", "ccx33"];
+pub const SERVER_TYPES: [&str; 8] =
+    ["cx23", "cx33", "cpx22", "cpx31", "cpx32", "cax21", "ccx13", "ccx33"];
 /// Load balancer types the fake's catalogue holds.
 pub const LB_TYPES: [&str; 3] = ["lb11", "lb21", "lb31"];
 
