@@ -117,9 +117,11 @@ pub struct Workspace {
     pub dir: PathBuf,
 }
 
-/// One line of `tofu apply -json`, typed.
+/// One line of `tofu apply -json`, typed. Serialized with tofu's own name
+/// for the kind, `type`: in the job's stream `kind` is the event's (`tofu`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TofuEvent {
+    #[serde(rename = "type")]
     /// `apply_start`, `apply_progress`, `apply_complete`, `apply_errored`,
     /// `diagnostic`, `change_summary`, `refresh_complete`, …
     pub kind: String,

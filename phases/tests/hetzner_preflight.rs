@@ -120,8 +120,8 @@ async fn failed_step(r: &Rig, job: JobId) -> String {
 
 #[tokio::test]
 async fn a_read_only_token_is_refused_and_nothing_is_created() {
-    let r = rig(FakeConfig { read_only: true, ..FakeConfig::default() }, ProjectQuota::default())
-        .await;
+    let r =
+        rig(FakeConfig { read_only: true, ..FakeConfig::default() }, ProjectQuota::default()).await;
     let (job, status) = run_preflight(&r, &request("ro", "cpx32", 1, 1)).await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
     let why = failed_step(&r, job).await;
@@ -161,7 +161,9 @@ async fn a_passing_preflight_streams_the_cost_from_api_prices_and_writes_nothing
     let r = rig(FakeConfig::default(), ProjectQuota::default()).await;
     let (job, _status) = run_preflight(&r, &request("cost", "cpx32", 3, 2)).await;
     let states = r.store.node_states(job).await.unwrap();
-    for step in ["validate", "catalog", "quotas", "names-free", "cost-preview", "artifacts", "token-scope"] {
+    for step in
+        ["validate", "catalog", "quotas", "names-free", "cost-preview", "artifacts", "token-scope"]
+    {
         let s = states.get(&format!("preflight/{step}"));
         assert!(s.is_some_and(|s| s.is_satisfied()), "{step}: {s:?}");
     }

@@ -275,7 +275,10 @@ async fn an_orphaned_tofu_of_a_killed_daemon_is_stopped_and_its_lock_cleared() {
     // `setsid` in a shell that exits at once: the "tofu" is reparented and
     // leads its own process group, as our spawned tofu does.
     let out = std::process::Command::new("/bin/sh")
-        .args(["-c", "setsid /bin/bash -c 'exec -a terraform-orphan sleep 60' >/dev/null 2>&1 & echo $!"])
+        .args([
+            "-c",
+            "setsid /bin/bash -c 'exec -a terraform-orphan sleep 60' >/dev/null 2>&1 & echo $!",
+        ])
         .output()
         .unwrap();
     let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();

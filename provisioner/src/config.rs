@@ -405,7 +405,9 @@ mod tests {
             f(&mut c);
             c.validate().unwrap_err().to_string()
         };
-        assert!(err(&|c| c.hetzner.provisioner_cidrs.clear()).contains("hetzner.provisioner_cidrs"));
+        assert!(
+            err(&|c| c.hetzner.provisioner_cidrs.clear()).contains("hetzner.provisioner_cidrs")
+        );
         assert!(
             err(&|c| c.hetzner.provisioner_cidrs = vec!["0.0.0.0".into()])
                 .contains("`0.0.0.0` is not an IP network")

@@ -33,6 +33,8 @@ pub struct Daemon {
     pub data_dir: PathBuf,
     pub port: u16,
     pub sim_latency: f64,
+    /// `serve` flags choosing the backend: `--backend sim` by default.
+    pub backend_args: Vec<String>,
     child: Option<Child>,
     pub starts: u32,
 }
@@ -43,6 +45,7 @@ impl Daemon {
             data_dir: data_dir.to_owned(),
             port: free_port(),
             sim_latency,
+            backend_args: vec!["--backend".into(), "sim".into()],
             child: None,
             starts: 0,
         }
@@ -59,7 +62,9 @@ impl Daemon {
             .append(true)
             .open(self.data_dir.join("daemon.log"))?;
         let child = Command::new(binary())
-            .args(["serve", "--backend", "sim", "--listen"])
+            .arg("serve")
+            .args(&self.backend_args)
+            .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -150,6 +155,20 @@ impl Api {
         })
     }
 
+    pub fn delete(&self, path: &str) -> Result<(u16, Value)> {
+        self.rt.block_on(async {
+            let r = self
+                .client
+                .delete(format!("{}{path}", self.base))
+                .bearer_auth(TOKEN)
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            Ok((status, body))
+        })
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
         self.post_with(path, body, &[])
     }
@@ -201,7 +220,7 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     out
 }
 
-fn age_recipient() -> String {
+pub fn age_recipient() -> String {
     // A fixed public key; its identity is not needed by these tests.
     "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p".to_owned()
 }
@@ -228,4 +247,18 @@ pub fn sim_cloud_objects(data_dir: &Path) -> BTreeMap<String, Vec<Value>> {
         out.insert(k.file_name().to_string_lossy().into_owned(), objs);
     }
     out
+}
+
+/// The tofu-compatible CLI on this machine (`tofu`, else `terraform`), by
+/// the same pinned PATH the daemon uses.
+pub fn tofu_binary() -> Option<PathBuf> {
+    for name in ["tofu", "terraform"] {
+        for dir in cz_phases::exec::command::PINNED_PATH.split(':') {
+            let p = Path::new(dir).join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
 }

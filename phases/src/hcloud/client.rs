@@ -433,10 +433,7 @@ impl HcloudClient {
         let op = "find";
         let collection = known_collection(op, kind)?;
         let items = self.list_all(token, op, collection, &[("name", name.to_owned())]).await?;
-        Ok(items
-            .iter()
-            .filter_map(|i| object_of(kind, i))
-            .find(|o| o.name == name))
+        Ok(items.iter().filter_map(|i| object_of(kind, i)).find(|o| o.name == name))
     }
 
     /// `POST /v1/{collection}` with `body` (the API's create body for that

@@ -73,6 +73,9 @@ pub struct FakeConfig {
     /// Servers the project may hold; a create past it answers
     /// `resource_limit_exceeded`.
     pub server_limit: usize,
+    /// How long a create (`POST`) takes to answer: a real server create
+    /// answers in about a second.
+    pub create_delay: Duration,
 }
 
 impl Default for FakeConfig {
@@ -85,6 +88,7 @@ impl Default for FakeConfig {
             retry_after_s: 1,
             unavailable_delay: Duration::from_millis(200),
             server_limit: 100,
+            create_delay: Duration::ZERO,
         }
     }
 }
@@ -456,7 +460,12 @@ impl Inner {
                     "the requested resource is currently unavailable",
                 )
             }
-            Gate::Pass => self.route(method, uri, body),
+            Gate::Pass => {
+                if method == Method::POST && !self.cfg.create_delay.is_zero() {
+                    tokio::time::sleep(self.cfg.create_delay).await;
+                }
+                self.route(method, uri, body)
+            }
         };
         answer.headers.extend(rate_headers);
         answer

@@ -21,11 +21,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::render::{self, RenderInput};
 use super::{
     LABEL_REGION, LABEL_SOVEREIGN, action, cloud_token, fqdn, labels, no_undo, precondition,
     regions, release, slug,
 };
-use super::render::{self, RenderInput};
 use crate::adapters::{CloudObject, InfraModule, TofuEvent, Workspace};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
@@ -280,7 +280,7 @@ async fn plan(cx: &StepCtx) -> StepResult<Value> {
     let s = cx.backend.tofu.plan(&ws, &token).await?;
     cx.event(
         "tofu",
-        json!({ "kind": "plan", "add": s.add, "change": s.change, "destroy": s.destroy }),
+        json!({ "type": "plan", "add": s.add, "change": s.change, "destroy": s.destroy }),
     )
     .await?;
     Ok(json!({ "add": s.add, "change": s.change, "destroy": s.destroy }))
@@ -354,7 +354,7 @@ async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResu
         }
     }
     if !adopted.is_empty() {
-        cx.event("tofu", json!({ "kind": "adopted", "message": format!("imported {} object(s) created by an interrupted apply", adopted.len()), "objects": adopted })).await?;
+        cx.event("tofu", json!({ "type": "adopted", "message": format!("imported {} object(s) created by an interrupted apply", adopted.len()), "objects": adopted })).await?;
     }
     Ok(adopted)
 }
@@ -530,7 +530,10 @@ async fn outputs(cx: &StepCtx) -> StepResult<Value> {
         servers.extend(hcl_servers(&out, "workers", "worker")?);
         let lb = &out["load_balancer"];
         let lb = LoadBalancer {
-            id: lb.get("id").and_then(id_value).ok_or_else(|| output_error("load_balancer", "no id"))?,
+            id: lb
+                .get("id")
+                .and_then(id_value)
+                .ok_or_else(|| output_error("load_balancer", "no id"))?,
             ipv4: lb.get("ipv4").and_then(Value::as_str).unwrap_or_default().to_owned(),
         };
         (servers, lb)

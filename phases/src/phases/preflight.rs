@@ -244,7 +244,8 @@ async fn names_free(cx: &StepCtx) -> StepResult<Value> {
     let mut taken = Vec::new();
     for o in cx.backend.cloud.list(&token, "").await? {
         // Ours from an earlier attempt of this very job is fine.
-        if wanted.contains(&o.name) && o.labels.get(super::LABEL_JOB) != Some(&cx.job_id.to_string())
+        if wanted.contains(&o.name)
+            && o.labels.get(super::LABEL_JOB) != Some(&cx.job_id.to_string())
         {
             taken.push(format!("{} {} (id {})", o.kind, o.name, o.id));
         }

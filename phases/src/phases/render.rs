@@ -182,12 +182,14 @@ pub fn render_offline(
     validate(input)?;
     let prefix = format!("{}-{}", input.slug, input.location);
     let id_of_kind = |kind: &str| {
-        resources.iter().find(|r| r.kind == kind).map(|r| offline_id(&r.address)).unwrap_or_default()
+        resources
+            .iter()
+            .find(|r| r.kind == kind)
+            .map(|r| offline_id(&r.address))
+            .unwrap_or_default()
     };
     let open = json!(["0.0.0.0/0", "::/0"]);
-    let rule = |port: u16, sources: &serde_json::Value| {
-        json!({"direction": "in", "protocol": "tcp", "port": port.to_string(), "source_ips": sources})
-    };
+    let rule = |port: u16, sources: &serde_json::Value| json!({"direction": "in", "protocol": "tcp", "port": port.to_string(), "source_ips": sources});
     let mut objects = Vec::new();
     for r in resources {
         let mut attrs = r.attrs.clone();
@@ -197,18 +199,24 @@ pub fn render_offline(
             "ssh_key" => attrs["public_key"] = json!(input.ssh_public_keys[0]),
             "firewall" => {
                 let cidrs = json!(input.provisioner_cidrs);
-                attrs["rules"] = json!([rule(22, &cidrs), rule(6443, &cidrs), rule(80, &open), rule(443, &open)]);
+                attrs["rules"] = json!([
+                    rule(22, &cidrs),
+                    rule(6443, &cidrs),
+                    rule(80, &open),
+                    rule(443, &open)
+                ]);
             }
             "server" => {
                 let index = r.attrs.get("index").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                let pg = if r.attrs.get("role").and_then(serde_json::Value::as_str) == Some("worker") {
-                    let g = index / u64::from(SERVERS_PER_PLACEMENT_GROUP);
-                    depends_on.push(format!("placement_group_workers_{g}"));
-                    format!("{prefix}-pg-w{}", g + 1)
-                } else {
-                    depends_on.push("placement_group_cp".to_owned());
-                    format!("{prefix}-pg-cp")
-                };
+                let pg =
+                    if r.attrs.get("role").and_then(serde_json::Value::as_str) == Some("worker") {
+                        let g = index / u64::from(SERVERS_PER_PLACEMENT_GROUP);
+                        depends_on.push(format!("placement_group_workers_{g}"));
+                        format!("{prefix}-pg-w{}", g + 1)
+                    } else {
+                        depends_on.push("placement_group_cp".to_owned());
+                        format!("{prefix}-pg-cp")
+                    };
                 attrs["placement_group"] = json!(pg);
                 attrs["network"] = json!(format!("{prefix}-net"));
                 attrs["firewall"] = json!(format!("{prefix}-fw"));
@@ -229,12 +237,16 @@ pub fn render_offline(
                     input.slug,
                     super::LABEL_ROLE
                 );
-                attrs["targets"] = json!([{"type": "label_selector", "label_selector": {"selector": selector}}]);
+                attrs["targets"] =
+                    json!([{"type": "label_selector", "label_selector": {"selector": selector}}]);
                 depends_on.push(id_of_kind("network"));
                 depends_on.extend(
                     resources
                         .iter()
-                        .filter(|s| s.attrs.get("role").and_then(serde_json::Value::as_str) == Some("control-plane"))
+                        .filter(|s| {
+                            s.attrs.get("role").and_then(serde_json::Value::as_str)
+                                == Some("control-plane")
+                        })
                         .map(|s| offline_id(&s.address)),
                 );
             }

@@ -243,8 +243,12 @@ impl From<&JobEvent> for EventView {
             Value::Null => Map::new(),
             other => Map::from_iter([("body".to_owned(), other.clone())]),
         };
+        // The envelope's fields win; a body field of the same name is kept
+        // under `body_<name>` rather than silently dropped.
         for k in ["id", "at", "kind"] {
-            body.remove(k);
+            if let Some(v) = body.remove(k) {
+                body.insert(format!("body_{k}"), v);
+            }
         }
         EventView { id: e.id, at: rfc3339(e.at), kind: e.kind.clone(), body }
     }

@@ -248,7 +248,7 @@ impl Render for Bars {
                 }
             }
             "tofu" | "wait" | "log" | "ssh" | "cloud" | "custody" => {
-                let msg = [s(ev, "message"), s(ev, "reason"), s(ev, "kind")]
+                let msg = [s(ev, "message"), s(ev, "reason"), s(ev, "type")]
                     .into_iter()
                     .find(|m| !m.is_empty())
                     .unwrap_or(kind)

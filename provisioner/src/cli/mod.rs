@@ -179,7 +179,10 @@ pub enum ShimAction {
 }
 
 /// `hcloud-shim`: one create-or-adopt or delete-if-present, one line out.
-async fn hcloud_shim(action: ShimAction, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<u8> {
+async fn hcloud_shim(
+    action: ShimAction,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<u8> {
     use cz_phases::exec::tofu::TOKEN_ENV;
     use cz_phases::hcloud::shim::{self, OBJECT_ENV, ShimObject};
     use cz_phases::hcloud::{BudgetRegistry, HcloudClient};
