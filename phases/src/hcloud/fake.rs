@@ -156,18 +156,23 @@ impl Drop for FakeHandle {
 
 /// Starts the fake on 127.0.0.1 (an ephemeral port).
 pub async fn start(cfg: FakeConfig) -> FakeHandle {
+    start_at(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind the fake")
+}
+
+/// Starts the fake on `addr`.
+pub async fn start_at(cfg: FakeConfig, addr: SocketAddr) -> std::io::Result<FakeHandle> {
     let inner = Arc::new(Inner {
         state: Mutex::new(FState { read_only: cfg.read_only, next_id: 1, ..FState::default() }),
         cfg,
         started: Instant::now(),
     });
     let app = Router::new().fallback(handle).with_state(inner.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake");
-    let addr = listener.local_addr().expect("local addr");
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    FakeHandle { addr, inner, task }
+    Ok(FakeHandle { addr, inner, task })
 }
 
 impl FakeHandle {

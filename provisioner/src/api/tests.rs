@@ -434,6 +434,10 @@ async fn sse_resumes_after_last_event_id_without_gap_or_duplicate() {
     let (_, kind, data) = all.last().unwrap();
     assert_eq!((kind.as_str(), data["status"].as_str()), ("end", Some("succeeded")));
     assert!(all.iter().any(|e| e.1 == "cost"), "a cost preview event");
+    // ... and the same preview in the job detail.
+    let detail = h.get(&format!("/v1/jobs/{job}")).await;
+    assert!(detail["cost"]["monthly"].as_f64().is_some_and(|m| m > 0.0), "{}", detail["cost"]);
+    assert_eq!(detail["cost"]["currency"], "EUR");
     assert_eq!(all[0].2["id"], 1);
     let k = ids.len() as i64 / 2;
     let rest = h.sse(&job, Some(k)).await;

@@ -220,6 +220,10 @@ pub struct JobDetail {
     pub request: Value,
     pub phases: Vec<PhaseView>,
     pub progress: Vec<PhaseProgress>,
+    /// The pre-flight cost preview (EUR, monthly and hourly, per region,
+    /// from the cloud API's prices), once computed.
+    #[schema(value_type = Option<Object>)]
+    pub cost: Option<Value>,
     pub audit: Vec<AuditView>,
 }
 
@@ -392,11 +396,16 @@ pub fn job_detail(job: &Job, journal: &[StepEventRecord], audit: &[AuditEntry]) 
         }
         phases.push(PhaseView { phase: p.id.clone(), state: state.to_owned(), steps });
     }
+    let cost = match folded.get("preflight/cost-preview").map(|f| &f.state) {
+        Some(NodeState::Succeeded { output, .. }) => Some(output.clone()),
+        _ => None,
+    };
     JobDetail {
         job: JobSummary::from(job),
         request: job.request.clone(),
         phases,
         progress,
+        cost,
         audit: audit.iter().map(AuditView::from).collect(),
     }
 }

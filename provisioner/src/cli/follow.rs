@@ -138,7 +138,7 @@ fn step_line(ev: &Value) -> String {
     line
 }
 
-fn cost_table(ev: &Value) -> String {
+pub fn cost_table(ev: &Value) -> String {
     let mut out = format!(
         "Cost preview: {:.2} {cur}/hour, {:.2} {cur}/month",
         ev.get("hourly").and_then(Value::as_f64).unwrap_or_default(),

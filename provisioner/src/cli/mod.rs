@@ -170,12 +170,52 @@ pub enum Command {
         #[arg(value_enum)]
         action: ShimAction,
     },
+    /// Development: serve the hcloud-compatible fake API the tests use, so
+    /// the `hetzner` backend can be tried without a Hetzner account
+    /// (objects live in memory; nothing is billed). Stops on Ctrl-C.
+    HcloudFake {
+        #[arg(long, default_value = "127.0.0.1:4000")]
+        listen: SocketAddr,
+        /// A token the fake accepts (repeatable); each is its own project.
+        #[arg(long = "token", required = true)]
+        tokens: Vec<String>,
+        /// Every token is read-only (writes answer `forbidden`).
+        #[arg(long)]
+        read_only: bool,
+        /// How long a create answers after, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        create_delay_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ShimAction {
     Create,
     Delete,
+}
+
+/// `hcloud-fake`: serves until Ctrl-C.
+async fn hcloud_fake(
+    listen: SocketAddr,
+    tokens: Vec<String>,
+    read_only: bool,
+    create_delay_ms: u64,
+) -> anyhow::Result<u8> {
+    use cz_phases::hcloud::fake::{self, FakeConfig};
+    let cfg = FakeConfig {
+        tokens,
+        read_only,
+        create_delay: std::time::Duration::from_millis(create_delay_ms),
+        ..FakeConfig::default()
+    };
+    let handle =
+        fake::start_at(cfg, listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    println!(
+        "hcloud fake API at {} (in memory; set hetzner.api_url to this). Ctrl-C stops it.",
+        handle.base_url()
+    );
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(0)
 }
 
 /// `hcloud-shim`: one create-or-adopt or delete-if-present, one line out.
@@ -290,6 +330,9 @@ async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
     match cmd {
         Command::Serve(args) => serve(args, env).await.map(|()| 0),
         Command::HcloudShim { action } => hcloud_shim(action, env).await,
+        Command::HcloudFake { listen, tokens, read_only, create_delay_ms } => {
+            hcloud_fake(listen, tokens, read_only, create_delay_ms).await
+        }
         Command::Run { file, data_dir, sim_latency } => run(&file, data_dir, sim_latency).await,
         Command::Submit { file, follow, idempotency_key, fault_plan, remote } => {
             let c = connect(&remote, env)?;
@@ -412,6 +455,9 @@ async fn show(c: &Client, job: &str, raw: bool) -> anyhow::Result<()> {
     );
     if st(&d, "status") == "paused" {
         println!("{}", follow::describe_pause(&d));
+    }
+    if let Some(cost) = d.get("cost").filter(|c| !c.is_null()) {
+        println!("{}", follow::cost_table(cost));
     }
     for p in d.get("phases").and_then(Value::as_array).into_iter().flatten() {
         println!("\n{} [{}]", st(p, "phase"), st(p, "state"));
