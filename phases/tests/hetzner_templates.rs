@@ -651,3 +651,111 @@ fn outputs_read_only_attributes_the_schema_has() {
     }
     assert!(checked > 10, "{case}: only {checked} attribute reads found");
 }
+
+// ---------------------------------------------------------------------------
+// the offline stand-in module (cloud-templates/hetzner-offline/)
+// ---------------------------------------------------------------------------
+
+const OFFLINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates/hetzner-offline");
+
+/// The stand-in declares one `terraform_data` per manifest object, each
+/// carrying that object (same kind, name and four labels) for the shim, with
+/// dependencies that exist and put servers after their network, firewall,
+/// key and placement group and the load balancer after the control planes;
+/// only built-in resources; and no secret.
+#[test]
+fn the_offline_module_mirrors_the_manifest_with_builtin_resources_only() {
+    use cz_phases::hcloud::shim::ShimObject;
+    use cz_phases::phases::render::{offline_id, render_offline};
+    for (case, req, r) in cases() {
+        let mut desired = infra::desired(&slug(&req), &r, None);
+        // The step labels every object; the test sets what it would.
+        for d in &mut desired {
+            d.labels = BTreeMap::from([
+                ("catalyst.openova.io/sovereign".to_owned(), slug(&req)),
+                ("catalyst.openova.io/job-id".to_owned(), JOB_ID.to_owned()),
+                ("catalyst.openova.io/role".to_owned(), "x".to_owned()),
+                ("catalyst.openova.io/region".to_owned(), r.location.clone()),
+            ]);
+        }
+        let files = render_offline(
+            &input(&req, &r),
+            &desired,
+            Path::new("/opt/catalyst-zero/bin/catalyst-zero"),
+            "http://127.0.0.1:4000",
+            Path::new(OFFLINE),
+        )
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(files.keys().collect::<Vec<_>>(), vec!["main.tf"], "{case}");
+        let text = &files["main.tf"];
+        assert!(!text.contains(TOKEN), "{case}: the token is in the module");
+        let body: Body = hcl::from_str(text).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let mut declared = BTreeMap::new();
+        for b in body.blocks().filter(|b| b.identifier() == "resource") {
+            let labels: Vec<String> = b.labels().iter().map(|l| l.as_str().to_owned()).collect();
+            assert_eq!(labels[0], "terraform_data", "{case}: only built-in resources");
+            declared.insert(labels[1].clone(), b.body().clone());
+        }
+        assert_eq!(declared.len(), desired.len(), "{case}: one terraform_data per object");
+        for d in &desired {
+            let id = offline_id(&d.address);
+            let b = declared.get(&id).unwrap_or_else(|| panic!("{case}: no terraform_data.{id}"));
+            let Some(Expression::Object(input)) = attr(b, "input") else {
+                panic!("{case}: {id} has no input object")
+            };
+            let object = input
+                .iter()
+                .find(|(k, _)| key_str(k).as_deref() == Some("object"))
+                .and_then(|(_, v)| string(v).map(str::to_owned))
+                .unwrap_or_else(|| panic!("{case}: {id}.input.object"));
+            let o: ShimObject = serde_json::from_str(&object).unwrap();
+            assert_eq!((o.kind.as_str(), o.name.as_str()), (d.kind.as_str(), d.name.as_str()));
+            assert_eq!(o.labels, d.labels, "{case}: {id} labels");
+            assert_eq!(o.endpoint, "http://127.0.0.1:4000");
+            let deps: Vec<String> = match attr(b, "depends_on") {
+                Some(Expression::Array(a)) => a.iter().map(|e| e.to_string()).collect(),
+                _ => Vec::new(),
+            };
+            for dep in &deps {
+                let target = dep.trim_start_matches("terraform_data.");
+                assert!(declared.contains_key(target), "{case}: {id} depends on missing {dep}");
+            }
+            let provisioners = b.blocks().filter(|p| p.identifier() == "provisioner").count();
+            assert_eq!(provisioners, 2, "{case}: {id} has a create and a destroy provisioner");
+            match d.kind.as_str() {
+                "server" => {
+                    for want in ["network_main", "firewall_main", "ssh_key_main"] {
+                        assert!(deps.iter().any(|x| x.ends_with(want)), "{case}: {id} {deps:?}");
+                    }
+                    assert!(deps.iter().any(|x| x.contains("placement_group_")), "{case}: {id}");
+                    assert_eq!(o.attrs["network"], format!("{}-{}-net", slug(&req), r.location));
+                }
+                "load_balancer" => {
+                    let cps = desired.iter().filter(|x| x.address.starts_with("hcloud_server.cp["));
+                    for cp in cps {
+                        assert!(
+                            deps.contains(&format!("terraform_data.{}", offline_id(&cp.address)))
+                        );
+                    }
+                    let ports: Vec<i64> = o.attrs["services"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s["listen_port"].as_i64().unwrap())
+                        .collect();
+                    assert_eq!(ports, vec![80, 443, 6443], "{case}");
+                }
+                "firewall" => {
+                    let rules = o.attrs["rules"].as_array().unwrap();
+                    let ssh = rules.iter().find(|x| x["port"] == "22").unwrap();
+                    assert_eq!(
+                        ssh["source_ips"],
+                        json!(CIDRS),
+                        "{case}: SSH only from the provisioner"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}
