@@ -34,10 +34,12 @@
 //!   goes on as for a stale lock.
 //! - **Timeout**: each command is bounded; on expiry its process group gets
 //!   `SIGTERM` (tofu persists the state it has), then `SIGKILL`, and the
-//!   call fails with `Unavailable`. The next apply refreshes and converges:
-//!   objects whose create completed are in the state (tofu persists state
-//!   after each resource), an object interrupted mid-create is tainted and
-//!   replaced, so nothing is duplicated in the state.
+//!   call fails with `Unavailable`. The next apply refreshes and converges.
+//!   Tofu writes its state when it stops and periodically during a long
+//!   apply, not after every resource: after a SIGKILL, objects the cloud
+//!   created may be missing from the state. The `infra.apply` step adopts
+//!   those by label and name before applying (import, or the offline
+//!   module's create-or-adopt), so nothing is duplicated in the cloud.
 //!
 //! Causes: binary missing → `NotFound`; configuration errors → `Invalid`;
 //! lock held by a live process → `Conflict`; timeout → `Unavailable`; any

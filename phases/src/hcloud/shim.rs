@@ -7,7 +7,7 @@
 //! `terraform_data` whose `local-exec` provisioners run
 //! `catalyst-zero hcloud-shim create|delete` with the object's description in
 //! [`OBJECT_ENV`]. The real tofu/terraform CLI still plans, applies, locks,
-//! persists state after each resource and streams `-json` events; this
+//! writes its state and streams `-json` events; this
 //! module makes the API calls the provider would.
 //!
 //! Semantics chosen for crash safety, like the provider plus our adoption:

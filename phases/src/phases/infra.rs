@@ -5,16 +5,28 @@
 //! `outputs` (ids and IPs persisted as the step output). Workspaces and state
 //! live under the data directory, never a temp dir (F-05).
 //!
-//! Crash safety: tofu persists state after each resource, but a process
-//! killed between "the cloud created it" and "state written" leaves an
-//! object tofu does not know, and a plain re-apply would then fail on the
-//! name (or, for nameless objects, duplicate it). So `apply` first lists the
-//! region's objects by label and `tofu import`s every one that is missing
-//! from state: the crash is resolved by adoption, not duplication.
+//! What `render` writes depends on the backend's [`InfraModule`]: always the
+//! JSON manifest of [`desired`] (names, labels, addresses: the pre-flight
+//! collision check and the adoption below read it), plus
+//! - `hcloud` (production): `cloud-templates/hetzner/` rendered for the
+//!   region ([`render::render_hetzner`]), applied by the real tofu with the
+//!   hcloud provider;
+//! - `offline`: `cloud-templates/hetzner-offline/` ([`render::render_offline`]),
+//!   built-in `terraform_data` whose provisioners call the Hetzner API through
+//!   `catalyst-zero hcloud-shim`, for machines that cannot download the
+//!   provider;
+//! - `manifest` (the sim backend): nothing else; the sim tofu applies the
+//!   manifest to the sim cloud.
 //!
-//! TODO(infra issue): render `cloud-templates/hetzner/*.tf.tera` (HCL) next to
-//! the resource manifest and run the real tofu CLI; the sim tofu applies the
-//! manifest against the sim cloud.
+//! Crash safety: tofu writes its state when it stops and periodically, not
+//! after every resource, so a process killed between "the cloud created it"
+//! and "state written" leaves an object tofu does not know, and a plain
+//! re-apply would then fail on the name (or, for nameless objects, duplicate
+//! it). So `apply` first lists the region's objects by label and
+//! `tofu import`s every one that is missing from state (the offline module
+//! adopts by name in its own create instead): the crash is resolved by
+//! adoption, not duplication. A tofu left running by a killed daemon is
+//! stopped first (see [`crate::exec::tofu`]).
 
 use std::path::PathBuf;
 
