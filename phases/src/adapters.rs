@@ -155,6 +155,9 @@ pub type TofuSink = tokio::sync::mpsc::UnboundedSender<TofuEvent>;
 
 #[async_trait]
 pub trait TofuApi: Send + Sync {
+    /// The CLI's name and version (`OpenTofu 1.8.2`, `Terraform 1.11.4`);
+    /// an error if the binary is missing or too old to be used (F-02).
+    async fn version(&self) -> AdapterResult<String>;
     async fn init(&self, ws: &Workspace) -> AdapterResult<()>;
     async fn plan(&self, ws: &Workspace, token: &SecretString) -> AdapterResult<PlanSummary>;
     async fn apply(

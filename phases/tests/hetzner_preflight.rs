@@ -27,7 +27,24 @@ struct Rig {
     fake: FakeHandle,
 }
 
-async fn rig(fake_cfg: FakeConfig, quota: ProjectQuota) -> Rig {
+/// The real CLI (pre-flight checks its version), or `None` after a loud
+/// skip when the machine has none and `CZ_ALLOW_NO_TOFU=1`.
+fn cli() -> Option<std::path::PathBuf> {
+    match cz_phases::exec::tofu::find_cli() {
+        Some(b) => Some(b),
+        None if std::env::var("CZ_ALLOW_NO_TOFU").as_deref() == Ok("1") => {
+            eprintln!("SKIPPED: no tofu/terraform binary; pre-flight checks the CLI");
+            None
+        }
+        None => panic!("NO TOFU/TERRAFORM BINARY: install one or set CZ_ALLOW_NO_TOFU=1"),
+    }
+}
+
+async fn rig(fake_cfg: FakeConfig, quota: ProjectQuota) -> Option<Rig> {
+    Some(rig_with(fake_cfg, quota, cli()?).await)
+}
+
+async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::PathBuf) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let fake = fake::start(fake_cfg).await;
     let cloud = HcloudClient::new(&fake.base_url(), Arc::new(BudgetRegistry::default()))
@@ -37,7 +54,7 @@ async fn rig(fake_cfg: FakeConfig, quota: ProjectQuota) -> Rig {
     let backend = Backend {
         name: "hetzner".into(),
         cloud: Arc::new(cloud),
-        tofu: Arc::new(TofuCli::default_in(dir.path())),
+        tofu: Arc::new(TofuCli::new(cli, dir.path().join("plugins"), Duration::from_secs(60))),
         ssh: Arc::new(Unbuilt::SSH),
         kube: Arc::new(Unbuilt::KUBE),
         bao: Arc::new(Unbuilt::BAO),
@@ -120,8 +137,8 @@ async fn failed_step(r: &Rig, job: JobId) -> String {
 
 #[tokio::test]
 async fn a_read_only_token_is_refused_and_nothing_is_created() {
-    let r =
-        rig(FakeConfig { read_only: true, ..FakeConfig::default() }, ProjectQuota::default()).await;
+    let ro = FakeConfig { read_only: true, ..FakeConfig::default() };
+    let Some(r) = rig(ro, ProjectQuota::default()).await else { return };
     let (job, status) = run_preflight(&r, &request("ro", "cpx32", 1, 1)).await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
     let why = failed_step(&r, job).await;
@@ -136,7 +153,7 @@ async fn a_read_only_token_is_refused_and_nothing_is_created() {
 #[tokio::test]
 async fn an_over_quota_request_is_refused_before_any_write() {
     // A new project's limit: 10 servers. 3 + 8 = 11.
-    let r = rig(FakeConfig::default(), ProjectQuota::default()).await;
+    let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
     let (job, status) = run_preflight(&r, &request("quota", "cpx32", 3, 8)).await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
     let why = failed_step(&r, job).await;
@@ -148,7 +165,7 @@ async fn an_over_quota_request_is_refused_before_any_write() {
 async fn an_unknown_sku_is_refused_before_any_write() {
     // cx43 passes the request schema (F-09 list) but this project's
     // catalogue does not offer it.
-    let r = rig(FakeConfig::default(), ProjectQuota::default()).await;
+    let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
     let (job, status) = run_preflight(&r, &request("sku", "cx43", 1, 1)).await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
     let why = failed_step(&r, job).await;
@@ -158,7 +175,7 @@ async fn an_unknown_sku_is_refused_before_any_write() {
 
 #[tokio::test]
 async fn a_passing_preflight_streams_the_cost_from_api_prices_and_writes_nothing() {
-    let r = rig(FakeConfig::default(), ProjectQuota::default()).await;
+    let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
     let (job, _status) = run_preflight(&r, &request("cost", "cpx32", 3, 2)).await;
     let states = r.store.node_states(job).await.unwrap();
     for step in
@@ -185,7 +202,7 @@ async fn a_passing_preflight_streams_the_cost_from_api_prices_and_writes_nothing
 
 #[tokio::test]
 async fn a_name_collision_with_someone_elses_object_is_refused_before_any_write() {
-    let r = rig(FakeConfig::default(), ProjectQuota::default()).await;
+    let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
     // Someone else's network holds the name this Sovereign's region needs.
     r.fake.seed_object("network", "taken-omani-works-fsn1-net", [("team", "other")]);
     let (job, status) = run_preflight(&r, &request("taken", "cpx32", 1, 1)).await;
@@ -193,4 +210,28 @@ async fn a_name_collision_with_someone_elses_object_is_refused_before_any_write(
     let why = failed_step(&r, job).await;
     assert!(why.contains("names-free") && why.contains("taken-omani-works-fsn1-net"), "{why}");
     assert_eq!(writes(&r.fake.requests()), Vec::<String>::new());
+}
+
+/// F-02: a missing tofu binary stops the job in pre-flight, before any
+/// write; a present one is recorded with the module's digest.
+#[tokio::test]
+async fn preflight_records_the_cli_and_module_and_refuses_a_missing_cli() {
+    let r =
+        rig_with(FakeConfig::default(), ProjectQuota::default(), "/nonexistent/tofu".into()).await;
+    let (job, status) = run_preflight(&r, &request("nocli", "cpx32", 1, 1)).await;
+    assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+    let why = failed_step(&r, job).await;
+    assert!(why.contains("artifacts") && why.contains("was not found"), "{why}");
+    assert!(!r.fake.requests().iter().any(RecordedRequest::is_successful_write));
+
+    let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
+    let (job, _) = run_preflight(&r, &request("cli", "cpx32", 1, 1)).await;
+    let states = r.store.node_states(job).await.unwrap();
+    let out = match states.get("preflight/artifacts") {
+        Some(cz_state::NodeState::Succeeded { output, .. }) => output.clone(),
+        other => panic!("artifacts: {other:?}"),
+    };
+    let tofu = out["tofu"].as_str().unwrap();
+    assert!(tofu.starts_with("Terraform 1.") || tofu.starts_with("OpenTofu 1."), "{tofu}");
+    assert_eq!(out["module"]["sha256"].as_str().map(str::len), Some(64), "{out}");
 }

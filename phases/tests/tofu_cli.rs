@@ -19,20 +19,9 @@ const TOKEN: &str = "cz-test-token-7f3a9c1e-DO-NOT-PERSIST";
 
 fn find_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CZ_TOFU_BIN") {
-        let p = PathBuf::from(p);
-        assert!(p.exists(), "CZ_TOFU_BIN={} does not exist", p.display());
-        return Some(p);
+        assert!(Path::new(&p).exists(), "CZ_TOFU_BIN={} does not exist", p.to_string_lossy());
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let c = dir.join("tofu");
-            if c.is_file() {
-                return Some(c);
-            }
-        }
-    }
-    let tf = PathBuf::from("/usr/local/bin/terraform");
-    tf.is_file().then_some(tf)
+    cz_phases::exec::tofu::find_cli()
 }
 
 /// The binary, or `None` after a loud skip (only with `CZ_ALLOW_NO_TOFU=1`).

@@ -205,6 +205,18 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
         }
         BackendKind::Hetzner => {
             let b = hetzner_backend(&config)?;
+            // F-01/F-02: refuse to start without a usable tofu and module
+            // rather than fail every job at its first infra step.
+            let tofu = b.tofu.version().await.map_err(|e| {
+                anyhow::anyhow!("the hetzner backend cannot use its tofu binary: {e}")
+            })?;
+            if let cz_phases::adapters::InfraModule::Hcloud { templates, .. }
+            | cz_phases::adapters::InfraModule::Offline { templates, .. } = &b.infra
+            {
+                let digest = cz_phases::phases::render::templates_digest(templates)
+                    .map_err(|e| anyhow::anyhow!("the cloud templates cannot be read: {e}"))?;
+                tracing::info!(%tofu, templates = %templates.display(), sha256 = %digest, "Hetzner backend ready.");
+            }
             ensure_sim_pool_zones(&b).await?;
             b
         }

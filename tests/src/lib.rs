@@ -249,16 +249,7 @@ pub fn sim_cloud_objects(data_dir: &Path) -> BTreeMap<String, Vec<Value>> {
     out
 }
 
-/// The tofu-compatible CLI on this machine (`tofu`, else `terraform`), by
-/// the same pinned PATH the daemon uses.
+/// The tofu-compatible CLI on this machine (see `find_cli`).
 pub fn tofu_binary() -> Option<PathBuf> {
-    for name in ["tofu", "terraform"] {
-        for dir in cz_phases::exec::command::PINNED_PATH.split(':') {
-            let p = Path::new(dir).join(name);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    None
+    cz_phases::exec::tofu::find_cli()
 }

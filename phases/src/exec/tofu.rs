@@ -62,8 +62,25 @@ use crate::error::{Cause, StepError, System};
 pub const LOCK_FILE: &str = ".terraform.tfstate.lock.info";
 pub const PID_FILE: &str = ".catalyst-tofu.pid";
 pub const PLAN_FILE: &str = "tfplan";
+/// The oldest CLI the modules are written for (`terraform_data`, `-json`
+/// UI events with `hook`s, OpenTofu's first release).
+pub const MIN_VERSION: (u32, u32) = (1, 6);
 /// The only way the cloud token reaches tofu.
 pub const TOKEN_ENV: &str = "TF_VAR_hcloud_token";
+
+/// The tofu-compatible CLI for tests and tools: `CZ_TOFU_BIN`, else `tofu`,
+/// else `terraform`, looked up on `PATH` and the pinned path.
+pub fn find_cli() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CZ_TOFU_BIN") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(super::command::PINNED_PATH.split(':').map(PathBuf::from));
+    ["tofu", "terraform"]
+        .iter()
+        .find_map(|name| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()))
+}
 
 /// The real tofu runner.
 #[derive(Clone, Debug)]
@@ -446,6 +463,42 @@ fn resources_of(module: &Value, out: &mut Vec<StateResource>) {
 
 #[async_trait]
 impl TofuApi for TofuCli {
+    /// `version -json`, run in the plugin cache dir (no workspace needed).
+    async fn version(&self) -> AdapterResult<String> {
+        tokio::fs::create_dir_all(&self.plugin_cache).await.map_err(|e| {
+            err(
+                "version",
+                Cause::Unavailable,
+                format!("plugin cache {}: {e}", self.plugin_cache.display()),
+            )
+        })?;
+        let ws = Workspace { dir: self.plugin_cache.clone() };
+        let spec = self.spec(&ws, &["version", "-json"], None).timeout(Duration::from_secs(30));
+        let out = self.exec("version", spec).await?;
+        let v = parse_json("version", &out.stdout)?;
+        let version = v.get("terraform_version").and_then(Value::as_str).unwrap_or_default();
+        let name = if out.stdout.contains("opentofu") || self.binary.ends_with("tofu") {
+            "OpenTofu"
+        } else {
+            "Terraform"
+        };
+        let parsed: Vec<u32> =
+            version.split(['.', '-']).take(2).filter_map(|p| p.parse().ok()).collect();
+        if parsed.len() < 2 || (parsed[0], parsed[1]) < MIN_VERSION {
+            return Err(err(
+                "version",
+                Cause::Invalid,
+                format!(
+                    "{} reports version `{version}`; {}.{} or newer is needed",
+                    self.binary.display(),
+                    MIN_VERSION.0,
+                    MIN_VERSION.1
+                ),
+            ));
+        }
+        Ok(format!("{name} {version}"))
+    }
+
     async fn init(&self, ws: &Workspace) -> AdapterResult<()> {
         tokio::fs::create_dir_all(&self.plugin_cache).await.map_err(|e| {
             err(

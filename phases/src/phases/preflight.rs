@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{action, cloud_token, fqdn, no_undo, precondition, regions, release, slug};
-use crate::adapters::TokenScope;
+use crate::adapters::{InfraModule, TokenScope};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
 use crate::step::{Registry, StepCtx, StepResult};
@@ -45,7 +45,7 @@ pub fn phase(_regions: &[Region], new_sovereign: bool) -> PhaseDef {
     b.step(
         "token-scope",
         "preflight.token-scope",
-        &["catalog", "quotas", "names-free", "cost-preview"],
+        &["catalog", "quotas", "names-free", "cost-preview", "artifacts"],
         Value::Null,
     );
     b.build()
@@ -219,11 +219,31 @@ async fn artifacts(cx: &StepCtx) -> StepResult<Value> {
         })?;
         pins.insert(c.clone(), p.version);
     }
+    // The tofu CLI and the module this job will run (F-02: a missing binary
+    // or module must stop the job here, before anything is spent).
+    let tofu = cx.backend.tofu.version().await?;
+    let module = match &cx.backend.infra {
+        InfraModule::Manifest => json!({ "kind": "manifest" }),
+        InfraModule::Hcloud { templates, .. } | InfraModule::Offline { templates, .. } => {
+            let digest = super::render::templates_digest(templates).map_err(|e| {
+                precondition(
+                    format!("the cloud templates cannot be read: {e}"),
+                    "Point hetzner.templates_dir at the release's cloud-templates directory.",
+                )
+            })?;
+            json!({ "templates": templates, "sha256": digest })
+        }
+    };
     // TODO(bootstrap-kit issue): resolve every chart ref, image digest and
     // binary checksum against the artifact directory / registry (F-21, F-32).
-    Ok(
-        json!({ "k3s": release::K3S_VERSION, "cilium": release::CILIUM_CHART_VERSION, "flux": release::FLUX_VERSION, "components": pins }),
-    )
+    Ok(json!({
+        "tofu": tofu,
+        "module": module,
+        "k3s": release::K3S_VERSION,
+        "cilium": release::CILIUM_CHART_VERSION,
+        "flux": release::FLUX_VERSION,
+        "components": pins,
+    }))
 }
 
 async fn names_free(cx: &StepCtx) -> StepResult<Value> {

@@ -295,6 +295,33 @@ fn render_dir(
     Ok(out)
 }
 
+/// SHA-256 over the `*.tera` files of `dir` (names and contents, in name
+/// order): the module version a job ran with, recorded by pre-flight (F-02).
+pub fn templates_digest(dir: &Path) -> Result<String, RenderError> {
+    use sha2::Digest;
+    let io = |source| RenderError::Io { dir: dir.to_owned(), source };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.ends_with(TEMPLATE_SUFFIX) && path.is_file() {
+            files.push((name.to_owned(), std::fs::read(&path).map_err(io)?));
+        }
+    }
+    if files.is_empty() {
+        return Err(RenderError::NoTemplates(dir.to_owned()));
+    }
+    files.sort();
+    let mut h = sha2::Sha256::new();
+    for (name, body) in &files {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update((body.len() as u64).to_le_bytes());
+        h.update(body);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 fn template_error(name: &str, e: &tera::Error) -> RenderError {
     // The chain carries the position and the undefined name.
     let mut message = e.to_string();

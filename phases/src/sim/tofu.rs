@@ -582,6 +582,11 @@ fn differs(m: &ManifestResource, e: &StateEntry) -> bool {
 
 #[async_trait]
 impl TofuApi for SimTofu {
+    async fn version(&self) -> AdapterResult<String> {
+        self.world.op("tofu.version", 100).await?;
+        Ok("sim tofu (applies the resource manifest to the sim cloud)".to_owned())
+    }
+
     async fn init(&self, ws: &Workspace) -> AdapterResult<()> {
         self.world.op("tofu.init", 3_000).await?;
         read_manifest(ws, "init").await?;
