@@ -12,7 +12,8 @@ use cz_state::SecretString;
 use serde_json::Value;
 
 use crate::adapters::{
-    AdapterResult, BaoApi, BaoInit, BaoStatus, CommandOutput, Host, KubeApi, ObjectRef, SshApi,
+    AdapterResult, BaoApi, BaoInit, BaoStatus, CommandOutput, Host, KubeApi, ObjectRef,
+    ProvisionerKey, SshApi,
 };
 use crate::error::StepError;
 
@@ -48,13 +49,20 @@ impl SshApi for Unbuilt {
     async fn probe(&self, _host: &Host) -> AdapterResult<String> {
         self.refuse("probe")
     }
-    async fn run(&self, _h: &Host, _fp: &str, _command: &str) -> AdapterResult<CommandOutput> {
+    async fn run(
+        &self,
+        _h: &Host,
+        _fp: &str,
+        _key: &ProvisionerKey,
+        _command: &str,
+    ) -> AdapterResult<CommandOutput> {
         self.refuse("run")
     }
     async fn upload(
         &self,
         _h: &Host,
         _fp: &str,
+        _key: &ProvisionerKey,
         _path: &str,
         _contents: &[u8],
         _mode: u32,

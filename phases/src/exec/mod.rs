@@ -1,7 +1,10 @@
-//! Subprocess execution: the one command helper and the real tofu runner.
+//! Talking to other programs and hosts: the one command helper, the real
+//! tofu runner and the real SSH client.
 
 pub mod command;
+pub mod ssh;
 pub mod tofu;
 
 pub use command::{CommandError, CommandSpec, Output, run};
+pub use ssh::SshClient;
 pub use tofu::TofuCli;

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::infra::{Outputs, Server};
 use super::{action, command_failed, fqdn, no_undo, release};
-use crate::adapters::Host;
+use crate::adapters::{Host, ProvisionerKey};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
 use crate::step::{Registry, StepCtx, StepResult};
@@ -224,8 +224,13 @@ fn install_script(role: &str) -> String {
     )
 }
 
+/// This Sovereign's provisioner key (made by `infra/provisioner-key`).
+async fn key(cx: &StepCtx) -> StepResult<ProvisionerKey> {
+    ProvisionerKey::from_private(cx.secret(super::infra::PROVISIONER_KEY).await?)
+}
+
 async fn run_ok(cx: &StepCtx, h: &Host, fp: &str, cmd: &str) -> StepResult<String> {
-    let out = cx.backend.ssh.run(h, fp, cmd).await?;
+    let out = cx.backend.ssh.run(h, fp, &key(cx).await?, cmd).await?;
     if out.status != 0 {
         return Err(command_failed(cmd, &out));
     }
@@ -250,7 +255,9 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
         .map(|s| s.private_ip.clone())
         .unwrap_or_default();
     // Guard: installed at this version already? Then nothing to do.
-    if cx.backend.ssh.run(&h, &fp, &format!("test -f {}", marker())).await?.status == 0 {
+    if cx.backend.ssh.run(&h, &fp, &key(cx).await?, &format!("test -f {}", marker())).await?.status
+        == 0
+    {
         return Ok(
             json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": true }),
         );
@@ -258,12 +265,17 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
     let token = cx.secret(&token_name(&loc)).await?;
     let cfg =
         k3s_config(&role, first, token.expose(), &first_ip, &out.load_balancer.ipv4, &fqdn(cx)?);
-    cx.backend.ssh.upload(&h, &fp, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600).await?;
+    let k = key(cx).await?;
+    cx.backend
+        .ssh
+        .upload(&h, &fp, &k, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600)
+        .await?;
     cx.backend
         .ssh
         .upload(
             &h,
             &fp,
+            &key(cx).await?,
             "/var/lib/catalyst/k3s-install.sh",
             install_script(&role).as_bytes(),
             0o700,
@@ -287,7 +299,8 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
         "/usr/local/bin/k3s-agent-uninstall.sh"
     };
     // Absent script = never installed or already uninstalled.
-    if cx.backend.ssh.run(&h, &fp, &format!("test -f {script}")).await?.status == 0 {
+    if cx.backend.ssh.run(&h, &fp, &key(cx).await?, &format!("test -f {script}")).await?.status == 0
+    {
         run_ok(cx, &h, &fp, &format!("sh {script}")).await?;
     }
     run_ok(cx, &h, &fp, &format!("rm -f {}", marker())).await?;
@@ -313,6 +326,7 @@ async fn cilium(cx: &StepCtx) -> StepResult<Value> {
         .upload(
             &h,
             &fp,
+            &key(cx).await?,
             "/var/lib/rancher/k3s/server/manifests/cilium.yaml",
             body.as_bytes(),
             0o600,

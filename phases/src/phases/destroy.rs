@@ -105,6 +105,7 @@ async fn secrets(cx: &StepCtx) -> StepResult<Value> {
         "registrar_token".to_owned(),
         "sealed-secrets-key".to_owned(),
         "openbao-root-token".to_owned(),
+        super::infra::PROVISIONER_KEY.to_owned(),
     ];
     for l in &locations {
         names.push(format!("k3s-token-{l}"));

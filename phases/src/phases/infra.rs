@@ -38,7 +38,7 @@ use super::{
     LABEL_REGION, LABEL_SOVEREIGN, action, cloud_token, fqdn, labels, no_undo, precondition,
     regions, release, slug,
 };
-use crate::adapters::{CloudObject, InfraModule, TofuEvent, Workspace};
+use crate::adapters::{CloudObject, InfraModule, ProvisionerKey, TofuEvent, Workspace};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
 use crate::step::{Registry, StepCtx, StepResult};
@@ -48,8 +48,11 @@ pub const PHASE: &str = "infra";
 /// The marker that makes a workspace read-only after hand-off.
 pub const HANDED_OFF: &str = "HANDED_OFF";
 pub const MANIFEST: &str = "catalyst-resources.json";
+/// The secret holding this Sovereign's provisioner SSH key (OpenSSH format).
+pub const PROVISIONER_KEY: &str = "provisioner-ssh-key";
 
 pub fn register(r: &mut Registry) {
+    r.register("infra.provisioner-key", action!(provisioner_key, provisioner_key_undo));
     r.register("infra.render", action!(render, render_undo));
     r.register("infra.init", action!(init, no_undo));
     r.register("infra.plan", action!(plan, no_undo));
@@ -59,10 +62,11 @@ pub fn register(r: &mut Registry) {
 
 pub fn phase(regions: &[Region]) -> PhaseDef {
     let mut b = PhaseBuilder::new(PHASE);
+    b.step("provisioner-key", "infra.provisioner-key", &[], Value::Null);
     for r in regions {
         let l = &r.location;
         let p = json!({ "location": l });
-        b.step(&format!("render-{l}"), "infra.render", &[], p.clone());
+        b.step(&format!("render-{l}"), "infra.render", &["provisioner-key"], p.clone());
         b.step(&format!("init-{l}"), "infra.init", &[&format!("render-{l}")], p.clone());
         b.step(&format!("plan-{l}"), "infra.plan", &[&format!("init-{l}")], p.clone());
         b.step(&format!("apply-{l}"), "infra.apply", &[&format!("plan-{l}")], p.clone());
@@ -165,6 +169,29 @@ fn refuse_if_handed_off(ws: &Workspace) -> StepResult<()> {
     Ok(())
 }
 
+/// The Sovereign's provisioner SSH key: made once (an add-region reuses
+/// it), held age-encrypted in the store, its public half authorized on every
+/// server by the module. Never derived from inputs, never on disk in clear.
+async fn provisioner_key(cx: &StepCtx) -> StepResult<Value> {
+    let key = match cx.secret_opt(PROVISIONER_KEY).await? {
+        Some(private) => ProvisionerKey::from_private(private)?,
+        None => {
+            let k = ProvisionerKey::generate(&format!("catalyst-zero@{}", slug(&fqdn(cx)?)))?;
+            cx.put_secret(PROVISIONER_KEY, &k.private).await?;
+            k
+        }
+    };
+    Ok(json!({ "public_key": key.public }))
+}
+
+async fn provisioner_key_undo(cx: &StepCtx) -> StepResult<()> {
+    // Only a provision owns the key; an add-region borrowed the Sovereign's.
+    if cx.request.pointer("/sovereign").is_none() {
+        cx.delete_secret(PROVISIONER_KEY).await?;
+    }
+    Ok(())
+}
+
 async fn render(cx: &StepCtx) -> StepResult<Value> {
     let r = region_of(cx)?;
     let fqdn = fqdn(cx)?;
@@ -200,10 +227,14 @@ fn module_files(
     resources: &[Resource],
 ) -> StepResult<std::collections::BTreeMap<String, String>> {
     let input = || -> StepResult<RenderInput> {
-        let keys: Vec<String> = match cx.request.pointer("/ssh_public_keys") {
+        let mut keys: Vec<String> = match cx.request.pointer("/ssh_public_keys") {
             Some(_) => cx.request_field("/ssh_public_keys")?,
             None => cx.request_field("/sovereign/ssh_public_keys")?,
         };
+        let provisioner: Value = cx.lookup("infra/provisioner-key")?;
+        if let Some(k) = provisioner["public_key"].as_str() {
+            keys.push(k.to_owned());
+        }
         let cidrs = match &cx.backend.infra {
             InfraModule::Hcloud { provisioner_cidrs, .. } => provisioner_cidrs.clone(),
             // The stand-in renders firewall rules from them too; the

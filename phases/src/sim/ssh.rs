@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::b64;
 use super::cloud::SimCloud;
 use super::world::SimWorld;
+use crate::adapters::ProvisionerKey;
 use crate::adapters::{AdapterResult, CloudObject, CommandOutput, Host, SshApi};
 use crate::error::{Cause, StepError, System};
 
@@ -650,6 +651,7 @@ impl SshApi for SimSsh {
         &self,
         host: &Host,
         fingerprint: &str,
+        _key: &ProvisionerKey,
         command: &str,
     ) -> AdapterResult<CommandOutput> {
         self.world.op("ssh.run", 2_000).await?;
@@ -679,6 +681,7 @@ impl SshApi for SimSsh {
         &self,
         host: &Host,
         fingerprint: &str,
+        _key: &ProvisionerKey,
         path: &str,
         contents: &[u8],
         mode: u32,
@@ -699,6 +702,11 @@ impl SshApi for SimSsh {
 
 #[cfg(test)]
 mod tests {
+    fn k() -> crate::adapters::ProvisionerKey {
+        static K: std::sync::OnceLock<crate::adapters::ProvisionerKey> = std::sync::OnceLock::new();
+        K.get_or_init(|| crate::adapters::ProvisionerKey::generate("test").unwrap()).clone()
+    }
+
     use super::*;
     use crate::sim::world::SimConfig;
 
@@ -737,7 +745,7 @@ mod tests {
             fp,
             "stable across instances"
         );
-        let o = ssh.run(&hosts[0], &fp, "hostname").await.unwrap();
+        let o = ssh.run(&hosts[0], &fp, &k(), "hostname").await.unwrap();
         assert_eq!(o.stdout, "cp-0\n");
     }
 
@@ -745,9 +753,12 @@ mod tests {
     async fn host_key_change_is_refused() {
         let (_d, world, ssh, hosts) = setup().await;
         let fp = ssh.probe(&hosts[0]).await.unwrap();
-        let e = ssh.run(&hosts[0], "SHA256:deadbeef", "true").await.unwrap_err();
+        let e = ssh.run(&hosts[0], "SHA256:deadbeef", &k(), "true").await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }));
-        let e = ssh.upload(&hosts[0], "SHA256:deadbeef", "/tmp/x", b"x", 0o644).await.unwrap_err();
+        let e = ssh
+            .upload(&hosts[0], "SHA256:deadbeef", &k(), "/tmp/x", b"x", 0o644)
+            .await
+            .unwrap_err();
         assert!(
             matches!(&e, StepError::Adapter { cause: Cause::Conflict, message, .. } if message.contains("host key changed"))
         );
@@ -757,14 +768,14 @@ mod tests {
         cloud.remove("server", old.id).await.unwrap();
         let new = cloud.create("server", "cp-0", BTreeMap::new(), json!({})).await.unwrap();
         assert_eq!(new.attrs["ipv4"].as_str(), Some(hosts[0].address.as_str()));
-        let e = ssh.run(&hosts[0], &fp, "true").await.unwrap_err();
+        let e = ssh.run(&hosts[0], &fp, &k(), "true").await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }));
         let fp2 = ssh.probe(&hosts[0]).await.unwrap();
         assert_ne!(fp2, fp);
-        assert_eq!(ssh.run(&hosts[0], &fp2, "true").await.unwrap().status, 0);
+        assert_eq!(ssh.run(&hosts[0], &fp2, &k(), "true").await.unwrap().status, 0);
         let fp3 = ssh.rotate_host_key(&hosts[0].address).await.unwrap();
-        assert!(ssh.run(&hosts[0], &fp2, "true").await.is_err());
-        assert!(ssh.run(&hosts[0], &fp3, "true").await.is_ok());
+        assert!(ssh.run(&hosts[0], &fp2, &k(), "true").await.is_err());
+        assert!(ssh.run(&hosts[0], &fp3, &k(), "true").await.is_ok());
     }
 
     #[tokio::test]
@@ -772,26 +783,28 @@ mod tests {
         let (_d, world, ssh, hosts) = setup().await;
         let h = &hosts[0];
         let fp = ssh.probe(h).await.unwrap();
-        assert_eq!(ssh.run(h, &fp, "test -f /etc/marker").await.unwrap().status, 1);
-        assert_eq!(ssh.run(h, &fp, "sudo touch /etc/marker").await.unwrap().status, 0);
-        assert_eq!(ssh.run(h, &fp, "test -f /etc/marker").await.unwrap().status, 0);
-        ssh.upload(h, &fp, "/etc/motd", b"hello\n", 0o644).await.unwrap();
+        assert_eq!(ssh.run(h, &fp, &k(), "test -f /etc/marker").await.unwrap().status, 1);
+        assert_eq!(ssh.run(h, &fp, &k(), "sudo touch /etc/marker").await.unwrap().status, 0);
+        assert_eq!(ssh.run(h, &fp, &k(), "test -f /etc/marker").await.unwrap().status, 0);
+        ssh.upload(h, &fp, &k(), "/etc/motd", b"hello\n", 0o644).await.unwrap();
         // A new SimSsh over the same world (a daemon restart) sees the file.
         let ssh2 = SimSsh::new(world.clone());
-        let o = ssh2.run(h, &fp, "cat /etc/motd").await.unwrap();
+        let o = ssh2.run(h, &fp, &k(), "cat /etc/motd").await.unwrap();
         assert_eq!((o.status, o.stdout.as_str()), (0, "hello\n"));
-        assert_eq!(ssh2.run(h, &fp, "cat /nope").await.unwrap().status, 1);
+        assert_eq!(ssh2.run(h, &fp, &k(), "cat /nope").await.unwrap().status, 1);
         assert_eq!(
-            ssh2.run(h, &fp, "rm -f /etc/motd && test -f /etc/motd").await.unwrap().status,
+            ssh2.run(h, &fp, &k(), "rm -f /etc/motd && test -f /etc/motd").await.unwrap().status,
             1
         );
-        assert_eq!(ssh2.run(h, &fp, "sh /tmp/missing.sh").await.unwrap().status, 127);
-        ssh2.upload(h, &fp, "/tmp/fail.sh", b"#!/bin/sh\n# sim:exit=3\n", 0o755).await.unwrap();
-        assert_eq!(ssh2.run(h, &fp, "sh /tmp/fail.sh").await.unwrap().status, 3);
-        assert_eq!(ssh2.run(h, &fp, "k3s etcd-snapshot ls").await.unwrap(), out(0, "", ""));
+        assert_eq!(ssh2.run(h, &fp, &k(), "sh /tmp/missing.sh").await.unwrap().status, 127);
+        ssh2.upload(h, &fp, &k(), "/tmp/fail.sh", b"#!/bin/sh\n# sim:exit=3\n", 0o755)
+            .await
+            .unwrap();
+        assert_eq!(ssh2.run(h, &fp, &k(), "sh /tmp/fail.sh").await.unwrap().status, 3);
+        assert_eq!(ssh2.run(h, &fp, &k(), "k3s etcd-snapshot ls").await.unwrap(), out(0, "", ""));
         // Other hosts have their own disks.
         let fp1 = ssh.probe(&hosts[1]).await.unwrap();
-        assert_eq!(ssh.run(&hosts[1], &fp1, "test -f /etc/marker").await.unwrap().status, 1);
+        assert_eq!(ssh.run(&hosts[1], &fp1, &k(), "test -f /etc/marker").await.unwrap().status, 1);
         let log = ssh.command_log(&h.address).await;
         assert_eq!(log[0], "test -f /etc/marker");
         assert!(log.contains(&"exec /tmp/fail.sh".to_owned()));
@@ -813,19 +826,33 @@ mod tests {
         };
         // Before install: no k3s.
         assert_eq!(
-            ssh.run(&hosts[0], &fps[0], "k3s kubectl get nodes -o json").await.unwrap().status,
+            ssh.run(&hosts[0], &fps[0], &k(), "k3s kubectl get nodes -o json")
+                .await
+                .unwrap()
+                .status,
             127
         );
-        ssh.upload(&hosts[0], &fps[0], "/root/install.sh", script("server").as_bytes(), 0o700)
-            .await
-            .unwrap();
-        assert_eq!(ssh.run(&hosts[0], &fps[0], "sh /root/install.sh").await.unwrap().status, 0);
-        let kc = ssh.run(&hosts[0], &fps[0], &format!("cat {KUBECONFIG_PATH}")).await.unwrap();
+        ssh.upload(
+            &hosts[0],
+            &fps[0],
+            &k(),
+            "/root/install.sh",
+            script("server").as_bytes(),
+            0o700,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ssh.run(&hosts[0], &fps[0], &k(), "sh /root/install.sh").await.unwrap().status,
+            0
+        );
+        let kc =
+            ssh.run(&hosts[0], &fps[0], &k(), &format!("cat {KUBECONFIG_PATH}")).await.unwrap();
         assert_eq!(kc.status, 0);
         assert!(kc.stdout.contains("server: https://127.0.0.1:6443"));
         assert!(kc.stdout.contains("certificate-authority-data: "));
         assert_eq!(
-            ssh.run(&hosts[0], &fps[0], &format!("test -f {K3S_BIN}")).await.unwrap().status,
+            ssh.run(&hosts[0], &fps[0], &k(), &format!("test -f {K3S_BIN}")).await.unwrap().status,
             0
         );
         // A second server joins through the first; the agent too.
@@ -835,26 +862,33 @@ mod tests {
                 hosts[0].address
             )
         };
-        ssh.upload(&hosts[1], &fps[1], "/root/install.sh", join("server").as_bytes(), 0o700)
+        ssh.upload(&hosts[1], &fps[1], &k(), "/root/install.sh", join("server").as_bytes(), 0o700)
             .await
             .unwrap();
-        ssh.upload(&hosts[2], &fps[2], "/root/install.sh", join("agent").as_bytes(), 0o700)
+        ssh.upload(&hosts[2], &fps[2], &k(), "/root/install.sh", join("agent").as_bytes(), 0o700)
             .await
             .unwrap();
-        assert_eq!(ssh.run(&hosts[1], &fps[1], "sh /root/install.sh").await.unwrap().status, 0);
-        assert_eq!(ssh.run(&hosts[2], &fps[2], "sh /root/install.sh").await.unwrap().status, 0);
         assert_eq!(
-            ssh.run(&hosts[2], &fps[2], &format!("test -f {KUBECONFIG_PATH}"))
+            ssh.run(&hosts[1], &fps[1], &k(), "sh /root/install.sh").await.unwrap().status,
+            0
+        );
+        assert_eq!(
+            ssh.run(&hosts[2], &fps[2], &k(), "sh /root/install.sh").await.unwrap().status,
+            0
+        );
+        assert_eq!(
+            ssh.run(&hosts[2], &fps[2], &k(), &format!("test -f {KUBECONFIG_PATH}"))
                 .await
                 .unwrap()
                 .status,
             1,
             "agents get no kubeconfig"
         );
-        let kc1 = ssh.run(&hosts[1], &fps[1], &format!("cat {KUBECONFIG_PATH}")).await.unwrap();
+        let kc1 =
+            ssh.run(&hosts[1], &fps[1], &k(), &format!("cat {KUBECONFIG_PATH}")).await.unwrap();
         assert_eq!(kc1.stdout, kc.stdout, "servers of one cluster share the CA");
 
-        let o = ssh.run(&hosts[0], &fps[0], "k3s kubectl get nodes -o json").await.unwrap();
+        let o = ssh.run(&hosts[0], &fps[0], &k(), "k3s kubectl get nodes -o json").await.unwrap();
         assert_eq!(o.status, 0);
         let list: Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(list["kind"], "NodeList");
@@ -871,7 +905,10 @@ mod tests {
             .count();
         assert_eq!(cps, 2);
         assert_eq!(
-            ssh.run(&hosts[2], &fps[2], "k3s kubectl get nodes -o json").await.unwrap().status,
+            ssh.run(&hosts[2], &fps[2], &k(), "k3s kubectl get nodes -o json")
+                .await
+                .unwrap()
+                .status,
             1
         );
     }
@@ -912,17 +949,18 @@ mod tests {
         let install = |i: usize, cfg: String, role: &'static str| {
             let (ssh, h, fp) = (ssh.clone(), hosts[i].clone(), fps[i].clone());
             async move {
-                ssh.upload(&h, &fp, K3S_CONFIG_PATH, cfg.as_bytes(), 0o600).await.unwrap();
+                ssh.upload(&h, &fp, &k(), K3S_CONFIG_PATH, cfg.as_bytes(), 0o600).await.unwrap();
                 ssh.upload(
                     &h,
                     &fp,
+                    &k(),
                     "/var/lib/catalyst/k3s-install.sh",
                     script(role).as_bytes(),
                     0o700,
                 )
                 .await
                 .unwrap();
-                ssh.run(&h, &fp, "sh /var/lib/catalyst/k3s-install.sh").await.unwrap()
+                ssh.run(&h, &fp, &k(), "sh /var/lib/catalyst/k3s-install.sh").await.unwrap()
             }
         };
         assert_eq!(install(0, config(false, "tok", "control-plane"), "server").await.status, 0);
@@ -932,7 +970,7 @@ mod tests {
         assert!(bad.stderr.contains("token"));
         assert_eq!(install(1, config(true, "tok", "control-plane"), "server").await.status, 0);
         assert_eq!(install(2, config(true, "tok", "worker"), "agent").await.status, 0);
-        let o = ssh.run(&hosts[1], &fps[1], "k3s kubectl get nodes -o json").await.unwrap();
+        let o = ssh.run(&hosts[1], &fps[1], &k(), "k3s kubectl get nodes -o json").await.unwrap();
         let list: Value = serde_json::from_str(&o.stdout).unwrap();
         let roles: Vec<&str> = list["items"]
             .as_array()
@@ -948,36 +986,43 @@ mod tests {
         // The uninstall script the installer left removes the node and k3s.
         let agent_uninstall = "/usr/local/bin/k3s-agent-uninstall.sh";
         assert_eq!(
-            ssh.run(&hosts[2], &fps[2], &format!("test -f {agent_uninstall}"))
+            ssh.run(&hosts[2], &fps[2], &k(), &format!("test -f {agent_uninstall}"))
                 .await
                 .unwrap()
                 .status,
             0
         );
         assert_eq!(
-            ssh.run(&hosts[2], &fps[2], &format!("sh {agent_uninstall}")).await.unwrap().status,
+            ssh.run(&hosts[2], &fps[2], &k(), &format!("sh {agent_uninstall}"))
+                .await
+                .unwrap()
+                .status,
             0
         );
         assert_eq!(
-            ssh.run(&hosts[2], &fps[2], &format!("test -f {K3S_BIN}")).await.unwrap().status,
+            ssh.run(&hosts[2], &fps[2], &k(), &format!("test -f {K3S_BIN}")).await.unwrap().status,
             1
         );
         assert_eq!(
-            ssh.run(&hosts[2], &fps[2], &format!("test -f {K3S_CONFIG_PATH}"))
+            ssh.run(&hosts[2], &fps[2], &k(), &format!("test -f {K3S_CONFIG_PATH}"))
                 .await
                 .unwrap()
                 .status,
             1
         );
-        let o = ssh.run(&hosts[0], &fps[0], "k3s kubectl get nodes -o json").await.unwrap();
+        let o = ssh.run(&hosts[0], &fps[0], &k(), "k3s kubectl get nodes -o json").await.unwrap();
         let list: Value = serde_json::from_str(&o.stdout).unwrap();
         assert_eq!(list["items"].as_array().unwrap().len(), 2);
         // The sim keeps only the token's digest on its simulated disks.
         assert_eq!(
-            ssh.run(&hosts[0], &fps[0], &format!("cat {K3S_TOKEN_PATH}")).await.unwrap().stdout,
+            ssh.run(&hosts[0], &fps[0], &k(), &format!("cat {K3S_TOKEN_PATH}"))
+                .await
+                .unwrap()
+                .stdout,
             format!("sha256:{}\n", sha_hex("tok"))
         );
-        let cfg = ssh.run(&hosts[0], &fps[0], &format!("cat {K3S_CONFIG_PATH}")).await.unwrap();
+        let cfg =
+            ssh.run(&hosts[0], &fps[0], &k(), &format!("cat {K3S_CONFIG_PATH}")).await.unwrap();
         assert!(!cfg.stdout.contains("\"tok\""), "{}", cfg.stdout);
     }
 
