@@ -69,7 +69,8 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-             PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n",
+             PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n\
+             SetEnv CZ_NODE_ROOT={d}/root\n",
             port = self.port,
             hk = hk.display(),
             d = d.display()
@@ -119,8 +120,9 @@ impl Sshd {
         }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+    /// Where this node's absolute path `abs` is (its `$CZ_NODE_ROOT`).
+    fn path(&self, abs: &str) -> PathBuf {
+        self.dir.path().join("root").join(abs.trim_start_matches('/'))
     }
 
     /// The fingerprint OpenSSH shows for this host key.
@@ -171,8 +173,9 @@ async fn uploads_are_atomic_create_directories_and_set_the_mode() {
     let sshd = Sshd::start(&[&me]);
     let (c, h) = (client(), sshd.host());
     let fp = c.probe(&h).await.unwrap();
-    let target = sshd.path("etc/rancher/k3s/config.yaml");
-    let path = target.to_str().unwrap();
+    // The node's paths are rooted at its $CZ_NODE_ROOT (set by its sshd).
+    let path = "/etc/rancher/k3s/config.yaml";
+    let target = sshd.path(path);
     c.upload(&h, &fp, &me, path, b"token: first\n", 0o600).await.unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), b"token: first\n");
     assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
@@ -184,8 +187,14 @@ async fn uploads_are_atomic_create_directories_and_set_the_mode() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, vec!["config.yaml".to_owned()], "no temporary file left");
-    let e = c.upload(&h, &fp, &me, "relative/path", b"x", 0o600).await.unwrap_err();
-    assert!(matches!(e, StepError::Adapter { cause: Cause::Invalid, .. }), "{e}");
+    for bad in ["relative/path", "/etc/$(reboot)", "/etc/a b", "/etc/../x"] {
+        let e = c.upload(&h, &fp, &me, bad, b"x", 0o600).await.unwrap_err();
+        assert!(matches!(e, StepError::Adapter { cause: Cause::Invalid, .. }), "{bad}: {e}");
+    }
+    // A large file (more than a channel window) arrives whole.
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    c.upload(&h, &fp, &me, "/var/lib/catalyst/artifacts/k3s", &big, 0o755).await.unwrap();
+    assert!(std::fs::read(sshd.path("/var/lib/catalyst/artifacts/k3s")).unwrap() == big);
 }
 
 #[tokio::test]
@@ -195,7 +204,7 @@ async fn a_changed_host_key_is_refused_before_anything_runs() {
     let (c, h) = (client(), sshd.host());
     let pinned = c.probe(&h).await.unwrap();
     sshd.reinstall();
-    let marker = sshd.path("ran");
+    let marker = sshd.path("/ran");
     let cmd = format!("touch {}", marker.display());
     let e = c.run(&h, &pinned, &me, &cmd).await.unwrap_err();
     match &e {
@@ -209,7 +218,7 @@ async fn a_changed_host_key_is_refused_before_anything_runs() {
     }
     assert_eq!(e.class(), cz_phases::ErrorClass::NeedsOperator);
     assert!(!marker.exists(), "the command ran on an unverified host");
-    let e = c.upload(&h, &pinned, &me, sshd.path("f").to_str().unwrap(), b"x", 0o600).await;
+    let e = c.upload(&h, &pinned, &me, "/f", b"x", 0o600).await;
     assert!(matches!(e, Err(StepError::Adapter { cause: Cause::Conflict, .. })));
 }
 

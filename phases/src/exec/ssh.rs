@@ -14,9 +14,11 @@
 //! - **Authentication**: public key only, from the per-Sovereign provisioner
 //!   key held age-encrypted in the store ([`ProvisionerKey`]); the private key
 //!   goes to libssh2 from memory and is never written to disk.
-//! - **Uploads** go over SFTP to a temporary name in the target directory
-//!   (created if missing) with the requested mode, then are renamed over the
-//!   target: a crash never leaves a half-written config file.
+//! - **Uploads** stream the contents over the channel's stdin into a
+//!   temporary file in the target directory (created if missing, umask 077),
+//!   set the mode, then rename it over the target: a crash never leaves a
+//!   half-written config file. Paths are rooted at `$CZ_NODE_ROOT` when the
+//!   node's sshd sets it ([`NODE_ROOT_VAR`]).
 //! - **Bounded**: connect timeout, and a per-call timeout on every blocking
 //!   libssh2 operation; output captured up to [`MAX_OUTPUT`] per stream.
 //!
@@ -36,6 +38,11 @@ use ssh2::{ErrorCode, HashType, Session};
 
 use crate::adapters::{AdapterResult, CommandOutput, Host, ProvisionerKey, SshApi};
 use crate::error::{Cause, StepError, System};
+
+/// The environment variable a node's sshd may set to root the paths the
+/// phases use (`${CZ_NODE_ROOT:-}/etc/rancher/...`): unset on real nodes; a
+/// test host running several "nodes" gives each its own directory.
+pub const NODE_ROOT_VAR: &str = "CZ_NODE_ROOT";
 
 /// Output kept per stream (the rest is dropped, with a marker).
 pub const MAX_OUTPUT: usize = 4 << 20;
@@ -243,62 +250,38 @@ impl SshClient {
         mode: u32,
     ) -> AdapterResult<()> {
         let op = "upload";
-        let session = self.open(host, pinned, key, op)?;
         let target = Path::new(path);
         let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
             return Err(err(op, Cause::Invalid, format!("`{path}` is not a file path")));
         };
-        if !target.is_absolute() {
-            return Err(err(op, Cause::Invalid, format!("`{path}` is not absolute")));
+        let plain = |p: &str| p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+        if !target.is_absolute() || !plain(path) || path.contains("/../") {
+            return Err(err(
+                op,
+                Cause::Invalid,
+                format!("`{path}` is not an absolute path of [A-Za-z0-9/._-]"),
+            ));
         }
-        let sftp_err = |what: &str, e: ssh2::Error| {
-            let timed_out = e.code() == ErrorCode::Session(-9);
-            self.io_err(op, host, format!("{what}: {e}"), timed_out)
-        };
-        let sftp = session.sftp().map_err(|e| sftp_err("sftp", e))?;
-        // mkdir -p (an existing directory is fine).
-        let mut made = std::path::PathBuf::from("/");
-        for part in dir.components().skip(1) {
-            made.push(part);
-            if sftp.stat(&made).is_err() {
-                sftp.mkdir(&made, 0o755)
-                    .or_else(|e| if sftp.stat(&made).is_ok() { Ok(()) } else { Err(e) })
-                    .map_err(|e| sftp_err(&format!("mkdir {}", made.display()), e))?;
-            }
-        }
-        let tmp = dir.join(format!(".{}.catalyst-tmp", name.to_string_lossy()));
-        {
-            let mut f = sftp
-                .open_mode(
-                    &tmp,
-                    ssh2::OpenFlags::WRITE | ssh2::OpenFlags::CREATE | ssh2::OpenFlags::TRUNCATE,
-                    mode as i32,
-                    ssh2::OpenType::File,
-                )
-                .map_err(|e| sftp_err(&format!("open {}", tmp.display()), e))?;
-            f.write_all(contents).map_err(|e| self.io_err(op, host, &e, is_timeout(&e)))?;
-            // The server applies the umask at create: set the mode exactly.
-            let stat = ssh2::FileStat {
-                size: None,
-                uid: None,
-                gid: None,
-                perm: Some(mode),
-                atime: None,
-                mtime: None,
-            };
-            f.setstat(stat).map_err(|e| sftp_err("chmod", e))?;
-        }
-        drop(sftp);
-        // OpenSSH's SFTP rename refuses an existing target (protocol v3);
-        // rename(2) through `mv -f` replaces it atomically.
+        let session = self.open(host, pinned, key, op)?;
+        let root = format!("${{{NODE_ROOT_VAR}:-}}");
+        let dir = format!("{root}{}", dir.display());
+        let tmp = format!("{dir}/.{}.catalyst-tmp", name.to_string_lossy());
+        let dest = format!("{root}{path}");
+        // Contents go through stdin into a temporary file in the target
+        // directory (never readable by others: umask 077), get their mode,
+        // and replace the target by rename(2): a crash leaves the old file
+        // or the new one, never half of either.
+        let command = format!(
+            "umask 077 && mkdir -p -- \"{dir}\" && cat > \"{tmp}\" && chmod {mode:o} -- \"{tmp}\" && mv -f -- \"{tmp}\" \"{dest}\""
+        );
         let ssh_err = |e: ssh2::Error| {
             let timed_out = e.code() == ErrorCode::Session(-9);
-            self.io_err(op, host, format!("rename to {path}: {e}"), timed_out)
+            self.io_err(op, host, format!("{path}: {e}"), timed_out)
         };
         let mut ch = session.channel_session().map_err(ssh_err)?;
-        let tmp = tmp.to_string_lossy();
-        ch.exec(&format!("mv -f -- {} {}", shell_quote(&tmp), shell_quote(path)))
-            .map_err(ssh_err)?;
+        ch.exec(&command).map_err(ssh_err)?;
+        ch.write_all(contents).map_err(|e| self.io_err(op, host, &e, is_timeout(&e)))?;
+        ch.send_eof().map_err(ssh_err)?;
         let mut out = String::new();
         let _ = ch.stderr().read_to_string(&mut out);
         ch.wait_close().map_err(ssh_err)?;
@@ -307,7 +290,7 @@ impl SshClient {
             return Err(err(
                 op,
                 Cause::CommandFailed,
-                format!("{}: mv to {path} exited {status}: {}", host.name, out.trim()),
+                format!("{}: writing {path} exited {status}: {}", host.name, out.trim()),
             ));
         }
         Ok(())
