@@ -430,6 +430,12 @@ pub struct Backend {
     pub workspace_root: PathBuf,
     /// What `infra.render` writes for tofu.
     pub infra: InfraModule,
+    /// The K3s air-gap artifact directory (`k3s`, `install.sh` and their
+    /// `SHA256SUMS`), uploaded to every node after verification. `None`:
+    /// nothing is uploaded (the sim backend's hosts need no binary).
+    pub artifacts: Option<PathBuf>,
+    /// The SSH port of every node (22).
+    pub ssh_port: u16,
     /// Poll interval for bounded waits.
     pub poll: std::time::Duration,
 }

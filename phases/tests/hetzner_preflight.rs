@@ -66,6 +66,8 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
             shim: "/nonexistent/catalyst-zero".into(),
             endpoint: fake.base_url(),
         },
+        artifacts: None,
+        ssh_port: 22,
         poll: Duration::from_millis(10),
     };
     let ns: Vec<String> =

@@ -115,6 +115,9 @@ pub struct HetznerConfig {
     /// Kubernetes API to these only. Required for the `hcloud` module.
     pub provisioner_cidrs: Vec<String>,
     pub quota: QuotaConfig,
+    /// The K3s air-gap artifact directory (`k3s`, `install.sh`, `SHA256SUMS`)
+    /// uploaded to every node; see README "Air-gap artifacts".
+    pub artifacts_dir: Option<PathBuf>,
 }
 
 impl HetznerConfig {
@@ -173,6 +176,7 @@ impl Default for HetznerConfig {
             templates_dir: PathBuf::from("cloud-templates"),
             provisioner_cidrs: Vec::new(),
             quota: QuotaConfig::default(),
+            artifacts_dir: None,
         }
     }
 }

@@ -177,6 +177,8 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         dns: Arc::new(SimDns::new(world)),
         workspace_root: config.data_dir.join("workspaces"),
         infra,
+        artifacts: h.artifacts_dir.clone(),
+        ssh_port: 22,
         poll: std::time::Duration::from_secs(2),
     })
 }

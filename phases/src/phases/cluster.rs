@@ -22,7 +22,7 @@ use cz_state::SecretString;
 use serde_json::{Value, json};
 
 use super::infra::{Outputs, Server};
-use super::{action, command_failed, fqdn, no_undo, release};
+use super::{action, command_failed, fqdn, no_undo, precondition, release};
 use crate::adapters::{Host, ProvisionerKey};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
@@ -31,6 +31,7 @@ use crate::{Cause, StepError, System};
 
 pub const PHASE: &str = "cluster";
 const KUBECONFIG_PATH: &str = "/etc/rancher/k3s/k3s.yaml";
+const K3S: &str = "/usr/local/bin/k3s";
 
 pub fn register(r: &mut Registry) {
     r.register("cluster.ssh", action!(ssh, no_undo));
@@ -120,15 +121,32 @@ fn server_by_suffix(cx: &StepCtx, out: &Outputs, suffix: &str) -> StepResult<Ser
         .ok_or_else(|| StepError::MissingOutput { name: format!("{}: server *-{suffix}", cx.node) })
 }
 
-fn host(s: &Server) -> Host {
-    Host { name: s.name.clone(), address: s.ipv4.clone(), port: 22, user: "root".into() }
+fn host(cx: &StepCtx, s: &Server) -> Host {
+    Host {
+        name: s.name.clone(),
+        address: s.ipv4.clone(),
+        port: cx.backend.ssh_port,
+        user: "root".into(),
+    }
 }
+
+/// A node's absolute path as a shell word, rooted at `$CZ_NODE_ROOT` (unset
+/// on real nodes; see [`crate::exec::ssh::NODE_ROOT_VAR`]).
+fn at(path: &str) -> String {
+    format!("\"${{CZ_NODE_ROOT:-}}{path}\"")
+}
+
+/// Where the air-gap artifacts go on a node.
+const ARTIFACTS: &str = "/var/lib/catalyst/artifacts";
+/// The files of the artifact directory, in upload order.
+pub const ARTIFACT_FILES: [&str; 2] = ["k3s", "install.sh"];
+pub const SUMS_FILE: &str = "SHA256SUMS";
 
 async fn ssh(cx: &StepCtx) -> StepResult<Value> {
     let out = outputs(cx)?;
     let suffix: String = cx.param("suffix")?;
     let s = server_by_suffix(cx, &out, &suffix)?;
-    let h = host(&s);
+    let h = host(cx, &s);
     let fp = cx
         .wait_for(
             &format!("SSH on {} ({}) to accept connections", s.name, s.ipv4),
@@ -215,13 +233,76 @@ fn k3s_config(
     c
 }
 
+/// The wrapper the k3s step runs on a node: the pinned binary into place,
+/// then the official installer in air-gap mode (no download), as `server`
+/// or `agent`; everything else comes from `/etc/rancher/k3s/config.yaml`.
+/// The marker line is what the sim backend's hosts interpret.
 fn install_script(role: &str) -> String {
     let exec = if role == "server" { "server" } else { "agent" };
     format!(
-        "#!/bin/sh\n# sim:k3s-install role={role} version={v}\nset -eu\n\
-         INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_VERSION='{v}' INSTALL_K3S_EXEC='{exec}' \\\n  sh /var/lib/catalyst/artifacts/k3s-install.sh\n",
+        "#!/bin/sh\n# sim:k3s-install role={role} version={v}\nset -eu\nR=\"${{CZ_NODE_ROOT:-}}\"\n\
+         install -D -m 0755 \"$R{ARTIFACTS}/k3s\" \"$R/usr/local/bin/k3s\"\n\
+         INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_VERSION='{v}' INSTALL_K3S_EXEC='{exec}' \\\n\
+         INSTALL_K3S_BIN_DIR=\"$R/usr/local/bin\" sh \"$R{ARTIFACTS}/install.sh\"\n",
         v = release::K3S_VERSION
     )
+}
+
+/// Reads the artifact directory and checks every file against its
+/// `SHA256SUMS` line; a missing, unlisted or altered file stops the step
+/// before anything is uploaded.
+pub fn verified_artifacts(dir: &std::path::Path) -> StepResult<Vec<(String, Vec<u8>, String)>> {
+    let bad = |m: String| {
+        precondition(
+            m,
+            "Populate the artifact directory with the release's k3s binary, install.sh and their SHA256SUMS (see README, Air-gap artifacts).",
+        )
+    };
+    let sums = std::fs::read_to_string(dir.join(SUMS_FILE))
+        .map_err(|e| bad(format!("{}: {e}", dir.join(SUMS_FILE).display())))?;
+    let mut out = Vec::new();
+    for name in ARTIFACT_FILES {
+        let want = sums
+            .lines()
+            .filter_map(|l| l.split_once(char::is_whitespace))
+            .find(|(_, f)| f.trim().trim_start_matches('*') == name)
+            .map(|(h, _)| h.to_ascii_lowercase())
+            .ok_or_else(|| {
+                bad(format!("{SUMS_FILE} in {} has no line for `{name}`", dir.display()))
+            })?;
+        let body = std::fs::read(dir.join(name))
+            .map_err(|e| bad(format!("{}: {e}", dir.join(name).display())))?;
+        let got = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        if got != want {
+            return Err(bad(format!(
+                "{} has sha256 {got}, {SUMS_FILE} says {want}: corrupted or replaced",
+                dir.join(name).display()
+            )));
+        }
+        out.push((name.to_owned(), body, got));
+    }
+    Ok(out)
+}
+
+/// Uploads the verified artifacts a node lacks (by remote checksum).
+async fn upload_artifacts(
+    cx: &StepCtx,
+    h: &Host,
+    fp: &str,
+    k: &ProvisionerKey,
+) -> StepResult<Vec<String>> {
+    let Some(dir) = &cx.backend.artifacts else { return Ok(Vec::new()) };
+    let mut sent = Vec::new();
+    for (name, body, sha) in verified_artifacts(dir)? {
+        let dest = format!("{ARTIFACTS}/{name}");
+        let have = cx.backend.ssh.run(h, fp, k, &format!("sha256sum {}", at(&dest))).await?;
+        if have.status == 0 && have.stdout.starts_with(&sha) {
+            continue;
+        }
+        cx.backend.ssh.upload(h, fp, k, &dest, &body, 0o755).await?;
+        sent.push(name);
+    }
+    Ok(sent)
 }
 
 /// This Sovereign's provisioner key (made by `infra/provisioner-key`).
@@ -248,6 +329,7 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
     let (h, fp, _) = pinned(cx, &suffix)?;
     let loc: String = cx.param("location")?;
     let out = outputs(cx)?;
+    let k = key(cx).await?;
     let first_ip = out
         .servers
         .iter()
@@ -255,17 +337,15 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
         .map(|s| s.private_ip.clone())
         .unwrap_or_default();
     // Guard: installed at this version already? Then nothing to do.
-    if cx.backend.ssh.run(&h, &fp, &key(cx).await?, &format!("test -f {}", marker())).await?.status
-        == 0
-    {
+    if cx.backend.ssh.run(&h, &fp, &k, &format!("test -f {}", at(&marker()))).await?.status == 0 {
         return Ok(
             json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": true }),
         );
     }
+    let sent = upload_artifacts(cx, &h, &fp, &k).await?;
     let token = cx.secret(&token_name(&loc)).await?;
     let cfg =
         k3s_config(&role, first, token.expose(), &first_ip, &out.load_balancer.ipv4, &fqdn(cx)?);
-    let k = key(cx).await?;
     cx.backend
         .ssh
         .upload(&h, &fp, &k, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600)
@@ -275,17 +355,17 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
         .upload(
             &h,
             &fp,
-            &key(cx).await?,
+            &k,
             "/var/lib/catalyst/k3s-install.sh",
             install_script(&role).as_bytes(),
             0o700,
         )
         .await?;
-    run_ok(cx, &h, &fp, "sh /var/lib/catalyst/k3s-install.sh").await?;
-    run_ok(cx, &h, &fp, &format!("touch {}", marker())).await?;
-    cx.event("ssh", json!({ "host": h.name, "message": format!("k3s {} installed as {role}", release::K3S_VERSION) })).await?;
+    run_ok(cx, &h, &fp, &format!("sh {}", at("/var/lib/catalyst/k3s-install.sh"))).await?;
+    run_ok(cx, &h, &fp, &format!("touch {}", at(&marker()))).await?;
+    cx.event("ssh", json!({ "host": h.name, "message": format!("k3s {} installed as {role}", release::K3S_VERSION), "artifacts_uploaded": sent })).await?;
     Ok(
-        json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": false }),
+        json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": false, "artifacts_uploaded": sent }),
     )
 }
 
@@ -299,11 +379,11 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
         "/usr/local/bin/k3s-agent-uninstall.sh"
     };
     // Absent script = never installed or already uninstalled.
-    if cx.backend.ssh.run(&h, &fp, &key(cx).await?, &format!("test -f {script}")).await?.status == 0
-    {
-        run_ok(cx, &h, &fp, &format!("sh {script}")).await?;
+    let k = key(cx).await?;
+    if cx.backend.ssh.run(&h, &fp, &k, &format!("test -f {}", at(script))).await?.status == 0 {
+        run_ok(cx, &h, &fp, &format!("sh {}", at(script))).await?;
     }
-    run_ok(cx, &h, &fp, &format!("rm -f {}", marker())).await?;
+    run_ok(cx, &h, &fp, &format!("rm -f {}", at(&marker()))).await?;
     Ok(())
 }
 
@@ -345,7 +425,7 @@ async fn kubeconfig(cx: &StepCtx) -> StepResult<Value> {
     let loc: String = cx.param("location")?;
     let out = outputs(cx)?;
     let (h, fp, _) = first_server(cx, &out)?;
-    let raw = run_ok(cx, &h, &fp, &format!("cat {KUBECONFIG_PATH}")).await?;
+    let raw = run_ok(cx, &h, &fp, &format!("cat {}", at(KUBECONFIG_PATH))).await?;
     if !raw.contains("https://127.0.0.1:6443") {
         return Err(StepError::adapter(
             System::Ssh,
@@ -382,7 +462,8 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
             ),
             Duration::from_secs(900),
             || async {
-                let text = run_ok(cx, &h, &fp, "k3s kubectl get nodes -o json").await?;
+                let text =
+                    run_ok(cx, &h, &fp, &format!("{} kubectl get nodes -o json", at(K3S))).await?;
                 let list: Value = serde_json::from_str(&text).map_err(|e| {
                     StepError::adapter(
                         System::Kubernetes,
@@ -412,5 +493,62 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
             },
         )
         .await?;
-    Ok(json!({ "ready_servers": counts.0, "ready_nodes": counts.1 }))
+    // Etcd members: every server carries K3s's etcd role label once it has
+    // joined the embedded etcd (F-13: three servers must be one cluster).
+    let nodes: Value = serde_json::from_str(
+        &run_ok(cx, &h, &fp, &format!("{} kubectl get nodes -o json", at(K3S))).await?,
+    )
+    .map_err(|e| {
+        StepError::adapter(System::Kubernetes, "get nodes", Cause::Invalid, e.to_string())
+    })?;
+    let etcd = nodes["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|n| {
+                    n.pointer("/metadata/labels/node-role.kubernetes.io~1etcd")
+                        .and_then(Value::as_str)
+                        == Some("true")
+                })
+                .count() as u32
+        })
+        .unwrap_or(0);
+    if etcd != want_servers {
+        return Err(StepError::adapter(
+            System::Kubernetes,
+            "etcd members",
+            Cause::Invalid,
+            format!(
+                "{etcd} etcd members, {want_servers} servers: the servers did not join one cluster"
+            ),
+        ));
+    }
+    let coredns = cx
+        .wait_for("CoreDNS to have an available replica", Duration::from_secs(600), || async {
+            let o = cx
+                .backend
+                .ssh
+                .run(
+                    &h,
+                    &fp,
+                    &key(cx).await?,
+                    &format!("{} kubectl -n kube-system get deployment coredns -o json", at(K3S)),
+                )
+                .await?;
+            if o.status != 0 {
+                return Ok(None);
+            }
+            let d: Value = serde_json::from_str(&o.stdout).unwrap_or(Value::Null);
+            let available =
+                d.pointer("/status/availableReplicas").and_then(Value::as_u64).unwrap_or(0);
+            Ok((available >= 1).then_some(available))
+        })
+        .await?;
+    Ok(json!({
+        "ready_servers": counts.0,
+        "ready_nodes": counts.1,
+        "etcd_members": etcd,
+        "coredns_available": coredns,
+    }))
 }

@@ -56,6 +56,8 @@ pub fn sim_backend_with_world(world: Arc<SimWorld>, workspace_root: PathBuf) -> 
         dns: Arc::new(SimDns::new(world)),
         workspace_root,
         infra: crate::adapters::InfraModule::Manifest,
+        artifacts: None,
+        ssh_port: 22,
         poll,
     }
 }

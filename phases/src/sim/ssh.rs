@@ -90,7 +90,8 @@ fn words(s: &str) -> Vec<String> {
     if any || !cur.is_empty() {
         v.push(cur);
     }
-    v
+    // A sim host's node root is `/` (real nodes leave $CZ_NODE_ROOT unset too).
+    v.into_iter().map(|w| w.replace("${CZ_NODE_ROOT:-}", "")).collect()
 }
 
 /// A k3s install marker found in a script.
@@ -631,8 +632,28 @@ impl SimSsh {
                     out(0, "", "")
                 }
             }
-            ["k3s", "kubectl", "get", "nodes", ..] | ["kubectl", "get", "nodes", ..] => {
-                self.get_nodes(server, &host.address).await?
+            ["k3s" | "/usr/local/bin/k3s", "kubectl", "get", "nodes", ..]
+            | ["kubectl", "get", "nodes", ..] => self.get_nodes(server, &host.address).await?,
+            // K3s's packaged CoreDNS: available once the cluster has a
+            // Ready node (the sim's CNI is always up).
+            [
+                "k3s" | "/usr/local/bin/k3s",
+                "kubectl",
+                "-n",
+                "kube-system",
+                "get",
+                "deployment",
+                "coredns",
+                ..,
+            ] => {
+                let nodes = self.get_nodes(server, &host.address).await?;
+                if nodes.status != 0 {
+                    nodes
+                } else {
+                    let ready = nodes.stdout.contains("\"Ready\"");
+                    let n = i32::from(ready);
+                    out(0, json!({"kind": "Deployment", "metadata": {"name": "coredns", "namespace": "kube-system"}, "status": {"replicas": 1, "readyReplicas": n, "availableReplicas": n}}).to_string(), "")
+                }
             }
             _ => out(0, "", ""),
         })
