@@ -7,136 +7,15 @@
 //! keys and `internal-sftp`) in a temp dir. `.ci/run` installs
 //! `openssh-server`; without `/usr/sbin/sshd` these tests fail, loudly.
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::sshd::{Sshd, free_port, user};
 
 use cz_phases::adapters::{Host, ProvisionerKey, SshApi};
 use cz_phases::exec::SshClient;
 use cz_phases::{Cause, StepError};
-
-const SSHD: &str = "/usr/sbin/sshd";
-
-fn user() -> String {
-    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
-        let out = Command::new("id").arg("-un").output().expect("id -un");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One `sshd` on 127.0.0.1 with its own host key and authorized keys.
-struct Sshd {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-    host_key: ProvisionerKey,
-}
-
-impl Sshd {
-    fn start(authorized: &[&ProvisionerKey]) -> Sshd {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: install openssh-server (bash .ci/run does)"
-        );
-        // sshd's privilege-separation directory (present when the package is
-        // installed as a service; created here for container machines).
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let dir = tempfile::tempdir().unwrap();
-        let keys: Vec<&str> = authorized.iter().map(|k| k.public.as_str()).collect();
-        std::fs::write(dir.path().join("authorized_keys"), keys.join("\n") + "\n").unwrap();
-        let mut s = Sshd {
-            dir,
-            port: free_port(),
-            child: None,
-            host_key: ProvisionerKey::generate("host").unwrap(),
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        use std::os::unix::fs::PermissionsExt;
-        let d = self.dir.path();
-        let hk = d.join("host_ed25519");
-        std::fs::write(&hk, self.host_key.private.expose()).unwrap();
-        std::fs::set_permissions(&hk, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let cfg = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
-             PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n\
-             SetEnv CZ_NODE_ROOT={d}/root\n",
-            port = self.port,
-            hk = hk.display(),
-            d = d.display()
-        );
-        std::fs::write(d.join("sshd_config"), cfg).unwrap();
-        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
-        let child = Command::new(SSHD)
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sshd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not listen: {}",
-                std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// A reinstalled server: same address, new host key.
-    fn reinstall(&mut self) {
-        self.stop();
-        self.host_key = ProvisionerKey::generate("host-2").unwrap();
-        self.spawn();
-    }
-
-    fn host(&self) -> Host {
-        Host {
-            name: format!("node-{}", self.port),
-            address: "127.0.0.1".into(),
-            port: self.port,
-            user: user(),
-        }
-    }
-
-    /// Where this node's absolute path `abs` is (its `$CZ_NODE_ROOT`).
-    fn path(&self, abs: &str) -> PathBuf {
-        self.dir.path().join("root").join(abs.trim_start_matches('/'))
-    }
-
-    /// The fingerprint OpenSSH shows for this host key.
-    fn fingerprint(&self) -> String {
-        let k = ssh_key::PublicKey::from_openssh(&self.host_key.public).unwrap();
-        k.fingerprint(ssh_key::HashAlg::Sha256).to_string()
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn client() -> SshClient {
     SshClient::new(Duration::from_secs(5), Duration::from_secs(60))

@@ -1,0 +1,323 @@
+//! The `cluster` phase through the real SSH adapter against five real
+//! `sshd` "nodes" (3 servers + 2 agents), each on its own loopback address
+//! with its own root directory, host key and environment. The K3s artifacts
+//! are stubs (`fixtures/k3s-stub/`) that enforce what a real cluster would
+//! (one `cluster-init`, joins only to the first server's private address,
+//! one token, a 0600 config, air-gap mode) and record every call.
+//!
+//! Asserted: the air-gap artifacts are verified and uploaded, the join
+//! sequence per role, the done criteria (nodes Ready, etcd members,
+//! CoreDNS), no second install when every step runs twice or after the
+//! drive is interrupted mid-phase and resumed, and a tampered artifact
+//! stops the phase before anything is uploaded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::sshd::Sshd;
+use cz_phases::adapters::{Backend, ProvisionerKey};
+use cz_phases::engine::{DriveOutcome, Engine, FailurePolicy, FaultPlan, JobOptions};
+use cz_phases::exec::SshClient;
+use cz_phases::phases::infra::{LoadBalancer, Outputs, PROVISIONER_KEY, Server};
+use cz_phases::phases::{cluster, provision_submission, registry};
+use cz_phases::plan::{PhaseBuilder, Plan};
+use cz_phases::request::{ProvisionRequest, sample_body};
+use cz_phases::sim::{SimConfig, sim_backend};
+use cz_phases::{Step, StepCtx, StepResult};
+use cz_state::{JobId, JobStatus, Store, StorePaths};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const STUBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k3s-stub");
+const NODES: [(&str, &str); 5] =
+    [("cp1", "11"), ("cp2", "12"), ("cp3", "13"), ("w1", "14"), ("w2", "15")];
+
+/// `infra/outputs-fsn1` as the infra phase would have left it.
+struct FixedOutputs(Value);
+
+#[async_trait]
+impl Step for FixedOutputs {
+    async fn run(&self, _cx: &StepCtx) -> StepResult<Value> {
+        Ok(self.0.clone())
+    }
+    async fn undo(&self, _cx: &StepCtx) -> StepResult<()> {
+        Ok(())
+    }
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    nodes: Vec<Sshd>,
+    store: Store,
+    engine: Engine,
+    key: ProvisionerKey,
+    net: String,
+}
+
+fn cluster_dir(r: &Rig) -> PathBuf {
+    r.dir.path().join("cluster")
+}
+
+/// A free port on all five loopback addresses of `net`.
+fn port_for(net: &str) -> u16 {
+    loop {
+        let p = common::sshd::free_port();
+        if NODES.iter().all(|(_, h)| std::net::TcpListener::bind((format!("{net}.{h}"), p)).is_ok())
+        {
+            return p;
+        }
+    }
+}
+
+/// Copies the stubs into an artifact directory with their SHA256SUMS.
+fn artifact_dir(root: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = root.join("artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut sums = String::new();
+    for name in cluster::ARTIFACT_FILES {
+        let body = std::fs::read(Path::new(STUBS).join(name)).unwrap();
+        std::fs::write(dir.join(name), &body).unwrap();
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        sums.push_str(&format!("{sha}  {name}\n"));
+    }
+    std::fs::write(dir.join(cluster::SUMS_FILE), sums).unwrap();
+    dir
+}
+
+fn request() -> ProvisionRequest {
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let body = sample_body("kube", 3, 2, &"s".repeat(64), &recipient);
+    serde_json::from_value(body).unwrap()
+}
+
+/// `net` is a /24 of 127.0.0.0/8 of its own per test (tests run in parallel).
+async fn rig(net: &str, options: JobOptions) -> (Rig, JobId) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ProvisionerKey::generate("catalyst-zero@kube").unwrap();
+    let port = port_for(net);
+    let cluster = dir.path().join("cluster");
+    std::fs::create_dir_all(&cluster).unwrap();
+    let nodes: Vec<Sshd> = NODES
+        .iter()
+        .map(|(name, h)| {
+            let ip = format!("{net}.{h}");
+            Sshd::start_at(
+                &ip,
+                port,
+                &[&key],
+                &[
+                    ("CZ_NODE_NAME", name),
+                    ("CZ_NODE_IP", &ip),
+                    ("CZ_TEST_CLUSTER", cluster.to_str().unwrap()),
+                ],
+            )
+        })
+        .collect();
+    let mut backend =
+        sim_backend(dir.path().join("sim"), dir.path().join("ws"), SimConfig::instant());
+    backend.ssh = Arc::new(SshClient::new(Duration::from_secs(5), Duration::from_secs(60)));
+    backend.artifacts = Some(artifact_dir(dir.path()));
+    backend.ssh_port = port;
+    backend.poll = Duration::from_millis(20);
+    let backend: Backend = backend;
+
+    let req = request();
+    let servers: Vec<Server> = NODES
+        .iter()
+        .map(|(name, h)| Server {
+            name: format!("kube-omani-works-fsn1-{name}"),
+            id: h.parse().unwrap(),
+            role: if name.starts_with("cp") { "control-plane" } else { "worker" }.into(),
+            ipv4: format!("{net}.{h}"),
+            private_ip: format!("{net}.{h}"),
+        })
+        .collect();
+    let outputs = Outputs {
+        location: "fsn1".into(),
+        servers,
+        load_balancer: LoadBalancer { id: 99, ipv4: format!("{net}.20") },
+        workspace: dir.path().join("ws"),
+    };
+    let mut reg = registry();
+    reg.register("test.outputs", FixedOutputs(serde_json::to_value(&outputs).unwrap()));
+    let mut infra = PhaseBuilder::new("infra");
+    infra.step("outputs-fsn1", "test.outputs", &[], Value::Null);
+    let plan = Plan { phases: vec![infra.build(), cluster::phase(&req.regions)] };
+
+    let store = Store::open(StorePaths::in_dir(&dir.path().join("data"))).await.unwrap();
+    let (sov, job, mut sub) = provision_submission(&req, &options, "test");
+    sub.plan = serde_json::to_value(&plan).unwrap();
+    store.submit(sub).await.unwrap();
+    // The provisioner key the infra phase would have made and authorized.
+    store.put_secret(&sov.to_string(), PROVISIONER_KEY, &key.private).await.unwrap();
+    let engine = Engine::new(store.clone(), Arc::new(reg), Arc::new(backend));
+    (Rig { dir, nodes, store, engine, key, net: net.to_owned() }, job)
+}
+
+async fn drive(r: &Rig, job: JobId) -> JobStatus {
+    let fut = r.engine.drive(job, CancellationToken::new());
+    match tokio::time::timeout(Duration::from_secs(120), fut).await.expect("bounded").unwrap() {
+        DriveOutcome::Stopped(s) => s,
+        DriveOutcome::Interrupted => panic!("interrupted"),
+    }
+}
+
+fn calls(r: &Rig) -> Vec<String> {
+    std::fs::read_to_string(cluster_dir(r).join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What each node logged, in order (the `k3s` stub's calls left out).
+fn installs(r: &Rig) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in calls(r) {
+        let (node, what) = l.split_once(' ').unwrap();
+        if !what.starts_with("k3s ") {
+            m.entry(node.to_owned()).or_default().push(what.to_owned());
+        }
+    }
+    m
+}
+
+async fn pause_reason(r: &Rig, job: JobId) -> String {
+    let j = r.store.get_job(job).await.unwrap().unwrap();
+    j.pause.or(j.error).map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn assert_join_sequence(r: &Rig) {
+    let i = installs(r);
+    let v = "version=v1.31.4+k3s1 skip_download=true";
+    let first = format!("https://{}.11:6443", r.net);
+    assert_eq!(
+        i["cp1"],
+        vec![format!("install role=server {v}"), "joined role=server cluster-init".into()]
+    );
+    for cp in ["cp2", "cp3"] {
+        assert_eq!(
+            i[cp],
+            vec![format!("install role=server {v}"), format!("joined role=server server={first}")],
+            "{cp}"
+        );
+    }
+    for w in ["w1", "w2"] {
+        assert_eq!(
+            i[w],
+            vec![format!("install role=agent {v}"), format!("joined role=agent server={first}")],
+            "{w}"
+        );
+    }
+    // Servers joined one at a time, after the first.
+    let order: Vec<String> = calls(r)
+        .iter()
+        .filter(|l| l.contains(" joined role=server"))
+        .map(|l| l[..3].to_owned())
+        .collect();
+    assert_eq!(order, vec!["cp1", "cp2", "cp3"]);
+}
+
+#[tokio::test]
+async fn three_servers_and_two_agents_join_in_order_over_real_ssh() {
+    let (r, job) = rig("127.0.41", JobOptions::default()).await;
+    let status = drive(&r, job).await;
+    assert_eq!(status, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
+    assert_join_sequence(&r);
+    // Air-gap artifacts on every node, as uploaded (verified checksums).
+    for n in &r.nodes {
+        for name in cluster::ARTIFACT_FILES {
+            let remote =
+                std::fs::read(n.path(&format!("/var/lib/catalyst/artifacts/{name}"))).unwrap();
+            assert_eq!(remote, std::fs::read(Path::new(STUBS).join(name)).unwrap());
+        }
+        // The k3s config carries the token: 0600 on the node.
+        use std::os::unix::fs::PermissionsExt;
+        let cfg = n.path("/etc/rancher/k3s/config.yaml");
+        assert_eq!(std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // Cilium only on the first server, pointing agents at a reachable API.
+    let cilium = std::fs::read_to_string(
+        r.nodes[0].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml"),
+    )
+    .unwrap();
+    assert!(cilium.contains(&format!("k8sServiceHost: \"{}.11\"", r.net)), "{cilium}");
+    assert!(!r.nodes[1].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml").exists());
+    // The done criteria were checked.
+    let states = r.store.node_states(job).await.unwrap();
+    let out = match states.get("cluster/verify-fsn1") {
+        Some(cz_state::NodeState::Succeeded { output, .. }) => output.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        out,
+        json!({"ready_servers": 3, "ready_nodes": 5, "etcd_members": 3, "coredns_available": 1})
+    );
+    // The kubeconfig points at the load balancer, stored encrypted.
+    let sov = r.store.get_job(job).await.unwrap().unwrap().sovereign_id;
+    let kc = r.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().unwrap();
+    assert!(kc.expose().contains(&format!("server: https://{}.20:6443", r.net)));
+    let _ = &r.key;
+}
+
+#[tokio::test]
+async fn every_step_twice_installs_nothing_twice() {
+    let phase = cluster::phase(&request().regions);
+    let repeat = phase.nodes.iter().map(|n| format!("cluster/{}", n.id)).collect();
+    let options = JobOptions {
+        faults: FaultPlan { repeat, ..FaultPlan::default() },
+        ..JobOptions::default()
+    };
+    let (r, job) = rig("127.0.42", options).await;
+    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
+    assert_join_sequence(&r);
+}
+
+#[tokio::test]
+async fn an_interrupted_phase_resumes_without_a_second_install() {
+    let (r, job) = rig("127.0.43", JobOptions::default()).await;
+    // Interrupt as soon as the second server's install has begun.
+    let cancel = CancellationToken::new();
+    let watch = {
+        let (cancel, log) = (cancel.clone(), cluster_dir(&r).join("calls.log"));
+        async move {
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("cp2 install") {
+                    cancel.cancel();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let (outcome, ()) = tokio::join!(r.engine.drive(job, cancel.clone()), watch);
+    assert_eq!(outcome.unwrap(), DriveOutcome::Interrupted);
+    // A new engine over the same store ("restart") finishes the job.
+    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
+    assert_join_sequence(&r);
+}
+
+#[tokio::test]
+async fn a_tampered_artifact_stops_the_phase_before_any_upload() {
+    let (r, job) =
+        rig("127.0.44", JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() })
+            .await;
+    let k3s = r.dir.path().join("artifacts/k3s");
+    std::fs::write(&k3s, b"#!/bin/sh\necho pwned\n").unwrap();
+    let status = drive(&r, job).await;
+    assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+    let why = pause_reason(&r, job).await;
+    assert!(why.contains("corrupted or replaced"), "{why}");
+    for n in &r.nodes {
+        assert!(!n.path("/var/lib/catalyst/artifacts/k3s").exists(), "uploaded to {}", n.ip);
+    }
+    assert!(installs(&r).is_empty());
+}
