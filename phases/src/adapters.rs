@@ -320,6 +320,9 @@ pub trait KubeApi: Send + Sync {
     ) -> AdapterResult<Vec<Value>>;
     /// Deletes; already gone is success.
     async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()>;
+    /// The API server's version through the kubeconfig's own endpoint, TLS
+    /// verified against its CA and authenticated (F-12).
+    async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String>;
 }
 
 // === OpenBao ===

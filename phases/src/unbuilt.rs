@@ -3,7 +3,7 @@
 //! `bootstrap-kit` issue) and OpenBao (the custody/hand-off issue).
 //!
 //! They are not fakes: every call fails with a precondition naming what is
-//! missing, so a `hetzner` job runs `preflight`, DNS and `infra` for real and
+//! missing (except `KubeApi::server_version`, the real F-12 endpoint check), so a `hetzner` job runs `preflight`, DNS and `infra` for real and
 //! then pauses at the first step that needs one of these, with the reason in
 //! the job's events. Nothing is pretended.
 
@@ -90,6 +90,11 @@ impl KubeApi for Unbuilt {
     }
     async fn delete(&self, _k: &SecretString, _r: &ObjectRef) -> AdapterResult<()> {
         self.refuse("delete")
+    }
+    /// Real already: the endpoint check needs no Kubernetes client.
+    async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String> {
+        crate::exec::kubeconfig::server_version(kubeconfig, std::time::Duration::from_secs(10))
+            .await
     }
 }
 

@@ -57,6 +57,7 @@ struct Rig {
     engine: Engine,
     key: ProvisionerKey,
     net: String,
+    _api: Option<ApiServer>,
 }
 
 fn cluster_dir(r: &Rig) -> PathBuf {
@@ -97,27 +98,153 @@ fn request() -> ProvisionRequest {
     serde_json::from_value(body).unwrap()
 }
 
+/// How the Kubernetes API endpoint is checked.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    /// The sim's rule (the endpoint is the LB on 6443).
+    Sim,
+    /// A real TLS server on the LB address; its certificate has the LB
+    /// address as SAN or not.
+    Tls { with_san: bool },
+}
+
+/// A test PKI and an HTTPS "apiserver" answering `/version` to clients
+/// with a certificate from the same CA.
+struct ApiServer {
+    ca_pem: String,
+    client_cert_pem: String,
+    client_key_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn api_server(ip: &str, with_san: bool) -> ApiServer {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        SanType,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "k3s-server-ca");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let mut sp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    // K3s's own SANs; the LB's only when tls-san reached the certificate.
+    sp.subject_alt_names = vec![
+        SanType::DnsName("kubernetes.default".try_into().unwrap()),
+        SanType::IpAddress("127.0.0.1".parse().unwrap()),
+    ];
+    if with_san {
+        sp.subject_alt_names.push(SanType::IpAddress(ip.parse().unwrap()));
+    }
+    let server_cert = sp.signed_by(&server_key, &issuer).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut cp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name.push(rcgen::DnType::CommonName, "system:admin");
+    cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = cp.signed_by(&client_key, &issuer).unwrap();
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server_cert.der().clone(), ca_cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind((ip, 6443)).await.unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = vec![0u8; 4096];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = if req.starts_with(b"GET /version ") {
+                    r#"{"major":"1","minor":"31","gitVersion":"v1.31.4+k3s1"}"#
+                } else {
+                    r#"{"kind":"Status","code":404}"#
+                };
+                let status = if body.contains("gitVersion") { "200 OK" } else { "404 Not Found" };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    ApiServer {
+        ca_pem: ca_cert.pem(),
+        client_cert_pem: client_cert.pem(),
+        client_key_pem: client_key.serialize_pem(),
+        task,
+    }
+}
+
 /// `net` is a /24 of 127.0.0.0/8 of its own per test (tests run in parallel).
 async fn rig(net: &str, options: JobOptions) -> (Rig, JobId) {
+    rig_with(net, options, Api::Sim).await
+}
+
+async fn rig_with(net: &str, options: JobOptions, api: Api) -> (Rig, JobId) {
+    use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
     let key = ProvisionerKey::generate("catalyst-zero@kube").unwrap();
     let port = port_for(net);
     let cluster = dir.path().join("cluster");
     std::fs::create_dir_all(&cluster).unwrap();
+    let server = match api {
+        Api::Sim => None,
+        Api::Tls { with_san } => Some(api_server(&format!("{net}.20"), with_san).await),
+    };
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let pki: Vec<(&str, String)> = server
+        .as_ref()
+        .map(|s| {
+            vec![
+                ("CZ_TEST_CA_B64", b64(&s.ca_pem)),
+                ("CZ_TEST_CERT_B64", b64(&s.client_cert_pem)),
+                ("CZ_TEST_KEY_B64", b64(&s.client_key_pem)),
+            ]
+        })
+        .unwrap_or_default();
     let nodes: Vec<Sshd> = NODES
         .iter()
         .map(|(name, h)| {
             let ip = format!("{net}.{h}");
-            Sshd::start_at(
-                &ip,
-                port,
-                &[&key],
-                &[
-                    ("CZ_NODE_NAME", name),
-                    ("CZ_NODE_IP", &ip),
-                    ("CZ_TEST_CLUSTER", cluster.to_str().unwrap()),
-                ],
-            )
+            let mut env: Vec<(&str, &str)> = vec![
+                ("CZ_NODE_NAME", name),
+                ("CZ_NODE_IP", &ip),
+                ("CZ_TEST_CLUSTER", cluster.to_str().unwrap()),
+            ];
+            env.extend(pki.iter().map(|(k, v)| (*k, v.as_str())));
+            Sshd::start_at(&ip, port, &[&key], &env)
         })
         .collect();
     let mut backend =
@@ -126,6 +253,10 @@ async fn rig(net: &str, options: JobOptions) -> (Rig, JobId) {
     backend.artifacts = Some(artifact_dir(dir.path()));
     backend.ssh_port = port;
     backend.poll = Duration::from_millis(20);
+    if server.is_some() {
+        // The real endpoint check (it needs no Kubernetes client).
+        backend.kube = Arc::new(cz_phases::unbuilt::Unbuilt::KUBE);
+    }
     let backend: Backend = backend;
 
     let req = request();
@@ -158,7 +289,7 @@ async fn rig(net: &str, options: JobOptions) -> (Rig, JobId) {
     // The provisioner key the infra phase would have made and authorized.
     store.put_secret(&sov.to_string(), PROVISIONER_KEY, &key.private).await.unwrap();
     let engine = Engine::new(store.clone(), Arc::new(reg), Arc::new(backend));
-    (Rig { dir, nodes, store, engine, key, net: net.to_owned() }, job)
+    (Rig { dir, nodes, store, engine, key, net: net.to_owned(), _api: server }, job)
 }
 
 async fn drive(r: &Rig, job: JobId) -> JobStatus {
@@ -320,4 +451,36 @@ async fn a_tampered_artifact_stops_the_phase_before_any_upload() {
         assert!(!n.path("/var/lib/catalyst/artifacts/k3s").exists(), "uploaded to {}", n.ip);
     }
     assert!(installs(&r).is_empty());
+}
+
+/// F-12: the kubeconfig handed over is verified through its endpoint (the
+/// LB on 6443) by a real TLS handshake against the cluster CA plus an
+/// authenticated request; an endpoint whose certificate lacks the LB's
+/// address as SAN is refused and nothing is stored.
+#[tokio::test]
+async fn the_kubeconfig_is_verified_over_tls_and_a_certificate_without_the_san_is_refused() {
+    let (r, job) = rig_with("127.0.45", JobOptions::default(), Api::Tls { with_san: true }).await;
+    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
+    let states = r.store.node_states(job).await.unwrap();
+    match states.get("cluster/kubeconfig-fsn1") {
+        Some(cz_state::NodeState::Succeeded { output, .. }) => {
+            assert_eq!(output["server_version"], "v1.31.4+k3s1");
+            assert_eq!(output["endpoint"], "https://127.0.45.20:6443");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (r, job) = rig_with(
+        "127.0.46",
+        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
+        Api::Tls { with_san: false },
+    )
+    .await;
+    let status = drive(&r, job).await;
+    assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+    let why = pause_reason(&r, job).await;
+    assert!(why.contains("kubeconfig-fsn1") && why.contains("tls-san"), "{why}");
+    assert!(why.contains("127.0.46.20"), "{why}");
+    let sov = r.store.get_job(job).await.unwrap().unwrap().sovereign_id;
+    assert!(r.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().is_none());
 }

@@ -2,6 +2,7 @@
 //! tofu runner and the real SSH client.
 
 pub mod command;
+pub mod kubeconfig;
 pub mod ssh;
 pub mod tofu;
 

@@ -446,9 +446,30 @@ async fn kubeconfig(cx: &StepCtx) -> StepResult<Value> {
         ));
     }
     let endpoint = format!("https://{}:6443", out.load_balancer.ipv4);
-    let rewritten = raw.replace("https://127.0.0.1:6443", &endpoint);
-    cx.put_secret(&kubeconfig_secret(&loc), &SecretString::new(rewritten)).await?;
-    Ok(json!({ "endpoint": endpoint, "secret": kubeconfig_secret(&loc) }))
+    let rewritten = SecretString::new(raw.replace("https://127.0.0.1:6443", &endpoint));
+    // F-12: the endpoint we hand over must answer, over TLS verified with
+    // the cluster's CA for that address, before it is stored as the
+    // Sovereign's kubeconfig. Not up yet (the LB's health checks) is waited
+    // for; a certificate without the SAN is an operator's to fix.
+    let version = cx
+        .wait_for(
+            &format!("the Kubernetes API to answer at {endpoint} with a verified certificate"),
+            Duration::from_secs(300),
+            || async {
+                match cx.backend.kube.server_version(&rewritten).await {
+                    Ok(v) => Ok(Some(v)),
+                    Err(StepError::Adapter {
+                        cause: Cause::Network | Cause::Unavailable, ..
+                    }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await?;
+    cx.put_secret(&kubeconfig_secret(&loc), &rewritten).await?;
+    Ok(
+        json!({ "endpoint": endpoint, "secret": kubeconfig_secret(&loc), "server_version": version }),
+    )
 }
 
 async fn kubeconfig_undo(cx: &StepCtx) -> StepResult<()> {

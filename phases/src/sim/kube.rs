@@ -633,6 +633,27 @@ impl KubeApi for SimKube {
         Ok(keys.into_iter().filter_map(|(_, _, k)| self.observe(k, &all, &cloud, now)).collect())
     }
 
+    /// The sim's F-12: the endpoint must be the one handed over (not the
+    /// node-local `127.0.0.1`) and on 6443.
+    async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String> {
+        self.world.op("kube.version", 200).await?;
+        Self::cluster(kubeconfig, "version")?;
+        let server = kubeconfig
+            .expose()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        if server.contains("127.0.0.1") || !server.ends_with(":6443") {
+            return Err(StepError::Precondition {
+                message: format!("the Kubernetes API is not served at {server} for other hosts"),
+                remediation: "Rewrite the kubeconfig to the load balancer on 6443.".into(),
+            });
+        }
+        Ok(format!("{} (sim)", crate::phases::release::K3S_VERSION))
+    }
+
     async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()> {
         self.world.op("kube.delete", 200).await?;
         let cluster = Self::cluster(kubeconfig, "delete")?;
