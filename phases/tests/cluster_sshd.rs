@@ -209,10 +209,15 @@ async fn api_server(ip: &str, with_san: bool) -> ApiServer {
 
 /// `net` is a /24 of 127.0.0.0/8 of its own per test (tests run in parallel).
 async fn rig(net: &str, options: JobOptions) -> (Rig, JobId) {
-    rig_with(net, options, Api::Sim).await
+    rig_with(net, options, Api::Sim, &[]).await
 }
 
-async fn rig_with(net: &str, options: JobOptions, api: Api) -> (Rig, JobId) {
+async fn rig_with(
+    net: &str,
+    options: JobOptions,
+    api: Api,
+    extra_env: &[(&str, &str)],
+) -> (Rig, JobId) {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
     let key = ProvisionerKey::generate("catalyst-zero@kube").unwrap();
@@ -244,6 +249,7 @@ async fn rig_with(net: &str, options: JobOptions, api: Api) -> (Rig, JobId) {
                 ("CZ_TEST_CLUSTER", cluster.to_str().unwrap()),
             ];
             env.extend(pki.iter().map(|(k, v)| (*k, v.as_str())));
+            env.extend(extra_env.iter().copied());
             Sshd::start_at(&ip, port, &[&key], &env)
         })
         .collect();
@@ -459,7 +465,8 @@ async fn a_tampered_artifact_stops_the_phase_before_any_upload() {
 /// address as SAN is refused and nothing is stored.
 #[tokio::test]
 async fn the_kubeconfig_is_verified_over_tls_and_a_certificate_without_the_san_is_refused() {
-    let (r, job) = rig_with("127.0.45", JobOptions::default(), Api::Tls { with_san: true }).await;
+    let (r, job) =
+        rig_with("127.0.45", JobOptions::default(), Api::Tls { with_san: true }, &[]).await;
     assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
     let states = r.store.node_states(job).await.unwrap();
     match states.get("cluster/kubeconfig-fsn1") {
@@ -474,6 +481,7 @@ async fn the_kubeconfig_is_verified_over_tls_and_a_certificate_without_the_san_i
         "127.0.46",
         JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
         Api::Tls { with_san: false },
+        &[],
     )
     .await;
     let status = drive(&r, job).await;
@@ -483,4 +491,42 @@ async fn the_kubeconfig_is_verified_over_tls_and_a_certificate_without_the_san_i
     assert!(why.contains("127.0.46.20"), "{why}");
     let sov = r.store.get_job(job).await.unwrap().unwrap().sovereign_id;
     assert!(r.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().is_none());
+}
+
+/// The daemon killed in the middle of an install: its SSH connections drop
+/// (SIGKILL to the node's per-connection sshd), the install on the node goes
+/// on to the end anyway, and the resumed job finds it done instead of
+/// installing a second time.
+#[tokio::test]
+async fn a_dropped_connection_mid_install_neither_aborts_nor_repeats_it() {
+    let (r, job) =
+        rig_with("127.0.47", JobOptions::default(), Api::Sim, &[("CZ_TEST_INSTALL_DELAY", "2")])
+            .await;
+    let cancel = CancellationToken::new();
+    let watch = {
+        let (cancel, log) = (cancel.clone(), cluster_dir(&r).join("calls.log"));
+        let cp1 = &r.nodes[0];
+        async move {
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("cp1 install") {
+                    // The daemon dies: its drive stops, its connections drop.
+                    cancel.cancel();
+                    assert!(cp1.drop_sessions() > 0, "no SSH session to drop");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let (outcome, ()) = tokio::join!(r.engine.drive(job, cancel.clone()), watch);
+    assert!(matches!(outcome.unwrap(), DriveOutcome::Interrupted | DriveOutcome::Stopped(_)));
+    // The node finishes the install on its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !calls(&r).iter().any(|l| l.starts_with("cp1 joined")) {
+        assert!(std::time::Instant::now() < deadline, "the install died with the connection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
+    assert_join_sequence(&r);
 }

@@ -237,22 +237,31 @@ fn k3s_config(
 /// then the official installer in air-gap mode (no download), as `server`
 /// or `agent`; everything else comes from `/etc/rancher/k3s/config.yaml`.
 ///
-/// It is safe to run twice, even at once: it holds a lock on the node for
-/// the whole install and writes the version marker as its last act, so a
-/// second run (a retry after the daemon was killed while the first was
-/// still running on the node) waits for the first and then does nothing.
+/// It is safe to run twice, even at once, and it survives the daemon:
+/// - it ignores SIGHUP and SIGPIPE and writes the installer's output to
+///   `k3s-install.log` on the node, so a dropped SSH connection (the daemon
+///   killed with SIGKILL) does not kill an install half-way;
+/// - it holds a lock on the node for the whole install and writes the
+///   version marker as its last act, so a retry while the first run is
+///   still going waits for it, then finds the marker and does nothing.
+///
 /// The marker line is what the sim backend's hosts interpret.
 fn install_script(role: &str) -> String {
     let exec = if role == "server" { "server" } else { "agent" };
     format!(
-        "#!/bin/sh\n# sim:k3s-install role={role} version={v}\nset -eu\nR=\"${{CZ_NODE_ROOT:-}}\"\n\
+        "#!/bin/sh\n# sim:k3s-install role={role} version={v}\nset -eu\ntrap '' HUP PIPE\n\
+         R=\"${{CZ_NODE_ROOT:-}}\"\n\
          mkdir -p \"$R/var/lib/catalyst\"\n\
          exec 9>\"$R/var/lib/catalyst/k3s-install.lock\"\n\
          flock 9\n\
          if [ -f \"$R{marker}\" ]; then echo 'k3s {v} is already installed'; exit 0; fi\n\
-         install -D -m 0755 \"$R{ARTIFACTS}/k3s\" \"$R/usr/local/bin/k3s\"\n\
+         log=\"$R/var/lib/catalyst/k3s-install.log\"\n\
+         if ! {{ install -D -m 0755 \"$R{ARTIFACTS}/k3s\" \"$R/usr/local/bin/k3s\" && \\\n\
          INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_VERSION='{v}' INSTALL_K3S_EXEC='{exec}' \\\n\
-         INSTALL_K3S_BIN_DIR=\"$R/usr/local/bin\" sh \"$R{ARTIFACTS}/install.sh\"\n\
+         INSTALL_K3S_BIN_DIR=\"$R/usr/local/bin\" sh \"$R{ARTIFACTS}/install.sh\"; }} >\"$log\" 2>&1; then\n\
+         \x20 tail -n 40 \"$log\" >&2\n\
+         \x20 exit 1\n\
+         fi\n\
          touch \"$R{marker}\"\n",
         v = release::K3S_VERSION,
         marker = marker(),

@@ -115,6 +115,43 @@ impl Sshd {
         }
     }
 
+    /// Drops every open SSH connection the hard way (SIGKILL to the
+    /// per-connection sshd processes), leaving the commands they started
+    /// running: what a node sees when the daemon is killed mid-command.
+    pub fn drop_sessions(&self) -> usize {
+        let Some(listener) = self.child.as_ref().map(Child::id) else { return 0 };
+        let ppid_comm = |pid: u32| -> Option<(u32, String)> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            Some((rest.split_whitespace().nth(1)?.parse().ok()?, comm))
+        };
+        let mut killed = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            // An sshd process under the listener (any depth).
+            let mut cur = pid;
+            let mut under = false;
+            let mut is_sshd = false;
+            for depth in 0..8 {
+                let Some((ppid, comm)) = ppid_comm(cur) else { break };
+                if depth == 0 {
+                    is_sshd = comm.starts_with("sshd");
+                }
+                if ppid == listener {
+                    under = true;
+                    break;
+                }
+                cur = ppid;
+            }
+            if under && is_sshd && pid != listener {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
     /// A reinstalled server: same address, new host key.
     pub fn reinstall(&mut self) {
         self.stop();
