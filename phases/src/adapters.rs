@@ -418,6 +418,32 @@ impl InfraModule {
     }
 }
 
+/// How long the bounded waits of the phases may take before they give up
+/// with their reason (F-17, F-22: no silent 25-minute hangs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// A new server's SSH to accept connections.
+    pub host_boot: std::time::Duration,
+    /// Every node Ready.
+    pub nodes_ready: std::time::Duration,
+    /// CoreDNS available.
+    pub coredns: std::time::Duration,
+    /// The API to answer through the load balancer.
+    pub api_endpoint: std::time::Duration,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        use std::time::Duration;
+        Bounds {
+            host_boot: Duration::from_secs(600),
+            nodes_ready: Duration::from_secs(900),
+            coredns: Duration::from_secs(600),
+            api_endpoint: Duration::from_secs(300),
+        }
+    }
+}
+
 /// The adapters a job runs against.
 #[derive(Clone)]
 pub struct Backend {
@@ -439,6 +465,7 @@ pub struct Backend {
     pub artifacts: Option<PathBuf>,
     /// The SSH port of every node (22).
     pub ssh_port: u16,
+    pub bounds: Bounds,
     /// Poll interval for bounded waits.
     pub poll: std::time::Duration,
 }

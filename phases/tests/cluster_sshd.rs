@@ -259,6 +259,7 @@ async fn rig_with(
     backend.artifacts = Some(artifact_dir(dir.path()));
     backend.ssh_port = port;
     backend.poll = Duration::from_millis(20);
+    backend.bounds.host_boot = Duration::from_secs(3);
     if server.is_some() {
         // The real endpoint check (it needs no Kubernetes client).
         backend.kube = Arc::new(cz_phases::unbuilt::Unbuilt::KUBE);
@@ -529,4 +530,72 @@ async fn a_dropped_connection_mid_install_neither_aborts_nor_repeats_it() {
     }
     assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
     assert_join_sequence(&r);
+}
+
+/// A server that never answers SSH: the wait is bounded, names the host and
+/// what it waited for, pauses the job for an operator, and the other nodes
+/// are left as they were (the agent never joined a half-formed cluster).
+#[tokio::test]
+async fn a_host_that_never_comes_up_pauses_with_its_name_after_the_bound() {
+    let (mut r, job) = rig_with(
+        "127.0.48",
+        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
+        Api::Sim,
+        &[],
+    )
+    .await;
+    r.nodes[4].stop();
+    let status = drive(&r, job).await;
+    assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+    let why = pause_reason(&r, job).await;
+    assert!(why.contains("ssh-fsn1-w2"), "{why}");
+    assert!(
+        why.contains("SSH on kube-omani-works-fsn1-w2 (127.0.48.15) to accept connections"),
+        "{why}"
+    );
+    assert!(why.contains("timed out after 3s"), "{why}");
+    assert!(!installs(&r).contains_key("w2"));
+}
+
+/// A node whose host key changes between its first contact (pinned) and a
+/// later step (a reinstalled server, or someone in the middle): the step is
+/// refused before any command runs there and the job pauses for an operator.
+#[tokio::test]
+async fn a_changed_host_key_after_pinning_pauses_the_job_before_any_command() {
+    let (mut r, job) = rig_with(
+        "127.0.49",
+        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
+        Api::Sim,
+        &[("CZ_TEST_INSTALL_DELAY", "1")],
+    )
+    .await;
+    // Stop once every host is pinned and the first server is installing.
+    let cancel = CancellationToken::new();
+    let watch = {
+        let (cancel, store, log) =
+            (cancel.clone(), r.store.clone(), cluster_dir(&r).join("calls.log"));
+        async move {
+            loop {
+                let states = store.node_states(job).await.unwrap();
+                let pinned = NODES.iter().all(|(n, _)| {
+                    states.get(&format!("cluster/ssh-fsn1-{n}")).is_some_and(|s| s.is_satisfied())
+                });
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if pinned && text.contains("cp1 install") {
+                    cancel.cancel();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let (outcome, ()) = tokio::join!(r.engine.drive(job, cancel.clone()), watch);
+    assert_eq!(outcome.unwrap(), DriveOutcome::Interrupted);
+    r.nodes[4].reinstall();
+    let status = drive(&r, job).await;
+    assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+    let why = pause_reason(&r, job).await;
+    assert!(why.contains("k3s-fsn1-w2") && why.contains("host key"), "{why}");
+    assert!(why.contains(&r.nodes[4].fingerprint()), "{why}");
+    assert!(!installs(&r).contains_key("w2"), "a command ran on the re-keyed host");
 }

@@ -68,6 +68,7 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
         },
         artifacts: None,
         ssh_port: 22,
+        bounds: Default::default(),
         poll: Duration::from_millis(10),
     };
     let ns: Vec<String> =

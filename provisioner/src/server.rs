@@ -179,6 +179,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         infra,
         artifacts: h.artifacts_dir.clone(),
         ssh_port: 22,
+        bounds: Default::default(),
         poll: std::time::Duration::from_secs(2),
     })
 }

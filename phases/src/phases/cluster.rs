@@ -16,8 +16,6 @@
 //! with checksum verification, TLS-verified API check through the LB (F-12),
 //! etcd member count via etcdctl, CoreDNS readiness.
 
-use std::time::Duration;
-
 use cz_state::SecretString;
 use serde_json::{Value, json};
 
@@ -150,7 +148,7 @@ async fn ssh(cx: &StepCtx) -> StepResult<Value> {
     let fp = cx
         .wait_for(
             &format!("SSH on {} ({}) to accept connections", s.name, s.ipv4),
-            Duration::from_secs(600),
+            cx.backend.bounds.host_boot,
             || async {
                 match cx.backend.ssh.probe(&h).await {
                     Ok(fp) => Ok(Some(fp)),
@@ -463,7 +461,7 @@ async fn kubeconfig(cx: &StepCtx) -> StepResult<Value> {
     let version = cx
         .wait_for(
             &format!("the Kubernetes API to answer at {endpoint} with a verified certificate"),
-            Duration::from_secs(300),
+            cx.backend.bounds.api_endpoint,
             || async {
                 match cx.backend.kube.server_version(&rewritten).await {
                     Ok(v) => Ok(Some(v)),
@@ -501,7 +499,7 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
                 "{} nodes Ready ({want_servers} servers, {want_agents} agents)",
                 want_servers + want_agents
             ),
-            Duration::from_secs(900),
+            cx.backend.bounds.nodes_ready,
             || async {
                 let text =
                     run_ok(cx, &h, &fp, &format!("{} kubectl get nodes -o json", at(K3S))).await?;
@@ -566,7 +564,7 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
         ));
     }
     let coredns = cx
-        .wait_for("CoreDNS to have an available replica", Duration::from_secs(600), || async {
+        .wait_for("CoreDNS to have an available replica", cx.backend.bounds.coredns, || async {
             let o = cx
                 .backend
                 .ssh

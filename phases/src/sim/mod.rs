@@ -58,6 +58,7 @@ pub fn sim_backend_with_world(world: Arc<SimWorld>, workspace_root: PathBuf) -> 
         infra: crate::adapters::InfraModule::Manifest,
         artifacts: None,
         ssh_port: 22,
+        bounds: Default::default(),
         poll,
     }
 }
