@@ -116,8 +116,11 @@ pub struct HetznerConfig {
     pub provisioner_cidrs: Vec<String>,
     pub quota: QuotaConfig,
     /// The K3s air-gap artifact directory (`k3s`, `install.sh`, `SHA256SUMS`)
-    /// uploaded to every node; see README "Air-gap artifacts".
+    /// uploaded to every node; see README "Air-gap artifacts". Required with
+    /// the `hcloud` module.
     pub artifacts_dir: Option<PathBuf>,
+    /// How long a new server may take to answer SSH.
+    pub host_boot_secs: u64,
 }
 
 impl HetznerConfig {
@@ -145,6 +148,19 @@ impl HetznerConfig {
             if !ok {
                 return bad(format!("hetzner.provisioner_cidrs: `{c}` is not an IP network"));
             }
+        }
+        if self.module == ModuleKind::Hcloud && self.artifacts_dir.is_none() {
+            return bad("hetzner.artifacts_dir is not set: K3s is installed from an air-gap \
+                 artifact directory (k3s, install.sh, SHA256SUMS)"
+                .into());
+        }
+        if let Some(d) = &self.artifacts_dir
+            && !d.join("SHA256SUMS").is_file()
+        {
+            return bad(format!("hetzner.artifacts_dir: {} has no SHA256SUMS", d.display()));
+        }
+        if self.host_boot_secs == 0 {
+            return bad("hetzner.host_boot_secs must be at least 1".into());
         }
         let dir = self.templates_dir.join(self.module_dir());
         if !dir.is_dir() {
@@ -177,6 +193,7 @@ impl Default for HetznerConfig {
             provisioner_cidrs: Vec::new(),
             quota: QuotaConfig::default(),
             artifacts_dir: None,
+            host_boot_secs: 600,
         }
     }
 }
@@ -394,11 +411,14 @@ mod tests {
     #[test]
     fn hetzner_settings_are_checked_with_field_names() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates");
+        let artifacts = tempfile::tempdir().unwrap();
+        std::fs::write(artifacts.path().join("SHA256SUMS"), "").unwrap();
         let base = || Config {
             backend: BackendKind::Hetzner,
             hetzner: HetznerConfig {
                 templates_dir: root.into(),
                 provisioner_cidrs: vec!["203.0.113.7/32".into()],
+                artifacts_dir: Some(artifacts.path().to_owned()),
                 ..HetznerConfig::default()
             },
             ..Config::default()
@@ -417,11 +437,16 @@ mod tests {
                 .contains("`0.0.0.0` is not an IP network")
         );
         assert!(err(&|c| c.hetzner.api_url = "ftp://x".into()).contains("hetzner.api_url"));
+        assert!(err(&|c| c.hetzner.artifacts_dir = None).contains("hetzner.artifacts_dir"));
+        assert!(
+            err(&|c| c.hetzner.artifacts_dir = Some("/nope".into())).contains("has no SHA256SUMS")
+        );
         assert!(err(&|c| c.hetzner.templates_dir = "/nope".into()).contains("/nope/hetzner"));
         // The offline stand-in needs no CIDRs (it only talks to loopback).
         let mut c = base();
         c.hetzner.module = ModuleKind::Offline;
         c.hetzner.provisioner_cidrs.clear();
+        c.hetzner.artifacts_dir = None;
         c.validate().unwrap();
         let c: Config = Config::from_toml(
             "backend = \"hetzner\"\n[hetzner]\nmodule = \"offline\"\ntofu_binary = \"terraform\"\n",

@@ -128,9 +128,10 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 
 /// The `hetzner` backend: the real Hetzner API client and tofu runner.
 ///
-/// Not real yet, and said so at every call: SSH, Kubernetes and OpenBao
-/// ([`Unbuilt`]: a job pauses at the first step needing them) and PowerDNS
-/// (the sim's DNS, over the data dir, until the DNS issue lands).
+/// Not real yet, and said so at every call: Kubernetes (except the F-12
+/// endpoint check) and OpenBao ([`Unbuilt`]: a job pauses at the first step
+/// needing them), and PowerDNS (the sim's DNS, over the data dir, until the
+/// DNS issue lands).
 pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
     use cz_phases::adapters::InfraModule;
     use cz_phases::exec::tofu::TofuCli;
@@ -171,7 +172,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         name: "hetzner".into(),
         cloud: Arc::new(cloud),
         tofu: Arc::new(tofu),
-        ssh: Arc::new(Unbuilt::SSH),
+        ssh: Arc::new(cz_phases::exec::SshClient::default()),
         kube: Arc::new(Unbuilt::KUBE),
         bao: Arc::new(Unbuilt::BAO),
         dns: Arc::new(SimDns::new(world)),
@@ -179,7 +180,10 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         infra,
         artifacts: h.artifacts_dir.clone(),
         ssh_port: 22,
-        bounds: Default::default(),
+        bounds: cz_phases::adapters::Bounds {
+            host_boot: std::time::Duration::from_secs(h.host_boot_secs),
+            ..Default::default()
+        },
         poll: std::time::Duration::from_secs(2),
     })
 }

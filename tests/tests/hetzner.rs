@@ -120,7 +120,7 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     std::fs::write(
         &config,
         format!(
-            "backend = \"hetzner\"\n[hetzner]\napi_url = \"{}\"\ntofu_binary = \"{}\"\nmodule = \"offline\"\ntemplates_dir = \"{templates}\"\n[hetzner.quota]\nservers = 20\nload_balancers = 5\n",
+            "backend = \"hetzner\"\n[hetzner]\napi_url = \"{}\"\ntofu_binary = \"{}\"\nmodule = \"offline\"\ntemplates_dir = \"{templates}\"\nhost_boot_secs = 2\n[hetzner.quota]\nservers = 20\nload_balancers = 5\n",
             fake.base_url(),
             tofu.display()
         ),
@@ -161,12 +161,16 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     d.start().unwrap();
     api.set_port(d.port);
 
-    // The job runs preflight, DNS and infra for real, then pauses where the
-    // SSH adapter (the cluster issue) would start.
+    // The job runs preflight, DNS and infra for real, then pauses in the
+    // cluster phase: the fake's servers are API objects, not hosts, so the
+    // real SSH adapter's bounded wait for them runs out, naming the host.
     assert_eq!(wait_status(&api, &job, &["paused", "failed", "succeeded"]), "paused");
     let detail = api.get(&format!("/v1/jobs/{job}")).unwrap();
     let pause = detail["pause"].to_string();
-    assert!(pause.contains("no real SSH adapter"), "{pause}");
+    assert!(
+        pause.contains("cluster/ssh-fsn1-") && pause.contains("to accept connections"),
+        "{pause}"
+    );
 
     // No duplicates: exactly the region's objects, once each.
     let objs = ours(&fake);
@@ -212,6 +216,9 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     // The token is nowhere on disk.
     let leaks = files_containing(&data, DEFAULT_TOKEN.as_bytes());
     assert!(leaks.is_empty(), "the cloud token is on disk: {leaks:?}");
+    // Nor the provisioner's SSH private key (age-encrypted in the store).
+    let leaks = files_containing(&data, b"OPENSSH PRIVATE KEY");
+    assert!(leaks.is_empty(), "an SSH private key is on disk in clear: {leaks:?}");
 
     // Objects an in-cluster controller would have made later.
     fake.seed_object("volume", "pvc-data-0", [(SOVEREIGN_LABEL, SLUG)]);
