@@ -599,3 +599,50 @@ async fn a_changed_host_key_after_pinning_pauses_the_job_before_any_command() {
     assert!(why.contains(&r.nodes[4].fingerprint()), "{why}");
     assert!(!installs(&r).contains_key("w2"), "a command ran on the re-keyed host");
 }
+
+/// The drive interrupted once inside every step of the phase (as soon as
+/// the step has started), resumed each time: the job still succeeds with
+/// the same join sequence and each node installed exactly once.
+#[tokio::test]
+async fn interrupted_inside_every_step_each_node_is_installed_once() {
+    let (r, job) = rig("127.0.50", JobOptions::default()).await;
+    let mut hit = std::collections::BTreeSet::new();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 200, "no progress after {rounds} rounds");
+        let cancel = CancellationToken::new();
+        let drive = r.engine.drive(job, cancel.clone());
+        tokio::pin!(drive);
+        let watch = async {
+            loop {
+                let states = r.store.node_states(job).await.unwrap();
+                let running = states.iter().find(|(n, s)| {
+                    n.starts_with("cluster/")
+                        && matches!(s, cz_state::NodeState::Running { .. })
+                        && !hit.contains(*n)
+                });
+                if let Some((n, _)) = running {
+                    return n.clone();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        let outcome = tokio::select! {
+            o = &mut drive => o.unwrap(),
+            n = watch => {
+                hit.insert(n);
+                cancel.cancel();
+                drive.await.unwrap()
+            }
+        };
+        match outcome {
+            DriveOutcome::Interrupted => continue,
+            DriveOutcome::Stopped(JobStatus::Succeeded) => break,
+            DriveOutcome::Stopped(s) => panic!("stopped {s}: {}", pause_reason(&r, job).await),
+        }
+    }
+    let steps = cluster::phase(&request().regions).nodes.len();
+    assert!(hit.len() >= steps - 2, "interrupted inside {} of {steps} steps: {hit:?}", hit.len());
+    assert_join_sequence(&r);
+}

@@ -203,7 +203,7 @@ async fn join_token_undo(cx: &StepCtx) -> StepResult<()> {
 }
 
 /// The K3s config file (0600 on the node; carries the join token).
-fn k3s_config(
+pub fn k3s_config(
     role: &str,
     first: bool,
     token: &str,
@@ -244,7 +244,7 @@ fn k3s_config(
 ///   still going waits for it, then finds the marker and does nothing.
 ///
 /// The marker line is what the sim backend's hosts interpret.
-fn install_script(role: &str) -> String {
+pub fn install_script(role: &str) -> String {
     let exec = if role == "server" { "server" } else { "agent" };
     format!(
         "#!/bin/sh\n# sim:k3s-install role={role} version={v}\nset -eu\ntrap '' HUP PIPE\n\
@@ -407,10 +407,13 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
 
 /// The Cilium HelmChart, same chart version as bp-cilium (F-35), with
 /// `k8sServiceHost` the first server's private IP so agents reach the API
-/// too (F-16: 127.0.0.1 only exists on servers).
+/// too (F-16: 127.0.0.1 only exists on servers), and `bootstrap: true` so
+/// the helm-controller runs its install job on the host network with the
+/// not-ready tolerations: the CNI must install while there is no pod
+/// network yet (F-15).
 pub fn cilium_manifest(api_host: &str) -> String {
     format!(
-        "apiVersion: helm.cattle.io/v1\nkind: HelmChart\nmetadata:\n  name: cilium\n  namespace: kube-system\nspec:\n  repo: https://helm.cilium.io/\n  chart: cilium\n  version: \"{v}\"\n  targetNamespace: kube-system\n  valuesContent: |-\n    kubeProxyReplacement: true\n    k8sServiceHost: \"{api_host}\"\n    k8sServicePort: 6443\n    ipam:\n      mode: kubernetes\n    l7Proxy: true\n    encryption:\n      enabled: true\n      type: wireguard\n",
+        "apiVersion: helm.cattle.io/v1\nkind: HelmChart\nmetadata:\n  name: cilium\n  namespace: kube-system\nspec:\n  repo: https://helm.cilium.io/\n  chart: cilium\n  version: \"{v}\"\n  targetNamespace: kube-system\n  bootstrap: true\n  valuesContent: |-\n    kubeProxyReplacement: true\n    k8sServiceHost: \"{api_host}\"\n    k8sServicePort: 6443\n    ipam:\n      mode: kubernetes\n    l7Proxy: true\n    encryption:\n      enabled: true\n      type: wireguard\n",
         v = release::CILIUM_CHART_VERSION
     )
 }
