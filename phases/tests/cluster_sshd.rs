@@ -57,6 +57,7 @@ struct Rig {
     engine: Engine,
     key: ProvisionerKey,
     net: String,
+    port: u16,
     _api: Option<ApiServer>,
 }
 
@@ -77,6 +78,9 @@ fn port_for(net: &str) -> u16 {
 
 /// Copies the stubs into an artifact directory with their SHA256SUMS.
 fn artifact_dir(root: &Path) -> PathBuf {
+    if root.join("artifacts").exists() {
+        return root.join("artifacts");
+    }
     use std::os::unix::fs::PermissionsExt;
     let dir = root.join("artifacts");
     std::fs::create_dir_all(&dir).unwrap();
@@ -207,6 +211,47 @@ async fn api_server(ip: &str, with_san: bool) -> ApiServer {
     }
 }
 
+/// The backend of these tests: the sim's, with the real SSH client on
+/// `port`, the artifact directory under `dir`, short bounds.
+fn backend_for(dir: &Path, port: u16) -> Backend {
+    let mut backend = sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant());
+    backend.ssh = Arc::new(SshClient::new(Duration::from_secs(5), Duration::from_secs(60)));
+    backend.artifacts = Some(dir.join("artifacts"));
+    backend.ssh_port = port;
+    backend.poll = Duration::from_millis(20);
+    backend.bounds.host_boot = Duration::from_secs(3);
+    backend
+}
+
+/// The registry plus `test.outputs`: the infra outputs pointing at the nodes.
+fn registry_for(dir: &Path, net: &str) -> cz_phases::Registry {
+    let servers: Vec<Server> = NODES
+        .iter()
+        .map(|(name, h)| Server {
+            name: format!("kube-omani-works-fsn1-{name}"),
+            id: h.parse().unwrap(),
+            role: if name.starts_with("cp") { "control-plane" } else { "worker" }.into(),
+            ipv4: format!("{net}.{h}"),
+            private_ip: format!("{net}.{h}"),
+        })
+        .collect();
+    let outputs = Outputs {
+        location: "fsn1".into(),
+        servers,
+        load_balancer: LoadBalancer { id: 99, ipv4: format!("{net}.20") },
+        workspace: dir.join("ws"),
+    };
+    let mut reg = registry();
+    reg.register("test.outputs", FixedOutputs(serde_json::to_value(&outputs).unwrap()));
+    reg
+}
+
+fn infra_phase() -> cz_phases::PhaseDef {
+    let mut infra = PhaseBuilder::new("infra");
+    infra.step("outputs-fsn1", "test.outputs", &[], Value::Null);
+    infra.build()
+}
+
 /// `net` is a /24 of 127.0.0.0/8 of its own per test (tests run in parallel).
 async fn rig(net: &str, options: JobOptions) -> (Rig, JobId) {
     rig_with(net, options, Api::Sim, &[]).await
@@ -253,13 +298,8 @@ async fn rig_with(
             Sshd::start_at(&ip, port, &[&key], &env)
         })
         .collect();
-    let mut backend =
-        sim_backend(dir.path().join("sim"), dir.path().join("ws"), SimConfig::instant());
-    backend.ssh = Arc::new(SshClient::new(Duration::from_secs(5), Duration::from_secs(60)));
-    backend.artifacts = Some(artifact_dir(dir.path()));
-    backend.ssh_port = port;
-    backend.poll = Duration::from_millis(20);
-    backend.bounds.host_boot = Duration::from_secs(3);
+    let mut backend = backend_for(dir.path(), port);
+    artifact_dir(dir.path());
     if server.is_some() {
         // The real endpoint check (it needs no Kubernetes client).
         backend.kube = Arc::new(cz_phases::unbuilt::Unbuilt::KUBE);
@@ -267,28 +307,8 @@ async fn rig_with(
     let backend: Backend = backend;
 
     let req = request();
-    let servers: Vec<Server> = NODES
-        .iter()
-        .map(|(name, h)| Server {
-            name: format!("kube-omani-works-fsn1-{name}"),
-            id: h.parse().unwrap(),
-            role: if name.starts_with("cp") { "control-plane" } else { "worker" }.into(),
-            ipv4: format!("{net}.{h}"),
-            private_ip: format!("{net}.{h}"),
-        })
-        .collect();
-    let outputs = Outputs {
-        location: "fsn1".into(),
-        servers,
-        load_balancer: LoadBalancer { id: 99, ipv4: format!("{net}.20") },
-        workspace: dir.path().join("ws"),
-    };
-    let mut reg = registry();
-    reg.register("test.outputs", FixedOutputs(serde_json::to_value(&outputs).unwrap()));
-    let mut infra = PhaseBuilder::new("infra");
-    infra.step("outputs-fsn1", "test.outputs", &[], Value::Null);
-    let plan = Plan { phases: vec![infra.build(), cluster::phase(&req.regions)] };
-
+    let reg = registry_for(dir.path(), net);
+    let plan = Plan { phases: vec![infra_phase(), cluster::phase(&req.regions)] };
     let store = Store::open(StorePaths::in_dir(&dir.path().join("data"))).await.unwrap();
     let (sov, job, mut sub) = provision_submission(&req, &options, "test");
     sub.plan = serde_json::to_value(&plan).unwrap();
@@ -296,7 +316,7 @@ async fn rig_with(
     // The provisioner key the infra phase would have made and authorized.
     store.put_secret(&sov.to_string(), PROVISIONER_KEY, &key.private).await.unwrap();
     let engine = Engine::new(store.clone(), Arc::new(reg), Arc::new(backend));
-    (Rig { dir, nodes, store, engine, key, net: net.to_owned(), _api: server }, job)
+    (Rig { dir, nodes, store, engine, key, net: net.to_owned(), port, _api: server }, job)
 }
 
 async fn drive(r: &Rig, job: JobId) -> JobStatus {
@@ -645,4 +665,121 @@ async fn interrupted_inside_every_step_each_node_is_installed_once() {
     let steps = cluster::phase(&request().regions).nodes.len();
     assert!(hit.len() >= steps - 2, "interrupted inside {} of {steps} steps: {hit:?}", hit.len());
     assert_join_sequence(&r);
+}
+
+/// The driver half of the kill -9 test: a no-op unless the parent test runs
+/// this test binary as its child with `CZ_DRIVER_DIR` set. It drives the job
+/// and records each step it sees running in `progress.log`.
+#[tokio::test]
+async fn child_driver() {
+    let Ok(dir) = std::env::var("CZ_DRIVER_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    let net = std::env::var("CZ_DRIVER_NET").unwrap();
+    let port: u16 = std::env::var("CZ_DRIVER_PORT").unwrap().parse().unwrap();
+    let job: JobId = std::env::var("CZ_DRIVER_JOB").unwrap().parse().unwrap();
+    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(registry_for(&dir, &net)),
+        Arc::new(backend_for(&dir, port)),
+    );
+    let progress = dir.join("progress.log");
+    let watcher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            use std::io::Write;
+            let mut seen = std::collections::BTreeSet::new();
+            loop {
+                for (n, st) in store.node_states(job).await.unwrap_or_default() {
+                    if matches!(st, cz_state::NodeState::Running { .. }) && seen.insert(n.clone()) {
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&progress)
+                            .unwrap();
+                        writeln!(f, "{n}").unwrap();
+                        f.sync_all().unwrap();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let outcome = engine.drive(job, CancellationToken::new()).await.unwrap();
+    watcher.abort();
+    std::fs::write(dir.join("done"), format!("{outcome:?}")).unwrap();
+}
+
+/// Done-when of the cluster issue: the process driving the phase is killed
+/// with SIGKILL once inside every step (a fresh process resumes each time,
+/// from the store alone), and the cluster still comes up with each node
+/// installed exactly once and the join order intact.
+#[tokio::test]
+async fn kill9_of_the_driver_inside_every_step_installs_each_node_once() {
+    if std::env::var("CZ_DRIVER_DIR").is_ok() {
+        return;
+    }
+    let (r, job) = rig("127.0.51", JobOptions::default()).await;
+    let dir = r.dir.path().to_owned();
+    let (net, port) = (r.net.clone(), r.port);
+    let Rig { dir: tmp, nodes, store, engine, .. } = r;
+    drop(engine);
+    drop(store);
+    let mut killed = std::collections::BTreeSet::new();
+    let mut starts = 0;
+    'outer: loop {
+        starts += 1;
+        assert!(starts < 200, "no progress after {starts} starts");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["child_driver", "--exact", "--nocapture", "--test-threads", "1"])
+            .env("CZ_DRIVER_DIR", &dir)
+            .env("CZ_DRIVER_NET", &net)
+            .env("CZ_DRIVER_PORT", port.to_string())
+            .env("CZ_DRIVER_JOB", job.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            if dir.join("done").exists() {
+                let _ = child.wait();
+                break 'outer;
+            }
+            let progress = std::fs::read_to_string(dir.join("progress.log")).unwrap_or_default();
+            if let Some(step) = progress.lines().find(|l| !killed.contains(*l)) {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed.insert(step.to_owned());
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the driver exited {status} without finishing");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let outcome = std::fs::read_to_string(dir.join("done")).unwrap();
+    assert_eq!(outcome, "Stopped(Succeeded)");
+    let steps = cluster::phase(&request().regions).nodes.len();
+    assert!(
+        killed.len() >= steps - 2,
+        "killed inside {} of {steps} steps: {killed:?}",
+        killed.len()
+    );
+    // The same checks as the other tests, on a rig view of the same dir.
+    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
+    let engine =
+        Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend_for(&dir, port)));
+    let r = Rig {
+        dir: tmp,
+        nodes,
+        store,
+        engine,
+        key: ProvisionerKey::generate("x").unwrap(),
+        net,
+        port,
+        _api: None,
+    };
+    assert_join_sequence(&r);
+    eprintln!("kill -9 inside {} steps, {starts} driver processes", killed.len());
 }
