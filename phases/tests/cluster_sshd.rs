@@ -783,3 +783,23 @@ async fn kill9_of_the_driver_inside_every_step_installs_each_node_once() {
     assert_join_sequence(&r);
     eprintln!("kill -9 inside {} steps, {starts} driver processes", killed.len());
 }
+
+/// An installer that fails on the node: the job pauses at that node's k3s
+/// step with the class, the exit and the tail of the node's install log.
+#[tokio::test]
+async fn a_failing_installer_pauses_with_the_node_log_tail() {
+    let (r, job) = rig_with(
+        "127.0.52",
+        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
+        Api::Sim,
+        &[("CZ_TEST_INSTALL_FAIL", "Job for k3s.service failed")],
+    )
+    .await;
+    let status = drive(&r, job).await;
+    assert_eq!(status, JobStatus::Paused);
+    let why = pause_reason(&r, job).await;
+    assert!(why.contains("k3s-fsn1-cp1"), "{why}");
+    assert!(why.contains("command-failed") || why.contains("CommandFailed"), "{why}");
+    assert!(why.contains("Job for k3s.service failed"), "the node's log tail: {why}");
+    assert!(why.contains("runbooks/needs-operator-command-failed.md"), "{why}");
+}

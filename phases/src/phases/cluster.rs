@@ -213,10 +213,15 @@ pub fn k3s_config(
 ) -> String {
     let mut c = format!("token: \"{token}\"\n");
     if role == "server" {
-        c.push_str(
-            "flannel-backend: none\ndisable-network-policy: true\ndisable-kube-proxy: true\n",
-        );
-        c.push_str("disable:\n  - traefik\n  - servicelb\n");
+        // The K3s settings the release pins (identical on every server: K3s
+        // refuses a join on a "critical configuration value mismatch").
+        for (k, v) in release::K3S_SERVER_SETTINGS {
+            c.push_str(&format!("{k}: {v}\n"));
+        }
+        c.push_str("disable:\n");
+        for d in release::K3S_DISABLE {
+            c.push_str(&format!("  - {d}\n"));
+        }
         c.push_str(&format!("tls-san:\n  - \"{lb_ip}\"\n  - \"api.{fqdn}\"\n"));
         c.push_str("node-label:\n  - \"catalyst.openova.io/role=control-plane\"\n");
         if first {

@@ -21,6 +21,17 @@ pub struct Pin {
 }
 
 pub const K3S_VERSION: &str = "v1.31.4+k3s1";
+/// K3s server settings (config-file keys) every server gets: Cilium is the
+/// CNI, enforces network policy and replaces kube-proxy
+/// (K3S-DIGEST §3; the Cilium K3s guide).
+pub const K3S_SERVER_SETTINGS: &[(&str, &str)] = &[
+    ("flannel-backend", "none"),
+    ("disable-network-policy", "true"),
+    ("disable-kube-proxy", "true"),
+];
+/// Packaged K3s add-ons not deployed: the kit brings its own ingress and
+/// load balancing.
+pub const K3S_DISABLE: &[&str] = &["traefik", "servicelb"];
 pub const CILIUM_CHART_VERSION: &str = "1.16.5";
 pub const FLUX_VERSION: &str = "v2.4.0";
 pub const LOAD_BALANCER_TYPE: &str = "lb11";

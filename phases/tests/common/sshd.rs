@@ -73,7 +73,7 @@ impl Sshd {
         std::fs::set_permissions(&hk, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut set_env = format!("CZ_NODE_ROOT={}/root", d.display());
         for (k, v) in &self.env {
-            set_env.push_str(&format!(" {k}={v}"));
+            set_env.push_str(&format!(" \"{k}={v}\""));
         }
         let cfg = format!(
             "Port {port}\nListenAddress {ip}\nHostKey {hk}\nPidFile {d}/sshd.pid\n\
