@@ -418,6 +418,22 @@ impl InfraModule {
     }
 }
 
+/// Where the `cluster` phase gets K3s from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum K3sSource {
+    /// Nothing is uploaded or fetched: the sim backend's hosts need no binary.
+    Simulated,
+    /// Air gap: `dir` holds the release's `k3s`, `install.sh` and a
+    /// `SHA256SUMS` covering both; each is verified, then uploaded to nodes
+    /// whose copy differs.
+    AirGap { dir: PathBuf },
+    /// Each node fetches the installer from `script_url`, refuses it unless
+    /// its SHA-256 is `script_sha256`, and the installer downloads the pinned
+    /// release from `release_url` (GitHub's by default), verifying the binary
+    /// against that release's own checksum file.
+    Download { script_url: String, script_sha256: String, release_url: String },
+}
+
 /// How long the bounded waits of the phases may take before they give up
 /// with their reason (F-17, F-22: no silent 25-minute hangs).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -459,10 +475,8 @@ pub struct Backend {
     pub workspace_root: PathBuf,
     /// What `infra.render` writes for tofu.
     pub infra: InfraModule,
-    /// The K3s air-gap artifact directory (`k3s`, `install.sh` and their
-    /// `SHA256SUMS`), uploaded to every node after verification. `None`:
-    /// nothing is uploaded (the sim backend's hosts need no binary).
-    pub artifacts: Option<PathBuf>,
+    /// Where nodes get K3s from.
+    pub k3s: K3sSource,
     /// The SSH port of every node (22).
     pub ssh_port: u16,
     pub bounds: Bounds,

@@ -3,6 +3,7 @@
 //! rewrites them; and the HelmChart checked against the helm-controller CRD
 //! (`shared/upstream/crds/k3s-helm.cattle.io_helmcharts.yaml`).
 
+use cz_phases::adapters::K3sSource;
 use cz_phases::phases::cluster::{cilium_manifest, install_script, k3s_config};
 use serde_json::Value;
 
@@ -30,8 +31,25 @@ fn node_files_match_their_golden_files() {
     golden("config-server-first.yaml", &k3s_config("server", true, TOKEN, first, lb, fqdn));
     golden("config-server-join.yaml", &k3s_config("server", false, TOKEN, first, lb, fqdn));
     golden("config-agent.yaml", &k3s_config("agent", false, TOKEN, first, lb, fqdn));
-    golden("install-server.sh", &install_script("server"));
-    golden("install-agent.sh", &install_script("agent"));
+    let air = K3sSource::AirGap { dir: "/srv/artifacts".into() };
+    let online = K3sSource::Download {
+        script_url: "https://get.k3s.io".into(),
+        script_sha256: "0".repeat(64),
+        release_url: "https://github.com/k3s-io/k3s/releases".into(),
+    };
+    golden("install-server.sh", &install_script("server", &air));
+    golden("install-agent.sh", &install_script("agent", &air));
+    golden("install-server-download.sh", &install_script("server", &online));
+    for s in [install_script("server", &air), install_script("agent", &online)] {
+        let mut sh = std::process::Command::new("sh")
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        sh.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        assert!(sh.wait().unwrap().success(), "not valid sh:\n{s}");
+    }
     golden("cilium.yaml", &cilium_manifest(first));
 }
 

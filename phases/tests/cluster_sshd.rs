@@ -216,7 +216,7 @@ async fn api_server(ip: &str, with_san: bool) -> ApiServer {
 fn backend_for(dir: &Path, port: u16) -> Backend {
     let mut backend = sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant());
     backend.ssh = Arc::new(SshClient::new(Duration::from_secs(5), Duration::from_secs(60)));
-    backend.artifacts = Some(dir.join("artifacts"));
+    backend.k3s = cz_phases::adapters::K3sSource::AirGap { dir: dir.join("artifacts") };
     backend.ssh_port = port;
     backend.poll = Duration::from_millis(20);
     backend.bounds.host_boot = Duration::from_secs(3);
@@ -353,8 +353,20 @@ async fn pause_reason(r: &Rig, job: JobId) -> String {
 }
 
 fn assert_join_sequence(r: &Rig) {
-    let i = installs(r);
-    let v = "version=v1.31.4+k3s1 skip_download=true";
+    assert_join_sequence_with(r, true);
+}
+
+fn assert_join_sequence_with(r: &Rig, air_gap: bool) {
+    let mut i = installs(r);
+    if !air_gap {
+        // Online: each node downloaded the pinned binary, once.
+        for (node, lines) in i.iter_mut() {
+            let dl = lines.iter().filter(|l| l.starts_with("downloaded ")).count();
+            assert_eq!(dl, 1, "{node}: {lines:?}");
+            lines.retain(|l| !l.starts_with("downloaded "));
+        }
+    }
+    let v = format!("version=v1.31.4+k3s1 skip_download={air_gap}");
     let first = format!("https://{}.11:6443", r.net);
     assert_eq!(
         i["cp1"],
@@ -802,4 +814,58 @@ async fn a_failing_installer_pauses_with_the_node_log_tail() {
     assert!(why.contains("command-failed") || why.contains("CommandFailed"), "{why}");
     assert!(why.contains("Job for k3s.service failed"), "the node's log tail: {why}");
     assert!(why.contains("runbooks/needs-operator-command-failed.md"), "{why}");
+}
+
+/// Serves the stub installer and the "release" binary over HTTP, as
+/// get.k3s.io and GitHub would.
+async fn release_server() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::get;
+    let install = std::fs::read(Path::new(STUBS).join("install.sh")).unwrap();
+    let k3s = std::fs::read(Path::new(STUBS).join("k3s")).unwrap();
+    let app = axum::Router::new()
+        .route("/install.sh", get(move || async move { install.clone() }))
+        .route("/download/v1.31.4+k3s1/k3s", get(move || async move { k3s.clone() }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    (url, tokio::spawn(async move { axum::serve(l, app).await.unwrap() }))
+}
+
+/// The online source: every node fetches the installer, checks it against
+/// the pinned SHA-256, and the installer fetches the pinned release; a
+/// mismatching installer is refused on the node and nothing is installed.
+#[tokio::test]
+async fn online_install_verifies_the_installer_then_downloads_the_pinned_release() {
+    use cz_phases::adapters::K3sSource;
+    let (url, _srv) = release_server().await;
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(Path::new(STUBS).join("install.sh")).unwrap(),
+    ));
+    let online = |sha: String| K3sSource::Download {
+        script_url: format!("{url}/install.sh"),
+        script_sha256: sha,
+        release_url: url.clone(),
+    };
+    let (mut r, job) = rig("127.0.53", JobOptions::default()).await;
+    let engine = Engine::new(r.store.clone(), Arc::new(registry_for(r.dir.path(), &r.net)), {
+        let mut b = backend_for(r.dir.path(), r.port);
+        b.k3s = online(sha.clone());
+        Arc::new(b)
+    });
+    r.engine = engine;
+    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
+    assert_join_sequence_with(&r, false);
+    assert!(!r.nodes[0].path("/var/lib/catalyst/artifacts/k3s").exists(), "nothing uploaded");
+
+    let (mut r, job) =
+        rig("127.0.54", JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() })
+            .await;
+    r.engine = Engine::new(r.store.clone(), Arc::new(registry_for(r.dir.path(), &r.net)), {
+        let mut b = backend_for(r.dir.path(), r.port);
+        b.k3s = online("f".repeat(64));
+        Arc::new(b)
+    });
+    assert_eq!(drive(&r, job).await, JobStatus::Paused);
+    let why = pause_reason(&r, job).await;
+    assert!(why.contains("k3s-fsn1-cp1") && why.contains("FAILED"), "{why}");
+    assert!(installs(&r).is_empty(), "an unverified installer ran");
 }

@@ -66,7 +66,7 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
             shim: "/nonexistent/catalyst-zero".into(),
             endpoint: fake.base_url(),
         },
-        artifacts: None,
+        k3s: cz_phases::adapters::K3sSource::Simulated,
         ssh_port: 22,
         bounds: Default::default(),
         poll: Duration::from_millis(10),

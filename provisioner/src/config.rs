@@ -119,8 +119,29 @@ pub struct HetznerConfig {
     /// uploaded to every node; see README "Air-gap artifacts". Required with
     /// the `hcloud` module.
     pub artifacts_dir: Option<PathBuf>,
+    /// Instead of `artifacts_dir`: nodes fetch K3s online.
+    pub k3s_download: Option<K3sDownload>,
     /// How long a new server may take to answer SSH.
     pub host_boot_secs: u64,
+}
+
+/// Online K3s: each node fetches the installer and checks it against the
+/// pinned SHA-256; the installer downloads the release pinned in the release
+/// manifest and verifies the binary against that release's checksum file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sDownload {
+    /// e.g. `https://get.k3s.io`.
+    pub script_url: String,
+    /// SHA-256 (hex) of the installer the operator reviewed.
+    pub script_sha256: String,
+    /// Release download base (`GITHUB_URL`).
+    #[serde(default = "default_release_url")]
+    pub release_url: String,
+}
+
+fn default_release_url() -> String {
+    "https://github.com/k3s-io/k3s/releases".into()
 }
 
 impl HetznerConfig {
@@ -149,10 +170,34 @@ impl HetznerConfig {
                 return bad(format!("hetzner.provisioner_cidrs: `{c}` is not an IP network"));
             }
         }
-        if self.module == ModuleKind::Hcloud && self.artifacts_dir.is_none() {
-            return bad("hetzner.artifacts_dir is not set: K3s is installed from an air-gap \
-                 artifact directory (k3s, install.sh, SHA256SUMS)"
-                .into());
+        match (&self.artifacts_dir, &self.k3s_download) {
+            (Some(_), Some(_)) => {
+                return bad("set one of hetzner.artifacts_dir and hetzner.k3s_download".into());
+            }
+            (None, None) if self.module == ModuleKind::Hcloud => {
+                return bad("hetzner.artifacts_dir is not set: K3s is installed from an air-gap \
+                     artifact directory (k3s, install.sh, SHA256SUMS), or online with \
+                     hetzner.k3s_download"
+                    .into());
+            }
+            _ => {}
+        }
+        if let Some(d) = &self.k3s_download {
+            let hex64 = d.script_sha256.len() == 64
+                && d.script_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex64 {
+                return bad("hetzner.k3s_download.script_sha256 must be 64 hex digits".into());
+            }
+            for (field, url) in [("script_url", &d.script_url), ("release_url", &d.release_url)] {
+                if !matches!(
+                    reqwest::Url::parse(url).map(|u| u.scheme().to_owned()).as_deref(),
+                    Ok("https" | "http")
+                ) {
+                    return bad(format!(
+                        "hetzner.k3s_download.{field} `{url}` is not an http(s) URL"
+                    ));
+                }
+            }
         }
         if let Some(d) = &self.artifacts_dir
             && !d.join("SHA256SUMS").is_file()
@@ -193,6 +238,7 @@ impl Default for HetznerConfig {
             provisioner_cidrs: Vec::new(),
             quota: QuotaConfig::default(),
             artifacts_dir: None,
+            k3s_download: None,
             host_boot_secs: 600,
         }
     }
@@ -438,6 +484,18 @@ mod tests {
         );
         assert!(err(&|c| c.hetzner.api_url = "ftp://x".into()).contains("hetzner.api_url"));
         assert!(err(&|c| c.hetzner.artifacts_dir = None).contains("hetzner.artifacts_dir"));
+        let online = K3sDownload {
+            script_url: "https://get.k3s.io".into(),
+            script_sha256: "a".repeat(64),
+            release_url: default_release_url(),
+        };
+        assert!(err(&|c| c.hetzner.k3s_download = Some(online.clone())).contains("set one of"));
+        let mut c = base();
+        c.hetzner.artifacts_dir = None;
+        c.hetzner.k3s_download = Some(online.clone());
+        c.validate().unwrap();
+        c.hetzner.k3s_download = Some(K3sDownload { script_sha256: "x".into(), ..online.clone() });
+        assert!(c.validate().unwrap_err().to_string().contains("script_sha256"));
         assert!(
             err(&|c| c.hetzner.artifacts_dir = Some("/nope".into())).contains("has no SHA256SUMS")
         );

@@ -178,7 +178,16 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         dns: Arc::new(SimDns::new(world)),
         workspace_root: config.data_dir.join("workspaces"),
         infra,
-        artifacts: h.artifacts_dir.clone(),
+        k3s: match (&h.artifacts_dir, &h.k3s_download) {
+            (Some(dir), _) => cz_phases::adapters::K3sSource::AirGap { dir: dir.clone() },
+            (None, Some(d)) => cz_phases::adapters::K3sSource::Download {
+                script_url: d.script_url.clone(),
+                script_sha256: d.script_sha256.to_ascii_lowercase(),
+                release_url: d.release_url.clone(),
+            },
+            // Only the offline module allows neither: its hosts never run K3s.
+            (None, None) => cz_phases::adapters::K3sSource::Simulated,
+        },
         ssh_port: 22,
         bounds: cz_phases::adapters::Bounds {
             host_boot: std::time::Duration::from_secs(h.host_boot_secs),

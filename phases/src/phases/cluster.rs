@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::infra::{Outputs, Server};
 use super::{action, command_failed, fqdn, no_undo, precondition, release};
-use crate::adapters::{Host, ProvisionerKey};
+use crate::adapters::{Host, K3sSource, ProvisionerKey};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
 use crate::step::{Registry, StepCtx, StepResult};
@@ -249,8 +249,29 @@ pub fn k3s_config(
 ///   still going waits for it, then finds the marker and does nothing.
 ///
 /// The marker line is what the sim backend's hosts interpret.
-pub fn install_script(role: &str) -> String {
+pub fn install_script(role: &str, source: &K3sSource) -> String {
     let exec = if role == "server" { "server" } else { "agent" };
+    let v = release::K3S_VERSION;
+    let env = format!(
+        "INSTALL_K3S_VERSION='{v}' INSTALL_K3S_EXEC='{exec}' INSTALL_K3S_BIN_DIR=\"$R/usr/local/bin\""
+    );
+    let install = match source {
+        K3sSource::Download { script_url, script_sha256, release_url } => {
+            let dl = "$R/var/lib/catalyst/k3s-install-online.sh";
+            format!(
+                "curl -sfL --retry 5 -o \"{dl}\" {url} && \\\n\
+                 echo {sha}'  '\"{dl}\" | sha256sum -c - && \\\n\
+                 GITHUB_URL={rel} {env} sh \"{dl}\"",
+                url = shell_word(script_url),
+                sha = shell_word(script_sha256),
+                rel = shell_word(release_url),
+            )
+        }
+        K3sSource::AirGap { .. } | K3sSource::Simulated => format!(
+            "install -D -m 0755 \"$R{ARTIFACTS}/k3s\" \"$R/usr/local/bin/k3s\" && \\\n\
+             INSTALL_K3S_SKIP_DOWNLOAD=true {env} sh \"$R{ARTIFACTS}/install.sh\""
+        ),
+    };
     format!(
         "#!/bin/sh\n# sim:k3s-install role={role} version={v}\nset -eu\ntrap '' HUP PIPE\n\
          R=\"${{CZ_NODE_ROOT:-}}\"\n\
@@ -259,16 +280,18 @@ pub fn install_script(role: &str) -> String {
          flock 9\n\
          if [ -f \"$R{marker}\" ]; then echo 'k3s {v} is already installed'; exit 0; fi\n\
          log=\"$R/var/lib/catalyst/k3s-install.log\"\n\
-         if ! {{ install -D -m 0755 \"$R{ARTIFACTS}/k3s\" \"$R/usr/local/bin/k3s\" && \\\n\
-         INSTALL_K3S_SKIP_DOWNLOAD=true INSTALL_K3S_VERSION='{v}' INSTALL_K3S_EXEC='{exec}' \\\n\
-         INSTALL_K3S_BIN_DIR=\"$R/usr/local/bin\" sh \"$R{ARTIFACTS}/install.sh\"; }} >\"$log\" 2>&1; then\n\
+         if ! {{ {install}; }} >\"$log\" 2>&1; then\n\
          \x20 tail -n 40 \"$log\" >&2\n\
          \x20 exit 1\n\
          fi\n\
          touch \"$R{marker}\"\n",
-        v = release::K3S_VERSION,
         marker = marker(),
     )
+}
+
+/// A single-quoted shell word (URLs and checksums from the config).
+fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Reads the artifact directory and checks every file against its
@@ -314,7 +337,7 @@ async fn upload_artifacts(
     fp: &str,
     k: &ProvisionerKey,
 ) -> StepResult<Vec<String>> {
-    let Some(dir) = &cx.backend.artifacts else { return Ok(Vec::new()) };
+    let K3sSource::AirGap { dir } = &cx.backend.k3s else { return Ok(Vec::new()) };
     let mut sent = Vec::new();
     for (name, body, sha) in verified_artifacts(dir)? {
         let dest = format!("{ARTIFACTS}/{name}");
@@ -380,7 +403,7 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
             &fp,
             &k,
             "/var/lib/catalyst/k3s-install.sh",
-            install_script(&role).as_bytes(),
+            install_script(&role, &cx.backend.k3s).as_bytes(),
             0o700,
         )
         .await?;

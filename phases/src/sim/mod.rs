@@ -56,7 +56,7 @@ pub fn sim_backend_with_world(world: Arc<SimWorld>, workspace_root: PathBuf) -> 
         dns: Arc::new(SimDns::new(world)),
         workspace_root,
         infra: crate::adapters::InfraModule::Manifest,
-        artifacts: None,
+        k3s: crate::adapters::K3sSource::Simulated,
         ssh_port: 22,
         bounds: Default::default(),
         poll,
