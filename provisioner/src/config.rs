@@ -454,6 +454,21 @@ mod tests {
         assert!(matches!(err, Err(LoadError::Env { var: ENV_SIM_LATENCY, .. })));
     }
 
+    /// The shipped example configs parse (their paths are the operator's to
+    /// create, so they are not validated here).
+    #[test]
+    fn example_configs_parse() {
+        let ex = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        let c = Config::from_file(&Path::new(ex).join("hetzner.toml")).unwrap();
+        assert_eq!((c.backend, c.hetzner.module), (BackendKind::Hetzner, ModuleKind::Hcloud));
+        assert!(c.hetzner.artifacts_dir.is_some() && c.hetzner.k3s_download.is_none());
+        let c = Config::from_file(&Path::new(ex).join("hetzner-offline.toml")).unwrap();
+        assert_eq!(c.hetzner.module, ModuleKind::Offline);
+        let mut c = c;
+        c.hetzner.templates_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates").into();
+        c.validate().unwrap();
+    }
+
     #[test]
     fn hetzner_settings_are_checked_with_field_names() {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates");
