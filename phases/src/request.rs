@@ -97,25 +97,6 @@ pub const MAX_AGE_RECIPIENTS: usize = 10;
 /// At most this many OpenBao unseal shares.
 pub const MAX_OPENBAO_SHARES: u8 = 10;
 
-/// The `dependsOn` graph of the components: what must be installed first.
-/// Unknown names have no dependencies.
-pub fn component_deps(name: &str) -> &'static [&'static str] {
-    match name {
-        "cert-manager" => &["cilium"],
-        "flux" => &["cert-manager"],
-        "crossplane" => &["flux"],
-        "sealed-secrets" => &["cert-manager"],
-        "spire" => &["cert-manager"],
-        "nats-jetstream" => &["spire"],
-        "openbao" => &["spire"],
-        "keycloak" => &["cert-manager"],
-        "gitea" => &["keycloak"],
-        "powerdns" => &["cert-manager"],
-        "catalyst-platform" => &["gitea"],
-        _ => &[],
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Types
 // ---------------------------------------------------------------------------
@@ -596,8 +577,9 @@ impl ProvisionRequest {
             if first_at.get(c.as_str()) != Some(&i) {
                 continue;
             }
-            for dep in component_deps(c) {
-                if !first_at.contains_key(dep) && !REQUIRED_COMPONENTS.contains(dep) {
+            for dep in crate::phases::release::depends_on(c) {
+                let dep = dep.as_str();
+                if !first_at.contains_key(dep) && !REQUIRED_COMPONENTS.contains(&dep) {
                     errs.add(
                         format!("components[{i}]"),
                         format!("`{c}` depends on `{dep}`, which is not selected"),
@@ -1073,14 +1055,14 @@ mod tests {
     fn component_graph_is_closed_and_ordered() {
         // Every dependency is a known component listed before its dependent.
         for (i, c) in COMPONENTS.iter().enumerate() {
-            for dep in component_deps(c) {
+            for dep in crate::phases::release::depends_on(c) {
                 let j = COMPONENTS.iter().position(|x| x == dep).expect("known dep");
                 assert!(j < i, "{c} depends on later {dep}");
             }
         }
         assert_eq!(COMPONENTS.len(), 12);
-        assert!(component_deps("cilium").is_empty());
-        assert_eq!(component_deps("catalyst-platform"), &["gitea"]);
+        assert!(crate::phases::release::depends_on("cilium").is_empty());
+        assert_eq!(crate::phases::release::depends_on("catalyst-platform"), &["gitea"]);
     }
 
     #[test]

@@ -215,11 +215,11 @@ pub fn k3s_config(
     if role == "server" {
         // The K3s settings the release pins (identical on every server: K3s
         // refuses a join on a "critical configuration value mismatch").
-        for (k, v) in release::K3S_SERVER_SETTINGS {
+        for (k, v) in release::k3s_server_settings() {
             c.push_str(&format!("{k}: {v}\n"));
         }
         c.push_str("disable:\n");
-        for d in release::K3S_DISABLE {
+        for d in release::k3s_disable() {
             c.push_str(&format!("  - {d}\n"));
         }
         c.push_str(&format!("tls-san:\n  - \"{lb_ip}\"\n  - \"api.{fqdn}\"\n"));
@@ -251,7 +251,7 @@ pub fn k3s_config(
 /// The marker line is what the sim backend's hosts interpret.
 pub fn install_script(role: &str, source: &K3sSource) -> String {
     let exec = if role == "server" { "server" } else { "agent" };
-    let v = release::K3S_VERSION;
+    let v = release::k3s_version();
     let env = format!(
         "INSTALL_K3S_VERSION='{v}' INSTALL_K3S_EXEC='{exec}' INSTALL_K3S_BIN_DIR=\"$R/usr/local/bin\""
     );
@@ -365,7 +365,7 @@ async fn run_ok(cx: &StepCtx, h: &Host, fp: &str, cmd: &str) -> StepResult<Strin
 }
 
 fn marker() -> String {
-    format!("/var/lib/catalyst/k3s-{}.installed", release::K3S_VERSION)
+    format!("/var/lib/catalyst/k3s-{}.installed", release::k3s_version())
 }
 
 async fn k3s(cx: &StepCtx) -> StepResult<Value> {
@@ -385,7 +385,7 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
     // Guard: installed at this version already? Then nothing to do.
     if cx.backend.ssh.run(&h, &fp, &k, &format!("test -f {}", at(&marker()))).await?.status == 0 {
         return Ok(
-            json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": true }),
+            json!({ "host": h.name, "role": role, "version": release::k3s_version(), "already_installed": true }),
         );
     }
     let sent = upload_artifacts(cx, &h, &fp, &k).await?;
@@ -409,9 +409,9 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
         .await?;
     run_ok(cx, &h, &fp, &format!("sh {}", at("/var/lib/catalyst/k3s-install.sh"))).await?;
     run_ok(cx, &h, &fp, &format!("touch {}", at(&marker()))).await?;
-    cx.event("ssh", json!({ "host": h.name, "message": format!("k3s {} installed as {role}", release::K3S_VERSION), "artifacts_uploaded": sent })).await?;
+    cx.event("ssh", json!({ "host": h.name, "message": format!("k3s {} installed as {role}", release::k3s_version()), "artifacts_uploaded": sent })).await?;
     Ok(
-        json!({ "host": h.name, "role": role, "version": release::K3S_VERSION, "already_installed": false, "artifacts_uploaded": sent }),
+        json!({ "host": h.name, "role": role, "version": release::k3s_version(), "already_installed": false, "artifacts_uploaded": sent }),
     )
 }
 
@@ -442,7 +442,7 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
 pub fn cilium_manifest(api_host: &str) -> String {
     format!(
         "apiVersion: helm.cattle.io/v1\nkind: HelmChart\nmetadata:\n  name: cilium\n  namespace: kube-system\nspec:\n  repo: https://helm.cilium.io/\n  chart: cilium\n  version: \"{v}\"\n  targetNamespace: kube-system\n  bootstrap: true\n  valuesContent: |-\n    kubeProxyReplacement: true\n    k8sServiceHost: \"{api_host}\"\n    k8sServicePort: 6443\n    ipam:\n      mode: kubernetes\n    l7Proxy: true\n    encryption:\n      enabled: true\n      type: wireguard\n",
-        v = release::CILIUM_CHART_VERSION
+        v = release::cilium_chart_version()
     )
 }
 
@@ -462,7 +462,7 @@ async fn cilium(cx: &StepCtx) -> StepResult<Value> {
         )
         .await?;
     Ok(
-        json!({ "chart_version": release::CILIUM_CHART_VERSION, "k8s_service_host": first.private_ip }),
+        json!({ "chart_version": release::cilium_chart_version(), "k8s_service_host": first.private_ip }),
     )
 }
 

@@ -138,12 +138,12 @@ pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Reso
         });
     }
     for i in 0..r.control_plane.count {
-        out.push(Resource { address: format!("hcloud_server.cp[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-cp{}", i + 1), labels: lab("control-plane"), attrs: json!({ "server_type": r.control_plane.sku, "location": l, "image": release::SERVER_IMAGE, "role": "control-plane", "index": i }) });
+        out.push(Resource { address: format!("hcloud_server.cp[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-cp{}", i + 1), labels: lab("control-plane"), attrs: json!({ "server_type": r.control_plane.sku, "location": l, "image": release::server_image(), "role": "control-plane", "index": i }) });
     }
     for i in 0..r.workers.count {
-        out.push(Resource { address: format!("hcloud_server.worker[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-w{}", i + 1), labels: lab("worker"), attrs: json!({ "server_type": r.workers.sku, "location": l, "image": release::SERVER_IMAGE, "role": "worker", "index": i }) });
+        out.push(Resource { address: format!("hcloud_server.worker[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-w{}", i + 1), labels: lab("worker"), attrs: json!({ "server_type": r.workers.sku, "location": l, "image": release::server_image(), "role": "worker", "index": i }) });
     }
-    out.push(Resource { address: "hcloud_load_balancer.main".into(), kind: "load_balancer".into(), name: format!("{slug}-{l}-lb"), labels: lab("load-balancer"), attrs: json!({ "type": release::LOAD_BALANCER_TYPE, "services": [80, 443, 6443], "targets": "control-plane" }) });
+    out.push(Resource { address: "hcloud_load_balancer.main".into(), kind: "load_balancer".into(), name: format!("{slug}-{l}-lb"), labels: lab("load-balancer"), attrs: json!({ "type": release::load_balancer_type(), "services": [80, 443, 6443], "targets": "control-plane" }) });
     out
 }
 

@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use super::{FIELD_MANAGER, action, cluster::kubeconfig_for, no_undo, release};
 use crate::adapters::ObjectRef;
 use crate::plan::{PhaseBuilder, PhaseDef};
-use crate::request::component_deps;
 use crate::step::{Registry, StepCtx, StepResult};
 use crate::{Cause, StepError, System};
 
@@ -36,16 +35,17 @@ pub fn phase(components: &[String], location: &str, regional: bool) -> PhaseDef 
     let mut b = PhaseBuilder::new(PHASE);
     let base = json!({ "location": location, "components": components, "regional": regional });
     b.step("sources", "kit.sources", &[], base.clone());
-    for p in release::PINS.iter().filter(|p| components.iter().any(|c| c == p.component)) {
-        let deps: Vec<&str> = component_deps(p.component)
+    for p in release::pins().iter().filter(|p| components.contains(&p.component)) {
+        let deps: Vec<&str> = p
+            .depends_on
             .iter()
-            .copied()
+            .map(String::as_str)
             .filter(|d| components.iter().any(|c| c == d))
             .collect();
         let mut after = vec!["sources"];
         after.extend(deps.iter().copied());
         b.step(
-            p.component,
+            &p.component,
             "kit.component",
             &after,
             json!({ "location": location, "component": p.component, "depends_on": deps }),
@@ -84,7 +84,7 @@ fn hr_ref(p: &release::Pin) -> ObjectRef {
         api_version: "helm.toolkit.fluxcd.io/v2".into(),
         kind: "HelmRelease".into(),
         namespace: Some("flux-system".into()),
-        name: p.release.into(),
+        name: p.release.clone(),
     }
 }
 
@@ -111,7 +111,7 @@ async fn sources_undo(cx: &StepCtx) -> StepResult<()> {
             api_version: "source.toolkit.fluxcd.io/v1".into(),
             kind: "HelmRepository".into(),
             namespace: Some("flux-system".into()),
-            name: p.release.into(),
+            name: p.release.clone(),
         };
         cx.backend.kube.delete(&kc, &r).await?;
     }
@@ -211,9 +211,9 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
     let mut missing = Vec::new();
     for c in &comps {
         let p = pin_of(c)?;
-        let found = listed
-            .iter()
-            .find(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(p.release));
+        let found = listed.iter().find(|o| {
+            o.pointer("/metadata/name").and_then(Value::as_str) == Some(p.release.as_str())
+        });
         match found.map(hr_state) {
             Some(HrState::Ready) => {}
             Some(s) => missing.push(format!("{}: {s:?}", p.release)),

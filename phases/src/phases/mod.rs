@@ -145,7 +145,7 @@ pub fn provision_submission(
 pub fn add_region_plan(req: &AddRegionRequest, components: &[String]) -> Plan {
     let regions = req.regions.clone();
     let regional: Vec<String> =
-        components.iter().filter(|c| release::REGIONAL.contains(&c.as_str())).cloned().collect();
+        components.iter().filter(|c| release::regional().contains(&c.as_str())).cloned().collect();
     let mut phases =
         vec![preflight::phase(&regions, false), infra::phase(&regions), cluster::phase(&regions)];
     for r in &regions {

@@ -150,19 +150,21 @@ async fn catalog(cx: &StepCtx) -> StepResult<Value> {
                 }
             }
         }
-        match cx.backend.cloud.load_balancer_type(&token, release::LOAD_BALANCER_TYPE).await? {
+        match cx.backend.cloud.load_balancer_type(&token, release::load_balancer_type()).await? {
             Some(t) => match t.prices.get(&r.location) {
                 Some(p) => {
-                    prices.insert(format!("{}/{}", r.location, release::LOAD_BALANCER_TYPE), *p);
+                    prices.insert(format!("{}/{}", r.location, release::load_balancer_type()), *p);
                 }
                 None => missing.push(format!(
                     "load balancer type {} not offered in {}",
-                    release::LOAD_BALANCER_TYPE,
+                    release::load_balancer_type(),
                     r.location
                 )),
             },
-            None => missing
-                .push(format!("load balancer type {} does not exist", release::LOAD_BALANCER_TYPE)),
+            None => missing.push(format!(
+                "load balancer type {} does not exist",
+                release::load_balancer_type()
+            )),
         }
     }
     if !missing.is_empty() {
@@ -186,7 +188,7 @@ async fn cost_preview(cx: &StepCtx) -> StepResult<Value> {
             |sku: &str| prices.get(&format!("{}/{sku}", r.location)).copied().unwrap_or((0.0, 0.0));
         let cp = p(&r.control_plane.sku);
         let w = p(&r.workers.sku);
-        let lb = p(release::LOAD_BALANCER_TYPE);
+        let lb = p(release::load_balancer_type());
         let h = cp.0 * f64::from(r.control_plane.count) + w.0 * f64::from(r.workers.count) + lb.0;
         let m = cp.1 * f64::from(r.control_plane.count) + w.1 * f64::from(r.workers.count) + lb.1;
         hourly += h;
@@ -195,7 +197,7 @@ async fn cost_preview(cx: &StepCtx) -> StepResult<Value> {
             "location": r.location,
             "control_plane": { "sku": r.control_plane.sku, "count": r.control_plane.count, "monthly_eur": cp.1 },
             "workers": { "sku": r.workers.sku, "count": r.workers.count, "monthly_eur": w.1 },
-            "load_balancer": { "type": release::LOAD_BALANCER_TYPE, "monthly_eur": lb.1 },
+            "load_balancer": { "type": release::load_balancer_type(), "monthly_eur": lb.1 },
             "hourly_eur": round2(h), "monthly_eur": round2(m),
         }));
     }
@@ -217,7 +219,7 @@ async fn artifacts(cx: &StepCtx) -> StepResult<Value> {
             path: "components".into(),
             message: format!("component `{c}` has no pin in the release manifest"),
         })?;
-        pins.insert(c.clone(), p.version);
+        pins.insert(c.clone(), p.version.clone());
     }
     // The tofu CLI and the module this job will run (F-02: a missing binary
     // or module must stop the job here, before anything is spent).
@@ -239,9 +241,9 @@ async fn artifacts(cx: &StepCtx) -> StepResult<Value> {
     Ok(json!({
         "tofu": tofu,
         "module": module,
-        "k3s": release::K3S_VERSION,
-        "cilium": release::CILIUM_CHART_VERSION,
-        "flux": release::FLUX_VERSION,
+        "k3s": release::k3s_version(),
+        "cilium": release::cilium_chart_version(),
+        "flux": release::flux_version(),
         "components": pins,
     }))
 }

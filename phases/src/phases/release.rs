@@ -1,135 +1,170 @@
-//! The release manifest: one pinned version for every chart and binary.
+//! The release manifest, `bootstrap-kit/release.toml`: one pinned version
+//! for every chart and binary.
 //!
 //! The `cluster` phase (K3s, Cilium) and the `bootstrap-kit` phase (bp-cilium,
 //! bp-flux, …) read the same pins from here, so nothing is installed twice at
-//! different versions (F-35).
-//!
-//! TODO(bootstrap-kit issue): move this table to `bootstrap-kit/release.toml`
-//! with image digests and binary checksums, verified in `preflight`.
+//! different versions (F-35). The file is compiled into the daemon and parsed
+//! once; a malformed manifest is a build that fails its first test, never a
+//! job that fails half-way.
 
-/// A pinned component of the kit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pin {
-    pub component: &'static str,
-    /// The Flux HelmRelease name.
-    pub release: &'static str,
-    pub namespace: &'static str,
-    /// The blueprint chart version.
-    pub version: &'static str,
-    /// Upstream chart and version it wraps.
-    pub upstream: &'static str,
+use std::sync::LazyLock;
+
+use serde::Deserialize;
+
+/// The manifest as text (what `release_digest` hashes).
+pub const MANIFEST: &str = include_str!("../../../bootstrap-kit/release.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Release {
+    release: Meta,
+    k3s: K3s,
+    cilium: Chart,
+    flux: Flux,
+    hetzner: Hetzner,
+    source: Source,
+    components: Vec<Pin>,
 }
 
-pub const K3S_VERSION: &str = "v1.31.4+k3s1";
-/// K3s server settings (config-file keys) every server gets: Cilium is the
-/// CNI, enforces network policy and replaces kube-proxy
-/// (K3S-DIGEST §3; the Cilium K3s guide).
-pub const K3S_SERVER_SETTINGS: &[(&str, &str)] = &[
-    ("flannel-backend", "none"),
-    ("disable-network-policy", "true"),
-    ("disable-kube-proxy", "true"),
-];
-/// Packaged K3s add-ons not deployed: the kit brings its own ingress and
-/// load balancing.
-pub const K3S_DISABLE: &[&str] = &["traefik", "servicelb"];
-pub const CILIUM_CHART_VERSION: &str = "1.16.5";
-pub const FLUX_VERSION: &str = "v2.4.0";
-pub const LOAD_BALANCER_TYPE: &str = "lb11";
-pub const SERVER_IMAGE: &str = "ubuntu-24.04";
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    name: String,
+}
 
-/// The 12 components, in install order (CATALYST-REFERENCE.md §4.2).
-pub const PINS: &[Pin] = &[
-    Pin {
-        component: "cilium",
-        release: "bp-cilium",
-        namespace: "kube-system",
-        version: "1.1.1",
-        upstream: "cilium 1.16.5",
-    },
-    Pin {
-        component: "cert-manager",
-        release: "bp-cert-manager",
-        namespace: "cert-manager",
-        version: "1.1.1",
-        upstream: "cert-manager v1.16.2",
-    },
-    Pin {
-        component: "flux",
-        release: "bp-flux",
-        namespace: "flux-system",
-        version: "1.1.2",
-        upstream: "flux2 2.14.1 (Flux 2.4.0)",
-    },
-    Pin {
-        component: "crossplane",
-        release: "bp-crossplane",
-        namespace: "crossplane-system",
-        version: "1.1.3",
-        upstream: "crossplane 1.18.0",
-    },
-    Pin {
-        component: "sealed-secrets",
-        release: "bp-sealed-secrets",
-        namespace: "kube-system",
-        version: "1.1.1",
-        upstream: "sealed-secrets 2.16.1",
-    },
-    Pin {
-        component: "spire",
-        release: "bp-spire",
-        namespace: "spire-system",
-        version: "1.1.4",
-        upstream: "spire-crds 0.5.0 + spire 0.21.0",
-    },
-    Pin {
-        component: "nats-jetstream",
-        release: "bp-nats-jetstream",
-        namespace: "nats-system",
-        version: "1.1.1",
-        upstream: "nats 1.2.0",
-    },
-    Pin {
-        component: "openbao",
-        release: "bp-openbao",
-        namespace: "openbao",
-        version: "1.1.1",
-        upstream: "openbao 0.16.0",
-    },
-    Pin {
-        component: "keycloak",
-        release: "bp-keycloak",
-        namespace: "keycloak",
-        version: "1.1.2",
-        upstream: "keycloak 25.2.0",
-    },
-    Pin {
-        component: "gitea",
-        release: "bp-gitea",
-        namespace: "gitea",
-        version: "1.1.2",
-        upstream: "gitea 10.5.0",
-    },
-    Pin {
-        component: "powerdns",
-        release: "bp-powerdns",
-        namespace: "powerdns",
-        version: "1.1.3",
-        upstream: "powerdns 0.10.0",
-    },
-    Pin {
-        component: "catalyst-platform",
-        release: "bp-catalyst-platform",
-        namespace: "catalyst-system",
-        version: "1.1.8",
-        upstream: "catalyst chart",
-    },
-];
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct K3s {
+    version: String,
+    server_settings: Vec<(String, String)>,
+    disable: Vec<String>,
+}
 
-/// Components an added region gets (ARCHITECTURE.md §1, add-region).
-pub const REGIONAL: &[&str] = &["cilium", "cert-manager", "flux", "crossplane", "spire", "openbao"];
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Chart {
+    chart: String,
+    repo: String,
+    version: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Flux {
+    version: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hetzner {
+    server_image: String,
+    load_balancer_type: String,
+    hcloud_provider: String,
+}
+
+/// Where the blueprint charts come from.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub url: String,
+    pub interval: String,
+    pub pull_secret: String,
+}
+
+/// A pinned component of the kit.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    #[serde(rename = "name")]
+    pub component: String,
+    /// The Flux HelmRelease name (and blueprint chart name).
+    pub release: String,
+    pub namespace: String,
+    /// The blueprint chart version.
+    pub version: String,
+    /// Upstream chart and version it wraps.
+    pub upstream: String,
+    /// Components that must be Ready first.
+    pub depends_on: Vec<String>,
+    /// Also installed in every region an add-region job creates.
+    pub regional: bool,
+}
+
+static RELEASE: LazyLock<Release> = LazyLock::new(|| {
+    toml::from_str(MANIFEST).unwrap_or_else(|e| panic!("bootstrap-kit/release.toml: {e}"))
+});
+
+pub fn name() -> &'static str {
+    &RELEASE.release.name
+}
+
+pub fn k3s_version() -> &'static str {
+    &RELEASE.k3s.version
+}
+
+/// K3s server config-file settings, in order.
+pub fn k3s_server_settings() -> &'static [(String, String)] {
+    &RELEASE.k3s.server_settings
+}
+
+pub fn k3s_disable() -> &'static [String] {
+    &RELEASE.k3s.disable
+}
+
+pub fn cilium_chart() -> &'static str {
+    &RELEASE.cilium.chart
+}
+
+pub fn cilium_repo() -> &'static str {
+    &RELEASE.cilium.repo
+}
+
+pub fn cilium_chart_version() -> &'static str {
+    &RELEASE.cilium.version
+}
+
+pub fn flux_version() -> &'static str {
+    &RELEASE.flux.version
+}
+
+pub fn server_image() -> &'static str {
+    &RELEASE.hetzner.server_image
+}
+
+pub fn load_balancer_type() -> &'static str {
+    &RELEASE.hetzner.load_balancer_type
+}
+
+pub fn hcloud_provider_version() -> &'static str {
+    &RELEASE.hetzner.hcloud_provider
+}
+
+pub fn source() -> &'static Source {
+    &RELEASE.source
+}
+
+/// The components, in install order.
+pub fn pins() -> &'static [Pin] {
+    &RELEASE.components
+}
 
 pub fn pin(component: &str) -> Option<&'static Pin> {
-    PINS.iter().find(|p| p.component == component)
+    pins().iter().find(|p| p.component == component)
+}
+
+/// What `component` depends on (unknown names: nothing).
+pub fn depends_on(component: &str) -> &'static [String] {
+    pin(component).map(|p| p.depends_on.as_slice()).unwrap_or_default()
+}
+
+/// Components an added region gets (ARCHITECTURE.md §1, add-region).
+pub fn regional() -> Vec<&'static str> {
+    pins().iter().filter(|p| p.regional).map(|p| p.component.as_str()).collect()
+}
+
+/// SHA-256 of the manifest: which release a job ran with.
+pub fn digest() -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(MANIFEST.as_bytes()))
 }
 
 #[cfg(test)]
@@ -139,9 +174,30 @@ mod tests {
     #[test]
     fn every_component_is_pinned_once_and_cilium_matches_the_cluster_phase() {
         for c in crate::request::COMPONENTS {
-            assert_eq!(PINS.iter().filter(|p| p.component == *c).count(), 1, "{c}");
+            assert_eq!(pins().iter().filter(|p| p.component == *c).count(), 1, "{c}");
         }
-        assert!(pin("cilium").unwrap().upstream.ends_with(CILIUM_CHART_VERSION));
-        assert!(pin("flux").unwrap().upstream.contains(&FLUX_VERSION[1..]));
+        assert_eq!(pins().len(), crate::request::COMPONENTS.len());
+        assert!(pin("cilium").unwrap().upstream.ends_with(cilium_chart_version()));
+        assert!(pin("flux").unwrap().upstream.contains(&flux_version()[1..]));
+        assert!(!name().is_empty() && digest().len() == 64);
+    }
+
+    #[test]
+    fn dependencies_name_components_and_come_first() {
+        let order: Vec<&str> = pins().iter().map(|p| p.component.as_str()).collect();
+        for (i, p) in pins().iter().enumerate() {
+            for d in &p.depends_on {
+                let at = order.iter().position(|c| c == d);
+                assert!(
+                    at.is_some_and(|at| at < i),
+                    "{} depends on {d}, not before it",
+                    p.component
+                );
+            }
+        }
+        assert_eq!(
+            regional(),
+            vec!["cilium", "cert-manager", "flux", "crossplane", "spire", "openbao"]
+        );
     }
 }

@@ -35,9 +35,6 @@ use std::path::{Path, PathBuf};
 use super::release;
 use crate::request::Region;
 
-/// The hcloud provider version the templates are written and tested against
-/// (`shared/upstream/hcloud/resources.json`).
-pub const HCLOUD_PROVIDER_VERSION: &str = "1.68.0";
 /// The private network of a region and the subnet its servers live in; the
 /// same values as the manifest of [`super::infra::desired`].
 pub const NETWORK_IP_RANGE: &str = "10.0.0.0/16";
@@ -94,8 +91,8 @@ impl RenderInput {
             workers: (region.workers.sku.clone(), region.workers.count),
             ssh_public_keys: ssh_public_keys.to_vec(),
             provisioner_cidrs: provisioner_cidrs.to_vec(),
-            image: release::SERVER_IMAGE.to_owned(),
-            load_balancer_type: release::LOAD_BALANCER_TYPE.to_owned(),
+            image: release::server_image().to_owned(),
+            load_balancer_type: release::load_balancer_type().to_owned(),
         })
     }
 }
@@ -382,7 +379,9 @@ fn context(i: &RenderInput) -> tera::Context {
     cx.insert("worker_ip_offset", &WORKER_IP_OFFSET);
     cx.insert("lb_private_ip", LB_PRIVATE_IP);
     cx.insert("lb_ports", &LB_PORTS);
-    cx.insert("hcloud_provider_version", HCLOUD_PROVIDER_VERSION);
+    // The version the templates are written and tested against
+    // (`shared/upstream/hcloud/resources.json`), pinned in the release.
+    cx.insert("hcloud_provider_version", release::hcloud_provider_version());
     cx
 }
 

@@ -651,7 +651,7 @@ impl KubeApi for SimKube {
                 remediation: "Rewrite the kubeconfig to the load balancer on 6443.".into(),
             });
         }
-        Ok(format!("{} (sim)", crate::phases::release::K3S_VERSION))
+        Ok(format!("{} (sim)", crate::phases::release::k3s_version()))
     }
 
     async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()> {
