@@ -50,7 +50,7 @@ fn node_files_match_their_golden_files() {
         sh.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         assert!(sh.wait().unwrap().success(), "not valid sh:\n{s}");
     }
-    golden("cilium.yaml", &cilium_manifest(first));
+    golden("cilium.yaml", &cilium_manifest(first).unwrap());
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn the_cilium_helmchart_fits_the_helm_controller_crd() {
         .and_then(Value::as_object)
         .expect("the CRD's spec properties")
         .clone();
-    let chart: Value = serde_saphyr::from_str(&cilium_manifest("10.0.1.2")).unwrap();
+    let chart: Value = serde_saphyr::from_str(&cilium_manifest("10.0.1.2").unwrap()).unwrap();
     assert_eq!(chart["apiVersion"], "helm.cattle.io/v1");
     assert_eq!(chart["kind"], "HelmChart");
     let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap();

@@ -439,17 +439,22 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
 /// the helm-controller runs its install job on the host network with the
 /// not-ready tolerations: the CNI must install while there is no pod
 /// network yet (F-15).
-pub fn cilium_manifest(api_host: &str) -> String {
-    format!(
-        "apiVersion: helm.cattle.io/v1\nkind: HelmChart\nmetadata:\n  name: cilium\n  namespace: kube-system\nspec:\n  repo: https://helm.cilium.io/\n  chart: cilium\n  version: \"{v}\"\n  targetNamespace: kube-system\n  bootstrap: true\n  valuesContent: |-\n    kubeProxyReplacement: true\n    k8sServiceHost: \"{api_host}\"\n    k8sServicePort: 6443\n    ipam:\n      mode: kubernetes\n    l7Proxy: true\n    encryption:\n      enabled: true\n      type: wireguard\n",
+pub fn cilium_manifest(api_host: &str) -> StepResult<String> {
+    let values = super::kit_render::cilium_values(api_host)
+        .map_err(|e| StepError::internal(format!("the release's Cilium values: {e}")))?;
+    let indented: String = values.lines().map(|l| format!("    {l}\n")).collect();
+    Ok(format!(
+        "apiVersion: helm.cattle.io/v1\nkind: HelmChart\nmetadata:\n  name: cilium\n  namespace: kube-system\nspec:\n  repo: {repo}\n  chart: {chart}\n  version: \"{v}\"\n  targetNamespace: kube-system\n  bootstrap: true\n  valuesContent: |-\n{indented}",
+        repo = release::cilium_repo(),
+        chart = release::cilium_chart(),
         v = release::cilium_chart_version()
-    )
+    ))
 }
 
 async fn cilium(cx: &StepCtx) -> StepResult<Value> {
     let out = outputs(cx)?;
     let (h, fp, first) = first_server(cx, &out)?;
-    let body = cilium_manifest(&first.private_ip);
+    let body = cilium_manifest(&first.private_ip)?;
     cx.backend
         .ssh
         .upload(

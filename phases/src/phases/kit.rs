@@ -8,15 +8,18 @@
 //! the expected set from the release manifest: zero observed is not done
 //! (F-37). A release Flux is still retrying is `installing`, not failed.
 //!
-//! TODO(bootstrap-kit issue): tera-rendered manifests from `bootstrap-kit/`
-//! validated against the upstream CRDs, per-component workload probes
-//! (Deployments/StatefulSets, PowerDNS API, OpenBao pods), prune by label.
+//! The objects are rendered from `bootstrap-kit/` ([`super::kit_render`]).
+//!
+//! TODO(bootstrap-kit issue): the real Kubernetes adapter and its fake API
+//! server, per-component workload probes (Deployments/StatefulSets,
+//! PowerDNS API, OpenBao pods), prune by label.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{FIELD_MANAGER, action, cluster::kubeconfig_for, no_undo, release};
+use super::kit_render::{KitInput, Rendered, render_component};
+use super::{FIELD_MANAGER, action, cluster::kubeconfig_for, fqdn, no_undo, release, slug};
 use crate::adapters::ObjectRef;
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::step::{Registry, StepCtx, StepResult};
@@ -56,26 +59,19 @@ pub fn phase(components: &[String], location: &str, regional: bool) -> PhaseDef 
     b.build()
 }
 
-fn repo(p: &release::Pin) -> Value {
-    json!({
-        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
-        "metadata": { "name": p.release, "namespace": "flux-system", "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER } },
-        "spec": { "type": "oci", "url": "oci://ghcr.io/openova-io", "interval": "15m" },
-    })
+/// What the kit is rendered for: this Sovereign, and the API address
+/// Cilium was installed with by the `cluster` phase.
+fn kit_input(cx: &StepCtx) -> StepResult<KitInput> {
+    let loc: String = cx.param("location")?;
+    let fqdn = fqdn(cx)?;
+    let cilium: Value = cx.lookup(&format!("cluster/cilium-{loc}"))?;
+    let api_host = cilium["k8s_service_host"].as_str().unwrap_or_default().to_owned();
+    Ok(KitInput { sovereign: slug(&fqdn), fqdn, api_host })
 }
 
-fn helm_release(p: &release::Pin, deps: &[String]) -> Value {
-    let depends: Vec<Value> =
-        deps.iter().filter_map(|d| release::pin(d)).map(|d| json!({ "name": d.release })).collect();
-    json!({
-        "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
-        "metadata": { "name": p.release, "namespace": "flux-system", "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER, "catalyst.openova.io/component": p.component } },
-        "spec": {
-            "interval": "15m", "releaseName": p.component, "targetNamespace": p.namespace,
-            "chart": { "spec": { "chart": p.release, "version": p.version, "sourceRef": { "kind": "HelmRepository", "name": p.release } } },
-            "dependsOn": depends,
-            "install": { "remediation": { "retries": 3 }, "createNamespace": true },
-        },
+fn rendered(cx: &StepCtx, p: &release::Pin) -> StepResult<Rendered> {
+    render_component(p, &kit_input(cx)?).map_err(|e| {
+        StepError::internal(format!("the release's bootstrap kit does not render: {e}"))
     })
 }
 
@@ -98,7 +94,10 @@ fn pin_of(name: &str) -> StepResult<&'static release::Pin> {
 async fn sources(cx: &StepCtx) -> StepResult<Value> {
     let kc = kubeconfig_for(cx, &cx.param::<String>("location")?).await?;
     let comps: Vec<String> = cx.param("components")?;
-    let objs: Vec<Value> = comps.iter().map(|c| pin_of(c).map(repo)).collect::<StepResult<_>>()?;
+    let mut objs = Vec::new();
+    for c in &comps {
+        objs.push(rendered(cx, pin_of(c)?)?.source);
+    }
     cx.backend.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
     Ok(json!({ "sources": objs.len() }))
 }
@@ -153,8 +152,10 @@ fn hr_state(obj: &Value) -> HrState {
 async fn component(cx: &StepCtx) -> StepResult<Value> {
     let kc = kubeconfig_for(cx, &cx.param::<String>("location")?).await?;
     let p = pin_of(&cx.param::<String>("component")?)?;
-    let deps: Vec<String> = cx.param("depends_on")?;
-    cx.backend.kube.apply(&kc, FIELD_MANAGER, &[helm_release(p, &deps)]).await?;
+    let r = rendered(cx, p)?;
+    let mut objs: Vec<Value> = r.namespace.into_iter().collect();
+    objs.push(r.helm_release);
+    cx.backend.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
     let r = hr_ref(p);
     let last_failure: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let res = cx
