@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod hcloud;
+pub mod k8s;
 pub mod phases;
 pub mod plan;
 pub mod request;
