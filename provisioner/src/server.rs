@@ -128,10 +128,10 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 
 /// The `hetzner` backend: the real Hetzner API client and tofu runner.
 ///
-/// Not real yet, and said so at every call: Kubernetes (except the F-12
-/// endpoint check) and OpenBao ([`Unbuilt`]: a job pauses at the first step
-/// needing them), and PowerDNS (the sim's DNS, over the data dir, until the
-/// DNS issue lands).
+/// Not real yet, and said so at every call: OpenBao ([`Unbuilt`]: a job
+/// pauses at the first step needing it), and PowerDNS (the sim's DNS, over
+/// the data dir, until the DNS issue lands). The bootstrap kit's readiness
+/// probes beyond HelmRelease `Ready` are still to come (issue 6).
 pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
     use cz_phases::adapters::InfraModule;
     use cz_phases::exec::tofu::TofuCli;
@@ -173,7 +173,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         cloud: Arc::new(cloud),
         tofu: Arc::new(tofu),
         ssh: Arc::new(cz_phases::exec::SshClient::default()),
-        kube: Arc::new(Unbuilt::KUBE),
+        kube: Arc::new(cz_phases::k8s::KubeClient),
         bao: Arc::new(Unbuilt::BAO),
         dns: Arc::new(SimDns::new(world)),
         workspace_root: config.data_dir.join("workspaces"),

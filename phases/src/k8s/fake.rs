@@ -292,6 +292,8 @@ fn discovery(fake: &FakeKube, path: &str) -> Option<Response> {
             .collect()
     };
     let body = match path.trim_end_matches('/') {
+        "/version" => json!({"major": "1", "minor": "31", "gitVersion": "v1.31.4+k3s1 (fake)",
+            "gitCommit": "", "gitTreeState": "", "buildDate": "", "goVersion": "", "compiler": "", "platform": "linux/amd64"}),
         "/api" => {
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
         }

@@ -1,6 +1,8 @@
-//! Kubernetes: an in-process fake API server with the semantics the kit's
-//! adapter relies on ([`fake`]). The real adapter (kube) arrives next.
+//! Kubernetes: the real adapter over `kube` ([`client`]) and an in-process
+//! fake API server with the semantics it relies on ([`fake`]).
 
+pub mod client;
 pub mod fake;
 
+pub use client::KubeClient;
 pub use fake::FakeKube;

@@ -1,0 +1,232 @@
+//! `KubeClient`: the real [`KubeApi`] over `kube` (dynamic objects,
+//! server-side apply).
+//!
+//! - **Any kind**: `apiVersion`/`kind` are resolved through API discovery;
+//!   a kind that is not served yet is looked up again once (a CRD applied a
+//!   moment ago), then refused as `NotFound` naming the kind.
+//! - **Server-side apply** with the caller's field manager, never forced: a
+//!   field another manager owns is a `Conflict` with the server's message
+//!   (who owns what), for an operator to decide (F-35, F-36).
+//! - **CRDs before their CRs**: after applying a `CustomResourceDefinition`
+//!   the call waits (bounded) until it reports `Established`.
+//! - The F-12 endpoint check over https is [`crate::exec::kubeconfig`]'s.
+//!
+//! Errors: the API's `Status` code decides the cause (404 NotFound, 409
+//! Conflict, 401/403 Unauthorized, 400/422 Invalid, 429 RateLimited, 5xx
+//! Unavailable); transport errors are `Network`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cz_state::SecretString;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use serde_json::Value;
+
+use crate::adapters::{AdapterResult, KubeApi, ObjectRef};
+use crate::error::{Cause, StepError, System};
+
+/// How long a CRD may take to become Established.
+pub const CRD_ESTABLISH_BOUND: Duration = Duration::from_secs(60);
+
+/// The real Kubernetes adapter.
+#[derive(Clone, Debug, Default)]
+pub struct KubeClient;
+
+fn err(op: &str, cause: Cause, message: impl Into<String>) -> StepError {
+    StepError::adapter(System::Kubernetes, op, cause, message)
+}
+
+fn map_err(op: &str, e: kube::Error) -> StepError {
+    match e {
+        kube::Error::Api(s) => {
+            let cause = match s.code {
+                404 => Cause::NotFound,
+                409 => Cause::Conflict,
+                401 | 403 => Cause::Unauthorized,
+                400 | 415 | 422 => Cause::Invalid,
+                429 => Cause::RateLimited,
+                _ => Cause::Unavailable,
+            };
+            err(op, cause, format!("{} (HTTP {}): {}", s.reason, s.code, s.message))
+        }
+        other => err(op, Cause::Network, other.to_string()),
+    }
+}
+
+async fn client(kubeconfig: &SecretString) -> AdapterResult<kube::Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig.expose())
+        .map_err(|e| err("kubeconfig", Cause::Invalid, e.to_string()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| err("kubeconfig", Cause::Invalid, e.to_string()))?;
+    kube::Client::try_from(cfg).map_err(|e| err("kubeconfig", Cause::Invalid, e.to_string()))
+}
+
+fn gvk_of(api_version: &str, kind: &str) -> GroupVersionKind {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    GroupVersionKind::gvk(group, version, kind)
+}
+
+/// Discovery, refreshed once when a kind is not (yet) known.
+struct Resolver {
+    client: kube::Client,
+    discovery: Option<Discovery>,
+}
+
+impl Resolver {
+    fn new(client: kube::Client) -> Self {
+        Resolver { client, discovery: None }
+    }
+
+    async fn resolve(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+    ) -> AdapterResult<(ApiResource, ApiCapabilities)> {
+        let gvk = gvk_of(api_version, kind);
+        for fresh in [false, true] {
+            if fresh || self.discovery.is_none() {
+                let d = Discovery::new(self.client.clone())
+                    .run()
+                    .await
+                    .map_err(|e| map_err("discovery", e))?;
+                self.discovery = Some(d);
+            }
+            if let Some(found) = self.discovery.as_ref().and_then(|d| d.resolve_gvk(&gvk)) {
+                return Ok(found);
+            }
+        }
+        Err(err(
+            "discovery",
+            Cause::NotFound,
+            format!(
+                "the API serves no {kind} in {api_version} (is its CRD installed and Established?)"
+            ),
+        ))
+    }
+
+    async fn api(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+    ) -> AdapterResult<Api<DynamicObject>> {
+        let (ar, caps) = self.resolve(api_version, kind).await?;
+        Ok(match (caps.scope, ns) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(self.client.clone(), &ar),
+            (Scope::Cluster, _) => Api::all_with(self.client.clone(), &ar),
+        })
+    }
+}
+
+fn established(crd: &Value) -> bool {
+    crd.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True"))
+}
+
+#[async_trait]
+impl KubeApi for KubeClient {
+    async fn apply(
+        &self,
+        kubeconfig: &SecretString,
+        field_manager: &str,
+        objects: &[Value],
+    ) -> AdapterResult<()> {
+        let mut r = Resolver::new(client(kubeconfig).await?);
+        for obj in objects {
+            let o = ObjectRef::of(obj).ok_or_else(|| {
+                err("apply", Cause::Invalid, "an object without apiVersion, kind or metadata.name")
+            })?;
+            let api = r.api(&o.api_version, &o.kind, o.namespace.as_deref()).await?;
+            let applied = api
+                .patch(&o.name, &PatchParams::apply(field_manager), &Patch::Apply(obj))
+                .await
+                .map_err(|e| map_err(&format!("apply {} {}", o.kind, o.name), e))?;
+            if o.kind == "CustomResourceDefinition" {
+                let deadline = tokio::time::Instant::now() + CRD_ESTABLISH_BOUND;
+                let mut cur = serde_json::to_value(&applied).unwrap_or(Value::Null);
+                while !established(&cur) {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(StepError::Timeout {
+                            reason: format!("CRD {} to become Established", o.name),
+                            bound_s: CRD_ESTABLISH_BOUND.as_secs(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let got = api.get(&o.name).await.map_err(|e| map_err("get crd", e))?;
+                    cur = serde_json::to_value(&got).unwrap_or(Value::Null);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<Option<Value>> {
+        let mut res = Resolver::new(client(kubeconfig).await?);
+        let api = match res.api(&r.api_version, &r.kind, r.namespace.as_deref()).await {
+            Ok(api) => api,
+            // A kind not served means no such object (yet).
+            Err(StepError::Adapter { cause: Cause::NotFound, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let got = api.get_opt(&r.name).await.map_err(|e| map_err("get", e))?;
+        Ok(got.map(|o| serde_json::to_value(o).unwrap_or(Value::Null)))
+    }
+
+    async fn list(
+        &self,
+        kubeconfig: &SecretString,
+        api_version: &str,
+        kind: &str,
+        selector: &str,
+    ) -> AdapterResult<Vec<Value>> {
+        let mut res = Resolver::new(client(kubeconfig).await?);
+        let (ar, _) = match res.resolve(api_version, kind).await {
+            Ok(x) => x,
+            Err(StepError::Adapter { cause: Cause::NotFound, .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let api: Api<DynamicObject> = Api::all_with(res.client.clone(), &ar);
+        let lp = if selector.is_empty() {
+            ListParams::default()
+        } else {
+            ListParams::default().labels(selector)
+        };
+        let list = api.list(&lp).await.map_err(|e| map_err("list", e))?;
+        Ok(list.items.into_iter().map(|o| serde_json::to_value(o).unwrap_or(Value::Null)).collect())
+    }
+
+    async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()> {
+        let mut res = Resolver::new(client(kubeconfig).await?);
+        let api = match res.api(&r.api_version, &r.kind, r.namespace.as_deref()).await {
+            Ok(api) => api,
+            Err(StepError::Adapter { cause: Cause::NotFound, .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match api.delete(&r.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(map_err("delete", e)),
+        }
+    }
+
+    async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String> {
+        let https = crate::exec::kubeconfig::endpoint(kubeconfig.expose())
+            .map(|e| e.server.starts_with("https://"))
+            .unwrap_or(false);
+        if https {
+            return crate::exec::kubeconfig::server_version(kubeconfig, Duration::from_secs(10))
+                .await;
+        }
+        let info = client(kubeconfig)
+            .await?
+            .apiserver_version()
+            .await
+            .map_err(|e| map_err("version", e))?;
+        Ok(info.git_version)
+    }
+}
