@@ -180,15 +180,26 @@ impl Engine {
                 options: Arc::new(options),
                 cancel: cancel.clone(),
             };
+            // Interrupted: every write the stopped steps had already handed
+            // to the store is committed before the caller may drive the job
+            // again, so the next drive reads a journal nobody still appends
+            // to (otherwise a late `succeeded` lands after its `started`).
+            let interrupted = || async {
+                self.store
+                    .barrier()
+                    .await
+                    .map_err(|source| EngineError::Store { job: job_id, source })?;
+                Ok::<_, EngineError>(DriveOutcome::Interrupted)
+            };
             match run.job.mode {
                 JobMode::Forward => match run.forward().await? {
-                    None => return Ok(DriveOutcome::Interrupted),
+                    None => return interrupted().await,
                     Some(true) => continue, // switched to unwinding
                     Some(false) => {}
                 },
                 JobMode::Unwinding => {
                     if run.unwind().await?.is_none() {
-                        return Ok(DriveOutcome::Interrupted);
+                        return interrupted().await;
                     }
                 }
             }
@@ -468,7 +479,10 @@ impl JobRun {
                 _ = self.cancel.cancelled() => {
                     // Dropping in-flight steps is exactly a crash: their
                     // journal says `started` and the next drive re-runs them.
+                    // Wait until they have stopped, so none of them can hand
+                    // the store a write after this drive returns.
                     inflight.abort_all();
+                    while inflight.join_next().await.is_some() {}
                     return Ok(PhaseOutcome::Interrupted);
                 }
             }

@@ -577,6 +577,16 @@ impl Store {
         hub.entry(job).or_insert_with(|| broadcast::channel(EVENT_FANOUT_CAPACITY).0).subscribe()
     }
 
+    /// Returns once every write handed to the writer before this call is
+    /// committed (the writer applies operations in order).
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.write(
+            false,
+            Box::new(|_w| Box::pin(async { Ok(Box::new(()) as Box<dyn Any + Send>) })),
+        )
+        .await
+    }
+
     // === audit ===
 
     pub async fn record_audit(&self, entry: NewAudit) -> Result<i64, StoreError> {
