@@ -13,6 +13,19 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// An error and its sources, `outer: inner: …` (what a caller can act on is
+/// often only in the innermost one).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        src = s.source();
+    }
+    message
+}
+
 /// What the engine does with an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]

@@ -173,13 +173,7 @@ pub async fn server_version(kubeconfig: &SecretString, timeout: Duration) -> Ada
 /// A connection error: certificate problems are an operator's, anything
 /// else is the network's (the endpoint may not be up yet).
 fn classify(server: &str, e: &reqwest::Error) -> StepError {
-    let mut chain = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        src = s.source();
-    }
+    let chain = crate::error::chain(e);
     let lower = chain.to_ascii_lowercase();
     let cert = ["certificate", "notvalidforname", "unknownissuer", "invalid peer"];
     if cert.iter().any(|c| lower.contains(c)) {

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use super::infra::{Outputs, Server};
 use super::{action, command_failed, fqdn, no_undo, precondition, release};
 use crate::adapters::{Host, K3sSource, ProvisionerKey};
+use crate::exec::ssh::shell_quote;
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::request::Region;
 use crate::step::{Registry, StepCtx, StepResult};
@@ -262,9 +263,9 @@ pub fn install_script(role: &str, source: &K3sSource) -> String {
                 "curl -sfL --retry 5 -o \"{dl}\" {url} && \\\n\
                  echo {sha}'  '\"{dl}\" | sha256sum -c - && \\\n\
                  GITHUB_URL={rel} {env} sh \"{dl}\"",
-                url = shell_word(script_url),
-                sha = shell_word(script_sha256),
-                rel = shell_word(release_url),
+                url = shell_quote(script_url),
+                sha = shell_quote(script_sha256),
+                rel = shell_quote(release_url),
             )
         }
         K3sSource::AirGap { .. } | K3sSource::Simulated => format!(
@@ -287,11 +288,6 @@ pub fn install_script(role: &str, source: &K3sSource) -> String {
          touch \"$R{marker}\"\n",
         marker = marker(),
     )
-}
-
-/// A single-quoted shell word (URLs and checksums from the config).
-fn shell_word(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// Reads the artifact directory and checks every file against its
@@ -356,8 +352,14 @@ async fn key(cx: &StepCtx) -> StepResult<ProvisionerKey> {
     ProvisionerKey::from_private(cx.secret(super::infra::PROVISIONER_KEY).await?)
 }
 
-async fn run_ok(cx: &StepCtx, h: &Host, fp: &str, cmd: &str) -> StepResult<String> {
-    let out = cx.backend.ssh.run(h, fp, &key(cx).await?, cmd).await?;
+async fn run_ok(
+    cx: &StepCtx,
+    h: &Host,
+    fp: &str,
+    k: &ProvisionerKey,
+    cmd: &str,
+) -> StepResult<String> {
+    let out = cx.backend.ssh.run(h, fp, k, cmd).await?;
     if out.status != 0 {
         return Err(command_failed(cmd, &out));
     }
@@ -407,8 +409,8 @@ async fn k3s(cx: &StepCtx) -> StepResult<Value> {
             0o700,
         )
         .await?;
-    run_ok(cx, &h, &fp, &format!("sh {}", at("/var/lib/catalyst/k3s-install.sh"))).await?;
-    run_ok(cx, &h, &fp, &format!("touch {}", at(&marker()))).await?;
+    run_ok(cx, &h, &fp, &k, &format!("sh {}", at("/var/lib/catalyst/k3s-install.sh"))).await?;
+    run_ok(cx, &h, &fp, &k, &format!("touch {}", at(&marker()))).await?;
     cx.event("ssh", json!({ "host": h.name, "message": format!("k3s {} installed as {role}", release::k3s_version()), "artifacts_uploaded": sent })).await?;
     Ok(
         json!({ "host": h.name, "role": role, "version": release::k3s_version(), "already_installed": false, "artifacts_uploaded": sent }),
@@ -427,9 +429,9 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
     // Absent script = never installed or already uninstalled.
     let k = key(cx).await?;
     if cx.backend.ssh.run(&h, &fp, &k, &format!("test -f {}", at(script))).await?.status == 0 {
-        run_ok(cx, &h, &fp, &format!("sh {}", at(script))).await?;
+        run_ok(cx, &h, &fp, &k, &format!("sh {}", at(script))).await?;
     }
-    run_ok(cx, &h, &fp, &format!("rm -f {}", at(&marker()))).await?;
+    run_ok(cx, &h, &fp, &k, &format!("rm -f {}", at(&marker()))).await?;
     Ok(())
 }
 
@@ -479,7 +481,8 @@ async fn kubeconfig(cx: &StepCtx) -> StepResult<Value> {
     let loc: String = cx.param("location")?;
     let out = outputs(cx)?;
     let (h, fp, _) = first_server(cx, &out)?;
-    let raw = run_ok(cx, &h, &fp, &format!("cat {}", at(KUBECONFIG_PATH))).await?;
+    let k = key(cx).await?;
+    let raw = run_ok(cx, &h, &fp, &k, &format!("cat {}", at(KUBECONFIG_PATH))).await?;
     if !raw.contains("https://127.0.0.1:6443") {
         return Err(StepError::adapter(
             System::Ssh,
@@ -529,6 +532,7 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
     let want_servers: u32 = cx.param("servers")?;
     let want_agents: u32 = cx.param("agents")?;
     let (h, fp, _) = first_server(cx, &out)?;
+    let k = key(cx).await?;
     let counts = cx
         .wait_for(
             &format!(
@@ -538,7 +542,8 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
             cx.backend.bounds.nodes_ready,
             || async {
                 let text =
-                    run_ok(cx, &h, &fp, &format!("{} kubectl get nodes -o json", at(K3S))).await?;
+                    run_ok(cx, &h, &fp, &k, &format!("{} kubectl get nodes -o json", at(K3S)))
+                        .await?;
                 let list: Value = serde_json::from_str(&text).map_err(|e| {
                     StepError::adapter(
                         System::Kubernetes,
@@ -571,7 +576,7 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
     // Etcd members: every server carries K3s's etcd role label once it has
     // joined the embedded etcd (F-13: three servers must be one cluster).
     let nodes: Value = serde_json::from_str(
-        &run_ok(cx, &h, &fp, &format!("{} kubectl get nodes -o json", at(K3S))).await?,
+        &run_ok(cx, &h, &fp, &k, &format!("{} kubectl get nodes -o json", at(K3S))).await?,
     )
     .map_err(|e| {
         StepError::adapter(System::Kubernetes, "get nodes", Cause::Invalid, e.to_string())
@@ -607,7 +612,7 @@ async fn verify(cx: &StepCtx) -> StepResult<Value> {
                 .run(
                     &h,
                     &fp,
-                    &key(cx).await?,
+                    &k,
                     &format!("{} kubectl -n kube-system get deployment coredns -o json", at(K3S)),
                 )
                 .await?;

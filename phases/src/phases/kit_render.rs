@@ -111,15 +111,9 @@ fn context(pin: &Pin, input: &KitInput) -> tera::Context {
 fn render_text(file: &str, template: &str, cx: &tera::Context) -> Result<String, KitError> {
     let mut tera = tera::Tera::default();
     tera.autoescape_on(Vec::<&str>::new());
-    let err = |e: tera::Error| {
-        let mut message = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            src = s.source();
-        }
-        KitError::Template { file: file.to_owned(), message }
+    let err = |e: tera::Error| KitError::Template {
+        file: file.to_owned(),
+        message: crate::error::chain(&e),
     };
     tera.add_raw_template(file, template).map_err(err)?;
     let out = tera.render(file, cx).map_err(err)?;

@@ -296,6 +296,18 @@ fn render_dir(
 /// order): the module version a job ran with, recorded by pre-flight (F-02).
 pub fn templates_digest(dir: &Path) -> Result<String, RenderError> {
     use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, body) in read_templates(dir)? {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update((body.len() as u64).to_le_bytes());
+        h.update(&body);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The `*.tera` files of `dir`, sorted by name; none is an error.
+fn read_templates(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, RenderError> {
     let io = |source| RenderError::Io { dir: dir.to_owned(), source };
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
@@ -309,42 +321,24 @@ pub fn templates_digest(dir: &Path) -> Result<String, RenderError> {
         return Err(RenderError::NoTemplates(dir.to_owned()));
     }
     files.sort();
-    let mut h = sha2::Sha256::new();
-    for (name, body) in &files {
-        h.update(name.as_bytes());
-        h.update([0]);
-        h.update((body.len() as u64).to_le_bytes());
-        h.update(body);
-    }
-    Ok(hex::encode(h.finalize()))
+    Ok(files)
 }
 
 fn template_error(name: &str, e: &tera::Error) -> RenderError {
     // The chain carries the position and the undefined name.
-    let mut message = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        src = s.source();
-    }
-    RenderError::Template { name: name.to_owned(), message }
+    RenderError::Template { name: name.to_owned(), message: crate::error::chain(e) }
 }
 
 fn load(dir: &Path) -> Result<tera::Tera, RenderError> {
-    let io = |source| RenderError::Io { dir: dir.to_owned(), source };
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        if name.ends_with(TEMPLATE_SUFFIX) && path.is_file() {
-            files.push((name.to_owned(), std::fs::read_to_string(&path).map_err(io)?));
-        }
-    }
-    if files.is_empty() {
-        return Err(RenderError::NoTemplates(dir.to_owned()));
-    }
-    files.sort();
+    let files = read_templates(dir)?
+        .into_iter()
+        .map(|(name, body)| {
+            String::from_utf8(body).map(|text| (name, text)).map_err(|e| RenderError::Io {
+                dir: dir.to_owned(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut tera = tera::Tera::default();
     // HCL and YAML, not HTML: quoting is done by the `hcl`/`yaml` filters.
     tera.autoescape_on(Vec::<&str>::new());
