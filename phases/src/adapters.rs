@@ -323,6 +323,18 @@ pub trait KubeApi: Send + Sync {
     /// The API server's version through the kubeconfig's own endpoint, TLS
     /// verified against its CA and authenticated (F-12).
     async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String>;
+    /// `GET` `path` on a Service through the API server's proxy
+    /// (`/api/v1/namespaces/{ns}/services/{service}:{port}/proxy{path}`):
+    /// the status and body as answered. A 503 "no endpoints available" is
+    /// an answer, not an error; only a failure to reach the API server is.
+    async fn service_get(
+        &self,
+        kubeconfig: &SecretString,
+        namespace: &str,
+        service: &str,
+        port: u16,
+        path: &str,
+    ) -> AdapterResult<(u16, String)>;
 }
 
 // === OpenBao ===
@@ -446,6 +458,8 @@ pub struct Bounds {
     pub coredns: std::time::Duration,
     /// The API to answer through the load balancer.
     pub api_endpoint: std::time::Duration,
+    /// One kit component healthy by its probe (Flux retries in between).
+    pub kit_component: std::time::Duration,
 }
 
 impl Default for Bounds {
@@ -456,6 +470,7 @@ impl Default for Bounds {
             nodes_ready: Duration::from_secs(900),
             coredns: Duration::from_secs(600),
             api_endpoint: Duration::from_secs(300),
+            kit_component: Duration::from_secs(900),
         }
     }
 }

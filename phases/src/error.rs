@@ -136,6 +136,11 @@ pub enum StepError {
     /// A fault injected by the engine's fault plan (tests, drills).
     #[error("injected fault at `{node}`")]
     Injected { node: String, class: ErrorClass },
+    /// A component deployed to the cluster did not become healthy by its
+    /// probe within its bound: `condition` is what the probe last saw
+    /// (`CrashLoopBackOff`, `ArtifactFailed`, `Established=False`, ...).
+    #[error("component `{component}` is not healthy after {bound_s}s: {condition}: {message}")]
+    Unhealthy { component: String, condition: String, message: String, bound_s: u64 },
     /// A bug or an impossible state: never retried.
     #[error("internal error: {message}")]
     Internal { message: String },
@@ -175,6 +180,7 @@ impl StepError {
             StepError::Store { retryable: true, .. } => Transient,
             StepError::Store { retryable: false, .. } => Terminal,
             StepError::Injected { class, .. } => *class,
+            StepError::Unhealthy { .. } => NeedsOperator,
             StepError::Internal { .. } => Terminal,
         }
     }
@@ -201,6 +207,7 @@ impl StepError {
             StepError::MissingSecret { .. } => "runbooks/needs-operator-missing-secret.md",
             StepError::Store { .. } => "runbooks/transient-store.md",
             StepError::Injected { .. } => "runbooks/injected-fault.md",
+            StepError::Unhealthy { .. } => "runbooks/needs-operator-component-unhealthy.md",
         }
     }
 
@@ -224,6 +231,7 @@ impl StepError {
             StepError::MissingSecret { name } => format!("Secret `{name}` is gone from the store; restore the database backup or re-submit."),
             StepError::Store { .. } => "The local store failed; check disk space and the data directory.".to_string(),
             StepError::Injected { .. } => "A fault was injected on purpose (fault plan); `retry` to continue.".to_string(),
+            StepError::Unhealthy { component, .. } => format!("Component `{component}` is deployed but not healthy; follow its section `#{component}` of the runbook, fix the cause in the cluster, then `retry` (the probe runs again; nothing is reinstalled)."),
         }
     }
 

@@ -91,6 +91,16 @@ impl KubeApi for Unbuilt {
     async fn delete(&self, _k: &SecretString, _r: &ObjectRef) -> AdapterResult<()> {
         self.refuse("delete")
     }
+    async fn service_get(
+        &self,
+        _k: &SecretString,
+        _ns: &str,
+        _service: &str,
+        _port: u16,
+        _path: &str,
+    ) -> AdapterResult<(u16, String)> {
+        self.refuse("service proxy")
+    }
     /// Real already: the endpoint check needs no Kubernetes client.
     async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String> {
         crate::exec::kubeconfig::server_version(kubeconfig, std::time::Duration::from_secs(10))

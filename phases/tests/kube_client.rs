@@ -43,6 +43,7 @@ fn hr_ref(name: &str) -> ObjectRef {
 #[tokio::test]
 async fn apply_get_list_delete_through_discovery_and_ssa() {
     let f = FakeKube::start().await;
+    f.put("", "namespaces", json!({"metadata": {"name": "flux-system"}}));
     let kc = kubeconfig(&f.url());
     let k = KubeClient;
     assert!(k.server_version(&kc).await.unwrap().starts_with("v1.31.4"));

@@ -39,6 +39,7 @@ impl C {
 
 async fn fake() -> (FakeKube, C) {
     let f = FakeKube::start().await;
+    f.put("", "namespaces", json!({"metadata": {"name": "flux-system"}}));
     let c = C { http: reqwest::Client::new(), base: f.url() };
     (f, c)
 }

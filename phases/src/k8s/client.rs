@@ -58,9 +58,16 @@ fn map_err(op: &str, e: kube::Error) -> StepError {
 async fn client(kubeconfig: &SecretString) -> AdapterResult<kube::Client> {
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig.expose())
         .map_err(|e| err("kubeconfig", Cause::Invalid, e.to_string()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| err("kubeconfig", Cause::Invalid, e.to_string()))?;
+    let mut cfg =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| err("kubeconfig", Cause::Invalid, e.to_string()))?;
+    // kube retries 429/503/504 by itself up to 15 times with delays growing
+    // to 1000 s: a step would hang there, unbounded and unreported. The
+    // engine's retry classes and bounded waits decide instead (429 →
+    // rate-limited, 5xx → unavailable, both transient), and a service
+    // proxy's 503 "no endpoints" is an answer the probe reads.
+    cfg.default_retry = false;
     kube::Client::try_from(cfg).map_err(|e| err("kubeconfig", Cause::Invalid, e.to_string()))
 }
 
@@ -229,4 +236,41 @@ impl KubeApi for KubeClient {
             .map_err(|e| map_err("version", e))?;
         Ok(info.git_version)
     }
+
+    async fn service_get(
+        &self,
+        kubeconfig: &SecretString,
+        namespace: &str,
+        service: &str,
+        port: u16,
+        path: &str,
+    ) -> AdapterResult<(u16, String)> {
+        let uri = proxy_path(namespace, service, port, path);
+        let req = http::Request::get(&uri)
+            .body(kube::client::Body::empty())
+            .map_err(|e| err("service proxy", Cause::Invalid, e.to_string()))?;
+        let op = format!("GET {uri}");
+        let client = client(kubeconfig).await?;
+        let resp = tokio::time::timeout(Duration::from_secs(30), client.send(req))
+            .await
+            .map_err(|_| err(&op, Cause::Network, "no answer within 30s"))?
+            .map_err(|e| err(&op, Cause::Network, e.to_string()))?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect_bytes()
+            .await
+            .map_err(|e| err(&op, Cause::Network, e.to_string()))?;
+        let mut text = String::from_utf8_lossy(&body).into_owned();
+        text.truncate(4096);
+        Ok((code, text))
+    }
+}
+
+/// The API server's proxy path to `path` on `service:port`.
+pub fn proxy_path(namespace: &str, service: &str, port: u16, path: &str) -> String {
+    format!(
+        "/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{}",
+        path.trim_start_matches('/')
+    )
 }

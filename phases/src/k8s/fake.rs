@@ -63,6 +63,9 @@ fn builtin() -> Vec<Kind> {
         k("", "v1", "Pod", "pods", true),
         k("", "v1", "Node", "nodes", false),
         k("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true),
+        // K3s serves its helm-controller's kinds from the start.
+        k("helm.cattle.io", "v1", "HelmChart", "helmcharts", true),
+        k("helm.cattle.io", "v1", "HelmChartConfig", "helmchartconfigs", true),
         k("apps", "v1", "Deployment", "deployments", true),
         k("apps", "v1", "StatefulSet", "statefulsets", true),
         k("apps", "v1", "DaemonSet", "daemonsets", true),
@@ -86,6 +89,21 @@ struct Inner {
     revision: u64,
     /// CRD names (`plural.group`) that never become Established.
     never_establish: Vec<String>,
+    /// Injected faults the simulated controllers act on.
+    pub(super) faults: Faults,
+    /// Services whose proxy forwards to a real server: (ns, name) → base URL.
+    routes: BTreeMap<(String, String), String>,
+    /// Helm installs the simulated controllers made, in order.
+    installs: Vec<String>,
+}
+
+/// Failures the simulated controllers inject ([`super::controllers`]).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Faults {
+    /// HelmRelease names whose chart cannot be pulled.
+    pub chart_pull: Vec<String>,
+    /// Workloads (`namespace/name`) whose pods crash-loop.
+    pub crash_loop: Vec<String>,
 }
 
 /// The fake's handle: its address and test-side access to its state.
@@ -117,6 +135,14 @@ impl FakeKube {
             events,
             addr,
         };
+        // The namespaces every cluster has.
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            fake.put(
+                "",
+                "namespaces",
+                json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
+            );
+        }
         let app = Router::new().fallback(handle).with_state(fake.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -131,6 +157,156 @@ impl FakeKube {
     /// Makes the CRD `name` (`plural.group`) never report Established.
     pub fn never_establish(&self, name: &str) {
         self.inner.lock().expect("lock").never_establish.push(name.to_owned());
+    }
+
+    /// Makes `release`'s chart pull fail (a registry refusing it), until
+    /// [`FakeKube::heal`].
+    pub fn fail_chart_pull(&self, release: &str) {
+        self.inner.lock().expect("lock").faults.chart_pull.push(release.to_owned());
+    }
+
+    /// Makes the pods of workload `namespace/name` crash-loop.
+    pub fn crash_loop(&self, namespace: &str, name: &str) {
+        self.inner.lock().expect("lock").faults.crash_loop.push(format!("{namespace}/{name}"));
+    }
+
+    /// Clears every injected fault (CRDs included: they establish).
+    pub fn heal(&self) {
+        let mut st = self.inner.lock().expect("lock");
+        st.faults = Faults::default();
+        let names = std::mem::take(&mut st.never_establish);
+        drop(st);
+        for name in names {
+            if let Some(mut crd) =
+                self.get("apiextensions.k8s.io", "customresourcedefinitions", "", &name)
+                && let Some(conds) =
+                    crd.pointer_mut("/status/conditions").and_then(Value::as_array_mut)
+            {
+                for c in conds.iter_mut().filter(|c| c["type"] == "Established") {
+                    c["status"] = json!("True");
+                    c["reason"] = json!("InitialNamesAccepted");
+                }
+                let st = crd["status"].take();
+                self.set_status("apiextensions.k8s.io", "customresourcedefinitions", "", &name, st);
+            }
+        }
+    }
+
+    /// The Helm installs the simulated controllers made, in order:
+    /// `HelmChart/<name>` (K3s) or `HelmRelease/<name>` (Flux).
+    pub fn installs(&self) -> Vec<String> {
+        self.inner.lock().expect("lock").installs.clone()
+    }
+
+    pub(super) fn record_install(&self, what: String) {
+        self.inner.lock().expect("lock").installs.push(what);
+    }
+
+    pub(super) fn faults(&self) -> Faults {
+        self.inner.lock().expect("lock").faults.clone()
+    }
+
+    /// The service proxy of `namespace/service` forwards to `base_url` (a
+    /// real server a test started), once the service has ready endpoints.
+    pub fn route_service(&self, namespace: &str, service: &str, base_url: &str) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .routes
+            .insert((namespace.to_owned(), service.to_owned()), base_url.to_owned());
+    }
+
+    /// Every object of a kind, in every namespace.
+    pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        let st = self.inner.lock().expect("lock");
+        st.objects
+            .iter()
+            .filter(|((g, p, _, _), _)| g == group && p == plural)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// A controller's write: creates `obj` or replaces what is stored
+    /// (keeping identity and status unless `obj` has one), with the same
+    /// metadata rules as an API write; CRDs register their kind.
+    pub fn put(&self, group: &str, plural: &str, mut obj: Value) -> bool {
+        let mut st = self.inner.lock().expect("lock");
+        let Some(kind) = st.kinds.iter().find(|k| k.group == group && k.plural == plural).cloned()
+        else {
+            return false;
+        };
+        let ns = if kind.namespaced {
+            obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default")
+        } else {
+            ""
+        }
+        .to_owned();
+        let name =
+            obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let key = (group.to_owned(), plural.to_owned(), ns.clone(), name);
+        let existing = st.objects.get(&key).cloned();
+        obj["apiVersion"] = json!(api_version(&kind));
+        obj["kind"] = json!(kind.kind);
+        match &existing {
+            Some(old) => {
+                for f in ["uid", "creationTimestamp", "generation", "resourceVersion"] {
+                    obj["metadata"][f] = old["metadata"][f].clone();
+                }
+                if obj.get("status").is_none() && old.get("status").is_some() {
+                    obj["status"] = old["status"].clone();
+                }
+                let strip = |v: &Value| {
+                    let mut v = v.clone();
+                    if let Some(m) = v.as_object_mut() {
+                        m.remove("metadata");
+                        m.remove("status");
+                    }
+                    v
+                };
+                if strip(old) != strip(&obj) {
+                    let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    obj["metadata"]["generation"] = json!(g + 1);
+                }
+                if *old == obj {
+                    return true;
+                }
+            }
+            None => {
+                obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+                obj["metadata"]["creationTimestamp"] =
+                    json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
+                obj["metadata"]["generation"] = json!(1);
+                if kind.namespaced {
+                    obj["metadata"]["namespace"] = json!(ns);
+                }
+            }
+        }
+        if kind.kind == "CustomResourceDefinition" && register_crd(&mut st, &mut obj).is_err() {
+            return false;
+        }
+        st.revision += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.revision.to_string());
+        st.objects.insert(key, obj.clone());
+        drop(st);
+        let _ =
+            self.events.send((kind, obj, if existing.is_some() { "MODIFIED" } else { "ADDED" }));
+        true
+    }
+
+    /// A controller's delete (garbage collection, uninstall).
+    pub fn remove(&self, group: &str, plural: &str, ns: &str, name: &str) {
+        let Some(kind) = self
+            .inner
+            .lock()
+            .expect("lock")
+            .kinds
+            .iter()
+            .find(|k| k.group == group && k.plural == plural)
+            .cloned()
+        else {
+            return;
+        };
+        let _ = delete(self, &kind, ns, name);
     }
 
     /// An object, as stored.
@@ -232,6 +408,9 @@ async fn handle(
             return watch(&fake, &kind, &ns, q.get("labelSelector").map(String::as_str));
         }
         ("GET", None, _) => list(&fake, &kind, &ns, q.get("labelSelector").map(String::as_str)),
+        ("GET", Some(n), Some("proxy")) if kind.group.is_empty() && kind.plural == "services" => {
+            return service_proxy(&fake, &ns, &n, &rest[3..].join("/")).await;
+        }
         ("GET", Some(n), None | Some("status")) => get(&fake, &kind, &ns, &n),
         ("PATCH", Some(n), None) => {
             let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -256,6 +435,83 @@ async fn handle(
     match res {
         Ok((code, v)) => (code, axum::Json(v)).into_response(),
         Err(r) => *r,
+    }
+}
+
+/// `GET /api/v1/namespaces/{ns}/services/{name[:port]}/proxy/{path}`: the
+/// API server's service proxy. No Running and Ready pod behind the
+/// Service's selector is a 503 "no endpoints available", as the API server
+/// answers. Behind a ready Service: a registered route forwards to a real
+/// server; else the Service's `sim.catalyst-zero.io/answer` annotation
+/// (`{"status": N, "body": "..."}`) is what the simulated application says.
+async fn service_proxy(fake: &FakeKube, ns: &str, name_port: &str, path: &str) -> Response {
+    let name = name_port.split(':').find(|p| !p.is_empty() && *p != "http" && *p != "https");
+    let name = name.unwrap_or_default();
+    let Some(svc) = fake.get("", "services", ns, name) else {
+        return *status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("services \"{name}\" not found"),
+        );
+    };
+    let selector: BTreeMap<String, String> = svc
+        .pointer("/spec/selector")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    let ready = fake.objects("", "pods").iter().any(|p| {
+        p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
+            && !selector.is_empty()
+            && selector.iter().all(|(k, v)| {
+                p.pointer("/metadata/labels").and_then(|l| l.get(k)).and_then(Value::as_str)
+                    == Some(v.as_str())
+            })
+            && p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+            && p.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    });
+    if !ready {
+        return *status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("no endpoints available for service \"{name}\""),
+        );
+    }
+    let route =
+        fake.inner.lock().expect("lock").routes.get(&(ns.to_owned(), name.to_owned())).cloned();
+    if let Some(base) = route {
+        let url = format!("{}/{}", base.trim_end_matches('/'), path);
+        return match reqwest::Client::new().get(&url).send().await {
+            Ok(r) => {
+                let code =
+                    StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let body = r.bytes().await.unwrap_or_default();
+                (code, body).into_response()
+            }
+            Err(e) => *status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("error trying to reach service: {e}"),
+            ),
+        };
+    }
+    let answer: Option<Value> = svc
+        .pointer("/metadata/annotations/sim.catalyst-zero.io~1answer")
+        .and_then(Value::as_str)
+        .and_then(|a| serde_json::from_str(a).ok());
+    match answer {
+        Some(a) => {
+            let code = a["status"]
+                .as_u64()
+                .and_then(|c| StatusCode::from_u16(c as u16).ok())
+                .unwrap_or(StatusCode::OK);
+            (code, a["body"].as_str().unwrap_or_default().to_owned()).into_response()
+        }
+        None => *status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("error trying to reach service: dial tcp {name}: connection refused"),
+        ),
     }
 }
 
@@ -558,6 +814,21 @@ fn apply(
     let key = (kind.group.clone(), kind.plural.clone(), ns.to_owned(), name.to_owned());
     let existing = st.objects.get(&key).cloned();
     let created = existing.is_none();
+    if created
+        && kind.namespaced
+        && !st.objects.contains_key(&(
+            String::new(),
+            "namespaces".into(),
+            String::new(),
+            ns.to_owned(),
+        ))
+    {
+        return Err(status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("namespaces \"{ns}\" not found"),
+        ));
+    }
     let mut obj = existing.unwrap_or_else(
         || json!({"apiVersion": api_version(kind), "kind": kind.kind, "metadata": {"name": name}}),
     );

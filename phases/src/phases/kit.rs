@@ -1,24 +1,35 @@
 //! Phase 5, `bootstrap-kit`: the 12 components as Flux HelmReleases.
 //!
-//! One node per selected component, with the kit's `dependsOn` graph as the
-//! DAG, so independent components install concurrently and each waits only
-//! for what it needs. A component is applied by server-side apply under one
-//! field manager and is done when its readiness probe passes — HelmRelease
-//! `Ready=True` is necessary, not sufficient (F-28, F-41). `verify` checks
-//! the expected set from the release manifest: zero observed is not done
-//! (F-37). A release Flux is still retrying is `installing`, not failed.
+//! Steps:
+//! 1. `flux-bootstrap`: Flux itself, as a K3s `HelmChart` of the chart
+//!    bp-flux wraps, at its version and with bp-flux's values (F-35), so
+//!    the HelmReleases have controllers; done when Flux's CRDs are
+//!    Established and its controllers available (bp-flux's probe).
+//! 2. `sources`: every selected component's HelmRepository.
+//! 3. one step per component, with the kit's `dependsOn` graph as the DAG
+//!    (independent components install concurrently): its Namespace and
+//!    HelmRelease by server-side apply under one field manager, then its
+//!    readiness probe ([`super::kit_probe`]): HelmRelease `Ready` is
+//!    necessary, not sufficient (F-28, F-41). A release Flux is still
+//!    retrying is `installing` or `failing` in the job's `kit` events;
+//!    only past the bound is it `needs-operator`
+//!    ([`StepError::Unhealthy`], the component named, with its runbook).
+//! 4. `prune`: what an earlier run of this Sovereign's kit applied to the
+//!    cluster and the selection no longer has (by label) is deleted:
+//!    HelmRelease first (Flux uninstalls it), then its source and
+//!    Namespace.
+//! 5. `verify`: every **expected** component (the selection from the
+//!    release manifest) healthy by its probe, again, from a fresh read
+//!    (F-37: zero observed is not done; F-39: level, not edges).
 //!
-//! The objects are rendered from `bootstrap-kit/` ([`super::kit_render`]).
-//!
-//! TODO(bootstrap-kit issue): the real Kubernetes adapter and its fake API
-//! server, per-component workload probes (Deployments/StatefulSets,
-//! PowerDNS API, OpenBao pods), prune by label.
-
-use std::time::Duration;
+//! Waits poll at the backend's `poll` interval within the bound of
+//! `Bounds::kit_component`. The objects are rendered from
+//! `bootstrap-kit/` ([`super::kit_render`]).
 
 use serde_json::{Value, json};
 
-use super::kit_render::{KitInput, Rendered, render_component};
+use super::kit_probe::{Health, probe, probe_objects};
+use super::kit_render::{KitInput, Rendered, render_component, values_text};
 use super::{FIELD_MANAGER, action, cluster::kubeconfig_for, fqdn, no_undo, release, slug};
 use crate::adapters::ObjectRef;
 use crate::plan::{PhaseBuilder, PhaseDef};
@@ -28,16 +39,24 @@ use crate::{Cause, StepError, System};
 pub const PHASE: &str = "bootstrap-kit";
 
 pub fn register(r: &mut Registry) {
+    r.register("kit.flux", action!(flux_bootstrap, flux_bootstrap_undo));
     r.register("kit.sources", action!(sources, sources_undo));
     r.register("kit.component", action!(component, component_undo));
+    r.register("kit.prune", action!(prune, no_undo));
     r.register("kit.verify", action!(verify, no_undo));
 }
+
+/// The labels every object the kit applies carries.
+const MANAGED: &str = "app.kubernetes.io/managed-by=catalyst-zero";
+const SOVEREIGN_LABEL: &str = "catalyst.openova.io/sovereign";
+const COMPONENT_LABEL: &str = "catalyst.openova.io/component";
 
 /// `components`: the selection (already closed under dependencies).
 pub fn phase(components: &[String], location: &str, regional: bool) -> PhaseDef {
     let mut b = PhaseBuilder::new(PHASE);
     let base = json!({ "location": location, "components": components, "regional": regional });
-    b.step("sources", "kit.sources", &[], base.clone());
+    b.step("flux-bootstrap", "kit.flux", &[], base.clone());
+    b.step("sources", "kit.sources", &["flux-bootstrap"], base.clone());
     for p in release::pins().iter().filter(|p| components.contains(&p.component)) {
         let deps: Vec<&str> = p
             .depends_on
@@ -54,8 +73,10 @@ pub fn phase(components: &[String], location: &str, regional: bool) -> PhaseDef 
             json!({ "location": location, "component": p.component, "depends_on": deps }),
         );
     }
-    let all: Vec<&str> = components.iter().map(String::as_str).collect();
-    b.step("verify", "kit.verify", &all, base);
+    let mut all: Vec<&str> = components.iter().map(String::as_str).collect();
+    all.push("sources");
+    b.step("prune", "kit.prune", &all, base.clone());
+    b.step("verify", "kit.verify", &["prune"], base);
     b.build()
 }
 
@@ -117,36 +138,96 @@ async fn sources_undo(cx: &StepCtx) -> StepResult<()> {
     Ok(())
 }
 
-/// What a HelmRelease's Ready condition says.
-#[derive(Debug, PartialEq)]
-enum HrState {
-    Ready,
-    Installing(String),
-    Failed(String),
+/// Waits until `check` says healthy, within the kit bound; reports each
+/// change of state as a `kit` event; past the bound, the last state seen
+/// is the error, naming the component.
+async fn wait_healthy<F, Fut>(cx: &StepCtx, component: &str, check: F) -> StepResult<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = StepResult<Health>>,
+{
+    let bound = cx.backend.bounds.kit_component;
+    let last = std::sync::Mutex::new(None::<Health>);
+    let res = cx
+        .wait_for(&format!("component {component} to be healthy"), bound, || async {
+            let h = check().await?;
+            let changed = last.lock().expect("lock").as_ref() != Some(&h);
+            if changed {
+                let (condition, message) = match &h {
+                    Health::Healthy => ("", ""),
+                    Health::Waiting { condition, message }
+                    | Health::Failing { condition, message } => {
+                        (condition.as_str(), message.as_str())
+                    }
+                };
+                cx.event(
+                    "kit",
+                    json!({ "component": component, "state": h.state(),
+                            "condition": condition, "message": message }),
+                )
+                .await?;
+                *last.lock().expect("lock") = Some(h.clone());
+            }
+            Ok((h == Health::Healthy).then_some(()))
+        })
+        .await;
+    match res {
+        Err(StepError::Timeout { bound_s, .. }) => {
+            let (condition, message) = match last.into_inner().expect("lock") {
+                Some(Health::Waiting { condition, message })
+                | Some(Health::Failing { condition, message }) => (condition, message),
+                _ => ("Unknown".to_owned(), "no probe answered".to_owned()),
+            };
+            Err(StepError::Unhealthy {
+                component: component.to_owned(),
+                condition,
+                message,
+                bound_s,
+            })
+        }
+        other => other,
+    }
 }
 
-fn hr_state(obj: &Value) -> HrState {
-    let cond = obj
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
-    let Some(c) = cond else { return HrState::Installing("no Ready condition yet".into()) };
-    let reason = c["reason"].as_str().unwrap_or_default();
-    let msg = c["message"].as_str().unwrap_or(reason).to_owned();
-    match c["status"].as_str() {
-        Some("True") => HrState::Ready,
-        // Flux retries these (remediation.retries): still installing until
-        // the bound says otherwise (F-41).
-        Some("False")
-            if matches!(
-                reason,
-                "InstallFailed" | "UpgradeFailed" | "ChartPullError" | "ArtifactFailed"
-            ) =>
-        {
-            HrState::Failed(format!("{reason}: {msg}"))
-        }
-        _ => HrState::Installing(format!("{reason}: {msg}")),
+fn helm_chart_ref() -> ObjectRef {
+    ObjectRef {
+        api_version: "helm.cattle.io/v1".into(),
+        kind: "HelmChart".into(),
+        namespace: Some("kube-system".into()),
+        name: "flux".into(),
     }
+}
+
+/// Flux, so that HelmReleases have controllers: a K3s HelmChart of the
+/// chart and version bp-flux wraps, with bp-flux's own values, released as
+/// `flux` in `flux-system` (bp-flux's release name and namespace), so that
+/// bp-flux later upgrades this release in place instead of installing a
+/// second Flux (F-35).
+async fn flux_bootstrap(cx: &StepCtx) -> StepResult<Value> {
+    let kc = kubeconfig_for(cx, &cx.param::<String>("location")?).await?;
+    let input = kit_input(cx)?;
+    let pin = pin_of("flux")?;
+    let values = values_text("flux", &input)
+        .map_err(|e| StepError::internal(format!("the release's Flux values: {e}")))?;
+    let (chart, repo, version) = release::flux_chart();
+    let labels = json!({ "app.kubernetes.io/managed-by": "catalyst-zero", SOVEREIGN_LABEL: input.sovereign });
+    let objs = vec![
+        json!({ "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": pin.namespace, "labels": labels } }),
+        json!({ "apiVersion": "helm.cattle.io/v1", "kind": "HelmChart",
+                "metadata": { "name": pin.component, "namespace": "kube-system", "labels": labels },
+                "spec": { "chart": chart, "repo": repo, "version": version,
+                          "targetNamespace": pin.namespace, "valuesContent": values } }),
+    ];
+    cx.backend.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
+    let kube = cx.backend.kube.as_ref();
+    wait_healthy(cx, "flux", || probe_objects(kube, &kc, &pin.namespace, &pin.probe)).await?;
+    Ok(json!({ "chart": chart, "version": version, "flux": release::flux_version() }))
+}
+
+async fn flux_bootstrap_undo(cx: &StepCtx) -> StepResult<()> {
+    let Ok(kc) = kubeconfig_for(cx, &cx.param::<String>("location")?).await else { return Ok(()) };
+    cx.backend.kube.delete(&kc, &helm_chart_ref()).await
 }
 
 async fn component(cx: &StepCtx) -> StepResult<Value> {
@@ -156,82 +237,93 @@ async fn component(cx: &StepCtx) -> StepResult<Value> {
     let mut objs: Vec<Value> = r.namespace.into_iter().collect();
     objs.push(r.helm_release);
     cx.backend.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
-    let r = hr_ref(p);
-    let last_failure: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-    let res = cx
-        .wait_for(&format!("{} to become Ready", p.release), Duration::from_secs(1800), || async {
-            let obj = cx.backend.kube.get(&kc, &r).await?;
-            match obj.as_ref().map(hr_state) {
-                Some(HrState::Ready) => Ok(Some(())),
-                Some(HrState::Failed(m)) => {
-                    *last_failure.lock().expect("lock") = Some(m);
-                    Ok(None)
-                }
-                _ => Ok(None),
-            }
-        })
-        .await;
-    match res {
-        Ok(()) => {
-            Ok(json!({ "release": p.release, "version": p.version, "namespace": p.namespace }))
-        }
-        Err(StepError::Timeout { reason, bound_s }) => {
-            match last_failure.into_inner().expect("lock") {
-                Some(m) => Err(StepError::adapter(
-                    System::Kubernetes,
-                    format!("component {}", p.component),
-                    Cause::CommandFailed,
-                    format!("{} kept failing for {bound_s}s: {m}", p.release),
-                )),
-                None => Err(StepError::Timeout { reason, bound_s }),
-            }
-        }
-        Err(e) => Err(e),
-    }
+    let hr = hr_ref(p);
+    let kube = cx.backend.kube.as_ref();
+    wait_healthy(cx, &p.component, || probe(kube, &kc, p, Some(&hr))).await?;
+    Ok(json!({ "release": p.release, "version": p.version, "namespace": p.namespace }))
 }
 
 async fn component_undo(cx: &StepCtx) -> StepResult<()> {
     let Ok(kc) = kubeconfig_for(cx, &cx.param::<String>("location")?).await else { return Ok(()) };
     let p = pin_of(&cx.param::<String>("component")?)?;
-    cx.backend.kube.delete(&kc, &hr_ref(p)).await
+    cx.backend.kube.delete(&kc, &hr_ref(p)).await?;
+    if rendered(cx, p)?.namespace.is_some() {
+        cx.backend.kube.delete(&kc, &namespace_ref(&p.namespace)).await?;
+    }
+    Ok(())
+}
+
+fn namespace_ref(name: &str) -> ObjectRef {
+    ObjectRef {
+        api_version: "v1".into(),
+        kind: "Namespace".into(),
+        namespace: None,
+        name: name.to_owned(),
+    }
+}
+
+/// Deletes what this Sovereign's kit applied earlier to this cluster and
+/// the selection no longer has: HelmReleases first, waiting until they
+/// are gone (Flux uninstalls the release behind its finalizer), then
+/// their sources and Namespaces. Objects without a component label (the
+/// Flux bootstrap) and anything not labelled as ours are never touched.
+async fn prune(cx: &StepCtx) -> StepResult<Value> {
+    let kc = kubeconfig_for(cx, &cx.param::<String>("location")?).await?;
+    let wanted: Vec<String> = cx.param("components")?;
+    let sel = format!("{MANAGED},{SOVEREIGN_LABEL}={}", slug(&fqdn(cx)?));
+    let kinds = [
+        ("helm.toolkit.fluxcd.io/v2", "HelmRelease"),
+        ("source.toolkit.fluxcd.io/v1", "HelmRepository"),
+        ("v1", "Namespace"),
+    ];
+    let mut pruned = Vec::new();
+    for (api_version, kind) in kinds {
+        let unwanted: Vec<ObjectRef> = cx
+            .backend
+            .kube
+            .list(&kc, api_version, kind, &sel)
+            .await?
+            .iter()
+            .filter(|o| {
+                let c =
+                    o.pointer(&format!("/metadata/labels/{}", COMPONENT_LABEL.replace('/', "~1")));
+                c.and_then(Value::as_str).is_some_and(|c| !wanted.iter().any(|w| w == c))
+            })
+            .filter_map(ObjectRef::of)
+            .collect();
+        for r in &unwanted {
+            cx.event("kit", json!({ "state": "pruning", "kind": kind, "name": r.name })).await?;
+            cx.backend.kube.delete(&kc, r).await?;
+            if kind == "HelmRelease" {
+                cx.wait_for(
+                    &format!("Flux to uninstall {}", r.name),
+                    cx.backend.bounds.kit_component,
+                    || async { Ok(cx.backend.kube.get(&kc, r).await?.is_none().then_some(())) },
+                )
+                .await?;
+            }
+            pruned.push(format!("{kind}/{}", r.name));
+        }
+    }
+    Ok(json!({ "pruned": pruned }))
 }
 
 async fn verify(cx: &StepCtx) -> StepResult<Value> {
     let kc = kubeconfig_for(cx, &cx.param::<String>("location")?).await?;
     let comps: Vec<String> = cx.param("components")?;
-    let listed = cx
-        .backend
-        .kube
-        .list(
-            &kc,
-            "helm.toolkit.fluxcd.io/v2",
-            "HelmRelease",
-            "app.kubernetes.io/managed-by=catalyst-zero",
-        )
-        .await?;
-    let mut missing = Vec::new();
-    for c in &comps {
-        let p = pin_of(c)?;
-        let found = listed.iter().find(|o| {
-            o.pointer("/metadata/name").and_then(Value::as_str) == Some(p.release.as_str())
-        });
-        match found.map(hr_state) {
-            Some(HrState::Ready) => {}
-            Some(s) => missing.push(format!("{}: {s:?}", p.release)),
-            None => missing.push(format!("{}: not found", p.release)),
-        }
-    }
-    if comps.is_empty() || !missing.is_empty() {
+    if comps.is_empty() {
         return Err(StepError::adapter(
             System::Kubernetes,
             "verify kit",
             Cause::NotFound,
-            format!(
-                "expected {} components healthy; not healthy: {}",
-                comps.len(),
-                missing.join(", ")
-            ),
+            "no component is expected: an empty kit is not a healthy one",
         ));
+    }
+    let kube = cx.backend.kube.as_ref();
+    for c in &comps {
+        let p = pin_of(c)?;
+        let hr = hr_ref(p);
+        wait_healthy(cx, c, || probe(kube, &kc, p, Some(&hr))).await?;
     }
     Ok(json!({ "healthy": comps }))
 }

@@ -169,12 +169,18 @@ pub fn render_kit(components: &[String], input: &KitInput) -> Result<Vec<Rendere
 /// Cilium's values as YAML text: the `cluster` phase's HelmChart
 /// `valuesContent` and bp-cilium's values are this one render.
 pub fn cilium_values(api_host: &str) -> Result<String, KitError> {
-    let pin = release::pin("cilium").ok_or_else(|| KitError::Unknown("cilium".into()))?;
     let input =
         KitInput { fqdn: String::new(), sovereign: String::new(), api_host: api_host.to_owned() };
-    let file = "cilium/values.yaml.tera";
-    let text =
-        render_text(file, values_template("cilium").expect("cilium"), &context(pin, &input))?;
+    values_text("cilium", &input)
+}
+
+/// A component's values as YAML text (comments dropped), for a K3s
+/// HelmChart's `valuesContent` that must equal what its HelmRelease gets.
+pub fn values_text(component: &str, input: &KitInput) -> Result<String, KitError> {
+    let pin = release::pin(component).ok_or_else(|| KitError::Unknown(component.into()))?;
+    let tpl = values_template(component).ok_or_else(|| KitError::Unknown(component.into()))?;
+    let file = format!("{component}/values.yaml.tera");
+    let text = render_text(&file, tpl, &context(pin, input))?;
     // Comments carry nothing for Helm; keep the content.
     Ok(text.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n"))
 }

@@ -32,6 +32,7 @@ pub mod dns;
 pub mod handoff;
 pub mod infra;
 pub mod kit;
+pub mod kit_probe;
 pub mod kit_render;
 pub mod preflight;
 pub mod release;

@@ -52,6 +52,9 @@ struct Chart {
 #[serde(deny_unknown_fields)]
 struct Flux {
     version: String,
+    chart: String,
+    repo: String,
+    chart_version: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +91,44 @@ pub struct Pin {
     pub depends_on: Vec<String>,
     /// Also installed in every region an add-region job creates.
     pub regional: bool,
+    /// What healthy means for it, beyond its HelmRelease being Ready.
+    pub probe: Probe,
+}
+
+/// A component's readiness probe (`[components.probe]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// `Kind/name` in the component's namespace: Deployment, StatefulSet
+    /// or DaemonSet, each fully rolled out and available.
+    #[serde(default)]
+    pub workloads: Vec<String>,
+    /// CRD names (`plural.group`) that must be Established.
+    #[serde(default)]
+    pub crds: Vec<String>,
+    /// Pods that must run (not necessarily be Ready).
+    #[serde(default)]
+    pub pods: Option<PodsProbe>,
+    /// A service that must answer through the API server's proxy.
+    #[serde(default)]
+    pub http: Option<HttpProbe>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodsProbe {
+    /// A label selector, in the component's namespace.
+    pub selector: String,
+    pub min: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbe {
+    pub service: String,
+    pub port: u16,
+    pub path: String,
+    pub expect: Vec<u16>,
 }
 
 static RELEASE: LazyLock<Release> = LazyLock::new(|| {
@@ -125,6 +166,11 @@ pub fn cilium_chart_version() -> &'static str {
 
 pub fn flux_version() -> &'static str {
     &RELEASE.flux.version
+}
+
+/// The chart Flux is first installed from (`bp-flux` wraps the same).
+pub fn flux_chart() -> (&'static str, &'static str, &'static str) {
+    (&RELEASE.flux.chart, &RELEASE.flux.repo, &RELEASE.flux.chart_version)
 }
 
 pub fn server_image() -> &'static str {
@@ -179,6 +225,8 @@ mod tests {
         assert_eq!(pins().len(), crate::request::COMPONENTS.len());
         assert!(pin("cilium").unwrap().upstream.ends_with(cilium_chart_version()));
         assert!(pin("flux").unwrap().upstream.contains(&flux_version()[1..]));
+        let (chart, _, chart_version) = flux_chart();
+        assert!(pin("flux").unwrap().upstream.starts_with(&format!("{chart} {chart_version}")));
         assert!(!name().is_empty() && digest().len() == 64);
     }
 
@@ -193,6 +241,22 @@ mod tests {
                     "{} depends on {d}, not before it",
                     p.component
                 );
+            }
+        }
+        for p in pins() {
+            let pr = &p.probe;
+            assert!(
+                !pr.workloads.is_empty() || pr.pods.is_some(),
+                "{}: a probe must look at something running",
+                p.component
+            );
+            for w in &pr.workloads {
+                let (kind, name) = w.split_once('/').expect("Kind/name");
+                assert!(["Deployment", "StatefulSet", "DaemonSet"].contains(&kind), "{w}");
+                assert!(!name.is_empty() && !name.contains('/'), "{w}");
+            }
+            for c in &pr.crds {
+                assert!(c.split_once('.').is_some_and(|(_, g)| g.contains('.')), "{c}");
             }
         }
         assert_eq!(

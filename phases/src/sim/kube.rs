@@ -165,7 +165,100 @@ impl SimKube {
         Ok(cluster_of(kubeconfig.expose()))
     }
 
+    /// Every stored object, plus what the charts installed so far put in
+    /// the cluster ([`Self::installed`]).
     async fn load_all(&self, cluster: &str) -> Result<HashMap<String, Stored>, StepError> {
+        let mut out = self.load_stored(cluster).await?;
+        let now = Utc::now();
+        for (k, v) in self.installed(&out, now) {
+            out.entry(k).or_insert(v);
+        }
+        Ok(out)
+    }
+
+    /// What installed charts created, computed like status: a HelmRelease
+    /// Ready (or a K3s HelmChart some seconds after it was applied) has
+    /// its chart's CRDs, workloads and Services ([`crate::k8s::charts`]);
+    /// a workload that is available has its pods. Never stored: deleting
+    /// the release takes them away, as Helm's uninstall would.
+    fn installed(
+        &self,
+        all: &HashMap<String, Stored>,
+        now: DateTime<Utc>,
+    ) -> Vec<(String, Stored)> {
+        let mut out = Vec::new();
+        let mut memo = HashMap::new();
+        for (key, st) in all {
+            let o = &st.object;
+            let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let (chart, release, ns, at) = if is_helm_release(o) {
+                let Some(at) = self
+                    .hr_eval(key, all, &mut memo, &mut HashSet::new())
+                    .ready_at
+                    .filter(|t| now >= *t)
+                else {
+                    continue;
+                };
+                let ns = match s("/spec/targetNamespace") {
+                    t if t.is_empty() => s("/metadata/namespace"),
+                    t => t,
+                };
+                let rel = match s("/spec/releaseName") {
+                    r if r.is_empty() => s("/metadata/name"),
+                    r => r,
+                };
+                (s("/spec/chart/spec/chart"), rel, ns, at)
+            } else if o["apiVersion"] == "helm.cattle.io/v1" && o["kind"] == "HelmChart" {
+                let at = st.reconcile_from
+                    + chrono::Duration::from_std(self.world.scaled(15_000)).unwrap_or_default();
+                if now < at {
+                    continue;
+                }
+                let ns = match s("/spec/targetNamespace") {
+                    t if t.is_empty() => s("/metadata/namespace"),
+                    t => t,
+                };
+                (s("/spec/chart"), s("/metadata/name"), ns, at)
+            } else {
+                continue;
+            };
+            let Some(chart) = crate::k8s::charts::chart(&chart) else { continue };
+            for (_, _, obj) in crate::k8s::charts::manifests(chart, &release, &ns) {
+                let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+                let workload = matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet");
+                let pods_from =
+                    at + chrono::Duration::from_std(self.world.scaled(8_000)).unwrap_or_default();
+                if workload && now >= pods_from {
+                    let n = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                    let wname =
+                        obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+                    for i in 0..n {
+                        let name = crate::k8s::charts::pod_name(&kind, wname, i);
+                        let pod = crate::k8s::charts::pod(&kind, &obj, &name, None);
+                        out.push((
+                            key_of("v1", "Pod", Some(&ns), &name),
+                            Stored { object: pod, reconcile_from: pods_from },
+                        ));
+                    }
+                }
+                let api = obj["apiVersion"].as_str().unwrap_or_default().to_owned();
+                let name = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let ons =
+                    obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
+                out.push((
+                    key_of(&api, &kind, ons.as_deref(), &name),
+                    Stored { object: obj, reconcile_from: at },
+                ));
+            }
+        }
+        out
+    }
+
+    async fn load_stored(&self, cluster: &str) -> Result<HashMap<String, Stored>, StepError> {
         let mut out = HashMap::new();
         for v in self.world.list(SYS, cluster).await? {
             if let Some(s) = Stored::from_json(v) {
@@ -579,7 +672,9 @@ impl KubeApi for SimKube {
         let key = ref_key(r);
         let Some(one) = self.world.get(SYS, &cluster, &key).await?.and_then(Stored::from_json)
         else {
-            return Ok(None);
+            // Not applied by anyone: perhaps a chart's object.
+            let all = self.load_all(&cluster).await?;
+            return Ok(self.observe(&key, &all, &HashSet::new(), Utc::now()));
         };
         let cloud = self.cloud_ids(is_managed_resource(&one.object)).await?;
         let all = if is_helm_release(&one.object) {
@@ -631,6 +726,55 @@ impl KubeApi for SimKube {
         let needed = keys.iter().any(|(_, _, k)| is_managed_resource(&all[*k].object));
         let cloud = self.cloud_ids(needed).await?;
         Ok(keys.into_iter().filter_map(|(_, _, k)| self.observe(k, &all, &cloud, now)).collect())
+    }
+
+    /// A Service of an installed chart answers once a pod behind it is
+    /// Ready; before that, as the API server says, no endpoints.
+    async fn service_get(
+        &self,
+        kubeconfig: &SecretString,
+        namespace: &str,
+        service: &str,
+        port: u16,
+        path: &str,
+    ) -> AdapterResult<(u16, String)> {
+        self.world.op("kube.proxy", 100).await?;
+        let cluster = Self::cluster(kubeconfig, "service proxy")?;
+        let all = self.load_all(&cluster).await?;
+        let Some(svc) = all.get(&key_of("v1", "Service", Some(namespace), service)) else {
+            return Ok((404, format!("services \"{service}\" not found")));
+        };
+        let svc = &svc.object;
+        let served = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .is_some_and(|ps| ps.iter().any(|p| p["port"] == port));
+        let selector = svc.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+        let ready = all.values().any(|st| {
+            let p = &st.object;
+            p["kind"] == "Pod"
+                && p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
+                && selector.as_object().is_some_and(|m| {
+                    !m.is_empty()
+                        && m.iter().all(|(k, v)| {
+                            p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
+                        })
+                })
+                && p.pointer("/status/conditions/0/status") == Some(&json!("True"))
+        });
+        if !served || !ready {
+            return Ok((503, format!("no endpoints available for service \"{service}\"")));
+        }
+        let answer: Value = svc
+            .pointer("/metadata/annotations/sim.catalyst-zero.io~1answer")
+            .and_then(Value::as_str)
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or(json!({"status": 200, "body": ""}));
+        let _ = path;
+        Ok((
+            answer["status"].as_u64().unwrap_or(200) as u16,
+            answer["body"].as_str().unwrap_or_default().to_owned(),
+        ))
     }
 
     /// The sim's F-12: the endpoint must be the one handed over (not the

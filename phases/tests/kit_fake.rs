@@ -1,0 +1,521 @@
+//! The `bootstrap-kit` phase through the real Kubernetes adapter
+//! (`KubeClient`, over a real socket) against the fake API server with its
+//! simulated controllers: K3s's helm-controller installs Flux from the
+//! kit's HelmChart, Flux reconciles the HelmReleases in `dependsOn` order,
+//! workloads get pods and status.
+//!
+//! Asserted: the full kit installs in dependency order and is healthy only
+//! by its probes (workloads, CRDs, OpenBao pods running while sealed, the
+//! PowerDNS API answering); every step run twice changes nothing; the
+//! driving process killed with SIGKILL inside every step resumes to the
+//! same end state with nothing installed twice; a component dropped from
+//! the selection is pruned with its workloads; and each injected failure
+//! (a chart that cannot be pulled, a crash-looping workload, a CRD that
+//! never establishes) pauses the job at the right component with its
+//! condition, message and runbook, while Flux's retries are reported as
+//! `failing`, not final.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cz_phases::adapters::{Backend, KubeApi};
+use cz_phases::engine::{DriveOutcome, Engine, FaultPlan, JobOptions, RetryTarget, Verbs};
+use cz_phases::k8s::{FakeKube, KubeClient, Pace};
+use cz_phases::phases::cluster::cilium_manifest;
+use cz_phases::phases::{kit, provision_submission, registry, release};
+use cz_phases::plan::{PhaseBuilder, Plan};
+use cz_phases::request::{ProvisionRequest, sample_body};
+use cz_phases::sim::{SimConfig, sim_backend};
+use cz_phases::{Step, StepCtx, StepResult};
+use cz_state::{JobId, JobStatus, SecretString, StepEvent, Store, StorePaths};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// `cluster/cilium-fsn1` as the cluster phase would have left it.
+struct CiliumDone;
+
+#[async_trait]
+impl Step for CiliumDone {
+    async fn run(&self, _cx: &StepCtx) -> StepResult<Value> {
+        Ok(
+            json!({ "chart_version": release::cilium_chart_version(), "k8s_service_host": "10.0.1.2" }),
+        )
+    }
+    async fn undo(&self, _cx: &StepCtx) -> StepResult<()> {
+        Ok(())
+    }
+}
+
+fn kubeconfig(server: &str) -> SecretString {
+    SecretString::new(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: fake\ncontexts:\n- context:\n    cluster: fake\n    user: fake\n  name: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+    ))
+}
+
+fn request() -> ProvisionRequest {
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let body = sample_body("kube", 3, 2, &"s".repeat(64), &recipient);
+    serde_json::from_value(body).unwrap()
+}
+
+fn all_components() -> Vec<String> {
+    release::pins().iter().map(|p| p.component.clone()).collect()
+}
+
+/// A K3s cluster as the `cluster` phase leaves it: three nodes, and the
+/// Cilium HelmChart it wrote (K3s installs it).
+async fn cluster() -> FakeKube {
+    let fake = FakeKube::start().await;
+    fake.run_controllers(Pace::default());
+    for n in ["cp1", "cp2", "cp3"] {
+        fake.put("", "nodes", json!({"metadata": {"name": n}}));
+    }
+    let cilium: Value = serde_saphyr::from_str(&cilium_manifest("10.0.1.2").unwrap()).unwrap();
+    KubeClient.apply(&kubeconfig(&fake.url()), "k3s", &[cilium]).await.unwrap();
+    fake
+}
+
+fn backend_for(dir: &Path, bound: Duration) -> Backend {
+    let mut backend = sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant());
+    backend.kube = Arc::new(KubeClient);
+    backend.poll = Duration::from_millis(20);
+    backend.bounds.kit_component = bound;
+    backend
+}
+
+fn registry_for() -> cz_phases::Registry {
+    let mut reg = registry();
+    reg.register("test.cilium", CiliumDone);
+    reg
+}
+
+struct Rig {
+    _tmp: Option<tempfile::TempDir>,
+    store: Store,
+    engine: Engine,
+    job: JobId,
+}
+
+/// A job of the cluster stub + the kit for `components`, on `fake`, its
+/// store in `dir`.
+async fn rig_in(
+    dir: &Path,
+    fake: &FakeKube,
+    components: &[String],
+    options: JobOptions,
+    bound: Duration,
+) -> Rig {
+    let mut cl = PhaseBuilder::new("cluster");
+    cl.step("cilium-fsn1", "test.cilium", &[], Value::Null);
+    let plan = Plan { phases: vec![cl.build(), kit::phase(components, "fsn1", false)] };
+    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
+    let (sov, job, mut sub) = provision_submission(&request(), &options, "test");
+    sub.plan = serde_json::to_value(&plan).unwrap();
+    store.submit(sub).await.unwrap();
+    let kc = kubeconfig(&fake.url());
+    store.put_secret(&sov.to_string(), "kubeconfig-fsn1", &kc).await.unwrap();
+    let engine =
+        Engine::new(store.clone(), Arc::new(registry_for()), Arc::new(backend_for(dir, bound)));
+    Rig { _tmp: None, store, engine, job }
+}
+
+async fn rig(fake: &FakeKube, components: &[String], options: JobOptions, bound: Duration) -> Rig {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = rig_in(tmp.path(), fake, components, options, bound).await;
+    r._tmp = Some(tmp);
+    r
+}
+
+async fn drive(r: &Rig) -> JobStatus {
+    let fut = r.engine.drive(r.job, CancellationToken::new());
+    match tokio::time::timeout(Duration::from_secs(120), fut).await.expect("bounded").unwrap() {
+        DriveOutcome::Stopped(s) => s,
+        DriveOutcome::Interrupted => panic!("interrupted"),
+    }
+}
+
+async fn pause_error(r: &Rig) -> Value {
+    let j = r.store.get_job(r.job).await.unwrap().unwrap();
+    j.pause.or(j.error).unwrap_or(Value::Null)
+}
+
+async fn kit_events(r: &Rig) -> Vec<Value> {
+    r.store
+        .events_after(r.job, 0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "kit")
+        .map(|e| e.body)
+        .collect()
+}
+
+fn names(fake: &FakeKube, group: &str, plural: &str) -> BTreeSet<String> {
+    fake.objects(group, plural)
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["metadata"]["namespace"].as_str().unwrap_or(""),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// What the kit leaves in the cluster, by identity.
+fn end_state(fake: &FakeKube) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (g, p) in [
+        ("helm.toolkit.fluxcd.io", "helmreleases"),
+        ("source.toolkit.fluxcd.io", "helmrepositories"),
+        ("helm.cattle.io", "helmcharts"),
+        ("", "namespaces"),
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ] {
+        out.extend(names(fake, g, p).into_iter().map(|n| format!("{p}:{n}")));
+    }
+    out
+}
+
+/// Each release installed once, after everything it depends on.
+fn assert_installed_in_order(fake: &FakeKube, components: &[String]) {
+    let installs = fake.installs();
+    let at = |what: &str| installs.iter().position(|i| i == what);
+    for c in components {
+        let p = release::pin(c).unwrap();
+        let me = format!("HelmRelease/{}", p.release);
+        assert_eq!(installs.iter().filter(|i| **i == me).count(), 1, "{me} in {installs:?}");
+        for d in &p.depends_on {
+            let dep = format!("HelmRelease/{}", release::pin(d).unwrap().release);
+            assert!(at(&dep) < at(&me), "{dep} after {me}: {installs:?}");
+        }
+    }
+    // Flux came first, once, from the kit's HelmChart; bp-flux took over
+    // that release rather than installing a second Flux (F-35).
+    assert_eq!(installs.iter().filter(|i| *i == "HelmChart/flux").count(), 1, "{installs:?}");
+    assert!(at("HelmChart/flux") < at("HelmRelease/bp-cilium"), "{installs:?}");
+    let hc = fake.get("apps", "deployments", "flux-system", "helm-controller").unwrap();
+    assert_eq!(hc["metadata"]["annotations"]["meta.helm.sh/release-name"], "flux");
+    assert_eq!(hc["metadata"]["labels"]["helm.toolkit.fluxcd.io/name"], "bp-flux");
+}
+
+#[tokio::test]
+async fn the_full_kit_installs_in_dependency_order_and_is_healthy_by_its_probes() {
+    let fake = cluster().await;
+    let comps = all_components();
+    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
+    assert_installed_in_order(&fake, &comps);
+    // Healthy by the probes' own evidence, not only Ready conditions.
+    let hrs = fake.objects("helm.toolkit.fluxcd.io", "helmreleases");
+    assert_eq!(hrs.len(), 12);
+    for hr in &hrs {
+        assert_eq!(hr["status"]["conditions"][0]["status"], "True", "{hr}");
+    }
+    let bao = fake.objects("", "pods");
+    let bao: Vec<&Value> = bao.iter().filter(|p| p["metadata"]["namespace"] == "openbao").collect();
+    assert_eq!(bao.len(), 3);
+    for p in bao {
+        assert_eq!(p["status"]["phase"], "Running");
+        assert_eq!(p["status"]["conditions"][0]["status"], "False", "sealed: not Ready");
+    }
+    let sts = fake.get("apps", "statefulsets", "openbao", "openbao").unwrap();
+    assert_eq!(sts["status"]["readyReplicas"], 0);
+    // The kit phase's events: each component went installing → healthy.
+    let events = kit_events(&r).await;
+    for c in comps.iter().chain(std::iter::once(&"flux".to_owned())) {
+        let states: Vec<&str> = events
+            .iter()
+            .filter(|e| e["component"] == c.as_str())
+            .map(|e| e["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states.last(), Some(&"healthy"), "{c}: {states:?}");
+    }
+    // The verify step's record: the expected set, all of it.
+    let out: Value = r
+        .store
+        .journal(r.job)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.event {
+            StepEvent::Succeeded { output } if e.node == "bootstrap-kit/verify" => Some(output),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(out["healthy"].as_array().unwrap().len(), 12);
+}
+
+#[tokio::test]
+async fn every_step_twice_leaves_the_same_cluster() {
+    let once = cluster().await;
+    let comps = all_components();
+    let r = rig(&once, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
+
+    let twice = cluster().await;
+    let repeat: BTreeSet<String> =
+        kit::phase(&comps, "fsn1", false).nodes.iter().map(|n| n.id.clone()).collect();
+    let options = JobOptions {
+        faults: FaultPlan { repeat, ..FaultPlan::default() },
+        ..JobOptions::default()
+    };
+    let r2 = rig(&twice, &comps, options, Duration::from_secs(60)).await;
+    assert_eq!(drive(&r2).await, JobStatus::Succeeded, "{}", pause_error(&r2).await);
+    assert_eq!(end_state(&once), end_state(&twice));
+    assert_installed_in_order(&twice, &comps);
+}
+
+/// The driver half of the kill -9 test: a no-op unless the parent test runs
+/// this binary as its child with `CZ_KIT_DIR` set.
+#[tokio::test]
+async fn child_driver() {
+    let Ok(dir) = std::env::var("CZ_KIT_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    let job: JobId = std::env::var("CZ_KIT_JOB").unwrap().parse().unwrap();
+    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(registry_for()),
+        Arc::new(backend_for(&dir, Duration::from_secs(60))),
+    );
+    let progress = dir.join("progress.log");
+    let watcher = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            use std::io::Write;
+            let mut seen = BTreeSet::new();
+            loop {
+                for (n, st) in store.node_states(job).await.unwrap_or_default() {
+                    if matches!(st, cz_state::NodeState::Running { .. }) && seen.insert(n.clone()) {
+                        let mut f = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&progress)
+                            .unwrap();
+                        writeln!(f, "{n}").unwrap();
+                        f.sync_all().unwrap();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let outcome = engine.drive(job, CancellationToken::new()).await.unwrap();
+    watcher.abort();
+    std::fs::write(dir.join("done"), format!("{outcome:?}")).unwrap();
+}
+
+/// The process driving the kit is killed with SIGKILL once inside every
+/// step (mid-apply or mid-wait); fresh processes resume from the store
+/// alone. The cluster ends as a clean run leaves it, every release
+/// installed once, in order.
+#[tokio::test]
+async fn kill9_of_the_driver_inside_every_step_resumes_to_the_same_cluster() {
+    if std::env::var("CZ_KIT_DIR").is_ok() {
+        return;
+    }
+    let reference = cluster().await;
+    let comps = all_components();
+    let clean = rig(&reference, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(drive(&clean).await, JobStatus::Succeeded);
+
+    let fake = cluster().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let r = rig_in(&dir, &fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    let job = r.job;
+    drop(r);
+    let mut killed = BTreeSet::new();
+    let mut starts = 0;
+    'outer: loop {
+        starts += 1;
+        assert!(starts < 200, "no progress after {starts} starts");
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["child_driver", "--exact", "--nocapture", "--test-threads", "1"])
+            .env("CZ_KIT_DIR", &dir)
+            .env("CZ_KIT_JOB", job.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            if dir.join("done").exists() {
+                let _ = child.wait();
+                break 'outer;
+            }
+            let progress = std::fs::read_to_string(dir.join("progress.log")).unwrap_or_default();
+            if let Some(step) = progress.lines().find(|l| !killed.contains(*l)) {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                killed.insert(step.to_owned());
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the driver exited {status} without finishing");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let outcome = std::fs::read_to_string(dir.join("done")).unwrap();
+    assert_eq!(outcome, "Stopped(Succeeded)");
+    let steps = kit::phase(&comps, "fsn1", false).nodes.len();
+    assert!(
+        killed.len() >= steps - 2,
+        "killed inside {} of {steps} steps: {killed:?}",
+        killed.len()
+    );
+    assert_eq!(end_state(&fake), end_state(&reference));
+    assert_installed_in_order(&fake, &comps);
+    eprintln!("kill -9 inside {} steps, {starts} driver processes", killed.len());
+}
+
+#[tokio::test]
+async fn a_component_dropped_from_the_selection_is_pruned_with_its_workloads() {
+    let fake = cluster().await;
+    let comps = all_components();
+    let first = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(drive(&first).await, JobStatus::Succeeded);
+    assert!(fake.get("apps", "deployments", "catalyst-system", "catalyst-api").is_some());
+    // Someone else's object in the same namespace pattern is not ours.
+    fake.put(
+        "apps",
+        "deployments",
+        json!({"metadata": {"name": "theirs", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "theirs"}}}}),
+    );
+
+    // A later run of this Sovereign's kit without catalyst-platform.
+    let fewer: Vec<String> = comps.iter().filter(|c| *c != "catalyst-platform").cloned().collect();
+    let second = rig(&fake, &fewer, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(drive(&second).await, JobStatus::Succeeded, "{}", pause_error(&second).await);
+    let out: Value = second
+        .store
+        .journal(second.job)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.event {
+            StepEvent::Succeeded { output } if e.node == "bootstrap-kit/prune" => Some(output),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        out["pruned"],
+        json!([
+            "HelmRelease/bp-catalyst-platform",
+            "HelmRepository/bp-catalyst-platform",
+            "Namespace/catalyst-system"
+        ])
+    );
+    let hrs = names(&fake, "helm.toolkit.fluxcd.io", "helmreleases");
+    assert_eq!(hrs.len(), 11);
+    assert!(!hrs.contains("flux-system/bp-catalyst-platform"));
+    // Flux uninstalled its release: the workloads are gone, the rest stay.
+    assert!(fake.get("apps", "deployments", "catalyst-system", "catalyst-api").is_none());
+    assert!(fake.get("apps", "deployments", "catalyst-system", "catalyst-console").is_none());
+    assert!(fake.get("apps", "deployments", "gitea", "gitea").is_some());
+    assert!(fake.get("apps", "deployments", "default", "theirs").is_some());
+    assert!(fake.get("", "namespaces", "", "flux-system").is_some());
+}
+
+/// The job pauses at `step` with an `unhealthy` error naming `component`.
+async fn assert_unhealthy(r: &Rig, component: &str, condition: &str, message_has: &str) -> Value {
+    let p = pause_error(r).await;
+    assert_eq!(p["step"], format!("bootstrap-kit/{component}"), "{p}");
+    let e = &p["error"];
+    assert_eq!(e["kind"], "unhealthy", "{p}");
+    assert_eq!(e["class"], "needs-operator", "{p}");
+    assert_eq!(e["component"], component, "{p}");
+    assert_eq!(e["condition"], condition, "{p}");
+    assert!(e["message"].as_str().unwrap().contains(message_has), "{p}");
+    assert_eq!(e["runbook"], "runbooks/needs-operator-component-unhealthy.md");
+    assert!(e["remediation"].as_str().unwrap().contains(&format!("#{component}")), "{p}");
+    p
+}
+
+#[tokio::test]
+async fn a_chart_that_cannot_be_pulled_is_failing_then_needs_an_operator_and_retry_heals() {
+    let fake = cluster().await;
+    fake.fail_chart_pull("bp-keycloak");
+    let comps = all_components();
+    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
+    assert_eq!(drive(&r).await, JobStatus::Paused);
+    assert_unhealthy(&r, "keycloak", "ArtifactFailed", "chart pull error").await;
+    // While Flux retried, the component was reported failing, not failed.
+    let events = kit_events(&r).await;
+    assert!(events.iter().any(|e| e["component"] == "keycloak" && e["state"] == "failing"));
+    // Its dependents never started; independent components are healthy.
+    let hrs = names(&fake, "helm.toolkit.fluxcd.io", "helmreleases");
+    assert!(!hrs.contains("flux-system/bp-gitea"), "{hrs:?}");
+    let pdns = fake.get("helm.toolkit.fluxcd.io", "helmreleases", "flux-system", "bp-powerdns");
+    assert_eq!(pdns.unwrap()["status"]["conditions"][0]["status"], "True");
+    // The registry is fixed; the operator retries; the job completes.
+    fake.heal();
+    Verbs { store: &r.store }.retry(r.job, RetryTarget::Failed, "test").await.unwrap();
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
+}
+
+#[tokio::test]
+async fn a_crash_looping_workload_is_reported_with_its_pod_and_restarts() {
+    let fake = cluster().await;
+    fake.crash_loop("powerdns", "powerdns");
+    let comps = all_components();
+    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
+    assert_eq!(drive(&r).await, JobStatus::Paused);
+    // Flux says Ready (disableWait); the probe knows better (F-28, F-41).
+    let hr = fake.get("helm.toolkit.fluxcd.io", "helmreleases", "flux-system", "bp-powerdns");
+    assert_eq!(hr.unwrap()["status"]["conditions"][0]["status"], "True");
+    let p = assert_unhealthy(&r, "powerdns", "CrashLoopBackOff", "pod powerdns/powerdns-").await;
+    assert!(p["error"]["message"].as_str().unwrap().contains("0 of 3 available"), "{p}");
+}
+
+#[tokio::test]
+async fn a_crd_that_never_establishes_is_reported_at_its_component() {
+    let fake = cluster().await;
+    fake.never_establish("certificates.cert-manager.io");
+    let comps = all_components();
+    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
+    assert_eq!(drive(&r).await, JobStatus::Paused);
+    assert_unhealthy(&r, "cert-manager", "Established=False", "certificates.cert-manager.io").await;
+}
+
+#[tokio::test]
+async fn powerdns_is_healthy_only_once_its_api_answers() {
+    // A service with no ready pods behind it: the API server's 503.
+    let fake = cluster().await;
+    let kc = kubeconfig(&fake.url());
+    fake.put(
+        "",
+        "services",
+        json!({"metadata": {"name": "api", "namespace": "default"},
+        "spec": {"selector": {"app": "nothing"}, "ports": [{"port": 80}]}}),
+    );
+    let (code, body) = KubeClient.service_get(&kc, "default", "api", 80, "/x").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no endpoints available for service"), "{body}");
+
+    // A real HTTP server behind a ready Service: the proxy forwards to it.
+    let app = axum::Router::new()
+        .route("/api/v1/servers", axum::routing::get(|| async { "[{\"id\": \"localhost\"}]" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let comps: Vec<String> =
+        ["cilium", "cert-manager", "powerdns"].iter().map(|s| s.to_string()).collect();
+    fake.route_service("powerdns", "powerdns-api", &url);
+    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
+    let (code, body) = KubeClient
+        .service_get(&kc, "powerdns", "powerdns-api", 8081, "/api/v1/servers")
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "[{\"id\": \"localhost\"}]"));
+}
