@@ -323,6 +323,15 @@ pub trait KubeApi: Send + Sync {
     /// The API server's version through the kubeconfig's own endpoint, TLS
     /// verified against its CA and authenticated (F-12).
     async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String>;
+    /// Waits, by watching the object (not polling), until `until` holds;
+    /// `Timeout` past `bound`.
+    async fn wait_until(
+        &self,
+        kubeconfig: &SecretString,
+        r: &ObjectRef,
+        until: Until,
+        bound: std::time::Duration,
+    ) -> AdapterResult<()>;
     /// `GET` `path` on a Service through the API server's proxy
     /// (`/api/v1/namespaces/{ns}/services/{service}:{port}/proxy{path}`):
     /// the status and body as answered. A 503 "no endpoints available" is
@@ -335,6 +344,35 @@ pub trait KubeApi: Send + Sync {
         port: u16,
         path: &str,
     ) -> AdapterResult<(u16, String)>;
+}
+
+/// What [`KubeApi::wait_until`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// The object is gone (a finalizer, Flux's uninstall, ran).
+    Deleted,
+    /// A condition of this type is `True` (a CRD's `Established`).
+    Condition(&'static str),
+}
+
+impl Until {
+    /// Whether `obj` (None: absent) satisfies it.
+    pub fn holds(self, obj: Option<&Value>) -> bool {
+        match self {
+            Until::Deleted => obj.is_none(),
+            Until::Condition(ty) => obj
+                .and_then(|o| o.pointer("/status/conditions"))
+                .and_then(Value::as_array)
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == ty && c["status"] == "True")),
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Until::Deleted => "to be deleted".into(),
+            Until::Condition(ty) => format!("to be {ty}"),
+        }
+    }
 }
 
 // === OpenBao ===

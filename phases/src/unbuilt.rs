@@ -91,6 +91,15 @@ impl KubeApi for Unbuilt {
     async fn delete(&self, _k: &SecretString, _r: &ObjectRef) -> AdapterResult<()> {
         self.refuse("delete")
     }
+    async fn wait_until(
+        &self,
+        _k: &SecretString,
+        _r: &ObjectRef,
+        _until: crate::adapters::Until,
+        _bound: std::time::Duration,
+    ) -> AdapterResult<()> {
+        self.refuse("watch")
+    }
     async fn service_get(
         &self,
         _k: &SecretString,

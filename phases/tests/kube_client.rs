@@ -93,6 +93,65 @@ async fn apply_get_list_delete_through_discovery_and_ssa() {
     assert!(k.list(&kc, "example.io/v1", "Nothing", "").await.unwrap().is_empty());
 }
 
+/// Waits are watches: a condition set by a controller later, a deletion,
+/// and a bound that runs out, each seen through kube-runtime's watcher on
+/// the fake's watch stream (list, then watch with a field selector).
+#[tokio::test]
+async fn waits_watch_the_object_until_the_condition_or_the_bound() {
+    use cz_phases::adapters::Until;
+    use std::time::{Duration, Instant};
+    let f = FakeKube::start().await;
+    f.put("", "namespaces", json!({"metadata": {"name": "flux-system"}}));
+    let kc = kubeconfig(&f.url());
+    let k = KubeClient;
+    k.apply(&kc, "catalyst-zero", &[crd("flux-helm.toolkit.fluxcd.io_helmreleases.yaml")])
+        .await
+        .unwrap();
+    k.apply(&kc, "catalyst-zero", &[hr("bp-flux", "1.1.2"), hr("bp-gitea", "1.1.2")])
+        .await
+        .unwrap();
+    let later = f.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Another object changing first must not satisfy the wait.
+        later.set_status(
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "flux-system",
+            "bp-gitea",
+            json!({"conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        later.set_status(
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "flux-system",
+            "bp-flux",
+            json!({"conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+    });
+    let t = Instant::now();
+    k.wait_until(&kc, &hr_ref("bp-flux"), Until::Condition("Ready"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(450), "{:?}", t.elapsed());
+    // Deletion, seen as a DELETED event.
+    let later = f.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        later.remove("helm.toolkit.fluxcd.io", "helmreleases", "flux-system", "bp-flux");
+    });
+    k.wait_until(&kc, &hr_ref("bp-flux"), Until::Deleted, Duration::from_secs(10)).await.unwrap();
+    assert!(k.get(&kc, &hr_ref("bp-flux")).await.unwrap().is_none());
+    // Already gone: at once. Never: the bound, as a Timeout naming it.
+    k.wait_until(&kc, &hr_ref("bp-flux"), Until::Deleted, Duration::from_secs(1)).await.unwrap();
+    let e = k
+        .wait_until(&kc, &hr_ref("bp-gitea"), Until::Deleted, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StepError::Timeout { reason, .. } if reason.contains("bp-gitea")), "{e}");
+}
+
 /// The same calls against a real cluster: `KUBECONFIG=… cargo test -- --ignored`.
 #[tokio::test]
 #[ignore = "needs a real cluster (KUBECONFIG)"]
@@ -111,4 +170,9 @@ async fn against_a_real_cluster() {
     };
     assert!(k.get(&kc, &r).await.unwrap().is_some());
     k.delete(&kc, &r).await.unwrap();
+    // Namespace deletion is finalized by the namespace controller.
+    let bound = std::time::Duration::from_secs(120);
+    k.wait_until(&kc, &r, cz_phases::adapters::Until::Deleted, bound).await.unwrap();
+    let (code, body) = k.service_get(&kc, "default", "kubernetes", 443, "/version").await.unwrap();
+    println!("service proxy to default/kubernetes: {code} {body}");
 }

@@ -8,7 +8,9 @@
 //!   field another manager owns is a `Conflict` with the server's message
 //!   (who owns what), for an operator to decide (F-35, F-36).
 //! - **CRDs before their CRs**: after applying a `CustomResourceDefinition`
-//!   the call waits (bounded) until it reports `Established`.
+//!   the call watches it (bounded) until it reports `Established`.
+//! - **Waits are watches** ([`KubeApi::wait_until`]): kube-runtime's
+//!   `await_condition`, under a bound.
 //! - The F-12 endpoint check over https is [`crate::exec::kubeconfig`]'s.
 //!
 //! Errors: the API's `Status` code decides the cause (404 NotFound, 409
@@ -24,7 +26,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use serde_json::Value;
 
-use crate::adapters::{AdapterResult, KubeApi, ObjectRef};
+use crate::adapters::{AdapterResult, KubeApi, ObjectRef, Until};
 use crate::error::{Cause, StepError, System};
 
 /// How long a CRD may take to become Established.
@@ -129,10 +131,30 @@ impl Resolver {
     }
 }
 
-fn established(crd: &Value) -> bool {
-    crd.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Established" && c["status"] == "True"))
+/// Watches `r` through `api` until `until` holds (kube-runtime's
+/// `await_condition`: a list, then a watch from its resourceVersion,
+/// re-listing after a lost watch), within `bound`.
+async fn watch_until(
+    api: Api<DynamicObject>,
+    r: &ObjectRef,
+    until: Until,
+    bound: Duration,
+) -> AdapterResult<()> {
+    let cond = move |o: Option<&DynamicObject>| {
+        until.holds(o.map(|o| serde_json::to_value(o).unwrap_or(Value::Null)).as_ref())
+    };
+    match tokio::time::timeout(bound, kube::runtime::wait::await_condition(api, &r.name, cond))
+        .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => {
+            Err(err(&format!("watch {} {}", r.kind, r.name), Cause::Network, e.to_string()))
+        }
+        Err(_) => Err(StepError::Timeout {
+            reason: format!("{} {} {}", r.kind, r.name, until.describe()),
+            bound_s: bound.as_secs(),
+        }),
+    }
 }
 
 #[async_trait]
@@ -153,20 +175,11 @@ impl KubeApi for KubeClient {
                 .patch(&o.name, &PatchParams::apply(field_manager), &Patch::Apply(obj))
                 .await
                 .map_err(|e| map_err(&format!("apply {} {}", o.kind, o.name), e))?;
-            if o.kind == "CustomResourceDefinition" {
-                let deadline = tokio::time::Instant::now() + CRD_ESTABLISH_BOUND;
-                let mut cur = serde_json::to_value(&applied).unwrap_or(Value::Null);
-                while !established(&cur) {
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(StepError::Timeout {
-                            reason: format!("CRD {} to become Established", o.name),
-                            bound_s: CRD_ESTABLISH_BOUND.as_secs(),
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let got = api.get(&o.name).await.map_err(|e| map_err("get crd", e))?;
-                    cur = serde_json::to_value(&got).unwrap_or(Value::Null);
-                }
+            if o.kind == "CustomResourceDefinition"
+                && !Until::Condition("Established")
+                    .holds(Some(&serde_json::to_value(&applied).unwrap_or(Value::Null)))
+            {
+                watch_until(api, &o, Until::Condition("Established"), CRD_ESTABLISH_BOUND).await?;
             }
         }
         Ok(())
@@ -235,6 +248,25 @@ impl KubeApi for KubeClient {
             .await
             .map_err(|e| map_err("version", e))?;
         Ok(info.git_version)
+    }
+
+    async fn wait_until(
+        &self,
+        kubeconfig: &SecretString,
+        r: &ObjectRef,
+        until: Until,
+        bound: Duration,
+    ) -> AdapterResult<()> {
+        let mut res = Resolver::new(client(kubeconfig).await?);
+        let api = match res.api(&r.api_version, &r.kind, r.namespace.as_deref()).await {
+            Ok(api) => api,
+            // A kind no longer served has no objects left.
+            Err(StepError::Adapter { cause: Cause::NotFound, .. }) if until == Until::Deleted => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        watch_until(api, r, until, bound).await
     }
 
     async fn service_get(

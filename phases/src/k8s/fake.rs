@@ -15,7 +15,8 @@
 //! - **Metadata**: `uid`, `creationTimestamp`, a cluster-wide
 //!   `resourceVersion` that grows with every write, `generation` that grows
 //!   when anything but `metadata`/`status` changes.
-//! - **Reads**: get, list with `labelSelector` (Kubernetes syntax), watch
+//! - **Reads**: get, list with `labelSelector` (Kubernetes syntax) and
+//!   `fieldSelector` (`metadata.name`/`metadata.namespace`), watch
 //!   (`?watch=true`: the current objects as `ADDED`, then live events, as
 //!   newline-delimited JSON), the `status` subresource, delete.
 //! - **Errors** are `Status` objects with `reason` and `code`.
@@ -405,9 +406,9 @@ async fn handle(
     }
     let res = match (method.as_str(), name, sub.as_deref()) {
         ("GET", None, _) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
-            return watch(&fake, &kind, &ns, q.get("labelSelector").map(String::as_str));
+            return watch(&fake, &kind, &ns, &q);
         }
-        ("GET", None, _) => list(&fake, &kind, &ns, q.get("labelSelector").map(String::as_str)),
+        ("GET", None, _) => list(&fake, &kind, &ns, &q),
         ("GET", Some(n), Some("proxy")) if kind.group.is_empty() && kind.plural == "services" => {
             return service_proxy(&fake, &ns, &n, &rest[3..].join("/")).await;
         }
@@ -593,7 +594,51 @@ fn discovery(fake: &FakeKube, path: &str) -> Option<Response> {
     Some((StatusCode::OK, axum::Json(body)).into_response())
 }
 
-fn list(fake: &FakeKube, kind: &Kind, ns: &str, selector: Option<&str>) -> ApiResult {
+/// A field selector: `metadata.name` / `metadata.namespace` with `=`,
+/// `==` or `!=`, comma-separated (what the API server supports for every
+/// kind).
+fn parse_fields(
+    q: &BTreeMap<String, String>,
+) -> Result<Vec<(String, bool, String)>, Box<Response>> {
+    let Some(fs) = q.get("fieldSelector").filter(|s| !s.is_empty()) else { return Ok(Vec::new()) };
+    fs.split(',')
+        .map(|term| {
+            let (field, eq, value) = if let Some((f, v)) = term.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = term.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("invalid field selector: {term}"),
+                ));
+            };
+            if !matches!(field.trim(), "metadata.name" | "metadata.namespace") {
+                return Err(status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("field label not supported: {}", field.trim()),
+                ));
+            }
+            Ok((field.trim().to_owned(), eq, value.trim().to_owned()))
+        })
+        .collect()
+}
+
+fn fields_match(o: &Value, fields: &[(String, bool, String)]) -> bool {
+    fields.iter().all(|(f, eq, v)| {
+        let ptr = format!("/{}", f.replace('.', "/"));
+        let actual = o.pointer(&ptr).and_then(Value::as_str).unwrap_or_default();
+        (actual == v) == *eq
+    })
+}
+
+fn list(fake: &FakeKube, kind: &Kind, ns: &str, q: &BTreeMap<String, String>) -> ApiResult {
+    let fields = parse_fields(q)?;
+    let selector = q.get("labelSelector").map(String::as_str);
     let sel = match selector.filter(|s| !s.is_empty()) {
         Some(s) => Some(Selector::parse(s).map_err(|m| {
             status(
@@ -613,6 +658,7 @@ fn list(fake: &FakeKube, kind: &Kind, ns: &str, selector: Option<&str>) -> ApiRe
         })
         .map(|(_, o)| o.clone())
         .filter(|o| sel.as_ref().is_none_or(|s| s.matches_json(o.pointer("/metadata/labels"))))
+        .filter(|o| fields_match(o, &fields))
         .collect();
     Ok((
         StatusCode::OK,
@@ -1000,7 +1046,12 @@ fn register_crd(st: &mut Inner, crd: &mut Value) -> Result<(), Box<Response>> {
 }
 
 /// `?watch=true`: the current objects as ADDED, then live events.
-fn watch(fake: &FakeKube, kind: &Kind, ns: &str, selector: Option<&str>) -> Response {
+fn watch(fake: &FakeKube, kind: &Kind, ns: &str, q: &BTreeMap<String, String>) -> Response {
+    let fields = match parse_fields(q) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let selector = q.get("labelSelector").map(String::as_str);
     let sel = selector.filter(|s| !s.is_empty()).and_then(|s| Selector::parse(s).ok());
     let mut rx = fake.events.subscribe();
     let initial: Vec<Value> = {
@@ -1012,6 +1063,7 @@ fn watch(fake: &FakeKube, kind: &Kind, ns: &str, selector: Option<&str>) -> Resp
             })
             .map(|(_, o)| o.clone())
             .filter(|o| sel.as_ref().is_none_or(|s| s.matches_json(o.pointer("/metadata/labels"))))
+            .filter(|o| fields_match(o, &fields))
             .collect()
     };
     let (kind, ns) = (kind.clone(), ns.to_owned());
@@ -1019,6 +1071,7 @@ fn watch(fake: &FakeKube, kind: &Kind, ns: &str, selector: Option<&str>) -> Resp
         (ns.is_empty()
             || o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str()))
             && sel.as_ref().is_none_or(|s| s.matches_json(o.pointer("/metadata/labels")))
+            && fields_match(o, &fields)
     };
     let stream = async_stream_lines(initial, move |tx| async move {
         while let Ok((k, obj, ty)) = rx.recv().await {

@@ -22,8 +22,10 @@
 //!    release manifest) healthy by its probe, again, from a fresh read
 //!    (F-37: zero observed is not done; F-39: level, not edges).
 //!
-//! Waits poll at the backend's `poll` interval within the bound of
-//! `Bounds::kit_component`. The objects are rendered from
+//! Every wait is bounded by `Bounds::kit_component`. Waits on one object
+//! are watches ([`crate::adapters::KubeApi::wait_until`]); a probe reads
+//! several objects (a release, its workloads, their pods, CRDs), so it is
+//! re-run at the backend's `poll` interval and reports each change. The objects are rendered from
 //! `bootstrap-kit/` ([`super::kit_render`]).
 
 use serde_json::{Value, json};
@@ -31,7 +33,7 @@ use serde_json::{Value, json};
 use super::kit_probe::{Health, probe, probe_objects};
 use super::kit_render::{KitInput, Rendered, render_component, values_text};
 use super::{FIELD_MANAGER, action, cluster::kubeconfig_for, fqdn, no_undo, release, slug};
-use crate::adapters::ObjectRef;
+use crate::adapters::{ObjectRef, Until};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::step::{Registry, StepCtx, StepResult};
 use crate::{Cause, StepError, System};
@@ -295,12 +297,8 @@ async fn prune(cx: &StepCtx) -> StepResult<Value> {
             cx.event("kit", json!({ "state": "pruning", "kind": kind, "name": r.name })).await?;
             cx.backend.kube.delete(&kc, r).await?;
             if kind == "HelmRelease" {
-                cx.wait_for(
-                    &format!("Flux to uninstall {}", r.name),
-                    cx.backend.bounds.kit_component,
-                    || async { Ok(cx.backend.kube.get(&kc, r).await?.is_none().then_some(())) },
-                )
-                .await?;
+                let bound = cx.backend.bounds.kit_component;
+                cx.backend.kube.wait_until(&kc, r, Until::Deleted, bound).await?;
             }
             pruned.push(format!("{kind}/{}", r.name));
         }

@@ -193,7 +193,10 @@ pub async fn probe(
     if let Some(r) = release {
         match kube.get(kc, r).await? {
             None => {
-                return Ok(Health::waiting("NotFound", format!("HelmRelease {} is absent", r.name)));
+                return Ok(Health::waiting(
+                    "NotFound",
+                    format!("HelmRelease {} is absent", r.name),
+                ));
             }
             Some(hr) => match helm_release(&hr) {
                 Health::Healthy => {}

@@ -728,6 +728,32 @@ impl KubeApi for SimKube {
         Ok(keys.into_iter().filter_map(|(_, _, k)| self.observe(k, &all, &cloud, now)).collect())
     }
 
+    /// The sim keeps no watch streams: it reads the object until `until`
+    /// holds, within the bound.
+    async fn wait_until(
+        &self,
+        kubeconfig: &SecretString,
+        r: &ObjectRef,
+        until: crate::adapters::Until,
+        bound: std::time::Duration,
+    ) -> AdapterResult<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let obj = self.get(kubeconfig, r).await?;
+            if until.holds(obj.as_ref()) {
+                return Ok(());
+            }
+            if started.elapsed() >= bound {
+                return Err(StepError::Timeout {
+                    reason: format!("{} {} {}", r.kind, r.name, until.describe()),
+                    bound_s: bound.as_secs(),
+                });
+            }
+            tokio::time::sleep(self.world.scaled(500).max(std::time::Duration::from_millis(5)))
+                .await;
+        }
+    }
+
     /// A Service of an installed chart answers once a pod behind it is
     /// Ready; before that, as the API server says, no endpoints.
     async fn service_get(
