@@ -318,7 +318,8 @@ pub trait KubeApi: Send + Sync {
         kind: &str,
         selector: &str,
     ) -> AdapterResult<Vec<Value>>;
-    /// Deletes; already gone is success.
+    /// Deletes; already gone is success. An object with finalizers is gone
+    /// only once its controllers are done ([`KubeApi::wait_until`]).
     async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()>;
     /// The API server's version through the kubeconfig's own endpoint, TLS
     /// verified against its CA and authenticated (F-12).

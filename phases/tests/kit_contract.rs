@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cz_phases::phases::cluster::cilium_manifest;
+use cz_phases::phases::kit::flux_install;
 use cz_phases::phases::kit_render::{KitInput, Rendered, render_kit};
 use cz_phases::phases::release;
 use serde_json::Value;
@@ -189,4 +190,27 @@ fn an_unknown_component_is_refused() {
         two.iter().map(|r| r.component.as_str()).collect::<Vec<_>>(),
         ["cilium", "cert-manager"]
     );
+}
+
+/// Flux's first install is the release bp-flux takes over (F-35): the K3s
+/// HelmChart fits its CRD, installs the chart bp-flux wraps at that
+/// version, as bp-flux's release name in bp-flux's namespace, with exactly
+/// bp-flux's values.
+#[test]
+fn the_flux_helmchart_is_the_release_bp_flux_takes_over() {
+    let objs = flux_install(&input()).unwrap();
+    let chart = &objs[1];
+    validate("the Flux HelmChart", &schema("k3s-helm.cattle.io_helmcharts.yaml", "v1"), chart);
+    let bp = all().into_iter().find(|r| r.component == "flux").unwrap().helm_release;
+    let pin = release::pin("flux").unwrap();
+    let (name, _, version) = release::flux_chart();
+    assert_eq!(pin.upstream.split(' ').take(2).collect::<Vec<_>>(), [name, version]);
+    assert_eq!(chart["spec"]["chart"], name);
+    assert_eq!(chart["spec"]["version"], version);
+    assert_eq!(chart["metadata"]["name"], bp["spec"]["releaseName"]);
+    assert_eq!(chart["spec"]["targetNamespace"], bp["spec"]["targetNamespace"]);
+    assert_eq!(objs[0]["metadata"]["name"], bp["spec"]["targetNamespace"]);
+    let values: Value =
+        serde_saphyr::from_str(chart["spec"]["valuesContent"].as_str().unwrap()).unwrap();
+    assert_eq!(values, bp["spec"]["values"]);
 }

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use async_trait::async_trait;
+use common::pdns::Pdns;
 use cz_phases::adapters::{Backend, KubeApi};
 use cz_phases::engine::{DriveOutcome, Engine, FaultPlan, JobOptions, RetryTarget, Verbs};
 use cz_phases::k8s::{FakeKube, KubeClient, Pace};
@@ -228,6 +231,13 @@ async fn the_full_kit_installs_in_dependency_order_and_is_healthy_by_its_probes(
     }
     let sts = fake.get("apps", "statefulsets", "openbao", "openbao").unwrap();
     assert_eq!(sts["status"]["readyReplicas"], 0);
+    // The first installers are gone, and nothing was uninstalled on the
+    // way: Cilium and Flux belong to their blueprints alone (F-35).
+    for hc in ["cilium", "flux"] {
+        assert!(fake.get("helm.cattle.io", "helmcharts", "kube-system", hc).is_none(), "{hc}");
+    }
+    assert!(!fake.installs().iter().any(|i| i.starts_with("uninstall")), "{:?}", fake.installs());
+    assert!(fake.get("apps", "daemonsets", "kube-system", "cilium").is_some());
     // The kit phase's events: each component went installing → healthy.
     let events = kit_events(&r).await;
     for c in comps.iter().chain(std::iter::once(&"flux".to_owned())) {
@@ -251,6 +261,31 @@ async fn the_full_kit_installs_in_dependency_order_and_is_healthy_by_its_probes(
         })
         .unwrap();
     assert_eq!(out["healthy"].as_array().unwrap().len(), 12);
+}
+
+/// Why the hand-over marks the HelmChart unmanaged first: deleted as it
+/// is, K3s's helm-controller uninstalls the release, here Flux itself.
+#[tokio::test]
+async fn deleting_a_k3s_helmchart_as_it_is_uninstalls_its_release() {
+    use cz_phases::adapters::{ObjectRef, Until};
+    let fake = cluster().await;
+    let kc = kubeconfig(&fake.url());
+    let r = ObjectRef {
+        api_version: "helm.cattle.io/v1".into(),
+        kind: "HelmChart".into(),
+        namespace: Some("kube-system".into()),
+        name: "cilium".into(),
+    };
+    let bound = Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    while fake.get("apps", "daemonsets", "kube-system", "cilium").is_none() {
+        assert!(started.elapsed() < bound, "K3s never installed Cilium");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    KubeClient.delete(&kc, &r).await.unwrap();
+    KubeClient.wait_until(&kc, &r, Until::Deleted, bound).await.unwrap();
+    assert!(fake.get("apps", "daemonsets", "kube-system", "cilium").is_none());
+    assert!(fake.installs().contains(&"uninstall HelmChart/cilium".to_owned()));
 }
 
 #[tokio::test]
@@ -382,7 +417,7 @@ async fn a_component_dropped_from_the_selection_is_pruned_with_its_workloads() {
     let fake = cluster().await;
     let comps = all_components();
     let first = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
-    assert_eq!(drive(&first).await, JobStatus::Succeeded);
+    assert_eq!(drive(&first).await, JobStatus::Succeeded, "{}", pause_error(&first).await);
     assert!(fake.get("apps", "deployments", "catalyst-system", "catalyst-api").is_some());
     // Someone else's object in the same namespace pattern is not ours.
     fake.put(
@@ -488,7 +523,8 @@ async fn a_crd_that_never_establishes_is_reported_at_its_component() {
 }
 
 #[tokio::test]
-async fn powerdns_is_healthy_only_once_its_api_answers() {
+async fn powerdns_is_healthy_only_once_its_real_api_answers_through_the_service_proxy() {
+    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
     // A service with no ready pods behind it: the API server's 503.
     let fake = cluster().await;
     let kc = kubeconfig(&fake.url());
@@ -502,20 +538,44 @@ async fn powerdns_is_healthy_only_once_its_api_answers() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no endpoints available for service"), "{body}");
 
-    // A real HTTP server behind a ready Service: the proxy forwards to it.
-    let app = axum::Router::new()
-        .route("/api/v1/servers", axum::routing::get(|| async { "[{\"id\": \"localhost\"}]" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // bp-powerdns's Service is backed by a real PowerDNS, not running yet:
+    // the pods are ready, the application does not answer.
+    let mut pdns = Pdns::prepare();
+    fake.route_service("powerdns", "powerdns-api", &pdns.url());
     let comps: Vec<String> =
         ["cilium", "cert-manager", "powerdns"].iter().map(|s| s.to_string()).collect();
-    fake.route_service("powerdns", "powerdns-api", &url);
     let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
-    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
-    let (code, body) = KubeClient
+    let waited = async {
+        loop {
+            let seen = kit_events(&r)
+                .await
+                .into_iter()
+                .any(|e| e["component"] == "powerdns" && e["condition"] == "NotAnswering");
+            if seen {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Not healthy while it does not answer, however long.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let j = r.store.get_job(r.job).await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Running);
+        pdns.start().await;
+    };
+    let (status, ()) = tokio::join!(drive(&r), waited);
+    assert_eq!(status, JobStatus::Succeeded, "{}", pause_error(&r).await);
+    // What the probe accepted: PowerDNS itself refusing a call without
+    // its API key (the key is the dns phases' business).
+    let (code, _) = KubeClient
         .service_get(&kc, "powerdns", "powerdns-api", 8081, "/api/v1/servers")
         .await
         .unwrap();
-    assert_eq!((code, body.as_str()), (200, "[{\"id\": \"localhost\"}]"));
+    assert_eq!(code, 401);
+    let last = kit_events(&r)
+        .await
+        .into_iter()
+        .filter(|e| e["component"] == "powerdns")
+        .map(|e| e["state"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(last.last().map(String::as_str), Some("healthy"), "{last:?}");
 }

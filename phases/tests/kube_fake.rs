@@ -275,3 +275,74 @@ async fn apply_needs_a_field_manager_and_a_matching_name() {
     assert_eq!(code, 201);
     assert!(created["metadata"].get("namespace").is_none(), "cluster-scoped");
 }
+
+/// Reads `n` watch events (lines) from a streaming response.
+async fn events(resp: &mut reqwest::Response, n: usize) -> Vec<Value> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), resp.chunk())
+            .await
+            .expect("an event within 5s")
+            .unwrap()
+            .expect("the stream goes on");
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            out.push(serde_json::from_slice(&line).unwrap());
+        }
+    }
+    out
+}
+
+/// A watch resumed from a resourceVersion gets every event since, a
+/// deletion included (what a client that listed, then watched, relies
+/// on), and one from a version the server no longer has gets 410.
+#[tokio::test]
+async fn a_watch_resumes_from_a_resource_version_with_every_event_since() {
+    let (f, c) = fake().await;
+    install_hr_crd(&c).await;
+    c.apply(&format!("{HR}/bp-flux"), "cz", false, &hr("bp-flux", "1", json!({}))).await;
+    let (_, list) = c.get(HR).await;
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+    // After the list, before the watch: a change and a deletion.
+    c.apply(&format!("{HR}/bp-gitea"), "cz", false, &hr("bp-gitea", "1", json!({}))).await;
+    assert_eq!(c.delete(&format!("{HR}/bp-flux")).await, 200);
+    let mut resp = reqwest::get(format!(
+        "{}{HR}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3Dbp-flux",
+        f.url()
+    ))
+    .await
+    .unwrap();
+    let evs = events(&mut resp, 1).await;
+    assert_eq!(evs[0]["type"], "DELETED", "{evs:?}");
+    assert_eq!(evs[0]["object"]["metadata"]["name"], "bp-flux");
+    assert!(
+        evs[0]["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap()
+            > rv.parse::<u64>().unwrap()
+    );
+    // Live events after the replay, filtered by the field selector.
+    let mut resp = reqwest::get(format!(
+        "{}{HR}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3Dbp-gitea",
+        f.url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(events(&mut resp, 1).await[0]["type"], "ADDED");
+    f.set_status(
+        "helm.toolkit.fluxcd.io",
+        "helmreleases",
+        "flux-system",
+        "bp-gitea",
+        json!({"x": 1}),
+    );
+    assert_eq!(events(&mut resp, 1).await[0]["type"], "MODIFIED");
+    // A version from the future (or compacted away): 410 Expired.
+    let mut resp =
+        reqwest::get(format!("{}{HR}?watch=true&resourceVersion=999999", f.url())).await.unwrap();
+    let ev = &events(&mut resp, 1).await[0];
+    assert_eq!((ev["type"].as_str(), ev["object"]["code"].as_u64()), (Some("ERROR"), Some(410)));
+    // An unsupported field selector is refused, as the API server does.
+    let (code, _) = c.get(&format!("{HR}?fieldSelector=spec.interval%3D15m")).await;
+    assert_eq!(code, 400);
+}

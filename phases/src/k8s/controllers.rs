@@ -14,8 +14,16 @@
 //!   says it), refuses to take over objects of another release (Helm's
 //!   "invalid ownership metadata"), reports `Progressing`, then installs
 //!   the chart's objects (labelled `helm.toolkit.fluxcd.io/name`) and
-//!   reports `InstallSucceeded`. A deleted HelmRelease is uninstalled
-//!   (CRDs stay, as Helm leaves them).
+//!   reports `InstallSucceeded`.
+//! - **Finalizers**, as the real controllers set them: a HelmChart
+//!   (`wrangler.cattle.io/on-helm-chart-remove`) or HelmRelease
+//!   (`finalizers.fluxcd.io`) being deleted first has its release
+//!   uninstalled (workloads and Services; CRDs stay, as Helm leaves them).
+//!   A finalizer removed by someone else is put back (K3s processes the
+//!   deletion anyway). A HelmChart annotated
+//!   `helmcharts.helm.cattle.io/unmanaged: "true"` is left alone and
+//!   deleted without an uninstall: how K3s hands a release over to another
+//!   tool (k3s-io/helm-controller#137), here to Flux (F-35).
 //! - **Workloads**: Deployments, StatefulSets and DaemonSets get pods
 //!   (labels from `spec.selector`) and the status `kubectl rollout status`
 //!   reads; pods of a deleted workload are collected.
@@ -119,7 +127,6 @@ fn reconcile(fake: &FakeKube, pace: Pace, seen: &mut Seen) {
         for hr in &releases {
             helm_release(fake, pace, seen, hr, &releases);
         }
-        uninstall_orphans(fake, &releases);
     }
     workloads(fake, pace, seen);
 }
@@ -141,8 +148,104 @@ fn flux_running(fake: &FakeKube) -> bool {
         })
 }
 
+/// K3s's helm-controller finalizer: deleting a HelmChart uninstalls its
+/// release first.
+const K3S_FINALIZER: &str = "wrangler.cattle.io/on-helm-chart-remove";
+/// Flux's: deleting a HelmRelease uninstalls it first.
+const FLUX_FINALIZER: &str = "finalizers.fluxcd.io";
+
+fn finalizers(o: &Value) -> Vec<String> {
+    o.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| f.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Adds `finalizer` to a live object; `false` if it is being deleted.
+fn ensure_finalizer(
+    fake: &FakeKube,
+    group: &str,
+    plural: &str,
+    o: &Value,
+    finalizer: &str,
+) -> bool {
+    if o.pointer("/metadata/deletionTimestamp").is_some() {
+        return false;
+    }
+    let mut f = finalizers(o);
+    if !f.iter().any(|x| x == finalizer) {
+        f.push(finalizer.to_owned());
+        let mut o = o.clone();
+        o["metadata"]["finalizers"] = json!(f);
+        fake.put(group, plural, o);
+    }
+    true
+}
+
+/// Runs the uninstall behind `finalizer` of a deleting object, then
+/// removes the finalizer (the API server then removes the object).
+fn finalize(
+    fake: &FakeKube,
+    group: &str,
+    plural: &str,
+    o: &Value,
+    finalizer: &str,
+    uninstall: impl FnOnce(),
+) {
+    if o.pointer("/metadata/deletionTimestamp").is_none()
+        || !finalizers(o).iter().any(|f| f == finalizer)
+    {
+        return;
+    }
+    uninstall();
+    let mut o = o.clone();
+    let rest: Vec<String> = finalizers(&o).into_iter().filter(|f| f != finalizer).collect();
+    o["metadata"]["finalizers"] = json!(rest);
+    fake.put(group, plural, o);
+}
+
+/// Deletes a Helm release's workloads and Services (Helm leaves CRDs).
+fn uninstall(fake: &FakeKube, owned: impl Fn(&Value) -> bool) {
+    for (g, p) in [
+        ("apps", "deployments"),
+        ("apps", "statefulsets"),
+        ("apps", "daemonsets"),
+        ("", "services"),
+    ] {
+        for o in fake.objects(g, p) {
+            if owned(&o) {
+                fake.remove(g, p, s(&o, "/metadata/namespace"), s(&o, "/metadata/name"));
+            }
+        }
+    }
+}
+
 fn helm_charts(fake: &FakeKube, pace: Pace, seen: &mut Seen) {
     for hc in fake.objects("helm.cattle.io", "helmcharts") {
+        let name = s(&hc, "/metadata/name").to_owned();
+        let target = match s(&hc, "/spec/targetNamespace") {
+            "" => s(&hc, "/metadata/namespace"),
+            t => t,
+        }
+        .to_owned();
+        // `helmcharts.helm.cattle.io/unmanaged`: the controller leaves the
+        // chart alone, and deleting it runs no uninstall.
+        let unmanaged = hc
+            .pointer("/metadata/annotations/helmcharts.helm.cattle.io~1unmanaged")
+            .is_some_and(|v| v == "true");
+        finalize(fake, "helm.cattle.io", "helmcharts", &hc, K3S_FINALIZER, || {
+            if !unmanaged {
+                fake.record_install(format!("uninstall HelmChart/{name}"));
+                uninstall(fake, |o| {
+                    s(o, "/metadata/annotations/meta.helm.sh~1release-name") == name
+                        && s(o, "/metadata/annotations/meta.helm.sh~1release-namespace") == target
+                });
+            }
+        });
+        if unmanaged || !ensure_finalizer(fake, "helm.cattle.io", "helmcharts", &hc, K3S_FINALIZER)
+        {
+            continue;
+        }
         if hc.pointer("/status/jobName").is_some() {
             continue;
         }
@@ -209,6 +312,18 @@ fn set_ready(
 }
 
 fn helm_release(fake: &FakeKube, pace: Pace, seen: &mut Seen, hr: &Value, all: &[Value]) {
+    let (hr_ns, hr_name) = (s(hr, "/metadata/namespace"), s(hr, "/metadata/name"));
+    finalize(fake, HR_GROUP, "helmreleases", hr, FLUX_FINALIZER, || {
+        fake.record_install(format!("uninstall HelmRelease/{hr_name}"));
+        uninstall(fake, |o| {
+            s(o, "/metadata/labels/helm.toolkit.fluxcd.io~1name") == hr_name
+                && s(o, "/metadata/labels/helm.toolkit.fluxcd.io~1namespace") == hr_ns
+        });
+    });
+    if !ensure_finalizer(fake, HR_GROUP, "helmreleases", hr, FLUX_FINALIZER) {
+        return;
+    }
+    let Some(hr) = &fake.get(HR_GROUP, "helmreleases", hr_ns, hr_name) else { return };
     let done = hr.pointer("/status/observedGeneration") == hr.pointer("/metadata/generation")
         && is_true(hr, "Ready");
     if done {
@@ -347,27 +462,6 @@ fn install(
         fake.put(g, p, o);
     }
     Ok(())
-}
-
-/// Flux uninstalls a deleted HelmRelease's release.
-fn uninstall_orphans(fake: &FakeKube, releases: &[Value]) {
-    let live = |ns: &str, name: &str| {
-        releases.iter().any(|r| s(r, "/metadata/namespace") == ns && s(r, "/metadata/name") == name)
-    };
-    for (g, p) in [
-        ("apps", "deployments"),
-        ("apps", "statefulsets"),
-        ("apps", "daemonsets"),
-        ("", "services"),
-    ] {
-        for o in fake.objects(g, p) {
-            let name = s(&o, "/metadata/labels/helm.toolkit.fluxcd.io~1name");
-            let ns = s(&o, "/metadata/labels/helm.toolkit.fluxcd.io~1namespace");
-            if !name.is_empty() && !live(ns, name) {
-                fake.remove(g, p, s(&o, "/metadata/namespace"), s(&o, "/metadata/name"));
-            }
-        }
-    }
 }
 
 fn workloads(fake: &FakeKube, pace: Pace, seen: &mut Seen) {

@@ -17,8 +17,14 @@
 //!   when anything but `metadata`/`status` changes.
 //! - **Reads**: get, list with `labelSelector` (Kubernetes syntax) and
 //!   `fieldSelector` (`metadata.name`/`metadata.namespace`), watch
+//!   (from now, or resumed from a `resourceVersion` with every event since,
+//!   `410 Expired` when that is too old),
 //!   (`?watch=true`: the current objects as `ADDED`, then live events, as
 //!   newline-delimited JSON), the `status` subresource, delete.
+//! - **Deletion** honours finalizers: the object is marked with
+//!   `deletionTimestamp` until its controllers remove them.
+//! - **Namespaces**: `default`, `kube-system`, `kube-public` and
+//!   `kube-node-lease` exist; namespaced objects need theirs.
 //! - **Errors** are `Status` objects with `reason` and `code`.
 //!
 //! Simulated controllers (Flux reconciling HelmReleases, workloads becoming
@@ -96,6 +102,32 @@ struct Inner {
     routes: BTreeMap<(String, String), String>,
     /// Helm installs the simulated controllers made, in order.
     installs: Vec<String>,
+    /// Recent watch events, for watches that resume from a resourceVersion.
+    history: std::collections::VecDeque<Event>,
+}
+
+/// A watch event: the kind, the object (at its new resourceVersion), the type.
+type Event = (Kind, Value, &'static str);
+
+/// How many events a watch can resume across (older: 410 Gone, as an API
+/// server whose etcd compacted them says).
+const HISTORY: usize = 50_000;
+
+/// Records `ev` for resuming watches and sends it to live ones; under the
+/// state lock, so the event order is the resourceVersion order.
+fn emit(st: &mut Inner, tx: &broadcast::Sender<Event>, ev: Event) {
+    if st.history.len() == HISTORY {
+        st.history.pop_front();
+    }
+    st.history.push_back(ev.clone());
+    let _ = tx.send(ev);
+}
+
+fn rv_of(o: &Value) -> u64 {
+    o.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Failures the simulated controllers inject ([`super::controllers`]).
@@ -111,7 +143,7 @@ pub(super) struct Faults {
 #[derive(Clone)]
 pub struct FakeKube {
     inner: Arc<Mutex<Inner>>,
-    events: broadcast::Sender<(Kind, Value, &'static str)>,
+    events: broadcast::Sender<Event>,
     pub addr: SocketAddr,
 }
 
@@ -253,6 +285,9 @@ impl FakeKube {
                 for f in ["uid", "creationTimestamp", "generation", "resourceVersion"] {
                     obj["metadata"][f] = old["metadata"][f].clone();
                 }
+                if let Some(d) = old.pointer("/metadata/deletionTimestamp") {
+                    obj["metadata"]["deletionTimestamp"] = d.clone();
+                }
                 if obj.get("status").is_none() && old.get("status").is_some() {
                     obj["status"] = old["status"].clone();
                 }
@@ -282,15 +317,20 @@ impl FakeKube {
                 }
             }
         }
+        if obj.pointer("/metadata/deletionTimestamp").is_some() && !has_finalizers(&obj) {
+            drop(st);
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            let _ = remove_object(self, &kind, &ns, name, true);
+            return true;
+        }
         if kind.kind == "CustomResourceDefinition" && register_crd(&mut st, &mut obj).is_err() {
             return false;
         }
         st.revision += 1;
         obj["metadata"]["resourceVersion"] = json!(st.revision.to_string());
         st.objects.insert(key, obj.clone());
-        drop(st);
-        let _ =
-            self.events.send((kind, obj, if existing.is_some() { "MODIFIED" } else { "ADDED" }));
+        let ty = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+        emit(&mut st, &self.events, (kind, obj, ty));
         true
     }
 
@@ -336,7 +376,8 @@ impl FakeKube {
         let Some(obj) = st.objects.get_mut(&key) else { return false };
         obj["status"] = status;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let _ = self.events.send((kind, obj.clone(), "MODIFIED"));
+        let obj = obj.clone();
+        emit(&mut st, &self.events, (kind, obj, "MODIFIED"));
         true
     }
 
@@ -415,14 +456,14 @@ async fn handle(
         ("GET", Some(n), None | Some("status")) => get(&fake, &kind, &ns, &n),
         ("PATCH", Some(n), None) => {
             let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
-            if !ct.starts_with("application/apply-patch") {
+            if ct.starts_with("application/apply-patch") {
+                apply(&fake, &kind, &ns, &n, &q, &body)
+            } else {
                 Err(status(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "UnsupportedMediaType",
                     format!("only server-side apply is served, not {ct}"),
                 ))
-            } else {
-                apply(&fake, &kind, &ns, &n, &q, &body)
             }
         }
         ("PUT" | "PATCH", Some(n), Some("status")) => put_status(&fake, &kind, &ns, &n, &body),
@@ -690,11 +731,41 @@ fn not_found(kind: &Kind, name: &str) -> Box<Response> {
     status(StatusCode::NOT_FOUND, "NotFound", format!("{what} \"{name}\" not found"))
 }
 
+fn has_finalizers(obj: &Value) -> bool {
+    obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+}
+
+/// `DELETE`: an object with finalizers is only marked
+/// (`deletionTimestamp`) until its controllers remove them; then, or
+/// without any, it is gone.
 fn delete(fake: &FakeKube, kind: &Kind, ns: &str, name: &str) -> ApiResult {
+    remove_object(fake, kind, ns, name, false)
+}
+
+/// Deletes, or with finalizers only marks; `finalized`: they are done, it goes.
+fn remove_object(fake: &FakeKube, kind: &Kind, ns: &str, name: &str, finalized: bool) -> ApiResult {
     let mut st = fake.inner.lock().expect("lock");
     let key = (kind.group.clone(), kind.plural.clone(), ns.to_owned(), name.to_owned());
-    let Some(obj) = st.objects.remove(&key) else { return Err(not_found(kind, name)) };
+    if let Some(obj) = st.objects.get(&key)
+        && has_finalizers(obj)
+        && !finalized
+    {
+        if obj.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok((StatusCode::OK, obj.clone()));
+        }
+        st.revision += 1;
+        let rv = st.revision.to_string();
+        let obj = st.objects.get_mut(&key).expect("present");
+        obj["metadata"]["deletionTimestamp"] =
+            json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
+        obj["metadata"]["resourceVersion"] = json!(rv);
+        let obj = obj.clone();
+        emit(&mut st, &fake.events, (kind.clone(), obj.clone(), "MODIFIED"));
+        return Ok((StatusCode::OK, obj));
+    }
+    let Some(mut obj) = st.objects.remove(&key) else { return Err(not_found(kind, name)) };
     st.revision += 1;
+    obj["metadata"]["resourceVersion"] = json!(st.revision.to_string());
     if kind.kind == "CustomResourceDefinition" {
         let plural = obj
             .pointer("/spec/names/plural")
@@ -705,7 +776,7 @@ fn delete(fake: &FakeKube, kind: &Kind, ns: &str, name: &str) -> ApiResult {
             obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_owned();
         st.kinds.retain(|k| !(k.group == group && k.plural == plural));
     }
-    let _ = fake.events.send((kind.clone(), obj.clone(), "DELETED"));
+    emit(&mut st, &fake.events, (kind.clone(), obj, "DELETED"));
     Ok((
         StatusCode::OK,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name, "kind": kind.plural}}),
@@ -978,14 +1049,11 @@ fn apply(
         register_crd(&mut st, &mut obj)?;
     }
     st.objects.insert(key, obj.clone());
-    drop(st);
     if changed {
-        let _ = fake.events.send((
-            kind.clone(),
-            obj.clone(),
-            if created { "ADDED" } else { "MODIFIED" },
-        ));
+        let ty = if created { "ADDED" } else { "MODIFIED" };
+        emit(&mut st, &fake.events, (kind.clone(), obj.clone(), ty));
     }
+    drop(st);
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, obj))
 }
 
@@ -1053,29 +1121,65 @@ fn watch(fake: &FakeKube, kind: &Kind, ns: &str, q: &BTreeMap<String, String>) -
     };
     let selector = q.get("labelSelector").map(String::as_str);
     let sel = selector.filter(|s| !s.is_empty()).and_then(|s| Selector::parse(s).ok());
-    let mut rx = fake.events.subscribe();
-    let initial: Vec<Value> = {
-        let st = fake.inner.lock().expect("lock");
-        st.objects
-            .iter()
-            .filter(|((g, p, n, _), _)| {
-                *g == kind.group && *p == kind.plural && (ns.is_empty() || n == ns)
-            })
-            .map(|(_, o)| o.clone())
-            .filter(|o| sel.as_ref().is_none_or(|s| s.matches_json(o.pointer("/metadata/labels"))))
-            .filter(|o| fields_match(o, &fields))
-            .collect()
-    };
+    let watched = kind.clone();
     let (kind, ns) = (kind.clone(), ns.to_owned());
-    let matches = move |o: &Value| {
-        (ns.is_empty()
-            || o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str()))
+    let matches = move |k: &Kind, o: &Value| {
+        k.group == kind.group
+            && k.plural == kind.plural
+            && (ns.is_empty()
+                || o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns.as_str()))
             && sel.as_ref().is_none_or(|s| s.matches_json(o.pointer("/metadata/labels")))
             && fields_match(o, &fields)
     };
+    // Subscribed before the snapshot, and events are emitted under the
+    // lock: nothing falls between the two.
+    let mut rx = fake.events.subscribe();
+    let from: Option<u64> = q
+        .get("resourceVersion")
+        .filter(|r| !r.is_empty() && *r != "0")
+        .map(|r| r.parse().unwrap_or(u64::MAX));
+    let (initial, start_rv): (Vec<Value>, u64) = {
+        let st = fake.inner.lock().expect("lock");
+        match from {
+            // Resume: every event after that version, or 410 Gone.
+            Some(rv) => {
+                let oldest =
+                    st.history.front().map(|(_, o, _)| rv_of(o)).unwrap_or(st.revision + 1);
+                if rv > st.revision || (rv + 1 < oldest && rv < st.revision) {
+                    let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                        "status": "Failure", "reason": "Expired", "code": 410,
+                        "message": format!("too old resource version: {rv} ({})", oldest.saturating_sub(1))}});
+                    (vec![gone], u64::MAX)
+                } else {
+                    let lines = st
+                        .history
+                        .iter()
+                        .filter(|(k, o, _)| rv_of(o) > rv && matches(k, o))
+                        .map(|(_, o, ty)| json!({"type": ty, "object": o}))
+                        .collect();
+                    (lines, st.revision)
+                }
+            }
+            // From now: the current objects as ADDED.
+            None => {
+                let lines = st
+                    .objects
+                    .iter()
+                    .filter(|((g, p, _, _), o)| {
+                        *g == watched.group && *p == watched.plural && matches(&watched, o)
+                    })
+                    .map(|(_, o)| json!({"type": "ADDED", "object": o}))
+                    .collect();
+                (lines, st.revision)
+            }
+        }
+    };
     let stream = async_stream_lines(initial, move |tx| async move {
+        if start_rv == u64::MAX {
+            return;
+        }
         while let Ok((k, obj, ty)) = rx.recv().await {
-            if k.group == kind.group && k.plural == kind.plural && matches(&obj) {
+            if rv_of(&obj) > start_rv && matches(&k, &obj) {
                 let line = json!({"type": ty, "object": obj}).to_string() + "\n";
                 if tx.send(Ok(Bytes::from(line))).await.is_err() {
                     return;
@@ -1090,7 +1194,7 @@ fn watch(fake: &FakeKube, kind: &Kind, ns: &str, q: &BTreeMap<String, String>) -
         .expect("response")
 }
 
-/// A streaming body: the initial lines, then what `more` sends.
+/// A streaming body: the initial events, then what `more` sends.
 fn async_stream_lines<F, Fut>(initial: Vec<Value>, more: F) -> Body
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> Fut + Send + 'static,
@@ -1098,8 +1202,8 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        for o in initial {
-            let line = json!({"type": "ADDED", "object": o}).to_string() + "\n";
+        for ev in initial {
+            let line = ev.to_string() + "\n";
             if tx.send(Ok(Bytes::from(line))).await.is_err() {
                 return;
             }

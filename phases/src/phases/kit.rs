@@ -14,11 +14,15 @@
 //!    retrying is `installing` or `failing` in the job's `kit` events;
 //!    only past the bound is it `needs-operator`
 //!    ([`StepError::Unhealthy`], the component named, with its runbook).
-//! 4. `prune`: what an earlier run of this Sovereign's kit applied to the
+//! 4. `handover`: once bp-cilium and bp-flux are healthy, the K3s
+//!    HelmCharts that first installed them are removed without an
+//!    uninstall (marked `helmcharts.helm.cattle.io/unmanaged`, then
+//!    deleted), so one installer owns each release (F-35).
+//! 5. `prune`: what an earlier run of this Sovereign's kit applied to the
 //!    cluster and the selection no longer has (by label) is deleted:
 //!    HelmRelease first (Flux uninstalls it), then its source and
 //!    Namespace.
-//! 5. `verify`: every **expected** component (the selection from the
+//! 6. `verify`: every **expected** component (the selection from the
 //!    release manifest) healthy by its probe, again, from a fresh read
 //!    (F-37: zero observed is not done; F-39: level, not edges).
 //!
@@ -44,6 +48,7 @@ pub fn register(r: &mut Registry) {
     r.register("kit.flux", action!(flux_bootstrap, flux_bootstrap_undo));
     r.register("kit.sources", action!(sources, sources_undo));
     r.register("kit.component", action!(component, component_undo));
+    r.register("kit.handover", action!(handover, no_undo));
     r.register("kit.prune", action!(prune, no_undo));
     r.register("kit.verify", action!(verify, no_undo));
 }
@@ -75,8 +80,20 @@ pub fn phase(components: &[String], location: &str, regional: bool) -> PhaseDef 
             json!({ "location": location, "component": p.component, "depends_on": deps }),
         );
     }
+    // The first installers' records go once their blueprint owns the release.
+    let handed: Vec<&str> =
+        ["cilium", "flux"].into_iter().filter(|c| components.iter().any(|x| x == c)).collect();
     let mut all: Vec<&str> = components.iter().map(String::as_str).collect();
     all.push("sources");
+    if !handed.is_empty() {
+        b.step(
+            "handover",
+            "kit.handover",
+            &handed,
+            json!({ "location": location, "components": handed }),
+        );
+        all.push("handover");
+    }
     b.step("prune", "kit.prune", &all, base.clone());
     b.step("verify", "kit.verify", &["prune"], base);
     b.build()
@@ -191,13 +208,61 @@ where
     }
 }
 
-fn helm_chart_ref() -> ObjectRef {
+/// The K3s HelmChart that first installed `component` (the `cluster`
+/// phase's for Cilium, `flux-bootstrap`'s for Flux): same name as the
+/// release, in `kube-system`.
+fn helm_chart_ref(component: &str) -> ObjectRef {
     ObjectRef {
         api_version: "helm.cattle.io/v1".into(),
         kind: "HelmChart".into(),
         namespace: Some("kube-system".into()),
-        name: "flux".into(),
+        name: component.into(),
     }
+}
+
+/// The field manager of the hand-over's one annotation, so applying it
+/// does not drop the fields `catalyst-zero` applied to the HelmChart.
+const HANDOVER_MANAGER: &str = "catalyst-zero-handover";
+
+/// Hands Cilium and Flux from their first installer (a K3s HelmChart) to
+/// their blueprint's HelmRelease, which by now owns the same release at
+/// the same version (F-35): the HelmChart is marked
+/// `helmcharts.helm.cattle.io/unmanaged` so K3s's helm-controller leaves
+/// it alone, then deleted, which then runs no uninstall
+/// (k3s-io/helm-controller#137; deleting it as it is, or only removing its
+/// finalizer, would uninstall Cilium or Flux). The component must still
+/// be healthy afterwards.
+async fn handover(cx: &StepCtx) -> StepResult<Value> {
+    let kc = kubeconfig_for(cx, &cx.param::<String>("location")?).await?;
+    let kube = cx.backend.kube.as_ref();
+    let mut done = Vec::new();
+    for c in cx.param::<Vec<String>>("components")? {
+        let p = pin_of(&c)?;
+        let hr = hr_ref(p);
+        let r = helm_chart_ref(&p.component);
+        if kube.get(&kc, &r).await?.is_none() {
+            continue;
+        }
+        // Only a release its blueprint already owns is handed over.
+        match probe(kube, &kc, p, Some(&hr)).await? {
+            Health::Healthy => {}
+            Health::Waiting { condition, message } | Health::Failing { condition, message } => {
+                return Err(StepError::Unhealthy { component: c, condition, message, bound_s: 0 });
+            }
+        }
+        let mark = json!({ "apiVersion": r.api_version, "kind": r.kind,
+            "metadata": { "name": r.name, "namespace": "kube-system",
+                          "annotations": { "helmcharts.helm.cattle.io/unmanaged": "true" } } });
+        kube.apply(&kc, HANDOVER_MANAGER, &[mark]).await?;
+        kube.delete(&kc, &r).await?;
+        kube.wait_until(&kc, &r, Until::Deleted, cx.backend.bounds.kit_component).await?;
+        wait_healthy(cx, &c, || probe(kube, &kc, p, Some(&hr))).await?;
+        cx.event("kit", json!({ "component": c, "state": "handed-over",
+            "from": format!("HelmChart kube-system/{}", r.name), "to": format!("HelmRelease flux-system/{}", p.release) }))
+            .await?;
+        done.push(c);
+    }
+    Ok(json!({ "handed_over": done }))
 }
 
 /// Flux, so that HelmReleases have controllers: a K3s HelmChart of the
@@ -209,27 +274,44 @@ async fn flux_bootstrap(cx: &StepCtx) -> StepResult<Value> {
     let kc = kubeconfig_for(cx, &cx.param::<String>("location")?).await?;
     let input = kit_input(cx)?;
     let pin = pin_of("flux")?;
-    let values = values_text("flux", &input)
+    // Once bp-flux owns Flux (after `handover`), a second run must not bring
+    // the first installer back: it would manage the same release again.
+    let kube = cx.backend.kube.as_ref();
+    if let Some(hr) = kube.get(&kc, &hr_ref(pin)).await?
+        && super::kit_probe::helm_release(&hr) == Health::Healthy
+    {
+        wait_healthy(cx, "flux", || probe_objects(kube, &kc, &pin.namespace, &pin.probe)).await?;
+        return Ok(json!({ "owned_by": pin.release, "flux": release::flux_version() }));
+    }
+    kube.apply(&kc, FIELD_MANAGER, &flux_install(&input)?).await?;
+    wait_healthy(cx, "flux", || probe_objects(kube, &kc, &pin.namespace, &pin.probe)).await?;
+    let (chart, _, version) = release::flux_chart();
+    Ok(json!({ "chart": chart, "version": version, "flux": release::flux_version() }))
+}
+
+/// Flux's first install: Namespace `flux-system` and the K3s HelmChart
+/// `kube-system/flux` of the chart bp-flux wraps, at its version, with
+/// bp-flux's rendered values, released as `flux` (bp-flux's release name)
+/// in bp-flux's namespace.
+pub fn flux_install(input: &KitInput) -> StepResult<Vec<Value>> {
+    let pin = pin_of("flux")?;
+    let values = values_text("flux", input)
         .map_err(|e| StepError::internal(format!("the release's Flux values: {e}")))?;
     let (chart, repo, version) = release::flux_chart();
     let labels = json!({ "app.kubernetes.io/managed-by": "catalyst-zero", SOVEREIGN_LABEL: input.sovereign });
-    let objs = vec![
+    Ok(vec![
         json!({ "apiVersion": "v1", "kind": "Namespace",
                 "metadata": { "name": pin.namespace, "labels": labels } }),
         json!({ "apiVersion": "helm.cattle.io/v1", "kind": "HelmChart",
                 "metadata": { "name": pin.component, "namespace": "kube-system", "labels": labels },
                 "spec": { "chart": chart, "repo": repo, "version": version,
                           "targetNamespace": pin.namespace, "valuesContent": values } }),
-    ];
-    cx.backend.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
-    let kube = cx.backend.kube.as_ref();
-    wait_healthy(cx, "flux", || probe_objects(kube, &kc, &pin.namespace, &pin.probe)).await?;
-    Ok(json!({ "chart": chart, "version": version, "flux": release::flux_version() }))
+    ])
 }
 
 async fn flux_bootstrap_undo(cx: &StepCtx) -> StepResult<()> {
     let Ok(kc) = kubeconfig_for(cx, &cx.param::<String>("location")?).await else { return Ok(()) };
-    cx.backend.kube.delete(&kc, &helm_chart_ref()).await
+    cx.backend.kube.delete(&kc, &helm_chart_ref("flux")).await
 }
 
 async fn component(cx: &StepCtx) -> StepResult<Value> {

@@ -122,6 +122,19 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// A kit component's state change: `kit powerdns failing: CrashLoopBackOff: …`.
+fn kit_line(ev: &Value) -> String {
+    let what = match s(ev, "component") {
+        "" => format!("{} {}", s(ev, "kind"), s(ev, "name")),
+        c => c.to_owned(),
+    };
+    let mut line = format!("kit {what} {}", s(ev, "state"));
+    if !s(ev, "condition").is_empty() {
+        line.push_str(&format!(": {}: {}", s(ev, "condition"), s(ev, "message")));
+    }
+    line
+}
+
 fn step_line(ev: &Value) -> String {
     let state = s(ev, "state");
     let mut line = format!("step {} {state}", s(ev, "step"));
@@ -174,6 +187,11 @@ impl Render for Plain {
             "job" => println!("job {} ({})", s(ev, "status"), s(ev, "mode")),
             "cost" => println!("{}", cost_table(ev)),
             "operator" => println!("operator {} by {}", s(ev, "action"), s(ev, "actor")),
+            // Installing → healthy is the common path; failures and
+            // hand-overs are worth a line each.
+            "kit" if !matches!(s(ev, "state"), "installing" | "healthy") => {
+                println!("{}", kit_line(ev))
+            }
             _ => {}
         }
     }
@@ -255,6 +273,14 @@ impl Render for Bars {
                     .to_owned();
                 if let Some(b) = self.bar(&phase) {
                     b.set_message(msg);
+                }
+            }
+            "kit" => {
+                if let Some(b) = self.bar(&phase) {
+                    b.set_message(kit_line(ev));
+                }
+                if !matches!(s(ev, "state"), "installing" | "healthy") {
+                    self.println(&kit_line(ev));
                 }
             }
             "cost" => self.println(&cost_table(ev)),

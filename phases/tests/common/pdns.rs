@@ -1,0 +1,96 @@
+//! A real PowerDNS Authoritative server for tests: its own directory,
+//! SQLite database (the packaged gsqlite3 schema), API key, and loopback
+//! ports for the API/webserver and DNS.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PDNS: &str = "/usr/sbin/pdns_server";
+const SCHEMA: &str = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql";
+
+pub struct Pdns {
+    pub dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub dns_port: u16,
+    pub api_key: String,
+    child: Option<Child>,
+}
+
+impl Pdns {
+    /// Whether PowerDNS and its SQLite backend are installed here.
+    pub fn available() -> bool {
+        std::path::Path::new(PDNS).exists() && std::path::Path::new(SCHEMA).exists()
+    }
+
+    /// Prepares the server without starting it.
+    pub fn prepare() -> Pdns {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("pdns.sqlite3");
+        let out = Command::new("sqlite3")
+            .arg(&db)
+            .stdin(std::fs::File::open(SCHEMA).unwrap())
+            .output()
+            .expect("sqlite3");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let api_port = super::sshd::free_port();
+        let dns_port = super::sshd::free_port();
+        let api_key = hex::encode(rand::random::<[u8; 16]>());
+        let conf = format!(
+            "launch=gsqlite3\ngsqlite3-database={db}\napi=yes\napi-key={api_key}\nwebserver=yes\nwebserver-address=127.0.0.1\nwebserver-port={api_port}\nwebserver-allow-from=127.0.0.0/8\nlocal-address=127.0.0.1\nlocal-port={dns_port}\nsocket-dir={dir}\nguardian=no\ndaemon=no\ndefault-soa-content=ns1.@ hostmaster.@ 0 10800 3600 604800 3600\n",
+            db = db.display(),
+            dir = dir.path().display(),
+        );
+        std::fs::write(dir.path().join("pdns.conf"), conf).unwrap();
+        Pdns { dir, api_port, dns_port, api_key, child: None }
+    }
+
+    /// Starts it and waits (bounded) until its API answers with the key.
+    pub async fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("pdns.log")).unwrap();
+        let child = Command::new(PDNS)
+            .arg(format!("--config-dir={}", self.dir.path().display()))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("pdns_server");
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            let r = http
+                .get(format!("{}/api/v1/servers", self.url()))
+                .header("X-API-Key", &self.api_key)
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "PowerDNS did not come up: {}",
+                std::fs::read_to_string(self.log()).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The webserver's base URL (the API is under `/api/v1`).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("pdns.log")
+    }
+}
+
+impl Drop for Pdns {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
