@@ -321,31 +321,7 @@ async fn child_driver() {
         Arc::new(registry_for()),
         Arc::new(backend_for(&dir, Duration::from_secs(60))),
     );
-    let progress = dir.join("progress.log");
-    let watcher = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            use std::io::Write;
-            let mut seen = BTreeSet::new();
-            loop {
-                for (n, st) in store.node_states(job).await.unwrap_or_default() {
-                    if matches!(st, cz_state::NodeState::Running { .. }) && seen.insert(n.clone()) {
-                        let mut f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(&progress)
-                            .unwrap();
-                        writeln!(f, "{n}").unwrap();
-                        f.sync_all().unwrap();
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    let outcome = engine.drive(job, CancellationToken::new()).await.unwrap();
-    watcher.abort();
-    std::fs::write(dir.join("done"), format!("{outcome:?}")).unwrap();
+    common::kill9::drive_logging_steps(&engine, &store, job, &dir).await;
 }
 
 /// The process driving the kit is killed with SIGKILL once inside every
@@ -368,38 +344,9 @@ async fn kill9_of_the_driver_inside_every_step_resumes_to_the_same_cluster() {
     let r = rig_in(&dir, &fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
     let job = r.job;
     drop(r);
-    let mut killed = BTreeSet::new();
-    let mut starts = 0;
-    'outer: loop {
-        starts += 1;
-        assert!(starts < 200, "no progress after {starts} starts");
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["child_driver", "--exact", "--nocapture", "--test-threads", "1"])
-            .env("CZ_KIT_DIR", &dir)
-            .env("CZ_KIT_JOB", job.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        loop {
-            if dir.join("done").exists() {
-                let _ = child.wait();
-                break 'outer;
-            }
-            let progress = std::fs::read_to_string(dir.join("progress.log")).unwrap_or_default();
-            if let Some(step) = progress.lines().find(|l| !killed.contains(*l)) {
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                killed.insert(step.to_owned());
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("the driver exited {status} without finishing");
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-    let outcome = std::fs::read_to_string(dir.join("done")).unwrap();
+    let env = [("CZ_KIT_DIR", dir.display().to_string()), ("CZ_KIT_JOB", job.to_string())];
+    let (killed, starts, outcome) =
+        common::kill9::kill_inside_every_step("child_driver", &env, &dir).await;
     assert_eq!(outcome, "Stopped(Succeeded)");
     let steps = kit::phase(&comps, "fsn1", false).nodes.len();
     assert!(

@@ -111,7 +111,7 @@ type Event = (Kind, Value, &'static str);
 
 /// How many events a watch can resume across (older: 410 Gone, as an API
 /// server whose etcd compacted them says).
-const HISTORY: usize = 50_000;
+const HISTORY: usize = 4_096;
 
 /// Records `ev` for resuming watches and sends it to live ones; under the
 /// state lock, so the event order is the resourceVersion order.

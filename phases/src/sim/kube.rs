@@ -438,7 +438,12 @@ impl SimKube {
             && matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet")
         {
             let replicas = obj.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1);
-            let ready = if now >= since(if kind == "StatefulSet" { 8_000 } else { 5_000 }) {
+            // A chart's workload annotated not-ready (OpenBao, sealed) runs
+            // but never becomes ready, as in the fake API server.
+            let never =
+                obj.pointer("/metadata/annotations/sim.catalyst-zero.io~1not-ready").is_some();
+            let ready = if !never && now >= since(if kind == "StatefulSet" { 8_000 } else { 5_000 })
+            {
                 replicas
             } else {
                 0

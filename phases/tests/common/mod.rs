@@ -1,2 +1,3 @@
+pub mod kill9;
 pub mod pdns;
 pub mod sshd;
