@@ -18,6 +18,7 @@ pub mod error;
 pub mod exec;
 pub mod hcloud;
 pub mod k8s;
+pub mod pdns;
 pub mod phases;
 pub mod plan;
 pub mod request;

@@ -1,0 +1,316 @@
+//! [`PowerDns`]: the real [`DnsApi`], PowerDNS Authoritative's HTTP API
+//! (`/api/v1/servers/{id}`) over reqwest, and DNS queries over UDP (TCP on
+//! truncation) to the same server with hickory.
+//!
+//! - Zone ids in URLs are the zone name with its trailing dot, other
+//!   characters than `A-Za-z0-9.-` written `=XX` (PowerDNS's encoding).
+//! - Errors carry PowerDNS's own `error` text and are classified by
+//!   status: 401/403 unauthorized (a wrong key is an operator's fix), 404
+//!   not found, 409 conflict, 400/422 invalid (a record the server
+//!   refuses), 429 rate limited, 5xx unavailable; no answer is `Network`.
+//!   The API key never appears in a message.
+//! - Idempotent by contract: creating an existing zone, deleting an absent
+//!   zone or RRset succeed.
+//! - Queries go to the authoritative server itself, without a cache, so a
+//!   verification reads what the server serves now; no records (NXDOMAIN
+//!   or NODATA) is an empty answer, not an error; REFUSED (a name the
+//!   server does not serve) is `NotFound`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cz_state::SecretString;
+use hickory_resolver::Resolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RecordType;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::adapters::{AdapterResult, DnsApi, Rrset};
+use crate::error::{Cause, StepError, System};
+
+fn err(op: &str, cause: Cause, message: impl Into<String>) -> StepError {
+    StepError::adapter(System::Dns, op, cause, message)
+}
+
+/// How a PowerDNS answer's status is classified.
+pub fn cause_of(status: StatusCode) -> Cause {
+    match status.as_u16() {
+        401 | 403 => Cause::Unauthorized,
+        404 => Cause::NotFound,
+        409 => Cause::Conflict,
+        400 | 422 => Cause::Invalid,
+        429 => Cause::RateLimited,
+        _ => Cause::Unavailable,
+    }
+}
+
+/// A zone name as PowerDNS writes it in URLs (bodies carry names as they
+/// are).
+pub fn zone_id(zone: &str) -> String {
+    absolute(zone)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c.to_string()
+            } else {
+                let mut b = [0; 4];
+                c.encode_utf8(&mut b).bytes().map(|x| format!("={x:02X}")).collect()
+            }
+        })
+        .collect()
+}
+
+/// The PowerDNS Authoritative adapter.
+pub struct PowerDns {
+    http: reqwest::Client,
+    /// `{api_url}/api/v1/servers/{server_id}`.
+    base: String,
+    key: SecretString,
+    resolver: Resolver<TokioRuntimeProvider>,
+}
+
+impl std::fmt::Debug for PowerDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PowerDns").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+impl PowerDns {
+    /// `api_url`: the webserver (`http://127.0.0.1:8081`); `dns`: where the
+    /// same server answers DNS.
+    pub fn new(
+        api_url: &str,
+        server_id: &str,
+        key: SecretString,
+        dns: SocketAddr,
+        timeout: Duration,
+    ) -> AdapterResult<PowerDns> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| err("client", Cause::Invalid, e.to_string()))?;
+        let conn = |protocol| {
+            let mut c = ConnectionConfig::new(protocol);
+            c.port = dns.port();
+            c
+        };
+        let ns = NameServerConfig::new(
+            dns.ip(),
+            true,
+            vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)],
+        );
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        opts.timeout = timeout.min(Duration::from_secs(5));
+        opts.attempts = 2;
+        opts.recursion_desired = false;
+        let resolver = Resolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], vec![ns]),
+            TokioRuntimeProvider::default(),
+        )
+        .with_options(opts)
+        .build()
+        .map_err(|e| err("resolver", Cause::Invalid, e.to_string()))?;
+        Ok(PowerDns {
+            http,
+            base: format!("{}/api/v1/servers/{server_id}", api_url.trim_end_matches('/')),
+            key,
+            resolver,
+        })
+    }
+
+    /// One API call: the status and the JSON body (`Null` when empty).
+    async fn call(
+        &self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> AdapterResult<(StatusCode, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("X-API-Key", self.key.expose());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            err(
+                op,
+                Cause::Network,
+                format!("PowerDNS API did not answer: {}", crate::error::chain(&e)),
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok((
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else if v.is_null() {
+                json!(text)
+            } else {
+                v
+            },
+        ))
+    }
+
+    /// The call, with any status outside `ok` an error naming what
+    /// PowerDNS said.
+    async fn expect(
+        &self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        ok: &[u16],
+    ) -> AdapterResult<(StatusCode, Value)> {
+        let (status, v) = self.call(op, method, path, body).await?;
+        if ok.contains(&status.as_u16()) {
+            return Ok((status, v));
+        }
+        let said = match (&v["error"], &v["errors"]) {
+            (Value::String(e), Value::Array(more)) if !more.is_empty() => {
+                let more: Vec<&str> = more.iter().filter_map(Value::as_str).collect();
+                format!("{e} ({})", more.join("; "))
+            }
+            (Value::String(e), _) => e.clone(),
+            _ => v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()),
+        };
+        Err(err(op, cause_of(status), format!("PowerDNS answered {}: {said}", status.as_u16())))
+    }
+}
+
+/// A name as RRset bodies carry it: absolute, as given (`*` included).
+fn absolute(name: &str) -> String {
+    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+}
+
+fn rtype_of(rtype: &str) -> AdapterResult<RecordType> {
+    rtype
+        .trim()
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| err("query", Cause::Invalid, format!("unknown record type `{rtype}`")))
+}
+
+#[async_trait]
+impl DnsApi for PowerDns {
+    async fn zone_exists(&self, zone: &str) -> AdapterResult<bool> {
+        let path = format!("/zones/{}?rrsets=false", zone_id(zone));
+        let (status, _) = self.expect("get zone", Method::GET, &path, None, &[200, 404]).await?;
+        Ok(status == StatusCode::OK)
+    }
+
+    async fn create_zone(&self, zone: &str, nameservers: &[String]) -> AdapterResult<()> {
+        let body = json!({ "name": absolute(zone), "kind": "Native", "nameservers": nameservers,
+                           "soa_edit_api": "DEFAULT" });
+        let (status, _) = self
+            .expect("create zone", Method::POST, "/zones?rrsets=false", Some(body), &[201, 409])
+            .await?;
+        // 409: it exists already, from an earlier attempt of this step.
+        if status == StatusCode::CONFLICT && !self.zone_exists(zone).await? {
+            return Err(err("create zone", Cause::Conflict, format!("{zone} conflicts")));
+        }
+        Ok(())
+    }
+
+    async fn delete_zone(&self, zone: &str) -> AdapterResult<()> {
+        let path = format!("/zones/{}", zone_id(zone));
+        self.expect("delete zone", Method::DELETE, &path, None, &[204, 404]).await?;
+        Ok(())
+    }
+
+    async fn replace_rrsets(&self, zone: &str, rrsets: &[Rrset]) -> AdapterResult<()> {
+        let rrsets: Vec<Value> = rrsets
+            .iter()
+            .map(|r| {
+                let records: Vec<Value> =
+                    r.records.iter().map(|c| json!({ "content": c, "disabled": false })).collect();
+                json!({ "name": absolute(&r.name), "type": r.rtype, "ttl": r.ttl,
+                        "changetype": "REPLACE", "records": records })
+            })
+            .collect();
+        let path = format!("/zones/{}", zone_id(zone));
+        let body = json!({ "rrsets": rrsets });
+        self.expect("replace rrsets", Method::PATCH, &path, Some(body), &[204]).await?;
+        Ok(())
+    }
+
+    async fn delete_rrsets(&self, zone: &str, names: &[(String, String)]) -> AdapterResult<()> {
+        let rrsets: Vec<Value> = names
+            .iter()
+            .map(|(n, t)| json!({ "name": absolute(n), "type": t, "changetype": "DELETE" }))
+            .collect();
+        let path = format!("/zones/{}", zone_id(zone));
+        let body = json!({ "rrsets": rrsets });
+        // The zone itself gone: nothing of it is left to delete.
+        self.expect("delete rrsets", Method::PATCH, &path, Some(body), &[204, 404]).await?;
+        Ok(())
+    }
+
+    async fn query(&self, name: &str, rtype: &str) -> AdapterResult<Vec<String>> {
+        let t = rtype_of(rtype)?;
+        let fqdn = absolute(name);
+        match self.resolver.lookup(fqdn.as_str(), t).await {
+            Ok(lookup) => {
+                let mut out: Vec<String> = lookup
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == t)
+                    .map(|r| r.data.to_string())
+                    .collect();
+                out.sort();
+                Ok(out)
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            // The server does not serve that name at all: a fact, not a
+            // hiccup (a zone missing, or asked of the wrong server).
+            Err(NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused))) => Err(err(
+                &format!("query {fqdn} {rtype}"),
+                Cause::NotFound,
+                format!("the server refused the query: it is not authoritative for {fqdn}"),
+            )),
+            Err(e) => Err(err(
+                &format!("query {fqdn} {rtype}"),
+                Cause::Unavailable,
+                format!("the authoritative server did not answer: {e}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_ids_are_encoded_as_powerdns_does() {
+        assert_eq!(zone_id("acme.omani.works"), "acme.omani.works.");
+        assert_eq!(zone_id("acme.omani.works."), "acme.omani.works.");
+        assert_eq!(zone_id("0/24.10.in-addr.arpa."), "0=2F24.10.in-addr.arpa.");
+        assert_eq!(zone_id("a_b.example."), "a=5Fb.example.");
+    }
+
+    #[test]
+    fn statuses_decide_the_class() {
+        use crate::error::ErrorClass::*;
+        let class = |s: u16| {
+            StepError::adapter(System::Dns, "x", cause_of(StatusCode::from_u16(s).unwrap()), "")
+                .class()
+        };
+        assert_eq!(class(401), NeedsOperator);
+        assert_eq!(class(422), Terminal);
+        assert_eq!(class(409), NeedsOperator);
+        assert_eq!(class(503), Transient);
+        assert_eq!(class(429), Transient);
+    }
+}

@@ -1,0 +1,135 @@
+//! The PowerDNS adapter against a real `pdns_server` (4.7, gsqlite3) on
+//! loopback: zones and RRsets through the HTTP API, every change checked
+//! by DNS queries to the same server, idempotent creates and deletes, and
+//! errors classified (a wrong key, a record the server refuses, a server
+//! that is down).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::pdns::Pdns;
+use cz_phases::adapters::{DnsApi, Rrset};
+use cz_phases::pdns::PowerDns;
+use cz_phases::{Cause, ErrorClass, StepError};
+use cz_state::SecretString;
+
+fn client(p: &Pdns, key: &str) -> PowerDns {
+    let dns: SocketAddr = format!("127.0.0.1:{}", p.dns_port).parse().unwrap();
+    PowerDns::new(
+        &p.url(),
+        "localhost",
+        SecretString::new(key.to_owned()),
+        dns,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+}
+
+async fn running() -> Pdns {
+    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
+    let mut p = Pdns::prepare();
+    p.start().await;
+    p
+}
+
+fn ns() -> Vec<String> {
+    vec!["ns1.openova.io.".into(), "ns2.openova.io.".into()]
+}
+
+fn a(name: &str, ip: &str) -> Rrset {
+    Rrset { name: name.into(), rtype: "A".into(), ttl: 300, records: vec![ip.into()] }
+}
+
+#[tokio::test]
+async fn zones_rrsets_and_dns_answers_against_a_real_powerdns() {
+    let p = running().await;
+    let d = client(&p, &p.api_key);
+    assert!(!d.zone_exists("acme.omani.works.").await.unwrap());
+    d.create_zone("omani.works.", &ns()).await.unwrap();
+    d.create_zone("acme.omani.works", &ns()).await.unwrap();
+    // Again: already there is success (a retried step).
+    d.create_zone("acme.omani.works.", &ns()).await.unwrap();
+    assert!(d.zone_exists("acme.omani.works").await.unwrap());
+    assert_eq!(d.query("acme.omani.works.", "NS").await.unwrap(), ns());
+
+    // The delegation in the parent, and the records, by one PATCH each.
+    let deleg =
+        Rrset { name: "acme.omani.works.".into(), rtype: "NS".into(), ttl: 3600, records: ns() };
+    d.replace_rrsets("omani.works.", &[deleg]).await.unwrap();
+    let set: Vec<Rrset> = ["acme.omani.works.", "*.acme.omani.works.", "console.acme.omani.works."]
+        .iter()
+        .map(|n| a(n, "203.0.113.10"))
+        .collect();
+    d.replace_rrsets("acme.omani.works.", &set).await.unwrap();
+    for name in ["acme.omani.works", "console.acme.omani.works.", "anything.acme.omani.works."] {
+        assert_eq!(d.query(name, "A").await.unwrap(), ["203.0.113.10"], "{name}");
+    }
+    // REPLACE really replaces, and queries see it at once (no cache).
+    d.replace_rrsets("acme.omani.works.", &[a("console.acme.omani.works.", "203.0.113.11")])
+        .await
+        .unwrap();
+    assert_eq!(d.query("console.acme.omani.works.", "A").await.unwrap(), ["203.0.113.11"]);
+    // A name that does not exist and a type it does not have: no answer.
+    assert!(d.query("acme.omani.works.", "TXT").await.unwrap().is_empty());
+    // A name the server does not serve at all: refused, as NotFound.
+    let e = d.query("nothing.example.", "A").await.unwrap_err();
+    assert!(matches!(e, StepError::Adapter { cause: Cause::NotFound, .. }), "{e}");
+
+    // Deletes, twice each.
+    let names = vec![("console.acme.omani.works.".to_owned(), "A".to_owned())];
+    d.delete_rrsets("acme.omani.works.", &names).await.unwrap();
+    d.delete_rrsets("acme.omani.works.", &names).await.unwrap();
+    // The wildcard answers for console now.
+    assert_eq!(d.query("console.acme.omani.works.", "A").await.unwrap(), ["203.0.113.10"]);
+    d.delete_zone("acme.omani.works.").await.unwrap();
+    d.delete_zone("acme.omani.works.").await.unwrap();
+    assert!(!d.zone_exists("acme.omani.works.").await.unwrap());
+    assert!(d.query("console.acme.omani.works.", "A").await.unwrap().is_empty());
+    d.delete_rrsets("acme.omani.works.", &names).await.unwrap();
+    d.delete_rrsets("omani.works.", &[("acme.omani.works.".into(), "NS".into())]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_key_needs_an_operator_and_a_refused_record_is_terminal() {
+    let p = running().await;
+    let e = client(&p, "not-the-key").create_zone("acme.omani.works.", &ns()).await.unwrap_err();
+    match &e {
+        StepError::Adapter { cause: Cause::Unauthorized, message, .. } => {
+            assert!(message.contains("401"), "{message}");
+            assert!(!message.contains(&p.api_key), "the key leaked: {message}");
+        }
+        other => panic!("expected unauthorized, got {other}"),
+    }
+    assert_eq!(e.class(), ErrorClass::NeedsOperator);
+
+    let d = client(&p, &p.api_key);
+    d.create_zone("acme.omani.works.", &ns()).await.unwrap();
+    let e = d
+        .replace_rrsets("acme.omani.works.", &[a("api.acme.omani.works.", "not-an-address")])
+        .await
+        .unwrap_err();
+    match &e {
+        StepError::Adapter { cause: Cause::Invalid, message, .. } => {
+            assert!(message.contains("422") && message.contains("not-an-address"), "{message}")
+        }
+        other => panic!("expected invalid, got {other}"),
+    }
+    assert_eq!(e.class(), ErrorClass::Terminal);
+    // A name outside the zone is refused too, and nothing was written.
+    let e = d.replace_rrsets("acme.omani.works.", &[a("elsewhere.example.", "203.0.113.1")]).await;
+    assert!(matches!(e, Err(StepError::Adapter { cause: Cause::Invalid, .. })), "{e:?}");
+    assert!(d.query("api.acme.omani.works.", "A").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_server_that_is_down_is_transient() {
+    let p = Pdns::prepare(); // never started
+    let d = client(&p, &p.api_key);
+    let e = d.zone_exists("acme.omani.works.").await.unwrap_err();
+    assert!(matches!(e, StepError::Adapter { cause: Cause::Network, .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Transient);
+    let e = d.query("acme.omani.works.", "A").await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+}
