@@ -46,6 +46,12 @@ impl Pdns {
         Pdns { dir, api_port, dns_port, api_key, child: None }
     }
 
+    /// A handle on a server another process started (a kill -9 test's
+    /// child): nothing is started or stopped.
+    pub fn attach(api_port: u16, dns_port: u16, api_key: String) -> Pdns {
+        Pdns { dir: tempfile::tempdir().unwrap(), api_port, dns_port, api_key, child: None }
+    }
+
     /// Starts it and waits (bounded) until its API answers with the key.
     pub async fn start(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("pdns.log")).unwrap();

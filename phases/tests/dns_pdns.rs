@@ -1,0 +1,337 @@
+//! The `dns-reserve` and `dns-commit` phases, and destroy's DNS phase,
+//! through the real PowerDNS adapter against a real `pdns_server` on
+//! loopback, the way an operator's pool runs: the pool zone `omani.works.`
+//! exists, each Sovereign gets a child zone and an NS delegation in it,
+//! then its records. Every result is checked by DNS queries, with the
+//! adapter and independently with `dig`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::pdns::Pdns;
+use cz_phases::adapters::{Backend, DnsApi, Rrset};
+use cz_phases::engine::{DriveOutcome, Engine, FailurePolicy, FaultPlan, JobOptions};
+use cz_phases::pdns::PowerDns;
+use cz_phases::phases::{destroy_plan, dns, preflight, provision_submission, registry};
+use cz_phases::plan::{PhaseBuilder, Plan};
+use cz_phases::request::{ProvisionRequest, sample_body};
+use cz_phases::sim::{SimConfig, sim_backend};
+use cz_phases::{ErrorClass, Step, StepCtx, StepResult};
+use cz_state::{JobId, JobStatus, SecretString, Store, StorePaths};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const LB: &str = "203.0.113.10";
+const POOL: &str = "omani.works.";
+
+/// `infra/outputs-fsn1` as the infra phase would have left it.
+struct Outputs;
+
+#[async_trait]
+impl Step for Outputs {
+    async fn run(&self, _cx: &StepCtx) -> StepResult<Value> {
+        Ok(json!({ "location": "fsn1", "servers": [], "workspace": "/nonexistent",
+                   "load_balancer": { "id": 1, "ipv4": LB } }))
+    }
+    async fn undo(&self, _cx: &StepCtx) -> StepResult<()> {
+        Ok(())
+    }
+}
+
+fn adapter(p: &Pdns) -> PowerDns {
+    let dns: SocketAddr = format!("127.0.0.1:{}", p.dns_port).parse().unwrap();
+    let key = SecretString::new(p.api_key.clone());
+    PowerDns::new(&p.url(), "localhost", key, dns, Duration::from_secs(2)).unwrap()
+}
+
+/// A running PowerDNS with the operator's pool zone.
+async fn pool() -> Pdns {
+    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
+    let mut p = Pdns::prepare();
+    p.start().await;
+    let ns: Vec<String> = dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    adapter(&p).create_zone(POOL, &ns).await.unwrap();
+    p
+}
+
+fn request(sub: &str) -> ProvisionRequest {
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let mut body = sample_body("kube", 1, 0, &"s".repeat(64), &recipient);
+    body["domain"]["subdomain"] = json!(sub);
+    serde_json::from_value(body).unwrap()
+}
+
+fn backend_for(dir: &Path, p: &Pdns) -> Backend {
+    let mut b = sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant());
+    b.dns = Arc::new(adapter(p));
+    b.poll = Duration::from_millis(20);
+    b
+}
+
+fn registry_for() -> cz_phases::Registry {
+    let mut reg = registry();
+    reg.register("test.outputs", Outputs);
+    reg
+}
+
+fn plan(req: &ProvisionRequest) -> Plan {
+    let mut infra = PhaseBuilder::new("infra");
+    infra.step("outputs-fsn1", "test.outputs", &[], Value::Null);
+    Plan {
+        phases: vec![dns::reserve_phase(), infra.build(), dns::commit_phase(&req.regions, None)],
+    }
+}
+
+struct Rig {
+    store: Store,
+    engine: Engine,
+    job: JobId,
+    fqdn: String,
+}
+
+async fn rig_in(
+    dir: &Path,
+    p: &Pdns,
+    req: &ProvisionRequest,
+    plan: Plan,
+    options: JobOptions,
+) -> Rig {
+    rig_with(dir, p, req, plan, options, None).await
+}
+
+/// `request`: the job's stored request instead of the provision request
+/// (a destroy job's `sovereign` block).
+async fn rig_with(
+    dir: &Path,
+    p: &Pdns,
+    req: &ProvisionRequest,
+    plan: Plan,
+    options: JobOptions,
+    request: Option<Value>,
+) -> Rig {
+    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
+    let (_, job, mut sub) = provision_submission(req, &options, "test");
+    sub.plan = serde_json::to_value(&plan).unwrap();
+    if let Some(r) = request {
+        sub.request = r;
+    }
+    store.submit(sub).await.unwrap();
+    let engine =
+        Engine::new(store.clone(), Arc::new(registry_for()), Arc::new(backend_for(dir, p)));
+    Rig { store, engine, job, fqdn: req.fqdn() }
+}
+
+async fn drive(r: &Rig) -> JobStatus {
+    let fut = r.engine.drive(r.job, CancellationToken::new());
+    match tokio::time::timeout(Duration::from_secs(120), fut).await.expect("bounded").unwrap() {
+        DriveOutcome::Stopped(s) => s,
+        DriveOutcome::Interrupted => panic!("interrupted"),
+    }
+}
+
+async fn why(r: &Rig) -> String {
+    let j = r.store.get_job(r.job).await.unwrap().unwrap();
+    j.pause.or(j.error).map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// `dig +short` against the server: an answer independent of our code.
+fn dig(p: &Pdns, name: &str, rtype: &str) -> Vec<String> {
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &p.dns_port.to_string(), "+short", "+norecurse", name, rtype])
+        .output()
+        .expect("dig (dnsutils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut v: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+/// The delegation of `fqdn` as the pool zone holds it (an NS query for
+/// the child is answered from the child zone itself, so the parent's side
+/// is read through the API).
+async fn delegation(p: &Pdns, fqdn: &str) -> Vec<String> {
+    let url = format!("{}/api/v1/servers/localhost/zones/{POOL}", p.url());
+    let z: Value = reqwest::Client::new()
+        .get(url)
+        .header("X-API-Key", &p.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ns: Vec<String> = z["rrsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == format!("{fqdn}.") && r["type"] == "NS")
+        .flat_map(|r| r["records"].as_array().unwrap().iter())
+        .map(|r| r["content"].as_str().unwrap().to_owned())
+        .collect();
+    ns.sort();
+    ns
+}
+
+fn nameservers() -> Vec<String> {
+    let mut v: Vec<String> = dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+async fn assert_served(p: &Pdns, fqdn: &str) {
+    assert_eq!(delegation(p, fqdn).await, nameservers());
+    assert_eq!(dig(p, fqdn, "NS"), nameservers());
+    for n in ["", "console.", "api.", "gitea.", "harbor.", "anything-else."] {
+        assert_eq!(dig(p, &format!("{n}{fqdn}"), "A"), [LB], "{n}{fqdn}");
+    }
+}
+
+async fn assert_gone(p: &Pdns, fqdn: &str) {
+    assert!(!adapter(p).zone_exists(fqdn).await.unwrap());
+    assert!(delegation(p, fqdn).await.is_empty());
+    assert!(dig(p, &format!("console.{fqdn}"), "A").is_empty());
+}
+
+/// A destroy job's DNS phase, with the request a destroy job stores (the
+/// Sovereign's block).
+async fn destroy_dns(dir: &Path, p: &Pdns, req: &ProvisionRequest) -> Rig {
+    let plan = destroy_plan(&["fsn1".to_owned()]);
+    let dns_only = plan.phases.into_iter().filter(|ph| ph.id == "dns").collect();
+    let request = json!({ "sovereign": { "fqdn": req.fqdn(), "pool_domain": "omani.works" },
+                          "regions": [{ "location": "fsn1" }] });
+    rig_with(dir, p, req, Plan { phases: dns_only }, JobOptions::default(), Some(request)).await
+}
+
+#[tokio::test]
+async fn reserve_commit_verify_by_dns_then_destroy_leaves_nothing() {
+    let p = pool().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let req = request("acme");
+    let r = rig_in(tmp.path(), &p, &req, plan(&req), JobOptions::default()).await;
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", why(&r).await);
+    assert_served(&p, &r.fqdn).await;
+
+    // A second Sovereign with the same name is refused before any write.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let pre = Plan { phases: vec![preflight::phase(&req.regions, true)] };
+    let again = rig_in(tmp2.path(), &p, &req, pre, JobOptions::default()).await;
+    let status = drive(&again).await;
+    assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+    let w = why(&again).await;
+    assert!(w.contains("preflight/names-free") && w.contains("already exists"), "{w}");
+
+    // Destroy's DNS phase: delegation, then zone; twice is the same.
+    let tmp3 = tempfile::tempdir().unwrap();
+    let d = destroy_dns(tmp3.path(), &p, &req).await;
+    assert_eq!(drive(&d).await, JobStatus::Succeeded, "{}", why(&d).await);
+    assert_gone(&p, &r.fqdn).await;
+    let tmp4 = tempfile::tempdir().unwrap();
+    let d2 = destroy_dns(tmp4.path(), &p, &req).await;
+    assert_eq!(drive(&d2).await, JobStatus::Succeeded, "{}", why(&d2).await);
+    // The pool zone itself is untouched.
+    assert!(adapter(&p).zone_exists(POOL).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_failure_after_commit_unwinds_records_delegation_and_zone() {
+    let p = pool().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let req = request("unwind");
+    let faults = FaultPlan {
+        fail: [("dns-commit/propagation".to_owned(), ErrorClass::Terminal)].into(),
+        ..FaultPlan::default()
+    };
+    let options =
+        JobOptions { faults, on_failure: FailurePolicy::Rollback, ..JobOptions::default() };
+    let r = rig_in(tmp.path(), &p, &req, plan(&req), options).await;
+    assert_eq!(drive(&r).await, JobStatus::Failed, "{}", why(&r).await);
+    assert_gone(&p, &r.fqdn).await;
+}
+
+#[tokio::test]
+async fn every_step_twice_serves_the_same_zone() {
+    let p = pool().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let req = request("twice");
+    let repeat: BTreeSet<String> =
+        plan(&req).phases.iter().flat_map(|ph| ph.nodes.iter().map(|n| n.id.clone())).collect();
+    let options = JobOptions {
+        faults: FaultPlan { repeat, ..FaultPlan::default() },
+        ..JobOptions::default()
+    };
+    let r = rig_in(tmp.path(), &p, &req, plan(&req), options).await;
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", why(&r).await);
+    assert_served(&p, &r.fqdn).await;
+}
+
+/// The child half of the kill -9 test.
+#[tokio::test]
+async fn child_driver() {
+    let Ok(dir) = std::env::var("CZ_DNS_DIR") else { return };
+    let dir = PathBuf::from(dir);
+    let job: JobId = std::env::var("CZ_DNS_JOB").unwrap().parse().unwrap();
+    let p = Pdns::attach(
+        std::env::var("CZ_DNS_API").unwrap().parse().unwrap(),
+        std::env::var("CZ_DNS_PORT").unwrap().parse().unwrap(),
+        std::env::var("CZ_DNS_KEY").unwrap(),
+    );
+    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
+    let engine =
+        Engine::new(store.clone(), Arc::new(registry_for()), Arc::new(backend_for(&dir, &p)));
+    common::kill9::drive_logging_steps(&engine, &store, job, &dir).await;
+}
+
+/// SIGKILL of the driving process inside every step, between zone and
+/// delegation included: fresh processes resume from the store and the
+/// Sovereign ends served exactly once.
+#[tokio::test]
+async fn kill9_inside_every_step_between_zone_and_delegation_included() {
+    if std::env::var("CZ_DNS_DIR").is_ok() {
+        return;
+    }
+    let p = pool().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let req = request("killed");
+    let r = rig_in(&dir, &p, &req, plan(&req), JobOptions::default()).await;
+    let (job, fqdn) = (r.job, r.fqdn.clone());
+    drop(r);
+    let env = [
+        ("CZ_DNS_DIR", dir.display().to_string()),
+        ("CZ_DNS_JOB", job.to_string()),
+        ("CZ_DNS_API", p.api_port.to_string()),
+        ("CZ_DNS_PORT", p.dns_port.to_string()),
+        ("CZ_DNS_KEY", p.api_key.clone()),
+    ];
+    let (killed, starts, outcome) =
+        common::kill9::kill_inside_every_step("child_driver", &env, &dir).await;
+    assert_eq!(outcome, "Stopped(Succeeded)");
+    assert!(killed.contains("dns-reserve/zone"), "{killed:?}");
+    assert!(killed.contains("dns-reserve/delegation"), "{killed:?}");
+    assert_served(&p, &fqdn).await;
+    eprintln!("kill -9 inside {} steps, {starts} driver processes", killed.len());
+}
+
+#[tokio::test]
+async fn records_are_replaced_in_one_patch_and_a_changed_address_is_served() {
+    let p = pool().await;
+    let d = adapter(&p);
+    let ns: Vec<String> = dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    d.create_zone("moved.omani.works.", &ns).await.unwrap();
+    let rr = |ip: &str| Rrset {
+        name: "moved.omani.works.".into(),
+        rtype: "A".into(),
+        ttl: 300,
+        records: vec![ip.into()],
+    };
+    d.replace_rrsets("moved.omani.works.", &[rr("203.0.113.1")]).await.unwrap();
+    d.replace_rrsets("moved.omani.works.", &[rr("203.0.113.2")]).await.unwrap();
+    assert_eq!(dig(&p, "moved.omani.works", "A"), ["203.0.113.2"]);
+}
