@@ -27,6 +27,7 @@ pub const ENV_LISTEN: &str = "CATALYST_ZERO_LISTEN";
 pub const ENV_SIM_LATENCY: &str = "CATALYST_ZERO_SIM_LATENCY";
 pub const ENV_HETZNER_API_URL: &str = "CATALYST_ZERO_HETZNER_API_URL";
 pub const ENV_TOFU_BINARY: &str = "CATALYST_ZERO_TOFU_BINARY";
+pub const ENV_POWERDNS_API_KEY: &str = "CATALYST_ZERO_POWERDNS_API_KEY";
 
 /// The file `serve` writes a generated operator token to.
 pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
@@ -244,6 +245,69 @@ impl Default for HetznerConfig {
     }
 }
 
+/// The PowerDNS Authoritative server that holds the pool zones and the
+/// Sovereigns' zones. When set, both backends use it (the real adapter);
+/// when absent, the `sim` backend's DNS stands in.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerDnsConfig {
+    /// The webserver's base URL, e.g. `http://127.0.0.1:8081`.
+    pub api_url: String,
+    #[serde(default = "default_server_id")]
+    pub server_id: String,
+    /// Where the same server answers DNS (verification queries).
+    pub dns_address: SocketAddr,
+    /// Bound of one API call or DNS query.
+    #[serde(default = "default_pdns_timeout")]
+    pub timeout_secs: u64,
+    /// The API key. Prefer `CATALYST_ZERO_POWERDNS_API_KEY`: a key in the
+    /// file is readable by whoever reads the file.
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+fn default_server_id() -> String {
+    "localhost".into()
+}
+
+fn default_pdns_timeout() -> u64 {
+    10
+}
+
+impl fmt::Debug for PowerDnsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PowerDnsConfig")
+            .field("api_url", &self.api_url)
+            .field("server_id", &self.server_id)
+            .field("dns_address", &self.dns_address)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl PowerDnsConfig {
+    fn validate(&self) -> Result<(), LoadError> {
+        let bad = |m: String| Err(LoadError::Invalid(m));
+        match reqwest::Url::parse(&self.api_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => return bad(format!("powerdns.api_url `{}` is not an http(s) URL", self.api_url)),
+        }
+        if self.server_id.is_empty() {
+            return bad("powerdns.server_id is empty (PowerDNS's is `localhost`)".into());
+        }
+        if self.timeout_secs == 0 {
+            return bad("powerdns.timeout_secs must be at least 1".into());
+        }
+        if self.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+            return bad(format!(
+                "powerdns: no API key; set {ENV_POWERDNS_API_KEY} (or powerdns.api_key)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Bearer tokens of the two API scopes.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -276,6 +340,7 @@ pub struct Config {
     /// Latency and failure injection of the `sim` backend.
     pub sim: SimConfig,
     pub hetzner: HetznerConfig,
+    pub powerdns: Option<PowerDnsConfig>,
     /// Seconds between SSE heartbeat comments.
     pub heartbeat_secs: u64,
     /// Transient-retry bounds applied to every submitted job.
@@ -291,6 +356,7 @@ impl Default for Config {
             backend: BackendKind::Sim,
             sim: SimConfig::default(),
             hetzner: HetznerConfig::default(),
+            powerdns: None,
             heartbeat_secs: 15,
             retry: RetryPolicy::default(),
             tokens: Tokens::default(),
@@ -357,6 +423,17 @@ impl Config {
         if let Some(b) = non_empty(ENV_TOFU_BINARY) {
             self.hetzner.tofu_binary = PathBuf::from(b.trim());
         }
+        if let Some(k) = non_empty(ENV_POWERDNS_API_KEY) {
+            match self.powerdns.as_mut() {
+                Some(p) => p.api_key = Some(k.trim().to_owned()),
+                None => {
+                    return Err(LoadError::Env {
+                        var: ENV_POWERDNS_API_KEY,
+                        message: "set, but the config has no [powerdns] section".into(),
+                    });
+                }
+            }
+        }
         if let Some(f) = non_empty(ENV_SIM_LATENCY) {
             self.sim.latency_factor =
                 f.trim().parse().map_err(|e: std::num::ParseFloatError| LoadError::Env {
@@ -371,6 +448,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), LoadError> {
         if self.backend == BackendKind::Hetzner {
             self.hetzner.validate()?;
+        }
+        if let Some(p) = &self.powerdns {
+            p.validate()?;
         }
         if !(self.sim.latency_factor.is_finite() && self.sim.latency_factor >= 0.0) {
             return Err(LoadError::Invalid(format!(
@@ -454,6 +534,29 @@ mod tests {
         assert!(matches!(err, Err(LoadError::Env { var: ENV_SIM_LATENCY, .. })));
     }
 
+    #[test]
+    fn powerdns_needs_a_key_from_the_environment_and_never_shows_it() {
+        let text =
+            "[powerdns]\napi_url = \"http://127.0.0.1:8081\"\ndns_address = \"127.0.0.1:5353\"\n";
+        let mut c = Config::from_toml(text).unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains(ENV_POWERDNS_API_KEY), "{err}");
+        c.apply_env(&|k| (k == ENV_POWERDNS_API_KEY).then(|| "pdns-secret-key".to_string()))
+            .unwrap();
+        c.validate().unwrap();
+        let p = c.powerdns.as_ref().unwrap();
+        assert_eq!((p.server_id.as_str(), p.timeout_secs), ("localhost", 10));
+        assert!(!format!("{c:?}").contains("pdns-secret-key"));
+        // A key with nowhere to go is an error, not silently dropped.
+        let mut c = Config::default();
+        let err = c.apply_env(&|k| (k == ENV_POWERDNS_API_KEY).then(|| "k".to_string()));
+        assert!(matches!(err, Err(LoadError::Env { var: ENV_POWERDNS_API_KEY, .. })));
+        let bad = Config::from_toml(&text.replace("http://127.0.0.1:8081", "ftp://x")).unwrap();
+        let mut bad = bad;
+        bad.powerdns.as_mut().unwrap().api_key = Some("k".into());
+        assert!(bad.validate().unwrap_err().to_string().contains("powerdns.api_url"));
+    }
+
     /// The shipped example configs parse (their paths are the operator's to
     /// create, so they are not validated here).
     #[test]
@@ -462,6 +565,8 @@ mod tests {
         let c = Config::from_file(&Path::new(ex).join("hetzner.toml")).unwrap();
         assert_eq!((c.backend, c.hetzner.module), (BackendKind::Hetzner, ModuleKind::Hcloud));
         assert!(c.hetzner.artifacts_dir.is_some() && c.hetzner.k3s_download.is_none());
+        let p = c.powerdns.as_ref().expect("[powerdns]");
+        assert_eq!((p.server_id.as_str(), p.api_key.as_deref()), ("localhost", None));
         let c = Config::from_file(&Path::new(ex).join("hetzner-offline.toml")).unwrap();
         assert_eq!(c.hetzner.module, ModuleKind::Offline);
         let mut c = c;

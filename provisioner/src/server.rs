@@ -31,13 +31,38 @@ pub const SIM_POOL_ZONES: &[&str] = &["omani.works.", "openova.io."];
 /// Sovereign's delegation is written into its parent zone, which on real
 /// infrastructure exists before any Sovereign does.
 pub async fn ensure_sim_pool_zones(backend: &Backend) -> anyhow::Result<()> {
+    ensure_pool_zones(backend, false).await
+}
+
+/// The real PowerDNS adapter when `[powerdns]` is configured.
+fn powerdns(config: &Config) -> anyhow::Result<Option<Arc<dyn cz_phases::adapters::DnsApi>>> {
+    let Some(p) = &config.powerdns else { return Ok(None) };
+    let key = cz_state::SecretString::new(p.api_key.clone().unwrap_or_default());
+    let timeout = std::time::Duration::from_secs(p.timeout_secs);
+    let d = cz_phases::pdns::PowerDns::new(&p.api_url, &p.server_id, key, p.dns_address, timeout)
+        .map_err(|e| anyhow::anyhow!("powerdns: {e}"))?;
+    Ok(Some(Arc::new(d)))
+}
+
+/// With a real PowerDNS: the pool zones exist (created if missing, as the
+/// pool's operator would have), and the API answers with this key, or the
+/// daemon does not start rather than fail every job at `dns-reserve`.
+async fn ensure_pool_zones(backend: &Backend, real: bool) -> anyhow::Result<()> {
     let ns: Vec<String> = NAMESERVERS.iter().map(|s| s.to_string()).collect();
     for zone in SIM_POOL_ZONES {
-        backend
-            .dns
-            .create_zone(zone, &ns)
-            .await
-            .with_context(|| format!("cannot create the sim pool zone {zone}"))?;
+        let exists = backend.dns.zone_exists(zone).await.map_err(|e| {
+            anyhow::anyhow!("the DNS server cannot be used (checking the pool zone {zone}): {e}")
+        })?;
+        if !exists {
+            backend
+                .dns
+                .create_zone(zone, &ns)
+                .await
+                .with_context(|| format!("cannot create the pool zone {zone}"))?;
+            if real {
+                tracing::warn!(zone, "Created the missing pool zone in PowerDNS.");
+            }
+        }
     }
     Ok(())
 }
@@ -175,7 +200,11 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         ssh: Arc::new(cz_phases::exec::SshClient::default()),
         kube: Arc::new(cz_phases::k8s::KubeClient),
         bao: Arc::new(Unbuilt::BAO),
-        dns: Arc::new(SimDns::new(world)),
+        dns: match powerdns(config)? {
+            Some(d) => d,
+            // Without a [powerdns] section, the sim's DNS stands in.
+            None => Arc::new(SimDns::new(world)),
+        },
         workspace_root: config.data_dir.join("workspaces"),
         infra,
         k3s: match (&h.artifacts_dir, &h.k3s_download) {
@@ -211,12 +240,15 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let backend = match config.backend {
         BackendKind::Sim => {
-            let b = sim_backend(
+            let mut b = sim_backend(
                 config.data_dir.join("sim"),
                 config.data_dir.join("workspaces"),
                 config.sim.clone(),
             );
-            ensure_sim_pool_zones(&b).await?;
+            if let Some(d) = powerdns(&config)? {
+                b.dns = d;
+            }
+            ensure_pool_zones(&b, config.powerdns.is_some()).await?;
             b
         }
         BackendKind::Hetzner => {
@@ -233,7 +265,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
                     .map_err(|e| anyhow::anyhow!("the cloud templates cannot be read: {e}"))?;
                 tracing::info!(%tofu, templates = %templates.display(), sha256 = %digest, "Hetzner backend ready.");
             }
-            ensure_sim_pool_zones(&b).await?;
+            ensure_pool_zones(&b, config.powerdns.is_some()).await?;
             b
         }
     };

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+pub mod pdns;
+
 pub const TOKEN: &str = "e2e-operator-token-0123456789";
 
 /// The `catalyst-zero` binary built next to this test binary. `.ci/run`
@@ -35,6 +37,8 @@ pub struct Daemon {
     pub sim_latency: f64,
     /// `serve` flags choosing the backend: `--backend sim` by default.
     pub backend_args: Vec<String>,
+    /// Extra environment of the daemon (a PowerDNS key, ...).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub starts: u32,
 }
@@ -46,6 +50,7 @@ impl Daemon {
             port: free_port(),
             sim_latency,
             backend_args: vec!["--backend".into(), "sim".into()],
+            env: Vec::new(),
             child: None,
             starts: 0,
         }
@@ -71,6 +76,7 @@ impl Daemon {
             .arg("--sim-latency")
             .arg(self.sim_latency.to_string())
             .env("CATALYST_ZERO_OPERATOR_TOKEN", TOKEN)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,6 +1,7 @@
 //! A real PowerDNS Authoritative server for tests: its own directory,
 //! SQLite database (the packaged gsqlite3 schema), API key, and loopback
-//! ports for the API/webserver and DNS.
+//! ports for the API/webserver and DNS. One file for both test crates:
+//! `cz-e2e` exports it, `cz-phases`'s tests include it by path.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -9,6 +10,10 @@ use std::time::{Duration, Instant};
 
 const PDNS: &str = "/usr/sbin/pdns_server";
 const SCHEMA: &str = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 pub struct Pdns {
     pub dir: tempfile::TempDir,
@@ -34,9 +39,9 @@ impl Pdns {
             .output()
             .expect("sqlite3");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let api_port = super::sshd::free_port();
-        let dns_port = super::sshd::free_port();
-        let api_key = hex::encode(rand::random::<[u8; 16]>());
+        let api_port = free_port();
+        let dns_port = free_port();
+        let api_key = format!("{:032x}", rand::random::<u128>());
         let conf = format!(
             "launch=gsqlite3\ngsqlite3-database={db}\napi=yes\napi-key={api_key}\nwebserver=yes\nwebserver-address=127.0.0.1\nwebserver-port={api_port}\nwebserver-allow-from=127.0.0.0/8\nlocal-address=127.0.0.1\nlocal-port={dns_port}\nsocket-dir={dir}\nguardian=no\ndaemon=no\ndefault-soa-content=ns1.@ hostmaster.@ 0 10800 3600 604800 3600\n",
             db = db.display(),

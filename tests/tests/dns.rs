@@ -1,0 +1,88 @@
+//! The daemon with a real PowerDNS: `serve --backend sim` with a
+//! `[powerdns]` section (the key from `CATALYST_ZERO_POWERDNS_API_KEY`)
+//! provisions a simulated Sovereign whose zone, delegation and records are
+//! on a real `pdns_server`, checked with `dig`; destroying the Sovereign
+//! removes them.
+
+use std::time::{Duration, Instant};
+
+use cz_e2e::pdns::Pdns;
+use cz_e2e::{Api, Daemon, files_containing, request};
+
+fn dig(p: &Pdns, name: &str, rtype: &str) -> Vec<String> {
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &p.dns_port.to_string(), "+short", "+norecurse", name, rtype])
+        .output()
+        .expect("dig (dnsutils)");
+    let mut v: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+fn wait_status(api: &Api, job: &str, want: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(d) = api.get(&format!("/v1/jobs/{job}"))
+            && let Some(s) = d["status"].as_str()
+            && want.contains(&s)
+        {
+            return s.to_owned();
+        }
+        assert!(Instant::now() < deadline, "job {job} not in {want:?} within 300 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
+    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut p = Pdns::prepare();
+    rt.block_on(p.start());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{}\"\ntimeout_secs = 5\n",
+            p.url(),
+            p.dns_port
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut d = Daemon::new(&data, 0.002);
+    d.backend_args.extend(["--config".into(), config.display().to_string()]);
+    d.env.push(("CATALYST_ZERO_POWERDNS_API_KEY".into(), p.api_key.clone()));
+    d.start().unwrap();
+    // The pool zone was made at start, on the real server.
+    assert!(!dig(&p, "omani.works", "SOA").is_empty());
+
+    let api = Api::new(d.port);
+    let (code, resp) = api.post("/v1/sovereigns", &request("pdns", 1, 0)).unwrap();
+    assert_eq!(code, 202, "{resp}");
+    let job = resp["job_id"].as_str().unwrap().to_owned();
+    let sovereign = resp["sovereign_id"].as_str().unwrap().to_owned();
+    let status = wait_status(&api, &job, &["succeeded", "failed", "paused"]);
+    assert_eq!(status, "succeeded", "{}", api.get(&format!("/v1/jobs/{job}")).unwrap());
+    let fqdn = "pdns.omani.works";
+    let lb = dig(&p, fqdn, "A");
+    assert_eq!(lb.len(), 1, "{lb:?}");
+    for n in ["console", "api", "gitea", "harbor", "anything"] {
+        assert_eq!(dig(&p, &format!("{n}.{fqdn}"), "A"), lb, "{n}");
+    }
+    assert_eq!(dig(&p, fqdn, "NS").len(), 3);
+    // The key is in no file the daemon wrote.
+    assert!(files_containing(&data, p.api_key.as_bytes()).is_empty());
+
+    let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
+    assert_eq!(code, 202, "{resp}");
+    let destroy = resp["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(wait_status(&api, &destroy, &["succeeded", "failed", "paused"]), "succeeded");
+    assert!(dig(&p, &format!("console.{fqdn}"), "A").is_empty());
+    assert!(dig(&p, fqdn, "NS").is_empty());
+    // The pool zone stays.
+    assert!(!dig(&p, "omani.works", "SOA").is_empty());
+}
