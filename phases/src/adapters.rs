@@ -429,8 +429,24 @@ pub struct Rrset {
 #[async_trait]
 pub trait DnsApi: Send + Sync {
     async fn zone_exists(&self, zone: &str) -> AdapterResult<bool>;
-    /// Creates a Native zone with these NS; an existing zone is success.
-    async fn create_zone(&self, zone: &str, nameservers: &[String]) -> AdapterResult<()>;
+    /// The zone's `account` (who made it; empty for none), `None` when the
+    /// zone does not exist.
+    async fn zone_account(&self, zone: &str) -> AdapterResult<Option<String>>;
+    /// Creates a Native zone with these NS and `account`, in one call (so a
+    /// crash cannot leave a zone without its owner); an existing zone is
+    /// success.
+    async fn create_zone(
+        &self,
+        zone: &str,
+        nameservers: &[String],
+        account: &str,
+    ) -> AdapterResult<()>;
+    /// The values of a zone metadata kind (`X-…`); empty when unset.
+    async fn zone_meta(&self, zone: &str, kind: &str) -> AdapterResult<Vec<String>>;
+    /// Replaces a zone metadata kind; no values removes it.
+    async fn set_zone_meta(&self, zone: &str, kind: &str, values: &[String]) -> AdapterResult<()>;
+    /// Every zone the server has.
+    async fn list_zones(&self) -> AdapterResult<Vec<String>>;
     async fn delete_zone(&self, zone: &str) -> AdapterResult<()>;
     /// PATCH with changetype REPLACE for each rrset.
     async fn replace_rrsets(&self, zone: &str, rrsets: &[Rrset]) -> AdapterResult<()>;
@@ -499,6 +515,8 @@ pub struct Bounds {
     pub api_endpoint: std::time::Duration,
     /// One kit component healthy by its probe (Flux retries in between).
     pub kit_component: std::time::Duration,
+    /// A DNS reservation's lease; the daemon renews it well before.
+    pub dns_lease: std::time::Duration,
 }
 
 impl Default for Bounds {
@@ -510,6 +528,7 @@ impl Default for Bounds {
             coredns: Duration::from_secs(600),
             api_endpoint: Duration::from_secs(300),
             kit_component: Duration::from_secs(900),
+            dns_lease: Duration::from_secs(600),
         }
     }
 }

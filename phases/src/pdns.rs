@@ -210,8 +210,46 @@ impl DnsApi for PowerDns {
         Ok(status == StatusCode::OK)
     }
 
-    async fn create_zone(&self, zone: &str, nameservers: &[String]) -> AdapterResult<()> {
-        let body = json!({ "name": absolute(zone), "kind": "Native", "nameservers": nameservers,
+    async fn zone_account(&self, zone: &str) -> AdapterResult<Option<String>> {
+        let path = format!("/zones/{}?rrsets=false", zone_id(zone));
+        let (status, v) = self.expect("get zone", Method::GET, &path, None, &[200, 404]).await?;
+        Ok((status == StatusCode::OK).then(|| v["account"].as_str().unwrap_or_default().to_owned()))
+    }
+
+    async fn zone_meta(&self, zone: &str, kind: &str) -> AdapterResult<Vec<String>> {
+        let path = format!("/zones/{}/metadata/{kind}", zone_id(zone));
+        let (_, v) = self.expect("get metadata", Method::GET, &path, None, &[200]).await?;
+        Ok(v["metadata"]
+            .as_array()
+            .map(|m| m.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
+    }
+
+    async fn set_zone_meta(&self, zone: &str, kind: &str, values: &[String]) -> AdapterResult<()> {
+        let path = format!("/zones/{}/metadata/{kind}", zone_id(zone));
+        if values.is_empty() {
+            self.expect("delete metadata", Method::DELETE, &path, None, &[200, 204]).await?;
+        } else {
+            let body = json!({ "kind": kind, "metadata": values });
+            self.expect("set metadata", Method::PUT, &path, Some(body), &[200, 204]).await?;
+        }
+        Ok(())
+    }
+
+    async fn list_zones(&self) -> AdapterResult<Vec<String>> {
+        let (_, v) = self.expect("list zones", Method::GET, "/zones", None, &[200]).await?;
+        Ok(v.as_array()
+            .map(|zs| zs.iter().filter_map(|z| z["name"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default())
+    }
+
+    async fn create_zone(
+        &self,
+        zone: &str,
+        nameservers: &[String],
+        account: &str,
+    ) -> AdapterResult<()> {
+        let body = json!({ "name": absolute(zone), "kind": "Native", "account": account, "nameservers": nameservers,
                            "soa_edit_api": "DEFAULT" });
         let (status, _) = self
             .expect("create zone", Method::POST, "/zones?rrsets=false", Some(body), &[201, 409])

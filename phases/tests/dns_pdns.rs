@@ -56,7 +56,7 @@ async fn pool() -> Pdns {
     let mut p = Pdns::prepare();
     p.start().await;
     let ns: Vec<String> = dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
-    adapter(&p).create_zone(POOL, &ns).await.unwrap();
+    adapter(&p).create_zone(POOL, &ns, "").await.unwrap();
     p
 }
 
@@ -71,12 +71,29 @@ fn backend_for(dir: &Path, p: &Pdns) -> Backend {
     let mut b = sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant());
     b.dns = Arc::new(adapter(p));
     b.poll = Duration::from_millis(20);
+    // Short, so that the tests outlive a lease several times.
+    b.bounds.dns_lease = Duration::from_secs(1);
     b
+}
+
+/// The same outputs after `.0` of work: a slow `infra` phase.
+struct SlowOutputs(Duration);
+
+#[async_trait]
+impl Step for SlowOutputs {
+    async fn run(&self, cx: &StepCtx) -> StepResult<Value> {
+        tokio::time::sleep(self.0).await;
+        Outputs.run(cx).await
+    }
+    async fn undo(&self, _cx: &StepCtx) -> StepResult<()> {
+        Ok(())
+    }
 }
 
 fn registry_for() -> cz_phases::Registry {
     let mut reg = registry();
     reg.register("test.outputs", Outputs);
+    reg.register("test.slow-outputs", SlowOutputs(Duration::from_secs(4)));
     reg
 }
 
@@ -93,6 +110,7 @@ struct Rig {
     engine: Engine,
     job: JobId,
     fqdn: String,
+    sovereign: String,
 }
 
 async fn rig_in(
@@ -116,7 +134,7 @@ async fn rig_with(
     request: Option<Value>,
 ) -> Rig {
     let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
-    let (_, job, mut sub) = provision_submission(req, &options, "test");
+    let (sov, job, mut sub) = provision_submission(req, &options, "test");
     sub.plan = serde_json::to_value(&plan).unwrap();
     if let Some(r) = request {
         sub.request = r;
@@ -124,7 +142,7 @@ async fn rig_with(
     store.submit(sub).await.unwrap();
     let engine =
         Engine::new(store.clone(), Arc::new(registry_for()), Arc::new(backend_for(dir, p)));
-    Rig { store, engine, job, fqdn: req.fqdn() }
+    Rig { store, engine, job, fqdn: req.fqdn(), sovereign: sov.to_string() }
 }
 
 async fn drive(r: &Rig) -> JobStatus {
@@ -300,7 +318,13 @@ async fn kill9_inside_every_step_between_zone_and_delegation_included() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let req = request("killed");
-    let r = rig_in(&dir, &p, &req, plan(&req), JobOptions::default()).await;
+    // Slow motion (a pause after every journal write), so that every step,
+    // however fast, is seen running and killed inside.
+    let options = JobOptions {
+        faults: FaultPlan { slow_ms: 30, ..FaultPlan::default() },
+        ..JobOptions::default()
+    };
+    let r = rig_in(&dir, &p, &req, plan(&req), options).await;
     let (job, fqdn) = (r.job, r.fqdn.clone());
     drop(r);
     let env = [
@@ -324,7 +348,7 @@ async fn records_are_replaced_in_one_patch_and_a_changed_address_is_served() {
     let p = pool().await;
     let d = adapter(&p);
     let ns: Vec<String> = dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
-    d.create_zone("moved.omani.works.", &ns).await.unwrap();
+    d.create_zone("moved.omani.works.", &ns, "").await.unwrap();
     let rr = |ip: &str| Rrset {
         name: "moved.omani.works.".into(),
         rtype: "A".into(),
@@ -334,4 +358,121 @@ async fn records_are_replaced_in_one_patch_and_a_changed_address_is_served() {
     d.replace_rrsets("moved.omani.works.", &[rr("203.0.113.1")]).await.unwrap();
     d.replace_rrsets("moved.omani.works.", &[rr("203.0.113.2")]).await.unwrap();
     assert_eq!(dig(&p, "moved.omani.works", "A"), ["203.0.113.2"]);
+}
+
+/// What the daemon's keeper does each round: renew the leases of the
+/// jobs in flight, sweep the reservations whose lease ran out.
+async fn keeper_round(store: &Store, d: &PowerDns) -> Vec<String> {
+    let jobs = store.jobs_in_flight().await.unwrap();
+    let live: Vec<(String, String)> = jobs
+        .iter()
+        .filter_map(|j| dns::fqdn_of_request(&j.request).map(|f| (j.id.to_string(), f)))
+        .collect();
+    dns::renew_leases(d, &live, Duration::from_secs(1)).await.unwrap();
+    let ids: Vec<String> = live.into_iter().map(|(j, _)| j).collect();
+    dns::sweep_expired(d, &[POOL], &ids, Duration::ZERO).await.unwrap()
+}
+
+fn slow_plan(req: &ProvisionRequest) -> Plan {
+    let mut infra = PhaseBuilder::new("infra");
+    infra.step("outputs-fsn1", "test.slow-outputs", &[], Value::Null);
+    Plan {
+        phases: vec![dns::reserve_phase(), infra.build(), dns::commit_phase(&req.regions, None)],
+    }
+}
+
+/// F-43: an `infra` phase four times longer than the lease, with the
+/// keeper sweeping every 200 ms, does not lose the zone; the commit ends
+/// the lease, and a committed zone is never swept.
+#[tokio::test]
+async fn a_slow_infra_keeps_its_reservation_while_the_lease_is_renewed() {
+    let p = pool().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let req = request("slow");
+    let r = rig_in(tmp.path(), &p, &req, slow_plan(&req), JobOptions::default()).await;
+    let d = adapter(&p);
+    let zone = format!("{}.", r.fqdn);
+    let keeper = async {
+        let mut swept = Vec::new();
+        let mut renewed_seen = 0;
+        loop {
+            swept.extend(keeper_round(&r.store, &d).await);
+            let lease = d.zone_meta(&zone, dns::LEASE_META).await.unwrap_or_default();
+            renewed_seen += usize::from(!lease.is_empty());
+            let j = r.store.get_job(r.job).await.unwrap().unwrap();
+            if j.status == JobStatus::Succeeded {
+                return (swept, renewed_seen);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (status, (swept, renewed_seen)) = tokio::join!(drive(&r), keeper);
+    assert_eq!(status, JobStatus::Succeeded, "{}", why(&r).await);
+    assert!(swept.is_empty(), "{swept:?}");
+    assert!(renewed_seen >= 10, "the lease was seen held only {renewed_seen} times");
+    assert_served(&p, &r.fqdn).await;
+    assert_eq!(d.zone_account(&zone).await.unwrap(), Some(dns::owner(&r.sovereign)));
+    // Committed: no lease, and the sweeper leaves it alone.
+    assert!(d.zone_meta(&zone, dns::LEASE_META).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(keeper_round(&r.store, &d).await.is_empty());
+    assert_served(&p, &r.fqdn).await;
+}
+
+/// A reservation whose job is gone is swept once its lease runs out, with
+/// its delegation; a commit after that fails loudly (not found) instead of
+/// declaring the Sovereign ready.
+#[tokio::test]
+async fn an_abandoned_reservation_is_swept_and_a_late_commit_fails_loudly() {
+    let p = pool().await;
+    let d = adapter(&p);
+    let tmp = tempfile::tempdir().unwrap();
+    let req = request("gone");
+    // Reserve only: the job ends, nobody renews.
+    let r = rig_in(
+        tmp.path(),
+        &p,
+        &req,
+        Plan { phases: vec![dns::reserve_phase()] },
+        JobOptions::default(),
+    )
+    .await;
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", why(&r).await);
+    assert_eq!(delegation(&p, &r.fqdn).await, nameservers());
+    // Not before the lease runs out.
+    assert!(keeper_round(&r.store, &d).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(keeper_round(&r.store, &d).await, [format!("{}.", r.fqdn)]);
+    assert_gone(&p, &r.fqdn).await;
+
+    let mut infra = PhaseBuilder::new("infra");
+    infra.step("outputs-fsn1", "test.outputs", &[], Value::Null);
+    let late = Plan { phases: vec![infra.build(), dns::commit_phase(&req.regions, None)] };
+    let tmp2 = tempfile::tempdir().unwrap();
+    let c = rig_in(tmp2.path(), &p, &req, late, JobOptions::default()).await;
+    assert_eq!(drive(&c).await, JobStatus::Paused);
+    let w = why(&c).await;
+    assert!(w.contains("dns-commit/records") && w.contains("not-found"), "{w}");
+}
+
+/// A zone someone else made under the same name is not adopted.
+#[tokio::test]
+async fn a_zone_another_owner_made_is_a_conflict_not_adopted() {
+    let p = pool().await;
+    let d = adapter(&p);
+    let ns: Vec<String> = dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    d.create_zone("taken.omani.works.", &ns, "someone-else").await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let req = request("taken");
+    let r = rig_in(tmp.path(), &p, &req, plan(&req), JobOptions::default()).await;
+    assert_eq!(drive(&r).await, JobStatus::Paused);
+    let w = why(&r).await;
+    assert!(w.contains("dns-reserve/zone") && w.contains("someone-else"), "{w}");
+    // Still theirs, unleased, undelegated.
+    assert_eq!(
+        d.zone_account("taken.omani.works.").await.unwrap().as_deref(),
+        Some("someone-else")
+    );
+    assert!(d.zone_meta("taken.omani.works.", dns::LEASE_META).await.unwrap().is_empty());
+    assert!(delegation(&p, "taken.omani.works").await.is_empty());
 }

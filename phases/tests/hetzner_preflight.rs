@@ -73,7 +73,7 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
     };
     let ns: Vec<String> =
         cz_phases::phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
-    backend.dns.create_zone("omani.works.", &ns).await.unwrap();
+    backend.dns.create_zone("omani.works.", &ns, "").await.unwrap();
     let store = Store::open(StorePaths::in_dir(&dir.path().join("data"))).await.unwrap();
     let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
     Rig { _dir: dir, store, engine, fake }

@@ -47,10 +47,10 @@ async fn zones_rrsets_and_dns_answers_against_a_real_powerdns() {
     let p = running().await;
     let d = client(&p, &p.api_key);
     assert!(!d.zone_exists("acme.omani.works.").await.unwrap());
-    d.create_zone("omani.works.", &ns()).await.unwrap();
-    d.create_zone("acme.omani.works", &ns()).await.unwrap();
+    d.create_zone("omani.works.", &ns(), "").await.unwrap();
+    d.create_zone("acme.omani.works", &ns(), "").await.unwrap();
     // Again: already there is success (a retried step).
-    d.create_zone("acme.omani.works.", &ns()).await.unwrap();
+    d.create_zone("acme.omani.works.", &ns(), "").await.unwrap();
     assert!(d.zone_exists("acme.omani.works").await.unwrap());
     assert_eq!(d.query("acme.omani.works.", "NS").await.unwrap(), ns());
 
@@ -92,9 +92,36 @@ async fn zones_rrsets_and_dns_answers_against_a_real_powerdns() {
 }
 
 #[tokio::test]
+async fn owner_metadata_and_listing() {
+    let p = running().await;
+    let d = client(&p, &p.api_key);
+    assert_eq!(d.zone_account("owned.example.").await.unwrap(), None);
+    d.create_zone("owned.example.", &ns(), "catalyst-zero:s-1").await.unwrap();
+    assert_eq!(
+        d.zone_account("owned.example").await.unwrap().as_deref(),
+        Some("catalyst-zero:s-1")
+    );
+    assert!(d.zone_meta("owned.example.", "X-CATALYST-LEASE").await.unwrap().is_empty());
+    let v = vec![r#"{"job":"j","expires":1}"#.to_owned()];
+    d.set_zone_meta("owned.example.", "X-CATALYST-LEASE", &v).await.unwrap();
+    d.set_zone_meta("owned.example.", "X-CATALYST-LEASE", &v).await.unwrap();
+    assert_eq!(d.zone_meta("owned.example.", "X-CATALYST-LEASE").await.unwrap(), v);
+    d.set_zone_meta("owned.example.", "X-CATALYST-LEASE", &[]).await.unwrap();
+    assert!(d.zone_meta("owned.example.", "X-CATALYST-LEASE").await.unwrap().is_empty());
+    // PowerDNS only takes custom kinds with the X- prefix.
+    let e = d.set_zone_meta("owned.example.", "LEASE", &v).await.unwrap_err();
+    assert!(matches!(e, StepError::Adapter { cause: Cause::Invalid, .. }), "{e}");
+    // Metadata of a zone that does not exist: not found.
+    let e = d.zone_meta("absent.example.", "X-CATALYST-LEASE").await.unwrap_err();
+    assert!(matches!(e, StepError::Adapter { cause: Cause::NotFound, .. }), "{e}");
+    assert_eq!(d.list_zones().await.unwrap(), ["owned.example."]);
+}
+
+#[tokio::test]
 async fn a_wrong_key_needs_an_operator_and_a_refused_record_is_terminal() {
     let p = running().await;
-    let e = client(&p, "not-the-key").create_zone("acme.omani.works.", &ns()).await.unwrap_err();
+    let e =
+        client(&p, "not-the-key").create_zone("acme.omani.works.", &ns(), "").await.unwrap_err();
     match &e {
         StepError::Adapter { cause: Cause::Unauthorized, message, .. } => {
             assert!(message.contains("401"), "{message}");
@@ -105,7 +132,7 @@ async fn a_wrong_key_needs_an_operator_and_a_refused_record_is_terminal() {
     assert_eq!(e.class(), ErrorClass::NeedsOperator);
 
     let d = client(&p, &p.api_key);
-    d.create_zone("acme.omani.works.", &ns()).await.unwrap();
+    d.create_zone("acme.omani.works.", &ns(), "").await.unwrap();
     let e = d
         .replace_rrsets("acme.omani.works.", &[a("api.acme.omani.works.", "not-an-address")])
         .await

@@ -308,6 +308,23 @@ impl PowerDnsConfig {
     }
 }
 
+/// The DNS reservation lease (F-43).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// How long a reservation (a zone made by `dns-reserve`, not committed
+    /// yet) is held without renewal. The daemon renews the leases of its
+    /// live jobs every third of this, and removes reservations whose lease
+    /// ran out more than this long ago and whose job it does not know.
+    pub lease_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { lease_secs: 600 }
+    }
+}
+
 /// Bearer tokens of the two API scopes.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -341,6 +358,7 @@ pub struct Config {
     pub sim: SimConfig,
     pub hetzner: HetznerConfig,
     pub powerdns: Option<PowerDnsConfig>,
+    pub dns: DnsConfig,
     /// Seconds between SSE heartbeat comments.
     pub heartbeat_secs: u64,
     /// Transient-retry bounds applied to every submitted job.
@@ -357,6 +375,7 @@ impl Default for Config {
             sim: SimConfig::default(),
             hetzner: HetznerConfig::default(),
             powerdns: None,
+            dns: DnsConfig::default(),
             heartbeat_secs: 15,
             retry: RetryPolicy::default(),
             tokens: Tokens::default(),
@@ -451,6 +470,12 @@ impl Config {
         }
         if let Some(p) = &self.powerdns {
             p.validate()?;
+        }
+        if self.dns.lease_secs < 3 {
+            return Err(LoadError::Invalid(format!(
+                "dns.lease_secs must be at least 3 (renewed every third), got {}",
+                self.dns.lease_secs
+            )));
         }
         if !(self.sim.latency_factor.is_finite() && self.sim.latency_factor >= 0.0) {
             return Err(LoadError::Invalid(format!(

@@ -56,7 +56,7 @@ async fn ensure_pool_zones(backend: &Backend, real: bool) -> anyhow::Result<()> 
         if !exists {
             backend
                 .dns
-                .create_zone(zone, &ns)
+                .create_zone(zone, &ns, "")
                 .await
                 .with_context(|| format!("cannot create the pool zone {zone}"))?;
             if real {
@@ -65,6 +65,65 @@ async fn ensure_pool_zones(backend: &Backend, real: bool) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Keeps DNS reservations (F-43): every third of the lease, renews the
+/// lease of each live job's reservation (pending, running or paused: a
+/// paused job is waiting for its operator, not gone), then removes the
+/// reservations whose lease ran out more than a lease ago and whose job is
+/// not live here. The first round runs at once, so a daemon that was down
+/// longer than a lease renews its own before anything is swept.
+async fn lease_keeper(
+    store: Store,
+    dns: Arc<dyn cz_phases::adapters::DnsApi>,
+    lease: std::time::Duration,
+    stop: CancellationToken,
+) {
+    use cz_state::JobStatus;
+    loop {
+        match store.list_jobs(None).await {
+            Ok(jobs) => {
+                let live: Vec<(String, String)> = jobs
+                    .iter()
+                    .filter(|j| {
+                        matches!(
+                            j.status,
+                            JobStatus::Pending | JobStatus::Running | JobStatus::Paused
+                        )
+                    })
+                    .filter_map(|j| {
+                        cz_phases::phases::dns::fqdn_of_request(&j.request)
+                            .map(|f| (j.id.to_string(), f))
+                    })
+                    .collect();
+                match cz_phases::phases::dns::renew_leases(dns.as_ref(), &live, lease).await {
+                    Ok(z) if !z.is_empty() => tracing::debug!(zones = ?z, "Renewed DNS leases."),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Cannot renew DNS leases."),
+                }
+                let ids: Vec<String> = live.into_iter().map(|(j, _)| j).collect();
+                match cz_phases::phases::dns::sweep_expired(
+                    dns.as_ref(),
+                    SIM_POOL_ZONES,
+                    &ids,
+                    lease,
+                )
+                .await
+                {
+                    Ok(z) if !z.is_empty() => {
+                        tracing::warn!(zones = ?z, "Removed DNS reservations whose lease ran out.")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Cannot sweep DNS reservations."),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot list jobs for the DNS leases."),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(lease / 3) => {}
+        }
+    }
 }
 
 /// A running daemon.
@@ -269,6 +328,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
             b
         }
     };
+    let lease = std::time::Duration::from_secs(config.dns.lease_secs);
+    let mut backend = backend;
+    backend.bounds.dns_lease = lease;
+    let dns = backend.dns.clone();
     let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
     let supervisor = Arc::new(Supervisor::new(engine));
 
@@ -297,6 +360,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     );
 
     let resumed = supervisor.recover().await.context("startup recovery failed")?;
+    tokio::spawn(lease_keeper(store.clone(), dns, lease, shutdown.clone()));
     state.set_ready();
     tracing::info!(resumed, "Recovery done; ready.");
 

@@ -34,6 +34,27 @@ fn wait_status(api: &Api, job: &str, want: &[&str]) -> String {
     }
 }
 
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A raw PowerDNS API call, as another tool (or an older daemon) would make.
+fn pdns_api(p: &Pdns, method: &str, path: &str, body: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("{}/api/v1/servers/localhost{path}", p.url());
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .request(method.parse().unwrap(), url)
+            .header("X-API-Key", &p.api_key)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "{method} {path}: {status}");
+}
+
 #[test]
 fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
@@ -45,7 +66,7 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     std::fs::write(
         &config,
         format!(
-            "[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{}\"\ntimeout_secs = 5\n",
+            "[dns]\nlease_secs = 3\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{}\"\ntimeout_secs = 5\n",
             p.url(),
             p.dns_port
         ),
@@ -76,6 +97,27 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     assert_eq!(dig(&p, fqdn, "NS").len(), 3);
     // The key is in no file the daemon wrote.
     assert!(files_containing(&data, p.api_key.as_bytes()).is_empty());
+
+    // The daemon's lease keeper: a reservation nobody renews (its job is
+    // unknown here, its lease long run out) is removed with its
+    // delegation; the committed Sovereign is left alone.
+    let expired = serde_json::json!({ "job": "gone", "expires": now_unix() - 100 }).to_string();
+    let zone = serde_json::json!({ "name": "stale.omani.works.", "kind": "Native",
+        "account": "catalyst-zero:other", "nameservers": ["ns1.openova.io."] });
+    pdns_api(&p, "POST", "/zones", &zone.to_string());
+    let lease = serde_json::json!({ "kind": "X-CATALYST-LEASE", "metadata": [expired] });
+    pdns_api(&p, "PUT", "/zones/stale.omani.works./metadata/X-CATALYST-LEASE", &lease.to_string());
+    let deleg = serde_json::json!({ "rrsets": [{ "name": "stale.omani.works.", "type": "NS",
+        "ttl": 3600, "changetype": "REPLACE",
+        "records": [{ "content": "ns1.openova.io.", "disabled": false }] }] });
+    pdns_api(&p, "PATCH", "/zones/omani.works.", &deleg.to_string());
+    assert!(!dig(&p, "stale.omani.works", "SOA").is_empty());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dig(&p, "stale.omani.works", "SOA").is_empty() {
+        assert!(Instant::now() < deadline, "the expired reservation was not swept");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(dig(&p, &format!("console.{fqdn}"), "A"), lb);
 
     let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
     assert_eq!(code, 202, "{resp}");

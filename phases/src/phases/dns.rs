@@ -6,9 +6,18 @@
 //! the registrar adapter) must point at. `dns-commit` writes the record set
 //! in one REPLACE and verifies it by DNS queries before the job may finish.
 //!
-//! TODO(dns issue): the reservation lease renewed by the daemon (F-43), the
-//! registrar adapters (byo-api), the byo-manual NS wait, public-resolver
-//! propagation checks, the real PowerDNS adapter.
+//! **The reservation** is the zone itself, made with its owner in the
+//! zone's `account` (`catalyst-zero:<sovereign id>`, atomically with the
+//! zone, so a crash cannot leave an ownerless zone), plus a **lease**
+//! (zone metadata `X-CATALYST-LEASE`: the job and an expiry). The daemon
+//! renews the lease of every live job between `dns-reserve/zone` and
+//! `dns-commit/records` ([`renew_leases`]); commit ends it. A lease that
+//! ran out (its job gone) lets [`sweep_expired`] remove the zone and its
+//! delegation. A slow `infra` therefore cannot lose the zone (F-43), and a
+//! swept zone makes commit fail loudly (404 → not found), never "ready".
+//!
+//! TODO(dns issue): the registrar adapters (byo-api), the byo-manual NS
+//! wait, public-resolver propagation checks.
 
 use std::time::Duration;
 
@@ -82,14 +91,140 @@ fn parent(cx: &StepCtx) -> StepResult<Option<String>> {
     })
 }
 
+/// Zone metadata holding a reservation's lease.
+pub const LEASE_META: &str = "X-CATALYST-LEASE";
+
+/// A reservation's lease, as stored in [`LEASE_META`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    pub job: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The `account` a Sovereign's zone is made with.
+pub fn owner(sovereign: &str) -> String {
+    format!("catalyst-zero:{sovereign}")
+}
+
+async fn set_lease(
+    dns: &dyn crate::adapters::DnsApi,
+    zone: &str,
+    job: &str,
+    ttl: Duration,
+) -> StepResult<()> {
+    let lease = Lease { job: job.to_owned(), expires: now_unix() + ttl.as_secs() as i64 };
+    let v = serde_json::to_string(&lease).expect("leases encode");
+    dns.set_zone_meta(zone, LEASE_META, &[v]).await
+}
+
 async fn zone(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
-    cx.backend.dns.create_zone(&abs(&fqdn), &nameservers()).await?;
-    Ok(json!({ "zone": abs(&fqdn), "nameservers": nameservers() }))
+    let zone = abs(&fqdn);
+    let me = owner(&cx.sovereign_id.to_string());
+    match cx.backend.dns.zone_account(&zone).await? {
+        Some(account) if account != me => {
+            return Err(StepError::adapter(
+                System::Dns,
+                "reserve zone",
+                Cause::Conflict,
+                format!(
+                    "{zone} exists and is not this Sovereign's (account `{account}`): the name \
+                     was taken after pre-flight"
+                ),
+            ));
+        }
+        Some(_) => {} // ours, from an earlier attempt
+        None => cx.backend.dns.create_zone(&zone, &nameservers(), &me).await?,
+    }
+    set_lease(cx.backend.dns.as_ref(), &zone, &cx.job_id.to_string(), cx.backend.bounds.dns_lease)
+        .await?;
+    Ok(json!({ "zone": zone, "nameservers": nameservers(), "owner": me,
+               "lease_s": cx.backend.bounds.dns_lease.as_secs() }))
 }
 
 async fn zone_undo(cx: &StepCtx) -> StepResult<()> {
-    cx.backend.dns.delete_zone(&abs(&fqdn(cx)?)).await
+    let zone = abs(&fqdn(cx)?);
+    // Only ever this Sovereign's zone; already gone is done.
+    match cx.backend.dns.zone_account(&zone).await? {
+        Some(a) if a == owner(&cx.sovereign_id.to_string()) => {
+            cx.backend.dns.delete_zone(&zone).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The Sovereign FQDN of a stored job request (a provision request, or the
+/// `sovereign` block of add-region and destroy requests).
+pub fn fqdn_of_request(request: &Value) -> Option<String> {
+    if let Some(f) = request.pointer("/sovereign/fqdn").and_then(Value::as_str) {
+        return Some(f.to_owned());
+    }
+    serde_json::from_value::<crate::request::ProvisionRequest>(request.clone())
+        .ok()
+        .map(|r| r.fqdn())
+}
+
+/// Renews the lease of every live job (`jobs`: id and Sovereign FQDN)
+/// holding a reservation not committed yet. Returns the zones renewed.
+pub async fn renew_leases(
+    dns: &dyn crate::adapters::DnsApi,
+    jobs: &[(String, String)],
+    ttl: Duration,
+) -> StepResult<Vec<String>> {
+    let mut renewed = Vec::new();
+    for (job, fqdn) in jobs {
+        let zone = abs(fqdn);
+        // Only a lease this job holds (not a committed zone, not another's).
+        let held = dns.zone_meta(&zone, LEASE_META).await.unwrap_or_default();
+        let ours = held
+            .first()
+            .and_then(|v| serde_json::from_str::<Lease>(v).ok())
+            .is_some_and(|l| l.job == *job);
+        if ours {
+            set_lease(dns, &zone, job, ttl).await?;
+            renewed.push(zone);
+        }
+    }
+    Ok(renewed)
+}
+
+/// Removes every reservation whose lease ran out more than `grace` ago and
+/// whose job is not among `live`: its delegation in `pools`' zone, then
+/// the zone. Committed zones (no lease) are never touched. Returns the
+/// zones removed.
+pub async fn sweep_expired(
+    dns: &dyn crate::adapters::DnsApi,
+    pools: &[&str],
+    live: &[String],
+    grace: Duration,
+) -> StepResult<Vec<String>> {
+    let mut swept = Vec::new();
+    for zone in dns.list_zones().await? {
+        let Some(lease) = dns
+            .zone_meta(&zone, LEASE_META)
+            .await?
+            .first()
+            .and_then(|v| serde_json::from_str::<Lease>(v).ok())
+        else {
+            continue;
+        };
+        if lease.expires + grace.as_secs() as i64 > now_unix() || live.contains(&lease.job) {
+            continue;
+        }
+        if let Some(pool) =
+            pools.iter().find(|p| zone.strip_suffix(*p).is_some_and(|s| s.ends_with('.')))
+        {
+            dns.delete_rrsets(pool, &[(zone.clone(), "NS".into())]).await?;
+        }
+        dns.delete_zone(&zone).await?;
+        swept.push(zone);
+    }
+    Ok(swept)
 }
 
 async fn delegation(cx: &StepCtx) -> StepResult<Value> {
@@ -195,6 +330,10 @@ async fn records(cx: &StepCtx) -> StepResult<Value> {
         .map_err(|e| StepError::internal(e.to_string()))?;
     let set = record_set(&fqdn, &p, &lb_ips(cx, &p)?);
     cx.backend.dns.replace_rrsets(&abs(&fqdn), &set).await?;
+    // Committed: the zone is the Sovereign's for good, no longer leased.
+    if !p.regional {
+        cx.backend.dns.set_zone_meta(&abs(&fqdn), LEASE_META, &[]).await?;
+    }
     Ok(json!({ "rrsets": set }))
 }
 

@@ -47,7 +47,7 @@ impl Harness {
             SimConfig::instant(),
         ));
         let ns: Vec<String> = super::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
-        backend.dns.create_zone("omani.works.", &ns).await.unwrap();
+        backend.dns.create_zone("omani.works.", &ns, "").await.unwrap();
         let engine = Engine::new(store.clone(), Arc::new(super::registry()), backend.clone());
         Harness { dir, store, engine, backend }
     }

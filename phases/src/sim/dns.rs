@@ -57,6 +57,10 @@ struct Zone {
     serial: u64,
     nameservers: Vec<String>,
     rrsets: Vec<Rrset>,
+    #[serde(default)]
+    account: String,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Zone {
@@ -222,7 +226,54 @@ impl DnsApi for SimDns {
         Ok(self.load(&z).await?.is_some())
     }
 
-    async fn create_zone(&self, zone: &str, nameservers: &[String]) -> AdapterResult<()> {
+    async fn zone_account(&self, zone: &str) -> AdapterResult<Option<String>> {
+        self.world.op("dns.zone_exists", 100).await?;
+        let z = Self::zone_name(zone, "zone_account")?;
+        Ok(self.load(&z).await?.map(|z| z.account))
+    }
+
+    async fn zone_meta(&self, zone: &str, kind: &str) -> AdapterResult<Vec<String>> {
+        self.world.op("dns.zone_meta", 50).await?;
+        let z = Self::zone_name(zone, "zone_meta")?;
+        let zone = self.load(&z).await?.ok_or_else(|| {
+            err("zone_meta", Cause::NotFound, format!("Could not find domain '{z}'"))
+        })?;
+        Ok(zone.metadata.get(kind).cloned().unwrap_or_default())
+    }
+
+    async fn set_zone_meta(&self, zone: &str, kind: &str, values: &[String]) -> AdapterResult<()> {
+        self.world.op("dns.set_zone_meta", 50).await?;
+        if !kind.starts_with("X-") {
+            return Err(err(
+                "set_zone_meta",
+                Cause::Invalid,
+                format!("Unsupported metadata kind '{kind}'"),
+            ));
+        }
+        let z = Self::zone_name(zone, "set_zone_meta")?;
+        let _g = self.world.lock(SYS, KIND).await;
+        let mut zone = self.load(&z).await?.ok_or_else(|| {
+            err("set_zone_meta", Cause::NotFound, format!("Could not find domain '{z}'"))
+        })?;
+        if values.is_empty() {
+            zone.metadata.remove(kind);
+        } else {
+            zone.metadata.insert(kind.to_owned(), values.to_vec());
+        }
+        self.save(&zone).await
+    }
+
+    async fn list_zones(&self) -> AdapterResult<Vec<String>> {
+        self.world.op("dns.list_zones", 50).await?;
+        Ok(self.zones().await?.into_iter().map(|z| z.name).collect())
+    }
+
+    async fn create_zone(
+        &self,
+        zone: &str,
+        nameservers: &[String],
+        account: &str,
+    ) -> AdapterResult<()> {
         self.world.op("dns.create_zone", 100).await?;
         let z = Self::zone_name(zone, "create_zone")?;
         let mut ns: Vec<String> = nameservers
@@ -269,7 +320,16 @@ impl DnsApi for SimDns {
                 records: ns.clone(),
             });
         }
-        self.save(&Zone { name: z, kind: "Native".into(), serial, nameservers: ns, rrsets }).await
+        self.save(&Zone {
+            name: z,
+            kind: "Native".into(),
+            serial,
+            nameservers: ns,
+            rrsets,
+            account: account.to_owned(),
+            metadata: Default::default(),
+        })
+        .await
     }
 
     async fn delete_zone(&self, zone: &str) -> AdapterResult<()> {
@@ -370,12 +430,17 @@ mod tests {
     async fn zones_are_idempotent_and_ns_checked() {
         let (_d, dns) = dns();
         assert!(!dns.zone_exists("pool.openova.io").await.unwrap());
-        dns.create_zone("pool.openova.io", &ns()).await.unwrap();
-        dns.create_zone("Pool.OpenOva.io.", &["ns2.openova.io.".into(), "ns1.openova.io.".into()])
-            .await
-            .unwrap();
+        dns.create_zone("pool.openova.io", &ns(), "").await.unwrap();
+        dns.create_zone(
+            "Pool.OpenOva.io.",
+            &["ns2.openova.io.".into(), "ns1.openova.io.".into()],
+            "",
+        )
+        .await
+        .unwrap();
         assert!(dns.zone_exists("pool.openova.io.").await.unwrap());
-        let e = dns.create_zone("pool.openova.io.", &["ns9.other.net.".into()]).await.unwrap_err();
+        let e =
+            dns.create_zone("pool.openova.io.", &["ns9.other.net.".into()], "").await.unwrap_err();
         assert!(matches!(
             e,
             StepError::Adapter { system: System::Dns, cause: Cause::Conflict, .. }
@@ -408,7 +473,7 @@ mod tests {
     #[tokio::test]
     async fn records_wildcards_and_delegations() {
         let (_d, dns) = dns();
-        dns.create_zone("pool.openova.io.", &ns()).await.unwrap();
+        dns.create_zone("pool.openova.io.", &ns(), "").await.unwrap();
         dns.replace_rrsets(
             "pool.openova.io.",
             &[
@@ -456,6 +521,7 @@ mod tests {
         dns.create_zone(
             "beta.pool.openova.io",
             &["ns1.beta.example.".into(), "ns2.beta.example.".into()],
+            "",
         )
         .await
         .unwrap();

@@ -106,7 +106,7 @@ mod tests {
         let b = sim_backend(root.clone(), dir.path().join("ws"), SimConfig::instant());
         assert_eq!(b.name, "sim");
         assert_eq!(b.poll, Duration::from_millis(5));
-        b.dns.create_zone("pool.example", &["ns1.example.".into()]).await.unwrap();
+        b.dns.create_zone("pool.example", &["ns1.example.".into()], "").await.unwrap();
         let bao = b.bao.init("http://openbao-0.c:8200", 1, 1).await.unwrap();
         drop(b);
         // "Restart": a new backend over the same directory.

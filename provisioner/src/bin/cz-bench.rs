@@ -159,7 +159,7 @@ async fn run_jobs(dir: &Path, n: usize, latency: f64) -> Result<(Duration, usize
     for i in 0..n {
         let config = SimConfig { latency_factor: latency, ..SimConfig::default() };
         let backend = Arc::new(sim_backend(dir.join(format!("sim-{i}")), dir.join("ws"), config));
-        backend.dns.create_zone("omani.works.", &ns).await?;
+        backend.dns.create_zone("omani.works.", &ns, "").await?;
         let engine = Engine::new(store.clone(), registry.clone(), backend);
         let job = submit(
             &store,
