@@ -454,6 +454,14 @@ pub trait DnsApi: Send + Sync {
     async fn delete_rrsets(&self, zone: &str, names: &[(String, String)]) -> AdapterResult<()>;
     /// A DNS query (not the API) to the authoritative server.
     async fn query(&self, name: &str, rtype: &str) -> AdapterResult<Vec<String>>;
+    /// The same query to another server: a public resolver (recursion
+    /// desired), as the world will see the Sovereign (F-44).
+    async fn query_via(
+        &self,
+        server: std::net::SocketAddr,
+        name: &str,
+        rtype: &str,
+    ) -> AdapterResult<Vec<String>>;
 }
 
 /// What the `infra` phase renders into a region's workspace for its tofu.
@@ -517,6 +525,9 @@ pub struct Bounds {
     pub kit_component: std::time::Duration,
     /// A DNS reservation's lease; the daemon renews it well before.
     pub dns_lease: std::time::Duration,
+    /// The Sovereign's records visible through every public resolver
+    /// (parent NS TTLs are an hour: F-44).
+    pub dns_propagation: std::time::Duration,
 }
 
 impl Default for Bounds {
@@ -529,6 +540,7 @@ impl Default for Bounds {
             api_endpoint: Duration::from_secs(300),
             kit_component: Duration::from_secs(900),
             dns_lease: Duration::from_secs(600),
+            dns_propagation: Duration::from_secs(1800),
         }
     }
 }
@@ -555,6 +567,9 @@ pub struct Backend {
     pub bounds: Bounds,
     /// Poll interval for bounded waits.
     pub poll: std::time::Duration,
+    /// Public resolvers the propagation gate asks (F-44); none: only the
+    /// authoritative server is asked.
+    pub public_resolvers: Vec<std::net::SocketAddr>,
 }
 
 #[cfg(test)]

@@ -67,6 +67,73 @@ pub fn zone_id(zone: &str) -> String {
         .collect()
 }
 
+/// A resolver asking only `server` (UDP, TCP on truncation), uncached;
+/// `recursive`: recursion desired (a public resolver), else not (an
+/// authoritative server).
+fn resolver_for(
+    server: SocketAddr,
+    timeout: Duration,
+    recursive: bool,
+) -> AdapterResult<Resolver<TokioRuntimeProvider>> {
+    let conn = |protocol| {
+        let mut c = ConnectionConfig::new(protocol);
+        c.port = server.port();
+        c
+    };
+    let ns = NameServerConfig::new(
+        server.ip(),
+        true,
+        vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)],
+    );
+    let mut opts = ResolverOpts::default();
+    opts.cache_size = 0;
+    opts.timeout = timeout.min(Duration::from_secs(5));
+    opts.attempts = 2;
+    opts.recursion_desired = recursive;
+    Resolver::builder_with_config(
+        ResolverConfig::from_parts(None, vec![], vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(opts)
+    .build()
+    .map_err(|e| err("resolver", Cause::Invalid, e.to_string()))
+}
+
+/// One lookup, as strings, sorted; no records is empty.
+async fn lookup(
+    resolver: &Resolver<TokioRuntimeProvider>,
+    name: &str,
+    rtype: &str,
+) -> AdapterResult<Vec<String>> {
+    let t = rtype_of(rtype)?;
+    let fqdn = absolute(name);
+    match resolver.lookup(fqdn.as_str(), t).await {
+        Ok(lookup) => {
+            let mut out: Vec<String> = lookup
+                .answers()
+                .iter()
+                .filter(|r| r.record_type() == t)
+                .map(|r| r.data.to_string())
+                .collect();
+            out.sort();
+            Ok(out)
+        }
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+        // The server does not serve that name at all: a fact, not a
+        // hiccup (a zone missing, or asked of the wrong server).
+        Err(NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused))) => Err(err(
+            &format!("query {fqdn} {rtype}"),
+            Cause::NotFound,
+            format!("the server refused the query: it is not authoritative for {fqdn}"),
+        )),
+        Err(e) => Err(err(
+            &format!("query {fqdn} {rtype}"),
+            Cause::Unavailable,
+            format!("the server did not answer: {e}"),
+        )),
+    }
+}
+
 /// The PowerDNS Authoritative adapter.
 pub struct PowerDns {
     http: reqwest::Client,
@@ -74,6 +141,7 @@ pub struct PowerDns {
     base: String,
     key: SecretString,
     resolver: Resolver<TokioRuntimeProvider>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for PowerDns {
@@ -96,33 +164,13 @@ impl PowerDns {
             .timeout(timeout)
             .build()
             .map_err(|e| err("client", Cause::Invalid, e.to_string()))?;
-        let conn = |protocol| {
-            let mut c = ConnectionConfig::new(protocol);
-            c.port = dns.port();
-            c
-        };
-        let ns = NameServerConfig::new(
-            dns.ip(),
-            true,
-            vec![conn(ProtocolConfig::Udp), conn(ProtocolConfig::Tcp)],
-        );
-        let mut opts = ResolverOpts::default();
-        opts.cache_size = 0;
-        opts.timeout = timeout.min(Duration::from_secs(5));
-        opts.attempts = 2;
-        opts.recursion_desired = false;
-        let resolver = Resolver::builder_with_config(
-            ResolverConfig::from_parts(None, vec![], vec![ns]),
-            TokioRuntimeProvider::default(),
-        )
-        .with_options(opts)
-        .build()
-        .map_err(|e| err("resolver", Cause::Invalid, e.to_string()))?;
+        let resolver = resolver_for(dns, timeout, false)?;
         Ok(PowerDns {
             http,
             base: format!("{}/api/v1/servers/{server_id}", api_url.trim_end_matches('/')),
             key,
             resolver,
+            timeout,
         })
     }
 
@@ -296,33 +344,16 @@ impl DnsApi for PowerDns {
     }
 
     async fn query(&self, name: &str, rtype: &str) -> AdapterResult<Vec<String>> {
-        let t = rtype_of(rtype)?;
-        let fqdn = absolute(name);
-        match self.resolver.lookup(fqdn.as_str(), t).await {
-            Ok(lookup) => {
-                let mut out: Vec<String> = lookup
-                    .answers()
-                    .iter()
-                    .filter(|r| r.record_type() == t)
-                    .map(|r| r.data.to_string())
-                    .collect();
-                out.sort();
-                Ok(out)
-            }
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-            // The server does not serve that name at all: a fact, not a
-            // hiccup (a zone missing, or asked of the wrong server).
-            Err(NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused))) => Err(err(
-                &format!("query {fqdn} {rtype}"),
-                Cause::NotFound,
-                format!("the server refused the query: it is not authoritative for {fqdn}"),
-            )),
-            Err(e) => Err(err(
-                &format!("query {fqdn} {rtype}"),
-                Cause::Unavailable,
-                format!("the authoritative server did not answer: {e}"),
-            )),
-        }
+        lookup(&self.resolver, name, rtype).await
+    }
+
+    async fn query_via(
+        &self,
+        server: SocketAddr,
+        name: &str,
+        rtype: &str,
+    ) -> AdapterResult<Vec<String>> {
+        lookup(&resolver_for(server, self.timeout, true)?, name, rtype).await
     }
 }
 

@@ -73,6 +73,9 @@ fn backend_for(dir: &Path, p: &Pdns) -> Backend {
     b.poll = Duration::from_millis(20);
     // Short, so that the tests outlive a lease several times.
     b.bounds.dns_lease = Duration::from_secs(1);
+    // The propagation gate asks the server itself (no public resolver
+    // can be reached from here).
+    b.public_resolvers = vec![format!("127.0.0.1:{}", p.dns_port).parse().unwrap()];
     b
 }
 
@@ -475,4 +478,59 @@ async fn a_zone_another_owner_made_is_a_conflict_not_adopted() {
     );
     assert!(d.zone_meta("taken.omani.works.", dns::LEASE_META).await.unwrap().is_empty());
     assert!(delegation(&p, "taken.omani.works").await.is_empty());
+}
+
+/// F-44: the job is not done while a public resolver does not see the
+/// Sovereign yet. A second PowerDNS stands for a public resolver that has
+/// not caught up: until it serves the zone the gate reports it, past the
+/// bound the job pauses with what it last saw, and once it serves the
+/// records a retry passes.
+#[tokio::test]
+async fn the_propagation_gate_waits_for_every_public_resolver() {
+    let p = pool().await;
+    let mut lagging = Pdns::prepare();
+    lagging.start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let req = request("propagating");
+    let r = rig_in(tmp.path(), &p, &req, plan(&req), JobOptions::default()).await;
+    // Re-made with the lagging resolver as well, and a short bound.
+    let mut b = backend_for(tmp.path(), &p);
+    let lag: SocketAddr = format!("127.0.0.1:{}", lagging.dns_port).parse().unwrap();
+    b.public_resolvers.push(lag);
+    b.bounds.dns_propagation = Duration::from_secs(2);
+    let engine = Engine::new(r.store.clone(), Arc::new(registry_for()), Arc::new(b));
+    let r = Rig { engine, ..r };
+    assert_eq!(drive(&r).await, JobStatus::Paused);
+    let w = why(&r).await;
+    assert!(w.contains("dns-commit/propagation") && w.contains(&lag.to_string()), "{w}");
+    assert!(w.contains("refused"), "what the lagging resolver said: {w}");
+    let events: Vec<Value> = r
+        .store
+        .events_after(r.job, 0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "dns")
+        .map(|e| e.body)
+        .collect();
+    assert!(events.iter().any(|e| e["resolver"] == lag.to_string() && e["propagated"] == false));
+    // The resolver catches up (here: it gets the zone); the operator retries.
+    let d2 = adapter(&lagging);
+    let ns: Vec<String> = dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    d2.create_zone(&format!("{}.", r.fqdn), &ns, "").await.unwrap();
+    let rrs: Vec<Rrset> = ["", "*.", "console.", "api.", "gitea.", "harbor."]
+        .iter()
+        .map(|n| Rrset {
+            name: format!("{n}{}.", r.fqdn),
+            rtype: "A".into(),
+            ttl: 300,
+            records: vec![LB.into()],
+        })
+        .collect();
+    d2.replace_rrsets(&format!("{}.", r.fqdn), &rrs).await.unwrap();
+    cz_phases::engine::Verbs { store: &r.store }
+        .retry(r.job, cz_phases::engine::RetryTarget::Failed, "test")
+        .await
+        .unwrap();
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", why(&r).await);
 }

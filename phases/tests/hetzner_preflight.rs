@@ -70,6 +70,7 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
         ssh_port: 22,
         bounds: Default::default(),
         poll: Duration::from_millis(10),
+        public_resolvers: Vec::new(),
     };
     let ns: Vec<String> =
         cz_phases::phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();

@@ -317,11 +317,20 @@ pub struct DnsConfig {
     /// live jobs every third of this, and removes reservations whose lease
     /// ran out more than this long ago and whose job it does not know.
     pub lease_secs: u64,
+    /// The propagation gate asks these resolvers (F-44) before a job may
+    /// declare its Sovereign ready.
+    pub public_resolvers: Vec<SocketAddr>,
+    /// How long the gate waits for them (parent NS TTLs are an hour).
+    pub propagation_secs: u64,
 }
 
 impl Default for DnsConfig {
     fn default() -> Self {
-        DnsConfig { lease_secs: 600 }
+        DnsConfig {
+            lease_secs: 600,
+            public_resolvers: cz_phases::phases::dns::default_public_resolvers(),
+            propagation_secs: 1800,
+        }
     }
 }
 
@@ -470,6 +479,9 @@ impl Config {
         }
         if let Some(p) = &self.powerdns {
             p.validate()?;
+        }
+        if self.dns.propagation_secs == 0 {
+            return Err(LoadError::Invalid("dns.propagation_secs must be at least 1".into()));
         }
         if self.dns.lease_secs < 3 {
             return Err(LoadError::Invalid(format!(

@@ -282,6 +282,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
             ..Default::default()
         },
         poll: std::time::Duration::from_secs(2),
+        public_resolvers: config.dns.public_resolvers.clone(),
     })
 }
 
@@ -331,6 +332,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     let lease = std::time::Duration::from_secs(config.dns.lease_secs);
     let mut backend = backend;
     backend.bounds.dns_lease = lease;
+    backend.bounds.dns_propagation = std::time::Duration::from_secs(config.dns.propagation_secs);
+    backend.public_resolvers = config.dns.public_resolvers.clone();
     let dns = backend.dns.clone();
     let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
     let supervisor = Arc::new(Supervisor::new(engine));

@@ -66,9 +66,9 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     std::fs::write(
         &config,
         format!(
-            "[dns]\nlease_secs = 3\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{}\"\ntimeout_secs = 5\n",
+            "[dns]\nlease_secs = 3\npublic_resolvers = [\"127.0.0.1:{port}\"]\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n",
             p.url(),
-            p.dns_port
+            port = p.dns_port
         ),
     )
     .unwrap();

@@ -367,26 +367,113 @@ async fn verify_records(cx: &StepCtx) -> StepResult<Value> {
     Ok(json!({ "verified": set.len() }))
 }
 
+/// Cloudflare, Google and Quad9: where most of the world resolves.
+pub fn default_public_resolvers() -> Vec<std::net::SocketAddr> {
+    ["1.1.1.1:53", "8.8.8.8:53", "9.9.9.9:53"]
+        .iter()
+        .map(|a| a.parse().expect("literal addresses"))
+        .collect()
+}
+
+/// The propagation gate (F-44): the job may not declare the Sovereign
+/// ready (nor anything request certificates for it) before the world sees
+/// it. Pool mode: the parent's authoritative server delegates it. Then
+/// every public resolver answers the Sovereign's NS set and every record
+/// `dns-commit/records` wrote. Until then each
+/// resolver's view is reported when it changes; a resolver that refuses,
+/// times out or answers stale data is "not yet", and past the bound
+/// (`Bounds::dns_propagation`, 30 min by default: parent NS TTLs are an
+/// hour) the job pauses with what each one last said.
 async fn propagation(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
-    if parent(cx)?.is_some() {
-        let ns = cx
-            .wait_for(
-                &format!("the parent zone to delegate {fqdn}"),
-                Duration::from_secs(1800),
-                || ns_matches(cx, &fqdn),
+    let bound = cx.backend.bounds.dns_propagation;
+    let ns = if parent(cx)?.is_some() {
+        cx.wait_for(&format!("the parent zone to delegate {fqdn}"), bound, || ns_matches(cx, &fqdn))
+            .await?
+    } else {
+        // Bring-your-own: the customer's registrar must delegate to us.
+        ns_matches(cx, &fqdn).await?.ok_or_else(|| {
+            StepError::adapter(
+                System::Dns,
+                "propagation",
+                Cause::NotFound,
+                format!("{fqdn} is not delegated to {} yet", NAMESERVERS.join(", ")),
             )
-            .await?;
-        return Ok(json!({ "delegated": true, "nameservers": ns }));
+        })?
+    };
+    let out: Value = cx.lookup("dns-commit/records")?;
+    let set: Vec<Rrset> = serde_json::from_value(out["rrsets"].clone())
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    let mut want_ns = nameservers();
+    want_ns.sort();
+    // The delegation, and every record committed (a wildcard through a
+    // name it must cover; add-region's are the regional names).
+    let mut checks: Vec<(String, String, Vec<String>)> = vec![(abs(&fqdn), "NS".into(), want_ns)];
+    for rr in &set {
+        let mut want = rr.records.clone();
+        want.sort();
+        checks.push((rr.name.replacen("*.", "catalyst-probe.", 1), rr.rtype.clone(), want));
     }
-    // Bring-your-own: the customer's registrar must delegate to us.
-    match ns_matches(cx, &fqdn).await? {
-        Some(ns) => Ok(json!({ "delegated": true, "nameservers": ns })),
-        None => Err(StepError::adapter(
-            System::Dns,
-            "propagation",
-            Cause::NotFound,
-            format!("{fqdn} is not delegated to {} yet", NAMESERVERS.join(", ")),
-        )),
+    let resolvers = cx.backend.public_resolvers.clone();
+    let seen = std::sync::Mutex::new(std::collections::BTreeMap::<String, String>::new());
+    let res = cx
+        .wait_for(
+            &format!("{fqdn} to be visible through {} public resolvers", resolvers.len()),
+            bound,
+            || async {
+                let mut all = true;
+                for r in &resolvers {
+                    let mut view = Vec::new();
+                    let mut ok = true;
+                    for (name, t, want) in &checks {
+                        let got = match cx.backend.dns.query_via(*r, name, t).await {
+                            Ok(mut v) => {
+                                v.sort();
+                                format!("[{}]", v.join(" "))
+                            }
+                            Err(StepError::Adapter { cause: Cause::NotFound, .. }) => {
+                                "refused".to_owned()
+                            }
+                            Err(e) => format!("no answer ({})", e.class()),
+                        };
+                        if got != format!("[{}]", want.join(" ")) {
+                            ok = false;
+                            view.push(format!("{name} {t} {got}"));
+                        }
+                    }
+                    all &= ok;
+                    // What is still wrong through this resolver.
+                    let view = if ok { "all records".to_owned() } else { view.join(", ") };
+                    let key = r.to_string();
+                    let changed = seen.lock().expect("lock").get(&key) != Some(&view);
+                    if changed {
+                        cx.event(
+                            "dns",
+                            json!({ "resolver": key, "propagated": ok, "message": format!("{key}: {view}") }),
+                        )
+                        .await?;
+                        seen.lock().expect("lock").insert(key, view);
+                    }
+                }
+                Ok(all.then_some(()))
+            },
+        )
+        .await;
+    match res {
+        Ok(()) => Ok(json!({ "delegated": true, "nameservers": ns,
+                              "resolvers": resolvers.iter().map(|r| r.to_string()).collect::<Vec<_>>() })),
+        Err(StepError::Timeout { reason, bound_s }) => {
+            let views: Vec<String> = seen
+                .into_inner()
+                .expect("lock")
+                .into_iter()
+                .map(|(r, v)| format!("{r}: {v}"))
+                .collect();
+            Err(StepError::Timeout {
+                reason: format!("{reason} (last seen: {})", views.join(" | ")),
+                bound_s,
+            })
+        }
+        Err(e) => Err(e),
     }
 }

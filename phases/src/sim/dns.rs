@@ -393,6 +393,16 @@ impl DnsApi for SimDns {
         self.save(&zone).await
     }
 
+    /// The sim's world has one DNS: every resolver sees the zones.
+    async fn query_via(
+        &self,
+        _server: std::net::SocketAddr,
+        name: &str,
+        rtype: &str,
+    ) -> AdapterResult<Vec<String>> {
+        self.query(name, rtype).await
+    }
+
     async fn query(&self, name: &str, rtype: &str) -> AdapterResult<Vec<String>> {
         self.world.op("dns.query", 20).await?;
         let n = normalize_name(name)

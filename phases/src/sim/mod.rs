@@ -60,6 +60,7 @@ pub fn sim_backend_with_world(world: Arc<SimWorld>, workspace_root: PathBuf) -> 
         ssh_port: 22,
         bounds: Default::default(),
         poll,
+        public_resolvers: crate::phases::dns::default_public_resolvers(),
     }
 }
 
