@@ -528,6 +528,8 @@ pub struct Bounds {
     /// The Sovereign's records visible through every public resolver
     /// (parent NS TTLs are an hour: F-44).
     pub dns_propagation: std::time::Duration,
+    /// A bring-your-own domain's NS pointed at us by its owner.
+    pub byo_delegation: std::time::Duration,
 }
 
 impl Default for Bounds {
@@ -541,6 +543,7 @@ impl Default for Bounds {
             kit_component: Duration::from_secs(900),
             dns_lease: Duration::from_secs(600),
             dns_propagation: Duration::from_secs(1800),
+            byo_delegation: Duration::from_secs(24 * 3600),
         }
     }
 }

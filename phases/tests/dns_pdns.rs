@@ -534,3 +534,73 @@ async fn the_propagation_gate_waits_for_every_public_resolver() {
         .unwrap();
     assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", why(&r).await);
 }
+
+/// byo-manual: the customer points their domain's NS at us by hand. The
+/// job waits (bounded) and streams what the resolvers see: here a second
+/// PowerDNS stands for the world, still serving the registrar's old NS.
+/// Once the customer's change is visible, the job goes on to commit and
+/// the propagation gate.
+#[tokio::test]
+async fn byo_manual_waits_for_the_customers_ns_change_and_streams_it() {
+    let p = pool().await;
+    let mut world = Pdns::prepare();
+    world.start().await;
+    let w = adapter(&world);
+    let old = vec!["ns1.registrar.example.".to_owned()];
+    w.create_zone("customer.example.", &old, "").await.unwrap();
+
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let mut body = sample_body("byo", 1, 0, &"s".repeat(64), &recipient);
+    body["domain"] = json!({ "mode": "byo-manual", "fqdn": "customer.example" });
+    let req: ProvisionRequest = serde_json::from_value(body).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let r = rig_in(tmp.path(), &p, &req, plan(&req), JobOptions::default()).await;
+    let mut b = backend_for(tmp.path(), &p);
+    let seen_by_world: SocketAddr = format!("127.0.0.1:{}", world.dns_port).parse().unwrap();
+    b.public_resolvers.push(seen_by_world);
+    let engine = Engine::new(r.store.clone(), Arc::new(registry_for()), Arc::new(b));
+    let r = Rig { engine, ..r };
+
+    let customer = async {
+        // Wait until the job reports the old NS, then make the change.
+        loop {
+            let evs = r.store.events_after(r.job, 0, 100_000).await.unwrap();
+            let reported = evs.iter().any(|e| {
+                e.kind == "dns"
+                    && e.body["resolver"] == seen_by_world.to_string()
+                    && e.body["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("ns1.registrar.example."))
+            });
+            if reported {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let j = r.store.get_job(r.job).await.unwrap().unwrap();
+        assert_eq!(j.status, JobStatus::Running, "the job waits for the customer");
+        let ns = Rrset {
+            name: "customer.example.".into(),
+            rtype: "NS".into(),
+            ttl: 300,
+            records: dns::NAMESERVERS.iter().map(|s| s.to_string()).collect(),
+        };
+        w.replace_rrsets("customer.example.", &[ns]).await.unwrap();
+        // The world now resolves through our servers: our records.
+        let rrs: Vec<Rrset> = ["", "*.", "console.", "api.", "gitea.", "harbor."]
+            .iter()
+            .map(|n| Rrset {
+                name: format!("{n}customer.example."),
+                rtype: "A".into(),
+                ttl: 300,
+                records: vec![LB.into()],
+            })
+            .collect();
+        w.replace_rrsets("customer.example.", &rrs).await.unwrap();
+    };
+    let (status, ()) = tokio::join!(drive(&r), customer);
+    assert_eq!(status, JobStatus::Succeeded, "{}", why(&r).await);
+    // Ours: served by our server, and no pool delegation was written.
+    assert_eq!(dig(&p, "console.customer.example", "A"), [LB]);
+    assert!(delegation(&p, "customer.example").await.is_empty());
+}

@@ -322,6 +322,9 @@ pub struct DnsConfig {
     pub public_resolvers: Vec<SocketAddr>,
     /// How long the gate waits for them (parent NS TTLs are an hour).
     pub propagation_secs: u64,
+    /// How long a bring-your-own job waits for the domain's NS to point at
+    /// the Sovereign's nameservers (set by hand at the registrar).
+    pub byo_wait_secs: u64,
 }
 
 impl Default for DnsConfig {
@@ -330,6 +333,7 @@ impl Default for DnsConfig {
             lease_secs: 600,
             public_resolvers: cz_phases::phases::dns::default_public_resolvers(),
             propagation_secs: 1800,
+            byo_wait_secs: 24 * 3600,
         }
     }
 }
@@ -479,6 +483,9 @@ impl Config {
         }
         if let Some(p) = &self.powerdns {
             p.validate()?;
+        }
+        if self.dns.byo_wait_secs == 0 {
+            return Err(LoadError::Invalid("dns.byo_wait_secs must be at least 1".into()));
         }
         if self.dns.propagation_secs == 0 {
             return Err(LoadError::Invalid("dns.propagation_secs must be at least 1".into()));

@@ -334,6 +334,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     backend.bounds.dns_lease = lease;
     backend.bounds.dns_propagation = std::time::Duration::from_secs(config.dns.propagation_secs);
     backend.public_resolvers = config.dns.public_resolvers.clone();
+    backend.bounds.byo_delegation = std::time::Duration::from_secs(config.dns.byo_wait_secs);
     let dns = backend.dns.clone();
     let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
     let supervisor = Arc::new(Supervisor::new(engine));

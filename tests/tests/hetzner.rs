@@ -164,8 +164,9 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     // The job runs preflight, DNS and infra for real, then pauses in the
     // cluster phase: the fake's servers are API objects, not hosts, so the
     // real SSH adapter's bounded wait for them runs out, naming the host.
-    assert_eq!(wait_status(&api, &job, &["paused", "failed", "succeeded"]), "paused");
+    let status = wait_status(&api, &job, &["paused", "failed", "succeeded"]);
     let detail = api.get(&format!("/v1/jobs/{job}")).unwrap();
+    assert_eq!(status, "paused", "{detail}");
     let pause = detail["pause"].to_string();
     assert!(
         pause.contains("cluster/ssh-fsn1-") && pause.contains("to accept connections"),

@@ -265,10 +265,20 @@ async fn ns_matches(cx: &StepCtx, fqdn: &str) -> StepResult<Option<Vec<String>>>
 async fn verify_delegation(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
     if parent(cx)?.is_none() {
-        // TODO(dns issue): byo-manual waits (bounded) for the customer's NS flip.
-        return Ok(
-            json!({ "verified": false, "reason": "bring-your-own domain: checked at dns-commit" }),
-        );
+        // Bring-your-own: the customer (byo-manual) or the registrar adapter
+        // (byo-api) points the domain's NS at us; the job waits, bounded,
+        // and streams what the public resolvers see meanwhile.
+        let mut want = nameservers();
+        want.sort();
+        let checks = vec![(abs(&fqdn), "NS".to_owned(), want.clone())];
+        cx.log(format!(
+            "Point the NS records of {fqdn} at {}; waiting for the world to see them.",
+            want.join(", ")
+        ))
+        .await?;
+        let bound = cx.backend.bounds.byo_delegation;
+        await_resolvers(cx, &format!("the NS of {fqdn} to point here"), bound, &checks).await?;
+        return Ok(json!({ "verified": true, "mode": "byo", "nameservers": want }));
     }
     let ns = cx
         .wait_for(
@@ -408,24 +418,44 @@ async fn propagation(cx: &StepCtx) -> StepResult<Value> {
     want_ns.sort();
     // The delegation, and every record committed (a wildcard through a
     // name it must cover; add-region's are the regional names).
-    let mut checks: Vec<(String, String, Vec<String>)> = vec![(abs(&fqdn), "NS".into(), want_ns)];
+    let mut checks: Vec<Check> = vec![(abs(&fqdn), "NS".into(), want_ns)];
     for rr in &set {
         let mut want = rr.records.clone();
         want.sort();
         checks.push((rr.name.replacen("*.", "catalyst-probe.", 1), rr.rtype.clone(), want));
     }
+    await_resolvers(cx, &format!("{fqdn} to be visible"), bound, &checks).await?;
+    let resolvers: Vec<String> =
+        cx.backend.public_resolvers.iter().map(|r| r.to_string()).collect();
+    Ok(json!({ "delegated": true, "nameservers": ns, "resolvers": resolvers }))
+}
+
+/// (name, type, expected answer, sorted).
+type Check = (String, String, Vec<String>);
+
+/// Asks every public resolver for `checks` until all of them answer as
+/// expected, within `bound`. Each resolver's view (what is still wrong
+/// through it) is a `dns` event when it changes; past the bound, the
+/// timeout says what each one last answered. A resolver that refuses or
+/// does not answer is "not yet", never an error of its own.
+async fn await_resolvers(
+    cx: &StepCtx,
+    what: &str,
+    bound: Duration,
+    checks: &[Check],
+) -> StepResult<()> {
     let resolvers = cx.backend.public_resolvers.clone();
     let seen = std::sync::Mutex::new(std::collections::BTreeMap::<String, String>::new());
     let res = cx
         .wait_for(
-            &format!("{fqdn} to be visible through {} public resolvers", resolvers.len()),
+            &format!("{what} through {} public resolvers", resolvers.len()),
             bound,
             || async {
                 let mut all = true;
                 for r in &resolvers {
                     let mut view = Vec::new();
                     let mut ok = true;
-                    for (name, t, want) in &checks {
+                    for (name, t, want) in checks {
                         let got = match cx.backend.dns.query_via(*r, name, t).await {
                             Ok(mut v) => {
                                 v.sort();
@@ -460,8 +490,6 @@ async fn propagation(cx: &StepCtx) -> StepResult<Value> {
         )
         .await;
     match res {
-        Ok(()) => Ok(json!({ "delegated": true, "nameservers": ns,
-                              "resolvers": resolvers.iter().map(|r| r.to_string()).collect::<Vec<_>>() })),
         Err(StepError::Timeout { reason, bound_s }) => {
             let views: Vec<String> = seen
                 .into_inner()
@@ -474,6 +502,6 @@ async fn propagation(cx: &StepCtx) -> StepResult<Value> {
                 bound_s,
             })
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
