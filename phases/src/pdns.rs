@@ -253,9 +253,7 @@ fn rtype_of(rtype: &str) -> AdapterResult<RecordType> {
 #[async_trait]
 impl DnsApi for PowerDns {
     async fn zone_exists(&self, zone: &str) -> AdapterResult<bool> {
-        let path = format!("/zones/{}?rrsets=false", zone_id(zone));
-        let (status, _) = self.expect("get zone", Method::GET, &path, None, &[200, 404]).await?;
-        Ok(status == StatusCode::OK)
+        Ok(self.zone_account(zone).await?.is_some())
     }
 
     async fn zone_account(&self, zone: &str) -> AdapterResult<Option<String>> {

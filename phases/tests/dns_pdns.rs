@@ -363,18 +363,12 @@ async fn records_are_replaced_in_one_patch_and_a_changed_address_is_served() {
     assert_eq!(dig(&p, "moved.omani.works", "A"), ["203.0.113.2"]);
 }
 
-/// What the daemon's keeper does each round: renew the leases of the
-/// jobs in flight, sweep the reservations whose lease ran out (more than
-/// `grace` ago).
+/// One round of the daemon's lease keeper (its own code), over this
+/// store's jobs, sweeping leases that ran out more than `grace` ago.
 async fn keeper_round_with(store: &Store, d: &PowerDns, grace: Duration) -> Vec<String> {
-    let jobs = store.jobs_in_flight().await.unwrap();
-    let live: Vec<(String, String)> = jobs
-        .iter()
-        .filter_map(|j| dns::fqdn_of_request(&j.request).map(|f| (j.id.to_string(), f)))
-        .collect();
-    dns::renew_leases(d, &live, Duration::from_secs(1)).await.unwrap();
-    let ids: Vec<String> = live.into_iter().map(|(j, _)| j).collect();
-    dns::sweep_expired(d, &[POOL], &ids, grace).await.unwrap()
+    let jobs = store.list_jobs(None).await.unwrap();
+    let ttl = Duration::from_secs(1);
+    dns::keep_leases(d, &jobs, &[POOL], ttl, grace).await.unwrap().1
 }
 
 async fn keeper_round(store: &Store, d: &PowerDns) -> Vec<String> {

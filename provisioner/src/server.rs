@@ -79,42 +79,20 @@ async fn lease_keeper(
     lease: std::time::Duration,
     stop: CancellationToken,
 ) {
-    use cz_state::JobStatus;
+    use cz_phases::phases::dns::keep_leases;
     loop {
         match store.list_jobs(None).await {
             Ok(jobs) => {
-                let live: Vec<(String, String)> = jobs
-                    .iter()
-                    .filter(|j| {
-                        matches!(
-                            j.status,
-                            JobStatus::Pending | JobStatus::Running | JobStatus::Paused
-                        )
-                    })
-                    .filter_map(|j| {
-                        cz_phases::phases::dns::fqdn_of_request(&j.request)
-                            .map(|f| (j.id.to_string(), f))
-                    })
-                    .collect();
-                match cz_phases::phases::dns::renew_leases(dns.as_ref(), &live, lease).await {
-                    Ok(z) if !z.is_empty() => tracing::debug!(zones = ?z, "Renewed DNS leases."),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "Cannot renew DNS leases."),
-                }
-                let ids: Vec<String> = live.into_iter().map(|(j, _)| j).collect();
-                match cz_phases::phases::dns::sweep_expired(
-                    dns.as_ref(),
-                    SIM_POOL_ZONES,
-                    &ids,
-                    lease,
-                )
-                .await
-                {
-                    Ok(z) if !z.is_empty() => {
-                        tracing::warn!(zones = ?z, "Removed DNS reservations whose lease ran out.")
+                match keep_leases(dns.as_ref(), &jobs, SIM_POOL_ZONES, lease, lease).await {
+                    Ok((renewed, swept)) => {
+                        if !renewed.is_empty() {
+                            tracing::debug!(zones = ?renewed, "Renewed DNS leases.");
+                        }
+                        if !swept.is_empty() {
+                            tracing::warn!(zones = ?swept, "Removed DNS reservations whose lease ran out.");
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "Cannot sweep DNS reservations."),
+                    Err(e) => tracing::warn!(error = %e, "Cannot keep the DNS leases."),
                 }
             }
             Err(e) => tracing::warn!(error = %e, "Cannot list jobs for the DNS leases."),

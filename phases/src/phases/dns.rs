@@ -169,6 +169,15 @@ pub fn fqdn_of_request(request: &Value) -> Option<String> {
         .map(|r| r.fqdn())
 }
 
+/// The lease a zone's metadata holds, if any (unreadable is none).
+async fn lease_of(dns: &dyn crate::adapters::DnsApi, zone: &str) -> StepResult<Option<Lease>> {
+    Ok(dns
+        .zone_meta(zone, LEASE_META)
+        .await?
+        .first()
+        .and_then(|v| serde_json::from_str::<Lease>(v).ok()))
+}
+
 /// Renews the lease of every live job (`jobs`: id and Sovereign FQDN)
 /// holding a reservation not committed yet. Returns the zones renewed.
 pub async fn renew_leases(
@@ -180,11 +189,7 @@ pub async fn renew_leases(
     for (job, fqdn) in jobs {
         let zone = abs(fqdn);
         // Only a lease this job holds (not a committed zone, not another's).
-        let held = dns.zone_meta(&zone, LEASE_META).await.unwrap_or_default();
-        let ours = held
-            .first()
-            .and_then(|v| serde_json::from_str::<Lease>(v).ok())
-            .is_some_and(|l| l.job == *job);
+        let ours = lease_of(dns, &zone).await.ok().flatten().is_some_and(|l| l.job == *job);
         if ours {
             set_lease(dns, &zone, job, ttl).await?;
             renewed.push(zone);
@@ -205,14 +210,7 @@ pub async fn sweep_expired(
 ) -> StepResult<Vec<String>> {
     let mut swept = Vec::new();
     for zone in dns.list_zones().await? {
-        let Some(lease) = dns
-            .zone_meta(&zone, LEASE_META)
-            .await?
-            .first()
-            .and_then(|v| serde_json::from_str::<Lease>(v).ok())
-        else {
-            continue;
-        };
+        let Some(lease) = lease_of(dns, &zone).await? else { continue };
         if lease.expires + grace.as_secs() as i64 > now_unix() || live.contains(&lease.job) {
             continue;
         }
@@ -225,6 +223,29 @@ pub async fn sweep_expired(
         swept.push(zone);
     }
     Ok(swept)
+}
+
+/// One round of the daemon's lease keeper over the store's `jobs`: renew
+/// the leases of the live ones (pending, running or paused: a paused job
+/// waits for its operator, it is not gone), then sweep the reservations
+/// whose lease ran out more than `grace` ago. Returns (renewed, swept).
+pub async fn keep_leases(
+    dns: &dyn crate::adapters::DnsApi,
+    jobs: &[cz_state::Job],
+    pools: &[&str],
+    ttl: Duration,
+    grace: Duration,
+) -> StepResult<(Vec<String>, Vec<String>)> {
+    use cz_state::JobStatus;
+    let live: Vec<(String, String)> = jobs
+        .iter()
+        .filter(|j| matches!(j.status, JobStatus::Pending | JobStatus::Running | JobStatus::Paused))
+        .filter_map(|j| fqdn_of_request(&j.request).map(|f| (j.id.to_string(), f)))
+        .collect();
+    let renewed = renew_leases(dns, &live, ttl).await?;
+    let ids: Vec<String> = live.into_iter().map(|(j, _)| j).collect();
+    let swept = sweep_expired(dns, pools, &ids, grace).await?;
+    Ok((renewed, swept))
 }
 
 async fn delegation(cx: &StepCtx) -> StepResult<Value> {
