@@ -55,6 +55,8 @@ pub enum System {
     Kubernetes,
     Openbao,
     Dns,
+    /// A customer's registrar or DNS host (`byo-api`).
+    Registrar,
 }
 
 impl System {
@@ -66,6 +68,7 @@ impl System {
             System::Kubernetes => "kubernetes",
             System::Openbao => "openbao",
             System::Dns => "dns",
+            System::Registrar => "registrar",
         }
     }
 }

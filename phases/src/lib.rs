@@ -9,6 +9,8 @@
 //! - [`adapters`]: one trait per external system;
 //! - [`sim`]: hand-written fakes of every system, persistent, with latency
 //!   and failure injection (the `sim` backend);
+//! - [`registrar`]: the registrar adapters of `byo-api` domains, and a
+//!   fake of their APIs;
 //! - [`request`]: the versioned provision request and its validation;
 //! - [`phases`]: the nine provision phases, add-region and destroy.
 
@@ -21,6 +23,7 @@ pub mod k8s;
 pub mod pdns;
 pub mod phases;
 pub mod plan;
+pub mod registrar;
 pub mod request;
 pub mod sim;
 pub mod step;

@@ -97,6 +97,7 @@ pub fn system_of(name: &str) -> System {
         "kube" | "kubernetes" => System::Kubernetes,
         "bao" | "openbao" => System::Openbao,
         "dns" => System::Dns,
+        "registrar" => System::Registrar,
         _ => System::Cloud,
     }
 }
