@@ -559,6 +559,8 @@ pub struct Backend {
     pub kube: Arc<dyn KubeApi>,
     pub bao: Arc<dyn BaoApi>,
     pub dns: Arc<dyn DnsApi>,
+    /// The customers' registrars (`byo-api` domains).
+    pub registrars: Arc<dyn crate::registrar::Registrars>,
     /// Where per-job workspaces live (under the data directory).
     pub workspace_root: PathBuf,
     /// What `infra.render` writes for tofu.

@@ -530,13 +530,17 @@ impl ProvisionRequest {
                 }
             }
             Domain::ByoManual { fqdn } => errs.check("domain.fqdn", check_fqdn(fqdn)),
-            Domain::ByoApi { fqdn, registrar: _, registrar_token } => {
+            Domain::ByoApi { fqdn, registrar, registrar_token } => {
                 errs.check("domain.fqdn", check_fqdn(fqdn));
                 if registrar_token.expose().trim().is_empty() {
                     errs.add(
                         "domain.registrar_token",
                         "is required with mode `byo-api`: an API token of the registrar",
                     );
+                } else if let Err(m) =
+                    crate::registrar::Credentials::parse(*registrar, registrar_token.expose())
+                {
+                    errs.add("domain.registrar_token", m);
                 }
             }
         }
@@ -1191,6 +1195,18 @@ mod tests {
             registrar_token: SecretString::new("  "),
         };
         assert_eq!(paths(&req), ["domain.fqdn", "domain.registrar_token"]);
+
+        // Each registrar's token shape, checked before anything is spent,
+        // and the message never repeats the token.
+        req.domain = Domain::ByoApi {
+            fqdn: "acme.com".to_string(),
+            registrar: Registrar::Namecheap,
+            registrar_token: SecretString::new("acme:k3y-only"),
+        };
+        let e = only_error(&req);
+        assert_eq!(e.path, "domain.registrar_token");
+        assert!(e.message.contains("apiUser:apiKey:clientIP"), "{}", e.message);
+        assert!(!e.message.contains("k3y-only"), "{}", e.message);
     }
 
     #[test]
@@ -1527,11 +1543,12 @@ mod tests {
         let mut v = sample_json();
         v["on_failure"] = "keep".into();
         v["domain"] = serde_json::json!({
-            "mode": "byo-api", "fqdn": "acme.com", "registrar": "namecheap", "registrar_token": "t0k"
+            "mode": "byo-api", "fqdn": "acme.com", "registrar": "namecheap",
+            "registrar_token": "acme:t0k:203.0.113.7"
         });
         let req = parse_provision(v.to_string().as_bytes()).unwrap();
         assert_eq!(req.on_failure, FailurePolicy::Keep);
-        assert_eq!(req.secrets()[1].1.expose(), "t0k");
+        assert_eq!(req.secrets()[1].1.expose(), "acme:t0k:203.0.113.7");
     }
 
     #[test]

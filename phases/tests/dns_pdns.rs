@@ -603,3 +603,326 @@ async fn byo_manual_waits_for_the_customers_ns_change_and_streams_it() {
     assert_eq!(dig(&p, "console.customer.example", "A"), [LB]);
     assert!(delegation(&p, "customer.example").await.is_empty());
 }
+
+// ---- byo-api: the customer's registrar, through its API ----
+
+use cz_phases::registrar::fake::FakeRegistrars;
+use cz_phases::registrar::{HttpRegistrars, sorted};
+use cz_phases::request::Registrar;
+
+/// A customer at a registrar: the token, the Sovereign's domain, the zone
+/// the registrar holds it in (Cloudflare: the customer's zone; otherwise
+/// the domain itself) and where it points before.
+struct Customer {
+    r: Registrar,
+    token: &'static str,
+    fqdn: &'static str,
+    zone: &'static str,
+    before: &'static [&'static str],
+}
+
+const CUSTOMERS: [Customer; 5] = [
+    Customer {
+        r: Registrar::Cloudflare,
+        token: "cf-token-1",
+        fqdn: "k8s.acme-cf.com",
+        zone: "acme-cf.com",
+        before: &[],
+    },
+    Customer {
+        r: Registrar::Namecheap,
+        token: "acme:nc-key:203.0.113.7",
+        fqdn: "acme-nc.io",
+        zone: "acme-nc.io",
+        before: &["dns1.registrar-servers.com", "dns2.registrar-servers.com"],
+    },
+    Customer {
+        r: Registrar::Godaddy,
+        token: "gd-key:gd-secret",
+        fqdn: "acme-gd.net",
+        zone: "acme-gd.net",
+        before: &["ns55.domaincontrol.com", "ns56.domaincontrol.com"],
+    },
+    Customer {
+        r: Registrar::Ovh,
+        token: "ovh-app:ovh-secret:ovh-consumer",
+        fqdn: "acme-ovh.fr",
+        zone: "acme-ovh.fr",
+        before: &["dns110.ovh.net", "ns110.ovh.net"],
+    },
+    Customer {
+        r: Registrar::Dynadot,
+        token: "dyn-key",
+        fqdn: "acme-dyn.org",
+        zone: "acme-dyn.org",
+        before: &["ns1.dyna-ns.net", "ns2.dyna-ns.net"],
+    },
+];
+
+fn owned(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn byo_api_request(c: &Customer) -> ProvisionRequest {
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let mut body = sample_body("byo", 1, 0, &"s".repeat(64), &recipient);
+    body["domain"] = json!({ "mode": "byo-api", "fqdn": c.fqdn, "registrar": c.r,
+                             "registrar_token": c.token });
+    serde_json::from_value(body).unwrap()
+}
+
+/// Pre-flight's registrar check, then the DNS phases.
+fn byo_api_plan(req: &ProvisionRequest) -> Plan {
+    let mut pre = PhaseBuilder::new("preflight");
+    pre.step("registrar", "preflight.registrar", &[], json!({ "dns": true }));
+    let mut p = plan(req);
+    p.phases.insert(0, pre.build());
+    p
+}
+
+/// The registrars, and the world: a second PowerDNS that stands for the
+/// TLD servers and resolvers. It follows the registrars: a domain
+/// delegated to us resolves through our servers (our NS, the Sovereign's
+/// records); otherwise to what the registrar has.
+struct ByoWorld {
+    fake: FakeRegistrars,
+    world: Pdns,
+}
+
+impl ByoWorld {
+    async fn start() -> ByoWorld {
+        let fake = FakeRegistrars::start().await;
+        let mut world = Pdns::prepare();
+        world.start().await;
+        let w = adapter(&world);
+        for c in &CUSTOMERS {
+            if c.r == Registrar::Cloudflare {
+                fake.domain(
+                    c.r,
+                    c.token,
+                    c.zone,
+                    &["ada.ns.cloudflare.com", "bob.ns.cloudflare.com"],
+                );
+            } else {
+                fake.domain(c.r, c.token, c.zone, c.before);
+            }
+            let ns = vec!["ns1.parked.example.".to_owned()];
+            w.create_zone(&format!("{}.", c.fqdn), &ns, "").await.unwrap();
+        }
+        ByoWorld { fake, world }
+    }
+
+    fn resolver(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.world.dns_port).parse().unwrap()
+    }
+
+    /// The world catches up with the registrars, every 50 ms.
+    async fn follow(&self) {
+        let w = adapter(&self.world);
+        loop {
+            for c in &CUSTOMERS {
+                let at = sorted(&self.fake.nameservers(c.r, c.fqdn));
+                let ours = sorted(&nameservers());
+                let zone = format!("{}.", c.fqdn);
+                let mut rrs = vec![Rrset {
+                    name: zone.clone(),
+                    rtype: "NS".into(),
+                    ttl: 60,
+                    records: if at == ours {
+                        nameservers()
+                    } else {
+                        vec!["ns1.parked.example.".into()]
+                    },
+                }];
+                for n in ["", "*.", "console.", "api.", "gitea.", "harbor."] {
+                    rrs.push(Rrset {
+                        name: format!("{n}{zone}"),
+                        rtype: "A".into(),
+                        ttl: 60,
+                        records: vec![if at == ours { LB } else { "192.0.2.99" }.into()],
+                    });
+                }
+                w.replace_rrsets(&zone, &rrs).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A rig whose backend reaches the fake registrars and asks the world.
+    async fn rig(
+        &self,
+        dir: &Path,
+        p: &Pdns,
+        req: &ProvisionRequest,
+        plan: Plan,
+        o: JobOptions,
+        request: Option<Value>,
+    ) -> Rig {
+        let r = rig_with(dir, p, req, plan, o, request).await;
+        let mut b = backend_for(dir, p);
+        b.registrars = Arc::new(HttpRegistrars::new(self.fake.endpoints(), Duration::from_secs(5)));
+        b.public_resolvers.push(self.resolver());
+        let engine = Engine::new(r.store.clone(), Arc::new(registry_for()), Arc::new(b));
+        Rig { engine, ..r }
+    }
+}
+
+/// Drives `r` while the world follows the registrars.
+async fn drive_in(world: &ByoWorld, r: &Rig) -> JobStatus {
+    tokio::select! {
+        s = drive(r) => s,
+        () = world.follow() => unreachable!(),
+    }
+}
+
+/// Destroy's DNS phase for a byo-api Sovereign (its block names the registrar).
+async fn destroy_byo(world: &ByoWorld, dir: &Path, p: &Pdns, c: &Customer) -> Rig {
+    let plan = destroy_plan(&["fsn1".to_owned()]);
+    let dns_only = plan.phases.into_iter().filter(|ph| ph.id == "dns").collect();
+    let request = json!({ "sovereign": { "fqdn": c.fqdn, "registrar": c.r },
+                          "regions": [{ "location": "fsn1" }] });
+    let req = byo_api_request(c);
+    world.rig(dir, p, &req, Plan { phases: dns_only }, JobOptions::default(), Some(request)).await
+}
+
+/// Against each of the five registrars: pre-flight reads where the domain
+/// points, the job has the registrar delegate it to us, waits for the
+/// registrar and the world to say so, commits and passes the propagation
+/// gate; destroy gives the registrar its old delegation back and leaves
+/// no zone.
+#[tokio::test]
+async fn byo_api_each_registrar_delegates_then_destroy_gives_it_back() {
+    let p = pool().await;
+    let world = ByoWorld::start().await;
+    for c in &CUSTOMERS {
+        let req = byo_api_request(c);
+        let tmp = tempfile::tempdir().unwrap();
+        let r =
+            world.rig(tmp.path(), &p, &req, byo_api_plan(&req), JobOptions::default(), None).await;
+        let status = drive_in(&world, &r).await;
+        assert_eq!(status, JobStatus::Succeeded, "{:?}: {}", c.r, why(&r).await);
+        assert_eq!(
+            sorted(&world.fake.nameservers(c.r, c.fqdn)),
+            sorted(&nameservers()),
+            "{:?}",
+            c.r
+        );
+        assert_eq!(dig(&p, &format!("console.{}", c.fqdn), "A"), [LB], "{:?}", c.r);
+        // What it pointed at before is kept on our zone.
+        let prev =
+            adapter(&p).zone_meta(&format!("{}.", c.fqdn), dns::PREVIOUS_NS_META).await.unwrap();
+        let prev: Value = serde_json::from_str(&prev[0]).unwrap();
+        assert_eq!(prev["nameservers"], json!(c.before), "{:?}", c.r);
+        let evs = r.store.events_after(r.job, 0, 100_000).await.unwrap();
+        let said = evs.iter().any(|e| {
+            e.kind == "dns"
+                && e.body["message"].as_str().is_some_and(|m| {
+                    m.contains(&format!("{}: {} delegated to", c.r.title(), c.fqdn))
+                })
+        });
+        assert!(said, "{:?}: no delegation event", c.r);
+        // Nothing secret in the journal.
+        let journal =
+            serde_json::to_string(&evs.iter().map(|e| &e.body).collect::<Vec<_>>()).unwrap();
+        assert!(!journal.contains(c.token), "{:?}", c.r);
+
+        // Destroy: the registrar delegates back, and the zone is gone; twice is the same.
+        for _ in 0..2 {
+            let tmp = tempfile::tempdir().unwrap();
+            let d = destroy_byo(&world, tmp.path(), &p, c).await;
+            assert_eq!(
+                drive_in(&world, &d).await,
+                JobStatus::Succeeded,
+                "{:?}: {}",
+                c.r,
+                why(&d).await
+            );
+            assert_eq!(
+                sorted(&world.fake.nameservers(c.r, c.fqdn)),
+                sorted(&owned(c.before)),
+                "{:?}",
+                c.r
+            );
+            assert!(!adapter(&p).zone_exists(c.fqdn).await.unwrap(), "{:?}", c.r);
+        }
+    }
+}
+
+/// A failure after the delegation unwinds it: the registrar points where
+/// it did, every step done and undone twice. A customer's own change made
+/// meanwhile is left alone. A token the registrar refuses stops the job in
+/// pre-flight, before any zone or registrar write.
+#[tokio::test]
+async fn byo_api_unwind_restores_the_registrar_and_a_bad_token_spends_nothing() {
+    let p = pool().await;
+    let world = ByoWorld::start().await;
+    let c = &CUSTOMERS[2]; // GoDaddy
+    let req = byo_api_request(c);
+    let nodes: BTreeSet<String> = byo_api_plan(&req)
+        .phases
+        .iter()
+        .flat_map(|ph| ph.nodes.iter().map(|n| n.id.clone()))
+        .collect();
+    let faults = FaultPlan {
+        fail: [("dns-commit/records".to_owned(), ErrorClass::Terminal)].into(),
+        repeat: nodes.clone(),
+        repeat_undo: nodes,
+        ..FaultPlan::default()
+    };
+    let options =
+        JobOptions { faults, on_failure: FailurePolicy::Rollback, ..JobOptions::default() };
+    let tmp = tempfile::tempdir().unwrap();
+    let r = world.rig(tmp.path(), &p, &req, byo_api_plan(&req), options, None).await;
+    assert_eq!(drive_in(&world, &r).await, JobStatus::Failed, "{}", why(&r).await);
+    assert_eq!(sorted(&world.fake.nameservers(c.r, c.fqdn)), sorted(&owned(c.before)));
+    assert!(!adapter(&p).zone_exists(c.fqdn).await.unwrap());
+
+    // The customer moves the domain while the job is paused; cancelling
+    // it then leaves their choice.
+    let c = &CUSTOMERS[4]; // Dynadot
+    let req = byo_api_request(c);
+    let faults = FaultPlan {
+        fail: [("dns-commit/records".to_owned(), ErrorClass::NeedsOperator)].into(),
+        ..FaultPlan::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let r = world
+        .rig(
+            tmp.path(),
+            &p,
+            &req,
+            byo_api_plan(&req),
+            JobOptions { faults, ..JobOptions::default() },
+            None,
+        )
+        .await;
+    assert_eq!(drive_in(&world, &r).await, JobStatus::Paused, "{}", why(&r).await);
+    world.fake.set_by_hand(c.r, c.fqdn, &["ns1.elsewhere.example", "ns2.elsewhere.example"]);
+    cz_phases::engine::Verbs { store: &r.store }.cancel(r.job, "test").await.unwrap();
+    assert_eq!(drive_in(&world, &r).await, JobStatus::Cancelled, "{}", why(&r).await);
+    assert_eq!(
+        world.fake.nameservers(c.r, c.fqdn),
+        ["ns1.elsewhere.example", "ns2.elsewhere.example"]
+    );
+    assert!(!adapter(&p).zone_exists(c.fqdn).await.unwrap());
+
+    // A Namecheap key the registrar does not know: pre-flight says so.
+    let mut bad = CUSTOMERS[1].token.replace("nc-key", "nc-wrong");
+    let c = &CUSTOMERS[1];
+    let mut req = byo_api_request(c);
+    if let cz_phases::request::Domain::ByoApi { registrar_token, .. } = &mut req.domain {
+        *registrar_token = SecretString::new(std::mem::take(&mut bad));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let r = world.rig(tmp.path(), &p, &req, byo_api_plan(&req), JobOptions::default(), None).await;
+    let status = drive_in(&world, &r).await;
+    assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+    let w = why(&r).await;
+    assert!(
+        w.contains("preflight/registrar") && w.contains("1011102") && w.contains("unauthorized"),
+        "{w}"
+    );
+    assert!(!w.contains("nc-wrong"), "{w}");
+    assert!(!adapter(&p).zone_exists(c.fqdn).await.unwrap());
+    assert!(world.fake.writes(c.r).is_empty(), "{:?}", world.fake.writes(c.r));
+}

@@ -58,7 +58,8 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
         ssh: Arc::new(Unbuilt::SSH),
         kube: Arc::new(Unbuilt::KUBE),
         bao: Arc::new(Unbuilt::BAO),
-        dns: Arc::new(SimDns::new(world)),
+        dns: Arc::new(SimDns::new(world.clone())),
+        registrars: Arc::new(cz_phases::sim::SimRegistrars::new(world)),
         workspace_root: dir.path().join("workspaces"),
         infra: InfraModule::Offline {
             templates: concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates/hetzner-offline")

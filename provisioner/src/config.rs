@@ -372,6 +372,10 @@ pub struct Config {
     pub hetzner: HetznerConfig,
     pub powerdns: Option<PowerDnsConfig>,
     pub dns: DnsConfig,
+    /// The registrar APIs of `byo-api` domains. Without this section the
+    /// `hetzner` backend uses the production APIs and the `sim` backend
+    /// simulates them; with it, both use these (a staging API, a fake).
+    pub registrars: Option<cz_phases::registrar::Endpoints>,
     /// Seconds between SSE heartbeat comments.
     pub heartbeat_secs: u64,
     /// Transient-retry bounds applied to every submitted job.
@@ -389,6 +393,7 @@ impl Default for Config {
             hetzner: HetznerConfig::default(),
             powerdns: None,
             dns: DnsConfig::default(),
+            registrars: None,
             heartbeat_secs: 15,
             retry: RetryPolicy::default(),
             tokens: Tokens::default(),
@@ -483,6 +488,9 @@ impl Config {
         }
         if let Some(p) = &self.powerdns {
             p.validate()?;
+        }
+        if let Some(r) = &self.registrars {
+            r.validate().map_err(LoadError::Invalid)?;
         }
         if self.dns.byo_wait_secs == 0 {
             return Err(LoadError::Invalid("dns.byo_wait_secs must be at least 1".into()));

@@ -34,6 +34,16 @@ pub async fn ensure_sim_pool_zones(backend: &Backend) -> anyhow::Result<()> {
     ensure_pool_zones(backend, false).await
 }
 
+/// The registrars' real adapters, at `endpoints`.
+fn http_registrars(
+    endpoints: cz_phases::registrar::Endpoints,
+) -> Arc<dyn cz_phases::registrar::Registrars> {
+    Arc::new(cz_phases::registrar::HttpRegistrars::new(
+        endpoints,
+        std::time::Duration::from_secs(30),
+    ))
+}
+
 /// The real PowerDNS adapter when `[powerdns]` is configured.
 fn powerdns(config: &Config) -> anyhow::Result<Option<Arc<dyn cz_phases::adapters::DnsApi>>> {
     let Some(p) = &config.powerdns else { return Ok(None) };
@@ -242,6 +252,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
             // Without a [powerdns] section, the sim's DNS stands in.
             None => Arc::new(SimDns::new(world)),
         },
+        registrars: http_registrars(config.registrars.clone().unwrap_or_default()),
         workspace_root: config.data_dir.join("workspaces"),
         infra,
         k3s: match (&h.artifacts_dir, &h.k3s_download) {
@@ -285,6 +296,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
             );
             if let Some(d) = powerdns(&config)? {
                 b.dns = d;
+            }
+            if let Some(r) = &config.registrars {
+                b.registrars = http_registrars(r.clone());
             }
             ensure_pool_zones(&b, config.powerdns.is_some()).await?;
             b

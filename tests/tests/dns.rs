@@ -128,3 +128,76 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     // The pool zone stays.
     assert!(!dig(&p, "omani.works", "SOA").is_empty());
 }
+
+/// `byo-api` through the daemon: a Sovereign on the customer's own domain
+/// at Dynadot (the fake registrars, reached through `[registrars]`), its
+/// zone on the real PowerDNS. Pre-flight validates the token, the job has
+/// the registrar delegate the domain to us, and destroying the Sovereign
+/// gives the registrar its old delegation back. The token is in no file
+/// the daemon wrote and in no answer of its API.
+#[test]
+fn e2e_byo_api_delegates_at_the_registrar_and_destroy_gives_it_back() {
+    use cz_phases::registrar::fake::FakeRegistrars;
+    use cz_phases::request::Registrar;
+
+    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut p = Pdns::prepare();
+    rt.block_on(p.start());
+    let fake = rt.block_on(FakeRegistrars::start());
+    const TOKEN: &str = "DynadotE2Ekey0123456789";
+    let before = ["ns1.dyna-ns.net", "ns2.dyna-ns.net"];
+    fake.domain(Registrar::Dynadot, TOKEN, "acme-e2e.org", &before);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let e = fake.endpoints();
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\npublic_resolvers = [\"127.0.0.1:{port}\"]\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n\
+             [registrars]\ncloudflare = \"{}\"\nnamecheap = \"{}\"\ngodaddy = \"{}\"\novh = \"{}\"\ndynadot = \"{}\"\n",
+            p.url(),
+            e.cloudflare,
+            e.namecheap,
+            e.godaddy,
+            e.ovh,
+            e.dynadot,
+            port = p.dns_port
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut d = Daemon::new(&data, 0.002);
+    d.backend_args.extend(["--config".into(), config.display().to_string()]);
+    d.env.push(("CATALYST_ZERO_POWERDNS_API_KEY".into(), p.api_key.clone()));
+    d.start().unwrap();
+
+    let api = Api::new(d.port);
+    let mut body = request("byo", 1, 0);
+    body["domain"] = serde_json::json!({ "mode": "byo-api", "fqdn": "acme-e2e.org",
+        "registrar": "dynadot", "registrar_token": TOKEN });
+    let (code, resp) = api.post("/v1/sovereigns", &body).unwrap();
+    assert_eq!(code, 202, "{resp}");
+    let job = resp["job_id"].as_str().unwrap().to_owned();
+    let sovereign = resp["sovereign_id"].as_str().unwrap().to_owned();
+    let status = wait_status(&api, &job, &["succeeded", "failed", "paused"]);
+    let detail = api.get(&format!("/v1/jobs/{job}")).unwrap();
+    assert_eq!(status, "succeeded", "{detail}");
+    assert!(!detail.to_string().contains(TOKEN));
+    let mut ns = fake.nameservers(Registrar::Dynadot, "acme-e2e.org");
+    ns.sort();
+    assert_eq!(ns, ["ns1.openova.io", "ns2.openova.io", "ns3.openova.io"]);
+    assert_eq!(dig(&p, "console.acme-e2e.org", "A").len(), 1);
+    assert!(fake.calls(Registrar::Dynadot).iter().any(|c| c == "domain_info"), "pre-flight");
+
+    let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
+    assert_eq!(code, 202, "{resp}");
+    let destroy = resp["job_id"].as_str().unwrap().to_owned();
+    let status = wait_status(&api, &destroy, &["succeeded", "failed", "paused"]);
+    assert_eq!(status, "succeeded", "{}", api.get(&format!("/v1/jobs/{destroy}")).unwrap());
+    assert_eq!(fake.nameservers(Registrar::Dynadot, "acme-e2e.org"), before);
+    assert!(dig(&p, "acme-e2e.org", "SOA").is_empty());
+    assert!(files_containing(&data, TOKEN.as_bytes()).is_empty());
+}

@@ -3,7 +3,8 @@
 //! Tofu destroy where a live (not handed-off) state exists, then a sweep by
 //! label that also removes objects created later by in-cluster controllers
 //! (load balancers, volumes, primary IPs), repeated until nothing labelled
-//! remains; then the DNS records, zone and delegation; then the Sovereign's
+//! remains; then the DNS records, zone and delegation (a `byo-api`
+//! domain's registrar delegation put back as it was); then the Sovereign's
 //! secrets. Every step is idempotent, so a destroy resumes after a crash and
 //! works on partial state. Destroy steps have no undo: a destroy is not
 //! rolled back.
@@ -91,11 +92,14 @@ async fn sweep(cx: &StepCtx) -> StepResult<Value> {
 async fn dns(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
     let zone = format!("{fqdn}.");
+    // byo-api: the registrar first, while the zone still says what the
+    // domain pointed at before.
+    let registrar = super::dns::restore_registrar(cx).await?;
     if let Some(pool) = cx.request.pointer("/sovereign/pool_domain").and_then(Value::as_str) {
         cx.backend.dns.delete_rrsets(&format!("{pool}."), &[(zone.clone(), "NS".into())]).await?;
     }
     cx.backend.dns.delete_zone(&zone).await?;
-    Ok(json!({ "zone": zone }))
+    Ok(json!({ "zone": zone, "registrar": registrar }))
 }
 
 async fn secrets(cx: &StepCtx) -> StepResult<Value> {

@@ -16,17 +16,27 @@
 //! delegation. A slow `infra` therefore cannot lose the zone (F-43), and a
 //! swept zone makes commit fail loudly (404 → not found), never "ready".
 //!
-//! TODO(dns issue): the registrar adapters (byo-api), the byo-manual NS
-//! wait, public-resolver propagation checks.
+//!
+//! **Bring-your-own domains.** `byo-manual`: the customer changes the NS at
+//! their registrar; `verify-delegation` waits, bounded, streaming what the
+//! public resolvers see. `byo-api`: `preflight/registrar` proved the token
+//! can manage the domain and noted its nameservers; `delegation` records
+//! them on the zone ([`PREVIOUS_NS_META`]) and has the registrar point the
+//! domain at ours; its undo, and destroy, put the recorded ones back, but
+//! only while the domain still points at us (a change the customer made
+//! since is theirs to keep).
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
 use super::{action, fqdn, no_undo};
 use crate::adapters::Rrset;
 use crate::plan::{PhaseBuilder, PhaseDef};
-use crate::request::{Domain, Region};
+use crate::registrar::{RegistrarApi, bare, sorted};
+use crate::request::{Domain, Region, Registrar};
 use crate::step::{Registry, StepCtx, StepResult};
 use crate::{Cause, StepError, System};
 
@@ -89,6 +99,76 @@ fn parent(cx: &StepCtx) -> StepResult<Option<String>> {
         Domain::Pool { pool_domain, .. } => Some(pool_domain),
         Domain::ByoManual { .. } | Domain::ByoApi { .. } => None,
     })
+}
+
+/// Zone metadata holding what a `byo-api` domain was delegated to before
+/// (`{"registrar", "nameservers"}`, one JSON value), for its undo and
+/// destroy.
+pub const PREVIOUS_NS_META: &str = "X-CATALYST-PREVIOUS-NS";
+
+/// `byo-api`: the registrar of the Sovereign's domain, connected with its
+/// token, and the domain. None for the other modes.
+pub(crate) async fn registrar_of(
+    cx: &StepCtx,
+) -> StepResult<Option<(Arc<dyn RegistrarApi>, String)>> {
+    let registrar: Registrar = if cx.request.pointer("/sovereign").is_some() {
+        match cx.request.pointer("/sovereign/registrar") {
+            Some(r) => serde_json::from_value(r.clone())
+                .map_err(|e| StepError::internal(format!("sovereign.registrar: {e}")))?,
+            None => return Ok(None),
+        }
+    } else {
+        match super::request(cx)?.domain {
+            Domain::ByoApi { registrar, .. } => registrar,
+            Domain::Pool { .. } | Domain::ByoManual { .. } => return Ok(None),
+        }
+    };
+    let token = cx.secret("registrar_token").await?;
+    Ok(Some((cx.backend.registrars.connect(registrar, &token)?, fqdn(cx)?)))
+}
+
+/// Our nameservers as registrars take them.
+fn ours_bare() -> Vec<String> {
+    NAMESERVERS.iter().map(|n| bare(n)).collect()
+}
+
+/// Puts a `byo-api` domain's delegation back as [`PREVIOUS_NS_META`]
+/// recorded it, if the zone recorded one and the domain still points at
+/// us. Returns what was done, for the step's output.
+pub(crate) async fn restore_registrar(cx: &StepCtx) -> StepResult<Value> {
+    let Some((api, fqdn)) = registrar_of(cx).await? else { return Ok(Value::Null) };
+    let zone = abs(&fqdn);
+    if cx.backend.dns.zone_account(&zone).await?.is_none() {
+        return Ok(json!({ "restored": false, "why": "no zone: nothing was recorded" }));
+    }
+    let recorded = cx.backend.dns.zone_meta(&zone, PREVIOUS_NS_META).await?;
+    let Some(before) = recorded
+        .first()
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        .and_then(|v| serde_json::from_value::<Vec<String>>(v["nameservers"].clone()).ok())
+    else {
+        // The delegation step never got as far as changing anything.
+        return Ok(json!({ "restored": false, "why": "the registrar was not changed" }));
+    };
+    let now = sorted(&api.get_nameservers(&fqdn).await?);
+    if now != sorted(&ours_bare()) {
+        cx.log(format!(
+            "{}: {fqdn} points at {} now, not at us: left as it is",
+            api.registrar().title(),
+            now.join(", ")
+        ))
+        .await?;
+        return Ok(json!({ "restored": false, "why": "changed since", "nameservers": now }));
+    }
+    api.set_nameservers(&fqdn, &before).await?;
+    cx.event(
+        "dns",
+        json!({ "registrar": api.registrar(), "message": format!(
+            "{}: {fqdn} delegated back to {}", api.registrar().title(),
+            if before.is_empty() { "nothing (NS records removed)".to_owned() } else { before.join(", ") }) }),
+    )
+    .await?;
+    Ok(json!({ "restored": true, "nameservers": before }))
 }
 
 /// Zone metadata holding a reservation's lease.
@@ -250,27 +330,50 @@ pub async fn keep_leases(
 
 async fn delegation(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
-    match parent(cx)? {
-        Some(pool) => {
-            let rr =
-                Rrset { name: abs(&fqdn), rtype: "NS".into(), ttl: 3600, records: nameservers() };
-            cx.backend.dns.replace_rrsets(&abs(&pool), &[rr]).await?;
-            Ok(json!({ "mode": "pool", "parent": abs(&pool), "nameservers": nameservers() }))
-        }
-        None => {
-            cx.log(format!(
-                "Bring-your-own domain: point the NS records of {fqdn} at {}",
-                NAMESERVERS.join(", ")
-            ))
-            .await?;
-            Ok(json!({ "mode": "byo", "expected_nameservers": nameservers() }))
-        }
+    if let Some(pool) = parent(cx)? {
+        let rr = Rrset { name: abs(&fqdn), rtype: "NS".into(), ttl: 3600, records: nameservers() };
+        cx.backend.dns.replace_rrsets(&abs(&pool), &[rr]).await?;
+        return Ok(json!({ "mode": "pool", "parent": abs(&pool), "nameservers": nameservers() }));
     }
+    let Some((api, fqdn)) = registrar_of(cx).await? else {
+        cx.log(format!(
+            "Bring-your-own domain: point the NS records of {fqdn} at {}",
+            NAMESERVERS.join(", ")
+        ))
+        .await?;
+        return Ok(json!({ "mode": "byo", "expected_nameservers": nameservers() }));
+    };
+    // What it pointed at before pre-flight spent anything, kept on our
+    // zone (undo and destroy read it there) before the registrar changes.
+    let pre: Value = cx.lookup("preflight/registrar")?;
+    let before: Vec<String> = serde_json::from_value(pre["nameservers"].clone())
+        .map_err(|e| StepError::internal(format!("preflight/registrar.nameservers: {e}")))?;
+    let zone = abs(&fqdn);
+    if cx.backend.dns.zone_meta(&zone, PREVIOUS_NS_META).await?.is_empty() {
+        let v = json!({ "registrar": api.registrar(), "nameservers": before }).to_string();
+        cx.backend.dns.set_zone_meta(&zone, PREVIOUS_NS_META, &[v]).await?;
+    }
+    let want = ours_bare();
+    let title = api.registrar().title();
+    if sorted(&api.get_nameservers(&fqdn).await?) != sorted(&want) {
+        api.set_nameservers(&fqdn, &want).await?;
+        cx.event(
+            "dns",
+            json!({ "registrar": api.registrar(), "message": format!(
+                "{title}: {fqdn} delegated to {} (was {})", want.join(", "),
+                if before.is_empty() { "nothing".to_owned() } else { before.join(", ") }) }),
+        )
+        .await?;
+    }
+    Ok(json!({ "mode": "byo-api", "registrar": api.registrar(), "nameservers": want,
+               "previous_nameservers": before }))
 }
 
 async fn delegation_undo(cx: &StepCtx) -> StepResult<()> {
     if let Some(pool) = parent(cx)? {
         cx.backend.dns.delete_rrsets(&abs(&pool), &[(abs(&fqdn(cx)?), "NS".into())]).await?;
+    } else {
+        restore_registrar(cx).await?;
     }
     Ok(())
 }
@@ -286,20 +389,35 @@ async fn ns_matches(cx: &StepCtx, fqdn: &str) -> StepResult<Option<Vec<String>>>
 async fn verify_delegation(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
     if parent(cx)?.is_none() {
-        // Bring-your-own: the customer (byo-manual) or the registrar adapter
-        // (byo-api) points the domain's NS at us; the job waits, bounded,
-        // and streams what the public resolvers see meanwhile.
         let mut want = nameservers();
         want.sort();
+        // byo-api: the registrar says so first (OVH applies a change as a
+        // task, so this may take a moment); byo-manual: the customer must.
+        let byo_api = registrar_of(cx).await?;
+        let ask = match &byo_api {
+            Some((api, _)) => {
+                let ours = sorted(&ours_bare());
+                cx.wait_for(
+                    &format!("{} to report {fqdn} delegated to us", api.registrar().title()),
+                    Duration::from_secs(600),
+                    || async {
+                        Ok((sorted(&api.get_nameservers(&fqdn).await?) == ours).then_some(()))
+                    },
+                )
+                .await?;
+                format!("{} delegates {fqdn} to us", api.registrar().title())
+            }
+            None => format!("Point the NS records of {fqdn} at {}", want.join(", ")),
+        };
+        // Then the world must see it (the TLD's servers, then resolvers'
+        // caches); the job waits, bounded, and streams what public
+        // resolvers see meanwhile.
         let checks = vec![(abs(&fqdn), "NS".to_owned(), want.clone())];
-        cx.log(format!(
-            "Point the NS records of {fqdn} at {}; waiting for the world to see them.",
-            want.join(", ")
-        ))
-        .await?;
+        cx.log(format!("{ask}; waiting for the world to see it.")).await?;
         let bound = cx.backend.bounds.byo_delegation;
         await_resolvers(cx, &format!("the NS of {fqdn} to point here"), bound, &checks).await?;
-        return Ok(json!({ "verified": true, "mode": "byo", "nameservers": want }));
+        let mode = if byo_api.is_some() { "byo-api" } else { "byo-manual" };
+        return Ok(json!({ "verified": true, "mode": mode, "nameservers": want }));
     }
     let ns = cx
         .wait_for(

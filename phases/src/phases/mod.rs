@@ -275,7 +275,21 @@ mod tests {
     /// clean slate.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_step_failure_unwinds_to_a_clean_slate() {
-        let req = sample_request("unwind", 1, 1);
+        unwind_at_every_step(sample_request("unwind", 1, 1)).await;
+    }
+
+    /// The same on a `byo-api` domain: the registrar is given back too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_step_failure_unwinds_a_byo_api_domain_to_a_clean_slate() {
+        let req = super::testkit::byo_api_request(
+            "acme-unwind.com",
+            crate::request::Registrar::Godaddy,
+            "key:secret",
+        );
+        unwind_at_every_step(req).await;
+    }
+
+    async fn unwind_at_every_step(req: crate::request::ProvisionRequest) {
         let plan = provision_plan(&req);
         let nodes: Vec<String> = plan.nodes_in_order().iter().map(|n| n.id.clone()).collect();
         // Concurrently on one task (no spawn: the futures need not be Send).
@@ -321,6 +335,29 @@ mod tests {
             twice.submit(&req, &plan, JobOptions { faults, ..Default::default() }).await;
         assert_eq!(twice.drive(job2).await, JobStatus::Succeeded);
         assert_eq!(plain.cloud_objects().await, twice.cloud_objects().await);
+    }
+
+    /// The same on a `byo-api` domain: twice is one delegation to us.
+    #[tokio::test]
+    async fn every_step_runs_twice_on_a_byo_api_domain() {
+        let req = super::testkit::byo_api_request(
+            "k8s.acme-twice.com",
+            crate::request::Registrar::Cloudflare,
+            "cf-token",
+        );
+        let plan = provision_plan(&req);
+        let all: BTreeSet<String> = plan.nodes_in_order().iter().map(|n| n.id.clone()).collect();
+        let h = Harness::new().await;
+        let faults = FaultPlan { repeat: all.clone(), repeat_undo: all, ..Default::default() };
+        let (_, job) = h.submit(&req, &plan, JobOptions { faults, ..Default::default() }).await;
+        assert_eq!(h.drive(job).await, JobStatus::Succeeded);
+        let crate::request::Domain::ByoApi { registrar, registrar_token, .. } = &req.domain else {
+            unreachable!()
+        };
+        let api = h.backend.registrars.connect(*registrar, registrar_token).unwrap();
+        let mut ns = api.get_nameservers(&req.fqdn()).await.unwrap();
+        ns.sort();
+        assert_eq!(ns, ["ns1.openova.io", "ns2.openova.io", "ns3.openova.io"]);
     }
 
     fn sovereign_block(req: &crate::request::ProvisionRequest) -> serde_json::Value {

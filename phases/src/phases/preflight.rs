@@ -5,7 +5,8 @@
 //! must hold for the whole request, every location and server type must
 //! exist and be offered there, the cost is previewed from the API's prices
 //! and streamed before any object exists, every pinned artifact resolves, and
-//! the DNS name and the object names must be free.
+//! the DNS name and the object names must be free, and a `byo-api`
+//! registrar token must be able to manage its domain.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,7 @@ pub fn register(r: &mut Registry) {
     r.register("preflight.cost-preview", action!(cost_preview, no_undo));
     r.register("preflight.artifacts", action!(artifacts, no_undo));
     r.register("preflight.names-free", action!(names_free, no_undo));
+    r.register("preflight.registrar", action!(registrar, no_undo));
 }
 
 /// `new_sovereign`: also check the DNS name (provision); add-region skips it.
@@ -42,10 +44,11 @@ pub fn phase(_regions: &[Region], new_sovereign: bool) -> PhaseDef {
     b.step("names-free", "preflight.names-free", &["validate"], json!({ "dns": new_sovereign }));
     b.step("cost-preview", "preflight.cost-preview", &["catalog"], Value::Null);
     b.step("artifacts", "preflight.artifacts", &["validate"], Value::Null);
+    b.step("registrar", "preflight.registrar", &["validate"], json!({ "dns": new_sovereign }));
     b.step(
         "token-scope",
         "preflight.token-scope",
-        &["catalog", "quotas", "names-free", "cost-preview", "artifacts"],
+        &["catalog", "quotas", "names-free", "cost-preview", "artifacts", "registrar"],
         Value::Null,
     );
     b.build()
@@ -281,4 +284,26 @@ async fn names_free(cx: &StepCtx) -> StepResult<Value> {
         ));
     }
     Ok(json!({ "fqdn": fqdn }))
+}
+
+/// `byo-api`: the registrar token is accepted and can manage the domain
+/// (a Cloudflare zone apex is refused here, with the way out), and what
+/// the domain points at now: `dns-reserve/delegation` records it, and its
+/// undo and destroy put it back. Other modes: nothing to check.
+async fn registrar(cx: &StepCtx) -> StepResult<Value> {
+    if !cx.param::<bool>("dns")? {
+        return Ok(json!({ "skipped": "not a new Sovereign" }));
+    }
+    let Some((api, fqdn)) = super::dns::registrar_of(cx).await? else {
+        return Ok(json!({ "skipped": "not a byo-api domain" }));
+    };
+    api.validate_token(&fqdn).await?;
+    let nameservers = api.get_nameservers(&fqdn).await?;
+    cx.log(format!(
+        "{}: the token manages {fqdn}, delegated to {} now",
+        api.registrar().title(),
+        if nameservers.is_empty() { "nothing".to_owned() } else { nameservers.join(", ") }
+    ))
+    .await?;
+    Ok(json!({ "registrar": api.registrar(), "domain": fqdn, "nameservers": nameservers }))
 }

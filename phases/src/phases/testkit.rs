@@ -37,6 +37,17 @@ pub fn sample_request(sub: &str, cps: u32, workers: u32) -> ProvisionRequest {
     serde_json::from_value(body).expect("sample request")
 }
 
+/// The sample request on the customer's own domain at `registrar`.
+pub fn byo_api_request(fqdn: &str, registrar: Registrar, token: &str) -> ProvisionRequest {
+    let mut req = sample_request("byo", 1, 1);
+    req.domain = Domain::ByoApi {
+        fqdn: fqdn.into(),
+        registrar,
+        registrar_token: cz_state::SecretString::new(token),
+    };
+    req
+}
+
 impl Harness {
     pub async fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
@@ -158,7 +169,19 @@ impl Harness {
             .unwrap_or_default();
         assert!(left.is_empty(), "{context}: workspaces left: {left:?}");
         let rows = sqlx_free_secret_names(&self.store, sov).await;
-        assert_eq!(rows, vec!["cloud_token".to_owned()], "{context}: secrets left");
+        let submitted: Vec<String> = req.secrets().iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(rows, submitted, "{context}: secrets left");
+        // byo-api: the registrar delegates the domain where it did before.
+        if let Domain::ByoApi { registrar, registrar_token, .. } = &req.domain {
+            let api = self.backend.registrars.connect(*registrar, registrar_token).unwrap();
+            let ns = api.get_nameservers(&req.fqdn()).await.unwrap();
+            let ours: Vec<String> =
+                super::dns::NAMESERVERS.iter().map(|n| crate::registrar::bare(n)).collect();
+            assert!(
+                !ns.is_empty() && ns.iter().all(|n| !ours.contains(n)),
+                "{context}: the registrar was not given back: {ns:?}"
+            );
+        }
     }
 }
 

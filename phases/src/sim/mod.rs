@@ -15,11 +15,13 @@
 //! | Kubernetes (k3s, Flux) | [`SimKube`] | `kube` |
 //! | OpenBao | [`SimBao`] | `bao` |
 //! | PowerDNS | [`SimDns`] | `dns` |
+//! | registrars (`byo-api`) | [`SimRegistrars`] | `registrar` |
 
 pub mod bao;
 pub mod cloud;
 pub mod dns;
 pub mod kube;
+pub mod registrar;
 pub mod ssh;
 pub mod tofu;
 pub mod world;
@@ -32,6 +34,7 @@ pub use bao::SimBao;
 pub use cloud::{SimCloud, selector_matches, sim_token};
 pub use dns::SimDns;
 pub use kube::SimKube;
+pub use registrar::SimRegistrars;
 pub use ssh::SimSsh;
 pub use tofu::SimTofu;
 pub use world::{FailRule, SimConfig, SimWorld};
@@ -53,7 +56,8 @@ pub fn sim_backend_with_world(world: Arc<SimWorld>, workspace_root: PathBuf) -> 
         ssh: Arc::new(SimSsh::new(world.clone())),
         kube: Arc::new(SimKube::new(world.clone())),
         bao: Arc::new(SimBao::new(world.clone())),
-        dns: Arc::new(SimDns::new(world)),
+        dns: Arc::new(SimDns::new(world.clone())),
+        registrars: Arc::new(SimRegistrars::new(world)),
         workspace_root,
         infra: crate::adapters::InfraModule::Manifest,
         k3s: crate::adapters::K3sSource::Simulated,

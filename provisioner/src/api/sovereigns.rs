@@ -220,9 +220,17 @@ fn sovereign_block(s: &Sovereign, provision: &Value) -> Value {
         "fqdn": s.fqdn,
         "ssh_public_keys": provision.get("ssh_public_keys").cloned().unwrap_or(json!([])),
     });
-    if provision.pointer("/domain/mode").and_then(Value::as_str) == Some("pool") {
-        block["pool_domain"] =
-            provision.pointer("/domain/pool_domain").cloned().unwrap_or(Value::Null);
+    match provision.pointer("/domain/mode").and_then(Value::as_str) {
+        Some("pool") => {
+            block["pool_domain"] =
+                provision.pointer("/domain/pool_domain").cloned().unwrap_or(Value::Null);
+        }
+        // Destroy gives the registrar its delegation back.
+        Some("byo-api") => {
+            block["registrar"] =
+                provision.pointer("/domain/registrar").cloned().unwrap_or(Value::Null);
+        }
+        _ => {}
     }
     block
 }
