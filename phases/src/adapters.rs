@@ -445,6 +445,10 @@ pub trait DnsApi: Send + Sync {
     async fn zone_meta(&self, zone: &str, kind: &str) -> AdapterResult<Vec<String>>;
     /// Replaces a zone metadata kind; no values removes it.
     async fn set_zone_meta(&self, zone: &str, kind: &str, values: &[String]) -> AdapterResult<()>;
+    /// Signs the zone with DNSSEC (idempotent: a signed zone keeps its
+    /// keys) and returns the DS records (SHA-256 digests) its parent must
+    /// publish, as `<key tag> <algorithm> 2 <digest>`.
+    async fn secure_zone(&self, zone: &str) -> AdapterResult<Vec<String>>;
     /// Every zone the server has.
     async fn list_zones(&self) -> AdapterResult<Vec<String>>;
     async fn delete_zone(&self, zone: &str) -> AdapterResult<()>;

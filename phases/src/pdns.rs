@@ -99,6 +99,36 @@ fn resolver_for(
     .map_err(|e| err("resolver", Cause::Invalid, e.to_string()))
 }
 
+/// An answer in presentation format. Without hickory's DNSSEC feature
+/// (crypto this adapter does not need) DS and DNSKEY arrive as unknown
+/// data; they are written here as PowerDNS and `dig` write them, so a DS
+/// read over DNS compares with the one the API gave (digest in lowercase).
+fn presentation(data: &hickory_resolver::proto::rr::RData) -> String {
+    use base64::Engine as _;
+    use hickory_resolver::proto::rr::RData;
+    let RData::Unknown { code, rdata } = data else { return data.to_string() };
+    let b = &rdata.anything;
+    match *code {
+        RecordType::DS if b.len() > 4 => {
+            format!(
+                "{} {} {} {}",
+                u16::from_be_bytes([b[0], b[1]]),
+                b[2],
+                b[3],
+                hex::encode(&b[4..])
+            )
+        }
+        RecordType::DNSKEY if b.len() > 4 => format!(
+            "{} {} {} {}",
+            u16::from_be_bytes([b[0], b[1]]),
+            b[2],
+            b[3],
+            base64::engine::general_purpose::STANDARD.encode(&b[4..])
+        ),
+        _ => data.to_string(),
+    }
+}
+
 /// One lookup, as strings, sorted; no records is empty.
 async fn lookup(
     resolver: &Resolver<TokioRuntimeProvider>,
@@ -113,7 +143,7 @@ async fn lookup(
                 .answers()
                 .iter()
                 .filter(|r| r.record_type() == t)
-                .map(|r| r.data.to_string())
+                .map(|r| presentation(&r.data))
                 .collect();
             out.sort();
             Ok(out)
@@ -269,6 +299,46 @@ impl DnsApi for PowerDns {
             .as_array()
             .map(|m| m.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
             .unwrap_or_default())
+    }
+
+    async fn secure_zone(&self, zone: &str) -> AdapterResult<Vec<String>> {
+        let id = zone_id(zone);
+        let (_, z) = self
+            .expect("get zone", Method::GET, &format!("/zones/{id}?rrsets=false"), None, &[200])
+            .await?;
+        if z["dnssec"].as_bool() != Some(true) {
+            // The server's default keys (PowerDNS 4.x: an ECDSA P-256 KSK
+            // and ZSK), signing on the fly; rectified by every API change.
+            let body = json!({ "dnssec": true, "api_rectify": true });
+            self.expect("secure zone", Method::PUT, &format!("/zones/{id}"), Some(body), &[204])
+                .await?;
+        }
+        let (_, keys) = self
+            .expect(
+                "list cryptokeys",
+                Method::GET,
+                &format!("/zones/{id}/cryptokeys"),
+                None,
+                &[200],
+            )
+            .await?;
+        let ds: Vec<String> = keys
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|k| k["active"].as_bool() == Some(true))
+            .flat_map(|k| k["ds"].as_array().cloned().unwrap_or_default())
+            .filter_map(|d| d.as_str().map(str::to_owned))
+            .filter(|d| d.split_whitespace().nth(2) == Some("2"))
+            .collect();
+        if ds.is_empty() {
+            return Err(err(
+                "secure zone",
+                Cause::Unavailable,
+                format!("{zone} is signed but has no active key with a DS record"),
+            ));
+        }
+        Ok(ds)
     }
 
     async fn set_zone_meta(&self, zone: &str, kind: &str, values: &[String]) -> AdapterResult<()> {

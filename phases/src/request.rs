@@ -130,6 +130,12 @@ pub struct ProvisionRequest {
     /// What to do with created resources when provisioning fails.
     #[serde(default)]
     pub on_failure: FailurePolicy,
+    /// Sign the Sovereign's zone with DNSSEC (the server's default keys:
+    /// ECDSA P-256). A pool Sovereign's DS goes into the pool zone beside
+    /// its delegation; a bring-your-own domain's DS is shown for the
+    /// customer to add at their registrar.
+    #[serde(default)]
+    pub dnssec: bool,
 }
 
 /// The organization that owns the Sovereign.
@@ -990,6 +996,7 @@ mod tests {
             },
             keycloak: Keycloak { topology: KeycloakTopology::PerOrganization },
             on_failure: FailurePolicy::Rollback,
+            dnssec: false,
         }
     }
 

@@ -926,3 +926,65 @@ async fn byo_api_unwind_restores_the_registrar_and_a_bad_token_spends_nothing() 
     assert!(!adapter(&p).zone_exists(c.fqdn).await.unwrap());
     assert!(world.fake.writes(c.r).is_empty(), "{:?}", world.fake.writes(c.r));
 }
+
+/// DNSSEC on request: the zone is signed, its DS goes into the pool zone
+/// with the NS (one PATCH), the chain answers over DNS before the job goes
+/// on, and destroy removes the DS with the delegation.
+#[tokio::test]
+async fn dnssec_on_request_signs_the_zone_and_publishes_its_ds_in_the_pool() {
+    let p = pool().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut req = request("signed");
+    req.dnssec = true;
+    let r = rig_in(tmp.path(), &p, &req, plan(&req), JobOptions::default()).await;
+    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", why(&r).await);
+    assert_served(&p, &r.fqdn).await;
+
+    let ds: Vec<String> =
+        serde_json::from_value(output(&r, "dns-reserve/zone").await["ds"].clone()).unwrap();
+    assert!(!ds.is_empty());
+    assert_eq!(output(&r, "dns-reserve/verify-delegation").await["dnssec"], true);
+    // The parent answers the DS; the child its key and signed records.
+    // dig writes the digest uppercase, in groups.
+    let lower = |v: Vec<String>| {
+        let mut v: Vec<String> = v
+            .into_iter()
+            .map(|s| {
+                let f: Vec<&str> = s.split_whitespace().collect();
+                format!("{} {} {} {}", f[0], f[1], f[2], f[3..].concat()).to_ascii_lowercase()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(lower(dig(&p, &r.fqdn, "DS")), lower(ds.clone()));
+    assert!(!dig(&p, &r.fqdn, "DNSKEY").is_empty());
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &p.dns_port.to_string(), "+norecurse", "+dnssec"])
+        .arg(format!("console.{}", r.fqdn))
+        .arg("A")
+        .output()
+        .unwrap();
+    let full = String::from_utf8_lossy(&out.stdout);
+    assert!(full.contains("RRSIG") && full.contains(LB), "{full}");
+
+    let tmp2 = tempfile::tempdir().unwrap();
+    let d = destroy_dns(tmp2.path(), &p, &req).await;
+    assert_eq!(drive(&d).await, JobStatus::Succeeded, "{}", why(&d).await);
+    assert_gone(&p, &r.fqdn).await;
+    assert!(dig(&p, &r.fqdn, "DS").is_empty());
+}
+
+/// A step's recorded output.
+async fn output(r: &Rig, node: &str) -> Value {
+    r.store
+        .journal(r.job)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|e| match e.event {
+            cz_state::StepEvent::Succeeded { output } if e.node == node => Some(output),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{node} has no output"))
+}

@@ -160,3 +160,48 @@ async fn a_server_that_is_down_is_transient() {
     let e = d.query("acme.omani.works.", "A").await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
 }
+
+/// `dig` against the server, full answers (`+dnssec` shows signatures).
+fn dig_full(p: &Pdns, args: &[&str]) -> String {
+    let out = std::process::Command::new("dig")
+        .args(["@127.0.0.1", "-p", &p.dns_port.to_string(), "+norecurse"])
+        .args(args)
+        .output()
+        .expect("dig (dnsutils)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_zone_is_signed_on_request_with_the_same_keys_twice() {
+    let p = running().await;
+    let d = client(&p, &p.api_key);
+    d.create_zone("signed.example.", &ns(), "").await.unwrap();
+    d.replace_rrsets("signed.example.", &[a("www.signed.example.", "192.0.2.7")]).await.unwrap();
+    let ds = d.secure_zone("signed.example.").await.unwrap();
+    assert!(!ds.is_empty());
+    for r in &ds {
+        let f: Vec<&str> = r.split_whitespace().collect();
+        // <key tag> <algorithm 13: ECDSA P-256> <digest 2: SHA-256> <64 hex digits>
+        assert_eq!((f.len(), f[1], f[2], f[3].len()), (4, "13", "2", 64), "{r}");
+    }
+    // Twice: the same keys, so the DS the parent holds stays right.
+    assert_eq!(d.secure_zone("signed.example").await.unwrap(), ds);
+    // Over DNS: the key, the parent's DS as the API gave it, and signed
+    // answers.
+    let keys = d.query("signed.example.", "DNSKEY").await.unwrap();
+    assert!(keys.iter().any(|k| k.starts_with("257 3 13 ")), "a KSK: {keys:?}");
+    d.create_zone("example.", &ns(), "").await.unwrap();
+    let cut = |t: &str, records: Vec<String>| Rrset {
+        name: "signed.example.".into(),
+        rtype: t.into(),
+        ttl: 3600,
+        records,
+    };
+    d.replace_rrsets("example.", &[cut("NS", ns()), cut("DS", ds.clone())]).await.unwrap();
+    assert_eq!(d.query("signed.example.", "DS").await.unwrap(), ds);
+    let full = dig_full(&p, &["+dnssec", "www.signed.example", "A"]);
+    assert!(full.contains("RRSIG") && full.contains("192.0.2.7"), "{full}");
+    // A zone that does not exist.
+    let e = d.secure_zone("missing.example.").await.unwrap_err();
+    assert!(matches!(e, StepError::Adapter { cause: Cause::NotFound, .. }), "{e}");
+}

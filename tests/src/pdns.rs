@@ -43,7 +43,7 @@ impl Pdns {
         let dns_port = free_port();
         let api_key = format!("{:032x}", rand::random::<u128>());
         let conf = format!(
-            "launch=gsqlite3\ngsqlite3-database={db}\napi=yes\napi-key={api_key}\nwebserver=yes\nwebserver-address=127.0.0.1\nwebserver-port={api_port}\nwebserver-allow-from=127.0.0.0/8\nlocal-address=127.0.0.1\nlocal-port={dns_port}\nsocket-dir={dir}\nguardian=no\ndaemon=no\ndefault-soa-content=ns1.@ hostmaster.@ 0 10800 3600 604800 3600\n",
+            "launch=gsqlite3\ngsqlite3-database={db}\ngsqlite3-dnssec=yes\napi=yes\napi-key={api_key}\nwebserver=yes\nwebserver-address=127.0.0.1\nwebserver-port={api_port}\nwebserver-allow-from=127.0.0.0/8\nlocal-address=127.0.0.1\nlocal-port={dns_port}\nsocket-dir={dir}\nguardian=no\ndaemon=no\ndefault-soa-content=ns1.@ hostmaster.@ 0 10800 3600 604800 3600\n",
             db = db.display(),
             dir = dir.path().display(),
         );

@@ -17,6 +17,17 @@
 //! swept zone makes commit fail loudly (404 → not found), never "ready".
 //!
 //!
+//! **DNSSEC on request** (`dnssec: true`): the zone step signs the zone
+//! (PowerDNS's default keys, ECDSA P-256) and records its DS; pool mode
+//! writes the DS with the NS delegation in one PATCH, and verify-delegation
+//! waits until the zone's DNSKEY and the parent's DS answer over DNS.
+//! Every removal of a delegation (undo, sweep, destroy) removes NS and DS
+//! together. The propagation gate needs no DS check of its own: a
+//! validating public resolver answers SERVFAIL for a broken chain, so the
+//! A records it must see would not pass. Bring-your-own domains: the DS is
+//! logged for the customer to add at the registrar (no registrar adapter
+//! publishes DS records).
+//!
 //! **Bring-your-own domains.** `byo-manual`: the customer changes the NS at
 //! their registrar; `verify-delegation` waits, bounded, streaming what the
 //! public resolvers see. `byo-api`: `preflight/registrar` proved the token
@@ -99,6 +110,20 @@ fn parent(cx: &StepCtx) -> StepResult<Option<String>> {
         Domain::Pool { pool_domain, .. } => Some(pool_domain),
         Domain::ByoManual { .. } | Domain::ByoApi { .. } => None,
     })
+}
+
+/// Whether the request asks for a signed zone (provision jobs only).
+fn dnssec_requested(cx: &StepCtx) -> StepResult<bool> {
+    if cx.request.pointer("/sovereign").is_some() {
+        return Ok(false);
+    }
+    Ok(super::request(cx)?.dnssec)
+}
+
+/// What a delegation consists of in the parent zone: NS, and DS when the
+/// child is signed.
+fn cut_types() -> [&'static str; 2] {
+    ["NS", "DS"]
 }
 
 /// Zone metadata holding what a `byo-api` domain was delegated to before
@@ -223,8 +248,9 @@ async fn zone(cx: &StepCtx) -> StepResult<Value> {
     }
     set_lease(cx.backend.dns.as_ref(), &zone, &cx.job_id.to_string(), cx.backend.bounds.dns_lease)
         .await?;
+    let ds = if dnssec_requested(cx)? { cx.backend.dns.secure_zone(&zone).await? } else { vec![] };
     Ok(json!({ "zone": zone, "nameservers": nameservers(), "owner": me,
-               "lease_s": cx.backend.bounds.dns_lease.as_secs() }))
+               "lease_s": cx.backend.bounds.dns_lease.as_secs(), "ds": ds }))
 }
 
 async fn zone_undo(cx: &StepCtx) -> StepResult<()> {
@@ -297,7 +323,9 @@ pub async fn sweep_expired(
         if let Some(pool) =
             pools.iter().find(|p| zone.strip_suffix(*p).is_some_and(|s| s.ends_with('.')))
         {
-            dns.delete_rrsets(pool, &[(zone.clone(), "NS".into())]).await?;
+            let cut: Vec<(String, String)> =
+                cut_types().iter().map(|t| (zone.clone(), t.to_string())).collect();
+            dns.delete_rrsets(pool, &cut).await?;
         }
         dns.delete_zone(&zone).await?;
         swept.push(zone);
@@ -330,10 +358,32 @@ pub async fn keep_leases(
 
 async fn delegation(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
+    let zone_out: Value = cx.lookup("dns-reserve/zone")?;
+    let ds: Vec<String> = serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default();
     if let Some(pool) = parent(cx)? {
-        let rr = Rrset { name: abs(&fqdn), rtype: "NS".into(), ttl: 3600, records: nameservers() };
-        cx.backend.dns.replace_rrsets(&abs(&pool), &[rr]).await?;
-        return Ok(json!({ "mode": "pool", "parent": abs(&pool), "nameservers": nameservers() }));
+        // NS and DS in one PATCH: a signed child is never delegated
+        // without its chain of trust, nor the reverse.
+        let mut cut =
+            vec![Rrset { name: abs(&fqdn), rtype: "NS".into(), ttl: 3600, records: nameservers() }];
+        if !ds.is_empty() {
+            cut.push(Rrset {
+                name: abs(&fqdn),
+                rtype: "DS".into(),
+                ttl: 3600,
+                records: ds.clone(),
+            });
+        }
+        cx.backend.dns.replace_rrsets(&abs(&pool), &cut).await?;
+        return Ok(json!({ "mode": "pool", "parent": abs(&pool), "nameservers": nameservers(),
+                          "ds": ds }));
+    }
+    if !ds.is_empty() {
+        // No registrar adapter publishes DS records: the customer adds them.
+        cx.log(format!(
+            "DNSSEC: add these DS records for {fqdn} at the registrar, after the NS change: {}",
+            ds.join(" | ")
+        ))
+        .await?;
     }
     let Some((api, fqdn)) = registrar_of(cx).await? else {
         cx.log(format!(
@@ -371,7 +421,10 @@ async fn delegation(cx: &StepCtx) -> StepResult<Value> {
 
 async fn delegation_undo(cx: &StepCtx) -> StepResult<()> {
     if let Some(pool) = parent(cx)? {
-        cx.backend.dns.delete_rrsets(&abs(&pool), &[(abs(&fqdn(cx)?), "NS".into())]).await?;
+        let name = abs(&fqdn(cx)?);
+        let cut: Vec<(String, String)> =
+            cut_types().iter().map(|t| (name.clone(), t.to_string())).collect();
+        cx.backend.dns.delete_rrsets(&abs(&pool), &cut).await?;
     } else {
         restore_registrar(cx).await?;
     }
@@ -426,7 +479,36 @@ async fn verify_delegation(cx: &StepCtx) -> StepResult<Value> {
             || ns_matches(cx, &fqdn),
         )
         .await?;
-    Ok(json!({ "verified": true, "nameservers": ns }))
+    let signed = verify_chain(cx, &fqdn).await?;
+    Ok(json!({ "verified": true, "nameservers": ns, "dnssec": signed }))
+}
+
+/// A signed zone: its DNSKEY answers over DNS, and (pool) the parent
+/// answers the DS the zone step computed. Returns whether it is signed.
+async fn verify_chain(cx: &StepCtx, fqdn: &str) -> StepResult<bool> {
+    let zone_out: Value = cx.lookup("dns-reserve/zone")?;
+    let mut ds: Vec<String> = serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default();
+    if ds.is_empty() {
+        return Ok(false);
+    }
+    ds.sort();
+    let norm = |v: Vec<String>| {
+        let mut v: Vec<String> = v.into_iter().map(|d| d.to_ascii_lowercase()).collect();
+        v.sort();
+        v
+    };
+    let ds = norm(ds);
+    cx.wait_for(
+        &format!("{fqdn} DNSKEY and its DS to answer"),
+        Duration::from_secs(300),
+        || async {
+            let keys = cx.backend.dns.query(&abs(fqdn), "DNSKEY").await?;
+            let parent_ds = norm(cx.backend.dns.query(&abs(fqdn), "DS").await?);
+            Ok((!keys.is_empty() && parent_ds == ds).then_some(()))
+        },
+    )
+    .await?;
+    Ok(true)
 }
 
 #[derive(serde::Deserialize)]

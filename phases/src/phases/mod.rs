@@ -275,7 +275,10 @@ mod tests {
     /// clean slate.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_step_failure_unwinds_to_a_clean_slate() {
-        unwind_at_every_step(sample_request("unwind", 1, 1)).await;
+        // Signed, so the unwind also takes the DS out of the pool zone.
+        let mut req = sample_request("unwind", 1, 1);
+        req.dnssec = true;
+        unwind_at_every_step(req).await;
     }
 
     /// The same on a `byo-api` domain: the registrar is given back too.
@@ -322,7 +325,8 @@ mod tests {
     /// Generic test (b): every do and every undo runs twice; same result.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_step_runs_twice_with_the_same_result() {
-        let req = sample_request("twice", 3, 1);
+        let mut req = sample_request("twice", 3, 1);
+        req.dnssec = true;
         let plan = provision_plan(&req);
         let plain = Harness::new().await;
         let (_, job) = plain.submit(&req, &plan, JobOptions::default()).await;

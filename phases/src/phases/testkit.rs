@@ -163,6 +163,8 @@ impl Harness {
         assert!(!self.backend.dns.zone_exists(&zone).await.unwrap(), "{context}: zone left");
         let ns = self.backend.dns.query(&zone, "NS").await.unwrap_or_default();
         assert!(ns.is_empty(), "{context}: delegation left: {ns:?}");
+        let ds = self.backend.dns.query(&zone, "DS").await.unwrap_or_default();
+        assert!(ds.is_empty(), "{context}: DS left in the parent: {ds:?}");
         let ws = self.dir.path().join("ws").join(sov.to_string());
         let left: Vec<_> = std::fs::read_dir(&ws)
             .map(|d| d.flatten().map(|e| e.path()).collect())

@@ -116,8 +116,12 @@ impl SimDns {
 
     /// The authoritative answer for (name, type), following CNAMEs.
     fn answer(zones: &[Zone], name: &str, rtype: &str, depth: u8) -> Vec<String> {
-        let Some(zone) =
-            zones.iter().filter(|z| in_zone(name, &z.name)).max_by_key(|z| z.name.len())
+        // A DS record lives on the parent's side of a cut: it is answered
+        // by the zone above, even when the child zone is here too.
+        let Some(zone) = zones
+            .iter()
+            .filter(|z| in_zone(name, &z.name) && !(rtype == "DS" && z.name == name))
+            .max_by_key(|z| z.name.len())
         else {
             return Vec::new(); // REFUSED: not authoritative
         };
@@ -128,8 +132,14 @@ impl SimDns {
                 break;
             }
             if let Some(ns) = zone.rrset(n, "NS") {
-                // A referral; only an NS query for the cut itself answers.
-                return if n == name && rtype == "NS" { ns.records.clone() } else { Vec::new() };
+                // A referral; only the cut's own NS (and DS) answer.
+                return match rtype {
+                    "NS" if n == name => ns.records.clone(),
+                    "DS" if n == name => {
+                        zone.rrset(n, "DS").map(|r| r.records.clone()).unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
             }
             cur = parent(n);
         }
@@ -261,6 +271,30 @@ impl DnsApi for SimDns {
             zone.metadata.insert(kind.to_owned(), values.to_vec());
         }
         self.save(&zone).await
+    }
+
+    async fn secure_zone(&self, zone: &str) -> AdapterResult<Vec<String>> {
+        use sha2::{Digest, Sha256};
+        self.world.op("dns.secure_zone", 100).await?;
+        let z = Self::zone_name(zone, "secure_zone")?;
+        let _g = self.world.lock(SYS, KIND).await;
+        let mut zone = self.load(&z).await?.ok_or_else(|| {
+            err("secure_zone", Cause::NotFound, format!("Could not find domain '{z}'"))
+        })?;
+        // A stand-in key (a real one is PowerDNS's): stable per zone, so
+        // securing twice changes nothing.
+        let digest = Sha256::digest(format!("sim-ksk:{z}").as_bytes());
+        let tag = u16::from_be_bytes([digest[0], digest[1]]);
+        if zone.rrset(&z, "DNSKEY").is_none() {
+            zone.rrsets.push(Rrset {
+                name: z.clone(),
+                rtype: "DNSKEY".into(),
+                ttl: 3600,
+                records: vec![format!("257 3 13 {}", super::b64(&digest))],
+            });
+            self.save(&zone).await?;
+        }
+        Ok(vec![format!("{tag} 13 2 {}", hex::encode(digest))])
     }
 
     async fn list_zones(&self) -> AdapterResult<Vec<String>> {
@@ -434,6 +468,26 @@ mod tests {
 
     fn ns() -> Vec<String> {
         vec!["ns1.openova.io".into(), "ns2.openova.io.".into()]
+    }
+
+    #[tokio::test]
+    async fn a_signed_zone_has_a_key_and_its_ds_is_answered_by_the_parent() {
+        let (_d, dns) = dns();
+        dns.create_zone("pool.io", &ns(), "").await.unwrap();
+        dns.create_zone("a.pool.io", &ns(), "").await.unwrap();
+        let ds = dns.secure_zone("a.pool.io").await.unwrap();
+        assert_eq!(dns.secure_zone("a.pool.io.").await.unwrap(), ds, "the same keys twice");
+        assert_eq!(dns.query("a.pool.io", "DNSKEY").await.unwrap().len(), 1);
+        assert!(dns.query("a.pool.io", "DS").await.unwrap().is_empty(), "no DS yet");
+        let cut = |t: &str, r: Vec<String>| Rrset {
+            name: "a.pool.io.".into(),
+            rtype: t.into(),
+            ttl: 3600,
+            records: r,
+        };
+        dns.replace_rrsets("pool.io", &[cut("NS", ns()), cut("DS", ds.clone())]).await.unwrap();
+        assert_eq!(dns.query("a.pool.io", "DS").await.unwrap(), ds);
+        assert!(dns.secure_zone("missing.io").await.is_err());
     }
 
     #[tokio::test]
