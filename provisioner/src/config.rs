@@ -609,6 +609,23 @@ mod tests {
         assert!(bad.validate().unwrap_err().to_string().contains("powerdns.api_url"));
     }
 
+    #[test]
+    fn registrars_override_some_apis_and_keep_the_production_ones() {
+        let c =
+            Config::from_toml("[registrars]\ngodaddy = \"https://api.ote-godaddy.com\"\n").unwrap();
+        let r = c.registrars.as_ref().expect("[registrars]");
+        assert_eq!(r.godaddy, "https://api.ote-godaddy.com");
+        assert_eq!(r.ovh, cz_phases::registrar::Endpoints::default().ovh);
+        c.validate().unwrap();
+        assert!(
+            Config::default().registrars.is_none(),
+            "none: production (hetzner) or simulated (sim)"
+        );
+        let bad = Config::from_toml("[registrars]\novh = \"eu.api.ovh.com\"\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("registrars.ovh"));
+        assert!(Config::from_toml("[registrars]\nnamecheep = \"https://x\"\n").is_err());
+    }
+
     /// The shipped example configs parse (their paths are the operator's to
     /// create, so they are not validated here).
     #[test]
