@@ -304,8 +304,14 @@ async fn child_driver() {
         std::env::var("CZ_DNS_KEY").unwrap(),
     );
     let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
-    let engine =
-        Engine::new(store.clone(), Arc::new(registry_for()), Arc::new(backend_for(&dir, &p)));
+    let mut b = backend_for(&dir, &p);
+    // byo-api: the parent's fake registrars, and its world as a resolver.
+    if let Ok(base) = std::env::var("CZ_DNS_REGISTRARS") {
+        let e = cz_phases::registrar::Endpoints::under(&base);
+        b.registrars = Arc::new(HttpRegistrars::new(e, Duration::from_secs(5)));
+        b.public_resolvers.push(std::env::var("CZ_DNS_WORLD").unwrap().parse().unwrap());
+    }
+    let engine = Engine::new(store.clone(), Arc::new(registry_for()), Arc::new(b));
     common::kill9::drive_logging_steps(&engine, &store, job, &dir).await;
 }
 
@@ -987,4 +993,48 @@ async fn output(r: &Rig, node: &str) -> Value {
             _ => None,
         })
         .unwrap_or_else(|| panic!("{node} has no output"))
+}
+
+/// SIGKILL inside every step of a byo-api job at Cloudflare (whose
+/// delegation is records, so a duplicate would show): fresh processes
+/// resume, the subdomain ends with exactly our three NS records, and what
+/// it pointed at before is still recorded as before.
+#[tokio::test]
+async fn kill9_inside_every_step_of_a_byo_api_job() {
+    if std::env::var("CZ_DNS_DIR").is_ok() {
+        return;
+    }
+    let p = pool().await;
+    let world = ByoWorld::start().await;
+    let c = &CUSTOMERS[0];
+    let req = byo_api_request(c);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let options = JobOptions {
+        faults: FaultPlan { slow_ms: 30, ..FaultPlan::default() },
+        ..JobOptions::default()
+    };
+    let r = world.rig(&dir, &p, &req, byo_api_plan(&req), options, None).await;
+    let job = r.job;
+    drop(r);
+    let env = [
+        ("CZ_DNS_DIR", dir.display().to_string()),
+        ("CZ_DNS_JOB", job.to_string()),
+        ("CZ_DNS_API", p.api_port.to_string()),
+        ("CZ_DNS_PORT", p.dns_port.to_string()),
+        ("CZ_DNS_KEY", p.api_key.clone()),
+        ("CZ_DNS_REGISTRARS", world.fake.url()),
+        ("CZ_DNS_WORLD", world.resolver().to_string()),
+    ];
+    let (killed, starts, outcome) = tokio::select! {
+        r = common::kill9::kill_inside_every_step("child_driver", &env, &dir) => r,
+        () = world.follow() => unreachable!(),
+    };
+    assert_eq!(outcome, "Stopped(Succeeded)");
+    assert!(killed.contains("dns-reserve/delegation"), "{killed:?}");
+    assert_eq!(sorted(&world.fake.nameservers(c.r, c.fqdn)), sorted(&nameservers()));
+    assert_eq!(world.fake.nameservers(c.r, c.fqdn).len(), 3, "no duplicate NS record");
+    let prev = adapter(&p).zone_meta(&format!("{}.", c.fqdn), dns::PREVIOUS_NS_META).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&prev[0]).unwrap()["nameservers"], json!(c.before));
+    eprintln!("kill -9 inside {} steps, {starts} driver processes", killed.len());
 }
