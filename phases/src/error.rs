@@ -111,6 +111,21 @@ pub enum Cause {
     CommandFailed,
 }
 
+impl Cause {
+    /// How an HTTP API's status is classified when its body says nothing
+    /// more precise (PowerDNS, the registrars).
+    pub fn from_http_status(status: u16) -> Cause {
+        match status {
+            401 | 403 => Cause::Unauthorized,
+            404 => Cause::NotFound,
+            409 => Cause::Conflict,
+            400 | 422 => Cause::Invalid,
+            429 => Cause::RateLimited,
+            _ => Cause::Unavailable,
+        }
+    }
+}
+
 /// A step failure. Serializable: it goes into the journal and the API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error, ToSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case")]

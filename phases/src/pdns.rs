@@ -41,14 +41,7 @@ fn err(op: &str, cause: Cause, message: impl Into<String>) -> StepError {
 
 /// How a PowerDNS answer's status is classified.
 pub fn cause_of(status: StatusCode) -> Cause {
-    match status.as_u16() {
-        401 | 403 => Cause::Unauthorized,
-        404 => Cause::NotFound,
-        409 => Cause::Conflict,
-        400 | 422 => Cause::Invalid,
-        429 => Cause::RateLimited,
-        _ => Cause::Unavailable,
-    }
+    Cause::from_http_status(status.as_u16())
 }
 
 /// A zone name as PowerDNS writes it in URLs (bodies carry names as they

@@ -315,6 +315,17 @@ async fn child_driver() {
     common::kill9::drive_logging_steps(&engine, &store, job, &dir).await;
 }
 
+/// What `child_driver` needs to drive `job` in `dir` against `p`.
+fn child_env(dir: &Path, job: JobId, p: &Pdns) -> Vec<(&'static str, String)> {
+    vec![
+        ("CZ_DNS_DIR", dir.display().to_string()),
+        ("CZ_DNS_JOB", job.to_string()),
+        ("CZ_DNS_API", p.api_port.to_string()),
+        ("CZ_DNS_PORT", p.dns_port.to_string()),
+        ("CZ_DNS_KEY", p.api_key.clone()),
+    ]
+}
+
 /// SIGKILL of the driving process inside every step, between zone and
 /// delegation included: fresh processes resume from the store and the
 /// Sovereign ends served exactly once.
@@ -336,13 +347,7 @@ async fn kill9_inside_every_step_between_zone_and_delegation_included() {
     let r = rig_in(&dir, &p, &req, plan(&req), options).await;
     let (job, fqdn) = (r.job, r.fqdn.clone());
     drop(r);
-    let env = [
-        ("CZ_DNS_DIR", dir.display().to_string()),
-        ("CZ_DNS_JOB", job.to_string()),
-        ("CZ_DNS_API", p.api_port.to_string()),
-        ("CZ_DNS_PORT", p.dns_port.to_string()),
-        ("CZ_DNS_KEY", p.api_key.clone()),
-    ];
+    let env = child_env(&dir, job, &p);
     let (killed, starts, outcome) =
         common::kill9::kill_inside_every_step("child_driver", &env, &dir).await;
     assert_eq!(outcome, "Stopped(Succeeded)");
@@ -1017,15 +1022,9 @@ async fn kill9_inside_every_step_of_a_byo_api_job() {
     let r = world.rig(&dir, &p, &req, byo_api_plan(&req), options, None).await;
     let job = r.job;
     drop(r);
-    let env = [
-        ("CZ_DNS_DIR", dir.display().to_string()),
-        ("CZ_DNS_JOB", job.to_string()),
-        ("CZ_DNS_API", p.api_port.to_string()),
-        ("CZ_DNS_PORT", p.dns_port.to_string()),
-        ("CZ_DNS_KEY", p.api_key.clone()),
-        ("CZ_DNS_REGISTRARS", world.fake.url()),
-        ("CZ_DNS_WORLD", world.resolver().to_string()),
-    ];
+    let mut env = child_env(&dir, job, &p);
+    env.push(("CZ_DNS_REGISTRARS", world.fake.url()));
+    env.push(("CZ_DNS_WORLD", world.resolver().to_string()));
     let (killed, starts, outcome) = tokio::select! {
         r = common::kill9::kill_inside_every_step("child_driver", &env, &dir) => r,
         () = world.follow() => unreachable!(),

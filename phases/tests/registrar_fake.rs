@@ -20,6 +20,8 @@ struct Case {
     token: &'static str,
     /// A token of the same shape that the registrar does not know.
     wrong: &'static str,
+    /// Another customer's token at the same registrar.
+    other: &'static str,
     domain: &'static str,
     /// Where the domain points before (for Cloudflare, a subdomain has none).
     before: &'static [&'static str],
@@ -30,6 +32,7 @@ const CASES: [Case; 5] = [
         r: Registrar::Cloudflare,
         token: "cf-tok-SECRET1",
         wrong: "cf-tok-SECRETX",
+        other: "cf-other",
         domain: "k8s.acme.com",
         before: &[],
     },
@@ -37,6 +40,7 @@ const CASES: [Case; 5] = [
         r: Registrar::Namecheap,
         token: "acme:nc-SECRET2:203.0.113.7",
         wrong: "acme:nc-SECRETX:203.0.113.7",
+        other: "other:nc-other:198.51.100.1",
         domain: "acme.io",
         before: &["dns1.registrar-servers.com", "dns2.registrar-servers.com"],
     },
@@ -44,6 +48,7 @@ const CASES: [Case; 5] = [
         r: Registrar::Godaddy,
         token: "gdkey:gd-SECRET3",
         wrong: "gdkey:gd-SECRETX",
+        other: "other:gd-other",
         domain: "acme.net",
         before: &["ns55.domaincontrol.com", "ns56.domaincontrol.com"],
     },
@@ -51,6 +56,7 @@ const CASES: [Case; 5] = [
         r: Registrar::Ovh,
         token: "ovhapp:ovh-SECRET4:ovh-consumer-SECRET5",
         wrong: "ovhapp:ovh-SECRET4:ovh-consumer-SECRETX",
+        other: "otherapp:s:c",
         domain: "acme.fr",
         before: &["dns110.ovh.net", "ns110.ovh.net"],
     },
@@ -58,6 +64,7 @@ const CASES: [Case; 5] = [
         r: Registrar::Dynadot,
         token: "dyn-SECRET6",
         wrong: "dyn-SECRETX",
+        other: "dyn-other",
         domain: "acme.org",
         before: &["ns1.dyna-ns.net", "ns2.dyna-ns.net"],
     },
@@ -81,17 +88,7 @@ async fn setup() -> (FakeRegistrars, HttpRegistrars) {
             fake.domain(c.r, c.token, c.domain, c.before);
         }
         // A domain of someone else's account at the same registrar.
-        let other = format!("{}-other", c.token.replace(':', "-"));
-        let other = if c.r == Registrar::Namecheap {
-            "other:nc-other:198.51.100.1".to_owned()
-        } else if c.r == Registrar::Godaddy {
-            "other:gd-other".into()
-        } else if c.r == Registrar::Ovh {
-            "otherapp:s:c".into()
-        } else {
-            other
-        };
-        fake.domain(c.r, &other, "theirs.com", &["ns1.theirs.com", "ns2.theirs.com"]);
+        fake.domain(c.r, c.other, "theirs.com", &["ns1.theirs.com", "ns2.theirs.com"]);
     }
     let regs = HttpRegistrars::new(fake.endpoints(), Duration::from_secs(5));
     (fake, regs)

@@ -55,6 +55,34 @@ fn pdns_api(p: &Pdns, method: &str, path: &str, body: &str) {
     assert!(status.is_success(), "{method} {path}: {status}");
 }
 
+/// The daemon (`--backend sim`) with `p` as its PowerDNS, also asked as the
+/// public resolver; `dns` goes into `[dns]`, `extra` after.
+fn daemon_on(
+    p: &Pdns,
+    dir: &std::path::Path,
+    dns: &str,
+    extra: &str,
+) -> (Daemon, std::path::PathBuf, Api) {
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dns]\n{dns}public_resolvers = [\"127.0.0.1:{port}\"]\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n{extra}",
+            p.url(),
+            port = p.dns_port
+        ),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut d = Daemon::new(&data, 0.002);
+    d.backend_args.extend(["--config".into(), config.display().to_string()]);
+    d.env.push(("CATALYST_ZERO_POWERDNS_API_KEY".into(), p.api_key.clone()));
+    d.start().unwrap();
+    let api = Api::new(d.port);
+    (d, data, api)
+}
+
 #[test]
 fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
@@ -62,26 +90,10 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     let mut p = Pdns::prepare();
     rt.block_on(p.start());
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[dns]\nlease_secs = 3\npublic_resolvers = [\"127.0.0.1:{port}\"]\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n",
-            p.url(),
-            port = p.dns_port
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut d = Daemon::new(&data, 0.002);
-    d.backend_args.extend(["--config".into(), config.display().to_string()]);
-    d.env.push(("CATALYST_ZERO_POWERDNS_API_KEY".into(), p.api_key.clone()));
-    d.start().unwrap();
+    let (_d, data, api) = daemon_on(&p, dir.path(), "lease_secs = 3\n", "");
     // The pool zone was made at start, on the real server.
     assert!(!dig(&p, "omani.works", "SOA").is_empty());
 
-    let api = Api::new(d.port);
     let (code, resp) = api.post("/v1/sovereigns", &request("pdns", 1, 0)).unwrap();
     assert_eq!(code, 202, "{resp}");
     let job = resp["job_id"].as_str().unwrap().to_owned();
@@ -149,32 +161,13 @@ fn e2e_byo_api_delegates_at_the_registrar_and_destroy_gives_it_back() {
     let before = ["ns1.dyna-ns.net", "ns2.dyna-ns.net"];
     fake.domain(Registrar::Dynadot, TOKEN, "acme-e2e.org", &before);
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
     let e = fake.endpoints();
-    std::fs::write(
-        &config,
-        format!(
-            "[dns]\npublic_resolvers = [\"127.0.0.1:{port}\"]\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n\
-             [registrars]\ncloudflare = \"{}\"\nnamecheap = \"{}\"\ngodaddy = \"{}\"\novh = \"{}\"\ndynadot = \"{}\"\n",
-            p.url(),
-            e.cloudflare,
-            e.namecheap,
-            e.godaddy,
-            e.ovh,
-            e.dynadot,
-            port = p.dns_port
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut d = Daemon::new(&data, 0.002);
-    d.backend_args.extend(["--config".into(), config.display().to_string()]);
-    d.env.push(("CATALYST_ZERO_POWERDNS_API_KEY".into(), p.api_key.clone()));
-    d.start().unwrap();
-
-    let api = Api::new(d.port);
+    let registrars = format!(
+        "[registrars]\ncloudflare = \"{}\"\nnamecheap = \"{}\"\ngodaddy = \"{}\"\novh = \"{}\"\ndynadot = \"{}\"\n",
+        e.cloudflare, e.namecheap, e.godaddy, e.ovh, e.dynadot
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, data, api) = daemon_on(&p, dir.path(), "", &registrars);
     let mut body = request("byo", 1, 0);
     body["domain"] = serde_json::json!({ "mode": "byo-api", "fqdn": "acme-e2e.org",
         "registrar": "dynadot", "registrar_token": TOKEN });

@@ -275,14 +275,7 @@ pub(crate) fn err(registrar: Registrar, op: &str, cause: Cause, msg: impl AsRef<
 
 /// How an HTTP status is classified when the body says nothing better.
 pub(crate) fn cause_of(status: StatusCode) -> Cause {
-    match status.as_u16() {
-        401 | 403 => Cause::Unauthorized,
-        404 => Cause::NotFound,
-        409 => Cause::Conflict,
-        400 | 422 => Cause::Invalid,
-        429 => Cause::RateLimited,
-        _ => Cause::Unavailable,
-    }
+    Cause::from_http_status(status.as_u16())
 }
 
 /// The HTTP client of one adapter.
