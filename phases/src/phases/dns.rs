@@ -361,21 +361,7 @@ async fn delegation(cx: &StepCtx) -> StepResult<Value> {
     let zone_out: Value = cx.lookup("dns-reserve/zone")?;
     let ds: Vec<String> = serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default();
     if let Some(pool) = parent(cx)? {
-        // NS and DS in one PATCH: a signed child is never delegated
-        // without its chain of trust, nor the reverse.
-        let mut cut =
-            vec![Rrset { name: abs(&fqdn), rtype: "NS".into(), ttl: 3600, records: nameservers() }];
-        if !ds.is_empty() {
-            cut.push(Rrset {
-                name: abs(&fqdn),
-                rtype: "DS".into(),
-                ttl: 3600,
-                records: ds.clone(),
-            });
-        }
-        cx.backend.dns.replace_rrsets(&abs(&pool), &cut).await?;
-        return Ok(json!({ "mode": "pool", "parent": abs(&pool), "nameservers": nameservers(),
-                          "ds": ds }));
+        return delegate_in_pool(cx, &fqdn, &pool, ds).await;
     }
     if !ds.is_empty() {
         // No registrar adapter publishes DS records: the customer adds them.
@@ -385,35 +371,67 @@ async fn delegation(cx: &StepCtx) -> StepResult<Value> {
         ))
         .await?;
     }
-    let Some((api, fqdn)) = registrar_of(cx).await? else {
-        cx.log(format!(
-            "Bring-your-own domain: point the NS records of {fqdn} at {}",
-            NAMESERVERS.join(", ")
-        ))
-        .await?;
-        return Ok(json!({ "mode": "byo", "expected_nameservers": nameservers() }));
+    match registrar_of(cx).await? {
+        Some((api, fqdn)) => delegate_at_registrar(cx, api.as_ref(), &fqdn).await,
+        None => {
+            cx.log(format!(
+                "Bring-your-own domain: point the NS records of {fqdn} at {}",
+                NAMESERVERS.join(", ")
+            ))
+            .await?;
+            Ok(json!({ "mode": "byo", "expected_nameservers": nameservers() }))
+        }
+    }
+}
+
+/// Pool mode: NS and DS in the pool zone, in one PATCH, so a signed child
+/// is never delegated without its chain of trust, nor the reverse.
+async fn delegate_in_pool(
+    cx: &StepCtx,
+    fqdn: &str,
+    pool: &str,
+    ds: Vec<String>,
+) -> StepResult<Value> {
+    let rr = |rtype: &str, records: Vec<String>| Rrset {
+        name: abs(fqdn),
+        rtype: rtype.into(),
+        ttl: 3600,
+        records,
     };
-    // What it pointed at before pre-flight spent anything, kept on our
-    // zone (undo and destroy read it there) before the registrar changes.
+    let mut cut = vec![rr("NS", nameservers())];
+    if !ds.is_empty() {
+        cut.push(rr("DS", ds.clone()));
+    }
+    cx.backend.dns.replace_rrsets(&abs(pool), &cut).await?;
+    Ok(json!({ "mode": "pool", "parent": abs(pool), "nameservers": nameservers(), "ds": ds }))
+}
+
+/// byo-api: where the domain pointed before pre-flight spent anything is
+/// kept on our zone (undo and destroy read it there), then the registrar
+/// points it at us, unless it already does.
+async fn delegate_at_registrar(
+    cx: &StepCtx,
+    api: &dyn RegistrarApi,
+    fqdn: &str,
+) -> StepResult<Value> {
     let pre: Value = cx.lookup("preflight/registrar")?;
     let before: Vec<String> = serde_json::from_value(pre["nameservers"].clone())
         .map_err(|e| StepError::internal(format!("preflight/registrar.nameservers: {e}")))?;
-    let zone = abs(&fqdn);
+    let zone = abs(fqdn);
     if cx.backend.dns.zone_meta(&zone, PREVIOUS_NS_META).await?.is_empty() {
         let v = json!({ "registrar": api.registrar(), "nameservers": before }).to_string();
         cx.backend.dns.set_zone_meta(&zone, PREVIOUS_NS_META, &[v]).await?;
     }
     let want = ours_bare();
-    let title = api.registrar().title();
-    if sorted(&api.get_nameservers(&fqdn).await?) != sorted(&want) {
-        api.set_nameservers(&fqdn, &want).await?;
-        cx.event(
-            "dns",
-            json!({ "registrar": api.registrar(), "message": format!(
-                "{title}: {fqdn} delegated to {} (was {})", want.join(", "),
-                if before.is_empty() { "nothing".to_owned() } else { before.join(", ") }) }),
-        )
-        .await?;
+    if sorted(&api.get_nameservers(fqdn).await?) != sorted(&want) {
+        api.set_nameservers(fqdn, &want).await?;
+        let was = if before.is_empty() { "nothing".to_owned() } else { before.join(", ") };
+        let message = format!(
+            "{}: {fqdn} delegated to {} (was {was})",
+            api.registrar().title(),
+            want.join(", ")
+        );
+        cx.event("dns", json!({ "registrar": api.registrar(), "message": message })).await?;
     }
     Ok(json!({ "mode": "byo-api", "registrar": api.registrar(), "nameservers": want,
                "previous_nameservers": before }))
@@ -487,11 +505,10 @@ async fn verify_delegation(cx: &StepCtx) -> StepResult<Value> {
 /// answers the DS the zone step computed. Returns whether it is signed.
 async fn verify_chain(cx: &StepCtx, fqdn: &str) -> StepResult<bool> {
     let zone_out: Value = cx.lookup("dns-reserve/zone")?;
-    let mut ds: Vec<String> = serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default();
+    let ds: Vec<String> = serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default();
     if ds.is_empty() {
         return Ok(false);
     }
-    ds.sort();
     let norm = |v: Vec<String>| {
         let mut v: Vec<String> = v.into_iter().map(|d| d.to_ascii_lowercase()).collect();
         v.sort();
