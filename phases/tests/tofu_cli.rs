@@ -285,6 +285,33 @@ async fn an_orphaned_tofu_of_a_killed_daemon_is_stopped_and_its_lock_cleared() {
     assert_eq!(f.cli.state(&f.ws).await.unwrap().len(), 2);
 }
 
+/// The daemon was killed between spawning tofu and recording its pid: the
+/// pid file names an older, dead process. The orphan working in the
+/// workspace is still found (by its working directory) and stopped before
+/// its lock is touched: two tofus on one state would corrupt it.
+#[tokio::test]
+async fn an_orphan_the_pid_file_does_not_name_is_found_by_its_directory() {
+    let Some(bin) = binary() else { return };
+    let f = fixture(&bin, "ok", Duration::from_secs(120));
+    f.cli.init(&f.ws).await.unwrap();
+    let script = format!(
+        "cd '{}' && setsid /bin/bash -c 'exec -a terraform-unnamed sleep 60' >/dev/null 2>&1 & echo $!",
+        f.ws.dir.display()
+    );
+    let out = std::process::Command::new("/bin/sh").args(["-c", &script]).output().unwrap();
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(f.ws.dir.join(LOCK_FILE), r#"{"ID":"unnamed","Who":"x@y"}"#).unwrap();
+    std::fs::write(f.ws.dir.join(PID_FILE), "99999999\n").unwrap();
+    let (tx, mut rx) = events();
+    f.cli.apply(&f.ws, &token(), tx).await.unwrap();
+    let ev = drain(&mut rx);
+    let stale = ev.iter().find(|e| e.kind == "stale_lock_removed").expect("an event");
+    assert!(stale.message.contains(&format!("stopped tofu pid {pid}")), "{}", stale.message);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z"), "the orphan still runs: {stat}");
+}
+
 #[tokio::test]
 async fn timeout_kills_the_apply_and_a_rerun_converges() {
     let Some(bin) = binary() else { return };

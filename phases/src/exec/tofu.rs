@@ -235,16 +235,25 @@ fn clear_stale_lock(dir: &Path, op: &str, binary: &Path) -> AdapterResult<Option
     let pid_path = dir.join(PID_FILE);
     let pid: Option<u32> =
         std::fs::read_to_string(&pid_path).ok().and_then(|s| s.trim().parse().ok());
-    let mut stopped = None;
+    let mut stopped = Vec::new();
+    // Not our children: they belong to a daemon that was killed (SIGKILL
+    // runs no destructor, so its tofu lived on, reparented). Nobody will
+    // read their output; stop them so this run can take the workspace.
+    // The pid file names the last one spawned, but a daemon killed between
+    // a spawn and that write leaves one it does not name: every tofu
+    // working in this directory counts.
+    let mut orphans = orphans_in(dir, binary);
     if let Some(pid) = pid
         && tofu_alive(pid, binary)
         && parent_of(pid).is_some_and(|ppid| ppid != std::process::id())
+        && !orphans.contains(&pid)
     {
-        // Not our child: it belongs to a daemon that was killed (SIGKILL
-        // runs no destructor, so its tofu lived on, reparented). Nobody will
-        // read its output; stop it so this run can take the workspace.
-        stopped = Some(stop_orphan(pid, binary));
+        orphans.push(pid);
     }
+    for o in orphans {
+        stopped.push(stop_orphan(o, binary));
+    }
+    let stopped = (!stopped.is_empty()).then(|| stopped.join("; "));
     if let Some(pid) = pid
         && tofu_alive(pid, binary)
     {
@@ -290,6 +299,29 @@ fn clear_stale_lock(dir: &Path, op: &str, binary: &Path) -> AdapterResult<Option
         Some(s) => format!("{s}; {removed}"),
         None => removed,
     }))
+}
+
+/// Live tofu processes working in `dir` (their cwd) that are not ours
+/// and not started by another of them (a provider plugin): the top of
+/// each orphaned process group.
+fn orphans_in(dir: &Path, binary: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::canonicalize(dir) else { return Vec::new() };
+    let me = std::process::id();
+    let in_dir: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+                && tofu_alive(*pid, binary)
+        })
+        .collect();
+    in_dir
+        .iter()
+        .copied()
+        .filter(|pid| parent_of(*pid).is_some_and(|pp| pp != me && !in_dir.contains(&pp)))
+        .collect()
 }
 
 /// The parent pid of `pid` (`/proc/<pid>/stat`, field 4).
