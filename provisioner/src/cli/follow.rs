@@ -135,6 +135,12 @@ fn kit_line(ev: &Value) -> String {
     line
 }
 
+/// A `dns` event: a registrar's change, or what a public resolver sees
+/// (sent only when it changes, so every one is worth a line).
+fn dns_line(ev: &Value) -> String {
+    format!("dns {}", s(ev, "message"))
+}
+
 fn step_line(ev: &Value) -> String {
     let state = s(ev, "state");
     let mut line = format!("step {} {state}", s(ev, "step"));
@@ -192,6 +198,7 @@ impl Render for Plain {
             "kit" if !matches!(s(ev, "state"), "installing" | "healthy") => {
                 println!("{}", kit_line(ev))
             }
+            "dns" => println!("{}", dns_line(ev)),
             _ => {}
         }
     }
@@ -282,6 +289,12 @@ impl Render for Bars {
                 if !matches!(s(ev, "state"), "installing" | "healthy") {
                     self.println(&kit_line(ev));
                 }
+            }
+            "dns" => {
+                if let Some(b) = self.bar(&phase) {
+                    b.set_message(s(ev, "message").to_owned());
+                }
+                self.println(&dns_line(ev));
             }
             "cost" => self.println(&cost_table(ev)),
             "operator" => {
