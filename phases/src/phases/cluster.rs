@@ -31,6 +31,9 @@ use crate::{Cause, StepError, System};
 pub const PHASE: &str = "cluster";
 const KUBECONFIG_PATH: &str = "/etc/rancher/k3s/k3s.yaml";
 const K3S: &str = "/usr/local/bin/k3s";
+/// The Cilium HelmChart manifest on the first server, and its `.skip`.
+const CILIUM_MANIFEST: &str = "/var/lib/rancher/k3s/server/manifests/cilium.yaml";
+const CILIUM_SKIP: &str = "/var/lib/rancher/k3s/server/manifests/cilium.yaml.skip";
 
 pub fn register(r: &mut Registry) {
     r.register("cluster.ssh", action!(ssh, no_undo));
@@ -39,6 +42,7 @@ pub fn register(r: &mut Registry) {
     r.register("cluster.cilium", action!(cilium, no_undo));
     r.register("cluster.kubeconfig", action!(kubeconfig, kubeconfig_undo));
     r.register("cluster.verify", action!(verify, no_undo));
+    r.register("cluster.cilium-settled", action!(cilium_settled, cilium_settled_undo));
 }
 
 fn server_names(slug_loc: &str, r: &Region) -> (Vec<String>, Vec<String>) {
@@ -97,11 +101,18 @@ pub fn phase(regions: &[Region]) -> PhaseDef {
         b.step(&kc, "cluster.kubeconfig", &after, json!({ "location": l }));
         let mut after: Vec<&str> = agents.iter().map(String::as_str).collect();
         after.push(&kc);
+        let verify = format!("verify-{l}");
         b.step(
-            &format!("verify-{l}"),
+            &verify,
             "cluster.verify",
             &after,
             json!({ "location": l, "servers": r.control_plane.count, "agents": r.workers.count }),
+        );
+        b.step(
+            &format!("cilium-settled-{l}"),
+            "cluster.cilium-settled",
+            &[verify.as_str()],
+            json!({ "location": l }),
         );
     }
     b.build()
@@ -459,18 +470,33 @@ async fn cilium(cx: &StepCtx) -> StepResult<Value> {
     let body = cilium_manifest(&first.private_ip)?;
     cx.backend
         .ssh
-        .upload(
-            &h,
-            &fp,
-            &key(cx).await?,
-            "/var/lib/rancher/k3s/server/manifests/cilium.yaml",
-            body.as_bytes(),
-            0o600,
-        )
+        .upload(&h, &fp, &key(cx).await?, CILIUM_MANIFEST, body.as_bytes(), 0o600)
         .await?;
     Ok(
         json!({ "chart_version": release::cilium_chart_version(), "k8s_service_host": first.private_ip }),
     )
+}
+
+/// K3s applies its manifests directory at every start, not once (K3s
+/// digest §4): left active, `cilium.yaml` would re-create the Cilium
+/// HelmChart at the first server's next restart, after the kit handed
+/// Cilium to bp-cilium, and two installers would manage one release. Once
+/// the nodes are Ready the manifest has done its work (its HelmChart
+/// exists and installed the CNI), so `cilium.yaml.skip` suppresses it from
+/// then on. Skipping (or removing) a manifest deletes none of its objects.
+async fn cilium_settled(cx: &StepCtx) -> StepResult<Value> {
+    let out = outputs(cx)?;
+    let (h, fp, _) = first_server(cx, &out)?;
+    run_ok(cx, &h, &fp, &key(cx).await?, &format!("touch {}", at(CILIUM_SKIP))).await?;
+    Ok(json!({ "suppressed": CILIUM_MANIFEST, "marker": CILIUM_SKIP }))
+}
+
+async fn cilium_settled_undo(cx: &StepCtx) -> StepResult<()> {
+    // A host that is gone has no marker left.
+    let Ok(out) = outputs(cx) else { return Ok(()) };
+    let Ok((h, fp, _)) = first_server(cx, &out) else { return Ok(()) };
+    run_ok(cx, &h, &fp, &key(cx).await?, &format!("rm -f {}", at(CILIUM_SKIP))).await?;
+    Ok(())
 }
 
 fn kubeconfig_secret(loc: &str) -> String {
