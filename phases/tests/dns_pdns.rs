@@ -806,7 +806,9 @@ async fn byo_api_each_registrar_delegates_then_destroy_gives_it_back() {
     let p = pool().await;
     let world = ByoWorld::start().await;
     for c in &CUSTOMERS {
-        let req = byo_api_request(c);
+        // Signed: Cloudflare publishes the DS, the registrars ask the customer.
+        let mut req = byo_api_request(c);
+        req.dnssec = true;
         let tmp = tempfile::tempdir().unwrap();
         let r =
             world.rig(tmp.path(), &p, &req, byo_api_plan(&req), JobOptions::default(), None).await;
@@ -832,6 +834,28 @@ async fn byo_api_each_registrar_delegates_then_destroy_gives_it_back() {
                 })
         });
         assert!(said, "{:?}: no delegation event", c.r);
+        let deleg = output(&r, "dns-reserve/delegation").await;
+        let ds: Vec<String> = serde_json::from_value(deleg["ds"].clone()).unwrap();
+        assert!(!ds.is_empty(), "{:?}: signed", c.r);
+        let published = c.r == Registrar::Cloudflare;
+        assert_eq!(deleg["ds_published"], published, "{:?}", c.r);
+        let norm = |v: &[String]| {
+            let mut v: Vec<String> = v.iter().map(|d| d.to_ascii_lowercase()).collect();
+            v.sort();
+            v
+        };
+        if published {
+            let shown = world.fake.cloudflare_records(c.fqdn, "DS");
+            assert_eq!(norm(&shown), norm(&ds), "the zone's own DS, beside its NS");
+        } else {
+            let asked = evs.iter().any(|e| {
+                e.kind == "log"
+                    && e.body["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("add these DS records"))
+            });
+            assert!(asked, "{:?}: the customer is asked to add the DS", c.r);
+        }
         // Nothing secret in the journal.
         let journal =
             serde_json::to_string(&evs.iter().map(|e| &e.body).collect::<Vec<_>>()).unwrap();
@@ -855,6 +879,7 @@ async fn byo_api_each_registrar_delegates_then_destroy_gives_it_back() {
                 c.r
             );
             assert!(!adapter(&p).zone_exists(c.fqdn).await.unwrap(), "{:?}", c.r);
+            assert!(world.fake.cloudflare_records(c.fqdn, "DS").is_empty(), "{:?}", c.r);
         }
     }
 }

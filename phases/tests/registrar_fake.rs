@@ -287,3 +287,31 @@ async fn registrar_specific_refusals() {
     assert!(e.to_string().contains("INVALID_SIGNATURE"), "{e}");
     no_secret(&e);
 }
+
+/// DS records of a signed subdomain: Cloudflare publishes them beside the
+/// NS records (fields in `data`), twice is once, empty removes ours; the
+/// registrar adapters say they cannot.
+#[tokio::test]
+async fn cloudflare_publishes_ds_records_and_registrars_say_they_cannot() {
+    let (fake, regs) = setup().await;
+    let api = connect(&regs, Registrar::Cloudflare, CASES[0].token);
+    let ds = vec![format!("4242 13 2 {}", "ab".repeat(32))];
+    assert!(api.set_ds("k8s.acme.com", &ds).await.unwrap());
+    let shown = fake.cloudflare_records("k8s.acme.com", "DS");
+    assert_eq!(shown, [format!("4242 13 2 {}", "AB".repeat(32))]);
+    let writes = fake.writes(Registrar::Cloudflare).len();
+    assert!(api.set_ds("k8s.acme.com", &ds).await.unwrap());
+    assert_eq!(fake.writes(Registrar::Cloudflare).len(), writes, "twice is once");
+    // dig-style groups of the digest are the same record.
+    let grouped = vec![format!("4242 13 2 {} {}", "AB".repeat(16), "AB".repeat(16))];
+    assert!(api.set_ds("k8s.acme.com", &grouped).await.unwrap());
+    assert_eq!(fake.writes(Registrar::Cloudflare).len(), writes);
+    assert!(api.set_ds("k8s.acme.com", &[]).await.unwrap());
+    assert!(fake.cloudflare_records("k8s.acme.com", "DS").is_empty());
+    let e = api.set_ds("k8s.acme.com", &["not a ds".into()]).await.unwrap_err();
+    assert_eq!(cause(&e), Cause::Invalid);
+    for c in &CASES[1..] {
+        let api = connect(&regs, c.r, c.token);
+        assert!(!api.set_ds(c.domain, &ds).await.unwrap(), "{:?}", c.r);
+    }
+}

@@ -24,9 +24,10 @@
 //! Every removal of a delegation (undo, sweep, destroy) removes NS and DS
 //! together. The propagation gate needs no DS check of its own: a
 //! validating public resolver answers SERVFAIL for a broken chain, so the
-//! A records it must see would not pass. Bring-your-own domains: the DS is
-//! logged for the customer to add at the registrar (no registrar adapter
-//! publishes DS records).
+//! A records it must see would not pass. Bring-your-own domains: `byo-api`
+//! at Cloudflare publishes the DS beside the NS records (and removes it
+//! first on undo); otherwise the DS is logged for the customer to add at
+//! the registrar.
 //!
 //! **Bring-your-own domains.** `byo-manual`: the customer changes the NS at
 //! their registrar; `verify-delegation` waits, bounded, streaming what the
@@ -185,6 +186,9 @@ pub(crate) async fn restore_registrar(cx: &StepCtx) -> StepResult<Value> {
         .await?;
         return Ok(json!({ "restored": false, "why": "changed since", "nameservers": now }));
     }
+    // Our DS first: a DS left without our keys behind it would make
+    // validating resolvers reject the domain.
+    api.set_ds(&fqdn, &[]).await?;
     api.set_nameservers(&fqdn, &before).await?;
     cx.event(
         "dns",
@@ -363,25 +367,30 @@ async fn delegation(cx: &StepCtx) -> StepResult<Value> {
     if let Some(pool) = parent(cx)? {
         return delegate_in_pool(cx, &fqdn, &pool, ds).await;
     }
-    if !ds.is_empty() {
-        // No registrar adapter publishes DS records: the customer adds them.
-        cx.log(format!(
-            "DNSSEC: add these DS records for {fqdn} at the registrar, after the NS change: {}",
-            ds.join(" | ")
-        ))
-        .await?;
-    }
     match registrar_of(cx).await? {
-        Some((api, fqdn)) => delegate_at_registrar(cx, api.as_ref(), &fqdn).await,
+        Some((api, fqdn)) => delegate_at_registrar(cx, api.as_ref(), &fqdn, ds).await,
         None => {
             cx.log(format!(
                 "Bring-your-own domain: point the NS records of {fqdn} at {}",
                 NAMESERVERS.join(", ")
             ))
             .await?;
-            Ok(json!({ "mode": "byo", "expected_nameservers": nameservers() }))
+            ask_for_ds(cx, &fqdn, &ds).await?;
+            Ok(json!({ "mode": "byo", "expected_nameservers": nameservers(), "ds": ds }))
         }
     }
+}
+
+/// A signed zone whose DS nobody here can publish: the customer adds it.
+async fn ask_for_ds(cx: &StepCtx, fqdn: &str, ds: &[String]) -> StepResult<()> {
+    if ds.is_empty() {
+        return Ok(());
+    }
+    cx.log(format!(
+        "DNSSEC: add these DS records for {fqdn} at the registrar, after the NS change: {}",
+        ds.join(" | ")
+    ))
+    .await
 }
 
 /// Pool mode: NS and DS in the pool zone, in one PATCH, so a signed child
@@ -413,6 +422,7 @@ async fn delegate_at_registrar(
     cx: &StepCtx,
     api: &dyn RegistrarApi,
     fqdn: &str,
+    ds: Vec<String>,
 ) -> StepResult<Value> {
     let pre: Value = cx.lookup("preflight/registrar")?;
     let before: Vec<String> = serde_json::from_value(pre["nameservers"].clone())
@@ -433,8 +443,13 @@ async fn delegate_at_registrar(
         );
         cx.event("dns", json!({ "registrar": api.registrar(), "message": message })).await?;
     }
+    // A signed zone's DS beside the delegation, where the adapter can.
+    let ds_published = !ds.is_empty() && api.set_ds(fqdn, &ds).await?;
+    if !ds_published {
+        ask_for_ds(cx, fqdn, &ds).await?;
+    }
     Ok(json!({ "mode": "byo-api", "registrar": api.registrar(), "nameservers": want,
-               "previous_nameservers": before }))
+               "previous_nameservers": before, "ds": ds, "ds_published": ds_published }))
 }
 
 async fn delegation_undo(cx: &StepCtx) -> StepResult<()> {

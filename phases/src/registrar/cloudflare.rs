@@ -141,15 +141,16 @@ impl Cloudflare {
         )
     }
 
-    /// The NS records of `name` in `zone`: (record id, content).
-    async fn ns_records(
+    /// The `rtype` records of `name` in `zone`: (record id, content).
+    async fn records(
         &self,
         op: &str,
         zone: &Zone,
         name: &str,
+        rtype: &str,
     ) -> StepResult<Vec<(String, String)>> {
         let path = format!("/zones/{}/dns_records", zone.id);
-        let q = [("type", "NS"), ("name", name), ("per_page", "100")];
+        let q = [("type", rtype), ("name", name), ("per_page", "100")];
         let recs = self.call(op, Method::GET, &path, &q, None).await?;
         Ok(recs
             .as_array()
@@ -164,6 +165,49 @@ impl Cloudflare {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+impl Cloudflare {
+    /// The zone holding `domain`, which must be below its apex.
+    async fn subdomain_zone(&self, op: &str, domain: &str) -> StepResult<Zone> {
+        let zone = self.zone_of(op, domain).await?;
+        if zone.name == domain {
+            return Err(Self::refuse_apex(op, &zone));
+        }
+        Ok(zone)
+    }
+
+    /// Makes `domain`'s `rtype` records exactly `want` (normalized as
+    /// [`Self::records`] reads them): deletes the others, creates the
+    /// missing ones with `body`. Records gone or made meanwhile (an earlier
+    /// attempt) are what was wanted.
+    async fn reconcile(
+        &self,
+        op: &str,
+        zone: &Zone,
+        domain: &str,
+        rtype: &str,
+        want: &[String],
+        body: impl Fn(&str) -> Value,
+    ) -> StepResult<()> {
+        let have = self.records(op, zone, domain, rtype).await?;
+        let path = format!("/zones/{}/dns_records", zone.id);
+        for (id, content) in &have {
+            if !want.contains(content) {
+                match self.call(op, Method::DELETE, &format!("{path}/{id}"), &[], None).await {
+                    Ok(_) | Err(Failure { code: 81044, .. }) => {}
+                    Err(f) => return Err(f.into()),
+                }
+            }
+        }
+        for w in want.iter().filter(|w| !have.iter().any(|(_, c)| c == *w)) {
+            match self.call(op, Method::POST, &path, &[], Some(body(w))).await {
+                Ok(_) | Err(Failure { code: 81058, .. }) => {}
+                Err(f) => return Err(f.into()),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -187,11 +231,7 @@ impl RegistrarApi for Cloudflare {
                 ));
             }
         }
-        let zone = self.zone_of(op, domain).await?;
-        if zone.name == domain {
-            return Err(Self::refuse_apex(op, &zone));
-        }
-        Ok(())
+        self.subdomain_zone(op, domain).await.map(drop)
     }
 
     async fn get_nameservers(&self, domain: &str) -> StepResult<Vec<String>> {
@@ -200,36 +240,39 @@ impl RegistrarApi for Cloudflare {
         if zone.name == domain {
             return Ok(zone.name_servers);
         }
-        Ok(self.ns_records(op, &zone, domain).await?.into_iter().map(|(_, c)| c).collect())
+        Ok(self.records(op, &zone, domain, "NS").await?.into_iter().map(|(_, c)| c).collect())
     }
 
     async fn set_nameservers(&self, domain: &str, nameservers: &[String]) -> StepResult<()> {
         let op = "set_nameservers";
-        let zone = self.zone_of(op, domain).await?;
-        if zone.name == domain {
-            return Err(Self::refuse_apex(op, &zone));
-        }
-        let want = sorted(nameservers);
-        let have = self.ns_records(op, &zone, domain).await?;
-        let path = format!("/zones/{}/dns_records", zone.id);
-        for (id, content) in &have {
-            if !want.contains(content) {
-                match self.call(op, Method::DELETE, &format!("{path}/{id}"), &[], None).await {
-                    Ok(_) => {}
-                    // Gone meanwhile: that is what we wanted.
-                    Err(Failure { code: 81044, .. }) => {}
-                    Err(f) => return Err(f.into()),
-                }
+        let zone = self.subdomain_zone(op, domain).await?;
+        let body = |ns: &str| json!({ "type": "NS", "name": domain, "content": ns, "ttl": 3600 });
+        self.reconcile(op, &zone, domain, "NS", &sorted(nameservers), body).await
+    }
+
+    async fn set_ds(&self, domain: &str, ds: &[String]) -> StepResult<bool> {
+        let op = "set_ds";
+        let zone = self.subdomain_zone(op, domain).await?;
+        let mut want = Vec::new();
+        for d in ds {
+            let f: Vec<&str> = d.split_whitespace().collect();
+            if f.len() < 4 {
+                return Err(err(R, op, Cause::Invalid, format!("`{d}` is not a DS record")));
             }
+            want.push(
+                format!("{} {} {} {}", f[0], f[1], f[2], f[3..].concat()).to_ascii_lowercase(),
+            );
         }
-        for ns in want.iter().filter(|n| !have.iter().any(|(_, c)| c == *n)) {
-            let body = json!({ "type": "NS", "name": domain, "content": ns, "ttl": 3600 });
-            match self.call(op, Method::POST, &path, &[], Some(body)).await {
-                Ok(_) => {}
-                Err(Failure { code: 81058, .. }) => {} // created by an earlier attempt
-                Err(f) => return Err(f.into()),
-            }
-        }
-        Ok(())
+        want.sort();
+        // Cloudflare takes a DS record's fields in `data`.
+        let body = |d: &str| {
+            let f: Vec<&str> = d.split_whitespace().collect();
+            let n = |i: usize| f[i].parse::<u32>().unwrap_or(0);
+            json!({ "type": "DS", "name": domain, "ttl": 3600, "data": {
+                "key_tag": n(0), "algorithm": n(1), "digest_type": n(2),
+                "digest": f[3].to_ascii_uppercase() } })
+        };
+        self.reconcile(op, &zone, domain, "DS", &want, body).await?;
+        Ok(true)
     }
 }

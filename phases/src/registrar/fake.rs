@@ -21,7 +21,9 @@
 //!   7003 for a zone id of another account).
 //! - **Nameserver rules**: hostnames only; Namecheap and GoDaddy want at
 //!   least two, Dynadot at most 13; Cloudflare NS records are per record
-//!   (81058 for an identical one, 81044 for an absent one).
+//!   (81058 for an identical one, 81044 for an absent one), and so are its
+//!   DS records, whose fields come in `data` (9101 when they are not
+//!   numbers and a hex digest).
 //! - **Injected faults** per registrar ([`Fault`]), in each one's own
 //!   shape: 429 bodies (Cloudflare 971, GoDaddy `retryAfterSec`),
 //!   Namecheap's error 500000, Dynadot's `system_busy`, and 503s.
@@ -201,6 +203,19 @@ impl FakeRegistrars {
             .filter(|d| d.registrar == r && name.ends_with(&format!(".{}", d.name)))
             .flat_map(|z| z.records.iter().filter(|rec| rec.rtype == "NS" && rec.name == name))
             .map(|rec| rec.content.clone())
+            .collect()
+    }
+
+    /// The `rtype` records of `name` in the Cloudflare zone holding it, as
+    /// Cloudflare shows their content.
+    pub fn cloudflare_records(&self, name: &str, rtype: &str) -> Vec<String> {
+        let name = bare(name);
+        let i = self.lock();
+        i.domains
+            .iter()
+            .filter(|z| z.registrar == Registrar::Cloudflare)
+            .flat_map(|z| z.records.iter().filter(|r| r.rtype == rtype && r.name == name))
+            .map(|r| r.content.clone())
             .collect()
     }
 
@@ -428,18 +443,52 @@ fn cf_records(zone: &mut Domain, m: &Method, rest: &[&str], req: &Req, new_id: S
             let Ok(b) = serde_json::from_slice::<Value>(&req.body) else {
                 return cf_error(StatusCode::BAD_REQUEST, 9207, "Request body is invalid.");
             };
-            let (rtype, name, content) = (
+            let (rtype, name) = (
                 b["type"].as_str().unwrap_or("").to_owned(),
                 bare(b["name"].as_str().unwrap_or("")),
-                bare(b["content"].as_str().unwrap_or("")),
             );
-            if rtype != "NS" || !is_hostname(&content) {
-                return cf_error(
-                    StatusCode::BAD_REQUEST,
-                    9005,
-                    "Content for NS record is invalid.",
-                );
-            }
+            let content = match rtype.as_str() {
+                "NS" => {
+                    let c = bare(b["content"].as_str().unwrap_or(""));
+                    if !is_hostname(&c) {
+                        return cf_error(
+                            StatusCode::BAD_REQUEST,
+                            9005,
+                            "Content for NS record is invalid.",
+                        );
+                    }
+                    c
+                }
+                // DS fields come in `data`; the content Cloudflare shows
+                // is their presentation.
+                "DS" => {
+                    let d = &b["data"];
+                    let digest = d["digest"].as_str().unwrap_or("");
+                    let nums = ["key_tag", "algorithm", "digest_type"].map(|k| d[k].as_u64());
+                    let hex = !digest.is_empty() && digest.chars().all(|c| c.is_ascii_hexdigit());
+                    match nums {
+                        [Some(t), Some(a), Some(dt)]
+                            if hex && t <= 65535 && a <= 255 && dt <= 255 =>
+                        {
+                            format!("{t} {a} {dt} {}", digest.to_ascii_uppercase())
+                        }
+                        _ => {
+                            return cf_error(
+                                StatusCode::BAD_REQUEST,
+                                9101,
+                                "DS record data is invalid.",
+                            );
+                        }
+                    }
+                }
+                _ => {
+                    return cf_error(
+                        StatusCode::BAD_REQUEST,
+                        9004,
+                        "Unsupported record type in this fake.",
+                    );
+                }
+            };
             if !(name == zone.name || name.ends_with(&format!(".{}", zone.name))) {
                 return cf_error(StatusCode::BAD_REQUEST, 1004, "DNS Validation Error");
             }

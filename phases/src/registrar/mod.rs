@@ -24,6 +24,10 @@
 //! Nameservers cross this trait lowercase, without the trailing dot, in
 //! the order given; comparisons sort them.
 //!
+//! DS records of a signed zone: Cloudflare publishes them as DS records in
+//! the customer's zone, beside the NS records; the registrar adapters do
+//! not publish DS records (the job tells the customer to add them).
+//!
 //! [`fake::FakeRegistrars`] serves all five APIs from one in-process HTTP
 //! server, with their error bodies, for the tests.
 
@@ -59,6 +63,14 @@ pub trait RegistrarApi: Send + Sync {
     /// removes a delegation where that exists (a Cloudflare subdomain);
     /// registrars refuse it.
     async fn set_nameservers(&self, domain: &str, nameservers: &[String]) -> StepResult<()>;
+    /// Publishes the DS records (`<tag> <alg> <digest type> <digest>`) of
+    /// a signed `domain` beside its delegation, idempotently; an empty set
+    /// removes ours. `Ok(false)`: this adapter cannot, and the customer
+    /// adds them by hand.
+    async fn set_ds(&self, domain: &str, ds: &[String]) -> StepResult<bool> {
+        let _ = (domain, ds);
+        Ok(false)
+    }
 }
 
 /// Connects to a registrar with a customer's token.
