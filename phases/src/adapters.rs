@@ -426,6 +426,12 @@ pub struct Rrset {
     pub records: Vec<String>,
 }
 
+/// A DNS name in absolute form, with its trailing dot (as PowerDNS wants
+/// zone and RRset names).
+pub fn absolute_name(name: &str) -> String {
+    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+}
+
 #[async_trait]
 pub trait DnsApi: Send + Sync {
     async fn zone_exists(&self, zone: &str) -> AdapterResult<bool>;

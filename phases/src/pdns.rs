@@ -32,7 +32,7 @@ use hickory_resolver::proto::rr::RecordType;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::adapters::{AdapterResult, DnsApi, Rrset};
+use crate::adapters::{AdapterResult, DnsApi, Rrset, absolute_name as absolute};
 use crate::error::{Cause, StepError, System};
 
 fn err(op: &str, cause: Cause, message: impl Into<String>) -> StepError {
@@ -101,25 +101,17 @@ fn presentation(data: &hickory_resolver::proto::rr::RData) -> String {
     use hickory_resolver::proto::rr::RData;
     let RData::Unknown { code, rdata } = data else { return data.to_string() };
     let b = &rdata.anything;
-    match *code {
-        RecordType::DS if b.len() > 4 => {
-            format!(
-                "{} {} {} {}",
-                u16::from_be_bytes([b[0], b[1]]),
-                b[2],
-                b[3],
-                hex::encode(&b[4..])
-            )
-        }
-        RecordType::DNSKEY if b.len() > 4 => format!(
-            "{} {} {} {}",
-            u16::from_be_bytes([b[0], b[1]]),
-            b[2],
-            b[3],
+    // Both start with 16 bits and two octets (DS: key tag, algorithm,
+    // digest type; DNSKEY: flags, protocol, algorithm), then the digest in
+    // hex or the key in base64.
+    let tail = match *code {
+        RecordType::DS if b.len() > 4 => hex::encode(&b[4..]),
+        RecordType::DNSKEY if b.len() > 4 => {
             base64::engine::general_purpose::STANDARD.encode(&b[4..])
-        ),
-        _ => data.to_string(),
-    }
+        }
+        _ => return data.to_string(),
+    };
+    format!("{} {} {} {tail}", u16::from_be_bytes([b[0], b[1]]), b[2], b[3])
 }
 
 /// One lookup, as strings, sorted; no records is empty.
@@ -258,11 +250,6 @@ impl PowerDns {
         };
         Err(err(op, cause_of(status), format!("PowerDNS answered {}: {said}", status.as_u16())))
     }
-}
-
-/// A name as RRset bodies carry it: absolute, as given (`*` included).
-fn absolute(name: &str) -> String {
-    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
 }
 
 fn rtype_of(rtype: &str) -> AdapterResult<RecordType> {

@@ -96,8 +96,7 @@ async fn dns(cx: &StepCtx) -> StepResult<Value> {
     // domain pointed at before.
     let registrar = super::dns::restore_registrar(cx).await?;
     if let Some(pool) = cx.request.pointer("/sovereign/pool_domain").and_then(Value::as_str) {
-        let cut = [(zone.clone(), "NS".to_owned()), (zone.clone(), "DS".to_owned())];
-        cx.backend.dns.delete_rrsets(&format!("{pool}."), &cut).await?;
+        cx.backend.dns.delete_rrsets(&format!("{pool}."), &super::dns::cut_of(&zone)).await?;
     }
     cx.backend.dns.delete_zone(&zone).await?;
     Ok(json!({ "zone": zone, "registrar": registrar }))

@@ -45,7 +45,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 use super::{action, fqdn, no_undo};
-use crate::adapters::Rrset;
+use crate::adapters::{Rrset, absolute_name as abs};
 use crate::plan::{PhaseBuilder, PhaseDef};
 use crate::registrar::{RegistrarApi, bare, sorted};
 use crate::request::{Domain, Region, Registrar};
@@ -90,10 +90,6 @@ pub fn commit_phase(regions: &[Region], regional: Option<()>) -> PhaseDef {
     b.build()
 }
 
-fn abs(name: &str) -> String {
-    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
-}
-
 fn nameservers() -> Vec<String> {
     NAMESERVERS.iter().map(|s| s.to_string()).collect()
 }
@@ -121,10 +117,16 @@ fn dnssec_requested(cx: &StepCtx) -> StepResult<bool> {
     Ok(super::request(cx)?.dnssec)
 }
 
-/// What a delegation consists of in the parent zone: NS, and DS when the
-/// child is signed.
-fn cut_types() -> [&'static str; 2] {
-    ["NS", "DS"]
+/// What a delegation of `name` consists of in the parent zone, to remove
+/// it: NS, and DS when the child is signed (absent is fine).
+pub(crate) fn cut_of(name: &str) -> Vec<(String, String)> {
+    ["NS", "DS"].iter().map(|t| (abs(name), t.to_string())).collect()
+}
+
+/// The DS records the zone step computed (none: the zone is not signed).
+fn zone_ds(cx: &StepCtx) -> StepResult<Vec<String>> {
+    let zone_out: Value = cx.lookup("dns-reserve/zone")?;
+    Ok(serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default())
 }
 
 /// Zone metadata holding what a `byo-api` domain was delegated to before
@@ -327,9 +329,7 @@ pub async fn sweep_expired(
         if let Some(pool) =
             pools.iter().find(|p| zone.strip_suffix(*p).is_some_and(|s| s.ends_with('.')))
         {
-            let cut: Vec<(String, String)> =
-                cut_types().iter().map(|t| (zone.clone(), t.to_string())).collect();
-            dns.delete_rrsets(pool, &cut).await?;
+            dns.delete_rrsets(pool, &cut_of(&zone)).await?;
         }
         dns.delete_zone(&zone).await?;
         swept.push(zone);
@@ -362,8 +362,7 @@ pub async fn keep_leases(
 
 async fn delegation(cx: &StepCtx) -> StepResult<Value> {
     let fqdn = fqdn(cx)?;
-    let zone_out: Value = cx.lookup("dns-reserve/zone")?;
-    let ds: Vec<String> = serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default();
+    let ds = zone_ds(cx)?;
     if let Some(pool) = parent(cx)? {
         return delegate_in_pool(cx, &fqdn, &pool, ds).await;
     }
@@ -454,10 +453,7 @@ async fn delegate_at_registrar(
 
 async fn delegation_undo(cx: &StepCtx) -> StepResult<()> {
     if let Some(pool) = parent(cx)? {
-        let name = abs(&fqdn(cx)?);
-        let cut: Vec<(String, String)> =
-            cut_types().iter().map(|t| (name.clone(), t.to_string())).collect();
-        cx.backend.dns.delete_rrsets(&abs(&pool), &cut).await?;
+        cx.backend.dns.delete_rrsets(&abs(&pool), &cut_of(&fqdn(cx)?)).await?;
     } else {
         restore_registrar(cx).await?;
     }
@@ -519,8 +515,7 @@ async fn verify_delegation(cx: &StepCtx) -> StepResult<Value> {
 /// A signed zone: its DNSKEY answers over DNS, and (pool) the parent
 /// answers the DS the zone step computed. Returns whether it is signed.
 async fn verify_chain(cx: &StepCtx, fqdn: &str) -> StepResult<bool> {
-    let zone_out: Value = cx.lookup("dns-reserve/zone")?;
-    let ds: Vec<String> = serde_json::from_value(zone_out["ds"].clone()).unwrap_or_default();
+    let ds = zone_ds(cx)?;
     if ds.is_empty() {
         return Ok(false);
     }
