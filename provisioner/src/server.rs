@@ -54,6 +54,24 @@ fn powerdns(config: &Config) -> anyhow::Result<Option<Arc<dyn cz_phases::adapter
     Ok(Some(Arc::new(d)))
 }
 
+/// The DNS side of `config`, the same for both backends: the real PowerDNS
+/// and registrar APIs where configured (otherwise the backend's own), and
+/// the `[dns]` lease, propagation and bring-your-own bounds and resolvers.
+fn with_dns_config(mut b: Backend, config: &Config) -> anyhow::Result<Backend> {
+    if let Some(d) = powerdns(config)? {
+        b.dns = d;
+    }
+    if let Some(r) = &config.registrars {
+        b.registrars = http_registrars(r.clone());
+    }
+    let secs = std::time::Duration::from_secs;
+    b.bounds.dns_lease = secs(config.dns.lease_secs);
+    b.bounds.dns_propagation = secs(config.dns.propagation_secs);
+    b.bounds.byo_delegation = secs(config.dns.byo_wait_secs);
+    b.public_resolvers = config.dns.public_resolvers.clone();
+    Ok(b)
+}
+
 /// With a real PowerDNS: the pool zones exist (created if missing, as the
 /// pool's operator would have), and the API answers with this key, or the
 /// daemon does not start rather than fail every job at `dns-reserve`.
@@ -201,9 +219,8 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 /// The `hetzner` backend: the real Hetzner API client and tofu runner.
 ///
 /// Not real yet, and said so at every call: OpenBao ([`Unbuilt`]: a job
-/// pauses at the first step needing it), and PowerDNS (the sim's DNS, over
-/// the data dir, until the DNS issue lands). The bootstrap kit's readiness
-/// probes beyond HelmRelease `Ready` are still to come (issue 6).
+/// pauses at the first step needing it). DNS is the sim's until `start`
+/// applies a `[powerdns]` section ([`with_dns_config`]).
 pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
     use cz_phases::adapters::InfraModule;
     use cz_phases::exec::tofu::TofuCli;
@@ -247,12 +264,11 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         ssh: Arc::new(cz_phases::exec::SshClient::default()),
         kube: Arc::new(cz_phases::k8s::KubeClient),
         bao: Arc::new(Unbuilt::BAO),
-        dns: match powerdns(config)? {
-            Some(d) => d,
-            // Without a [powerdns] section, the sim's DNS stands in.
-            None => Arc::new(SimDns::new(world)),
-        },
-        registrars: http_registrars(config.registrars.clone().unwrap_or_default()),
+        // Without a [powerdns] section the sim's DNS stands in; `start`
+        // applies the DNS configuration to both backends.
+        dns: Arc::new(SimDns::new(world)),
+        // The production registrar APIs unless [registrars] says otherwise.
+        registrars: http_registrars(Default::default()),
         workspace_root: config.data_dir.join("workspaces"),
         infra,
         k3s: match (&h.artifacts_dir, &h.k3s_download) {
@@ -271,7 +287,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
             ..Default::default()
         },
         poll: std::time::Duration::from_secs(2),
-        public_resolvers: config.dns.public_resolvers.clone(),
+        public_resolvers: cz_phases::phases::dns::default_public_resolvers(),
     })
 }
 
@@ -288,21 +304,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
         .await
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let backend = match config.backend {
-        BackendKind::Sim => {
-            let mut b = sim_backend(
-                config.data_dir.join("sim"),
-                config.data_dir.join("workspaces"),
-                config.sim.clone(),
-            );
-            if let Some(d) = powerdns(&config)? {
-                b.dns = d;
-            }
-            if let Some(r) = &config.registrars {
-                b.registrars = http_registrars(r.clone());
-            }
-            ensure_pool_zones(&b, config.powerdns.is_some()).await?;
-            b
-        }
+        BackendKind::Sim => sim_backend(
+            config.data_dir.join("sim"),
+            config.data_dir.join("workspaces"),
+            config.sim.clone(),
+        ),
         BackendKind::Hetzner => {
             let b = hetzner_backend(&config)?;
             // F-01/F-02: refuse to start without a usable tofu and module
@@ -317,16 +323,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
                     .map_err(|e| anyhow::anyhow!("the cloud templates cannot be read: {e}"))?;
                 tracing::info!(%tofu, templates = %templates.display(), sha256 = %digest, "Hetzner backend ready.");
             }
-            ensure_pool_zones(&b, config.powerdns.is_some()).await?;
             b
         }
     };
-    let lease = std::time::Duration::from_secs(config.dns.lease_secs);
-    let mut backend = backend;
-    backend.bounds.dns_lease = lease;
-    backend.bounds.dns_propagation = std::time::Duration::from_secs(config.dns.propagation_secs);
-    backend.public_resolvers = config.dns.public_resolvers.clone();
-    backend.bounds.byo_delegation = std::time::Duration::from_secs(config.dns.byo_wait_secs);
+    let backend = with_dns_config(backend, &config)?;
+    ensure_pool_zones(&backend, config.powerdns.is_some()).await?;
+    let lease = backend.bounds.dns_lease;
     let dns = backend.dns.clone();
     let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
     let supervisor = Arc::new(Supervisor::new(engine));
