@@ -253,6 +253,30 @@ async fn stale_lock_is_removed_and_live_lock_conflicts() {
     assert!(f.ws.dir.join(LOCK_FILE).exists(), "a live holder's lock is left alone");
 }
 
+/// A stand-in for a tofu left behind by a killed daemon, named `name`,
+/// working in `cwd`: `setsid` in a shell that exits at once, so it is
+/// reparented and leads its own process group, as our spawned tofu does.
+fn spawn_orphan(cwd: Option<&std::path::Path>, name: &str) -> u32 {
+    let cd = cwd.map(|d| format!("cd '{}' && ", d.display())).unwrap_or_default();
+    let script =
+        format!("{cd}setsid /bin/bash -c 'exec -a {name} sleep 60' >/dev/null 2>&1 & echo $!");
+    let out = std::process::Command::new("/bin/sh").args(["-c", &script]).output().unwrap();
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    pid
+}
+
+/// An apply in `f`'s workspace stops the orphan `pid`, says so, and runs.
+async fn apply_stops_orphan(f: &Fixture, pid: u32) {
+    let (tx, mut rx) = events();
+    f.cli.apply(&f.ws, &token(), tx).await.unwrap();
+    let ev = drain(&mut rx);
+    let stale = ev.iter().find(|e| e.kind == "stale_lock_removed").expect("an event");
+    assert!(stale.message.contains(&format!("stopped tofu pid {pid}")), "{}", stale.message);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z"), "the orphan still runs: {stat}");
+}
+
 /// A daemon killed with SIGKILL leaves its tofu running, reparented. The
 /// next run stops that orphan (it is not our child) instead of waiting on
 /// its lock forever.
@@ -261,27 +285,11 @@ async fn an_orphaned_tofu_of_a_killed_daemon_is_stopped_and_its_lock_cleared() {
     let Some(bin) = binary() else { return };
     let f = fixture(&bin, "ok", Duration::from_secs(120));
     f.cli.init(&f.ws).await.unwrap();
-    // `setsid` in a shell that exits at once: the "tofu" is reparented and
-    // leads its own process group, as our spawned tofu does.
-    let out = std::process::Command::new("/bin/sh")
-        .args([
-            "-c",
-            "setsid /bin/bash -c 'exec -a terraform-orphan sleep 60' >/dev/null 2>&1 & echo $!",
-        ])
-        .output()
-        .unwrap();
-    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let pid = spawn_orphan(None, "terraform-orphan");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     std::fs::write(f.ws.dir.join(LOCK_FILE), r#"{"ID":"orphan","Who":"x@y"}"#).unwrap();
     std::fs::write(f.ws.dir.join(PID_FILE), format!("{pid}\n")).unwrap();
-    let (tx, mut rx) = events();
-    f.cli.apply(&f.ws, &token(), tx).await.unwrap();
-    let ev = drain(&mut rx);
-    let stale = ev.iter().find(|e| e.kind == "stale_lock_removed").expect("an event");
-    assert!(stale.message.contains(&format!("stopped tofu pid {pid}")), "{}", stale.message);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(stat.is_empty() || stat.contains(") Z"), "the orphan still runs: {stat}");
+    apply_stops_orphan(&f, pid).await;
     assert_eq!(f.cli.state(&f.ws).await.unwrap().len(), 2);
 }
 
@@ -294,22 +302,10 @@ async fn an_orphan_the_pid_file_does_not_name_is_found_by_its_directory() {
     let Some(bin) = binary() else { return };
     let f = fixture(&bin, "ok", Duration::from_secs(120));
     f.cli.init(&f.ws).await.unwrap();
-    let script = format!(
-        "cd '{}' && setsid /bin/bash -c 'exec -a terraform-unnamed sleep 60' >/dev/null 2>&1 & echo $!",
-        f.ws.dir.display()
-    );
-    let out = std::process::Command::new("/bin/sh").args(["-c", &script]).output().unwrap();
-    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let pid = spawn_orphan(Some(&f.ws.dir), "terraform-unnamed");
     std::fs::write(f.ws.dir.join(LOCK_FILE), r#"{"ID":"unnamed","Who":"x@y"}"#).unwrap();
     std::fs::write(f.ws.dir.join(PID_FILE), "99999999\n").unwrap();
-    let (tx, mut rx) = events();
-    f.cli.apply(&f.ws, &token(), tx).await.unwrap();
-    let ev = drain(&mut rx);
-    let stale = ev.iter().find(|e| e.kind == "stale_lock_removed").expect("an event");
-    assert!(stale.message.contains(&format!("stopped tofu pid {pid}")), "{}", stale.message);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(stat.is_empty() || stat.contains(") Z"), "the orphan still runs: {stat}");
+    apply_stops_orphan(&f, pid).await;
 }
 
 #[tokio::test]
