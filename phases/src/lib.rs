@@ -1,39 +1,114 @@
-//! Catalyst-Zero's step engine, adapter traits with their fakes, and the
-//! phase plans.
+//! What a Catalyst-Zero provision is: the request, the release manifest,
+//! the job kinds, and one module per phase.
 //!
-//! - [`plan`]: plans as data (phases, step DAGs), validated and serializable;
-//! - [`step`]: the do/undo trait, the registry, the narrow step context;
-//! - [`error`]: step errors and the one match deciding their class;
-//! - [`engine`]: drives a job from its journal (forward, unwind, recovery),
-//!   fault injection, operator verbs;
-//! - [`adapters`]: one trait per external system;
-//! - [`sim`]: hand-written fakes of every system, persistent, with latency
-//!   and failure injection (the `sim` backend);
-//! - [`registrar`]: the registrar adapters of `byo-api` domains, and a
-//!   fake of their APIs;
-//! - [`request`]: the versioned provision request and its validation;
-//! - [`phases`]: the nine provision phases, add-region and destroy.
+//! A `provision` job runs these phases in order (the API's phase ids); each
+//! module's doc lists its steps, and each is a DAG of idempotent do/undo
+//! steps over the adapters of [`Backend`]:
+//!
+//! | # | phase | module |
+//! |---|---|---|
+//! | 0 | `preflight` | [`preflight`] |
+//! | 1 | `dns-reserve` | [`dns::reserve`] |
+//! | 2 | `infra` | [`infra`] |
+//! | 3 | `cluster` | [`cluster`] |
+//! | 4 | `custody` | [`custody`] |
+//! | 5 | `bootstrap-kit` | [`bootstrap_kit`] |
+//! | 6 | `secrets-handoff` | [`handoff::secrets`] |
+//! | 7 | `dns-commit` | [`dns::commit`] |
+//! | 8 | `infra-handoff` | [`handoff::infra`] |
+//!
+//! `add-region` reuses `preflight`, `infra`, `cluster`, a regional
+//! `bootstrap-kit`, `dns-commit` and `infra-handoff` for the new regions
+//! only; `destroy` is its own plan ([`destroy`]). [`jobs`] turns a request
+//! into a job's plan and submission, for the API and the tests alike.
+//!
+//! Per-item work (one server, one component, one OpenBao replica) is one
+//! node per item, with the item fixed in the node's params when the plan is
+//! built, so re-runs act on the same item. Steps share data only through
+//! their persisted, typed outputs, looked up by node id.
 
-pub mod adapters;
-pub mod engine;
-pub mod error;
-pub mod exec;
-pub mod hcloud;
-pub mod k8s;
-pub mod pdns;
-pub mod phases;
-pub mod plan;
-pub mod registrar;
+pub mod bootstrap_kit;
+pub mod cluster;
+pub mod custody;
+pub mod destroy;
+pub mod dns;
+pub mod handoff;
+pub mod infra;
+pub mod jobs;
+pub mod preflight;
+pub mod release;
 pub mod request;
-pub mod sim;
-pub mod step;
-pub mod unbuilt;
 
-pub use adapters::Backend;
-pub use engine::{
-    DriveOutcome, Engine, EngineError, FailurePolicy, FaultPlan, JobOptions, RetryPolicy,
-    RetryTarget, VerbError, Verbs,
-};
-pub use error::{Cause, ErrorClass, StepError, System};
-pub use plan::{NodeDef, PhaseDef, Plan, PlanError};
-pub use step::{Registry, Step, StepCtx, StepResult};
+mod common;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use cz_adapters::Backend;
+
+/// The step context of every phase: the engine's, over the adapters.
+pub type StepCtx = cz_engine::StepCtx<Backend>;
+/// The action registry of every phase.
+pub type Registry = cz_engine::Registry<Backend>;
+
+/// The phases of a `provision` job, in order.
+pub const PROVISION_PHASES: &[&str] = &[
+    preflight::PHASE,
+    dns::reserve::PHASE,
+    infra::PHASE,
+    cluster::PHASE,
+    custody::PHASE,
+    bootstrap_kit::PHASE,
+    handoff::secrets::PHASE,
+    dns::commit::PHASE,
+    handoff::infra::PHASE,
+];
+
+/// Every action of every phase, with the aliases that let plans stored
+/// under older action names resume.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    preflight::register(&mut r);
+    dns::reserve::register(&mut r);
+    infra::register(&mut r);
+    cluster::register(&mut r);
+    custody::register(&mut r);
+    bootstrap_kit::register(&mut r);
+    handoff::secrets::register(&mut r);
+    dns::commit::register(&mut r);
+    handoff::infra::register(&mut r);
+    destroy::register(&mut r);
+    for (old, new) in ALIASES {
+        r.alias(old, new);
+    }
+    r
+}
+
+/// Action names before they carried their phase id → today's. A job stored
+/// by an older daemon names these in its plan.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("dns.zone", "dns-reserve.zone"),
+    ("dns.delegation", "dns-reserve.delegation"),
+    ("dns.verify-delegation", "dns-reserve.verify-delegation"),
+    ("dns.records", "dns-commit.records"),
+    ("dns.verify-records", "dns-commit.verify-records"),
+    ("dns.propagation", "dns-commit.propagation"),
+    ("kit.flux", "bootstrap-kit.flux"),
+    ("kit.sources", "bootstrap-kit.sources"),
+    ("kit.component", "bootstrap-kit.component"),
+    ("kit.handover", "bootstrap-kit.handover"),
+    ("kit.prune", "bootstrap-kit.prune"),
+    ("kit.verify", "bootstrap-kit.verify"),
+    ("bao.init", "secrets-handoff.init"),
+    ("bao.unseal", "secrets-handoff.unseal"),
+    ("bao.configure", "secrets-handoff.configure"),
+    ("bao.eso-store", "secrets-handoff.eso-store"),
+    ("bao.roundtrip", "secrets-handoff.roundtrip"),
+    ("bao.root-token", "secrets-handoff.root-token"),
+    ("bao.retire-sealed-secrets", "secrets-handoff.retire-sealed-secrets"),
+    ("handoff.credential", "infra-handoff.credential"),
+    ("handoff.adopt", "infra-handoff.adopt"),
+    ("handoff.verify", "infra-handoff.verify"),
+    ("handoff.widen", "infra-handoff.widen"),
+    ("handoff.archive", "infra-handoff.archive"),
+];

@@ -59,16 +59,10 @@ pub const REQUIRED_COMPONENTS: &[&str] =
     &["cilium", "cert-manager", "flux", "crossplane", "sealed-secrets", "openbao", "powerdns"];
 
 /// Hetzner Cloud locations a region may use.
-pub const HETZNER_LOCATIONS: &[&str] = &["fsn1", "nbg1", "hel1", "ash", "hil", "sin"];
+pub use cz_adapters::cloud::catalogue::LOCATIONS as HETZNER_LOCATIONS;
 
 /// Hetzner Cloud server types a node group may use.
-pub const HETZNER_SKUS: &[&str] = &[
-    "cx23", "cx33", "cx43", "cx53", //
-    "cpx11", "cpx21", "cpx31", "cpx41", "cpx51", //
-    "cpx22", "cpx32", "cpx42", "cpx52", "cpx62", //
-    "cax11", "cax21", "cax31", "cax41", //
-    "ccx13", "ccx23", "ccx33", "ccx43", "ccx53", "ccx63",
-];
+pub use cz_adapters::cloud::catalogue::SERVER_TYPE_NAMES as HETZNER_SKUS;
 
 /// Labels that may not be used as a pool subdomain: they collide with names
 /// the platform itself publishes or would mislead users.
@@ -165,16 +159,7 @@ pub enum Domain {
     },
 }
 
-/// Registrars whose API can manage a bring-your-own domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Registrar {
-    Cloudflare,
-    Namecheap,
-    Godaddy,
-    Ovh,
-    Dynadot,
-}
+pub use cz_adapters::registrar::Registrar;
 
 /// One region of the Sovereign: a cluster in one provider location.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -229,16 +214,7 @@ pub enum KeycloakTopology {
     SharedSovereign,
 }
 
-/// What happens to created resources when provisioning fails.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailurePolicy {
-    /// Delete what was created.
-    #[default]
-    Rollback,
-    /// Keep it for inspection.
-    Keep,
-}
+pub use cz_engine::FailurePolicy;
 
 /// A request to add regions to an existing Sovereign.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -319,31 +295,6 @@ impl ProvisionRequest {
 // ---------------------------------------------------------------------------
 // Parsing
 // ---------------------------------------------------------------------------
-
-/// A valid provision request body (pool mode, one `fsn1` region, every
-/// component): the one sample the tests, the e2e harness and the
-/// benchmarks share. The SSH key is a real public key; the caller picks the
-/// (sim-valid) cloud token and the age recipient.
-pub fn sample_body(
-    subdomain: &str,
-    control_planes: u32,
-    workers: u32,
-    cloud_token: &str,
-    age_recipient: &str,
-) -> serde_json::Value {
-    serde_json::json!({
-        "api_version": API_VERSION,
-        "org": { "name": "Acme", "email": "ops@acme.io" },
-        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": subdomain },
-        "regions": [{ "provider": "hetzner", "location": "fsn1",
-                      "control_plane": { "sku": "cpx32", "count": control_planes },
-                      "workers": { "sku": "cpx32", "count": workers } }],
-        "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 sample@acme"],
-        "cloud_token": cloud_token,
-        "custody": { "age_recipients": [age_recipient], "openbao_shares": 5, "openbao_threshold": 3 },
-        "keycloak": { "topology": "per-organization" },
-    })
-}
 
 /// Parses and validates a provision request body. Every JSON-level problem
 /// (malformed JSON, unknown field, wrong type, missing field) comes back as a
@@ -544,7 +495,7 @@ impl ProvisionRequest {
                         "is required with mode `byo-api`: an API token of the registrar",
                     );
                 } else if let Err(m) =
-                    crate::registrar::Credentials::parse(*registrar, registrar_token.expose())
+                    cz_adapters::registrar::Credentials::parse(*registrar, registrar_token.expose())
                 {
                     errs.add("domain.registrar_token", m);
                 }
@@ -587,7 +538,7 @@ impl ProvisionRequest {
             if first_at.get(c.as_str()) != Some(&i) {
                 continue;
             }
-            for dep in crate::phases::release::depends_on(c) {
+            for dep in crate::release::depends_on(c) {
                 let dep = dep.as_str();
                 if !first_at.contains_key(dep) && !REQUIRED_COMPONENTS.contains(&dep) {
                     errs.add(
@@ -1066,14 +1017,14 @@ mod tests {
     fn component_graph_is_closed_and_ordered() {
         // Every dependency is a known component listed before its dependent.
         for (i, c) in COMPONENTS.iter().enumerate() {
-            for dep in crate::phases::release::depends_on(c) {
+            for dep in crate::release::depends_on(c) {
                 let j = COMPONENTS.iter().position(|x| x == dep).expect("known dep");
                 assert!(j < i, "{c} depends on later {dep}");
             }
         }
         assert_eq!(COMPONENTS.len(), 12);
-        assert!(crate::phases::release::depends_on("cilium").is_empty());
-        assert_eq!(crate::phases::release::depends_on("catalyst-platform"), &["gitea"]);
+        assert!(crate::release::depends_on("cilium").is_empty());
+        assert_eq!(crate::release::depends_on("catalyst-platform"), &["gitea"]);
     }
 
     #[test]

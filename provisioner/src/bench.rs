@@ -26,10 +26,27 @@ fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// A valid provision request body (a fresh age recipient each time).
+/// The README's example request (`examples/sovereign.toml`), which the
+/// benchmarks run, with its subdomain and node counts set.
+const EXAMPLE: &str = include_str!("../../examples/sovereign.toml");
+
+/// The example request as a JSON body, for Sovereign `<sub>.omani.works`
+/// with `cps` control planes and `workers` workers in its one region.
 pub fn sample_body(sub: &str, cps: u32, workers: u32) -> Value {
-    let recipient = age::x25519::Identity::generate().to_public().to_string();
-    cz_phases::request::sample_body(sub, cps, workers, &"b".repeat(64), &recipient)
+    let example: toml::Value = toml::from_str(EXAMPLE).expect("the example request is TOML");
+    let mut body = serde_json::to_value(example).expect("TOML converts to JSON");
+    body["domain"]["subdomain"] = json!(sub);
+    body["regions"][0]["control_plane"]["count"] = json!(cps);
+    body["regions"][0]["workers"]["count"] = json!(workers);
+    body
+}
+
+/// A provision job for `body`, as the API would make it.
+pub fn submission(body: &Value, options: cz_engine::JobOptions) -> Result<cz_state::Submission> {
+    let req = cz_phases::request::parse_provision(body.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("the example request is invalid: {e:?}"))?;
+    let submit = cz_phases::jobs::Submit { actor: "bench".into(), options, idempotency: None };
+    Ok(cz_phases::jobs::provision(&req, submit))
 }
 
 /// One SSE subscriber: returns (ids received, latencies in µs of tagged events).
@@ -167,13 +184,8 @@ pub async fn p5(dir: &Path, jobs: usize) -> Result<()> {
         let store = cz_state::Store::open(cz_state::StorePaths::in_dir(&data)).await?;
         for i in 0..jobs {
             let body = sample_body(&format!("p{i}"), 1, 0);
-            let req = cz_phases::request::parse_provision(body.to_string().as_bytes())
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let (_, job, sub) = cz_phases::phases::provision_submission(
-                &req,
-                &cz_phases::JobOptions::default(),
-                "bench",
-            );
+            let sub = submission(&body, cz_engine::JobOptions::default())?;
+            let job = sub.job_id;
             store.submit(sub).await?;
             store
                 .update_job(

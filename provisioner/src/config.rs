@@ -15,8 +15,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use cz_phases::RetryPolicy;
-use cz_phases::sim::SimConfig;
+use cz_engine::RetryPolicy;
+use cz_sim::SimConfig;
 use serde::{Deserialize, Serialize};
 
 /// The environment variables the daemon reads.
@@ -88,7 +88,7 @@ pub struct QuotaConfig {
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        let q = cz_phases::hcloud::ProjectQuota::default();
+        let q = cz_adapters::cloud::ProjectQuota::default();
         QuotaConfig {
             servers: q.servers,
             load_balancers: q.load_balancers,
@@ -231,7 +231,7 @@ impl HetznerConfig {
 impl Default for HetznerConfig {
     fn default() -> Self {
         HetznerConfig {
-            api_url: cz_phases::hcloud::client::DEFAULT_BASE_URL.to_owned(),
+            api_url: cz_adapters::cloud::hcloud::DEFAULT_BASE_URL.to_owned(),
             tofu_binary: PathBuf::from("tofu"),
             tofu_timeout_secs: 30 * 60,
             module: ModuleKind::Hcloud,
@@ -331,7 +331,7 @@ impl Default for DnsConfig {
     fn default() -> Self {
         DnsConfig {
             lease_secs: 600,
-            public_resolvers: cz_phases::phases::dns::default_public_resolvers(),
+            public_resolvers: cz_adapters::dns::default_public_resolvers(),
             propagation_secs: 1800,
             byo_wait_secs: 24 * 3600,
         }
@@ -375,7 +375,7 @@ pub struct Config {
     /// The registrar APIs of `byo-api` domains. Without this section the
     /// `hetzner` backend uses the production APIs and the `sim` backend
     /// simulates them; with it, both use these (a staging API, a fake).
-    pub registrars: Option<cz_phases::registrar::Endpoints>,
+    pub registrars: Option<cz_adapters::registrar::Endpoints>,
     /// Seconds between SSE heartbeat comments.
     pub heartbeat_secs: u64,
     /// Transient-retry bounds applied to every submitted job.
@@ -615,7 +615,7 @@ mod tests {
             Config::from_toml("[registrars]\ngodaddy = \"https://api.ote-godaddy.com\"\n").unwrap();
         let r = c.registrars.as_ref().expect("[registrars]");
         assert_eq!(r.godaddy, "https://api.ote-godaddy.com");
-        assert_eq!(r.ovh, cz_phases::registrar::Endpoints::default().ovh);
+        assert_eq!(r.ovh, cz_adapters::registrar::Endpoints::default().ovh);
         c.validate().unwrap();
         assert!(
             Config::default().registrars.is_none(),

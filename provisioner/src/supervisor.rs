@@ -9,7 +9,7 @@
 //! Operator verbs follow "stop, apply, start": the driver is stopped (its
 //! in-flight steps stay `started` in the journal and are re-run later, which
 //! is why steps are idempotent), the verb is applied to the store by
-//! [`cz_phases::Verbs`] (which writes the audit trail and the journal), and
+//! [`cz_engine::Verbs`] (which writes the audit trail and the journal), and
 //! the job is driven again if the verb left it in flight. Verbs are
 //! serialized by one lock so two operators cannot interleave on a job.
 //!
@@ -27,7 +27,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cz_phases::{DriveOutcome, Engine, RetryTarget, VerbError, Verbs};
+use cz_engine::{DriveOutcome, RetryTarget, VerbError, Verbs};
+
+/// The engine over the daemon's backend.
+pub type Engine = cz_engine::Engine<cz_adapters::Backend>;
 use cz_state::{Job, JobId, JobStatus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -703,6 +703,16 @@ impl Store {
         Ok(Some(SecretString::new(text)))
     }
 
+    /// The names of the secrets `owner` holds, sorted (never their values).
+    pub async fn secret_names(&self, owner: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM secrets WHERE owner = ? ORDER BY name")
+            .bind(owner)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("list secret names"))?;
+        Ok(rows.iter().map(|r| r.get("name")).collect())
+    }
+
     /// Removes a secret; absent is fine.
     pub async fn delete_secret(&self, owner: &str, name: &str) -> Result<(), StoreError> {
         let (owner, name) = (owner.to_owned(), name.to_owned());

@@ -104,12 +104,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<cz_phases::VerbError> for ApiError {
-    fn from(e: cz_phases::VerbError) -> Self {
+impl From<cz_engine::VerbError> for ApiError {
+    fn from(e: cz_engine::VerbError) -> Self {
         match e {
-            cz_phases::VerbError::NoSuchJob(id) => ApiError::NotFound(format!("job {id}")),
-            cz_phases::VerbError::Refused(m) => ApiError::Conflict(m),
-            cz_phases::VerbError::Store(s) => {
+            cz_engine::VerbError::NoSuchJob(id) => ApiError::NotFound(format!("job {id}")),
+            cz_engine::VerbError::Refused(m) => ApiError::Conflict(m),
+            cz_engine::VerbError::Store(s) => {
                 ApiError::Internal { what: "apply an operator verb", source: Box::new(s) }
             }
         }

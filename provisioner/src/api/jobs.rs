@@ -8,7 +8,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use cz_phases::RetryTarget;
+use cz_engine::RetryTarget;
 use cz_state::{Job, JobId, SovereignId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

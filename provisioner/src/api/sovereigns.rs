@@ -10,14 +10,11 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use cz_phases::phases::{add_region_plan, destroy_plan, provision_plan};
-use cz_phases::request::{Region, parse_add_region, parse_provision};
-use cz_phases::{FailurePolicy, FaultPlan, JobOptions};
-use cz_state::{
-    IdempotencyKey, Job, JobId, JobKind, JobStatus, NewAudit, SecretString, Sovereign, SovereignId,
-    SovereignStatus, SovereignTarget, StoreError, Submission, SubmitOutcome,
-};
-use serde_json::{Value, json};
+use cz_engine::{FaultPlan, JobOptions};
+use cz_phases::jobs::{self, FollowUpError, Submit};
+use cz_phases::request::parse_provision;
+use cz_state::{IdempotencyKey, Sovereign, SovereignId, StoreError, Submission, SubmitOutcome};
+use serde_json::Value;
 
 use super::views::{
     ErrorBody, JobSummary, SovereignDetail, SovereignList, SovereignView, SubmitResponse,
@@ -122,34 +119,9 @@ pub async fn submit(
     let faults = fault_plan(&headers, caller)?;
     let idem = idempotency(&headers, "POST /v1/sovereigns".into(), &body)?;
     let req = parse_provision(&body).map_err(ApiError::Invalid)?;
-    let sovereign_id = SovereignId::new();
-    let job_id = JobId::new();
-    let plan = provision_plan(&req);
-    let options = JobOptions { on_failure: req.on_failure, faults, retry: st.config.retry };
-    let owner = sovereign_id.to_string();
-    let response = serde_json::to_value(SubmitResponse {
-        sovereign_id: owner.clone(),
-        job_id: job_id.to_string(),
-    })
-    .expect("serializes");
-    let sub = Submission {
-        sovereign: SovereignTarget::New { id: sovereign_id, name: req.name(), fqdn: req.fqdn() },
-        job_id,
-        kind: JobKind::Provision,
-        request: serde_json::to_value(&req).expect("request serializes"),
-        plan: serde_json::to_value(&plan).expect("plan serializes"),
-        options: serde_json::to_value(&options).expect("options serialize"),
-        secrets: req.secrets().into_iter().map(|(n, s)| (owner.clone(), n.to_owned(), s)).collect(),
-        idempotency: idem,
-        response,
-        audit: NewAudit {
-            actor: caller.actor().to_owned(),
-            action: "submit".into(),
-            job_id: Some(job_id),
-            sovereign_id: Some(sovereign_id),
-            detail: json!({ "kind": "provision", "fqdn": req.fqdn(), "faults": options.faults != FaultPlan::default() }),
-        },
-    };
+    let options = JobOptions { faults, retry: st.config.retry, ..Default::default() };
+    let submit = Submit { actor: caller.actor().to_owned(), options, idempotency: idem };
+    let sub = jobs::provision(&req, submit);
     let v = submit_and_start(&st, sub).await?;
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
@@ -184,55 +156,25 @@ pub async fn show(
     }))
 }
 
-/// What the Sovereign's jobs say about it: its provision request, and every
-/// region it has (provision regions plus succeeded add-region regions).
-struct Footprint {
-    provision: Value,
-    regions: Vec<Value>,
-}
-
-fn footprint(jobs: &[Job]) -> Result<Footprint, ApiError> {
-    let provision =
-        jobs.iter()
-            .find(|j| j.kind == JobKind::Provision)
-            .map(|j| j.request.clone())
-            .ok_or_else(|| ApiError::Conflict("this sovereign has no provision job".into()))?;
-    let mut regions: Vec<Value> =
-        provision.get("regions").and_then(Value::as_array).cloned().unwrap_or_default();
-    for j in
-        jobs.iter().filter(|j| j.kind == JobKind::AddRegion && j.status == JobStatus::Succeeded)
-    {
-        regions.extend(
-            j.request.get("regions").and_then(Value::as_array).cloned().unwrap_or_default(),
-        );
-    }
-    Ok(Footprint { provision, regions })
-}
-
-fn location(r: &Value) -> Option<String> {
-    r.get("location").and_then(Value::as_str).map(str::to_owned)
-}
-
-fn sovereign_block(s: &Sovereign, provision: &Value) -> Value {
-    // The public keys go with it: an add-region's new servers get the same
-    // authorized keys as the Sovereign's first region.
-    let mut block = json!({
-        "fqdn": s.fqdn,
-        "ssh_public_keys": provision.get("ssh_public_keys").cloned().unwrap_or(json!([])),
-    });
-    match provision.pointer("/domain/mode").and_then(Value::as_str) {
-        Some("pool") => {
-            block["pool_domain"] =
-                provision.pointer("/domain/pool_domain").cloned().unwrap_or(Value::Null);
+/// Maps why a follow-up job cannot be made to its answer.
+fn follow_up_error(e: FollowUpError) -> ApiError {
+    match e {
+        FollowUpError::Invalid(errors) => ApiError::Invalid(errors),
+        FollowUpError::NoProvision | FollowUpError::NotReady(_) => ApiError::Conflict(e.to_string()),
+        FollowUpError::BadProvision(_) => {
+            ApiError::Internal { what: "read the sovereign's provision", source: Box::new(e) }
         }
-        // Destroy gives the registrar its delegation back.
-        Some("byo-api") => {
-            block["registrar"] =
-                provision.pointer("/domain/registrar").cloned().unwrap_or(Value::Null);
-        }
-        _ => {}
     }
-    block
+}
+
+/// A Sovereign and its jobs.
+async fn sovereign_and_jobs(
+    st: &ApiState,
+    id: SovereignId,
+) -> Result<(Sovereign, Vec<cz_state::Job>), ApiError> {
+    let s = sovereign(st, id).await?;
+    let jobs = st.store.list_jobs(Some(id)).await.map_err(ApiError::store("list jobs"))?;
+    Ok((s, jobs))
 }
 
 /// Add regions to a Sovereign (an `add-region` job).
@@ -256,64 +198,10 @@ pub async fn add_region(
     require_json(&headers)?;
     let faults = fault_plan(&headers, caller)?;
     let idem = idempotency(&headers, format!("POST /v1/sovereigns/{sid}/regions"), &body)?;
-    let s = sovereign(&st, sid).await?;
-    let jobs = st.store.list_jobs(Some(sid)).await.map_err(ApiError::store("list jobs"))?;
-    let fp = footprint(&jobs)?;
-    let existing: Vec<String> = fp.regions.iter().filter_map(location).collect();
-    let req = parse_add_region(&body, &existing).map_err(ApiError::Invalid)?;
-    // A busy Sovereign (job in flight) is refused by the store, in the same
-    // transaction that would create the job.
-    if matches!(
-        s.status,
-        SovereignStatus::Failed | SovereignStatus::Destroying | SovereignStatus::Destroyed
-    ) {
-        return Err(ApiError::Conflict(format!(
-            "sovereign is `{}`; regions can be added to a ready sovereign only",
-            s.status
-        )));
-    }
-    let components: Vec<String> = fp
-        .provision
-        .get("components")
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
-    let plan = add_region_plan(&req, &components);
-    let mut sov = sovereign_block(&s, &fp.provision);
-    sov["components"] = json!(components);
-    let request = json!({
-        "api_version": req.api_version,
-        "regions": serde_json::to_value(&req.regions).expect("regions serialize"),
-        "sovereign": sov,
-    });
-    let options =
-        JobOptions { on_failure: FailurePolicy::Rollback, faults, retry: st.config.retry };
-    let job_id = JobId::new();
-    let owner = sid.to_string();
-    let secrets: Vec<(String, String, SecretString)> = req
-        .cloud_token
-        .iter()
-        .map(|t| (owner.clone(), "cloud_token".to_owned(), t.clone()))
-        .collect();
-    let new_locations: Vec<String> =
-        req.regions.iter().map(|r: &Region| r.location.clone()).collect();
-    let sub = Submission {
-        sovereign: SovereignTarget::Existing { id: sid, status: SovereignStatus::Provisioning },
-        job_id,
-        kind: JobKind::AddRegion,
-        request,
-        plan: serde_json::to_value(&plan).expect("plan serializes"),
-        options: serde_json::to_value(&options).expect("options serialize"),
-        secrets,
-        idempotency: idem,
-        response: json!({ "sovereign_id": owner, "job_id": job_id.to_string() }),
-        audit: NewAudit {
-            actor: caller.actor().to_owned(),
-            action: "add-region".into(),
-            job_id: Some(job_id),
-            sovereign_id: Some(sid),
-            detail: json!({ "locations": new_locations, "new_cloud_token": req.cloud_token.is_some() }),
-        },
-    };
+    let (s, jobs) = sovereign_and_jobs(&st, sid).await?;
+    let options = JobOptions { faults, retry: st.config.retry, ..Default::default() };
+    let submit = Submit { actor: caller.actor().to_owned(), options, idempotency: idem };
+    let sub = jobs::add_region(&s, &jobs, &body, submit).map_err(follow_up_error)?;
     let v = submit_and_start(&st, sub).await?;
     Ok((StatusCode::ACCEPTED, Json(v)))
 }
@@ -331,37 +219,10 @@ pub async fn destroy(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require_operator("destroy a sovereign")?;
     let sid = parse_id(&id)?;
-    let s = sovereign(&st, sid).await?;
-    let jobs = st.store.list_jobs(Some(sid)).await.map_err(ApiError::store("list jobs"))?;
-    let fp = footprint(&jobs)?;
-    let mut locations: Vec<String> = fp.regions.iter().filter_map(location).collect();
-    locations.dedup();
-    let plan = destroy_plan(&locations);
-    let request = json!({ "sovereign": sovereign_block(&s, &fp.provision), "regions": fp.regions });
-    let options = JobOptions {
-        on_failure: FailurePolicy::Keep,
-        faults: FaultPlan::default(),
-        retry: st.config.retry,
-    };
-    let job_id = JobId::new();
-    let sub = Submission {
-        sovereign: SovereignTarget::Existing { id: sid, status: SovereignStatus::Destroying },
-        job_id,
-        kind: JobKind::Destroy,
-        request,
-        plan: serde_json::to_value(&plan).expect("plan serializes"),
-        options: serde_json::to_value(&options).expect("options serialize"),
-        secrets: Vec::new(),
-        idempotency: None,
-        response: json!({ "sovereign_id": sid.to_string(), "job_id": job_id.to_string() }),
-        audit: NewAudit {
-            actor: caller.actor().to_owned(),
-            action: "destroy".into(),
-            job_id: Some(job_id),
-            sovereign_id: Some(sid),
-            detail: json!({ "fqdn": s.fqdn, "locations": locations }),
-        },
-    };
+    let (s, jobs) = sovereign_and_jobs(&st, sid).await?;
+    let options = JobOptions { retry: st.config.retry, ..Default::default() };
+    let submit = Submit { actor: caller.actor().to_owned(), options, idempotency: None };
+    let sub = jobs::destroy(&s, &jobs, submit).map_err(follow_up_error)?;
     let v = submit_and_start(&st, sub).await?;
     Ok((StatusCode::ACCEPTED, Json(v)))
 }

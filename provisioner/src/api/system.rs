@@ -173,7 +173,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         cz_phases::request::ProvisionRequest, cz_phases::request::AddRegionRequest,
-        cz_phases::request::FieldError, cz_phases::FaultPlan,
+        cz_phases::request::FieldError, cz_engine::FaultPlan,
         super::views::SubmitResponse, super::views::ValidationErrors, super::views::ErrorBody,
         super::views::SovereignList, super::views::SovereignDetail, super::views::JobList,
         super::views::JobDetail, super::views::EventPage, super::views::EventView,

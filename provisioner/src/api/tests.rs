@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use cz_phases::phases::{provision_plan, registry};
+use cz_engine::RetryPolicy;
+use cz_phases::jobs::provision_plan;
 use cz_phases::request::parse_provision;
-use cz_phases::sim::{SimConfig, sim_backend};
-use cz_phases::{Engine, RetryPolicy};
-use cz_state::{Store, StorePaths};
+use cz_phases::testing::{SimRig, age_recipient, sample_body, sim_rig};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -23,52 +22,33 @@ const OP: &str = "operator-token-0123456789abcdef";
 const WIZ: &str = "wizard-token-0123456789abcdef00";
 /// A distinctive 64-character cloud token, searched for in every answer.
 const CLOUD_TOKEN: &str = "SeCrEtCloudTokenQ7x9Z2w4K6m8N0p1R3t5V7y9B1d3F5h7J9k1L3n5P7r9T1vW";
-const ED25519: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJLgSfWI3AEt8R6XSfXLkH+3w9vy7JdRatHbOVvvga38 ops@example";
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Harness {
-    _dir: tempfile::TempDir,
+    _rig: SimRig,
     state: ApiState,
     app: Router,
 }
 
 async fn harness() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(StorePaths::in_dir(dir.path())).await.unwrap();
-    let backend = sim_backend(dir.path().join("sim"), dir.path().join("ws"), SimConfig::instant());
-    crate::server::ensure_sim_pool_zones(&backend).await.unwrap();
-    let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
+    let rig = sim_rig().await;
+    crate::wiring::ensure_sim_pool_zones(rig.env()).await.unwrap();
     let config = Config {
         tokens: Tokens { operator: Some(OP.into()), wizard: Some(WIZ.into()) },
         retry: RetryPolicy { max_attempts: 3, min_delay_ms: 1, max_delay_ms: 10 },
         heartbeat_secs: 1,
         ..Config::default()
     };
-    let state = ApiState::new(store, Arc::new(Supervisor::new(engine)), Arc::new(config));
+    let supervisor = Arc::new(Supervisor::new(rig.engine.clone()));
+    let state = ApiState::new(rig.store.clone(), supervisor, Arc::new(config));
     state.set_ready();
     let app = router(state.clone());
-    Harness { _dir: dir, state, app }
+    Harness { _rig: rig, state, app }
 }
 
+/// The sample request with a distinctive cloud token.
 fn body(sub: &str) -> Value {
-    json!({
-        "api_version": "catalyst.openova.io/v1",
-        "org": { "name": "Acme Corp", "email": "ops@acme.example.com" },
-        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": sub },
-        "regions": [{
-            "provider": "hetzner", "location": "fsn1",
-            "control_plane": { "sku": "cpx32", "count": 1 },
-            "workers": { "sku": "cpx42", "count": 1 }
-        }],
-        "ssh_public_keys": [ED25519],
-        "cloud_token": CLOUD_TOKEN,
-        "custody": {
-            "age_recipients": [age::x25519::Identity::generate().to_public().to_string()],
-            "openbao_shares": 3, "openbao_threshold": 2
-        },
-        "keycloak": { "topology": "per-organization" }
-    })
+    sample_body(sub, 1, 1, CLOUD_TOKEN, &age_recipient())
 }
 
 struct Resp {
@@ -276,7 +256,7 @@ async fn a_valid_submission_succeeds_and_leaks_no_secret() {
     assert_eq!(d["kind"], "provision");
     let phases: Vec<&str> =
         d["phases"].as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
-    assert_eq!(phases, cz_phases::plan::PROVISION_PHASES);
+    assert_eq!(phases, cz_phases::PROVISION_PHASES);
     for p in d["phases"].as_array().unwrap() {
         assert_eq!(p["state"], "succeeded", "{p:#}");
         for s in p["steps"].as_array().unwrap() {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use cz_phases::Plan;
+use cz_engine::Plan;
 use cz_phases::request::FieldError;
 use cz_state::{
     AuditEntry, Job, JobEvent, Millis, NodeState, Sovereign, StepEvent, StepEventRecord,

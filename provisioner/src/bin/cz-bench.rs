@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use cz_phases::engine::{DriveOutcome, Engine, JobOptions};
-use cz_phases::sim::{SimConfig, sim_backend};
+use cz_engine::{DriveOutcome, Engine, JobOptions};
+use cz_sim::{SimConfig, sim_backend};
 use cz_state::{JobId, NewJobEvent, StepEvent, Store, StorePaths};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -58,9 +58,8 @@ fn peak_rss_mib() -> f64 {
 
 /// Submits a provision job for `body` straight into the store.
 async fn submit(store: &Store, body: &Value, options: &JobOptions) -> Result<JobId> {
-    let req = cz_phases::request::parse_provision(body.to_string().as_bytes())
-        .map_err(|e| anyhow::anyhow!("sample request invalid: {e:?}"))?;
-    let (_, job, sub) = cz_phases::phases::provision_submission(&req, options, "bench");
+    let sub = catalyst_zero::bench::submission(body, options.clone())?;
+    let job = sub.job_id;
     store.submit(sub).await?;
     Ok(job)
 }
@@ -152,9 +151,9 @@ async fn p2(dir: &Path, lines: usize) -> Result<()> {
 /// Hetzner, and 200 Sovereigns do not fit one project's 25 servers).
 async fn run_jobs(dir: &Path, n: usize, latency: f64) -> Result<(Duration, usize)> {
     let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await?;
-    let registry = Arc::new(cz_phases::phases::registry());
+    let registry = Arc::new(cz_phases::registry());
     let ns: Vec<String> =
-        cz_phases::phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+        cz_phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
     let mut jobs = Vec::new();
     for i in 0..n {
         let config = SimConfig { latency_factor: latency, ..SimConfig::default() };

@@ -201,7 +201,7 @@ async fn hcloud_fake(
     read_only: bool,
     create_delay_ms: u64,
 ) -> anyhow::Result<u8> {
-    use cz_phases::hcloud::fake::{self, FakeConfig};
+    use cz_sim::wire::hcloud::{self as fake, FakeConfig};
     let cfg = FakeConfig {
         tokens,
         read_only,
@@ -223,9 +223,9 @@ async fn hcloud_shim(
     action: ShimAction,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<u8> {
-    use cz_phases::exec::tofu::TOKEN_ENV;
-    use cz_phases::hcloud::shim::{self, OBJECT_ENV, ShimObject};
-    use cz_phases::hcloud::{BudgetRegistry, HcloudClient};
+    use cz_adapters::tofu::cli::TOKEN_ENV;
+    use cz_adapters::cloud::shim::{self, OBJECT_ENV, ShimObject};
+    use cz_adapters::cloud::{BudgetRegistry, HcloudClient};
     let spec = env(OBJECT_ENV).with_context(|| format!("{OBJECT_ENV} is not set"))?;
     let obj: ShimObject =
         serde_json::from_str(&spec).with_context(|| format!("{OBJECT_ENV} is not an object"))?;

@@ -1,0 +1,344 @@
+//! One rate-limit budget per Hetzner Cloud project, shared by every job.
+//!
+//! Hetzner allows 3,600 requests per hour per project, as a token bucket
+//! that refills one request per second. Every [`HcloudClient`] call takes a
+//! token from the [`RateBudget`] of its project first, so concurrent jobs
+//! against one project can never exceed the budget between them.
+//!
+//! A project is identified by a hash of its API token ([`project_key`]):
+//! the token itself is never stored, logged or used as a map key.
+//!
+//! The local count is an estimate; the server's answer wins.
+//! [`RateBudget::observe`] lowers the local count to `RateLimit-Remaining`
+//! (other consumers, e.g. `tofu`, share the project budget) and, when it is
+//! 0, blocks every caller until `RateLimit-Reset`.
+//!
+//! Waits are bounded: if a token would only be available after
+//! [`BudgetConfig::max_wait`], [`RateBudget::acquire`] fails at once with
+//! `Cause::RateLimited` (transient) and says why.
+//!
+//! [`HcloudClient`]: super::hcloud::HcloudClient
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cz_state::SecretString;
+use tokio::time::Instant;
+
+use cz_engine::{Cause, StepError, System};
+
+/// Token bucket parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetConfig {
+    /// Bucket size (Hetzner: 3,600).
+    pub capacity: u32,
+    /// Tokens added per second (Hetzner: 1).
+    pub refill_per_sec: f64,
+    /// The longest a caller waits for a token before failing.
+    pub max_wait: Duration,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig { capacity: 3_600, refill_per_sec: 1.0, max_wait: Duration::from_secs(120) }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// May go negative: each waiter reserves its token up front, so waiters
+    /// are served in order and never oversubscribe the bucket.
+    tokens: f64,
+    last: Instant,
+    /// Set when the server said `RateLimit-Remaining: 0`.
+    blocked_until: Option<Instant>,
+}
+
+/// The token bucket of one cloud project.
+#[derive(Debug)]
+pub struct RateBudget {
+    key: String,
+    cfg: BudgetConfig,
+    state: Mutex<State>,
+}
+
+/// The project key of a token: the first 16 hex digits of its SHA-256.
+pub fn project_key(token: &SecretString) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(token.expose().as_bytes());
+    hex::encode(digest)[..16].to_owned()
+}
+
+impl RateBudget {
+    /// A full bucket.
+    pub fn new(key: impl Into<String>, cfg: BudgetConfig) -> RateBudget {
+        RateBudget {
+            key: key.into(),
+            cfg,
+            state: Mutex::new(State {
+                tokens: f64::from(cfg.capacity),
+                last: Instant::now(),
+                blocked_until: None,
+            }),
+        }
+    }
+
+    /// The project key (a hash of the token).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn config(&self) -> BudgetConfig {
+        self.cfg
+    }
+
+    fn refill(&self, st: &mut State, now: Instant) {
+        let dt = now.saturating_duration_since(st.last).as_secs_f64();
+        st.tokens = (st.tokens + dt * self.cfg.refill_per_sec).min(f64::from(self.cfg.capacity));
+        st.last = now;
+    }
+
+    /// Tokens available now (after refill; negative while callers wait).
+    pub fn available(&self) -> f64 {
+        let mut st = self.state.lock().expect("budget lock");
+        self.refill(&mut st, Instant::now());
+        st.tokens
+    }
+
+    /// Takes one request from the budget, waiting for it if needed. Fails
+    /// (without taking anything) if the wait would exceed `max_wait`.
+    pub async fn acquire(&self) -> Result<(), StepError> {
+        let wait = {
+            let mut st = self.state.lock().expect("budget lock");
+            let now = Instant::now();
+            self.refill(&mut st, now);
+            let blocked =
+                st.blocked_until.filter(|t| *t > now).map(|t| t - now).unwrap_or_default();
+            if blocked.is_zero() {
+                st.blocked_until = None;
+            }
+            let after = st.tokens - 1.0;
+            let refill_wait = if after >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-after / self.cfg.refill_per_sec)
+            };
+            let wait = blocked.max(refill_wait);
+            if wait > self.cfg.max_wait {
+                let reason = if blocked >= refill_wait {
+                    format!(
+                        "the cloud API reported the project budget exhausted (RateLimit-Remaining: 0) until {:.0}s from now",
+                        blocked.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "the local project budget (capacity {}, refill {}/s) has {:.0} requests queued ahead",
+                        self.cfg.capacity, self.cfg.refill_per_sec, -st.tokens
+                    )
+                };
+                return Err(StepError::adapter(
+                    System::Cloud,
+                    "rate_budget",
+                    Cause::RateLimited,
+                    format!(
+                        "rate_limit_exceeded: a request would wait {:.1}s, over the {}s bound: {reason} (project {})",
+                        wait.as_secs_f64(),
+                        self.cfg.max_wait.as_secs(),
+                        self.key
+                    ),
+                ));
+            }
+            st.tokens = after;
+            wait
+        };
+        if !wait.is_zero() {
+            tracing::debug!(project = %self.key, wait_s = wait.as_secs_f64(), "waiting for the cloud rate budget");
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
+    /// Applies the server's view: lowers the local count to `remaining`
+    /// and, when `remaining` is 0, blocks callers until `reset_unix` (unix
+    /// seconds, `RateLimit-Reset`).
+    pub fn observe(&self, remaining: u32, reset_unix: Option<u64>) {
+        let reset_in = reset_unix.map(|r| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            Duration::from_secs(r).saturating_sub(now)
+        });
+        self.observe_in(remaining, reset_in);
+    }
+
+    /// [`observe`](Self::observe) with the reset as a delay from now.
+    pub fn observe_in(&self, remaining: u32, reset_in: Option<Duration>) {
+        let mut st = self.state.lock().expect("budget lock");
+        let now = Instant::now();
+        self.refill(&mut st, now);
+        let remaining = f64::from(remaining);
+        if st.tokens > remaining {
+            st.tokens = remaining;
+        }
+        if remaining < 1.0 {
+            // Without a reset time, assume the next token comes by refill.
+            let delay =
+                reset_in.unwrap_or_else(|| Duration::from_secs_f64(1.0 / self.cfg.refill_per_sec));
+            let until = now + delay;
+            st.blocked_until = Some(st.blocked_until.map_or(until, |b| b.max(until)));
+        }
+    }
+}
+
+/// Budgets by project key. One registry per process ([`BudgetRegistry::global`])
+/// makes every client of a project share its budget.
+#[derive(Debug, Default)]
+pub struct BudgetRegistry {
+    cfg: BudgetConfig,
+    budgets: Mutex<HashMap<String, Arc<RateBudget>>>,
+}
+
+impl BudgetRegistry {
+    pub fn new(cfg: BudgetConfig) -> BudgetRegistry {
+        BudgetRegistry { cfg, budgets: Mutex::new(HashMap::new()) }
+    }
+
+    /// The process-wide registry with Hetzner's limits.
+    pub fn global() -> Arc<BudgetRegistry> {
+        static GLOBAL: OnceLock<Arc<BudgetRegistry>> = OnceLock::new();
+        GLOBAL.get_or_init(|| Arc::new(BudgetRegistry::new(BudgetConfig::default()))).clone()
+    }
+
+    pub fn config(&self) -> BudgetConfig {
+        self.cfg
+    }
+
+    /// The budget of the project `token` belongs to (created full on first use).
+    pub fn for_token(&self, token: &SecretString) -> Arc<RateBudget> {
+        let key = project_key(token);
+        self.budgets
+            .lock()
+            .expect("registry lock")
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(RateBudget::new(key, self.cfg)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(capacity: u32, refill: f64, max_wait_s: u64) -> BudgetConfig {
+        BudgetConfig { capacity, refill_per_sec: refill, max_wait: Duration::from_secs(max_wait_s) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_bucket_is_free_then_refills_one_per_second() {
+        let b = RateBudget::new("k", cfg(3, 1.0, 60));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.acquire().await.unwrap();
+        }
+        assert_eq!(Instant::now(), t0, "a full bucket does not wait");
+        b.acquire().await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(1));
+        b.acquire().await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_waiters_never_oversubscribe() {
+        let b = Arc::new(RateBudget::new("k", cfg(5, 1.0, 600)));
+        let t0 = Instant::now();
+        let handles: Vec<_> = (0..15)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    b.acquire().await.unwrap();
+                    Instant::now() - t0
+                })
+            })
+            .collect();
+        let mut times = Vec::new();
+        for h in handles {
+            times.push(h.await.unwrap());
+        }
+        times.sort();
+        // In any window of w seconds at most capacity + w requests pass.
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..].iter().filter(|u| **u - *t < Duration::from_secs(1)).count();
+            assert!(in_window <= 5 + 1, "window at {t:?} holds {in_window}");
+        }
+        assert_eq!(*times.last().unwrap(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_over_the_bound_fails_with_a_reason_and_takes_nothing() {
+        let b = RateBudget::new("k", cfg(1, 0.1, 5));
+        b.acquire().await.unwrap();
+        let t0 = Instant::now();
+        let err = b.acquire().await.unwrap_err();
+        assert_eq!(Instant::now(), t0, "fails without waiting");
+        match &err {
+            StepError::Adapter { cause: Cause::RateLimited, message, .. } => {
+                assert!(message.contains("over the 5s bound"), "{message}");
+                assert!(message.contains("local project budget"), "{message}");
+            }
+            e => panic!("{e}"),
+        }
+        // Nothing was reserved: after 10s one token is there.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.acquire().await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn observe_lowers_the_count_and_zero_blocks_until_reset() {
+        let b = RateBudget::new("k", cfg(100, 1.0, 60));
+        b.observe_in(2, Some(Duration::from_secs(98)));
+        assert!(b.available() <= 2.0);
+        let t0 = Instant::now();
+        b.acquire().await.unwrap();
+        b.acquire().await.unwrap();
+        assert_eq!(Instant::now(), t0);
+        // The server says nothing is left until 30s from now.
+        b.observe_in(0, Some(Duration::from_secs(30)));
+        b.acquire().await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(30));
+        // A higher remaining never raises the local count.
+        b.observe_in(1000, None);
+        assert!(b.available() < 100.0);
+        // A reset past the bound fails with the server's reason.
+        b.observe_in(0, Some(Duration::from_secs(3_000)));
+        let err = b.acquire().await.unwrap_err();
+        assert!(err.to_string().contains("RateLimit-Remaining: 0"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn observe_with_unix_reset() {
+        let b = RateBudget::new("k", cfg(10, 1.0, 60));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        b.observe(0, Some(now + 20));
+        let t0 = Instant::now();
+        b.acquire().await.unwrap();
+        let waited = Instant::now() - t0;
+        assert!(
+            waited >= Duration::from_secs(19) && waited <= Duration::from_secs(20),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn registry_shares_by_token_hash_and_never_keeps_the_token() {
+        let reg = BudgetRegistry::new(BudgetConfig::default());
+        let t1 = SecretString::new("secret-token-one");
+        let a = reg.for_token(&t1);
+        let b = reg.for_token(&SecretString::new("secret-token-one"));
+        let c = reg.for_token(&SecretString::new("secret-token-two"));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(a.key().len(), 16);
+        assert!(!a.key().contains("secret"));
+        assert!(!format!("{reg:?}").contains("secret-token"));
+        assert_eq!(a.config().capacity, 3_600);
+    }
+}

@@ -1,0 +1,108 @@
+//! The cloud API as pre-flight and the label sweep use it: token scope,
+//! project limits, the catalogue, and label-selected objects. One real
+//! client, [`HcloudClient`] (Hetzner Cloud REST, with the project's shared
+//! rate budget); the fakes live in `cz-sim`.
+
+pub mod budget;
+pub mod catalogue;
+pub mod hcloud;
+pub mod selector;
+pub mod shim;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use cz_state::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::AdapterResult;
+
+pub use budget::{BudgetConfig, BudgetRegistry, RateBudget, project_key};
+pub use hcloud::{HcloudClient, ProjectQuota, RetryConfig, cause_of};
+pub use selector::{Selector, selector_matches, valid_label_key, valid_label_value};
+
+/// What a cloud token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenScope {
+    Read,
+    ReadWrite,
+}
+
+/// A project limit: how many exist and how many may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    pub used: u32,
+    pub max: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectLimits {
+    pub servers: Limit,
+    pub load_balancers: Limit,
+    pub networks: Limit,
+    pub placement_groups: Limit,
+}
+
+/// A server type (SKU) with its per-location prices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerType {
+    pub name: String,
+    pub cores: u32,
+    pub memory_gb: f64,
+    pub deprecated: bool,
+    /// location → (hourly, monthly) gross price in EUR.
+    pub prices: BTreeMap<String, (f64, f64)>,
+}
+
+/// A load balancer type with its per-location prices.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadBalancerType {
+    pub name: String,
+    pub prices: BTreeMap<String, (f64, f64)>,
+}
+
+/// An object in the cloud project, as a label sweep sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloudObject {
+    /// `server`, `network`, `firewall`, `load_balancer`, `ssh_key`,
+    /// `placement_group`, `volume`, `primary_ip`.
+    pub kind: String,
+    pub id: i64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Kind-specific attributes (IPs, location, type).
+    #[serde(default)]
+    pub attrs: Value,
+}
+
+#[async_trait]
+pub trait CloudApi: Send + Sync {
+    /// Proves the token's scope by a harmless write where the API allows it.
+    async fn token_scope(&self, token: &SecretString) -> AdapterResult<TokenScope>;
+    async fn limits(&self, token: &SecretString) -> AdapterResult<ProjectLimits>;
+    /// Locations that exist and accept new servers.
+    async fn locations(&self, token: &SecretString) -> AdapterResult<Vec<String>>;
+    async fn server_type(
+        &self,
+        token: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Option<ServerType>>;
+    async fn load_balancer_type(
+        &self,
+        token: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Option<LoadBalancerType>>;
+    /// Every object whose labels match `selector` (Kubernetes syntax).
+    async fn list(&self, token: &SecretString, selector: &str) -> AdapterResult<Vec<CloudObject>>;
+    /// Objects whose name is `name`, of any kind (collision checks).
+    async fn find_by_name(
+        &self,
+        token: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Vec<CloudObject>>;
+    /// Deletes an object; already gone is success.
+    async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()>;
+}
+

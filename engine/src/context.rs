@@ -1,0 +1,239 @@
+//! The narrow context a step gets (omicron's `saga_interface.rs`): the
+//! job's ids and request, the node's params, earlier outputs, the job's
+//! secrets, an event emitter, bounded waits, and the step environment `E`
+//! (the adapters the daemon wired in) — never the whole daemon.
+//!
+//! The engine is generic over `E` (steno's `ExecContextType`), so nothing in
+//! this crate can name a backend: `E` only has to say how often a bounded
+//! wait polls ([`StepEnv`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cz_state::{JobId, NewJobEvent, SecretString, SovereignId, Store};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::action::StepResult;
+use crate::error::{ErrorClass, StepError};
+
+/// What the engine needs of a step environment.
+pub trait StepEnv: Send + Sync + 'static {
+    /// How often [`StepCtx::wait_for`] checks its condition.
+    fn poll_interval(&self) -> Duration;
+}
+
+/// Everything a step may use.
+pub struct StepCtx<E> {
+    pub job_id: JobId,
+    pub sovereign_id: SovereignId,
+    /// `<phase>/<step>`.
+    pub node: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The node's constant params from the plan.
+    pub params: Value,
+    /// The job's request, secrets removed.
+    pub request: Arc<Value>,
+    /// Outputs of satisfied nodes, by node id.
+    pub outputs: Arc<BTreeMap<String, Value>>,
+    /// The step environment: the adapters and settings the daemon wired in.
+    pub env: Arc<E>,
+    pub(crate) store: Store,
+    pub cancel: CancellationToken,
+}
+
+impl<E> Clone for StepCtx<E> {
+    fn clone(&self) -> Self {
+        StepCtx {
+            job_id: self.job_id,
+            sovereign_id: self.sovereign_id,
+            node: self.node.clone(),
+            attempt: self.attempt,
+            params: self.params.clone(),
+            request: self.request.clone(),
+            outputs: self.outputs.clone(),
+            env: self.env.clone(),
+            store: self.store.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
+}
+
+impl<E: StepEnv> StepCtx<E> {
+    /// The phase id of this step.
+    pub fn phase(&self) -> &str {
+        self.node.split('/').next().unwrap_or(&self.node)
+    }
+
+    /// The output of an earlier node (`phase/step`), deserialized.
+    pub fn lookup<T: DeserializeOwned>(&self, node: &str) -> StepResult<T> {
+        let v = self
+            .outputs
+            .get(node)
+            .ok_or_else(|| StepError::MissingOutput { name: node.to_owned() })?;
+        serde_json::from_value(v.clone()).map_err(|e| StepError::Internal {
+            message: format!("output of `{node}` does not decode: {e}"),
+        })
+    }
+
+    /// Outputs of every node whose id starts with `prefix` (per-item steps).
+    pub fn lookup_prefix(&self, prefix: &str) -> Vec<(&String, &Value)> {
+        self.outputs.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)).collect()
+    }
+
+    /// The node's params, typed. The registry checked them against the
+    /// action's params type when the plan was built and again before the
+    /// job ran, so a failure here is a step reading another type.
+    pub fn params<T: DeserializeOwned>(&self) -> StepResult<T> {
+        serde_json::from_value(self.params.clone()).map_err(|e| StepError::Internal {
+            message: format!("the params of `{}` do not decode: {e}", self.node),
+        })
+    }
+
+    /// A node param, deserialized.
+    pub fn param<T: DeserializeOwned>(&self, name: &str) -> StepResult<T> {
+        let v = self.params.get(name).cloned().unwrap_or(Value::Null);
+        serde_json::from_value(v).map_err(|e| StepError::Internal {
+            message: format!("param `{name}` of `{}`: {e}", self.node),
+        })
+    }
+
+    /// The job's request (secrets removed), typed.
+    pub fn request<T: DeserializeOwned>(&self) -> StepResult<T> {
+        serde_json::from_value((*self.request).clone()).map_err(|e| StepError::Internal {
+            message: format!("the stored request does not decode: {e}"),
+        })
+    }
+
+    /// A request field by JSON pointer, deserialized.
+    pub fn request_field<T: DeserializeOwned>(&self, pointer: &str) -> StepResult<T> {
+        let v = self.request.pointer(pointer).cloned().unwrap_or(Value::Null);
+        serde_json::from_value(v).map_err(|e| StepError::InvalidInput {
+            path: pointer.trim_start_matches('/').replace('/', "."),
+            message: e.to_string(),
+        })
+    }
+
+    /// A secret owned by this job's Sovereign.
+    pub async fn secret(&self, name: &str) -> StepResult<SecretString> {
+        self.store
+            .get_secret(&self.sovereign_id.to_string(), name)
+            .await?
+            .ok_or_else(|| StepError::MissingSecret { name: name.to_owned() })
+    }
+
+    pub async fn secret_opt(&self, name: &str) -> StepResult<Option<SecretString>> {
+        Ok(self.store.get_secret(&self.sovereign_id.to_string(), name).await?)
+    }
+
+    /// Stores a secret (age-encrypted) for this job's Sovereign.
+    pub async fn put_secret(&self, name: &str, value: &SecretString) -> StepResult<()> {
+        Ok(self.store.put_secret(&self.sovereign_id.to_string(), name, value).await?)
+    }
+
+    /// Stores several secrets in one commit (all or none).
+    pub async fn put_secrets(&self, secrets: &[(String, SecretString)]) -> StepResult<()> {
+        Ok(self.store.put_secrets(&self.sovereign_id.to_string(), secrets).await?)
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> StepResult<()> {
+        Ok(self.store.delete_secret(&self.sovereign_id.to_string(), name).await?)
+    }
+
+    /// Emits a progress event on the job's stream, tagged with phase/step.
+    pub async fn event(&self, kind: &str, mut body: Value) -> StepResult<()> {
+        self.tag(&mut body);
+        self.store.append_events(self.job_id, vec![NewJobEvent::new(kind, body)]).await?;
+        Ok(())
+    }
+
+    /// Emits several events in one commit (tofu line batches).
+    pub async fn events(&self, kind: &str, bodies: Vec<Value>) -> StepResult<()> {
+        let evs = bodies
+            .into_iter()
+            .map(|mut b| {
+                self.tag(&mut b);
+                NewJobEvent::new(kind, b)
+            })
+            .collect();
+        self.store.append_events(self.job_id, evs).await?;
+        Ok(())
+    }
+
+    fn tag(&self, body: &mut Value) {
+        if let Some(o) = body.as_object_mut() {
+            o.entry("phase").or_insert_with(|| self.phase().into());
+            o.entry("step").or_insert_with(|| self.node.clone().into());
+        }
+    }
+
+    /// Logs a line on the job's stream.
+    pub async fn log(&self, message: impl Into<String>) -> StepResult<()> {
+        self.event("log", json!({ "level": "info", "message": message.into() })).await
+    }
+
+    /// A bounded wait: polls `check` every [`StepEnv::poll_interval`] until it returns
+    /// `Some`, the bound passes (a `Timeout` naming the reason) or the job is
+    /// cancelled. The reason and bound are streamed when the wait starts and
+    /// progress is streamed every `report_every` (F-17, F-22: every wait has
+    /// a reason, a bound, and reports back).
+    pub async fn wait_for<T, F, Fut>(
+        &self,
+        reason: &str,
+        bound: Duration,
+        mut check: F,
+    ) -> StepResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StepResult<Option<T>>>,
+    {
+        let started = Instant::now();
+        self.event(
+            "wait",
+            json!({ "reason": reason, "bound_s": bound.as_secs(), "state": "started" }),
+        )
+        .await?;
+        let report_every = Duration::from_secs(15);
+        let mut last_report = Instant::now();
+        loop {
+            match check().await {
+                Ok(Some(v)) => {
+                    self.event(
+                        "wait",
+                        json!({ "reason": reason, "state": "done", "elapsed_ms": started.elapsed().as_millis() as u64 }),
+                    )
+                    .await?;
+                    return Ok(v);
+                }
+                Ok(None) => {}
+                // A transient failure while polling is just "not yet".
+                Err(e) if e.class() == ErrorClass::Transient => {}
+                Err(e) => return Err(e),
+            }
+            if started.elapsed() >= bound {
+                return Err(StepError::Timeout {
+                    reason: reason.to_owned(),
+                    bound_s: bound.as_secs(),
+                });
+            }
+            if last_report.elapsed() >= report_every {
+                last_report = Instant::now();
+                self.event(
+                    "wait",
+                    json!({ "reason": reason, "state": "waiting", "elapsed_s": started.elapsed().as_secs() }),
+                )
+                .await?;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.env.poll_interval()) => {}
+                _ = self.cancel.cancelled() => {
+                    return Err(StepError::Timeout { reason: format!("{reason} (cancelled)"), bound_s: started.elapsed().as_secs() });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The `destroy` job: tear a Sovereign (or a half-built run) down.
+//!
+//! Its phases, in order:
+//! 1. `preflight/token-scope`: the cloud token still has write scope;
+//! 2. `infra/tofu-destroy-<loc>` per region: tofu destroy where a live (not
+//!    handed-off) state exists; then `infra/sweep`: every object labelled
+//!    for the Sovereign, including those in-cluster controllers created
+//!    later (load balancers, volumes, primary IPs), deleted until none is
+//!    left;
+//! 3. `dns/zone`: the records, zone and delegation (a `byo-api` domain's
+//!    registrar delegation put back as it was);
+//! 4. `state/secrets`: the Sovereign's secrets (escrow blobs and archived
+//!    states stay).
+//!
+//! Every step is idempotent, so a destroy resumes after a crash and works
+//! on partial state. Destroy steps have no undo: a destroy is not rolled
+//! back.
+
+use std::time::Duration;
+
+use cz_adapters::labels::LABEL_SOVEREIGN;
+use cz_engine::{ActionId, PhaseBuilder, Plan, StepResult, action, no_undo};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::common::{RegionParams, cloud_token, fqdn, job_request, slug};
+use crate::dns::{Restored, cut_of, restore_registrar};
+use crate::infra::{HANDED_OFF, MANIFEST, PROVISIONER_KEY, with_events, workspace};
+use crate::preflight::TOKEN_SCOPE;
+use crate::{Registry, StepCtx};
+
+// --- params and outputs --------------------------------------------------
+
+/// `state/secrets`' params: the regions whose secrets go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecretsParams {
+    pub locations: Vec<String>,
+}
+
+/// `infra/tofu-destroy-<loc>`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TofuDestroyed {
+    /// Crossplane owns the objects, or tofu never ran: the sweep removes them.
+    pub skipped: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+}
+
+/// `infra/sweep`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Swept {
+    pub deleted: usize,
+}
+
+/// `dns/zone`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DnsRemoved {
+    pub zone: String,
+    /// `byo-api`: what the registrar was given back.
+    pub registrar: Option<Restored>,
+}
+
+/// `state/secrets`' output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SecretsRemoved {
+    pub removed: usize,
+}
+
+// --- actions and the plan ------------------------------------------------
+
+const TOFU: ActionId<RegionParams> = ActionId::new("destroy.tofu");
+const SWEEP: ActionId<()> = ActionId::new("destroy.sweep");
+const DNS: ActionId<()> = ActionId::new("destroy.dns");
+const SECRETS: ActionId<SecretsParams> = ActionId::new("destroy.secrets");
+
+pub fn register(r: &mut Registry) {
+    r.register(TOFU, action!(tofu_destroy, no_undo));
+    r.register(SWEEP, action!(sweep, no_undo));
+    r.register(DNS, action!(dns, no_undo));
+    r.register(SECRETS, action!(secrets, no_undo));
+}
+
+pub fn plan(locations: &[String]) -> Plan {
+    let mut pre = PhaseBuilder::new("preflight");
+    pre.step("token-scope", TOKEN_SCOPE, &[], ());
+    let mut infra = PhaseBuilder::new("infra");
+    let mut tofus = Vec::new();
+    for l in locations {
+        let n = format!("tofu-destroy-{l}");
+        infra.step(&n, TOFU, &[], RegionParams::new(l));
+        tofus.push(n);
+    }
+    let t: Vec<&str> = tofus.iter().map(String::as_str).collect();
+    infra.step("sweep", SWEEP, &t, ());
+    let mut dns = PhaseBuilder::new("dns");
+    dns.step("zone", DNS, &[], ());
+    let mut st = PhaseBuilder::new("state");
+    st.step("secrets", SECRETS, &[], SecretsParams { locations: locations.to_vec() });
+    Plan { phases: vec![pre.build(), infra.build(), dns.build(), st.build()] }
+}
+
+// --- steps ---------------------------------------------------------------
+
+async fn tofu_destroy(cx: &StepCtx) -> StepResult<TofuDestroyed> {
+    let loc = cx.params::<RegionParams>()?.location;
+    let ws = workspace(cx, &loc);
+    if ws.dir.join(HANDED_OFF).exists() || !ws.dir.join(MANIFEST).exists() {
+        // Crossplane owns the objects (or tofu never ran): the sweep removes them.
+        return Ok(TofuDestroyed { skipped: true, events: None });
+    }
+    let token = cloud_token(cx).await?;
+    let tofu = cx.env.tofu.clone();
+    let n = with_events(cx, |sink| {
+        let (ws, token) = (ws.clone(), token.clone());
+        async move { tofu.destroy(&ws, &token, sink).await }
+    })
+    .await?;
+    Ok(TofuDestroyed { skipped: false, events: Some(n) })
+}
+
+async fn sweep(cx: &StepCtx) -> StepResult<Swept> {
+    let token = cloud_token(cx).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={}", slug(&fqdn(cx)?));
+    let deleted = std::sync::atomic::AtomicUsize::new(0);
+    cx.wait_for(
+        "every object labelled for this Sovereign to be gone",
+        Duration::from_secs(1800),
+        || async {
+            let objs = cx.env.cloud.list(&token, &selector).await?;
+            if objs.is_empty() {
+                return Ok(Some(()));
+            }
+            for o in &objs {
+                cx.env.cloud.delete(&token, o).await?;
+                deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cx.event(
+                    "cloud",
+                    json!({ "action": "delete", "kind": o.kind, "name": o.name, "id": o.id }),
+                )
+                .await?;
+            }
+            Ok(None)
+        },
+    )
+    .await?;
+    Ok(Swept { deleted: deleted.into_inner() })
+}
+
+async fn dns(cx: &StepCtx) -> StepResult<DnsRemoved> {
+    let fqdn = fqdn(cx)?;
+    let zone = format!("{fqdn}.");
+    // byo-api: the registrar first, while the zone still says what the
+    // domain pointed at before.
+    let registrar = restore_registrar(cx).await?;
+    if let Some(pool) = job_request(cx)?.pool_domain() {
+        cx.env.dns.delete_rrsets(&format!("{pool}."), &cut_of(&zone)).await?;
+    }
+    cx.env.dns.delete_zone(&zone).await?;
+    Ok(DnsRemoved { zone, registrar })
+}
+
+async fn secrets(cx: &StepCtx) -> StepResult<SecretsRemoved> {
+    let SecretsParams { locations } = cx.params()?;
+    let mut names = vec![
+        "cloud_token".to_owned(),
+        "registrar_token".to_owned(),
+        "sealed-secrets-key".to_owned(),
+        "openbao-root-token".to_owned(),
+        PROVISIONER_KEY.to_owned(),
+    ];
+    for l in &locations {
+        names.push(format!("k3s-token-{l}"));
+        names.push(format!("kubeconfig-{l}"));
+    }
+    for i in 0..10 {
+        names.push(format!("openbao-share-{i}"));
+    }
+    // Escrow blobs (encrypted to the operators) and archived states stay.
+    for n in &names {
+        cx.delete_secret(n).await?;
+    }
+    Ok(SecretsRemoved { removed: names.len() })
+}

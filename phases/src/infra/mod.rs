@@ -1,0 +1,695 @@
+//! Phase 2, `infra`: cloud objects by OpenTofu, one workspace per region.
+//!
+//! 1. `provisioner-key` (undo: forget it, provision only): the Sovereign's
+//!    SSH key pair, made once, held age-encrypted in the store;
+//!
+//! then per region:
+//! 2. `render-<loc>` (undo: remove the workspace once its state is empty):
+//!    the desired resources and the tofu module into the region's
+//!    workspace;
+//! 3. `init-<loc>`, 4. `plan-<loc>` (the plan's summary is streamed);
+//! 5. `apply-<loc>` (undo: `tofu destroy`, then a sweep by label): every
+//!    tofu event streamed into the job's stream;
+//! 6. `outputs-<loc>`: ids and IPs, persisted for the later phases.
+//!
+//! Workspaces and state live under the data directory, never a temp dir:
+//! a crash mid-apply must not lose the state.
+//!
+//! What `render` writes depends on the backend's [`InfraModule`]: always the
+//! JSON manifest of [`desired`] (names, labels, addresses: the pre-flight
+//! collision check and the adoption below read it), plus
+//! - `hcloud` (production): `cloud-templates/hetzner/` rendered for the
+//!   region ([`render::render_hetzner`]), applied by the real tofu with the
+//!   hcloud provider;
+//! - `offline`: `cloud-templates/hetzner-offline/` ([`render::render_offline`]),
+//!   built-in `terraform_data` whose provisioners call the Hetzner API through
+//!   `catalyst-zero hcloud-shim`, for machines that cannot download the
+//!   provider;
+//! - `manifest` (the sim backend): nothing else; the sim tofu applies the
+//!   manifest to the sim cloud.
+//!
+//! Crash safety: tofu writes its state when it stops and periodically, not
+//! after every resource, so a process killed between "the cloud created it"
+//! and "state written" leaves an object tofu does not know, and a plain
+//! re-apply would then fail on the name (or, for nameless objects, duplicate
+//! it). So `apply` first lists the region's objects by label and
+//! `tofu import`s every one that is missing from state (the offline module
+//! adopts by name in its own create instead): the crash is resolved by
+//! adoption, not duplication. A tofu left running by a killed daemon is
+//! stopped first (see `cz_adapters::tofu::cli`).
+
+pub mod render;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cz_adapters::labels::{LABEL_REGION, LABEL_ROLE, LABEL_SOVEREIGN};
+use cz_adapters::{
+    CloudObject, InfraModule, PlanSummary, ProvisionerKey, TofuEvent, TofuSink, Workspace,
+};
+use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
+use cz_engine::{action, no_undo};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use self::render::RenderInput;
+use crate::common::{
+    RegionParams, cloud_token, fqdn, job_request, labels, precondition, region, slug,
+};
+use crate::request::Region;
+use crate::{Registry, StepCtx, release};
+
+pub const PHASE: &str = "infra";
+/// The marker that makes a workspace read-only after hand-off.
+pub const HANDED_OFF: &str = "HANDED_OFF";
+pub const MANIFEST: &str = "catalyst-resources.json";
+/// The secret holding this Sovereign's provisioner SSH key (OpenSSH format).
+pub const PROVISIONER_KEY: &str = "provisioner-ssh-key";
+
+// --- params and outputs --------------------------------------------------
+
+/// `provisioner-key`'s output: the public half (authorized on every server).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionerPublicKey {
+    pub public_key: String,
+}
+
+/// `render-<loc>`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub workspace: PathBuf,
+    /// How many objects the manifest lists.
+    pub resources: usize,
+    /// SHA-256 of the manifest.
+    pub sha256: String,
+    /// `manifest`, `hcloud` or `offline`.
+    pub module: String,
+    /// The module files written beside the manifest.
+    pub files: Vec<String>,
+}
+
+/// `init-<loc>`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Initialized {
+    pub initialized: bool,
+}
+
+/// `apply-<loc>`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Objects in the state after the apply.
+    pub resources: usize,
+    /// tofu events streamed.
+    pub events: u64,
+    /// Objects an interrupted apply had created, imported into the state.
+    pub adopted: Vec<String>,
+}
+
+/// The manifest `render` writes beside the module ([`MANIFEST`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub resources: Vec<Resource>,
+}
+
+// --- actions and the DAG -------------------------------------------------
+
+const PROVISIONER_KEY_STEP: ActionId<()> = ActionId::new("infra.provisioner-key");
+const RENDER: ActionId<RegionParams> = ActionId::new("infra.render");
+const INIT: ActionId<RegionParams> = ActionId::new("infra.init");
+const PLAN: ActionId<RegionParams> = ActionId::new("infra.plan");
+const APPLY: ActionId<RegionParams> = ActionId::new("infra.apply");
+const OUTPUTS: ActionId<RegionParams> = ActionId::new("infra.outputs");
+
+pub fn register(r: &mut Registry) {
+    r.register(PROVISIONER_KEY_STEP, action!(provisioner_key, provisioner_key_undo));
+    r.register(RENDER, action!(render, render_undo));
+    r.register(INIT, action!(init, no_undo));
+    r.register(PLAN, action!(plan, no_undo));
+    r.register(APPLY, action!(apply, apply_undo));
+    r.register(OUTPUTS, action!(outputs, no_undo));
+}
+
+pub fn phase(regions: &[Region]) -> PhaseDef {
+    let mut b = PhaseBuilder::new(PHASE);
+    b.step("provisioner-key", PROVISIONER_KEY_STEP, &[], ());
+    for r in regions {
+        let l = &r.location;
+        let p = || RegionParams::new(l);
+        b.step(&format!("render-{l}"), RENDER, &["provisioner-key"], p());
+        b.step(&format!("init-{l}"), INIT, &[&format!("render-{l}")], p());
+        b.step(&format!("plan-{l}"), PLAN, &[&format!("init-{l}")], p());
+        b.step(&format!("apply-{l}"), APPLY, &[&format!("plan-{l}")], p());
+        b.step(&format!("outputs-{l}"), OUTPUTS, &[&format!("apply-{l}")], p());
+    }
+    b.build()
+}
+
+// --- the desired objects -------------------------------------------------
+
+/// One desired cloud object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resource {
+    pub address: String,
+    pub kind: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub attrs: Value,
+}
+
+/// Every object name a region uses (pre-flight collision check).
+pub fn object_names(slug: &str, r: &Region) -> Vec<String> {
+    desired(slug, r, None).into_iter().map(|x| x.name).collect()
+}
+
+/// The desired resources of a region. Pure: the plan-execute split makes
+/// the render testable without a cloud.
+pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Resource> {
+    let l = &r.location;
+    let lab = |role: &str| match cx {
+        Some((cx, fqdn)) => labels(cx, fqdn, role, l),
+        None => Default::default(),
+    };
+    let mut out = vec![
+        Resource {
+            address: "hcloud_network.main".into(),
+            kind: "network".into(),
+            name: format!("{slug}-{l}-net"),
+            labels: lab("network"),
+            attrs: json!({ "ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24" }),
+        },
+        Resource {
+            address: "hcloud_firewall.main".into(),
+            kind: "firewall".into(),
+            name: format!("{slug}-{l}-fw"),
+            labels: lab("firewall"),
+            attrs: json!({ "open": [80, 443], "restricted": [22, 6443] }),
+        },
+        Resource {
+            address: "hcloud_ssh_key.main".into(),
+            kind: "ssh_key".into(),
+            name: format!("{slug}-{l}-key"),
+            labels: lab("ssh-key"),
+            attrs: json!({}),
+        },
+        Resource {
+            address: "hcloud_placement_group.cp".into(),
+            kind: "placement_group".into(),
+            name: format!("{slug}-{l}-pg-cp"),
+            labels: lab("placement-group"),
+            attrs: json!({ "type": "spread" }),
+        },
+    ];
+    for g in 0..r.workers.count.div_ceil(10) {
+        out.push(Resource {
+            address: format!("hcloud_placement_group.workers[{g}]"),
+            kind: "placement_group".into(),
+            name: format!("{slug}-{l}-pg-w{}", g + 1),
+            labels: lab("placement-group"),
+            attrs: json!({ "type": "spread" }),
+        });
+    }
+    for i in 0..r.control_plane.count {
+        out.push(Resource { address: format!("hcloud_server.cp[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-cp{}", i + 1), labels: lab("control-plane"), attrs: json!({ "server_type": r.control_plane.sku, "location": l, "image": release::server_image(), "role": "control-plane", "index": i }) });
+    }
+    for i in 0..r.workers.count {
+        out.push(Resource { address: format!("hcloud_server.worker[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-w{}", i + 1), labels: lab("worker"), attrs: json!({ "server_type": r.workers.sku, "location": l, "image": release::server_image(), "role": "worker", "index": i }) });
+    }
+    out.push(Resource { address: "hcloud_load_balancer.main".into(), kind: "load_balancer".into(), name: format!("{slug}-{l}-lb"), labels: lab("load-balancer"), attrs: json!({ "type": release::load_balancer_type(), "services": [80, 443, 6443], "targets": "control-plane" }) });
+    out
+}
+
+pub fn workspace(cx: &StepCtx, location: &str) -> Workspace {
+    Workspace { dir: cx.env.workspace_root.join(cx.sovereign_id.to_string()).join(location) }
+}
+
+/// This node's region (its params name it).
+fn region_of(cx: &StepCtx) -> StepResult<Region> {
+    region(cx, &cx.params::<RegionParams>()?.location)
+}
+
+/// This node's region's workspace.
+fn workspace_of(cx: &StepCtx) -> StepResult<Workspace> {
+    Ok(workspace(cx, &cx.params::<RegionParams>()?.location))
+}
+
+fn refuse_if_handed_off(ws: &Workspace) -> StepResult<()> {
+    if ws.dir.join(HANDED_OFF).exists() {
+        return Err(precondition(
+            format!("workspace {} was handed off to Crossplane", ws.dir.display()),
+            "This Sovereign's cloud objects are owned by Crossplane; change them there, never by tofu.",
+        ));
+    }
+    Ok(())
+}
+
+// --- steps ---------------------------------------------------------------
+
+/// The Sovereign's provisioner SSH key: made once (an add-region reuses
+/// it), held age-encrypted in the store, its public half authorized on every
+/// server by the module. Never derived from inputs, never on disk in clear.
+async fn provisioner_key(cx: &StepCtx) -> StepResult<ProvisionerPublicKey> {
+    let key = match cx.secret_opt(PROVISIONER_KEY).await? {
+        Some(private) => ProvisionerKey::from_private(private)?,
+        None => {
+            let k = ProvisionerKey::generate(&format!("catalyst-zero@{}", slug(&fqdn(cx)?)))?;
+            cx.put_secret(PROVISIONER_KEY, &k.private).await?;
+            k
+        }
+    };
+    Ok(ProvisionerPublicKey { public_key: key.public })
+}
+
+async fn provisioner_key_undo(cx: &StepCtx) -> StepResult<()> {
+    // Only a provision owns the key; an add-region borrowed the Sovereign's.
+    if job_request(cx)?.provision().is_some() {
+        cx.delete_secret(PROVISIONER_KEY).await?;
+    }
+    Ok(())
+}
+
+async fn render(cx: &StepCtx) -> StepResult<Rendered> {
+    let r = region_of(cx)?;
+    let fqdn = fqdn(cx)?;
+    let ws = workspace(cx, &r.location);
+    refuse_if_handed_off(&ws)?;
+    let resources = desired(&slug(&fqdn), &r, Some((cx, &fqdn)));
+    let manifest = Manifest { resources };
+    let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    let files = module_files(cx, &r, &fqdn, &manifest.resources)?;
+    for (name, text) in &files {
+        write_atomic(&ws.dir, name, text.as_bytes()).await?;
+    }
+    write_atomic(&ws.dir, MANIFEST, &body).await?;
+    let module = match &cx.env.infra {
+        InfraModule::Manifest => "manifest",
+        InfraModule::Hcloud { .. } => "hcloud",
+        InfraModule::Offline { .. } => "offline",
+    };
+    Ok(Rendered {
+        workspace: ws.dir,
+        resources: manifest.resources.len(),
+        sha256: digest,
+        module: module.into(),
+        files: files.into_keys().collect(),
+    })
+}
+
+/// The tofu module files of the backend's [`InfraModule`] for one region.
+fn module_files(
+    cx: &StepCtx,
+    r: &Region,
+    fqdn: &str,
+    resources: &[Resource],
+) -> StepResult<BTreeMap<String, String>> {
+    let input = || -> StepResult<RenderInput> {
+        let mut keys = job_request(cx)?.ssh_public_keys().to_vec();
+        let provisioner: ProvisionerPublicKey = cx.lookup("infra/provisioner-key")?;
+        keys.push(provisioner.public_key);
+        let cidrs = match &cx.env.infra {
+            InfraModule::Hcloud { provisioner_cidrs, .. } => provisioner_cidrs.clone(),
+            // The stand-in renders firewall rules from them too; the
+            // loopback is where the shim and the fake API live.
+            _ => vec!["127.0.0.1/32".to_owned()],
+        };
+        RenderInput::from_region(&slug(fqdn), &cx.job_id.to_string(), r, &keys, &cidrs)
+            .map_err(render_error)
+    };
+    match &cx.env.infra {
+        InfraModule::Manifest => Ok(Default::default()),
+        InfraModule::Hcloud { templates, .. } => {
+            render::render_hetzner(&input()?, templates).map_err(render_error)
+        }
+        InfraModule::Offline { templates, shim, endpoint } => {
+            render::render_offline(&input()?, resources, shim, endpoint, templates)
+                .map_err(render_error)
+        }
+    }
+}
+
+fn render_error(e: render::RenderError) -> StepError {
+    match e {
+        render::RenderError::Input { field, reason } => {
+            StepError::InvalidInput { path: field.to_owned(), message: reason }
+        }
+        e @ render::RenderError::UnknownLocation(_) => {
+            StepError::InvalidInput { path: "regions.location".into(), message: e.to_string() }
+        }
+        e => precondition(
+            format!("the cloud templates do not render: {e}"),
+            "Check the templates directory in the daemon's config (hetzner.templates_dir) and the release's templates.",
+        ),
+    }
+}
+
+async fn write_atomic(dir: &std::path::Path, name: &str, body: &[u8]) -> StepResult<()> {
+    let io = |e: std::io::Error| {
+        StepError::adapter(
+            System::Tofu,
+            "render",
+            Cause::Unavailable,
+            format!("{}: {e}", dir.display()),
+        )
+    };
+    tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    tokio::fs::write(&tmp, body).await.map_err(io)?;
+    tokio::fs::rename(&tmp, dir.join(name)).await.map_err(io)?;
+    Ok(())
+}
+
+async fn render_undo(cx: &StepCtx) -> StepResult<()> {
+    let ws = workspace_of(cx)?;
+    // Runs after apply's undo (reverse order): state is empty by now. A
+    // workspace whose state still lists objects is kept for the operator.
+    let state_left = cx.env.tofu.state(&ws).await.map(|s| !s.is_empty()).unwrap_or(false);
+    if state_left {
+        return Err(precondition(
+            format!("workspace {} still has objects in its tofu state", ws.dir.display()),
+            "Run `destroy` for this Sovereign, then retry the rollback.",
+        ));
+    }
+    match tokio::fs::remove_dir_all(&ws.dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StepError::adapter(
+            System::Tofu,
+            "remove workspace",
+            Cause::Unavailable,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn init(cx: &StepCtx) -> StepResult<Initialized> {
+    let ws = workspace_of(cx)?;
+    cx.env.tofu.init(&ws).await?;
+    Ok(Initialized { initialized: true })
+}
+
+async fn plan(cx: &StepCtx) -> StepResult<PlanSummary> {
+    let ws = workspace_of(cx)?;
+    let token = cloud_token(cx).await?;
+    let s = cx.env.tofu.plan(&ws, &token).await?;
+    cx.event(
+        "tofu",
+        json!({ "type": "plan", "add": s.add, "change": s.change, "destroy": s.destroy }),
+    )
+    .await?;
+    Ok(s)
+}
+
+/// Forwards tofu events to the job's stream in batches (one commit per
+/// batch: 100k lines must not be 100k fsyncs).
+async fn forward_events(
+    cx: StepCtx,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<TofuEvent>,
+) -> StepResult<u64> {
+    let mut n = 0u64;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(ev) = rx.try_recv() {
+            batch.push(ev);
+            if batch.len() >= 1000 {
+                break;
+            }
+        }
+        n += batch.len() as u64;
+        cx.events(
+            "tofu",
+            batch.into_iter().map(|e| serde_json::to_value(e).expect("serializable")).collect(),
+        )
+        .await?;
+    }
+    Ok(n)
+}
+
+/// Runs a tofu operation that streams events, forwarding them durably.
+pub async fn with_events<F, Fut>(cx: &StepCtx, f: F) -> StepResult<u64>
+where
+    F: FnOnce(TofuSink) -> Fut,
+    Fut: std::future::Future<Output = StepResult<()>>,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let fwd = tokio::spawn(forward_events(cx.clone(), rx));
+    let result = f(tx).await;
+    let n = fwd.await.map_err(|e| StepError::internal(e.to_string()))??;
+    result.map(|()| n)
+}
+
+/// Imports labelled objects of this region that the tofu state lacks.
+async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResult<Vec<String>> {
+    if !cx.env.infra.adopts_by_import() {
+        // The offline stand-in adopts by name inside its own create.
+        return Ok(Vec::new());
+    }
+    let token = cloud_token(cx).await?;
+    let fqdn = fqdn(cx)?;
+    let text = tokio::fs::read(ws.dir.join(MANIFEST)).await.map_err(|e| {
+        StepError::adapter(System::Tofu, "read manifest", Cause::NotFound, e.to_string())
+    })?;
+    let Manifest { resources: desired } = serde_json::from_slice(&text)
+        .map_err(|e| StepError::internal(format!("{MANIFEST}: {e}")))?;
+    let state = cx.env.tofu.state(ws).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn));
+    let mut adopted = Vec::new();
+    for obj in cx.env.cloud.list(&token, &selector).await? {
+        if state.iter().any(|s| s.id == obj.id && s.kind == obj.kind) {
+            continue;
+        }
+        if let Some(want) = desired.iter().find(|d| d.kind == obj.kind && d.name == obj.name)
+            && !state.iter().any(|s| s.address == want.address)
+        {
+            cx.env.tofu.import(ws, &token, &want.address, obj.id).await?;
+            adopted.push(format!("{} <- {} {}", want.address, obj.kind, obj.id));
+        }
+    }
+    if !adopted.is_empty() {
+        cx.event("tofu", json!({ "type": "adopted", "message": format!("imported {} object(s) created by an interrupted apply", adopted.len()), "objects": adopted })).await?;
+    }
+    Ok(adopted)
+}
+
+async fn apply(cx: &StepCtx) -> StepResult<Applied> {
+    let loc = cx.params::<RegionParams>()?.location;
+    let ws = workspace(cx, &loc);
+    refuse_if_handed_off(&ws)?;
+    let token = cloud_token(cx).await?;
+    let adopted = adopt_orphans(cx, &ws, &loc).await?;
+    let tofu = cx.env.tofu.clone();
+    let lines = with_events(cx, |sink| {
+        let (ws, token) = (ws.clone(), token.clone());
+        async move { tofu.apply(&ws, &token, sink).await }
+    })
+    .await?;
+    let state = cx.env.tofu.state(&ws).await?;
+    Ok(Applied { resources: state.len(), events: lines, adopted })
+}
+
+async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
+    let loc = cx.params::<RegionParams>()?.location;
+    let ws = workspace(cx, &loc);
+    refuse_if_handed_off(&ws)?;
+    if !ws.dir.join(MANIFEST).exists() {
+        return sweep_region(cx, &loc).await;
+    }
+    let token = cloud_token(cx).await?;
+    // Objects an interrupted apply created but never recorded must go too.
+    adopt_orphans(cx, &ws, &loc).await?;
+    let tofu = cx.env.tofu.clone();
+    with_events(cx, |sink| {
+        let (ws, token) = (ws.clone(), token.clone());
+        async move { tofu.destroy(&ws, &token, sink).await }
+    })
+    .await?;
+    sweep_region(cx, &loc).await
+}
+
+/// Deletes every object labelled for this Sovereign and region.
+pub async fn sweep_region(cx: &StepCtx, location: &str) -> StepResult<()> {
+    let token = cloud_token(cx).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?));
+    for obj in cx.env.cloud.list(&token, &selector).await? {
+        cx.env.cloud.delete(&token, &obj).await?;
+    }
+    Ok(())
+}
+
+/// What `outputs` persists and later phases read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outputs {
+    pub location: String,
+    pub servers: Vec<Server>,
+    pub load_balancer: LoadBalancer,
+    pub workspace: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    pub name: String,
+    pub id: i64,
+    pub role: String,
+    pub ipv4: String,
+    pub private_ip: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadBalancer {
+    pub id: i64,
+    pub ipv4: String,
+}
+
+fn output_error(what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::adapter(System::Tofu, "output", Cause::Invalid, format!("{what}: {e}"))
+}
+
+/// The hcloud module's `control_planes`/`workers` entries as [`Server`]s.
+fn hcl_servers(out: &Value, key: &str, role: &str) -> StepResult<Vec<Server>> {
+    #[derive(Deserialize)]
+    struct Entry {
+        id: Value,
+        name: String,
+        ipv4_address: String,
+        private_ip: Option<String>,
+    }
+    let entries: Vec<Entry> =
+        serde_json::from_value(out[key].clone()).map_err(|e| output_error(key, e))?;
+    entries
+        .into_iter()
+        .map(|e| {
+            Ok(Server {
+                id: id_value(&e.id).ok_or_else(|| output_error(key, "an id is not a number"))?,
+                name: e.name,
+                role: role.to_owned(),
+                ipv4: e.ipv4_address,
+                private_ip: e.private_ip.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// The provider gives ids as strings in some versions, numbers in others.
+fn id_value(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+/// The offline stand-in's `objects` output, resolved by name in the API.
+async fn resolve_objects(cx: &StepCtx, out: &Value) -> StepResult<(Vec<Server>, LoadBalancer)> {
+    #[derive(Deserialize)]
+    struct Entry {
+        kind: String,
+        name: String,
+    }
+    let entries: Vec<Entry> =
+        serde_json::from_value(out["objects"].clone()).map_err(|e| output_error("objects", e))?;
+    let loc = cx.params::<RegionParams>()?.location;
+    let token = cloud_token(cx).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
+    let live = cx.env.cloud.list(&token, &selector).await?;
+    let find = |e: &Entry| -> StepResult<&CloudObject> {
+        live.iter().find(|o| o.kind == e.kind && o.name == e.name).ok_or_else(|| {
+            output_error(
+                "objects",
+                format!("{} `{}` is in the tofu state but not in the cloud", e.kind, e.name),
+            )
+        })
+    };
+    let text = |o: &CloudObject, k: &str| -> String {
+        o.attrs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned()
+    };
+    let mut servers = Vec::new();
+    let mut lb = None;
+    for e in &entries {
+        match e.kind.as_str() {
+            "server" => {
+                let o = find(e)?;
+                servers.push(Server {
+                    name: o.name.clone(),
+                    id: o.id,
+                    role: o.labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
+                    ipv4: text(o, "ipv4"),
+                    private_ip: text(o, "private_ip"),
+                });
+            }
+            "load_balancer" => {
+                let o = find(e)?;
+                lb = Some(LoadBalancer { id: o.id, ipv4: text(o, "ipv4") });
+            }
+            _ => {
+                find(e)?;
+            }
+        }
+    }
+    let lb = lb.ok_or_else(|| output_error("objects", "no load balancer"))?;
+    Ok((servers, lb))
+}
+
+async fn outputs(cx: &StepCtx) -> StepResult<Outputs> {
+    let loc = cx.params::<RegionParams>()?.location;
+    let ws = workspace(cx, &loc);
+    let out = cx.env.tofu.output(&ws).await?;
+    let (servers, load_balancer) = if out.get("servers").is_some() {
+        // The sim tofu's shape.
+        let servers: Vec<Server> = serde_json::from_value(out["servers"].clone())
+            .map_err(|e| output_error("servers", e))?;
+        let lb: LoadBalancer = serde_json::from_value(out["load_balancer"].clone())
+            .map_err(|e| output_error("load_balancer", e))?;
+        (servers, lb)
+    } else if out.get("control_planes").is_some() {
+        // cloud-templates/hetzner/outputs.tf.
+        let mut servers = hcl_servers(&out, "control_planes", "control-plane")?;
+        servers.extend(hcl_servers(&out, "workers", "worker")?);
+        let lb = &out["load_balancer"];
+        let lb = LoadBalancer {
+            id: lb
+                .get("id")
+                .and_then(id_value)
+                .ok_or_else(|| output_error("load_balancer", "no id"))?,
+            ipv4: lb.get("ipv4").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        };
+        (servers, lb)
+    } else if out.get("objects").is_some() {
+        resolve_objects(cx, &out).await?
+    } else {
+        return Err(output_error("outputs", "none of `servers`, `control_planes`, `objects`"));
+    };
+    let want = region_of(cx)?;
+    let cps = servers.iter().filter(|s| s.role == "control-plane").count() as u32;
+    if cps != want.control_plane.count || servers.len() as u32 != cps + want.workers.count {
+        return Err(StepError::adapter(
+            System::Tofu,
+            "output",
+            Cause::Invalid,
+            format!(
+                "state has {} servers ({cps} control planes); the request wants {} + {}",
+                servers.len(),
+                want.control_plane.count,
+                want.workers.count
+            ),
+        ));
+    }
+    Ok(Outputs { location: loc, servers, load_balancer, workspace: ws.dir })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{PhaseScenario, sample_request};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_step_failure_unwinds() {
+        let s = PhaseScenario::provision(sample_request("infra-unwind", 3, 1), super::PHASE);
+        cz_engine::testing::every_step_failure_unwinds(&s).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_step_runs_twice() {
+        let s = PhaseScenario::provision(sample_request("infra-twice", 3, 1), super::PHASE);
+        cz_engine::testing::every_step_runs_twice(&s).await;
+    }
+
+    #[tokio::test]
+    async fn the_plan_builds_and_round_trips_through_the_store() {
+        let s = PhaseScenario::provision(sample_request("infra-plan", 3, 2), super::PHASE);
+        s.assert_plan_round_trips().await;
+    }
+}

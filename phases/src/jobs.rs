@@ -1,0 +1,417 @@
+//! The job kinds: from a validated request to a job's plan and its
+//! submission (the Sovereign, the job row, the sealed secrets and the audit
+//! record, which the store writes in one transaction). The API adds only
+//! the idempotency key and who asked; the tests submit through the same
+//! functions.
+//!
+//! What each job stores as its request, and what its steps read back
+//! through [`JobRequest`]:
+//! - `provision`: the [`ProvisionRequest`] (its secrets are not serialized;
+//!   they are sealed in the store apart from it);
+//! - `add-region` and `destroy`: a [`FollowUp`], the new (or every) region
+//!   and a [`SovereignBlock`], what the Sovereign's provision said that
+//!   later jobs need.
+
+use cz_engine::{FailurePolicy, JobOptions, Plan, PlanError};
+use cz_state::{
+    IdempotencyKey, Job, JobId, JobKind, JobStatus, NewAudit, SecretString, Sovereign, SovereignId,
+    SovereignStatus, SovereignTarget, Submission,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::request::{AddRegionRequest, Domain, ProvisionRequest, Region, Registrar};
+use crate::{bootstrap_kit, cluster, custody, destroy, dns, handoff, infra, preflight, registry};
+
+/// What later jobs know of the Sovereign, stored in their request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SovereignBlock {
+    pub fqdn: String,
+    /// The provision's authorized keys: an add-region's new servers get
+    /// the same ones.
+    #[serde(default)]
+    pub ssh_public_keys: Vec<String>,
+    /// Pool mode: the parent zone that delegates to the Sovereign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_domain: Option<String>,
+    /// `byo-api`: the registrar destroy gives the delegation back at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registrar: Option<Registrar>,
+    /// The provision's components (add-region installs the regional ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<String>,
+}
+
+impl SovereignBlock {
+    /// The block for a Sovereign provisioned by `provision`.
+    pub fn of(fqdn: &str, provision: &ProvisionRequest) -> SovereignBlock {
+        let (pool_domain, registrar) = match &provision.domain {
+            Domain::Pool { pool_domain, .. } => (Some(pool_domain.clone()), None),
+            Domain::ByoApi { registrar, .. } => (None, Some(*registrar)),
+            Domain::ByoManual { .. } => (None, None),
+        };
+        SovereignBlock {
+            fqdn: fqdn.to_owned(),
+            ssh_public_keys: provision.ssh_public_keys.clone(),
+            pool_domain,
+            registrar,
+            components: provision.components.clone(),
+        }
+    }
+}
+
+/// The stored request of an `add-region` or `destroy` job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FollowUp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// add-region: the new regions; destroy: every region the Sovereign has.
+    pub regions: Vec<Region>,
+    pub sovereign: SovereignBlock,
+}
+
+/// A job's stored request, whatever its kind, as its steps read it.
+#[derive(Clone, Debug)]
+pub enum JobRequest {
+    Provision(Box<ProvisionRequest>),
+    FollowUp(FollowUp),
+}
+
+impl JobRequest {
+    /// Decodes a stored request: a follow-up has a `sovereign` block.
+    pub fn decode(v: &Value) -> Result<JobRequest, serde_json::Error> {
+        if v.get("sovereign").is_some() {
+            Ok(JobRequest::FollowUp(serde_json::from_value(v.clone())?))
+        } else {
+            Ok(JobRequest::Provision(Box::new(serde_json::from_value(v.clone())?)))
+        }
+    }
+
+    pub fn fqdn(&self) -> String {
+        match self {
+            JobRequest::Provision(r) => r.fqdn(),
+            JobRequest::FollowUp(f) => f.sovereign.fqdn.clone(),
+        }
+    }
+
+    pub fn regions(&self) -> &[Region] {
+        match self {
+            JobRequest::Provision(r) => &r.regions,
+            JobRequest::FollowUp(f) => &f.regions,
+        }
+    }
+
+    /// The parent zone that delegates to the Sovereign (pool mode only).
+    pub fn pool_domain(&self) -> Option<String> {
+        match self {
+            JobRequest::Provision(r) => match &r.domain {
+                Domain::Pool { pool_domain, .. } => Some(pool_domain.clone()),
+                Domain::ByoManual { .. } | Domain::ByoApi { .. } => None,
+            },
+            JobRequest::FollowUp(f) => f.sovereign.pool_domain.clone(),
+        }
+    }
+
+    /// The registrar of a `byo-api` domain.
+    pub fn registrar(&self) -> Option<Registrar> {
+        match self {
+            JobRequest::Provision(r) => match &r.domain {
+                Domain::ByoApi { registrar, .. } => Some(*registrar),
+                Domain::Pool { .. } | Domain::ByoManual { .. } => None,
+            },
+            JobRequest::FollowUp(f) => f.sovereign.registrar,
+        }
+    }
+
+    /// Whether the zone is to be signed (provision jobs only).
+    pub fn dnssec(&self) -> bool {
+        matches!(self, JobRequest::Provision(r) if r.dnssec)
+    }
+
+    pub fn ssh_public_keys(&self) -> &[String] {
+        match self {
+            JobRequest::Provision(r) => &r.ssh_public_keys,
+            JobRequest::FollowUp(f) => &f.sovereign.ssh_public_keys,
+        }
+    }
+
+    pub fn components(&self) -> &[String] {
+        match self {
+            JobRequest::Provision(r) => &r.components,
+            JobRequest::FollowUp(f) => &f.sovereign.components,
+        }
+    }
+
+    /// The provision request itself (custody, keycloak, ...), for the
+    /// phases only a provision runs.
+    pub fn provision(&self) -> Option<&ProvisionRequest> {
+        match self {
+            JobRequest::Provision(r) => Some(r),
+            JobRequest::FollowUp(_) => None,
+        }
+    }
+}
+
+// --- plans ---------------------------------------------------------------
+
+/// The `provision` plan for a validated request.
+pub fn provision_plan(req: &ProvisionRequest) -> Plan {
+    let regions = &req.regions;
+    Plan {
+        phases: vec![
+            preflight::phase(regions, true),
+            dns::reserve::phase(),
+            infra::phase(regions),
+            cluster::phase(regions),
+            custody::phase(),
+            bootstrap_kit::phase(&req.components, &regions[0].location, false),
+            handoff::secrets::phase(),
+            dns::commit::phase(regions, false),
+            handoff::infra::phase(regions),
+        ],
+    }
+}
+
+/// The `add-region` plan: the new regions only, with the regional subset
+/// of the Sovereign's `components`.
+pub fn add_region_plan(regions: &[Region], components: &[String]) -> Plan {
+    let regional: Vec<String> = components
+        .iter()
+        .filter(|c| crate::release::regional().contains(&c.as_str()))
+        .cloned()
+        .collect();
+    let mut phases =
+        vec![preflight::phase(regions, false), infra::phase(regions), cluster::phase(regions)];
+    for r in regions {
+        phases.push(bootstrap_kit::regional_phase(&regional, &r.location));
+    }
+    phases.push(dns::commit::phase(regions, true));
+    phases.push(handoff::infra::phase(regions));
+    Plan { phases }
+}
+
+/// The `destroy` plan for a Sovereign with regions in `locations`.
+pub fn destroy_plan(locations: &[String]) -> Plan {
+    destroy::plan(locations)
+}
+
+/// A JSON summary of a plan for the API: phases with their step ids.
+pub fn plan_summary(plan: &Plan) -> Value {
+    json!(
+        plan.phases
+            .iter()
+            .map(|p| json!({ "phase": p.id, "steps": p.nodes.iter().map(|n| &n.id).collect::<Vec<_>>() }))
+            .collect::<Vec<_>>()
+    )
+}
+
+// --- submissions ---------------------------------------------------------
+
+/// Who asks, and how: the parts of a submission the caller decides.
+#[derive(Clone, Debug, Default)]
+pub struct Submit {
+    /// The actor recorded in the audit trail (`operator`, `wizard`, ...).
+    pub actor: String,
+    pub options: JobOptions,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// Why a follow-up job cannot be made for a Sovereign.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowUpError {
+    #[error("this sovereign has no provision job")]
+    NoProvision,
+    #[error("the sovereign's provision request does not decode: {0}")]
+    BadProvision(String),
+    #[error("sovereign is `{0}`; regions can be added to a ready sovereign only")]
+    NotReady(SovereignStatus),
+    #[error("the request is invalid")]
+    Invalid(Vec<crate::request::FieldError>),
+}
+
+/// A checked plan, serialized for the store. The plan was just built from
+/// typed params, so a refusal here is a bug in a phase's builder.
+fn checked(plan: &Plan) -> Value {
+    let r: Result<(), PlanError> = registry().check_plan(plan);
+    if let Err(e) = r {
+        panic!("a freshly built plan does not fit its actions: {e}");
+    }
+    serde_json::to_value(plan).expect("plans serialize")
+}
+
+fn options_json(options: &JobOptions) -> Value {
+    serde_json::to_value(options).expect("options serialize")
+}
+
+fn response(sovereign: SovereignId, job: JobId) -> Value {
+    json!({ "sovereign_id": sovereign.to_string(), "job_id": job.to_string() })
+}
+
+/// A `provision` job for a validated request: a new Sovereign, its plan,
+/// the request (secrets are skipped by its serializer) and the secrets to
+/// seal, owned by the Sovereign. The job's failure policy is the request's.
+pub fn provision(req: &ProvisionRequest, submit: Submit) -> Submission {
+    let (sov, job) = (SovereignId::new(), JobId::new());
+    let options = JobOptions { on_failure: req.on_failure, ..submit.options };
+    let owner = sov.to_string();
+    Submission {
+        sovereign: SovereignTarget::New { id: sov, name: req.name(), fqdn: req.fqdn() },
+        job_id: job,
+        kind: JobKind::Provision,
+        request: serde_json::to_value(req).expect("requests serialize"),
+        plan: checked(&provision_plan(req)),
+        options: options_json(&options),
+        secrets: req
+            .secrets()
+            .into_iter()
+            .map(|(n, v)| (owner.clone(), n.to_owned(), v))
+            .collect(),
+        idempotency: submit.idempotency,
+        response: response(sov, job),
+        audit: NewAudit {
+            actor: submit.actor,
+            action: "submit".into(),
+            job_id: Some(job),
+            sovereign_id: Some(sov),
+            detail: json!({
+                "kind": "provision",
+                "fqdn": req.fqdn(),
+                "faults": options.faults != Default::default(),
+            }),
+        },
+    }
+}
+
+/// What a Sovereign's jobs say about it: its provision request, and every
+/// region it has (provision regions plus succeeded add-region regions).
+pub struct Footprint {
+    pub provision: ProvisionRequest,
+    pub regions: Vec<Region>,
+}
+
+impl Footprint {
+    pub fn of(jobs: &[Job]) -> Result<Footprint, FollowUpError> {
+        let stored = jobs
+            .iter()
+            .find(|j| j.kind == JobKind::Provision)
+            .ok_or(FollowUpError::NoProvision)?;
+        let provision: ProvisionRequest = serde_json::from_value(stored.request.clone())
+            .map_err(|e| FollowUpError::BadProvision(e.to_string()))?;
+        let mut regions = provision.regions.clone();
+        for j in
+            jobs.iter().filter(|j| j.kind == JobKind::AddRegion && j.status == JobStatus::Succeeded)
+        {
+            if let Ok(f) = serde_json::from_value::<FollowUp>(j.request.clone()) {
+                regions.extend(f.regions);
+            }
+        }
+        Ok(Footprint { provision, regions })
+    }
+
+    pub fn locations(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.regions {
+            if !out.contains(&r.location) {
+                out.push(r.location.clone());
+            }
+        }
+        out
+    }
+}
+
+/// An `add-region` job for `sovereign`, whose jobs are `jobs`, from the
+/// request `body` (validated here, against the regions it has).
+pub fn add_region(
+    sovereign: &Sovereign,
+    jobs: &[Job],
+    body: &[u8],
+    submit: Submit,
+) -> Result<Submission, FollowUpError> {
+    let fp = Footprint::of(jobs)?;
+    let req: AddRegionRequest = crate::request::parse_add_region(body, &fp.locations())
+        .map_err(FollowUpError::Invalid)?;
+    // A busy Sovereign (job in flight) is refused by the store, in the same
+    // transaction that would create the job.
+    if matches!(
+        sovereign.status,
+        SovereignStatus::Failed | SovereignStatus::Destroying | SovereignStatus::Destroyed
+    ) {
+        return Err(FollowUpError::NotReady(sovereign.status));
+    }
+    let block = SovereignBlock::of(&sovereign.fqdn, &fp.provision);
+    let plan = add_region_plan(&req.regions, &block.components);
+    let request = FollowUp {
+        api_version: Some(req.api_version.clone()),
+        regions: req.regions.clone(),
+        sovereign: block,
+    };
+    let options = JobOptions { on_failure: FailurePolicy::Rollback, ..submit.options };
+    let job = JobId::new();
+    let owner = sovereign.id.to_string();
+    let secrets: Vec<(String, String, SecretString)> = req
+        .cloud_token
+        .iter()
+        .map(|t| (owner.clone(), "cloud_token".to_owned(), t.clone()))
+        .collect();
+    let locations: Vec<&str> = req.regions.iter().map(|r| r.location.as_str()).collect();
+    Ok(Submission {
+        sovereign: SovereignTarget::Existing {
+            id: sovereign.id,
+            status: SovereignStatus::Provisioning,
+        },
+        job_id: job,
+        kind: JobKind::AddRegion,
+        request: serde_json::to_value(&request).expect("requests serialize"),
+        plan: checked(&plan),
+        options: options_json(&options),
+        secrets,
+        idempotency: submit.idempotency,
+        response: response(sovereign.id, job),
+        audit: NewAudit {
+            actor: submit.actor,
+            action: "add-region".into(),
+            job_id: Some(job),
+            sovereign_id: Some(sovereign.id),
+            detail: json!({ "locations": locations, "new_cloud_token": req.cloud_token.is_some() }),
+        },
+    })
+}
+
+/// A `destroy` job for `sovereign`: every region it has, the DNS it holds,
+/// its secrets. It keeps what it has done when it fails (no rollback).
+pub fn destroy(
+    sovereign: &Sovereign,
+    jobs: &[Job],
+    submit: Submit,
+) -> Result<Submission, FollowUpError> {
+    let fp = Footprint::of(jobs)?;
+    let locations = fp.locations();
+    let request = FollowUp {
+        api_version: None,
+        regions: fp.regions.clone(),
+        sovereign: SovereignBlock::of(&sovereign.fqdn, &fp.provision),
+    };
+    let options = JobOptions { on_failure: FailurePolicy::Keep, ..submit.options };
+    let job = JobId::new();
+    Ok(Submission {
+        sovereign: SovereignTarget::Existing {
+            id: sovereign.id,
+            status: SovereignStatus::Destroying,
+        },
+        job_id: job,
+        kind: JobKind::Destroy,
+        request: serde_json::to_value(&request).expect("requests serialize"),
+        plan: checked(&destroy_plan(&locations)),
+        options: options_json(&options),
+        secrets: Vec::new(),
+        idempotency: submit.idempotency,
+        response: response(sovereign.id, job),
+        audit: NewAudit {
+            actor: submit.actor,
+            action: "destroy".into(),
+            job_id: Some(job),
+            sovereign_id: Some(sovereign.id),
+            detail: json!({ "fqdn": sovereign.fqdn, "locations": locations }),
+        },
+    })
+}

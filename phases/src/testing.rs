@@ -1,0 +1,303 @@
+//! Test support, for this crate's tests and (feature `testing`, through
+//! `cz-testkit`) for the crates above: request fixtures, a rig over the
+//! `sim` backend, and [`PhaseScenario`], one phase's view of the engine's
+//! generic tests (`cz_engine::testing`).
+//!
+//! It lives here, not in `cz-testkit`, because every phase module's own
+//! tests need it and this crate cannot depend on the test kit (two copies
+//! of it would link); the test kit re-exports it. None of it is compiled
+//! into the daemon.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cz_engine::testing::{Rig, Scenario, Started};
+use cz_engine::{JobOptions, Plan};
+use cz_sim::{SimCloud, SimConfig, SimWorld, sim_backend};
+use cz_state::{JobId, JobStatus, SovereignId, Submission};
+use serde_json::{Value, json};
+
+use crate::dns::NAMESERVERS;
+use crate::jobs::{self, Submit};
+use crate::request::{API_VERSION, Domain, ProvisionRequest, Registrar};
+use crate::{Backend, registry};
+
+// --- requests ------------------------------------------------------------
+
+/// A valid provision request body (pool mode under `omani.works`, one
+/// `fsn1` region, every component): the one sample the tests, the e2e
+/// harness and the benchmarks share. The SSH key is a real public key; the
+/// caller picks the (sim-valid) cloud token and the age recipient.
+pub fn sample_body(
+    subdomain: &str,
+    control_planes: u32,
+    workers: u32,
+    cloud_token: &str,
+    age_recipient: &str,
+) -> Value {
+    json!({
+        "api_version": API_VERSION,
+        "org": { "name": "Acme", "email": "ops@acme.io" },
+        "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": subdomain },
+        "regions": [{ "provider": "hetzner", "location": "fsn1",
+                      "control_plane": { "sku": "cpx32", "count": control_planes },
+                      "workers": { "sku": "cpx32", "count": workers } }],
+        "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 sample@acme"],
+        "cloud_token": cloud_token,
+        "custody": { "age_recipients": [age_recipient], "openbao_shares": 5, "openbao_threshold": 3 },
+        "keycloak": { "topology": "per-organization" },
+    })
+}
+
+/// A fresh age recipient (its identity is dropped: nobody needs to decrypt).
+pub fn age_recipient() -> String {
+    age::x25519::Identity::generate().to_public().to_string()
+}
+
+/// The sample request, parsed, with a valid sim cloud token.
+pub fn sample_request(subdomain: &str, control_planes: u32, workers: u32) -> ProvisionRequest {
+    let body =
+        sample_body(subdomain, control_planes, workers, &"s".repeat(64), &age_recipient());
+    serde_json::from_value(body).expect("the sample request decodes")
+}
+
+/// The sample request on the customer's own domain `fqdn` at `registrar`.
+pub fn byo_api_request(fqdn: &str, registrar: Registrar, token: &str) -> ProvisionRequest {
+    let mut req = sample_request("byo", 1, 1);
+    req.domain = Domain::ByoApi {
+        fqdn: fqdn.into(),
+        registrar,
+        registrar_token: cz_state::SecretString::new(token),
+    };
+    req
+}
+
+/// A region in `location` (one control plane, one worker), as a request
+/// body has it.
+pub fn region_body(location: &str) -> Value {
+    json!({ "provider": "hetzner", "location": location,
+            "control_plane": { "sku": "cpx32", "count": 1 },
+            "workers": { "sku": "cpx32", "count": 1 } })
+}
+
+/// An add-region request body for `locations`.
+pub fn add_region_body(locations: &[&str]) -> Vec<u8> {
+    let regions: Vec<Value> = locations.iter().map(|l| region_body(l)).collect();
+    serde_json::to_vec(&json!({ "api_version": API_VERSION, "regions": regions }))
+        .expect("JSON encodes")
+}
+
+// --- a rig over the sim backend ------------------------------------------
+
+/// The engine, a store and the sim backend in one temporary directory
+/// (`sim/` the simulated world, `ws/` the workspaces), with the pool
+/// zone `omani.works.` served, as on real infrastructure.
+pub type SimRig = Rig<Backend>;
+
+/// A new [`SimRig`] with instant simulated latencies.
+pub async fn sim_rig() -> SimRig {
+    let rig = Rig::new(Arc::new(registry()), |dir| {
+        sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant())
+    })
+    .await;
+    let ns: Vec<String> = NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    rig.env().dns.create_zone("omani.works.", &ns, "").await.expect("the sim serves the pool zone");
+    rig
+}
+
+/// What the tests do with a [`SimRig`].
+#[async_trait(?Send)]
+pub trait SimRigExt {
+    /// Submits a provision of `req` whose plan is `plan` (a provision plan,
+    /// possibly cut short), under `options`.
+    async fn submit_plan(
+        &self,
+        req: &ProvisionRequest,
+        plan: &Plan,
+        options: JobOptions,
+    ) -> (SovereignId, JobId);
+    /// Provisions `req` to hand-off; the job must succeed.
+    async fn provisioned(&self, req: &ProvisionRequest) -> SovereignId;
+    /// Submits a follow-up job (add-region, destroy) as the API would.
+    async fn follow_up(&self, sub: Submission) -> JobId;
+    /// Every object of the sim cloud, by (kind, name).
+    async fn cloud_objects(&self) -> BTreeSet<(String, String)>;
+    /// Asserts nothing of `req`'s Sovereign is left: no cloud object, zone,
+    /// delegation, workspace, secret but the submitted ones, and (byo-api)
+    /// the registrar delegates where it did before.
+    async fn assert_clean_slate(&self, sov: SovereignId, req: &ProvisionRequest, context: &str);
+    /// A comparable picture of the world after a job on `req`.
+    async fn end_state(&self, sov: SovereignId, req: &ProvisionRequest) -> Value;
+    /// Where `req`'s registrar delegates its domain now (byo-api).
+    async fn registrar_nameservers(&self, req: &ProvisionRequest) -> Vec<String>;
+}
+
+#[async_trait(?Send)]
+impl SimRigExt for SimRig {
+    async fn submit_plan(
+        &self,
+        req: &ProvisionRequest,
+        plan: &Plan,
+        options: JobOptions,
+    ) -> (SovereignId, JobId) {
+        let submit = Submit { actor: "test".into(), options: options.clone(), idempotency: None };
+        let mut sub = jobs::provision(req, submit);
+        // The test's options as given: the request's failure policy would
+        // override the test's.
+        sub.options = serde_json::to_value(&options).expect("options encode");
+        sub.plan = serde_json::to_value(plan).expect("plans encode");
+        let sov = match &sub.sovereign {
+            cz_state::SovereignTarget::New { id, .. } => *id,
+            cz_state::SovereignTarget::Existing { id, .. } => *id,
+        };
+        (sov, self.submit(sub).await)
+    }
+
+    async fn provisioned(&self, req: &ProvisionRequest) -> SovereignId {
+        let plan = jobs::provision_plan(req);
+        let (sov, job) = self.submit_plan(req, &plan, JobOptions::default()).await;
+        assert_eq!(self.drive(job).await, JobStatus::Succeeded, "the provision succeeds");
+        sov
+    }
+
+    async fn follow_up(&self, sub: Submission) -> JobId {
+        self.submit(sub).await
+    }
+
+    async fn cloud_objects(&self) -> BTreeSet<(String, String)> {
+        let world = SimWorld::new(self.root.join("sim"), SimConfig::instant());
+        let cloud = SimCloud::new(Arc::new(world));
+        let all = cloud.all_objects().await.expect("the sim cloud reads");
+        all.into_iter().map(|o| (o.kind, o.name)).collect()
+    }
+
+    async fn assert_clean_slate(&self, sov: SovereignId, req: &ProvisionRequest, context: &str) {
+        let objs = self.cloud_objects().await;
+        assert!(objs.is_empty(), "{context}: cloud objects left: {objs:?}");
+        let dns = &self.env().dns;
+        let zone = format!("{}.", req.fqdn());
+        assert!(!dns.zone_exists(&zone).await.expect("dns reads"), "{context}: zone left");
+        let ns = dns.query(&zone, "NS").await.unwrap_or_default();
+        assert!(ns.is_empty(), "{context}: delegation left: {ns:?}");
+        let ds = dns.query(&zone, "DS").await.unwrap_or_default();
+        assert!(ds.is_empty(), "{context}: DS left in the parent: {ds:?}");
+        let ws = self.root.join("ws").join(sov.to_string());
+        let left: Vec<_> = std::fs::read_dir(&ws)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{context}: workspaces left: {left:?}");
+        let held = self.store.secret_names(&sov.to_string()).await.expect("store reads");
+        let mut submitted: Vec<String> = req.secrets().iter().map(|(n, _)| n.to_string()).collect();
+        submitted.sort();
+        assert_eq!(held, submitted, "{context}: secrets left");
+        if matches!(req.domain, Domain::ByoApi { .. }) {
+            let ns = self.registrar_nameservers(req).await;
+            let ours: Vec<String> =
+                NAMESERVERS.iter().map(|n| cz_adapters::registrar::bare(n)).collect();
+            assert!(
+                !ns.is_empty() && ns.iter().all(|n| !ours.contains(n)),
+                "{context}: the registrar was not given back: {ns:?}"
+            );
+        }
+    }
+
+    async fn end_state(&self, sov: SovereignId, req: &ProvisionRequest) -> Value {
+        let zones = self.env().dns.list_zones().await.expect("dns reads");
+        let secrets = self.store.secret_names(&sov.to_string()).await.expect("store reads");
+        let registrar = match req.domain {
+            Domain::ByoApi { .. } => self.registrar_nameservers(req).await,
+            Domain::Pool { .. } | Domain::ByoManual { .. } => Vec::new(),
+        };
+        json!({
+            "cloud": self.cloud_objects().await,
+            "zones": zones,
+            "secrets": secrets,
+            "registrar": registrar,
+        })
+    }
+
+    async fn registrar_nameservers(&self, req: &ProvisionRequest) -> Vec<String> {
+        let Domain::ByoApi { registrar, registrar_token, .. } = &req.domain else {
+            return Vec::new();
+        };
+        let api = self.env().registrars.connect(*registrar, registrar_token).expect("connects");
+        let mut ns = api.get_nameservers(&req.fqdn()).await.expect("the registrar answers");
+        ns.sort();
+        ns
+    }
+}
+
+// --- one phase under the generic tests -----------------------------------
+
+/// A provision of `request` cut short after `phase`, whose steps are the
+/// ones under test: a failure injected in `phase` unwinds the phases
+/// before it too, and the clean slate is the whole job's.
+pub struct PhaseScenario {
+    pub request: ProvisionRequest,
+    pub phase: String,
+    pub plan: Plan,
+}
+
+impl PhaseScenario {
+    pub fn provision(request: ProvisionRequest, phase: &str) -> PhaseScenario {
+        let mut plan = jobs::provision_plan(&request);
+        let at = plan.phases.iter().position(|p| p.id == phase).expect("a provision phase");
+        plan.phases.truncate(at + 1);
+        PhaseScenario { request, phase: phase.to_owned(), plan }
+    }
+
+    /// The phase's plan is valid for the registry, is stored with its job
+    /// and read back unchanged, and still fits the registry.
+    pub async fn assert_plan_round_trips(&self) {
+        let full = jobs::provision_plan(&self.request);
+        let phase = full.phase(&self.phase).expect("the plan has the phase");
+        assert!(!phase.nodes.is_empty(), "the phase has steps");
+        let registry = registry();
+        registry.check_plan(&full).expect("the plan fits the registry");
+        let rig = sim_rig().await;
+        let sub = jobs::provision(&self.request, Submit::default());
+        let job = rig.submit(sub).await;
+        let stored = rig.job(job).await;
+        let back: Plan = serde_json::from_value(stored.plan).expect("the stored plan decodes");
+        assert_eq!(back, full, "the plan round-trips through the store");
+        registry.check_plan(&back).expect("the stored plan fits the registry");
+        let phase_back = back.phase(&self.phase).expect("the stored plan has the phase");
+        assert_eq!(phase_back, phase);
+    }
+
+    /// Where the registrar delegates the domain after a plain run.
+    pub async fn registrar_nameservers_after_a_run(&self) -> Vec<String> {
+        let run = self.start(JobOptions::default()).await;
+        assert_eq!(run.rig.drive(run.job).await, JobStatus::Succeeded);
+        run.rig.registrar_nameservers(&self.request).await
+    }
+}
+
+#[async_trait(?Send)]
+impl Scenario for PhaseScenario {
+    type Env = Backend;
+
+    fn steps(&self) -> Vec<String> {
+        self.plan.phase(&self.phase).map(|p| p.nodes.iter().map(|n| n.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn all_steps(&self) -> Vec<String> {
+        self.plan.nodes_in_order().iter().map(|n| n.id.clone()).collect()
+    }
+
+    async fn start(&self, options: JobOptions) -> Started<Backend> {
+        let rig = sim_rig().await;
+        let (sovereign, job) = rig.submit_plan(&self.request, &self.plan, options).await;
+        Started { rig, sovereign, job }
+    }
+
+    async fn assert_clean_slate(&self, run: &Started<Backend>, failed_at: &str) {
+        run.rig.assert_clean_slate(run.sovereign, &self.request, failed_at).await;
+    }
+
+    async fn end_state(&self, run: &Started<Backend>) -> Value {
+        run.rig.end_state(run.sovereign, &self.request).await
+    }
+}

@@ -1,4 +1,0 @@
-pub mod kill9;
-#[path = "../../../tests/src/pdns.rs"]
-pub mod pdns;
-pub mod sshd;

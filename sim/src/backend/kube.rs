@@ -1,0 +1,1092 @@
+//! `SimKube`: a fake Kubernetes API server with time-based controllers.
+//!
+//! Objects live under system `kube`, one directory per cluster (the cluster
+//! is named by a hash of the kubeconfig's CA data, so every kubeconfig of
+//! one k3s cluster reaches the same objects), keyed by
+//! `apiVersion/kind/namespace/name`. `apply` behaves like server-side apply
+//! with a single manager. Controllers do not run in the background: status
+//! is computed on `get`/`list` from the time of the last spec change, so it
+//! survives restarts:
+//! - `HelmRelease` (helm.toolkit.fluxcd.io): Ready=True (InstallSucceeded)
+//!   at `max(last spec change, every dependsOn ready) + ready latency` (per
+//!   release name, scaled); before that Unknown/Progressing, or
+//!   False/DependencyNotReady while a dependency is missing or not ready.
+//!   A fail rule `kube.helmrelease.<name>` makes it False/InstallFailed.
+//! - Deployment/StatefulSet/DaemonSet: ready replicas after a few seconds.
+//! - Flux sources and Kustomizations: Ready after a few seconds.
+//! - Crossplane managed resources (`*.crossplane.io` with
+//!   `spec.forProvider`): Synced/Ready after a few seconds; for
+//!   `hcloud.crossplane.io` the object named by the
+//!   `crossplane.io/external-name` annotation (a cloud id) must exist in the
+//!   sim cloud, else Synced=False (ReconcileError).
+//! - CustomResourceDefinition: Established; Namespace: Active.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use cz_state::SecretString;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use cz_adapters::cloud::Selector;
+use super::world::SimWorld;
+use cz_adapters::{AdapterResult, KubeApi, ObjectRef};
+use cz_engine::{Cause, StepError, System};
+
+const SYS: &str = "kube";
+
+fn err(op: &str, cause: Cause, msg: impl Into<String>) -> StepError {
+    StepError::adapter(System::Kubernetes, op, cause, msg)
+}
+
+/// The cluster a kubeconfig reaches: a hash of its CA data (or of the
+/// whole kubeconfig when it has none).
+pub fn cluster_of(kubeconfig: &str) -> String {
+    let basis = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+        .map(str::trim)
+        .unwrap_or(kubeconfig);
+    format!("cluster-{}", &hex::encode(Sha256::digest(basis.as_bytes()))[..16])
+}
+
+fn key_of(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> String {
+    format!("{api_version}/{kind}/{}/{name}", namespace.unwrap_or("_"))
+}
+
+fn ref_key(r: &ObjectRef) -> String {
+    key_of(&r.api_version, &r.kind, r.namespace.as_deref(), &r.name)
+}
+
+fn now_secs(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+}
+
+fn is_helm_release(obj: &Value) -> bool {
+    obj["kind"] == "HelmRelease"
+        && obj["apiVersion"].as_str().is_some_and(|a| a.starts_with("helm.toolkit.fluxcd.io/"))
+}
+
+fn is_managed_resource(obj: &Value) -> bool {
+    let group = obj["apiVersion"].as_str().and_then(|a| a.split_once('/')).map_or("", |(g, _)| g);
+    group.ends_with(".crossplane.io") && obj.pointer("/spec/forProvider").is_some()
+}
+
+/// The sim cloud kind an `hcloud.crossplane.io` kind observes.
+fn mr_cloud_kind(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Server" => "server",
+        "Network" => "network",
+        "Firewall" => "firewall",
+        "LoadBalancer" => "load_balancer",
+        "SSHKey" | "SshKey" => "ssh_key",
+        "PlacementGroup" => "placement_group",
+        "Volume" => "volume",
+        "PrimaryIP" | "PrimaryIp" => "primary_ip",
+        _ => return None,
+    })
+}
+
+/// Base ready latency (ms, before scaling) of a HelmRelease by name
+/// (a `bp-` prefix is ignored: `bp-cilium` is cilium).
+pub fn helm_ready_latency_ms(name: &str) -> u64 {
+    match name.strip_prefix("bp-").unwrap_or(name) {
+        "cilium" => 40_000,
+        "cert-manager" => 30_000,
+        "sealed-secrets" => 20_000,
+        "openbao" => 60_000,
+        "external-secrets" => 35_000,
+        "crossplane" => 90_000,
+        "traefik" | "ingress-nginx" => 25_000,
+        "hcloud-ccm" | "hcloud-cloud-controller-manager" => 20_000,
+        "hcloud-csi" => 30_000,
+        "kube-prometheus-stack" => 90_000,
+        "longhorn" => 75_000,
+        other => {
+            let h = Sha256::digest(other.as_bytes());
+            20_000 + u64::from(u16::from_be_bytes([h[0], h[1]])) % 70_001
+        }
+    }
+}
+
+/// A stored object and when its spec last changed.
+#[derive(Clone, Debug)]
+struct Stored {
+    object: Value,
+    reconcile_from: DateTime<Utc>,
+}
+
+impl Stored {
+    fn from_json(v: Value) -> Option<Stored> {
+        let reconcile_from = parse_time(&v["reconcileFrom"])?;
+        Some(Stored { object: v.get("object")?.clone(), reconcile_from })
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "object": self.object,
+            "reconcileFrom": self.reconcile_from.to_rfc3339_opts(SecondsFormat::Micros, true),
+        })
+    }
+}
+
+/// When a HelmRelease becomes Ready (None: never, as things stand).
+#[derive(Clone, Debug)]
+struct HrEval {
+    ready_at: Option<DateTime<Utc>>,
+    failed: bool,
+}
+
+/// The fake Kubernetes API.
+#[derive(Clone, Debug)]
+pub struct SimKube {
+    world: Arc<SimWorld>,
+}
+
+impl SimKube {
+    pub fn new(world: Arc<SimWorld>) -> SimKube {
+        SimKube { world }
+    }
+
+    fn cluster(kubeconfig: &SecretString, op: &str) -> Result<String, StepError> {
+        if kubeconfig.expose().trim().is_empty() {
+            return Err(err(
+                op,
+                Cause::Unauthorized,
+                "Unauthorized: no credentials in the kubeconfig",
+            ));
+        }
+        Ok(cluster_of(kubeconfig.expose()))
+    }
+
+    /// Every stored object, plus what the charts installed so far put in
+    /// the cluster ([`Self::installed`]).
+    async fn load_all(&self, cluster: &str) -> Result<HashMap<String, Stored>, StepError> {
+        let mut out = self.load_stored(cluster).await?;
+        let now = Utc::now();
+        for (k, v) in self.installed(&out, now) {
+            out.entry(k).or_insert(v);
+        }
+        Ok(out)
+    }
+
+    /// What installed charts created, computed like status: a HelmRelease
+    /// Ready (or a K3s HelmChart some seconds after it was applied) has
+    /// its chart's CRDs, workloads and Services ([`crate::charts`]);
+    /// a workload that is available has its pods. Never stored: deleting
+    /// the release takes them away, as Helm's uninstall would.
+    fn installed(
+        &self,
+        all: &HashMap<String, Stored>,
+        now: DateTime<Utc>,
+    ) -> Vec<(String, Stored)> {
+        let mut out = Vec::new();
+        let mut memo = HashMap::new();
+        for (key, st) in all {
+            let o = &st.object;
+            let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+            let (chart, release, ns, at) = if is_helm_release(o) {
+                let Some(at) = self
+                    .hr_eval(key, all, &mut memo, &mut HashSet::new())
+                    .ready_at
+                    .filter(|t| now >= *t)
+                else {
+                    continue;
+                };
+                let ns = match s("/spec/targetNamespace") {
+                    t if t.is_empty() => s("/metadata/namespace"),
+                    t => t,
+                };
+                let rel = match s("/spec/releaseName") {
+                    r if r.is_empty() => s("/metadata/name"),
+                    r => r,
+                };
+                (s("/spec/chart/spec/chart"), rel, ns, at)
+            } else if o["apiVersion"] == "helm.cattle.io/v1" && o["kind"] == "HelmChart" {
+                let at = st.reconcile_from
+                    + chrono::Duration::from_std(self.world.scaled(15_000)).unwrap_or_default();
+                if now < at {
+                    continue;
+                }
+                let ns = match s("/spec/targetNamespace") {
+                    t if t.is_empty() => s("/metadata/namespace"),
+                    t => t,
+                };
+                (s("/spec/chart"), s("/metadata/name"), ns, at)
+            } else {
+                continue;
+            };
+            let Some(chart) = crate::charts::chart(&chart) else { continue };
+            for (_, _, obj) in crate::charts::manifests(chart, &release, &ns) {
+                let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
+                let workload = matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet");
+                let pods_from =
+                    at + chrono::Duration::from_std(self.world.scaled(8_000)).unwrap_or_default();
+                if workload && now >= pods_from {
+                    let n = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                    let wname =
+                        obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+                    for i in 0..n {
+                        let name = crate::charts::pod_name(&kind, wname, i);
+                        let pod = crate::charts::pod(&kind, &obj, &name, None);
+                        out.push((
+                            key_of("v1", "Pod", Some(&ns), &name),
+                            Stored { object: pod, reconcile_from: pods_from },
+                        ));
+                    }
+                }
+                let api = obj["apiVersion"].as_str().unwrap_or_default().to_owned();
+                let name = obj
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let ons =
+                    obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
+                out.push((
+                    key_of(&api, &kind, ons.as_deref(), &name),
+                    Stored { object: obj, reconcile_from: at },
+                ));
+            }
+        }
+        out
+    }
+
+    async fn load_stored(&self, cluster: &str) -> Result<HashMap<String, Stored>, StepError> {
+        let mut out = HashMap::new();
+        for v in self.world.list(SYS, cluster).await? {
+            if let Some(s) = Stored::from_json(v) {
+                let o = &s.object;
+                let key = key_of(
+                    o["apiVersion"].as_str().unwrap_or(""),
+                    o["kind"].as_str().unwrap_or(""),
+                    o.pointer("/metadata/namespace").and_then(Value::as_str),
+                    o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+                );
+                out.insert(key, s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// (kind, id) of every sim cloud object, when a managed resource needs
+    /// them.
+    async fn cloud_ids(&self, needed: bool) -> Result<HashSet<(String, i64)>, StepError> {
+        if !needed {
+            return Ok(HashSet::new());
+        }
+        let objs = super::cloud::SimCloud::new(self.world.clone()).all_objects().await?;
+        Ok(objs.into_iter().map(|o| (o.kind, o.id)).collect())
+    }
+
+    fn find_helm_release<'a>(
+        all: &'a HashMap<String, Stored>,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<(&'a String, &'a Stored)> {
+        all.iter().find(|(_, s)| {
+            is_helm_release(&s.object)
+                && s.object.pointer("/metadata/name").and_then(Value::as_str) == Some(name)
+                && s.object.pointer("/metadata/namespace").and_then(Value::as_str) == ns
+        })
+    }
+
+    fn hr_eval(
+        &self,
+        key: &str,
+        all: &HashMap<String, Stored>,
+        memo: &mut HashMap<String, HrEval>,
+        visiting: &mut HashSet<String>,
+    ) -> HrEval {
+        if let Some(e) = memo.get(key) {
+            return e.clone();
+        }
+        let never = HrEval { ready_at: None, failed: false };
+        let Some(s) = all.get(key) else { return never };
+        if !visiting.insert(key.to_owned()) {
+            return never; // a dependency cycle never becomes ready
+        }
+        let name = s.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let ns = s.object.pointer("/metadata/namespace").and_then(Value::as_str);
+        let result = if self.world.standing_rule(&format!("kube.helmrelease.{name}")).is_some() {
+            HrEval { ready_at: None, failed: true }
+        } else {
+            let mut start = Some(s.reconcile_from);
+            for dep in
+                s.object.pointer("/spec/dependsOn").and_then(Value::as_array).into_iter().flatten()
+            {
+                let (dns, dname) = match dep {
+                    Value::String(n) => (ns.map(str::to_owned), n.clone()),
+                    d => (
+                        d["namespace"].as_str().map(str::to_owned).or(ns.map(str::to_owned)),
+                        d["name"].as_str().unwrap_or("").to_owned(),
+                    ),
+                };
+                let dep_ready = Self::find_helm_release(all, dns.as_deref(), &dname)
+                    .map(|(k, _)| k.clone())
+                    .and_then(|k| self.hr_eval(&k, all, memo, visiting).ready_at);
+                start = match (start, dep_ready) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                };
+            }
+            let lat = chrono::Duration::from_std(self.world.scaled(helm_ready_latency_ms(name)))
+                .unwrap_or_default();
+            HrEval { ready_at: start.map(|t| t + lat), failed: false }
+        };
+        visiting.remove(key);
+        memo.insert(key.to_owned(), result.clone());
+        result
+    }
+
+    /// The object as a GET returns it: stored fields plus computed status.
+    fn observe(
+        &self,
+        key: &str,
+        all: &HashMap<String, Stored>,
+        cloud: &HashSet<(String, i64)>,
+        now: DateTime<Utc>,
+    ) -> Option<Value> {
+        let s = all.get(key)?;
+        let mut obj = s.object.clone();
+        let generation = obj.pointer("/metadata/generation").cloned().unwrap_or(json!(1));
+        let since = |ms: u64| {
+            s.reconcile_from + chrono::Duration::from_std(self.world.scaled(ms)).unwrap_or_default()
+        };
+        let cond = |ty: &str, status: &str, reason: &str, message: String, at: DateTime<Utc>| json!({"type": ty, "status": status, "reason": reason, "message": message, "lastTransitionTime": now_secs(at), "observedGeneration": generation});
+        let api = obj["apiVersion"].as_str().unwrap_or("").to_owned();
+        let kind = obj["kind"].as_str().unwrap_or("").to_owned();
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned();
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned();
+        let status = if is_helm_release(&obj) {
+            let mut memo = HashMap::new();
+            let ev = self.hr_eval(key, all, &mut memo, &mut HashSet::new());
+            let ready = if ev.failed {
+                cond(
+                    "Ready",
+                    "False",
+                    "InstallFailed",
+                    format!("Helm install failed for release {ns}/{name}: sim: injected failure"),
+                    s.reconcile_from,
+                )
+            } else if let Some(t) = ev.ready_at.filter(|t| now >= *t) {
+                let chart =
+                    obj.pointer("/spec/chart/spec/chart").and_then(Value::as_str).unwrap_or(&name);
+                let version =
+                    obj.pointer("/spec/chart/spec/version").and_then(Value::as_str).unwrap_or("*");
+                cond(
+                    "Ready",
+                    "True",
+                    "InstallSucceeded",
+                    format!(
+                        "Helm install succeeded for release {ns}/{name}.v1 with chart {chart}@{version}"
+                    ),
+                    t,
+                )
+            } else {
+                // Which dependency holds it back, if any?
+                let blocker = obj
+                    .pointer("/spec/dependsOn")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|dep| {
+                        let (dns, dname) = match dep {
+                            Value::String(n) => (ns.clone(), n.clone()),
+                            d => (
+                                d["namespace"].as_str().unwrap_or(&ns).to_owned(),
+                                d["name"].as_str().unwrap_or("").to_owned(),
+                            ),
+                        };
+                        let ready = Self::find_helm_release(all, Some(&dns), &dname)
+                            .map(|(k, _)| k.clone())
+                            .and_then(|k| {
+                                self.hr_eval(&k, all, &mut memo, &mut HashSet::new()).ready_at
+                            })
+                            .is_some_and(|t| now >= t);
+                        (!ready).then(|| format!("{dns}/{dname}"))
+                    });
+                match blocker {
+                    Some(dep) => cond(
+                        "Ready",
+                        "False",
+                        "DependencyNotReady",
+                        format!("dependency '{dep}' is not ready"),
+                        s.reconcile_from,
+                    ),
+                    None => cond(
+                        "Ready",
+                        "Unknown",
+                        "Progressing",
+                        "Running 'install' action with timeout of 5m0s".to_owned(),
+                        s.reconcile_from,
+                    ),
+                }
+            };
+            Some(json!({"observedGeneration": generation, "conditions": [ready]}))
+        } else if api == "apps/v1"
+            && matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet")
+        {
+            let replicas = obj.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1);
+            // A chart's workload annotated not-ready (OpenBao, sealed) runs
+            // but never becomes ready, as in the fake API server.
+            let never =
+                obj.pointer("/metadata/annotations/sim.catalyst-zero.io~1not-ready").is_some();
+            let ready = if !never && now >= since(if kind == "StatefulSet" { 8_000 } else { 5_000 })
+            {
+                replicas
+            } else {
+                0
+            };
+            let mut st = json!({
+                "observedGeneration": generation,
+                "replicas": replicas,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                "updatedReplicas": ready,
+            });
+            if kind == "DaemonSet" {
+                st["desiredNumberScheduled"] = json!(replicas);
+                st["currentNumberScheduled"] = json!(replicas);
+                st["numberReady"] = json!(ready);
+                st["numberAvailable"] = json!(ready);
+                st["updatedNumberScheduled"] = json!(ready);
+            }
+            Some(st)
+        } else if api.starts_with("source.toolkit.fluxcd.io/")
+            || api.starts_with("kustomize.toolkit.fluxcd.io/")
+        {
+            let at = since(3_000);
+            let c = if now >= at {
+                cond("Ready", "True", "Succeeded", "sim: reconciliation succeeded".into(), at)
+            } else {
+                cond(
+                    "Ready",
+                    "Unknown",
+                    "Progressing",
+                    "sim: reconciliation in progress".into(),
+                    s.reconcile_from,
+                )
+            };
+            Some(json!({"observedGeneration": generation, "conditions": [c]}))
+        } else if is_managed_resource(&obj) {
+            let external = obj
+                .pointer("/metadata/annotations/crossplane.io~1external-name")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let observed_id = external.as_deref().and_then(|e| e.parse::<i64>().ok());
+            let missing = api.starts_with("hcloud.crossplane.io/")
+                && match (mr_cloud_kind(&kind), observed_id) {
+                    (Some(ck), Some(id)) => !cloud.contains(&(ck.to_owned(), id)),
+                    _ => false,
+                };
+            let at = since(5_000);
+            let conds = if missing {
+                let msg = format!(
+                    "cannot observe external resource: {kind} {} not found",
+                    external.as_deref().unwrap_or("?")
+                );
+                vec![
+                    cond("Synced", "False", "ReconcileError", msg, s.reconcile_from),
+                    cond("Ready", "False", "Unavailable", String::new(), s.reconcile_from),
+                ]
+            } else if now >= at {
+                vec![
+                    cond("Synced", "True", "ReconcileSuccess", String::new(), at),
+                    cond("Ready", "True", "Available", String::new(), at),
+                ]
+            } else {
+                vec![
+                    cond("Synced", "True", "ReconcileSuccess", String::new(), s.reconcile_from),
+                    cond("Ready", "False", "Creating", String::new(), s.reconcile_from),
+                ]
+            };
+            let mut st = json!({"conditions": conds});
+            if !missing && now >= at {
+                st["atProvider"] = obj.pointer("/spec/forProvider").cloned().unwrap_or(Value::Null);
+            }
+            Some(st)
+        } else if kind == "CustomResourceDefinition" {
+            Some(json!({"conditions": [
+                cond("NamesAccepted", "True", "NoConflicts", "no conflicts found".into(), s.reconcile_from),
+                cond("Established", "True", "InitialNamesAccepted", "the initial names have been accepted".into(), s.reconcile_from),
+            ]}))
+        } else if api == "v1" && kind == "Namespace" {
+            Some(json!({"phase": "Active"}))
+        } else {
+            None
+        };
+        if let Some(st) = status
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.insert("status".into(), st);
+        }
+        Some(obj)
+    }
+
+    /// Applies one object under the cluster lock.
+    async fn apply_one(
+        &self,
+        cluster: &str,
+        field_manager: &str,
+        input: &Value,
+        idx: usize,
+    ) -> Result<(), StepError> {
+        let r = ObjectRef::of(input).ok_or_else(|| {
+            err(
+                "apply",
+                Cause::Invalid,
+                format!("object #{idx} lacks apiVersion, kind or metadata.name"),
+            )
+        })?;
+        if r.name.is_empty() {
+            return Err(err(
+                "apply",
+                Cause::Invalid,
+                format!("object #{idx}: metadata.name is empty"),
+            ));
+        }
+        let key = ref_key(&r);
+        let now = Utc::now();
+        let mut new = input.clone();
+        let m = new.as_object_mut().ok_or_else(|| {
+            err("apply", Cause::Invalid, format!("object #{idx} is not a JSON object"))
+        })?;
+        m.remove("status");
+        // The sim's files live under the daemon's data dir, which must never
+        // hold a secret in clear: a Secret's values are kept as digests (a
+        // real cluster keeps them in etcd; nothing here reads them back).
+        if r.api_version == "v1" && r.kind == "Secret" {
+            for field in ["data", "stringData"] {
+                if let Some(Value::Object(vals)) = m.get_mut(field) {
+                    for v in vals.values_mut() {
+                        let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                        *v = json!(format!(
+                            "sha256:{}",
+                            hex::encode(Sha256::digest(text.as_bytes()))
+                        ));
+                    }
+                }
+            }
+        }
+        let managed = json!([{
+            "manager": field_manager,
+            "operation": "Apply",
+            "apiVersion": r.api_version,
+            "fieldsType": "FieldsV1",
+            "time": now_secs(now),
+        }]);
+        let stored = match self.world.get(SYS, cluster, &key).await?.and_then(Stored::from_json) {
+            None => {
+                let meta =
+                    new["metadata"].as_object_mut().expect("metadata checked by ObjectRef::of");
+                meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+                meta.insert("creationTimestamp".into(), json!(now_secs(now)));
+                meta.insert("generation".into(), json!(1));
+                meta.insert(
+                    "resourceVersion".into(),
+                    json!(self.world.next_seq("kube.resourceVersion").await?.to_string()),
+                );
+                meta.insert("managedFields".into(), managed);
+                Stored { object: new, reconcile_from: now }
+            }
+            Some(old) => {
+                // Everything but metadata comes from the applied object;
+                // metadata keeps the server's fields, labels/annotations are
+                // replaced.
+                let mut merged = old.object.clone();
+                let mm = merged.as_object_mut().expect("stored objects are objects");
+                let new_m = new.as_object().expect("checked");
+                mm.retain(|k, _| k == "metadata" || new_m.contains_key(k));
+                for (k, v) in new_m {
+                    if k != "metadata" {
+                        mm.insert(k.clone(), v.clone());
+                    }
+                }
+                let meta = merged["metadata"].as_object_mut().expect("stored metadata");
+                for field in ["labels", "annotations", "finalizers", "ownerReferences"] {
+                    match new.pointer(&format!("/metadata/{field}")) {
+                        Some(v) => {
+                            meta.insert(field.into(), v.clone());
+                        }
+                        None => {
+                            meta.remove(field);
+                        }
+                    }
+                }
+                let old_manager = old.object.pointer("/metadata/managedFields/0/manager").cloned();
+                let spec_changed = old.object.get("spec") != merged.get("spec");
+                let changed =
+                    merged != old.object || old_manager.as_ref() != Some(&json!(field_manager));
+                if !changed {
+                    return Ok(());
+                }
+                let meta = merged["metadata"].as_object_mut().expect("stored metadata");
+                if spec_changed {
+                    let g = meta.get("generation").and_then(Value::as_u64).unwrap_or(1);
+                    meta.insert("generation".into(), json!(g + 1));
+                }
+                meta.insert(
+                    "resourceVersion".into(),
+                    json!(self.world.next_seq("kube.resourceVersion").await?.to_string()),
+                );
+                meta.insert("managedFields".into(), managed);
+                Stored {
+                    object: merged,
+                    reconcile_from: if spec_changed { now } else { old.reconcile_from },
+                }
+            }
+        };
+        self.world.put(SYS, cluster, &key, &stored.to_json()).await
+    }
+}
+
+#[async_trait]
+impl KubeApi for SimKube {
+    async fn apply(
+        &self,
+        kubeconfig: &SecretString,
+        field_manager: &str,
+        objects: &[Value],
+    ) -> AdapterResult<()> {
+        self.world.op("kube.apply", 300).await?;
+        let cluster = Self::cluster(kubeconfig, "apply")?;
+        if field_manager.is_empty() {
+            return Err(err("apply", Cause::Invalid, "fieldManager is required for apply patch"));
+        }
+        let _g = self.world.lock(SYS, &cluster).await;
+        for (i, o) in objects.iter().enumerate() {
+            self.apply_one(&cluster, field_manager, o, i).await?;
+        }
+        Ok(())
+    }
+
+    async fn get(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<Option<Value>> {
+        self.world.op("kube.get", 50).await?;
+        let cluster = Self::cluster(kubeconfig, "get")?;
+        let key = ref_key(r);
+        let Some(one) = self.world.get(SYS, &cluster, &key).await?.and_then(Stored::from_json)
+        else {
+            // Not applied by anyone: perhaps a chart's object.
+            let all = self.load_all(&cluster).await?;
+            return Ok(self.observe(&key, &all, &HashSet::new(), Utc::now()));
+        };
+        let cloud = self.cloud_ids(is_managed_resource(&one.object)).await?;
+        let all = if is_helm_release(&one.object) {
+            self.load_all(&cluster).await?
+        } else {
+            HashMap::from([(key.clone(), one)])
+        };
+        Ok(self.observe(&key, &all, &cloud, Utc::now()))
+    }
+
+    async fn list(
+        &self,
+        kubeconfig: &SecretString,
+        api_version: &str,
+        kind: &str,
+        selector: &str,
+    ) -> AdapterResult<Vec<Value>> {
+        self.world.op("kube.list", 100).await?;
+        let cluster = Self::cluster(kubeconfig, "list")?;
+        let sel = Selector::parse(selector).map_err(|m| {
+            err("list", Cause::Invalid, format!("unable to parse requirement: `{selector}`: {m}"))
+        })?;
+        let all = self.load_all(&cluster).await?;
+        let now = Utc::now();
+        let mut keys: Vec<(String, String, &String)> = all
+            .iter()
+            .filter(|(_, s)| {
+                s.object["apiVersion"] == api_version
+                    && s.object["kind"] == kind
+                    && sel.matches_json(s.object.pointer("/metadata/labels"))
+            })
+            .map(|(k, s)| {
+                let ns = s
+                    .object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                let name = s
+                    .object
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                (ns, name, k)
+            })
+            .collect();
+        keys.sort();
+        let needed = keys.iter().any(|(_, _, k)| is_managed_resource(&all[*k].object));
+        let cloud = self.cloud_ids(needed).await?;
+        Ok(keys.into_iter().filter_map(|(_, _, k)| self.observe(k, &all, &cloud, now)).collect())
+    }
+
+    /// The sim keeps no watch streams: it reads the object until `until`
+    /// holds, within the bound.
+    async fn wait_until(
+        &self,
+        kubeconfig: &SecretString,
+        r: &ObjectRef,
+        until: cz_adapters::Until,
+        bound: std::time::Duration,
+    ) -> AdapterResult<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let obj = self.get(kubeconfig, r).await?;
+            if until.holds(obj.as_ref()) {
+                return Ok(());
+            }
+            if started.elapsed() >= bound {
+                return Err(StepError::Timeout {
+                    reason: format!("{} {} {}", r.kind, r.name, until.describe()),
+                    bound_s: bound.as_secs(),
+                });
+            }
+            tokio::time::sleep(self.world.scaled(500).max(std::time::Duration::from_millis(5)))
+                .await;
+        }
+    }
+
+    /// A Service of an installed chart answers once a pod behind it is
+    /// Ready; before that, as the API server says, no endpoints.
+    async fn service_get(
+        &self,
+        kubeconfig: &SecretString,
+        namespace: &str,
+        service: &str,
+        port: u16,
+        path: &str,
+    ) -> AdapterResult<(u16, String)> {
+        self.world.op("kube.proxy", 100).await?;
+        let cluster = Self::cluster(kubeconfig, "service proxy")?;
+        let all = self.load_all(&cluster).await?;
+        let Some(svc) = all.get(&key_of("v1", "Service", Some(namespace), service)) else {
+            return Ok((404, format!("services \"{service}\" not found")));
+        };
+        let svc = &svc.object;
+        let served = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .is_some_and(|ps| ps.iter().any(|p| p["port"] == port));
+        let selector = svc.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+        let ready = all.values().any(|st| {
+            let p = &st.object;
+            p["kind"] == "Pod"
+                && p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)
+                && selector.as_object().is_some_and(|m| {
+                    !m.is_empty()
+                        && m.iter().all(|(k, v)| {
+                            p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v)
+                        })
+                })
+                && p.pointer("/status/conditions/0/status") == Some(&json!("True"))
+        });
+        if !served || !ready {
+            return Ok((503, format!("no endpoints available for service \"{service}\"")));
+        }
+        let answer: Value = svc
+            .pointer("/metadata/annotations/sim.catalyst-zero.io~1answer")
+            .and_then(Value::as_str)
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or(json!({"status": 200, "body": ""}));
+        let _ = path;
+        Ok((
+            answer["status"].as_u64().unwrap_or(200) as u16,
+            answer["body"].as_str().unwrap_or_default().to_owned(),
+        ))
+    }
+
+    /// The sim's F-12: the endpoint must be the one handed over (not the
+    /// node-local `127.0.0.1`) and on 6443.
+    async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String> {
+        self.world.op("kube.version", 200).await?;
+        Self::cluster(kubeconfig, "version")?;
+        let server = kubeconfig
+            .expose()
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        if server.contains("127.0.0.1") || !server.ends_with(":6443") {
+            return Err(StepError::Precondition {
+                message: format!("the Kubernetes API is not served at {server} for other hosts"),
+                remediation: "Rewrite the kubeconfig to the load balancer on 6443.".into(),
+            });
+        }
+        // The version the cluster's servers were installed with.
+        let cluster = Self::cluster(kubeconfig, "version")?;
+        let nodes = super::ssh::SimSsh::new(self.world.clone()).k3s_nodes().await?;
+        let version = nodes
+            .iter()
+            .filter(|n| n["role"] == "server")
+            .find(|n| {
+                let c = n["cluster"].as_str().unwrap_or_default();
+                cluster_of(&super::ssh::fake_kubeconfig(c)) == cluster
+            })
+            .and_then(|n| n["version"].as_str())
+            .ok_or_else(|| err("version", Cause::Unavailable, "no server of this cluster runs"))?;
+        Ok(format!("{version} (sim)"))
+    }
+
+    async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()> {
+        self.world.op("kube.delete", 200).await?;
+        let cluster = Self::cluster(kubeconfig, "delete")?;
+        let _g = self.world.lock(SYS, &cluster).await;
+        self.world.delete(SYS, &cluster, &ref_key(r)).await?;
+        if r.api_version == "v1" && r.kind == "Namespace" {
+            // Namespace deletion takes its objects with it.
+            let all = self.load_all(&cluster).await?;
+            let doomed: BTreeMap<&String, ()> = all
+                .iter()
+                .filter(|(_, s)| {
+                    s.object.pointer("/metadata/namespace").and_then(Value::as_str)
+                        == Some(r.name.as_str())
+                })
+                .map(|(k, _)| (k, ()))
+                .collect();
+            for k in doomed.keys() {
+                self.world.delete(SYS, &cluster, k).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::world::{FailRule, SimConfig};
+
+    fn hr(name: &str, deps: &[&str]) -> Value {
+        json!({
+            "apiVersion": "helm.toolkit.fluxcd.io/v2",
+            "kind": "HelmRelease",
+            "metadata": {"name": name, "namespace": "flux-system", "labels": {"catalyst.io/component": name}},
+            "spec": {
+                "interval": "10m",
+                "chart": {"spec": {"chart": name, "version": "1.0.0", "sourceRef": {"kind": "HelmRepository", "name": "repo"}}},
+                "dependsOn": deps.iter().map(|d| json!({"name": d})).collect::<Vec<_>>(),
+            },
+        })
+    }
+
+    fn hr_ref(name: &str) -> ObjectRef {
+        ObjectRef {
+            api_version: "helm.toolkit.fluxcd.io/v2".into(),
+            kind: "HelmRelease".into(),
+            namespace: Some("flux-system".into()),
+            name: name.into(),
+        }
+    }
+
+    fn ready(obj: &Value) -> (String, String) {
+        let c = &obj["status"]["conditions"][0];
+        (c["status"].as_str().unwrap().to_owned(), c["reason"].as_str().unwrap().to_owned())
+    }
+
+    fn kc() -> SecretString {
+        SecretString::new(super::super::ssh::fake_kubeconfig("test-cluster"))
+    }
+
+    #[tokio::test]
+    async fn apply_is_ssa_like() {
+        let dir = tempfile::tempdir().unwrap();
+        let kube = SimKube::new(Arc::new(SimWorld::new(dir.path(), SimConfig::instant())));
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "default", "labels": {"a": "1"}}, "data": {"k": "v"}});
+        kube.apply(&kc(), "catalyst-zero", std::slice::from_ref(&cm)).await.unwrap();
+        let r = ObjectRef::of(&cm).unwrap();
+        let got = kube.get(&kc(), &r).await.unwrap().unwrap();
+        assert_eq!(got["data"]["k"], "v");
+        assert_eq!(got["metadata"]["generation"], 1);
+        assert_eq!(got["metadata"]["managedFields"][0]["manager"], "catalyst-zero");
+        let created = got["metadata"]["creationTimestamp"].clone();
+        assert!(DateTime::parse_from_rfc3339(created.as_str().unwrap()).is_ok());
+        let rv1: u64 = got["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+        // Same object again: nothing changes.
+        kube.apply(&kc(), "catalyst-zero", std::slice::from_ref(&cm)).await.unwrap();
+        let again = kube.get(&kc(), &r).await.unwrap().unwrap();
+        assert_eq!(again["metadata"]["resourceVersion"], got["metadata"]["resourceVersion"]);
+        // A spec change bumps generation and resourceVersion, keeps creation.
+        let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "default"}, "spec": {"replicas": 2}});
+        kube.apply(&kc(), "m", std::slice::from_ref(&d)).await.unwrap();
+        d["spec"]["replicas"] = json!(3);
+        d["metadata"]["labels"] = json!({"x": "y"});
+        kube.apply(&kc(), "m2", std::slice::from_ref(&d)).await.unwrap();
+        let dep = kube.get(&kc(), &ObjectRef::of(&d).unwrap()).await.unwrap().unwrap();
+        assert_eq!(dep["metadata"]["generation"], 2);
+        assert_eq!(dep["metadata"]["labels"]["x"], "y");
+        assert_eq!(dep["metadata"]["managedFields"][0]["manager"], "m2");
+        assert!(dep["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap() > rv1);
+        assert_eq!(dep["status"]["readyReplicas"], 3, "latency 0: ready at once");
+        // Label-selected list; bad selectors are refused.
+        assert_eq!(kube.list(&kc(), "apps/v1", "Deployment", "x=y").await.unwrap().len(), 1);
+        assert_eq!(kube.list(&kc(), "apps/v1", "Deployment", "x!=y").await.unwrap().len(), 0);
+        assert!(matches!(
+            kube.list(&kc(), "v1", "ConfigMap", "a in (").await,
+            Err(StepError::Adapter { cause: Cause::Invalid, .. })
+        ));
+        // Another cluster sees nothing; an empty kubeconfig is refused.
+        let other = SecretString::new(super::super::ssh::fake_kubeconfig("other"));
+        assert!(kube.get(&other, &r).await.unwrap().is_none());
+        assert!(matches!(
+            kube.get(&SecretString::new(""), &r).await,
+            Err(StepError::Adapter { cause: Cause::Unauthorized, .. })
+        ));
+        kube.delete(&kc(), &r).await.unwrap();
+        kube.delete(&kc(), &r).await.unwrap();
+        assert!(kube.get(&kc(), &r).await.unwrap().is_none());
+        assert!(matches!(
+            kube.apply(&kc(), "m", &[json!({"kind": "X"})]).await,
+            Err(StepError::Adapter { cause: Cause::Invalid, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn helm_releases_become_ready_in_depends_on_order() {
+        let dir = tempfile::tempdir().unwrap();
+        // cilium 40 s and cert-manager 30 s → 40 ms and 30 ms.
+        let cfg = SimConfig { latency_factor: 0.001, ..SimConfig::default() };
+        let world = Arc::new(SimWorld::new(dir.path(), cfg));
+        let kube = SimKube::new(world.clone());
+        kube.apply(
+            &kc(),
+            "cz",
+            &[hr("cert-manager", &["cilium"]), hr("cilium", &[]), hr("app", &["ghost"])],
+        )
+        .await
+        .unwrap();
+
+        let cilium = kube.get(&kc(), &hr_ref("cilium")).await.unwrap().unwrap();
+        assert_eq!(ready(&cilium), ("Unknown".into(), "Progressing".into()));
+        let cm = kube.get(&kc(), &hr_ref("cert-manager")).await.unwrap().unwrap();
+        assert_eq!(ready(&cm), ("False".into(), "DependencyNotReady".into()));
+        assert!(
+            cm["status"]["conditions"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("flux-system/cilium")
+        );
+
+        // Poll until cert-manager is ready; cilium must have been ready first.
+        let start = std::time::Instant::now();
+        let mut cilium_ready_seen = false;
+        loop {
+            let c = kube.get(&kc(), &hr_ref("cilium")).await.unwrap().unwrap();
+            let m = kube.get(&kc(), &hr_ref("cert-manager")).await.unwrap().unwrap();
+            if ready(&c).0 == "True" {
+                cilium_ready_seen = true;
+                assert_eq!(ready(&c).1, "InstallSucceeded");
+            }
+            if ready(&m).0 == "True" {
+                assert!(cilium_ready_seen, "cert-manager was ready before its dependency");
+                break;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "never became ready");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // cert-manager installs only after cilium: ≥ 40 + 30 ms.
+        assert!(start.elapsed() >= std::time::Duration::from_millis(60));
+        let app = kube.get(&kc(), &hr_ref("app")).await.unwrap().unwrap();
+        assert_eq!(ready(&app), ("False".into(), "DependencyNotReady".into()));
+        // list sees the computed status too.
+        let all = kube
+            .list(
+                &kc(),
+                "helm.toolkit.fluxcd.io/v2",
+                "HelmRelease",
+                "catalyst.io/component in (cilium,cert-manager)",
+            )
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|o| ready(o).0 == "True"));
+
+        // A restart (new world, same directory) still sees them ready.
+        let kube2 = SimKube::new(Arc::new(SimWorld::new(
+            dir.path(),
+            SimConfig { latency_factor: 0.001, ..SimConfig::default() },
+        )));
+        assert_eq!(
+            ready(&kube2.get(&kc(), &hr_ref("cert-manager")).await.unwrap().unwrap()).0,
+            "True"
+        );
+    }
+
+    #[tokio::test]
+    async fn crossplane_managed_resources_observe_the_sim_cloud() {
+        let dir = tempfile::tempdir().unwrap();
+        let world = Arc::new(SimWorld::new(dir.path(), SimConfig::instant()));
+        let kube = SimKube::new(world.clone());
+        let cloud = crate::backend::SimCloud::new(world.clone());
+        let srv = cloud.create("server", "cp1", BTreeMap::new(), json!({})).await.unwrap();
+        let mr = |name: &str, id: i64| {
+            json!({
+                "apiVersion": "hcloud.crossplane.io/v1alpha1", "kind": "Server",
+                "metadata": {"name": name, "annotations": {"crossplane.io/external-name": id.to_string()},
+                             "labels": {"app.kubernetes.io/managed-by": "catalyst-zero"}},
+                "spec": {"managementPolicies": ["Observe"], "deletionPolicy": "Orphan", "forProvider": {"ipv4": "x"}},
+            })
+        };
+        kube.apply(&kc(), "cz", &[mr("present", srv.id), mr("absent", srv.id + 1000)])
+            .await
+            .unwrap();
+        let listed = kube
+            .list(
+                &kc(),
+                "hcloud.crossplane.io/v1alpha1",
+                "Server",
+                "app.kubernetes.io/managed-by=catalyst-zero",
+            )
+            .await
+            .unwrap();
+        let cond = |o: &Value, t: &str| {
+            let cs = o["status"]["conditions"].as_array().unwrap();
+            cs.iter().find(|c| c["type"] == t).unwrap()["status"].as_str().unwrap().to_owned()
+        };
+        let by = |n: &str| listed.iter().find(|o| o["metadata"]["name"] == n).unwrap();
+        assert_eq!(cond(by("present"), "Synced"), "True");
+        assert_eq!(cond(by("present"), "Ready"), "True");
+        assert_eq!(by("present")["status"]["atProvider"]["ipv4"], "x");
+        assert_eq!(cond(by("absent"), "Synced"), "False");
+        // The cloud object disappears: the resource stops being Synced.
+        cloud.remove("server", srv.id).await.unwrap();
+        let r = ObjectRef::of(&mr("present", srv.id)).unwrap();
+        assert_eq!(cond(&kube.get(&kc(), &r).await.unwrap().unwrap(), "Synced"), "False");
+    }
+
+    #[tokio::test]
+    async fn fail_rule_makes_a_release_install_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SimConfig {
+            fail: vec![FailRule {
+                op: "kube.helmrelease.openbao".into(),
+                cause: Cause::CommandFailed,
+                times: 1,
+            }],
+            ..SimConfig::instant()
+        };
+        let kube = SimKube::new(Arc::new(SimWorld::new(dir.path(), cfg)));
+        kube.apply(&kc(), "cz", &[hr("openbao", &[]), hr("external-secrets", &["openbao"])])
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let o = kube.get(&kc(), &hr_ref("openbao")).await.unwrap().unwrap();
+            assert_eq!(ready(&o), ("False".into(), "InstallFailed".into()));
+        }
+        let e = kube.get(&kc(), &hr_ref("external-secrets")).await.unwrap().unwrap();
+        assert_eq!(ready(&e), ("False".into(), "DependencyNotReady".into()));
+    }
+}

@@ -1,0 +1,676 @@
+//! The sim world: the persistent "remote" side of every fake.
+//!
+//! Objects live as one JSON file each at `<root>/<system>/<kind>/<key>.json`,
+//! written to a temp file and renamed into place, so a daemon killed with
+//! SIGKILL finds every object exactly as the "remote" left it. No fsync: the
+//! OS keeps its page cache across a process kill, and the world only has to
+//! outlive the process, not the machine.
+//!
+//! The world also owns what is per process: latency scaling, failure
+//! injection ([`SimConfig`]), a request log, the id allocator's mutex and the
+//! per-(system, kind) mutexes that make create-with-unique-name atomic. One
+//! daemon process at a time uses a world.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use cz_engine::{Cause, StepError, System};
+
+/// The first cloud id handed out by a fresh world (ids look like Hetzner's).
+const ID_BASE: i64 = 4_200_000;
+/// How many recent calls the in-memory request log keeps.
+const LOG_CAP: usize = 20_000;
+
+/// How the sim behaves: latency scaling and failure injection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Multiplies every base latency; `0` means no sleeping at all, `1` is
+    /// realistic (a provisioning then takes many minutes).
+    pub latency_factor: f64,
+    /// Deterministic failures, matched by op name.
+    pub fail: Vec<FailRule>,
+    /// Probability (0..=1) that any op fails with `Cause::Unavailable`.
+    pub transient_rate: f64,
+    /// Seed for jitter, transient failures and generated secrets.
+    pub seed: Option<u64>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig { latency_factor: 1.0, fail: Vec::new(), transient_rate: 0.0, seed: None }
+    }
+}
+
+impl SimConfig {
+    /// No latency, no failures: for unit tests.
+    pub fn instant() -> Self {
+        SimConfig { latency_factor: 0.0, ..SimConfig::default() }
+    }
+}
+
+/// The first `times` calls of `op` fail with `cause` (counted in memory, per
+/// process). `op` is an exact op name (`cloud.delete`, `tofu.apply`,
+/// `tofu.create.server`, `ssh.run`, `kube.apply`, `bao.init`,
+/// `dns.create_zone`, …), or a prefix pattern ending in `*` (`cloud.*`).
+/// Several rules for one op fire one after the other, in order.
+///
+/// `kube.helmrelease.<name>` rules are not call failures: while such a rule
+/// exists with `times > 0`, that HelmRelease reports Ready=False
+/// (InstallFailed); `times` is not consumed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailRule {
+    pub op: String,
+    pub cause: Cause,
+    #[serde(default = "one")]
+    pub times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn rule_matches(pattern: &str, op: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => op.starts_with(prefix),
+        None => pattern == op,
+    }
+}
+
+/// The [`System`] an op or world system name belongs to (`cloud.create` →
+/// Cloud).
+pub fn system_of(name: &str) -> System {
+    match name.split('.').next().unwrap_or("") {
+        "tofu" => System::Tofu,
+        "ssh" => System::Ssh,
+        "kube" | "kubernetes" => System::Kubernetes,
+        "bao" | "openbao" => System::Openbao,
+        "dns" => System::Dns,
+        "registrar" => System::Registrar,
+        _ => System::Cloud,
+    }
+}
+
+/// Encodes a key as a file name: `A-Z a-z 0-9 - _` pass, everything else
+/// (and a leading `.`) becomes `=XX`, so distinct keys never collide.
+pub fn sanitize_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for (i, b) in key.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (b == b'.' && i > 0);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("=00");
+    }
+    out
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` atomically against process death: temp file in
+/// the same directory, then rename. Creates the parent directories.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// [`write_atomic`] off the async executor.
+pub async fn write_atomic_async(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn io_error(system: &str, what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::adapter(
+        system_of(system),
+        "sim-world",
+        Cause::Unavailable,
+        format!("sim world {what}: {e}"),
+    )
+}
+
+#[derive(Default)]
+struct Calls {
+    counts: BTreeMap<String, u64>,
+    recent: VecDeque<String>,
+}
+
+/// The per-(system, kind) async mutex.
+type KindLock = Arc<Mutex<()>>;
+
+struct IdState {
+    scanned: bool,
+}
+
+/// The persistent sim world (see the module docs).
+pub struct SimWorld {
+    root: PathBuf,
+    config: SimConfig,
+    ids: Mutex<IdState>,
+    locks: StdMutex<HashMap<(String, String), KindLock>>,
+    fired: StdMutex<Vec<u32>>,
+    calls: StdMutex<Calls>,
+    rng: StdMutex<StdRng>,
+    /// Write-through cache of the object files, per (system, kind), keyed
+    /// by file name: one process uses a world at a time, so after a kind
+    /// is loaded once, reads never touch the disk (the sim's own cost must
+    /// not swamp what the benchmarks measure). Files stay the truth across
+    /// restarts.
+    cache: StdMutex<HashMap<(String, String), std::collections::BTreeMap<String, Value>>>,
+}
+
+impl std::fmt::Debug for SimWorld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimWorld").field("root", &self.root).field("config", &self.config).finish()
+    }
+}
+
+impl SimWorld {
+    /// A world rooted at `root` (e.g. `<data-dir>/sim`). No I/O happens
+    /// here; directories appear with the first write.
+    pub fn new(root: impl Into<PathBuf>, config: SimConfig) -> SimWorld {
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => rand::make_rng::<StdRng>(),
+        };
+        let rules = config.fail.len();
+        SimWorld {
+            root: root.into(),
+            config,
+            ids: Mutex::new(IdState { scanned: false }),
+            locks: StdMutex::new(HashMap::new()),
+            fired: StdMutex::new(vec![0; rules]),
+            calls: StdMutex::new(Calls::default()),
+            rng: StdMutex::new(rng),
+            cache: StdMutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    // === storage ===
+
+    fn obj_dir(&self, system: &str, kind: &str) -> PathBuf {
+        self.root.join(sanitize_key(system)).join(sanitize_key(kind))
+    }
+
+    fn obj_path(&self, system: &str, kind: &str, key: &str) -> PathBuf {
+        self.obj_dir(system, kind).join(format!("{}.json", sanitize_key(key)))
+    }
+
+    /// Stores `value` (atomic replace).
+    pub async fn put(
+        &self,
+        system: &str,
+        kind: &str,
+        key: &str,
+        value: &Value,
+    ) -> Result<(), StepError> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_error(system, "encode", e))?;
+        write_atomic_async(self.obj_path(system, kind, key), bytes)
+            .await
+            .map_err(|e| io_error(system, "write", e))?;
+        let mut cache = self.cache.lock().expect("sim cache");
+        if let Some(objs) = cache.get_mut(&(system.to_owned(), kind.to_owned())) {
+            objs.insert(format!("{}.json", sanitize_key(key)), value.clone());
+        }
+        Ok(())
+    }
+
+    /// The objects of a kind, from the cache (loading them from disk once).
+    async fn cached_kind(&self, system: &str, kind: &str) -> Result<Vec<Value>, StepError> {
+        let k = (system.to_owned(), kind.to_owned());
+        if let Some(objs) = self.cache.lock().expect("sim cache").get(&k) {
+            return Ok(objs.values().cloned().collect());
+        }
+        let loaded = self.list_from_disk(system, kind).await?;
+        let mut cache = self.cache.lock().expect("sim cache");
+        // A write that raced the load is already on disk and in `loaded`, or
+        // it finished after: keep whatever got into the cache first.
+        Ok(cache.entry(k).or_insert(loaded).values().cloned().collect())
+    }
+
+    pub async fn get(
+        &self,
+        system: &str,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<Value>, StepError> {
+        let file = format!("{}.json", sanitize_key(key));
+        if let Some(objs) =
+            self.cache.lock().expect("sim cache").get(&(system.to_owned(), kind.to_owned()))
+        {
+            return Ok(objs.get(&file).cloned());
+        }
+        let path = self.obj_path(system, kind, key);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io_error(system, &format!("decode {}", path.display()), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(system, "read", e)),
+        }
+    }
+
+    /// Every object of a kind, in file-name order.
+    pub async fn list(&self, system: &str, kind: &str) -> Result<Vec<Value>, StepError> {
+        self.cached_kind(system, kind).await
+    }
+
+    async fn list_from_disk(
+        &self,
+        system: &str,
+        kind: &str,
+    ) -> Result<std::collections::BTreeMap<String, Value>, StepError> {
+        let dir = self.obj_dir(system, kind);
+        let sys = system.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<std::collections::BTreeMap<String, Value>, StepError> {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+                Err(e) => return Err(io_error(&sys, "list", e)),
+            };
+            let mut names: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    n.ends_with(".json") && !n.starts_with('.')
+                })
+                .collect();
+            names.sort();
+            let mut out = std::collections::BTreeMap::new();
+            for p in names {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                match std::fs::read(&p) {
+                    Ok(bytes) => match serde_json::from_slice(&bytes) {
+                        Ok(v) => {
+                            out.insert(name, v);
+                        }
+                        Err(e) => tracing::warn!(path = %p.display(), error = %e, "Skipping an unreadable sim object."),
+                    },
+                    // Deleted between read_dir and read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error(&sys, "read", e)),
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| io_error(system, "list", e))?
+    }
+
+    /// Removes an object; returns whether it existed.
+    pub async fn delete(&self, system: &str, kind: &str, key: &str) -> Result<bool, StepError> {
+        if let Some(objs) =
+            self.cache.lock().expect("sim cache").get_mut(&(system.to_owned(), kind.to_owned()))
+        {
+            objs.remove(&format!("{}.json", sanitize_key(key)));
+        }
+        match tokio::fs::remove_file(self.obj_path(system, kind, key)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error(system, "delete", e)),
+        }
+    }
+
+    /// The per-(system, kind) mutex: hold it across read-check-write
+    /// sequences (unique names, counters). Any string works as `kind`.
+    pub async fn lock(&self, system: &str, kind: &str) -> OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.locks.lock().expect("sim lock map");
+            map.entry((system.to_owned(), kind.to_owned())).or_default().clone()
+        };
+        m.lock_owned().await
+    }
+
+    // === ids and counters ===
+
+    /// A new cloud id, unique across restarts: persisted in `<root>/ids`
+    /// and, on the first call of a process, bumped past the largest id
+    /// among existing cloud objects.
+    pub async fn next_id(&self) -> Result<i64, StepError> {
+        let mut st = self.ids.lock().await;
+        let root = self.root.clone();
+        let scan = !st.scanned;
+        let id = tokio::task::spawn_blocking(move || -> std::io::Result<i64> {
+            let path = root.join("ids");
+            let mut cur = match std::fs::read_to_string(&path) {
+                Ok(s) => s.trim().parse::<i64>().unwrap_or(ID_BASE),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ID_BASE,
+                Err(e) => return Err(e),
+            };
+            if scan {
+                cur = cur.max(max_cloud_id(&root.join("cloud")));
+            }
+            let next = cur + 1;
+            write_atomic(&path, next.to_string().as_bytes())?;
+            Ok(next)
+        })
+        .await
+        .map_err(|e| io_error("cloud", "ids", e))?
+        .map_err(|e| io_error("cloud", "ids", e))?;
+        st.scanned = true;
+        Ok(id)
+    }
+
+    /// A persisted world-wide counter (`<root>/seq/<name>`), starting at 1.
+    pub async fn next_seq(&self, name: &str) -> Result<u64, StepError> {
+        let _g = self.ids.lock().await;
+        let path = self.root.join("seq").join(sanitize_key(name));
+        let n = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let cur = match std::fs::read_to_string(&path) {
+                Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(e),
+            };
+            write_atomic(&path, (cur + 1).to_string().as_bytes())?;
+            Ok(cur + 1)
+        })
+        .await
+        .map_err(|e| io_error(name, "seq", e))?
+        .map_err(|e| io_error(name, "seq", e))?;
+        Ok(n)
+    }
+
+    // === latency, failure injection, request log ===
+
+    /// `base_ms` scaled by the latency factor, ±20 % jitter.
+    pub fn latency(&self, base_ms: u64) -> Duration {
+        let f = self.config.latency_factor;
+        if f <= 0.0 || base_ms == 0 || !f.is_finite() {
+            return Duration::ZERO;
+        }
+        let jitter: f64 = self.rng.lock().expect("sim rng").random_range(0.8..=1.2);
+        Duration::from_secs_f64(base_ms as f64 * f * jitter / 1000.0)
+    }
+
+    /// `base_ms` scaled by the latency factor, no jitter (deterministic
+    /// controller delays).
+    pub fn scaled(&self, base_ms: u64) -> Duration {
+        let f = self.config.latency_factor;
+        if f <= 0.0 || !f.is_finite() {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(base_ms as f64 * f / 1000.0)
+    }
+
+    /// Every fake method starts here: sleeps the scaled latency, then
+    /// records the call and applies the failure rules.
+    pub async fn op(&self, name: &str, base_latency_ms: u64) -> Result<(), StepError> {
+        let d = self.latency(base_latency_ms);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+        self.check(name)
+    }
+
+    /// Records a call of `name` and applies the failure rules (no sleep).
+    pub fn check(&self, name: &str) -> Result<(), StepError> {
+        {
+            let mut calls = self.calls.lock().expect("sim calls");
+            *calls.counts.entry(name.to_owned()).or_default() += 1;
+            if calls.recent.len() >= LOG_CAP {
+                calls.recent.pop_front();
+            }
+            calls.recent.push_back(name.to_owned());
+        }
+        let (system, op) = match name.split_once('.') {
+            Some((s, o)) => (system_of(s), o),
+            None => (system_of(name), name),
+        };
+        {
+            let mut fired = self.fired.lock().expect("sim fired");
+            for (i, rule) in self.config.fail.iter().enumerate() {
+                if rule_matches(&rule.op, name) && fired[i] < rule.times {
+                    fired[i] += 1;
+                    return Err(StepError::adapter(
+                        system,
+                        op,
+                        rule.cause,
+                        format!(
+                            "sim: injected failure {} of {} for `{name}`",
+                            fired[i], rule.times
+                        ),
+                    ));
+                }
+            }
+        }
+        let rate = self.config.transient_rate;
+        if rate > 0.0 && self.rng.lock().expect("sim rng").random_bool(rate.min(1.0)) {
+            return Err(StepError::adapter(
+                system,
+                op,
+                Cause::Unavailable,
+                format!("sim: transient failure of `{name}` (503 service unavailable)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The first rule for `name` that has `times > 0`, without consuming it.
+    pub fn standing_rule(&self, name: &str) -> Option<&FailRule> {
+        self.config.fail.iter().find(|r| r.times > 0 && rule_matches(&r.op, name))
+    }
+
+    /// The most recent calls (op names), oldest first.
+    pub fn request_log(&self) -> Vec<String> {
+        self.calls.lock().expect("sim calls").recent.iter().cloned().collect()
+    }
+
+    /// How many times `op` was called in this process.
+    pub fn calls(&self, op: &str) -> u64 {
+        self.calls.lock().expect("sim calls").counts.get(op).copied().unwrap_or(0)
+    }
+
+    /// Call counts per op in this process.
+    pub fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().expect("sim calls").counts.clone()
+    }
+
+    // === randomness ===
+
+    pub fn random_bytes(&self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        self.rng.lock().expect("sim rng").fill(buf.as_mut_slice());
+        buf
+    }
+
+    pub fn random_alnum(&self, n: usize) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = self.rng.lock().expect("sim rng");
+        (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    }
+}
+
+/// The largest numeric key under `<root>/cloud/<kind>/`.
+fn max_cloud_id(cloud_dir: &Path) -> i64 {
+    let mut max = 0;
+    let Ok(kinds) = std::fs::read_dir(cloud_dir) else { return 0 };
+    for kind in kinds.filter_map(|e| e.ok()) {
+        let Ok(files) = std::fs::read_dir(kind.path()) else { continue };
+        for f in files.filter_map(|e| e.ok()) {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_suffix(".json").and_then(|s| s.parse::<i64>().ok()) {
+                max = max.max(id);
+            }
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn put_get_list_delete_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SimWorld::new(dir.path().join("sim"), SimConfig::instant());
+        assert_eq!(w.get("dns", "zones", "a.example.").await.unwrap(), None);
+        w.put("dns", "zones", "a.example.", &json!({"n": 1})).await.unwrap();
+        w.put("dns", "zones", "b/example", &json!({"n": 2})).await.unwrap();
+        w.put("dns", "zones", "b_example", &json!({"n": 3})).await.unwrap();
+        assert_eq!(w.get("dns", "zones", "a.example.").await.unwrap(), Some(json!({"n": 1})));
+        let mut ns: Vec<i64> = w
+            .list("dns", "zones")
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v["n"].as_i64().unwrap())
+            .collect();
+        ns.sort();
+        assert_eq!(ns, vec![1, 2, 3], "keys that differ only by a slash must not collide");
+        assert!(w.delete("dns", "zones", "a.example.").await.unwrap());
+        assert!(!w.delete("dns", "zones", "a.example.").await.unwrap());
+        assert_eq!(w.list("dns", "zones").await.unwrap().len(), 2);
+        assert!(w.list("dns", "nothing").await.unwrap().is_empty());
+        // No temp files are left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sim/dns/zones"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn sanitize_is_injective_on_tricky_keys() {
+        let keys = ["a/b", "a_b", "a=2Fb", "..", ".", "", "x.y", "http://openbao-0.x:8200"];
+        let mut seen = std::collections::HashSet::new();
+        for k in keys {
+            let s = sanitize_key(k);
+            assert!(!s.contains('/') && !s.starts_with('.'), "{k} → {s}");
+            assert!(seen.insert(s), "collision for {k}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ids_stay_unique_across_reopen_and_lost_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sim");
+        let w = SimWorld::new(&root, SimConfig::instant());
+        let a = w.next_id().await.unwrap();
+        let b = w.next_id().await.unwrap();
+        assert!(b > a);
+        w.put("cloud", "server", &b.to_string(), &json!({"id": b})).await.unwrap();
+        drop(w);
+        let w = SimWorld::new(&root, SimConfig::instant());
+        let c = w.next_id().await.unwrap();
+        assert!(c > b);
+        // A counter file lost or rolled back: the scan of existing objects
+        // still keeps ids unique.
+        std::fs::write(root.join("ids"), "1").unwrap();
+        w.put("cloud", "network", &(c + 100).to_string(), &json!({})).await.unwrap();
+        let w = SimWorld::new(&root, SimConfig::instant());
+        assert!(w.next_id().await.unwrap() > c + 100);
+    }
+
+    #[tokio::test]
+    async fn fail_rules_fire_the_first_times_calls_then_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SimConfig {
+            fail: vec![
+                FailRule { op: "cloud.delete".into(), cause: Cause::RateLimited, times: 2 },
+                FailRule { op: "cloud.delete".into(), cause: Cause::Conflict, times: 1 },
+                FailRule { op: "dns.*".into(), cause: Cause::Network, times: 1 },
+            ],
+            ..SimConfig::instant()
+        };
+        let w = SimWorld::new(dir.path(), cfg);
+        let causes: Vec<Option<Cause>> = (0..4)
+            .map(|_| match w.check("cloud.delete") {
+                Ok(()) => None,
+                Err(StepError::Adapter { cause, system, op, .. }) => {
+                    assert_eq!(system, System::Cloud);
+                    assert_eq!(op, "delete");
+                    Some(cause)
+                }
+                Err(e) => panic!("{e}"),
+            })
+            .collect();
+        assert_eq!(
+            causes,
+            vec![Some(Cause::RateLimited), Some(Cause::RateLimited), Some(Cause::Conflict), None]
+        );
+        assert!(matches!(
+            w.check("dns.query"),
+            Err(StepError::Adapter { system: System::Dns, cause: Cause::Network, .. })
+        ));
+        assert!(w.check("dns.query").is_ok());
+        assert_eq!(w.calls("cloud.delete"), 4);
+        assert_eq!(w.request_log().len(), 6);
+    }
+
+    #[tokio::test]
+    async fn transient_rate_one_always_fails_and_latency_sleeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = SimWorld::new(
+            dir.path(),
+            SimConfig { transient_rate: 1.0, seed: Some(7), ..SimConfig::instant() },
+        );
+        assert!(matches!(
+            w.op("kube.get", 10).await,
+            Err(StepError::Adapter { cause: Cause::Unavailable, .. })
+        ));
+        let w =
+            SimWorld::new(dir.path(), SimConfig { latency_factor: 0.01, ..SimConfig::default() });
+        let t = std::time::Instant::now();
+        w.op("ssh.run", 2_000).await.unwrap(); // 20 ms ± 20 %
+        assert!(t.elapsed() >= Duration::from_millis(15));
+        assert_eq!(SimWorld::new(dir.path(), SimConfig::instant()).latency(30_000), Duration::ZERO);
+    }
+
+    #[test]
+    fn config_deserializes_with_defaults() {
+        let c: SimConfig =
+            serde_json::from_value(json!({"fail": [{"op": "tofu.apply", "cause": "unavailable"}]}))
+                .unwrap();
+        assert_eq!(c.latency_factor, 1.0);
+        assert_eq!(
+            c.fail[0],
+            FailRule { op: "tofu.apply".into(), cause: Cause::Unavailable, times: 1 }
+        );
+        assert!(serde_json::from_value::<SimConfig>(json!({"latency": 1})).is_err());
+    }
+}

@@ -1,0 +1,774 @@
+//! An hcloud-compatible fake API server (axum) for testing [`HcloudClient`]
+//! over a real socket.
+//!
+//! It serves exactly what the client calls, in the real response shapes:
+//! - `GET /v1/{servers,networks,firewalls,load_balancers,ssh_keys,
+//!   placement_groups,volumes,primary_ips}` with `label_selector` (real
+//!   Kubernetes semantics: [`cz_adapters::cloud::Selector`]), `name`,
+//!   `page`, `per_page` (default 25, max 50) and `meta.pagination`;
+//! - `GET /v1/server_types`, `/v1/load_balancer_types` (prices as strings),
+//!   `/v1/locations`;
+//! - `POST /v1/ssh_keys` (the token-scope probe; a valid key is created);
+//! - `DELETE /v1/{collection}/{id}` (servers answer an action, others 204).
+//!
+//! Bearer auth (`unauthorized` for an unknown token), `forbidden` for writes
+//! of a read-only token, a per-token rate budget with `RateLimit-*` headers
+//! that answers 429 `rate_limit_exceeded` when exhausted, injectable 429s,
+//! errors and slow `resource_unavailable`, and a log of every request so
+//! tests can assert the budget was never exceeded.
+//!
+//! [`HcloudClient`]: cz_adapters::cloud::HcloudClient
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use cz_state::SecretString;
+use serde_json::{Value, json};
+
+use cz_adapters::cloud::budget::project_key;
+use cz_adapters::cloud::hcloud::collection_of;
+use cz_adapters::cloud::Selector;
+use cz_adapters::cloud::catalogue::{LOCATIONS, load_balancer_type_table, server_type_table};
+
+/// The token the fake accepts unless configured otherwise.
+pub const DEFAULT_TOKEN: &str = "fakehcloudtoken0000000000000000000000000000000000000000000000000";
+
+/// Server types the fake's catalogue holds (prices from the sim table).
+pub const SERVER_TYPES: [&str; 8] =
+    ["cx23", "cx33", "cpx22", "cpx31", "cpx32", "cax21", "ccx13", "ccx33"];
+/// Load balancer types the fake's catalogue holds.
+pub const LB_TYPES: [&str; 3] = ["lb11", "lb21", "lb31"];
+
+const OBJECT_COLLECTIONS: [&str; 8] = [
+    "servers",
+    "networks",
+    "firewalls",
+    "load_balancers",
+    "ssh_keys",
+    "placement_groups",
+    "volumes",
+    "primary_ips",
+];
+
+#[derive(Clone, Debug)]
+pub struct FakeConfig {
+    /// Tokens that authenticate (each its own project budget).
+    pub tokens: Vec<String>,
+    /// Whether every token is read-only.
+    pub read_only: bool,
+    /// Bucket size per token (Hetzner: 3,600).
+    pub rate_limit: u32,
+    /// Refill per second (Hetzner: 1).
+    pub refill_per_sec: f64,
+    /// `Retry-After` of injected 429s, seconds.
+    pub retry_after_s: u64,
+    /// How long an injected `resource_unavailable` takes to answer.
+    pub unavailable_delay: Duration,
+    /// Servers the project may hold; a create past it answers
+    /// `resource_limit_exceeded`.
+    pub server_limit: usize,
+    /// How long a create (`POST`) takes to answer: a real server create
+    /// answers in about a second.
+    pub create_delay: Duration,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        FakeConfig {
+            tokens: vec![DEFAULT_TOKEN.to_owned()],
+            read_only: false,
+            rate_limit: 3_600,
+            refill_per_sec: 1.0,
+            retry_after_s: 1,
+            unavailable_delay: Duration::from_millis(200),
+            server_limit: 100,
+            create_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// One request the fake answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// When it arrived, since the fake started.
+    pub at: Duration,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// The project key of the bearer token (a hash), if one was sent.
+    pub project: Option<String>,
+    pub status: u16,
+    /// The Hetzner error code of an error answer.
+    pub code: Option<String>,
+}
+
+impl RecordedRequest {
+    /// A write (non-GET) that succeeded.
+    pub fn is_successful_write(&self) -> bool {
+        self.method != "GET" && (200..300).contains(&self.status)
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+#[derive(Debug, Default)]
+struct FState {
+    read_only: bool,
+    objects: BTreeMap<&'static str, Vec<Value>>,
+    next_id: i64,
+    log: Vec<RecordedRequest>,
+    buckets: HashMap<String, Bucket>,
+    inject_429: u32,
+    inject_unavailable: u32,
+    inject_errors: VecDeque<(u16, String)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: FakeConfig,
+    started: Instant,
+    state: Mutex<FState>,
+}
+
+/// A running fake; stopped when dropped.
+#[derive(Debug)]
+pub struct FakeHandle {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the fake on 127.0.0.1 (an ephemeral port).
+pub async fn start(cfg: FakeConfig) -> FakeHandle {
+    start_at(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("bind the fake")
+}
+
+/// Starts the fake on `addr`.
+pub async fn start_at(cfg: FakeConfig, addr: SocketAddr) -> std::io::Result<FakeHandle> {
+    let inner = Arc::new(Inner {
+        state: Mutex::new(FState { read_only: cfg.read_only, next_id: 1, ..FState::default() }),
+        cfg,
+        started: Instant::now(),
+    });
+    let app = Router::new().fallback(handle).with_state(inner.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(FakeHandle { addr, inner, task })
+}
+
+impl FakeHandle {
+    /// `http://127.0.0.1:PORT` (the client adds `/v1/...`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FState> {
+        self.inner.state.lock().expect("fake lock")
+    }
+
+    /// Every request answered so far, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state().log.clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state().log.clear();
+    }
+
+    /// The next `n` authenticated requests answer 429 with `Retry-After`.
+    pub fn inject_429(&self, n: u32) {
+        self.state().inject_429 += n;
+    }
+
+    /// The next `n` authenticated requests answer, after
+    /// `unavailable_delay`, 503 `resource_unavailable`.
+    pub fn inject_unavailable(&self, n: u32) {
+        self.state().inject_unavailable += n;
+    }
+
+    /// The next authenticated request answers this error.
+    pub fn inject_error(&self, status: u16, code: &str) {
+        self.state().inject_errors.push_back((status, code.to_owned()));
+    }
+
+    pub fn set_read_only(&self, read_only: bool) {
+        self.state().read_only = read_only;
+    }
+
+    /// Adds an object of `kind` (`server`, `network`, …); returns its id.
+    pub fn seed_object<K, V>(
+        &self,
+        kind: &str,
+        name: &str,
+        labels: impl IntoIterator<Item = (K, V)>,
+    ) -> i64
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let collection = collection_of(kind).unwrap_or_else(|| panic!("unknown kind `{kind}`"));
+        let labels: BTreeMap<String, String> =
+            labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut st = self.state();
+        let id = st.next_id;
+        st.next_id += 1;
+        let obj = object_json(kind, id, name, &labels);
+        st.objects.entry(collection).or_default().push(obj);
+        id
+    }
+
+    /// The objects of a kind, in the API's JSON shape.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        let collection = collection_of(kind).unwrap_or_else(|| panic!("unknown kind `{kind}`"));
+        self.state().objects.get(collection).cloned().unwrap_or_default()
+    }
+}
+
+/// Hetzner's label syntax: keys `[prefix/]name` (name ≤ 63 of
+/// `[A-Za-z0-9._-]`, alphanumeric at both ends), values ≤ 63 of the same set.
+fn valid_label(k: &str, v: &str) -> bool {
+    let part = |s: &str, empty_ok: bool| {
+        (empty_ok && s.is_empty())
+            || (s.len() <= 63
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
+    };
+    let name = k.rsplit_once('/').map_or(k, |(prefix, name)| {
+        if prefix.is_empty() || prefix.len() > 253 { "" } else { name }
+    });
+    part(name, false) && part(v, true)
+}
+
+fn object_json(kind: &str, id: i64, name: &str, labels: &BTreeMap<String, String>) -> Value {
+    let mut v = json!({
+        "id": id,
+        "name": name,
+        "labels": labels,
+        "created": "2026-01-01T00:00:00+00:00",
+    });
+    let ip = format!("203.0.113.{}", id % 250 + 1);
+    let location = json!({"id": 1, "name": "fsn1", "network_zone": "eu-central"});
+    let extra = match kind {
+        "server" => json!({
+            "status": "running",
+            "public_net": {"ipv4": {"ip": ip, "blocked": false}, "ipv6": null},
+            "private_net": [],
+            "server_type": {"id": 1, "name": "cx23"},
+            "datacenter": {"id": 1, "name": "fsn1-dc14", "location": location},
+            "protection": {"delete": false, "rebuild": false},
+        }),
+        "load_balancer" => json!({
+            "public_net": {"enabled": true, "ipv4": {"ip": ip}, "ipv6": {"ip": null}},
+            "private_net": [],
+            "location": location,
+            "load_balancer_type": {"id": 1, "name": "lb11"},
+            "protection": {"delete": false},
+        }),
+        "network" => json!({"ip_range": "10.0.0.0/16", "subnets": [], "servers": []}),
+        "volume" => json!({"size": 10, "location": location, "status": "available"}),
+        "primary_ip" => json!({
+            "ip": ip, "type": "ipv4", "assignee_id": null,
+            "datacenter": {"id": 1, "name": "fsn1-dc14", "location": location},
+        }),
+        "ssh_key" => json!({"fingerprint": "00:11", "public_key": "ssh-ed25519 AAAA fake"}),
+        "firewall" => json!({"rules": [], "applied_to": []}),
+        "placement_group" => json!({"type": "spread", "servers": []}),
+        _ => json!({}),
+    };
+    if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
+fn price_json(prices: &BTreeMap<String, (f64, f64)>) -> Value {
+    let s = |x: f64| format!("{x:.10}");
+    Value::Array(
+        prices
+            .iter()
+            .map(|(loc, (h, m))| {
+                json!({
+                    "location": loc,
+                    "price_hourly": {"net": s(h / 1.19), "gross": s(*h)},
+                    "price_monthly": {"net": s(m / 1.19), "gross": s(*m)},
+                })
+            })
+            .collect(),
+    )
+}
+
+fn catalogue(collection: &str) -> Vec<Value> {
+    match collection {
+        "server_types" => SERVER_TYPES
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let t = server_type_table(n)?;
+                Some(json!({
+                    "id": i + 1,
+                    "name": t.name,
+                    "description": t.name.to_uppercase(),
+                    "cores": t.cores,
+                    "memory": t.memory_gb,
+                    "disk": 40,
+                    "deprecated": t.deprecated,
+                    "deprecation": null,
+                    "cpu_type": if t.name.starts_with("ccx") { "dedicated" } else { "shared" },
+                    "architecture": if t.name.starts_with("cax") { "arm" } else { "x86" },
+                    "storage_type": "local",
+                    "prices": price_json(&t.prices),
+                }))
+            })
+            .collect(),
+        "load_balancer_types" => LB_TYPES
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let t = load_balancer_type_table(n)?;
+                Some(json!({
+                    "id": i + 1,
+                    "name": t.name,
+                    "description": t.name.to_uppercase(),
+                    "max_connections": 10_000,
+                    "max_services": 5,
+                    "max_targets": 25,
+                    "deprecated": null,
+                    "prices": price_json(&t.prices),
+                }))
+            })
+            .collect(),
+        "locations" => LOCATIONS
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({"id": i + 1, "name": n, "network_zone": "eu-central"}))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Option<Value>,
+    headers: Vec<(&'static str, String)>,
+}
+
+fn error(status: u16, code: &str, message: impl Into<String>) -> Answer {
+    Answer {
+        status,
+        body: Some(json!({"error": {"code": code, "message": message.into(), "details": {}}})),
+        headers: Vec::new(),
+    }
+}
+
+fn ok(status: u16, body: Option<Value>) -> Answer {
+    Answer { status, body, headers: Vec::new() }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let at = inner.started.elapsed();
+    let token = bearer(&headers);
+    let project = token.as_ref().map(|t| project_key(&SecretString::new(t.clone())));
+    let answer = inner.answer(&method, &uri, token.as_deref(), project.as_deref(), &body).await;
+    let code = answer
+        .body
+        .as_ref()
+        .and_then(|b| b.pointer("/error/code"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    inner.state.lock().expect("fake lock").log.push(RecordedRequest {
+        at,
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        project,
+        status: answer.status,
+        code,
+    });
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = match answer.body {
+        Some(b) => (status, axum::Json(b)).into_response(),
+        None => status.into_response(),
+    };
+    for (k, v) in answer.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
+enum Gate {
+    Pass,
+    Answer(Answer),
+    Unavailable,
+}
+
+impl Inner {
+    /// Auth, rate budget and injections; then the route.
+    async fn answer(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        token: Option<&str>,
+        project: Option<&str>,
+        body: &[u8],
+    ) -> Answer {
+        let (Some(token), Some(project)) = (token, project) else {
+            return error(401, "unauthorized", "unable to authenticate");
+        };
+        if !self.cfg.tokens.iter().any(|t| t == token) {
+            return error(401, "unauthorized", "unable to authenticate");
+        }
+        let (gate, rate_headers) = self.gate(project);
+        let mut answer = match gate {
+            Gate::Answer(a) => a,
+            Gate::Unavailable => {
+                tokio::time::sleep(self.cfg.unavailable_delay).await;
+                error(
+                    503,
+                    "resource_unavailable",
+                    "the requested resource is currently unavailable",
+                )
+            }
+            Gate::Pass => {
+                if method == Method::POST && !self.cfg.create_delay.is_zero() {
+                    tokio::time::sleep(self.cfg.create_delay).await;
+                }
+                self.route(method, uri, body)
+            }
+        };
+        answer.headers.extend(rate_headers);
+        answer
+    }
+
+    fn gate(&self, project: &str) -> (Gate, Vec<(&'static str, String)>) {
+        let cfg = &self.cfg;
+        let mut st = self.state.lock().expect("fake lock");
+        let now = Instant::now();
+        let limit = f64::from(cfg.rate_limit);
+        let bucket =
+            st.buckets.entry(project.to_owned()).or_insert(Bucket { tokens: limit, last: now });
+        bucket.tokens =
+            (bucket.tokens + (now - bucket.last).as_secs_f64() * cfg.refill_per_sec).min(limit);
+        bucket.last = now;
+        let injected = st.inject_429 > 0;
+        let bucket = st.buckets.get_mut(project).expect("just inserted");
+        let exhausted = !injected && bucket.tokens < 1.0;
+        if !injected && !exhausted {
+            bucket.tokens -= 1.0;
+        }
+        let tokens = bucket.tokens;
+        let reset = unix_now() + ((limit - tokens) / cfg.refill_per_sec).ceil() as u64;
+        let headers = vec![
+            ("ratelimit-limit", cfg.rate_limit.to_string()),
+            ("ratelimit-remaining", (tokens.max(0.0).floor() as u64).to_string()),
+            ("ratelimit-reset", reset.to_string()),
+        ];
+        if injected {
+            st.inject_429 -= 1;
+            let mut a = error(429, "rate_limit_exceeded", "limit of requests per hour reached");
+            a.headers.push(("retry-after", cfg.retry_after_s.to_string()));
+            return (Gate::Answer(a), headers);
+        }
+        if exhausted {
+            let wait = ((1.0 - tokens) / cfg.refill_per_sec).ceil().max(1.0) as u64;
+            let mut a = error(429, "rate_limit_exceeded", "limit of requests per hour reached");
+            a.headers.push(("retry-after", wait.to_string()));
+            return (Gate::Answer(a), headers);
+        }
+        if let Some((status, code)) = st.inject_errors.pop_front() {
+            let a = error(status, &code, format!("injected {code}"));
+            return (Gate::Answer(a), headers);
+        }
+        if st.inject_unavailable > 0 {
+            st.inject_unavailable -= 1;
+            return (Gate::Unavailable, headers);
+        }
+        (Gate::Pass, headers)
+    }
+
+    fn route(&self, method: &Method, uri: &Uri, body: &[u8]) -> Answer {
+        let segs: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+        let query: Vec<(String, String)> = reqwest::Url::parse(&format!("http://x{uri}"))
+            .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+            .unwrap_or_default();
+        match (method.as_str(), segs.as_slice()) {
+            ("GET", ["v1", coll]) => self.list(coll, &query),
+            ("POST", ["v1", "ssh_keys"]) => self.create_ssh_key(body),
+            ("POST", ["v1", coll]) => self.create(coll, body),
+            ("DELETE", ["v1", coll, id]) => self.delete(coll, id),
+            _ => error(404, "not_found", format!("no route {method} {}", uri.path())),
+        }
+    }
+
+    fn list(&self, coll: &str, query: &[(String, String)]) -> Answer {
+        let q = |k: &str| query.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str());
+        let parse_num = |k: &str, default: u64| -> Result<u64, Answer> {
+            match q(k) {
+                None => Ok(default),
+                Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    error(400, "invalid_input", format!("invalid input in field '{k}'"))
+                }),
+            }
+        };
+        let page = match parse_num("page", 1) {
+            Ok(n) => n,
+            Err(a) => return a,
+        };
+        let per_page = match parse_num("per_page", 25) {
+            Ok(n) => n.min(50),
+            Err(a) => return a,
+        };
+        let mut items: Vec<Value> = if OBJECT_COLLECTIONS.contains(&coll) {
+            let st = self.state.lock().expect("fake lock");
+            st.objects.get(coll).cloned().unwrap_or_default()
+        } else if ["server_types", "load_balancer_types", "locations"].contains(&coll) {
+            catalogue(coll)
+        } else {
+            return error(404, "not_found", format!("no route GET /v1/{coll}"));
+        };
+        if let Some(sel) = q("label_selector") {
+            let sel = match Selector::parse(sel) {
+                Ok(s) => s,
+                Err(m) => {
+                    return error(400, "invalid_input", format!("label_selector is invalid: {m}"));
+                }
+            };
+            items.retain(|o| sel.matches_json(o.get("labels")));
+        }
+        if let Some(name) = q("name") {
+            items.retain(|o| o.get("name").and_then(Value::as_str) == Some(name));
+        }
+        items.sort_by_key(|o| o.get("id").and_then(Value::as_i64));
+        let total = items.len() as u64;
+        let last_page = total.div_ceil(per_page).max(1);
+        let page_items: Vec<Value> = items
+            .into_iter()
+            .skip(((page - 1) * per_page) as usize)
+            .take(per_page as usize)
+            .collect();
+        ok(
+            200,
+            Some(json!({
+                coll: page_items,
+                "meta": {"pagination": {
+                    "page": page,
+                    "per_page": per_page,
+                    "previous_page": if page > 1 { json!(page - 1) } else { Value::Null },
+                    "next_page": if page < last_page { json!(page + 1) } else { Value::Null },
+                    "last_page": last_page,
+                    "total_entries": total,
+                }},
+            })),
+        )
+    }
+
+    fn create_ssh_key(&self, body: &[u8]) -> Answer {
+        let mut st = self.state.lock().expect("fake lock");
+        if st.read_only {
+            return error(403, "forbidden", "insufficient permissions for this request");
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return error(400, "json_error", "request body is not valid JSON");
+        };
+        let name = v.get("name").and_then(Value::as_str).unwrap_or_default();
+        let key = v.get("public_key").and_then(Value::as_str).unwrap_or_default();
+        if name.is_empty() {
+            return error(400, "invalid_input", "invalid input in field 'name'");
+        }
+        let valid_key = ["ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-nistp256 "]
+            .iter()
+            .any(|p| key.starts_with(p) && key.len() > p.len() + 16);
+        if !valid_key {
+            return error(400, "invalid_input", "invalid input in field 'public_key'");
+        }
+        let taken = st.objects.get("ssh_keys").is_some_and(|ks| {
+            ks.iter().any(|k| k.get("name").and_then(Value::as_str) == Some(name))
+        });
+        if taken {
+            return error(409, "uniqueness_error", "SSH key with the same name already exists");
+        }
+        let labels: BTreeMap<String, String> = v
+            .get("labels")
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        let id = st.next_id;
+        st.next_id += 1;
+        let mut obj = object_json("ssh_key", id, name, &labels);
+        obj["public_key"] = json!(key);
+        st.objects.entry("ssh_keys").or_default().push(obj.clone());
+        ok(201, Some(json!({"ssh_key": obj})))
+    }
+
+    /// `POST /v1/{servers,networks,firewalls,load_balancers,placement_groups}`:
+    /// name (unique per kind), labels (Hetzner's syntax), and for servers and
+    /// load balancers a type from the catalogue, a known location and the
+    /// referenced network (which gives the private IP).
+    fn create(&self, coll: &str, body: &[u8]) -> Answer {
+        const CREATABLE: [(&str, &str); 5] = [
+            ("servers", "server"),
+            ("networks", "network"),
+            ("firewalls", "firewall"),
+            ("load_balancers", "load_balancer"),
+            ("placement_groups", "placement_group"),
+        ];
+        let Some(&(coll, kind)) = CREATABLE.iter().find(|(c, _)| *c == coll) else {
+            return error(404, "not_found", format!("no route POST /v1/{coll}"));
+        };
+        let mut st = self.state.lock().expect("fake lock");
+        if st.read_only {
+            return error(403, "forbidden", "insufficient permissions for this request");
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return error(400, "json_error", "request body is not valid JSON");
+        };
+        let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let name = field("name");
+        if name.is_empty() || name.len() > 63 {
+            return error(400, "invalid_input", "invalid input in field 'name'");
+        }
+        let labels: BTreeMap<String, String> = match v.get("labels") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(l) => match serde_json::from_value(l.clone()) {
+                Ok(l) => l,
+                Err(_) => return error(400, "invalid_input", "invalid input in field 'labels'"),
+            },
+        };
+        if let Some((k, _)) = labels.iter().find(|(k, v)| !valid_label(k, v)) {
+            return error(400, "invalid_input", format!("invalid input in field 'labels' ({k})"));
+        }
+        let objs = st.objects.get(coll).map(Vec::as_slice).unwrap_or_default();
+        if objs.iter().any(|o| o.get("name").and_then(Value::as_str) == Some(name.as_str())) {
+            return error(409, "uniqueness_error", format!("{kind} name is already used"));
+        }
+        if kind == "server" && objs.len() >= self.cfg.server_limit {
+            return error(403, "resource_limit_exceeded", "server limit exceeded");
+        }
+        let location = field("location");
+        if matches!(kind, "server" | "load_balancer") && !LOCATIONS.contains(&location.as_str()) {
+            return error(400, "invalid_input", "invalid input in field 'location'");
+        }
+        if kind == "server" && !SERVER_TYPES.contains(&field("server_type").as_str()) {
+            return error(400, "invalid_server_type", "server type not found");
+        }
+        if kind == "load_balancer" && !LB_TYPES.contains(&field("load_balancer_type").as_str()) {
+            return error(400, "invalid_load_balancer_type", "load balancer type not found");
+        }
+        let network = match kind {
+            "server" => v.pointer("/networks/0").and_then(Value::as_i64),
+            "load_balancer" => v.get("network").and_then(Value::as_i64),
+            _ => None,
+        };
+        let network_exists = |id: i64| {
+            st.objects.get("networks").is_some_and(|ns| {
+                ns.iter().any(|n| n.get("id").and_then(Value::as_i64) == Some(id))
+            })
+        };
+        if let Some(n) = network.filter(|n| !network_exists(*n)) {
+            return error(404, "not_found", format!("network with ID '{n}' not found"));
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let mut obj = object_json(kind, id, &name, &labels);
+        let loc = json!({"id": 1, "name": location, "network_zone": "eu-central"});
+        match kind {
+            "server" => {
+                obj["server_type"]["name"] = json!(field("server_type"));
+                obj["datacenter"]["location"] = loc;
+                obj["datacenter"]["name"] = json!(format!("{location}-dc1"));
+            }
+            "load_balancer" => {
+                obj["load_balancer_type"]["name"] = json!(field("load_balancer_type"));
+                obj["location"] = loc;
+                obj["services"] = v.get("services").cloned().unwrap_or(json!([]));
+                obj["targets"] = v.get("targets").cloned().unwrap_or(json!([]));
+            }
+            "network" => {
+                obj["ip_range"] = v.get("ip_range").cloned().unwrap_or(json!("10.0.0.0/16"));
+                obj["subnets"] = v.get("subnets").cloned().unwrap_or(json!([]));
+            }
+            "firewall" => obj["rules"] = v.get("rules").cloned().unwrap_or(json!([])),
+            _ => {}
+        }
+        if let Some(n) = network {
+            let ip = format!("10.0.1.{}", (id % 250) + 2);
+            obj["private_net"] = json!([{"network": n, "ip": ip, "alias_ips": []}]);
+        }
+        st.objects.entry(coll).or_default().push(obj.clone());
+        let mut answer = json!({ kind: obj });
+        if kind == "server" {
+            answer["action"] = json!({"id": id * 1000, "command": "create_server",
+                "status": "running", "progress": 0, "error": null,
+                "resources": [{"id": id, "type": "server"}]});
+            answer["root_password"] = Value::Null;
+            answer["next_actions"] = json!([]);
+        }
+        ok(201, Some(answer))
+    }
+
+    fn delete(&self, coll: &str, id: &str) -> Answer {
+        let Some(coll) = OBJECT_COLLECTIONS.iter().find(|c| **c == coll) else {
+            return error(404, "not_found", format!("no route DELETE /v1/{coll}/{id}"));
+        };
+        let mut st = self.state.lock().expect("fake lock");
+        if st.read_only {
+            return error(403, "forbidden", "insufficient permissions for this request");
+        }
+        let Ok(id) = id.parse::<i64>() else {
+            return error(400, "invalid_input", "invalid id");
+        };
+        let objs = st.objects.entry(coll).or_default();
+        let Some(pos) = objs.iter().position(|o| o.get("id").and_then(Value::as_i64) == Some(id))
+        else {
+            return error(404, "not_found", format!("{coll} with ID '{id}' not found"));
+        };
+        objs.remove(pos);
+        if *coll == "servers" {
+            ok(
+                200,
+                Some(json!({"action": {
+                    "id": id * 1000, "command": "delete_server", "status": "running",
+                    "progress": 0, "resources": [{"id": id, "type": "server"}], "error": null,
+                }})),
+            )
+        } else {
+            ok(204, None)
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Child processes that cannot outlive the test binary.
+//!
+//! A server shared by every test of a binary lives in a `static`, whose
+//! destructor never runs; a killed test binary runs none at all. So a
+//! shared server is started by a small shell that watches this process and
+//! stops the server when this process is gone, or when the shell itself is
+//! asked to stop ([`Tied::stop`]).
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A server started by [`spawn_tied`].
+pub struct Tied {
+    shell: Child,
+}
+
+impl Tied {
+    /// Stops the server (SIGTERM to the watching shell, which forwards it)
+    /// and reaps the shell.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.shell.id().to_string()]).status();
+        let _ = self.shell.wait();
+    }
+
+    /// The watching shell's pid.
+    pub fn id(&self) -> u32 {
+        self.shell.id()
+    }
+}
+
+impl Drop for Tied {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts `program args`, its output appended to `log`, under a shell that
+/// stops it when this process exits (checked five times a second) or when
+/// the shell gets SIGTERM.
+pub fn spawn_tied<S: AsRef<OsStr>>(program: &Path, args: &[S], log: &Path) -> Tied {
+    const WATCH: &str = r#"parent="$1"; shift
+"$@" & child=$!
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.2; done
+kill -TERM "$child" 2>/dev/null
+wait "$child""#;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let err = out.try_clone().expect("a second handle on the log");
+    let shell = Command::new("sh")
+        .arg("-c")
+        .arg(WATCH)
+        .arg("tied")
+        .arg(std::process::id().to_string())
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    Tied { shell }
+}
