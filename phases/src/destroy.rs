@@ -181,3 +181,60 @@ async fn secrets(cx: &StepCtx) -> StepResult<SecretsRemoved> {
     }
     Ok(SecretsRemoved { removed: names.len() })
 }
+
+#[cfg(test)]
+mod tests {
+    use cz_engine::{ErrorClass, FaultPlan, JobOptions, Verbs};
+    use cz_state::{JobStatus, SovereignStatus};
+
+    use crate::jobs::{Submit, destroy};
+    use crate::testing::{SimRig, SimRigExt, sample_request, sim_rig};
+
+    /// A destroy of `sov` under `faults` (failures are kept: no rollback).
+    async fn destroy_job(rig: &SimRig, sov: cz_state::SovereignId, faults: FaultPlan) -> cz_state::JobId {
+        let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
+        let jobs = rig.store.list_jobs(Some(sov)).await.unwrap();
+        let options = JobOptions { faults, ..Default::default() };
+        let submit = Submit { actor: "test".into(), options, idempotency: None };
+        rig.submit(destroy(&s, &jobs, submit).unwrap()).await
+    }
+
+    /// `destroy` has no undo. Its generic tests: a failure at any step
+    /// pauses it there, and after the operator abandons it a new destroy
+    /// finishes the half-done teardown from whatever state is left; every
+    /// step run twice leaves nothing either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_destroy_resumes_after_a_failure_at_any_step_and_runs_twice() {
+        let nodes: Vec<String> =
+            super::plan(&["fsn1".into()]).nodes_in_order().iter().map(|n| n.id.clone()).collect();
+        for node in nodes.iter().cloned().map(Some).chain([None]) {
+            let rig = sim_rig().await;
+            let sov = rig.provisioned(&sample_request("gone", 1, 0)).await;
+            let mut faults = FaultPlan::default();
+            match &node {
+                Some(n) => {
+                    faults.fail.insert(n.clone(), ErrorClass::NeedsOperator);
+                }
+                None => faults.repeat = nodes.iter().cloned().collect(),
+            }
+            let job = destroy_job(&rig, sov, faults).await;
+            if let Some(n) = &node {
+                assert_eq!(rig.drive(job).await, JobStatus::Paused, "{n}");
+                assert_eq!(rig.job(job).await.pause.unwrap()["step"], n.as_str());
+                Verbs { store: &rig.store }.abandon(job, "alice").await.unwrap();
+                let job = destroy_job(&rig, sov, FaultPlan::default()).await;
+                assert_eq!(rig.drive(job).await, JobStatus::Succeeded, "{n}");
+            } else {
+                assert_eq!(rig.drive(job).await, JobStatus::Succeeded, "every step twice");
+            }
+            assert!(rig.cloud_objects().await.is_empty(), "{node:?}");
+            let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
+            assert_eq!(s.status, SovereignStatus::Destroyed, "{node:?}");
+            let left = rig.store.secret_names(&sov.to_string()).await.unwrap();
+            assert!(
+                left.iter().all(|n| n.ends_with(".escrow") || n.starts_with("tofu-state-archive")),
+                "{node:?}: only escrow blobs and archived states stay: {left:?}"
+            );
+        }
+    }
+}

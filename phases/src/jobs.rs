@@ -415,3 +415,208 @@ pub fn destroy(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use async_trait::async_trait;
+    use cz_engine::testing::{
+        Scenario, Started, every_step_failure_unwinds, every_step_runs_twice,
+    };
+    use cz_engine::{ErrorClass, FaultPlan, RetryPolicy, Verbs};
+    use cz_state::SovereignStatus;
+
+    use super::*;
+    use crate::common::slug;
+    use crate::testing::{SimRigExt, add_region_body, byo_api_request, sample_request, sim_rig};
+
+    /// The whole provision of a `byo-api` domain under the generic unwind
+    /// test: whatever step fails, the registrar gets its delegation back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_step_failure_of_a_byo_api_provision_unwinds() {
+        let req = byo_api_request("acme-unwind.com", Registrar::Godaddy, "key:secret");
+        let last = crate::PROVISION_PHASES.last().expect("phases");
+        let s = crate::testing::PhaseScenario::provision(req, last);
+        let whole = WholeJob(s);
+        every_step_failure_unwinds(&whole).await;
+    }
+
+    /// A [`crate::testing::PhaseScenario`] with every step of the job under test.
+    struct WholeJob(crate::testing::PhaseScenario);
+
+    #[async_trait(?Send)]
+    impl Scenario for WholeJob {
+        type Env = crate::Backend;
+        fn steps(&self) -> Vec<String> {
+            self.0.all_steps()
+        }
+        fn all_steps(&self) -> Vec<String> {
+            self.0.all_steps()
+        }
+        async fn start(&self, options: JobOptions) -> Started<crate::Backend> {
+            self.0.start(options).await
+        }
+        async fn assert_clean_slate(&self, run: &Started<crate::Backend>, failed_at: &str) {
+            self.0.assert_clean_slate(run, failed_at).await
+        }
+        async fn end_state(&self, run: &Started<crate::Backend>) -> Value {
+            self.0.end_state(run).await
+        }
+    }
+
+    #[tokio::test]
+    async fn provision_runs_to_hand_off() {
+        let rig = sim_rig().await;
+        let req = sample_request("alpha", 3, 2);
+        let plan = provision_plan(&req);
+        let ids: Vec<&str> = plan.phases.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, crate::PROVISION_PHASES);
+        let sov = rig.provisioned(&req).await;
+        let objs = rig.cloud_objects().await;
+        assert_eq!(objs.iter().filter(|(k, _)| k == "server").count(), 5);
+        assert_eq!(objs.iter().filter(|(k, _)| k == "load_balancer").count(), 1);
+        let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
+        assert_eq!(s.status, SovereignStatus::Ready);
+    }
+
+    /// Transient failures are retried (and counted); a needs-operator one
+    /// pauses before anything is spent; `skip` with a reason, audited, lets
+    /// the job finish.
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_needs_operator_pauses() {
+        let rig = sim_rig().await;
+        let req = sample_request("retry", 1, 0);
+        let mut faults = FaultPlan::default();
+        faults.flaky.insert("infra/apply-fsn1".into(), 2);
+        faults.fail.insert("preflight/cost-preview".into(), ErrorClass::NeedsOperator);
+        let retry = RetryPolicy { max_attempts: 5, min_delay_ms: 1, max_delay_ms: 5 };
+        let options = JobOptions { faults, retry, ..Default::default() };
+        let (_, job) = rig.submit_plan(&req, &provision_plan(&req), options).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Paused);
+        let pause = rig.job(job).await.pause.unwrap();
+        assert_eq!(pause["step"], "preflight/cost-preview");
+        assert_eq!(pause["error"]["runbook"], "runbooks/injected-fault.md");
+        assert!(rig.cloud_objects().await.is_empty(), "nothing spent before preflight passes");
+        Verbs { store: &rig.store }
+            .skip(job, "preflight/cost-preview", "preview checked by hand", "alice")
+            .await
+            .unwrap();
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+        let states = rig.store.node_states(job).await.unwrap();
+        assert_eq!(states["infra/apply-fsn1"].attempts(), 3, "two transient failures, then success");
+        let audit = rig.store.audit(Some(job)).await.unwrap();
+        assert!(audit.iter().any(|a| a.action == "skip"
+            && a.actor == "alice"
+            && a.detail["reason"] == "preview checked by hand"));
+    }
+
+    async fn sovereign_and_jobs(
+        rig: &crate::testing::SimRig,
+        sov: SovereignId,
+    ) -> (Sovereign, Vec<Job>) {
+        let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
+        (s, rig.store.list_jobs(Some(sov)).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn add_region_then_destroy_leaves_nothing() {
+        let rig = sim_rig().await;
+        let req = sample_request("multi", 1, 0);
+        let sov = rig.provisioned(&req).await;
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        let sub = add_region(&s, &js, &add_region_body(&["hel1"]), Submit::default()).unwrap();
+        let job = rig.submit(sub).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+        let servers = rig.cloud_objects().await.into_iter().filter(|(k, _)| k == "server").count();
+        assert_eq!(servers, 3, "fsn1: 1 server, hel1: 1 + 1");
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        let sub = destroy(&s, &js, Submit::default()).unwrap();
+        let stored: FollowUp = serde_json::from_value(sub.request.clone()).unwrap();
+        let locations: Vec<&str> = stored.regions.iter().map(|r| r.location.as_str()).collect();
+        assert_eq!(locations, ["fsn1", "hel1"], "destroy covers every region");
+        let job = rig.submit(sub).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+        assert!(rig.cloud_objects().await.is_empty());
+        let zone = format!("{}.", req.fqdn());
+        assert!(!rig.env().dns.zone_exists(&zone).await.unwrap());
+        let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
+        assert_eq!(s.status, SovereignStatus::Destroyed);
+    }
+
+    /// An add-region job for `hel1` on a provisioned `fsn1` Sovereign.
+    struct AddRegion {
+        request: ProvisionRequest,
+    }
+
+    impl AddRegion {
+        fn plan(&self) -> Plan {
+            let regions: Vec<Region> =
+                vec![serde_json::from_value(crate::testing::region_body("hel1")).unwrap()];
+            add_region_plan(&regions, &self.request.components)
+        }
+    }
+
+    #[async_trait(?Send)]
+    impl Scenario for AddRegion {
+        type Env = crate::Backend;
+        fn steps(&self) -> Vec<String> {
+            self.all_steps()
+        }
+        fn all_steps(&self) -> Vec<String> {
+            self.plan().nodes_in_order().iter().map(|n| n.id.clone()).collect()
+        }
+        async fn start(&self, options: JobOptions) -> Started<crate::Backend> {
+            let rig = sim_rig().await;
+            let sovereign = rig.provisioned(&self.request).await;
+            let (s, js) = sovereign_and_jobs(&rig, sovereign).await;
+            let submit = Submit { actor: "test".into(), options: options.clone(), idempotency: None };
+            let mut sub = add_region(&s, &js, &add_region_body(&["hel1"]), submit).unwrap();
+            // The test's failure policy as given.
+            sub.options = serde_json::to_value(&options).unwrap();
+            let job = rig.submit(sub).await;
+            Started { rig, sovereign, job }
+        }
+        /// The first region is untouched and the new one is gone.
+        async fn assert_clean_slate(&self, run: &Started<crate::Backend>, failed_at: &str) {
+            let names: BTreeSet<String> =
+                run.rig.cloud_objects().await.into_iter().map(|(_, n)| n).collect();
+            let slug = slug(&self.request.fqdn());
+            let first: BTreeSet<String> =
+                crate::infra::object_names(&slug, &self.request.regions[0]).into_iter().collect();
+            assert_eq!(names, first, "{failed_at}: only the first region's objects are left");
+            let s = run.rig.store.get_sovereign(run.sovereign).await.unwrap().unwrap();
+            assert_eq!(s.status, SovereignStatus::Ready, "{failed_at}");
+        }
+        async fn end_state(&self, run: &Started<crate::Backend>) -> Value {
+            json!(run.rig.cloud_objects().await)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_step_failure_of_an_add_region_unwinds_the_new_region_only() {
+        every_step_failure_unwinds(&AddRegion { request: sample_request("region", 1, 0) }).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_step_of_an_add_region_runs_twice() {
+        every_step_runs_twice(&AddRegion { request: sample_request("region2", 1, 0) }).await;
+    }
+
+    /// Follow-up jobs are refused with the reason, before anything is stored.
+    #[tokio::test]
+    async fn follow_ups_check_the_sovereign_and_the_request() {
+        let rig = sim_rig().await;
+        let req = sample_request("checks", 1, 0);
+        let sov = rig.provisioned(&req).await;
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        let e = add_region(&s, &js, &add_region_body(&["fsn1"]), Submit::default()).unwrap_err();
+        assert!(matches!(&e, FollowUpError::Invalid(errs) if errs[0].path.contains("location")), "{e:?}");
+        let e = add_region(&s, &[], &add_region_body(&["hel1"]), Submit::default()).unwrap_err();
+        assert!(matches!(e, FollowUpError::NoProvision), "{e:?}");
+        let mut gone = s.clone();
+        gone.status = SovereignStatus::Destroyed;
+        let e = add_region(&gone, &js, &add_region_body(&["hel1"]), Submit::default()).unwrap_err();
+        assert!(matches!(e, FollowUpError::NotReady(SovereignStatus::Destroyed)), "{e:?}");
+    }
+}

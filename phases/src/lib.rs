@@ -112,3 +112,43 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("handoff.widen", "infra-handoff.widen"),
     ("handoff.archive", "infra-handoff.archive"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use cz_engine::JobOptions;
+    use cz_state::JobStatus;
+
+    use super::*;
+    use crate::testing::{SimRigExt, sample_request, sim_rig};
+
+    /// A job stored by an older daemon names its actions without their
+    /// phase id; it still runs, through the alias table.
+    #[tokio::test]
+    async fn a_plan_stored_under_the_old_action_names_still_runs() {
+        let req = sample_request("legacy", 1, 0);
+        let mut plan = jobs::provision_plan(&req);
+        let mut renamed = 0;
+        for node in plan.phases.iter_mut().flat_map(|p| p.nodes.iter_mut()) {
+            if let Some((old, _)) = ALIASES.iter().find(|(_, new)| *new == node.action) {
+                node.action = old.to_string();
+                renamed += 1;
+            }
+        }
+        assert!(renamed > 20, "the plan used the renamed actions ({renamed})");
+        registry().check_plan(&plan).expect("old names resolve through the aliases");
+        let rig = sim_rig().await;
+        let (_, job) = rig.submit_plan(&req, &plan, JobOptions::default()).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+    }
+
+    /// Every alias names a registered action, and no current action is
+    /// shadowed by one.
+    #[test]
+    fn the_alias_table_is_sound() {
+        let r = registry();
+        for (old, new) in ALIASES {
+            assert!(r.names().contains(new), "{old} → {new}: not an action");
+            assert!(!r.names().contains(old), "{old} is still an action");
+        }
+    }
+}

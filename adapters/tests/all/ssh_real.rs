@@ -7,15 +7,15 @@
 //! keys and `internal-sftp`) in a temp dir. `.ci/run` installs
 //! `openssh-server`; without `/usr/sbin/sshd` these tests fail, loudly.
 
-mod common;
 
 use std::time::Duration;
 
-use common::sshd::{Sshd, free_port, user};
+use cz_testkit::free_port;
+use cz_testkit::sshd::{Sshd, user};
 
-use cz_phases::adapters::{Host, ProvisionerKey, SshApi};
-use cz_phases::exec::SshClient;
-use cz_phases::{Cause, StepError};
+use cz_adapters::{Host, ProvisionerKey, SshApi};
+use cz_adapters::ssh::SshClient;
+use cz_engine::{Cause, StepError};
 
 fn client() -> SshClient {
     SshClient::new(Duration::from_secs(5), Duration::from_secs(60))
@@ -95,7 +95,7 @@ async fn a_changed_host_key_is_refused_before_anything_runs() {
         }
         other => panic!("expected a Conflict, got {other}"),
     }
-    assert_eq!(e.class(), cz_phases::ErrorClass::NeedsOperator);
+    assert_eq!(e.class(), cz_engine::ErrorClass::NeedsOperator);
     assert!(!marker.exists(), "the command ran on an unverified host");
     let e = c.upload(&h, &pinned, &me, "/f", b"x", 0o600).await;
     assert!(matches!(e, Err(StepError::Adapter { cause: Cause::Conflict, .. })));
@@ -119,7 +119,7 @@ async fn a_host_that_is_not_up_is_a_network_error() {
         Host { name: "down".into(), address: "127.0.0.1".into(), port: free_port(), user: user() };
     let e = c.probe(&h).await.unwrap_err();
     assert!(matches!(e, StepError::Adapter { cause: Cause::Network, .. }), "{e}");
-    assert_eq!(e.class(), cz_phases::ErrorClass::Transient);
+    assert_eq!(e.class(), cz_engine::ErrorClass::Transient);
 }
 
 #[tokio::test]

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cz_phases::adapters::{TofuApi, TofuEvent, Workspace};
-use cz_phases::exec::TofuCli;
-use cz_phases::exec::tofu::{LOCK_FILE, PID_FILE};
-use cz_phases::{Cause, StepError};
+use cz_adapters::{TofuApi, TofuEvent, Workspace};
+use cz_adapters::tofu::TofuCli;
+use cz_adapters::tofu::cli::{LOCK_FILE, PID_FILE};
+use cz_engine::{Cause, StepError};
 use cz_state::SecretString;
 
 const TOKEN: &str = "cz-test-token-7f3a9c1e-DO-NOT-PERSIST";
@@ -21,7 +21,7 @@ fn find_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CZ_TOFU_BIN") {
         assert!(Path::new(&p).exists(), "CZ_TOFU_BIN={} does not exist", p.to_string_lossy());
     }
-    cz_phases::exec::tofu::find_cli()
+    cz_adapters::tofu::cli::find_cli()
 }
 
 /// The binary, or `None` after a loud skip (only with `CZ_ALLOW_NO_TOFU=1`).
@@ -121,7 +121,7 @@ fn processes_in(dir: &Path) -> Vec<u32> {
     pids
 }
 
-fn addresses(state: &[cz_phases::adapters::StateResource]) -> Vec<String> {
+fn addresses(state: &[cz_adapters::StateResource]) -> Vec<String> {
     let mut a: Vec<String> = state.iter().map(|r| r.address.clone()).collect();
     a.sort();
     a

@@ -3,8 +3,8 @@
 //! rewrites them; and the HelmChart checked against the helm-controller CRD
 //! (`shared/upstream/crds/k3s-helm.cattle.io_helmcharts.yaml`).
 
-use cz_phases::adapters::K3sSource;
-use cz_phases::phases::cluster::{cilium_manifest, install_script, k3s_config};
+use cz_adapters::K3sSource;
+use cz_phases::cluster::render::{cilium_manifest, install_script, k3s_config};
 use serde_json::Value;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/cluster");
@@ -55,7 +55,8 @@ fn node_files_match_their_golden_files() {
 
 #[test]
 fn server_configs_carry_the_critical_flags_identically() {
-    // "critical configuration value mismatch" (K3S-DIGEST §3) if these differ.
+    // K3s refuses a server join with "critical configuration value mismatch"
+    // if these differ between servers.
     let first = k3s_config("server", true, TOKEN, "10.0.1.2", "203.0.113.50", "a.b.c");
     let join = k3s_config("server", false, TOKEN, "10.0.1.2", "203.0.113.50", "a.b.c");
     let critical = |c: &str| -> Vec<String> {
@@ -111,10 +112,13 @@ fn the_cilium_helmchart_fits_the_helm_controller_crd() {
         };
         assert!(ok, "spec.{k} is {v}, the CRD says {want}");
     }
-    assert_eq!(chart["spec"]["bootstrap"], true, "F-15: the CNI installs before the network");
+    assert_eq!(chart["spec"]["bootstrap"], true, "the CNI installs before there is a pod network");
     let values: Value =
         serde_saphyr::from_str(chart["spec"]["valuesContent"].as_str().unwrap()).unwrap();
-    assert_eq!(values["k8sServiceHost"], "10.0.1.2", "F-16: agents reach the API");
+    assert_eq!(
+        values["k8sServiceHost"], "10.0.1.2",
+        "agents reach the API (127.0.0.1 only exists on servers)"
+    );
     assert_eq!(values["k8sServicePort"], 6443);
     assert_eq!(values["kubeProxyReplacement"], true, "K3s runs with --disable-kube-proxy");
 }

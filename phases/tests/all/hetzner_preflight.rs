@@ -7,30 +7,35 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cz_phases::adapters::{Backend, InfraModule};
-use cz_phases::engine::{DriveOutcome, Engine, FailurePolicy, JobOptions};
-use cz_phases::exec::tofu::TofuCli;
-use cz_phases::hcloud::fake::{self, DEFAULT_TOKEN, FakeConfig, FakeHandle, RecordedRequest};
-use cz_phases::hcloud::{BudgetRegistry, HcloudClient, ProjectQuota};
-use cz_phases::phases::{provision_submission, registry};
-use cz_phases::request::{ProvisionRequest, sample_body};
-use cz_phases::sim::{SimConfig, SimDns, SimWorld};
-use cz_phases::unbuilt::Unbuilt;
-use cz_state::{JobId, JobStatus, Store, StorePaths};
-use serde_json::Value;
+use cz_adapters::cloud::{BudgetRegistry, HcloudClient, ProjectQuota};
+use cz_adapters::kube::KubeClient;
+use cz_adapters::openbao::Unbuilt;
+use cz_adapters::ssh::SshClient;
+use cz_adapters::tofu::{TofuCli, find_cli};
+use cz_adapters::{InfraModule, K3sSource};
+use cz_engine::testing::Rig;
+use cz_engine::{DriveOutcome, FailurePolicy, JobOptions};
+use cz_phases::dns::NAMESERVERS;
+use cz_phases::jobs::{self, Submit};
+use cz_phases::request::ProvisionRequest;
+use cz_phases::testing::{age_recipient, sample_body};
+use cz_phases::{Backend, registry};
+use cz_sim::wire::hcloud::{self as fake, DEFAULT_TOKEN, FakeConfig, FakeHandle, RecordedRequest};
+use cz_sim::{SimConfig, SimDns, SimRegistrars, SimWorld};
+use cz_state::{JobId, JobStatus};
 use tokio_util::sync::CancellationToken;
 
-struct Rig {
-    _dir: tempfile::TempDir,
-    store: Store,
-    engine: Engine,
+/// The engine and store over a `hetzner` backend whose cloud is the real
+/// client against `fake`.
+struct Preflight {
+    rig: Rig<Backend>,
     fake: FakeHandle,
 }
 
 /// The real CLI (pre-flight checks its version), or `None` after a loud
 /// skip when the machine has none and `CZ_ALLOW_NO_TOFU=1`.
 fn cli() -> Option<std::path::PathBuf> {
-    match cz_phases::exec::tofu::find_cli() {
+    match find_cli() {
         Some(b) => Some(b),
         None if std::env::var("CZ_ALLOW_NO_TOFU").as_deref() == Ok("1") => {
             eprintln!("SKIPPED: no tofu/terraform binary; pre-flight checks the CLI");
@@ -40,61 +45,71 @@ fn cli() -> Option<std::path::PathBuf> {
     }
 }
 
-async fn rig(fake_cfg: FakeConfig, quota: ProjectQuota) -> Option<Rig> {
+async fn rig(fake_cfg: FakeConfig, quota: ProjectQuota) -> Option<Preflight> {
     Some(rig_with(fake_cfg, quota, cli()?).await)
 }
 
-async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::PathBuf) -> Rig {
-    let dir = tempfile::tempdir().unwrap();
+/// The backend the daemon wires for `hetzner` (SSH and Kubernetes are the
+/// real clients, which pre-flight never calls), with DNS and registrars
+/// from the sim.
+async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::PathBuf) -> Preflight {
     let fake = fake::start(fake_cfg).await;
     let cloud = HcloudClient::new(&fake.base_url(), Arc::new(BudgetRegistry::default()))
         .unwrap()
         .with_quota(quota);
-    let world = Arc::new(SimWorld::new(dir.path().join("sim"), SimConfig::instant()));
-    let backend = Backend {
-        name: "hetzner".into(),
-        cloud: Arc::new(cloud),
-        tofu: Arc::new(TofuCli::new(cli, dir.path().join("plugins"), Duration::from_secs(60))),
-        ssh: Arc::new(Unbuilt::SSH),
-        kube: Arc::new(Unbuilt::KUBE),
-        bao: Arc::new(Unbuilt::BAO),
-        dns: Arc::new(SimDns::new(world.clone())),
-        registrars: Arc::new(cz_phases::sim::SimRegistrars::new(world)),
-        workspace_root: dir.path().join("workspaces"),
-        infra: InfraModule::Offline {
-            templates: concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates/hetzner-offline")
+    let endpoint = fake.base_url();
+    let rig = Rig::new(Arc::new(registry()), |dir| {
+        let world = Arc::new(SimWorld::new(dir.join("sim"), SimConfig::instant()));
+        Backend {
+            name: "hetzner".into(),
+            cloud: Arc::new(cloud),
+            tofu: Arc::new(TofuCli::new(cli, dir.join("plugins"), Duration::from_secs(60))),
+            ssh: Arc::new(SshClient::default()),
+            kube: Arc::new(KubeClient),
+            bao: Arc::new(Unbuilt::BAO),
+            dns: Arc::new(SimDns::new(world.clone())),
+            registrars: Arc::new(SimRegistrars::new(world)),
+            workspace_root: dir.join("workspaces"),
+            infra: InfraModule::Offline {
+                templates: concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../cloud-templates/hetzner-offline"
+                )
                 .into(),
-            shim: "/nonexistent/catalyst-zero".into(),
-            endpoint: fake.base_url(),
-        },
-        k3s: cz_phases::adapters::K3sSource::Simulated,
-        ssh_port: 22,
-        bounds: Default::default(),
-        poll: Duration::from_millis(10),
-        public_resolvers: Vec::new(),
-    };
-    let ns: Vec<String> =
-        cz_phases::phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
-    backend.dns.create_zone("omani.works.", &ns, "").await.unwrap();
-    let store = Store::open(StorePaths::in_dir(&dir.path().join("data"))).await.unwrap();
-    let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
-    Rig { _dir: dir, store, engine, fake }
+                shim: "/nonexistent/catalyst-zero".into(),
+                endpoint,
+            },
+            k3s: K3sSource::Simulated,
+            ssh_port: 22,
+            bounds: Default::default(),
+            poll: Duration::from_millis(10),
+            public_resolvers: Vec::new(),
+        }
+    })
+    .await;
+    let ns: Vec<String> = NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    rig.env().dns.create_zone("omani.works.", &ns, "").await.unwrap();
+    Preflight { rig, fake }
 }
 
+/// The sample request with `sku` everywhere; a failure keeps what the job
+/// made, so the test reads where it stopped.
 fn request(sub: &str, sku: &str, cps: u32, workers: u32) -> ProvisionRequest {
-    let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let mut body = sample_body(sub, cps, workers, DEFAULT_TOKEN, &recipient);
+    let mut body = sample_body(sub, cps, workers, DEFAULT_TOKEN, &age_recipient());
     body["regions"][0]["control_plane"]["sku"] = sku.into();
     body["regions"][0]["workers"]["sku"] = sku.into();
-    serde_json::from_value(body).expect("a valid request")
+    body["on_failure"] = "keep".into();
+    let req: ProvisionRequest = serde_json::from_value(body).expect("a valid request");
+    assert_eq!(req.on_failure, FailurePolicy::Keep);
+    req
 }
 
 /// Submits and drives until the job stops or reaches `infra` (where a
 /// passing pre-flight would start spending: the test stops it there).
-async fn run_preflight(r: &Rig, req: &ProvisionRequest) -> (JobId, JobStatus) {
-    let options = JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() };
-    let (_sov, job, sub) = provision_submission(req, &options, "test");
-    r.store.submit(sub).await.unwrap();
+async fn run_preflight(p: &Preflight, req: &ProvisionRequest) -> (JobId, JobStatus) {
+    let r = &p.rig;
+    let submit = Submit { actor: "test".into(), options: JobOptions::default(), idempotency: None };
+    let job = r.submit(jobs::provision(req, submit)).await;
     let cancel = CancellationToken::new();
     let drive = r.engine.drive(job, cancel.clone());
     let watch = async {
@@ -134,10 +149,8 @@ fn writes(log: &[RecordedRequest]) -> Vec<String> {
         .collect()
 }
 
-async fn failed_step(r: &Rig, job: JobId) -> String {
-    let j = r.store.get_job(job).await.unwrap().unwrap();
-    let why = j.pause.or(j.error).unwrap_or(Value::Null);
-    why.to_string()
+async fn failed_step(p: &Preflight, job: JobId) -> String {
+    p.rig.stop_reason(job).await.to_string()
 }
 
 #[tokio::test]
@@ -168,8 +181,8 @@ async fn an_over_quota_request_is_refused_before_any_write() {
 
 #[tokio::test]
 async fn an_unknown_sku_is_refused_before_any_write() {
-    // cx43 passes the request schema (F-09 list) but this project's
-    // catalogue does not offer it.
+    // cx43 passes the request schema (it is in its SKU list) but this
+    // project's catalogue does not offer it.
     let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
     let (job, status) = run_preflight(&r, &request("sku", "cx43", 1, 1)).await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
@@ -182,16 +195,15 @@ async fn an_unknown_sku_is_refused_before_any_write() {
 async fn a_passing_preflight_streams_the_cost_from_api_prices_and_writes_nothing() {
     let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
     let (job, _status) = run_preflight(&r, &request("cost", "cpx32", 3, 2)).await;
-    let states = r.store.node_states(job).await.unwrap();
+    let states = r.rig.store.node_states(job).await.unwrap();
     for step in
         ["validate", "catalog", "quotas", "names-free", "cost-preview", "artifacts", "token-scope"]
     {
         let s = states.get(&format!("preflight/{step}"));
         assert!(s.is_some_and(|s| s.is_satisfied()), "{step}: {s:?}");
     }
-    let events = r.store.events_after(job, 0, 10_000).await.unwrap();
-    let cost = events.iter().find(|e| e.kind == "cost").expect("a cost event").body.clone();
-    // The fake serves the sim's price table as strings: cpx32 13.99/month,
+    let cost = r.rig.events(job, "cost").await.into_iter().next().expect("a cost event");
+    // The fake serves the catalogue's price table as strings: cpx32 13.99/month,
     // lb11 at its price; 5 servers + 1 LB.
     let region = &cost["regions"][0];
     assert_eq!(region["control_plane"]["monthly_eur"], 13.99, "{cost}");
@@ -217,8 +229,9 @@ async fn a_name_collision_with_someone_elses_object_is_refused_before_any_write(
     assert_eq!(writes(&r.fake.requests()), Vec::<String>::new());
 }
 
-/// F-02: a missing tofu binary stops the job in pre-flight, before any
-/// write; a present one is recorded with the module's digest.
+/// A missing tofu binary stops the job in pre-flight, before any write
+/// (not at the first apply, with objects half made); a present one is
+/// recorded with the module's digest.
 #[tokio::test]
 async fn preflight_records_the_cli_and_module_and_refuses_a_missing_cli() {
     let r =
@@ -231,7 +244,7 @@ async fn preflight_records_the_cli_and_module_and_refuses_a_missing_cli() {
 
     let Some(r) = rig(FakeConfig::default(), ProjectQuota::default()).await else { return };
     let (job, _) = run_preflight(&r, &request("cli", "cpx32", 1, 1)).await;
-    let states = r.store.node_states(job).await.unwrap();
+    let states = r.rig.store.node_states(job).await.unwrap();
     let out = match states.get("preflight/artifacts") {
         Some(cz_state::NodeState::Succeeded { output, .. }) => output.clone(),
         other => panic!("artifacts: {other:?}"),

@@ -3,13 +3,13 @@
 //! hcloud provider v1.68 schema has (`shared/upstream/hcloud/resources.json`)
 //! with every required argument set, matches its golden files byte for byte
 //! (`UPDATE_GOLDEN=1` rewrites them), accepts every location and SKU the
-//! request schema accepts (F-09), carries no secret, and labels everything.
+//! request schema accepts, carries no secret, and labels everything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use cz_phases::phases::infra;
-use cz_phases::phases::render::{RenderError, RenderInput, render_hetzner};
+use cz_phases::infra;
+use cz_phases::infra::render::{RenderError, RenderInput, render_hetzner};
 use cz_phases::request::{
     HETZNER_LOCATIONS, HETZNER_SKUS, NodeGroup, Provider, ProvisionRequest, Region, parse_provision,
 };
@@ -382,20 +382,20 @@ fn renders_match_the_golden_files() {
     }
     assert!(
         stale.is_empty(),
-        "{}\n\nIf the change is intended, regenerate with\n  UPDATE_GOLDEN=1 cargo test -p cz-phases --test hetzner_templates\nand review the diff (git diff phases/tests/golden).",
+        "{}\n\nIf the change is intended, regenerate with\n  UPDATE_GOLDEN=1 cargo test -p cz-phases --test all hetzner_templates\nand review the diff (git diff phases/tests/golden).",
         stale.join("\n")
     );
 }
 
 // ---------------------------------------------------------------------------
-// (c) F-09: every location and SKU the request accepts renders as-is
+// (c) every location and SKU the request accepts renders as-is
 // ---------------------------------------------------------------------------
 
 #[test]
 fn every_accepted_location_and_sku_renders_to_that_value() {
     let req = request(json!([region("fsn1", ("cpx32", 1), ("cpx32", 1))]));
-    for loc in HETZNER_LOCATIONS {
-        for sku in HETZNER_SKUS {
+    for loc in HETZNER_LOCATIONS.iter() {
+        for sku in HETZNER_SKUS.iter() {
             let r = Region {
                 provider: Provider::Hetzner,
                 location: loc.to_string(),
@@ -418,7 +418,7 @@ fn every_accepted_location_and_sku_renders_to_that_value() {
                     assert_eq!(attr(body, "location").and_then(string), Some(*loc), "{ctx}");
                 }
                 if ty == "hcloud_network_subnet" {
-                    let zone = cz_phases::phases::render::network_zone(loc).unwrap();
+                    let zone = cz_phases::infra::render::network_zone(loc).unwrap();
                     assert_eq!(attr(body, "network_zone").and_then(string), Some(zone), "{ctx}");
                 }
             }
@@ -574,7 +574,7 @@ fn firewall_and_load_balancer_expose_only_what_they_should() {
     let cidrs: Vec<String> = CIDRS.iter().map(|s| s.to_string()).collect();
     assert_eq!(ports["22"], cidrs, "{case}: ssh only from the provisioner");
     let mut api = cidrs.clone();
-    api.push(format!("{}/32", cz_phases::phases::render::LB_PRIVATE_IP));
+    api.push(format!("{}/32", cz_phases::infra::render::LB_PRIVATE_IP));
     assert_eq!(ports["6443"], api, "{case}: API from the provisioner and the LB");
     assert_eq!(ports["80"], ["0.0.0.0/0", "::/0"]);
     assert_eq!(ports["443"], ["0.0.0.0/0", "::/0"]);
@@ -665,8 +665,8 @@ const OFFLINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates/h
 /// only built-in resources; and no secret.
 #[test]
 fn the_offline_module_mirrors_the_manifest_with_builtin_resources_only() {
-    use cz_phases::hcloud::shim::ShimObject;
-    use cz_phases::phases::render::{offline_id, render_offline};
+    use cz_adapters::cloud::shim::ShimObject;
+    use cz_phases::infra::render::{offline_id, render_offline};
     for (case, req, r) in cases() {
         let mut desired = infra::desired(&slug(&req), &r, None);
         // The step labels every object; the test sets what it would.

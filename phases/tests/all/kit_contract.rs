@@ -2,17 +2,21 @@
 //! object validates against its CRD's `openAPIV3Schema` from
 //! `shared/upstream/crds/` (Flux HelmRelease v2, HelmRepository v1), every
 //! `dependsOn` names a HelmRelease of the kit and the graph is acyclic, no
-//! placeholder survives rendering (F-18), no monitoring CR is enabled before
-//! its CRD exists (F-23), bp-cilium carries exactly the values the cluster
-//! phase installed Cilium with (F-35), and the full render for a default
+//! placeholder survives rendering (a literal placeholder once reached live
+//! clusters), no monitoring CR is enabled before its CRD exists (a chart
+//! defaulting `serviceMonitor.enabled` fails to install on a fresh cluster
+//! and every release depending on it waits forever), bp-cilium carries
+//! exactly the values the cluster phase installed Cilium with (one
+//! installer, one version, one set of values: two diverging installs of one
+//! component can break it beyond repair), and the full render for a default
 //! request matches its golden file (`UPDATE_GOLDEN=1` rewrites it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cz_phases::phases::cluster::cilium_manifest;
-use cz_phases::phases::kit::flux_install;
-use cz_phases::phases::kit_render::{KitInput, Rendered, render_kit};
-use cz_phases::phases::release;
+use cz_phases::bootstrap_kit::flux_install;
+use cz_phases::bootstrap_kit::render::{KitInput, Rendered, render_kit};
+use cz_phases::cluster::render::cilium_manifest;
+use cz_phases::release;
 use serde_json::Value;
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/upstream/crds");
@@ -73,8 +77,9 @@ fn every_object_validates_against_its_upstream_crd() {
         }
     }
     // The check has teeth: a wrongly typed field is refused. (Unknown fields
-    // such as F-29's `disableTakeOwnership` are pruned by a real API server,
-    // not refused by these schemas: they set no `additionalProperties`.)
+    // such as `disableTakeOwnership`, which HelmRelease v2 does not have,
+    // are pruned by a real API server, not refused by these schemas: they
+    // set no `additionalProperties`.)
     let v = jsonschema::validator_for(&hr).unwrap();
     let mut bad = kit[0].helm_release.clone();
     bad["spec"]["interval"] = Value::from(15);
@@ -146,7 +151,7 @@ fn nothing_unrendered_and_no_monitoring_before_its_crd() {
     for r in all() {
         walk(&r.component, &r.helm_release["spec"]["values"], &mut bad);
     }
-    assert!(bad.is_empty(), "monitoring CRs enabled before their CRDs exist (F-23): {bad:?}");
+    assert!(bad.is_empty(), "monitoring CRs enabled before their CRDs exist: {bad:?}");
 }
 
 #[test]
@@ -156,7 +161,7 @@ fn bp_cilium_has_the_values_the_cluster_phase_installed_and_every_pin_is_the_man
     let chart: Value = serde_saphyr::from_str(&cilium_manifest("10.0.1.2").unwrap()).unwrap();
     let installed: Value =
         serde_saphyr::from_str(chart["spec"]["valuesContent"].as_str().unwrap()).unwrap();
-    assert_eq!(cilium.helm_release["spec"]["values"], installed, "F-35: one set of Cilium values");
+    assert_eq!(cilium.helm_release["spec"]["values"], installed, "one set of Cilium values");
     for r in &kit {
         let p = release::pin(&r.component).unwrap();
         let spec = &r.helm_release["spec"];
@@ -164,7 +169,7 @@ fn bp_cilium_has_the_values_the_cluster_phase_installed_and_every_pin_is_the_man
         assert_eq!(spec["targetNamespace"], p.namespace.as_str());
         assert_eq!(
             spec["install"]["disableWait"], true,
-            "F-28: readiness is ours, not Helm's wait"
+            "readiness is judged by our probes, not by Helm's wait"
         );
         assert_eq!(r.source["spec"]["url"], release::source().url.as_str());
     }
@@ -192,10 +197,11 @@ fn an_unknown_component_is_refused() {
     );
 }
 
-/// Flux's first install is the release bp-flux takes over (F-35): the K3s
-/// HelmChart fits its CRD, installs the chart bp-flux wraps at that
-/// version, as bp-flux's release name in bp-flux's namespace, with exactly
-/// bp-flux's values.
+/// Flux's first install is the release bp-flux takes over (a second Flux
+/// install at another version can roll back into deleting every Flux
+/// controller): the K3s HelmChart fits its CRD, installs the chart bp-flux
+/// wraps at that version, as bp-flux's release name in bp-flux's
+/// namespace, with exactly bp-flux's values.
 #[test]
 fn the_flux_helmchart_is_the_release_bp_flux_takes_over() {
     let objs = flux_install(&input()).unwrap();

@@ -4,12 +4,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cz_phases::adapters::{CloudApi, CloudObject, TokenScope};
-use cz_phases::hcloud::client::{KNOWN_CODES, OTHER_CODES, RetryConfig};
-use cz_phases::hcloud::fake::{self, DEFAULT_TOKEN, FakeConfig, FakeHandle, RecordedRequest};
-use cz_phases::hcloud::{BudgetConfig, BudgetRegistry, HcloudClient, ProjectQuota};
-use cz_phases::sim::cloud::{LOCATIONS, load_balancer_type_table, server_type_table};
-use cz_phases::{Cause, StepError};
+use cz_adapters::cloud::catalogue::{LOCATIONS, load_balancer_type_table, server_type_table};
+use cz_adapters::cloud::hcloud::{KNOWN_CODES, OTHER_CODES};
+use cz_adapters::cloud::{BudgetConfig, BudgetRegistry, HcloudClient, ProjectQuota, RetryConfig};
+use cz_adapters::{CloudApi, CloudObject, TokenScope};
+use cz_engine::{Cause, StepError};
+use cz_sim::wire::hcloud::{self as fake, DEFAULT_TOKEN, FakeConfig, FakeHandle, RecordedRequest};
 use cz_state::SecretString;
 
 fn token() -> SecretString {

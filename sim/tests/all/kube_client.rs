@@ -5,15 +5,23 @@
 //! not served. The same code runs against a real cluster given a kubeconfig
 //! (`KUBECONFIG`), in the `#[ignore]`d test at the end.
 
-use cz_phases::adapters::{KubeApi, ObjectRef};
-use cz_phases::k8s::{FakeKube, KubeClient};
-use cz_phases::{Cause, StepError};
+use cz_adapters::kube::KubeClient;
+use cz_adapters::{KubeApi, ObjectRef, Until};
+use cz_engine::{Cause, ErrorClass, StepError};
+use cz_sim::wire::kube::FakeKube;
 use cz_state::SecretString;
 use serde_json::{Value, json};
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/upstream/crds");
 
+/// The rustls crypto provider the daemon installs at start; the kube
+/// client's TLS stack needs one chosen before it builds a connector.
+fn crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 fn kubeconfig(server: &str) -> SecretString {
+    crypto_provider();
     SecretString::new(format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: fake\ncontexts:\n- context:\n    cluster: fake\n    user: fake\n  name: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
     ))
@@ -75,7 +83,7 @@ async fn apply_get_list_delete_through_discovery_and_ssa() {
         }
         other => panic!("expected a conflict, got {other}"),
     }
-    assert_eq!(e.class(), cz_phases::ErrorClass::NeedsOperator);
+    assert_eq!(e.class(), ErrorClass::NeedsOperator);
     let listed = k
         .list(
             &kc,
@@ -98,7 +106,6 @@ async fn apply_get_list_delete_through_discovery_and_ssa() {
 /// the fake's watch stream (list, then watch with a field selector).
 #[tokio::test]
 async fn waits_watch_the_object_until_the_condition_or_the_bound() {
-    use cz_phases::adapters::Until;
     use std::time::{Duration, Instant};
     let f = FakeKube::start().await;
     f.put("", "namespaces", json!({"metadata": {"name": "flux-system"}}));
@@ -152,10 +159,12 @@ async fn waits_watch_the_object_until_the_condition_or_the_bound() {
     assert!(matches!(&e, StepError::Timeout { reason, .. } if reason.contains("bp-gitea")), "{e}");
 }
 
-/// The same calls against a real cluster: `KUBECONFIG=… cargo test -- --ignored`.
+/// The same calls against a real cluster:
+/// `KUBECONFIG=… cargo test -p cz-sim --test all -- --ignored`.
 #[tokio::test]
 #[ignore = "needs a real cluster (KUBECONFIG)"]
 async fn against_a_real_cluster() {
+    crypto_provider();
     let path = std::env::var("KUBECONFIG").expect("KUBECONFIG");
     let kc = SecretString::new(std::fs::read_to_string(path).unwrap());
     let k = KubeClient;
@@ -172,7 +181,7 @@ async fn against_a_real_cluster() {
     k.delete(&kc, &r).await.unwrap();
     // Namespace deletion is finalized by the namespace controller.
     let bound = std::time::Duration::from_secs(120);
-    k.wait_until(&kc, &r, cz_phases::adapters::Until::Deleted, bound).await.unwrap();
+    k.wait_until(&kc, &r, Until::Deleted, bound).await.unwrap();
     let (code, body) = k.service_get(&kc, "default", "kubernetes", 443, "/version").await.unwrap();
     println!("service proxy to default/kubernetes: {code} {body}");
 }

@@ -4,7 +4,7 @@
 //! resourceVersion and generation, label selectors, status, watch, delete,
 //! Status error bodies. The CRDs applied are the upstream Flux ones.
 
-use cz_phases::k8s::FakeKube;
+use cz_sim::wire::kube::FakeKube;
 use serde_json::{Value, json};
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/upstream/crds");

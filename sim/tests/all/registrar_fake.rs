@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cz_phases::registrar::fake::{FakeRegistrars, Fault};
-use cz_phases::registrar::{HttpRegistrars, RegistrarApi, Registrars, sorted};
-use cz_phases::request::Registrar;
-use cz_phases::{Cause, StepError, System};
+use cz_adapters::registrar::{
+    Endpoints, HttpRegistrars, Registrar, RegistrarApi, Registrars, sorted,
+};
+use cz_engine::{Cause, StepError, System};
+use cz_sim::wire::registrars::{FakeRegistrars, Fault};
 use cz_state::SecretString;
 
 const OURS: [&str; 3] = ["ns1.openova.io", "ns2.openova.io", "ns3.openova.io"];
@@ -195,8 +196,7 @@ async fn no_answer_is_a_network_error_without_the_url() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
     drop(l);
-    let regs =
-        HttpRegistrars::new(cz_phases::registrar::Endpoints::under(&base), Duration::from_secs(2));
+    let regs = HttpRegistrars::new(Endpoints::under(&base), Duration::from_secs(2));
     for c in &CASES {
         let e = connect(&regs, c.r, c.token).get_nameservers(c.domain).await.unwrap_err();
         assert_eq!(cause(&e), Cause::Network, "{:?}: {e}", c.r);
