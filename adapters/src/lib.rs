@@ -92,7 +92,7 @@ pub enum K3sSource {
 }
 
 /// How long the bounded waits of the phases may take before they give up
-/// with their reason (F-17, F-22: no silent 25-minute hangs).
+/// with their reason (no silent 25-minute hangs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bounds {
     /// A new server's SSH to accept connections.
@@ -108,7 +108,7 @@ pub struct Bounds {
     /// A DNS reservation's lease; the daemon renews it well before.
     pub dns_lease: std::time::Duration,
     /// The Sovereign's records visible through every public resolver
-    /// (parent NS TTLs are an hour: F-44).
+    /// (parent NS TTLs are an hour).
     pub dns_propagation: std::time::Duration,
     /// A bring-your-own domain's NS pointed at us by its owner.
     pub byo_delegation: std::time::Duration,
@@ -154,7 +154,7 @@ pub struct Backend {
     pub bounds: Bounds,
     /// Poll interval for bounded waits.
     pub poll: std::time::Duration,
-    /// Public resolvers the propagation gate asks (F-44); none: only the
+    /// Public resolvers the propagation gate asks; none: only the
     /// authoritative server is asked.
     pub public_resolvers: Vec<std::net::SocketAddr>,
 }

@@ -179,7 +179,7 @@ impl<E: StepEnv> StepCtx<E> {
     /// A bounded wait: polls `check` every [`StepEnv::poll_interval`] until it returns
     /// `Some`, the bound passes (a `Timeout` naming the reason) or the job is
     /// cancelled. The reason and bound are streamed when the wait starts and
-    /// progress is streamed every `report_every` (F-17, F-22: every wait has
+    /// progress is streamed every `report_every` (every wait has
     /// a reason, a bound, and reports back).
     pub async fn wait_for<T, F, Fut>(
         &self,

@@ -648,6 +648,18 @@ impl<E: StepEnv> NodeExec<E> {
         Ok(state)
     }
 
+    /// How many times this node's do has started, over the whole journal.
+    async fn started_before(&self) -> Result<u32, EngineError> {
+        let journal = record_forever(|| self.run.store().journal(self.run.job.id))
+            .await
+            .map_err(|source| EngineError::Store { job: self.run.job.id, source })?;
+        let started = journal
+            .iter()
+            .filter(|r| r.node == self.node.id && matches!(r.event, StepEvent::Started { .. }))
+            .count();
+        Ok(u32::try_from(started).unwrap_or(u32::MAX))
+    }
+
     async fn forward(self) -> Result<(String, NodeState), EngineError> {
         let opts = &self.run.options;
         let faults = &opts.faults;
@@ -659,8 +671,12 @@ impl<E: StepEnv> NodeExec<E> {
             .without_max_times()
             .build();
         let mut attempt = self.prior.attempts();
-        let mut flaky_left =
-            faults.flaky.get(&self.node.id).copied().unwrap_or(0).saturating_sub(attempt);
+        let mut flaky_left = match faults.flaky.get(&self.node.id) {
+            // Counted over every attempt the journal holds, across an
+            // operator's retries (which restart the attempt count).
+            Some(n) => n.saturating_sub(self.started_before().await?),
+            None => 0,
+        };
         loop {
             attempt += 1;
             let started = Instant::now();

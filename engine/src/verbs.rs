@@ -148,6 +148,13 @@ impl Verbs<'_> {
             // Retrying during an unwind means: try the failed undo again. The
             // unwind re-runs every `undo_failed` node; nothing to append.
             nodes.retain(|n| matches!(states.get(n), Some(NodeState::UndoFailed { .. })));
+            if nodes.is_empty() {
+                return Err(VerbError::Refused(
+                    "the job was rolled back: there is no failed undo to retry, and what it \
+                     did is undone; submit the request again"
+                        .into(),
+                ));
+            }
         } else {
             if job.status == JobStatus::Failed && job.error.is_some() && nodes.is_empty() {
                 return Err(VerbError::Refused("nothing to retry".into()));

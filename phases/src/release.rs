@@ -3,7 +3,7 @@
 //!
 //! The `cluster` phase (K3s, Cilium) and the `bootstrap-kit` phase (bp-cilium,
 //! bp-flux, …) read the same pins from here, so nothing is installed twice at
-//! different versions (F-35). The file is compiled into the daemon and parsed
+//! different versions. The file is compiled into the daemon and parsed
 //! once; a malformed manifest is a build that fails its first test, never a
 //! job that fails half-way.
 
@@ -203,7 +203,7 @@ pub fn depends_on(component: &str) -> &'static [String] {
     pin(component).map(|p| p.depends_on.as_slice()).unwrap_or_default()
 }
 
-/// Components an added region gets (ARCHITECTURE.md §1, add-region).
+/// Components an added region gets (`docs/architecture.md`, add-region).
 pub fn regional() -> Vec<&'static str> {
     pins().iter().filter(|p| p.regional).map(|p| p.component.as_str()).collect()
 }

@@ -36,7 +36,7 @@ pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
-    /// Persistent fakes with scalable latency (ARCHITECTURE.md §4).
+    /// Persistent fakes with scalable latency (`docs/architecture.md`).
     #[default]
     Sim,
     /// Real Hetzner Cloud, tofu, ssh, kube, OpenBao and PowerDNS.
@@ -308,7 +308,7 @@ impl PowerDnsConfig {
     }
 }
 
-/// The DNS reservation lease (F-43).
+/// The DNS reservation lease.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
@@ -317,7 +317,7 @@ pub struct DnsConfig {
     /// live jobs every third of this, and removes reservations whose lease
     /// ran out more than this long ago and whose job it does not know.
     pub lease_secs: u64,
-    /// The propagation gate asks these resolvers (F-44) before a job may
+    /// The propagation gate asks these resolvers before a job may
     /// declare its Sovereign ready.
     pub public_resolvers: Vec<SocketAddr>,
     /// How long the gate waits for them (parent NS TTLs are an hour).

@@ -160,23 +160,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use serde_json::{Value, json};
+    use cz_phases::testing::age_recipient;
+    use serde_json::Value;
 
     use super::*;
 
     fn request() -> Value {
-        json!({
-            "api_version": "catalyst.openova.io/v1",
-            "org": { "name": "Acme", "email": "ops@acme.example.com" },
-            "domain": { "mode": "pool", "pool_domain": "omani.works", "subdomain": "restart" },
-            "regions": [{ "provider": "hetzner", "location": "fsn1",
-                "control_plane": { "sku": "cpx32", "count": 1 }, "workers": { "sku": "cpx42", "count": 1 } }],
-            "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJLgSfWI3AEt8R6XSfXLkH+3w9vy7JdRatHbOVvvga38 ops@example"],
-            "cloud_token": "rw".repeat(32),
-            "custody": { "age_recipients": [age::x25519::Identity::generate().to_public().to_string()],
-                "openbao_shares": 1, "openbao_threshold": 1 },
-            "keycloak": { "topology": "shared-sovereign" }
-        })
+        cz_phases::testing::sample_body("restart", 1, 1, &"rw".repeat(32), &age_recipient())
     }
 
     fn config(dir: &Path, latency: f64) -> Config {

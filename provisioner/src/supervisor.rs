@@ -19,7 +19,7 @@
 //!
 //! TODO-design: this is the single-daemon design. It assumes one process
 //! owns the data directory (SQLite cannot be shared anyway). Several replicas
-//! on one PostgreSQL store (ARCHITECTURE.md §3) need a lease per job, renewed
+//! on one PostgreSQL store (`docs/architecture.md`) need a lease per job, renewed
 //! by the driver and taken over by another replica when it expires; the
 //! supervisor is where that lease would be acquired before `start` and
 //! released after `stop`. That is a later issue.

@@ -162,7 +162,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         tofu: Arc::new(tofu),
         ssh: Arc::new(SshClient::default()),
         kube: Arc::new(KubeClient),
-        bao: Arc::new(Unbuilt::BAO),
+        bao: Arc::new(Unbuilt),
         // Without a [powerdns] section the sim's DNS stands in; `start`
         // applies the DNS configuration to both backends.
         dns: Arc::new(SimDns::new(world)),

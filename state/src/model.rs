@@ -99,7 +99,7 @@ str_enum!(
 );
 
 str_enum!(
-    /// A job's status, as the API reports it (ARCHITECTURE.md §5).
+    /// A job's status, as the API reports it (`docs/api.md`).
     JobStatus {
         Pending => "pending",
         Running => "running",

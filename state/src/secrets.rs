@@ -4,7 +4,7 @@
 //! private keys) is stored as an age-encrypted blob in the `secrets` table,
 //! encrypted to the daemon's own X25519 identity. The identity file is created
 //! on first start with mode 0600 and read again on every start, so a resumed
-//! job still has its secrets after a restart (the Go version lost them: F-45).
+//! job still has its secrets after a restart (an earlier implementation lost them).
 //!
 //! `SecretString` is how plaintext travels in memory: its `Debug`, `Display`
 //! and `Serialize` print `<redacted>`, so a secret that slips into a log line,

@@ -158,7 +158,7 @@ pub fn cause_of(code: &str, status: u16) -> Cause {
 ///
 /// Hetzner Cloud has **no quota endpoint**: [`HcloudClient::limits`]
 /// counts `used` by listing and takes `max` from here. The defaults are
-/// what a new project typically gets (F-11: "typically 10 servers / 1 LB";
+/// what a new project typically gets ("typically 10 servers / 1 LB";
 /// networks and placement groups are assumed); set the project's real
 /// limits (Console → project → Limits) when they were raised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

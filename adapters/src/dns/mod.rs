@@ -59,7 +59,7 @@ pub trait DnsApi: Send + Sync {
     /// A DNS query (not the API) to the authoritative server.
     async fn query(&self, name: &str, rtype: &str) -> AdapterResult<Vec<String>>;
     /// The same query to another server: a public resolver (recursion
-    /// desired), as the world will see the Sovereign (F-44).
+    /// desired), as the world will see the Sovereign.
     async fn query_via(
         &self,
         server: std::net::SocketAddr,

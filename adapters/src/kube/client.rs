@@ -6,12 +6,12 @@
 //!   moment ago), then refused as `NotFound` naming the kind.
 //! - **Server-side apply** with the caller's field manager, never forced: a
 //!   field another manager owns is a `Conflict` with the server's message
-//!   (who owns what), for an operator to decide (F-35, F-36).
+//!   (who owns what), for an operator to decide.
 //! - **CRDs before their CRs**: after applying a `CustomResourceDefinition`
 //!   the call watches it (bounded) until it reports `Established`.
 //! - **Waits are watches** ([`KubeApi::wait_until`]): kube-runtime's
 //!   `await_condition`, under a bound.
-//! - The F-12 endpoint check over https is [`crate::kube::kubeconfig`]'s.
+//! - The endpoint check over https is [`crate::kube::kubeconfig`]'s.
 //!
 //! Errors: the API's `Status` code decides the cause (404 NotFound, 409
 //! Conflict, 401/403 Unauthorized, 400/422 Invalid, 429 RateLimited, 5xx

@@ -1,4 +1,4 @@
-//! Kubeconfig parsing and the endpoint check of F-12: before the `cluster`
+//! Kubeconfig parsing and the endpoint check: before the `cluster`
 //! phase may finish, the API must answer through the exact endpoint we
 //! persist, over TLS verified against the cluster's own CA (no system
 //! roots), with a certificate valid for that endpoint's address (the SAN),
@@ -182,7 +182,7 @@ fn classify(server: &str, e: &reqwest::Error) -> StepError {
                 "the Kubernetes API at {server} does not present a certificate valid for that \
                  address from the cluster's CA ({chain})"
             ),
-            remediation: "The endpoint we hand over must verify (F-12): add the load balancer's \
+            remediation: "The endpoint we hand over must verify: add the load balancer's \
                 address to the K3s `tls-san` list on every server and restart them, or check that \
                 the load balancer forwards 6443 to the control planes."
                 .into(),

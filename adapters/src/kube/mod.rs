@@ -59,7 +59,7 @@ pub trait KubeApi: Send + Sync {
     /// only once its controllers are done ([`KubeApi::wait_until`]).
     async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()>;
     /// The API server's version through the kubeconfig's own endpoint, TLS
-    /// verified against its CA and authenticated (F-12).
+    /// verified against its CA and authenticated.
     async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String>;
     /// Waits, by watching the object (not polling), until `until` holds;
     /// `Timeout` past `bound`.

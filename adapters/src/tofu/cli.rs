@@ -1,7 +1,7 @@
 //! `TofuCli`: the real [`TofuApi`], driving the `tofu` binary (or
 //! `terraform`, CLI-compatible) through [`crate::command::run`].
 //!
-//! - **Workspaces** live under the daemon's data directory (F-05: never a
+//! - **Workspaces** live under the daemon's data directory (never a
 //!   temp dir, whose cleaning would lose the state); the caller passes them.
 //! - **Environment**: cleared by the command helper, then
 //!   `TF_CLI_CONFIG_FILE=/dev/null` (no operator `~/.terraformrc` changes
@@ -18,7 +18,7 @@
 //! - **Events**: every stdout line of `apply -json` / `destroy -json` is
 //!   parsed into a [`TofuEvent`] and sent to the sink in order; lines that
 //!   are not JSON become `log` events. Error diagnostics become the error.
-//! - **Stale lock (F-14)**: before each state-changing command, if
+//! - **Stale lock**: before each state-changing command, if
 //!   `.terraform.tfstate.lock.info` exists, we look at
 //!   `.catalyst-tofu.pid`, where the pid of each tofu child we spawn is
 //!   recorded while it runs. If that pid is alive and is a tofu/terraform
@@ -286,7 +286,7 @@ fn clear_stale_lock(dir: &Path, op: &str, binary: &Path) -> AdapterResult<Option
         lock_id = %id,
         who = %who,
         dead_pid = ?pid,
-        "Removing a stale tofu state lock: no tofu process of ours holds it (daemon killed mid-operation, F-14)."
+        "Removing a stale tofu state lock: no tofu process of ours holds it (daemon killed mid-operation)."
     );
     std::fs::remove_file(&lock).map_err(|e| {
         err(op, Cause::Unavailable, format!("removing stale lock {}: {e}", lock.display()))

@@ -16,7 +16,7 @@ use crate::AdapterResult;
 pub use cli::{TofuCli, find_cli};
 
 /// A per-region OpenTofu workspace under the data directory (never a temp
-/// dir: F-05).
+/// dir: its cleaning would lose the state).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Workspace {
     pub dir: PathBuf,
@@ -61,7 +61,7 @@ pub type TofuSink = tokio::sync::mpsc::UnboundedSender<TofuEvent>;
 #[async_trait]
 pub trait TofuApi: Send + Sync {
     /// The CLI's name and version (`OpenTofu 1.8.2`, `Terraform 1.11.4`);
-    /// an error if the binary is missing or too old to be used (F-02).
+    /// an error if the binary is missing or too old to be used.
     async fn version(&self) -> AdapterResult<String>;
     async fn init(&self, ws: &Workspace) -> AdapterResult<()>;
     async fn plan(&self, ws: &Workspace, token: &SecretString) -> AdapterResult<PlanSummary>;

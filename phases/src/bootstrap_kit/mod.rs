@@ -2,7 +2,7 @@
 //!
 //! Steps (undo in brackets):
 //! 1. `flux-bootstrap` [delete the HelmChart]: Flux itself, as a K3s `HelmChart` of the chart
-//!    bp-flux wraps, at its version and with bp-flux's values (F-35), so
+//!    bp-flux wraps, at its version and with bp-flux's values, so
 //!    the HelmReleases have controllers; done when Flux's CRDs are
 //!    Established and its controllers available (bp-flux's probe).
 //! 2. `sources` [delete them]: every selected component's HelmRepository.
@@ -10,14 +10,14 @@
 //!    (independent components install concurrently): its Namespace and
 //!    HelmRelease by server-side apply under one field manager, then its
 //!    readiness probe ([`probe`]): HelmRelease `Ready` is
-//!    necessary, not sufficient (F-28, F-41). A release Flux is still
+//!    necessary, not sufficient. A release Flux is still
 //!    retrying is `installing` or `failing` in the job's `kit` events;
 //!    only past the bound is it `needs-operator`
 //!    ([`StepError::Unhealthy`], the component named, with its runbook).
 //! 4. `handover`: once bp-cilium and bp-flux are healthy, the K3s
 //!    HelmCharts that first installed them are removed without an
 //!    uninstall (marked `helmcharts.helm.cattle.io/unmanaged`, then
-//!    deleted), so one installer owns each release (F-35). A component
+//!    deleted), so one installer owns each release. A component
 //!    still rolling out is waited for, within the bound; only a failing
 //!    one, or the bound, pauses the job.
 //! 5. `prune`: what an earlier run of this Sovereign's kit applied to the
@@ -26,7 +26,7 @@
 //!    Namespace.
 //! 6. `verify`: every **expected** component (the selection from the
 //!    release manifest) healthy by its probe, again, from a fresh read
-//!    (F-37: zero observed is not done; F-39: level, not edges).
+//!    (zero observed is not done; the level is read, not the edges).
 //!
 //! Every wait is bounded by `Bounds::kit_component`. Waits on one object
 //! are watches ([`cz_adapters::KubeApi::wait_until`]); a probe reads
@@ -377,7 +377,7 @@ const HANDOVER_MANAGER: &str = "catalyst-zero-handover";
 
 /// Hands Cilium and Flux from their first installer (a K3s HelmChart) to
 /// their blueprint's HelmRelease, which by now owns the same release at
-/// the same version (F-35): the HelmChart is marked
+/// the same version: the HelmChart is marked
 /// `helmcharts.helm.cattle.io/unmanaged` so K3s's helm-controller leaves
 /// it alone, then deleted, which then runs no uninstall
 /// (k3s-io/helm-controller#137; deleting it as it is, or only removing its
@@ -419,7 +419,7 @@ async fn handover(cx: &StepCtx) -> StepResult<HandedOver> {
 /// chart and version bp-flux wraps, with bp-flux's own values, released as
 /// `flux` in `flux-system` (bp-flux's release name and namespace), so that
 /// bp-flux later upgrades this release in place instead of installing a
-/// second Flux (F-35).
+/// second Flux.
 async fn flux_bootstrap(cx: &StepCtx) -> StepResult<FluxInstalled> {
     let kc = kubeconfig(cx).await?;
     let input = kit_input(cx)?;

@@ -61,7 +61,7 @@ fn i(v: &Value, ptr: &str) -> i64 {
 }
 
 /// Reasons Flux reports when an attempt failed; it retries them
-/// (`remediation.retries`), so they are failing, not final (F-41).
+/// (`remediation.retries`), so they are failing, not final.
 const HR_FAILED: [&str; 5] =
     ["InstallFailed", "UpgradeFailed", "ChartPullError", "ChartLoadError", "ArtifactFailed"];
 

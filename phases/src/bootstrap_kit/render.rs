@@ -9,10 +9,10 @@
 //! - **Compiled in**: the templates are part of the release, like the
 //!   manifest; the daemon carries them, an operator reads them as files.
 //! - **Strict**: an undefined variable fails the render, and no `{{`, `{%`,
-//!   `${` or `PLACEHOLDER` may survive it (F-18, §4.2: a literal
-//!   `SOVEREIGN_FQDN_PLACEHOLDER` reached live clusters).
+//!   `${` or `PLACEHOLDER` may survive it (a literal
+//!   `SOVEREIGN_FQDN_PLACEHOLDER` once reached live clusters).
 //! - **One Cilium**: [`cilium_values`] is also what the `cluster` phase puts
-//!   in its K3s HelmChart, so bp-cilium adopts the running datapath (F-35).
+//!   in its K3s HelmChart, so bp-cilium adopts the running datapath.
 
 use serde_json::Value;
 
@@ -52,7 +52,7 @@ pub struct KitInput {
     pub fqdn: String,
     /// The Sovereign label value (FQDN with dots as dashes).
     pub sovereign: String,
-    /// Where Cilium reaches the API from every node (F-16).
+    /// Where Cilium reaches the API from every node.
     pub api_host: String,
 }
 

@@ -477,8 +477,8 @@ async fn cilium(cx: &StepCtx) -> StepResult<CiliumChart> {
     })
 }
 
-/// K3s applies its manifests directory at every start, not once (K3s
-/// digest §4): left active, `cilium.yaml` would re-create the Cilium
+/// K3s applies its manifests directory at every start, not once (as K3s
+/// documents it): left active, `cilium.yaml` would re-create the Cilium
 /// HelmChart at the first server's next restart, after the kit handed
 /// Cilium to bp-cilium, and two installers would manage one release. Once
 /// the nodes are Ready the manifest has done its work (its HelmChart
@@ -519,7 +519,7 @@ async fn kubeconfig(cx: &StepCtx) -> StepResult<Kubeconfig> {
     }
     let endpoint = format!("https://{}:6443", out.load_balancer.ipv4);
     let rewritten = SecretString::new(raw.replace("https://127.0.0.1:6443", &endpoint));
-    // F-12: the endpoint we hand over must answer, over TLS verified with
+    // the endpoint we hand over must answer, over TLS verified with
     // the cluster's CA for that address, before it is stored as the
     // Sovereign's kubeconfig. Not up yet (the LB's health checks) is waited
     // for; a certificate without the SAN is an operator's to fix.
@@ -597,7 +597,7 @@ async fn verify(cx: &StepCtx) -> StepResult<ClusterVerified> {
         )
         .await?;
     // Etcd members: every server carries K3s's etcd role label once it has
-    // joined the embedded etcd (F-13: three servers must be one cluster).
+    // joined the embedded etcd (three servers must be one cluster).
     let nodes: Value = serde_json::from_str(
         &run_ok(cx, &h, &fp, &k, &format!("{} kubectl get nodes -o json", at(K3S))).await?,
     )

@@ -98,12 +98,12 @@ pub fn install_script(role: &str, source: &K3sSource) -> String {
     )
 }
 
-/// The Cilium HelmChart, same chart version as bp-cilium (F-35), with
+/// The Cilium HelmChart, same chart version as bp-cilium, with
 /// `k8sServiceHost` the first server's private IP so agents reach the API
-/// too (F-16: 127.0.0.1 only exists on servers), and `bootstrap: true` so
+/// too (127.0.0.1 only exists on servers), and `bootstrap: true` so
 /// the helm-controller runs its install job on the host network with the
 /// not-ready tolerations: the CNI must install while there is no pod
-/// network yet (F-15).
+/// network yet.
 pub fn cilium_manifest(api_host: &str) -> StepResult<String> {
     let values = crate::bootstrap_kit::render::cilium_values(api_host)
         .map_err(|e| StepError::internal(format!("the release's Cilium values: {e}")))?;

@@ -293,7 +293,7 @@ fn render_dir(
 }
 
 /// SHA-256 over the `*.tera` files of `dir` (names and contents, in name
-/// order): the module version a job ran with, recorded by pre-flight (F-02).
+/// order): the module version a job ran with, recorded by pre-flight.
 pub fn templates_digest(dir: &Path) -> Result<String, RenderError> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();

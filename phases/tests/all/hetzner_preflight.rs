@@ -66,7 +66,7 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
             tofu: Arc::new(TofuCli::new(cli, dir.join("plugins"), Duration::from_secs(60))),
             ssh: Arc::new(SshClient::default()),
             kube: Arc::new(KubeClient),
-            bao: Arc::new(Unbuilt::BAO),
+            bao: Arc::new(Unbuilt),
             dns: Arc::new(SimDns::new(world.clone())),
             registrars: Arc::new(SimRegistrars::new(world)),
             workspace_root: dir.join("workspaces"),

@@ -2,7 +2,7 @@
 //!
 //! The status code comes from one exhaustive match (a new variant forces a
 //! decision). Invalid input answers `422 {"errors": [{path, message}]}`
-//! (ARCHITECTURE.md §5) so a client can point at the field; everything else
+//! (`docs/api.md`) so a client can point at the field; everything else
 //! answers `{"error": {"code", "message"}}`. Internal errors are logged with
 //! their whole source chain and answered with a generic message: the chain
 //! may name files, SQL or adapters, none of which a client needs.

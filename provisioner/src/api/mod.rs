@@ -1,4 +1,4 @@
-//! The HTTP API (ARCHITECTURE.md §5), versioned under `/v1`.
+//! The HTTP API (`docs/api.md`), versioned under `/v1`.
 //!
 //! [`router`] is a pure function of [`ApiState`]: tests drive it with
 //! `tower::ServiceExt::oneshot` against a real store in a temporary

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::wiring::SIM_POOL_ZONES;
 
-/// Keeps DNS reservations (F-43): every third of the lease, renews the
+/// Keeps DNS reservations: every third of the lease, renews the
 /// lease of each live job's reservation (pending, running or paused: a
 /// paused job is waiting for its operator, not gone), then removes the
 /// reservations whose lease ran out more than a lease ago and whose job is

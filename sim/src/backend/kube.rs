@@ -808,7 +808,7 @@ impl KubeApi for SimKube {
         ))
     }
 
-    /// The sim's F-12: the endpoint must be the one handed over (not the
+    /// The sim's endpoint check: the endpoint must be the one handed over (not the
     /// node-local `127.0.0.1`) and on 6443.
     async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String> {
         self.world.op("kube.version", 200).await?;

@@ -23,7 +23,7 @@
 //!   deletion anyway). A HelmChart annotated
 //!   `helmcharts.helm.cattle.io/unmanaged: "true"` is left alone and
 //!   deleted without an uninstall: how K3s hands a release over to another
-//!   tool (k3s-io/helm-controller#137), here to Flux (F-35).
+//!   tool (k3s-io/helm-controller#137), here to Flux.
 //! - **Workloads**: Deployments, StatefulSets and DaemonSets get pods
 //!   (labels from `spec.selector`) and the status `kubectl rollout status`
 //!   reads; pods of a deleted workload are collected.
