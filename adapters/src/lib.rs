@@ -39,7 +39,9 @@ use crate::registrar::Registrars;
 
 pub type AdapterResult<T> = Result<T, StepError>;
 
-pub use cloud::{CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerType, TokenScope};
+pub use cloud::{
+    CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerType, TokenScope,
+};
 pub use dns::{DnsApi, Rrset, absolute_name};
 pub use kube::{KubeApi, ObjectRef, Until};
 pub use openbao::{BaoApi, BaoInit, BaoStatus};

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use cz_state::{
-    Job, JobId, JobKind, JobMode, JobStatus, JobUpdate, NewJobEvent, NodeState,
-    SovereignStatus, StepEvent, Store, StoreError,
+    Job, JobId, JobKind, JobMode, JobStatus, JobUpdate, NewJobEvent, NodeState, SovereignStatus,
+    StepEvent, Store, StoreError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -816,4 +816,3 @@ impl<E: StepEnv> NodeExec<E> {
         Ok((self.node.id.clone(), s))
     }
 }
-

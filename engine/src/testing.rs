@@ -170,8 +170,11 @@ pub async fn every_step_failure_unwinds<S: Scenario>(scenario: &S) {
             async move {
                 let mut faults = FaultPlan { repeat_undo: all, ..Default::default() };
                 faults.fail.insert(step.clone(), ErrorClass::Terminal);
-                let options =
-                    JobOptions { on_failure: FailurePolicy::Rollback, faults, ..Default::default() };
+                let options = JobOptions {
+                    on_failure: FailurePolicy::Rollback,
+                    faults,
+                    ..Default::default()
+                };
                 let run = scenario.start(options).await;
                 let status = run.rig.drive(run.job).await;
                 assert_eq!(status, JobStatus::Failed, "failure injected at {step}");

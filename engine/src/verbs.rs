@@ -3,14 +3,16 @@
 //! driving to the engine: the daemon stops a job's driver before a verb and
 //! starts it again after (the provisioner's supervisor).
 
-use cz_state::{Job, JobId, JobKind, JobMode, JobStatus, JobUpdate, NewAudit, NewJobEvent, NodeState, SovereignStatus, StepEvent, Store, StoreError};
+use cz_state::{
+    Job, JobId, JobKind, JobMode, JobStatus, JobUpdate, NewAudit, NewJobEvent, NodeState,
+    SovereignStatus, StepEvent, Store, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::error::chain;
 use crate::drive::EngineError;
+use crate::error::chain;
 use crate::plan::Plan;
-
 
 /// What an operator asks `retry` to re-run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -34,8 +34,8 @@ pub(crate) fn regions(cx: &StepCtx) -> StepResult<Vec<Region>> {
 
 /// The region of this node's `location`.
 pub(crate) fn region(cx: &StepCtx, location: &str) -> StepResult<Region> {
-    regions(cx)?.into_iter().find(|r| r.location == location).ok_or_else(|| {
-        StepError::Internal { message: format!("no region `{location}` in the job's request") }
+    regions(cx)?.into_iter().find(|r| r.location == location).ok_or_else(|| StepError::Internal {
+        message: format!("no region `{location}` in the job's request"),
     })
 }
 

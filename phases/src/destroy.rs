@@ -191,7 +191,11 @@ mod tests {
     use crate::testing::{SimRig, SimRigExt, sample_request, sim_rig};
 
     /// A destroy of `sov` under `faults` (failures are kept: no rollback).
-    async fn destroy_job(rig: &SimRig, sov: cz_state::SovereignId, faults: FaultPlan) -> cz_state::JobId {
+    async fn destroy_job(
+        rig: &SimRig,
+        sov: cz_state::SovereignId,
+        faults: FaultPlan,
+    ) -> cz_state::JobId {
         let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
         let jobs = rig.store.list_jobs(Some(sov)).await.unwrap();
         let options = JobOptions { faults, ..Default::default() };

@@ -261,11 +261,7 @@ pub fn provision(req: &ProvisionRequest, submit: Submit) -> Submission {
         request: serde_json::to_value(req).expect("requests serialize"),
         plan: checked(&provision_plan(req)),
         options: options_json(&options),
-        secrets: req
-            .secrets()
-            .into_iter()
-            .map(|(n, v)| (owner.clone(), n.to_owned(), v))
-            .collect(),
+        secrets: req.secrets().into_iter().map(|(n, v)| (owner.clone(), n.to_owned(), v)).collect(),
         idempotency: submit.idempotency,
         response: response(sov, job),
         audit: NewAudit {
@@ -291,10 +287,8 @@ pub struct Footprint {
 
 impl Footprint {
     pub fn of(jobs: &[Job]) -> Result<Footprint, FollowUpError> {
-        let stored = jobs
-            .iter()
-            .find(|j| j.kind == JobKind::Provision)
-            .ok_or(FollowUpError::NoProvision)?;
+        let stored =
+            jobs.iter().find(|j| j.kind == JobKind::Provision).ok_or(FollowUpError::NoProvision)?;
         let provision: ProvisionRequest = serde_json::from_value(stored.request.clone())
             .map_err(|e| FollowUpError::BadProvision(e.to_string()))?;
         let mut regions = provision.regions.clone();
@@ -328,8 +322,8 @@ pub fn add_region(
     submit: Submit,
 ) -> Result<Submission, FollowUpError> {
     let fp = Footprint::of(jobs)?;
-    let req: AddRegionRequest = crate::request::parse_add_region(body, &fp.locations())
-        .map_err(FollowUpError::Invalid)?;
+    let req: AddRegionRequest =
+        crate::request::parse_add_region(body, &fp.locations()).map_err(FollowUpError::Invalid)?;
     // A busy Sovereign (job in flight) is refused by the store, in the same
     // transaction that would create the job.
     if matches!(
@@ -504,7 +498,11 @@ mod tests {
             .unwrap();
         assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
         let states = rig.store.node_states(job).await.unwrap();
-        assert_eq!(states["infra/apply-fsn1"].attempts(), 3, "two transient failures, then success");
+        assert_eq!(
+            states["infra/apply-fsn1"].attempts(),
+            3,
+            "two transient failures, then success"
+        );
         let audit = rig.store.audit(Some(job)).await.unwrap();
         assert!(audit.iter().any(|a| a.action == "skip"
             && a.actor == "alice"
@@ -570,7 +568,8 @@ mod tests {
             let rig = sim_rig().await;
             let sovereign = rig.provisioned(&self.request).await;
             let (s, js) = sovereign_and_jobs(&rig, sovereign).await;
-            let submit = Submit { actor: "test".into(), options: options.clone(), idempotency: None };
+            let submit =
+                Submit { actor: "test".into(), options: options.clone(), idempotency: None };
             let mut sub = add_region(&s, &js, &add_region_body(&["hel1"]), submit).unwrap();
             // The test's failure policy as given.
             sub.options = serde_json::to_value(&options).unwrap();
@@ -611,7 +610,10 @@ mod tests {
         let sov = rig.provisioned(&req).await;
         let (s, js) = sovereign_and_jobs(&rig, sov).await;
         let e = add_region(&s, &js, &add_region_body(&["fsn1"]), Submit::default()).unwrap_err();
-        assert!(matches!(&e, FollowUpError::Invalid(errs) if errs[0].path.contains("location")), "{e:?}");
+        assert!(
+            matches!(&e, FollowUpError::Invalid(errs) if errs[0].path.contains("location")),
+            "{e:?}"
+        );
         let e = add_region(&s, &[], &add_region_body(&["hel1"]), Submit::default()).unwrap_err();
         assert!(matches!(e, FollowUpError::NoProvision), "{e:?}");
         let mut gone = s.clone();

@@ -420,7 +420,10 @@ async fn artifacts(cx: &StepCtx) -> StepResult<Artifacts> {
 /// undo and destroy put it back. Other modes: nothing to check.
 async fn registrar(cx: &StepCtx) -> StepResult<RegistrarSeen> {
     if !cx.params::<NewSovereign>()?.dns {
-        return Ok(RegistrarSeen { skipped: Some("not a new Sovereign".into()), ..Default::default() });
+        return Ok(RegistrarSeen {
+            skipped: Some("not a new Sovereign".into()),
+            ..Default::default()
+        });
     }
     let Some((api, fqdn)) = crate::dns::registrar_of(cx).await? else {
         return Ok(RegistrarSeen {
@@ -459,23 +462,7 @@ async fn token_scope(cx: &StepCtx) -> StepResult<Scope> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{PhaseScenario, sample_request};
+    use crate::testing::{phase_tests, sample_request};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let s = PhaseScenario::provision(sample_request("pre-unwind", 1, 1), super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let s = PhaseScenario::provision(sample_request("pre-twice", 1, 1), super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("pre-plan", 1, 1), super::PHASE);
-        s.assert_plan_round_trips().await;
-    }
+    phase_tests!(super::PHASE, sample_request("pre", 1, 1));
 }

@@ -57,8 +57,7 @@ pub fn age_recipient() -> String {
 
 /// The sample request, parsed, with a valid sim cloud token.
 pub fn sample_request(subdomain: &str, control_planes: u32, workers: u32) -> ProvisionRequest {
-    let body =
-        sample_body(subdomain, control_planes, workers, &"s".repeat(64), &age_recipient());
+    let body = sample_body(subdomain, control_planes, workers, &"s".repeat(64), &age_recipient());
     serde_json::from_value(body).expect("the sample request decodes")
 }
 
@@ -279,7 +278,9 @@ impl Scenario for PhaseScenario {
     type Env = Backend;
 
     fn steps(&self) -> Vec<String> {
-        self.plan.phase(&self.phase).map(|p| p.nodes.iter().map(|n| n.id.clone()).collect())
+        self.plan
+            .phase(&self.phase)
+            .map(|p| p.nodes.iter().map(|n| n.id.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -301,3 +302,35 @@ impl Scenario for PhaseScenario {
         run.rig.end_state(run.sovereign, &self.request).await
     }
 }
+
+/// The tests every phase module runs, on `$request` cut short after the
+/// phase `$phase`: the generic unwind and run-twice tests on the phase's
+/// own steps ([`cz_engine::testing`]), and its plan's round trip through
+/// the store. (This crate's own tests only.)
+#[cfg(test)]
+macro_rules! phase_tests {
+    ($phase:expr, $request:expr) => {
+        /// Fail at each step in turn: the unwind leaves a clean slate.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn every_step_failure_unwinds() {
+            let s = $crate::testing::PhaseScenario::provision($request, $phase);
+            cz_engine::testing::every_step_failure_unwinds(&s).await;
+        }
+
+        /// Every do and undo twice: the same end state as once.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn every_step_runs_twice() {
+            let s = $crate::testing::PhaseScenario::provision($request, $phase);
+            cz_engine::testing::every_step_runs_twice(&s).await;
+        }
+
+        /// The plan fits the registry and round-trips through the store.
+        #[tokio::test]
+        async fn the_plan_builds_and_round_trips_through_the_store() {
+            let s = $crate::testing::PhaseScenario::provision($request, $phase);
+            s.assert_plan_round_trips().await;
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use phase_tests;

@@ -64,10 +64,7 @@ pub async fn ensure_sim_pool_zones(backend: &Backend) -> anyhow::Result<()> {
 
 /// The registrars' real adapters, at `endpoints`.
 fn http_registrars(endpoints: Endpoints) -> Arc<dyn Registrars> {
-    Arc::new(HttpRegistrars::new(
-        endpoints,
-        std::time::Duration::from_secs(30),
-    ))
+    Arc::new(HttpRegistrars::new(endpoints, std::time::Duration::from_secs(30)))
 }
 
 /// The real PowerDNS adapter when `[powerdns]` is configured.
@@ -189,4 +186,3 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         public_resolvers: default_public_resolvers(),
     })
 }
-

@@ -92,4 +92,3 @@ pub fn load_balancer_type_table(name: &str) -> Option<LoadBalancerType> {
     let &(n, eu) = LB_TYPES.iter().find(|t| t.0 == name)?;
     Some(LoadBalancerType { name: n.to_owned(), prices: prices(eu, &LOCATIONS) })
 }
-

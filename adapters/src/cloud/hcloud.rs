@@ -20,12 +20,12 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 
 use super::budget::{BudgetRegistry, RateBudget};
+use crate::cloud::selector::Selector;
 use crate::{
     AdapterResult, CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerType,
     TokenScope,
 };
 use cz_engine::{Cause, StepError, System};
-use crate::cloud::selector::Selector;
 
 /// The public API endpoint (paths below it start with `/v1/`).
 pub const DEFAULT_BASE_URL: &str = "https://api.hetzner.cloud";

@@ -105,4 +105,3 @@ pub trait CloudApi: Send + Sync {
     /// Deletes an object; already gone is success.
     async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()>;
 }
-

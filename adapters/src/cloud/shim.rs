@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::hcloud::HcloudClient;
-use crate::{AdapterResult, CloudObject};
 use crate::labels::LABEL_SOVEREIGN;
+use crate::{AdapterResult, CloudObject};
 use cz_engine::{Cause, StepError, System};
 
 /// The environment variable that carries the object (JSON).

@@ -68,7 +68,6 @@ pub trait DnsApi: Send + Sync {
     ) -> AdapterResult<Vec<String>>;
 }
 
-
 /// Cloudflare, Google and Quad9: where most of the world resolves.
 pub fn default_public_resolvers() -> Vec<std::net::SocketAddr> {
     ["1.1.1.1:53", "8.8.8.8:53", "9.9.9.9:53"]

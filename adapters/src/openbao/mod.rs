@@ -48,4 +48,3 @@ pub trait BaoApi: Send + Sync {
         path: &str,
     ) -> AdapterResult<Option<Value>>;
 }
-

@@ -16,10 +16,10 @@ use cz_state::SecretString;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Http, RegistrarApi, bare, cause_of, err, sorted};
-use cz_engine::{Cause, StepError};
 use super::Registrar;
+use super::{Http, RegistrarApi, bare, cause_of, err, sorted};
 use crate::AdapterResult;
+use cz_engine::{Cause, StepError};
 
 const R: Registrar = Registrar::Cloudflare;
 

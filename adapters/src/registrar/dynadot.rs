@@ -12,10 +12,10 @@ use async_trait::async_trait;
 use cz_state::SecretString;
 use serde_json::Value;
 
-use super::{Http, RegistrarApi, bare, cause_of, err};
-use cz_engine::Cause;
 use super::Registrar;
+use super::{Http, RegistrarApi, bare, cause_of, err};
 use crate::AdapterResult;
+use cz_engine::Cause;
 
 const R: Registrar = Registrar::Dynadot;
 /// Dynadot takes up to 13 name servers, `ns0` … `ns12`.

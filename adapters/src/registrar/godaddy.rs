@@ -11,10 +11,10 @@ use cz_state::SecretString;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Http, RegistrarApi, bare, cause_of, err};
-use cz_engine::Cause;
 use super::Registrar;
+use super::{Http, RegistrarApi, bare, cause_of, err};
 use crate::AdapterResult;
+use cz_engine::Cause;
 
 const R: Registrar = Registrar::Godaddy;
 

@@ -16,10 +16,10 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 use cz_state::SecretString;
 
-use super::{Http, RegistrarApi, bare, cause_of, err, sld_tld};
-use cz_engine::Cause;
 use super::Registrar;
+use super::{Http, RegistrarApi, bare, cause_of, err, sld_tld};
 use crate::AdapterResult;
+use cz_engine::Cause;
 
 const R: Registrar = Registrar::Namecheap;
 

@@ -26,10 +26,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 
-use super::{Http, RegistrarApi, bare, cause_of, err, sorted};
-use cz_engine::Cause;
 use super::Registrar;
+use super::{Http, RegistrarApi, bare, cause_of, err, sorted};
 use crate::AdapterResult;
+use cz_engine::Cause;
 
 const R: Registrar = Registrar::Ovh;
 

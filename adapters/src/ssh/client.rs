@@ -66,17 +66,8 @@ fn err(op: &str, cause: Cause, message: impl Into<String>) -> StepError {
 
 /// OpenSSH's fingerprint format: `SHA256:` + unpadded base64.
 pub fn fingerprint_sha256(digest: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::from("SHA256:");
-    for chunk in digest.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
+    use base64::Engine as _;
+    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
 }
 
 /// A connected, key-exchanged session and the host key's fingerprint.

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::AdapterResult;
 
-
 pub use client::{NODE_ROOT_VAR, SshClient, fingerprint_sha256, shell_quote};
 
 /// The per-Sovereign key pair the provisioner logs in with.
@@ -32,9 +31,7 @@ impl ProvisionerKey {
     pub fn generate(comment: &str) -> Result<ProvisionerKey, cz_engine::StepError> {
         use ssh_key::rand_core::OsRng;
         let mut key = ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519)
-            .map_err(|e| {
-                cz_engine::StepError::internal(format!("generating an SSH key: {e}"))
-            })?;
+            .map_err(|e| cz_engine::StepError::internal(format!("generating an SSH key: {e}")))?;
         key.set_comment(comment);
         let private = key
             .to_openssh(ssh_key::LineEnding::LF)
@@ -100,7 +97,6 @@ pub trait SshApi: Send + Sync {
         mode: u32,
     ) -> AdapterResult<()>;
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -54,9 +54,7 @@ use cz_state::SecretString;
 use serde_json::Value;
 
 use crate::command::{CommandError, CommandSpec, Output, run};
-use crate::{
-    AdapterResult, PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink, Workspace,
-};
+use crate::{AdapterResult, PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink, Workspace};
 use cz_engine::{Cause, StepError, System};
 
 pub const LOCK_FILE: &str = ".terraform.tfstate.lock.info";

@@ -89,4 +89,3 @@ pub trait TofuApi: Send + Sync {
         sink: TofuSink,
     ) -> AdapterResult<()>;
 }
-

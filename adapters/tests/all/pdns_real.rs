@@ -4,15 +4,14 @@
 //! errors classified (a wrong key, a record the server refuses, a server
 //! that is down).
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cz_testkit::pdns::Pdns;
-use cz_adapters::{DnsApi, Rrset};
 use cz_adapters::dns::PowerDns;
+use cz_adapters::{DnsApi, Rrset};
 use cz_engine::{Cause, ErrorClass, StepError};
 use cz_state::SecretString;
+use cz_testkit::pdns::Pdns;
 
 fn client(p: &Pdns, key: &str) -> PowerDns {
     let dns: SocketAddr = format!("127.0.0.1:{}", p.dns_port).parse().unwrap();
@@ -144,7 +143,8 @@ async fn a_wrong_key_needs_an_operator_and_a_refused_record_is_terminal() {
     }
     assert_eq!(e.class(), ErrorClass::Terminal);
     // A name outside the zone is refused too, and nothing was written.
-    let e = d.replace_rrsets("refused.omani.works.", &[a("elsewhere.example.", "203.0.113.1")]).await;
+    let e =
+        d.replace_rrsets("refused.omani.works.", &[a("elsewhere.example.", "203.0.113.1")]).await;
     assert!(matches!(e, Err(StepError::Adapter { cause: Cause::Invalid, .. })), "{e:?}");
     assert!(d.query("api.refused.omani.works.", "A").await.unwrap().is_empty());
 }

@@ -7,14 +7,13 @@
 //! keys and `internal-sftp`) in a temp dir. `.ci/run` installs
 //! `openssh-server`; without `/usr/sbin/sshd` these tests fail, loudly.
 
-
 use std::time::Duration;
 
 use cz_testkit::free_port;
 use cz_testkit::sshd::{Sshd, user};
 
-use cz_adapters::{Host, ProvisionerKey, SshApi};
 use cz_adapters::ssh::SshClient;
+use cz_adapters::{Host, ProvisionerKey, SshApi};
 use cz_engine::{Cause, StepError};
 
 fn client() -> SshClient {

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cz_adapters::{TofuApi, TofuEvent, Workspace};
 use cz_adapters::tofu::TofuCli;
 use cz_adapters::tofu::cli::{LOCK_FILE, PID_FILE};
+use cz_adapters::{TofuApi, TofuEvent, Workspace};
 use cz_engine::{Cause, StepError};
 use cz_state::SecretString;
 

@@ -153,11 +153,8 @@ const COMPONENT_LABEL: &str = "catalyst.openova.io/component";
 /// `components`: the selection (already closed under dependencies).
 pub fn phase(components: &[String], location: &str, regional: bool) -> PhaseDef {
     let mut b = PhaseBuilder::new(PHASE);
-    let base = || KitParams {
-        location: location.to_owned(),
-        components: components.to_vec(),
-        regional,
-    };
+    let base =
+        || KitParams { location: location.to_owned(), components: components.to_vec(), regional };
     b.step("flux-bootstrap", FLUX, &[], base());
     b.step("sources", SOURCES, &["flux-bootstrap"], base());
     for p in release::pins().iter().filter(|p| components.contains(&p.component)) {
@@ -574,23 +571,7 @@ async fn verify(cx: &StepCtx) -> StepResult<KitHealthy> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{PhaseScenario, sample_request};
+    use crate::testing::{phase_tests, sample_request};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let s = PhaseScenario::provision(sample_request("kit-unwind", 1, 0), super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let s = PhaseScenario::provision(sample_request("kit-twice", 1, 0), super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("kit-plan", 1, 0), super::PHASE);
-        s.assert_plan_round_trips().await;
-    }
+    phase_tests!(super::PHASE, sample_request("kit", 1, 0));
 }

@@ -216,7 +216,12 @@ pub fn phase(regions: &[Region]) -> PhaseDef {
             agents: r.workers.count,
         };
         b.step(&verify, VERIFY, &after, p);
-        b.step(&format!("cilium-settled-{l}"), CILIUM_SETTLED, &[verify.as_str()], RegionParams::new(l));
+        b.step(
+            &format!("cilium-settled-{l}"),
+            CILIUM_SETTLED,
+            &[verify.as_str()],
+            RegionParams::new(l),
+        );
     }
     b.build()
 }
@@ -419,10 +424,7 @@ async fn k3s(cx: &StepCtx) -> StepResult<K3sInstalled> {
     let token = cx.secret(&token_name(&loc)).await?;
     let cfg =
         k3s_config(&role, first, token.expose(), &first_ip, &out.load_balancer.ipv4, &fqdn(cx)?);
-    cx.env
-        .ssh
-        .upload(&h, &fp, &k, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600)
-        .await?;
+    cx.env.ssh.upload(&h, &fp, &k, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600).await?;
     cx.env
         .ssh
         .upload(
@@ -467,10 +469,7 @@ async fn cilium(cx: &StepCtx) -> StepResult<CiliumChart> {
     let out = outputs(cx)?;
     let (h, fp, first) = first_server(cx, &out)?;
     let body = cilium_manifest(&first.private_ip)?;
-    cx.env
-        .ssh
-        .upload(&h, &fp, &key(cx).await?, CILIUM_MANIFEST, body.as_bytes(), 0o600)
-        .await?;
+    cx.env.ssh.upload(&h, &fp, &key(cx).await?, CILIUM_MANIFEST, body.as_bytes(), 0o600).await?;
     Ok(CiliumChart {
         chart_version: release::cilium_chart_version().into(),
         k8s_service_host: first.private_ip,
@@ -658,23 +657,7 @@ async fn verify(cx: &StepCtx) -> StepResult<ClusterVerified> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{PhaseScenario, sample_request};
+    use crate::testing::{phase_tests, sample_request};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let s = PhaseScenario::provision(sample_request("cluster-unwind", 3, 1), super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let s = PhaseScenario::provision(sample_request("cluster-twice", 3, 1), super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("cluster-plan", 3, 2), super::PHASE);
-        s.assert_plan_round_trips().await;
-    }
+    phase_tests!(super::PHASE, sample_request("cluster", 3, 1));
 }

@@ -120,4 +120,3 @@ pub fn cilium_manifest(api_host: &str) -> StepResult<String> {
 pub fn marker() -> String {
     format!("/var/lib/catalyst/k3s-{}.installed", release::k3s_version())
 }
-

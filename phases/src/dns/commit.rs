@@ -195,32 +195,22 @@ async fn propagation(cx: &StepCtx) -> StepResult<Propagated> {
 #[cfg(test)]
 mod tests {
     use crate::request::Registrar;
-    use crate::testing::{PhaseScenario, byo_api_request, sample_request};
+    use crate::testing::{PhaseScenario, byo_api_request, phase_tests, sample_request};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let mut req = sample_request("com-unwind", 1, 0);
+    /// Signed, so the unwind also takes the DS out of the pool zone.
+    fn signed() -> crate::request::ProvisionRequest {
+        let mut req = sample_request("com", 1, 0);
         req.dnssec = true;
-        let s = PhaseScenario::provision(req, super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
+        req
     }
 
+    phase_tests!(super::PHASE, signed());
+
+    /// On a `byo-api` domain, the unwind gives the registrar back too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_step_failure_unwinds_a_byo_api_domain() {
         let req = byo_api_request("acme-commit.com", Registrar::Namecheap, "u:k:203.0.113.7");
         let s = PhaseScenario::provision(req, super::PHASE);
         cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let s = PhaseScenario::provision(sample_request("com-twice", 1, 0), super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("com-plan", 1, 0), super::PHASE);
-        s.assert_plan_round_trips().await;
     }
 }

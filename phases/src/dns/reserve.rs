@@ -327,16 +327,16 @@ async fn verify_chain(cx: &StepCtx, fqdn: &str) -> StepResult<bool> {
 #[cfg(test)]
 mod tests {
     use crate::request::Registrar;
-    use crate::testing::{PhaseScenario, byo_api_request, sample_request};
+    use crate::testing::{PhaseScenario, byo_api_request, phase_tests, sample_request};
 
     /// Signed, so the unwind also takes the DS out of the pool zone.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let mut req = sample_request("res-unwind", 1, 1);
+    fn signed() -> crate::request::ProvisionRequest {
+        let mut req = sample_request("res", 1, 1);
         req.dnssec = true;
-        let s = PhaseScenario::provision(req, super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
+        req
     }
+
+    phase_tests!(super::PHASE, signed());
 
     /// The same on a `byo-api` domain: the registrar is given back too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,14 +344,6 @@ mod tests {
         let req = byo_api_request("acme-unwind.com", Registrar::Godaddy, "key:secret");
         let s = PhaseScenario::provision(req, super::PHASE);
         cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let mut req = sample_request("res-twice", 1, 1);
-        req.dnssec = true;
-        let s = PhaseScenario::provision(req, super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
     }
 
     /// On a `byo-api` domain, twice is one delegation to us.
@@ -362,11 +354,5 @@ mod tests {
         cz_engine::testing::every_step_runs_twice(&s).await;
         let ns = s.registrar_nameservers_after_a_run().await;
         assert_eq!(ns, ["ns1.openova.io", "ns2.openova.io", "ns3.openova.io"]);
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("res-plan", 1, 1), super::PHASE);
-        s.assert_plan_round_trips().await;
     }
 }

@@ -252,23 +252,7 @@ async fn archive_undo(cx: &StepCtx) -> StepResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{PhaseScenario, sample_request};
+    use crate::testing::{phase_tests, sample_request};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let s = PhaseScenario::provision(sample_request("ih-unwind", 1, 1), super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let s = PhaseScenario::provision(sample_request("ih-twice", 1, 1), super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("ih-plan", 1, 1), super::PHASE);
-        s.assert_plan_round_trips().await;
-    }
+    phase_tests!(super::PHASE, sample_request("ih", 1, 1));
 }

@@ -395,26 +395,9 @@ async fn retire_sealed_secrets(cx: &StepCtx) -> StepResult<Retired> {
     Ok(Retired { retired: "bp-sealed-secrets".into() })
 }
 
-
 #[cfg(test)]
 mod tests {
-    use crate::testing::{PhaseScenario, sample_request};
+    use crate::testing::{phase_tests, sample_request};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let s = PhaseScenario::provision(sample_request("sec-unwind", 1, 0), super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let s = PhaseScenario::provision(sample_request("sec-twice", 1, 0), super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("sec-plan", 1, 0), super::PHASE);
-        s.assert_plan_round_trips().await;
-    }
+    phase_tests!(super::PHASE, sample_request("sec", 1, 0));
 }

@@ -673,23 +673,7 @@ async fn outputs(cx: &StepCtx) -> StepResult<Outputs> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{PhaseScenario, sample_request};
+    use crate::testing::{phase_tests, sample_request};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_failure_unwinds() {
-        let s = PhaseScenario::provision(sample_request("infra-unwind", 3, 1), super::PHASE);
-        cz_engine::testing::every_step_failure_unwinds(&s).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_step_runs_twice() {
-        let s = PhaseScenario::provision(sample_request("infra-twice", 3, 1), super::PHASE);
-        cz_engine::testing::every_step_runs_twice(&s).await;
-    }
-
-    #[tokio::test]
-    async fn the_plan_builds_and_round_trips_through_the_store() {
-        let s = PhaseScenario::provision(sample_request("infra-plan", 3, 2), super::PHASE);
-        s.assert_plan_round_trips().await;
-    }
+    phase_tests!(super::PHASE, sample_request("infra", 3, 1));
 }

@@ -11,7 +11,7 @@
 //! Why it is built the way it is:
 //!
 //! - **Pure.** Input in, file contents out; no clock, no environment, no
-//!   cloud. The contract tests (`phases/tests/hetzner_templates.rs`) parse
+//!   cloud. The contract tests (`phases/tests/all/hetzner_templates.rs`) parse
 //!   every render against the offline provider schema and compare golden
 //!   files, so a template change is reviewed as a diff of real HCL.
 //! - **Templates loaded at run time** from a directory the caller passes, so
@@ -373,8 +373,8 @@ fn context(i: &RenderInput) -> tera::Context {
     cx.insert("worker_ip_offset", &WORKER_IP_OFFSET);
     cx.insert("lb_private_ip", LB_PRIVATE_IP);
     cx.insert("lb_ports", &LB_PORTS);
-    // The version the templates are written and tested against
-    // (`shared/upstream/hcloud/resources.json`), pinned in the release.
+    // The provider version whose schema the templates are written and
+    // tested against, pinned in the release.
     cx.insert("hcloud_provider_version", release::hcloud_provider_version());
     cx
 }

@@ -174,45 +174,36 @@ pub async fn skip(
     apply(&st, caller, &id, Verb::Skip { step: b.step, reason: b.reason }).await
 }
 
-/// Resume a paused job. Operator token only.
-#[utoipa::path(post, path = "/v1/jobs/{id}/resume", tag = "verbs",
-    params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn resume(
-    State(st): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<VerbResponse>, ApiError> {
-    apply(&st, caller, &id, Verb::Resume).await
+/// The handler of a verb that takes no body: its path, its OpenAPI entry,
+/// and the verb it applies.
+macro_rules! bodyless_verb {
+    ($(#[doc = $doc:literal])* $name:ident, $path:literal, $verb:expr) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, tag = "verbs",
+            params(("id" = String, Path, description = "Job id")),
+            responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
+                (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+            security(("bearer" = [])))]
+        pub async fn $name(
+            State(st): State<ApiState>,
+            caller: Caller,
+            Path(id): Path<String>,
+        ) -> Result<Json<VerbResponse>, ApiError> {
+            apply(&st, caller, &id, $verb).await
+        }
+    };
 }
 
-/// Abandon a job where it stands (nothing is undone). Operator token only.
-#[utoipa::path(post, path = "/v1/jobs/{id}/abandon", tag = "verbs",
-    params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn abandon(
-    State(st): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<VerbResponse>, ApiError> {
-    apply(&st, caller, &id, Verb::Abandon).await
-}
-
-/// Cancel a job with rollback (undo of everything that ran). Operator token
-/// only.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "verbs",
-    params(("id" = String, Path, description = "Job id")),
-    responses((status = 200, body = VerbResponse), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn cancel(
-    State(st): State<ApiState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<VerbResponse>, ApiError> {
-    apply(&st, caller, &id, Verb::Cancel).await
-}
+bodyless_verb!(
+    /// Resume a paused job. Operator token only.
+    resume, "/v1/jobs/{id}/resume", Verb::Resume
+);
+bodyless_verb!(
+    /// Abandon a job where it stands (nothing is undone). Operator token only.
+    abandon, "/v1/jobs/{id}/abandon", Verb::Abandon
+);
+bodyless_verb!(
+    /// Cancel a job with rollback (undo of everything that ran). Operator
+    /// token only.
+    cancel, "/v1/jobs/{id}/cancel", Verb::Cancel
+);

@@ -160,7 +160,9 @@ pub async fn show(
 fn follow_up_error(e: FollowUpError) -> ApiError {
     match e {
         FollowUpError::Invalid(errors) => ApiError::Invalid(errors),
-        FollowUpError::NoProvision | FollowUpError::NotReady(_) => ApiError::Conflict(e.to_string()),
+        FollowUpError::NoProvision | FollowUpError::NotReady(_) => {
+            ApiError::Conflict(e.to_string())
+        }
         FollowUpError::BadProvision(_) => {
             ApiError::Internal { what: "read the sovereign's provision", source: Box::new(e) }
         }

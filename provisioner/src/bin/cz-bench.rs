@@ -152,8 +152,7 @@ async fn p2(dir: &Path, lines: usize) -> Result<()> {
 async fn run_jobs(dir: &Path, n: usize, latency: f64) -> Result<(Duration, usize)> {
     let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await?;
     let registry = Arc::new(cz_phases::registry());
-    let ns: Vec<String> =
-        cz_phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    let ns: Vec<String> = cz_phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
     let mut jobs = Vec::new();
     for i in 0..n {
         let config = SimConfig { latency_factor: latency, ..SimConfig::default() };

@@ -223,9 +223,9 @@ async fn hcloud_shim(
     action: ShimAction,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> anyhow::Result<u8> {
-    use cz_adapters::tofu::cli::TOKEN_ENV;
     use cz_adapters::cloud::shim::{self, OBJECT_ENV, ShimObject};
     use cz_adapters::cloud::{BudgetRegistry, HcloudClient};
+    use cz_adapters::tofu::cli::TOKEN_ENV;
     let spec = env(OBJECT_ENV).with_context(|| format!("{OBJECT_ENV} is not set"))?;
     let obj: ShimObject =
         serde_json::from_str(&spec).with_context(|| format!("{OBJECT_ENV} is not an object"))?;

@@ -19,12 +19,7 @@ use crate::wiring::SIM_POOL_ZONES;
 /// reservations whose lease ran out more than a lease ago and whose job is
 /// not live here. The first round runs at once, so a daemon that was down
 /// longer than a lease renews its own before anything is swept.
-pub async fn run(
-    store: Store,
-    dns: Arc<dyn DnsApi>,
-    lease: Duration,
-    stop: CancellationToken,
-) {
+pub async fn run(store: Store, dns: Arc<dyn DnsApi>, lease: Duration, stop: CancellationToken) {
     loop {
         match store.list_jobs(None).await {
             Ok(jobs) => {
@@ -48,4 +43,3 @@ pub async fn run(
         }
     }
 }
-

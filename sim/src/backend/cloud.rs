@@ -272,15 +272,14 @@ impl SimCloud {
             labels,
             attrs: Value::Object(attrs),
         };
-        self.world
-            .put(
-                SYS,
-                kind,
-                &id.to_string(),
-                &serde_json::to_value(&obj).expect("cloud objects encode"),
-            )
-            .await?;
+        self.store(&obj).await?;
         Ok(obj)
+    }
+
+    /// Writes `obj` to the world, under its kind and id.
+    async fn store(&self, obj: &CloudObject) -> Result<(), StepError> {
+        let body = serde_json::to_value(obj).expect("cloud objects encode");
+        self.world.put(SYS, &obj.kind, &obj.id.to_string(), &body).await
     }
 
     /// Renames/relabels an object in place (`tofu apply` of an update).
@@ -312,14 +311,7 @@ impl SimCloud {
         }
         obj.name = name.to_owned();
         obj.labels = labels;
-        self.world
-            .put(
-                SYS,
-                kind,
-                &id.to_string(),
-                &serde_json::to_value(&obj).expect("cloud objects encode"),
-            )
-            .await?;
+        self.store(&obj).await?;
         Ok(obj)
     }
 

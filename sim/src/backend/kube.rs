@@ -30,8 +30,8 @@ use cz_state::SecretString;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use cz_adapters::cloud::Selector;
 use super::world::SimWorld;
+use cz_adapters::cloud::Selector;
 use cz_adapters::{AdapterResult, KubeApi, ObjectRef};
 use cz_engine::{Cause, StepError, System};
 

@@ -15,10 +15,10 @@ use cz_state::SecretString;
 use serde_json::json;
 
 use super::world::SimWorld;
-use cz_engine::StepError;
-use cz_adapters::registrar::{Credentials, RegistrarApi, Registrars, bare};
-use cz_adapters::registrar::Registrar;
 use cz_adapters::AdapterResult;
+use cz_adapters::registrar::Registrar;
+use cz_adapters::registrar::{Credentials, RegistrarApi, Registrars, bare};
+use cz_engine::StepError;
 
 const SYS: &str = "registrar";
 const KIND: &str = "domains";

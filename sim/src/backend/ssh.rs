@@ -303,34 +303,14 @@ impl SimSsh {
         let stored = self.world.get(SYS, "hostkeys", &host.address).await?;
         let fp = match stored {
             Some(v) if v["server_id"].as_i64() == Some(server.id) => {
-                v["fingerprint"].as_str().unwrap_or("").to_owned()
+                return Ok((server, v["fingerprint"].as_str().unwrap_or("").to_owned()));
             }
-            Some(_) => {
-                // The server at this address was recreated: a new host key.
-                let fp = format!("SHA256:{}", sha_hex(&format!("{}#{}", host.address, server.id)));
-                self.world
-                    .put(
-                        SYS,
-                        "hostkeys",
-                        &host.address,
-                        &json!({"fingerprint": fp, "server_id": server.id}),
-                    )
-                    .await?;
-                fp
-            }
-            None => {
-                let fp = format!("SHA256:{}", sha_hex(&host.address));
-                self.world
-                    .put(
-                        SYS,
-                        "hostkeys",
-                        &host.address,
-                        &json!({"fingerprint": fp, "server_id": server.id}),
-                    )
-                    .await?;
-                fp
-            }
+            // The server at this address was recreated: a new host key.
+            Some(_) => format!("SHA256:{}", sha_hex(&format!("{}#{}", host.address, server.id))),
+            None => format!("SHA256:{}", sha_hex(&host.address)),
         };
+        let key = json!({"fingerprint": fp, "server_id": server.id});
+        self.world.put(SYS, "hostkeys", &host.address, &key).await?;
         Ok((server, fp))
     }
 

@@ -936,9 +936,9 @@ impl TofuApi for SimTofu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cz_adapters::CloudApi;
     use crate::backend::cloud::sim_token;
     use crate::backend::world::{FailRule, SimConfig};
+    use cz_adapters::CloudApi;
 
     fn manifest(workers: usize) -> Value {
         let mut resources = vec![

@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::charts::{self, Chart};
 use super::kube::FakeKube;
+use crate::charts::{self, Chart};
 
 const HR_GROUP: &str = "helm.toolkit.fluxcd.io";
 

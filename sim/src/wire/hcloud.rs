@@ -32,10 +32,10 @@ use axum::response::{IntoResponse, Response};
 use cz_state::SecretString;
 use serde_json::{Value, json};
 
-use cz_adapters::cloud::budget::project_key;
-use cz_adapters::cloud::hcloud::collection_of;
 use cz_adapters::cloud::Selector;
+use cz_adapters::cloud::budget::project_key;
 use cz_adapters::cloud::catalogue::{LOCATIONS, load_balancer_type_table, server_type_table};
+use cz_adapters::cloud::hcloud::collection_of;
 
 /// The token the fake accepts unless configured otherwise.
 pub const DEFAULT_TOKEN: &str = "fakehcloudtoken0000000000000000000000000000000000000000000000000";
@@ -170,9 +170,7 @@ pub async fn start_at(cfg: FakeConfig, addr: SocketAddr) -> std::io::Result<Fake
     let app = Router::new().fallback(handle).with_state(inner.clone());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let task = super::serve(listener, app);
     Ok(FakeHandle { addr, inner, task })
 }
 

@@ -160,8 +160,7 @@ fn status(code: StatusCode, reason: &str, message: impl Into<String>) -> Box<Res
 impl FakeKube {
     /// Starts the server on 127.0.0.1 (an ephemeral port).
     pub async fn start() -> FakeKube {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = super::bind_loopback().await;
         let (events, _) = broadcast::channel(4096);
         let fake = FakeKube {
             inner: Arc::new(Mutex::new(Inner { kinds: builtin(), ..Inner::default() })),
@@ -176,10 +175,7 @@ impl FakeKube {
                 json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
             );
         }
-        let app = Router::new().fallback(handle).with_state(fake.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        super::serve(listener, Router::new().fallback(handle).with_state(fake.clone()));
         fake
     }
 

@@ -42,8 +42,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use cz_adapters::registrar::{Endpoints, bare, ovh::signature};
 use cz_adapters::registrar::Registrar;
+use cz_adapters::registrar::{Endpoints, bare, ovh::signature};
 
 /// A failure the fake answers with instead of doing the call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,13 +131,9 @@ fn is_hostname(h: &str) -> bool {
 impl FakeRegistrars {
     /// Starts the server on 127.0.0.1 (an ephemeral port).
     pub async fn start() -> FakeRegistrars {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = super::bind_loopback().await;
         let fake = FakeRegistrars { inner: Arc::new(Mutex::new(Inner::default())), addr };
-        let app = Router::new().fallback(handle).with_state(fake.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        super::serve(listener, Router::new().fallback(handle).with_state(fake.clone()));
         fake
     }
 
