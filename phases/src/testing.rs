@@ -96,8 +96,17 @@ pub type SimRig = Rig<Backend>;
 
 /// A new [`SimRig`] with instant simulated latencies.
 pub async fn sim_rig() -> SimRig {
-    let rig = Rig::new(Arc::new(registry()), |dir| {
-        sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant())
+    sim_rig_with(registry(), |b| b).await
+}
+
+/// A [`SimRig`] with the test's own registry (every phase's actions and
+/// its own), and its backend changed by `adapt` (an adapter wrapped).
+pub async fn sim_rig_with(
+    registry: crate::Registry,
+    adapt: impl FnOnce(Backend) -> Backend,
+) -> SimRig {
+    let rig = Rig::new(Arc::new(registry), |dir| {
+        adapt(sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant()))
     })
     .await;
     let ns: Vec<String> = NAMESERVERS.iter().map(|s| s.to_string()).collect();

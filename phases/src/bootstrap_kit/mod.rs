@@ -571,7 +571,182 @@ async fn verify(cx: &StepCtx) -> StepResult<KitHealthy> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{phase_tests, sample_request};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use cz_adapters::{AdapterResult, KubeApi, ObjectRef, Until};
+    use cz_engine::{Action, ActionId, JobOptions, StepResult};
+    use cz_state::{JobStatus, SecretString};
+    use serde_json::{Value, json};
+
+    use crate::testing::{SimRigExt, phase_tests, sample_request, sim_rig_with};
+    use crate::{Backend, StepCtx, jobs, registry};
 
     phase_tests!(super::PHASE, sample_request("kit", 1, 0));
+
+    /// The sim's Kubernetes, with Flux disturbed for the next reads once
+    /// armed: its `source-controller` rolling out again (what K3s's
+    /// helm-controller re-applying the first install can do until the
+    /// hand-over), or, with `failing`, its HelmRelease failing an upgrade.
+    struct Disturbed {
+        inner: Arc<dyn KubeApi>,
+        reads_left: Arc<AtomicU32>,
+        failing: bool,
+    }
+
+    impl Disturbed {
+        fn disturb(&self, r: &ObjectRef, obj: Option<Value>) -> Option<Value> {
+            let mut obj = obj?;
+            let hit = if self.failing {
+                r.kind == "HelmRelease" && r.name == "bp-flux"
+            } else {
+                r.kind == "Deployment" && r.name == "source-controller"
+            };
+            let armed = self.reads_left.load(Ordering::SeqCst) > 0;
+            if hit && armed {
+                self.reads_left.fetch_sub(1, Ordering::SeqCst);
+                if self.failing {
+                    obj["status"]["conditions"] = json!([{ "type": "Ready", "status": "False",
+                        "reason": "UpgradeFailed", "message": "Helm upgrade failed: timed out" }]);
+                } else {
+                    obj["status"]["updatedReplicas"] = json!(0);
+                }
+            }
+            Some(obj)
+        }
+    }
+
+    #[async_trait]
+    impl KubeApi for Disturbed {
+        async fn apply(&self, kc: &SecretString, fm: &str, objects: &[Value]) -> AdapterResult<()> {
+            self.inner.apply(kc, fm, objects).await
+        }
+        async fn get(&self, kc: &SecretString, r: &ObjectRef) -> AdapterResult<Option<Value>> {
+            Ok(self.disturb(r, self.inner.get(kc, r).await?))
+        }
+        async fn list(
+            &self,
+            kc: &SecretString,
+            api_version: &str,
+            kind: &str,
+            selector: &str,
+        ) -> AdapterResult<Vec<Value>> {
+            self.inner.list(kc, api_version, kind, selector).await
+        }
+        async fn delete(&self, kc: &SecretString, r: &ObjectRef) -> AdapterResult<()> {
+            self.inner.delete(kc, r).await
+        }
+        async fn server_version(&self, kc: &SecretString) -> AdapterResult<String> {
+            self.inner.server_version(kc).await
+        }
+        async fn wait_until(
+            &self,
+            kc: &SecretString,
+            r: &ObjectRef,
+            until: Until,
+            bound: std::time::Duration,
+        ) -> AdapterResult<()> {
+            self.inner.wait_until(kc, r, until, bound).await
+        }
+        async fn service_get(
+            &self,
+            kc: &SecretString,
+            ns: &str,
+            svc: &str,
+            port: u16,
+            path: &str,
+        ) -> AdapterResult<(u16, String)> {
+            self.inner.service_get(kc, ns, svc, port, path).await
+        }
+    }
+
+    /// A step that arms the disturbance: it runs after bp-flux is healthy
+    /// and before the hand-over, so the hand-over's first probes see it.
+    struct Arm(Arc<AtomicU32>);
+
+    #[async_trait]
+    impl Action<Backend> for Arm {
+        async fn run(&self, _cx: &StepCtx) -> StepResult<Value> {
+            self.0.store(3, Ordering::SeqCst);
+            Ok(Value::Null)
+        }
+        async fn undo(&self, _cx: &StepCtx) -> StepResult<()> {
+            Ok(())
+        }
+        fn check_params(&self, _params: &Value) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    const ARM: ActionId<()> = ActionId::new("test.arm");
+
+    /// Provisions to the end of the kit with Flux disturbed as the
+    /// hand-over starts; returns the job's status, its kit events and its
+    /// stop reason.
+    async fn hand_over_a_disturbed_flux(failing: bool) -> (JobStatus, Vec<Value>, Value, u32) {
+        let reads_left = Arc::new(AtomicU32::new(0));
+        let mut reg = registry();
+        reg.register_dyn(ARM.name, Arc::new(Arm(reads_left.clone())));
+        let left = reads_left.clone();
+        let rig = sim_rig_with(reg, move |mut b| {
+            b.kube = Arc::new(Disturbed { inner: b.kube.clone(), reads_left: left, failing });
+            b
+        })
+        .await;
+        let req = sample_request("handover", 1, 0);
+        let mut plan = jobs::provision_plan(&req);
+        let at = plan.phases.iter().position(|p| p.id == super::PHASE).unwrap();
+        plan.phases.truncate(at + 1);
+        let kit = plan.phases.last_mut().unwrap();
+        let mut b = cz_engine::PhaseBuilder::new(super::PHASE);
+        b.step("arm", ARM, &["flux"], ());
+        kit.nodes.extend(b.build().nodes);
+        let handover = kit.nodes.iter_mut().find(|n| n.id.ends_with("/handover")).unwrap();
+        handover.depends_on.push(format!("{}/arm", super::PHASE));
+        let (_, job) = rig.submit_plan(&req, &plan, JobOptions::default()).await;
+        let status = rig.drive(job).await;
+        let kit_events = rig.events(job, "kit").await;
+        let left = reads_left.load(Ordering::SeqCst);
+        assert!(left < 3, "the hand-over read Flux while disturbed");
+        (status, kit_events, rig.stop_reason(job).await, left)
+    }
+
+    /// Flux still rolling out when the hand-over starts is waited for, as
+    /// any component's install is; the hand-over then goes through.
+    #[tokio::test]
+    async fn the_hand_over_waits_for_a_component_that_is_rolling_out() {
+        let (status, events, stop, left) = hand_over_a_disturbed_flux(false).await;
+        assert_eq!(status, JobStatus::Succeeded, "{stop}");
+        assert_eq!(left, 0, "it read Flux rolling out three times, and waited");
+        let seen = |state: &str| {
+            events.iter().any(|e| {
+                e["step"] == "bootstrap-kit/handover"
+                    && e["component"] == "flux"
+                    && e["state"] == state
+                    && (state != "installing"
+                        || e["message"].as_str().unwrap_or("").contains("0 of 1 updated"))
+            })
+        };
+        assert!(seen("installing"), "the hand-over saw the rollout: {events:#?}");
+        assert!(seen("handed-over"), "{events:#?}");
+    }
+
+    /// A failing component is not handed over: the job pauses at once,
+    /// with the component, its condition and the message.
+    #[tokio::test]
+    async fn the_hand_over_stops_at_a_failing_component() {
+        let (status, _, stop, left) = hand_over_a_disturbed_flux(true).await;
+        assert_eq!(status, JobStatus::Paused);
+        assert_eq!(left, 2, "it stopped at the first failing read");
+        assert_eq!(stop["step"], "bootstrap-kit/handover");
+        let e = &stop["error"];
+        assert_eq!(
+            (e["kind"].as_str(), e["component"].as_str()),
+            (Some("unhealthy"), Some("flux"))
+        );
+        assert_eq!(e["condition"], "UpgradeFailed");
+        assert_eq!(e["bound_s"], 0);
+        assert!(e["message"].as_str().unwrap().contains("timed out"), "{e}");
+    }
 }
