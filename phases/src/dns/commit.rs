@@ -4,7 +4,7 @@
 //! 1. `records` (undo: delete those records): the record set (apex, `*`,
 //!    `console`, `api`, `gitea`, `harbor` → the load balancer; add-region:
 //!    `<location>.<fqdn>` per new region) in one REPLACE; a provision's
-//!    commit ends the reservation's lease;
+//!    commit marks the zone committed and ends the reservation's lease;
 //! 2. `verify-records`: every record answers over DNS from the
 //!    authoritative server (a wildcard through a name it must cover);
 //! 3. `propagation`: the gate. Nothing may declare the Sovereign ready, nor
@@ -22,7 +22,7 @@ use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, 
 use cz_engine::{action, no_undo};
 use serde::{Deserialize, Serialize};
 
-use super::lease::end_lease;
+use super::lease::{commit, uncommit};
 use super::{Check, NAMESERVERS, RECORD_NAMES, RECORD_TTL, await_resolvers, nameservers};
 use super::{ns_matches, parent};
 use crate::common::fqdn;
@@ -123,7 +123,7 @@ async fn records(cx: &StepCtx) -> StepResult<Records> {
     cx.env.dns.replace_rrsets(&abs(&fqdn), &set).await?;
     // Committed: the zone is the Sovereign's for good, no longer leased.
     if !p.regional {
-        end_lease(cx.env.dns.as_ref(), &abs(&fqdn)).await?;
+        commit(cx.env.dns.as_ref(), &abs(&fqdn), &cx.job_id.to_string()).await?;
     }
     Ok(Records { rrsets: set })
 }
@@ -131,10 +131,16 @@ async fn records(cx: &StepCtx) -> StepResult<Records> {
 async fn records_undo(cx: &StepCtx) -> StepResult<()> {
     let fqdn = fqdn(cx)?;
     let p: RecordParams = cx.params()?;
+    let zone = abs(&fqdn);
+    // Back to a reservation (its zone's own undo removes it next).
+    if !p.regional && cx.env.dns.zone_exists(&zone).await? {
+        let lease = cx.env.bounds.dns_lease;
+        uncommit(cx.env.dns.as_ref(), &zone, &cx.job_id.to_string(), lease).await?;
+    }
     let Ok(lbs) = lb_ips(cx, &p) else { return Ok(()) };
     let names: Vec<(String, String)> =
         record_set(&fqdn, &p, &lbs).into_iter().map(|r| (r.name, r.rtype)).collect();
-    cx.env.dns.delete_rrsets(&abs(&fqdn), &names).await
+    cx.env.dns.delete_rrsets(&zone, &names).await
 }
 
 /// A wildcard is checked through a name it must cover.

@@ -10,6 +10,13 @@
 //! its delegation. A slow `infra` therefore cannot lose the zone, and a
 //! swept zone makes commit fail loudly (404 → not found), never "ready".
 //! [`keep_leases`] is one round of both, which the daemon's reconciler runs.
+//!
+//! The keeper and the commit race: the keeper reads a lease, commit ends
+//! it, the keeper writes it back. PowerDNS's metadata has no
+//! compare-and-set, so commit first marks the zone committed
+//! ([`COMMITTED_META`], never removed but by the commit's undo), then ends
+//! the lease; the keeper neither renews nor sweeps a committed zone, so a
+//! lease written back after the commit is inert.
 
 use std::time::Duration;
 
@@ -23,6 +30,9 @@ use crate::jobs::JobRequest;
 
 /// Zone metadata holding a reservation's lease.
 pub const LEASE_META: &str = "X-CATALYST-LEASE";
+
+/// Zone metadata marking a reservation committed: the Sovereign's for good.
+pub const COMMITTED_META: &str = "X-CATALYST-COMMITTED";
 
 /// A reservation's lease, as stored in [`LEASE_META`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,9 +63,27 @@ pub(crate) async fn set_lease(
     dns.set_zone_meta(zone, LEASE_META, &[v]).await
 }
 
-/// Ends the lease: the zone is the Sovereign's for good.
-pub(crate) async fn end_lease(dns: &dyn DnsApi, zone: &str) -> StepResult<()> {
+/// Commits the reservation: the zone is the Sovereign's for good. The mark
+/// goes first, so the keeper cannot revive the lease (see the module doc).
+pub(crate) async fn commit(dns: &dyn DnsApi, zone: &str, job: &str) -> StepResult<()> {
+    dns.set_zone_meta(zone, COMMITTED_META, &[job.to_owned()]).await?;
     dns.set_zone_meta(zone, LEASE_META, &[]).await
+}
+
+/// Undoes [`commit`]: the zone is a reservation of `job` again, leased.
+pub(crate) async fn uncommit(
+    dns: &dyn DnsApi,
+    zone: &str,
+    job: &str,
+    ttl: Duration,
+) -> StepResult<()> {
+    set_lease(dns, zone, job, ttl).await?;
+    dns.set_zone_meta(zone, COMMITTED_META, &[]).await
+}
+
+/// Whether the zone was committed.
+async fn committed(dns: &dyn DnsApi, zone: &str) -> StepResult<bool> {
+    Ok(!dns.zone_meta(zone, COMMITTED_META).await?.is_empty())
 }
 
 /// The lease a zone's metadata holds, if any (unreadable is none).
@@ -79,7 +107,7 @@ pub async fn renew_leases(
         let zone = abs(fqdn);
         // Only a lease this job holds (not a committed zone, not another's).
         let ours = lease_of(dns, &zone).await.ok().flatten().is_some_and(|l| l.job == *job);
-        if ours {
+        if ours && !committed(dns, &zone).await? {
             set_lease(dns, &zone, job, ttl).await?;
             renewed.push(zone);
         }
@@ -101,6 +129,10 @@ pub async fn sweep_expired(
     for zone in dns.list_zones().await? {
         let Some(lease) = lease_of(dns, &zone).await? else { continue };
         if lease.expires + grace.as_secs() as i64 > now_unix() || live.contains(&lease.job) {
+            continue;
+        }
+        // A lease the keeper wrote back just after the commit: inert.
+        if committed(dns, &zone).await? {
             continue;
         }
         if let Some(pool) =
@@ -139,4 +171,37 @@ pub async fn keep_leases(
     let ids: Vec<String> = live.into_iter().map(|(j, _)| j).collect();
     let swept = sweep_expired(dns, pools, &ids, grace).await?;
     Ok((renewed, swept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::sim_rig;
+
+    /// The keeper's read-then-write racing the commit: a lease written back
+    /// after the commit is neither renewed nor swept.
+    #[tokio::test]
+    async fn a_lease_written_back_after_the_commit_is_inert() {
+        let rig = sim_rig().await;
+        let dns = rig.env().dns.clone();
+        let zone = "race.omani.works.";
+        dns.create_zone(zone, &["ns1.openova.io.".into()], &owner("s-1")).await.unwrap();
+        set_lease(dns.as_ref(), zone, "job-1", Duration::from_secs(600)).await.unwrap();
+        // The keeper read the live lease; the commit runs; the keeper writes
+        // it back, already expired.
+        commit(dns.as_ref(), zone, "job-1").await.unwrap();
+        set_lease(dns.as_ref(), zone, "job-1", Duration::ZERO).await.unwrap();
+        let jobs = [("job-1".to_owned(), "race.omani.works".to_owned())];
+        let renewed = renew_leases(dns.as_ref(), &jobs, Duration::from_secs(600)).await.unwrap();
+        assert!(renewed.is_empty(), "a committed zone is not renewed");
+        let swept =
+            sweep_expired(dns.as_ref(), &["omani.works."], &[], Duration::ZERO).await.unwrap();
+        assert!(swept.is_empty(), "a committed zone is not swept: {swept:?}");
+        assert!(dns.zone_exists(zone).await.unwrap());
+        // Uncommitted (the commit's undo), an expired lease is swept.
+        uncommit(dns.as_ref(), zone, "job-1", Duration::ZERO).await.unwrap();
+        let swept =
+            sweep_expired(dns.as_ref(), &["omani.works."], &[], Duration::ZERO).await.unwrap();
+        assert_eq!(swept, [zone]);
+    }
 }
