@@ -30,9 +30,9 @@ impl Bao {
         if let Some(p) = std::env::var_os("CZ_BAO_BIN").map(PathBuf::from) {
             return p.exists().then_some(p);
         }
-        let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p).map(|d| d.join("bao")).collect::<Vec<_>>()
-        });
+        let on_path = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).map(|d| d.join("bao")).collect::<Vec<_>>());
         on_path.chain(CANDIDATES.iter().map(PathBuf::from)).find(|p| p.exists())
     }
 

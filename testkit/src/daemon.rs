@@ -21,7 +21,11 @@ pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("catalyst-zero");
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p catalyst-zero`)",
+        bin.display()
+    );
     bin
 }
 
@@ -191,6 +195,34 @@ impl Api {
             let body: Value = r.json().await.unwrap_or(Value::Null);
             Ok((status, body))
         })
+    }
+
+    /// The job's status, or `None` while the daemon does not answer.
+    pub fn status(&self, job: &str) -> Option<String> {
+        self.get(&format!("/v1/jobs/{job}")).ok()?["status"].as_str().map(str::to_owned)
+    }
+
+    /// Waits (at most `bound`, polling every 50 ms) until the job's status
+    /// is one of `want`, and returns it.
+    pub fn wait_status(&self, job: &str, want: &[&str], bound: Duration) -> String {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(s) = self.status(job)
+                && want.contains(&s.as_str())
+            {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "job {job} not in {want:?} within {bound:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The job's events after id `after` (one page; none while the daemon
+    /// does not answer).
+    pub fn events_after(&self, job: &str, after: i64) -> Vec<Value> {
+        self.get(&format!("/v1/jobs/{job}/events?format=json&after={after}"))
+            .map(|v| v["events"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 

@@ -1,9 +1,10 @@
 //! Kill -9 of the process driving a job, inside every step: the parent test
-//! runs its own test binary as a child (`child_test` with `--exact`), the
-//! child drives the job from the store in `dir` and logs each step it sees
-//! running; the parent kills it with SIGKILL as soon as a step it has not
-//! killed inside yet is running, then starts a fresh child, until one
-//! finishes.
+//! runs its own test binary as a child (`child_test`, the child test's full
+//! path in the binary such as `kit_fake::child_driver`, with `--exact`),
+//! the child drives the job from the store in `dir` and logs each step it
+//! sees running; the parent kills it with SIGKILL as soon as a step it has
+//! not killed inside yet is running, then starts a fresh child, until one
+//! finishes. The children's output goes to `dir/children.log`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -63,11 +64,16 @@ pub async fn kill_inside_every_step(
     'outer: loop {
         starts += 1;
         assert!(starts < 200, "no progress after {starts} starts");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("children.log"))
+            .expect("the children's log opens");
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([child_test, "--exact", "--nocapture", "--test-threads", "1"])
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("a second handle on the log"))
+            .stderr(log)
             .spawn()
             .unwrap();
         loop {
@@ -83,7 +89,11 @@ pub async fn kill_inside_every_step(
                 break;
             }
             if let Some(status) = child.try_wait().unwrap() {
-                panic!("the driver exited {status} without finishing");
+                let log = std::fs::read_to_string(dir.join("children.log")).unwrap_or_default();
+                let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+                panic!(
+                    "the driver exited {status} without finishing; last lines, newest first:\n{tail}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

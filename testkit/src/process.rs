@@ -19,7 +19,10 @@ impl Tied {
     /// Stops the server (SIGTERM to the watching shell, which forwards it)
     /// and reaps the shell.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.shell.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.shell.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.shell.wait();
     }
 

@@ -11,26 +11,23 @@
 //! drive is interrupted mid-phase and resumed, and a tampered artifact
 //! stops the phase before anything is uploaded.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use common::sshd::Sshd;
-use cz_phases::adapters::{Backend, ProvisionerKey};
-use cz_phases::engine::{DriveOutcome, Engine, FailurePolicy, FaultPlan, JobOptions};
-use cz_phases::exec::SshClient;
-use cz_phases::phases::infra::{LoadBalancer, Outputs, PROVISIONER_KEY, Server};
-use cz_phases::phases::{cluster, provision_submission, registry};
-use cz_phases::plan::{PhaseBuilder, Plan};
-use cz_phases::request::{ProvisionRequest, sample_body};
-use cz_phases::sim::{SimConfig, sim_backend};
-use cz_phases::{Step, StepCtx, StepResult};
-use cz_state::{JobId, JobStatus, Store, StorePaths};
-use serde_json::{Value, json};
+use cz_adapters::kube::KubeClient;
+use cz_adapters::ssh::SshClient;
+use cz_adapters::{Backend, K3sSource, ProvisionerKey};
+use cz_engine::PhaseDef;
+use cz_engine::{ActionId, DriveOutcome, FailurePolicy, FaultPlan, JobOptions, PhaseBuilder, Plan};
+use cz_phases::Registry;
+use cz_phases::cluster::{self, ClusterVerified, Kubeconfig};
+use cz_phases::infra::{LoadBalancer, Outputs, PROVISIONER_KEY, Server};
+use cz_state::{JobId, JobStatus, NodeState};
+use cz_testkit::requests::sample_request;
+use cz_testkit::rig::{Rig, SimRigExt, Stub, rig_in, sim_backend_in, step_output};
+use cz_testkit::sshd::Sshd;
 use tokio_util::sync::CancellationToken;
 
 const STUBS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/k3s-stub");
@@ -38,37 +35,44 @@ const NODES: [(&str, &str); 5] =
     [("cp1", "11"), ("cp2", "12"), ("cp3", "13"), ("w1", "14"), ("w2", "15")];
 
 /// `infra/outputs-fsn1` as the infra phase would have left it.
-struct FixedOutputs(Value);
+const OUTPUTS: ActionId<()> = ActionId::new("test.outputs");
 
-#[async_trait]
-impl Step for FixedOutputs {
-    async fn run(&self, _cx: &StepCtx) -> StepResult<Value> {
-        Ok(self.0.clone())
-    }
-    async fn undo(&self, _cx: &StepCtx) -> StepResult<()> {
-        Ok(())
-    }
-}
-
-struct Rig {
-    dir: tempfile::TempDir,
+/// Five nodes on a /24 of their own, and a job of the infra stub + the
+/// cluster phase in a rig in `dir`.
+struct Cluster {
+    rig: Rig<Backend>,
+    job: JobId,
     nodes: Vec<Sshd>,
-    store: Store,
-    engine: Engine,
-    key: ProvisionerKey,
     net: String,
     port: u16,
-    _api: Option<ApiServer>,
+    /// The cluster's API endpoint (the load balancer on 6443).
+    api: ApiServer,
+    /// Last: removed after the rig and the nodes are gone.
+    dir: tempfile::TempDir,
 }
 
-fn cluster_dir(r: &Rig) -> PathBuf {
-    r.dir.path().join("cluster")
+impl Cluster {
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn drive(&self) -> JobStatus {
+        self.rig.drive(self.job).await
+    }
+
+    async fn why(&self) -> String {
+        self.rig.stop_reason(self.job).await.to_string()
+    }
+}
+
+fn cluster_dir(dir: &Path) -> PathBuf {
+    dir.join("cluster")
 }
 
 /// A free port on all five loopback addresses of `net`.
 fn port_for(net: &str) -> u16 {
     loop {
-        let p = common::sshd::free_port();
+        let p = cz_testkit::free_port();
         if NODES.iter().all(|(_, h)| std::net::TcpListener::bind((format!("{net}.{h}"), p)).is_ok())
         {
             return p;
@@ -94,22 +98,6 @@ fn artifact_dir(root: &Path) -> PathBuf {
     }
     std::fs::write(dir.join(cluster::SUMS_FILE), sums).unwrap();
     dir
-}
-
-fn request() -> ProvisionRequest {
-    let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let body = sample_body("kube", 3, 2, &"s".repeat(64), &recipient);
-    serde_json::from_value(body).unwrap()
-}
-
-/// How the Kubernetes API endpoint is checked.
-#[derive(Clone, Copy, PartialEq)]
-enum Api {
-    /// The sim's rule (the endpoint is the LB on 6443).
-    Sim,
-    /// A real TLS server on the LB address; its certificate has the LB
-    /// address as SAN or not.
-    Tls { with_san: bool },
 }
 
 /// A test PKI and an HTTPS "apiserver" answering `/version` to clients
@@ -212,19 +200,28 @@ async fn api_server(ip: &str, with_san: bool) -> ApiServer {
 }
 
 /// The backend of these tests: the sim's, with the real SSH client on
-/// `port`, the artifact directory under `dir`, short bounds.
+/// `port`, the artifact directory under `dir`, short bounds, and the real
+/// Kubernetes client.
+///
+/// The kubeconfig's endpoint check is the real client's: on an `https`
+/// endpoint, a TLS handshake against the kubeconfig's CA plus an
+/// authenticated `GET /version`, which the test's apiserver on the load
+/// balancer's address answers. (The sim's Kubernetes answers the version
+/// only for clusters its own simulated hosts installed; these nodes are
+/// real `sshd`s.)
 fn backend_for(dir: &Path, port: u16) -> Backend {
-    let mut backend = sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant());
+    let mut backend = sim_backend_in(dir);
     backend.ssh = Arc::new(SshClient::new(Duration::from_secs(5), Duration::from_secs(60)));
-    backend.k3s = cz_phases::adapters::K3sSource::AirGap { dir: dir.join("artifacts") };
+    backend.k3s = K3sSource::AirGap { dir: dir.join("artifacts") };
     backend.ssh_port = port;
     backend.poll = Duration::from_millis(20);
     backend.bounds.host_boot = Duration::from_secs(3);
+    backend.kube = Arc::new(KubeClient);
     backend
 }
 
-/// The registry plus `test.outputs`: the infra outputs pointing at the nodes.
-fn registry_for(dir: &Path, net: &str) -> cz_phases::Registry {
+/// Registers `test.outputs`: the infra outputs pointing at the nodes.
+fn register_outputs(reg: &mut Registry, dir: &Path, net: &str) {
     let servers: Vec<Server> = NODES
         .iter()
         .map(|(name, h)| Server {
@@ -241,49 +238,53 @@ fn registry_for(dir: &Path, net: &str) -> cz_phases::Registry {
         load_balancer: LoadBalancer { id: 99, ipv4: format!("{net}.20") },
         workspace: dir.join("ws"),
     };
-    let mut reg = registry();
-    reg.register("test.outputs", FixedOutputs(serde_json::to_value(&outputs).unwrap()));
-    reg
+    reg.register_dyn(OUTPUTS.name, Stub::new(outputs).action());
 }
 
-fn infra_phase() -> cz_phases::PhaseDef {
+/// A rig over the store in `dir`, with the backend and actions of these
+/// tests.
+async fn rig_for(dir: &Path, net: &str, port: u16) -> Rig<Backend> {
+    rig_in(dir, |reg| register_outputs(reg, dir, net), |d| backend_for(d, port)).await
+}
+
+fn infra_phase() -> PhaseDef {
     let mut infra = PhaseBuilder::new("infra");
-    infra.step("outputs-fsn1", "test.outputs", &[], Value::Null);
+    infra.step("outputs-fsn1", OUTPUTS, &[], ());
     infra.build()
 }
 
-/// `net` is a /24 of 127.0.0.0/8 of its own per test (tests run in parallel).
-async fn rig(net: &str, options: JobOptions) -> (Rig, JobId) {
-    rig_with(net, options, Api::Sim, &[]).await
+fn cluster_phase() -> PhaseDef {
+    cluster::phase(&sample_request("kube", 3, 2).regions)
 }
 
-async fn rig_with(
+/// `net` is a /24 of 127.0.0.0/8 of its own per test (tests run in parallel).
+async fn start(net: &str, options: JobOptions) -> Cluster {
+    start_with(net, options, true, &[]).await
+}
+
+/// `with_san`: whether the apiserver's certificate has the load
+/// balancer's address as SAN; `extra_env`: the nodes' session environment
+/// (the stubs' knobs).
+async fn start_with(
     net: &str,
     options: JobOptions,
-    api: Api,
+    with_san: bool,
     extra_env: &[(&str, &str)],
-) -> (Rig, JobId) {
+) -> Cluster {
     use base64::Engine as _;
+    cz_testkit::crypto();
     let dir = tempfile::tempdir().unwrap();
     let key = ProvisionerKey::generate("catalyst-zero@kube").unwrap();
     let port = port_for(net);
-    let cluster = dir.path().join("cluster");
-    std::fs::create_dir_all(&cluster).unwrap();
-    let server = match api {
-        Api::Sim => None,
-        Api::Tls { with_san } => Some(api_server(&format!("{net}.20"), with_san).await),
-    };
+    let calls = cluster_dir(dir.path());
+    std::fs::create_dir_all(&calls).unwrap();
+    let server = api_server(&format!("{net}.20"), with_san).await;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let pki: Vec<(&str, String)> = server
-        .as_ref()
-        .map(|s| {
-            vec![
-                ("CZ_TEST_CA_B64", b64(&s.ca_pem)),
-                ("CZ_TEST_CERT_B64", b64(&s.client_cert_pem)),
-                ("CZ_TEST_KEY_B64", b64(&s.client_key_pem)),
-            ]
-        })
-        .unwrap_or_default();
+    let pki: Vec<(&str, String)> = vec![
+        ("CZ_TEST_CA_B64", b64(&server.ca_pem)),
+        ("CZ_TEST_CERT_B64", b64(&server.client_cert_pem)),
+        ("CZ_TEST_KEY_B64", b64(&server.client_key_pem)),
+    ];
     let nodes: Vec<Sshd> = NODES
         .iter()
         .map(|(name, h)| {
@@ -291,44 +292,26 @@ async fn rig_with(
             let mut env: Vec<(&str, &str)> = vec![
                 ("CZ_NODE_NAME", name),
                 ("CZ_NODE_IP", &ip),
-                ("CZ_TEST_CLUSTER", cluster.to_str().unwrap()),
+                ("CZ_TEST_CLUSTER", calls.to_str().unwrap()),
             ];
             env.extend(pki.iter().map(|(k, v)| (*k, v.as_str())));
             env.extend(extra_env.iter().copied());
             Sshd::start_at(&ip, port, &[&key], &env)
         })
         .collect();
-    let mut backend = backend_for(dir.path(), port);
     artifact_dir(dir.path());
-    if server.is_some() {
-        // The real endpoint check (it needs no Kubernetes client).
-        backend.kube = Arc::new(cz_phases::unbuilt::Unbuilt::KUBE);
-    }
-    let backend: Backend = backend;
 
-    let req = request();
-    let reg = registry_for(dir.path(), net);
+    let rig = rig_for(dir.path(), net, port).await;
+    let req = sample_request("kube", 3, 2);
     let plan = Plan { phases: vec![infra_phase(), cluster::phase(&req.regions)] };
-    let store = Store::open(StorePaths::in_dir(&dir.path().join("data"))).await.unwrap();
-    let (sov, job, mut sub) = provision_submission(&req, &options, "test");
-    sub.plan = serde_json::to_value(&plan).unwrap();
-    store.submit(sub).await.unwrap();
+    let (sov, job) = rig.submit_plan(&req, &plan, options).await;
     // The provisioner key the infra phase would have made and authorized.
-    store.put_secret(&sov.to_string(), PROVISIONER_KEY, &key.private).await.unwrap();
-    let engine = Engine::new(store.clone(), Arc::new(reg), Arc::new(backend));
-    (Rig { dir, nodes, store, engine, key, net: net.to_owned(), port, _api: server }, job)
+    rig.store.put_secret(&sov.to_string(), PROVISIONER_KEY, &key.private).await.unwrap();
+    Cluster { rig, job, nodes, net: net.to_owned(), port, api: server, dir }
 }
 
-async fn drive(r: &Rig, job: JobId) -> JobStatus {
-    let fut = r.engine.drive(job, CancellationToken::new());
-    match tokio::time::timeout(Duration::from_secs(120), fut).await.expect("bounded").unwrap() {
-        DriveOutcome::Stopped(s) => s,
-        DriveOutcome::Interrupted => panic!("interrupted"),
-    }
-}
-
-fn calls(r: &Rig) -> Vec<String> {
-    std::fs::read_to_string(cluster_dir(r).join("calls.log"))
+fn calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(cluster_dir(dir).join("calls.log"))
         .unwrap_or_default()
         .lines()
         .map(str::to_owned)
@@ -336,9 +319,9 @@ fn calls(r: &Rig) -> Vec<String> {
 }
 
 /// What each node logged, in order (the `k3s` stub's calls left out).
-fn installs(r: &Rig) -> BTreeMap<String, Vec<String>> {
+fn installs(dir: &Path) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for l in calls(r) {
+    for l in calls(dir) {
         let (node, what) = l.split_once(' ').unwrap();
         if !what.starts_with("k3s ") {
             m.entry(node.to_owned()).or_default().push(what.to_owned());
@@ -347,17 +330,13 @@ fn installs(r: &Rig) -> BTreeMap<String, Vec<String>> {
     m
 }
 
-async fn pause_reason(r: &Rig, job: JobId) -> String {
-    let j = r.store.get_job(job).await.unwrap().unwrap();
-    j.pause.or(j.error).map(|v| v.to_string()).unwrap_or_default()
+fn assert_join_sequence(c: &Cluster) {
+    assert_join_sequence_in(c.dir(), &c.net, true);
 }
 
-fn assert_join_sequence(r: &Rig) {
-    assert_join_sequence_with(r, true);
-}
-
-fn assert_join_sequence_with(r: &Rig, air_gap: bool) {
-    let mut i = installs(r);
+/// The join sequence the nodes of `net` logged under `dir`.
+fn assert_join_sequence_in(dir: &Path, net: &str, air_gap: bool) {
+    let mut i = installs(dir);
     if !air_gap {
         // Online: each node downloaded the pinned binary, once.
         for (node, lines) in i.iter_mut() {
@@ -367,7 +346,7 @@ fn assert_join_sequence_with(r: &Rig, air_gap: bool) {
         }
     }
     let v = format!("version=v1.31.4+k3s1 skip_download={air_gap}");
-    let first = format!("https://{}.11:6443", r.net);
+    let first = format!("https://{net}.11:6443");
     assert_eq!(
         i["cp1"],
         vec![format!("install role=server {v}"), "joined role=server cluster-init".into()]
@@ -387,7 +366,7 @@ fn assert_join_sequence_with(r: &Rig, air_gap: bool) {
         );
     }
     // Servers joined one at a time, after the first.
-    let order: Vec<String> = calls(r)
+    let order: Vec<String> = calls(dir)
         .iter()
         .filter(|l| l.contains(" joined role=server"))
         .map(|l| l[..3].to_owned())
@@ -395,14 +374,17 @@ fn assert_join_sequence_with(r: &Rig, air_gap: bool) {
     assert_eq!(order, vec!["cp1", "cp2", "cp3"]);
 }
 
+fn keep() -> JobOptions {
+    JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() }
+}
+
 #[tokio::test]
 async fn three_servers_and_two_agents_join_in_order_over_real_ssh() {
-    let (r, job) = rig("127.0.41", JobOptions::default()).await;
-    let status = drive(&r, job).await;
-    assert_eq!(status, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
-    assert_join_sequence(&r);
+    let c = start("127.0.41", JobOptions::default()).await;
+    assert_eq!(c.drive().await, JobStatus::Succeeded, "{}", c.why().await);
+    assert_join_sequence(&c);
     // Air-gap artifacts on every node, as uploaded (verified checksums).
-    for n in &r.nodes {
+    for n in &c.nodes {
         for name in cluster::ARTIFACT_FILES {
             let remote =
                 std::fs::read(n.path(&format!("/var/lib/catalyst/artifacts/{name}"))).unwrap();
@@ -415,51 +397,45 @@ async fn three_servers_and_two_agents_join_in_order_over_real_ssh() {
     }
     // Cilium only on the first server, pointing agents at a reachable API.
     let cilium = std::fs::read_to_string(
-        r.nodes[0].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml"),
+        c.nodes[0].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml"),
     )
     .unwrap();
-    assert!(cilium.contains(&format!("k8sServiceHost: \"{}.11\"", r.net)), "{cilium}");
-    assert!(!r.nodes[1].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml").exists());
+    assert!(cilium.contains(&format!("k8sServiceHost: \"{}.11\"", c.net)), "{cilium}");
+    assert!(!c.nodes[1].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml").exists());
     // Applied once, then suppressed: a K3s restart after the kit's
     // hand-over cannot bring the Cilium HelmChart back.
-    assert!(r.nodes[0].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml.skip").exists());
+    assert!(c.nodes[0].path("/var/lib/rancher/k3s/server/manifests/cilium.yaml.skip").exists());
     // The done criteria were checked.
-    let states = r.store.node_states(job).await.unwrap();
-    let out = match states.get("cluster/verify-fsn1") {
-        Some(cz_state::NodeState::Succeeded { output, .. }) => output.clone(),
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(
-        out,
-        json!({"ready_servers": 3, "ready_nodes": 5, "etcd_members": 3, "coredns_available": 1})
-    );
+    let out: ClusterVerified = step_output(&c.rig.store, c.job, "cluster/verify-fsn1").await;
+    let want =
+        ClusterVerified { ready_servers: 3, ready_nodes: 5, etcd_members: 3, coredns_available: 1 };
+    assert_eq!(out, want);
     // The kubeconfig points at the load balancer, stored encrypted.
-    let sov = r.store.get_job(job).await.unwrap().unwrap().sovereign_id;
-    let kc = r.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().unwrap();
-    assert!(kc.expose().contains(&format!("server: https://{}.20:6443", r.net)));
-    let _ = &r.key;
+    let sov = c.rig.job(c.job).await.sovereign_id;
+    let kc = c.rig.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().unwrap();
+    assert!(kc.expose().contains(&format!("server: https://{}.20:6443", c.net)));
 }
 
 #[tokio::test]
 async fn every_step_twice_installs_nothing_twice() {
-    let phase = cluster::phase(&request().regions);
-    let repeat = phase.nodes.iter().map(|n| format!("cluster/{}", n.id)).collect();
+    // Node ids are full (`cluster/<step>`): every step of the phase.
+    let repeat = cluster_phase().nodes.iter().map(|n| n.id.clone()).collect();
     let options = JobOptions {
         faults: FaultPlan { repeat, ..FaultPlan::default() },
         ..JobOptions::default()
     };
-    let (r, job) = rig("127.0.42", options).await;
-    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
-    assert_join_sequence(&r);
+    let c = start("127.0.42", options).await;
+    assert_eq!(c.drive().await, JobStatus::Succeeded, "{}", c.why().await);
+    assert_join_sequence(&c);
 }
 
 #[tokio::test]
 async fn an_interrupted_phase_resumes_without_a_second_install() {
-    let (r, job) = rig("127.0.43", JobOptions::default()).await;
+    let c = start("127.0.43", JobOptions::default()).await;
     // Interrupt as soon as the second server's install has begun.
     let cancel = CancellationToken::new();
     let watch = {
-        let (cancel, log) = (cancel.clone(), cluster_dir(&r).join("calls.log"));
+        let (cancel, log) = (cancel.clone(), cluster_dir(c.dir()).join("calls.log"));
         async move {
             loop {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -471,62 +447,48 @@ async fn an_interrupted_phase_resumes_without_a_second_install() {
             }
         }
     };
-    let (outcome, ()) = tokio::join!(r.engine.drive(job, cancel.clone()), watch);
+    let (outcome, ()) = tokio::join!(c.rig.engine.drive(c.job, cancel.clone()), watch);
     assert_eq!(outcome.unwrap(), DriveOutcome::Interrupted);
-    // A new engine over the same store ("restart") finishes the job.
-    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
-    assert_join_sequence(&r);
+    // A new drive over the same store ("restart") finishes the job.
+    assert_eq!(c.drive().await, JobStatus::Succeeded, "{}", c.why().await);
+    assert_join_sequence(&c);
 }
 
 #[tokio::test]
 async fn a_tampered_artifact_stops_the_phase_before_any_upload() {
-    let (r, job) =
-        rig("127.0.44", JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() })
-            .await;
-    let k3s = r.dir.path().join("artifacts/k3s");
+    let c = start("127.0.44", keep()).await;
+    let k3s = c.dir().join("artifacts/k3s");
     std::fs::write(&k3s, b"#!/bin/sh\necho pwned\n").unwrap();
-    let status = drive(&r, job).await;
+    let status = c.drive().await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
-    let why = pause_reason(&r, job).await;
+    let why = c.why().await;
     assert!(why.contains("corrupted or replaced"), "{why}");
-    for n in &r.nodes {
+    for n in &c.nodes {
         assert!(!n.path("/var/lib/catalyst/artifacts/k3s").exists(), "uploaded to {}", n.ip);
     }
-    assert!(installs(&r).is_empty());
+    assert!(installs(c.dir()).is_empty());
 }
 
-/// F-12: the kubeconfig handed over is verified through its endpoint (the
-/// LB on 6443) by a real TLS handshake against the cluster CA plus an
+/// The kubeconfig handed over is verified through its endpoint (the LB on
+/// 6443) by a real TLS handshake against the cluster CA plus an
 /// authenticated request; an endpoint whose certificate lacks the LB's
 /// address as SAN is refused and nothing is stored.
 #[tokio::test]
 async fn the_kubeconfig_is_verified_over_tls_and_a_certificate_without_the_san_is_refused() {
-    let (r, job) =
-        rig_with("127.0.45", JobOptions::default(), Api::Tls { with_san: true }, &[]).await;
-    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
-    let states = r.store.node_states(job).await.unwrap();
-    match states.get("cluster/kubeconfig-fsn1") {
-        Some(cz_state::NodeState::Succeeded { output, .. }) => {
-            assert_eq!(output["server_version"], "v1.31.4+k3s1");
-            assert_eq!(output["endpoint"], "https://127.0.45.20:6443");
-        }
-        other => panic!("{other:?}"),
-    }
+    let c = start_with("127.0.45", JobOptions::default(), true, &[]).await;
+    assert_eq!(c.drive().await, JobStatus::Succeeded, "{}", c.why().await);
+    let out: Kubeconfig = step_output(&c.rig.store, c.job, "cluster/kubeconfig-fsn1").await;
+    assert_eq!(out.server_version, "v1.31.4+k3s1");
+    assert_eq!(out.endpoint, "https://127.0.45.20:6443");
 
-    let (r, job) = rig_with(
-        "127.0.46",
-        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
-        Api::Tls { with_san: false },
-        &[],
-    )
-    .await;
-    let status = drive(&r, job).await;
+    let c = start_with("127.0.46", keep(), false, &[]).await;
+    let status = c.drive().await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
-    let why = pause_reason(&r, job).await;
+    let why = c.why().await;
     assert!(why.contains("kubeconfig-fsn1") && why.contains("tls-san"), "{why}");
     assert!(why.contains("127.0.46.20"), "{why}");
-    let sov = r.store.get_job(job).await.unwrap().unwrap().sovereign_id;
-    assert!(r.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().is_none());
+    let sov = c.rig.job(c.job).await.sovereign_id;
+    assert!(c.rig.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().is_none());
 }
 
 /// The daemon killed in the middle of an install: its SSH connections drop
@@ -535,13 +497,12 @@ async fn the_kubeconfig_is_verified_over_tls_and_a_certificate_without_the_san_i
 /// installing a second time.
 #[tokio::test]
 async fn a_dropped_connection_mid_install_neither_aborts_nor_repeats_it() {
-    let (r, job) =
-        rig_with("127.0.47", JobOptions::default(), Api::Sim, &[("CZ_TEST_INSTALL_DELAY", "2")])
-            .await;
+    let delay = [("CZ_TEST_INSTALL_DELAY", "2")];
+    let c = start_with("127.0.47", JobOptions::default(), true, &delay).await;
     let cancel = CancellationToken::new();
     let watch = {
-        let (cancel, log) = (cancel.clone(), cluster_dir(&r).join("calls.log"));
-        let cp1 = &r.nodes[0];
+        let (cancel, log) = (cancel.clone(), cluster_dir(c.dir()).join("calls.log"));
+        let cp1 = &c.nodes[0];
         async move {
             loop {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -555,16 +516,16 @@ async fn a_dropped_connection_mid_install_neither_aborts_nor_repeats_it() {
             }
         }
     };
-    let (outcome, ()) = tokio::join!(r.engine.drive(job, cancel.clone()), watch);
+    let (outcome, ()) = tokio::join!(c.rig.engine.drive(c.job, cancel.clone()), watch);
     assert!(matches!(outcome.unwrap(), DriveOutcome::Interrupted | DriveOutcome::Stopped(_)));
     // The node finishes the install on its own.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !calls(&r).iter().any(|l| l.starts_with("cp1 joined")) {
+    while !calls(c.dir()).iter().any(|l| l.starts_with("cp1 joined")) {
         assert!(std::time::Instant::now() < deadline, "the install died with the connection");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
-    assert_join_sequence(&r);
+    assert_eq!(c.drive().await, JobStatus::Succeeded, "{}", c.why().await);
+    assert_join_sequence(&c);
 }
 
 /// A server that never answers SSH: the wait is bounded, names the host and
@@ -572,24 +533,18 @@ async fn a_dropped_connection_mid_install_neither_aborts_nor_repeats_it() {
 /// are left as they were (the agent never joined a half-formed cluster).
 #[tokio::test]
 async fn a_host_that_never_comes_up_pauses_with_its_name_after_the_bound() {
-    let (mut r, job) = rig_with(
-        "127.0.48",
-        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
-        Api::Sim,
-        &[],
-    )
-    .await;
-    r.nodes[4].stop();
-    let status = drive(&r, job).await;
+    let mut c = start_with("127.0.48", keep(), true, &[]).await;
+    c.nodes[4].stop();
+    let status = c.drive().await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
-    let why = pause_reason(&r, job).await;
+    let why = c.why().await;
     assert!(why.contains("ssh-fsn1-w2"), "{why}");
     assert!(
         why.contains("SSH on kube-omani-works-fsn1-w2 (127.0.48.15) to accept connections"),
         "{why}"
     );
     assert!(why.contains("timed out after 3s"), "{why}");
-    assert!(!installs(&r).contains_key("w2"));
+    assert!(!installs(c.dir()).contains_key("w2"));
 }
 
 /// A node whose host key changes between its first contact (pinned) and a
@@ -597,18 +552,13 @@ async fn a_host_that_never_comes_up_pauses_with_its_name_after_the_bound() {
 /// refused before any command runs there and the job pauses for an operator.
 #[tokio::test]
 async fn a_changed_host_key_after_pinning_pauses_the_job_before_any_command() {
-    let (mut r, job) = rig_with(
-        "127.0.49",
-        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
-        Api::Sim,
-        &[("CZ_TEST_INSTALL_DELAY", "1")],
-    )
-    .await;
+    let delay = [("CZ_TEST_INSTALL_DELAY", "1")];
+    let mut c = start_with("127.0.49", keep(), true, &delay).await;
     // Stop once every host is pinned and the first server is installing.
     let cancel = CancellationToken::new();
     let watch = {
-        let (cancel, store, log) =
-            (cancel.clone(), r.store.clone(), cluster_dir(&r).join("calls.log"));
+        let (cancel, store, log, job) =
+            (cancel.clone(), c.rig.store.clone(), cluster_dir(c.dir()).join("calls.log"), c.job);
         async move {
             loop {
                 let states = store.node_states(job).await.unwrap();
@@ -624,15 +574,15 @@ async fn a_changed_host_key_after_pinning_pauses_the_job_before_any_command() {
             }
         }
     };
-    let (outcome, ()) = tokio::join!(r.engine.drive(job, cancel.clone()), watch);
+    let (outcome, ()) = tokio::join!(c.rig.engine.drive(c.job, cancel.clone()), watch);
     assert_eq!(outcome.unwrap(), DriveOutcome::Interrupted);
-    r.nodes[4].reinstall();
-    let status = drive(&r, job).await;
+    c.nodes[4].reinstall();
+    let status = c.drive().await;
     assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
-    let why = pause_reason(&r, job).await;
+    let why = c.why().await;
     assert!(why.contains("k3s-fsn1-w2") && why.contains("host key"), "{why}");
-    assert!(why.contains(&r.nodes[4].fingerprint()), "{why}");
-    assert!(!installs(&r).contains_key("w2"), "a command ran on the re-keyed host");
+    assert!(why.contains(&c.nodes[4].fingerprint()), "{why}");
+    assert!(!installs(c.dir()).contains_key("w2"), "a command ran on the re-keyed host");
 }
 
 /// The drive interrupted once inside every step of the phase (as soon as
@@ -640,21 +590,21 @@ async fn a_changed_host_key_after_pinning_pauses_the_job_before_any_command() {
 /// the same join sequence and each node installed exactly once.
 #[tokio::test]
 async fn interrupted_inside_every_step_each_node_is_installed_once() {
-    let (r, job) = rig("127.0.50", JobOptions::default()).await;
+    let c = start("127.0.50", JobOptions::default()).await;
     let mut hit = std::collections::BTreeSet::new();
     let mut rounds = 0;
     loop {
         rounds += 1;
         assert!(rounds < 200, "no progress after {rounds} rounds");
         let cancel = CancellationToken::new();
-        let drive = r.engine.drive(job, cancel.clone());
+        let drive = c.rig.engine.drive(c.job, cancel.clone());
         tokio::pin!(drive);
         let watch = async {
             loop {
-                let states = r.store.node_states(job).await.unwrap();
+                let states = c.rig.store.node_states(c.job).await.unwrap();
                 let running = states.iter().find(|(n, s)| {
                     n.starts_with("cluster/")
-                        && matches!(s, cz_state::NodeState::Running { .. })
+                        && matches!(s, NodeState::Running { .. })
                         && !hit.contains(*n)
                 });
                 if let Some((n, _)) = running {
@@ -674,12 +624,12 @@ async fn interrupted_inside_every_step_each_node_is_installed_once() {
         match outcome {
             DriveOutcome::Interrupted => continue,
             DriveOutcome::Stopped(JobStatus::Succeeded) => break,
-            DriveOutcome::Stopped(s) => panic!("stopped {s}: {}", pause_reason(&r, job).await),
+            DriveOutcome::Stopped(s) => panic!("stopped {s}: {}", c.why().await),
         }
     }
-    let steps = cluster::phase(&request().regions).nodes.len();
+    let steps = cluster_phase().nodes.len();
     assert!(hit.len() >= steps - 2, "interrupted inside {} of {steps} steps: {hit:?}", hit.len());
-    assert_join_sequence(&r);
+    assert_join_sequence(&c);
 }
 
 /// The driver half of the kill -9 test: a no-op unless the parent test runs
@@ -692,60 +642,45 @@ async fn child_driver() {
     let net = std::env::var("CZ_DRIVER_NET").unwrap();
     let port: u16 = std::env::var("CZ_DRIVER_PORT").unwrap().parse().unwrap();
     let job: JobId = std::env::var("CZ_DRIVER_JOB").unwrap().parse().unwrap();
-    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(registry_for(&dir, &net)),
-        Arc::new(backend_for(&dir, port)),
-    );
-    common::kill9::drive_logging_steps(&engine, &store, job, &dir).await;
+    cz_testkit::crypto();
+    let r = rig_for(&dir, &net, port).await;
+    cz_testkit::kill9::drive_logging_steps(&r.engine, &r.store, job, &dir).await;
 }
 
-/// Done-when of the cluster issue: the process driving the phase is killed
-/// with SIGKILL once inside every step (a fresh process resumes each time,
-/// from the store alone), and the cluster still comes up with each node
-/// installed exactly once and the join order intact.
+/// The process driving the phase is killed with SIGKILL once inside every
+/// step (a fresh process resumes each time, from the store alone), and the
+/// cluster still comes up with each node installed exactly once and the
+/// join order intact.
 #[tokio::test]
 async fn kill9_of_the_driver_inside_every_step_installs_each_node_once() {
     if std::env::var("CZ_DRIVER_DIR").is_ok() {
         return;
     }
-    let (r, job) = rig("127.0.51", JobOptions::default()).await;
-    let dir = r.dir.path().to_owned();
-    let (net, port) = (r.net.clone(), r.port);
-    let Rig { dir: tmp, nodes, store, engine, .. } = r;
-    drop(engine);
-    drop(store);
+    let c = start("127.0.51", JobOptions::default()).await;
+    // The nodes and the directory stay; this process drives nothing.
+    // The parent keeps the nodes, the cluster's API endpoint and the
+    // directory; its children drive.
+    let Cluster { rig, job, nodes, net, port, dir, api } = c;
+    drop(rig);
     let env = [
-        ("CZ_DRIVER_DIR", dir.display().to_string()),
+        ("CZ_DRIVER_DIR", dir.path().display().to_string()),
         ("CZ_DRIVER_NET", net.clone()),
         ("CZ_DRIVER_PORT", port.to_string()),
         ("CZ_DRIVER_JOB", job.to_string()),
     ];
     let (killed, starts, outcome) =
-        common::kill9::kill_inside_every_step("child_driver", &env, &dir).await;
+        cz_testkit::kill9::kill_inside_every_step("cluster_sshd::child_driver", &env, dir.path())
+            .await;
     assert_eq!(outcome, "Stopped(Succeeded)");
-    let steps = cluster::phase(&request().regions).nodes.len();
+    let steps = cluster_phase().nodes.len();
     assert!(
         killed.len() >= steps - 2,
         "killed inside {} of {steps} steps: {killed:?}",
         killed.len()
     );
-    // The same checks as the other tests, on a rig view of the same dir.
-    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
-    let engine =
-        Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend_for(&dir, port)));
-    let r = Rig {
-        dir: tmp,
-        nodes,
-        store,
-        engine,
-        key: ProvisionerKey::generate("x").unwrap(),
-        net,
-        port,
-        _api: None,
-    };
-    assert_join_sequence(&r);
+    // The same checks as the other tests, on what the nodes logged.
+    assert_join_sequence_in(dir.path(), &net, true);
+    drop((nodes, api));
     eprintln!("kill -9 inside {} steps, {starts} driver processes", killed.len());
 }
 
@@ -753,16 +688,10 @@ async fn kill9_of_the_driver_inside_every_step_installs_each_node_once() {
 /// step with the class, the exit and the tail of the node's install log.
 #[tokio::test]
 async fn a_failing_installer_pauses_with_the_node_log_tail() {
-    let (r, job) = rig_with(
-        "127.0.52",
-        JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() },
-        Api::Sim,
-        &[("CZ_TEST_INSTALL_FAIL", "Job for k3s.service failed")],
-    )
-    .await;
-    let status = drive(&r, job).await;
-    assert_eq!(status, JobStatus::Paused);
-    let why = pause_reason(&r, job).await;
+    let fail = [("CZ_TEST_INSTALL_FAIL", "Job for k3s.service failed")];
+    let c = start_with("127.0.52", keep(), true, &fail).await;
+    assert_eq!(c.drive().await, JobStatus::Paused);
+    let why = c.why().await;
     assert!(why.contains("k3s-fsn1-cp1"), "{why}");
     assert!(why.contains("command-failed") || why.contains("CommandFailed"), "{why}");
     assert!(why.contains("Job for k3s.service failed"), "the node's log tail: {why}");
@@ -770,17 +699,48 @@ async fn a_failing_installer_pauses_with_the_node_log_tail() {
 }
 
 /// Serves the stub installer and the "release" binary over HTTP, as
-/// get.k3s.io and GitHub would.
+/// get.k3s.io and GitHub would: a minimal HTTP/1.1 server, one response
+/// per connection.
 async fn release_server() -> (String, tokio::task::JoinHandle<()>) {
-    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let install = std::fs::read(Path::new(STUBS).join("install.sh")).unwrap();
     let k3s = std::fs::read(Path::new(STUBS).join("k3s")).unwrap();
-    let app = axum::Router::new()
-        .route("/install.sh", get(move || async move { install.clone() }))
-        .route("/download/v1.31.4+k3s1/k3s", get(move || async move { k3s.clone() }));
+    let files = Arc::new(BTreeMap::from([
+        ("/install.sh".to_owned(), install),
+        ("/download/v1.31.4+k3s1/k3s".to_owned(), k3s),
+    ]));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
-    (url, tokio::spawn(async move { axum::serve(l, app).await.unwrap() }))
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = l.accept().await else { return };
+            let files = files.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&req);
+                let path = line.split_whitespace().nth(1).unwrap_or_default();
+                let (status, body) = match files.get(path) {
+                    Some(b) => ("200 OK", b.as_slice()),
+                    None => ("404 Not Found", &b""[..]),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(body).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    (url, task)
 }
 
 /// The online source: every node fetches the installer, checks it against
@@ -788,7 +748,6 @@ async fn release_server() -> (String, tokio::task::JoinHandle<()>) {
 /// mismatching installer is refused on the node and nothing is installed.
 #[tokio::test]
 async fn online_install_verifies_the_installer_then_downloads_the_pinned_release() {
-    use cz_phases::adapters::K3sSource;
     let (url, _srv) = release_server().await;
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
         std::fs::read(Path::new(STUBS).join("install.sh")).unwrap(),
@@ -798,27 +757,29 @@ async fn online_install_verifies_the_installer_then_downloads_the_pinned_release
         script_sha256: sha,
         release_url: url.clone(),
     };
-    let (mut r, job) = rig("127.0.53", JobOptions::default()).await;
-    let engine = Engine::new(r.store.clone(), Arc::new(registry_for(r.dir.path(), &r.net)), {
-        let mut b = backend_for(r.dir.path(), r.port);
-        b.k3s = online(sha.clone());
-        Arc::new(b)
-    });
-    r.engine = engine;
-    assert_eq!(drive(&r, job).await, JobStatus::Succeeded, "{}", pause_reason(&r, job).await);
-    assert_join_sequence_with(&r, false);
-    assert!(!r.nodes[0].path("/var/lib/catalyst/artifacts/k3s").exists(), "nothing uploaded");
+    // The same job, driven by an engine whose nodes fetch K3s online.
+    let online_rig = |c: &Cluster, source: K3sSource| {
+        let (dir, net, port) = (c.dir().to_owned(), c.net.clone(), c.port);
+        async move {
+            let reg = |r: &mut Registry| register_outputs(r, &dir, &net);
+            rig_in(&dir, reg, |d| {
+                let mut b = backend_for(d, port);
+                b.k3s = source;
+                b
+            })
+            .await
+        }
+    };
+    let mut c = start("127.0.53", JobOptions::default()).await;
+    c.rig = online_rig(&c, online(sha.clone())).await;
+    assert_eq!(c.drive().await, JobStatus::Succeeded, "{}", c.why().await);
+    assert_join_sequence_in(c.dir(), &c.net, false);
+    assert!(!c.nodes[0].path("/var/lib/catalyst/artifacts/k3s").exists(), "nothing uploaded");
 
-    let (mut r, job) =
-        rig("127.0.54", JobOptions { on_failure: FailurePolicy::Keep, ..JobOptions::default() })
-            .await;
-    r.engine = Engine::new(r.store.clone(), Arc::new(registry_for(r.dir.path(), &r.net)), {
-        let mut b = backend_for(r.dir.path(), r.port);
-        b.k3s = online("f".repeat(64));
-        Arc::new(b)
-    });
-    assert_eq!(drive(&r, job).await, JobStatus::Paused);
-    let why = pause_reason(&r, job).await;
+    let mut c = start("127.0.54", keep()).await;
+    c.rig = online_rig(&c, online("f".repeat(64))).await;
+    assert_eq!(c.drive().await, JobStatus::Paused);
+    let why = c.why().await;
     assert!(why.contains("k3s-fsn1-cp1") && why.contains("FAILED"), "{why}");
-    assert!(installs(&r).is_empty(), "an unverified installer ran");
+    assert!(installs(c.dir()).is_empty(), "an unverified installer ran");
 }

@@ -6,33 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use cz_e2e::pdns::Pdns;
-use cz_e2e::{Api, Daemon, files_containing, request};
+use cz_phases::request::Registrar;
+use cz_sim::wire::registrars::FakeRegistrars;
+use cz_testkit::daemon::{Api, Daemon, files_containing};
+use cz_testkit::pdns::Pdns;
+use cz_testkit::requests::request;
 
-fn dig(p: &Pdns, name: &str, rtype: &str) -> Vec<String> {
-    let out = std::process::Command::new("dig")
-        .args(["@127.0.0.1", "-p", &p.dns_port.to_string(), "+short", "+norecurse", name, rtype])
-        .output()
-        .expect("dig (dnsutils)");
-    let mut v: Vec<String> =
-        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
-    v.sort();
-    v
-}
-
-fn wait_status(api: &Api, job: &str, want: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Ok(d) = api.get(&format!("/v1/jobs/{job}"))
-            && let Some(s) = d["status"].as_str()
-            && want.contains(&s)
-        {
-            return s.to_owned();
-        }
-        assert!(Instant::now() < deadline, "job {job} not in {want:?} within 300 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// How long a job may take through the daemon.
+const JOB_BOUND: Duration = Duration::from_secs(300);
+const ENDED: &[&str] = &["succeeded", "failed", "paused"];
 
 fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
@@ -83,6 +65,8 @@ fn daemon_on(
     (d, data, api)
 }
 
+/// A private server: the daemon makes the pool zone on it at start, and
+/// its lease keeper (a 3 s lease) sweeps every expired reservation on it.
 #[test]
 fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
@@ -92,21 +76,21 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     let dir = tempfile::tempdir().unwrap();
     let (_d, data, api) = daemon_on(&p, dir.path(), "lease_secs = 3\n", "");
     // The pool zone was made at start, on the real server.
-    assert!(!dig(&p, "omani.works", "SOA").is_empty());
+    assert!(!p.dig("omani.works", "SOA").is_empty());
 
     let (code, resp) = api.post("/v1/sovereigns", &request("pdns", 1, 0)).unwrap();
     assert_eq!(code, 202, "{resp}");
     let job = resp["job_id"].as_str().unwrap().to_owned();
     let sovereign = resp["sovereign_id"].as_str().unwrap().to_owned();
-    let status = wait_status(&api, &job, &["succeeded", "failed", "paused"]);
+    let status = api.wait_status(&job, ENDED, JOB_BOUND);
     assert_eq!(status, "succeeded", "{}", api.get(&format!("/v1/jobs/{job}")).unwrap());
     let fqdn = "pdns.omani.works";
-    let lb = dig(&p, fqdn, "A");
+    let lb = p.dig(fqdn, "A");
     assert_eq!(lb.len(), 1, "{lb:?}");
     for n in ["console", "api", "gitea", "harbor", "anything"] {
-        assert_eq!(dig(&p, &format!("{n}.{fqdn}"), "A"), lb, "{n}");
+        assert_eq!(p.dig(&format!("{n}.{fqdn}"), "A"), lb, "{n}");
     }
-    assert_eq!(dig(&p, fqdn, "NS").len(), 3);
+    assert_eq!(p.dig(fqdn, "NS").len(), 3);
     // The key is in no file the daemon wrote.
     assert!(files_containing(&data, p.api_key.as_bytes()).is_empty());
 
@@ -123,22 +107,22 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
         "ttl": 3600, "changetype": "REPLACE",
         "records": [{ "content": "ns1.openova.io.", "disabled": false }] }] });
     pdns_api(&p, "PATCH", "/zones/omani.works.", &deleg.to_string());
-    assert!(!dig(&p, "stale.omani.works", "SOA").is_empty());
+    assert!(!p.dig("stale.omani.works", "SOA").is_empty());
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !dig(&p, "stale.omani.works", "SOA").is_empty() {
+    while !p.dig("stale.omani.works", "SOA").is_empty() {
         assert!(Instant::now() < deadline, "the expired reservation was not swept");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(dig(&p, &format!("console.{fqdn}"), "A"), lb);
+    assert_eq!(p.dig(&format!("console.{fqdn}"), "A"), lb);
 
     let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
     assert_eq!(code, 202, "{resp}");
     let destroy = resp["job_id"].as_str().unwrap().to_owned();
-    assert_eq!(wait_status(&api, &destroy, &["succeeded", "failed", "paused"]), "succeeded");
-    assert!(dig(&p, &format!("console.{fqdn}"), "A").is_empty());
-    assert!(dig(&p, fqdn, "NS").is_empty());
+    assert_eq!(api.wait_status(&destroy, ENDED, JOB_BOUND), "succeeded");
+    assert!(p.dig(&format!("console.{fqdn}"), "A").is_empty());
+    assert!(p.dig(fqdn, "NS").is_empty());
     // The pool zone stays.
-    assert!(!dig(&p, "omani.works", "SOA").is_empty());
+    assert!(!p.dig("omani.works", "SOA").is_empty());
 }
 
 /// `byo-api` through the daemon: a Sovereign on the customer's own domain
@@ -149,13 +133,10 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
 /// the daemon wrote and in no answer of its API.
 #[test]
 fn e2e_byo_api_delegates_at_the_registrar_and_destroy_gives_it_back() {
-    use cz_phases::registrar::fake::FakeRegistrars;
-    use cz_phases::request::Registrar;
-
-    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
+    // The test binary's shared server (a zone of its own; the daemon's
+    // lease keeper sweeps only reservations a lease, 600 s, past their end).
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut p = Pdns::prepare();
-    rt.block_on(p.start());
+    let p = rt.block_on(crate::dns_pdns::pool());
     let fake = rt.block_on(FakeRegistrars::start());
     const TOKEN: &str = "DynadotE2Ekey0123456789";
     let before = ["ns1.dyna-ns.net", "ns2.dyna-ns.net"];
@@ -167,7 +148,7 @@ fn e2e_byo_api_delegates_at_the_registrar_and_destroy_gives_it_back() {
         e.cloudflare, e.namecheap, e.godaddy, e.ovh, e.dynadot
     );
     let dir = tempfile::tempdir().unwrap();
-    let (_d, data, api) = daemon_on(&p, dir.path(), "", &registrars);
+    let (_d, data, api) = daemon_on(p, dir.path(), "", &registrars);
     let mut body = request("byo", 1, 0);
     body["domain"] = serde_json::json!({ "mode": "byo-api", "fqdn": "acme-e2e.org",
         "registrar": "dynadot", "registrar_token": TOKEN });
@@ -175,22 +156,22 @@ fn e2e_byo_api_delegates_at_the_registrar_and_destroy_gives_it_back() {
     assert_eq!(code, 202, "{resp}");
     let job = resp["job_id"].as_str().unwrap().to_owned();
     let sovereign = resp["sovereign_id"].as_str().unwrap().to_owned();
-    let status = wait_status(&api, &job, &["succeeded", "failed", "paused"]);
+    let status = api.wait_status(&job, ENDED, JOB_BOUND);
     let detail = api.get(&format!("/v1/jobs/{job}")).unwrap();
     assert_eq!(status, "succeeded", "{detail}");
     assert!(!detail.to_string().contains(TOKEN));
     let mut ns = fake.nameservers(Registrar::Dynadot, "acme-e2e.org");
     ns.sort();
     assert_eq!(ns, ["ns1.openova.io", "ns2.openova.io", "ns3.openova.io"]);
-    assert_eq!(dig(&p, "console.acme-e2e.org", "A").len(), 1);
+    assert_eq!(p.dig("console.acme-e2e.org", "A").len(), 1);
     assert!(fake.calls(Registrar::Dynadot).iter().any(|c| c == "domain_info"), "pre-flight");
 
     let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
     assert_eq!(code, 202, "{resp}");
     let destroy = resp["job_id"].as_str().unwrap().to_owned();
-    let status = wait_status(&api, &destroy, &["succeeded", "failed", "paused"]);
+    let status = api.wait_status(&destroy, ENDED, JOB_BOUND);
     assert_eq!(status, "succeeded", "{}", api.get(&format!("/v1/jobs/{destroy}")).unwrap());
     assert_eq!(fake.nameservers(Registrar::Dynadot, "acme-e2e.org"), before);
-    assert!(dig(&p, "acme-e2e.org", "SOA").is_empty());
+    assert!(p.dig("acme-e2e.org", "SOA").is_empty());
     assert!(files_containing(&data, TOKEN.as_bytes()).is_empty());
 }

@@ -2,9 +2,10 @@
 //! binary against our hcloud-compatible fake API and the real tofu CLI on
 //! the offline module (`cloud-templates/hetzner-offline/`), streams tofu
 //! events, survives kill -9 mid-apply with no duplicate objects, stops with
-//! a clear reason where the unbuilt SSH adapter begins, and a destroy (also
-//! killed mid-way) leaves zero labelled objects, controller-made ones
-//! included, while someone else's objects stay.
+//! a clear reason where the real SSH adapter finds no host behind the fake's
+//! servers, and a destroy (also killed mid-way) leaves zero labelled
+//! objects, controller-made ones included, while someone else's objects
+//! stay.
 //!
 //! Needs `tofu` or `terraform` (`.ci/run` says whether it is there). Without
 //! one the test fails, unless `CZ_ALLOW_NO_TOFU=1`, where it prints SKIPPED.
@@ -12,22 +13,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cz_e2e::{Api, Daemon, age_recipient, files_containing, tofu_binary};
-use cz_phases::hcloud::fake::{self, DEFAULT_TOKEN, FakeConfig};
+use cz_sim::wire::hcloud::{self as fake, DEFAULT_TOKEN, FakeConfig};
+use cz_testkit::daemon::{Api, Daemon, files_containing, tofu_binary};
+use cz_testkit::requests::{age_recipient, sample_body};
 use serde_json::Value;
 
 const SOVEREIGN_LABEL: &str = "catalyst.openova.io/sovereign";
 const SLUG: &str = "hz-omani-works";
-
-fn events_after(api: &Api, job: &str, after: i64) -> Vec<Value> {
-    api.get(&format!("/v1/jobs/{job}/events?format=json&after={after}"))
-        .map(|v| v["events"].as_array().cloned().unwrap_or_default())
-        .unwrap_or_default()
-}
-
-fn status(api: &Api, job: &str) -> Option<String> {
-    api.get(&format!("/v1/jobs/{job}")).ok()?["status"].as_str().map(str::to_owned)
-}
 
 /// Follows `job`'s events until `pred` holds for one (returns it), or the
 /// job stops. `seen` carries the last event id across calls.
@@ -35,17 +27,17 @@ fn wait_event(api: &Api, job: &str, seen: &mut i64, pred: impl Fn(&Value) -> boo
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         assert!(Instant::now() < deadline, "no matching event within 240 s");
-        for e in events_after(api, job, *seen) {
+        for e in api.events_after(job, *seen) {
             *seen = e["id"].as_i64().unwrap_or(*seen);
             if pred(&e) {
                 return e;
             }
         }
-        if let Some(s) = status(api, job)
+        if let Some(s) = api.status(job)
             && ["succeeded", "failed", "paused", "cancelled", "abandoned"].contains(&s.as_str())
         {
             let detail = api.get(&format!("/v1/jobs/{job}")).unwrap_or_default();
-            for e in events_after(api, job, 0).iter().filter(|e| e["kind"] == "tofu").take(40) {
+            for e in api.events_after(job, 0).iter().filter(|e| e["kind"] == "tofu").take(40) {
                 eprintln!("{e}");
             }
             panic!("job {job} stopped {s} before the awaited event: {}", detail["pause"]);
@@ -54,18 +46,8 @@ fn wait_event(api: &Api, job: &str, seen: &mut i64, pred: impl Fn(&Value) -> boo
     }
 }
 
-fn wait_status(api: &Api, job: &str, want: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(s) = status(api, job)
-            && want.contains(&s.as_str())
-        {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "job {job} not in {want:?} within 300 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// How long a job may take through the daemon.
+const JOB_BOUND: Duration = Duration::from_secs(300);
 
 fn is_tofu(e: &Value, kind: &str) -> bool {
     e["kind"] == "tofu" && e["type"] == kind
@@ -99,7 +81,7 @@ fn ours(fake: &fake::FakeHandle) -> BTreeMap<&'static str, Vec<String>> {
 fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     let Some(tofu) = tofu_binary() else {
         if std::env::var("CZ_ALLOW_NO_TOFU").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: no tofu/terraform binary on this machine");
+            cz_testkit::skip("daemon_hetzner", "no tofu/terraform binary on this machine");
             return;
         }
         panic!("NO TOFU/TERRAFORM BINARY: install one or set CZ_ALLOW_NO_TOFU=1 to skip loudly");
@@ -133,7 +115,7 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     d.start().unwrap();
     let mut api = Api::new(d.port);
 
-    let body = cz_phases::request::sample_body("hz", 3, 2, DEFAULT_TOKEN, &age_recipient());
+    let body = sample_body("hz", 3, 2, DEFAULT_TOKEN, &age_recipient());
     let (code, resp) = api.post("/v1/sovereigns", &body).unwrap();
     assert_eq!(code, 202, "{resp}");
     let job = resp["job_id"].as_str().unwrap().to_owned();
@@ -148,7 +130,7 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     d.kill9();
     let objects_at_kill = ours(&fake);
     eprintln!("kill 1 after {}: {objects_at_kill:?}", first["address"]);
-    d.port = cz_e2e::free_port();
+    d.port = cz_testkit::free_port();
     d.start().unwrap();
     api.set_port(d.port);
 
@@ -157,14 +139,14 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
         is_tofu(e, "apply_start") || is_tofu(e, "stale_lock_removed")
     });
     d.kill9();
-    d.port = cz_e2e::free_port();
+    d.port = cz_testkit::free_port();
     d.start().unwrap();
     api.set_port(d.port);
 
     // The job runs preflight, DNS and infra for real, then pauses in the
     // cluster phase: the fake's servers are API objects, not hosts, so the
     // real SSH adapter's bounded wait for them runs out, naming the host.
-    let status = wait_status(&api, &job, &["paused", "failed", "succeeded"]);
+    let status = api.wait_status(&job, &["paused", "failed", "succeeded"], JOB_BOUND);
     let detail = api.get(&format!("/v1/jobs/{job}")).unwrap();
     assert_eq!(status, "paused", "{detail}");
     let pause = detail["pause"].to_string();
@@ -197,7 +179,7 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     }
 
     // Tofu's own events reached the job's stream, typed.
-    let all = events_after(&api, &job, 0);
+    let all = api.events_after(&job, 0);
     let tofu_kinds: Vec<&str> =
         all.iter().filter(|e| e["kind"] == "tofu").filter_map(|e| e["type"].as_str()).collect();
     for k in ["plan", "apply_start", "apply_complete", "change_summary"] {
@@ -238,10 +220,13 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
         is_tofu(e, "apply_complete") || is_tofu(e, "apply_start")
     });
     d.kill9();
-    d.port = cz_e2e::free_port();
+    d.port = cz_testkit::free_port();
     d.start().unwrap();
     api.set_port(d.port);
-    assert_eq!(wait_status(&api, &destroy, &["succeeded", "failed", "paused"]), "succeeded");
+    assert_eq!(
+        api.wait_status(&destroy, &["succeeded", "failed", "paused"], JOB_BOUND),
+        "succeeded"
+    );
 
     let left: Vec<String> = ours(&fake).into_values().flatten().collect();
     assert!(left.is_empty(), "labelled objects left after destroy: {left:?}");

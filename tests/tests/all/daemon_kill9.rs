@@ -6,14 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cz_e2e::{Api, Daemon, request, sim_cloud_objects};
+use cz_testkit::daemon::{Api, Daemon, files_containing, sim_cloud_objects};
+use cz_testkit::requests::{CLOUD_TOKEN, request};
 use serde_json::Value;
-
-fn events_after(api: &Api, job: &str, after: i64) -> Vec<Value> {
-    api.get(&format!("/v1/jobs/{job}/events?format=json&after={after}"))
-        .map(|v| v["events"].as_array().cloned().unwrap_or_default())
-        .unwrap_or_default()
-}
 
 #[test]
 fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
@@ -54,7 +49,7 @@ fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
                 _ => {}
             }
         }
-        let evs = events_after(&api, &job, seen);
+        let evs = api.events_after(&job, seen);
         let mut kill = None;
         for e in &evs {
             // Events after the one acted on are looked at again next round.
@@ -85,7 +80,7 @@ fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
                 std::thread::sleep(delay);
                 d.kill9();
                 kills += 1;
-                d.port = cz_e2e::free_port();
+                d.port = cz_testkit::free_port();
                 api.set_port(d.port);
                 d.start().unwrap();
                 // Re-read what happened since the last id we saw.
@@ -120,7 +115,7 @@ fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
-        let page = events_after(&api, &job, after);
+        let page = api.events_after(&job, after);
         if page.is_empty() {
             break;
         }
@@ -137,7 +132,7 @@ fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
     // workspaces or the sim world.
     let starts = d.starts;
     drop(d);
-    let leaks = cz_e2e::files_containing(dir.path(), cz_e2e::CLOUD_TOKEN.as_bytes());
+    let leaks = files_containing(dir.path(), CLOUD_TOKEN.as_bytes());
     assert!(leaks.is_empty(), "cloud token in clear in {leaks:?}");
     eprintln!(
         "kill9: {kills} kills ({} mid-step, {} at boundaries), {} daemon starts, {} events",

@@ -20,48 +20,36 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-mod common;
-
-use async_trait::async_trait;
-use common::pdns::Pdns;
-use cz_phases::adapters::{Backend, KubeApi};
-use cz_phases::engine::{DriveOutcome, Engine, FaultPlan, JobOptions, RetryTarget, Verbs};
-use cz_phases::k8s::{FakeKube, KubeClient, Pace};
-use cz_phases::phases::cluster::cilium_manifest;
-use cz_phases::phases::{kit, provision_submission, registry, release};
-use cz_phases::plan::{PhaseBuilder, Plan};
-use cz_phases::request::{ProvisionRequest, sample_body};
-use cz_phases::sim::{SimConfig, sim_backend};
-use cz_phases::{Step, StepCtx, StepResult};
-use cz_state::{JobId, JobStatus, SecretString, StepEvent, Store, StorePaths};
+use cz_adapters::kube::KubeClient;
+use cz_adapters::{Backend, KubeApi, ObjectRef, Until};
+use cz_engine::{ActionId, FaultPlan, JobOptions, PhaseBuilder, Plan, RetryTarget, Verbs};
+use cz_phases::bootstrap_kit::{self, KitHealthy, Pruned};
+use cz_phases::cluster::CiliumChart;
+use cz_phases::cluster::render::cilium_manifest;
+use cz_phases::{Registry, release};
+use cz_sim::wire::controllers::Pace;
+use cz_sim::wire::kube::FakeKube;
+use cz_state::{JobId, JobStatus, SecretString};
+use cz_testkit::pdns::Pdns;
+use cz_testkit::requests::sample_request;
+use cz_testkit::rig::{Rig, SimRigExt, Stub, rig, rig_in, sim_backend_in, step_output};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// `cluster/cilium-fsn1` as the cluster phase would have left it.
-struct CiliumDone;
+const CILIUM: ActionId<()> = ActionId::new("test.cilium");
 
-#[async_trait]
-impl Step for CiliumDone {
-    async fn run(&self, _cx: &StepCtx) -> StepResult<Value> {
-        Ok(
-            json!({ "chart_version": release::cilium_chart_version(), "k8s_service_host": "10.0.1.2" }),
-        )
-    }
-    async fn undo(&self, _cx: &StepCtx) -> StepResult<()> {
-        Ok(())
-    }
+fn register_cilium(reg: &mut Registry) {
+    let done = CiliumChart {
+        chart_version: release::cilium_chart_version().to_owned(),
+        k8s_service_host: "10.0.1.2".into(),
+    };
+    reg.register_dyn(CILIUM.name, Stub::new(done).action());
 }
 
 fn kubeconfig(server: &str) -> SecretString {
     SecretString::new(format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: fake\ncontexts:\n- context:\n    cluster: fake\n    user: fake\n  name: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
     ))
-}
-
-fn request() -> ProvisionRequest {
-    let recipient = age::x25519::Identity::generate().to_public().to_string();
-    let body = sample_body("kube", 3, 2, &"s".repeat(64), &recipient);
-    serde_json::from_value(body).unwrap()
 }
 
 fn all_components() -> Vec<String> {
@@ -71,6 +59,7 @@ fn all_components() -> Vec<String> {
 /// A K3s cluster as the `cluster` phase leaves it: three nodes, and the
 /// Cilium HelmChart it wrote (K3s installs it).
 async fn cluster() -> FakeKube {
+    cz_testkit::crypto();
     let fake = FakeKube::start().await;
     fake.run_controllers(Pace::default());
     for n in ["cp1", "cp2", "cp3"] {
@@ -81,79 +70,51 @@ async fn cluster() -> FakeKube {
     fake
 }
 
+/// The sim backend with the real Kubernetes client (on the fake API
+/// server), short polls and `bound` per component.
 fn backend_for(dir: &Path, bound: Duration) -> Backend {
-    let mut backend = sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant());
+    let mut backend = sim_backend_in(dir);
     backend.kube = Arc::new(KubeClient);
     backend.poll = Duration::from_millis(20);
     backend.bounds.kit_component = bound;
     backend
 }
 
-fn registry_for() -> cz_phases::Registry {
-    let mut reg = registry();
-    reg.register("test.cilium", CiliumDone);
-    reg
+/// Submits a job of the cluster stub + the kit for `components`, on
+/// `fake`.
+async fn submit(r: &Rig<Backend>, fake: &FakeKube, components: &[String], o: JobOptions) -> JobId {
+    let mut cl = PhaseBuilder::new("cluster");
+    cl.step("cilium-fsn1", CILIUM, &[], ());
+    let plan = Plan { phases: vec![cl.build(), bootstrap_kit::phase(components, "fsn1", false)] };
+    let (sov, job) = r.submit_plan(&sample_request("kube", 3, 2), &plan, o).await;
+    let kc = kubeconfig(&fake.url());
+    r.store.put_secret(&sov.to_string(), "kubeconfig-fsn1", &kc).await.unwrap();
+    job
 }
 
-struct Rig {
-    _tmp: Option<tempfile::TempDir>,
-    store: Store,
-    engine: Engine,
-    job: JobId,
-}
-
-/// A job of the cluster stub + the kit for `components`, on `fake`, its
-/// store in `dir`.
-async fn rig_in(
+/// A rig with such a job, its store in `dir`.
+async fn kit_in(
     dir: &Path,
     fake: &FakeKube,
     components: &[String],
     options: JobOptions,
     bound: Duration,
-) -> Rig {
-    let mut cl = PhaseBuilder::new("cluster");
-    cl.step("cilium-fsn1", "test.cilium", &[], Value::Null);
-    let plan = Plan { phases: vec![cl.build(), kit::phase(components, "fsn1", false)] };
-    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
-    let (sov, job, mut sub) = provision_submission(&request(), &options, "test");
-    sub.plan = serde_json::to_value(&plan).unwrap();
-    store.submit(sub).await.unwrap();
-    let kc = kubeconfig(&fake.url());
-    store.put_secret(&sov.to_string(), "kubeconfig-fsn1", &kc).await.unwrap();
-    let engine =
-        Engine::new(store.clone(), Arc::new(registry_for()), Arc::new(backend_for(dir, bound)));
-    Rig { _tmp: None, store, engine, job }
+) -> (Rig<Backend>, JobId) {
+    let r = rig_in(dir, register_cilium, |d| backend_for(d, bound)).await;
+    let job = submit(&r, fake, components, options).await;
+    (r, job)
 }
 
-async fn rig(fake: &FakeKube, components: &[String], options: JobOptions, bound: Duration) -> Rig {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut r = rig_in(tmp.path(), fake, components, options, bound).await;
-    r._tmp = Some(tmp);
-    r
-}
-
-async fn drive(r: &Rig) -> JobStatus {
-    let fut = r.engine.drive(r.job, CancellationToken::new());
-    match tokio::time::timeout(Duration::from_secs(120), fut).await.expect("bounded").unwrap() {
-        DriveOutcome::Stopped(s) => s,
-        DriveOutcome::Interrupted => panic!("interrupted"),
-    }
-}
-
-async fn pause_error(r: &Rig) -> Value {
-    let j = r.store.get_job(r.job).await.unwrap().unwrap();
-    j.pause.or(j.error).unwrap_or(Value::Null)
-}
-
-async fn kit_events(r: &Rig) -> Vec<Value> {
-    r.store
-        .events_after(r.job, 0, 100_000)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == "kit")
-        .map(|e| e.body)
-        .collect()
+/// The same in a temporary directory of its own.
+async fn kit(
+    fake: &FakeKube,
+    components: &[String],
+    options: JobOptions,
+    bound: Duration,
+) -> (Rig<Backend>, JobId) {
+    let r = rig(register_cilium, |d| backend_for(d, bound)).await;
+    let job = submit(&r, fake, components, options).await;
+    (r, job)
 }
 
 fn names(fake: &FakeKube, group: &str, plural: &str) -> BTreeSet<String> {
@@ -201,7 +162,7 @@ fn assert_installed_in_order(fake: &FakeKube, components: &[String]) {
         }
     }
     // Flux came first, once, from the kit's HelmChart; bp-flux took over
-    // that release rather than installing a second Flux (F-35).
+    // that release rather than installing a second Flux.
     assert_eq!(installs.iter().filter(|i| *i == "HelmChart/flux").count(), 1, "{installs:?}");
     assert!(at("HelmChart/flux") < at("HelmRelease/bp-cilium"), "{installs:?}");
     let hc = fake.get("apps", "deployments", "flux-system", "helm-controller").unwrap();
@@ -213,8 +174,8 @@ fn assert_installed_in_order(fake: &FakeKube, components: &[String]) {
 async fn the_full_kit_installs_in_dependency_order_and_is_healthy_by_its_probes() {
     let fake = cluster().await;
     let comps = all_components();
-    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
-    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
+    let (r, job) = kit(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(r.drive(job).await, JobStatus::Succeeded, "{}", r.stop_reason(job).await);
     assert_installed_in_order(&fake, &comps);
     // Healthy by the probes' own evidence, not only Ready conditions.
     let hrs = fake.objects("helm.toolkit.fluxcd.io", "helmreleases");
@@ -232,14 +193,14 @@ async fn the_full_kit_installs_in_dependency_order_and_is_healthy_by_its_probes(
     let sts = fake.get("apps", "statefulsets", "openbao", "openbao").unwrap();
     assert_eq!(sts["status"]["readyReplicas"], 0);
     // The first installers are gone, and nothing was uninstalled on the
-    // way: Cilium and Flux belong to their blueprints alone (F-35).
+    // way: Cilium and Flux belong to their blueprints alone.
     for hc in ["cilium", "flux"] {
         assert!(fake.get("helm.cattle.io", "helmcharts", "kube-system", hc).is_none(), "{hc}");
     }
     assert!(!fake.installs().iter().any(|i| i.starts_with("uninstall")), "{:?}", fake.installs());
     assert!(fake.get("apps", "daemonsets", "kube-system", "cilium").is_some());
     // The kit phase's events: each component went installing → healthy.
-    let events = kit_events(&r).await;
+    let events = r.events(job, "kit").await;
     for c in comps.iter().chain(std::iter::once(&"flux".to_owned())) {
         let states: Vec<&str> = events
             .iter()
@@ -249,25 +210,14 @@ async fn the_full_kit_installs_in_dependency_order_and_is_healthy_by_its_probes(
         assert_eq!(states.last(), Some(&"healthy"), "{c}: {states:?}");
     }
     // The verify step's record: the expected set, all of it.
-    let out: Value = r
-        .store
-        .journal(r.job)
-        .await
-        .unwrap()
-        .into_iter()
-        .find_map(|e| match e.event {
-            StepEvent::Succeeded { output } if e.node == "bootstrap-kit/verify" => Some(output),
-            _ => None,
-        })
-        .unwrap();
-    assert_eq!(out["healthy"].as_array().unwrap().len(), 12);
+    let out: KitHealthy = step_output(&r.store, job, "bootstrap-kit/verify").await;
+    assert_eq!(out.healthy.len(), 12);
 }
 
 /// Why the hand-over marks the HelmChart unmanaged first: deleted as it
 /// is, K3s's helm-controller uninstalls the release, here Flux itself.
 #[tokio::test]
 async fn deleting_a_k3s_helmchart_as_it_is_uninstalls_its_release() {
-    use cz_phases::adapters::{ObjectRef, Until};
     let fake = cluster().await;
     let kc = kubeconfig(&fake.url());
     let r = ObjectRef {
@@ -292,18 +242,18 @@ async fn deleting_a_k3s_helmchart_as_it_is_uninstalls_its_release() {
 async fn every_step_twice_leaves_the_same_cluster() {
     let once = cluster().await;
     let comps = all_components();
-    let r = rig(&once, &comps, JobOptions::default(), Duration::from_secs(60)).await;
-    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
+    let (r, job) = kit(&once, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(r.drive(job).await, JobStatus::Succeeded, "{}", r.stop_reason(job).await);
 
     let twice = cluster().await;
     let repeat: BTreeSet<String> =
-        kit::phase(&comps, "fsn1", false).nodes.iter().map(|n| n.id.clone()).collect();
+        bootstrap_kit::phase(&comps, "fsn1", false).nodes.iter().map(|n| n.id.clone()).collect();
     let options = JobOptions {
         faults: FaultPlan { repeat, ..FaultPlan::default() },
         ..JobOptions::default()
     };
-    let r2 = rig(&twice, &comps, options, Duration::from_secs(60)).await;
-    assert_eq!(drive(&r2).await, JobStatus::Succeeded, "{}", pause_error(&r2).await);
+    let (r2, job2) = kit(&twice, &comps, options, Duration::from_secs(60)).await;
+    assert_eq!(r2.drive(job2).await, JobStatus::Succeeded, "{}", r2.stop_reason(job2).await);
     assert_eq!(end_state(&once), end_state(&twice));
     assert_installed_in_order(&twice, &comps);
 }
@@ -315,13 +265,9 @@ async fn child_driver() {
     let Ok(dir) = std::env::var("CZ_KIT_DIR") else { return };
     let dir = PathBuf::from(dir);
     let job: JobId = std::env::var("CZ_KIT_JOB").unwrap().parse().unwrap();
-    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await.unwrap();
-    let engine = Engine::new(
-        store.clone(),
-        Arc::new(registry_for()),
-        Arc::new(backend_for(&dir, Duration::from_secs(60))),
-    );
-    common::kill9::drive_logging_steps(&engine, &store, job, &dir).await;
+    let bound = Duration::from_secs(60);
+    let r = rig_in(&dir, register_cilium, |d| backend_for(d, bound)).await;
+    cz_testkit::kill9::drive_logging_steps(&r.engine, &r.store, job, &dir).await;
 }
 
 /// The process driving the kit is killed with SIGKILL once inside every
@@ -335,20 +281,21 @@ async fn kill9_of_the_driver_inside_every_step_resumes_to_the_same_cluster() {
     }
     let reference = cluster().await;
     let comps = all_components();
-    let clean = rig(&reference, &comps, JobOptions::default(), Duration::from_secs(60)).await;
-    assert_eq!(drive(&clean).await, JobStatus::Succeeded);
+    let (clean, job) =
+        kit(&reference, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(clean.drive(job).await, JobStatus::Succeeded);
 
     let fake = cluster().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
-    let r = rig_in(&dir, &fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
-    let job = r.job;
+    let (r, job) =
+        kit_in(&dir, &fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
     drop(r);
     let env = [("CZ_KIT_DIR", dir.display().to_string()), ("CZ_KIT_JOB", job.to_string())];
     let (killed, starts, outcome) =
-        common::kill9::kill_inside_every_step("child_driver", &env, &dir).await;
+        cz_testkit::kill9::kill_inside_every_step("kit_fake::child_driver", &env, &dir).await;
     assert_eq!(outcome, "Stopped(Succeeded)");
-    let steps = kit::phase(&comps, "fsn1", false).nodes.len();
+    let steps = bootstrap_kit::phase(&comps, "fsn1", false).nodes.len();
     assert!(
         killed.len() >= steps - 2,
         "killed inside {} of {steps} steps: {killed:?}",
@@ -363,8 +310,8 @@ async fn kill9_of_the_driver_inside_every_step_resumes_to_the_same_cluster() {
 async fn a_component_dropped_from_the_selection_is_pruned_with_its_workloads() {
     let fake = cluster().await;
     let comps = all_components();
-    let first = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
-    assert_eq!(drive(&first).await, JobStatus::Succeeded, "{}", pause_error(&first).await);
+    let (first, job) = kit(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(first.drive(job).await, JobStatus::Succeeded, "{}", first.stop_reason(job).await);
     assert!(fake.get("apps", "deployments", "catalyst-system", "catalyst-api").is_some());
     // Someone else's object in the same namespace pattern is not ours.
     fake.put(
@@ -376,26 +323,16 @@ async fn a_component_dropped_from_the_selection_is_pruned_with_its_workloads() {
 
     // A later run of this Sovereign's kit without catalyst-platform.
     let fewer: Vec<String> = comps.iter().filter(|c| *c != "catalyst-platform").cloned().collect();
-    let second = rig(&fake, &fewer, JobOptions::default(), Duration::from_secs(60)).await;
-    assert_eq!(drive(&second).await, JobStatus::Succeeded, "{}", pause_error(&second).await);
-    let out: Value = second
-        .store
-        .journal(second.job)
-        .await
-        .unwrap()
-        .into_iter()
-        .find_map(|e| match e.event {
-            StepEvent::Succeeded { output } if e.node == "bootstrap-kit/prune" => Some(output),
-            _ => None,
-        })
-        .unwrap();
+    let (second, job) = kit(&fake, &fewer, JobOptions::default(), Duration::from_secs(60)).await;
+    assert_eq!(second.drive(job).await, JobStatus::Succeeded, "{}", second.stop_reason(job).await);
+    let out: Pruned = step_output(&second.store, job, "bootstrap-kit/prune").await;
     assert_eq!(
-        out["pruned"],
-        json!([
+        out.pruned,
+        [
             "HelmRelease/bp-catalyst-platform",
             "HelmRepository/bp-catalyst-platform",
             "Namespace/catalyst-system"
-        ])
+        ]
     );
     let hrs = names(&fake, "helm.toolkit.fluxcd.io", "helmreleases");
     assert_eq!(hrs.len(), 11);
@@ -409,8 +346,14 @@ async fn a_component_dropped_from_the_selection_is_pruned_with_its_workloads() {
 }
 
 /// The job pauses at `step` with an `unhealthy` error naming `component`.
-async fn assert_unhealthy(r: &Rig, component: &str, condition: &str, message_has: &str) -> Value {
-    let p = pause_error(r).await;
+async fn assert_unhealthy(
+    r: &Rig<Backend>,
+    job: JobId,
+    component: &str,
+    condition: &str,
+    message_has: &str,
+) -> Value {
+    let p = r.stop_reason(job).await;
     assert_eq!(p["step"], format!("bootstrap-kit/{component}"), "{p}");
     let e = &p["error"];
     assert_eq!(e["kind"], "unhealthy", "{p}");
@@ -428,11 +371,11 @@ async fn a_chart_that_cannot_be_pulled_is_failing_then_needs_an_operator_and_ret
     let fake = cluster().await;
     fake.fail_chart_pull("bp-keycloak");
     let comps = all_components();
-    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
-    assert_eq!(drive(&r).await, JobStatus::Paused);
-    assert_unhealthy(&r, "keycloak", "ArtifactFailed", "chart pull error").await;
+    let (r, job) = kit(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
+    assert_eq!(r.drive(job).await, JobStatus::Paused);
+    assert_unhealthy(&r, job, "keycloak", "ArtifactFailed", "chart pull error").await;
     // While Flux retried, the component was reported failing, not failed.
-    let events = kit_events(&r).await;
+    let events = r.events(job, "kit").await;
     assert!(events.iter().any(|e| e["component"] == "keycloak" && e["state"] == "failing"));
     // Its dependents never started; independent components are healthy.
     let hrs = names(&fake, "helm.toolkit.fluxcd.io", "helmreleases");
@@ -441,8 +384,8 @@ async fn a_chart_that_cannot_be_pulled_is_failing_then_needs_an_operator_and_ret
     assert_eq!(pdns.unwrap()["status"]["conditions"][0]["status"], "True");
     // The registry is fixed; the operator retries; the job completes.
     fake.heal();
-    Verbs { store: &r.store }.retry(r.job, RetryTarget::Failed, "test").await.unwrap();
-    assert_eq!(drive(&r).await, JobStatus::Succeeded, "{}", pause_error(&r).await);
+    Verbs { store: &r.store }.retry(job, RetryTarget::Failed, "test").await.unwrap();
+    assert_eq!(r.drive(job).await, JobStatus::Succeeded, "{}", r.stop_reason(job).await);
 }
 
 #[tokio::test]
@@ -450,12 +393,14 @@ async fn a_crash_looping_workload_is_reported_with_its_pod_and_restarts() {
     let fake = cluster().await;
     fake.crash_loop("powerdns", "powerdns");
     let comps = all_components();
-    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
-    assert_eq!(drive(&r).await, JobStatus::Paused);
-    // Flux says Ready (disableWait); the probe knows better (F-28, F-41).
+    let (r, job) = kit(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
+    assert_eq!(r.drive(job).await, JobStatus::Paused);
+    // Flux says Ready (its wait is disabled); the workload probe knows
+    // better.
     let hr = fake.get("helm.toolkit.fluxcd.io", "helmreleases", "flux-system", "bp-powerdns");
     assert_eq!(hr.unwrap()["status"]["conditions"][0]["status"], "True");
-    let p = assert_unhealthy(&r, "powerdns", "CrashLoopBackOff", "pod powerdns/powerdns-").await;
+    let p =
+        assert_unhealthy(&r, job, "powerdns", "CrashLoopBackOff", "pod powerdns/powerdns-").await;
     assert!(p["error"]["message"].as_str().unwrap().contains("0 of 3 available"), "{p}");
 }
 
@@ -464,9 +409,10 @@ async fn a_crd_that_never_establishes_is_reported_at_its_component() {
     let fake = cluster().await;
     fake.never_establish("certificates.cert-manager.io");
     let comps = all_components();
-    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
-    assert_eq!(drive(&r).await, JobStatus::Paused);
-    assert_unhealthy(&r, "cert-manager", "Established=False", "certificates.cert-manager.io").await;
+    let (r, job) = kit(&fake, &comps, JobOptions::default(), Duration::from_secs(3)).await;
+    assert_eq!(r.drive(job).await, JobStatus::Paused);
+    let crd = "certificates.cert-manager.io";
+    assert_unhealthy(&r, job, "cert-manager", "Established=False", crd).await;
 }
 
 #[tokio::test]
@@ -486,15 +432,17 @@ async fn powerdns_is_healthy_only_once_its_real_api_answers_through_the_service_
     assert!(body.contains("no endpoints available for service"), "{body}");
 
     // bp-powerdns's Service is backed by a real PowerDNS, not running yet:
-    // the pods are ready, the application does not answer.
+    // the pods are ready, the application does not answer. A private
+    // server: the test starts it while the job waits.
     let mut pdns = Pdns::prepare();
     fake.route_service("powerdns", "powerdns-api", &pdns.url());
     let comps: Vec<String> =
         ["cilium", "cert-manager", "powerdns"].iter().map(|s| s.to_string()).collect();
-    let r = rig(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
+    let (r, job) = kit(&fake, &comps, JobOptions::default(), Duration::from_secs(60)).await;
     let waited = async {
         loop {
-            let seen = kit_events(&r)
+            let seen = r
+                .events(job, "kit")
                 .await
                 .into_iter()
                 .any(|e| e["component"] == "powerdns" && e["condition"] == "NotAnswering");
@@ -505,12 +453,11 @@ async fn powerdns_is_healthy_only_once_its_real_api_answers_through_the_service_
         }
         // Not healthy while it does not answer, however long.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let j = r.store.get_job(r.job).await.unwrap().unwrap();
-        assert_eq!(j.status, JobStatus::Running);
+        assert_eq!(r.job(job).await.status, JobStatus::Running);
         pdns.start().await;
     };
-    let (status, ()) = tokio::join!(drive(&r), waited);
-    assert_eq!(status, JobStatus::Succeeded, "{}", pause_error(&r).await);
+    let (status, ()) = tokio::join!(r.drive(job), waited);
+    assert_eq!(status, JobStatus::Succeeded, "{}", r.stop_reason(job).await);
     // What the probe accepted: PowerDNS itself refusing a call without
     // its API key (the key is the dns phases' business).
     let (code, _) = KubeClient
@@ -518,7 +465,8 @@ async fn powerdns_is_healthy_only_once_its_real_api_answers_through_the_service_
         .await
         .unwrap();
     assert_eq!(code, 401);
-    let last = kit_events(&r)
+    let last = r
+        .events(job, "kit")
         .await
         .into_iter()
         .filter(|e| e["component"] == "powerdns")

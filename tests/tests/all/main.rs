@@ -1,0 +1,22 @@
+//! Catalyst-Zero's end-to-end tests, one test binary:
+//!
+//! - whole phases through the real adapters against real servers and the
+//!   wire fakes: [`cluster_sshd`] (the `cluster` phase over real SSH to
+//!   five `sshd` nodes), [`kit_fake`] (the `bootstrap-kit` phase through
+//!   the real Kubernetes client against the fake API server and its
+//!   controllers), [`dns_pdns`] (the DNS phases against a real
+//!   `pdns_server`, and the registrars' wire fakes);
+//! - the `catalyst-zero` binary end to end (build it first:
+//!   `cargo build -p catalyst-zero`): [`daemon_kill9`] (SIGKILL at every
+//!   step boundary and inside every step), [`daemon_dns`] (a real
+//!   PowerDNS), [`daemon_hetzner`] (the hcloud fake and the real tofu CLI).
+//!
+//! The kill -9 tests run this binary again as their child, naming the
+//! child test by its path here (`kit_fake::child_driver`).
+
+mod cluster_sshd;
+mod daemon_dns;
+mod daemon_hetzner;
+mod daemon_kill9;
+mod dns_pdns;
+mod kit_fake;
