@@ -28,8 +28,8 @@
 //! the customer's zone, beside the NS records; the registrar adapters do
 //! not publish DS records (the job tells the customer to add them).
 //!
-//! `cz_sim::wire::FakeRegistrars` serves all five APIs from one in-process
-//! HTTP server, with their error bodies, for the tests.
+//! The sim crate's wire fake of the registrars serves all five APIs from
+//! one in-process HTTP server, with their error bodies, for the tests.
 
 pub mod cloudflare;
 pub mod dynadot;

@@ -56,16 +56,7 @@ fn is_tofu(e: &Value, kind: &str) -> bool {
 /// Objects per kind in the fake whose sovereign label is ours.
 fn ours(fake: &fake::FakeHandle) -> BTreeMap<&'static str, Vec<String>> {
     let mut out = BTreeMap::new();
-    for kind in [
-        "server",
-        "network",
-        "firewall",
-        "load_balancer",
-        "ssh_key",
-        "placement_group",
-        "volume",
-        "primary_ip",
-    ] {
+    for kind in cz_sim::backend::cloud::KINDS {
         let names: Vec<String> = fake
             .objects(kind)
             .iter()
