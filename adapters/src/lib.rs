@@ -27,6 +27,7 @@ pub mod kube;
 pub mod labels;
 pub mod openbao;
 pub mod registrar;
+pub mod sealed_secrets;
 pub mod ssh;
 pub mod tofu;
 
