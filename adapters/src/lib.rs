@@ -12,7 +12,7 @@
 //! | Kubernetes | [`kube::KubeApi`] | [`kube::KubeClient`] |
 //! | PowerDNS + DNS queries | [`dns::DnsApi`] | [`dns::PowerDns`] |
 //! | registrars | [`registrar::Registrars`] | [`registrar::HttpRegistrars`] |
-//! | OpenBao | [`openbao::BaoApi`] | none yet ([`openbao::Unbuilt`]) |
+//! | OpenBao | [`openbao::BaoApi`] | [`openbao::OpenBaoClient`] |
 //!
 //! Every subprocess goes through [`command::run`].
 //!

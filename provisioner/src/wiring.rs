@@ -1,7 +1,7 @@
 //! Backend wiring: which adapters a daemon's jobs run against, from its
 //! config. The `sim` backend is `cz-sim`'s; the `hetzner` backend is the
-//! real clients of `cz-adapters` (Hetzner API, tofu, ssh2, kube-rs) with
-//! the one adapter not built yet (OpenBao) refusing every call. Both then
+//! real clients of `cz-adapters` (Hetzner API, tofu, ssh2, kube-rs,
+//! OpenBao over HTTP). Both then
 //! take the DNS configuration: the real PowerDNS and registrar APIs where
 //! `[powerdns]` and `[registrars]` say so, and the `[dns]` bounds.
 
@@ -11,7 +11,7 @@ use anyhow::Context;
 use cz_adapters::cloud::{BudgetRegistry, HcloudClient, ProjectQuota};
 use cz_adapters::dns::{DnsApi, PowerDns, default_public_resolvers};
 use cz_adapters::kube::KubeClient;
-use cz_adapters::openbao::Unbuilt;
+use cz_adapters::openbao::OpenBaoClient;
 use cz_adapters::registrar::{Endpoints, HttpRegistrars, Registrars};
 use cz_adapters::ssh::SshClient;
 use cz_adapters::tofu::TofuCli;
@@ -120,9 +120,9 @@ async fn ensure_pool_zones(backend: &Backend, real: bool) -> anyhow::Result<()> 
 
 /// The `hetzner` backend: the real Hetzner API client and tofu runner.
 ///
-/// Not real yet, and said so at every call: OpenBao ([`Unbuilt`]: a job
-/// pauses at the first step needing it). DNS is the sim's until `start`
-/// applies a `[powerdns]` section ([`with_dns_config`]).
+/// OpenBao is reached through each cluster's API server (its pods' proxy).
+/// DNS is the sim's until `start` applies a `[powerdns]` section
+/// ([`with_dns_config`]).
 pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
     let h = &config.hetzner;
     let q = h.quota;
@@ -159,7 +159,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         tofu: Arc::new(tofu),
         ssh: Arc::new(SshClient::default()),
         kube: Arc::new(KubeClient),
-        bao: Arc::new(Unbuilt),
+        bao: Arc::new(OpenBaoClient::default()),
         // Without a [powerdns] section the sim's DNS stands in; `start`
         // applies the DNS configuration to both backends.
         dns: Arc::new(SimDns::new(world)),

@@ -124,22 +124,29 @@ pub fn endpoint(kubeconfig: &str) -> AdapterResult<Endpoint> {
     })
 }
 
-/// `GET <server>/version` through verified, mutually authenticated TLS;
-/// returns the server's `gitVersion`.
-pub async fn server_version(kubeconfig: &SecretString, timeout: Duration) -> AdapterResult<String> {
-    let ep = endpoint(kubeconfig.expose())?;
+/// An HTTP client for `ep`'s API server: TLS verified against the
+/// cluster's CA only (no system roots), authenticated with the client
+/// certificate, every call bounded by `timeout`.
+pub fn tls_client(ep: &Endpoint, timeout: Duration) -> AdapterResult<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(&ep.ca_pem)
         .map_err(|e| invalid(format!("certificate-authority-data: {e}")))?;
     let id = reqwest::Identity::from_pem(&ep.identity_pem)
         .map_err(|e| invalid(format!("client certificate/key: {e}")))?;
-    let http = reqwest::Client::builder()
+    reqwest::Client::builder()
         .tls_backend_rustls()
         .tls_certs_only([ca])
         .identity(id)
         .timeout(timeout)
         .connect_timeout(timeout)
         .build()
-        .map_err(|e| invalid(format!("TLS client: {e}")))?;
+        .map_err(|e| invalid(format!("TLS client: {e}")))
+}
+
+/// `GET <server>/version` through verified, mutually authenticated TLS;
+/// returns the server's `gitVersion`.
+pub async fn server_version(kubeconfig: &SecretString, timeout: Duration) -> AdapterResult<String> {
+    let ep = endpoint(kubeconfig.expose())?;
+    let http = tls_client(&ep, timeout)?;
     let url = format!("{}/version", ep.server.trim_end_matches('/'));
     let resp = http.get(&url).send().await.map_err(|e| classify(&ep.server, &e))?;
     let status = resp.status();

@@ -1,6 +1,14 @@
-//! OpenBao's HTTP API as the secrets hand-off uses it.
+//! OpenBao's HTTP API as the secrets hand-off uses it: seal status, init,
+//! unseal, and authenticated reads and writes (mounts, auth methods,
+//! policies, the Kubernetes auth role, KV v2, token revocation). The real
+//! client is [`OpenBaoClient`].
+//!
+//! A replica is reached at a [`BaoEndpoint`]: directly (a URL), or in a
+//! Sovereign through its Kubernetes API server's pod proxy. A sealed pod
+//! fails its readiness probe, so the Service cannot reach it: each replica
+//! is addressed as its pod.
 
-pub mod unbuilt;
+pub mod client;
 
 use async_trait::async_trait;
 use cz_state::SecretString;
@@ -9,41 +17,101 @@ use serde_json::Value;
 
 use crate::AdapterResult;
 
-pub use unbuilt::Unbuilt;
+pub use client::OpenBaoClient;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What `sys/seal-status` says of a replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaoStatus {
     pub initialized: bool,
     pub sealed: bool,
+    /// Shares needed to unseal (0 before init).
+    #[serde(default)]
+    pub threshold: u8,
+    /// Shares made at init (0 before init).
+    #[serde(default)]
+    pub shares: u8,
+    /// Shares given so far towards the next unseal.
+    #[serde(default)]
+    pub progress: u8,
 }
 
+/// `sys/init`'s answer: shown once, never stored in the clear.
 #[derive(Clone, Debug)]
 pub struct BaoInit {
     pub keys: Vec<SecretString>,
     pub root_token: SecretString,
 }
 
+/// Where one OpenBao replica's API is reached.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BaoEndpoint {
+    /// The base URL the API's `/v1/...` paths go under.
+    pub url: String,
+    /// Through a Kubernetes API server: its kubeconfig (TLS verified
+    /// against the cluster's CA, authenticated by its client certificate).
+    pub via: Option<SecretString>,
+}
+
+impl std::fmt::Debug for BaoEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BaoEndpoint")
+            .field("url", &self.url)
+            .field("via_kubernetes", &self.via.is_some())
+            .finish()
+    }
+}
+
+impl BaoEndpoint {
+    /// A replica reached directly at `url`.
+    pub fn direct(url: impl Into<String>) -> BaoEndpoint {
+        BaoEndpoint { url: url.into().trim_end_matches('/').to_owned(), via: None }
+    }
+
+    /// Pod `pod` (`openbao-0`) in `namespace`, port `port`, through the API
+    /// server of `kubeconfig` (`…/api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy`).
+    pub fn pod(
+        kubeconfig: &SecretString,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> AdapterResult<BaoEndpoint> {
+        let server = crate::kube::kubeconfig::endpoint(kubeconfig.expose())?.server;
+        Ok(BaoEndpoint {
+            url: format!(
+                "{}/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy",
+                server.trim_end_matches('/')
+            ),
+            via: Some(kubeconfig.clone()),
+        })
+    }
+}
+
 #[async_trait]
 pub trait BaoApi: Send + Sync {
-    async fn status(&self, endpoint: &str) -> AdapterResult<BaoStatus>;
-    /// `sys/init`; fails with `Conflict` if already initialized.
-    async fn init(&self, endpoint: &str, shares: u8, threshold: u8) -> AdapterResult<BaoInit>;
-    async fn unseal(&self, endpoint: &str, key: &SecretString) -> AdapterResult<BaoStatus>;
-    /// Destroys the storage of the OpenBao cluster `endpoint` belongs to
-    /// (every replica), leaving it uninitialized. Real implementation:
-    /// delete the StatefulSet's PVCs and pods through the Kubernetes API.
-    /// Only ever used before anything was stored in it.
-    async fn wipe(&self, endpoint: &str) -> AdapterResult<()>;
+    /// `GET sys/seal-status` (unauthenticated).
+    async fn status(&self, at: &BaoEndpoint) -> AdapterResult<BaoStatus>;
+    /// `POST sys/init`; `Conflict` if it is initialized already.
+    async fn init(&self, at: &BaoEndpoint, shares: u8, threshold: u8) -> AdapterResult<BaoInit>;
+    /// `POST sys/unseal` with one share.
+    async fn unseal(&self, at: &BaoEndpoint, key: &SecretString) -> AdapterResult<BaoStatus>;
+    /// Destroys the storage of the OpenBao cluster `at` belongs to (every
+    /// replica), leaving it uninitialized. Only ever asked for before
+    /// anything was written to it. The real client refuses: that is an
+    /// operator's call (runbooks/needs-operator-precondition.md).
+    async fn wipe(&self, at: &BaoEndpoint) -> AdapterResult<()>;
+    /// An authenticated write (`POST /v1/<path>`); the answer's body, or
+    /// null for `204`.
     async fn write(
         &self,
-        endpoint: &str,
+        at: &BaoEndpoint,
         token: &SecretString,
         path: &str,
         body: Value,
     ) -> AdapterResult<Value>;
+    /// An authenticated read (`GET /v1/<path>`); `None` for `404`.
     async fn read(
         &self,
-        endpoint: &str,
+        at: &BaoEndpoint,
         token: &SecretString,
         path: &str,
     ) -> AdapterResult<Option<Value>>;

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use cz_adapters::ObjectRef;
 use cz_adapters::labels::FIELD_MANAGER;
+use cz_adapters::openbao::BaoEndpoint;
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
 use cz_engine::{action, no_undo};
 use cz_state::SecretString;
@@ -34,9 +35,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cluster::kubeconfig_for;
-use crate::common::{first_location, fqdn};
+use crate::common::first_location;
 use crate::custody::custody_of;
-use crate::infra::Outputs;
 use crate::{Registry, StepCtx};
 
 pub const PHASE: &str = "secrets-handoff";
@@ -146,34 +146,28 @@ pub fn phase() -> PhaseDef {
 
 // --- steps ---------------------------------------------------------------
 
-/// OpenBao replica `replica` of this Sovereign's first cluster. The
-/// cluster is named by its first server's cloud id, so a rebuilt cluster is
-/// a new OpenBao (its data lives on the servers).
-///
-/// TODO-design: a real Sovereign's OpenBao is reached through the API
-/// server's pod proxy with the stored kubeconfig; this address is the sim
-/// backend's.
-fn endpoint(cx: &StepCtx, replica: u32) -> StepResult<String> {
-    let loc = first_location(cx)?;
-    let out: Outputs = cx.lookup(&format!("infra/outputs-{loc}"))?;
-    let first = out
-        .servers
-        .iter()
-        .find(|s| s.role == "control-plane")
-        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
-    Ok(format!("http://openbao-{replica}.openbao.{}.server-{}:8200", fqdn(cx)?, first.id))
+/// OpenBao's namespace and port (the bp-openbao chart's).
+const NAMESPACE: &str = "openbao";
+const PORT: u16 = 8200;
+
+/// OpenBao replica `replica` of this Sovereign's first cluster, as its pod
+/// through the cluster's API server: a sealed pod fails its readiness
+/// probe, so the Service cannot reach it.
+async fn endpoint(cx: &StepCtx, replica: u32) -> StepResult<BaoEndpoint> {
+    let kc = kubeconfig_for(cx, &first_location(cx)?).await?;
+    BaoEndpoint::pod(&kc, NAMESPACE, &format!("openbao-{replica}"), PORT)
 }
 
 async fn bao_init(cx: &StepCtx) -> StepResult<BaoInitialized> {
     let custody = custody_of(cx)?;
     let (shares, threshold) = (custody.openbao_shares, custody.openbao_threshold);
     let recipients = custody.age_recipients;
-    let ep = endpoint(cx, 0)?;
+    let ep = endpoint(cx, 0).await?;
     let status = cx.env.bao.status(&ep).await?;
     if status.initialized {
-        if cx.secret_opt("openbao-share-0").await?.is_some()
-            && cx.secret_opt("openbao-root-token").await?.is_some()
-        {
+        // Ours when its shares are in the store, whatever happened since
+        // (the root token is gone once `root-token` ran): never re-init.
+        if cx.secret_opt("openbao-share-0").await?.is_some() {
             return Ok(BaoInitialized {
                 shares,
                 threshold,
@@ -225,7 +219,7 @@ async fn bao_init_undo(cx: &StepCtx) -> StepResult<()> {
 async fn bao_unseal(cx: &StepCtx) -> StepResult<Unsealed> {
     let ReplicaParams { replica } = cx.params()?;
     let threshold = custody_of(cx)?.openbao_threshold;
-    let ep = endpoint(cx, replica)?;
+    let ep = endpoint(cx, replica).await?;
     let status = cx
         .wait_for(
             &format!("OpenBao replica {replica} to answer"),
@@ -251,7 +245,7 @@ async fn bao_unseal(cx: &StepCtx) -> StepResult<Unsealed> {
 }
 
 async fn bao_configure(cx: &StepCtx) -> StepResult<Configured> {
-    let ep = endpoint(cx, 0)?;
+    let ep = endpoint(cx, 0).await?;
     let root = cx.secret("openbao-root-token").await?;
     let b = &cx.env.bao;
     b.write(
@@ -326,7 +320,7 @@ fn roundtrip_ref() -> ObjectRef {
 }
 
 async fn roundtrip(cx: &StepCtx) -> StepResult<RoundTrip> {
-    let ep = endpoint(cx, 0)?;
+    let ep = endpoint(cx, 0).await?;
     let root = cx.secret("openbao-root-token").await?;
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     cx.env
@@ -334,7 +328,7 @@ async fn roundtrip(cx: &StepCtx) -> StepResult<RoundTrip> {
         .write(&ep, &root, "secret/data/catalyst/roundtrip", json!({ "data": { "nonce": nonce } }))
         .await?;
     let back = cx.env.bao.read(&ep, &root, "secret/data/catalyst/roundtrip").await?;
-    if back.as_ref().and_then(|v| v.pointer("/data/nonce")).and_then(Value::as_str)
+    if back.as_ref().and_then(|v| v.pointer("/data/data/nonce")).and_then(Value::as_str)
         != Some(nonce.as_str())
     {
         return Err(StepError::adapter(
@@ -397,7 +391,45 @@ async fn retire_sealed_secrets(cx: &StepCtx) -> StepResult<Retired> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{phase_tests, sample_request};
+    use cz_engine::{ErrorClass, FaultPlan, JobOptions, RetryTarget, Verbs};
+    use cz_state::JobStatus;
+
+    use crate::jobs::provision_plan;
+    use crate::testing::{SimRigExt, phase_tests, sample_request, sim_rig};
 
     phase_tests!(super::PHASE, sample_request("sec", 1, 0));
+
+    /// Re-running the phase after the root token was escrowed and revoked
+    /// never re-initialises OpenBao (that would lose its data): `init`
+    /// finds its shares, and the job stops for an operator at the first
+    /// step that needs the root token.
+    #[tokio::test]
+    async fn a_phase_retry_after_the_root_token_never_reinitialises() {
+        let rig = sim_rig().await;
+        let req = sample_request("reinit", 1, 0);
+        let mut faults = FaultPlan::default();
+        faults.fail.insert("dns-commit/records".into(), ErrorClass::NeedsOperator);
+        let options = JobOptions { faults, ..Default::default() };
+        let (sov, job) = rig.submit_plan(&req, &provision_plan(&req), options).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Paused);
+        let owner = sov.to_string();
+        let share = rig.store.get_secret(&owner, "openbao-share-0").await.unwrap().unwrap();
+        assert!(rig.store.get_secret(&owner, "openbao-root-token").await.unwrap().is_none());
+        Verbs { store: &rig.store }
+            .retry(job, RetryTarget::Phase(super::PHASE.into()), "alice")
+            .await
+            .unwrap();
+        assert_eq!(rig.drive(job).await, JobStatus::Paused);
+        let stop = rig.stop_reason(job).await;
+        assert_eq!(stop["step"], "secrets-handoff/configure", "{stop}");
+        assert_eq!(stop["error"]["kind"], "missing-secret", "{stop}");
+        let again = rig.store.get_secret(&owner, "openbao-share-0").await.unwrap().unwrap();
+        assert_eq!(again.expose(), share.expose(), "the shares are the first init's");
+        let init: super::BaoInitialized =
+            rig.store.node_states(job).await.unwrap()["secrets-handoff/init"]
+                .output()
+                .map(|o| serde_json::from_value(o.clone()).unwrap())
+                .unwrap();
+        assert!(init.already_initialized);
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cz_adapters::cloud::{BudgetRegistry, HcloudClient, ProjectQuota};
 use cz_adapters::kube::KubeClient;
-use cz_adapters::openbao::Unbuilt;
+use cz_adapters::openbao::OpenBaoClient;
 use cz_adapters::ssh::SshClient;
 use cz_adapters::tofu::{TofuCli, find_cli};
 use cz_adapters::{InfraModule, K3sSource};
@@ -66,7 +66,7 @@ async fn rig_with(fake_cfg: FakeConfig, quota: ProjectQuota, cli: std::path::Pat
             tofu: Arc::new(TofuCli::new(cli, dir.join("plugins"), Duration::from_secs(60))),
             ssh: Arc::new(SshClient::default()),
             kube: Arc::new(KubeClient),
-            bao: Arc::new(Unbuilt),
+            bao: Arc::new(OpenBaoClient::default()),
             dns: Arc::new(SimDns::new(world.clone())),
             registrars: Arc::new(SimRegistrars::new(world)),
             workspace_root: dir.join("workspaces"),

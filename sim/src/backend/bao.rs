@@ -1,8 +1,12 @@
-//! `SimBao`: a fake OpenBao (Shamir seal, root token, a path → value KV).
+//! `SimBao`: a fake OpenBao (Shamir seal, root and child tokens, KV v2 at
+//! `<mount>/data/<path>`, other paths as written), held to the same
+//! contract test as the real client against a real `bao server`.
 //!
-//! Endpoints `http(s)://openbao-<i>.<rest>` are replicas of the cluster
-//! `<rest>`: init state (key and root token hashes, KV) is shared, the seal
-//! state and unseal progress are per replica. Any other endpoint is its own
+//! Replicas: an endpoint through Kubernetes (`…/pods/openbao-<i>:…`) is
+//! replica `i` of the cluster of its kubeconfig's CA; a direct endpoint
+//! `http(s)://openbao-<i>.<rest>` is replica `i` of `<rest>`. Init state
+//! (key and token hashes, KV) is shared by a cluster, the seal state and
+//! unseal progress are per replica. Any other endpoint is its own
 //! one-replica cluster. Only sha256 hashes of keys and tokens are stored.
 
 use std::collections::BTreeSet;
@@ -14,6 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::world::SimWorld;
+use cz_adapters::openbao::BaoEndpoint;
 use cz_adapters::{AdapterResult, BaoApi, BaoInit, BaoStatus};
 use cz_engine::{Cause, StepError, System};
 
@@ -28,6 +33,18 @@ fn hash(s: &str) -> String {
 }
 
 /// (cluster key, replica key) of an endpoint.
+pub fn split(at: &BaoEndpoint) -> (String, String) {
+    if let Some(kc) = &at.via
+        && let Some((head, tail)) = at.url.split_once("/pods/")
+    {
+        let pod = tail.split(':').next().unwrap_or(tail);
+        let cluster = format!("{}|{head}", super::kube::cluster_of(kc.expose()));
+        return (cluster.clone(), format!("{cluster}|{pod}"));
+    }
+    split_endpoint(&at.url)
+}
+
+/// (cluster key, replica key) of a direct endpoint's URL.
 pub fn split_endpoint(endpoint: &str) -> (String, String) {
     let e = endpoint.trim().trim_end_matches('/');
     let rest = e.split_once("://").map_or(e, |(_, r)| r);
@@ -71,18 +88,18 @@ impl SimBao {
     async fn status_of(&self, cluster: &str, replica: &str) -> Result<BaoStatus, StepError> {
         let c = self.cluster_state(cluster).await?;
         let r = self.replica_state(replica).await?;
-        Ok(BaoStatus { initialized: c["initialized"] == true, sealed: r["sealed"] != false })
+        Ok(status(&c, &r))
     }
 
     /// Checks the replica is unsealed and the token valid; returns the
     /// cluster state.
     async fn authorized(
         &self,
-        endpoint: &str,
+        at: &BaoEndpoint,
         token: &SecretString,
         op: &str,
     ) -> Result<(String, Value), StepError> {
-        let (cluster, replica) = split_endpoint(endpoint);
+        let (cluster, replica) = split(at);
         let c = self.cluster_state(&cluster).await?;
         if c["initialized"] != true {
             return Err(err(op, Cause::Unavailable, "Vault is not initialized (503)"));
@@ -106,33 +123,49 @@ fn normalize_path(path: &str) -> String {
     path.trim().trim_start_matches("/v1/").trim_matches('/').to_owned()
 }
 
+fn status(cluster: &Value, replica: &Value) -> BaoStatus {
+    let n = |v: &Value| v.as_u64().unwrap_or(0).min(255) as u8;
+    let sealed = replica["sealed"] != false;
+    BaoStatus {
+        initialized: cluster["initialized"] == true,
+        sealed,
+        threshold: n(&cluster["threshold"]),
+        shares: n(&cluster["shares"]),
+        progress: if sealed {
+            replica["progress"].as_array().map_or(0, |a| a.len().min(255) as u8)
+        } else {
+            0
+        },
+    }
+}
+
+/// Whether `path` is a KV v2 data path (`<mount>/data/<key>`).
+fn kv_data(path: &str) -> bool {
+    path.split_once("/data/").is_some_and(|(m, k)| !m.is_empty() && !k.is_empty())
+}
+
 #[async_trait]
 impl BaoApi for SimBao {
-    async fn wipe(&self, endpoint: &str) -> AdapterResult<()> {
+    async fn wipe(&self, at: &BaoEndpoint) -> AdapterResult<()> {
         self.world.op("bao.wipe", 2_000).await?;
-        let (cluster, _) = split_endpoint(endpoint);
+        let (cluster, _) = split(at);
         let _guard = self.world.lock(SYS, "clusters").await;
         self.world.delete(SYS, "clusters", &cluster).await?;
         // Every replica's storage goes with it (the PVCs of each pod).
-        let scheme = endpoint.split_once("://").map_or("", |(s, _)| s);
         for i in 0..16 {
-            let ep = if scheme.is_empty() {
-                format!("openbao-{i}.{cluster}")
-            } else {
-                format!("{scheme}://openbao-{i}.{cluster}")
-            };
-            self.world.delete(SYS, "replicas", &split_endpoint(&ep).1).await?;
+            let replica = replica_at(at, i);
+            self.world.delete(SYS, "replicas", &split(&replica).1).await?;
         }
         Ok(())
     }
 
-    async fn status(&self, endpoint: &str) -> AdapterResult<BaoStatus> {
+    async fn status(&self, at: &BaoEndpoint) -> AdapterResult<BaoStatus> {
         self.world.op("bao.status", 100).await?;
-        let (cluster, replica) = split_endpoint(endpoint);
+        let (cluster, replica) = split(at);
         self.status_of(&cluster, &replica).await
     }
 
-    async fn init(&self, endpoint: &str, shares: u8, threshold: u8) -> AdapterResult<BaoInit> {
+    async fn init(&self, at: &BaoEndpoint, shares: u8, threshold: u8) -> AdapterResult<BaoInit> {
         self.world.op("bao.init", 3_000).await?;
         if shares == 0 || threshold == 0 || threshold > shares {
             return Err(err(
@@ -148,7 +181,7 @@ impl BaoApi for SimBao {
                 "threshold must be greater than one for multiple shares",
             ));
         }
-        let (cluster, _) = split_endpoint(endpoint);
+        let (cluster, _) = split(at);
         let _g = self.world.lock(SYS, &format!("cluster:{cluster}")).await;
         if self.cluster_state(&cluster).await?["initialized"] == true {
             return Err(err("init", Cause::Conflict, "OpenBao is already initialized"));
@@ -173,9 +206,9 @@ impl BaoApi for SimBao {
         })
     }
 
-    async fn unseal(&self, endpoint: &str, key: &SecretString) -> AdapterResult<BaoStatus> {
+    async fn unseal(&self, at: &BaoEndpoint, key: &SecretString) -> AdapterResult<BaoStatus> {
         self.world.op("bao.unseal", 200).await?;
-        let (cluster, replica) = split_endpoint(endpoint);
+        let (cluster, replica) = split(at);
         let _g = self.world.lock(SYS, &format!("replica:{replica}")).await;
         let c = self.cluster_state(&cluster).await?;
         if c["initialized"] != true {
@@ -183,7 +216,7 @@ impl BaoApi for SimBao {
         }
         let mut r = self.replica_state(&replica).await?;
         if r["sealed"] == false {
-            return Ok(BaoStatus { initialized: true, sealed: false });
+            return Ok(status(&c, &r));
         }
         let h = hash(key.expose().trim());
         if !c["key_hashes"]
@@ -206,36 +239,55 @@ impl BaoApi for SimBao {
             r = json!({"sealed": true, "progress": progress});
         }
         self.world.put(SYS, "replicas", &replica, &r).await?;
-        Ok(BaoStatus { initialized: true, sealed: r["sealed"] != false })
+        Ok(status(&c, &r))
     }
 
     async fn write(
         &self,
-        endpoint: &str,
+        at: &BaoEndpoint,
         token: &SecretString,
         path: &str,
         body: Value,
     ) -> AdapterResult<Value> {
         self.world.op("bao.write", 100).await?;
-        let (cluster, _) = split_endpoint(endpoint);
+        let (cluster, _) = split(at);
         let _g = self.world.lock(SYS, &format!("cluster:{cluster}")).await;
-        let (cluster, mut c) = self.authorized(endpoint, token, "write").await?;
+        let (cluster, mut c) = self.authorized(at, token, "write").await?;
         let path = normalize_path(path);
         if path.is_empty() {
             return Err(err("write", Cause::Invalid, "missing path"));
         }
-        let reply = if path == "auth/token/create" {
-            let t = format!("s.{}", self.world.random_alnum(24));
-            if let Some(a) = c["token_hashes"].as_array_mut() {
-                a.push(json!(hash(&t)));
-            } else {
-                c["token_hashes"] = json!([hash(&t)]);
+        let reply = match path.as_str() {
+            "auth/token/create" => {
+                let t = format!("s.{}", self.world.random_alnum(24));
+                if let Some(a) = c["token_hashes"].as_array_mut() {
+                    a.push(json!(hash(&t)));
+                } else {
+                    c["token_hashes"] = json!([hash(&t)]);
+                }
+                let policies = body.get("policies").cloned().unwrap_or(json!(["default"]));
+                json!({"auth": {"client_token": t, "policies": policies}})
             }
-            json!({"auth": {"client_token": t, "policies": body.get("policies").cloned().unwrap_or(json!(["default"]))}})
-        } else {
-            let version = c["kv"][&path]["_sim_version"].as_u64().unwrap_or(0) + 1;
-            c["kv"][&path] = json!({"value": body, "_sim_version": version});
-            if path.contains("/data/") { json!({"data": {"version": version}}) } else { json!({}) }
+            "auth/token/revoke-self" => {
+                let h = hash(token.expose());
+                if c["root_token_hash"].as_str() == Some(h.as_str()) {
+                    c["root_token_hash"] = Value::Null;
+                }
+                if let Some(a) = c["token_hashes"].as_array_mut() {
+                    a.retain(|t| t.as_str() != Some(h.as_str()));
+                }
+                Value::Null
+            }
+            p if kv_data(p) => {
+                let version = c["kv"][p]["_sim_version"].as_u64().unwrap_or(0) + 1;
+                let data = body.get("data").cloned().unwrap_or(json!({}));
+                c["kv"][p] = json!({"value": data, "_sim_version": version});
+                json!({"data": {"version": version}})
+            }
+            p => {
+                c["kv"][p] = json!({"value": body});
+                Value::Null
+            }
         };
         self.world.put(SYS, "clusters", &cluster, &c).await?;
         Ok(reply)
@@ -243,14 +295,45 @@ impl BaoApi for SimBao {
 
     async fn read(
         &self,
-        endpoint: &str,
+        at: &BaoEndpoint,
         token: &SecretString,
         path: &str,
     ) -> AdapterResult<Option<Value>> {
         self.world.op("bao.read", 100).await?;
-        let (_, c) = self.authorized(endpoint, token, "read").await?;
-        Ok(c["kv"].get(normalize_path(path)).map(|e| e["value"].clone()))
+        let (_, c) = self.authorized(at, token, "read").await?;
+        let path = normalize_path(path);
+        if path == "auth/token/lookup-self" {
+            return Ok(Some(json!({"data": {"id": "(redacted)"}})));
+        }
+        let Some(e) = c["kv"].get(&path) else { return Ok(None) };
+        if kv_data(&path) {
+            let version = e["_sim_version"].clone();
+            return Ok(Some(
+                json!({"data": {"data": e["value"], "metadata": {"version": version}}}),
+            ));
+        }
+        Ok(Some(e["value"].clone()))
     }
+}
+
+/// Replica `i` of the cluster `at` is in.
+fn replica_at(at: &BaoEndpoint, i: usize) -> BaoEndpoint {
+    let url = match at.url.split_once("/pods/openbao-") {
+        Some((head, tail)) => {
+            let rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{head}/pods/openbao-{i}{rest}")
+        }
+        None => {
+            let (cluster, _) = split_endpoint(&at.url);
+            match at.url.split_once("://") {
+                // Not a replica's name: a one-replica cluster.
+                _ if cluster == at.url.trim_end_matches('/') => at.url.clone(),
+                Some((scheme, _)) => format!("{scheme}://openbao-{i}.{cluster}"),
+                None => format!("openbao-{i}.{cluster}"),
+            }
+        }
+    };
+    BaoEndpoint { url, via: at.via.clone() }
 }
 
 #[cfg(test)]
@@ -267,14 +350,18 @@ mod tests {
         (dir, SimBao::new(world))
     }
 
-    const EP0: &str = "http://openbao-0.openbao-internal.openbao.svc:8200";
-    const EP1: &str = "http://openbao-1.openbao-internal.openbao.svc:8200";
+    const URL0: &str = "http://openbao-0.openbao-internal.openbao.svc:8200";
+    const URL1: &str = "http://openbao-1.openbao-internal.openbao.svc:8200";
+
+    fn ep(url: &str) -> BaoEndpoint {
+        BaoEndpoint::direct(url)
+    }
 
     #[test]
     fn endpoints_group_replicas() {
-        assert_eq!(split_endpoint(EP0).0, "openbao-internal.openbao.svc:8200");
-        assert_eq!(split_endpoint(EP0).0, split_endpoint(EP1).0);
-        assert_ne!(split_endpoint(EP0).1, split_endpoint(EP1).1);
+        assert_eq!(split_endpoint(URL0).0, "openbao-internal.openbao.svc:8200");
+        assert_eq!(split_endpoint(URL0).0, split_endpoint(URL1).0);
+        assert_ne!(split_endpoint(URL0).1, split_endpoint(URL1).1);
         assert_eq!(split_endpoint("http://openbao.x:8200/").0, "http://openbao.x:8200");
         assert_eq!(split_endpoint("http://openbao-a.x").0, "http://openbao-a.x");
     }
@@ -282,30 +369,32 @@ mod tests {
     #[tokio::test]
     async fn init_once_per_cluster() {
         let (_d, bao) = setup();
-        assert_eq!(bao.status(EP0).await.unwrap(), BaoStatus { initialized: false, sealed: true });
+        let st = bao.status(&ep(URL0)).await.unwrap();
+        assert!(!st.initialized && st.sealed);
         assert!(matches!(
-            bao.init(EP0, 5, 1).await,
+            bao.init(&ep(URL0), 5, 1).await,
             Err(StepError::Adapter { cause: Cause::Invalid, .. })
         ));
         assert!(matches!(
-            bao.init(EP0, 3, 4).await,
+            bao.init(&ep(URL0), 3, 4).await,
             Err(StepError::Adapter { cause: Cause::Invalid, .. })
         ));
-        let init = bao.init(EP0, 5, 3).await.unwrap();
+        let init = bao.init(&ep(URL0), 5, 3).await.unwrap();
         assert_eq!(init.keys.len(), 5);
         assert!(init.keys.iter().all(|k| k.expose().len() == 64));
         assert!(init.root_token.expose().starts_with("s."));
-        let e = bao.init(EP0, 5, 3).await.unwrap_err();
+        let e = bao.init(&ep(URL0), 5, 3).await.unwrap_err();
         assert!(matches!(
             e,
             StepError::Adapter { system: System::Openbao, cause: Cause::Conflict, .. }
         ));
         // Another replica of the same cluster is initialized too.
         assert!(matches!(
-            bao.init(EP1, 5, 3).await,
+            bao.init(&ep(URL1), 5, 3).await,
             Err(StepError::Adapter { cause: Cause::Conflict, .. })
         ));
-        assert_eq!(bao.status(EP1).await.unwrap(), BaoStatus { initialized: true, sealed: true });
+        let st = bao.status(&ep(URL1)).await.unwrap();
+        assert!(st.initialized && st.sealed && st.threshold == 3 && st.shares == 5);
         // The world holds only hashes.
         let raw = std::fs::read_to_string(_d.path().join("bao/clusters").join(format!(
             "{}.json",
@@ -318,62 +407,73 @@ mod tests {
     #[tokio::test]
     async fn unseal_threshold_per_replica_and_kv() {
         let (_d, bao) = setup();
-        let init = bao.init(EP0, 5, 3).await.unwrap();
+        let init = bao.init(&ep(URL0), 5, 3).await.unwrap();
         let tok = &init.root_token;
         assert!(
             matches!(
-                bao.write(EP0, tok, "sys/mounts/secret", json!({})).await,
+                bao.write(&ep(URL0), tok, "sys/mounts/secret", json!({})).await,
                 Err(StepError::Adapter { cause: Cause::Unavailable, .. })
             ),
             "sealed"
         );
-        let e = bao.unseal(EP0, &SecretString::new("00".repeat(32))).await.unwrap_err();
+        let e = bao.unseal(&ep(URL0), &SecretString::new("00".repeat(32))).await.unwrap_err();
         assert!(
             matches!(&e, StepError::Adapter { cause: Cause::Invalid, message, .. } if message == "invalid key")
         );
-        assert!(bao.unseal(EP0, &init.keys[0]).await.unwrap().sealed);
+        assert!(bao.unseal(&ep(URL0), &init.keys[0]).await.unwrap().sealed);
         assert!(
-            bao.unseal(EP0, &init.keys[0]).await.unwrap().sealed,
+            bao.unseal(&ep(URL0), &init.keys[0]).await.unwrap().sealed,
             "the same key twice counts once"
         );
-        assert!(bao.unseal(EP0, &init.keys[1]).await.unwrap().sealed);
-        assert!(!bao.unseal(EP0, &init.keys[4]).await.unwrap().sealed);
-        assert_eq!(bao.status(EP0).await.unwrap(), BaoStatus { initialized: true, sealed: false });
-        assert!(bao.status(EP1).await.unwrap().sealed, "seal state is per replica");
+        assert!(bao.unseal(&ep(URL0), &init.keys[1]).await.unwrap().sealed);
+        assert!(!bao.unseal(&ep(URL0), &init.keys[4]).await.unwrap().sealed);
+        let st = bao.status(&ep(URL0)).await.unwrap();
+        assert!(st.initialized && !st.sealed);
+        assert!(bao.status(&ep(URL1)).await.unwrap().sealed, "seal state is per replica");
 
-        bao.write(EP0, tok, "sys/auth/kubernetes", json!({"type": "kubernetes"})).await.unwrap();
+        bao.write(&ep(URL0), tok, "sys/auth/kubernetes", json!({"type": "kubernetes"}))
+            .await
+            .unwrap();
         bao.write(
-            EP0,
+            &ep(URL0),
             tok,
             "auth/kubernetes/role/eso",
             json!({"bound_service_account_names": ["eso"]}),
         )
         .await
         .unwrap();
-        let r = bao.write(EP0, tok, "secret/data/app", json!({"data": {"k": "v"}})).await.unwrap();
+        let r = bao
+            .write(&ep(URL0), tok, "secret/data/app", json!({"data": {"k": "v"}}))
+            .await
+            .unwrap();
         assert_eq!(r["data"]["version"], 1);
         assert_eq!(
-            bao.read(EP0, tok, "secret/data/app").await.unwrap(),
-            Some(json!({"data": {"k": "v"}}))
+            bao.read(&ep(URL0), tok, "secret/data/app").await.unwrap(),
+            Some(json!({"data": {"data": {"k": "v"}, "metadata": {"version": 1}}}))
         );
         assert_eq!(
-            bao.read(EP0, tok, "/sys/auth/kubernetes").await.unwrap(),
+            bao.read(&ep(URL0), tok, "/sys/auth/kubernetes").await.unwrap(),
             Some(json!({"type": "kubernetes"}))
         );
-        assert_eq!(bao.read(EP0, tok, "secret/data/none").await.unwrap(), None);
-        let e = bao.read(EP0, &SecretString::new("s.wrong"), "secret/data/app").await.unwrap_err();
+        assert_eq!(bao.read(&ep(URL0), tok, "secret/data/none").await.unwrap(), None);
+        let e = bao
+            .read(&ep(URL0), &SecretString::new("s.wrong"), "secret/data/app")
+            .await
+            .unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Unauthorized, .. }));
         // A child token works; the other replica sees the shared KV once unsealed.
-        let child =
-            bao.write(EP0, tok, "auth/token/create", json!({"policies": ["eso"]})).await.unwrap();
+        let child = bao
+            .write(&ep(URL0), tok, "auth/token/create", json!({"policies": ["eso"]}))
+            .await
+            .unwrap();
         let child = SecretString::new(child["auth"]["client_token"].as_str().unwrap());
-        assert!(bao.read(EP0, &child, "secret/data/app").await.unwrap().is_some());
+        assert!(bao.read(&ep(URL0), &child, "secret/data/app").await.unwrap().is_some());
         for k in &init.keys[2..5] {
-            bao.unseal(EP1, k).await.unwrap();
+            bao.unseal(&ep(URL1), k).await.unwrap();
         }
         assert_eq!(
-            bao.read(EP1, tok, "secret/data/app").await.unwrap(),
-            Some(json!({"data": {"k": "v"}}))
+            bao.read(&ep(URL1), tok, "secret/data/app").await.unwrap().unwrap()["data"]["data"],
+            json!({"k": "v"})
         );
     }
 }

@@ -71,7 +71,11 @@ mod tests {
         assert_eq!(b.name, "sim");
         assert_eq!(b.poll, Duration::from_millis(5));
         b.dns.create_zone("pool.example", &["ns1.example.".into()], "").await.unwrap();
-        let bao = b.bao.init("http://openbao-0.c:8200", 1, 1).await.unwrap();
+        let bao = b
+            .bao
+            .init(&cz_adapters::openbao::BaoEndpoint::direct("http://openbao-0.c:8200"), 1, 1)
+            .await
+            .unwrap();
         drop(b);
         // "Restart": a new backend over the same directory.
         let slow = sim_backend(
@@ -82,8 +86,23 @@ mod tests {
         assert_eq!(slow.poll, Duration::from_secs(2));
         let b = sim_backend(root, dir.path().join("ws"), SimConfig::instant());
         assert!(b.dns.zone_exists("pool.example.").await.unwrap());
-        assert!(b.bao.status("http://openbao-1.c:8200").await.unwrap().initialized);
-        assert!(!b.bao.unseal("http://openbao-0.c:8200", &bao.keys[0]).await.unwrap().sealed);
+        assert!(
+            b.bao
+                .status(&cz_adapters::openbao::BaoEndpoint::direct("http://openbao-1.c:8200"))
+                .await
+                .unwrap()
+                .initialized
+        );
+        assert!(
+            !b.bao
+                .unseal(
+                    &cz_adapters::openbao::BaoEndpoint::direct("http://openbao-0.c:8200"),
+                    &bao.keys[0]
+                )
+                .await
+                .unwrap()
+                .sealed
+        );
         assert!(b.cloud.list(&token, "").await.unwrap().is_empty());
     }
     /// Inherent helpers are used from spawned tasks (test harnesses).
