@@ -85,14 +85,20 @@ pub(crate) fn custody_of(cx: &StepCtx) -> StepResult<crate::request::Custody> {
     }
 }
 
+/// `plaintext` encrypted to every recipient of `recipients` (the request
+/// validated them; a failure here is the store's crypto refusing).
+pub(crate) fn encrypt_to(recipients: &[String], plaintext: &[u8]) -> StepResult<Vec<u8>> {
+    cz_state::secrets::encrypt_to_recipients(recipients, plaintext).map_err(|e| {
+        StepError::InvalidInput { path: "custody.custodians".into(), message: e.to_string() }
+    })
+}
+
 async fn escrow(cx: &StepCtx) -> StepResult<Escrowed> {
-    let recipients = custody_of(cx)?.age_recipients;
+    // TODO-design: escrow the key k of n, as OpenBao's shares are; today
+    // every custodian can decrypt this one blob alone.
+    let recipients = custody_of(cx)?.recipients();
     let key = cx.secret(KEY_SECRET).await?;
-    let blob = cz_state::secrets::encrypt_to_recipients(&recipients, key.expose().as_bytes())
-        .map_err(|e| StepError::InvalidInput {
-            path: "custody.age_recipients".into(),
-            message: e.to_string(),
-        })?;
+    let blob = encrypt_to(&recipients, key.expose().as_bytes())?;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob));
     // The blob is ciphertext to the operators; it is stored (sealed again
     // to the daemon) so it can be handed out through the API later.

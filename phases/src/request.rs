@@ -9,7 +9,7 @@
 //!   name, an unknown server type or a bad SSH key.
 //! - **Field-level errors, all at once.** Validation never stops at the first
 //!   problem: it returns every [`FieldError`], each with the path of the field
-//!   (`regions[1].control_plane.count`, `custody.age_recipients[2]`) and a
+//!   (`regions[1].control_plane.count`, `custody.custodians[2].recipient`) and a
 //!   message that says what is accepted. [`parse_provision`] extends this to
 //!   the JSON layer: malformed JSON, unknown fields, wrong types and missing
 //!   fields come back with the same kind of path, so a client (or the CLI) can
@@ -87,7 +87,7 @@ pub const MAX_WORKERS: u32 = 50;
 /// At most this many SSH keys.
 pub const MAX_SSH_KEYS: usize = 10;
 /// At most this many age recipients.
-pub const MAX_AGE_RECIPIENTS: usize = 10;
+pub const MAX_CUSTODIANS: usize = 10;
 /// At most this many OpenBao unseal shares.
 pub const MAX_OPENBAO_SHARES: u8 = 10;
 
@@ -187,16 +187,60 @@ pub struct NodeGroup {
     pub count: u32,
 }
 
-/// Who holds the keys of the Sovereign.
+/// Who holds the keys of the Sovereign: k of n custodians.
+///
+/// OpenBao's unseal shares are dealt to the custodians in order, share `i`
+/// to custodian `i mod n`, each encrypted to that custodian's age recipient
+/// alone, so no custodian can decrypt another's share and at least
+/// `openbao_threshold` custodians are needed to unseal.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Custody {
-    /// age X25519 recipients (`age1…`) the recovery material is encrypted to.
-    pub age_recipients: Vec<String>,
-    /// Number of OpenBao unseal shares (1 to 10).
-    pub openbao_shares: u8,
-    /// Shares needed to unseal (1 to `openbao_shares`).
+    /// The custodians, 1 to 10, each with an age X25519 recipient.
+    pub custodians: Vec<Custodian>,
+    /// Number of OpenBao unseal shares: one per custodian by default; more
+    /// (up to 10) are dealt round-robin, as long as no custodian holds
+    /// enough to unseal alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openbao_shares: Option<u8>,
+    /// Shares needed to unseal (1 to the number of shares, and no more than
+    /// the number of custodians).
     pub openbao_threshold: u8,
+}
+
+/// One custodian of the recovery material.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Custodian {
+    /// Their age X25519 recipient (`age1…`, as `age-keygen -y` prints it).
+    pub recipient: String,
+    /// Who they are, for people (1 to 64 printable characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl Custody {
+    /// How many OpenBao shares are made.
+    pub fn shares(&self) -> u8 {
+        self.openbao_shares.unwrap_or(self.custodians.len().min(255) as u8)
+    }
+
+    /// The custodian who holds share `i` (round-robin).
+    pub fn holder(&self, share: usize) -> &Custodian {
+        &self.custodians[share % self.custodians.len()]
+    }
+
+    /// Every custodian's recipient, in order.
+    pub fn recipients(&self) -> Vec<String> {
+        self.custodians.iter().map(|c| c.recipient.clone()).collect()
+    }
+}
+
+impl Custodian {
+    /// How they are named in messages and escrow listings.
+    pub fn name(&self, index: usize) -> String {
+        self.label.clone().unwrap_or_else(|| format!("custodian {index}"))
+    }
 }
 
 /// Keycloak settings.
@@ -552,48 +596,87 @@ impl ProvisionRequest {
 
     fn check_custody(&self, errs: &mut Errors) {
         let c = &self.custody;
-        if c.age_recipients.is_empty() {
-            errs.add("custody.age_recipients", "at least one age recipient (`age1…`) is required");
-        } else if c.age_recipients.len() > MAX_AGE_RECIPIENTS {
+        let n = c.custodians.len();
+        if n == 0 {
+            errs.add("custody.custodians", "at least one custodian is required");
+        } else if n > MAX_CUSTODIANS {
             errs.add(
-                "custody.age_recipients",
-                format!(
-                    "at most {MAX_AGE_RECIPIENTS} age recipients are allowed, got {}",
-                    c.age_recipients.len()
-                ),
+                "custody.custodians",
+                format!("at most {MAX_CUSTODIANS} custodians are allowed, got {n}"),
             );
         }
-        for (i, r) in c.age_recipients.iter().enumerate() {
+        for (i, cu) in c.custodians.iter().enumerate() {
+            let r = &cu.recipient;
             if !cz_state::secrets::is_age_recipient(r.trim()) || r.trim() != r {
                 errs.add(
-                    format!("custody.age_recipients[{i}]"),
+                    format!("custody.custodians[{i}].recipient"),
                     format!("{} is not an age X25519 recipient (expected `age1…`, as printed by `age-keygen -y`)", shown(r)),
+                );
+            } else if let Some(j) = c.custodians[..i].iter().position(|o| o.recipient == *r) {
+                errs.add(
+                    format!("custody.custodians[{i}].recipient"),
+                    format!("is custodians[{j}]'s recipient too: one person would hold two custodians' shares"),
+                );
+            }
+            if let Some(l) = &cu.label
+                && (l.trim().is_empty()
+                    || l.chars().count() > 64
+                    || l.chars().any(char::is_control))
+            {
+                errs.add(
+                    format!("custody.custodians[{i}].label"),
+                    "must be 1 to 64 printable characters",
                 );
             }
         }
-        let shares_ok = (1..=MAX_OPENBAO_SHARES).contains(&c.openbao_shares);
-        if !shares_ok {
-            errs.add(
-                "custody.openbao_shares",
-                format!("must be between 1 and {MAX_OPENBAO_SHARES}, got {}", c.openbao_shares),
-            );
-        }
-        if c.openbao_threshold == 0 {
+        let shares = c.shares();
+        let shares_ok = match c.openbao_shares {
+            _ if n == 0 || n > MAX_CUSTODIANS => false,
+            Some(s) if !(1..=MAX_OPENBAO_SHARES).contains(&s) => {
+                errs.add(
+                    "custody.openbao_shares",
+                    format!("must be between 1 and {MAX_OPENBAO_SHARES}, got {s}"),
+                );
+                false
+            }
+            Some(s) if usize::from(s) < n => {
+                errs.add(
+                    "custody.openbao_shares",
+                    format!("must be at least one per custodian ({n}), got {s}"),
+                );
+                false
+            }
+            _ => true,
+        };
+        let t = c.openbao_threshold;
+        if t == 0 {
             errs.add("custody.openbao_threshold", "must be at least 1");
-        } else if shares_ok && c.openbao_threshold > c.openbao_shares {
+        } else if !shares_ok {
+        } else if t > shares {
             errs.add(
                 "custody.openbao_threshold",
+                format!("must be between 1 and the number of shares ({shares}), got {t}"),
+            );
+        } else if usize::from(t) > n {
+            errs.add(
+                "custody.custodians",
                 format!(
-                    "must be between 1 and openbao_shares ({}), got {}",
-                    c.openbao_shares, c.openbao_threshold
+                    "{n} custodian(s) cannot reach a threshold of {t}: name at least {t} \
+                     custodians, each with a recipient of their own"
                 ),
             );
-        } else if shares_ok && c.openbao_threshold == 1 && c.openbao_shares >= 3 {
+        } else if t == 1 && shares >= 3 {
             errs.add(
                 "custody.openbao_threshold",
+                format!("a threshold of 1 with {shares} shares lets any single holder unseal; use at least 2"),
+            );
+        } else if n >= 2 && usize::from(shares).div_ceil(n) >= usize::from(t) {
+            errs.add(
+                "custody.openbao_shares",
                 format!(
-                    "a threshold of 1 with {} shares lets any single holder unseal; use at least 2",
-                    c.openbao_shares
+                    "{shares} shares dealt to {n} custodians give one of them {} shares, enough \
+                     to unseal alone with a threshold of {t}",
+                    usize::from(shares).div_ceil(n)
                 ),
             );
         }
@@ -900,8 +983,13 @@ mod tests {
             ssh_public_keys: vec![ED25519.to_string(), ECDSA.to_string()],
             cloud_token: SecretString::new(HCLOUD_TOKEN),
             custody: Custody {
-                age_recipients: vec![recipient(), recipient()],
-                openbao_shares: 5,
+                custodians: (0..3)
+                    .map(|i| Custodian {
+                        recipient: recipient(),
+                        label: Some(format!("custodian-{i}")),
+                    })
+                    .collect(),
+                openbao_shares: None,
                 openbao_threshold: 3,
             },
             keycloak: Keycloak { topology: KeycloakTopology::PerOrganization },
@@ -1305,62 +1393,112 @@ mod tests {
         }
     }
 
+    fn custodians(n: usize) -> Vec<Custodian> {
+        (0..n).map(|_| Custodian { recipient: recipient(), label: None }).collect()
+    }
+
     #[test]
     fn custody_recipient_rules() {
         let mut req = sample();
-        req.custody.age_recipients.clear();
-        assert_eq!(paths(&req), ["custody.age_recipients"]);
+        req.custody.custodians.clear();
+        assert_eq!(paths(&req), ["custody.custodians"]);
 
-        req.custody.age_recipients = (0..11).map(|_| recipient()).collect();
-        assert_eq!(paths(&req), ["custody.age_recipients"]);
+        req.custody.custodians = custodians(11);
+        assert_eq!(paths(&req), ["custody.custodians"]);
 
         let good = recipient();
-        req.custody.age_recipients = vec![
-            good.clone(),
-            good.to_uppercase().replace("AGE1", "age1"),
-            "age1notarecipient".to_string(),
-            ED25519.to_string(),
-            format!(" {good}"),
+        let with = |r: String| Custodian { recipient: r, label: None };
+        req.custody.custodians = vec![
+            with(good.clone()),
+            with(good.to_uppercase().replace("AGE1", "age1")),
+            with("age1notarecipient".to_string()),
+            with(ED25519.to_string()),
+            with(format!(" {good}")),
+            with(good.clone()),
         ];
         assert_eq!(
             paths(&req),
             [
-                "custody.age_recipients[1]",
-                "custody.age_recipients[2]",
-                "custody.age_recipients[3]",
-                "custody.age_recipients[4]"
+                "custody.custodians[1].recipient",
+                "custody.custodians[2].recipient",
+                "custody.custodians[3].recipient",
+                "custody.custodians[4].recipient",
+                "custody.custodians[5].recipient",
             ]
         );
+        let e = only_error(&{
+            let mut r = sample();
+            r.custody.custodians[2].recipient = r.custody.custodians[0].recipient.clone();
+            r
+        });
+        assert_eq!(e.path, "custody.custodians[2].recipient");
+        assert!(e.message.contains("custodians[0]"), "{}", e.message);
+        for bad in ["", " ", "x\n", &"x".repeat(65)] {
+            let mut r = sample();
+            r.custody.custodians[1].label = Some(bad.to_string());
+            assert_eq!(only_error(&r).path, "custody.custodians[1].label", "{bad:?}");
+        }
     }
 
     #[test]
     fn custody_share_and_threshold_rules() {
-        let cases: &[(u8, u8, &[&str])] = &[
-            (0, 1, &["custody.openbao_shares"]),
-            (11, 2, &["custody.openbao_shares"]),
-            (3, 0, &["custody.openbao_threshold"]),
-            (3, 4, &["custody.openbao_threshold"]),
-            (3, 1, &["custody.openbao_threshold"]),
-            (10, 1, &["custody.openbao_threshold"]),
+        // (custodians, shares, threshold, the fields in error)
+        let cases: &[(usize, Option<u8>, u8, &[&str])] = &[
+            (3, Some(0), 1, &["custody.openbao_shares"]),
+            (3, Some(11), 2, &["custody.openbao_shares"]),
+            (3, Some(2), 2, &["custody.openbao_shares"]),
+            (3, None, 0, &["custody.openbao_threshold"]),
+            (3, None, 4, &["custody.openbao_threshold"]),
+            (3, None, 1, &["custody.openbao_threshold"]),
+            (2, Some(5), 4, &["custody.custodians"]),
+            (2, None, 3, &["custody.openbao_threshold"]),
+            (3, Some(6), 2, &["custody.openbao_shares"]),
+            (2, None, 1, &["custody.openbao_shares"]),
         ];
-        for &(shares, threshold, want) in cases {
+        for &(n, shares, threshold, want) in cases {
             let mut req = sample();
+            req.custody.custodians = custodians(n);
             req.custody.openbao_shares = shares;
             req.custody.openbao_threshold = threshold;
-            assert_eq!(paths(&req), want, "{shares}/{threshold}");
+            assert_eq!(paths(&req), want, "{n} custodians, {shares:?}/{threshold}");
         }
         let mut req = sample();
-        req.custody.openbao_shares = 3;
         req.custody.openbao_threshold = 1;
         assert_eq!(
             only_error(&req).message,
             "a threshold of 1 with 3 shares lets any single holder unseal; use at least 2"
         );
-        for (shares, threshold) in [(1, 1), (2, 1), (2, 2), (3, 2), (10, 10)] {
+        let mut req = sample();
+        req.custody.custodians = custodians(3);
+        req.custody.openbao_shares = Some(7);
+        req.custody.openbao_threshold = 3;
+        let e = only_error(&req);
+        assert_eq!(e.path, "custody.openbao_shares");
+        assert!(
+            e.message.contains("give one of them 3 shares, enough to unseal alone"),
+            "{}",
+            e.message
+        );
+        for (n, shares, threshold) in [
+            (1, None, 1),
+            (2, None, 2),
+            (3, None, 2),
+            (3, Some(5), 3),
+            (10, None, 10),
+            (4, Some(8), 3),
+        ] {
+            req.custody.custodians = custodians(n);
             req.custody.openbao_shares = shares;
             req.custody.openbao_threshold = threshold;
-            req.validate().unwrap_or_else(|e| panic!("{shares}/{threshold}: {e:?}"));
+            req.validate().unwrap_or_else(|e| panic!("{n}/{shares:?}/{threshold}: {e:?}"));
+            assert_eq!(req.custody.shares(), shares.unwrap_or(n as u8));
         }
+        // Shares are dealt round-robin.
+        req.custody.custodians = custodians(3);
+        req.custody.openbao_shares = Some(5);
+        let holders: Vec<&str> = (0..5).map(|i| req.custody.holder(i).recipient.as_str()).collect();
+        let r = req.custody.recipients();
+        assert_eq!(holders, [&r[0], &r[1], &r[2], &r[0], &r[1]]);
     }
 
     #[test]
@@ -1417,7 +1555,7 @@ mod tests {
         req.org.email = "nope".to_string();
         req.regions[1].control_plane.count = 2;
         req.ssh_public_keys[0] = "ssh-dss AAAA".to_string();
-        req.custody.age_recipients[1] = "x".to_string();
+        req.custody.custodians[1].recipient = "x".to_string();
         req.cloud_token = SecretString::new("short");
         assert_eq!(
             paths(&req),
@@ -1427,7 +1565,7 @@ mod tests {
                 "regions[1].control_plane.count",
                 "ssh_public_keys[0]",
                 "cloud_token",
-                "custody.age_recipients[1]"
+                "custody.custodians[1].recipient"
             ]
         );
     }

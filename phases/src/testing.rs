@@ -28,7 +28,9 @@ use crate::{Backend, registry};
 /// A valid provision request body (pool mode under `omani.works`, one
 /// `fsn1` region, every component): the one sample the tests, the e2e
 /// harness and the benchmarks share. The SSH key is a real public key; the
-/// caller picks the (sim-valid) cloud token and the age recipient.
+/// caller picks the (sim-valid) cloud token and the first custodian's age
+/// recipient (two more custodians get fresh ones; two of the three
+/// unseal).
 pub fn sample_body(
     subdomain: &str,
     control_planes: u32,
@@ -45,7 +47,11 @@ pub fn sample_body(
                       "workers": { "sku": "cpx32", "count": workers } }],
         "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1jEYyjbOZZpBaF4nB0KDRtBb1WPw6mXf1Y8y3hUKt4 sample@acme"],
         "cloud_token": cloud_token,
-        "custody": { "age_recipients": [age_recipient], "openbao_shares": 5, "openbao_threshold": 3 },
+        "custody": { "custodians": [
+                        { "recipient": age_recipient, "label": "alice" },
+                        { "recipient": self::age_recipient(), "label": "bob" },
+                        { "recipient": self::age_recipient(), "label": "carol" } ],
+                      "openbao_threshold": 2 },
         "keycloak": { "topology": "per-organization" },
     })
 }

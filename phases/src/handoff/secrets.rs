@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::kubeconfig_for;
 use crate::common::first_location;
-use crate::custody::custody_of;
+use crate::custody::{custody_of, encrypt_to};
 use crate::{Registry, StepCtx};
 
 pub const PHASE: &str = "secrets-handoff";
@@ -160,8 +160,7 @@ async fn endpoint(cx: &StepCtx, replica: u32) -> StepResult<BaoEndpoint> {
 
 async fn bao_init(cx: &StepCtx) -> StepResult<BaoInitialized> {
     let custody = custody_of(cx)?;
-    let (shares, threshold) = (custody.openbao_shares, custody.openbao_threshold);
-    let recipients = custody.age_recipients;
+    let (shares, threshold) = (custody.shares(), custody.openbao_threshold);
     let ep = endpoint(cx, 0).await?;
     let status = cx.env.bao.status(&ep).await?;
     if status.initialized {
@@ -186,12 +185,11 @@ async fn bao_init(cx: &StepCtx) -> StepResult<BaoInitialized> {
     let mut digests = Vec::new();
     let mut secrets = Vec::new();
     for (i, key) in init.keys.iter().enumerate() {
-        // Encrypted to the operators before anything else touches it...
-        let escrow = cz_state::secrets::encrypt_to_recipients(&recipients, key.expose().as_bytes())
-            .map_err(|e| StepError::InvalidInput {
-                path: "custody.age_recipients".into(),
-                message: e.to_string(),
-            })?;
+        // Encrypted to its custodian alone before anything else touches it:
+        // no custodian can read another's share, so unsealing takes
+        // `threshold` of them...
+        let holder = custody.holder(i);
+        let escrow = encrypt_to(std::slice::from_ref(&holder.recipient), key.expose().as_bytes())?;
         digests.push(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&escrow)));
         secrets
             .push((format!("openbao-share-{i}.escrow"), SecretString::new(hex::encode(&escrow))));
@@ -201,14 +199,19 @@ async fn bao_init(cx: &StepCtx) -> StepResult<BaoInitialized> {
     secrets.push(("openbao-root-token".to_owned(), init.root_token.clone()));
     // One commit: either every share is recorded or none is.
     cx.put_secrets(&secrets).await?;
-    cx.event("custody", json!({ "message": format!("OpenBao initialized: {shares} shares, threshold {threshold}, each escrowed to {} age recipient(s)", recipients.len()), "escrow_sha256": digests })).await?;
+    let message = format!(
+        "OpenBao initialized: {shares} shares, threshold {threshold}, each escrowed to its \
+         custodian alone ({} custodians)",
+        custody.custodians.len()
+    );
+    cx.event("custody", json!({ "message": message, "escrow_sha256": digests })).await?;
     Ok(BaoInitialized { shares, threshold, escrow_sha256: digests, already_initialized: false })
 }
 
 /// The cluster (and with it OpenBao's data) goes with the infra undo; this
 /// forgets the shares and tokens of an OpenBao that will not exist any more.
 async fn bao_init_undo(cx: &StepCtx) -> StepResult<()> {
-    for i in 0..custody_of(cx)?.openbao_shares {
+    for i in 0..custody_of(cx)?.shares() {
         cx.delete_secret(&format!("openbao-share-{i}")).await?;
         cx.delete_secret(&format!("openbao-share-{i}.escrow")).await?;
     }
@@ -365,12 +368,8 @@ async fn root_token(cx: &StepCtx) -> StepResult<RootTokenEscrowed> {
     let Some(root) = cx.secret_opt("openbao-root-token").await? else {
         return Ok(RootTokenEscrowed { escrowed: true, already: true });
     };
-    let recipients = custody_of(cx)?.age_recipients;
-    let blob = cz_state::secrets::encrypt_to_recipients(&recipients, root.expose().as_bytes())
-        .map_err(|e| StepError::InvalidInput {
-            path: "custody.age_recipients".into(),
-            message: e.to_string(),
-        })?;
+    // TODO-design: revoke the root token instead of escrowing it.
+    let blob = encrypt_to(&custody_of(cx)?.recipients(), root.expose().as_bytes())?;
     cx.put_secret("openbao-root-token.escrow", &SecretString::new(hex::encode(&blob))).await?;
     // The daemon keeps no usable root token after hand-off.
     cx.delete_secret("openbao-root-token").await?;
@@ -398,6 +397,59 @@ mod tests {
     use crate::testing::{SimRigExt, phase_tests, sample_request, sim_rig};
 
     phase_tests!(super::PHASE, sample_request("sec", 1, 0));
+
+    /// Share `i` is encrypted to its custodian alone: the real `age` CLI
+    /// decrypts it with that custodian's identity and with no other.
+    #[tokio::test]
+    async fn each_share_opens_for_its_custodian_only() {
+        use age::secrecy::ExposeSecret as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<age::x25519::Identity> =
+            (0..3).map(|_| age::x25519::Identity::generate()).collect();
+        let files: Vec<std::path::PathBuf> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let f = dir.path().join(format!("id{i}.txt"));
+                std::fs::write(&f, id.to_string().expose_secret()).unwrap();
+                f
+            })
+            .collect();
+        let mut req = sample_request("k-of-n", 1, 0);
+        for (c, id) in req.custody.custodians.iter_mut().zip(&ids) {
+            c.recipient = id.to_public().to_string();
+        }
+        req.custody.openbao_shares = Some(4);
+        let rig = sim_rig().await;
+        let mut plan = provision_plan(&req);
+        let at = plan.phases.iter().position(|p| p.id == super::PHASE).unwrap();
+        plan.phases.truncate(at + 1);
+        let (sov, job) = rig.submit_plan(&req, &plan, JobOptions::default()).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+        let owner = sov.to_string();
+        for share in 0..4 {
+            let name = format!("openbao-share-{share}.escrow");
+            let blob = rig.store.get_secret(&owner, &name).await.unwrap().unwrap();
+            let ct = dir.path().join(format!("share{share}.age"));
+            std::fs::write(&ct, hex::decode(blob.expose()).unwrap()).unwrap();
+            let plain = rig.store.get_secret(&owner, &format!("openbao-share-{share}")).await;
+            let plain = plain.unwrap().unwrap();
+            for (c, id) in files.iter().enumerate() {
+                let out = std::process::Command::new("age")
+                    .args(["-d", "-i"])
+                    .arg(id)
+                    .arg(&ct)
+                    .output()
+                    .expect("the age CLI");
+                if c == share % 3 {
+                    assert!(out.status.success(), "share {share}, custodian {c}");
+                    assert_eq!(out.stdout, plain.expose().as_bytes(), "share {share}");
+                } else {
+                    assert!(!out.status.success(), "custodian {c} opened share {share}");
+                }
+            }
+        }
+    }
 
     /// Re-running the phase after the root token was escrowed and revoked
     /// never re-initialises OpenBao (that would lose its data): `init`

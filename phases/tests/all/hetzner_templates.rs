@@ -44,9 +44,11 @@ fn request(regions: Value) -> ProvisionRequest {
         ],
         "cloud_token": TOKEN,
         "custody": {
-            "age_recipients": ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"],
-            "openbao_shares": 5,
-            "openbao_threshold": 3,
+            "custodians": [
+                { "recipient": "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p" },
+                { "recipient": "age1rxepl4nxeaeqpf7855c9njx86hjcg76jnu4wfg8qplr2r9cpcczshqlu3p" },
+            ],
+            "openbao_threshold": 2,
         },
         "keycloak": { "topology": "per-organization" },
     });

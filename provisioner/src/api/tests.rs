@@ -350,9 +350,33 @@ async fn every_bad_input_is_refused_with_its_field_and_no_trace() {
         ),
         (
             "bad age recipient",
-            set(&|v| v["custody"]["age_recipients"][0] = json!("age1notarecipient")),
+            set(&|v| v["custody"]["custodians"][0]["recipient"] = json!("age1notarecipient")),
             vec![],
-            "custody.age_recipients[0]",
+            "custody.custodians[0].recipient",
+        ),
+        (
+            "duplicate custodian recipient",
+            set(&|v| {
+                v["custody"]["custodians"][2]["recipient"] =
+                    v["custody"]["custodians"][0]["recipient"].clone()
+            }),
+            vec![],
+            "custody.custodians[2].recipient",
+        ),
+        (
+            "threshold above the shares",
+            set(&|v| v["custody"]["openbao_threshold"] = json!(4)),
+            vec![],
+            "custody.openbao_threshold",
+        ),
+        (
+            "fewer custodians than the threshold",
+            set(&|v| {
+                v["custody"]["openbao_shares"] = json!(4);
+                v["custody"]["openbao_threshold"] = json!(4);
+            }),
+            vec![],
+            "custody.custodians",
         ),
         ("not an object", "[1, 2]".into(), vec![], "body"),
         (
