@@ -9,6 +9,7 @@
 //!   subscribers after commit;
 //! - the audit trail of operator actions;
 //! - secrets as age-encrypted blobs ([`secrets`]);
+//! - the custodians' escrow: blobs encrypted to them, not to the daemon;
 //! - idempotency keys for submissions.
 
 pub mod bench;
@@ -16,13 +17,14 @@ mod error;
 pub mod journal;
 mod model;
 pub mod secrets;
+pub mod shamir;
 mod store;
 
 pub use error::StoreError;
 pub use journal::{IllegalTransition, NodeState, StepEvent};
 pub use model::{
-    AuditEntry, Job, JobEvent, JobId, JobKind, JobMode, JobStatus, Millis, NewAudit, NewJobEvent,
-    Rendered, Sovereign, SovereignId, SovereignStatus, StepEventRecord, now_ms,
+    AuditEntry, EscrowItem, Job, JobEvent, JobId, JobKind, JobMode, JobStatus, Millis, NewAudit,
+    NewJobEvent, Rendered, Sovereign, SovereignId, SovereignStatus, StepEventRecord, now_ms,
 };
 pub use secrets::{SealError, Sealer, SecretString};
 pub use store::{

@@ -229,6 +229,34 @@ impl PartialEq for Rendered {
     }
 }
 
+/// One escrowed blob: a secret (or one part of it) encrypted to one
+/// custodian's age recipient alone, ASCII-armored. The daemon cannot
+/// decrypt it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscrowItem {
+    /// What it is: `openbao-share`, `openbao-recovery-key`,
+    /// `static-seal-key`, `sealed-secrets-key`, `admin-kubeconfig`.
+    pub kind: String,
+    /// The part's index (0-based); for a whole copy, the custodian's.
+    pub index: u32,
+    /// The custodian's index in the request.
+    pub custodian: u32,
+    /// The custodian's label (or `custodian <i>`).
+    pub label: String,
+    pub recipient: String,
+    /// `-----BEGIN AGE ENCRYPTED FILE-----` ...
+    pub armored: String,
+    /// Parts needed to recover the secret (1: this blob alone).
+    pub threshold: u8,
+    /// Parts made.
+    pub parts: u8,
+    /// SHA-256 (hex) of the recovered secret, or of its public half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(default)]
+    pub created_at: Millis,
+}
+
 /// An event to append (the store assigns id and time).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NewJobEvent {

@@ -182,6 +182,44 @@ pub fn encrypt_to_recipients(
     Ok(out)
 }
 
+/// Encrypts `plaintext` to the one age recipient `recipient`, ASCII-armored
+/// (`-----BEGIN AGE ENCRYPTED FILE-----`): what a custodian receives, and
+/// opens with `age -d -i their-identity`.
+pub fn encrypt_armored_to(recipient: &str, plaintext: &[u8]) -> Result<String, SealError> {
+    use age::armor::{ArmoredWriter, Format};
+    let to = age::x25519::Recipient::from_str(recipient)
+        .map_err(|e| SealError::Encrypt(e.to_string()))?;
+    let encryptor = age::Encryptor::with_recipients(std::iter::once(&to as &dyn age::Recipient))
+        .map_err(|e| SealError::Encrypt(e.to_string()))?;
+    let mut out = Vec::new();
+    let armor = ArmoredWriter::wrap_output(&mut out, Format::AsciiArmor)
+        .map_err(|e| SealError::Encrypt(e.to_string()))?;
+    let mut w = encryptor.wrap_output(armor).map_err(|e| SealError::Encrypt(e.to_string()))?;
+    w.write_all(plaintext).map_err(|e| SealError::Encrypt(e.to_string()))?;
+    w.finish().and_then(|armor| armor.finish()).map_err(|e| SealError::Encrypt(e.to_string()))?;
+    String::from_utf8(out).map_err(|e| SealError::Encrypt(e.to_string()))
+}
+
+/// Decrypts an armored (or binary) age file with `identity` (an
+/// `AGE-SECRET-KEY-1…` line or a file's text holding one): what a
+/// custodian's tool does locally.
+pub fn decrypt_with_identity(identity_text: &str, ciphertext: &[u8]) -> Result<Vec<u8>, SealError> {
+    let identity = identity_text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .and_then(|l| age::x25519::Identity::from_str(l).ok())
+        .ok_or_else(|| SealError::Decrypt("no AGE-SECRET-KEY line in the identity".into()))?;
+    let reader = age::armor::ArmoredReader::new(ciphertext);
+    let decryptor = age::Decryptor::new(reader).map_err(|e| SealError::Decrypt(e.to_string()))?;
+    let mut r = decryptor
+        .decrypt(std::iter::once(&identity as &dyn age::Identity))
+        .map_err(|e| SealError::Decrypt(e.to_string()))?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut out).map_err(|e| SealError::Decrypt(e.to_string()))?;
+    Ok(out)
+}
+
 /// True when `s` parses as an age X25519 recipient.
 pub fn is_age_recipient(s: &str) -> bool {
     age::x25519::Recipient::from_str(s).is_ok()

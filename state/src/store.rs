@@ -735,6 +735,130 @@ impl Store {
     }
 }
 
+// === escrow ===
+
+impl Store {
+    /// Replaces the escrow of `kind` for `sovereign` with `items`, and
+    /// stores `secrets` (sealed to the daemon), in one commit: after a
+    /// crash either all of it is there or none.
+    pub async fn put_escrow(
+        &self,
+        sovereign: &str,
+        kind: &str,
+        items: &[EscrowItem],
+        secrets: &[(String, SecretString)],
+    ) -> Result<(), StoreError> {
+        let mut sealed = Vec::with_capacity(secrets.len());
+        for (name, plain) in secrets {
+            sealed.push((name.clone(), self.seal(plain)?));
+        }
+        let (owner, kind, items) = (sovereign.to_owned(), kind.to_owned(), items.to_vec());
+        self.write(
+            false,
+            Box::new(move |w| {
+                Box::pin(async move {
+                    let c = &mut w.conn;
+                    sqlx::query("DELETE FROM escrow WHERE sovereign_id = ? AND kind = ?")
+                        .bind(&owner)
+                        .bind(&kind)
+                        .execute(&mut *c)
+                        .await
+                        .map_err(StoreError::query("replace escrow"))?;
+                    for i in items {
+                        sqlx::query(
+                            "INSERT INTO escrow (sovereign_id, kind, idx, custodian, label, \
+                             recipient, armored, threshold, parts, fingerprint, created_at) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        )
+                        .bind(&owner)
+                        .bind(&kind)
+                        .bind(i64::from(i.index))
+                        .bind(i64::from(i.custodian))
+                        .bind(i.label)
+                        .bind(i.recipient)
+                        .bind(i.armored)
+                        .bind(i64::from(i.threshold))
+                        .bind(i64::from(i.parts))
+                        .bind(i.fingerprint)
+                        .bind(now_ms())
+                        .execute(&mut *c)
+                        .await
+                        .map_err(StoreError::query("put escrow"))?;
+                    }
+                    for (name, blob) in sealed {
+                        sqlx::query(
+                            "INSERT INTO secrets (owner, name, ciphertext, created_at) \
+                             VALUES (?, ?, ?, ?) ON CONFLICT (owner, name) \
+                             DO UPDATE SET ciphertext = excluded.ciphertext",
+                        )
+                        .bind(&owner)
+                        .bind(name)
+                        .bind(blob)
+                        .bind(now_ms())
+                        .execute(&mut *c)
+                        .await
+                        .map_err(StoreError::query("put secrets"))?;
+                    }
+                    Ok(Box::new(()) as Box<dyn Any + Send>)
+                })
+            }),
+        )
+        .await
+    }
+
+    /// The escrow of `sovereign` (of one `kind`, or all), by kind and index.
+    pub async fn escrow(
+        &self,
+        sovereign: &str,
+        kind: Option<&str>,
+    ) -> Result<Vec<EscrowItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM escrow WHERE sovereign_id = ? AND (? IS NULL OR kind = ?) \
+             ORDER BY kind, idx",
+        )
+        .bind(sovereign)
+        .bind(kind)
+        .bind(kind)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("read escrow"))?;
+        rows.iter()
+            .map(|r| {
+                let int = |col: &'static str| {
+                    let v: i64 = r.get(col);
+                    u32::try_from(v).map_err(|e| StoreError::Decode {
+                        column: col,
+                        source: e.to_string().into(),
+                    })
+                };
+                let small = |col: &'static str| {
+                    u8::try_from(int(col)?).map_err(|e| StoreError::Decode {
+                        column: col,
+                        source: e.to_string().into(),
+                    })
+                };
+                Ok(EscrowItem {
+                    kind: r.get("kind"),
+                    index: int("idx")?,
+                    custodian: int("custodian")?,
+                    label: r.get("label"),
+                    recipient: r.get("recipient"),
+                    armored: r.get("armored"),
+                    threshold: small("threshold")?,
+                    parts: small("parts")?,
+                    fingerprint: r.get("fingerprint"),
+                    created_at: r.get("created_at"),
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the escrow of `kind` (absent is fine).
+    pub async fn delete_escrow(&self, sovereign: &str, kind: &str) -> Result<(), StoreError> {
+        self.put_escrow(sovereign, kind, &[], &[]).await
+    }
+}
+
 // === the writer ===
 
 async fn writer_task(

@@ -55,3 +55,33 @@ fn the_daemon_identity_file_is_an_age_identity() {
     let blob = sealer.seal(secret.expose().as_bytes()).unwrap();
     assert_eq!(decrypt(&path, &blob), b"hcloud-token-value");
 }
+
+/// A custodian's blob is armored text for one recipient: the real CLI opens
+/// it with that custodian's identity and refuses another's, and the
+/// daemon's own reader (what the unseal tool runs locally) agrees.
+#[test]
+fn an_armored_blob_opens_for_its_one_recipient() {
+    use cz_state::secrets::{decrypt_with_identity, encrypt_armored_to};
+    age_available();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let key = dir.path().join(format!("c{i}.txt"));
+        assert!(Command::new("age-keygen").arg("-o").arg(&key).output().unwrap().status.success());
+        ids.push(key);
+    }
+    let public = |k: &std::path::Path| {
+        let text = std::fs::read_to_string(k).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_owned()
+    };
+    let armored = encrypt_armored_to(&public(&ids[0]), b"part 1 of 3").unwrap();
+    assert!(armored.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"), "{armored}");
+    assert_eq!(decrypt(&ids[0], armored.as_bytes()), b"part 1 of 3");
+    let f = dir.path().join("other.age");
+    std::fs::write(&f, &armored).unwrap();
+    let other = Command::new("age").arg("-d").arg("-i").arg(&ids[1]).arg(&f).output().unwrap();
+    assert!(!other.status.success(), "another custodian opened it");
+    let text = |k: &std::path::Path| std::fs::read_to_string(k).unwrap();
+    assert_eq!(decrypt_with_identity(&text(&ids[0]), armored.as_bytes()).unwrap(), b"part 1 of 3");
+    assert!(decrypt_with_identity(&text(&ids[1]), armored.as_bytes()).is_err());
+}

@@ -55,6 +55,7 @@ async fn migrations_build_the_expected_schema_on_an_empty_database() {
         names,
         [
             "audit",
+            "escrow",
             "idempotency_keys",
             "job_event_heads",
             "job_events",
@@ -282,4 +283,55 @@ async fn concurrent_appends_to_one_step_admit_exactly_one_transition() {
         .await
         .unwrap();
     assert_eq!(s, NodeState::Succeeded { output: json!(7), attempts: 3 });
+}
+
+/// The escrow of one kind is replaced as a whole, together with the
+/// secrets that go with it, in one commit; reads come back in order and
+/// survive a restart.
+#[tokio::test]
+async fn escrow_is_replaced_per_kind_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let item = |kind: &str, index: u32| EscrowItem {
+        kind: kind.into(),
+        index,
+        custodian: index % 2,
+        label: format!("custodian {}", index % 2),
+        recipient: "age1example".into(),
+        armored: format!("-----BEGIN AGE ENCRYPTED FILE-----\n{kind}{index}\n"),
+        threshold: 2,
+        parts: 3,
+        fingerprint: Some("ab".repeat(32)),
+        created_at: 0,
+    };
+    let token = [("openbao-root-token".to_owned(), SecretString::new("s.root"))];
+    let shares: Vec<EscrowItem> = (0..3).map(|i| item("openbao-share", i)).collect();
+    store.put_escrow("sov", "openbao-share", &shares, &token).await.unwrap();
+    store
+        .put_escrow("sov", "sealed-secrets-key", &[item("sealed-secrets-key", 0)], &[])
+        .await
+        .unwrap();
+    store.put_escrow("sov", "openbao-share", &shares[..2], &[]).await.unwrap();
+    drop(store);
+    let store = open(dir.path()).await;
+    let all = store.escrow("sov", None).await.unwrap();
+    let keys: Vec<(String, u32)> = all.iter().map(|i| (i.kind.clone(), i.index)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("openbao-share".into(), 0),
+            ("openbao-share".into(), 1),
+            ("sealed-secrets-key".into(), 0)
+        ]
+    );
+    assert_eq!(all[1].armored, shares[1].armored);
+    assert!(all[0].created_at > 0);
+    assert_eq!(store.escrow("sov", Some("sealed-secrets-key")).await.unwrap().len(), 1);
+    assert!(store.escrow("other", None).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_secret("sov", "openbao-root-token").await.unwrap().unwrap().expose(),
+        "s.root"
+    );
+    store.delete_escrow("sov", "openbao-share").await.unwrap();
+    assert_eq!(store.escrow("sov", None).await.unwrap().len(), 1);
 }
