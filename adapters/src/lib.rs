@@ -45,7 +45,7 @@ pub use cloud::{
 };
 pub use dns::{DnsApi, Rrset, absolute_name};
 pub use kube::{KubeApi, ObjectRef, Until};
-pub use openbao::{BaoApi, BaoInit, BaoStatus};
+pub use openbao::{BaoApi, BaoInit, BaoInitRequest, BaoStatus};
 pub use ssh::{CommandOutput, Host, ProvisionerKey, SshApi};
 pub use tofu::{PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink, Workspace};
 
@@ -115,6 +115,10 @@ pub struct Bounds {
     pub dns_propagation: std::time::Duration,
     /// A bring-your-own domain's NS pointed at us by its owner.
     pub byo_delegation: std::time::Duration,
+    /// An OpenBao replica to answer, join its cluster and unseal.
+    pub openbao: std::time::Duration,
+    /// An ExternalSecret's target Secret to hold what OpenBao holds.
+    pub secret_sync: std::time::Duration,
 }
 
 impl Default for Bounds {
@@ -129,6 +133,8 @@ impl Default for Bounds {
             dns_lease: Duration::from_secs(600),
             dns_propagation: Duration::from_secs(1800),
             byo_delegation: Duration::from_secs(24 * 3600),
+            openbao: Duration::from_secs(600),
+            secret_sync: Duration::from_secs(180),
         }
     }
 }

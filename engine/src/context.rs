@@ -144,6 +144,23 @@ impl<E: StepEnv> StepCtx<E> {
         Ok(self.store.delete_secret(&self.sovereign_id.to_string(), name).await?)
     }
 
+    /// Replaces this Sovereign's escrow of `kind` with `items` and stores
+    /// `secrets` (sealed to the daemon), in one commit.
+    pub async fn put_escrow(
+        &self,
+        kind: &str,
+        items: &[cz_state::EscrowItem],
+        secrets: &[(String, SecretString)],
+    ) -> StepResult<()> {
+        let owner = self.sovereign_id.to_string();
+        Ok(self.store.put_escrow(&owner, kind, items, secrets).await?)
+    }
+
+    /// This Sovereign's escrow of `kind`, by index.
+    pub async fn escrow(&self, kind: &str) -> StepResult<Vec<cz_state::EscrowItem>> {
+        Ok(self.store.escrow(&self.sovereign_id.to_string(), Some(kind)).await?)
+    }
+
     /// Emits a progress event on the job's stream, tagged with phase/step.
     pub async fn event(&self, kind: &str, mut body: Value) -> StepResult<()> {
         self.tag(&mut body);

@@ -196,7 +196,11 @@ pub async fn every_step_runs_twice<S: Scenario>(scenario: &S) {
     assert!(!steps.is_empty(), "the scenario names no step to test");
     let faults = FaultPlan { repeat: steps.clone(), repeat_undo: steps, ..Default::default() };
     let twice = scenario.start(JobOptions { faults, ..Default::default() }).await;
-    assert_eq!(twice.rig.drive(twice.job).await, JobStatus::Succeeded, "every step twice");
+    let status = twice.rig.drive(twice.job).await;
+    if status != JobStatus::Succeeded {
+        let job = twice.rig.job(twice.job).await;
+        panic!("every step twice: {status:?}, stopped: {:?}", job.pause.or(job.error));
+    }
     assert_eq!(
         scenario.end_state(&plain).await,
         scenario.end_state(&twice).await,

@@ -40,6 +40,9 @@ pub struct SovereignBlock {
     /// The provision's components (add-region installs the regional ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub components: Vec<String>,
+    /// OpenBao's seal, as the provision asked.
+    #[serde(default)]
+    pub seal: crate::request::Seal,
 }
 
 impl SovereignBlock {
@@ -56,6 +59,7 @@ impl SovereignBlock {
             pool_domain,
             registrar,
             components: provision.components.clone(),
+            seal: provision.custody.seal,
         }
     }
 }
@@ -142,6 +146,14 @@ impl JobRequest {
         }
     }
 
+    /// OpenBao's seal.
+    pub fn seal(&self) -> crate::request::Seal {
+        match self {
+            JobRequest::Provision(r) => r.custody.seal,
+            JobRequest::FollowUp(f) => f.sovereign.seal,
+        }
+    }
+
     /// The provision request itself (custody, keycloak, ...), for the
     /// phases only a provision runs.
     pub fn provision(&self) -> Option<&ProvisionRequest> {
@@ -163,7 +175,7 @@ pub fn provision_plan(req: &ProvisionRequest) -> Plan {
             dns::reserve::phase(),
             infra::phase(regions),
             cluster::phase(regions),
-            custody::phase(),
+            custody::phase(req.custody.seal),
             bootstrap_kit::phase(&req.components, &regions[0].location, false),
             handoff::secrets::phase(),
             dns::commit::phase(regions, false),

@@ -104,7 +104,9 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("bao.configure", "secrets-handoff.configure"),
     ("bao.eso-store", "secrets-handoff.eso-store"),
     ("bao.roundtrip", "secrets-handoff.roundtrip"),
-    ("bao.root-token", "secrets-handoff.root-token"),
+    // The root token was escrowed by this step before it was revoked.
+    ("bao.root-token", "secrets-handoff.revoke-root"),
+    ("secrets-handoff.root-token", "secrets-handoff.revoke-root"),
     ("bao.retire-sealed-secrets", "secrets-handoff.retire-sealed-secrets"),
     ("handoff.credential", "infra-handoff.credential"),
     ("handoff.adopt", "infra-handoff.adopt"),

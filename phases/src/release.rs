@@ -24,6 +24,7 @@ struct Release {
     hetzner: Hetzner,
     source: Source,
     components: Vec<Pin>,
+    handoff: Vec<Pin>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +197,16 @@ pub fn pins() -> &'static [Pin] {
 
 pub fn pin(component: &str) -> Option<&'static Pin> {
     pins().iter().find(|p| p.component == component)
+}
+
+/// The components a hand-off phase installs (External Secrets), rendered
+/// and probed like the kit's.
+pub fn handoff_pins() -> &'static [Pin] {
+    &RELEASE.handoff
+}
+
+pub fn handoff_pin(component: &str) -> Option<&'static Pin> {
+    handoff_pins().iter().find(|p| p.component == component)
 }
 
 /// What `component` depends on (unknown names: nothing).

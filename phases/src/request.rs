@@ -206,6 +206,37 @@ pub struct Custody {
     /// Shares needed to unseal (1 to the number of shares, and no more than
     /// the number of custodians).
     pub openbao_threshold: u8,
+    /// How OpenBao is sealed: `shamir` (the default) or `static`.
+    #[serde(default)]
+    pub seal: Seal,
+}
+
+/// OpenBao's seal.
+///
+/// - `shamir`: OpenBao's root key is split into the shares above; every
+///   pod that restarts stays sealed until `openbao_threshold` custodians
+///   run `catalyst-zero unseal`. Nothing in the cluster can unseal it.
+/// - `static`: a 32-byte key, generated here, given to the pods as the
+///   Secret `openbao/openbao-static-seal`; pods unseal themselves on
+///   restart. The shares above become OpenBao's recovery keys, and the key
+///   itself is split `openbao_threshold` of `openbao_shares` to the
+///   custodians. Whoever can read that Secret (or the etcd holding it) can
+///   unseal: pick it when unattended restarts matter more than that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Seal {
+    #[default]
+    Shamir,
+    Static,
+}
+
+impl Seal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seal::Shamir => "shamir",
+            Seal::Static => "static",
+        }
+    }
 }
 
 /// One custodian of the recovery material.
@@ -991,6 +1022,7 @@ mod tests {
                     .collect(),
                 openbao_shares: None,
                 openbao_threshold: 3,
+                seal: Seal::Shamir,
             },
             keycloak: Keycloak { topology: KeycloakTopology::PerOrganization },
             on_failure: FailurePolicy::Rollback,

@@ -115,9 +115,28 @@ pub async fn sim_rig_with(
         adapt(sim_backend(dir.join("sim"), dir.join("ws"), SimConfig::instant()))
     })
     .await;
+    serve_pool_zone(&rig).await;
+    rig
+}
+
+/// A [`SimRig`] over a world with `config` (its failure rules), and the
+/// world itself, for tests that act on the simulated systems directly (a
+/// pod restarting).
+pub async fn sim_rig_in_world(config: SimConfig) -> (SimRig, Arc<SimWorld>) {
+    let mut world = None;
+    let rig = Rig::new(Arc::new(registry()), |dir| {
+        let w = Arc::new(SimWorld::new(dir.join("sim"), config));
+        world = Some(w.clone());
+        cz_sim::sim_backend_with_world(w, dir.join("ws"))
+    })
+    .await;
+    serve_pool_zone(&rig).await;
+    (rig, world.expect("the rig built its backend"))
+}
+
+async fn serve_pool_zone(rig: &SimRig) {
     let ns: Vec<String> = NAMESERVERS.iter().map(|s| s.to_string()).collect();
     rig.env().dns.create_zone("omani.works.", &ns, "").await.expect("the sim serves the pool zone");
-    rig
 }
 
 /// What the tests do with a [`SimRig`].
@@ -205,6 +224,9 @@ impl SimRigExt for SimRig {
         let mut submitted: Vec<String> = req.secrets().iter().map(|(n, _)| n.to_string()).collect();
         submitted.sort();
         assert_eq!(held, submitted, "{context}: secrets left");
+        let escrow = self.store.escrow(&sov.to_string(), None).await.expect("store reads");
+        let kinds: Vec<&str> = escrow.iter().map(|i| i.kind.as_str()).collect();
+        assert!(escrow.is_empty(), "{context}: escrow left: {kinds:?}");
         if matches!(req.domain, Domain::ByoApi { .. }) {
             let ns = self.registrar_nameservers(req).await;
             let ours: Vec<String> =
@@ -219,6 +241,16 @@ impl SimRigExt for SimRig {
     async fn end_state(&self, sov: SovereignId, req: &ProvisionRequest) -> Value {
         let zones = self.env().dns.list_zones().await.expect("dns reads");
         let secrets = self.store.secret_names(&sov.to_string()).await.expect("store reads");
+        // The escrow as dealt (what each custodian holds; the blobs differ
+        // from run to run, the keys being new).
+        let escrow: Vec<(String, u32, u32)> = self
+            .store
+            .escrow(&sov.to_string(), None)
+            .await
+            .expect("store reads")
+            .into_iter()
+            .map(|i| (i.kind, i.index, i.custodian))
+            .collect();
         let registrar = match req.domain {
             Domain::ByoApi { .. } => self.registrar_nameservers(req).await,
             Domain::Pool { .. } | Domain::ByoManual { .. } => Vec::new(),
@@ -227,6 +259,7 @@ impl SimRigExt for SimRig {
             "cloud": self.cloud_objects().await,
             "zones": zones,
             "secrets": secrets,
+            "escrow": escrow,
             "registrar": registrar,
         })
     }

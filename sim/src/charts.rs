@@ -167,6 +167,28 @@ const CATALOG: &[(&str, Chart)] = &[
         },
     ),
     (
+        "bp-external-secrets",
+        Chart {
+            workloads: &[
+                w("Deployment", "external-secrets", 1),
+                w("Deployment", "external-secrets-webhook", 1),
+                w("Deployment", "external-secrets-cert-controller", 1),
+            ],
+            crds: &[
+                crd("external-secrets.io", "v1", "ExternalSecret", "externalsecrets", true),
+                crd("external-secrets.io", "v1", "SecretStore", "secretstores", true),
+                crd(
+                    "external-secrets.io",
+                    "v1",
+                    "ClusterSecretStore",
+                    "clustersecretstores",
+                    false,
+                ),
+            ],
+            services: &[],
+        },
+    ),
+    (
         "bp-keycloak",
         Chart {
             workloads: &[

@@ -220,6 +220,17 @@ pub fn decrypt_with_identity(identity_text: &str, ciphertext: &[u8]) -> Result<V
     Ok(out)
 }
 
+/// The recipient (`age1…`) of the identity in `identity_text` (an
+/// `AGE-SECRET-KEY-1…` line, or a file's text holding one).
+pub fn identity_recipient(identity_text: &str) -> Option<String> {
+    identity_text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .and_then(|l| age::x25519::Identity::from_str(l).ok())
+        .map(|i| i.to_public().to_string())
+}
+
 /// True when `s` parses as an age X25519 recipient.
 pub fn is_age_recipient(s: &str) -> bool {
     age::x25519::Recipient::from_str(s).is_ok()

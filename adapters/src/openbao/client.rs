@@ -23,7 +23,7 @@ use cz_state::SecretString;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{BaoApi, BaoEndpoint, BaoInit, BaoStatus};
+use super::{BaoApi, BaoEndpoint, BaoInit, BaoInitRequest, BaoStatus};
 use crate::AdapterResult;
 
 /// The real OpenBao client.
@@ -73,6 +73,7 @@ fn status_of(v: &Value) -> BaoStatus {
         threshold: n("t"),
         shares: n("n"),
         progress: n("progress"),
+        seal_type: v.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(),
     }
 }
 
@@ -151,8 +152,13 @@ impl BaoApi for OpenBaoClient {
         Ok(status_of(&v))
     }
 
-    async fn init(&self, at: &BaoEndpoint, shares: u8, threshold: u8) -> AdapterResult<BaoInit> {
-        let body = json!({ "secret_shares": shares, "secret_threshold": threshold });
+    async fn init(&self, at: &BaoEndpoint, req: BaoInitRequest) -> AdapterResult<BaoInit> {
+        let (shares, threshold) = (req.shares, req.threshold);
+        let body = if req.recovery {
+            json!({ "recovery_shares": shares, "recovery_threshold": threshold })
+        } else {
+            json!({ "secret_shares": shares, "secret_threshold": threshold })
+        };
         let (status, text) =
             self.call("init", at, Method::POST, "sys/init", None, Some(body)).await?;
         if !status.is_success() {
@@ -166,9 +172,9 @@ impl BaoApi for OpenBaoClient {
         }
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| err("init", Cause::Invalid, format!("not JSON: {e}")))?;
+        let field = if req.recovery { "recovery_keys" } else { "keys" };
         let keys: Vec<SecretString> = v
-            .get("keys_base64")
-            .or_else(|| v.get("keys"))
+            .get(field)
             .and_then(Value::as_array)
             .map(|ks| ks.iter().filter_map(Value::as_str).map(SecretString::new).collect())
             .unwrap_or_default();
@@ -212,6 +218,20 @@ impl BaoApi for OpenBaoClient {
     ) -> AdapterResult<Value> {
         let op = format!("write {path}");
         self.expect(&op, at, Method::POST, path, Some(token), Some(body)).await
+    }
+
+    async fn delete(
+        &self,
+        at: &BaoEndpoint,
+        token: &SecretString,
+        path: &str,
+    ) -> AdapterResult<()> {
+        let op = format!("delete {path}");
+        let (status, text) = self.call(&op, at, Method::DELETE, path, Some(token), None).await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Err(err(&op, cause_of(status), format!("HTTP {status}: {}", errors_of(&text))))
     }
 
     async fn read(

@@ -33,11 +33,25 @@ pub struct BaoStatus {
     /// Shares given so far towards the next unseal.
     #[serde(default)]
     pub progress: u8,
+    /// The seal: `shamir`, `static`, ...
+    #[serde(default)]
+    pub seal_type: String,
+}
+
+/// What `sys/init` is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BaoInitRequest {
+    pub shares: u8,
+    pub threshold: u8,
+    /// An auto-unseal (static) seal: the shares are recovery keys
+    /// (`recovery_shares`), not unseal keys.
+    pub recovery: bool,
 }
 
 /// `sys/init`'s answer: shown once, never stored in the clear.
 #[derive(Clone, Debug)]
 pub struct BaoInit {
+    /// The unseal shares, or with an auto-unseal seal the recovery keys.
     pub keys: Vec<SecretString>,
     pub root_token: SecretString,
 }
@@ -91,7 +105,7 @@ pub trait BaoApi: Send + Sync {
     /// `GET sys/seal-status` (unauthenticated).
     async fn status(&self, at: &BaoEndpoint) -> AdapterResult<BaoStatus>;
     /// `POST sys/init`; `Conflict` if it is initialized already.
-    async fn init(&self, at: &BaoEndpoint, shares: u8, threshold: u8) -> AdapterResult<BaoInit>;
+    async fn init(&self, at: &BaoEndpoint, req: BaoInitRequest) -> AdapterResult<BaoInit>;
     /// `POST sys/unseal` with one share.
     async fn unseal(&self, at: &BaoEndpoint, key: &SecretString) -> AdapterResult<BaoStatus>;
     /// Destroys the storage of the OpenBao cluster `at` belongs to (every
@@ -108,6 +122,10 @@ pub trait BaoApi: Send + Sync {
         path: &str,
         body: Value,
     ) -> AdapterResult<Value>;
+    /// An authenticated delete (`DELETE /v1/<path>`); a path that is not
+    /// there is fine.
+    async fn delete(&self, at: &BaoEndpoint, token: &SecretString, path: &str)
+    -> AdapterResult<()>;
     /// An authenticated read (`GET /v1/<path>`); `None` for `404`.
     async fn read(
         &self,

@@ -3,7 +3,7 @@
 //! shares unseal and k−1 do not, KV v2, policies and child tokens, and a
 //! revoked token that no longer works.
 
-use cz_adapters::openbao::{BaoApi, BaoEndpoint, OpenBaoClient};
+use cz_adapters::openbao::{BaoApi, BaoEndpoint, BaoInitRequest, OpenBaoClient};
 use cz_engine::{Cause, StepError};
 use cz_state::SecretString;
 use cz_testkit::bao::Bao;
@@ -21,12 +21,14 @@ async fn contract(api: &dyn BaoApi, at: &BaoEndpoint) {
     let st = api.status(at).await.unwrap();
     assert!(!st.initialized && st.sealed, "{st:?}");
 
-    let init = api.init(at, 3, 2).await.unwrap();
+    let req = BaoInitRequest { shares: 3, threshold: 2, recovery: false };
+    let init = api.init(at, req).await.unwrap();
     assert_eq!(init.keys.len(), 3);
-    let e = api.init(at, 3, 2).await.unwrap_err();
+    let e = api.init(at, req).await.unwrap_err();
     assert_eq!(cause(&e), Some(Cause::Conflict), "{e}");
     let st = api.status(at).await.unwrap();
     assert!(st.initialized && st.sealed && (st.threshold, st.shares) == (2, 3), "{st:?}");
+    assert_eq!(st.seal_type, "shamir");
     let root = &init.root_token;
 
     // Sealed: nothing but the seal answers.

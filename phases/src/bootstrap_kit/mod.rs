@@ -217,14 +217,27 @@ async fn kubeconfig(cx: &StepCtx) -> StepResult<cz_state::SecretString> {
 /// What the kit is rendered for: this Sovereign, and the API address
 /// Cilium was installed with by the `cluster` phase.
 fn kit_input(cx: &StepCtx) -> StepResult<KitInput> {
-    let loc = cx.params::<crate::common::RegionParams>()?.location;
+    kit_input_at(cx, &cx.params::<crate::common::RegionParams>()?.location)
+}
+
+/// What the kit is rendered for in region `loc`.
+pub(crate) fn kit_input_at(cx: &StepCtx, loc: &str) -> StepResult<KitInput> {
     let fqdn = fqdn(cx)?;
     let cilium: CiliumChart = cx.lookup(&format!("cluster/cilium-{loc}"))?;
-    Ok(KitInput { sovereign: slug(&fqdn), fqdn, api_host: cilium.k8s_service_host })
+    Ok(KitInput {
+        sovereign: slug(&fqdn),
+        fqdn,
+        api_host: cilium.k8s_service_host,
+        seal: crate::common::job_request(cx)?.seal().as_str().to_owned(),
+    })
 }
 
 fn rendered(cx: &StepCtx, p: &release::Pin) -> StepResult<Rendered> {
-    render_component(p, &kit_input(cx)?).map_err(|e| {
+    render_at(p, &kit_input(cx)?)
+}
+
+fn render_at(p: &release::Pin, input: &KitInput) -> StepResult<Rendered> {
+    render_component(p, input).map_err(|e| {
         StepError::internal(format!("the release's bootstrap kit does not render: {e}"))
     })
 }
@@ -259,14 +272,7 @@ async fn sources(cx: &StepCtx) -> StepResult<Sources> {
 async fn sources_undo(cx: &StepCtx) -> StepResult<()> {
     let Ok(kc) = kubeconfig(cx).await else { return Ok(()) };
     for c in cx.params::<KitParams>()?.components {
-        let p = pin_of(&c)?;
-        let r = ObjectRef {
-            api_version: "source.toolkit.fluxcd.io/v1".into(),
-            kind: "HelmRepository".into(),
-            namespace: Some("flux-system".into()),
-            name: p.release.clone(),
-        };
-        cx.env.kube.delete(&kc, &r).await?;
+        cx.env.kube.delete(&kc, &source_ref(pin_of(&c)?)).await?;
     }
     Ok(())
 }
@@ -477,15 +483,65 @@ async fn component(cx: &StepCtx) -> StepResult<ComponentInstalled> {
     let r = rendered(cx, p)?;
     let mut objs: Vec<Value> = r.namespace.into_iter().collect();
     objs.push(r.helm_release);
-    cx.env.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
+    install(cx, &kc, p, objs).await
+}
+
+/// Applies `objs` (a component's Namespace and HelmRelease, and its source
+/// when it is not applied with the others) and waits until `p` is healthy
+/// by its probe.
+async fn install(
+    cx: &StepCtx,
+    kc: &cz_state::SecretString,
+    p: &release::Pin,
+    objs: Vec<Value>,
+) -> StepResult<ComponentInstalled> {
+    cx.env.kube.apply(kc, FIELD_MANAGER, &objs).await?;
     let hr = hr_ref(p);
     let kube = cx.env.kube.as_ref();
-    wait_healthy(cx, &p.component, || probe(kube, &kc, p, Some(&hr))).await?;
+    wait_healthy(cx, &p.component, || probe(kube, kc, p, Some(&hr))).await?;
     Ok(ComponentInstalled {
         release: p.release.clone(),
         version: p.version.clone(),
         namespace: p.namespace.clone(),
     })
+}
+
+/// Installs a hand-off component (`release::handoff_pins`) into the
+/// cluster of region `loc`, as the kit installs its own: Namespace, source
+/// and HelmRelease, then its probe.
+pub(crate) async fn install_handoff_component(
+    cx: &StepCtx,
+    loc: &str,
+    component: &str,
+) -> StepResult<ComponentInstalled> {
+    let p = release::handoff_pin(component)
+        .ok_or_else(|| StepError::internal(format!("no hand-off component `{component}`")))?;
+    let kc = kubeconfig_for(cx, loc).await?;
+    let r = render_at(p, &kit_input_at(cx, loc)?)?;
+    install(cx, &kc, p, r.objects()).await
+}
+
+/// Removes a hand-off component (undo): its HelmRelease (Flux uninstalls
+/// it), source and Namespace.
+pub(crate) async fn remove_handoff_component(
+    cx: &StepCtx,
+    loc: &str,
+    component: &str,
+) -> StepResult<()> {
+    let Some(p) = release::handoff_pin(component) else { return Ok(()) };
+    let Ok(kc) = kubeconfig_for(cx, loc).await else { return Ok(()) };
+    cx.env.kube.delete(&kc, &hr_ref(p)).await?;
+    cx.env.kube.delete(&kc, &source_ref(p)).await?;
+    cx.env.kube.delete(&kc, &namespace_ref(&p.namespace)).await
+}
+
+fn source_ref(p: &release::Pin) -> ObjectRef {
+    ObjectRef {
+        api_version: "source.toolkit.fluxcd.io/v1".into(),
+        kind: "HelmRepository".into(),
+        namespace: Some("flux-system".into()),
+        name: p.release.clone(),
+    }
 }
 
 async fn component_undo(cx: &StepCtx) -> StepResult<()> {
@@ -515,6 +571,20 @@ fn namespace_ref(name: &str) -> ObjectRef {
 async fn prune(cx: &StepCtx) -> StepResult<Pruned> {
     let kc = kubeconfig(cx).await?;
     let wanted = cx.params::<KitParams>()?.components;
+    Ok(Pruned { pruned: prune_unwanted(cx, &kc, &wanted).await? })
+}
+
+/// The kit's prune: deletes what this Sovereign's kit applied to the
+/// cluster of `kc` whose component is not in `wanted` (hand-off
+/// components are always kept). Also how the secrets hand-off retires
+/// sealed-secrets.
+pub(crate) async fn prune_unwanted(
+    cx: &StepCtx,
+    kc: &cz_state::SecretString,
+    wanted: &[String],
+) -> StepResult<Vec<String>> {
+    let kc = kc.clone();
+    let keep = |c: &str| wanted.iter().any(|w| w == c) || release::handoff_pin(c).is_some();
     let sel = format!("{MANAGED},{SOVEREIGN_LABEL}={}", slug(&fqdn(cx)?));
     let kinds = [
         ("helm.toolkit.fluxcd.io/v2", "HelmRelease"),
@@ -532,7 +602,7 @@ async fn prune(cx: &StepCtx) -> StepResult<Pruned> {
             .filter(|o| {
                 let c =
                     o.pointer(&format!("/metadata/labels/{}", COMPONENT_LABEL.replace('/', "~1")));
-                c.and_then(Value::as_str).is_some_and(|c| !wanted.iter().any(|w| w == c))
+                c.and_then(Value::as_str).is_some_and(|c| !keep(c))
             })
             .filter_map(ObjectRef::of)
             .collect();
@@ -546,7 +616,7 @@ async fn prune(cx: &StepCtx) -> StepResult<Pruned> {
             pruned.push(format!("{kind}/{}", r.name));
         }
     }
-    Ok(Pruned { pruned })
+    Ok(pruned)
 }
 
 async fn verify(cx: &StepCtx) -> StepResult<KitHealthy> {

@@ -39,6 +39,9 @@ pub fn values_template(component: &str) -> Option<&'static str> {
         "keycloak" => include_str!("../../../bootstrap-kit/keycloak/values.yaml.tera"),
         "gitea" => include_str!("../../../bootstrap-kit/gitea/values.yaml.tera"),
         "powerdns" => include_str!("../../../bootstrap-kit/powerdns/values.yaml.tera"),
+        "external-secrets" => {
+            include_str!("../../../bootstrap-kit/external-secrets/values.yaml.tera")
+        }
         "catalyst-platform" => {
             include_str!("../../../bootstrap-kit/catalyst-platform/values.yaml.tera")
         }
@@ -54,7 +57,13 @@ pub struct KitInput {
     pub sovereign: String,
     /// Where Cilium reaches the API from every node.
     pub api_host: String,
+    /// OpenBao's seal (`shamir` or `static`).
+    pub seal: String,
 }
+
+/// The key id OpenBao's static seal is configured with (the key itself is
+/// the Secret `openbao/openbao-static-seal`, made by the custody phase).
+pub const STATIC_SEAL_KEY_ID: &str = "catalyst-zero-1";
 
 /// One component's objects.
 #[derive(Clone, Debug, PartialEq)]
@@ -104,6 +113,8 @@ fn context(pin: &Pin, input: &KitInput) -> tera::Context {
     cx.insert("fqdn", &input.fqdn);
     cx.insert("sovereign", &input.sovereign);
     cx.insert("api_host", &input.api_host);
+    cx.insert("seal", &input.seal);
+    cx.insert("static_seal_key_id", STATIC_SEAL_KEY_ID);
     cx
 }
 
@@ -169,8 +180,12 @@ pub fn render_kit(components: &[String], input: &KitInput) -> Result<Vec<Rendere
 /// Cilium's values as YAML text: the `cluster` phase's HelmChart
 /// `valuesContent` and bp-cilium's values are this one render.
 pub fn cilium_values(api_host: &str) -> Result<String, KitError> {
-    let input =
-        KitInput { fqdn: String::new(), sovereign: String::new(), api_host: api_host.to_owned() };
+    let input = KitInput {
+        fqdn: String::new(),
+        sovereign: String::new(),
+        api_host: api_host.to_owned(),
+        seal: "shamir".into(),
+    };
     values_text("cilium", &input)
 }
 

@@ -2,14 +2,15 @@
 //! Sovereign itself.
 //!
 //! - [`secrets`] (`secrets-handoff`, phase 6): OpenBao initialized and
-//!   unsealed, its shares escrowed, External Secrets wired to it, the root
-//!   token retired, sealed-secrets retired;
+//!   unsealed, its shares escrowed to the custodians, External Secrets
+//!   installed and wired to it and proven by a round trip, the root token
+//!   revoked, sealed-secrets retired;
 //! - [`infra`] (`infra-handoff`, phase 8): Crossplane adopts the cloud
 //!   objects, and the tofu state is archived and frozen.
 //!
-//! Both run only in the `sim` backend today: the OpenBao adapter of the
-//! `hetzner` backend is not built, and the Crossplane resources are not yet
-//! those of a real provider.
+//! The secrets hand-off runs on both backends (the real OpenBao client
+//! through the API server's pod proxy); the infra hand-off's Crossplane
+//! resources are not yet those of a real provider.
 
 pub mod infra;
 pub mod secrets;

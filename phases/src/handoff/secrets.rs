@@ -1,33 +1,58 @@
-//! Phase 6, `secrets-handoff`: OpenBao + ESO take over the secrets.
+//! Phase 6, `secrets-handoff`: OpenBao initialized with true k-of-n
+//! custody, configured for External Secrets, proven end to end, and left
+//! without a root token; then sealed-secrets is retired.
 //!
-//! 1. `init` (undo: forget the shares and tokens): `sys/init` with the
-//!    request's shares and threshold; every share is encrypted to the
-//!    operators' age recipients and stored (sealed to the daemon for
-//!    unsealing after restarts) in one commit before the step returns;
-//! 2. `unseal-<n>`, one per replica: unsealed with the stored shares;
-//! 3. `configure`: KV v2, kubernetes auth, the ESO policy and role;
-//! 4. `eso-store` (undo: delete it): the `ClusterSecretStore` to OpenBao;
-//! 5. `roundtrip` (undo: delete the ExternalSecret): a value written to
-//!    OpenBao reads back, and an `ExternalSecret` for it is applied;
-//! 6. `root-token`: the root token escrowed to the operators and forgotten;
-//! 7. `retire-sealed-secrets`: the transient sealed-secrets release goes.
+//! 1. `init` (undo: forget the escrow and the root token): `sys/init` on
+//!    replica 0, then, with the answer still only in memory, every share
+//!    (or, with the static seal, every recovery key) is encrypted to its
+//!    custodian alone and the escrow committed together with the root
+//!    token (sealed to the daemon's at-rest key) in one transaction. With
+//!    the Shamir seal the step then unseals every replica from the shares
+//!    it holds in memory, waiting for replicas 1 and 2 to join. The shares
+//!    are never written anywhere the daemon keeps.
+//! 2. `unseal-<n>`, one per replica: waits until the replica answers and is
+//!    unsealed. A replica still sealed (the daemon restarted after `init`
+//!    committed, or a pod restarted since) cannot be unsealed by the
+//!    daemon, which holds no share: the step stops with `needs-operator`,
+//!    and `threshold` custodians run `catalyst-zero unseal` (the
+//!    `openbao-unseal` runbook). With the static seal the pods unseal
+//!    themselves and the step only waits.
+//! 3. `configure`: KV v2 at `secret/`; Kubernetes auth at `kubernetes/`
+//!    with the API server and CA of the cluster's kubeconfig (the client's
+//!    own token reviews itself, so OpenBao needs no long-lived reviewer
+//!    token); the policy `external-secrets` (read `secret/data/*`, read and
+//!    list `secret/metadata/*`, nothing else) and the role
+//!    `external-secrets` bound to ESO's service account.
+//! 4. `eso-install` (undo: remove it): External Secrets from the release
+//!    manifest (`[[handoff]]`), installed and probed like a kit component.
+//! 5. `eso-store` (undo: delete it): the `ClusterSecretStore` `openbao`
+//!    (external-secrets.io/v1, Kubernetes auth) and the binding that lets
+//!    ESO's token review itself; done when ESO reports the store Ready
+//!    (it logged in to OpenBao).
+//! 6. `roundtrip` (undo: delete what it made): a canary written to KV is
+//!    read back through an `ExternalSecret` into a Kubernetes Secret; the
+//!    canary is changed, a resync forced (`force-sync` annotation), and the
+//!    new value must arrive; then everything it made is deleted.
+//! 7. `revoke-root`: the root token revokes itself, the step checks it no
+//!    longer works, and forgets it.
+//! 8. `retire-sealed-secrets`: bp-sealed-secrets goes through the kit's
+//!    prune; its key stays in escrow (and in `kube-system`).
 //!
-//! OpenBao init is the one step whose side effect cannot be repeated: the
-//! shares exist only in `sys/init`'s answer. A re-run that finds OpenBao
-//! initialized and the shares in the store goes on; one that finds it
-//! initialized *without* stored shares (a kill between the answer and the
-//! commit) wipes the still-empty OpenBao and initializes it again.
-//!
-//! Not built yet: a real OpenBao endpoint (through the API server's pod
-//! proxy), true k-of-n escrow (each share to one custodian), and the
-//! `ExternalSecret` read back from the cluster; the `hetzner` backend's
-//! OpenBao adapter refuses every call, so a `hetzner` job pauses at `init`.
+//! **The window.** Between `sys/init`'s answer and the escrow commit the
+//! shares exist only in this process. A kill inside that window leaves an
+//! OpenBao initialized with no escrow: nobody holds a share, so it was
+//! never unsealed and holds no data. That, and only that, is when a re-run
+//! may re-initialise it: OpenBao initialized, nothing escrowed for this
+//! Sovereign, and `configure` never checkpointed. The wipe is an
+//! operator's act on a real cluster (the adapter says how); the sim does
+//! it. After the commit a re-run never re-initialises: it finds the escrow
+//! and goes on, and a replica it cannot unseal is the custodians' job.
 
-use std::time::Duration;
+use std::sync::Mutex;
 
-use cz_adapters::ObjectRef;
 use cz_adapters::labels::FIELD_MANAGER;
 use cz_adapters::openbao::BaoEndpoint;
+use cz_adapters::{BaoInitRequest, ObjectRef};
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
 use cz_engine::{action, no_undo};
 use cz_state::SecretString;
@@ -35,12 +60,32 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cluster::kubeconfig_for;
-use crate::common::first_location;
-use crate::custody::{custody_of, encrypt_to};
-use crate::{Registry, StepCtx};
+use crate::common::{first_location, job_request, precondition};
+use crate::custody::custody_of;
+use crate::custody::escrow::{self, OPENBAO_RECOVERY_KEY, OPENBAO_SHARE};
+use crate::request::Seal;
+use crate::{Registry, StepCtx, bootstrap_kit};
 
 pub const PHASE: &str = "secrets-handoff";
-const REPLICAS: u32 = 3;
+/// bp-openbao's replicas (`server.ha.replicas`).
+pub const REPLICAS: u32 = 3;
+/// OpenBao's namespace, pods (`openbao-<i>`) and port (the chart's).
+pub const NAMESPACE: &str = "openbao";
+pub const PORT: u16 = 8200;
+/// The root token, sealed to the daemon from `init` until `revoke-root`.
+const ROOT_TOKEN: &str = "openbao-root-token";
+/// The hand-off component and where it runs.
+const ESO: &str = "external-secrets";
+pub const ESO_NAMESPACE: &str = "external-secrets-system";
+pub const ESO_SERVICE_ACCOUNT: &str = "external-secrets";
+/// The policy and role ESO logs in with.
+pub const ESO_ROLE: &str = "external-secrets";
+const ESO_POLICY: &str = "path \"secret/data/*\" {\n  capabilities = [\"read\"]\n}\n\
+                          path \"secret/metadata/*\" {\n  capabilities = [\"read\", \"list\"]\n}\n";
+/// The store, and the canary the round trip syncs.
+pub const STORE: &str = "openbao";
+const CANARY_KEY: &str = "catalyst-zero/roundtrip";
+const CANARY_SECRET: &str = "catalyst-zero-roundtrip";
 
 // --- params and outputs --------------------------------------------------
 
@@ -53,12 +98,14 @@ pub struct ReplicaParams {
 /// `init`'s output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BaoInitialized {
+    pub seal: Seal,
     pub shares: u8,
     pub threshold: u8,
-    /// SHA-256 of each share's escrow blob (absent on a re-run).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub escrow_sha256: Vec<String>,
+    /// Found initialized with its escrow: a re-run.
     pub already_initialized: bool,
+    /// The replicas this step unsealed with the shares it held.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsealed: Vec<u32>,
 }
 
 /// `unseal-<n>`'s output.
@@ -66,9 +113,6 @@ pub struct BaoInitialized {
 pub struct Unsealed {
     pub replica: u32,
     pub sealed: bool,
-    /// Shares it took (absent: it was unsealed already).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shares_used: Option<u8>,
 }
 
 /// `configure`'s output.
@@ -76,6 +120,7 @@ pub struct Unsealed {
 pub struct Configured {
     pub kv: String,
     pub auth: String,
+    pub kubernetes_host: String,
     pub role: String,
 }
 
@@ -88,22 +133,24 @@ pub struct SecretStore {
 /// `roundtrip`'s output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoundTrip {
-    pub openbao_roundtrip: bool,
+    /// The canary reached the Secret, then its change did after a resync.
+    pub synced: bool,
+    pub resynced: bool,
     pub external_secret: String,
 }
 
-/// `root-token`'s output.
+/// `revoke-root`'s output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RootTokenEscrowed {
-    pub escrowed: bool,
-    /// A re-run: it was escrowed and forgotten already.
+pub struct RootRevoked {
+    pub revoked: bool,
+    /// A re-run: revoked and forgotten already.
     pub already: bool,
 }
 
 /// `retire-sealed-secrets`' output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Retired {
-    pub retired: String,
+    pub pruned: Vec<String>,
 }
 
 // --- actions and the DAG -------------------------------------------------
@@ -111,18 +158,20 @@ pub struct Retired {
 const INIT: ActionId<()> = ActionId::new("secrets-handoff.init");
 const UNSEAL: ActionId<ReplicaParams> = ActionId::new("secrets-handoff.unseal");
 const CONFIGURE: ActionId<()> = ActionId::new("secrets-handoff.configure");
+const ESO_INSTALL: ActionId<()> = ActionId::new("secrets-handoff.eso-install");
 const ESO_STORE: ActionId<()> = ActionId::new("secrets-handoff.eso-store");
 const ROUNDTRIP: ActionId<()> = ActionId::new("secrets-handoff.roundtrip");
-const ROOT_TOKEN: ActionId<()> = ActionId::new("secrets-handoff.root-token");
+const REVOKE_ROOT: ActionId<()> = ActionId::new("secrets-handoff.revoke-root");
 const RETIRE: ActionId<()> = ActionId::new("secrets-handoff.retire-sealed-secrets");
 
 pub fn register(r: &mut Registry) {
     r.register(INIT, action!(bao_init, bao_init_undo));
     r.register(UNSEAL, action!(bao_unseal, no_undo));
     r.register(CONFIGURE, action!(bao_configure, no_undo));
+    r.register(ESO_INSTALL, action!(eso_install, eso_install_undo));
     r.register(ESO_STORE, action!(eso_store, eso_store_undo));
     r.register(ROUNDTRIP, action!(roundtrip, roundtrip_undo));
-    r.register(ROOT_TOKEN, action!(root_token, no_undo));
+    r.register(REVOKE_ROOT, action!(revoke_root, no_undo));
     r.register(RETIRE, action!(retire_sealed_secrets, no_undo));
 }
 
@@ -137,351 +186,537 @@ pub fn phase() -> PhaseDef {
     }
     let u: Vec<&str> = unseals.iter().map(String::as_str).collect();
     b.step("configure", CONFIGURE, &u, ());
-    b.step("eso-store", ESO_STORE, &["configure"], ());
+    b.step("eso-install", ESO_INSTALL, &["configure"], ());
+    b.step("eso-store", ESO_STORE, &["eso-install"], ());
     b.step("roundtrip", ROUNDTRIP, &["eso-store"], ());
-    b.step("root-token", ROOT_TOKEN, &["roundtrip"], ());
+    b.step("revoke-root", REVOKE_ROOT, &["roundtrip"], ());
     b.step("retire-sealed-secrets", RETIRE, &["roundtrip"], ());
     b.build()
 }
 
-// --- steps ---------------------------------------------------------------
+// --- helpers -------------------------------------------------------------
 
-/// OpenBao's namespace and port (the bp-openbao chart's).
-const NAMESPACE: &str = "openbao";
-const PORT: u16 = 8200;
+async fn kubeconfig(cx: &StepCtx) -> StepResult<SecretString> {
+    kubeconfig_for(cx, &first_location(cx)?).await
+}
 
 /// OpenBao replica `replica` of this Sovereign's first cluster, as its pod
 /// through the cluster's API server: a sealed pod fails its readiness
 /// probe, so the Service cannot reach it.
 async fn endpoint(cx: &StepCtx, replica: u32) -> StepResult<BaoEndpoint> {
-    let kc = kubeconfig_for(cx, &first_location(cx)?).await?;
-    BaoEndpoint::pod(&kc, NAMESPACE, &format!("openbao-{replica}"), PORT)
+    BaoEndpoint::pod(&kubeconfig(cx).await?, NAMESPACE, &format!("openbao-{replica}"), PORT)
 }
+
+fn bao_err(op: &str, cause: Cause, message: impl Into<String>) -> StepError {
+    StepError::adapter(System::Openbao, op, cause, message)
+}
+
+fn is_unauthorized(e: &StepError) -> bool {
+    matches!(e, StepError::Adapter { cause: Cause::Unauthorized, .. })
+}
+
+/// The escrow kind of this seal's init keys.
+fn key_kind(seal: Seal) -> &'static str {
+    match seal {
+        Seal::Shamir => OPENBAO_SHARE,
+        Seal::Static => OPENBAO_RECOVERY_KEY,
+    }
+}
+
+/// The runbook remediation for a replica only custodians can unseal.
+fn unseal_runbook(cx: &StepCtx, threshold: u8) -> String {
+    format!(
+        "The daemon holds no share. {threshold} custodians each run `catalyst-zero unseal {} \
+         --identity THEIR-AGE-IDENTITY` (it fetches their share from the escrow, decrypts it \
+         locally and submits it to every sealed pod), then `retry JOB` \
+         (runbooks/openbao-unseal.md).",
+        cx.sovereign_id
+    )
+}
+
+// --- init and unseal -----------------------------------------------------
 
 async fn bao_init(cx: &StepCtx) -> StepResult<BaoInitialized> {
     let custody = custody_of(cx)?;
-    let (shares, threshold) = (custody.shares(), custody.openbao_threshold);
+    let (seal, shares, threshold) = (custody.seal, custody.shares(), custody.openbao_threshold);
+    let kind = key_kind(seal);
     let ep = endpoint(cx, 0).await?;
-    let status = cx.env.bao.status(&ep).await?;
-    if status.initialized {
-        // Ours when its shares are in the store, whatever happened since
-        // (the root token is gone once `root-token` ran): never re-init.
-        if cx.secret_opt("openbao-share-0").await?.is_some() {
-            return Ok(BaoInitialized {
-                shares,
-                threshold,
-                escrow_sha256: Vec::new(),
-                already_initialized: true,
-            });
-        }
-        // An earlier attempt got OpenBao's answer but died before the shares
-        // reached the store: they are lost. Nothing can have been written to
-        // this OpenBao yet (every later step needs those shares), so its
-        // storage is wiped and it is initialized again.
-        cx.event("custody", json!({ "message": "OpenBao was initialized by an interrupted attempt whose shares never reached the store; wiping its empty storage and initializing again" })).await?;
-        cx.env.bao.wipe(&ep).await?;
-    }
-    let init = cx.env.bao.init(&ep, shares, threshold).await?;
-    let mut digests = Vec::new();
-    let mut secrets = Vec::new();
-    for (i, key) in init.keys.iter().enumerate() {
-        // Encrypted to its custodian alone before anything else touches it:
-        // no custodian can read another's share, so unsealing takes
-        // `threshold` of them...
-        let holder = custody.holder(i);
-        let escrow = encrypt_to(std::slice::from_ref(&holder.recipient), key.expose().as_bytes())?;
-        digests.push(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&escrow)));
-        secrets
-            .push((format!("openbao-share-{i}.escrow"), SecretString::new(hex::encode(&escrow))));
-        // ...and sealed to the daemon so restarts can unseal.
-        secrets.push((format!("openbao-share-{i}"), key.clone()));
-    }
-    secrets.push(("openbao-root-token".to_owned(), init.root_token.clone()));
-    // One commit: either every share is recorded or none is.
-    cx.put_secrets(&secrets).await?;
-    let message = format!(
-        "OpenBao initialized: {shares} shares, threshold {threshold}, each escrowed to its \
-         custodian alone ({} custodians)",
-        custody.custodians.len()
-    );
-    cx.event("custody", json!({ "message": message, "escrow_sha256": digests })).await?;
-    Ok(BaoInitialized { shares, threshold, escrow_sha256: digests, already_initialized: false })
-}
-
-/// The cluster (and with it OpenBao's data) goes with the infra undo; this
-/// forgets the shares and tokens of an OpenBao that will not exist any more.
-async fn bao_init_undo(cx: &StepCtx) -> StepResult<()> {
-    for i in 0..custody_of(cx)?.shares() {
-        cx.delete_secret(&format!("openbao-share-{i}")).await?;
-        cx.delete_secret(&format!("openbao-share-{i}.escrow")).await?;
-    }
-    cx.delete_secret("openbao-root-token").await?;
-    cx.delete_secret("openbao-root-token.escrow").await
-}
-
-async fn bao_unseal(cx: &StepCtx) -> StepResult<Unsealed> {
-    let ReplicaParams { replica } = cx.params()?;
-    let threshold = custody_of(cx)?.openbao_threshold;
-    let ep = endpoint(cx, replica).await?;
+    let bound = cx.env.bounds.openbao;
     let status = cx
-        .wait_for(
-            &format!("OpenBao replica {replica} to answer"),
-            Duration::from_secs(600),
-            || async { Ok(Some(cx.env.bao.status(&ep).await?)) },
-        )
+        .wait_for("OpenBao replica 0 to answer", bound, || async {
+            Ok(Some(cx.env.bao.status(&ep).await?))
+        })
         .await?;
-    if !status.sealed {
-        return Ok(Unsealed { replica, sealed: false, shares_used: None });
-    }
-    for i in 0..threshold {
-        let key = cx.secret(&format!("openbao-share-{i}")).await?;
-        if !cx.env.bao.unseal(&ep, &key).await?.sealed {
-            return Ok(Unsealed { replica, sealed: false, shares_used: Some(i + 1) });
-        }
-    }
-    Err(StepError::adapter(
-        System::Openbao,
-        "unseal",
-        Cause::Invalid,
-        format!("replica {replica} still sealed after {threshold} shares"),
-    ))
-}
-
-async fn bao_configure(cx: &StepCtx) -> StepResult<Configured> {
-    let ep = endpoint(cx, 0).await?;
-    let root = cx.secret("openbao-root-token").await?;
-    let b = &cx.env.bao;
-    b.write(
-        &ep,
-        &root,
-        "sys/mounts/secret",
-        json!({ "type": "kv", "options": { "version": "2" } }),
-    )
-    .await?;
-    b.write(&ep, &root, "sys/auth/kubernetes", json!({ "type": "kubernetes" })).await?;
-    b.write(
-        &ep,
-        &root,
-        "auth/kubernetes/config",
-        json!({ "kubernetes_host": "https://kubernetes.default.svc:443" }),
-    )
-    .await?;
-    b.write(
-        &ep,
-        &root,
-        "sys/policy/external-secrets",
-        json!({ "policy": "path \"secret/data/*\" { capabilities = [\"read\"] }" }),
-    )
-    .await?;
-    b.write(&ep, &root, "auth/kubernetes/role/external-secrets", json!({
-        "bound_service_account_names": ["external-secrets"], "bound_service_account_namespaces": ["external-secrets-system"],
-        "policies": ["external-secrets"], "ttl": "1h",
-    })).await?;
-    Ok(Configured {
-        kv: "secret/".into(),
-        auth: "kubernetes".into(),
-        role: "external-secrets".into(),
-    })
-}
-
-fn store_ref() -> ObjectRef {
-    ObjectRef {
-        api_version: "external-secrets.io/v1beta1".into(),
-        kind: "ClusterSecretStore".into(),
-        namespace: None,
-        name: "openbao".into(),
-    }
-}
-
-async fn eso_store(cx: &StepCtx) -> StepResult<SecretStore> {
-    let kc = kubeconfig_for(cx, &first_location(cx)?).await?;
-    let obj = json!({
-        "apiVersion": "external-secrets.io/v1beta1", "kind": "ClusterSecretStore",
-        "metadata": { "name": "openbao" },
-        "spec": { "provider": { "vault": {
-            "server": "http://openbao.openbao.svc.cluster.local:8200", "path": "secret", "version": "v2",
-            "auth": { "kubernetes": { "mountPath": "kubernetes", "role": "external-secrets",
-                "serviceAccountRef": { "name": "external-secrets", "namespace": "external-secrets-system" } } },
-        } } },
-    });
-    cx.env.kube.apply(&kc, FIELD_MANAGER, &[obj]).await?;
-    Ok(SecretStore { store: "openbao".into() })
-}
-
-async fn eso_store_undo(cx: &StepCtx) -> StepResult<()> {
-    let Ok(kc) = kubeconfig_for(cx, &first_location(cx)?).await else { return Ok(()) };
-    cx.env.kube.delete(&kc, &store_ref()).await
-}
-
-fn roundtrip_ref() -> ObjectRef {
-    ObjectRef {
-        api_version: "external-secrets.io/v1beta1".into(),
-        kind: "ExternalSecret".into(),
-        namespace: Some("catalyst-system".into()),
-        name: "catalyst-roundtrip".into(),
-    }
-}
-
-async fn roundtrip(cx: &StepCtx) -> StepResult<RoundTrip> {
-    let ep = endpoint(cx, 0).await?;
-    let root = cx.secret("openbao-root-token").await?;
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
-    cx.env
-        .bao
-        .write(&ep, &root, "secret/data/catalyst/roundtrip", json!({ "data": { "nonce": nonce } }))
-        .await?;
-    let back = cx.env.bao.read(&ep, &root, "secret/data/catalyst/roundtrip").await?;
-    if back.as_ref().and_then(|v| v.pointer("/data/data/nonce")).and_then(Value::as_str)
-        != Some(nonce.as_str())
-    {
-        return Err(StepError::adapter(
-            System::Openbao,
-            "roundtrip",
-            Cause::Invalid,
-            "value read back differs from value written",
+    if !status.seal_type.is_empty() && status.seal_type != seal.as_str() {
+        return Err(precondition(
+            format!(
+                "OpenBao runs with the `{}` seal; the request asks for `{}`",
+                status.seal_type,
+                seal.as_str()
+            ),
+            "bp-openbao's values did not get the request's seal: check the HelmRelease's \
+             `server.ha.raft.config` and the Secret openbao/openbao-static-seal, then `retry JOB`.",
         ));
     }
-    let kc = kubeconfig_for(cx, &first_location(cx)?).await?;
-    let es = json!({
-        "apiVersion": "external-secrets.io/v1beta1", "kind": "ExternalSecret",
-        "metadata": { "name": "catalyst-roundtrip", "namespace": "catalyst-system" },
-        "spec": { "secretStoreRef": { "kind": "ClusterSecretStore", "name": "openbao" }, "refreshInterval": "1m",
-                  "target": { "name": "catalyst-roundtrip" },
-                  "data": [{ "secretKey": "nonce", "remoteRef": { "key": "catalyst/roundtrip", "property": "nonce" } }] },
-    });
-    cx.env.kube.apply(&kc, FIELD_MANAGER, &[es]).await?;
-    // TODO-design: read the synced Secret back and compare the nonce; the
-    // sim Kubernetes has no ESO controller, so only the OpenBao side of the
-    // round trip is checked here.
-    Ok(RoundTrip {
-        openbao_roundtrip: true,
-        external_secret: "catalyst-system/catalyst-roundtrip".into(),
-    })
-}
-
-async fn roundtrip_undo(cx: &StepCtx) -> StepResult<()> {
-    let Ok(kc) = kubeconfig_for(cx, &first_location(cx)?).await else { return Ok(()) };
-    cx.env.kube.delete(&kc, &roundtrip_ref()).await
-}
-
-async fn root_token(cx: &StepCtx) -> StepResult<RootTokenEscrowed> {
-    let Some(root) = cx.secret_opt("openbao-root-token").await? else {
-        return Ok(RootTokenEscrowed { escrowed: true, already: true });
-    };
-    // TODO-design: revoke the root token instead of escrowing it.
-    let blob = encrypt_to(&custody_of(cx)?.recipients(), root.expose().as_bytes())?;
-    cx.put_secret("openbao-root-token.escrow", &SecretString::new(hex::encode(&blob))).await?;
-    // The daemon keeps no usable root token after hand-off.
-    cx.delete_secret("openbao-root-token").await?;
-    Ok(RootTokenEscrowed { escrowed: true, already: false })
-}
-
-async fn retire_sealed_secrets(cx: &StepCtx) -> StepResult<Retired> {
-    let kc = kubeconfig_for(cx, &first_location(cx)?).await?;
-    let r = ObjectRef {
-        api_version: "helm.toolkit.fluxcd.io/v2".into(),
-        kind: "HelmRelease".into(),
-        namespace: Some("flux-system".into()),
-        name: "bp-sealed-secrets".into(),
-    };
-    cx.env.kube.delete(&kc, &r).await?;
-    Ok(Retired { retired: "bp-sealed-secrets".into() })
-}
-
-#[cfg(test)]
-mod tests {
-    use cz_engine::{ErrorClass, FaultPlan, JobOptions, RetryTarget, Verbs};
-    use cz_state::JobStatus;
-
-    use crate::jobs::provision_plan;
-    use crate::testing::{SimRigExt, phase_tests, sample_request, sim_rig};
-
-    phase_tests!(super::PHASE, sample_request("sec", 1, 0));
-
-    /// Share `i` is encrypted to its custodian alone: the real `age` CLI
-    /// decrypts it with that custodian's identity and with no other.
-    #[tokio::test]
-    async fn each_share_opens_for_its_custodian_only() {
-        use age::secrecy::ExposeSecret as _;
-        let dir = tempfile::tempdir().unwrap();
-        let ids: Vec<age::x25519::Identity> =
-            (0..3).map(|_| age::x25519::Identity::generate()).collect();
-        let files: Vec<std::path::PathBuf> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let f = dir.path().join(format!("id{i}.txt"));
-                std::fs::write(&f, id.to_string().expose_secret()).unwrap();
-                f
-            })
-            .collect();
-        let mut req = sample_request("k-of-n", 1, 0);
-        for (c, id) in req.custody.custodians.iter_mut().zip(&ids) {
-            c.recipient = id.to_public().to_string();
+    let base =
+        BaoInitialized { seal, shares, threshold, already_initialized: true, unsealed: Vec::new() };
+    if status.initialized {
+        if !cx.escrow(kind).await?.is_empty() {
+            // Ours, whatever happened since: never initialised again.
+            return Ok(base);
         }
-        req.custody.openbao_shares = Some(4);
-        let rig = sim_rig().await;
-        let mut plan = provision_plan(&req);
-        let at = plan.phases.iter().position(|p| p.id == super::PHASE).unwrap();
-        plan.phases.truncate(at + 1);
-        let (sov, job) = rig.submit_plan(&req, &plan, JobOptions::default()).await;
-        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
-        let owner = sov.to_string();
-        for share in 0..4 {
-            let name = format!("openbao-share-{share}.escrow");
-            let blob = rig.store.get_secret(&owner, &name).await.unwrap().unwrap();
-            let ct = dir.path().join(format!("share{share}.age"));
-            std::fs::write(&ct, hex::decode(blob.expose()).unwrap()).unwrap();
-            let plain = rig.store.get_secret(&owner, &format!("openbao-share-{share}")).await;
-            let plain = plain.unwrap().unwrap();
-            for (c, id) in files.iter().enumerate() {
-                let out = std::process::Command::new("age")
-                    .args(["-d", "-i"])
-                    .arg(id)
-                    .arg(&ct)
-                    .output()
-                    .expect("the age CLI");
-                if c == share % 3 {
-                    assert!(out.status.success(), "share {share}, custodian {c}");
-                    assert_eq!(out.stdout, plain.expose().as_bytes(), "share {share}");
-                } else {
-                    assert!(!out.status.success(), "custodian {c} opened share {share}");
+        if !cx.lookup_prefix(&format!("{PHASE}/configure")).is_empty() {
+            return Err(StepError::Precondition {
+                message: "OpenBao is initialized and configured, but its escrow is gone from \
+                          the store"
+                    .into(),
+                remediation: format!(
+                    "Never re-initialise it: it holds data. Restore the store from its backup \
+                     (the escrow table), or unseal with the custodians' copies. {}",
+                    unseal_runbook(cx, threshold)
+                ),
+            });
+        }
+        // An earlier attempt got the answer and died before the commit:
+        // nobody holds a share or the root token, so nothing was ever
+        // unsealed or written; its storage can go.
+        cx.event(
+            "custody",
+            json!({ "message": "OpenBao was initialized by an attempt whose escrow never reached \
+                                the store; nothing can have been written to it: wiping it and \
+                                initializing again" }),
+        )
+        .await?;
+        cx.env.bao.wipe(&ep).await?;
+    }
+    let req = BaoInitRequest { shares, threshold, recovery: seal == Seal::Static };
+    let init = cx.env.bao.init(&ep, req).await?;
+    // The window: the answer is in this process only, until this commit.
+    let items = escrow::deal(&custody, kind, &init.keys, threshold, None)?;
+    cx.put_escrow(kind, &items, &[(ROOT_TOKEN.to_owned(), init.root_token.clone())]).await?;
+    cx.event(
+        "custody",
+        json!({ "message": format!(
+            "OpenBao initialized ({} seal): {shares} {}, threshold {threshold}, each encrypted \
+             to its custodian alone ({} custodians)",
+            seal.as_str(),
+            if seal == Seal::Static { "recovery keys" } else { "unseal shares" },
+            custody.custodians.len()) }),
+    )
+    .await?;
+    let mut unsealed = Vec::new();
+    if seal == Seal::Shamir {
+        let keys = &init.keys[..usize::from(threshold)];
+        for replica in 0..REPLICAS {
+            match unseal_with(cx, replica, keys).await {
+                Ok(()) => unsealed.push(replica),
+                // The escrow is committed: a replica left sealed is the
+                // custodians' (`unseal-<n>` says so), not a reason to fail.
+                Err(e) => {
+                    let message = format!("OpenBao replica {replica} left sealed: {e}");
+                    cx.event("custody", json!({ "message": message })).await?;
                 }
             }
         }
     }
+    Ok(BaoInitialized { already_initialized: false, unsealed, ..base })
+}
 
-    /// Re-running the phase after the root token was escrowed and revoked
-    /// never re-initialises OpenBao (that would lose its data): `init`
-    /// finds its shares, and the job stops for an operator at the first
-    /// step that needs the root token.
-    #[tokio::test]
-    async fn a_phase_retry_after_the_root_token_never_reinitialises() {
-        let rig = sim_rig().await;
-        let req = sample_request("reinit", 1, 0);
-        let mut faults = FaultPlan::default();
-        faults.fail.insert("dns-commit/records".into(), ErrorClass::NeedsOperator);
-        let options = JobOptions { faults, ..Default::default() };
-        let (sov, job) = rig.submit_plan(&req, &provision_plan(&req), options).await;
-        assert_eq!(rig.drive(job).await, JobStatus::Paused);
-        let owner = sov.to_string();
-        let share = rig.store.get_secret(&owner, "openbao-share-0").await.unwrap().unwrap();
-        assert!(rig.store.get_secret(&owner, "openbao-root-token").await.unwrap().is_none());
-        Verbs { store: &rig.store }
-            .retry(job, RetryTarget::Phase(super::PHASE.into()), "alice")
-            .await
-            .unwrap();
-        assert_eq!(rig.drive(job).await, JobStatus::Paused);
-        let stop = rig.stop_reason(job).await;
-        assert_eq!(stop["step"], "secrets-handoff/configure", "{stop}");
-        assert_eq!(stop["error"]["kind"], "missing-secret", "{stop}");
-        let again = rig.store.get_secret(&owner, "openbao-share-0").await.unwrap().unwrap();
-        assert_eq!(again.expose(), share.expose(), "the shares are the first init's");
-        let init: super::BaoInitialized =
-            rig.store.node_states(job).await.unwrap()["secrets-handoff/init"]
-                .output()
-                .map(|o| serde_json::from_value(o.clone()).unwrap())
-                .unwrap();
-        assert!(init.already_initialized);
+/// Unseals `replica` with `keys` (held in memory by `init`): waits for it
+/// to answer as part of the initialized cluster (replicas 1 and 2 join
+/// replica 0), gives it the keys, and waits until it reports unsealed (a
+/// joining replica takes a moment after the last key).
+async fn unseal_with(cx: &StepCtx, replica: u32, keys: &[SecretString]) -> StepResult<()> {
+    let ep = endpoint(cx, replica).await?;
+    let bound = cx.env.bounds.openbao;
+    let bao = &cx.env.bao;
+    let st = cx
+        .wait_for(&format!("OpenBao replica {replica} to join"), bound, || async {
+            let st = bao.status(&ep).await?;
+            Ok(st.initialized.then_some(st))
+        })
+        .await?;
+    if st.sealed {
+        for key in keys {
+            if !bao.unseal(&ep, key).await?.sealed {
+                break;
+            }
+        }
+    }
+    cx.wait_for(&format!("OpenBao replica {replica} to unseal"), bound, || async {
+        Ok((!bao.status(&ep).await?.sealed).then_some(()))
+    })
+    .await?;
+    cx.event("custody", json!({ "message": format!("OpenBao replica {replica} unsealed") })).await
+}
+
+/// The cluster (and OpenBao's data with it) goes with the infra undo; this
+/// forgets the escrow and root token of an OpenBao that will not exist.
+async fn bao_init_undo(cx: &StepCtx) -> StepResult<()> {
+    let seal = job_request(cx)?.seal();
+    cx.put_escrow(key_kind(seal), &[], &[]).await?;
+    cx.delete_secret(ROOT_TOKEN).await
+}
+
+async fn bao_unseal(cx: &StepCtx) -> StepResult<Unsealed> {
+    let ReplicaParams { replica } = cx.params()?;
+    let custody = custody_of(cx)?;
+    let ep = endpoint(cx, replica).await?;
+    let bound = cx.env.bounds.openbao;
+    let status = cx
+        .wait_for(&format!("OpenBao replica {replica} to answer"), bound, || async {
+            let st = cx.env.bao.status(&ep).await?;
+            Ok(st.initialized.then_some(st))
+        })
+        .await?;
+    if !status.sealed {
+        return Ok(Unsealed { replica, sealed: false });
+    }
+    if custody.seal == Seal::Static {
+        cx.wait_for(&format!("OpenBao replica {replica} to unseal itself"), bound, || async {
+            Ok((!cx.env.bao.status(&ep).await?.sealed).then_some(()))
+        })
+        .await?;
+        return Ok(Unsealed { replica, sealed: false });
+    }
+    Err(StepError::Precondition {
+        message: format!(
+            "OpenBao replica {replica} is sealed ({} of {} shares given)",
+            status.progress, status.threshold
+        ),
+        remediation: unseal_runbook(cx, custody.openbao_threshold),
+    })
+}
+
+// --- configuration -------------------------------------------------------
+
+async fn root_token(cx: &StepCtx) -> StepResult<SecretString> {
+    cx.secret_opt(ROOT_TOKEN).await?.ok_or_else(|| StepError::Precondition {
+        message: "OpenBao's root token was revoked and forgotten already".into(),
+        remediation: "A step that needs it is re-running after `revoke-root`: generate a \
+                      short-lived root token with the custodians (`bao operator generate-root`), \
+                      do the step's work by hand, and `skip` it (runbooks/needs-operator-precondition.md)."
+            .into(),
+    })
+}
+
+async fn bao_configure(cx: &StepCtx) -> StepResult<Configured> {
+    let ep = endpoint(cx, 0).await?;
+    let root = root_token(cx).await?;
+    let kc = kubeconfig(cx).await?;
+    let api = cz_adapters::kube::kubeconfig::endpoint(kc.expose())?;
+    let ca = String::from_utf8(api.ca_pem.clone()).map_err(|_| StepError::InvalidInput {
+        path: "kubeconfig".into(),
+        message: "certificate-authority-data is not PEM text".into(),
+    })?;
+    let b = &cx.env.bao;
+    let mounts = b.read(&ep, &root, "sys/mounts").await?.unwrap_or(Value::Null);
+    if mounts.pointer("/data/secret~1").or_else(|| mounts.get("secret/")).is_none() {
+        let kv = json!({ "type": "kv", "options": { "version": "2" } });
+        b.write(&ep, &root, "sys/mounts/secret", kv).await?;
+    }
+    let auths = b.read(&ep, &root, "sys/auth").await?.unwrap_or(Value::Null);
+    if auths.pointer("/data/kubernetes~1").or_else(|| auths.get("kubernetes/")).is_none() {
+        b.write(&ep, &root, "sys/auth/kubernetes", json!({ "type": "kubernetes" })).await?;
+    }
+    b.write(
+        &ep,
+        &root,
+        "auth/kubernetes/config",
+        json!({
+            "kubernetes_host": api.server,
+            "kubernetes_ca_cert": ca,
+            // The client's own token is the reviewer: OpenBao keeps no
+            // long-lived token, and it works the same from outside a pod.
+            "disable_local_ca_jwt": true,
+        }),
+    )
+    .await?;
+    b.write(&ep, &root, "sys/policy/external-secrets", json!({ "policy": ESO_POLICY })).await?;
+    b.write(
+        &ep,
+        &root,
+        &format!("auth/kubernetes/role/{ESO_ROLE}"),
+        json!({
+            "bound_service_account_names": [ESO_SERVICE_ACCOUNT],
+            "bound_service_account_namespaces": [ESO_NAMESPACE],
+            "token_policies": ["external-secrets"],
+            "token_ttl": "1h",
+        }),
+    )
+    .await?;
+    Ok(Configured {
+        kv: "secret/".into(),
+        auth: "kubernetes/".into(),
+        kubernetes_host: api.server,
+        role: ESO_ROLE.into(),
+    })
+}
+
+// --- External Secrets ----------------------------------------------------
+
+async fn eso_install(cx: &StepCtx) -> StepResult<bootstrap_kit::ComponentInstalled> {
+    bootstrap_kit::install_handoff_component(cx, &first_location(cx)?, ESO).await
+}
+
+async fn eso_install_undo(cx: &StepCtx) -> StepResult<()> {
+    bootstrap_kit::remove_handoff_component(cx, &first_location(cx)?, ESO).await
+}
+
+fn store_ref() -> ObjectRef {
+    ObjectRef {
+        api_version: "external-secrets.io/v1".into(),
+        kind: "ClusterSecretStore".into(),
+        namespace: None,
+        name: STORE.into(),
     }
 }
+
+fn binding_ref() -> ObjectRef {
+    ObjectRef {
+        api_version: "rbac.authorization.k8s.io/v1".into(),
+        kind: "ClusterRoleBinding".into(),
+        namespace: None,
+        name: "external-secrets-openbao-tokenreview".into(),
+    }
+}
+
+/// The `ClusterSecretStore` the secrets hand-off applies.
+pub fn cluster_secret_store() -> Value {
+    json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
+        "metadata": { "name": STORE, "labels": { "app.kubernetes.io/managed-by": "catalyst-zero" } },
+        "spec": { "provider": { "vault": {
+            "server": format!("http://openbao.{NAMESPACE}.svc.cluster.local:{PORT}"),
+            "path": "secret",
+            "version": "v2",
+            "auth": { "kubernetes": {
+                "mountPath": "kubernetes",
+                "role": ESO_ROLE,
+                "serviceAccountRef": { "name": ESO_SERVICE_ACCOUNT, "namespace": ESO_NAMESPACE },
+            } },
+        } } },
+    })
+}
+
+/// ESO's service account may review its own token (OpenBao's Kubernetes
+/// auth with `disable_local_ca_jwt` sends the client's token as the
+/// reviewer's).
+fn tokenreview_binding() -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": { "name": binding_ref().name,
+                      "labels": { "app.kubernetes.io/managed-by": "catalyst-zero" } },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": "system:auth-delegator" },
+        "subjects": [{ "kind": "ServiceAccount", "name": ESO_SERVICE_ACCOUNT,
+                       "namespace": ESO_NAMESPACE }],
+    })
+}
+
+/// The `Ready` condition of `obj`: (status, reason, message).
+fn ready_of(obj: &Value) -> Option<(String, String, String)> {
+    let c = obj
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?
+        .clone();
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    Some((s("status"), s("reason"), s("message")))
+}
+
+/// Waits until `r` is Ready; past the bound the error carries the last
+/// reason and message seen (what an operator needs).
+async fn wait_ready(cx: &StepCtx, kc: &SecretString, r: &ObjectRef) -> StepResult<()> {
+    let last = Mutex::new(String::from("no status yet"));
+    let what = format!("{} {} to be Ready", r.kind, r.name);
+    let waited = cx
+        .wait_for(&what, cx.env.bounds.secret_sync, || async {
+            let obj = cx.env.kube.get(kc, r).await?;
+            match obj.as_ref().and_then(ready_of) {
+                Some((s, _, _)) if s == "True" => Ok(Some(())),
+                Some((s, reason, message)) => {
+                    *last.lock().expect("lock") = format!("Ready={s} {reason}: {message}");
+                    Ok(None)
+                }
+                None => Ok(None),
+            }
+        })
+        .await;
+    waited.map_err(|e| match e {
+        StepError::Timeout { reason, bound_s } => StepError::Timeout {
+            reason: format!("{reason} (last: {})", last.lock().expect("lock")),
+            bound_s,
+        },
+        e => e,
+    })
+}
+
+async fn eso_store(cx: &StepCtx) -> StepResult<SecretStore> {
+    let kc = kubeconfig(cx).await?;
+    let objs = [tokenreview_binding(), cluster_secret_store()];
+    cx.env.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
+    wait_ready(cx, &kc, &store_ref()).await?;
+    Ok(SecretStore { store: STORE.into() })
+}
+
+async fn eso_store_undo(cx: &StepCtx) -> StepResult<()> {
+    let Ok(kc) = kubeconfig(cx).await else { return Ok(()) };
+    cx.env.kube.delete(&kc, &store_ref()).await?;
+    cx.env.kube.delete(&kc, &binding_ref()).await
+}
+
+fn roundtrip_ref() -> ObjectRef {
+    ObjectRef {
+        api_version: "external-secrets.io/v1".into(),
+        kind: "ExternalSecret".into(),
+        namespace: Some(ESO_NAMESPACE.into()),
+        name: CANARY_SECRET.into(),
+    }
+}
+
+fn synced_secret_ref() -> ObjectRef {
+    ObjectRef {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        namespace: Some(ESO_NAMESPACE.into()),
+        name: CANARY_SECRET.into(),
+    }
+}
+
+/// The `ExternalSecret` of the round trip; `force_sync` (a changing value)
+/// makes ESO refresh it now.
+pub fn roundtrip_external_secret(force_sync: Option<&str>) -> Value {
+    let mut es = json!({
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+        "metadata": { "name": CANARY_SECRET, "namespace": ESO_NAMESPACE,
+                      "labels": { "app.kubernetes.io/managed-by": "catalyst-zero" } },
+        "spec": {
+            "refreshInterval": "1h",
+            "secretStoreRef": { "kind": "ClusterSecretStore", "name": STORE },
+            // The canary holds no secret, and says so (the sim keeps a
+            // Secret's values readable only then).
+            "target": { "name": CANARY_SECRET, "creationPolicy": "Owner",
+                        "template": { "metadata": { "labels": {
+                            "catalyst.openova.io/canary": "true" } } } },
+            "data": [{ "secretKey": "canary",
+                       "remoteRef": { "key": CANARY_KEY, "property": "canary" } }],
+        },
+    });
+    if let Some(v) = force_sync {
+        es["metadata"]["annotations"] = json!({ "force-sync": v });
+    }
+    es
+}
+
+/// Waits until the synced Secret holds `want` under `canary`.
+async fn wait_synced(cx: &StepCtx, kc: &SecretString, want: &str) -> StepResult<()> {
+    use base64::Engine as _;
+    let r = synced_secret_ref();
+    cx.wait_for(
+        "the ExternalSecret's Secret to hold the canary",
+        cx.env.bounds.secret_sync,
+        || async {
+            let got = cx.env.kube.get(kc, &r).await?;
+            let value = got
+                .as_ref()
+                .and_then(|s| s.pointer("/data/canary"))
+                .and_then(Value::as_str)
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok());
+            Ok((value.as_deref() == Some(want.as_bytes())).then_some(()))
+        },
+    )
+    .await
+}
+
+async fn roundtrip(cx: &StepCtx) -> StepResult<RoundTrip> {
+    let ep = endpoint(cx, 0).await?;
+    let root = root_token(cx).await?;
+    let kc = kubeconfig(cx).await?;
+    let b = &cx.env.bao;
+    let path = format!("secret/data/{CANARY_KEY}");
+    let first = hex::encode(rand::random::<[u8; 16]>());
+    b.write(&ep, &root, &path, json!({ "data": { "canary": first } })).await?;
+    cx.env.kube.apply(&kc, FIELD_MANAGER, &[roundtrip_external_secret(None)]).await?;
+    wait_synced(cx, &kc, &first).await?;
+    // The other leg: a change in OpenBao reaches the cluster on a resync.
+    let second = hex::encode(rand::random::<[u8; 16]>());
+    b.write(&ep, &root, &path, json!({ "data": { "canary": second } })).await?;
+    let stamp = chrono::Utc::now().timestamp_millis().to_string();
+    let es = roundtrip_external_secret(Some(&stamp));
+    cx.env.kube.apply(&kc, FIELD_MANAGER, &[es]).await?;
+    wait_synced(cx, &kc, &second).await?;
+    cleanup_roundtrip(cx, &kc).await?;
+    b.delete(&ep, &root, &format!("secret/metadata/{CANARY_KEY}")).await?;
+    if b.read(&ep, &root, &path).await?.is_some() {
+        return Err(bao_err("roundtrip", Cause::Invalid, "the canary survived its deletion"));
+    }
+    cx.event(
+        "custody",
+        json!({ "message": "External Secrets read a canary from OpenBao into a Secret, and its \
+                            change after a forced resync; the canary is deleted" }),
+    )
+    .await?;
+    Ok(RoundTrip {
+        synced: true,
+        resynced: true,
+        external_secret: format!("{ESO_NAMESPACE}/{CANARY_SECRET}"),
+    })
+}
+
+/// Deletes the round trip's ExternalSecret and its Secret (the garbage
+/// collector would, through the owner reference; not waited for).
+async fn cleanup_roundtrip(cx: &StepCtx, kc: &SecretString) -> StepResult<()> {
+    cx.env.kube.delete(kc, &roundtrip_ref()).await?;
+    cx.env.kube.delete(kc, &synced_secret_ref()).await
+}
+
+async fn roundtrip_undo(cx: &StepCtx) -> StepResult<()> {
+    let Ok(kc) = kubeconfig(cx).await else { return Ok(()) };
+    cleanup_roundtrip(cx, &kc).await
+}
+
+// --- the end of the daemon's power ---------------------------------------
+
+async fn revoke_root(cx: &StepCtx) -> StepResult<RootRevoked> {
+    let Some(root) = cx.secret_opt(ROOT_TOKEN).await? else {
+        return Ok(RootRevoked { revoked: true, already: true });
+    };
+    let ep = endpoint(cx, 0).await?;
+    let b = &cx.env.bao;
+    match b.write(&ep, &root, "auth/token/revoke-self", json!({})).await {
+        // Refused: revoked already (a kill after the revoke, before the
+        // forget).
+        Err(e) if is_unauthorized(&e) => {}
+        r => {
+            r?;
+        }
+    }
+    match b.read(&ep, &root, "auth/token/lookup-self").await {
+        Err(e) if is_unauthorized(&e) => {}
+        Err(e) => return Err(e),
+        Ok(_) => {
+            return Err(bao_err("revoke-root", Cause::Invalid, "the root token still works"));
+        }
+    }
+    cx.delete_secret(ROOT_TOKEN).await?;
+    cx.event(
+        "custody",
+        json!({ "message": "OpenBao's root token is revoked (it no longer works) and forgotten; \
+                            a new one takes the custodians (generate-root)" }),
+    )
+    .await?;
+    Ok(RootRevoked { revoked: true, already: false })
+}
+
+async fn retire_sealed_secrets(cx: &StepCtx) -> StepResult<Retired> {
+    let kc = kubeconfig(cx).await?;
+    let keep: Vec<String> =
+        job_request(cx)?.components().iter().filter(|c| *c != "sealed-secrets").cloned().collect();
+    let pruned = bootstrap_kit::prune_unwanted(cx, &kc, &keep).await?;
+    Ok(Retired { pruned })
+}
+
+#[cfg(test)]
+mod tests;

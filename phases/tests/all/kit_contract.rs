@@ -27,6 +27,7 @@ fn input() -> KitInput {
         fqdn: "acme.omani.works".into(),
         sovereign: "acme-omani-works".into(),
         api_host: "10.0.1.2".into(),
+        seal: "shamir".into(),
     }
 }
 

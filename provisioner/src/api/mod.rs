@@ -18,6 +18,7 @@
 //! Bodies are never logged: they carry cloud tokens.
 
 mod error;
+mod escrow;
 mod events;
 mod jobs;
 mod sovereigns;
@@ -174,6 +175,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/sovereigns", post(sovereigns::submit).get(sovereigns::list))
         .route("/v1/sovereigns/{id}", get(sovereigns::show).delete(sovereigns::destroy))
         .route("/v1/sovereigns/{id}/regions", post(sovereigns::add_region))
+        .route("/v1/sovereigns/{id}/escrow", get(escrow::escrow))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/jobs/{id}/events", get(events::events))

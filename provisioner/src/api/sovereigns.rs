@@ -81,11 +81,11 @@ async fn submit_and_start(st: &ApiState, sub: Submission) -> Result<Value, ApiEr
     }
 }
 
-fn parse_id(id: &str) -> Result<SovereignId, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<SovereignId, ApiError> {
     id.parse().map_err(|_| ApiError::NotFound(format!("sovereign {id}")))
 }
 
-async fn sovereign(st: &ApiState, id: SovereignId) -> Result<Sovereign, ApiError> {
+pub(super) async fn sovereign(st: &ApiState, id: SovereignId) -> Result<Sovereign, ApiError> {
     st.store
         .get_sovereign(id)
         .await

@@ -165,7 +165,7 @@ impl Modify for BearerAuth {
     info(title = "Catalyst-Zero", description = "Provisions Sovereigns: jobs, phases, steps, operator verbs."),
     paths(
         super::sovereigns::submit, super::sovereigns::list, super::sovereigns::show,
-        super::sovereigns::add_region, super::sovereigns::destroy,
+        super::sovereigns::add_region, super::sovereigns::destroy, super::escrow::escrow,
         super::jobs::list, super::jobs::show, super::events::events,
         super::jobs::retry, super::jobs::skip, super::jobs::resume, super::jobs::abandon,
         super::jobs::cancel,
@@ -176,6 +176,7 @@ impl Modify for BearerAuth {
         cz_phases::request::FieldError, cz_engine::FaultPlan,
         super::views::SubmitResponse, super::views::ValidationErrors, super::views::ErrorBody,
         super::views::SovereignList, super::views::SovereignDetail, super::views::JobList,
+        super::views::EscrowView, super::views::EscrowBlob,
         super::views::JobDetail, super::views::EventPage, super::views::EventView,
         super::views::VerbResponse, super::jobs::RetryBody, super::jobs::SkipBody,
     )),

@@ -647,6 +647,41 @@ async fn add_region_then_destroy() {
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
 }
 
+/// The escrow is for operators only, every read is in the audit trail,
+/// and it is ciphertext to the custodians: three unseal shares, the
+/// sealed-secrets key in three parts, a kubeconfig copy each.
+#[tokio::test]
+async fn the_escrow_is_operator_only_audited_and_ciphertext_only() {
+    let h = harness().await;
+    let (sov, job) = h.submit(&body("keys")).await;
+    h.wait_status(&job, "succeeded").await;
+    let uri = format!("/v1/sovereigns/{sov}/escrow");
+    assert_eq!(h.req(Method::GET, &uri, Some(WIZ), None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(h.req(Method::GET, &uri, None, None).await.status, StatusCode::UNAUTHORIZED);
+    let missing = "/v1/sovereigns/01a24387-7ab9-73e0-8171-cf75f756aebb/escrow";
+    assert_eq!(h.req(Method::GET, missing, Some(OP), None).await.status, StatusCode::NOT_FOUND);
+    let before = h.state.store.audit(None).await.unwrap().len();
+    let e = h.get(&uri).await;
+    assert_eq!(e["fqdn"], "keys.omani.works");
+    let items = e["items"].as_array().unwrap();
+    let count = |k: &str| items.iter().filter(|i| i["kind"] == k).count();
+    assert_eq!(
+        (count("openbao-share"), count("sealed-secrets-key"), count("admin-kubeconfig")),
+        (3, 3, 3)
+    );
+    for i in items {
+        assert!(i["age"].as_str().unwrap().starts_with("-----BEGIN AGE ENCRYPTED FILE-----"));
+        assert!(i["label"].is_string() && i["recipient"].as_str().unwrap().starts_with("age1"));
+    }
+    let shares: Vec<&Value> = items.iter().filter(|i| i["kind"] == "openbao-share").collect();
+    assert!(shares.iter().all(|s| s["threshold"] == 2 && s["parts"] == 3), "{shares:?}");
+    let audit = h.state.store.audit(None).await.unwrap();
+    assert_eq!(audit.len(), before + 1);
+    let last = audit.last().unwrap();
+    assert_eq!((last.action.as_str(), last.actor.as_str()), ("escrow.read", "operator"));
+    assert_eq!(last.detail["blobs"], 9);
+}
+
 #[tokio::test]
 async fn openapi_lists_every_path() {
     let h = harness().await;
@@ -656,6 +691,7 @@ async fn openapi_lists_every_path() {
         "/v1/sovereigns",
         "/v1/sovereigns/{id}",
         "/v1/sovereigns/{id}/regions",
+        "/v1/sovereigns/{id}/escrow",
         "/v1/jobs",
         "/v1/jobs/{id}",
         "/v1/jobs/{id}/events",

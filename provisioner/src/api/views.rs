@@ -84,6 +84,57 @@ pub struct SovereignDetail {
     pub jobs: Vec<JobSummary>,
 }
 
+/// What the custodians hold for a Sovereign: every escrowed blob, each
+/// age-encrypted to one custodian. Nothing here decrypts without a
+/// custodian's identity; the daemon holds none.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EscrowView {
+    pub sovereign_id: String,
+    pub fqdn: String,
+    pub items: Vec<EscrowBlob>,
+}
+
+/// One escrowed blob.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EscrowBlob {
+    /// `openbao-share`, `openbao-recovery-key`, `static-seal-key`,
+    /// `sealed-secrets-key` or `admin-kubeconfig`.
+    pub kind: String,
+    /// The part (0-based); for a whole copy, the custodian's index.
+    pub index: u32,
+    /// The custodian's index in the request, label and age recipient.
+    pub custodian: u32,
+    pub label: String,
+    pub recipient: String,
+    /// How many parts recover the secret, of how many made (1: this blob
+    /// alone).
+    pub threshold: u8,
+    pub parts: u8,
+    /// SHA-256 (hex) of the recovered secret or of its public half.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    pub created_at: String,
+    /// The blob: `-----BEGIN AGE ENCRYPTED FILE-----` ... (`age -d -i`).
+    pub age: String,
+}
+
+impl From<&cz_state::EscrowItem> for EscrowBlob {
+    fn from(i: &cz_state::EscrowItem) -> Self {
+        EscrowBlob {
+            kind: i.kind.clone(),
+            index: i.index,
+            custodian: i.custodian,
+            label: i.label.clone(),
+            recipient: i.recipient.clone(),
+            threshold: i.threshold,
+            parts: i.parts,
+            fingerprint: i.fingerprint.clone(),
+            created_at: rfc3339(i.created_at),
+            age: i.armored.clone(),
+        }
+    }
+}
+
 /// A job row without its plan and journal.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobSummary {

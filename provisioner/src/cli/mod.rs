@@ -12,6 +12,7 @@
 //! abandoned; 2 a job that paused and needs an operator.
 
 pub mod client;
+pub mod custody;
 pub mod follow;
 
 use std::net::SocketAddr;
@@ -160,6 +161,50 @@ pub enum Command {
         follow: bool,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Write a Sovereign's escrow to DIR: escrow.json and one `.age` file
+    /// per blob, each opening only with its custodian's identity
+    /// (operator token; the read is audited).
+    Escrow {
+        sovereign: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A custodian's turn at unsealing OpenBao: decrypts your shares
+    /// locally with --identity and gives them to every sealed pod, through
+    /// the API server (the kubeconfig escrowed to you, or --kubeconfig), or
+    /// to --endpoint URLs. Reports each pod's progress (k of n).
+    Unseal {
+        sovereign: String,
+        /// Your age identity file (`age-keygen` output). Never leaves
+        /// this machine.
+        #[arg(long)]
+        identity: PathBuf,
+        /// Read the escrow from a directory `escrow --out` wrote, instead
+        /// of from the daemon.
+        #[arg(long)]
+        escrow: Option<PathBuf>,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// An OpenBao replica's API URL (repeatable), e.g. a port-forward.
+        #[arg(long = "endpoint")]
+        endpoints: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Combine Shamir parts of a split key (each opened by its custodian
+    /// with `age -d -i`) into the key: the sealed-secrets key or the
+    /// static-seal key. Written to --out with mode 0600.
+    Combine {
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        /// The escrow's fingerprint of the key (SHA-256, hex) to check.
+        #[arg(long)]
+        fingerprint: Option<String>,
     },
     /// Internal: the provider half of the offline tofu module
     /// (`cloud-templates/hetzner-offline/`), run by its provisioners. Reads
@@ -386,6 +431,17 @@ async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
                 .send(c.request(reqwest::Method::DELETE, &format!("/v1/sovereigns/{sovereign}")))
                 .await?;
             submitted(&c, &resp, follow).await
+        }
+        Command::Escrow { sovereign, out, remote } => {
+            custody::escrow_out(&connect(&remote, env)?, &sovereign, &out).await
+        }
+        Command::Unseal { sovereign, identity, escrow, kubeconfig, endpoints, remote } => {
+            let e = custody::load_escrow(escrow.as_deref(), || connect(&remote, env), &sovereign)
+                .await?;
+            custody::unseal(&e, &identity, kubeconfig.as_deref(), &endpoints).await
+        }
+        Command::Combine { parts, out, fingerprint } => {
+            custody::combine(&parts, &out, fingerprint.as_deref())
         }
         Command::AddRegion { sovereign, file, follow, remote } => {
             let c = connect(&remote, env)?;

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::world::SimWorld;
 use cz_adapters::openbao::BaoEndpoint;
-use cz_adapters::{AdapterResult, BaoApi, BaoInit, BaoStatus};
+use cz_adapters::{AdapterResult, BaoApi, BaoInit, BaoInitRequest, BaoStatus};
 use cz_engine::{Cause, StepError, System};
 
 const SYS: &str = "bao";
@@ -91,6 +91,22 @@ impl SimBao {
         Ok(status(&c, &r))
     }
 
+    /// The seal OpenBao's pods are configured with: for a pod reached
+    /// through a sim cluster, what bp-openbao's values say (the sim's
+    /// Kubernetes holds its HelmRelease); else `shamir`.
+    async fn configured_seal(&self, at: &BaoEndpoint) -> Result<&'static str, StepError> {
+        let Some(kc) = &at.via else { return Ok("shamir") };
+        let cluster = super::kube::cluster_of(kc.expose());
+        let key = "helm.toolkit.fluxcd.io/v2/HelmRelease/flux-system/bp-openbao";
+        let hr = self.world.get("kube", &cluster, key).await?;
+        let config = hr
+            .as_ref()
+            .and_then(|v| v.pointer("/object/spec/values/server/ha/raft/config"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        Ok(if config.contains("seal \"static\"") { "static" } else { "shamir" })
+    }
+
     /// Checks the replica is unsealed and the token valid; returns the
     /// cluster state.
     async fn authorized(
@@ -104,7 +120,7 @@ impl SimBao {
         if c["initialized"] != true {
             return Err(err(op, Cause::Unavailable, "Vault is not initialized (503)"));
         }
-        if self.replica_state(&replica).await?["sealed"] != false {
+        if status(&c, &self.replica_state(&replica).await?).sealed {
             return Err(err(op, Cause::Unavailable, "Vault is sealed (503)"));
         }
         let h = hash(token.expose());
@@ -125,7 +141,9 @@ fn normalize_path(path: &str) -> String {
 
 fn status(cluster: &Value, replica: &Value) -> BaoStatus {
     let n = |v: &Value| v.as_u64().unwrap_or(0).min(255) as u8;
-    let sealed = replica["sealed"] != false;
+    let auto = cluster["seal_type"] == "static";
+    // An auto-unseal seal unseals every replica of an initialized cluster.
+    let sealed = if auto { cluster["initialized"] != true } else { replica["sealed"] != false };
     BaoStatus {
         initialized: cluster["initialized"] == true,
         sealed,
@@ -136,6 +154,7 @@ fn status(cluster: &Value, replica: &Value) -> BaoStatus {
         } else {
             0
         },
+        seal_type: if auto { "static" } else { "shamir" }.to_owned(),
     }
 }
 
@@ -162,11 +181,16 @@ impl BaoApi for SimBao {
     async fn status(&self, at: &BaoEndpoint) -> AdapterResult<BaoStatus> {
         self.world.op("bao.status", 100).await?;
         let (cluster, replica) = split(at);
-        self.status_of(&cluster, &replica).await
+        let mut st = self.status_of(&cluster, &replica).await?;
+        if !st.initialized {
+            st.seal_type = self.configured_seal(at).await?.to_owned();
+        }
+        Ok(st)
     }
 
-    async fn init(&self, at: &BaoEndpoint, shares: u8, threshold: u8) -> AdapterResult<BaoInit> {
+    async fn init(&self, at: &BaoEndpoint, req: BaoInitRequest) -> AdapterResult<BaoInit> {
         self.world.op("bao.init", 3_000).await?;
+        let (shares, threshold) = (req.shares, req.threshold);
         if shares == 0 || threshold == 0 || threshold > shares {
             return Err(err(
                 "init",
@@ -181,6 +205,19 @@ impl BaoApi for SimBao {
                 "threshold must be greater than one for multiple shares",
             ));
         }
+        let seal = self.configured_seal(at).await?;
+        if req.recovery != (seal == "static") {
+            let which = if req.recovery {
+                "recovery_shares,recovery_threshold"
+            } else {
+                "secret_shares,secret_threshold"
+            };
+            return Err(err(
+                "init",
+                Cause::Invalid,
+                format!("parameters {which} not applicable to seal type {seal}"),
+            ));
+        }
         let (cluster, _) = split(at);
         let _g = self.world.lock(SYS, &format!("cluster:{cluster}")).await;
         if self.cluster_state(&cluster).await?["initialized"] == true {
@@ -191,6 +228,7 @@ impl BaoApi for SimBao {
         let root = format!("s.{}", self.world.random_alnum(24));
         let state = json!({
             "initialized": true,
+            "seal_type": if req.recovery { "static" } else { "shamir" },
             "shares": shares,
             "threshold": threshold,
             "key_hashes": keys.iter().map(|k| hash(k)).collect::<Vec<_>>(),
@@ -215,6 +253,13 @@ impl BaoApi for SimBao {
             return Err(err("unseal", Cause::Invalid, "Vault is not initialized"));
         }
         let mut r = self.replica_state(&replica).await?;
+        if status(&c, &r).seal_type == "static" {
+            return Err(err(
+                "unseal",
+                Cause::Invalid,
+                "cannot unseal with a recovery key: the static seal unseals itself",
+            ));
+        }
         if r["sealed"] == false {
             return Ok(status(&c, &r));
         }
@@ -293,6 +338,27 @@ impl BaoApi for SimBao {
         Ok(reply)
     }
 
+    async fn delete(
+        &self,
+        at: &BaoEndpoint,
+        token: &SecretString,
+        path: &str,
+    ) -> AdapterResult<()> {
+        self.world.op("bao.delete", 100).await?;
+        let (cluster, _) = split(at);
+        let _g = self.world.lock(SYS, &format!("cluster:{cluster}")).await;
+        let (cluster, mut c) = self.authorized(at, token, "delete").await?;
+        let path = normalize_path(path);
+        // KV v2: deleting the metadata deletes every version.
+        let data = path.replacen("/metadata/", "/data/", 1);
+        if let Some(kv) = c["kv"].as_object_mut() {
+            kv.remove(&path);
+            kv.remove(&data);
+        }
+        self.world.put(SYS, "clusters", &cluster, &c).await?;
+        Ok(())
+    }
+
     async fn read(
         &self,
         at: &BaoEndpoint,
@@ -314,6 +380,33 @@ impl BaoApi for SimBao {
         }
         Ok(Some(e["value"].clone()))
     }
+}
+
+/// What a client in the cluster of `kubeconfig` reaches at the in-cluster
+/// URL `server` (`http://openbao.<ns>.svc...`): the OpenBao's cluster
+/// state, and whether any of its replicas is unsealed.
+pub(crate) async fn behind_service(
+    world: &SimWorld,
+    kubeconfig: &SecretString,
+    server: &str,
+) -> Result<(Option<Value>, bool), StepError> {
+    let Some(ns) = super::eso::service_namespace(server) else { return Ok((None, false)) };
+    let at = BaoEndpoint::pod(kubeconfig, &ns, "openbao-0", 8200)?;
+    let (cluster, _) = split(&at);
+    let Some(c) = world.get(SYS, "clusters", &cluster).await? else { return Ok((None, false)) };
+    let mut unsealed = false;
+    for i in 0..16 {
+        let (_, replica) = split(&replica_at(&at, i));
+        let r = world.get(SYS, "replicas", &replica).await?.unwrap_or(json!({"sealed": true}));
+        unsealed |= !status(&c, &r).sealed;
+    }
+    Ok((Some(c), unsealed))
+}
+
+/// Seals replica `at`, as a restart of its pod does (tests).
+pub async fn restart_replica(world: &SimWorld, at: &BaoEndpoint) -> Result<(), StepError> {
+    let (_, replica) = split(at);
+    world.put(SYS, "replicas", &replica, &json!({"sealed": true, "progress": []})).await
 }
 
 /// Replica `i` of the cluster `at` is in.
@@ -353,6 +446,10 @@ mod tests {
     const URL0: &str = "http://openbao-0.openbao-internal.openbao.svc:8200";
     const URL1: &str = "http://openbao-1.openbao-internal.openbao.svc:8200";
 
+    fn shamir(shares: u8, threshold: u8) -> BaoInitRequest {
+        BaoInitRequest { shares, threshold, recovery: false }
+    }
+
     fn ep(url: &str) -> BaoEndpoint {
         BaoEndpoint::direct(url)
     }
@@ -372,25 +469,25 @@ mod tests {
         let st = bao.status(&ep(URL0)).await.unwrap();
         assert!(!st.initialized && st.sealed);
         assert!(matches!(
-            bao.init(&ep(URL0), 5, 1).await,
+            bao.init(&ep(URL0), shamir(5, 1)).await,
             Err(StepError::Adapter { cause: Cause::Invalid, .. })
         ));
         assert!(matches!(
-            bao.init(&ep(URL0), 3, 4).await,
+            bao.init(&ep(URL0), shamir(3, 4)).await,
             Err(StepError::Adapter { cause: Cause::Invalid, .. })
         ));
-        let init = bao.init(&ep(URL0), 5, 3).await.unwrap();
+        let init = bao.init(&ep(URL0), shamir(5, 3)).await.unwrap();
         assert_eq!(init.keys.len(), 5);
         assert!(init.keys.iter().all(|k| k.expose().len() == 64));
         assert!(init.root_token.expose().starts_with("s."));
-        let e = bao.init(&ep(URL0), 5, 3).await.unwrap_err();
+        let e = bao.init(&ep(URL0), shamir(5, 3)).await.unwrap_err();
         assert!(matches!(
             e,
             StepError::Adapter { system: System::Openbao, cause: Cause::Conflict, .. }
         ));
         // Another replica of the same cluster is initialized too.
         assert!(matches!(
-            bao.init(&ep(URL1), 5, 3).await,
+            bao.init(&ep(URL1), shamir(5, 3)).await,
             Err(StepError::Adapter { cause: Cause::Conflict, .. })
         ));
         let st = bao.status(&ep(URL1)).await.unwrap();
@@ -407,7 +504,7 @@ mod tests {
     #[tokio::test]
     async fn unseal_threshold_per_replica_and_kv() {
         let (_d, bao) = setup();
-        let init = bao.init(&ep(URL0), 5, 3).await.unwrap();
+        let init = bao.init(&ep(URL0), shamir(5, 3)).await.unwrap();
         let tok = &init.root_token;
         assert!(
             matches!(

@@ -20,6 +20,9 @@
 //!   `crossplane.io/external-name` annotation (a cloud id) must exist in the
 //!   sim cloud, else Synced=False (ReconcileError).
 //! - CustomResourceDefinition: Established; Namespace: Active.
+//! - External Secrets (once its chart's controller runs): stores and
+//!   ExternalSecrets reconciled against the sim OpenBao before a read of
+//!   either or of a Secret ([`super::eso`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -565,8 +568,13 @@ impl SimKube {
         m.remove("status");
         // The sim's files live under the daemon's data dir, which must never
         // hold a secret in clear: a Secret's values are kept as digests (a
-        // real cluster keeps them in etcd; nothing here reads them back).
-        if r.api_version == "v1" && r.kind == "Secret" {
+        // real cluster keeps them in etcd). The one exception holds no
+        // secret by its own label: a canary, whose value a round trip
+        // compares.
+        let canary = input
+            .pointer("/metadata/labels/catalyst.openova.io~1canary")
+            .is_some_and(|v| v == "true");
+        if r.api_version == "v1" && r.kind == "Secret" && !canary {
             for field in ["data", "stringData"] {
                 if let Some(Value::Object(vals)) = m.get_mut(field) {
                     for v in vals.values_mut() {
@@ -607,7 +615,7 @@ impl SimKube {
                 let mut merged = old.object.clone();
                 let mm = merged.as_object_mut().expect("stored objects are objects");
                 let new_m = new.as_object().expect("checked");
-                mm.retain(|k, _| k == "metadata" || new_m.contains_key(k));
+                mm.retain(|k, _| k == "metadata" || k == "status" || new_m.contains_key(k));
                 for (k, v) in new_m {
                     if k != "metadata" {
                         mm.insert(k.clone(), v.clone());
@@ -651,6 +659,221 @@ impl SimKube {
     }
 }
 
+/// Kinds whose read first lets the simulated External Secrets act.
+fn eso_related(api_version: &str, kind: &str) -> bool {
+    api_version.starts_with("external-secrets.io/") || (api_version == "v1" && kind == "Secret")
+}
+
+impl SimKube {
+    /// The External Secrets controller, one pass, if its chart runs in the
+    /// cluster: store statuses, and every ExternalSecret due a sync.
+    async fn eso(&self, kubeconfig: &SecretString, cluster: &str) -> Result<(), StepError> {
+        let _g = self.world.lock(SYS, cluster).await;
+        let all = self.load_all(cluster).await?;
+        // ESO's controller pod runs (its chart is installed and rolled out).
+        let runs = all.values().any(|s| {
+            s.object["kind"] == "Pod"
+                && s.object.pointer("/metadata/labels/sim.catalyst-zero.io~1owner")
+                    == Some(&json!("Deployment.external-secrets"))
+        });
+        if !runs {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let stores: BTreeMap<String, Value> = all
+            .values()
+            .filter(|s| {
+                s.object["apiVersion"] == "external-secrets.io/v1"
+                    && s.object["kind"] == "ClusterSecretStore"
+            })
+            .map(|s| {
+                let name = s.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                (name.to_owned(), s.object.clone())
+            })
+            .collect();
+        // Each store: can ESO log in?
+        let mut logins: BTreeMap<String, Result<super::eso::Session, String>> = BTreeMap::new();
+        for (name, store) in &stores {
+            let r = match super::eso::vault_of(store) {
+                Err(e) => Err(e),
+                Ok(v) => {
+                    let (c, unsealed) =
+                        super::bao::behind_service(&self.world, kubeconfig, &v.server).await?;
+                    super::eso::login(c.as_ref(), unsealed, &v).map(|policies| {
+                        super::eso::Session { vault: v, bao: c.unwrap_or(Value::Null), policies }
+                    })
+                }
+            };
+            let (status, reason, message) = match &r {
+                Ok(_) => ("True", "Valid", "store validated".to_owned()),
+                Err(e) => ("False", "InvalidProviderConfig", format!("unable to log in: {e}")),
+            };
+            let key = key_of("external-secrets.io/v1", "ClusterSecretStore", None, name);
+            self.set_condition(cluster, &key, status, reason, &message, json!({}), now).await?;
+            logins.insert(name.clone(), r);
+        }
+        let externals: Vec<(String, Value)> = all
+            .iter()
+            .filter(|(_, s)| {
+                s.object["apiVersion"] == "external-secrets.io/v1"
+                    && s.object["kind"] == "ExternalSecret"
+            })
+            .map(|(k, s)| (k.clone(), s.object.clone()))
+            .collect();
+        for (key, es) in externals {
+            let version = super::eso::resource_version(&es);
+            let last = es.pointer("/status/refreshTime").and_then(parse_time);
+            let due = es.pointer("/status/syncedResourceVersion").and_then(Value::as_str)
+                != Some(version.as_str())
+                || match (last, super::eso::refresh_secs(&es)) {
+                    (None, _) => true,
+                    (Some(t), Some(every)) => (now - t).num_seconds() >= every as i64,
+                    (Some(_), None) => false,
+                };
+            if !due {
+                continue;
+            }
+            let ns = es.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+            let store =
+                es.pointer("/spec/secretStoreRef/name").and_then(Value::as_str).unwrap_or("");
+            let synced = match logins.get(store) {
+                None => Err(format!("could not get ClusterSecretStore \"{store}\"")),
+                Some(Err(e)) => Err(format!("store {store} is not ready: {e}")),
+                Some(Ok(super::eso::Session { vault: v, bao: c, policies })) => {
+                    let mut data = serde_json::Map::new();
+                    let mut failed = None;
+                    for d in
+                        es.pointer("/spec/data").and_then(Value::as_array).into_iter().flatten()
+                    {
+                        let k = d.pointer("/remoteRef/key").and_then(Value::as_str).unwrap_or("");
+                        let p = d.pointer("/remoteRef/property").and_then(Value::as_str);
+                        match super::eso::read(c, v, policies, k, p) {
+                            Ok(val) => {
+                                let sk = d["secretKey"].as_str().unwrap_or(k).to_owned();
+                                data.insert(sk, json!(base64_encode(val.as_bytes())));
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    failed.map_or(Ok(data), Err)
+                }
+            };
+            match synced {
+                Ok(data) => {
+                    let target = es
+                        .pointer("/spec/target/name")
+                        .and_then(Value::as_str)
+                        .or(es.pointer("/metadata/name").and_then(Value::as_str))
+                        .unwrap_or("")
+                        .to_owned();
+                    let es_name = es.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+                    let mut labels = es
+                        .pointer("/spec/target/template/metadata/labels")
+                        .cloned()
+                        .unwrap_or(json!({}));
+                    labels["reconcile.external-secrets.io/created-by"] = es_name.clone();
+                    let secret = json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": {
+                            "name": target, "namespace": ns,
+                            "labels": labels,
+                            "ownerReferences": [{
+                                "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
+                                "name": es_name, "uid": es.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+                                "controller": true, "blockOwnerDeletion": true,
+                            }],
+                        },
+                        "type": "Opaque",
+                        "data": data,
+                    });
+                    self.apply_one(cluster, "external-secrets", &secret, 0).await?;
+                    let extra = json!({
+                        "refreshTime": now_secs(now),
+                        "syncedResourceVersion": version,
+                        "binding": { "name": target },
+                    });
+                    self.set_condition(
+                        cluster,
+                        &key,
+                        "True",
+                        "SecretSynced",
+                        "secret synced",
+                        extra,
+                        now,
+                    )
+                    .await?;
+                }
+                Err(e) => {
+                    let extra =
+                        json!({ "refreshTime": now_secs(now), "syncedResourceVersion": version });
+                    let msg = format!("error processing spec.data[0]: {e}");
+                    self.set_condition(
+                        cluster,
+                        &key,
+                        "False",
+                        "SecretSyncedError",
+                        &msg,
+                        extra,
+                        now,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A controller's status write: `Ready` = `status` with `reason` and
+    /// `message`, plus `extra` status fields; unchanged, nothing is written.
+    #[allow(clippy::too_many_arguments)]
+    async fn set_condition(
+        &self,
+        cluster: &str,
+        key: &str,
+        status: &str,
+        reason: &str,
+        message: &str,
+        extra: Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), StepError> {
+        let Some(mut st) = self.world.get(SYS, cluster, key).await?.and_then(Stored::from_json)
+        else {
+            return Ok(());
+        };
+        let old = st.object.get("status").cloned().unwrap_or(json!({}));
+        let same = old.pointer("/conditions/0/status").and_then(Value::as_str) == Some(status)
+            && old.pointer("/conditions/0/reason").and_then(Value::as_str) == Some(reason)
+            && old.pointer("/conditions/0/message").and_then(Value::as_str) == Some(message);
+        let since = if same {
+            old.pointer("/conditions/0/lastTransitionTime").cloned().unwrap_or(json!(now_secs(now)))
+        } else {
+            json!(now_secs(now))
+        };
+        let mut new = json!({ "conditions": [{
+            "type": "Ready", "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since,
+        }] });
+        if let (Some(n), Some(e)) = (new.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                n.insert(k.clone(), v.clone());
+            }
+        }
+        if new == old {
+            return Ok(());
+        }
+        st.object["status"] = new;
+        self.world.put(SYS, cluster, key, &st.to_json()).await
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 #[async_trait]
 impl KubeApi for SimKube {
     async fn apply(
@@ -674,6 +897,9 @@ impl KubeApi for SimKube {
     async fn get(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<Option<Value>> {
         self.world.op("kube.get", 50).await?;
         let cluster = Self::cluster(kubeconfig, "get")?;
+        if eso_related(&r.api_version, &r.kind) {
+            self.eso(kubeconfig, &cluster).await?;
+        }
         let key = ref_key(r);
         let Some(one) = self.world.get(SYS, &cluster, &key).await?.and_then(Stored::from_json)
         else {
@@ -699,6 +925,9 @@ impl KubeApi for SimKube {
     ) -> AdapterResult<Vec<Value>> {
         self.world.op("kube.list", 100).await?;
         let cluster = Self::cluster(kubeconfig, "list")?;
+        if eso_related(api_version, kind) {
+            self.eso(kubeconfig, &cluster).await?;
+        }
         let sel = Selector::parse(selector).map_err(|m| {
             err("list", Cause::Invalid, format!("unable to parse requirement: `{selector}`: {m}"))
         })?;

@@ -4,6 +4,7 @@
 pub mod bao;
 pub mod cloud;
 pub mod dns;
+pub mod eso;
 pub mod kube;
 pub mod registrar;
 pub mod ssh;
@@ -73,7 +74,10 @@ mod tests {
         b.dns.create_zone("pool.example", &["ns1.example.".into()], "").await.unwrap();
         let bao = b
             .bao
-            .init(&cz_adapters::openbao::BaoEndpoint::direct("http://openbao-0.c:8200"), 1, 1)
+            .init(
+                &cz_adapters::openbao::BaoEndpoint::direct("http://openbao-0.c:8200"),
+                cz_adapters::BaoInitRequest { shares: 1, threshold: 1, recovery: false },
+            )
             .await
             .unwrap();
         drop(b);

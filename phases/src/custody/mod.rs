@@ -1,0 +1,322 @@
+//! Phase 4, `custody`: the keys the cluster needs before the kit starts,
+//! made here and escrowed to the custodians, never kept by the daemon.
+//!
+//! 1. `sealing-key` (undo: delete the Secret, forget the escrow): the
+//!    sealed-secrets controller's key pair, RSA-4096 with its self-signed
+//!    certificate ([`cz_adapters::sealed_secrets`]), installed as the
+//!    active sealing key (`kube-system/sealed-secrets-key`, labelled
+//!    `sealedsecrets.bitnami.com/sealed-secrets-key=active`) before the
+//!    kit starts the controller, so Git-held SealedSecrets survive a
+//!    rebuild. The private key is split k of n and dealt to the custodians.
+//! 2. `static-seal-key` (only with `custody.seal = static`; undo: delete
+//!    the Secret, forget the escrow): OpenBao's 32-byte static-seal key, as
+//!    the Secret `openbao/openbao-static-seal` that bp-openbao mounts,
+//!    split and dealt the same way.
+//! 3. `admin-kubeconfig` (undo: forget the escrow): the cluster-admin
+//!    kubeconfig, one copy per custodian, so custodians can reach the
+//!    OpenBao pods (`catalyst-zero unseal`) without the daemon.
+//!
+//! Each key is generated, escrowed (one commit) and then installed, in one
+//! step, with nothing left in the daemon's store. A re-run finds the
+//! Secret in the cluster and the escrow holding the same fingerprint, and
+//! does nothing. A kill between the escrow commit and the install leaves an
+//! escrow and no Secret: nothing can have used that key yet (it never
+//! reached the cluster), so a new one is made and replaces it. A Secret in
+//! the cluster whose key is not the escrowed one is an operator's call
+//! (`needs-operator`): replacing it could orphan what was sealed to it.
+
+pub mod escrow;
+
+use base64::Engine as _;
+use cz_adapters::ObjectRef;
+use cz_adapters::labels::FIELD_MANAGER;
+use cz_adapters::sealed_secrets::SealingKey;
+use cz_engine::{ActionId, PhaseBuilder, PhaseDef, StepError, StepResult, action};
+use cz_state::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use self::escrow::{ADMIN_KUBECONFIG, SEALED_SECRETS_KEY, STATIC_SEAL_KEY, sha256_hex};
+use crate::cluster::kubeconfig_for;
+use crate::common::{first_location, job_request, precondition};
+use crate::request::Seal;
+use crate::{Registry, StepCtx};
+
+pub const PHASE: &str = "custody";
+
+/// Where the sealed-secrets controller finds its key.
+const KEY_NAMESPACE: &str = "kube-system";
+const KEY_SECRET: &str = "sealed-secrets-key";
+/// Where bp-openbao finds its static-seal key.
+pub const STATIC_SEAL_NAMESPACE: &str = "openbao";
+pub const STATIC_SEAL_SECRET: &str = "openbao-static-seal";
+
+// --- outputs -------------------------------------------------------------
+
+/// `sealing-key`'s and `static-seal-key`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyEscrowed {
+    /// The Secret it is installed as (`namespace/name`).
+    pub secret: String,
+    /// SHA-256 of the certificate (DER) for the sealed-secrets key, of the
+    /// key for the static seal.
+    pub fingerprint: String,
+    /// `threshold` of `parts` custodians' parts recover it.
+    pub threshold: u8,
+    pub parts: u8,
+    /// False on a re-run that found it installed and escrowed.
+    pub generated: bool,
+}
+
+/// `admin-kubeconfig`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KubeconfigEscrowed {
+    pub copies: usize,
+    pub fingerprint: String,
+}
+
+// --- actions and the DAG -------------------------------------------------
+
+const SEALING_KEY: ActionId<()> = ActionId::new("custody.sealing-key");
+const STATIC_KEY: ActionId<()> = ActionId::new("custody.static-seal-key");
+const ADMIN: ActionId<()> = ActionId::new("custody.admin-kubeconfig");
+
+pub fn register(r: &mut Registry) {
+    r.register(SEALING_KEY, action!(sealing_key, sealing_key_undo));
+    r.register(STATIC_KEY, action!(static_seal_key, static_seal_key_undo));
+    r.register(ADMIN, action!(admin_kubeconfig, admin_kubeconfig_undo));
+}
+
+pub fn phase(seal: Seal) -> PhaseDef {
+    let mut b = PhaseBuilder::new(PHASE);
+    b.step("sealing-key", SEALING_KEY, &[], ());
+    if seal == Seal::Static {
+        b.step("static-seal-key", STATIC_KEY, &[], ());
+    }
+    b.step("admin-kubeconfig", ADMIN, &[], ());
+    b.build()
+}
+
+// --- steps ---------------------------------------------------------------
+
+/// The provision request's custody block (custody runs in provisions only).
+pub(crate) fn custody_of(cx: &StepCtx) -> StepResult<crate::request::Custody> {
+    match job_request(cx)?.provision() {
+        Some(p) => Ok(p.custody.clone()),
+        None => Err(StepError::internal("custody steps run in provision jobs only")),
+    }
+}
+
+async fn kubeconfig(cx: &StepCtx) -> StepResult<SecretString> {
+    kubeconfig_for(cx, &first_location(cx)?).await
+}
+
+fn secret_ref(namespace: &str, name: &str) -> ObjectRef {
+    ObjectRef {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        namespace: Some(namespace.into()),
+        name: name.into(),
+    }
+}
+
+/// `data[key]` of a Secret as read back, decoded.
+fn secret_data(secret: &Value, key: &str) -> Option<Vec<u8>> {
+    let v = secret.get("data")?.get(key)?.as_str()?;
+    base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The DER of the first PEM block of `pem`.
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    let body: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+/// SHA-256 of a PEM certificate's DER (what `openssl x509 -fingerprint
+/// -sha256` prints, without the colons).
+pub fn certificate_fingerprint(pem: &str) -> Option<String> {
+    pem_der(pem).map(|der| sha256_hex(&der))
+}
+
+/// What a key step finds: the Secret in the cluster with the fingerprint
+/// of the key it holds, and whether the escrow holds the same.
+enum Found {
+    /// Installed and escrowed: nothing to do.
+    Done(String),
+    /// No Secret yet: make (or remake) the key.
+    Absent,
+}
+
+async fn found(
+    cx: &StepCtx,
+    kc: &SecretString,
+    r: &ObjectRef,
+    kind: &str,
+    fingerprint_of: impl Fn(&Value) -> Option<String>,
+) -> StepResult<Found> {
+    let Some(secret) = cx.env.kube.get(kc, r).await? else { return Ok(Found::Absent) };
+    let escrowed = cx.escrow(kind).await?;
+    match fingerprint_of(&secret) {
+        Some(fp) if escrow::holds(&escrowed, &fp) => Ok(Found::Done(fp)),
+        fp => Err(precondition(
+            format!(
+                "the Secret {}/{} is in the cluster, but its key ({}) is not the one escrowed \
+                 to the custodians ({})",
+                r.namespace.as_deref().unwrap_or_default(),
+                r.name,
+                fp.map_or("unreadable".to_owned(), |f| format!("sha256 {f}")),
+                escrowed.first().and_then(|i| i.fingerprint.clone()).unwrap_or("none".into())
+            ),
+            format!(
+                "Something else installed it. If anything was sealed to it, keep it and have \
+                 it escrowed by hand; otherwise delete the Secret and `retry JOB --step \
+                 {PHASE}/...` to make and escrow a new key (runbooks/needs-operator-precondition.md)."
+            ),
+        )),
+    }
+}
+
+fn labels() -> Value {
+    json!({ "app.kubernetes.io/managed-by": "catalyst-zero" })
+}
+
+/// The annotation a key Secret carries its fingerprint in (public: the
+/// certificate's, or a hash of a random 32-byte key), so the check reads
+/// no key material.
+const FINGERPRINT: &str = "catalyst.openova.io/fingerprint-sha256";
+
+fn annotated(secret: &Value) -> Option<String> {
+    secret
+        .pointer(&format!("/metadata/annotations/{}", FINGERPRINT.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+async fn sealing_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
+    let custody = custody_of(cx)?;
+    let kc = kubeconfig(cx).await?;
+    let r = secret_ref(KEY_NAMESPACE, KEY_SECRET);
+    let secret = format!("{KEY_NAMESPACE}/{KEY_SECRET}");
+    let (threshold, parts) = (custody.openbao_threshold, custody.shares());
+    let cert_fp = |s: &Value| {
+        let pem = String::from_utf8(secret_data(s, "tls.crt")?).ok()?;
+        certificate_fingerprint(&pem)
+    };
+    let cert_fp = |s: &Value| annotated(s).or_else(|| cert_fp(s));
+    if let Found::Done(fingerprint) = found(cx, &kc, &r, SEALED_SECRETS_KEY, cert_fp).await? {
+        return Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: false });
+    }
+    let key = SealingKey::generate("")
+        .map_err(|e| StepError::internal(format!("generating the sealed-secrets key: {e}")))?;
+    let fingerprint = certificate_fingerprint(&key.certificate_pem)
+        .ok_or_else(|| StepError::internal("the generated certificate is not PEM"))?;
+    let private = key.private_pem.expose().as_bytes();
+    let items = escrow::split_and_deal(&custody, SEALED_SECRETS_KEY, private, &fingerprint)?;
+    // Escrowed before it is installed: a key in the cluster always has its
+    // parts with the custodians.
+    cx.put_escrow(SEALED_SECRETS_KEY, &items, &[]).await?;
+    let mut lbl = labels();
+    lbl["sealedsecrets.bitnami.com/sealed-secrets-key"] = json!("active");
+    let obj = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": KEY_SECRET, "namespace": KEY_NAMESPACE, "labels": lbl,
+                      "annotations": { FINGERPRINT: fingerprint } },
+        "type": "kubernetes.io/tls",
+        "data": { "tls.crt": b64(key.certificate_pem.as_bytes()), "tls.key": b64(private) },
+    });
+    cx.env.kube.apply(&kc, FIELD_MANAGER, &[obj]).await?;
+    cx.event(
+        "custody",
+        json!({ "message": format!(
+            "sealed-secrets key installed as {secret}; its private key split {threshold} of \
+             {parts} to the custodians"), "fingerprint": fingerprint }),
+    )
+    .await?;
+    Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: true })
+}
+
+async fn sealing_key_undo(cx: &StepCtx) -> StepResult<()> {
+    if let Ok(kc) = kubeconfig(cx).await {
+        cx.env.kube.delete(&kc, &secret_ref(KEY_NAMESPACE, KEY_SECRET)).await?;
+    }
+    cx.put_escrow(SEALED_SECRETS_KEY, &[], &[]).await
+}
+
+async fn static_seal_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
+    let custody = custody_of(cx)?;
+    let kc = kubeconfig(cx).await?;
+    let r = secret_ref(STATIC_SEAL_NAMESPACE, STATIC_SEAL_SECRET);
+    let secret = format!("{STATIC_SEAL_NAMESPACE}/{STATIC_SEAL_SECRET}");
+    let (threshold, parts) = (custody.openbao_threshold, custody.shares());
+    let key_fp = |s: &Value| annotated(s).or_else(|| secret_data(s, "key").map(|k| sha256_hex(&k)));
+    if let Found::Done(fingerprint) = found(cx, &kc, &r, STATIC_SEAL_KEY, key_fp).await? {
+        return Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: false });
+    }
+    let key: [u8; 32] = rand::random();
+    let fingerprint = sha256_hex(&key);
+    let items = escrow::split_and_deal(&custody, STATIC_SEAL_KEY, &key, &fingerprint)?;
+    cx.put_escrow(STATIC_SEAL_KEY, &items, &[]).await?;
+    // The namespace exists before bp-openbao does (the kit applies the
+    // same object under the same field manager).
+    let fqdn = crate::common::fqdn(cx)?;
+    let mut ns_labels = labels();
+    ns_labels["catalyst.openova.io/sovereign"] = json!(crate::common::slug(&fqdn));
+    ns_labels["catalyst.openova.io/component"] = json!("openbao");
+    let objs = [
+        json!({ "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": STATIC_SEAL_NAMESPACE, "labels": ns_labels } }),
+        json!({ "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": STATIC_SEAL_SECRET, "namespace": STATIC_SEAL_NAMESPACE,
+                              "labels": labels(), "annotations": { FINGERPRINT: fingerprint } },
+                "type": "Opaque", "data": { "key": b64(&key) } }),
+    ];
+    cx.env.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
+    cx.event(
+        "custody",
+        json!({ "message": format!(
+            "OpenBao static-seal key installed as {secret}; split {threshold} of {parts} to the \
+             custodians"), "fingerprint": fingerprint }),
+    )
+    .await?;
+    Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: true })
+}
+
+async fn static_seal_key_undo(cx: &StepCtx) -> StepResult<()> {
+    if let Ok(kc) = kubeconfig(cx).await {
+        cx.env.kube.delete(&kc, &secret_ref(STATIC_SEAL_NAMESPACE, STATIC_SEAL_SECRET)).await?;
+    }
+    cx.put_escrow(STATIC_SEAL_KEY, &[], &[]).await
+}
+
+async fn admin_kubeconfig(cx: &StepCtx) -> StepResult<KubeconfigEscrowed> {
+    let custody = custody_of(cx)?;
+    let kc = kubeconfig(cx).await?;
+    let fingerprint = sha256_hex(kc.expose().as_bytes());
+    let copies = custody.custodians.len();
+    if !escrow::holds(&cx.escrow(ADMIN_KUBECONFIG).await?, &fingerprint) {
+        let items =
+            escrow::copies(&custody, ADMIN_KUBECONFIG, kc.expose().as_bytes(), &fingerprint)?;
+        cx.put_escrow(ADMIN_KUBECONFIG, &items, &[]).await?;
+    }
+    Ok(KubeconfigEscrowed { copies, fingerprint })
+}
+
+async fn admin_kubeconfig_undo(cx: &StepCtx) -> StepResult<()> {
+    cx.put_escrow(ADMIN_KUBECONFIG, &[], &[]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{phase_tests, sample_request};
+
+    phase_tests!(super::PHASE, sample_request("cus", 1, 0));
+}
