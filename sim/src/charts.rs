@@ -270,11 +270,18 @@ pub fn manifests(
         ));
     }
     for w in chart.workloads {
+        // Each component runs as its own service account, as charts do.
+        objs.push((
+            "",
+            "serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": w.name, "namespace": ns, "annotations": annotations.clone()}}),
+        ));
         let sel = json!({"app.kubernetes.io/name": w.name, "app.kubernetes.io/instance": release});
         let mut spec = json!({
             "selector": {"matchLabels": sel},
             "template": {"metadata": {"labels": sel},
-                         "spec": {"containers": [{"name": w.name, "image": format!("{}:pinned", w.name)}]}},
+                         "spec": {"serviceAccountName": w.name, "containers": [{"name": w.name, "image": format!("{}:pinned", w.name)}]}},
         });
         if w.kind != "DaemonSet" {
             spec["replicas"] = json!(w.replicas);

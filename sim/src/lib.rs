@@ -36,10 +36,12 @@
 //!   held to clients someone else wrote (`kubectl`, Hetzner's `hcloud`).
 //!
 //! [`charts`] says what each kit chart puts in a cluster; both kinds of
-//! Kubernetes fake install from it.
+//! Kubernetes fake install from it. [`eso`] is External Secrets' rules,
+//! which both run.
 
 pub mod backend;
 pub mod charts;
+pub mod eso;
 pub mod wire;
 
 pub use backend::FailRule;

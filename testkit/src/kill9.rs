@@ -60,6 +60,23 @@ pub async fn kill_inside_every_step(
     dir: &Path,
 ) -> (BTreeSet<String>, usize, String) {
     let mut killed = BTreeSet::new();
+    let (starts, outcome) = kill_inside_steps(child_test, env, dir, |_| true, &mut killed).await;
+    (killed, starts, outcome)
+}
+
+/// The same for the steps `which` selects, adding to `killed` (the steps
+/// killed inside already, which are not killed again): a test that
+/// resumes a paused job calls it again with the same set. Returns the
+/// processes started and the finished child's outcome.
+pub async fn kill_inside_steps(
+    child_test: &str,
+    env: &[(&str, String)],
+    dir: &Path,
+    which: impl Fn(&str) -> bool,
+    killed: &mut BTreeSet<String>,
+) -> (usize, String) {
+    let _ = std::fs::remove_file(dir.join("done"));
+    let _ = std::fs::remove_file(dir.join("progress.log"));
     let mut starts = 0;
     'outer: loop {
         starts += 1;
@@ -82,7 +99,7 @@ pub async fn kill_inside_every_step(
                 break 'outer;
             }
             let progress = std::fs::read_to_string(dir.join("progress.log")).unwrap_or_default();
-            if let Some(step) = progress.lines().find(|l| !killed.contains(*l)) {
+            if let Some(step) = progress.lines().find(|l| !killed.contains(*l) && which(l)) {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 killed.insert(step.to_owned());
@@ -99,5 +116,5 @@ pub async fn kill_inside_every_step(
         }
     }
     let outcome = std::fs::read_to_string(dir.join("done")).unwrap();
-    (killed, starts, outcome)
+    (starts, outcome)
 }

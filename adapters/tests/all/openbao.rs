@@ -59,6 +59,12 @@ async fn contract(api: &dyn BaoApi, at: &BaoEndpoint) {
     assert_eq!(r["data"]["data"], json!({"k": "v2"}), "{r}");
     assert_eq!(r["data"]["metadata"]["version"], 2, "{r}");
     assert_eq!(api.read(at, root, "secret/data/none").await.unwrap(), None);
+    // Deleting the metadata deletes every version; deleting what is not
+    // there is fine.
+    api.write(at, root, "secret/data/gone", json!({"data": {"k": "v"}})).await.unwrap();
+    api.delete(at, root, "secret/metadata/gone").await.unwrap();
+    assert_eq!(api.read(at, root, "secret/data/gone").await.unwrap(), None);
+    api.delete(at, root, "secret/metadata/gone").await.unwrap();
 
     // A wrong token is refused, as an operator's problem.
     let e = api.read(at, &SecretString::new("s.wrong"), "secret/data/app").await.unwrap_err();
@@ -113,4 +119,43 @@ async fn a_server_that_is_down_is_transient() {
     let token = SecretString::new("s.sEcReTtOkEn");
     let e = OpenBaoClient::default().read(&at, &token, "secret/data/x").await.unwrap_err();
     assert!(!e.to_string().contains("sEcReTtOkEn"), "{e}");
+}
+
+/// The static seal: `sys/init` answers recovery keys, the server unseals
+/// itself, and again after a restart (what bp-openbao does with
+/// `custody.seal = static`).
+#[tokio::test]
+async fn the_client_against_a_real_static_seal_openbao() {
+    if !Bao::available() && cz_testkit::skip("openbao", "no bao binary (set CZ_BAO_BIN)") {
+        return;
+    }
+    let mut bao = cz_testkit::bao::BaoCluster::start_static(1, &[7u8; 32]).await;
+    let api = OpenBaoClient::default();
+    let at = BaoEndpoint::direct(bao.nodes[0].url());
+    let st = api.status(&at).await.unwrap();
+    assert!(!st.initialized && st.seal_type == "static", "{st:?}");
+    let e = api
+        .init(&at, BaoInitRequest { shares: 3, threshold: 2, recovery: false })
+        .await
+        .unwrap_err();
+    assert_eq!(cause(&e), Some(Cause::Invalid), "unseal shares on a static seal: {e}");
+    let init =
+        api.init(&at, BaoInitRequest { shares: 3, threshold: 2, recovery: true }).await.unwrap();
+    assert_eq!(init.keys.len(), 3, "three recovery keys");
+    let unsealed = |api: &OpenBaoClient, at: &BaoEndpoint| {
+        let (api, at) = (api.clone(), at.clone());
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                if api.status(&at).await.is_ok_and(|s| s.initialized && !s.sealed) {
+                    return;
+                }
+                assert!(started.elapsed().as_secs() < 30, "never unsealed itself");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    unsealed(&api, &at).await;
+    bao.nodes[0].restart().await;
+    unsealed(&api, &at).await;
 }

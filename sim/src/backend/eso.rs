@@ -1,8 +1,8 @@
-//! External Secrets as the sim's Kubernetes runs it: what the controller
-//! decides, from the objects and the sim OpenBao's state, as pure
-//! functions. [`SimKube`](super::kube::SimKube) runs it lazily before a
-//! read of a store, an ExternalSecret or a Secret, like its other
-//! controllers.
+//! External Secrets as the sim's Kubernetes runs it, against the sim's
+//! OpenBao (its state read directly): logging in and reading, as pure
+//! functions ([`crate::eso`] has the rules both fakes share).
+//! [`SimKube`](super::kube::SimKube) runs it lazily before a read of a
+//! store, an ExternalSecret or a Secret, like its other controllers.
 //!
 //! - **A store** (`ClusterSecretStore`, external-secrets.io/v1, provider
 //!   `vault` with `auth.kubernetes`) is Ready once ESO can log in: the
@@ -19,18 +19,9 @@
 //!   `SecretSynced`, `refreshTime`, `syncedResourceVersion`. A failure is
 //!   `Ready=False` `SecretSyncedError` and leaves the Secret as it was.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// The `vault` provider of a store, as ESO reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Vault {
-    pub server: String,
-    pub path: String,
-    pub mount: String,
-    pub role: String,
-    pub service_account: String,
-    pub namespace: String,
-}
+pub use crate::eso::{Vault, refresh_secs, resource_version, service_namespace, vault_of};
 
 /// A store ESO logged in to: its provider, the OpenBao behind it (its sim
 /// state) and the token's policies.
@@ -39,38 +30,6 @@ pub struct Session {
     pub vault: Vault,
     pub bao: Value,
     pub policies: Vec<String>,
-}
-
-/// A store's provider, or why ESO rejects it.
-pub fn vault_of(store: &Value) -> Result<Vault, String> {
-    let v = store
-        .pointer("/spec/provider/vault")
-        .ok_or("spec.provider.vault is not set (only the vault provider is simulated)")?;
-    let s = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
-    if s("/version").as_deref().is_some_and(|x| x != "v2") {
-        return Err("only KV version v2 is simulated".into());
-    }
-    let k = "/auth/kubernetes";
-    Ok(Vault {
-        server: s("/server").ok_or("spec.provider.vault.server is required")?,
-        path: s("/path").unwrap_or_else(|| "secret".into()),
-        mount: s(&format!("{k}/mountPath")).unwrap_or_else(|| "kubernetes".into()),
-        role: s(&format!("{k}/role")).ok_or("auth.kubernetes.role is required")?,
-        service_account: s(&format!("{k}/serviceAccountRef/name"))
-            .ok_or("auth.kubernetes.serviceAccountRef.name is required")?,
-        namespace: s(&format!("{k}/serviceAccountRef/namespace"))
-            .ok_or("a ClusterSecretStore's serviceAccountRef needs a namespace")?,
-    })
-}
-
-/// The namespace of an in-cluster Service URL
-/// (`http://<svc>.<ns>.svc[.cluster.local]:<port>`).
-pub fn service_namespace(server: &str) -> Option<String> {
-    let host = server.split_once("://").map_or(server, |(_, r)| r);
-    let host = host.split(['/', ':']).next()?;
-    let mut labels = host.split('.');
-    let (_svc, ns, svc_marker) = (labels.next()?, labels.next()?, labels.next()?);
-    (svc_marker == "svc").then(|| ns.to_owned())
 }
 
 fn stored(cluster: &Value, path: &str) -> Option<Value> {
@@ -172,46 +131,15 @@ pub fn read(
     })
 }
 
-/// What an ExternalSecret's next sync is keyed on: ESO re-syncs when this
-/// changes (spec generation, labels and annotations).
-pub fn resource_version(es: &Value) -> String {
-    let g = es.pointer("/metadata/generation").and_then(Value::as_u64).unwrap_or(1);
-    let ann = es.pointer("/metadata/annotations").cloned().unwrap_or(json!({}));
-    let lbl = es.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
-    let h = <sha2::Sha256 as sha2::Digest>::digest(format!("{ann}{lbl}").as_bytes());
-    format!("{g}-{}", &hex::encode(h)[..16])
-}
-
-/// `refreshInterval` in seconds (`1h`, `15m`, `30s`; `0`: never).
-pub fn refresh_secs(es: &Value) -> Option<u64> {
-    let text = es.pointer("/spec/refreshInterval").and_then(Value::as_str).unwrap_or("1h");
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "h" => n * 3600,
-        "m" => n * 60,
-        "s" | "" => n,
-        _ => return None,
-    };
-    (secs > 0).then_some(secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn services_policies_and_intervals() {
-        assert_eq!(
-            service_namespace("http://openbao.openbao.svc.cluster.local:8200").as_deref(),
-            Some("openbao")
-        );
-        assert_eq!(service_namespace("https://vault.acme.org"), None);
+    fn policies_grant_read_by_path() {
         let p = "path \"secret/data/*\" {\n  capabilities = [\"read\"]\n}\npath \"sys/*\" { capabilities = [\"deny\"] }";
         assert!(grants_read(p, "secret/data/app/x"));
         assert!(!grants_read(p, "secret/metadata/app"));
         assert!(!grants_read(p, "sys/mounts"));
-        assert_eq!(refresh_secs(&json!({"spec": {"refreshInterval": "1h"}})), Some(3600));
-        assert_eq!(refresh_secs(&json!({"spec": {"refreshInterval": "0"}})), None);
     }
 }

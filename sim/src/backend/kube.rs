@@ -722,18 +722,10 @@ impl SimKube {
             .collect();
         for (key, es) in externals {
             let version = super::eso::resource_version(&es);
-            let last = es.pointer("/status/refreshTime").and_then(parse_time);
-            let due = es.pointer("/status/syncedResourceVersion").and_then(Value::as_str)
-                != Some(version.as_str())
-                || match (last, super::eso::refresh_secs(&es)) {
-                    (None, _) => true,
-                    (Some(t), Some(every)) => (now - t).num_seconds() >= every as i64,
-                    (Some(_), None) => false,
-                };
+            let due = crate::eso::due(&es, now);
             if !due {
                 continue;
             }
-            let ns = es.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
             let store =
                 es.pointer("/spec/secretStoreRef/name").and_then(Value::as_str).unwrap_or("");
             let synced = match logins.get(store) {
@@ -742,14 +734,9 @@ impl SimKube {
                 Some(Ok(super::eso::Session { vault: v, bao: c, policies })) => {
                     let mut data = serde_json::Map::new();
                     let mut failed = None;
-                    for d in
-                        es.pointer("/spec/data").and_then(Value::as_array).into_iter().flatten()
-                    {
-                        let k = d.pointer("/remoteRef/key").and_then(Value::as_str).unwrap_or("");
-                        let p = d.pointer("/remoteRef/property").and_then(Value::as_str);
-                        match super::eso::read(c, v, policies, k, p) {
+                    for (sk, k, p) in crate::eso::entries(&es) {
+                        match super::eso::read(c, v, policies, &k, p.as_deref()) {
                             Ok(val) => {
-                                let sk = d["secretKey"].as_str().unwrap_or(k).to_owned();
                                 data.insert(sk, json!(base64_encode(val.as_bytes())));
                             }
                             Err(e) => {
@@ -763,32 +750,8 @@ impl SimKube {
             };
             match synced {
                 Ok(data) => {
-                    let target = es
-                        .pointer("/spec/target/name")
-                        .and_then(Value::as_str)
-                        .or(es.pointer("/metadata/name").and_then(Value::as_str))
-                        .unwrap_or("")
-                        .to_owned();
-                    let es_name = es.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
-                    let mut labels = es
-                        .pointer("/spec/target/template/metadata/labels")
-                        .cloned()
-                        .unwrap_or(json!({}));
-                    labels["reconcile.external-secrets.io/created-by"] = es_name.clone();
-                    let secret = json!({
-                        "apiVersion": "v1", "kind": "Secret",
-                        "metadata": {
-                            "name": target, "namespace": ns,
-                            "labels": labels,
-                            "ownerReferences": [{
-                                "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
-                                "name": es_name, "uid": es.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
-                                "controller": true, "blockOwnerDeletion": true,
-                            }],
-                        },
-                        "type": "Opaque",
-                        "data": data,
-                    });
+                    let secret = crate::eso::target_secret(&es, data);
+                    let target = secret.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
                     self.apply_one(cluster, "external-secrets", &secret, 0).await?;
                     let extra = json!({
                         "refreshTime": now_secs(now),

@@ -27,8 +27,15 @@
 //!   `kube-node-lease` exist; namespaced objects need theirs.
 //! - **Errors** are `Status` objects with `reason` and `code`.
 //!
+//! - **TLS and identities** ([`FakeKube::start_tls`]): the cluster's own CA,
+//!   admin client certificates, service-account tokens (`TokenRequest`)
+//!   and `TokenReview` ([`super::kube_auth`]).
+//! - **Proxies**: the service proxy (GET) and the pod proxy (every method),
+//!   forwarding to real servers a test registered
+//!   ([`FakeKube::route_service`], [`FakeKube::route_pod`]).
+//!
 //! Simulated controllers (Flux reconciling HelmReleases, workloads becoming
-//! available) act through [`FakeKube::set_status`].
+//! available, External Secrets) act through [`FakeKube::set_status`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +50,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use cz_adapters::cloud::Selector;
+
+use super::kube_auth::{Caller, SaToken};
+use super::kube_tls::{Peer, Pki, TlsListener};
 
 /// A kind the server serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +80,9 @@ fn builtin() -> Vec<Kind> {
         k("", "v1", "Pod", "pods", true),
         k("", "v1", "Node", "nodes", false),
         k("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true),
+        k("", "v1", "ServiceAccount", "serviceaccounts", true),
+        k("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false),
+        k("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false),
         // K3s serves its helm-controller's kinds from the start.
         k("helm.cattle.io", "v1", "HelmChart", "helmcharts", true),
         k("helm.cattle.io", "v1", "HelmChartConfig", "helmchartconfigs", true),
@@ -100,6 +113,10 @@ struct Inner {
     pub(super) faults: Faults,
     /// Services whose proxy forwards to a real server: (ns, name) → base URL.
     routes: BTreeMap<(String, String), String>,
+    /// Pods whose proxy forwards to a real server: (ns, pod) → base URL.
+    pod_routes: BTreeMap<(String, String), String>,
+    /// Service-account tokens issued (TLS mode).
+    issued: super::kube_auth::Issued,
     /// Helm installs the simulated controllers made, in order.
     installs: Vec<String>,
     /// Recent watch events, for watches that resume from a resourceVersion.
@@ -145,6 +162,8 @@ pub struct FakeKube {
     inner: Arc<Mutex<Inner>>,
     events: broadcast::Sender<Event>,
     pub addr: SocketAddr,
+    /// TLS mode: the cluster's PKI.
+    pki: Option<Arc<Pki>>,
 }
 
 type ApiResult = Result<(StatusCode, Value), Box<Response>>;
@@ -158,14 +177,36 @@ fn status(code: StatusCode, reason: &str, message: impl Into<String>) -> Box<Res
 }
 
 impl FakeKube {
-    /// Starts the server on 127.0.0.1 (an ephemeral port).
+    /// Starts the server on 127.0.0.1 (an ephemeral port), plain HTTP and
+    /// without authentication.
     pub async fn start() -> FakeKube {
         let (listener, addr) = super::bind_loopback().await;
+        let fake = FakeKube::new(addr, None);
+        super::serve(listener, Router::new().fallback(handle).with_state(fake.clone()));
+        fake
+    }
+
+    /// Starts the server over TLS with authentication, as K3s serves its
+    /// API: [`FakeKube::kubeconfig`] is the admin's.
+    pub async fn start_tls() -> FakeKube {
+        let (listener, addr) = super::bind_loopback().await;
+        let pki = Arc::new(Pki::new());
+        let fake = FakeKube::new(addr, Some(pki.clone()));
+        let app = Router::new().fallback(handle).with_state(fake.clone());
+        let tls = TlsListener::new(listener, &pki);
+        tokio::spawn(async move {
+            let _ = axum::serve(tls, app.into_make_service_with_connect_info::<Peer>()).await;
+        });
+        fake
+    }
+
+    fn new(addr: SocketAddr, pki: Option<Arc<Pki>>) -> FakeKube {
         let (events, _) = broadcast::channel(4096);
         let fake = FakeKube {
             inner: Arc::new(Mutex::new(Inner { kinds: builtin(), ..Inner::default() })),
             events,
             addr,
+            pki,
         };
         // The namespaces every cluster has.
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
@@ -175,12 +216,76 @@ impl FakeKube {
                 json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
             );
         }
-        super::serve(listener, Router::new().fallback(handle).with_state(fake.clone()));
         fake
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The admin's kubeconfig (TLS mode: the CA, a client certificate).
+    pub fn kubeconfig(&self) -> String {
+        match &self.pki {
+            Some(pki) => pki.kubeconfig(&self.url()),
+            None => format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {}\n  name: fake\n\
+                 contexts:\n- context:\n    cluster: fake\n    user: fake\n  name: fake\n\
+                 current-context: fake\nusers:\n- name: fake\n  user: {{}}\n",
+                self.url()
+            ),
+        }
+    }
+
+    /// The cluster CA (TLS mode).
+    pub fn ca_pem(&self) -> Option<String> {
+        self.pki.as_ref().map(|p| p.ca_pem.clone())
+    }
+
+    /// The pod proxy of `namespace/pod` forwards to `base_url` (a real
+    /// server a test started), while the pod exists and runs.
+    pub fn route_pod(&self, namespace: &str, pod: &str, base_url: &str) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .pod_routes
+            .insert((namespace.to_owned(), pod.to_owned()), base_url.to_owned());
+    }
+
+    /// Where the Service `namespace/service` leads, as a client in the
+    /// cluster reaches it (a route a test registered).
+    pub fn service_route(&self, namespace: &str, service: &str) -> Option<String> {
+        let st = self.inner.lock().expect("lock");
+        st.routes.get(&(namespace.to_owned(), service.to_owned())).cloned()
+    }
+
+    /// A token for the service account `namespace/name`, as the
+    /// `TokenRequest` API issues it (TLS mode; the account must exist).
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[String],
+        ttl_secs: i64,
+    ) -> Result<String, String> {
+        let pki = self.pki.as_ref().ok_or("tokens need the TLS mode")?;
+        let sa = self
+            .get("", "serviceaccounts", namespace, name)
+            .ok_or_else(|| format!("serviceaccounts \"{name}\" not found"))?;
+        let token = SaToken {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: sa.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            audiences: if audiences.is_empty() {
+                vec![super::kube_auth::ISSUER.to_owned()]
+            } else {
+                audiences.to_vec()
+            },
+            expires: chrono::Utc::now().timestamp() + ttl_secs.max(600),
+        };
+        let jwt = super::kube_auth::sign(pki, &token);
+        self.inner.lock().expect("lock").issued.insert(jwt.clone(), token);
+        Ok(jwt)
     }
 
     /// Makes the CRD `name` (`plural.group`) never report Established.
@@ -407,9 +512,29 @@ async fn handle(
     uri: Uri,
     Query(q): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
+    ext: axum::http::Extensions,
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    let caller = match authenticate(&fake, &headers, &ext) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    if let Some(r) = identity_and_proxy(&fake, &caller, &method, &uri, &headers, &body).await {
+        return r;
+    }
+    if let Caller::ServiceAccount(sa) = &caller {
+        return *status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} is forbidden: User \"{}\" cannot {} resource at {path}",
+                path,
+                sa.username(),
+                method.as_str().to_lowercase()
+            ),
+        );
+    }
     if method == Method::GET
         && let Some(r) = discovery(&fake, &path)
     {
@@ -476,6 +601,177 @@ async fn handle(
     }
 }
 
+/// Who is calling: everyone is the admin on the plain-HTTP fake; over TLS
+/// a verified client certificate is the admin, a token the fake issued is
+/// its service account, and anything else is 401.
+fn authenticate(
+    fake: &FakeKube,
+    headers: &HeaderMap,
+    ext: &axum::http::Extensions,
+) -> Result<Caller, Box<Response>> {
+    if fake.pki.is_none() {
+        return Ok(Caller::Admin);
+    }
+    let peer = ext.get::<axum::extract::ConnectInfo<Peer>>().map(|c| c.0);
+    if peer.is_some_and(|p| p.client_cert) {
+        return Ok(Caller::Admin);
+    }
+    let auth = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let sa = super::kube_auth::bearer(auth)
+        .and_then(|t| fake.inner.lock().expect("lock").issued.valid(t));
+    sa.map(Caller::ServiceAccount)
+        .ok_or_else(|| status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"))
+}
+
+/// The routes that are not objects: `TokenReview`, `TokenRequest`, and
+/// the pod proxy. `None`: not one of them.
+async fn identity_and_proxy(
+    fake: &FakeKube,
+    caller: &Caller,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
+    let path = uri.path();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let forbidden = |what: &str| {
+        let who = match caller {
+            Caller::ServiceAccount(sa) => sa.username(),
+            Caller::Admin => "system:admin".into(),
+        };
+        Some(*status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("{what} is forbidden: User \"{who}\" cannot create it"),
+        ))
+    };
+    if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        if let Caller::ServiceAccount(sa) = caller {
+            let bindings = fake.objects("rbac.authorization.k8s.io", "clusterrolebindings");
+            if !super::kube_auth::may_review(sa, &bindings) {
+                return forbidden("tokenreviews.authentication.k8s.io");
+            }
+        }
+        let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let answer = super::kube_auth::review(&fake.inner.lock().expect("lock").issued, &req);
+        return Some((StatusCode::CREATED, axum::Json(answer)).into_response());
+    }
+    // /api/v1/namespaces/{ns}/serviceaccounts/{name}/token
+    if method == Method::POST
+        && segs.len() == 7
+        && segs[..3] == ["api", "v1", "namespaces"]
+        && segs[4] == "serviceaccounts"
+        && segs[6] == "token"
+    {
+        if *caller != Caller::Admin {
+            return forbidden("serviceaccounts/token");
+        }
+        let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let audiences: Vec<String> = req
+            .pointer("/spec/audiences")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let ttl = req.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(3600);
+        return Some(match fake.issue_token(segs[3], segs[5], &audiences, ttl) {
+            Ok(token) => {
+                let exp = chrono::Utc::now() + chrono::Duration::seconds(ttl.max(600));
+                let answer = json!({
+                    "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                    "spec": req.get("spec").cloned().unwrap_or(json!({})),
+                    "status": { "token": token, "expirationTimestamp": exp.to_rfc3339() },
+                });
+                (StatusCode::CREATED, axum::Json(answer)).into_response()
+            }
+            Err(m) => *status(StatusCode::NOT_FOUND, "NotFound", m),
+        });
+    }
+    // /api/v1/namespaces/{ns}/pods/{name[:port]}/proxy[/...]
+    if segs.len() >= 7
+        && segs[..3] == ["api", "v1", "namespaces"]
+        && segs[4] == "pods"
+        && segs[6] == "proxy"
+    {
+        if *caller != Caller::Admin {
+            return forbidden("pods/proxy");
+        }
+        let rest = segs[7..].join("/");
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        return Some(pod_proxy(fake, segs[3], segs[5], method, &rest, &query, headers, body).await);
+    }
+    None
+}
+
+/// The API server's pod proxy, any method: the pod must exist and run; a
+/// route registered for it forwards to a real server, else the dial fails
+/// as it would at a pod with nothing listening.
+#[allow(clippy::too_many_arguments)]
+async fn pod_proxy(
+    fake: &FakeKube,
+    ns: &str,
+    name_port: &str,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let name = name_port.split(':').find(|p| !p.is_empty() && *p != "http" && *p != "https");
+    let name = name.unwrap_or_default();
+    let Some(pod) = fake.get("", "pods", ns, name) else {
+        return *status(StatusCode::NOT_FOUND, "NotFound", format!("pods \"{name}\" not found"));
+    };
+    if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+        return *status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("pod {name} is not running"),
+        );
+    }
+    let route =
+        fake.inner.lock().expect("lock").pod_routes.get(&(ns.to_owned(), name.to_owned())).cloned();
+    let Some(base) = route else {
+        return *status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("error trying to reach service: dial tcp {name}: connection refused"),
+        );
+    };
+    let url = format!("{}/{path}{query}", base.trim_end_matches('/'));
+    forward(method, &url, headers, body.clone()).await
+}
+
+/// Sends the request on to a real server and relays its answer (the
+/// headers an application reads: its content type, OpenBao's token).
+async fn forward(method: &Method, url: &str, headers: &HeaderMap, body: Bytes) -> Response {
+    let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut req = reqwest::Client::new().request(m, url).body(body.to_vec());
+    for h in ["content-type", "accept", "x-vault-token", "x-vault-request"] {
+        if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
+            req = req.header(h, v);
+        }
+    }
+    match req.send().await {
+        Ok(r) => {
+            let code = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let ct = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_owned();
+            let body = r.bytes().await.unwrap_or_default();
+            (code, [(axum::http::header::CONTENT_TYPE, ct)], body).into_response()
+        }
+        Err(e) => *status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {e}"),
+        ),
+    }
+}
+
 /// `GET /api/v1/namespaces/{ns}/services/{name[:port]}/proxy/{path}`: the
 /// API server's service proxy. No Running and Ready pod behind the
 /// Service's selector is a 503 "no endpoints available", as the API server
@@ -519,19 +815,7 @@ async fn service_proxy(fake: &FakeKube, ns: &str, name_port: &str, path: &str) -
         fake.inner.lock().expect("lock").routes.get(&(ns.to_owned(), name.to_owned())).cloned();
     if let Some(base) = route {
         let url = format!("{}/{}", base.trim_end_matches('/'), path);
-        return match reqwest::Client::new().get(&url).send().await {
-            Ok(r) => {
-                let code =
-                    StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-                let body = r.bytes().await.unwrap_or_default();
-                (code, body).into_response()
-            }
-            Err(e) => *status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                format!("error trying to reach service: {e}"),
-            ),
-        };
+        return forward(&Method::GET, &url, &HeaderMap::new(), Bytes::new()).await;
     }
     let answer: Option<Value> = svc
         .pointer("/metadata/annotations/sim.catalyst-zero.io~1answer")

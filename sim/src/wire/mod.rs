@@ -2,8 +2,11 @@
 //! speak the APIs the real adapters call, with failure injection.
 
 pub mod controllers;
+pub mod eso;
 pub mod hcloud;
 pub mod kube;
+pub mod kube_auth;
+pub mod kube_tls;
 pub mod registrars;
 
 use std::net::SocketAddr;

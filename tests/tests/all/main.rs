@@ -5,7 +5,9 @@
 //!   five `sshd` nodes), [`kit_fake`] (the `bootstrap-kit` phase through
 //!   the real Kubernetes client against the fake API server and its
 //!   controllers), [`dns_pdns`] (the DNS phases against a real
-//!   `pdns_server`, and the registrars' wire fakes);
+//!   `pdns_server`, and the registrars' wire fakes), [`handoff_bao`]
+//!   (`custody` and `secrets-handoff` against three real OpenBao nodes
+//!   behind the fake API server over TLS, and the `unseal` CLI);
 //! - the `catalyst-zero` binary end to end (build it first:
 //!   `cargo build -p catalyst-zero`): [`daemon_kill9`] (SIGKILL at every
 //!   step boundary and inside every step), [`daemon_dns`] (a real
@@ -19,4 +21,5 @@ mod daemon_dns;
 mod daemon_hetzner;
 mod daemon_kill9;
 mod dns_pdns;
+mod handoff_bao;
 mod kit_fake;
