@@ -28,6 +28,12 @@ pub const ENV_SIM_LATENCY: &str = "CATALYST_ZERO_SIM_LATENCY";
 pub const ENV_HETZNER_API_URL: &str = "CATALYST_ZERO_HETZNER_API_URL";
 pub const ENV_TOFU_BINARY: &str = "CATALYST_ZERO_TOFU_BINARY";
 pub const ENV_POWERDNS_API_KEY: &str = "CATALYST_ZERO_POWERDNS_API_KEY";
+pub const ENV_AT_REST_KEY: &str = "CATALYST_ZERO_AT_REST_KEY";
+/// Where systemd's `LoadCredential=` puts credentials.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// The at-rest key an earlier layout kept in the data directory.
+pub const LEGACY_KEY_FILE: &str = "identity.age.txt";
 
 /// The file `serve` writes a generated operator token to.
 pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
@@ -362,8 +368,15 @@ impl fmt::Debug for Tokens {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Database, identity, sim world and tofu workspaces live here.
+    /// Database, sim world and tofu workspaces live here.
     pub data_dir: PathBuf,
+    /// The daemon's at-rest key (an age identity; created 0600 on first
+    /// start; refused if group or others can read it). Default:
+    /// `$CREDENTIALS_DIRECTORY/at-rest-key` under systemd, else
+    /// `$XDG_CONFIG_HOME/catalyst-zero/at-rest-key.txt` (or
+    /// `~/.config/...`): never the data directory, so a copy of it opens
+    /// no secret.
+    pub at_rest_key: Option<PathBuf>,
     /// Address the HTTP API listens on (port 0 picks a free port).
     pub listen: SocketAddr,
     pub backend: BackendKind,
@@ -387,6 +400,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from(".cz-data"),
+            at_rest_key: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
             backend: BackendKind::Sim,
             sim: SimConfig::default(),
@@ -449,6 +463,9 @@ impl Config {
         if let Some(d) = non_empty(ENV_DATA_DIR) {
             self.data_dir = PathBuf::from(d);
         }
+        if let Some(k) = non_empty(ENV_AT_REST_KEY) {
+            self.at_rest_key = Some(PathBuf::from(k.trim()));
+        }
         if let Some(l) = non_empty(ENV_LISTEN) {
             self.listen = l.trim().parse().map_err(|e: std::net::AddrParseError| {
                 LoadError::Env { var: ENV_LISTEN, message: e.to_string() }
@@ -479,6 +496,55 @@ impl Config {
                 })?;
         }
         Ok(())
+    }
+
+    /// Where the at-rest key is (see [`Config::at_rest_key`]); `get` looks
+    /// a variable up. An old layout's key left in the data directory, with
+    /// none at the configured place, is refused with how to move it: a new
+    /// key would open none of the stored secrets.
+    pub fn at_rest_key_path(
+        &self,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<PathBuf, LoadError> {
+        let path = match &self.at_rest_key {
+            Some(p) => p.clone(),
+            None => {
+                let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+                if let Some(d) = non_empty(ENV_CREDENTIALS_DIRECTORY) {
+                    PathBuf::from(d).join("at-rest-key")
+                } else if let Some(d) = non_empty("XDG_CONFIG_HOME") {
+                    PathBuf::from(d).join("catalyst-zero/at-rest-key.txt")
+                } else if let Some(h) = non_empty("HOME") {
+                    PathBuf::from(h).join(".config/catalyst-zero/at-rest-key.txt")
+                } else {
+                    return Err(LoadError::Invalid(
+                        "no place for the at-rest key: set at_rest_key (or CATALYST_ZERO_AT_REST_KEY, \
+                         or HOME)"
+                            .into(),
+                    ));
+                }
+            }
+        };
+        let legacy = self.data_dir.join(LEGACY_KEY_FILE);
+        if legacy.exists() && !path.exists() {
+            return Err(LoadError::Invalid(format!(
+                "the at-rest key of this data directory is {} (an earlier layout); move it out of the \
+                 data directory (`install -m 600 -D {} {}` then delete it) or set at_rest_key to it",
+                legacy.display(),
+                legacy.display(),
+                path.display()
+            )));
+        }
+        if let (Ok(d), Some(parent)) = (self.data_dir.canonicalize(), path.parent())
+            && parent.canonicalize().is_ok_and(|p| p.starts_with(&d))
+        {
+            tracing::warn!(
+                key = %path.display(),
+                data_dir = %self.data_dir.display(),
+                "The at-rest key is inside the data directory: a copy of the directory opens every stored secret."
+            );
+        }
+        Ok(path)
     }
 
     /// Checks what serde cannot: ranges and features not built yet.
@@ -543,6 +609,31 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.backend, BackendKind::Sim);
         assert_eq!(c.listen.port(), 7480);
+    }
+
+    #[test]
+    fn the_at_rest_key_lives_apart_from_the_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config { data_dir: dir.path().join("data"), ..Config::default() };
+        let env: HashMap<&str, String> = [("HOME", "/home/op".to_owned())].into();
+        let get = |k: &str| env.get(k).cloned();
+        let p = c.at_rest_key_path(&get).unwrap();
+        assert_eq!(p, PathBuf::from("/home/op/.config/catalyst-zero/at-rest-key.txt"));
+        let env: HashMap<&str, String> =
+            [("HOME", "/home/op".to_owned()), ("CREDENTIALS_DIRECTORY", "/run/creds/cz".into())]
+                .into();
+        let get = |k: &str| env.get(k).cloned();
+        assert_eq!(c.at_rest_key_path(&get).unwrap(), PathBuf::from("/run/creds/cz/at-rest-key"));
+        let explicit = Config { at_rest_key: Some("/etc/cz/key".into()), ..c.clone() };
+        assert_eq!(explicit.at_rest_key_path(&get).unwrap(), PathBuf::from("/etc/cz/key"));
+        // An earlier layout's key in the data directory is not silently
+        // replaced by a new one.
+        std::fs::create_dir_all(&c.data_dir).unwrap();
+        std::fs::write(c.data_dir.join(LEGACY_KEY_FILE), "AGE-SECRET-KEY-1").unwrap();
+        let e = c.at_rest_key_path(&get).unwrap_err();
+        assert!(e.to_string().contains("move it out of the data directory"), "{e}");
+        let none = |_: &str| None;
+        assert!(Config::default().at_rest_key_path(&none).is_err());
     }
 
     #[test]

@@ -115,7 +115,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     let token = operator_token(&config)?;
     config.tokens.operator = Some(token.clone());
 
-    let store = Store::open(StorePaths::in_dir(&config.data_dir))
+    let key = config.at_rest_key_path(&|k| std::env::var(k).ok())?;
+    let paths =
+        StorePaths { database: StorePaths::in_dir(&config.data_dir).database, identity: key };
+    tracing::info!(at_rest_key = %paths.identity.display(), "Opening the store.");
+    let store = Store::open(paths)
         .await
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     let backend = crate::wiring::backend(&config).await?;
@@ -171,12 +175,40 @@ mod tests {
 
     fn config(dir: &Path, latency: f64) -> Config {
         let mut c = Config {
-            data_dir: dir.to_owned(),
+            data_dir: dir.join("data"),
+            at_rest_key: Some(dir.join("keys").join("at-rest-key.txt")),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Config::default()
         };
         c.sim.latency_factor = latency;
         c
+    }
+
+    /// The at-rest key is made outside the data directory (0600, in a 0700
+    /// directory), and a key group or others can read is refused before
+    /// anything is opened.
+    #[tokio::test]
+    async fn the_at_rest_key_is_apart_private_and_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), 0.0);
+        let key = c.at_rest_key.clone().unwrap();
+        let h = start(c.clone()).await.unwrap();
+        h.shutdown().await.unwrap();
+        assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        let parent = key.parent().unwrap();
+        assert_eq!(std::fs::metadata(parent).unwrap().permissions().mode() & 0o777, 0o700);
+        let in_data: Vec<_> = std::fs::read_dir(&c.data_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("AGE-SECRET-KEY"))
+            })
+            .collect();
+        assert!(in_data.is_empty(), "a key in the data directory: {in_data:?}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = start(c).await.err().expect("refused");
+        assert!(format!("{e:#}").contains("must not be readable by group or others"), "{e:#}");
     }
 
     /// A generated token is written 0600 and reused; a daemon stopped
@@ -186,7 +218,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = start(config(dir.path(), 1.0)).await.unwrap();
         let token = h.operator_token().to_owned();
-        let file = dir.path().join(OPERATOR_TOKEN_FILE);
+        let file = dir.path().join("data").join(OPERATOR_TOKEN_FILE);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -210,7 +242,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         h.shutdown().await.unwrap();
         let j = {
-            let store = Store::open(StorePaths::in_dir(dir.path())).await.unwrap();
+            let paths = StorePaths {
+                database: dir.path().join("data").join("catalyst-zero.db"),
+                identity: dir.path().join("keys").join("at-rest-key.txt"),
+            };
+            let store = Store::open(paths).await.unwrap();
             store.get_job(job.parse().unwrap()).await.unwrap().unwrap()
         };
         assert!(j.status.in_flight(), "stopped mid-run: {}", j.status);

@@ -28,6 +28,11 @@ pub enum StoreError {
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("secret sealing failed")]
     Seal(#[source] SealError),
+    #[error(
+        "the at-rest key {key} does not open the secrets of {database}: it is not the key this \
+         store was written with (point `at_rest_key` at that one)"
+    )]
+    WrongKey { key: PathBuf, database: PathBuf },
     #[error("database query failed: {what}")]
     Query {
         what: &'static str,
@@ -88,6 +93,7 @@ impl StoreError {
             | StoreError::Open { .. }
             | StoreError::Migrate(_)
             | StoreError::Seal(_)
+            | StoreError::WrongKey { .. }
             | StoreError::Decode { .. }
             | StoreError::WriterGone
             | StoreError::IllegalTransition { .. }

@@ -1,22 +1,27 @@
-//! Secrets at rest: the daemon's age identity and the `SecretString` type.
+//! Secrets at rest: the daemon's at-rest key, the custodians' age helpers,
+//! and the `SecretString` type.
 //!
-//! Every secret the daemon holds (cloud tokens, join tokens, OpenBao shares,
-//! private keys) is stored as an age-encrypted blob in the `secrets` table,
-//! encrypted to the daemon's own X25519 identity. The identity file is created
-//! on first start with mode 0600 and read again on every start, so a resumed
-//! job still has its secrets after a restart (an earlier implementation lost them).
+//! Every secret the daemon holds while it works (cloud tokens, join tokens,
+//! kubeconfigs, SSH keys, OpenBao's root token until it is revoked) is
+//! stored as an age-encrypted blob in the `secrets` table, encrypted to the
+//! daemon's own X25519 identity, its **at-rest key**. The key file is
+//! created on first start with mode 0600 (its directory 0700), refused when
+//! group or others can read it, and read again on every start, so a resumed
+//! job still has its secrets after a restart. Where it lives is the
+//! daemon's configuration (`at_rest_key`): by default not in the data
+//! directory, so a copy of the data directory alone opens nothing. The
+//! format is age's own (`age -d -i` works).
+//!
+//! What custodians hold is not encrypted to this key but to theirs
+//! ([`encrypt_armored_to`]); the daemon cannot open it.
 //!
 //! `SecretString` is how plaintext travels in memory: its `Debug`, `Display`
 //! and `Serialize` print `<redacted>`, so a secret that slips into a log line,
 //! an event or an API response shows up as a redaction, not as the value.
-//!
-//! TODO-design: the identity file sits beside the database. An operator who
-//! wants separation can point `identity_path` at another volume (or, later, a
-//! KMS-backed unwrap); the file format is age's own, so `age -d -i` works.
 
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -68,23 +73,23 @@ impl<'de> Deserialize<'de> for SecretString {
 /// Errors of the identity file and of sealing/unsealing.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
-    #[error("cannot create the daemon identity file {path}")]
+    #[error("cannot create the daemon's at-rest key {path}")]
     CreateIdentity {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read the daemon identity file {path}")]
+    #[error("cannot read the daemon's at-rest key {path}")]
     ReadIdentity {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error(
-        "the daemon identity file {path} has mode {mode:o}; it must not be readable by group or others"
+        "the daemon's at-rest key {path} has mode {mode:o}; it must not be readable by group or others (chmod 600)"
     )]
     IdentityPermissions { path: PathBuf, mode: u32 },
-    #[error("the daemon identity file {path} holds no AGE-SECRET-KEY line")]
+    #[error("the daemon's at-rest key {path} holds no AGE-SECRET-KEY line")]
     ParseIdentity { path: PathBuf },
     #[error("age encryption failed: {0}")]
     Encrypt(String),
@@ -109,9 +114,15 @@ impl Sealer {
                 identity.to_public(),
                 identity.to_string().expose_secret()
             );
-            let create = |path: &Path| -> std::io::Result<()> {
-                let tmp = path.with_extension("tmp");
-                let _ = std::fs::remove_file(&tmp);
+            // Written to a file of its own, then linked into place: a link
+            // never replaces, so of two daemons starting at once on one key
+            // path, one key wins and both read it.
+            let create = |path: &Path| -> std::io::Result<bool> {
+                if let Some(dir) = path.parent() {
+                    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+                }
+                let tmp =
+                    path.with_extension(format!("tmp.{}.{}", std::process::id(), rand_suffix()));
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -119,15 +130,23 @@ impl Sealer {
                     .open(&tmp)?;
                 f.write_all(body.as_bytes())?;
                 f.sync_all()?;
-                std::fs::rename(&tmp, path)?;
+                let linked = std::fs::hard_link(&tmp, path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                    Err(e) => return Err(e),
+                }
                 if let Some(dir) = path.parent() {
                     std::fs::File::open(dir)?.sync_all()?;
                 }
-                Ok(())
+                Ok(true)
             };
-            create(path)
+            let created = create(path)
                 .map_err(|source| SealError::CreateIdentity { path: path.to_owned(), source })?;
-            tracing::info!(path = %path.display(), "Created the daemon identity file.");
+            if created {
+                tracing::info!(path = %path.display(), "Created the daemon's at-rest key.");
+            }
         }
         let meta = std::fs::metadata(path)
             .map_err(|source| SealError::ReadIdentity { path: path.to_owned(), source })?;
@@ -159,6 +178,12 @@ impl Sealer {
     pub fn unseal(&self, ciphertext: &[u8]) -> Result<Vec<u8>, SealError> {
         age::decrypt(&self.identity, ciphertext).map_err(|e| SealError::Decrypt(e.to_string()))
     }
+}
+
+fn rand_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{nanos:08x}")
 }
 
 /// Encrypts `plaintext` to a set of external age recipients (`age1…`), e.g.
@@ -261,6 +286,24 @@ mod tests {
         let b = Sealer::load_or_create(&path).unwrap();
         assert_eq!(b.recipient(), a.recipient());
         assert_eq!(b.unseal(&blob).unwrap(), b"token");
+    }
+
+    /// Daemons starting at once on one key path end up with one key.
+    #[test]
+    fn concurrent_first_starts_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("at-rest-key.txt");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| Sealer::load_or_create(&path).unwrap().recipient()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "{keys:?}");
+        let mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left");
     }
 
     #[test]

@@ -166,11 +166,13 @@ struct WriteOp {
 #[derive(Clone, Debug)]
 pub struct StorePaths {
     pub database: PathBuf,
+    /// The at-rest key (an age identity file).
     pub identity: PathBuf,
 }
 
 impl StorePaths {
-    /// The default layout under a data directory.
+    /// Both under one directory: for tests and benchmarks. The daemon keeps
+    /// its key apart (its `at_rest_key` setting).
     pub fn in_dir(dir: &Path) -> StorePaths {
         StorePaths {
             database: dir.join("catalyst-zero.db"),
@@ -275,6 +277,20 @@ impl Store {
             .connect_with(opts.read_only(true))
             .await
             .map_err(|source| StoreError::Open { path: paths.database.clone(), source })?;
+        // A store written with another key would fail at its first secret,
+        // mid-job: refuse now.
+        let sample: Option<Vec<u8>> = sqlx::query_scalar("SELECT ciphertext FROM secrets LIMIT 1")
+            .fetch_optional(&pool)
+            .await
+            .map_err(StoreError::query("check the at-rest key"))?;
+        if let Some(blob) = sample
+            && sealer.unseal(&blob).is_err()
+        {
+            return Err(StoreError::WrongKey {
+                key: paths.identity.clone(),
+                database: paths.database.clone(),
+            });
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let store = Store {
             inner: Arc::new(Inner {

@@ -304,6 +304,10 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
     #[arg(long, env = "CATALYST_ZERO_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The daemon's at-rest key file (default: outside the data directory,
+    /// see docs/configuration.md).
+    #[arg(long)]
+    pub at_rest_key: Option<PathBuf>,
     #[arg(long, env = "CATALYST_ZERO_LISTEN")]
     pub listen: Option<SocketAddr>,
     #[arg(long, env = "CATALYST_ZERO_BACKEND")]
@@ -566,6 +570,9 @@ pub fn serve_config(
     config.apply_env(env)?;
     if let Some(d) = &args.data_dir {
         config.data_dir = d.clone();
+    }
+    if let Some(k) = &args.at_rest_key {
+        config.at_rest_key = Some(k.clone());
     }
     if let Some(l) = args.listen {
         config.listen = l;

@@ -335,3 +335,22 @@ async fn escrow_is_replaced_per_kind_in_one_commit() {
     store.delete_escrow("sov", "openbao-share").await.unwrap();
     assert_eq!(store.escrow("sov", None).await.unwrap().len(), 1);
 }
+
+/// A store opened with another at-rest key is refused at once, naming
+/// both files, instead of failing at its first secret mid-job.
+#[tokio::test]
+async fn a_store_refuses_a_key_it_was_not_written_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = |key: &str| StorePaths {
+        database: dir.path().join("cz.db"),
+        identity: dir.path().join("keys").join(key),
+    };
+    let store = Store::open(paths("a.txt")).await.unwrap();
+    store.put_secret("sov", "token", &SecretString::new("t")).await.unwrap();
+    drop(store);
+    let e = Store::open(paths("b.txt")).await.err().expect("refused");
+    assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("b.txt") && e.to_string().contains("cz.db"), "{e}");
+    let again = Store::open(paths("a.txt")).await.unwrap();
+    assert_eq!(again.get_secret("sov", "token").await.unwrap().unwrap().expose(), "t");
+}
