@@ -12,10 +12,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use cz_adapters::AdapterResult;
+use cz_adapters::openbao::BaoEndpoint;
 use cz_engine::testing::{Rig, Scenario, Started};
 use cz_engine::{JobOptions, Plan};
 use cz_sim::{SimCloud, SimConfig, SimWorld, sim_backend};
-use cz_state::{JobId, JobStatus, SovereignId, Submission};
+use cz_state::{JobId, JobStatus, SecretString, SovereignId, Submission};
 use serde_json::{Value, json};
 
 use crate::dns::NAMESERVERS;
@@ -132,6 +134,77 @@ pub async fn sim_rig_in_world(config: SimConfig) -> (SimRig, Arc<SimWorld>) {
     .await;
     serve_pool_zone(&rig).await;
     (rig, world.expect("the rig built its backend"))
+}
+
+/// An OpenBao adapter watching the wire for a test: every `sys/init`
+/// answer goes to `after_init` (to keep the root token, count inits), which
+/// may ask for a pause inside the init window (a slow commit, a kill
+/// there); every other call passes through.
+pub struct BaoTap {
+    pub inner: Arc<dyn cz_adapters::BaoApi>,
+    #[allow(clippy::type_complexity)]
+    pub after_init: Box<dyn Fn(&cz_adapters::BaoInit) -> Option<std::time::Duration> + Send + Sync>,
+}
+
+#[async_trait]
+impl cz_adapters::BaoApi for BaoTap {
+    async fn status(&self, at: &BaoEndpoint) -> AdapterResult<cz_adapters::BaoStatus> {
+        self.inner.status(at).await
+    }
+    async fn init(
+        &self,
+        at: &BaoEndpoint,
+        req: cz_adapters::BaoInitRequest,
+    ) -> AdapterResult<cz_adapters::BaoInit> {
+        let init = self.inner.init(at, req).await?;
+        if let Some(pause) = (self.after_init)(&init) {
+            tokio::time::sleep(pause).await;
+        }
+        Ok(init)
+    }
+    async fn unseal(
+        &self,
+        at: &BaoEndpoint,
+        key: &SecretString,
+    ) -> AdapterResult<cz_adapters::BaoStatus> {
+        self.inner.unseal(at, key).await
+    }
+    async fn wipe(&self, at: &BaoEndpoint) -> AdapterResult<()> {
+        self.inner.wipe(at).await
+    }
+    async fn write(
+        &self,
+        at: &BaoEndpoint,
+        token: &SecretString,
+        path: &str,
+        body: Value,
+    ) -> AdapterResult<Value> {
+        self.inner.write(at, token, path, body).await
+    }
+    async fn delete(
+        &self,
+        at: &BaoEndpoint,
+        token: &SecretString,
+        path: &str,
+    ) -> AdapterResult<()> {
+        self.inner.delete(at, token, path).await
+    }
+    async fn read(
+        &self,
+        at: &BaoEndpoint,
+        token: &SecretString,
+        path: &str,
+    ) -> AdapterResult<Option<Value>> {
+        self.inner.read(at, token, path).await
+    }
+}
+
+/// The sim's failure rules and config, for [`sim_rig_in_world`].
+pub use cz_sim::{FailRule, SimConfig as WorldConfig};
+
+/// Restarts the OpenBao pod at `at` in `world`: it comes back sealed.
+pub async fn restart_bao_replica(world: &SimWorld, at: &BaoEndpoint) {
+    cz_sim::backend::bao::restart_replica(world, at).await.expect("the sim world writes");
 }
 
 async fn serve_pool_zone(rig: &SimRig) {

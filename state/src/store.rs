@@ -679,19 +679,7 @@ impl Store {
             Box::new(move |w| {
                 Box::pin(async move {
                     let c = &mut w.conn;
-                    for (name, blob) in sealed {
-                        sqlx::query(
-                    "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?)
-                     ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
-                )
-                .bind(&owner)
-                .bind(name)
-                .bind(blob)
-                .bind(now_ms())
-                .execute(&mut *c)
-                .await
-                .map_err(StoreError::query("put secrets"))?;
-                    }
+                    upsert_sealed(c, &owner, sealed).await?;
                     Ok(Box::new(()) as Box<dyn Any + Send>)
                 })
             }),
@@ -801,20 +789,7 @@ impl Store {
                         .await
                         .map_err(StoreError::query("put escrow"))?;
                     }
-                    for (name, blob) in sealed {
-                        sqlx::query(
-                            "INSERT INTO secrets (owner, name, ciphertext, created_at) \
-                             VALUES (?, ?, ?, ?) ON CONFLICT (owner, name) \
-                             DO UPDATE SET ciphertext = excluded.ciphertext",
-                        )
-                        .bind(&owner)
-                        .bind(name)
-                        .bind(blob)
-                        .bind(now_ms())
-                        .execute(&mut *c)
-                        .await
-                        .map_err(StoreError::query("put secrets"))?;
-                    }
+                    upsert_sealed(c, &owner, sealed).await?;
                     Ok(Box::new(()) as Box<dyn Any + Send>)
                 })
             }),
@@ -873,6 +848,29 @@ impl Store {
     pub async fn delete_escrow(&self, sovereign: &str, kind: &str) -> Result<(), StoreError> {
         self.put_escrow(sovereign, kind, &[], &[]).await
     }
+}
+
+/// Inserts or replaces sealed secrets of `owner` (inside the caller's
+/// transaction).
+async fn upsert_sealed(
+    c: &mut SqliteConnection,
+    owner: &str,
+    sealed: Vec<(String, Vec<u8>)>,
+) -> Result<(), StoreError> {
+    for (name, blob) in sealed {
+        sqlx::query(
+            "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(blob)
+        .bind(now_ms())
+        .execute(&mut *c)
+        .await
+        .map_err(StoreError::query("put secrets"))?;
+    }
+    Ok(())
 }
 
 // === the writer ===

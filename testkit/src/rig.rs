@@ -24,7 +24,7 @@ use serde_json::Value;
 pub use cz_engine::testing::{
     DRIVE_BOUND, Rig, Scenario, Started, every_step_failure_unwinds, every_step_runs_twice,
 };
-pub use cz_phases::testing::{PhaseScenario, SimRig, SimRigExt, sim_rig};
+pub use cz_phases::testing::{BaoTap, PhaseScenario, SimRig, SimRigExt, sim_rig};
 
 /// The `sim` backend rooted in `dir` (`sim/` the world, `ws/` the
 /// workspaces), instant: the base a test replaces adapters of.

@@ -26,31 +26,11 @@ use cz_phases::handoff::secrets::{NAMESPACE, PORT, REPLICAS};
 use cz_state::SecretString;
 use cz_state::secrets::decrypt_with_identity;
 use cz_state::shamir::{self, Part};
-use serde::Deserialize;
 
 use super::client::Client;
 
-/// One blob of the escrow as the API hands it out (`EscrowBlob`).
-#[derive(Clone, Debug, Deserialize)]
-pub struct Blob {
-    pub kind: String,
-    pub index: u32,
-    pub custodian: u32,
-    pub label: String,
-    pub recipient: String,
-    pub threshold: u8,
-    pub parts: u8,
-    #[serde(default)]
-    pub fingerprint: Option<String>,
-    pub age: String,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub struct Escrow {
-    pub sovereign_id: String,
-    pub fqdn: String,
-    pub items: Vec<Blob>,
-}
+/// The escrow as the API hands it out (and `escrow --out` stores it).
+pub use crate::api::views::{EscrowBlob as Blob, EscrowView as Escrow};
 
 const MANIFEST: &str = "escrow.json";
 

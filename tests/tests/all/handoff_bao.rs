@@ -21,12 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use cz_adapters::kube::KubeClient;
 use cz_adapters::openbao::{BaoEndpoint, OpenBaoClient};
-use cz_adapters::{
-    AdapterResult, Backend, BaoApi, BaoInit, BaoInitRequest, BaoStatus, KubeApi, ObjectRef,
-};
+use cz_adapters::{Backend, BaoApi, BaoInit, KubeApi, ObjectRef};
 use cz_engine::{ActionId, Cause, JobOptions, PhaseBuilder, Plan, RetryTarget, StepError, Verbs};
 use cz_phases::cluster::CiliumChart;
 use cz_phases::cluster::render::cilium_manifest;
@@ -39,7 +36,7 @@ use cz_sim::wire::kube::FakeKube;
 use cz_state::{JobId, JobStatus, SecretString, SovereignId};
 use cz_testkit::bao::{Bao, BaoCluster};
 use cz_testkit::requests::sample_request;
-use cz_testkit::rig::{Rig, SimRigExt, Stub, rig_in, sim_backend_in, step_output};
+use cz_testkit::rig::{BaoTap, Rig, SimRigExt, Stub, rig_in, sim_backend_in, step_output};
 use serde_json::{Value, json};
 
 const CILIUM: ActionId<()> = ActionId::new("test.cilium");
@@ -84,91 +81,46 @@ async fn world() -> Option<World> {
     Some(World { fake, bao })
 }
 
-/// Counts `sys/init` calls in a file (across the driving processes) and
-/// keeps the last answer, as someone watching the wire would; with a
-/// `pause` file set, waits there after the answer (the window before the
+/// What the test sees of `sys/init` on the wire: every call is counted in
+/// `dir/inits.log` (across the driving processes) and the last answer kept;
+/// with `pause`, the driver then waits inside the init window (before the
 /// escrow commit) and says so in `dir/init-answered`.
 struct Watched {
-    inner: Arc<dyn BaoApi>,
-    dir: PathBuf,
-    pause: Option<Duration>,
     seen: Mutex<Option<(Vec<SecretString>, SecretString)>>,
 }
 
-#[async_trait]
-impl BaoApi for Watched {
-    async fn status(&self, at: &BaoEndpoint) -> AdapterResult<BaoStatus> {
-        self.inner.status(at).await
-    }
-    async fn init(&self, at: &BaoEndpoint, req: BaoInitRequest) -> AdapterResult<BaoInit> {
-        let init = self.inner.init(at, req).await?;
+fn watched(dir: &Path, pause: Option<Duration>) -> (Arc<Watched>, Arc<dyn BaoApi>) {
+    let w = Arc::new(Watched { seen: Mutex::new(None) });
+    let (keep, dir) = (w.clone(), dir.to_owned());
+    let after_init = Box::new(move |init: &BaoInit| {
         use std::io::Write as _;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("inits.log"))
+            .open(dir.join("inits.log"))
             .unwrap();
         writeln!(f, "init").unwrap();
         f.sync_all().unwrap();
-        *self.seen.lock().unwrap() = Some((init.keys.clone(), init.root_token.clone()));
-        if let Some(p) = self.pause {
-            std::fs::write(self.dir.join("init-answered"), "").unwrap();
-            tokio::time::sleep(p).await;
+        *keep.seen.lock().unwrap() = Some((init.keys.clone(), init.root_token.clone()));
+        if pause.is_some() {
+            std::fs::write(dir.join("init-answered"), "").unwrap();
         }
-        Ok(init)
-    }
-    async fn unseal(&self, at: &BaoEndpoint, key: &SecretString) -> AdapterResult<BaoStatus> {
-        self.inner.unseal(at, key).await
-    }
-    async fn wipe(&self, at: &BaoEndpoint) -> AdapterResult<()> {
-        self.inner.wipe(at).await
-    }
-    async fn write(
-        &self,
-        at: &BaoEndpoint,
-        token: &SecretString,
-        path: &str,
-        body: Value,
-    ) -> AdapterResult<Value> {
-        self.inner.write(at, token, path, body).await
-    }
-    async fn delete(
-        &self,
-        at: &BaoEndpoint,
-        token: &SecretString,
-        path: &str,
-    ) -> AdapterResult<()> {
-        self.inner.delete(at, token, path).await
-    }
-    async fn read(
-        &self,
-        at: &BaoEndpoint,
-        token: &SecretString,
-        path: &str,
-    ) -> AdapterResult<Option<Value>> {
-        self.inner.read(at, token, path).await
-    }
+        pause
+    });
+    let tap = BaoTap { inner: Arc::new(OpenBaoClient::default()), after_init };
+    (w, Arc::new(tap))
 }
 
 /// The backend: the sim's, with the real Kubernetes and OpenBao clients.
-fn backend(dir: &Path, watched: Arc<Watched>) -> Backend {
+fn backend(dir: &Path, bao: Arc<dyn BaoApi>) -> Backend {
     let mut b = sim_backend_in(dir);
     b.kube = Arc::new(KubeClient);
-    b.bao = watched;
+    b.bao = bao;
     b.poll = Duration::from_millis(50);
     b.bounds.kit_component = Duration::from_secs(60);
     b.bounds.openbao = Duration::from_secs(60);
     b.bounds.secret_sync = Duration::from_secs(60);
     b
-}
-
-fn watched(dir: &Path, pause: Option<Duration>) -> Arc<Watched> {
-    Arc::new(Watched {
-        inner: Arc::new(OpenBaoClient::default()),
-        dir: dir.to_owned(),
-        pause,
-        seen: Mutex::new(None),
-    })
 }
 
 /// Three custodians whose identities the test holds (files for `age`).
@@ -216,9 +168,9 @@ async fn submit(
     dir: &Path,
     w: &World,
     req: &ProvisionRequest,
-    watched: Arc<Watched>,
+    bao: Arc<dyn BaoApi>,
 ) -> (Rig<Backend>, SovereignId, JobId) {
-    let r = rig_in(dir, register, move |d| backend(d, watched)).await;
+    let r = rig_in(dir, register, move |d| backend(d, bao)).await;
     let (sov, job) = r.submit_plan(req, &plan(req), JobOptions::default()).await;
     let kc = SecretString::new(w.fake.kubeconfig());
     r.store.put_secret(&sov.to_string(), "kubeconfig-fsn1", &kc).await.unwrap();
@@ -309,8 +261,8 @@ async fn a_real_openbao_is_initialised_handed_off_and_unsealed_by_custodians_k_o
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let spy = watched(&dir, None);
-    let (r, sov, job) = submit(&dir, &w, &req, spy.clone()).await;
+    let (spy, bao) = watched(&dir, None);
+    let (r, sov, job) = submit(&dir, &w, &req, bao).await;
     let status = r.drive(job).await;
     assert_eq!(status, JobStatus::Succeeded, "{}\n{}", r.stop_reason(job).await, w.bao.logs());
 
@@ -408,8 +360,8 @@ async fn child_driver() {
     let job: JobId = std::env::var("CZ_BAO_JOB").unwrap().parse().unwrap();
     let pause =
         std::env::var("CZ_BAO_PAUSE_MS").ok().map(|m| Duration::from_millis(m.parse().unwrap()));
-    let spy = watched(&dir, pause);
-    let r = rig_in(&dir, register, move |d| backend(d, spy)).await;
+    let (_, bao) = watched(&dir, pause);
+    let r = rig_in(&dir, register, move |d| backend(d, bao)).await;
     cz_testkit::kill9::drive_logging_steps(&r.engine, &r.store, job, &dir).await;
 }
 
@@ -455,7 +407,7 @@ async fn killed_inside_every_custody_and_handoff_step_it_initialises_once() {
     let dir = tmp.path().join("run");
     std::fs::create_dir_all(&dir).unwrap();
     let (req, people) = request(tmp.path());
-    let (r, sov, job) = submit(&dir, &w, &req, watched(&dir, None)).await;
+    let (r, sov, job) = submit(&dir, &w, &req, watched(&dir, None).1).await;
     let env = [("CZ_BAO_DIR", dir.display().to_string()), ("CZ_BAO_JOB", job.to_string())];
     let ours = |s: &str| s.starts_with("custody/") || s.starts_with("secrets-handoff/");
     let mut killed = BTreeSet::new();
@@ -512,7 +464,7 @@ async fn a_kill_inside_the_init_window_asks_an_operator_to_reset_openbao() {
     let dir = tmp.path().join("run");
     std::fs::create_dir_all(&dir).unwrap();
     let (req, _people) = request(tmp.path());
-    let (r, sov, job) = submit(&dir, &w, &req, watched(&dir, None)).await;
+    let (r, sov, job) = submit(&dir, &w, &req, watched(&dir, None).1).await;
     let env = [
         ("CZ_BAO_DIR", dir.display().to_string()),
         ("CZ_BAO_JOB", job.to_string()),
@@ -539,12 +491,8 @@ async fn a_kill_inside_the_init_window_asks_an_operator_to_reset_openbao() {
     assert!(r.store.escrow(&sov.to_string(), Some(OPENBAO_SHARE)).await.unwrap().is_empty());
     drop(r);
 
-    let spy = watched(&dir, None);
-    let r2 = rig_in(&dir, register, {
-        let spy = spy.clone();
-        move |d| backend(d, spy)
-    })
-    .await;
+    let (_, bao) = watched(&dir, None);
+    let r2 = rig_in(&dir, register, move |d| backend(d, bao)).await;
     assert_eq!(r2.drive(job).await, JobStatus::Paused);
     let stop = r2.stop_reason(job).await;
     assert_eq!(stop["step"], "secrets-handoff/init", "{stop}");

@@ -1,11 +1,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
+use cz_adapters::ObjectRef;
 use cz_adapters::openbao::BaoEndpoint;
-use cz_adapters::{AdapterResult, BaoApi, BaoInit, BaoInitRequest, BaoStatus, ObjectRef};
 use cz_engine::{Cause, ErrorClass, FaultPlan, JobOptions, RetryTarget, StepError, Verbs};
-use cz_sim::{FailRule, SimConfig};
 use cz_state::{JobId, JobStatus, SecretString, SovereignId};
 use serde_json::{Value, json};
 
@@ -14,7 +12,8 @@ use crate::custody::escrow::{OPENBAO_RECOVERY_KEY, OPENBAO_SHARE, STATIC_SEAL_KE
 use crate::jobs::provision_plan;
 use crate::request::{ProvisionRequest, Seal};
 use crate::testing::{
-    SimRig, SimRigExt, phase_tests, sample_request, sim_rig, sim_rig_in_world, sim_rig_with,
+    BaoTap, FailRule, SimRig, SimRigExt, WorldConfig as SimConfig, phase_tests,
+    restart_bao_replica, sample_request, sim_rig, sim_rig_in_world, sim_rig_with,
 };
 
 phase_tests!(super::PHASE, sample_request("sec", 1, 0));
@@ -72,56 +71,6 @@ async fn output<T: serde::de::DeserializeOwned>(rig: &SimRig, job: JobId, step: 
     serde_json::from_value(out).unwrap()
 }
 
-/// An observer on the wire to OpenBao: keeps `sys/init`'s root token, as
-/// someone watching the answer would.
-struct Spy {
-    inner: Arc<dyn BaoApi>,
-    root: Mutex<Option<SecretString>>,
-}
-
-#[async_trait]
-impl BaoApi for Spy {
-    async fn status(&self, at: &BaoEndpoint) -> AdapterResult<BaoStatus> {
-        self.inner.status(at).await
-    }
-    async fn init(&self, at: &BaoEndpoint, req: BaoInitRequest) -> AdapterResult<BaoInit> {
-        let init = self.inner.init(at, req).await?;
-        *self.root.lock().unwrap() = Some(init.root_token.clone());
-        Ok(init)
-    }
-    async fn unseal(&self, at: &BaoEndpoint, key: &SecretString) -> AdapterResult<BaoStatus> {
-        self.inner.unseal(at, key).await
-    }
-    async fn wipe(&self, at: &BaoEndpoint) -> AdapterResult<()> {
-        self.inner.wipe(at).await
-    }
-    async fn write(
-        &self,
-        at: &BaoEndpoint,
-        token: &SecretString,
-        path: &str,
-        body: Value,
-    ) -> AdapterResult<Value> {
-        self.inner.write(at, token, path, body).await
-    }
-    async fn delete(
-        &self,
-        at: &BaoEndpoint,
-        token: &SecretString,
-        path: &str,
-    ) -> AdapterResult<()> {
-        self.inner.delete(at, token, path).await
-    }
-    async fn read(
-        &self,
-        at: &BaoEndpoint,
-        token: &SecretString,
-        path: &str,
-    ) -> AdapterResult<Option<Value>> {
-        self.inner.read(at, token, path).await
-    }
-}
-
 async fn replica(rig: &SimRig, sov: SovereignId, i: u32) -> BaoEndpoint {
     let kc = rig.store.get_secret(&sov.to_string(), "kubeconfig-fsn1").await.unwrap().unwrap();
     BaoEndpoint::pod(&kc, NAMESPACE, &format!("openbao-{i}"), PORT).unwrap()
@@ -167,7 +116,7 @@ async fn the_shares_are_the_custodians_alone_k_of_n() {
     assert!(names.iter().all(|n| !n.contains("openbao")), "the daemon keeps {names:?}");
 
     let at = replica(&rig, sov, 1).await;
-    cz_sim::backend::bao::restart_replica(&world, &at).await.unwrap();
+    restart_bao_replica(&world, &at).await;
     let bao = &rig.env().bao;
     assert!(bao.unseal(&at, &opened[0]).await.unwrap().sealed, "one share does not unseal");
     assert!(!bao.unseal(&at, &opened[1]).await.unwrap().sealed, "two do");
@@ -194,7 +143,7 @@ async fn a_replica_sealed_after_init_waits_for_the_custodians() {
     let before = rig.store.escrow(&owner, Some(OPENBAO_SHARE)).await.unwrap();
 
     let at = replica(&rig, sov, 2).await;
-    cz_sim::backend::bao::restart_replica(&world, &at).await.unwrap();
+    restart_bao_replica(&world, &at).await;
     let verbs = Verbs { store: &rig.store };
     verbs.retry(job, RetryTarget::Phase(PHASE.into()), "alice").await.unwrap();
     assert_eq!(rig.drive(job).await, JobStatus::Paused);
@@ -223,12 +172,15 @@ async fn a_replica_sealed_after_init_waits_for_the_custodians() {
 #[tokio::test]
 async fn the_root_token_is_revoked_and_a_retry_never_reinitialises() {
     let req = sample_request("revoke", 1, 0);
-    let spy = Arc::new(Mutex::new(None::<Arc<Spy>>));
-    let keep = spy.clone();
+    // The root token `sys/init` answers, as someone watching the wire sees it.
+    let seen = Arc::new(Mutex::new(None::<SecretString>));
+    let keep = seen.clone();
     let rig = sim_rig_with(crate::registry(), move |mut b| {
-        let s = Arc::new(Spy { inner: b.bao.clone(), root: Mutex::new(None) });
-        *keep.lock().unwrap() = Some(s.clone());
-        b.bao = s;
+        let after_init = Box::new(move |init: &cz_adapters::BaoInit| {
+            *keep.lock().unwrap() = Some(init.root_token.clone());
+            None
+        });
+        b.bao = Arc::new(BaoTap { inner: b.bao.clone(), after_init });
         b
     })
     .await;
@@ -240,8 +192,7 @@ async fn the_root_token_is_revoked_and_a_retry_never_reinitialises() {
     assert_eq!(rig.drive(job).await, JobStatus::Paused);
     let owner = sov.to_string();
     assert!(rig.store.get_secret(&owner, "openbao-root-token").await.unwrap().is_none());
-    let spy = spy.lock().unwrap().clone().unwrap();
-    let root = spy.root.lock().unwrap().clone().expect("init answered");
+    let root = seen.lock().unwrap().clone().expect("init answered");
     let at = replica(&rig, sov, 0).await;
     let e = rig.env().bao.read(&at, &root, "auth/token/lookup-self").await.unwrap_err();
     assert!(unauthorized(&e), "the root token still works: {e}");
