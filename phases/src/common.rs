@@ -111,9 +111,3 @@ impl RegionParams {
 pub struct SecretRef {
     pub secret: String,
 }
-
-impl SecretRef {
-    pub fn new(secret: &str) -> Self {
-        SecretRef { secret: secret.to_owned() }
-    }
-}

@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::common::{RegionParams, cloud_token, fqdn, job_request, slug};
 use crate::dns::{Restored, cut_of, restore_registrar};
-use crate::infra::{HANDED_OFF, MANIFEST, PROVISIONER_KEY, with_events, workspace};
+use crate::infra::{MANIFEST, PROVISIONER_KEY, handed_off, with_events, workspace};
 use crate::preflight::TOKEN_SCOPE;
 use crate::{Registry, StepCtx};
 
@@ -104,7 +104,7 @@ pub fn plan(locations: &[String]) -> Plan {
 async fn tofu_destroy(cx: &StepCtx) -> StepResult<TofuDestroyed> {
     let loc = cx.params::<RegionParams>()?.location;
     let ws = workspace(cx, &loc);
-    if ws.dir.join(HANDED_OFF).exists() || !ws.dir.join(MANIFEST).exists() {
+    if handed_off(cx, &loc).await? || !ws.dir.join(MANIFEST).exists() {
         // Crossplane owns the objects (or tofu never ran): the sweep removes them.
         return Ok(TofuDestroyed { skipped: true, events: None });
     }

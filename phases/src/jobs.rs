@@ -554,6 +554,30 @@ mod tests {
         assert_eq!(s.status, SovereignStatus::Destroyed);
     }
 
+    /// Once a region is handed off, no tofu run may touch it: a job that
+    /// plans the infra phase for it again stops at its first step with a
+    /// clear precondition, before tofu runs, and the cloud is unchanged.
+    #[tokio::test]
+    async fn a_handed_off_region_refuses_every_tofu_run() {
+        let rig = sim_rig().await;
+        let req = sample_request("archived", 1, 0);
+        let sov = rig.provisioned(&req).await;
+        let before = rig.cloud_objects().await;
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        let mut sub = add_region(&s, &js, &add_region_body(&["hel1"]), Submit::default()).unwrap();
+        let fsn1 = req.regions[0].clone();
+        let plan = Plan { phases: vec![crate::infra::phase(&[fsn1])] };
+        sub.plan = serde_json::to_value(&plan).unwrap();
+        let job = rig.submit(sub).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Paused);
+        let stop = rig.stop_reason(job).await;
+        assert_eq!(stop["step"], "infra/render-fsn1", "{stop}");
+        assert_eq!(stop["error"]["kind"], "precondition", "{stop}");
+        let msg = stop["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("handed off to Crossplane"), "{msg}");
+        assert_eq!(rig.cloud_objects().await, before);
+    }
+
     /// An add-region job for `hel1` on a provisioned `fsn1` Sovereign.
     struct AddRegion {
         request: ProvisionRequest,

@@ -25,6 +25,45 @@ struct Release {
     source: Source,
     components: Vec<Pin>,
     handoff: Vec<Pin>,
+    crossplane_provider: CrossplaneProvider,
+}
+
+/// The Crossplane provider `infra-handoff` installs (`[crossplane_provider]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrossplaneProvider {
+    pub name: String,
+    pub source: String,
+    pub source_commit: String,
+    pub package: String,
+    pub tag: String,
+    /// `sha256:<64 hex>`, or empty until the release pipeline fills it.
+    pub digest: String,
+    pub terraform_provider: String,
+    pub crds: Vec<String>,
+}
+
+impl CrossplaneProvider {
+    /// The package reference a `Provider` names: by digest when pinned,
+    /// else by tag (and [`Self::unpinned`] says so).
+    pub fn package_ref(&self) -> String {
+        if self.digest.is_empty() {
+            format!("{}:{}", self.package, self.tag)
+        } else {
+            format!("{}@{}", self.package, self.digest)
+        }
+    }
+
+    /// Why the package is not pinned by digest, if it is not.
+    pub fn unpinned(&self) -> Option<String> {
+        self.digest.is_empty().then(|| {
+            format!(
+                "{} is installed by tag `{}`, not by digest: the release manifest's \
+                 [crossplane_provider].digest is empty (filled by the release pipeline)",
+                self.package, self.tag
+            )
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +248,10 @@ pub fn handoff_pin(component: &str) -> Option<&'static Pin> {
     handoff_pins().iter().find(|p| p.component == component)
 }
 
+pub fn crossplane_provider() -> &'static CrossplaneProvider {
+    &RELEASE.crossplane_provider
+}
+
 /// What `component` depends on (unknown names: nothing).
 pub fn depends_on(component: &str) -> &'static [String] {
     pin(component).map(|p| p.depends_on.as_slice()).unwrap_or_default()
@@ -270,6 +313,19 @@ mod tests {
                 assert!(c.split_once('.').is_some_and(|(_, g)| g.contains('.')), "{c}");
             }
         }
+        let cp = crossplane_provider();
+        assert!(
+            cp.digest.is_empty()
+                || cp
+                    .digest
+                    .strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+            "digest {}",
+            cp.digest
+        );
+        assert_eq!(cp.source_commit.len(), 40);
+        assert!(cp.source_commit.starts_with(&cp.tag));
+        assert!(pin("crossplane").unwrap().upstream.starts_with("crossplane 2."));
         assert_eq!(
             regional(),
             vec!["cilium", "cert-manager", "flux", "crossplane", "spire", "openbao"]

@@ -119,6 +119,15 @@ pub struct ProvisionRequest {
     #[serde(skip_serializing_if = "always_skip", default = "empty_secret")]
     #[schema(value_type = String, format = Password, write_only, required = true)]
     pub cloud_token: SecretString,
+    /// A separate Hetzner Cloud API token for Crossplane once it owns the
+    /// cloud objects (`infra-handoff`). Hetzner has no finer scope than a
+    /// project token, so this should be a token of a project holding only
+    /// this Sovereign. Without one, the provisioning token is handed over
+    /// and the job says so in an event (`runbooks/crossplane-credential.md`
+    /// says how to rotate it). Never serialized.
+    #[serde(skip_serializing_if = "always_skip", default)]
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    pub handoff_token: Option<SecretString>,
     pub custody: Custody,
     pub keycloak: Keycloak,
     /// What to do with created resources when provisioning fails.
@@ -360,6 +369,9 @@ impl ProvisionRequest {
     /// the (secret-free) serialized request.
     pub fn secrets(&self) -> Vec<(&'static str, SecretString)> {
         let mut out = vec![("cloud_token", self.cloud_token.clone())];
+        if let Some(t) = &self.handoff_token {
+            out.push(("handoff_token", t.clone()));
+        }
         if let Domain::ByoApi { registrar_token, .. } = &self.domain {
             out.push(("registrar_token", registrar_token.clone()));
         }
@@ -514,6 +526,9 @@ impl ProvisionRequest {
             );
         } else if self.regions.iter().all(|r| r.provider == Provider::Hetzner) {
             errs.check("cloud_token", check_hetzner_token(&self.cloud_token));
+        }
+        if let Some(t) = &self.handoff_token {
+            errs.check("handoff_token", check_hetzner_token(t));
         }
         self.check_custody(&mut errs);
         errs.finish()
@@ -1013,6 +1028,7 @@ mod tests {
             components: default_components(),
             ssh_public_keys: vec![ED25519.to_string(), ECDSA.to_string()],
             cloud_token: SecretString::new(HCLOUD_TOKEN),
+            handoff_token: None,
             custody: Custody {
                 custodians: (0..3)
                     .map(|i| Custodian {

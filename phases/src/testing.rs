@@ -125,11 +125,20 @@ pub async fn sim_rig_with(
 /// world itself, for tests that act on the simulated systems directly (a
 /// pod restarting).
 pub async fn sim_rig_in_world(config: SimConfig) -> (SimRig, Arc<SimWorld>) {
+    sim_rig_in_world_with(config, |b, _| b).await
+}
+
+/// [`sim_rig_in_world`] with its backend changed by `adapt` (which also
+/// gets the world, for a tap that acts on it).
+pub async fn sim_rig_in_world_with(
+    config: SimConfig,
+    adapt: impl FnOnce(Backend, Arc<SimWorld>) -> Backend,
+) -> (SimRig, Arc<SimWorld>) {
     let mut world = None;
     let rig = Rig::new(Arc::new(registry()), |dir| {
         let w = Arc::new(SimWorld::new(dir.join("sim"), config));
         world = Some(w.clone());
-        cz_sim::sim_backend_with_world(w, dir.join("ws"))
+        adapt(cz_sim::sim_backend_with_world(w.clone(), dir.join("ws")), w)
     })
     .await;
     serve_pool_zone(&rig).await;
@@ -197,6 +206,98 @@ impl cz_adapters::BaoApi for BaoTap {
     ) -> AdapterResult<Option<Value>> {
         self.inner.read(at, token, path).await
     }
+}
+
+/// A Kubernetes adapter that lets a test act just before an apply
+/// reaches the cluster (`before_apply` sees the objects; its future runs
+/// first): a hand edit in the cloud at the moment Crossplane arrives.
+pub struct KubeTap {
+    pub inner: Arc<dyn cz_adapters::KubeApi>,
+    #[allow(clippy::type_complexity)]
+    pub before_apply: Box<
+        dyn Fn(&[Value]) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+            + Send
+            + Sync,
+    >,
+}
+
+#[async_trait]
+impl cz_adapters::KubeApi for KubeTap {
+    async fn apply(&self, kc: &SecretString, manager: &str, objs: &[Value]) -> AdapterResult<()> {
+        (self.before_apply)(objs).await;
+        self.inner.apply(kc, manager, objs).await
+    }
+    async fn get(
+        &self,
+        kc: &SecretString,
+        r: &cz_adapters::ObjectRef,
+    ) -> AdapterResult<Option<Value>> {
+        self.inner.get(kc, r).await
+    }
+    async fn list(
+        &self,
+        kc: &SecretString,
+        api_version: &str,
+        kind: &str,
+        selector: &str,
+    ) -> AdapterResult<Vec<Value>> {
+        self.inner.list(kc, api_version, kind, selector).await
+    }
+    async fn delete(&self, kc: &SecretString, r: &cz_adapters::ObjectRef) -> AdapterResult<()> {
+        self.inner.delete(kc, r).await
+    }
+    async fn server_version(&self, kc: &SecretString) -> AdapterResult<String> {
+        self.inner.server_version(kc).await
+    }
+    async fn wait_until(
+        &self,
+        kc: &SecretString,
+        r: &cz_adapters::ObjectRef,
+        until: cz_adapters::Until,
+        bound: std::time::Duration,
+    ) -> AdapterResult<()> {
+        self.inner.wait_until(kc, r, until, bound).await
+    }
+    async fn service_get(
+        &self,
+        kc: &SecretString,
+        namespace: &str,
+        service: &str,
+        port: u16,
+        path: &str,
+    ) -> AdapterResult<(u16, String)> {
+        self.inner.service_get(kc, namespace, service, port, path).await
+    }
+}
+
+/// The simulated world a [`sim_rig_in_world`] rig runs in.
+pub type World = SimWorld;
+
+/// The sim world's cloud (for a test's hand edits and checks).
+pub fn sim_cloud(world: &Arc<SimWorld>) -> SimCloud {
+    SimCloud::new(world.clone())
+}
+
+/// Every provider resource of the sim cloud as the simulated
+/// provider-hetzner names it: (Terraform type, external name). Computed by
+/// the sim (the provider's side), not by the hand-off's own mapping.
+pub async fn provider_resources(world: &Arc<SimWorld>) -> Vec<(String, String)> {
+    use cz_sim::backend::{crossplane, hcloud_view};
+    let all = SimCloud::new(world.clone()).all_objects().await.expect("sim cloud");
+    let mut out = Vec::new();
+    for o in &all {
+        for r in hcloud_view::provider_view(o, &all) {
+            out.push((r.tf_type.to_owned(), crossplane::external_name(r.tf_type, &r.values)));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The Terraform type a provider-hetzner managed resource stands for
+/// (the simulated provider's table).
+pub fn managed_tf_type(api_version: &str, kind: &str) -> Option<&'static str> {
+    cz_sim::backend::crossplane::tf_type(api_version, kind)
 }
 
 /// The sim's failure rules and config, for [`sim_rig_in_world`].

@@ -85,6 +85,61 @@ const FLUX: Chart = Chart {
     services: &[],
 };
 
+/// What Crossplane installs for the `provider-hetzner` package (a
+/// `pkg.crossplane.io` Provider, not a Helm chart; the sim renders it the
+/// same way): the provider's deployment and its namespaced CRDs
+/// (`../shared/upstream/crds/provider-hetzner/`).
+pub const PROVIDER_HETZNER: Chart = Chart {
+    workloads: &[w("Deployment", "provider-hetzner", 1)],
+    crds: &[
+        crd("hetzner.m.crossplane.io", "v1beta1", "ProviderConfig", "providerconfigs", true),
+        crd(
+            "hetzner.m.crossplane.io",
+            "v1beta1",
+            "ClusterProviderConfig",
+            "clusterproviderconfigs",
+            false,
+        ),
+        crd("server.hetzner.m.crossplane.io", "v1alpha1", "Server", "servers", true),
+        crd("server.hetzner.m.crossplane.io", "v1alpha1", "Network", "networks", true),
+        crd("server.hetzner.m.crossplane.io", "v1alpha1", "Key", "keys", true),
+        crd("server.hetzner.m.crossplane.io", "v1alpha1", "Group", "groups", true),
+        crd(
+            "server.hetzner.m.crossplane.io",
+            "v1alpha1",
+            "FirewallAttachment",
+            "firewallattachments",
+            true,
+        ),
+        crd("network.hetzner.m.crossplane.io", "v1alpha1", "Network", "networks", true),
+        crd("network.hetzner.m.crossplane.io", "v1alpha1", "Subnet", "subnets", true),
+        crd("network.hetzner.m.crossplane.io", "v1alpha1", "Firewall", "firewalls", true),
+        crd("loadbalancer.hetzner.m.crossplane.io", "v1alpha1", "Balancer", "balancers", true),
+        crd(
+            "loadbalancer.hetzner.m.crossplane.io",
+            "v1alpha1",
+            "BalancerNetwork",
+            "balancernetworks",
+            true,
+        ),
+        crd(
+            "loadbalancer.hetzner.m.crossplane.io",
+            "v1alpha1",
+            "BalancerService",
+            "balancerservices",
+            true,
+        ),
+        crd(
+            "loadbalancer.hetzner.m.crossplane.io",
+            "v1alpha1",
+            "BalancerTarget",
+            "balancertargets",
+            true,
+        ),
+    ],
+    services: &[],
+};
+
 const CATALOG: &[(&str, Chart)] = &[
     ("cilium", CILIUM),
     ("bp-cilium", CILIUM),
@@ -118,9 +173,25 @@ const CATALOG: &[(&str, Chart)] = &[
                 crd("apiextensions.crossplane.io", "v1", "Composition", "compositions", false),
                 crd(
                     "apiextensions.crossplane.io",
-                    "v1",
+                    "v2",
                     "CompositeResourceDefinition",
                     "compositeresourcedefinitions",
+                    false,
+                ),
+                // Crossplane v2: a provider's CRDs are served once a
+                // ManagedResourceActivationPolicy activates them.
+                crd(
+                    "apiextensions.crossplane.io",
+                    "v1alpha1",
+                    "ManagedResourceDefinition",
+                    "managedresourcedefinitions",
+                    false,
+                ),
+                crd(
+                    "apiextensions.crossplane.io",
+                    "v1alpha1",
+                    "ManagedResourceActivationPolicy",
+                    "managedresourceactivationpolicies",
                     false,
                 ),
             ],

@@ -498,7 +498,7 @@ async fn cilium_settled_undo(cx: &StepCtx) -> StepResult<()> {
     Ok(())
 }
 
-fn kubeconfig_secret(loc: &str) -> String {
+pub(crate) fn kubeconfig_secret(loc: &str) -> String {
     format!("kubeconfig-{loc}")
 }
 

@@ -60,8 +60,6 @@ use crate::request::Region;
 use crate::{Registry, StepCtx, release};
 
 pub const PHASE: &str = "infra";
-/// The marker that makes a workspace read-only after hand-off.
-pub const HANDED_OFF: &str = "HANDED_OFF";
 pub const MANIFEST: &str = "catalyst-resources.json";
 /// The secret holding this Sovereign's provisioner SSH key (OpenSSH format).
 pub const PROVISIONER_KEY: &str = "provisioner-ssh-key";
@@ -232,11 +230,27 @@ fn workspace_of(cx: &StepCtx) -> StepResult<Workspace> {
     Ok(workspace(cx, &cx.params::<RegionParams>()?.location))
 }
 
-fn refuse_if_handed_off(ws: &Workspace) -> StepResult<()> {
-    if ws.dir.join(HANDED_OFF).exists() {
+/// The store secret holding a region's archived tofu workspace.
+pub fn archive_name(location: &str) -> String {
+    format!("tofu-state-archive-{location}")
+}
+
+/// Whether `infra-handoff` archived this region's tofu workspace: its
+/// objects belong to Crossplane.
+pub async fn handed_off(cx: &StepCtx, location: &str) -> StepResult<bool> {
+    Ok(cx.secret_opt(&archive_name(location)).await?.is_some())
+}
+
+/// Refuses any tofu run against a region Crossplane owns.
+async fn refuse_if_handed_off(cx: &StepCtx, location: &str) -> StepResult<()> {
+    if handed_off(cx, location).await? {
         return Err(precondition(
-            format!("workspace {} was handed off to Crossplane", ws.dir.display()),
-            "This Sovereign's cloud objects are owned by Crossplane; change them there, never by tofu.",
+            format!(
+                "region {location} of this Sovereign was handed off to Crossplane; its tofu state \
+                 is archived and no tofu run may touch its objects"
+            ),
+            "Change these cloud objects through their Crossplane managed resources \
+             (namespace crossplane-system), never by tofu.",
         ));
     }
     Ok(())
@@ -268,10 +282,10 @@ async fn provisioner_key_undo(cx: &StepCtx) -> StepResult<()> {
 }
 
 async fn render(cx: &StepCtx) -> StepResult<Rendered> {
+    refuse_if_handed_off(cx, &cx.params::<RegionParams>()?.location).await?;
     let r = region_of(cx)?;
     let fqdn = fqdn(cx)?;
     let ws = workspace(cx, &r.location);
-    refuse_if_handed_off(&ws)?;
     let resources = desired(&slug(&fqdn), &r, Some((cx, &fqdn)));
     let manifest = Manifest { resources };
     let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
@@ -382,12 +396,14 @@ async fn render_undo(cx: &StepCtx) -> StepResult<()> {
 }
 
 async fn init(cx: &StepCtx) -> StepResult<Initialized> {
+    refuse_if_handed_off(cx, &cx.params::<RegionParams>()?.location).await?;
     let ws = workspace_of(cx)?;
     cx.env.tofu.init(&ws).await?;
     Ok(Initialized { initialized: true })
 }
 
 async fn plan(cx: &StepCtx) -> StepResult<PlanSummary> {
+    refuse_if_handed_off(cx, &cx.params::<RegionParams>()?.location).await?;
     let ws = workspace_of(cx)?;
     let token = cloud_token(cx).await?;
     let s = cx.env.tofu.plan(&ws, &token).await?;
@@ -473,7 +489,7 @@ async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResu
 async fn apply(cx: &StepCtx) -> StepResult<Applied> {
     let loc = cx.params::<RegionParams>()?.location;
     let ws = workspace(cx, &loc);
-    refuse_if_handed_off(&ws)?;
+    refuse_if_handed_off(cx, &loc).await?;
     let token = cloud_token(cx).await?;
     let adopted = adopt_orphans(cx, &ws, &loc).await?;
     let tofu = cx.env.tofu.clone();
@@ -489,7 +505,7 @@ async fn apply(cx: &StepCtx) -> StepResult<Applied> {
 async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
     let loc = cx.params::<RegionParams>()?.location;
     let ws = workspace(cx, &loc);
-    refuse_if_handed_off(&ws)?;
+    refuse_if_handed_off(cx, &loc).await?;
     if !ws.dir.join(MANIFEST).exists() {
         return sweep_region(cx, &loc).await;
     }

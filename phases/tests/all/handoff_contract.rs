@@ -13,6 +13,18 @@ use serde_json::Value;
 
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/upstream/crds");
 
+/// The CRD of `file` (under `shared/upstream/crds/`) and the schema of
+/// `version`.
+pub(crate) fn crd_file(file: &str, version: &str) -> (Value, Value) {
+    let text = std::fs::read_to_string(format!("{CRDS}/{file}")).unwrap();
+    let crd: Value = serde_saphyr::from_str(&text).unwrap();
+    let versions = crd["spec"]["versions"].as_array().unwrap();
+    let schema =
+        versions.iter().find(|v| v["name"] == version).unwrap()["schema"]["openAPIV3Schema"]
+            .clone();
+    (crd, schema)
+}
+
 /// The CRD of `file`: its served versions and the schema of `version`.
 fn crd(file: &str, version: &str) -> (Vec<String>, Value) {
     let text = std::fs::read_to_string(format!("{CRDS}/{file}")).unwrap();
@@ -63,7 +75,7 @@ fn unknown_fields(schema: &Value, obj: &Value, at: &str, out: &mut Vec<String>) 
     }
 }
 
-fn validate_strictly(what: &str, schema: &Value, obj: &Value) -> Vec<String> {
+pub(crate) fn validate_strictly(what: &str, schema: &Value, obj: &Value) -> Vec<String> {
     let v = jsonschema::validator_for(schema).unwrap();
     let mut errors: Vec<String> =
         v.iter_errors(obj).map(|e| format!("{what}{}: {e}", e.instance_path())).collect();

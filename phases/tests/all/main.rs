@@ -3,6 +3,7 @@
 //! wire fake, one module per area.
 
 mod cluster_golden;
+mod crossplane_contract;
 mod handoff_contract;
 mod hetzner_preflight;
 mod hetzner_templates;

@@ -14,11 +14,8 @@
 //!   A fail rule `kube.helmrelease.<name>` makes it False/InstallFailed.
 //! - Deployment/StatefulSet/DaemonSet: ready replicas after a few seconds.
 //! - Flux sources and Kustomizations: Ready after a few seconds.
-//! - Crossplane managed resources (`*.crossplane.io` with
-//!   `spec.forProvider`): Synced/Ready after a few seconds; for
-//!   `hcloud.crossplane.io` the object named by the
-//!   `crossplane.io/external-name` annotation (a cloud id) must exist in the
-//!   sim cloud, else Synced=False (ReconcileError).
+//! - Crossplane: the provider-hetzner package and its managed resources,
+//!   observed in (and written to) the sim cloud ([`super::crossplane`]).
 //! - CustomResourceDefinition: Established; Namespace: Active.
 //! - External Secrets (once its chart's controller runs): stores and
 //!   ExternalSecrets reconciled against the sim OpenBao before a read of
@@ -33,6 +30,7 @@ use cz_state::SecretString;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::crossplane::{self, CloudView, Observation};
 use super::world::SimWorld;
 use cz_adapters::cloud::Selector;
 use cz_adapters::{AdapterResult, KubeApi, ObjectRef};
@@ -77,23 +75,7 @@ fn is_helm_release(obj: &Value) -> bool {
 }
 
 fn is_managed_resource(obj: &Value) -> bool {
-    let group = obj["apiVersion"].as_str().and_then(|a| a.split_once('/')).map_or("", |(g, _)| g);
-    group.ends_with(".crossplane.io") && obj.pointer("/spec/forProvider").is_some()
-}
-
-/// The sim cloud kind an `hcloud.crossplane.io` kind observes.
-fn mr_cloud_kind(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "Server" => "server",
-        "Network" => "network",
-        "Firewall" => "firewall",
-        "LoadBalancer" => "load_balancer",
-        "SSHKey" | "SshKey" => "ssh_key",
-        "PlacementGroup" => "placement_group",
-        "Volume" => "volume",
-        "PrimaryIP" | "PrimaryIp" => "primary_ip",
-        _ => return None,
-    })
+    obj["apiVersion"].as_str().is_some_and(crossplane::is_managed)
 }
 
 /// Base ready latency (ms, before scaling) of a HelmRelease by name
@@ -222,10 +204,30 @@ impl SimKube {
                     t => t,
                 };
                 (s("/spec/chart"), s("/metadata/name"), ns, at)
+            } else if crossplane::is_provider_package(o) {
+                let at = st.reconcile_from
+                    + chrono::Duration::from_std(
+                        self.world.scaled(crossplane::PROVIDER_INSTALL_MS),
+                    )
+                    .unwrap_or_default();
+                if now < at {
+                    continue;
+                }
+                (
+                    "provider-hetzner".to_owned(),
+                    s("/metadata/name"),
+                    "crossplane-system".to_owned(),
+                    at,
+                )
             } else {
                 continue;
             };
-            let Some(chart) = crate::charts::chart(&chart) else { continue };
+            let chart = if chart.as_str() == "provider-hetzner" {
+                Some(&crate::charts::PROVIDER_HETZNER)
+            } else {
+                crate::charts::chart(&chart)
+            };
+            let Some(chart) = chart else { continue };
             for (_, _, obj) in crate::charts::manifests(chart, &release, &ns) {
                 let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
                 let workload = matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet");
@@ -278,14 +280,122 @@ impl SimKube {
         Ok(out)
     }
 
-    /// (kind, id) of every sim cloud object, when a managed resource needs
-    /// them.
-    async fn cloud_ids(&self, needed: bool) -> Result<HashSet<(String, i64)>, StepError> {
+    /// The live sim cloud, when a managed resource needs it. First the
+    /// simulated provider writes what resources allowed to update ask for
+    /// (as the real one would have by now).
+    async fn cloud_view(
+        &self,
+        all: &HashMap<String, Stored>,
+        needed: bool,
+    ) -> Result<Option<CloudView>, StepError> {
         if !needed {
-            return Ok(HashSet::new());
+            return Ok(None);
         }
-        let objs = super::cloud::SimCloud::new(self.world.clone()).all_objects().await?;
-        Ok(objs.into_iter().map(|o| (o.kind, o.id)).collect())
+        let cloud = super::cloud::SimCloud::new(self.world.clone());
+        let mut view = CloudView { objects: cloud.all_objects().await? };
+        let mut wrote = false;
+        for s in all.values().filter(|s| is_managed_resource(&s.object)) {
+            let config = Self::provider_config(all, &s.object);
+            if let Observation::Found { at_provider, object } =
+                crossplane::observe(&s.object, &view, config)
+                && let Some((name, labels)) = crossplane::pending_update(&s.object, &at_provider)
+                // A sub-resource (subnet, service) has no name of its own.
+                && at_provider.get("name").is_some()
+            {
+                let labels = labels.map_or_else(
+                    || object.labels.clone(),
+                    |l| {
+                        l.into_iter()
+                            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    },
+                );
+                let name = name.unwrap_or_else(|| object.name.clone());
+                cloud.update(&object.kind, object.id, &name, labels).await?;
+                wrote = true;
+            }
+        }
+        if wrote {
+            view = CloudView { objects: cloud.all_objects().await? };
+        }
+        Ok(Some(view))
+    }
+
+    /// Whether a managed resource's ProviderConfig and its Secret exist.
+    fn provider_config(all: &HashMap<String, Stored>, mr: &Value) -> Result<(), String> {
+        let ns = mr.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+        let kind = mr.pointer("/spec/providerConfigRef/kind").and_then(Value::as_str);
+        let name = mr.pointer("/spec/providerConfigRef/name").and_then(Value::as_str);
+        let (kind, name) = (kind.unwrap_or("ClusterProviderConfig"), name.unwrap_or("default"));
+        let config_ns = (kind == "ProviderConfig").then_some(ns);
+        let key = key_of("hetzner.m.crossplane.io/v1beta1", kind, config_ns, name);
+        let Some(pc) = all.get(&key) else {
+            return Err(format!("cannot get {kind} {ns}/{name}: not found"));
+        };
+        let secret = pc.object.pointer("/spec/credentials/secretRef");
+        let sns = secret.and_then(|r| r["namespace"].as_str()).unwrap_or_default();
+        let sname = secret.and_then(|r| r["name"].as_str()).unwrap_or_default();
+        if !all.contains_key(&key_of("v1", "Secret", Some(sns), sname)) {
+            return Err(format!("cannot get credentials secret {sns}/{sname}: not found"));
+        }
+        Ok(())
+    }
+
+    /// A provider's kinds exist only once its package installed their CRDs
+    /// (the API server answers "no matches for kind" before).
+    async fn kinds_served(&self, cluster: &str, objects: &[Value]) -> Result<(), StepError> {
+        let provided = |o: &Value| {
+            o["apiVersion"]
+                .as_str()
+                .is_some_and(|a| crossplane::is_managed(a) || crossplane::is_config(a))
+        };
+        if !objects.iter().any(provided) {
+            return Ok(());
+        }
+        let all = self.load_all(cluster).await?;
+        for o in objects.iter().filter(|o| provided(o)) {
+            let api = o["apiVersion"].as_str().unwrap_or_default();
+            let kind = o["kind"].as_str().unwrap_or_default();
+            let (group, version) = api.split_once('/').unwrap_or((api, ""));
+            let served = crate::charts::PROVIDER_HETZNER.crds.iter().any(|c| {
+                c.group == group
+                    && c.version == version
+                    && c.kind == kind
+                    && all.contains_key(&key_of(
+                        "apiextensions.k8s.io/v1",
+                        "CustomResourceDefinition",
+                        None,
+                        &format!("{}.{}", c.plural, c.group),
+                    ))
+            });
+            if !served {
+                return Err(err(
+                    "apply",
+                    Cause::NotFound,
+                    format!("no matches for kind \"{kind}\" in version \"{api}\""),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deleting a managed resource deletes its cloud object only when its
+    /// policies allow `Delete`; otherwise the object is orphaned.
+    async fn delete_managed(&self, cluster: &str, r: &ObjectRef) -> Result<(), StepError> {
+        let all = self.load_all(cluster).await?;
+        let Some(s) = all.get(&ref_key(r)) else { return Ok(()) };
+        if !crossplane::allows(&s.object, "Delete") {
+            return Ok(());
+        }
+        let cloud = super::cloud::SimCloud::new(self.world.clone());
+        let view = CloudView { objects: cloud.all_objects().await? };
+        if let Observation::Found { object, at_provider } =
+            crossplane::observe(&s.object, &view, Self::provider_config(&all, &s.object))
+            && at_provider.get("name").is_some()
+        {
+            cloud.remove(&object.kind, object.id).await?;
+        }
+        Ok(())
     }
 
     fn find_helm_release<'a>(
@@ -353,7 +463,7 @@ impl SimKube {
         &self,
         key: &str,
         all: &HashMap<String, Stored>,
-        cloud: &HashSet<(String, i64)>,
+        cloud: Option<&CloudView>,
         now: DateTime<Utc>,
     ) -> Option<Value> {
         let s = all.get(key)?;
@@ -483,42 +593,68 @@ impl SimKube {
             };
             Some(json!({"observedGeneration": generation, "conditions": [c]}))
         } else if is_managed_resource(&obj) {
-            let external = obj
-                .pointer("/metadata/annotations/crossplane.io~1external-name")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let observed_id = external.as_deref().and_then(|e| e.parse::<i64>().ok());
-            let missing = api.starts_with("hcloud.crossplane.io/")
-                && match (mr_cloud_kind(&kind), observed_id) {
-                    (Some(ck), Some(id)) => !cloud.contains(&(ck.to_owned(), id)),
-                    _ => false,
-                };
-            let at = since(5_000);
-            let conds = if missing {
-                let msg = format!(
-                    "cannot observe external resource: {kind} {} not found",
-                    external.as_deref().unwrap_or("?")
-                );
-                vec![
-                    cond("Synced", "False", "ReconcileError", msg, s.reconcile_from),
-                    cond("Ready", "False", "Unavailable", String::new(), s.reconcile_from),
-                ]
-            } else if now >= at {
-                vec![
-                    cond("Synced", "True", "ReconcileSuccess", String::new(), at),
-                    cond("Ready", "True", "Available", String::new(), at),
-                ]
-            } else {
-                vec![
-                    cond("Synced", "True", "ReconcileSuccess", String::new(), s.reconcile_from),
-                    cond("Ready", "False", "Creating", String::new(), s.reconcile_from),
-                ]
+            let at = since(crossplane::OBSERVE_MS);
+            let config = Self::provider_config(all, &obj);
+            let empty = CloudView { objects: Vec::new() };
+            let observed = crossplane::observe(&obj, cloud.unwrap_or(&empty), config);
+            let (conds, at_provider) = match observed {
+                Observation::Error(msg) => (
+                    vec![
+                        cond("Synced", "False", "ReconcileError", msg, s.reconcile_from),
+                        cond("Ready", "False", "Unavailable", String::new(), s.reconcile_from),
+                    ],
+                    None,
+                ),
+                Observation::Found { .. } if now < at => (
+                    vec![
+                        cond("Synced", "True", "ReconcileSuccess", String::new(), s.reconcile_from),
+                        cond("Ready", "False", "Creating", String::new(), s.reconcile_from),
+                    ],
+                    None,
+                ),
+                Observation::Found { at_provider, .. } => {
+                    let stuck = if crossplane::allows(&obj, "Update") {
+                        crossplane::unsupported_differences(&obj, &at_provider)
+                    } else {
+                        Vec::new()
+                    };
+                    let synced = if stuck.is_empty() {
+                        cond("Synced", "True", "ReconcileSuccess", String::new(), at)
+                    } else {
+                        let msg = format!(
+                            "sim provider: cannot update {} (the sim cloud changes only names and labels)",
+                            stuck.join(", ")
+                        );
+                        cond("Synced", "False", "ReconcileError", msg, at)
+                    };
+                    (
+                        vec![synced, cond("Ready", "True", "Available", String::new(), at)],
+                        Some(at_provider),
+                    )
+                }
             };
             let mut st = json!({"conditions": conds});
-            if !missing && now >= at {
-                st["atProvider"] = obj.pointer("/spec/forProvider").cloned().unwrap_or(Value::Null);
+            if let Some(a) = at_provider {
+                st["atProvider"] = a;
             }
             Some(st)
+        } else if crossplane::is_provider_package(&obj) {
+            let at = since(crossplane::PROVIDER_INSTALL_MS);
+            let (status, reason) = if now >= at {
+                ("True", "ActivePackageRevision")
+            } else {
+                ("False", "UnpackingPackage")
+            };
+            let healthy = if now >= at {
+                ("True", "HealthyPackageRevision")
+            } else {
+                ("Unknown", "UnknownPackageRevisionHealth")
+            };
+            let t = if now >= at { at } else { s.reconcile_from };
+            Some(json!({"conditions": [
+                cond("Installed", status, reason, String::new(), t),
+                cond("Healthy", healthy.0, healthy.1, String::new(), t),
+            ]}))
         } else if kind == "CustomResourceDefinition" {
             Some(json!({"conditions": [
                 cond("NamesAccepted", "True", "NoConflicts", "no conflicts found".into(), s.reconcile_from),
@@ -851,6 +987,7 @@ impl KubeApi for SimKube {
             return Err(err("apply", Cause::Invalid, "fieldManager is required for apply patch"));
         }
         let _g = self.world.lock(SYS, &cluster).await;
+        self.kinds_served(&cluster, objects).await?;
         for (i, o) in objects.iter().enumerate() {
             self.apply_one(&cluster, field_manager, o, i).await?;
         }
@@ -868,15 +1005,16 @@ impl KubeApi for SimKube {
         else {
             // Not applied by anyone: perhaps a chart's object.
             let all = self.load_all(&cluster).await?;
-            return Ok(self.observe(&key, &all, &HashSet::new(), Utc::now()));
+            return Ok(self.observe(&key, &all, None, Utc::now()));
         };
-        let cloud = self.cloud_ids(is_managed_resource(&one.object)).await?;
-        let all = if is_helm_release(&one.object) {
+        let mr = is_managed_resource(&one.object);
+        let all = if is_helm_release(&one.object) || mr {
             self.load_all(&cluster).await?
         } else {
             HashMap::from([(key.clone(), one)])
         };
-        Ok(self.observe(&key, &all, &cloud, Utc::now()))
+        let cloud = self.cloud_view(&all, mr).await?;
+        Ok(self.observe(&key, &all, cloud.as_ref(), Utc::now()))
     }
 
     async fn list(
@@ -921,8 +1059,11 @@ impl KubeApi for SimKube {
             .collect();
         keys.sort();
         let needed = keys.iter().any(|(_, _, k)| is_managed_resource(&all[*k].object));
-        let cloud = self.cloud_ids(needed).await?;
-        Ok(keys.into_iter().filter_map(|(_, _, k)| self.observe(k, &all, &cloud, now)).collect())
+        let cloud = self.cloud_view(&all, needed).await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|(_, _, k)| self.observe(k, &all, cloud.as_ref(), now))
+            .collect())
     }
 
     /// The sim keeps no watch streams: it reads the object until `until`
@@ -1037,6 +1178,9 @@ impl KubeApi for SimKube {
         self.world.op("kube.delete", 200).await?;
         let cluster = Self::cluster(kubeconfig, "delete")?;
         let _g = self.world.lock(SYS, &cluster).await;
+        if crossplane::is_managed(&r.api_version) {
+            self.delete_managed(&cluster, r).await?;
+        }
         self.world.delete(SYS, &cluster, &ref_key(r)).await?;
         if r.api_version == "v1" && r.kind == "Namespace" {
             // Namespace deletion takes its objects with it.
@@ -1218,45 +1362,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn crossplane_managed_resources_observe_the_sim_cloud() {
+    async fn the_simulated_provider_observes_writes_and_orphans_as_its_policies_say() {
         let dir = tempfile::tempdir().unwrap();
         let world = Arc::new(SimWorld::new(dir.path(), SimConfig::instant()));
         let kube = SimKube::new(world.clone());
         let cloud = crate::backend::SimCloud::new(world.clone());
-        let srv = cloud.create("server", "cp1", BTreeMap::new(), json!({})).await.unwrap();
-        let mr = |name: &str, id: i64| {
+        let labels =
+            BTreeMap::from([("catalyst.openova.io/sovereign".to_owned(), "acme".to_owned())]);
+        let net = cloud
+            .create("network", "acme-net", labels, json!({"ip_range": "10.0.0.0/16"}))
+            .await
+            .unwrap();
+        let mr = |policies: Value, for_provider: Value| {
             json!({
-                "apiVersion": "hcloud.crossplane.io/v1alpha1", "kind": "Server",
-                "metadata": {"name": name, "annotations": {"crossplane.io/external-name": id.to_string()},
-                             "labels": {"app.kubernetes.io/managed-by": "catalyst-zero"}},
-                "spec": {"managementPolicies": ["Observe"], "deletionPolicy": "Orphan", "forProvider": {"ipv4": "x"}},
+                "apiVersion": "network.hetzner.m.crossplane.io/v1alpha1", "kind": "Network",
+                "metadata": {"name": "acme-net", "namespace": "crossplane-system",
+                             "annotations": {"crossplane.io/external-name": net.id.to_string()}},
+                "spec": {"managementPolicies": policies, "forProvider": for_provider,
+                         "providerConfigRef": {"kind": "ProviderConfig", "name": "default"}},
             })
         };
-        kube.apply(&kc(), "cz", &[mr("present", srv.id), mr("absent", srv.id + 1000)])
-            .await
-            .unwrap();
-        let listed = kube
-            .list(
-                &kc(),
-                "hcloud.crossplane.io/v1alpha1",
-                "Server",
-                "app.kubernetes.io/managed-by=catalyst-zero",
-            )
-            .await
-            .unwrap();
+        let observe = mr(json!(["Observe"]), json!({}));
+        // No provider yet: the kind is not served.
+        let e = kube.apply(&kc(), "cz", std::slice::from_ref(&observe)).await.unwrap_err();
+        assert!(e.to_string().contains("no matches for kind"), "{e}");
+        let provider = json!({"apiVersion": "pkg.crossplane.io/v1", "kind": "Provider",
+            "metadata": {"name": "provider-hetzner"},
+            "spec": {"package": "xpkg.upbound.io/miaits/provider-hetzner@sha256:00"}});
+        let config = json!({"apiVersion": "hetzner.m.crossplane.io/v1beta1", "kind": "ProviderConfig",
+            "metadata": {"name": "default", "namespace": "crossplane-system"},
+            "spec": {"credentials": {"source": "Secret",
+                "secretRef": {"namespace": "crossplane-system", "name": "hcloud", "key": "token"}}}});
+        kube.apply(&kc(), "cz", &[provider]).await.unwrap();
+        kube.apply(&kc(), "cz", &[config, observe.clone()]).await.unwrap();
+        let r = ObjectRef::of(&observe).unwrap();
         let cond = |o: &Value, t: &str| {
             let cs = o["status"]["conditions"].as_array().unwrap();
-            cs.iter().find(|c| c["type"] == t).unwrap()["status"].as_str().unwrap().to_owned()
+            let c = cs.iter().find(|c| c["type"] == t).unwrap();
+            (c["status"].as_str().unwrap().to_owned(), c["message"].as_str().unwrap().to_owned())
         };
-        let by = |n: &str| listed.iter().find(|o| o["metadata"]["name"] == n).unwrap();
-        assert_eq!(cond(by("present"), "Synced"), "True");
-        assert_eq!(cond(by("present"), "Ready"), "True");
-        assert_eq!(by("present")["status"]["atProvider"]["ipv4"], "x");
-        assert_eq!(cond(by("absent"), "Synced"), "False");
-        // The cloud object disappears: the resource stops being Synced.
-        cloud.remove("server", srv.id).await.unwrap();
-        let r = ObjectRef::of(&mr("present", srv.id)).unwrap();
-        assert_eq!(cond(&kube.get(&kc(), &r).await.unwrap().unwrap(), "Synced"), "False");
+        // The credentials Secret is missing.
+        let got = kube.get(&kc(), &r).await.unwrap().unwrap();
+        assert_eq!(cond(&got, "Synced").0, "False");
+        assert!(cond(&got, "Synced").1.contains("credentials secret"), "{got}");
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "hcloud", "namespace": "crossplane-system"}, "stringData": {"token": "t"}});
+        kube.apply(&kc(), "cz", &[secret]).await.unwrap();
+        let got = kube.get(&kc(), &r).await.unwrap().unwrap();
+        assert_eq!(cond(&got, "Synced").0, "True");
+        assert_eq!(got["status"]["atProvider"]["ipRange"], "10.0.0.0/16");
+        assert_eq!(got["status"]["atProvider"]["labels"]["catalyst.openova.io/sovereign"], "acme");
+        // Observe-only writes nothing, even when forProvider differs.
+        let other = json!({"name": "renamed", "ipRange": "10.0.0.0/16"});
+        kube.apply(&kc(), "cz", &[mr(json!(["Observe"]), other.clone())]).await.unwrap();
+        kube.get(&kc(), &r).await.unwrap();
+        assert_eq!(cloud.get("network", net.id).await.unwrap().unwrap().name, "acme-net");
+        // Update allowed: the name is written to the cloud.
+        let widened = mr(json!(["Observe", "Create", "Update", "LateInitialize"]), other);
+        kube.apply(&kc(), "cz", &[widened]).await.unwrap();
+        let got = kube.get(&kc(), &r).await.unwrap().unwrap();
+        assert_eq!(cloud.get("network", net.id).await.unwrap().unwrap().name, "renamed");
+        assert_eq!(got["status"]["atProvider"]["name"], "renamed");
+        // Without Delete the resource's deletion orphans the object...
+        kube.delete(&kc(), &r).await.unwrap();
+        assert!(cloud.get("network", net.id).await.unwrap().is_some());
+        // ...with it, the object goes too.
+        kube.apply(&kc(), "cz", &[mr(json!(["*"]), json!({}))]).await.unwrap();
+        kube.delete(&kc(), &r).await.unwrap();
+        assert!(cloud.get("network", net.id).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -3,8 +3,10 @@
 
 pub mod bao;
 pub mod cloud;
+pub mod crossplane;
 pub mod dns;
 pub mod eso;
+pub mod hcloud_view;
 pub mod kube;
 pub mod registrar;
 pub mod ssh;

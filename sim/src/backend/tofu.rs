@@ -23,9 +23,11 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use super::cloud::{SimCloud, token_scope_of};
+use super::hcloud_view::provider_view;
 use super::world::{SimWorld, write_atomic, write_atomic_async};
 use cz_adapters::{
-    AdapterResult, PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink, TokenScope, Workspace,
+    AdapterResult, CloudObject, PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink,
+    TokenScope, Workspace,
 };
 use cz_engine::{Cause, StepError, System};
 
@@ -68,17 +70,14 @@ pub struct StateEntry {
 }
 
 impl StateEntry {
-    fn to_resource(&self) -> StateResource {
-        let mut attrs = self.attrs.clone();
-        if let Value::Object(m) = &mut attrs {
-            m.insert("labels".into(), json!(self.labels));
-        }
-        StateResource {
-            address: self.address.clone(),
+    /// The cloud object as the apply recorded it.
+    fn to_object(&self) -> CloudObject {
+        CloudObject {
             kind: self.kind.clone(),
             id: self.id,
             name: self.name.clone(),
-            attrs,
+            labels: self.labels.clone(),
+            attrs: self.attrs.clone(),
         }
     }
 }
@@ -843,9 +842,35 @@ impl TofuApi for SimTofu {
         Ok(Value::Object(out))
     }
 
+    /// What `tofu show -json` lists for the production module: the
+    /// provider's resources (subnets, load-balancer services and targets
+    /// split out), from the state's snapshot, not the live cloud.
     async fn state(&self, ws: &Workspace) -> AdapterResult<Vec<StateResource>> {
         self.world.op("tofu.state", 300).await?;
-        Ok(read_state(ws, "state").await?.resources.iter().map(StateEntry::to_resource).collect())
+        let entries = read_state(ws, "state").await?.resources;
+        let objects: Vec<CloudObject> = entries.iter().map(StateEntry::to_object).collect();
+        let mut out = Vec::new();
+        for (e, o) in entries.iter().zip(&objects) {
+            for (i, r) in provider_view(o, &objects).into_iter().enumerate() {
+                let id = r.values["id"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let name = r.values["name"].as_str().map(str::to_owned);
+                // The object itself keeps its recorded address; what the
+                // provider splits out of it is named as the module names it.
+                let address = if i == 0 {
+                    e.address.clone()
+                } else {
+                    format!("{}.{}", r.tf_type, r.name_in_module)
+                };
+                out.push(StateResource {
+                    name: name.unwrap_or_else(|| address.clone()),
+                    address,
+                    kind: r.tf_type.to_owned(),
+                    id,
+                    attrs: r.values,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn import(
@@ -1023,8 +1048,11 @@ mod tests {
         assert!(pos("hcloud_server.worker[3]") < pos("hcloud_load_balancer.api"));
         assert!(!ws.dir.join(LOCK_FILE).exists());
 
+        // Ten objects, listed as the provider's resources (a load
+        // balancer's service split out of it).
         let state = tofu.state(&ws).await.unwrap();
-        assert_eq!(state.len(), 10);
+        assert_eq!(state.len(), 11);
+        assert!(state.iter().all(|r| r.kind.starts_with("hcloud_")), "{state:?}");
         let st: Value =
             serde_json::from_slice(&std::fs::read(ws.dir.join(STATE_FILE)).unwrap()).unwrap();
         assert!(st["serial"].as_u64().unwrap() >= 10, "state is written after each create");
