@@ -15,11 +15,19 @@ fn config(dir: &Path, latency: f64) -> Config {
     let mut c = Config {
         data_dir: dir.to_owned(),
         listen: "127.0.0.1:0".parse().expect("address"),
+        at_rest_key: Some(at_rest_key(dir)),
         ..Default::default()
     };
     c.sim.latency_factor = latency;
     c.tokens.operator = Some(TOKEN.into());
     c
+}
+
+/// A benchmark daemon's at-rest key: beside its data directory, never in
+/// it (the daemon refuses a key among its data) and never the operator's.
+fn at_rest_key(data_dir: &Path) -> std::path::PathBuf {
+    let name = data_dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy());
+    data_dir.parent().unwrap_or(data_dir).join(format!("{name}.at-rest-key.txt"))
 }
 
 fn now_us() -> i64 {
@@ -181,7 +189,12 @@ pub async fn p5(dir: &Path, jobs: usize) -> Result<()> {
     {
         // Jobs a crashed daemon left `running`, written straight into the
         // store (the previous daemon is gone, not shut down).
-        let store = cz_state::Store::open(cz_state::StorePaths::in_dir(&data)).await?;
+        let paths = cz_state::StorePaths {
+            database: cz_state::StorePaths::in_dir(&data).database,
+            identity: at_rest_key(&data),
+        };
+        std::fs::create_dir_all(&data)?;
+        let store = cz_state::Store::open(paths).await?;
         for i in 0..jobs {
             let body = sample_body(&format!("p{i}"), 1, 0);
             let sub = submission(&body, cz_engine::JobOptions::default())?;
