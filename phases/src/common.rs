@@ -68,9 +68,30 @@ pub(crate) fn labels(
     ])
 }
 
-/// The Sovereign's cloud token.
+/// The Sovereign's cloud token (the one its provision brought).
 pub(crate) async fn cloud_token(cx: &StepCtx) -> StepResult<SecretString> {
     cx.secret("cloud_token").await
+}
+
+/// Where a region's own cloud token is kept: an add-region job that
+/// brings a token stores it for its new regions only, so it never replaces
+/// the token another region's objects were made with.
+pub fn region_token_name(location: &str) -> String {
+    format!("cloud_token.{location}")
+}
+
+/// The cloud token of `location`: its own, else the Sovereign's.
+pub(crate) async fn region_token(cx: &StepCtx, location: &str) -> StepResult<SecretString> {
+    match cx.secret_opt(&region_token_name(location)).await? {
+        Some(t) => Ok(t),
+        None => cloud_token(cx).await,
+    }
+}
+
+/// The cloud token of this job's regions (an add-region job's new ones
+/// share the token it brought).
+pub(crate) async fn job_token(cx: &StepCtx) -> StepResult<SecretString> {
+    region_token(cx, &first_location(cx)?).await
 }
 
 /// A precondition that does not hold, with what an operator does about it.

@@ -18,12 +18,15 @@
 
 use std::time::Duration;
 
-use cz_adapters::labels::LABEL_SOVEREIGN;
+use cz_adapters::labels::{LABEL_REGION, LABEL_SOVEREIGN};
 use cz_engine::{ActionId, PhaseBuilder, Plan, StepResult, action, no_undo};
+use cz_state::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::common::{RegionParams, cloud_token, fqdn, job_request, slug};
+use crate::common::{
+    RegionParams, cloud_token, fqdn, job_request, region_token, region_token_name, regions, slug,
+};
 use crate::dns::{Restored, cut_of, restore_registrar};
 use crate::infra::{MANIFEST, PROVISIONER_KEY, handed_off, with_events, workspace};
 use crate::preflight::TOKEN_SCOPE;
@@ -108,7 +111,7 @@ async fn tofu_destroy(cx: &StepCtx) -> StepResult<TofuDestroyed> {
         // Crossplane owns the objects (or tofu never ran): the sweep removes them.
         return Ok(TofuDestroyed { skipped: true, events: None });
     }
-    let token = cloud_token(cx).await?;
+    let token = region_token(cx, &loc).await?;
     let tofu = cx.env.tofu.clone();
     let n = with_events(cx, |sink| {
         let (ws, token) = (ws.clone(), token.clone());
@@ -119,11 +122,27 @@ async fn tofu_destroy(cx: &StepCtx) -> StepResult<TofuDestroyed> {
 }
 
 async fn sweep(cx: &StepCtx) -> StepResult<Swept> {
-    let token = cloud_token(cx).await?;
-    let selector = format!("{LABEL_SOVEREIGN}={}", slug(&fqdn(cx)?));
+    let sov = slug(&fqdn(cx)?);
+    // Each region with its own token (an add-region job's may be of another
+    // project), then the Sovereign's token for whatever carries no region.
+    let mut passes = Vec::new();
+    for r in regions(cx)? {
+        let selector = format!("{LABEL_SOVEREIGN}={sov},{LABEL_REGION}={}", r.location);
+        passes.push((region_token(cx, &r.location).await?, selector));
+    }
+    passes.push((cloud_token(cx).await?, format!("{LABEL_SOVEREIGN}={sov}")));
+    let mut deleted = 0;
+    for (token, selector) in &passes {
+        deleted += sweep_with(cx, token, selector).await?;
+    }
+    Ok(Swept { deleted })
+}
+
+/// Deletes every object `selector` lists with `token`, until none is left.
+async fn sweep_with(cx: &StepCtx, token: &SecretString, selector: &str) -> StepResult<usize> {
     let deleted = std::sync::atomic::AtomicUsize::new(0);
     cx.wait_for(
-        "every object labelled for this Sovereign to be gone",
+        &format!("every object labelled {selector} to be gone"),
         Duration::from_secs(1800),
         || async {
             let objs = cx.env.cloud.list(&token, &selector).await?;
@@ -143,7 +162,7 @@ async fn sweep(cx: &StepCtx) -> StepResult<Swept> {
         },
     )
     .await?;
-    Ok(Swept { deleted: deleted.into_inner() })
+    Ok(deleted.into_inner())
 }
 
 async fn dns(cx: &StepCtx) -> StepResult<DnsRemoved> {
@@ -163,12 +182,14 @@ async fn secrets(cx: &StepCtx) -> StepResult<SecretsRemoved> {
     let SecretsParams { locations } = cx.params()?;
     let mut names = vec![
         "cloud_token".to_owned(),
+        "handoff_token".to_owned(),
         "registrar_token".to_owned(),
         "sealed-secrets-key".to_owned(),
         "openbao-root-token".to_owned(),
         PROVISIONER_KEY.to_owned(),
     ];
     for l in &locations {
+        names.push(region_token_name(l));
         names.push(format!("k3s-token-{l}"));
         names.push(format!("kubeconfig-{l}"));
     }

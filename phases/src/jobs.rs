@@ -354,10 +354,16 @@ pub fn add_region(
     let options = JobOptions { on_failure: FailurePolicy::Rollback, ..submit.options };
     let job = JobId::new();
     let owner = sovereign.id.to_string();
+    // A new token is the new regions' own: the regions already there keep
+    // the one their objects were made with (and destroy uses each).
     let secrets: Vec<(String, String, SecretString)> = req
         .cloud_token
         .iter()
-        .map(|t| (owner.clone(), "cloud_token".to_owned(), t.clone()))
+        .flat_map(|t| {
+            req.regions
+                .iter()
+                .map(|r| (owner.clone(), crate::common::region_token_name(&r.location), t.clone()))
+        })
         .collect();
     let locations: Vec<&str> = req.regions.iter().map(|r| r.location.as_str()).collect();
     Ok(Submission {
@@ -425,6 +431,7 @@ pub fn destroy(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+    use std::sync::Arc;
 
     use async_trait::async_trait;
     use cz_engine::testing::{
@@ -552,6 +559,54 @@ mod tests {
         assert!(!rig.env().dns.zone_exists(&zone).await.unwrap());
         let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
         assert_eq!(s.status, SovereignStatus::Destroyed);
+    }
+
+    /// An add-region job with a token of its own keeps it for its new
+    /// region: the first region's token is unchanged, and destroy removes
+    /// each region's objects with that region's token (tofu destroy of a
+    /// handed-off region is skipped; the sweep does the deleting).
+    #[tokio::test]
+    async fn each_region_keeps_its_own_token_through_destroy() {
+        let deletions: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+        let seen = deletions.clone();
+        let rig = crate::testing::sim_rig_with(crate::registry(), move |mut b| {
+            b.cloud =
+                Arc::new(crate::testing::CloudTap { inner: b.cloud.clone(), deletions: seen });
+            b
+        })
+        .await;
+        let req = sample_request("tokens", 1, 0);
+        let first = req.cloud_token.expose().to_owned();
+        let sov = rig.provisioned(&req).await;
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        let second = "t".repeat(64);
+        let mut body: Value = serde_json::from_slice(&add_region_body(&["hel1"])).unwrap();
+        body["cloud_token"] = json!(second);
+        let sub =
+            add_region(&s, &js, &serde_json::to_vec(&body).unwrap(), Submit::default()).unwrap();
+        let job = rig.submit(sub).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+        let owner = sov.to_string();
+        let get = |n: &str| {
+            let (store, n) = (rig.store.clone(), n.to_owned());
+            let owner = owner.clone();
+            async move { store.get_secret(&owner, &n).await.unwrap().map(|t| t.expose().to_owned()) }
+        };
+        assert_eq!(get("cloud_token").await.as_deref(), Some(first.as_str()));
+        assert_eq!(get("cloud_token.hel1").await.as_deref(), Some(second.as_str()));
+        assert_eq!(get("cloud_token.fsn1").await, None);
+
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        let job = rig.submit(destroy(&s, &js, Submit::default()).unwrap()).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+        assert!(rig.cloud_objects().await.is_empty());
+        let deletions = deletions.lock().unwrap().clone();
+        assert!(deletions.iter().any(|(_, r)| r == "hel1"));
+        for (token, region) in &deletions {
+            let want = if region == "hel1" { &second } else { &first };
+            assert_eq!(token, want, "an object of {region} deleted with another region's token");
+        }
+        assert_eq!(get("cloud_token.hel1").await, None, "destroy forgets it");
     }
 
     /// Once a region is handed off, no tofu run may touch it: a job that

@@ -28,7 +28,7 @@ use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, 
 use cz_engine::{action, no_undo};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{cloud_token, fqdn, precondition, regions, slug};
+use crate::common::{fqdn, job_token, precondition, regions, slug};
 use crate::request::{Region, Registrar};
 use crate::{Registry, StepCtx, release};
 
@@ -206,7 +206,7 @@ async fn validate(cx: &StepCtx) -> StepResult<Validated> {
 }
 
 async fn catalog(cx: &StepCtx) -> StepResult<Catalog> {
-    let token = cloud_token(cx).await?;
+    let token = job_token(cx).await?;
     let regions = regions(cx)?;
     let cloud = &cx.env.cloud;
     let locations = cloud.locations(&token).await?;
@@ -262,7 +262,7 @@ fn servers_in(r: &Region) -> u32 {
 }
 
 async fn quotas(cx: &StepCtx) -> StepResult<Quotas> {
-    let token = cloud_token(cx).await?;
+    let token = job_token(cx).await?;
     let regions = regions(cx)?;
     let limits = cx.env.cloud.limits(&token).await?;
     let servers: u32 = regions.iter().map(servers_in).sum();
@@ -300,7 +300,7 @@ async fn quotas(cx: &StepCtx) -> StepResult<Quotas> {
 }
 
 async fn names_free(cx: &StepCtx) -> StepResult<NamesFree> {
-    let token = cloud_token(cx).await?;
+    let token = job_token(cx).await?;
     let fqdn = fqdn(cx)?;
     if cx.params::<NewSovereign>()?.dns && cx.env.dns.zone_exists(&fqdn).await? {
         return Err(precondition(
@@ -448,7 +448,7 @@ async fn registrar(cx: &StepCtx) -> StepResult<RegistrarSeen> {
 }
 
 async fn token_scope(cx: &StepCtx) -> StepResult<Scope> {
-    let token = cloud_token(cx).await?;
+    let token = job_token(cx).await?;
     match cx.env.cloud.token_scope(&token).await? {
         TokenScope::ReadWrite => Ok(Scope { scope: "read-write".into() }),
         TokenScope::Read => Err(StepError::adapter(

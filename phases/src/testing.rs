@@ -273,6 +273,59 @@ impl cz_adapters::KubeApi for KubeTap {
 /// The simulated world a [`sim_rig_in_world`] rig runs in.
 pub type World = SimWorld;
 
+/// A cloud adapter that records which token each deletion used, with the
+/// deleted object's region label: `(token, region)`.
+pub struct CloudTap {
+    pub inner: Arc<dyn cz_adapters::CloudApi>,
+    pub deletions: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+#[async_trait]
+impl cz_adapters::CloudApi for CloudTap {
+    async fn token_scope(&self, t: &SecretString) -> AdapterResult<cz_adapters::TokenScope> {
+        self.inner.token_scope(t).await
+    }
+    async fn limits(&self, t: &SecretString) -> AdapterResult<cz_adapters::ProjectLimits> {
+        self.inner.limits(t).await
+    }
+    async fn locations(&self, t: &SecretString) -> AdapterResult<Vec<String>> {
+        self.inner.locations(t).await
+    }
+    async fn server_type(
+        &self,
+        t: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Option<cz_adapters::ServerType>> {
+        self.inner.server_type(t, name).await
+    }
+    async fn load_balancer_type(
+        &self,
+        t: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Option<cz_adapters::LoadBalancerType>> {
+        self.inner.load_balancer_type(t, name).await
+    }
+    async fn list(
+        &self,
+        t: &SecretString,
+        selector: &str,
+    ) -> AdapterResult<Vec<cz_adapters::CloudObject>> {
+        self.inner.list(t, selector).await
+    }
+    async fn find_by_name(
+        &self,
+        t: &SecretString,
+        name: &str,
+    ) -> AdapterResult<Vec<cz_adapters::CloudObject>> {
+        self.inner.find_by_name(t, name).await
+    }
+    async fn delete(&self, t: &SecretString, obj: &cz_adapters::CloudObject) -> AdapterResult<()> {
+        let region = obj.labels.get(cz_adapters::labels::LABEL_REGION).cloned().unwrap_or_default();
+        self.deletions.lock().expect("tap lock").push((t.expose().to_owned(), region));
+        self.inner.delete(t, obj).await
+    }
+}
+
 /// The sim world's cloud (for a test's hand edits and checks).
 pub fn sim_cloud(world: &Arc<SimWorld>) -> SimCloud {
     SimCloud::new(world.clone())

@@ -54,7 +54,7 @@ use serde_json::{Value, json};
 
 use self::render::RenderInput;
 use crate::common::{
-    RegionParams, cloud_token, fqdn, job_request, labels, precondition, region, slug,
+    RegionParams, fqdn, job_request, labels, precondition, region, region_token, slug,
 };
 use crate::request::Region;
 use crate::{Registry, StepCtx, release};
@@ -405,7 +405,7 @@ async fn init(cx: &StepCtx) -> StepResult<Initialized> {
 async fn plan(cx: &StepCtx) -> StepResult<PlanSummary> {
     refuse_if_handed_off(cx, &cx.params::<RegionParams>()?.location).await?;
     let ws = workspace_of(cx)?;
-    let token = cloud_token(cx).await?;
+    let token = region_token(cx, &cx.params::<RegionParams>()?.location).await?;
     let s = cx.env.tofu.plan(&ws, &token).await?;
     cx.event(
         "tofu",
@@ -459,7 +459,7 @@ async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResu
         // The offline stand-in adopts by name inside its own create.
         return Ok(Vec::new());
     }
-    let token = cloud_token(cx).await?;
+    let token = region_token(cx, location).await?;
     let fqdn = fqdn(cx)?;
     let text = tokio::fs::read(ws.dir.join(MANIFEST)).await.map_err(|e| {
         StepError::adapter(System::Tofu, "read manifest", Cause::NotFound, e.to_string())
@@ -490,7 +490,7 @@ async fn apply(cx: &StepCtx) -> StepResult<Applied> {
     let loc = cx.params::<RegionParams>()?.location;
     let ws = workspace(cx, &loc);
     refuse_if_handed_off(cx, &loc).await?;
-    let token = cloud_token(cx).await?;
+    let token = region_token(cx, &loc).await?;
     let adopted = adopt_orphans(cx, &ws, &loc).await?;
     let tofu = cx.env.tofu.clone();
     let lines = with_events(cx, |sink| {
@@ -509,7 +509,7 @@ async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
     if !ws.dir.join(MANIFEST).exists() {
         return sweep_region(cx, &loc).await;
     }
-    let token = cloud_token(cx).await?;
+    let token = region_token(cx, &loc).await?;
     // Objects an interrupted apply created but never recorded must go too.
     adopt_orphans(cx, &ws, &loc).await?;
     let tofu = cx.env.tofu.clone();
@@ -523,7 +523,7 @@ async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
 
 /// Deletes every object labelled for this Sovereign and region.
 pub async fn sweep_region(cx: &StepCtx, location: &str) -> StepResult<()> {
-    let token = cloud_token(cx).await?;
+    let token = region_token(cx, location).await?;
     let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?));
     for obj in cx.env.cloud.list(&token, &selector).await? {
         cx.env.cloud.delete(&token, &obj).await?;
@@ -599,7 +599,7 @@ async fn resolve_objects(cx: &StepCtx, out: &Value) -> StepResult<(Vec<Server>, 
     let entries: Vec<Entry> =
         serde_json::from_value(out["objects"].clone()).map_err(|e| output_error("objects", e))?;
     let loc = cx.params::<RegionParams>()?.location;
-    let token = cloud_token(cx).await?;
+    let token = region_token(cx, &loc).await?;
     let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
     let live = cx.env.cloud.list(&token, &selector).await?;
     let find = |e: &Entry| -> StepResult<&CloudObject> {

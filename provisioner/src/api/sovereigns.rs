@@ -185,7 +185,9 @@ async fn sovereign_and_jobs(
     params(("id" = String, Path, description = "Sovereign id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body")),
     request_body(content = cz_phases::request::AddRegionRequest, content_type = "application/json"),
-    responses((status = 202, body = SubmitResponse), (status = 404, body = ErrorBody),
+    responses((status = 202, body = SubmitResponse),
+        (status = 403, body = ErrorBody, description = "Operator token only"),
+        (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "The sovereign is busy or not ready"),
         (status = 422, body = ValidationErrors)),
     security(("bearer" = [])))]
@@ -196,6 +198,7 @@ pub async fn add_region(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require_operator("add a region")?;
     let sid = parse_id(&id)?;
     require_json(&headers)?;
     let faults = fault_plan(&headers, caller)?;

@@ -205,6 +205,13 @@ async fn scopes_are_enforced() {
         )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Adding a region is the operator's, before anything is read or stored.
+    let before = h.snapshot().await;
+    let uri = format!("/v1/sovereigns/{}/regions", cz_state::SovereignId::new());
+    let add = json!({"api_version": "catalyst.openova.io/v1", "regions": []});
+    let r = h.req(Method::POST, &uri, Some(WIZ), Some(&add)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(before, h.snapshot().await);
     // Wizard may submit but not inject faults.
     let before = h.snapshot().await;
     let req = Request::builder()

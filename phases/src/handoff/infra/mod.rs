@@ -56,7 +56,7 @@ use self::managed::{
     render,
 };
 use crate::cluster::kubeconfig_for;
-use crate::common::{RegionParams, cloud_token, fqdn, precondition, slug};
+use crate::common::{RegionParams, fqdn, precondition, region_token, region_token_name, slug};
 use crate::infra::{archive_name, workspace};
 use crate::request::Region;
 use crate::{Registry, StepCtx, release};
@@ -262,7 +262,15 @@ async fn provider_undo(cx: &StepCtx) -> StepResult<()> {
 
 async fn credential(cx: &StepCtx) -> StepResult<Credential> {
     let kc = kubeconfig(cx).await?;
-    let (token, dedicated) = match cx.secret_opt(HANDOFF_TOKEN).await? {
+    let loc = cx.params::<RegionParams>()?.location;
+    // A region an add-region job brought with a token of its own may be in
+    // another project: its Crossplane gets that region's token.
+    let own = cx.secret_opt(&region_token_name(&loc)).await?;
+    let dedicated_token = match own {
+        Some(_) => None,
+        None => cx.secret_opt(HANDOFF_TOKEN).await?,
+    };
+    let (token, dedicated) = match dedicated_token {
         Some(t) => (t, true),
         None => {
             cx.event("warning", json!({
@@ -271,7 +279,7 @@ async fn credential(cx: &StepCtx) -> StepResult<Credential> {
                             (runbooks/crossplane-credential.md)",
             }))
             .await?;
-            (cloud_token(cx).await?, false)
+            (region_token(cx, &loc).await?, false)
         }
     };
     let obj = json!({ "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
