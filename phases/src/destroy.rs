@@ -145,12 +145,12 @@ async fn sweep_with(cx: &StepCtx, token: &SecretString, selector: &str) -> StepR
         &format!("every object labelled {selector} to be gone"),
         Duration::from_secs(1800),
         || async {
-            let objs = cx.env.cloud.list(&token, &selector).await?;
+            let objs = cx.env.cloud.list(token, selector).await?;
             if objs.is_empty() {
                 return Ok(Some(()));
             }
             for o in &objs {
-                cx.env.cloud.delete(&token, o).await?;
+                cx.env.cloud.delete(token, o).await?;
                 deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 cx.event(
                     "cloud",

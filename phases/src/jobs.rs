@@ -609,6 +609,89 @@ mod tests {
         assert_eq!(get("cloud_token.hel1").await, None, "destroy forgets it");
     }
 
+    /// A region in another network zone (ash, us-east) gets its own
+    /// network in that zone, and is handed to its own cluster's Crossplane
+    /// like the first; the first region's objects, archive and managed
+    /// resources are untouched.
+    #[tokio::test]
+    async fn add_region_in_another_network_zone_leaves_the_first_untouched() {
+        let rig = sim_rig().await;
+        let req = sample_request("zones", 1, 0);
+        let sov = rig.provisioned(&req).await;
+        let owner = sov.to_string();
+        let kc = |loc: &'static str| {
+            let (store, owner) = (rig.store.clone(), owner.clone());
+            async move { store.get_secret(&owner, &format!("kubeconfig-{loc}")).await.unwrap().unwrap() }
+        };
+        let subnets = |kc: SecretString| {
+            let kube = rig.env().kube.clone();
+            async move {
+                kube.list(&kc, "network.hetzner.m.crossplane.io/v1alpha1", "Subnet", "")
+                    .await
+                    .unwrap()
+            }
+        };
+        let fsn1_objects = |all: BTreeSet<(String, String)>| -> BTreeSet<(String, String)> {
+            all.into_iter().filter(|(_, n)| n.contains("-fsn1-")).collect()
+        };
+        let before = fsn1_objects(rig.cloud_objects().await);
+        let fsn1_mrs = subnets(kc("fsn1").await).await;
+        let archive = rig.store.get_secret(&owner, "tofu-state-archive-fsn1").await.unwrap();
+
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        let sub = add_region(&s, &js, &add_region_body(&["ash"]), Submit::default()).unwrap();
+        let job = rig.submit(sub).await;
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+
+        let all = rig.cloud_objects().await;
+        assert!(all.contains(&("network".to_owned(), "zones-omani-works-ash-net".to_owned())));
+        let ash = subnets(kc("ash").await).await;
+        assert_eq!(ash.len(), 1);
+        assert_eq!(ash[0]["status"]["atProvider"]["networkZone"], "us-east", "{}", ash[0]);
+        assert_eq!(ash[0]["spec"]["forProvider"]["networkZone"], "us-east");
+        // The first region: same objects, same managed resources, same archive.
+        assert_eq!(fsn1_objects(all), before);
+        assert_eq!(subnets(kc("fsn1").await).await, fsn1_mrs);
+        assert_eq!(
+            rig.store
+                .get_secret(&owner, "tofu-state-archive-fsn1")
+                .await
+                .unwrap()
+                .map(|a| a.expose().to_owned()),
+            archive.map(|a| a.expose().to_owned())
+        );
+    }
+
+    /// An add-region job the project cannot hold stops in pre-flight,
+    /// before any object, workspace or cluster of the new region exists;
+    /// the first region is untouched.
+    #[tokio::test]
+    async fn an_add_region_over_quota_stops_in_preflight_with_nothing_created() {
+        let rig = sim_rig().await;
+        let req = sample_request("quota", 1, 0);
+        let sov = rig.provisioned(&req).await;
+        let before = rig.cloud_objects().await;
+        let (s, js) = sovereign_and_jobs(&rig, sov).await;
+        // 1 + 22 servers with the first region's 1: over the project's 25.
+        let mut body: Value = serde_json::from_slice(&add_region_body(&["hel1"])).unwrap();
+        body["regions"][0]["control_plane"]["count"] = json!(3);
+        body["regions"][0]["workers"]["count"] = json!(22);
+        let sub =
+            add_region(&s, &js, &serde_json::to_vec(&body).unwrap(), Submit::default()).unwrap();
+        let job = rig.submit(sub).await;
+        let status = rig.drive(job).await;
+        assert!(matches!(status, JobStatus::Paused | JobStatus::Failed), "{status}");
+        let stop = rig.stop_reason(job).await;
+        assert_eq!(stop["step"], "preflight/quotas", "{stop}");
+        let msg = stop["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("servers: need 25, 1 of 25 in use"), "{msg}");
+        assert_eq!(rig.cloud_objects().await, before, "nothing created");
+        let ws = rig.env().workspace_root.join(sov.to_string()).join("hel1");
+        assert!(!ws.exists(), "no workspace for the new region");
+        let owner = sov.to_string();
+        assert!(rig.store.get_secret(&owner, "kubeconfig-hel1").await.unwrap().is_none());
+    }
+
     /// Once a region is handed off, no tofu run may touch it: a job that
     /// plans the infra phase for it again stops at its first step with a
     /// clear precondition, before tofu runs, and the cloud is unchanged.

@@ -269,6 +269,24 @@ pub fn sim_cloud_objects(data_dir: &Path) -> BTreeMap<String, Vec<Value>> {
     out
 }
 
+/// Every object the sim's Kubernetes holds, in every cluster, as applied
+/// (`<data_dir>/sim/kube/<cluster>/*.json`).
+pub fn sim_kube_objects(data_dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let root = data_dir.join("sim").join("kube");
+    for cluster in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(cluster.path()).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|e| e == "json")
+                && let Ok(text) = std::fs::read_to_string(f.path())
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+            {
+                out.push(v["object"].clone());
+            }
+        }
+    }
+    out
+}
+
 /// The tofu-compatible CLI on this machine (see `find_cli`).
 pub fn tofu_binary() -> Option<PathBuf> {
     cz_adapters::tofu::find_cli()

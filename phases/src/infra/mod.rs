@@ -173,7 +173,8 @@ pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Reso
             kind: "network".into(),
             name: format!("{slug}-{l}-net"),
             labels: lab("network"),
-            attrs: json!({ "ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24" }),
+            attrs: json!({ "ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24",
+                           "network_zone": render::network_zone(l) }),
         },
         Resource {
             address: "hcloud_firewall.main".into(),
@@ -286,7 +287,13 @@ async fn render(cx: &StepCtx) -> StepResult<Rendered> {
     let r = region_of(cx)?;
     let fqdn = fqdn(cx)?;
     let ws = workspace(cx, &r.location);
-    let resources = desired(&slug(&fqdn), &r, Some((cx, &fqdn)));
+    let mut resources = desired(&slug(&fqdn), &r, Some((cx, &fqdn)));
+    // The key's public half is the provisioner key's (the provider records
+    // it, and Crossplane's Key requires it once managed).
+    let provisioner: ProvisionerPublicKey = cx.lookup("infra/provisioner-key")?;
+    for res in resources.iter_mut().filter(|x| x.kind == "ssh_key") {
+        res.attrs["public_key"] = json!(provisioner.public_key);
+    }
     let manifest = Manifest { resources };
     let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
