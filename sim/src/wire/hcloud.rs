@@ -9,6 +9,8 @@
 //! - `GET /v1/server_types`, `/v1/load_balancer_types` (prices as strings),
 //!   `/v1/locations`;
 //! - `POST /v1/ssh_keys` (the token-scope probe; a valid key is created);
+//! - `GET /v1/{collection}/{id}` (`{"<kind>": object}`), `PUT` of the
+//!   same with `name` and `labels` (what Crossplane's provider writes);
 //! - `DELETE /v1/{collection}/{id}` (servers answer an action, others 204).
 //!
 //! Bearer auth (`unauthorized` for an unknown token), `forbidden` for writes
@@ -240,6 +242,11 @@ impl FakeHandle {
         let collection = collection_of(kind).unwrap_or_else(|| panic!("unknown kind `{kind}`"));
         self.state().objects.get(collection).cloned().unwrap_or_default()
     }
+}
+
+/// The object key of a collection's answers (`servers` → `server`).
+fn singular(coll: &str) -> &str {
+    coll.strip_suffix('s').unwrap_or(coll)
 }
 
 /// Hetzner's label syntax: keys `[prefix/]name` (name ≤ 63 of
@@ -528,6 +535,8 @@ impl Inner {
             .unwrap_or_default();
         match (method.as_str(), segs.as_slice()) {
             ("GET", ["v1", coll]) => self.list(coll, &query),
+            ("GET", ["v1", coll, id]) => self.get_one(coll, id),
+            ("PUT", ["v1", coll, id]) => self.update(coll, id, body),
             ("POST", ["v1", "ssh_keys"]) => self.create_ssh_key(body),
             ("POST", ["v1", coll]) => self.create(coll, body),
             ("DELETE", ["v1", coll, id]) => self.delete(coll, id),
@@ -738,6 +747,61 @@ impl Inner {
             answer["next_actions"] = json!([]);
         }
         ok(201, Some(answer))
+    }
+
+    /// `GET /v1/{collection}/{id}`: `{"<kind>": object}`.
+    fn get_one(&self, coll: &str, id: &str) -> Answer {
+        let Some(coll) = OBJECT_COLLECTIONS.iter().find(|c| **c == coll) else {
+            return error(404, "not_found", format!("no route GET /v1/{coll}/{id}"));
+        };
+        let Ok(id) = id.parse::<i64>() else {
+            return error(400, "invalid_input", "invalid id");
+        };
+        let st = self.state.lock().expect("fake lock");
+        let found = st
+            .objects
+            .get(coll)
+            .and_then(|objs| objs.iter().find(|o| o.get("id").and_then(Value::as_i64) == Some(id)));
+        match found {
+            Some(o) => ok(200, Some(json!({ singular(coll): o }))),
+            None => error(404, "not_found", format!("{coll} with ID '{id}' not found")),
+        }
+    }
+
+    /// `PUT /v1/{collection}/{id}`: the name and labels Hetzner lets a
+    /// client change (labels are replaced whole, as the API does).
+    fn update(&self, coll: &str, id: &str, body: &[u8]) -> Answer {
+        let Some(coll) = OBJECT_COLLECTIONS.iter().find(|c| **c == coll) else {
+            return error(404, "not_found", format!("no route PUT /v1/{coll}/{id}"));
+        };
+        let Ok(id) = id.parse::<i64>() else {
+            return error(400, "invalid_input", "invalid id");
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return error(400, "json_error", "invalid JSON");
+        };
+        let mut st = self.state.lock().expect("fake lock");
+        if st.read_only {
+            return error(403, "forbidden", "insufficient permissions for this request");
+        }
+        if let Some(labels) = v.get("labels").and_then(Value::as_object)
+            && let Some((k, _)) =
+                labels.iter().find(|(k, v)| !v.as_str().is_some_and(|v| valid_label(k, v)))
+        {
+            return error(400, "invalid_input", format!("label `{k}` is invalid"));
+        }
+        let objs = st.objects.entry(coll).or_default();
+        let Some(o) = objs.iter_mut().find(|o| o.get("id").and_then(Value::as_i64) == Some(id))
+        else {
+            return error(404, "not_found", format!("{coll} with ID '{id}' not found"));
+        };
+        if let Some(name) = v.get("name").and_then(Value::as_str) {
+            o["name"] = json!(name);
+        }
+        if let Some(labels) = v.get("labels") {
+            o["labels"] = labels.clone();
+        }
+        ok(200, Some(json!({ singular(coll): o.clone() })))
     }
 
     fn delete(&self, coll: &str, id: &str) -> Answer {

@@ -2,6 +2,7 @@
 //! speak the APIs the real adapters call, with failure injection.
 
 pub mod controllers;
+pub mod crossplane;
 pub mod eso;
 pub mod hcloud;
 pub mod kube;

@@ -333,20 +333,45 @@ pub fn render(a: &Adoptee, managed: bool, sovereign: &str, location: &str) -> Va
     })
 }
 
-/// Differences between what tofu built and what the provider observes, as
-/// `Kind/name field: tofu <a>, cloud <b>` lines (empty: zero diff).
-pub fn diff(a: &Adoptee, at_provider: &Value) -> Vec<String> {
-    let mut out = Vec::new();
+/// What the provider observes against what tofu built, over the fields
+/// [`render`] would copy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Comparison {
+    /// `Kind/name field: tofu <a>, cloud <b>` (empty: zero diff).
+    pub differences: Vec<String>,
+    /// `Kind/name field`: fields the provider does not report (the hcloud
+    /// API cannot tell a load balancer's subnet, only its network), so not
+    /// compared. A resource that reports none of its fields is a
+    /// difference: nothing was observed.
+    pub unobserved: Vec<String>,
+    pub compared: usize,
+}
+
+pub fn diff(a: &Adoptee, at_provider: &Value) -> Comparison {
+    let mut out = Comparison::default();
     for (field, want) in &a.for_provider {
         let got = at_provider.get(field).unwrap_or(&Value::Null);
-        let same = match (want, got) {
-            (Value::Object(_) | Value::Array(_), _) => want == got,
-            (_, Value::Null) => false,
+        if got.is_null() {
+            out.unobserved.push(format!("{}/{} {field}", a.kind.kind, a.name));
+            continue;
+        }
+        out.compared += 1;
+        let same = match want {
+            Value::Object(_) | Value::Array(_) => want == got,
             _ => scalar(want) == scalar(got),
         };
         if !same {
-            out.push(format!("{}/{} {field}: tofu {want}, cloud {got}", a.kind.kind, a.name));
+            out.differences
+                .push(format!("{}/{} {field}: tofu {want}, cloud {got}", a.kind.kind, a.name));
         }
+    }
+    if out.compared == 0 && !a.for_provider.is_empty() {
+        out.differences.push(format!(
+            "{}/{}: the provider reports none of {} field(s) (status.atProvider is empty)",
+            a.kind.kind,
+            a.name,
+            a.for_provider.len()
+        ));
     }
     out
 }
@@ -422,17 +447,22 @@ mod tests {
         assert!(!a[1].for_provider.contains_key("userData"), "only the listed fields are copied");
         assert!(!a[1].for_provider.contains_key("placementGroupId"), "nulls are not copied");
         let observed = json!({"name": "acme-fsn1-cp1", "serverType": "cpx32", "location": "fsn1", "image": "ubuntu-24.04", "labels": {"catalyst.openova.io/role": "control-plane"}});
-        assert!(diff(&a[1], &observed).is_empty());
+        let same = diff(&a[1], &observed);
+        assert!(same.differences.is_empty() && same.unobserved.is_empty(), "{same:?}");
         let mut drifted = observed.clone();
         drifted["serverType"] = json!("cpx42");
         drifted["labels"]["extra"] = json!("x");
-        let d = diff(&a[1], &drifted);
+        let d = diff(&a[1], &drifted).differences;
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(
-            d[0].contains("serverType: tofu \"cpx32\", cloud \"cpx42\"")
-                || d[1].contains("serverType"),
-            "{d:?}"
-        );
+        assert!(d.iter().any(|l| l.contains("serverType: tofu \"cpx32\", cloud \"cpx42\"")));
+        // A field the provider does not report is not compared, but an
+        // empty observation is never a zero diff.
+        let mut partial = observed.clone();
+        partial.as_object_mut().unwrap().remove("image");
+        let p = diff(&a[1], &partial);
+        assert!(p.differences.is_empty());
+        assert_eq!(p.unobserved, ["Server/fsn1-server-cp-0 image"]);
+        assert_eq!(diff(&a[1], &Value::Null).differences.len(), 1);
         let r = render(&a[1], true, "acme", "fsn1");
         assert_eq!(r["spec"]["managementPolicies"], json!(MANAGE));
         assert_eq!(r["spec"]["forProvider"]["serverType"], "cpx32");

@@ -106,6 +106,10 @@ pub struct Verified {
     pub synced: usize,
     /// Fields compared, all equal.
     pub fields_compared: usize,
+    /// Fields the provider does not report (`Kind/name field`), not
+    /// compared; copied from tofu on widening all the same.
+    #[serde(default)]
+    pub fields_unobserved: Vec<String>,
 }
 
 /// `widen-<loc>`'s output.
@@ -390,17 +394,21 @@ async fn observed(cx: &StepCtx, all: &[Adoptee]) -> StepResult<Vec<Value>> {
     .await
 }
 
-/// The differences between tofu and the cloud, or `needs-operator`.
-async fn zero_diff(cx: &StepCtx, loc: &str, all: &[Adoptee]) -> StepResult<usize> {
+/// Zero diff between tofu and the cloud (how many fields were compared,
+/// which were not observed), or `needs-operator` with the differences.
+async fn zero_diff(cx: &StepCtx, loc: &str, all: &[Adoptee]) -> StepResult<(usize, Vec<String>)> {
     let live = observed(cx, all).await?;
     let mut diffs = Vec::new();
+    let mut unobserved = Vec::new();
     let mut compared = 0;
     for (a, l) in all.iter().zip(&live) {
-        compared += a.for_provider.len();
-        diffs.extend(diff(a, l.pointer("/status/atProvider").unwrap_or(&Value::Null)));
+        let c = diff(a, l.pointer("/status/atProvider").unwrap_or(&Value::Null));
+        compared += c.compared;
+        diffs.extend(c.differences);
+        unobserved.extend(c.unobserved);
     }
     if diffs.is_empty() {
-        return Ok(compared);
+        return Ok((compared, unobserved));
     }
     cx.event("drift", json!({ "region": loc, "differences": diffs })).await?;
     let shown: Vec<&str> = diffs.iter().take(10).map(String::as_str).collect();
@@ -419,8 +427,8 @@ async fn zero_diff(cx: &StepCtx, loc: &str, all: &[Adoptee]) -> StepResult<usize
 
 async fn verify(cx: &StepCtx) -> StepResult<Verified> {
     let (loc, all) = region_adoptees(cx).await?;
-    let compared = zero_diff(cx, &loc, &all).await?;
-    Ok(Verified { synced: all.len(), fields_compared: compared })
+    let (compared, unobserved) = zero_diff(cx, &loc, &all).await?;
+    Ok(Verified { synced: all.len(), fields_compared: compared, fields_unobserved: unobserved })
 }
 
 async fn widen(cx: &StepCtx) -> StepResult<Managed> {
