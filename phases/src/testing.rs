@@ -208,23 +208,33 @@ impl cz_adapters::BaoApi for BaoTap {
     }
 }
 
-/// A Kubernetes adapter that lets a test act just before an apply
-/// reaches the cluster (`before_apply` sees the objects; its future runs
-/// first): a hand edit in the cloud at the moment Crossplane arrives.
+/// What a [`KubeTap`] runs before an apply: sees the objects, its future
+/// runs first.
+pub type BeforeApply = Box<
+    dyn Fn(&[Value]) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+/// What a [`KubeTap`] makes of each object a get answers.
+pub type AfterGet =
+    Box<dyn Fn(&cz_adapters::ObjectRef, Option<Value>) -> Option<Value> + Send + Sync>;
+
+/// A Kubernetes adapter that lets a test act on the wire: just before an
+/// apply reaches the cluster (a hand edit in the cloud at the moment
+/// Crossplane arrives), or on what a get answers (a controller disturbed).
+/// Every other call passes through.
 pub struct KubeTap {
     pub inner: Arc<dyn cz_adapters::KubeApi>,
-    #[allow(clippy::type_complexity)]
-    pub before_apply: Box<
-        dyn Fn(&[Value]) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-            + Send
-            + Sync,
-    >,
+    pub before_apply: Option<BeforeApply>,
+    pub after_get: Option<AfterGet>,
 }
 
 #[async_trait]
 impl cz_adapters::KubeApi for KubeTap {
     async fn apply(&self, kc: &SecretString, manager: &str, objs: &[Value]) -> AdapterResult<()> {
-        (self.before_apply)(objs).await;
+        if let Some(f) = &self.before_apply {
+            f(objs).await;
+        }
         self.inner.apply(kc, manager, objs).await
     }
     async fn get(
@@ -232,7 +242,11 @@ impl cz_adapters::KubeApi for KubeTap {
         kc: &SecretString,
         r: &cz_adapters::ObjectRef,
     ) -> AdapterResult<Option<Value>> {
-        self.inner.get(kc, r).await
+        let got = self.inner.get(kc, r).await?;
+        Ok(match &self.after_get {
+            Some(f) => f(r, got),
+            None => got,
+        })
     }
     async fn list(
         &self,

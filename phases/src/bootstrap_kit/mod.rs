@@ -645,90 +645,42 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use async_trait::async_trait;
-    use cz_adapters::{AdapterResult, KubeApi, ObjectRef, Until};
+    use cz_adapters::ObjectRef;
     use cz_engine::{Action, ActionId, JobOptions, StepResult};
-    use cz_state::{JobStatus, SecretString};
+    use cz_state::JobStatus;
     use serde_json::{Value, json};
 
-    use crate::testing::{SimRigExt, phase_tests, sample_request, sim_rig_with};
+    use crate::testing::{KubeTap, SimRigExt, phase_tests, sample_request, sim_rig_with};
     use crate::{Backend, StepCtx, jobs, registry};
 
     phase_tests!(super::PHASE, sample_request("kit", 1, 0));
 
-    /// The sim's Kubernetes, with Flux disturbed for the next reads once
-    /// armed: its `source-controller` rolling out again (what K3s's
-    /// helm-controller re-applying the first install can do until the
+    /// What the sim's Kubernetes answers, with Flux disturbed for the next
+    /// reads once armed: its `source-controller` rolling out again (what
+    /// K3s's helm-controller re-applying the first install can do until the
     /// hand-over), or, with `failing`, its HelmRelease failing an upgrade.
-    struct Disturbed {
-        inner: Arc<dyn KubeApi>,
-        reads_left: Arc<AtomicU32>,
+    fn disturb(
+        reads_left: &AtomicU32,
         failing: bool,
-    }
-
-    impl Disturbed {
-        fn disturb(&self, r: &ObjectRef, obj: Option<Value>) -> Option<Value> {
-            let mut obj = obj?;
-            let hit = if self.failing {
-                r.kind == "HelmRelease" && r.name == "bp-flux"
+        r: &ObjectRef,
+        obj: Option<Value>,
+    ) -> Option<Value> {
+        let mut obj = obj?;
+        let hit = if failing {
+            r.kind == "HelmRelease" && r.name == "bp-flux"
+        } else {
+            r.kind == "Deployment" && r.name == "source-controller"
+        };
+        if hit && reads_left.load(Ordering::SeqCst) > 0 {
+            reads_left.fetch_sub(1, Ordering::SeqCst);
+            if failing {
+                obj["status"]["conditions"] = json!([{ "type": "Ready", "status": "False",
+                    "reason": "UpgradeFailed", "message": "Helm upgrade failed: timed out" }]);
             } else {
-                r.kind == "Deployment" && r.name == "source-controller"
-            };
-            let armed = self.reads_left.load(Ordering::SeqCst) > 0;
-            if hit && armed {
-                self.reads_left.fetch_sub(1, Ordering::SeqCst);
-                if self.failing {
-                    obj["status"]["conditions"] = json!([{ "type": "Ready", "status": "False",
-                        "reason": "UpgradeFailed", "message": "Helm upgrade failed: timed out" }]);
-                } else {
-                    obj["status"]["updatedReplicas"] = json!(0);
-                }
+                obj["status"]["updatedReplicas"] = json!(0);
             }
-            Some(obj)
         }
-    }
-
-    #[async_trait]
-    impl KubeApi for Disturbed {
-        async fn apply(&self, kc: &SecretString, fm: &str, objects: &[Value]) -> AdapterResult<()> {
-            self.inner.apply(kc, fm, objects).await
-        }
-        async fn get(&self, kc: &SecretString, r: &ObjectRef) -> AdapterResult<Option<Value>> {
-            Ok(self.disturb(r, self.inner.get(kc, r).await?))
-        }
-        async fn list(
-            &self,
-            kc: &SecretString,
-            api_version: &str,
-            kind: &str,
-            selector: &str,
-        ) -> AdapterResult<Vec<Value>> {
-            self.inner.list(kc, api_version, kind, selector).await
-        }
-        async fn delete(&self, kc: &SecretString, r: &ObjectRef) -> AdapterResult<()> {
-            self.inner.delete(kc, r).await
-        }
-        async fn server_version(&self, kc: &SecretString) -> AdapterResult<String> {
-            self.inner.server_version(kc).await
-        }
-        async fn wait_until(
-            &self,
-            kc: &SecretString,
-            r: &ObjectRef,
-            until: Until,
-            bound: std::time::Duration,
-        ) -> AdapterResult<()> {
-            self.inner.wait_until(kc, r, until, bound).await
-        }
-        async fn service_get(
-            &self,
-            kc: &SecretString,
-            ns: &str,
-            svc: &str,
-            port: u16,
-            path: &str,
-        ) -> AdapterResult<(u16, String)> {
-            self.inner.service_get(kc, ns, svc, port, path).await
-        }
+        Some(obj)
     }
 
     /// A step that arms the disturbance: it runs after bp-flux is healthy
@@ -760,7 +712,11 @@ mod tests {
         reg.register_dyn(ARM.name, Arc::new(Arm(reads_left.clone())));
         let left = reads_left.clone();
         let rig = sim_rig_with(reg, move |mut b| {
-            b.kube = Arc::new(Disturbed { inner: b.kube.clone(), reads_left: left, failing });
+            b.kube = Arc::new(KubeTap {
+                inner: b.kube.clone(),
+                before_apply: None,
+                after_get: Some(Box::new(move |r, obj| disturb(&left, failing, r, obj))),
+            });
             b
         })
         .await;

@@ -34,7 +34,8 @@ async fn rig_with_edit(
         let inner = b.kube.clone();
         b.kube = Arc::new(KubeTap {
             inner,
-            before_apply: Box::new(move |objs| {
+            after_get: None,
+            before_apply: Some(Box::new(move |objs| {
                 let arriving = objs.iter().any(|o| o["kind"] == "Provider");
                 let (world, keep, edit) = (world.clone(), keep.clone(), edit.clone());
                 Box::pin(async move {
@@ -48,7 +49,7 @@ async fn rig_with_edit(
                     }
                     *keep.lock().unwrap() = Some(cloud.all_objects().await.unwrap());
                 })
-            }),
+            })),
         });
         b
     })
