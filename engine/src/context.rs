@@ -130,6 +130,13 @@ impl<E: StepEnv> StepCtx<E> {
         Ok(self.store.get_secret(&self.sovereign_id.to_string(), name).await?)
     }
 
+    /// Whether this job's Sovereign holds the secret `name` (nothing is
+    /// decrypted).
+    pub async fn has_secret(&self, name: &str) -> StepResult<bool> {
+        let names = self.store.secret_names(&self.sovereign_id.to_string()).await?;
+        Ok(names.iter().any(|n| n == name))
+    }
+
     /// Stores a secret (age-encrypted) for this job's Sovereign.
     pub async fn put_secret(&self, name: &str, value: &SecretString) -> StepResult<()> {
         Ok(self.store.put_secret(&self.sovereign_id.to_string(), name, value).await?)

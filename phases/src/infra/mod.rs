@@ -239,7 +239,7 @@ pub fn archive_name(location: &str) -> String {
 /// Whether `infra-handoff` archived this region's tofu workspace: its
 /// objects belong to Crossplane.
 pub async fn handed_off(cx: &StepCtx, location: &str) -> StepResult<bool> {
-    Ok(cx.secret_opt(&archive_name(location)).await?.is_some())
+    cx.has_secret(&archive_name(location)).await
 }
 
 /// Refuses any tofu run against a region Crossplane owns.

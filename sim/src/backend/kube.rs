@@ -192,7 +192,7 @@ impl SimKube {
                     r if r.is_empty() => s("/metadata/name"),
                     r => r,
                 };
-                (s("/spec/chart/spec/chart"), rel, ns, at)
+                (crate::charts::chart(&s("/spec/chart/spec/chart")), rel, ns, at)
             } else if o["apiVersion"] == "helm.cattle.io/v1" && o["kind"] == "HelmChart" {
                 let at = st.reconcile_from
                     + chrono::Duration::from_std(self.world.scaled(15_000)).unwrap_or_default();
@@ -203,7 +203,7 @@ impl SimKube {
                     t if t.is_empty() => s("/metadata/namespace"),
                     t => t,
                 };
-                (s("/spec/chart"), s("/metadata/name"), ns, at)
+                (crate::charts::chart(&s("/spec/chart")), s("/metadata/name"), ns, at)
             } else if crossplane::is_provider_package(o) {
                 let at = st.reconcile_from
                     + chrono::Duration::from_std(
@@ -214,18 +214,13 @@ impl SimKube {
                     continue;
                 }
                 (
-                    "provider-hetzner".to_owned(),
+                    Some(&crate::charts::PROVIDER_HETZNER),
                     s("/metadata/name"),
                     "crossplane-system".to_owned(),
                     at,
                 )
             } else {
                 continue;
-            };
-            let chart = if chart.as_str() == "provider-hetzner" {
-                Some(&crate::charts::PROVIDER_HETZNER)
-            } else {
-                crate::charts::chart(&chart)
             };
             let Some(chart) = chart else { continue };
             for (_, _, obj) in crate::charts::manifests(chart, &release, &ns) {

@@ -31,7 +31,9 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::kube::FakeKube;
-use crate::backend::crossplane::{allows, external_name, is_provider_package, tf_type};
+use crate::backend::crossplane::{
+    allows, external_name, is_provider_package, pending_update, tf_type, unsupported_differences,
+};
 use crate::backend::hcloud_view::camel;
 use crate::charts::{self, PROVIDER_HETZNER};
 
@@ -280,25 +282,24 @@ async fn reconcile(
     }
     let Some(tf) = tf_type(s(&mr, "/apiVersion"), s(&mr, "/kind")) else { return };
     let external = s(&mr, "/metadata/annotations/crossplane.io~1external-name").to_owned();
+    let (coll, id, own) = home(tf, &external);
+    let url = format!("{}/v1/{coll}/{id}", base.trim_end_matches('/'));
+    let token = token_of(fake, &mr);
     let observed: Result<Option<Value>, String> = async {
         if external.is_empty() {
             return Err("no external name, and creating is not simulated".to_owned());
         }
-        let token = token_of(fake, &mr)?;
-        let (coll, id, _) = home(tf, &external);
-        let obj = get(http, base, &token, coll, &id).await?;
+        let obj = get(http, base, token.as_ref().map_err(Clone::clone)?, coll, &id).await?;
         Ok(obj.and_then(|o| attributes(tf, &external, &o)))
     }
     .await;
-    let (coll, id, own) = home(tf, &external);
     if deleting {
         if allows(&mr, "Delete")
             && own
             && matches!(observed, Ok(Some(_)))
-            && let Ok(token) = token_of(fake, &mr)
+            && let Ok(token) = &token
         {
-            let url = format!("{}/v1/{coll}/{id}", base.trim_end_matches('/'));
-            let _ = http.delete(&url).bearer_auth(&token).send().await;
+            let _ = http.delete(&url).bearer_auth(token).send().await;
         }
         if let Some(fs) = mr.pointer_mut("/metadata/finalizers").and_then(Value::as_array_mut) {
             fs.retain(|f| f != FINALIZER);
@@ -312,47 +313,45 @@ async fn reconcile(
             Err(format!("cannot observe external resource: {tf} {external} not found")), false)}),
         Ok(Some(attrs)) => {
             let at = camel(&attrs);
-            let fp = mr.pointer("/spec/forProvider").cloned().unwrap_or(json!({}));
-            let mut synced = Ok(());
-            if allows(&mr, "Update") {
-                let differs = |k: &str| fp.get(k).is_some_and(|v| Some(v) != at.get(k));
-                let others: Vec<String> = fp
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .filter(|(k, v)| {
-                        !matches!(k.as_str(), "name" | "labels")
-                            && at.get(k.as_str()).is_some_and(|a| {
-                                a.to_string().trim_matches('"') != v.to_string().trim_matches('"')
-                            })
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                if own && (differs("name") || differs("labels")) {
+            // The same rules as the sim cluster's provider: what Update may
+            // write (name, labels of the resource's own object), and what
+            // it may not.
+            let synced = match pending_update(&mr, &at).filter(|_| own) {
+                Some((name, labels)) => {
                     let mut body = json!({});
-                    for k in ["name", "labels"] {
-                        if let Some(v) = fp.get(k) {
-                            body[k] = v.clone();
-                        }
+                    if let Some(n) = name {
+                        body["name"] = json!(n);
+                    }
+                    if let Some(l) = labels {
+                        body["labels"] = Value::Object(l);
                     }
                     let write = async {
-                        let token = token_of(fake, &mr)?;
-                        let url = format!("{}/v1/{coll}/{id}", base.trim_end_matches('/'));
-                        let r = http.put(&url).bearer_auth(&token).json(&body).send().await;
+                        let token = token.as_ref().map_err(Clone::clone)?;
+                        let r = http.put(&url).bearer_auth(token).json(&body).send().await;
                         match r.map(|r| r.status().as_u16()) {
                             Ok(200) => Ok(()),
                             Ok(c) => Err(format!("cannot update: hcloud answered {c}")),
                             Err(e) => Err(e.to_string()),
                         }
                     };
-                    synced = write.await;
-                } else if !others.is_empty() {
-                    synced = Err(format!(
-                        "fake provider: cannot update {} (the fake API changes names and labels only)",
-                        others.join(", ")
-                    ));
+                    write.await
                 }
-            }
+                None => {
+                    let others = if allows(&mr, "Update") {
+                        unsupported_differences(&mr, &at)
+                    } else {
+                        Vec::new()
+                    };
+                    if others.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "fake provider: cannot update {} (the fake API changes names and labels only)",
+                            others.join(", ")
+                        ))
+                    }
+                }
+            };
             json!({"atProvider": at, "conditions": conditions(synced, true)})
         }
     };

@@ -43,8 +43,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cz_adapters::ObjectRef;
 use cz_adapters::labels::FIELD_MANAGER;
+use cz_adapters::{ObjectRef, Until};
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
 use cz_engine::{action, no_undo};
 use cz_state::SecretString;
@@ -55,9 +55,11 @@ use self::managed::{
     Adoptee, CREDENTIAL_KEY, CREDENTIAL_SECRET, NAMESPACE, PROVIDER_CONFIG, adoptees, census, diff,
     render,
 };
+use crate::bootstrap_kit::probe::{Health, probe_objects};
 use crate::cluster::kubeconfig_for;
 use crate::common::{RegionParams, fqdn, precondition, region_token, region_token_name, slug};
 use crate::infra::{archive_name, workspace};
+use crate::release::Probe;
 use crate::request::Region;
 use crate::{Registry, StepCtx, release};
 
@@ -200,17 +202,19 @@ fn provider_config_ref() -> ObjectRef {
     }
 }
 
-fn condition(obj: &Value, ty: &str) -> Option<(String, String)> {
-    let cs = obj.pointer("/status/conditions")?.as_array()?;
-    let c = cs.iter().find(|c| c["type"] == ty)?;
-    Some((
-        c["status"].as_str().unwrap_or_default().to_owned(),
-        c["message"].as_str().unwrap_or_default().to_owned(),
-    ))
+/// Whether every condition of `types` is `True` on `obj`.
+fn all_true(obj: &Value, types: &[&'static str]) -> bool {
+    types.iter().all(|t| Until::Condition(t).holds(Some(obj)))
 }
 
-fn is_true(obj: &Value, ty: &str) -> bool {
-    condition(obj, ty).is_some_and(|(s, _)| s == "True")
+/// The managed resource of `a`, as the cluster names it.
+fn mr_ref(a: &Adoptee) -> ObjectRef {
+    ObjectRef {
+        api_version: a.kind.api_version.into(),
+        kind: a.kind.kind.into(),
+        namespace: Some(NAMESPACE.into()),
+        name: a.name.clone(),
+    }
 }
 
 // --- steps ---------------------------------------------------------------
@@ -233,22 +237,13 @@ async fn provider(cx: &StepCtx) -> StepResult<ProviderInstalled> {
         Duration::from_secs(600),
         || async {
             let Some(p) = kube.get(&kc, &provider_ref()).await? else { return Ok(None) };
-            if !(is_true(&p, "Installed") && is_true(&p, "Healthy")) {
+            if !all_true(&p, &["Installed", "Healthy"]) {
                 return Ok(None);
             }
-            for crd in &pin.crds {
-                let r = ObjectRef {
-                    api_version: "apiextensions.k8s.io/v1".into(),
-                    kind: "CustomResourceDefinition".into(),
-                    namespace: None,
-                    name: crd.clone(),
-                };
-                match kube.get(&kc, &r).await? {
-                    Some(c) if is_true(&c, "Established") => {}
-                    _ => return Ok(None),
-                }
-            }
-            Ok(Some(()))
+            // The CRDs, checked as the kit's probes check a component's.
+            let crds = Probe { crds: pin.crds.clone(), ..Default::default() };
+            let health = probe_objects(kube.as_ref(), &kc, NAMESPACE, &crds).await?;
+            Ok(matches!(health, Health::Healthy).then_some(()))
         },
     )
     .await?;
@@ -269,10 +264,10 @@ async fn credential(cx: &StepCtx) -> StepResult<Credential> {
     let loc = cx.params::<RegionParams>()?.location;
     // A region an add-region job brought with a token of its own may be in
     // another project: its Crossplane gets that region's token.
-    let own = cx.secret_opt(&region_token_name(&loc)).await?;
-    let dedicated_token = match own {
-        Some(_) => None,
-        None => cx.secret_opt(HANDOFF_TOKEN).await?,
+    let dedicated_token = if cx.has_secret(&region_token_name(&loc)).await? {
+        None
+    } else {
+        cx.secret_opt(HANDOFF_TOKEN).await?
     };
     let (token, dedicated) = match dedicated_token {
         Some(t) => (t, true),
@@ -354,13 +349,7 @@ async fn adopt_undo(cx: &StepCtx) -> StepResult<()> {
     let Ok((_, all)) = region_adoptees(cx).await else { return Ok(()) };
     // Observe-only (widen's undo ran first): deleting orphans the objects.
     for a in &all {
-        let r = ObjectRef {
-            api_version: a.kind.api_version.into(),
-            kind: a.kind.kind.into(),
-            namespace: Some(NAMESPACE.into()),
-            name: a.name.clone(),
-        };
-        cx.env.kube.delete(&kc, &r).await?;
+        cx.env.kube.delete(&kc, &mr_ref(a)).await?;
     }
     Ok(())
 }
@@ -376,14 +365,8 @@ async fn observed(cx: &StepCtx, all: &[Adoptee]) -> StepResult<Vec<Value>> {
         || async {
             let mut out = Vec::with_capacity(all.len());
             for a in all {
-                let r = ObjectRef {
-                    api_version: a.kind.api_version.into(),
-                    kind: a.kind.kind.into(),
-                    namespace: Some(NAMESPACE.into()),
-                    name: a.name.clone(),
-                };
-                let Some(live) = kube.get(&kc, &r).await? else { return Ok(None) };
-                if !(is_true(&live, "Synced") && is_true(&live, "Ready")) {
+                let Some(live) = kube.get(&kc, &mr_ref(a)).await? else { return Ok(None) };
+                if !all_true(&live, &["Synced", "Ready"]) {
                     return Ok(None);
                 }
                 out.push(live);
