@@ -45,7 +45,7 @@ pub use cloud::{
 };
 pub use dns::{DnsApi, Rrset, absolute_name};
 pub use kube::{KubeApi, ObjectRef, Until};
-pub use openbao::{BaoApi, BaoInit, BaoInitRequest, BaoStatus};
+pub use openbao::{BaoApi, BaoInit, BaoInitRequest, BaoLeader, BaoStatus};
 pub use ssh::{CommandOutput, Host, ProvisionerKey, SshApi};
 pub use tofu::{PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink, Workspace};
 

@@ -181,6 +181,12 @@ impl cz_adapters::BaoApi for BaoTap {
     async fn wipe(&self, at: &BaoEndpoint) -> AdapterResult<()> {
         self.inner.wipe(at).await
     }
+    async fn leader(&self, at: &BaoEndpoint) -> AdapterResult<cz_adapters::BaoLeader> {
+        self.inner.leader(at).await
+    }
+    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()> {
+        self.inner.raft_join(at, leader_api_addr).await
+    }
     async fn write(
         &self,
         at: &BaoEndpoint,

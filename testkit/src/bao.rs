@@ -176,6 +176,7 @@ impl Bao {
 pub struct BaoCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<BaoNode>,
+    key_file: Option<PathBuf>,
 }
 
 impl BaoCluster {
@@ -209,7 +210,20 @@ impl BaoCluster {
         for node in &nodes {
             node.wait_answering().await;
         }
-        BaoCluster { dir, nodes }
+        BaoCluster { dir, nodes, key_file }
+    }
+
+    /// Starts one more node with the same seal that joins nobody on its
+    /// own (as a new region's pod, which the daemon joins through the
+    /// API); returns its index.
+    pub async fn add_unjoined(&mut self) -> usize {
+        let i = self.nodes.len();
+        let d = self.dir.path().join(format!("node{i}"));
+        let mut node = configure(d, &format!("node{i}"), None, self.key_file.as_deref());
+        node.spawn();
+        node.wait_answering().await;
+        self.nodes.push(node);
+        i
     }
 
     /// Every node's log, for a failing test's message.

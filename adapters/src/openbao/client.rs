@@ -23,7 +23,7 @@ use cz_state::SecretString;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{BaoApi, BaoEndpoint, BaoInit, BaoInitRequest, BaoStatus};
+use super::{BaoApi, BaoEndpoint, BaoInit, BaoInitRequest, BaoLeader, BaoStatus};
 use crate::AdapterResult;
 
 /// The real OpenBao client.
@@ -74,6 +74,7 @@ fn status_of(v: &Value) -> BaoStatus {
         shares: n("n"),
         progress: n("progress"),
         seal_type: v.get("type").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        cluster_id: v.get("cluster_id").and_then(Value::as_str).map(str::to_owned),
     }
 }
 
@@ -191,6 +192,42 @@ impl BaoApi for OpenBaoClient {
         let body = json!({ "key": key.expose() });
         let v = self.expect("unseal", at, Method::POST, "sys/unseal", None, Some(body)).await?;
         Ok(status_of(&v))
+    }
+
+    async fn leader(&self, at: &BaoEndpoint) -> AdapterResult<BaoLeader> {
+        let v = self.expect("leader", at, Method::GET, "sys/leader", None, None).await?;
+        let leader_address =
+            v.get("leader_address").and_then(Value::as_str).unwrap_or_default().to_owned();
+        if leader_address.is_empty() {
+            return Err(err("leader", Cause::Unavailable, "no active node is advertised yet"));
+        }
+        Ok(BaoLeader {
+            is_self: v.get("is_self").and_then(Value::as_bool).unwrap_or(false),
+            leader_address,
+        })
+    }
+
+    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()> {
+        let body = json!({ "leader_api_addr": leader_api_addr });
+        let (status, text) = self
+            .call("raft-join", at, Method::POST, "sys/storage/raft/join", None, Some(body))
+            .await?;
+        if !status.is_success() {
+            let message = errors_of(&text);
+            // A node with raft state of its own (joined already, or a
+            // cluster of its own) answers 500 "raft is already initialized".
+            let cause = if message.contains("already initialized") {
+                Cause::Conflict
+            } else {
+                cause_of(status)
+            };
+            return Err(err("raft-join", cause, format!("HTTP {status}: {message}")));
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if v.get("joined").and_then(Value::as_bool) == Some(true) {
+            return Ok(());
+        }
+        Err(err("raft-join", Cause::Invalid, format!("the join was not accepted: {v}")))
     }
 
     async fn wipe(&self, at: &BaoEndpoint) -> AdapterResult<()> {

@@ -36,6 +36,21 @@ pub struct BaoStatus {
     /// The seal: `shamir`, `static`, ...
     #[serde(default)]
     pub seal_type: String,
+    /// The raft cluster's id, once the replica is unsealed (a sealed or
+    /// uninitialized replica does not say): two replicas with the same id
+    /// are one cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+}
+
+/// What `sys/leader` says: where the active node's API is advertised.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaoLeader {
+    /// This replica is the active node.
+    pub is_self: bool,
+    /// The active node's advertised API address (its `api_addr`): what a
+    /// new replica joins through.
+    pub leader_address: String,
 }
 
 /// What `sys/init` is asked for.
@@ -108,6 +123,17 @@ pub trait BaoApi: Send + Sync {
     async fn init(&self, at: &BaoEndpoint, req: BaoInitRequest) -> AdapterResult<BaoInit>;
     /// `POST sys/unseal` with one share.
     async fn unseal(&self, at: &BaoEndpoint, key: &SecretString) -> AdapterResult<BaoStatus>;
+    /// `GET sys/leader` (unauthenticated): the active node, as an unsealed
+    /// replica of an initialized cluster sees it.
+    async fn leader(&self, at: &BaoEndpoint) -> AdapterResult<BaoLeader>;
+    /// `POST sys/storage/raft/join` (unauthenticated): an uninitialized
+    /// replica joins the raft cluster whose active node advertises
+    /// `leader_api_addr`. Joining again is a no-op or, once the node has
+    /// raft state, `Conflict` (as is joining a node of another cluster):
+    /// callers check `status` first and the `cluster_id` after. With
+    /// the Shamir seal the replica then waits sealed for the cluster's
+    /// shares; an auto-unseal seal unseals it on its own.
+    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()>;
     /// Destroys the storage of the OpenBao cluster `at` belongs to (every
     /// replica), leaving it uninitialized. Only ever asked for before
     /// anything was written to it. The real client refuses: that is an

@@ -159,3 +159,133 @@ async fn the_client_against_a_real_static_seal_openbao() {
     bao.nodes[0].restart().await;
     unsealed(&api, &at).await;
 }
+
+/// What a new region's replica goes through, against the initialized,
+/// unsealed cluster of `leader_at`: the active node's advertised address
+/// from `sys/leader`, a raft join (twice: the second is a no-op), then,
+/// with the Shamir seal, sealed until `keys` are given; with an
+/// auto-unseal seal, unsealed on its own. Either way it ends in the
+/// leader's cluster (the same `cluster_id`), and a second, foreign
+/// cluster's node cannot join it.
+async fn join_contract(
+    api: &dyn BaoApi,
+    leader_at: &BaoEndpoint,
+    new_at: &BaoEndpoint,
+    keys: Option<&[SecretString]>,
+) {
+    let wait = |what: &'static str| {
+        let started = std::time::Instant::now();
+        move || assert!(started.elapsed().as_secs() < 60, "never {what}")
+    };
+    let leader = api.leader(leader_at).await.unwrap();
+    assert!(!leader.leader_address.is_empty(), "{leader:?}");
+    let cluster = api.status(leader_at).await.unwrap().cluster_id;
+    assert!(cluster.is_some(), "an unsealed replica names its cluster");
+
+    let st = api.status(new_at).await.unwrap();
+    assert!(!st.initialized && st.sealed && st.cluster_id.is_none(), "{st:?}");
+    // A sealed, uninitialized node advertises no leader.
+    assert!(api.leader(new_at).await.is_err());
+    // Nobody answers at a made-up address.
+    let e = api.raft_join(new_at, "http://127.0.0.1:9").await.unwrap_err();
+    assert!(matches!(cause(&e), Some(Cause::Network | Cause::Invalid | Cause::Unavailable)), "{e}");
+
+    api.raft_join(new_at, &leader.leader_address).await.unwrap();
+    again(api.raft_join(new_at, &leader.leader_address).await);
+    let until_initialized = wait("initialized by the join");
+    while !api.status(new_at).await.unwrap().initialized {
+        until_initialized();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if let Some(keys) = keys {
+        let st = api.status(new_at).await.unwrap();
+        assert!(st.sealed && st.threshold == 2, "a joined Shamir replica waits sealed: {st:?}");
+        for k in keys {
+            api.unseal(new_at, k).await.unwrap();
+        }
+    }
+    let until_unsealed = wait("unsealed and in the leader's cluster");
+    loop {
+        let st = api.status(new_at).await.unwrap();
+        if !st.sealed && st.cluster_id == cluster {
+            break;
+        }
+        until_unsealed();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // It sees the same active node.
+    let until_leader = wait("following the leader");
+    loop {
+        match api.leader(new_at).await {
+            Ok(l) if l.leader_address == leader.leader_address => break,
+            _ => until_leader(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    again(api.raft_join(new_at, &leader.leader_address).await);
+}
+
+/// A repeated join is a no-op, or refused as raft already initialized.
+fn again(r: Result<(), StepError>) {
+    if let Err(e) = r {
+        assert_eq!(cause(&e), Some(Cause::Conflict), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_replica_joins_a_real_shamir_cluster() {
+    if !Bao::available() && cz_testkit::skip("openbao", "no bao binary (set CZ_BAO_BIN)") {
+        return;
+    }
+    let mut bao = cz_testkit::bao::BaoCluster::start(1).await;
+    let api = OpenBaoClient::default();
+    let leader = BaoEndpoint::direct(bao.nodes[0].url());
+    let init = api.init(&leader, BaoInitRequest { shares: 3, threshold: 2, recovery: false });
+    let init = init.await.unwrap();
+    for k in &init.keys[..2] {
+        api.unseal(&leader, k).await.unwrap();
+    }
+    let i = bao.add_unjoined().await;
+    let new = BaoEndpoint::direct(bao.nodes[i].url());
+    join_contract(&api, &leader, &new, Some(&init.keys[1..])).await;
+}
+
+#[tokio::test]
+async fn a_new_replica_joins_a_real_static_seal_cluster_and_unseals_itself() {
+    if !Bao::available() && cz_testkit::skip("openbao", "no bao binary (set CZ_BAO_BIN)") {
+        return;
+    }
+    let mut bao = cz_testkit::bao::BaoCluster::start_static(1, &[9u8; 32]).await;
+    let api = OpenBaoClient::default();
+    let leader = BaoEndpoint::direct(bao.nodes[0].url());
+    let req = BaoInitRequest { shares: 3, threshold: 2, recovery: true };
+    api.init(&leader, req).await.unwrap();
+    let until = std::time::Instant::now();
+    while api.leader(&leader).await.is_err() {
+        assert!(until.elapsed().as_secs() < 60, "{}", bao.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let i = bao.add_unjoined().await;
+    let new = BaoEndpoint::direct(bao.nodes[i].url());
+    join_contract(&api, &leader, &new, None).await;
+}
+
+#[tokio::test]
+async fn the_sim_openbao_joins_the_same_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = cz_testkit::rig::sim_backend_in(dir.path());
+    let api = backend.bao.as_ref();
+    let leader = BaoEndpoint::direct("http://openbao-0.first:8200");
+    let init = api.init(&leader, BaoInitRequest { shares: 3, threshold: 2, recovery: false });
+    let init = init.await.unwrap();
+    for k in &init.keys[..2] {
+        api.unseal(&leader, k).await.unwrap();
+    }
+    let new = BaoEndpoint::direct("http://openbao-0.second:8200");
+    join_contract(api, &leader, &new, Some(&init.keys[1..])).await;
+    // A node of an initialized cluster of its own cannot join another.
+    let other = BaoEndpoint::direct("http://openbao-0.third:8200");
+    api.init(&other, BaoInitRequest { shares: 1, threshold: 1, recovery: false }).await.unwrap();
+    let addr = api.leader(&leader).await.unwrap().leader_address;
+    assert_eq!(cause(&api.raft_join(&other, &addr).await.unwrap_err()), Some(Cause::Conflict));
+}

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::world::SimWorld;
 use cz_adapters::openbao::BaoEndpoint;
-use cz_adapters::{AdapterResult, BaoApi, BaoInit, BaoInitRequest, BaoStatus};
+use cz_adapters::{AdapterResult, BaoApi, BaoInit, BaoInitRequest, BaoLeader, BaoStatus};
 use cz_engine::{Cause, StepError, System};
 
 const SYS: &str = "bao";
@@ -85,6 +85,16 @@ impl SimBao {
             .unwrap_or_else(|| json!({"sealed": true, "progress": []})))
     }
 
+    /// (cluster key, replica key) of an endpoint, after any raft join: a
+    /// replica that joined another cluster is that cluster's.
+    async fn locate(&self, at: &BaoEndpoint) -> Result<(String, String), StepError> {
+        let (cluster, replica) = split(at);
+        match self.world.get(SYS, "members", &replica).await? {
+            Some(joined) => Ok((joined.as_str().unwrap_or(&cluster).to_owned(), replica)),
+            None => Ok((cluster, replica)),
+        }
+    }
+
     async fn status_of(&self, cluster: &str, replica: &str) -> Result<BaoStatus, StepError> {
         let c = self.cluster_state(cluster).await?;
         let r = self.replica_state(replica).await?;
@@ -115,7 +125,7 @@ impl SimBao {
         token: &SecretString,
         op: &str,
     ) -> Result<(String, Value), StepError> {
-        let (cluster, replica) = split(at);
+        let (cluster, replica) = self.locate(at).await?;
         let c = self.cluster_state(&cluster).await?;
         if c["initialized"] != true {
             return Err(err(op, Cause::Unavailable, "Vault is not initialized (503)"));
@@ -155,6 +165,7 @@ fn status(cluster: &Value, replica: &Value) -> BaoStatus {
             0
         },
         seal_type: if auto { "static" } else { "shamir" }.to_owned(),
+        cluster_id: if sealed { None } else { cluster["cluster_id"].as_str().map(str::to_owned) },
     }
 }
 
@@ -180,12 +191,52 @@ impl BaoApi for SimBao {
 
     async fn status(&self, at: &BaoEndpoint) -> AdapterResult<BaoStatus> {
         self.world.op("bao.status", 100).await?;
-        let (cluster, replica) = split(at);
+        let (cluster, replica) = self.locate(at).await?;
         let mut st = self.status_of(&cluster, &replica).await?;
         if !st.initialized {
             st.seal_type = self.configured_seal(at).await?.to_owned();
         }
         Ok(st)
+    }
+
+    async fn leader(&self, at: &BaoEndpoint) -> AdapterResult<BaoLeader> {
+        self.world.op("bao.leader", 100).await?;
+        let (cluster, replica) = self.locate(at).await?;
+        let st = self.status_of(&cluster, &replica).await?;
+        if !st.initialized || st.sealed {
+            return Err(err("leader", Cause::Unavailable, "HTTP 503: Vault is sealed"));
+        }
+        // The active node's advertised address: a name only this sim
+        // resolves, back to the cluster.
+        let addr = format!("http://openbao-active.{}.sim:8200", &hash(&cluster)[..16]);
+        self.world.put(SYS, "leaders", &addr, &json!(cluster)).await?;
+        Ok(BaoLeader { is_self: replica.ends_with("openbao-0"), leader_address: addr })
+    }
+
+    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()> {
+        self.world.op("bao.raft_join", 500).await?;
+        let Some(target) = self.world.get(SYS, "leaders", leader_api_addr).await? else {
+            return Err(err(
+                "raft-join",
+                Cause::Network,
+                format!("failed to join raft cluster: no leader answers at {leader_api_addr}"),
+            ));
+        };
+        let target = target.as_str().unwrap_or_default().to_owned();
+        let (cluster, replica) = self.locate(at).await?;
+        let _g = self.world.lock(SYS, &format!("replica:{replica}")).await;
+        if cluster == target {
+            return Ok(()); // joined already
+        }
+        if self.cluster_state(&cluster).await?["initialized"] == true {
+            return Err(err(
+                "raft-join",
+                Cause::Conflict,
+                "raft storage is already initialized as another cluster",
+            ));
+        }
+        self.world.put(SYS, "members", &replica, &json!(target)).await?;
+        self.world.put(SYS, "replicas", &replica, &json!({"sealed": true, "progress": []})).await
     }
 
     async fn init(&self, at: &BaoEndpoint, req: BaoInitRequest) -> AdapterResult<BaoInit> {
@@ -218,7 +269,7 @@ impl BaoApi for SimBao {
                 format!("parameters {which} not applicable to seal type {seal}"),
             ));
         }
-        let (cluster, _) = split(at);
+        let (cluster, _) = self.locate(at).await?;
         let _g = self.world.lock(SYS, &format!("cluster:{cluster}")).await;
         if self.cluster_state(&cluster).await?["initialized"] == true {
             return Err(err("init", Cause::Conflict, "OpenBao is already initialized"));
@@ -236,6 +287,7 @@ impl BaoApi for SimBao {
             "token_hashes": [],
             "kv": {},
             "initialized_at": chrono::Utc::now().to_rfc3339(),
+            "cluster_id": format!("sim-{}", self.world.random_alnum(16)),
         });
         self.world.put(SYS, "clusters", &cluster, &state).await?;
         Ok(BaoInit {
@@ -246,7 +298,7 @@ impl BaoApi for SimBao {
 
     async fn unseal(&self, at: &BaoEndpoint, key: &SecretString) -> AdapterResult<BaoStatus> {
         self.world.op("bao.unseal", 200).await?;
-        let (cluster, replica) = split(at);
+        let (cluster, replica) = self.locate(at).await?;
         let _g = self.world.lock(SYS, &format!("replica:{replica}")).await;
         let c = self.cluster_state(&cluster).await?;
         if c["initialized"] != true {
@@ -295,7 +347,7 @@ impl BaoApi for SimBao {
         body: Value,
     ) -> AdapterResult<Value> {
         self.world.op("bao.write", 100).await?;
-        let (cluster, _) = split(at);
+        let (cluster, _) = self.locate(at).await?;
         let _g = self.world.lock(SYS, &format!("cluster:{cluster}")).await;
         let (cluster, mut c) = self.authorized(at, token, "write").await?;
         let path = normalize_path(path);
@@ -345,7 +397,7 @@ impl BaoApi for SimBao {
         path: &str,
     ) -> AdapterResult<()> {
         self.world.op("bao.delete", 100).await?;
-        let (cluster, _) = split(at);
+        let (cluster, _) = self.locate(at).await?;
         let _g = self.world.lock(SYS, &format!("cluster:{cluster}")).await;
         let (cluster, mut c) = self.authorized(at, token, "delete").await?;
         let path = normalize_path(path);
