@@ -119,6 +119,9 @@ pub struct Bounds {
     pub openbao: std::time::Duration,
     /// An ExternalSecret's target Secret to hold what OpenBao holds.
     pub secret_sync: std::time::Duration,
+    /// Custodians to unseal an added region's Shamir-sealed OpenBao
+    /// replicas (people, so a day).
+    pub custodians: std::time::Duration,
 }
 
 impl Default for Bounds {
@@ -135,6 +138,7 @@ impl Default for Bounds {
             byo_delegation: Duration::from_secs(24 * 3600),
             openbao: Duration::from_secs(600),
             secret_sync: Duration::from_secs(180),
+            custodians: Duration::from_secs(24 * 3600),
         }
     }
 }

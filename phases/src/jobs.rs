@@ -20,7 +20,7 @@ use cz_state::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::request::{AddRegionRequest, Domain, ProvisionRequest, Region, Registrar};
+use crate::request::{AddRegionRequest, Domain, ProvisionRequest, Region, Registrar, Seal};
 use crate::{bootstrap_kit, cluster, custody, destroy, dns, handoff, infra, preflight, registry};
 
 /// What later jobs know of the Sovereign, stored in their request.
@@ -43,6 +43,16 @@ pub struct SovereignBlock {
     /// OpenBao's seal, as the provision asked.
     #[serde(default)]
     pub seal: crate::request::Seal,
+    /// The provision's first region, where the Sovereign's OpenBao cluster
+    /// (the raft leader an added region joins) runs. Empty in follow-ups
+    /// stored before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub home_location: String,
+    /// The provision's custodians (public recipients only): an added
+    /// region's admin kubeconfig is escrowed to them, and they unseal its
+    /// OpenBao replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custody: Option<crate::request::Custody>,
 }
 
 impl SovereignBlock {
@@ -60,6 +70,12 @@ impl SovereignBlock {
             registrar,
             components: provision.components.clone(),
             seal: provision.custody.seal,
+            home_location: provision
+                .regions
+                .first()
+                .map(|r| r.location.clone())
+                .unwrap_or_default(),
+            custody: Some(provision.custody.clone()),
         }
     }
 }
@@ -154,6 +170,25 @@ impl JobRequest {
         }
     }
 
+    /// Where the Sovereign's OpenBao cluster runs: the provision's first
+    /// region.
+    pub fn home_location(&self) -> Option<String> {
+        match self {
+            JobRequest::Provision(r) => r.regions.first().map(|r| r.location.clone()),
+            JobRequest::FollowUp(f) => {
+                Some(f.sovereign.home_location.clone()).filter(|l| !l.is_empty())
+            }
+        }
+    }
+
+    /// The Sovereign's custody block (custodians, threshold, seal).
+    pub fn custody(&self) -> Option<&crate::request::Custody> {
+        match self {
+            JobRequest::Provision(r) => Some(&r.custody),
+            JobRequest::FollowUp(f) => f.sovereign.custody.as_ref(),
+        }
+    }
+
     /// The provision request itself (custody, keycloak, ...), for the
     /// phases only a provision runs.
     pub fn provision(&self) -> Option<&ProvisionRequest> {
@@ -186,7 +221,7 @@ pub fn provision_plan(req: &ProvisionRequest) -> Plan {
 
 /// The `add-region` plan: the new regions only, with the regional subset
 /// of the Sovereign's `components`.
-pub fn add_region_plan(regions: &[Region], components: &[String]) -> Plan {
+pub fn add_region_plan(regions: &[Region], components: &[String], seal: Seal) -> Plan {
     let regional: Vec<String> = components
         .iter()
         .filter(|c| crate::release::regional().contains(&c.as_str()))
@@ -194,8 +229,14 @@ pub fn add_region_plan(regions: &[Region], components: &[String]) -> Plan {
         .collect();
     let mut phases =
         vec![preflight::phase(regions, false), infra::phase(regions), cluster::phase(regions)];
+    if seal == Seal::Static {
+        phases.push(handoff::join::custody_phase(regions));
+    }
     for r in regions {
         phases.push(bootstrap_kit::regional_phase(&regional, &r.location));
+    }
+    if regional.iter().any(|c| c == "openbao") {
+        phases.push(handoff::join::phase(regions));
     }
     phases.push(dns::commit::phase(regions, true));
     phases.push(handoff::infra::phase(regions));
@@ -345,7 +386,7 @@ pub fn add_region(
         return Err(FollowUpError::NotReady(sovereign.status));
     }
     let block = SovereignBlock::of(&sovereign.fqdn, &fp.provision);
-    let plan = add_region_plan(&req.regions, &block.components);
+    let plan = add_region_plan(&req.regions, &block.components, block.seal);
     let request = FollowUp {
         api_version: Some(req.api_version.clone()),
         regions: req.regions.clone(),
@@ -444,6 +485,14 @@ mod tests {
     use crate::common::slug;
     use crate::testing::{SimRigExt, add_region_body, byo_api_request, sample_request, sim_rig};
 
+    /// `req` with the static seal: an added region's OpenBao unseals
+    /// itself, where with Shamir the job waits for custodians
+    /// (`handoff::join::tests` has them).
+    fn static_seal(mut req: ProvisionRequest) -> ProvisionRequest {
+        req.custody.seal = Seal::Static;
+        req
+    }
+
     /// The whole provision of a `byo-api` domain under the generic unwind
     /// test: whatever step fails, the registrar gets its delegation back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +588,7 @@ mod tests {
     #[tokio::test]
     async fn add_region_then_destroy_leaves_nothing() {
         let rig = sim_rig().await;
-        let req = sample_request("multi", 1, 0);
+        let req = static_seal(sample_request("multi", 1, 0));
         let sov = rig.provisioned(&req).await;
         let (s, js) = sovereign_and_jobs(&rig, sov).await;
         let sub = add_region(&s, &js, &add_region_body(&["hel1"]), Submit::default()).unwrap();
@@ -575,7 +624,7 @@ mod tests {
             b
         })
         .await;
-        let req = sample_request("tokens", 1, 0);
+        let req = static_seal(sample_request("tokens", 1, 0));
         let first = req.cloud_token.expose().to_owned();
         let sov = rig.provisioned(&req).await;
         let (s, js) = sovereign_and_jobs(&rig, sov).await;
@@ -616,7 +665,7 @@ mod tests {
     #[tokio::test]
     async fn add_region_in_another_network_zone_leaves_the_first_untouched() {
         let rig = sim_rig().await;
-        let req = sample_request("zones", 1, 0);
+        let req = static_seal(sample_request("zones", 1, 0));
         let sov = rig.provisioned(&req).await;
         let owner = sov.to_string();
         let kc = |loc: &'static str| {
@@ -725,7 +774,7 @@ mod tests {
         fn plan(&self) -> Plan {
             let regions: Vec<Region> =
                 vec![serde_json::from_value(crate::testing::region_body("hel1")).unwrap()];
-            add_region_plan(&regions, &self.request.components)
+            add_region_plan(&regions, &self.request.components, self.request.custody.seal)
         }
     }
 
@@ -768,12 +817,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_step_failure_of_an_add_region_unwinds_the_new_region_only() {
-        every_step_failure_unwinds(&AddRegion { request: sample_request("region", 1, 0) }).await;
+        every_step_failure_unwinds(&AddRegion {
+            request: static_seal(sample_request("region", 1, 0)),
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_step_of_an_add_region_runs_twice() {
-        every_step_runs_twice(&AddRegion { request: sample_request("region2", 1, 0) }).await;
+        every_step_runs_twice(&AddRegion { request: static_seal(sample_request("region2", 1, 0)) })
+            .await;
     }
 
     /// Follow-up jobs are refused with the reason, before anything is stored.

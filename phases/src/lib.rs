@@ -75,6 +75,7 @@ pub fn registry() -> Registry {
     custody::register(&mut r);
     bootstrap_kit::register(&mut r);
     handoff::secrets::register(&mut r);
+    handoff::join::register(&mut r);
     dns::commit::register(&mut r);
     handoff::infra::register(&mut r);
     destroy::register(&mut r);

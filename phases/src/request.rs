@@ -202,7 +202,7 @@ pub struct NodeGroup {
 /// to custodian `i mod n`, each encrypted to that custodian's age recipient
 /// alone, so no custodian can decrypt another's share and at least
 /// `openbao_threshold` custodians are needed to unseal.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Custody {
     /// The custodians, 1 to 10, each with an age X25519 recipient.

@@ -184,8 +184,13 @@ impl cz_adapters::BaoApi for BaoTap {
     async fn leader(&self, at: &BaoEndpoint) -> AdapterResult<cz_adapters::BaoLeader> {
         self.inner.leader(at).await
     }
-    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()> {
-        self.inner.raft_join(at, leader_api_addr).await
+    async fn raft_join(
+        &self,
+        at: &BaoEndpoint,
+        leader_api_addr: &str,
+        non_voter: bool,
+    ) -> AdapterResult<()> {
+        self.inner.raft_join(at, leader_api_addr, non_voter).await
     }
     async fn write(
         &self,

@@ -207,8 +207,13 @@ impl BaoApi for OpenBaoClient {
         })
     }
 
-    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()> {
-        let body = json!({ "leader_api_addr": leader_api_addr });
+    async fn raft_join(
+        &self,
+        at: &BaoEndpoint,
+        leader_api_addr: &str,
+        non_voter: bool,
+    ) -> AdapterResult<()> {
+        let body = json!({ "leader_api_addr": leader_api_addr, "non_voter": non_voter });
         let (status, text) = self
             .call("raft-join", at, Method::POST, "sys/storage/raft/join", None, Some(body))
             .await?;

@@ -128,12 +128,18 @@ pub trait BaoApi: Send + Sync {
     async fn leader(&self, at: &BaoEndpoint) -> AdapterResult<BaoLeader>;
     /// `POST sys/storage/raft/join` (unauthenticated): an uninitialized
     /// replica joins the raft cluster whose active node advertises
-    /// `leader_api_addr`. Joining again is a no-op or, once the node has
+    /// `leader_api_addr`, as a voter or (`non_voter`) a replica that never
+    /// counts for quorum. Joining again is a no-op or, once the node has
     /// raft state, `Conflict` (as is joining a node of another cluster):
     /// callers check `status` first and the `cluster_id` after. With
     /// the Shamir seal the replica then waits sealed for the cluster's
     /// shares; an auto-unseal seal unseals it on its own.
-    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()>;
+    async fn raft_join(
+        &self,
+        at: &BaoEndpoint,
+        leader_api_addr: &str,
+        non_voter: bool,
+    ) -> AdapterResult<()>;
     /// Destroys the storage of the OpenBao cluster `at` belongs to (every
     /// replica), leaving it uninitialized. Only ever asked for before
     /// anything was written to it. The real client refuses: that is an

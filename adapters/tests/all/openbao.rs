@@ -187,11 +187,11 @@ async fn join_contract(
     // A sealed, uninitialized node advertises no leader.
     assert!(api.leader(new_at).await.is_err());
     // Nobody answers at a made-up address.
-    let e = api.raft_join(new_at, "http://127.0.0.1:9").await.unwrap_err();
+    let e = api.raft_join(new_at, "http://127.0.0.1:9", true).await.unwrap_err();
     assert!(matches!(cause(&e), Some(Cause::Network | Cause::Invalid | Cause::Unavailable)), "{e}");
 
-    api.raft_join(new_at, &leader.leader_address).await.unwrap();
-    again(api.raft_join(new_at, &leader.leader_address).await);
+    api.raft_join(new_at, &leader.leader_address, true).await.unwrap();
+    again(api.raft_join(new_at, &leader.leader_address, true).await);
     let until_initialized = wait("initialized by the join");
     while !api.status(new_at).await.unwrap().initialized {
         until_initialized();
@@ -222,7 +222,7 @@ async fn join_contract(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    again(api.raft_join(new_at, &leader.leader_address).await);
+    again(api.raft_join(new_at, &leader.leader_address, true).await);
 }
 
 /// A repeated join is a no-op, or refused as raft already initialized.
@@ -287,5 +287,8 @@ async fn the_sim_openbao_joins_the_same_way() {
     let other = BaoEndpoint::direct("http://openbao-0.third:8200");
     api.init(&other, BaoInitRequest { shares: 1, threshold: 1, recovery: false }).await.unwrap();
     let addr = api.leader(&leader).await.unwrap().leader_address;
-    assert_eq!(cause(&api.raft_join(&other, &addr).await.unwrap_err()), Some(Cause::Conflict));
+    assert_eq!(
+        cause(&api.raft_join(&other, &addr, true).await.unwrap_err()),
+        Some(Cause::Conflict)
+    );
 }

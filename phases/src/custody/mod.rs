@@ -99,19 +99,22 @@ pub fn phase(seal: Seal) -> PhaseDef {
 
 // --- steps ---------------------------------------------------------------
 
-/// The provision request's custody block (custody runs in provisions only).
+/// The Sovereign's custody block: the provision's, as the job carries it
+/// (an add-region job's copy of it).
 pub(crate) fn custody_of(cx: &StepCtx) -> StepResult<crate::request::Custody> {
-    match job_request(cx)?.provision() {
-        Some(p) => Ok(p.custody.clone()),
-        None => Err(StepError::internal("custody steps run in provision jobs only")),
-    }
+    job_request(cx)?.custody().cloned().ok_or_else(|| {
+        precondition(
+            "this job's stored request does not carry the Sovereign's custodians",
+            "It was stored by an older daemon: submit the add-region job again.",
+        )
+    })
 }
 
 async fn kubeconfig(cx: &StepCtx) -> StepResult<SecretString> {
     kubeconfig_for(cx, &first_location(cx)?).await
 }
 
-fn secret_ref(namespace: &str, name: &str) -> ObjectRef {
+pub(crate) fn secret_ref(namespace: &str, name: &str) -> ObjectRef {
     ObjectRef {
         api_version: "v1".into(),
         kind: "Secret".into(),
@@ -121,12 +124,12 @@ fn secret_ref(namespace: &str, name: &str) -> ObjectRef {
 }
 
 /// `data[key]` of a Secret as read back, decoded.
-fn secret_data(secret: &Value, key: &str) -> Option<Vec<u8>> {
+pub(crate) fn secret_data(secret: &Value, key: &str) -> Option<Vec<u8>> {
     let v = secret.get("data")?.get(key)?.as_str()?;
     base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -185,16 +188,16 @@ async fn found(
     }
 }
 
-fn labels() -> Value {
+pub(crate) fn labels() -> Value {
     json!({ "app.kubernetes.io/managed-by": "catalyst-zero" })
 }
 
 /// The annotation a key Secret carries its fingerprint in (public: the
 /// certificate's, or a hash of a random 32-byte key), so the check reads
 /// no key material.
-const FINGERPRINT: &str = "catalyst.openova.io/fingerprint-sha256";
+pub(crate) const FINGERPRINT: &str = "catalyst.openova.io/fingerprint-sha256";
 
-fn annotated(secret: &Value) -> Option<String> {
+pub(crate) fn annotated(secret: &Value) -> Option<String> {
     secret
         .pointer(&format!("/metadata/annotations/{}", FINGERPRINT.replace('/', "~1")))
         .and_then(Value::as_str)

@@ -5,6 +5,9 @@
 //!   unsealed, its shares escrowed to the custodians, External Secrets
 //!   installed and wired to it and proven by a round trip, the root token
 //!   revoked, sealed-secrets retired;
+//! - [`join`] (`region-custody`, `secrets-join`, add-region only): a new
+//!   region's OpenBao replicas join the Sovereign's cluster as non-voters
+//!   and are unsealed (by themselves, or by the custodians);
 //! - [`infra`] (`infra-handoff`, phase 8): Crossplane adopts the cloud
 //!   objects, and the tofu state is archived and frozen.
 //!
@@ -13,4 +16,5 @@
 //! resources are not yet those of a real provider.
 
 pub mod infra;
+pub mod join;
 pub mod secrets;

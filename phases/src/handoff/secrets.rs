@@ -22,7 +22,9 @@
 //!    own token reviews itself, so OpenBao needs no long-lived reviewer
 //!    token); the policy `external-secrets` (read `secret/data/*`, read and
 //!    list `secret/metadata/*`, nothing else) and the role
-//!    `external-secrets` bound to ESO's service account.
+//!    `external-secrets` bound to ESO's service account; raft autopilot
+//!    removes dead servers (an added region's non-voters, once destroyed)
+//!    but never below the three home voters.
 //! 4. `eso-install` (undo: remove it): External Secrets from the release
 //!    manifest (`[[handoff]]`), installed and probed like a kit component.
 //! 5. `eso-store` (undo: delete it): the `ClusterSecretStore` `openbao`
@@ -433,6 +435,20 @@ async fn bao_configure(cx: &StepCtx) -> StepResult<Configured> {
     )
     .await?;
     b.write(&ep, &root, "sys/policy/external-secrets", json!({ "policy": ESO_POLICY })).await?;
+    // Regions added later join as non-voters; when one is destroyed its
+    // dead replicas are removed by autopilot, as nobody keeps a token to
+    // remove them by hand. Never below the home region's three voters.
+    b.write(
+        &ep,
+        &root,
+        "sys/storage/raft/autopilot/configuration",
+        json!({
+            "cleanup_dead_servers": true,
+            "dead_server_last_contact_threshold": "1h",
+            "min_quorum": REPLICAS,
+        }),
+    )
+    .await?;
     b.write(
         &ep,
         &root,
@@ -719,4 +735,4 @@ async fn retire_sealed_secrets(cx: &StepCtx) -> StepResult<Retired> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use cz_adapters::openbao::{BaoApi, BaoEndpoint, BaoStatus, OpenBaoClient};
 use cz_phases::custody::escrow::{ADMIN_KUBECONFIG, OPENBAO_SHARE};
+use cz_phases::handoff::join::admin_kubeconfig_kind;
 use cz_phases::handoff::secrets::{NAMESPACE, PORT, REPLICAS};
 use cz_state::SecretString;
 use cz_state::secrets::decrypt_with_identity;
@@ -212,10 +213,11 @@ pub async fn unseal_pods(
     out
 }
 
-/// `unseal SOVEREIGN --identity FILE`.
+/// `unseal SOVEREIGN --identity FILE [--region LOC]`.
 pub async fn unseal(
     escrow: &Escrow,
     identity_file: &Path,
+    region: Option<&str>,
     kubeconfig: Option<&Path>,
     endpoints: &[String],
 ) -> anyhow::Result<u8> {
@@ -242,15 +244,23 @@ pub async fn unseal(
                 std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read {}", f.display()))?,
             ),
-            None => open_mine(escrow, ADMIN_KUBECONFIG, &identity)?
-                .pop()
-                .map(|(_, kc)| kc)
-                .context("no kubeconfig: pass --kubeconfig (none is escrowed to this identity)")?,
+            None => {
+                let kind = region.map_or(ADMIN_KUBECONFIG.to_owned(), admin_kubeconfig_kind);
+                open_mine(escrow, &kind, &identity)?.pop().map(|(_, kc)| kc).with_context(|| {
+                    format!(
+                        "no kubeconfig: pass --kubeconfig (no `{kind}` is escrowed to this \
+                         identity)"
+                    )
+                })?
+            }
         };
         (0..REPLICAS)
             .map(|i| {
-                let name = format!("openbao-{i}");
-                let at = BaoEndpoint::pod(&kc, NAMESPACE, &name, PORT)
+                let name = match region {
+                    Some(loc) => format!("{loc}/openbao-{i}"),
+                    None => format!("openbao-{i}"),
+                };
+                let at = BaoEndpoint::pod(&kc, NAMESPACE, &format!("openbao-{i}"), PORT)
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 Ok((name, at))
             })

@@ -176,8 +176,12 @@ pub enum Command {
     /// locally with --identity and gives them to every sealed pod, through
     /// the API server (the kubeconfig escrowed to you, or --kubeconfig), or
     /// to --endpoint URLs. Reports each pod's progress (k of n).
+    /// `--region LOC`: the pods of a region an add-region job added (its
+    /// own kubeconfig is escrowed to you as `admin-kubeconfig.LOC`).
     Unseal {
         sovereign: String,
+        #[arg(long)]
+        region: Option<String>,
         /// Your age identity file (`age-keygen` output). Never leaves
         /// this machine.
         #[arg(long)]
@@ -439,10 +443,11 @@ async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
         Command::Escrow { sovereign, out, remote } => {
             custody::escrow_out(&connect(&remote, env)?, &sovereign, &out).await
         }
-        Command::Unseal { sovereign, identity, escrow, kubeconfig, endpoints, remote } => {
+        Command::Unseal { sovereign, region, identity, escrow, kubeconfig, endpoints, remote } => {
             let e = custody::load_escrow(escrow.as_deref(), || connect(&remote, env), &sovereign)
                 .await?;
-            custody::unseal(&e, &identity, kubeconfig.as_deref(), &endpoints).await
+            custody::unseal(&e, &identity, region.as_deref(), kubeconfig.as_deref(), &endpoints)
+                .await
         }
         Command::Combine { parts, out, fingerprint } => {
             custody::combine(&parts, &out, fingerprint.as_deref())

@@ -213,7 +213,12 @@ impl BaoApi for SimBao {
         Ok(BaoLeader { is_self: replica.ends_with("openbao-0"), leader_address: addr })
     }
 
-    async fn raft_join(&self, at: &BaoEndpoint, leader_api_addr: &str) -> AdapterResult<()> {
+    async fn raft_join(
+        &self,
+        at: &BaoEndpoint,
+        leader_api_addr: &str,
+        non_voter: bool,
+    ) -> AdapterResult<()> {
         self.world.op("bao.raft_join", 500).await?;
         let Some(target) = self.world.get(SYS, "leaders", leader_api_addr).await? else {
             return Err(err(
@@ -236,6 +241,7 @@ impl BaoApi for SimBao {
             ));
         }
         self.world.put(SYS, "members", &replica, &json!(target)).await?;
+        self.world.put(SYS, "voters", &replica, &json!(!non_voter)).await?;
         self.world.put(SYS, "replicas", &replica, &json!({"sealed": true, "progress": []})).await
     }
 

@@ -706,6 +706,8 @@ impl SimKube {
             .pointer("/metadata/labels/catalyst.openova.io~1canary")
             .is_some_and(|v| v == "true");
         if r.api_version == "v1" && r.kind == "Secret" && !canary {
+            let values = json!({ "data": m.get("data"), "stringData": m.get("stringData") });
+            self.world.keep_secret_values(&format!("{cluster}|{key}"), values);
             for field in ["data", "stringData"] {
                 if let Some(Value::Object(vals)) = m.get_mut(field) {
                     for v in vals.values_mut() {
@@ -1009,7 +1011,17 @@ impl KubeApi for SimKube {
             HashMap::from([(key.clone(), one)])
         };
         let cloud = self.cloud_view(&all, mr).await?;
-        Ok(self.observe(&key, &all, cloud.as_ref(), Utc::now()))
+        let mut got = self.observe(&key, &all, cloud.as_ref(), Utc::now());
+        if let (Some(obj), Some(values)) =
+            (got.as_mut(), self.world.secret_values(&format!("{cluster}|{key}")))
+        {
+            for field in ["data", "stringData"] {
+                if !values[field].is_null() {
+                    obj[field] = values[field].clone();
+                }
+            }
+        }
+        Ok(got)
     }
 
     async fn list(
@@ -1177,6 +1189,7 @@ impl KubeApi for SimKube {
             self.delete_managed(&cluster, r).await?;
         }
         self.world.delete(SYS, &cluster, &ref_key(r)).await?;
+        self.world.forget_secret_values(&format!("{cluster}|{}", ref_key(r)));
         if r.api_version == "v1" && r.kind == "Namespace" {
             // Namespace deletion takes its objects with it.
             let all = self.load_all(&cluster).await?;
@@ -1190,6 +1203,7 @@ impl KubeApi for SimKube {
                 .collect();
             for k in doomed.keys() {
                 self.world.delete(SYS, &cluster, k).await?;
+                self.world.forget_secret_values(&format!("{cluster}|{k}"));
             }
         }
         Ok(())

@@ -189,6 +189,12 @@ pub struct SimWorld {
     /// not swamp what the benchmarks measure). Files stay the truth across
     /// restarts.
     cache: StdMutex<HashMap<(String, String), std::collections::BTreeMap<String, Value>>>,
+    /// The values of the simulated clusters' Secrets, by cluster and
+    /// object key: process memory only, as a real cluster keeps them in
+    /// its etcd and never in the daemon's data dir (the files hold their
+    /// digests). A sim restarted in a new process has lost them, as a
+    /// wiped etcd would have.
+    secret_values: StdMutex<HashMap<String, Value>>,
 }
 
 impl std::fmt::Debug for SimWorld {
@@ -215,7 +221,22 @@ impl SimWorld {
             calls: StdMutex::new(Calls::default()),
             rng: StdMutex::new(rng),
             cache: StdMutex::new(HashMap::new()),
+            secret_values: StdMutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps a Secret's `data`/`stringData` in memory (see the field).
+    pub fn keep_secret_values(&self, key: &str, values: Value) {
+        self.secret_values.lock().expect("not poisoned").insert(key.to_owned(), values);
+    }
+
+    /// A Secret's values kept by [`Self::keep_secret_values`].
+    pub fn secret_values(&self, key: &str) -> Option<Value> {
+        self.secret_values.lock().expect("not poisoned").get(key).cloned()
+    }
+
+    pub fn forget_secret_values(&self, key: &str) {
+        self.secret_values.lock().expect("not poisoned").remove(key);
     }
 
     pub fn root(&self) -> &Path {

@@ -20,13 +20,13 @@ phase_tests!(super::PHASE, sample_request("sec", 1, 0));
 
 /// Three custodians with identities the test holds (files for the `age`
 /// CLI), `shares` shares (None: one each), threshold 2.
-struct Custodians {
+pub(crate) struct Custodians {
     dir: tempfile::TempDir,
     files: Vec<PathBuf>,
 }
 
 impl Custodians {
-    fn new(req: &mut ProvisionRequest, shares: Option<u8>) -> Custodians {
+    pub(crate) fn new(req: &mut ProvisionRequest, shares: Option<u8>) -> Custodians {
         use age::secrecy::ExposeSecret as _;
         let dir = tempfile::tempdir().unwrap();
         let mut files = Vec::new();
@@ -43,7 +43,7 @@ impl Custodians {
     }
 
     /// `age -d` of `armored` with custodian `c`'s identity (the real CLI).
-    fn open(&self, c: usize, armored: &str) -> Option<String> {
+    pub(crate) fn open(&self, c: usize, armored: &str) -> Option<String> {
         let f = self.dir.path().join("blob.age");
         std::fs::write(&f, armored).unwrap();
         let out = std::process::Command::new("age")
