@@ -1,9 +1,9 @@
 //! Backend wiring: which adapters a daemon's jobs run against, from its
 //! config. The `sim` backend is `cz-sim`'s; the `hetzner` backend is the
 //! real clients of `cz-adapters` (Hetzner API, tofu, ssh2, kube-rs,
-//! OpenBao over HTTP). Both then
-//! take the DNS configuration: the real PowerDNS and registrar APIs where
-//! `[powerdns]` and `[registrars]` say so, and the `[dns]` bounds.
+//! OpenBao over HTTP, PowerDNS, which it refuses to start without). Both
+//! then take the DNS configuration: the real PowerDNS and registrar APIs
+//! where `[powerdns]` and `[registrars]` say so, and the `[dns]` bounds.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use cz_adapters::ssh::SshClient;
 use cz_adapters::tofu::TofuCli;
 use cz_adapters::{Backend, Bounds, InfraModule, K3sSource};
 use cz_phases::dns::NAMESERVERS;
-use cz_sim::{SimDns, SimWorld, sim_backend};
+use cz_sim::sim_backend;
 
 use crate::config::{BackendKind, Config, ModuleKind};
 
@@ -121,9 +121,17 @@ async fn ensure_pool_zones(backend: &Backend, real: bool) -> anyhow::Result<()> 
 /// The `hetzner` backend: the real Hetzner API client and tofu runner.
 ///
 /// OpenBao is reached through each cluster's API server (its pods' proxy).
-/// DNS is the sim's until `start` applies a `[powerdns]` section
-/// ([`with_dns_config`]).
+/// DNS is the real PowerDNS of `[powerdns]`, which it cannot start
+/// without: no simulated adapter stands in on a real backend, where a
+/// propagation gate "passing" against sim data would be a lie.
 pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
+    let dns = powerdns(config)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the hetzner backend needs a [powerdns] section (api_url, server_id, dns_address; \
+             the key in CATALYST_ZERO_POWERDNS_API_KEY): the Sovereign's zone and its \
+             delegation are served by a real PowerDNS, never simulated (examples/hetzner.toml)"
+        )
+    })?;
     let h = &config.hetzner;
     let q = h.quota;
     let cloud = HcloudClient::new(&h.api_url, BudgetRegistry::global())
@@ -152,7 +160,6 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
             endpoint: h.api_url.clone(),
         },
     };
-    let world = Arc::new(SimWorld::new(config.data_dir.join("sim"), config.sim.clone()));
     Ok(Backend {
         name: "hetzner".into(),
         cloud: Arc::new(cloud),
@@ -160,9 +167,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         ssh: Arc::new(SshClient::default()),
         kube: Arc::new(KubeClient),
         bao: Arc::new(OpenBaoClient::default()),
-        // Without a [powerdns] section the sim's DNS stands in; `start`
-        // applies the DNS configuration to both backends.
-        dns: Arc::new(SimDns::new(world)),
+        dns,
         // The production registrar APIs unless [registrars] says otherwise.
         registrars: http_registrars(Default::default()),
         workspace_root: config.data_dir.join("workspaces"),
@@ -185,4 +190,34 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         poll: std::time::Duration::from_secs(2),
         public_resolvers: default_public_resolvers(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hetzner(extra: &str) -> Config {
+        let text = format!(
+            "backend = \"hetzner\"\n[hetzner]\napi_url = \"http://127.0.0.1:9\"\n\
+             module = \"offline\"\ntemplates_dir = \"{}/../cloud-templates\"\n{extra}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Config::from_toml(&text).expect("the config parses")
+    }
+
+    /// A `hetzner` backend without PowerDNS does not start, and says what
+    /// is missing; no simulated DNS stands in.
+    #[test]
+    fn a_hetzner_backend_without_powerdns_is_refused_naming_it() {
+        let e = hetzner_backend(&hetzner("")).err().expect("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("[powerdns]") && msg.contains("never simulated"), "{msg}");
+    }
+
+    #[test]
+    fn a_hetzner_backend_with_powerdns_uses_it() {
+        let pdns = "[powerdns]\napi_url = \"http://127.0.0.1:9\"\ndns_address = \"127.0.0.1:53\"\n";
+        let b = hetzner_backend(&hetzner(pdns)).expect("built");
+        assert_eq!(b.name, "hetzner");
+    }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use cz_sim::wire::hcloud::{self as fake, DEFAULT_TOKEN, FakeConfig};
 use cz_testkit::daemon::{Api, Daemon, files_containing, tofu_binary};
+use cz_testkit::pdns::Pdns;
 use cz_testkit::requests::{age_recipient, sample_body};
 use serde_json::Value;
 
@@ -85,6 +86,10 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
         create_delay: Duration::from_millis(400),
         ..FakeConfig::default()
     }));
+    // The hetzner backend does not start without a real PowerDNS.
+    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
+    let mut pdns = Pdns::prepare();
+    rt.block_on(pdns.start());
     // Someone else's objects in the same project: never touched.
     let foreign = fake.seed_object("server", "someone-elses-server", [("team", "other")]);
     let dir = tempfile::tempdir().unwrap();
@@ -93,9 +98,12 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     std::fs::write(
         &config,
         format!(
-            "backend = \"hetzner\"\n[hetzner]\napi_url = \"{}\"\ntofu_binary = \"{}\"\nmodule = \"offline\"\ntemplates_dir = \"{templates}\"\nhost_boot_secs = 2\n[hetzner.quota]\nservers = 20\nload_balancers = 5\n",
+            "backend = \"hetzner\"\n[hetzner]\napi_url = \"{}\"\ntofu_binary = \"{}\"\nmodule = \"offline\"\ntemplates_dir = \"{templates}\"\nhost_boot_secs = 2\n[hetzner.quota]\nservers = 20\nload_balancers = 5\n\
+             [dns]\npublic_resolvers = [\"127.0.0.1:{port}\"]\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n",
             fake.base_url(),
-            tofu.display()
+            tofu.display(),
+            pdns.url(),
+            port = pdns.dns_port
         ),
     )
     .unwrap();
@@ -103,6 +111,7 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     std::fs::create_dir_all(&data).unwrap();
     let mut d = Daemon::new(&data, 0.0);
     d.backend_args = vec!["--config".into(), config.display().to_string()];
+    d.env.push(("CATALYST_ZERO_POWERDNS_API_KEY".into(), pdns.api_key.clone()));
     d.start().unwrap();
     let mut api = Api::new(d.port);
 
@@ -219,6 +228,8 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
         "succeeded"
     );
 
+    // The Sovereign's zone is gone from the real PowerDNS too.
+    assert!(pdns.dig("hz.omani.works", "SOA").is_empty(), "the zone is still served");
     let left: Vec<String> = ours(&fake).into_values().flatten().collect();
     assert!(left.is_empty(), "labelled objects left after destroy: {left:?}");
     assert!(
