@@ -134,6 +134,28 @@ struct FState {
     inject_429: u32,
     inject_unavailable: u32,
     inject_errors: VecDeque<(u16, String)>,
+    /// Every action the fake started, as `GET /v1/actions/{id}` answers
+    /// it: finished (`success`) by the time anyone asks.
+    actions: Vec<Value>,
+}
+
+impl FState {
+    /// Records an action on `resources` (`(id, type)`); returns it as the
+    /// call that started it answers: `running`, 0 %.
+    fn action(&mut self, command: &str, resources: &[(i64, &str)]) -> Value {
+        let id = 1_000_000 + self.actions.len() as i64;
+        let resources: Vec<Value> =
+            resources.iter().map(|(id, t)| json!({"id": id, "type": t})).collect();
+        let started = "2026-01-01T00:00:00+00:00";
+        self.actions.push(json!({
+            "id": id, "command": command, "status": "success", "progress": 100,
+            "started": started, "finished": started, "resources": resources, "error": null,
+        }));
+        json!({
+            "id": id, "command": command, "status": "running", "progress": 0,
+            "started": started, "finished": null, "resources": resources, "error": null,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -273,27 +295,61 @@ fn object_json(kind: &str, id: i64, name: &str, labels: &BTreeMap<String, String
         "created": "2026-01-01T00:00:00+00:00",
     });
     let ip = format!("203.0.113.{}", id % 250 + 1);
-    let location = json!({"id": 1, "name": "fsn1", "network_zone": "eu-central"});
+    let ip6 = format!("2001:db8:{:x}::/64", id % 0xffff);
+    let ptr = format!("static.{ip}.clients.your-server.de");
+    let location = json!({"id": 1, "name": "fsn1", "network_zone": "eu-central",
+                          "country": "DE", "city": "Falkenstein", "description": "Falkenstein DC Park 1",
+                          "latitude": 50.47612, "longitude": 12.370071});
     let extra = match kind {
         "server" => json!({
             "status": "running",
-            "public_net": {"ipv4": {"ip": ip, "blocked": false}, "ipv6": null},
+            "public_net": {
+                "ipv4": {"id": id + 500_000, "ip": ip, "blocked": false, "dns_ptr": ptr},
+                "ipv6": {"id": id + 600_000, "ip": ip6, "blocked": false, "dns_ptr": []},
+                "floating_ips": [],
+                "firewalls": [],
+            },
             "private_net": [],
+            "image": null,
+            "iso": null,
+            "rescue_enabled": false,
+            "locked": false,
+            "backup_window": null,
+            "outgoing_traffic": 0,
+            "ingoing_traffic": 0,
+            "included_traffic": 21_990_232_555_520_i64,
+            "primary_disk_size": 80,
+            "volumes": [],
+            "load_balancers": [],
+            "placement_group": null,
             "server_type": {"id": 1, "name": "cx23"},
             "datacenter": {"id": 1, "name": "fsn1-dc14", "location": location},
             "protection": {"delete": false, "rebuild": false},
         }),
         "load_balancer" => json!({
-            "public_net": {"enabled": true, "ipv4": {"ip": ip}, "ipv6": {"ip": null}},
+            "public_net": {"enabled": true, "ipv4": {"ip": ip, "dns_ptr": ptr},
+                           "ipv6": {"ip": ip6.trim_end_matches("/64").to_owned() + "1", "dns_ptr": ptr}},
             "private_net": [],
+            "algorithm": {"type": "round_robin"},
+            "services": [],
+            "targets": [],
+            "outgoing_traffic": 0,
+            "ingoing_traffic": 0,
+            "included_traffic": 21_990_232_555_520_i64,
             "location": location,
             "load_balancer_type": {"id": 1, "name": "lb11"},
             "protection": {"delete": false},
         }),
-        "network" => json!({"ip_range": "10.0.0.0/16", "subnets": [], "servers": []}),
-        "volume" => json!({"size": 10, "location": location, "status": "available"}),
+        "network" => json!({"ip_range": "10.0.0.0/16", "subnets": [], "routes": [], "servers": [],
+                             "load_balancers": [], "protection": {"delete": false},
+                             "expose_routes_to_vswitch": false}),
+        "volume" => json!({"size": 10, "location": location, "status": "available",
+                            "server": null, "linux_device": format!("/dev/disk/by-id/scsi-0HC_Volume_{id}"),
+                            "format": "ext4", "protection": {"delete": false}}),
         "primary_ip" => json!({
-            "ip": ip, "type": "ipv4", "assignee_id": null,
+            "ip": ip, "type": "ipv4", "assignee_id": null, "assignee_type": "server",
+            "auto_delete": false, "blocked": false, "dns_ptr": [{"ip": ip, "dns_ptr": ptr}],
+            "protection": {"delete": false},
             "datacenter": {"id": 1, "name": "fsn1-dc14", "location": location},
         }),
         "ssh_key" => json!({"fingerprint": "00:11", "public_key": "ssh-ed25519 AAAA fake"}),
@@ -368,8 +424,63 @@ fn catalogue(collection: &str) -> Vec<Value> {
             .enumerate()
             .map(|(i, n)| json!({"id": i + 1, "name": n, "network_zone": "eu-central"}))
             .collect(),
+        // The system images a Sovereign's servers boot.
+        "images" => ["ubuntu-24.04", "ubuntu-22.04", "debian-12"]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| {
+                ["x86", "arm"].into_iter().enumerate().map(move |(j, arch)| {
+                    let (os, version) = n.split_once('-').unwrap_or((n, ""));
+                    json!({
+                        "id": 100 + i * 2 + j, "type": "system", "status": "available",
+                        "name": n, "description": n.replace('-', " "), "image_size": null,
+                        "disk_size": 5, "created": "2024-04-25T00:00:00+00:00",
+                        "created_from": null, "bound_to": null, "os_flavor": os,
+                        "os_version": version, "rapid_deploy": true,
+                        "protection": {"delete": false}, "deprecated": null, "deleted": null,
+                        "labels": {}, "architecture": arch,
+                    })
+                })
+            })
+            .collect(),
         _ => Vec::new(),
     }
+}
+
+/// One page of `items` under `key`, with the API's `meta.pagination`
+/// (`page` from 1, `per_page` up to 50, 25 by default).
+fn paginated(key: &str, items: Vec<Value>, query: &[(String, String)]) -> Answer {
+    let q = |k: &str| query.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str());
+    let num = |k: &str, default: u64| -> Result<u64, Answer> {
+        match q(k) {
+            None => Ok(default),
+            Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                error(400, "invalid_input", format!("invalid input in field '{k}'"))
+            }),
+        }
+    };
+    let (page, per_page) = match (num("page", 1), num("per_page", 25)) {
+        (Ok(p), Ok(n)) => (p, n.min(50)),
+        (Err(a), _) | (_, Err(a)) => return a,
+    };
+    let total = items.len() as u64;
+    let last_page = total.div_ceil(per_page).max(1);
+    let page_items: Vec<Value> =
+        items.into_iter().skip(((page - 1) * per_page) as usize).take(per_page as usize).collect();
+    ok(
+        200,
+        Some(json!({
+            key: page_items,
+            "meta": {"pagination": {
+                "page": page,
+                "per_page": per_page,
+                "previous_page": if page > 1 { json!(page - 1) } else { Value::Null },
+                "next_page": if page < last_page { json!(page + 1) } else { Value::Null },
+                "last_page": last_page,
+                "total_entries": total,
+            }},
+        })),
+    )
 }
 
 struct Answer {
@@ -534,6 +645,11 @@ impl Inner {
             .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
             .unwrap_or_default();
         match (method.as_str(), segs.as_slice()) {
+            ("GET", ["v1", "actions"]) => self.actions(None, &query),
+            ("GET", ["v1", "actions", id]) => self.action(None, id),
+            ("GET", ["v1", coll, "actions"]) => self.actions(Some((coll, None)), &query),
+            ("GET", ["v1", coll, "actions", id]) => self.action(Some(coll), id),
+            ("GET", ["v1", coll, id, "actions"]) => self.actions(Some((coll, Some(id))), &query),
             ("GET", ["v1", coll]) => self.list(coll, &query),
             ("GET", ["v1", coll, id]) => self.get_one(coll, id),
             ("PUT", ["v1", coll, id]) => self.update(coll, id, body),
@@ -544,28 +660,68 @@ impl Inner {
         }
     }
 
+    /// `GET /v1/actions/{id}` and `GET /v1/{collection}/actions/{id}`.
+    fn action(&self, coll: Option<&str>, id: &str) -> Answer {
+        let Ok(id) = id.parse::<i64>() else {
+            return error(400, "invalid_input", "invalid id");
+        };
+        let st = self.state.lock().expect("fake lock");
+        let kind = coll.map(singular);
+        st.actions
+            .iter()
+            .find(|a| a["id"] == id)
+            .filter(|a| kind.is_none_or(|k| Self::touches(a, k, None)))
+            .map_or_else(
+                || error(404, "not_found", format!("action with ID '{id}' not found")),
+                |a| ok(200, Some(json!({"action": a}))),
+            )
+    }
+
+    fn touches(action: &Value, kind: &str, id: Option<i64>) -> bool {
+        action["resources"].as_array().is_some_and(|rs| {
+            rs.iter().any(|r| r["type"] == kind && id.is_none_or(|id| r["id"] == id))
+        })
+    }
+
+    /// `GET /v1/actions` (by `id`), `GET /v1/{collection}/actions` and
+    /// `GET /v1/{collection}/{id}/actions`: paginated, `status` filtered.
+    fn actions(&self, scope: Option<(&str, Option<&str>)>, query: &[(String, String)]) -> Answer {
+        if let Some((coll, _)) = scope
+            && !OBJECT_COLLECTIONS.contains(&coll)
+        {
+            return error(404, "not_found", format!("no route GET /v1/{coll}/actions"));
+        }
+        let ids: Vec<i64> =
+            query.iter().filter(|(k, _)| k == "id").filter_map(|(_, v)| v.parse().ok()).collect();
+        let statuses: Vec<&str> =
+            query.iter().filter(|(k, _)| k == "status").map(|(_, v)| v.as_str()).collect();
+        let on = match scope {
+            Some((coll, Some(id))) => match id.parse::<i64>() {
+                Ok(id) => Some((singular(coll), Some(id))),
+                Err(_) => return error(400, "invalid_input", "invalid id"),
+            },
+            Some((coll, None)) => Some((singular(coll), None)),
+            None => None,
+        };
+        let items: Vec<Value> = {
+            let st = self.state.lock().expect("fake lock");
+            st.actions
+                .iter()
+                .filter(|a| ids.is_empty() || ids.iter().any(|id| a["id"] == *id))
+                .filter(|a| statuses.is_empty() || statuses.iter().any(|s| a["status"] == *s))
+                .filter(|a| on.is_none_or(|(k, id)| Self::touches(a, k, id)))
+                .cloned()
+                .collect()
+        };
+        paginated("actions", items, query)
+    }
+
     fn list(&self, coll: &str, query: &[(String, String)]) -> Answer {
         let q = |k: &str| query.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str());
-        let parse_num = |k: &str, default: u64| -> Result<u64, Answer> {
-            match q(k) {
-                None => Ok(default),
-                Some(v) => v.parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                    error(400, "invalid_input", format!("invalid input in field '{k}'"))
-                }),
-            }
-        };
-        let page = match parse_num("page", 1) {
-            Ok(n) => n,
-            Err(a) => return a,
-        };
-        let per_page = match parse_num("per_page", 25) {
-            Ok(n) => n.min(50),
-            Err(a) => return a,
-        };
         let mut items: Vec<Value> = if OBJECT_COLLECTIONS.contains(&coll) {
             let st = self.state.lock().expect("fake lock");
             st.objects.get(coll).cloned().unwrap_or_default()
-        } else if ["server_types", "load_balancer_types", "locations"].contains(&coll) {
+        } else if ["server_types", "load_balancer_types", "locations", "images"].contains(&coll) {
             catalogue(coll)
         } else {
             return error(404, "not_found", format!("no route GET /v1/{coll}"));
@@ -579,31 +735,13 @@ impl Inner {
             };
             items.retain(|o| sel.matches_json(o.get("labels")));
         }
-        if let Some(name) = q("name") {
-            items.retain(|o| o.get("name").and_then(Value::as_str) == Some(name));
+        for field in ["name", "architecture", "type", "status"] {
+            if let Some(want) = q(field) {
+                items.retain(|o| o.get(field).and_then(Value::as_str) == Some(want));
+            }
         }
         items.sort_by_key(|o| o.get("id").and_then(Value::as_i64));
-        let total = items.len() as u64;
-        let last_page = total.div_ceil(per_page).max(1);
-        let page_items: Vec<Value> = items
-            .into_iter()
-            .skip(((page - 1) * per_page) as usize)
-            .take(per_page as usize)
-            .collect();
-        ok(
-            200,
-            Some(json!({
-                coll: page_items,
-                "meta": {"pagination": {
-                    "page": page,
-                    "per_page": per_page,
-                    "previous_page": if page > 1 { json!(page - 1) } else { Value::Null },
-                    "next_page": if page < last_page { json!(page + 1) } else { Value::Null },
-                    "last_page": last_page,
-                    "total_entries": total,
-                }},
-            })),
-        )
+        paginated(coll, items, query)
     }
 
     fn create_ssh_key(&self, body: &[u8]) -> Answer {
@@ -730,21 +868,54 @@ impl Inner {
                 obj["ip_range"] = v.get("ip_range").cloned().unwrap_or(json!("10.0.0.0/16"));
                 obj["subnets"] = v.get("subnets").cloned().unwrap_or(json!([]));
             }
-            "firewall" => obj["rules"] = v.get("rules").cloned().unwrap_or(json!([])),
+            "firewall" => {
+                // Every rule carries every field, as the API answers it.
+                let rules: Vec<Value> = v
+                    .get("rules")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        let f = |k: &str, d: Value| r.get(k).cloned().unwrap_or(d);
+                        json!({
+                            "direction": f("direction", json!("in")),
+                            "protocol": f("protocol", json!("tcp")),
+                            "port": f("port", Value::Null),
+                            "source_ips": f("source_ips", json!([])),
+                            "destination_ips": f("destination_ips", json!([])),
+                            "description": f("description", Value::Null),
+                        })
+                    })
+                    .collect();
+                obj["rules"] = json!(rules);
+                obj["applied_to"] = v.get("apply_to").cloned().unwrap_or(json!([]));
+            }
+            "placement_group" => {
+                obj["type"] = v.get("type").cloned().unwrap_or(json!("spread"));
+            }
             _ => {}
         }
         if let Some(n) = network {
             let ip = format!("10.0.1.{}", (id % 250) + 2);
-            obj["private_net"] = json!([{"network": n, "ip": ip, "alias_ips": []}]);
+            let mac = format!("86:00:00:00:{:02x}:{:02x}", (id >> 8) & 0xff, id & 0xff);
+            obj["private_net"] =
+                json!([{"network": n, "ip": ip, "alias_ips": [], "mac_address": mac}]);
         }
         st.objects.entry(coll).or_default().push(obj.clone());
         let mut answer = json!({ kind: obj });
-        if kind == "server" {
-            answer["action"] = json!({"id": id * 1000, "command": "create_server",
-                "status": "running", "progress": 0, "error": null,
-                "resources": [{"id": id, "type": "server"}]});
-            answer["root_password"] = Value::Null;
-            answer["next_actions"] = json!([]);
+        // What each create answers besides the object (the API's shapes).
+        match kind {
+            "server" => {
+                answer["action"] = st.action("create_server", &[(id, "server")]);
+                answer["root_password"] = Value::Null;
+                answer["next_actions"] = json!([]);
+            }
+            "load_balancer" => {
+                answer["action"] = st.action("create_load_balancer", &[(id, "load_balancer")]);
+            }
+            "firewall" => answer["actions"] = json!([]),
+            "placement_group" => answer["action"] = Value::Null,
+            _ => {}
         }
         ok(201, Some(answer))
     }
@@ -821,14 +992,12 @@ impl Inner {
             return error(404, "not_found", format!("{coll} with ID '{id}' not found"));
         };
         objs.remove(pos);
+        // Servers and (since 2025) load balancers are deleted by an action.
         if *coll == "servers" {
-            ok(
-                200,
-                Some(json!({"action": {
-                    "id": id * 1000, "command": "delete_server", "status": "running",
-                    "progress": 0, "resources": [{"id": id, "type": "server"}], "error": null,
-                }})),
-            )
+            ok(200, Some(json!({"action": st.action("delete_server", &[(id, "server")])})))
+        } else if *coll == "load_balancers" {
+            let action = st.action("delete_load_balancer", &[(id, "load_balancer")]);
+            ok(200, Some(json!({ "action": action })))
         } else {
             ok(204, None)
         }

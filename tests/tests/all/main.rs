@@ -7,7 +7,9 @@
 //!   controllers), [`dns_pdns`] (the DNS phases against a real
 //!   `pdns_server`, and the registrars' wire fakes), [`handoff_bao`]
 //!   (`custody` and `secrets-handoff` against three real OpenBao nodes
-//!   behind the fake API server over TLS, and the `unseal` CLI);
+//!   behind the fake API server over TLS, and the `unseal` CLI),
+//!   [`hcloud_client`] (Hetzner's own Python client against the hcloud
+//!   fake);
 //! - the `catalyst-zero` binary end to end (build it first:
 //!   `cargo build -p catalyst-zero`): [`daemon_kill9`] (SIGKILL at every
 //!   step boundary and inside every step), [`daemon_dns`] (a real
@@ -22,4 +24,5 @@ mod daemon_hetzner;
 mod daemon_kill9;
 mod dns_pdns;
 mod handoff_bao;
+mod hcloud_client;
 mod kit_fake;
