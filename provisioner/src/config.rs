@@ -181,7 +181,8 @@ impl HetznerConfig {
             (Some(_), Some(_)) => {
                 return bad("set one of hetzner.artifacts_dir and hetzner.k3s_download".into());
             }
-            (None, None) if self.module == ModuleKind::Hcloud => {
+            // The offline module too: a real backend never simulates K3s.
+            (None, None) => {
                 return bad("hetzner.artifacts_dir is not set: K3s is installed from an air-gap \
                      artifact directory (k3s, install.sh, SHA256SUMS), or online with \
                      hetzner.k3s_download"
@@ -729,8 +730,14 @@ mod tests {
         assert_eq!((p.server_id.as_str(), p.api_key.as_deref()), ("localhost", None));
         let c = Config::from_file(&Path::new(ex).join("hetzner-offline.toml")).unwrap();
         assert_eq!(c.hetzner.module, ModuleKind::Offline);
+        assert!(c.hetzner.artifacts_dir.is_some(), "K3s is never simulated");
         let mut c = c;
         c.hetzner.templates_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates").into();
+        let artifacts = tempfile::tempdir().unwrap();
+        std::fs::write(artifacts.path().join("SHA256SUMS"), "").unwrap();
+        c.hetzner.artifacts_dir = Some(artifacts.path().to_owned());
+        // A real PowerDNS, its key from the environment.
+        c.powerdns.as_mut().expect("[powerdns]").api_key = Some("from-the-env".into());
         c.validate().unwrap();
     }
 
@@ -780,12 +787,14 @@ mod tests {
             err(&|c| c.hetzner.artifacts_dir = Some("/nope".into())).contains("has no SHA256SUMS")
         );
         assert!(err(&|c| c.hetzner.templates_dir = "/nope".into()).contains("/nope/hetzner"));
-        // The offline stand-in needs no CIDRs (it only talks to loopback).
+        // The offline stand-in needs no CIDRs (it only talks to loopback),
+        // but K3s all the same.
         let mut c = base();
         c.hetzner.module = ModuleKind::Offline;
         c.hetzner.provisioner_cidrs.clear();
-        c.hetzner.artifacts_dir = None;
         c.validate().unwrap();
+        c.hetzner.artifacts_dir = None;
+        assert!(c.validate().unwrap_err().to_string().contains("hetzner.artifacts_dir"));
         let c: Config = Config::from_toml(
             "backend = \"hetzner\"\n[hetzner]\nmodule = \"offline\"\ntofu_binary = \"terraform\"\n",
         )

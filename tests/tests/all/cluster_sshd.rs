@@ -81,7 +81,7 @@ fn port_for(net: &str) -> u16 {
 }
 
 /// Copies the stubs into an artifact directory with their SHA256SUMS.
-fn artifact_dir(root: &Path) -> PathBuf {
+pub(crate) fn artifact_dir(root: &Path) -> PathBuf {
     if root.join("artifacts").exists() {
         return root.join("artifacts");
     }

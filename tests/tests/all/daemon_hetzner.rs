@@ -95,13 +95,16 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     let dir = tempfile::tempdir().unwrap();
     let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates");
     let config = dir.path().join("catalyst-zero.toml");
+    // K3s is never simulated: the stub release, checked at start.
+    let artifacts = crate::cluster_sshd::artifact_dir(dir.path());
     std::fs::write(
         &config,
         format!(
-            "backend = \"hetzner\"\n[hetzner]\napi_url = \"{}\"\ntofu_binary = \"{}\"\nmodule = \"offline\"\ntemplates_dir = \"{templates}\"\nhost_boot_secs = 2\n[hetzner.quota]\nservers = 20\nload_balancers = 5\n\
+            "backend = \"hetzner\"\n[hetzner]\napi_url = \"{}\"\ntofu_binary = \"{}\"\nmodule = \"offline\"\ntemplates_dir = \"{templates}\"\nartifacts_dir = \"{}\"\nhost_boot_secs = 2\n[hetzner.quota]\nservers = 20\nload_balancers = 5\n\
              [dns]\npublic_resolvers = [\"127.0.0.1:{port}\"]\n[powerdns]\napi_url = \"{}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n",
             fake.base_url(),
             tofu.display(),
+            artifacts.display(),
             pdns.url(),
             port = pdns.dns_port
         ),

@@ -8,18 +8,13 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use cz_adapters::cloud::{BudgetRegistry, HcloudClient, ProjectQuota};
-use cz_adapters::dns::{DnsApi, PowerDns, default_public_resolvers};
-use cz_adapters::kube::KubeClient;
-use cz_adapters::openbao::OpenBaoClient;
+use cz_adapters::dns::{DnsApi, PowerDns};
 use cz_adapters::registrar::{Endpoints, HttpRegistrars, Registrars};
-use cz_adapters::ssh::SshClient;
-use cz_adapters::tofu::TofuCli;
-use cz_adapters::{Backend, Bounds, InfraModule, K3sSource};
+use cz_adapters::{Backend, InfraModule};
 use cz_phases::dns::NAMESERVERS;
 use cz_sim::sim_backend;
 
-use crate::config::{BackendKind, Config, ModuleKind};
+use crate::config::{BackendKind, Config};
 
 /// The backend `config` asks for, DNS configuration applied, checked: a
 /// `hetzner` backend without a usable tofu and module refuses to start
@@ -118,106 +113,5 @@ async fn ensure_pool_zones(backend: &Backend, real: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The `hetzner` backend: the real Hetzner API client and tofu runner.
-///
-/// OpenBao is reached through each cluster's API server (its pods' proxy).
-/// DNS is the real PowerDNS of `[powerdns]`, which it cannot start
-/// without: no simulated adapter stands in on a real backend, where a
-/// propagation gate "passing" against sim data would be a lie.
-pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
-    let dns = powerdns(config)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "the hetzner backend needs a [powerdns] section (api_url, server_id, dns_address; \
-             the key in CATALYST_ZERO_POWERDNS_API_KEY): the Sovereign's zone and its \
-             delegation are served by a real PowerDNS, never simulated (examples/hetzner.toml)"
-        )
-    })?;
-    let h = &config.hetzner;
-    let q = h.quota;
-    let cloud = HcloudClient::new(&h.api_url, BudgetRegistry::global())
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_quota(ProjectQuota {
-            servers: q.servers,
-            load_balancers: q.load_balancers,
-            networks: q.networks,
-            placement_groups: q.placement_groups,
-        });
-    let tofu = TofuCli::new(
-        &h.tofu_binary,
-        config.data_dir.join("tofu-plugin-cache"),
-        std::time::Duration::from_secs(h.tofu_timeout_secs),
-    );
-    let templates = std::path::absolute(h.templates_dir.join(h.module_dir()))
-        .context("cannot resolve hetzner.templates_dir")?;
-    let infra = match h.module {
-        ModuleKind::Hcloud => {
-            InfraModule::Hcloud { templates, provisioner_cidrs: h.provisioner_cidrs.clone() }
-        }
-        ModuleKind::Offline => InfraModule::Offline {
-            templates,
-            // The module's provisioners run this very binary's `hcloud-shim`.
-            shim: std::env::current_exe().context("cannot find the daemon's own binary")?,
-            endpoint: h.api_url.clone(),
-        },
-    };
-    Ok(Backend {
-        name: "hetzner".into(),
-        cloud: Arc::new(cloud),
-        tofu: Arc::new(tofu),
-        ssh: Arc::new(SshClient::default()),
-        kube: Arc::new(KubeClient),
-        bao: Arc::new(OpenBaoClient::default()),
-        dns,
-        // The production registrar APIs unless [registrars] says otherwise.
-        registrars: http_registrars(Default::default()),
-        workspace_root: config.data_dir.join("workspaces"),
-        infra,
-        k3s: match (&h.artifacts_dir, &h.k3s_download) {
-            (Some(dir), _) => K3sSource::AirGap { dir: dir.clone() },
-            (None, Some(d)) => K3sSource::Download {
-                script_url: d.script_url.clone(),
-                script_sha256: d.script_sha256.to_ascii_lowercase(),
-                release_url: d.release_url.clone(),
-            },
-            // Only the offline module allows neither: its hosts never run K3s.
-            (None, None) => K3sSource::Simulated,
-        },
-        ssh_port: 22,
-        bounds: Bounds {
-            host_boot: std::time::Duration::from_secs(h.host_boot_secs),
-            ..Default::default()
-        },
-        poll: std::time::Duration::from_secs(2),
-        public_resolvers: default_public_resolvers(),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hetzner(extra: &str) -> Config {
-        let text = format!(
-            "backend = \"hetzner\"\n[hetzner]\napi_url = \"http://127.0.0.1:9\"\n\
-             module = \"offline\"\ntemplates_dir = \"{}/../cloud-templates\"\n{extra}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        Config::from_toml(&text).expect("the config parses")
-    }
-
-    /// A `hetzner` backend without PowerDNS does not start, and says what
-    /// is missing; no simulated DNS stands in.
-    #[test]
-    fn a_hetzner_backend_without_powerdns_is_refused_naming_it() {
-        let e = hetzner_backend(&hetzner("")).err().expect("refused");
-        let msg = e.to_string();
-        assert!(msg.contains("[powerdns]") && msg.contains("never simulated"), "{msg}");
-    }
-
-    #[test]
-    fn a_hetzner_backend_with_powerdns_uses_it() {
-        let pdns = "[powerdns]\napi_url = \"http://127.0.0.1:9\"\ndns_address = \"127.0.0.1:53\"\n";
-        let b = hetzner_backend(&hetzner(pdns)).expect("built");
-        assert_eq!(b.name, "hetzner");
-    }
-}
+mod hetzner;
+pub use hetzner::hetzner_backend;
