@@ -11,6 +11,7 @@
 //! Exit codes: 0 success; 1 an error or a job that failed, was cancelled or
 //! abandoned; 2 a job that paused and needs an operator.
 
+pub mod check;
 pub mod client;
 pub mod custody;
 pub mod follow;
@@ -171,6 +172,17 @@ pub enum Command {
         out: PathBuf,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Probe every real system a config names (tofu, K3s artifacts,
+    /// PowerDNS and its pool zones, the cloud token's write scope and
+    /// quota) before any job: one line per system; exit 1 if any fails.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// A file holding a cloud token to try (else
+        /// CATALYST_ZERO_CHECK_CLOUD_TOKEN; without either, skipped).
+        #[arg(long)]
+        cloud_token_file: Option<PathBuf>,
     },
     /// A custodian's turn at unsealing OpenBao: decrypts your shares
     /// locally with --identity and gives them to every sealed pod, through
@@ -448,6 +460,9 @@ async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
                 .await?;
             custody::unseal(&e, &identity, region.as_deref(), kubeconfig.as_deref(), &endpoints)
                 .await
+        }
+        Command::Check { config, cloud_token_file } => {
+            check::run(&config, cloud_token_file.as_deref(), env).await
         }
         Command::Combine { parts, out, fingerprint } => {
             custody::combine(&parts, &out, fingerprint.as_deref())

@@ -18,6 +18,7 @@
 //! The kill -9 tests run this binary again as their child, naming the
 //! child test by its path here (`kit_fake::child_driver`).
 
+mod check_cli;
 mod cluster_sshd;
 mod daemon_dns;
 mod daemon_hetzner;
