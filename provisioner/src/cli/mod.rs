@@ -247,6 +247,18 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         create_delay_ms: u64,
     },
+    /// Development: serve the fake Kubernetes API server the tests use
+    /// (over TLS with its own CA and an admin client certificate, objects
+    /// in memory, no controllers), writing its kubeconfig to --kubeconfig,
+    /// so kubectl can be pointed at it. Stops on Ctrl-C.
+    KubeFake {
+        /// Where to write the admin kubeconfig (mode 0600).
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Plain HTTP without authentication instead of TLS.
+        #[arg(long)]
+        plain: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -274,6 +286,31 @@ async fn hcloud_fake(
     println!(
         "hcloud fake API at {} (in memory; set hetzner.api_url to this). Ctrl-C stops it.",
         handle.base_url()
+    );
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    Ok(0)
+}
+
+async fn kube_fake(kubeconfig: &Path, plain: bool) -> anyhow::Result<u8> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let fake = if plain {
+        cz_sim::wire::kube::FakeKube::start().await
+    } else {
+        cz_sim::wire::kube::FakeKube::start_tls().await
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(kubeconfig)
+        .with_context(|| format!("cannot write {}", kubeconfig.display()))?;
+    f.write_all(fake.kubeconfig().as_bytes())?;
+    println!(
+        "fake Kubernetes API at {} (in memory); kubeconfig in {}. Ctrl-C stops it.",
+        fake.url(),
+        kubeconfig.display()
     );
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     Ok(0)
@@ -395,6 +432,7 @@ async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
     match cmd {
         Command::Serve(args) => serve(args, env).await.map(|()| 0),
         Command::HcloudShim { action } => hcloud_shim(action, env).await,
+        Command::KubeFake { kubeconfig, plain } => kube_fake(&kubeconfig, plain).await,
         Command::HcloudFake { listen, tokens, read_only, create_delay_ms } => {
             hcloud_fake(listen, tokens, read_only, create_delay_ms).await
         }

@@ -579,11 +579,18 @@ async fn handle(
             let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
             if ct.starts_with("application/apply-patch") {
                 apply(&fake, &kind, &ns, &n, &q, &body)
+            } else if ct.starts_with("application/merge-patch+json") {
+                merge_patch(&fake, &kind, &ns, &n, &body)
             } else {
+                // A real server also serves JSON patch and, for built-in
+                // kinds, strategic merge patch; this fake does not.
                 Err(status(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "UnsupportedMediaType",
-                    format!("only server-side apply is served, not {ct}"),
+                    format!(
+                        "the media type {ct} is not served here: server-side apply and JSON \
+                         merge patch are"
+                    ),
                 ))
             }
         }
@@ -854,16 +861,113 @@ fn established(fake: &FakeKube, kind: &Kind) -> Result<(), Box<Response>> {
     Ok(())
 }
 
+/// The short names a real API server gives the built-in kinds; a CRD's
+/// come from its `spec.names.shortNames`.
+fn short_names(st: &Inner, k: &Kind) -> Vec<String> {
+    let builtin: &[&str] = match (k.group.as_str(), k.plural.as_str()) {
+        ("", "namespaces") => &["ns"],
+        ("", "configmaps") => &["cm"],
+        ("", "services") => &["svc"],
+        ("", "pods") => &["po"],
+        ("", "nodes") => &["no"],
+        ("", "persistentvolumeclaims") => &["pvc"],
+        ("", "serviceaccounts") => &["sa"],
+        ("apps", "deployments") => &["deploy"],
+        ("apps", "statefulsets") => &["sts"],
+        ("apps", "daemonsets") => &["ds"],
+        ("apiextensions.k8s.io", "customresourcedefinitions") => &["crd", "crds"],
+        _ => &[],
+    };
+    if !builtin.is_empty() || k.group.is_empty() {
+        return builtin.iter().map(|s| s.to_string()).collect();
+    }
+    let crd = (
+        "apiextensions.k8s.io".to_owned(),
+        "customresourcedefinitions".to_owned(),
+        String::new(),
+        format!("{}.{}", k.plural, k.group),
+    );
+    st.objects
+        .get(&crd)
+        .and_then(|o| o.pointer("/spec/names/shortNames"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// `/openapi/v3` and `/openapi/v3/{api/v1 | apis/g/v}`: the OpenAPI v3
+/// documents, as far as clients use them: every kind's paths, each PATCH
+/// tagged with its `x-kubernetes-group-version-kind` and taking the
+/// `fieldValidation` query parameter (kubectl then leaves validation to
+/// the server instead of downloading schemas). No schemas are served.
+fn openapi(st: &Inner, path: &str) -> Option<Value> {
+    let gv_path = |g: &str, v: &str| {
+        if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") }
+    };
+    if path == "/openapi/v3" {
+        let mut paths = serde_json::Map::new();
+        for k in &st.kinds {
+            let p = gv_path(&k.group, &k.version);
+            let url = format!("/openapi/v3/{p}?hash={}", st.revision);
+            paths.insert(p, json!({ "serverRelativeURL": url }));
+        }
+        return Some(json!({ "paths": paths }));
+    }
+    let rest = path.strip_prefix("/openapi/v3/")?;
+    let (g, v) = match rest.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => (String::new(), v.to_string()),
+        ["apis", g, v] => (g.to_string(), v.to_string()),
+        _ => return None,
+    };
+    let kinds: Vec<&Kind> = st.kinds.iter().filter(|k| k.group == g && k.version == v).collect();
+    if kinds.is_empty() {
+        return None;
+    }
+    let mut paths = serde_json::Map::new();
+    for k in kinds {
+        let gvk = json!([{ "group": k.group, "version": k.version, "kind": k.kind }]);
+        let params = json!([
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+            {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+        ]);
+        let base = if k.namespaced {
+            format!("/{}/namespaces/{{namespace}}/{}", gv_path(&k.group, &k.version), k.plural)
+        } else {
+            format!("/{}/{}", gv_path(&k.group, &k.version), k.plural)
+        };
+        let op = |verb: &str| json!({ "x-kubernetes-action": verb, "x-kubernetes-group-version-kind": gvk[0] });
+        paths.insert(base.clone(), json!({ "get": op("list") }));
+        let mut patch = op("patch");
+        patch["parameters"] = params;
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({ "get": op("get"), "delete": op("delete"), "patch": patch }),
+        );
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": { "title": "Kubernetes (catalyst-zero fake)", "version": "v1.31.4" },
+        "paths": paths,
+        "components": { "schemas": {} },
+    }))
+}
+
 fn discovery(fake: &FakeKube, path: &str) -> Option<Response> {
     let st = fake.inner.lock().expect("lock");
+    if path.starts_with("/openapi/v3") {
+        let doc = openapi(&st, path.trim_end_matches('/'))?;
+        return Some((StatusCode::OK, axum::Json(doc)).into_response());
+    }
     let resources = |g: &str, v: &str| -> Vec<Value> {
         st.kinds
             .iter()
             .filter(|k| k.group == g && k.version == v)
             .flat_map(|k| {
                 let verbs = json!(["get", "list", "watch", "patch", "delete"]);
+                let short = short_names(&st, k);
                 [
-                    json!({"name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced, "kind": k.kind, "verbs": verbs}),
+                    json!({"name": k.plural, "singularName": k.kind.to_lowercase(), "namespaced": k.namespaced, "kind": k.kind, "verbs": verbs, "shortNames": short}),
                     json!({"name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}),
                 ]
             })
@@ -1013,6 +1117,74 @@ fn not_found(kind: &Kind, name: &str) -> Box<Response> {
 
 fn has_finalizers(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+}
+
+/// RFC 7386: `patch` merged into `target` (`null` removes a field; arrays
+/// and scalars replace).
+fn merge_into(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let t = target.as_object_mut().expect("an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge_into(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// `PATCH` with `application/merge-patch+json`: the object's fields
+/// merged, with the same metadata rules as any write (a `resourceVersion`
+/// in the patch is a precondition; removing the last finalizer of an
+/// object being deleted deletes it). Status goes through `/status`.
+fn merge_patch(fake: &FakeKube, kind: &Kind, ns: &str, name: &str, body: &[u8]) -> ApiResult {
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()))?;
+    let key = (kind.group.clone(), kind.plural.clone(), ns.to_owned(), name.to_owned());
+    let Some(current) = fake.inner.lock().expect("lock").objects.get(&key).cloned() else {
+        return Err(not_found(kind, name));
+    };
+    if let Some(rv) = patch.pointer("/metadata/resourceVersion")
+        && Some(rv) != current.pointer("/metadata/resourceVersion")
+    {
+        return Err(status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                kind.plural
+            ),
+        ));
+    }
+    let mut merged = current.clone();
+    let mut p = patch;
+    if let Some(m) = p.as_object_mut() {
+        m.remove("status");
+    }
+    merge_into(&mut merged, &p);
+    for f in ["name", "namespace", "uid"] {
+        match current["metadata"].get(f) {
+            Some(v) => merged["metadata"][f] = v.clone(),
+            None => {
+                if let Some(m) = merged["metadata"].as_object_mut() {
+                    m.remove(f);
+                }
+            }
+        }
+    }
+    fake.put(&kind.group, &kind.plural, merged);
+    match get(fake, kind, ns, name) {
+        Ok(found) => Ok(found),
+        // The last finalizer went: deleted.
+        Err(_) => Ok((StatusCode::OK, current)),
+    }
 }
 
 /// `DELETE`: an object with finalizers is only marked

@@ -27,3 +27,4 @@ mod dns_pdns;
 mod handoff_bao;
 mod hcloud_client;
 mod kit_fake;
+mod kubectl_fake;
