@@ -65,6 +65,15 @@ fn errors_of(body: &str) -> String {
         .unwrap_or_else(|| body.chars().take(300).collect())
 }
 
+/// A refused call: `Conflict` when OpenBao says something is "already
+/// initialized" (whatever its status code), else by the status.
+fn refused(op: &str, status: StatusCode, body: &str) -> StepError {
+    let message = errors_of(body);
+    let cause =
+        if message.contains("already initialized") { Cause::Conflict } else { cause_of(status) };
+    err(op, cause, format!("HTTP {status}: {message}"))
+}
+
 fn status_of(v: &Value) -> BaoStatus {
     let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0).min(255) as u8;
     BaoStatus {
@@ -163,13 +172,7 @@ impl BaoApi for OpenBaoClient {
         let (status, text) =
             self.call("init", at, Method::POST, "sys/init", None, Some(body)).await?;
         if !status.is_success() {
-            let message = errors_of(&text);
-            let cause = if message.contains("already initialized") {
-                Cause::Conflict
-            } else {
-                cause_of(status)
-            };
-            return Err(err("init", cause, format!("HTTP {status}: {message}")));
+            return Err(refused("init", status, &text));
         }
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| err("init", Cause::Invalid, format!("not JSON: {e}")))?;
@@ -218,15 +221,9 @@ impl BaoApi for OpenBaoClient {
             .call("raft-join", at, Method::POST, "sys/storage/raft/join", None, Some(body))
             .await?;
         if !status.is_success() {
-            let message = errors_of(&text);
             // A node with raft state of its own (joined already, or a
             // cluster of its own) answers 500 "raft is already initialized".
-            let cause = if message.contains("already initialized") {
-                Cause::Conflict
-            } else {
-                cause_of(status)
-            };
-            return Err(err("raft-join", cause, format!("HTTP {status}: {message}")));
+            return Err(refused("raft-join", status, &text));
         }
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if v.get("joined").and_then(Value::as_bool) == Some(true) {

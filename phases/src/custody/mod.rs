@@ -268,20 +268,7 @@ async fn static_seal_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     let fingerprint = sha256_hex(&key);
     let items = escrow::split_and_deal(&custody, STATIC_SEAL_KEY, &key, &fingerprint)?;
     cx.put_escrow(STATIC_SEAL_KEY, &items, &[]).await?;
-    // The namespace exists before bp-openbao does (the kit applies the
-    // same object under the same field manager).
-    let fqdn = crate::common::fqdn(cx)?;
-    let mut ns_labels = labels();
-    ns_labels["catalyst.openova.io/sovereign"] = json!(crate::common::slug(&fqdn));
-    ns_labels["catalyst.openova.io/component"] = json!("openbao");
-    let objs = [
-        json!({ "apiVersion": "v1", "kind": "Namespace",
-                "metadata": { "name": STATIC_SEAL_NAMESPACE, "labels": ns_labels } }),
-        json!({ "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": STATIC_SEAL_SECRET, "namespace": STATIC_SEAL_NAMESPACE,
-                              "labels": labels(), "annotations": { FINGERPRINT: fingerprint } },
-                "type": "Opaque", "data": { "key": b64(&key) } }),
-    ];
+    let objs = static_seal_objects(cx, &key, &fingerprint)?;
     cx.env.kube.apply(&kc, FIELD_MANAGER, &objs).await?;
     cx.event(
         "custody",
@@ -291,6 +278,28 @@ async fn static_seal_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     )
     .await?;
     Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: true })
+}
+
+/// The static-seal key as bp-openbao mounts it: its namespace (made before
+/// bp-openbao exists; the kit applies the same object under the same field
+/// manager) and the Secret, annotated with the key's fingerprint.
+pub(crate) fn static_seal_objects(
+    cx: &StepCtx,
+    key: &[u8],
+    fingerprint: &str,
+) -> StepResult<[Value; 2]> {
+    let mut ns_labels = labels();
+    ns_labels["catalyst.openova.io/sovereign"] =
+        json!(crate::common::slug(&crate::common::fqdn(cx)?));
+    ns_labels["catalyst.openova.io/component"] = json!("openbao");
+    Ok([
+        json!({ "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": STATIC_SEAL_NAMESPACE, "labels": ns_labels } }),
+        json!({ "apiVersion": "v1", "kind": "Secret",
+                "metadata": { "name": STATIC_SEAL_SECRET, "namespace": STATIC_SEAL_NAMESPACE,
+                              "labels": labels(), "annotations": { FINGERPRINT: fingerprint } },
+                "type": "Opaque", "data": { "key": b64(key) } }),
+    ])
 }
 
 async fn static_seal_key_undo(cx: &StepCtx) -> StepResult<()> {

@@ -51,11 +51,11 @@ use serde_json::json;
 
 use super::secrets::{NAMESPACE, PORT, REPLICAS};
 use crate::cluster::kubeconfig_for;
-use crate::common::{RegionParams, fqdn, job_request, precondition, slug};
+use crate::common::{RegionParams, job_request, precondition};
 use crate::custody::escrow::{self, ADMIN_KUBECONFIG, STATIC_SEAL_KEY, sha256_hex};
 use crate::custody::{
-    FINGERPRINT, STATIC_SEAL_NAMESPACE, STATIC_SEAL_SECRET, annotated, b64, custody_of, labels,
-    secret_data, secret_ref,
+    STATIC_SEAL_NAMESPACE, STATIC_SEAL_SECRET, annotated, custody_of, secret_data, secret_ref,
+    static_seal_objects,
 };
 use crate::request::{Region, Seal};
 use crate::{Registry, StepCtx};
@@ -242,17 +242,7 @@ async fn static_seal(cx: &StepCtx) -> StepResult<SealCopied> {
              (runbooks/openbao-static-seal.md).",
         ));
     }
-    let mut ns_labels = labels();
-    ns_labels["catalyst.openova.io/sovereign"] = json!(slug(&fqdn(cx)?));
-    ns_labels["catalyst.openova.io/component"] = json!("openbao");
-    let objs = [
-        json!({ "apiVersion": "v1", "kind": "Namespace",
-                "metadata": { "name": STATIC_SEAL_NAMESPACE, "labels": ns_labels } }),
-        json!({ "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": STATIC_SEAL_SECRET, "namespace": STATIC_SEAL_NAMESPACE,
-                              "labels": labels(), "annotations": { FINGERPRINT: fingerprint } },
-                "type": "Opaque", "data": { "key": b64(&key) } }),
-    ];
+    let objs = static_seal_objects(cx, &key, &fingerprint)?;
     cx.env.kube.apply(&target, FIELD_MANAGER, &objs).await?;
     cx.event(
         "custody",
