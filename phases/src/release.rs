@@ -78,6 +78,9 @@ struct K3s {
     version: String,
     server_settings: Vec<(String, String)>,
     disable: Vec<String>,
+    /// Artifact name → sha256 (empty: not pinned yet).
+    #[serde(default)]
+    sha256: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +184,12 @@ pub fn name() -> &'static str {
 
 pub fn k3s_version() -> &'static str {
     &RELEASE.k3s.version
+}
+
+/// The release's pin of K3s artifact `name` (`k3s`, `install.sh`), if it
+/// has one.
+pub fn k3s_pin(name: &str) -> Option<&'static str> {
+    RELEASE.k3s.sha256.get(name).map(String::as_str).filter(|s| !s.is_empty())
 }
 
 /// K3s server config-file settings, in order.

@@ -327,6 +327,43 @@ async fn join_token_undo(cx: &StepCtx) -> StepResult<()> {
 /// `SHA256SUMS` line; a missing, unlisted or altered file stops the step
 /// before anything is uploaded.
 pub fn verified_artifacts(dir: &std::path::Path) -> StepResult<Vec<(String, Vec<u8>, String)>> {
+    verified_artifacts_pinned(dir, &|name| release::k3s_pin(name).map(str::to_owned))
+}
+
+/// [`verified_artifacts`], then each file against `pin(name)`, the
+/// release manifest's sha256 when it has one: a directory whose
+/// SHA256SUMS agrees with a replaced file still fails here.
+pub fn verified_artifacts_pinned(
+    dir: &std::path::Path,
+    pin: &dyn Fn(&str) -> Option<String>,
+) -> StepResult<Vec<(String, Vec<u8>, String)>> {
+    let out = self_consistent_artifacts(dir)?;
+    for (name, _, got) in &out {
+        if let Some(want) = pin(name)
+            && !want.eq_ignore_ascii_case(got)
+        {
+            return Err(precondition(
+                format!(
+                    "{} has sha256 {got}; the release manifest pins {want} for k3s {}: not the \
+                     release's {name}",
+                    dir.join(name).display(),
+                    release::k3s_version()
+                ),
+                "Replace the artifact directory with the pinned release's files (see \
+                 docs/configuration.md, Air-gap artifacts); nothing was copied to a node.",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// Every artifact against its own directory's SHA256SUMS.
+fn self_consistent_artifacts(dir: &std::path::Path) -> StepResult<Vec<(String, Vec<u8>, String)>> {
     let bad = |m: String| {
         precondition(
             m,
@@ -367,6 +404,16 @@ async fn upload_artifacts(
     k: &ProvisionerKey,
 ) -> StepResult<Vec<String>> {
     let K3sSource::AirGap { dir } = &cx.env.k3s else { return Ok(Vec::new()) };
+    let unpinned: Vec<&str> =
+        ARTIFACT_FILES.into_iter().filter(|n| release::k3s_pin(n).is_none()).collect();
+    if !unpinned.is_empty() {
+        let message = format!(
+            "the release manifest pins no sha256 for {}: checked against the directory's own \
+             SHA256SUMS only",
+            unpinned.join(", ")
+        );
+        cx.event("ssh", json!({ "host": h.name, "message": message })).await?;
+    }
     let mut sent = Vec::new();
     for (name, body, sha) in verified_artifacts(dir)? {
         let dest = format!("{ARTIFACTS}/{name}");
@@ -660,4 +707,36 @@ mod tests {
     use crate::testing::{phase_tests, sample_request};
 
     phase_tests!(super::PHASE, sample_request("cluster", 3, 1));
+
+    /// An air-gap directory of `files` with a SHA256SUMS that agrees.
+    fn dir_of(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let mut sums = String::new();
+        for (name, body) in files {
+            std::fs::write(d.path().join(name), body).unwrap();
+            sums.push_str(&format!("{}  {name}\n", super::sha256_hex(body.as_bytes())));
+        }
+        std::fs::write(d.path().join(super::SUMS_FILE), sums).unwrap();
+        d
+    }
+
+    /// A replaced file whose SHA256SUMS line was replaced with it passes
+    /// the directory's own check, and fails against the release's pin.
+    #[test]
+    fn artifacts_are_checked_against_the_release_pins() {
+        let d = dir_of(&[("k3s", "the binary"), ("install.sh", "#!/bin/sh\n")]);
+        let real = super::sha256_hex(b"the binary");
+        let none = |_: &str| None::<String>;
+        assert_eq!(super::verified_artifacts_pinned(d.path(), &none).unwrap().len(), 2);
+        let pinned = |n: &str| (n == "k3s").then(|| real.clone());
+        assert!(super::verified_artifacts_pinned(d.path(), &pinned).is_ok());
+        let other = "0".repeat(64);
+        let wrong = |n: &str| (n == "k3s").then(|| other.clone());
+        let e = super::verified_artifacts_pinned(d.path(), &wrong).unwrap_err().to_string();
+        assert!(e.contains("release manifest pins") && e.contains("k3s"), "{e}");
+        // The shipped manifest names both artifacts (empty until the
+        // release pipeline fills them).
+        let manifest = crate::release::MANIFEST;
+        assert!(manifest.contains("[k3s.sha256]") && manifest.contains("\"install.sh\""));
+    }
 }

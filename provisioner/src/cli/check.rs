@@ -97,7 +97,17 @@ fn k3s(config: &Config) -> Probe {
                     .iter()
                     .map(|(name, _, sha)| format!("{name} sha256 {}…", &sha[..12]))
                     .collect();
-                let detail = format!("{}: {} match SHA256SUMS", dir.display(), list.join(", "));
+                let unpinned: Vec<&str> = cz_phases::cluster::ARTIFACT_FILES
+                    .into_iter()
+                    .filter(|n| cz_phases::release::k3s_pin(n).is_none())
+                    .collect();
+                let pins = if unpinned.is_empty() {
+                    "and the release manifest's pins".to_owned()
+                } else {
+                    format!("(the release manifest pins no sha256 for {})", unpinned.join(", "))
+                };
+                let detail =
+                    format!("{}: {} match SHA256SUMS {pins}", dir.display(), list.join(", "));
                 probe("k3s", Verdict::Ok, detail)
             }
             Err(e) => probe("k3s", Verdict::Fail, format!("{}: {e}", dir.display())),
