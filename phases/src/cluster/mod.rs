@@ -323,6 +323,11 @@ async fn join_token_undo(cx: &StepCtx) -> StepResult<()> {
     cx.delete_secret(&token_name(&location(cx)?)).await
 }
 
+/// The artifacts the release manifest pins no sha256 for (yet).
+pub fn unpinned_artifacts() -> Vec<&'static str> {
+    ARTIFACT_FILES.into_iter().filter(|n| release::k3s_pin(n).is_none()).collect()
+}
+
 /// Reads the artifact directory and checks every file against its
 /// `SHA256SUMS` line; a missing, unlisted or altered file stops the step
 /// before anything is uploaded.
@@ -404,8 +409,7 @@ async fn upload_artifacts(
     k: &ProvisionerKey,
 ) -> StepResult<Vec<String>> {
     let K3sSource::AirGap { dir } = &cx.env.k3s else { return Ok(Vec::new()) };
-    let unpinned: Vec<&str> =
-        ARTIFACT_FILES.into_iter().filter(|n| release::k3s_pin(n).is_none()).collect();
+    let unpinned = unpinned_artifacts();
     if !unpinned.is_empty() {
         let message = format!(
             "the release manifest pins no sha256 for {}: checked against the directory's own \

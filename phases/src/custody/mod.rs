@@ -260,8 +260,9 @@ async fn static_seal_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     let r = secret_ref(STATIC_SEAL_NAMESPACE, STATIC_SEAL_SECRET);
     let secret = format!("{STATIC_SEAL_NAMESPACE}/{STATIC_SEAL_SECRET}");
     let (threshold, parts) = (custody.openbao_threshold, custody.shares());
-    let key_fp = |s: &Value| annotated(s).or_else(|| secret_data(s, "key").map(|k| sha256_hex(&k)));
-    if let Found::Done(fingerprint) = found(cx, &kc, &r, STATIC_SEAL_KEY, key_fp).await? {
+    if let Found::Done(fingerprint) =
+        found(cx, &kc, &r, STATIC_SEAL_KEY, static_seal_fingerprint).await?
+    {
         return Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: false });
     }
     let key: [u8; 32] = rand::random();
@@ -278,6 +279,12 @@ async fn static_seal_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     )
     .await?;
     Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: true })
+}
+
+/// The fingerprint of the static-seal key a Secret holds: its annotation,
+/// else the hash of its `key`.
+pub(crate) fn static_seal_fingerprint(secret: &Value) -> Option<String> {
+    annotated(secret).or_else(|| secret_data(secret, "key").map(|k| sha256_hex(&k)))
 }
 
 /// The static-seal key as bp-openbao mounts it: its namespace (made before
@@ -310,14 +317,22 @@ async fn static_seal_key_undo(cx: &StepCtx) -> StepResult<()> {
 }
 
 async fn admin_kubeconfig(cx: &StepCtx) -> StepResult<KubeconfigEscrowed> {
+    escrow_kubeconfig(cx, ADMIN_KUBECONFIG, &kubeconfig(cx).await?).await
+}
+
+/// `kc`, one copy per custodian, as escrow `kind` (unless the escrow holds
+/// it already): the home region's admin kubeconfig, or an added region's.
+pub(crate) async fn escrow_kubeconfig(
+    cx: &StepCtx,
+    kind: &str,
+    kc: &SecretString,
+) -> StepResult<KubeconfigEscrowed> {
     let custody = custody_of(cx)?;
-    let kc = kubeconfig(cx).await?;
     let fingerprint = sha256_hex(kc.expose().as_bytes());
     let copies = custody.custodians.len();
-    if !escrow::holds(&cx.escrow(ADMIN_KUBECONFIG).await?, &fingerprint) {
-        let items =
-            escrow::copies(&custody, ADMIN_KUBECONFIG, kc.expose().as_bytes(), &fingerprint)?;
-        cx.put_escrow(ADMIN_KUBECONFIG, &items, &[]).await?;
+    if !escrow::holds(&cx.escrow(kind).await?, &fingerprint) {
+        let items = escrow::copies(&custody, kind, kc.expose().as_bytes(), &fingerprint)?;
+        cx.put_escrow(kind, &items, &[]).await?;
     }
     Ok(KubeconfigEscrowed { copies, fingerprint })
 }

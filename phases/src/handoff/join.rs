@@ -54,8 +54,8 @@ use crate::cluster::kubeconfig_for;
 use crate::common::{RegionParams, job_request, precondition};
 use crate::custody::escrow::{self, ADMIN_KUBECONFIG, STATIC_SEAL_KEY, sha256_hex};
 use crate::custody::{
-    STATIC_SEAL_NAMESPACE, STATIC_SEAL_SECRET, annotated, custody_of, secret_data, secret_ref,
-    static_seal_objects,
+    KubeconfigEscrowed, STATIC_SEAL_NAMESPACE, STATIC_SEAL_SECRET, custody_of, escrow_kubeconfig,
+    secret_data, secret_ref, static_seal_fingerprint, static_seal_objects,
 };
 use crate::request::{Region, Seal};
 use crate::{Registry, StepCtx};
@@ -81,14 +81,6 @@ pub struct ReplicaParams {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SealCopied {
     pub secret: String,
-    pub fingerprint: String,
-}
-
-/// `admin-kubeconfig-<loc>`'s output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KubeconfigEscrowed {
-    pub kind: String,
-    pub copies: usize,
     pub fingerprint: String,
 }
 
@@ -210,8 +202,7 @@ async fn static_seal(cx: &StepCtx) -> StepResult<SealCopied> {
     let held = |fp: &str| escrowed.is_empty() || escrow::holds(&escrowed, fp);
     let target = kubeconfig_for(cx, &location).await?;
     if let Some(there) = cx.env.kube.get(&target, &r).await?
-        && let Some(fp) =
-            annotated(&there).or_else(|| secret_data(&there, "key").map(|k| sha256_hex(&k)))
+        && let Some(fp) = static_seal_fingerprint(&there)
         && held(&fp)
     {
         return Ok(SealCopied { secret, fingerprint: fp });
@@ -267,15 +258,8 @@ async fn static_seal_undo(cx: &StepCtx) -> StepResult<()> {
 
 async fn admin_kubeconfig(cx: &StepCtx) -> StepResult<KubeconfigEscrowed> {
     let RegionParams { location } = cx.params()?;
-    let custody = custody_of(cx)?;
     let kc = kubeconfig_for(cx, &location).await?;
-    let fingerprint = sha256_hex(kc.expose().as_bytes());
-    let kind = admin_kubeconfig_kind(&location);
-    if !escrow::holds(&cx.escrow(&kind).await?, &fingerprint) {
-        let items = escrow::copies(&custody, &kind, kc.expose().as_bytes(), &fingerprint)?;
-        cx.put_escrow(&kind, &items, &[]).await?;
-    }
-    Ok(KubeconfigEscrowed { kind, copies: custody.custodians.len(), fingerprint })
+    escrow_kubeconfig(cx, &admin_kubeconfig_kind(&location), &kc).await
 }
 
 async fn admin_kubeconfig_undo(cx: &StepCtx) -> StepResult<()> {

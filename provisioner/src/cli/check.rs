@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::Path;
 
 use cz_adapters::cloud::{BudgetRegistry, CloudApi, HcloudClient, TokenScope};
-use cz_adapters::dns::{DnsApi, PowerDns};
+
 use cz_adapters::tofu::{TofuApi, TofuCli};
 use cz_state::SecretString;
 
@@ -97,10 +97,7 @@ fn k3s(config: &Config) -> Probe {
                     .iter()
                     .map(|(name, _, sha)| format!("{name} sha256 {}…", &sha[..12]))
                     .collect();
-                let unpinned: Vec<&str> = cz_phases::cluster::ARTIFACT_FILES
-                    .into_iter()
-                    .filter(|n| cz_phases::release::k3s_pin(n).is_none())
-                    .collect();
+                let unpinned = cz_phases::cluster::unpinned_artifacts();
                 let pins = if unpinned.is_empty() {
                     "and the release manifest's pins".to_owned()
                 } else {
@@ -131,35 +128,30 @@ fn k3s(config: &Config) -> Probe {
 }
 
 async fn powerdns(config: &Config) -> Probe {
-    let Some(p) = &config.powerdns else {
-        return match config.backend {
-            BackendKind::Hetzner => probe(
-                "powerdns",
-                Verdict::Fail,
-                "no [powerdns] section: the hetzner backend needs it",
-            ),
-            BackendKind::Sim => probe("powerdns", Verdict::Skipped, "not configured: sim DNS"),
-        };
-    };
-    let key = SecretString::new(p.api_key.clone().unwrap_or_default());
-    let timeout = std::time::Duration::from_secs(p.timeout_secs);
-    let dns = match PowerDns::new(&p.api_url, &p.server_id, key, p.dns_address, timeout) {
-        Ok(d) => d,
-        Err(e) => return probe("powerdns", Verdict::Fail, format!("{}: {e}", p.api_url)),
+    let api_url = config.powerdns.as_ref().map_or("", |p| p.api_url.as_str());
+    let dns = match crate::wiring::powerdns(config) {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            return match config.backend {
+                BackendKind::Hetzner => probe(
+                    "powerdns",
+                    Verdict::Fail,
+                    "no [powerdns] section: the hetzner backend needs it",
+                ),
+                BackendKind::Sim => probe("powerdns", Verdict::Skipped, "not configured: sim DNS"),
+            };
+        }
+        Err(e) => return probe("powerdns", Verdict::Fail, format!("{api_url}: {e}")),
     };
     let mut zones = Vec::new();
     for zone in crate::wiring::SIM_POOL_ZONES {
         match dns.zone_exists(zone).await {
             Ok(true) => zones.push(format!("{zone} served")),
             Ok(false) => zones.push(format!("{zone} missing (made at start)")),
-            Err(e) => return probe("powerdns", Verdict::Fail, format!("{}: {e}", p.api_url)),
+            Err(e) => return probe("powerdns", Verdict::Fail, format!("{api_url}: {e}")),
         }
     }
-    probe(
-        "powerdns",
-        Verdict::Ok,
-        format!("{} answers; pool zones: {}", p.api_url, zones.join(", ")),
-    )
+    probe("powerdns", Verdict::Ok, format!("{api_url} answers; pool zones: {}", zones.join(", ")))
 }
 
 async fn cloud(config: &Config, token: Option<SecretString>) -> Probe {

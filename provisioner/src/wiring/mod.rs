@@ -63,7 +63,7 @@ fn http_registrars(endpoints: Endpoints) -> Arc<dyn Registrars> {
 }
 
 /// The real PowerDNS adapter when `[powerdns]` is configured.
-fn powerdns(config: &Config) -> anyhow::Result<Option<Arc<dyn DnsApi>>> {
+pub(crate) fn powerdns(config: &Config) -> anyhow::Result<Option<Arc<dyn DnsApi>>> {
     let Some(p) = &config.powerdns else { return Ok(None) };
     let key = cz_state::SecretString::new(p.api_key.clone().unwrap_or_default());
     let timeout = std::time::Duration::from_secs(p.timeout_secs);
