@@ -1306,6 +1306,8 @@ mod tests {
         let cfg = SimConfig { latency_factor: 0.001, ..SimConfig::default() };
         let world = Arc::new(SimWorld::new(dir.path(), cfg));
         let kube = SimKube::new(world.clone());
+        // The install clock starts at the apply.
+        let start = std::time::Instant::now();
         kube.apply(
             &kc(),
             "cz",
@@ -1326,7 +1328,6 @@ mod tests {
         );
 
         // Poll until cert-manager is ready; cilium must have been ready first.
-        let start = std::time::Instant::now();
         let mut cilium_ready_seen = false;
         loop {
             let c = kube.get(&kc(), &hr_ref("cilium")).await.unwrap().unwrap();
