@@ -599,12 +599,14 @@ impl TofuApi for TofuCli {
         &self,
         ws: &Workspace,
         token: &SecretString,
+        replace: &[String],
         sink: TofuSink,
     ) -> AdapterResult<()> {
         self.prepare(ws, "apply", Some(&sink)).await?;
-        let spec = self
-            .spec(ws, &["apply", "-input=false", "-auto-approve", "-json"], Some(token))
-            .line_sink(event_sink(sink));
+        let replace: Vec<String> = replace.iter().map(|a| format!("-replace={a}")).collect();
+        let mut args = vec!["apply", "-input=false", "-auto-approve", "-json"];
+        args.extend(replace.iter().map(String::as_str));
+        let spec = self.spec(ws, &args, Some(token)).line_sink(event_sink(sink));
         self.exec("apply", spec).await?;
         Ok(())
     }

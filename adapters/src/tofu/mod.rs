@@ -65,10 +65,14 @@ pub trait TofuApi: Send + Sync {
     async fn version(&self) -> AdapterResult<String>;
     async fn init(&self, ws: &Workspace) -> AdapterResult<()>;
     async fn plan(&self, ws: &Workspace, token: &SecretString) -> AdapterResult<PlanSummary>;
+    /// `apply -auto-approve`. `replace` names state addresses to destroy and
+    /// create again (`-replace=ADDR`): objects that are in the state but
+    /// gone from the cloud, which only a provider's refresh would notice.
     async fn apply(
         &self,
         ws: &Workspace,
         token: &SecretString,
+        replace: &[String],
         sink: TofuSink,
     ) -> AdapterResult<()>;
     async fn output(&self, ws: &Workspace) -> AdapterResult<Value>;

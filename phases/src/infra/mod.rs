@@ -35,7 +35,10 @@
 //! it). So `apply` first lists the region's objects by label and
 //! `tofu import`s every one that is missing from state (the offline module
 //! adopts by name in its own create instead): the crash is resolved by
-//! adoption, not duplication. A tofu left running by a killed daemon is
+//! adoption, not duplication. The reverse — a `terraform_data` of the
+//! offline module in the state while its object is not in the cloud (tofu
+//! stopped during the create provisioner) — is replaced (`-replace`), as
+//! the provider's refresh would. A tofu left running by a killed daemon is
 //! stopped first (see `cz_adapters::tofu::cli`).
 
 pub mod render;
@@ -460,6 +463,16 @@ where
     result.map(|()| n)
 }
 
+/// The resources the region's module was rendered from.
+async fn read_manifest(ws: &Workspace) -> StepResult<Vec<Resource>> {
+    let text = tokio::fs::read(ws.dir.join(MANIFEST)).await.map_err(|e| {
+        StepError::adapter(System::Tofu, "read manifest", Cause::NotFound, e.to_string())
+    })?;
+    let Manifest { resources } = serde_json::from_slice(&text)
+        .map_err(|e| StepError::internal(format!("{MANIFEST}: {e}")))?;
+    Ok(resources)
+}
+
 /// Imports labelled objects of this region that the tofu state lacks.
 async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResult<Vec<String>> {
     if !cx.env.infra.adopts_by_import() {
@@ -468,11 +481,7 @@ async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResu
     }
     let token = region_token(cx, location).await?;
     let fqdn = fqdn(cx)?;
-    let text = tokio::fs::read(ws.dir.join(MANIFEST)).await.map_err(|e| {
-        StepError::adapter(System::Tofu, "read manifest", Cause::NotFound, e.to_string())
-    })?;
-    let Manifest { resources: desired } = serde_json::from_slice(&text)
-        .map_err(|e| StepError::internal(format!("{MANIFEST}: {e}")))?;
+    let desired = read_manifest(ws).await?;
     let state = cx.env.tofu.state(ws).await?;
     let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn));
     let mut adopted = Vec::new();
@@ -493,16 +502,48 @@ async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResu
     Ok(adopted)
 }
 
+/// Offline module only: state addresses whose object is gone from the
+/// cloud, to be replaced. The hcloud provider's refresh finds these itself;
+/// a `terraform_data` cannot, and it can be in the state without its object
+/// (a tofu stopped while the create provisioner ran, or an object deleted
+/// by hand), which a plain apply would report as "no changes".
+async fn offline_drift(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResult<Vec<String>> {
+    if cx.env.infra.adopts_by_import() {
+        return Ok(Vec::new());
+    }
+    let desired = read_manifest(ws).await?;
+    let state = cx.env.tofu.state(ws).await?;
+    if state.is_empty() {
+        return Ok(Vec::new());
+    }
+    let token = region_token(cx, location).await?;
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?));
+    let live = cx.env.cloud.list(&token, &selector).await?;
+    let mut replace = Vec::new();
+    for d in &desired {
+        let address = format!("terraform_data.{}", render::offline_id(&d.address));
+        let in_state = state.iter().any(|s| s.address == address);
+        if in_state && !live.iter().any(|o| o.kind == d.kind && o.name == d.name) {
+            replace.push(address);
+        }
+    }
+    if !replace.is_empty() {
+        cx.event("tofu", json!({ "type": "resource_drift", "message": format!("{} object(s) in the tofu state are gone from the cloud and will be created again", replace.len()), "objects": replace })).await?;
+    }
+    Ok(replace)
+}
+
 async fn apply(cx: &StepCtx) -> StepResult<Applied> {
     let loc = cx.params::<RegionParams>()?.location;
     let ws = workspace(cx, &loc);
     refuse_if_handed_off(cx, &loc).await?;
     let token = region_token(cx, &loc).await?;
     let adopted = adopt_orphans(cx, &ws, &loc).await?;
+    let replace = offline_drift(cx, &ws, &loc).await?;
     let tofu = cx.env.tofu.clone();
     let lines = with_events(cx, |sink| {
         let (ws, token) = (ws.clone(), token.clone());
-        async move { tofu.apply(&ws, &token, sink).await }
+        async move { tofu.apply(&ws, &token, &replace, sink).await }
     })
     .await?;
     let state = cx.env.tofu.state(&ws).await?;

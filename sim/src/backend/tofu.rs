@@ -634,6 +634,7 @@ impl TofuApi for SimTofu {
         &self,
         ws: &Workspace,
         token: &SecretString,
+        replace: &[String],
         sink: TofuSink,
     ) -> AdapterResult<()> {
         self.world.op("tofu.apply", 2_000).await?;
@@ -659,11 +660,16 @@ impl TofuApi for SimTofu {
             write_state(ws, &mut st, "apply").await?;
         }
 
-        // Destroy what left the manifest (servers before networks).
+        // Destroy what left the manifest or is to be replaced (servers
+        // before networks); replaced ones are created again below.
         let wanted: BTreeSet<&str> =
             manifest.resources.iter().map(|r| r.address.as_str()).collect();
-        let mut removed: Vec<StateEntry> =
-            st.resources.iter().filter(|e| !wanted.contains(e.address.as_str())).cloned().collect();
+        let mut removed: Vec<StateEntry> = st
+            .resources
+            .iter()
+            .filter(|e| !wanted.contains(e.address.as_str()) || replace.contains(&e.address))
+            .cloned()
+            .collect();
         removed.sort_by_key(|e| std::cmp::Reverse(kind_rank(&e.kind)));
         if !removed.is_empty() && scope == TokenScope::Read {
             return Err(err(
@@ -1031,7 +1037,7 @@ mod tests {
             PlanSummary { add: 10, change: 0, destroy: 0 }
         );
         let (tx, mut rx) = events();
-        tofu.apply(&ws, &token, tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], tx).await.unwrap();
         let ev = drain(&mut rx);
         assert_eq!(ev.iter().filter(|e| e.kind == "apply_start").count(), 10);
         assert_eq!(ev.iter().filter(|e| e.kind == "apply_complete").count(), 10);
@@ -1073,11 +1079,23 @@ mod tests {
         assert_eq!(creates, 10);
         assert_eq!(tofu.plan(&ws, &token).await.unwrap(), PlanSummary::default());
         let (tx, mut rx) = events();
-        tofu.apply(&ws, &token, tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], tx).await.unwrap();
         assert_eq!(world.calls("cloud.create"), creates, "re-apply creates nothing");
         let ev = drain(&mut rx);
         assert_eq!(ev.len(), 1);
         assert!(ev[0].message.contains("0 added, 0 changed, 0 destroyed"));
+
+        // `-replace`: the load balancer is destroyed and created again.
+        let lb_id = |st: &[StateResource]| {
+            st.iter().find(|r| r.address == "hcloud_load_balancer.api").map(|r| r.id)
+        };
+        let before = lb_id(&tofu.state(&ws).await.unwrap()).unwrap();
+        let (tx, mut rx) = events();
+        tofu.apply(&ws, &token, &["hcloud_load_balancer.api".to_owned()], tx).await.unwrap();
+        assert_eq!(world.calls("cloud.create"), creates + 1, "one re-create");
+        let after = lb_id(&tofu.state(&ws).await.unwrap()).unwrap();
+        assert_ne!(before, after);
+        assert!(drain(&mut rx).last().unwrap().message.contains("1 added, 0 changed, 1 destroyed"));
 
         // Destroy empties the cloud and the state.
         let (tx, mut rx) = events();
@@ -1101,7 +1119,7 @@ mod tests {
         let (tx, _rx) = events();
         let net_only = json!({"resources": [manifest(0)["resources"][0].clone()]});
         write_manifest(&ws, &net_only);
-        tofu.apply(&ws, &token, tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], tx).await.unwrap();
         write_manifest(&ws, &manifest(0));
         let cloud = SimCloud::new(world.clone());
         let orphan = cloud
@@ -1115,7 +1133,7 @@ mod tests {
             .unwrap();
 
         let (tx, mut rx) = events();
-        let e = tofu.apply(&ws, &token, tx).await.unwrap_err();
+        let e = tofu.apply(&ws, &token, &[], tx).await.unwrap_err();
         match &e {
             StepError::Adapter {
                 system: System::Tofu, cause: Cause::Conflict, message, ..
@@ -1145,7 +1163,7 @@ mod tests {
         assert!(matches!(e, Err(StepError::Adapter { cause: Cause::NotFound, .. })));
 
         let (tx, _rx) = events();
-        tofu.apply(&ws, &token, tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], tx).await.unwrap();
         let servers: Vec<_> = cloud.objects_of("server").await.unwrap();
         assert_eq!(servers.len(), 3, "no duplicate server");
         let names: BTreeSet<_> = servers.iter().map(|s| s.name.as_str()).collect();
@@ -1168,7 +1186,7 @@ mod tests {
         )
         .unwrap();
         let (tx, _rx) = events();
-        tofu.apply(&ws, &token, tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], tx).await.unwrap();
         assert!(!ws.dir.join(LOCK_FILE).exists());
         // A lock held by a live process (this one).
         std::fs::write(
@@ -1177,7 +1195,7 @@ mod tests {
         )
         .unwrap();
         let (tx, _rx) = events();
-        let e = tofu.apply(&ws, &token, tx).await.unwrap_err();
+        let e = tofu.apply(&ws, &token, &[], tx).await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }), "{e}");
         assert!(ws.dir.join(LOCK_FILE).exists(), "someone else's lock is left alone");
     }
@@ -1197,7 +1215,7 @@ mod tests {
         tofu.init(&ws).await.unwrap();
         let token = sim_token("rw");
         let (tx, _rx) = events();
-        let e = tofu.apply(&ws, &token, tx).await.unwrap_err();
+        let e = tofu.apply(&ws, &token, &[], tx).await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::QuotaExceeded, .. }));
         assert_eq!(
             tofu.state(&ws).await.unwrap().len(),
@@ -1211,19 +1229,19 @@ mod tests {
         cloud.delete(&token, &victim).await.unwrap();
         assert_eq!(tofu.plan(&ws, &token).await.unwrap().add, 2);
         let (tx, mut rx) = events();
-        tofu.apply(&ws, &token, tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], tx).await.unwrap();
         assert!(drain(&mut rx).iter().any(|e| e.kind == "resource_drift"));
         assert_eq!(cloud.objects_of("server").await.unwrap().len(), 4);
         // A read-only token cannot create.
         write_manifest(&ws, &manifest(2));
         let (tx, _rx) = events();
-        let e = tofu.apply(&ws, &sim_token("readonly"), tx).await.unwrap_err();
+        let e = tofu.apply(&ws, &sim_token("readonly"), &[], tx).await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Unauthorized, .. }));
         // Shrinking the manifest destroys the extra worker.
         write_manifest(&ws, &manifest(0));
         assert_eq!(tofu.plan(&ws, &token).await.unwrap().destroy, 1);
         let (tx, _rx) = events();
-        tofu.apply(&ws, &token, tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], tx).await.unwrap();
         assert_eq!(cloud.objects_of("server").await.unwrap().len(), 3);
     }
 }

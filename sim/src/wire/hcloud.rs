@@ -259,6 +259,17 @@ impl FakeHandle {
         id
     }
 
+    /// Deletes an object of `kind` by name as someone in the console would
+    /// (no API request is recorded); whether it was there.
+    pub fn remove_object(&self, kind: &str, name: &str) -> bool {
+        let collection = collection_of(kind).unwrap_or_else(|| panic!("unknown kind `{kind}`"));
+        let mut st = self.state();
+        let Some(objs) = st.objects.get_mut(collection) else { return false };
+        let before = objs.len();
+        objs.retain(|o| o["name"] != name);
+        objs.len() != before
+    }
+
     /// The objects of a kind, in the API's JSON shape.
     pub fn objects(&self, kind: &str) -> Vec<Value> {
         let collection = collection_of(kind).unwrap_or_else(|| panic!("unknown kind `{kind}`"));

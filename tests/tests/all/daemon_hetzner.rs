@@ -206,6 +206,28 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     let leaks = files_containing(&data, b"OPENSSH PRIVATE KEY");
     assert!(leaks.is_empty(), "an SSH private key is on disk in clear: {leaks:?}");
 
+    // Drift: the load balancer is deleted by hand in the console. Retrying
+    // the infra phase creates it again, though its `terraform_data` is in
+    // the tofu state (the provider's refresh would see it gone; the
+    // offline module's apply is told to replace it).
+    let lb = format!("{SLUG}-fsn1-lb");
+    assert!(fake.remove_object("load_balancer", &lb));
+    let (code, resp) =
+        api.post(&format!("/v1/jobs/{job}/retry"), &serde_json::json!({"phase": "infra"})).unwrap();
+    assert_eq!(code, 200, "{resp}");
+    let status = api.wait_status(&job, &["paused", "failed", "succeeded"], JOB_BOUND);
+    let detail = api.get(&format!("/v1/jobs/{job}")).unwrap();
+    assert_eq!(status, "paused", "{detail}");
+    let lbs: Vec<Value> =
+        fake.objects("load_balancer").into_iter().filter(|o| o["name"] == lb).collect();
+    assert_eq!(lbs.len(), 1, "{lbs:?}");
+    let drift = api.events_after(&job, 0);
+    assert!(
+        drift.iter().any(|e| is_tofu(e, "resource_drift")
+            && e["objects"].to_string().contains("terraform_data.load_balancer_main")),
+        "no drift event naming the load balancer"
+    );
+
     // Objects an in-cluster controller would have made later.
     fake.seed_object("volume", "pvc-data-0", [(SOVEREIGN_LABEL, SLUG)]);
     fake.seed_object("primary_ip", "ingress-ip", [(SOVEREIGN_LABEL, SLUG)]);
