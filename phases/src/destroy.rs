@@ -2,14 +2,17 @@
 //!
 //! Its phases, in order:
 //! 1. `preflight/token-scope`: the cloud token still has write scope;
-//! 2. `infra/tofu-destroy-<loc>` per region: tofu destroy where a live (not
+//! 2. `infra-handoff/release-<loc>` per region: Crossplane's managed
+//!    resources of the region deleted (orphaning, never deleting, the cloud
+//!    objects) and waited on, so nothing rebuilds what the sweep deletes;
+//! 3. `infra/tofu-destroy-<loc>` per region: tofu destroy where a live (not
 //!    handed-off) state exists; then `infra/sweep`: every object labelled
 //!    for the Sovereign, including those in-cluster controllers created
 //!    later (load balancers, volumes, primary IPs), deleted until none is
 //!    left;
-//! 3. `dns/zone`: the records, zone and delegation (a `byo-api` domain's
+//! 4. `dns/zone`: the records, zone and delegation (a `byo-api` domain's
 //!    registrar delegation put back as it was);
-//! 4. `state/secrets`: the Sovereign's secrets (escrow blobs and archived
+//! 5. `state/secrets`: the Sovereign's secrets (escrow blobs and archived
 //!    states stay).
 //!
 //! Every step is idempotent, so a destroy resumes after a crash and works
@@ -28,6 +31,7 @@ use crate::common::{
     RegionParams, cloud_token, fqdn, job_request, region_token, region_token_name, regions, slug,
 };
 use crate::dns::{Restored, cut_of, restore_registrar};
+use crate::handoff::infra::RELEASE;
 use crate::infra::{MANIFEST, PROVISIONER_KEY, handed_off, with_events, workspace};
 use crate::preflight::TOKEN_SCOPE;
 use crate::{Registry, StepCtx};
@@ -86,6 +90,10 @@ pub fn register(r: &mut Registry) {
 pub fn plan(locations: &[String]) -> Plan {
     let mut pre = PhaseBuilder::new("preflight");
     pre.step("token-scope", TOKEN_SCOPE, &[], ());
+    let mut handoff = PhaseBuilder::new(crate::handoff::infra::PHASE);
+    for l in locations {
+        handoff.step(&format!("release-{l}"), RELEASE, &[], RegionParams::new(l));
+    }
     let mut infra = PhaseBuilder::new("infra");
     let mut tofus = Vec::new();
     for l in locations {
@@ -99,7 +107,7 @@ pub fn plan(locations: &[String]) -> Plan {
     dns.step("zone", DNS, &[], ());
     let mut st = PhaseBuilder::new("state");
     st.step("secrets", SECRETS, &[], SecretsParams { locations: locations.to_vec() });
-    Plan { phases: vec![pre.build(), infra.build(), dns.build(), st.build()] }
+    Plan { phases: vec![pre.build(), handoff.build(), infra.build(), dns.build(), st.build()] }
 }
 
 // --- steps ---------------------------------------------------------------

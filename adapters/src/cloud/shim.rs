@@ -113,6 +113,9 @@ async fn create_body(
             if let Some(k) = attr(o, "ssh_key") {
                 set(&mut body, "ssh_keys", json!([k]));
             }
+            if let Some(ud) = attr(o, "user_data") {
+                set(&mut body, "user_data", json!(ud));
+            }
             set(&mut body, "start_after_create", json!(true));
         }
         "load_balancer" => {

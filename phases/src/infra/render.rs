@@ -186,7 +186,11 @@ pub fn render_offline(
             .unwrap_or_default()
     };
     let open = json!(["0.0.0.0/0", "::/0"]);
-    let rule = |port: u16, sources: &serde_json::Value| json!({"direction": "in", "protocol": "tcp", "port": port.to_string(), "source_ips": sources});
+    // The production module's rules, descriptions included.
+    let rule = |port: u16, sources: &serde_json::Value, description: &str| json!({"direction": "in", "protocol": "tcp", "port": port.to_string(), "source_ips": sources, "description": description});
+    // Servers get the production module's cloud-init as their user_data:
+    // the same keys (the provisioner's among them) and the same hardening.
+    let cloud_init = render_cloud_init(input, templates_dir)?;
     let mut objects = Vec::new();
     for r in resources {
         let mut attrs = r.attrs.clone();
@@ -197,10 +201,10 @@ pub fn render_offline(
             "firewall" => {
                 let cidrs = json!(input.provisioner_cidrs);
                 attrs["rules"] = json!([
-                    rule(22, &cidrs),
-                    rule(6443, &cidrs),
-                    rule(80, &open),
-                    rule(443, &open)
+                    rule(22, &cidrs, "ssh from the provisioner"),
+                    rule(6443, &cidrs, "kube-apiserver from the provisioner and the load balancer"),
+                    rule(80, &open, "http"),
+                    rule(443, &open, "https")
                 ]);
             }
             "server" => {
@@ -215,6 +219,7 @@ pub fn render_offline(
                         format!("{prefix}-pg-cp")
                     };
                 attrs["placement_group"] = json!(pg);
+                attrs["user_data"] = json!(cloud_init);
                 attrs["network"] = json!(format!("{prefix}-net"));
                 attrs["firewall"] = json!(format!("{prefix}-fw"));
                 attrs["ssh_key"] = json!(format!("{prefix}-key"));
@@ -271,6 +276,16 @@ pub fn render_offline(
     cx.insert("shim", &shim.to_string_lossy());
     cx.insert("endpoint", endpoint);
     render_dir(templates_dir, &cx)
+}
+
+/// `cloud-init.yaml` of the production module beside `offline_dir`
+/// (`<templates>/hetzner/` next to `<templates>/hetzner-offline/`).
+fn render_cloud_init(input: &RenderInput, offline_dir: &Path) -> Result<String, RenderError> {
+    let dir = offline_dir.with_file_name("hetzner");
+    let file = format!("cloud-init.yaml{TEMPLATE_SUFFIX}");
+    let tera = load(&dir)?;
+    let body = tera.render(&file, &context(input)).map_err(|e| template_error(&file, &e))?;
+    Ok(body)
 }
 
 fn render_dir(

@@ -32,18 +32,20 @@
 //!    workspace removed. From then on the infra phase refuses any tofu run
 //!    for this region ([`crate::infra::handed_off`]).
 //!
+//! The `hetzner-offline` module's state (`terraform_data` per object) is
+//! read as the production module's resources first ([`offline`]).
+//!
 //! Not built yet (docs/operations.md): the verb that opts a resource into
-//! `Delete`, and adoption of the `hetzner-offline` module's state (its
-//! `terraform_data` resources name no provider kind, so the hand-off stops
-//! with that message on that module).
+//! `Delete`.
 
 pub mod managed;
+pub mod offline;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cz_adapters::labels::FIELD_MANAGER;
+use cz_adapters::labels::{FIELD_MANAGER, LABEL_REGION, LABEL_SOVEREIGN};
 use cz_adapters::{ObjectRef, Until};
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
 use cz_engine::{action, no_undo};
@@ -58,7 +60,7 @@ use self::managed::{
 use crate::bootstrap_kit::probe::{Health, probe_objects};
 use crate::cluster::kubeconfig_for;
 use crate::common::{RegionParams, fqdn, precondition, region_token, region_token_name, slug};
-use crate::infra::{archive_name, workspace};
+use crate::infra::{archive_name, handed_off, workspace};
 use crate::release::Probe;
 use crate::request::Region;
 use crate::{Registry, StepCtx, release};
@@ -139,6 +141,8 @@ const ADOPT: ActionId<RegionParams> = ActionId::new("infra-handoff.adopt");
 const VERIFY: ActionId<RegionParams> = ActionId::new("infra-handoff.verify");
 const WIDEN: ActionId<RegionParams> = ActionId::new("infra-handoff.widen");
 const ARCHIVE: ActionId<RegionParams> = ActionId::new("infra-handoff.archive");
+/// The destroy job's step: Crossplane lets go before the cloud objects go.
+pub const RELEASE: ActionId<RegionParams> = ActionId::new("infra-handoff.release");
 
 pub fn register(r: &mut Registry) {
     r.register(PROVIDER, action!(provider, provider_undo));
@@ -148,6 +152,7 @@ pub fn register(r: &mut Registry) {
     r.register(VERIFY, action!(verify, no_undo));
     r.register(WIDEN, action!(widen, widen_undo));
     r.register(ARCHIVE, action!(archive, archive_undo));
+    r.register(RELEASE, action!(release, no_undo));
 }
 
 pub fn phase(regions: &[Region]) -> PhaseDef {
@@ -317,7 +322,18 @@ async fn provider_config_undo(cx: &StepCtx) -> StepResult<()> {
 async fn region_adoptees(cx: &StepCtx) -> StepResult<(String, Vec<Adoptee>)> {
     let loc = cx.params::<RegionParams>()?.location;
     let ws = workspace(cx, &loc);
-    let state = cx.env.tofu.state(&ws).await?;
+    let mut state = cx.env.tofu.state(&ws).await?;
+    if offline::is_offline(&state) {
+        let token = region_token(cx, &loc).await?;
+        let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
+        let live = cx.env.cloud.list(&token, &selector).await?;
+        state = offline::provider_state(&state, &live).map_err(|m| {
+            precondition(
+                format!("region {loc}: {m}"),
+                "Retry the infra phase (it re-creates what is missing), then this one.",
+            )
+        })?;
+    }
     let all = adoptees(&state, &loc).map_err(|m| {
         precondition(
             format!("region {loc}: {m}"),
@@ -526,3 +542,90 @@ async fn archive_undo(cx: &StepCtx) -> StepResult<()> {
 
 #[cfg(test)]
 mod tests;
+
+// --- destroy -------------------------------------------------------------
+
+/// `release-<loc>`'s output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Released {
+    /// Managed resources deleted (their cloud objects orphaned, for the
+    /// destroy's sweep to delete).
+    pub managed_resources: usize,
+    /// Why the cluster was not asked, if it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// The destroy job's first step per region: every managed resource of
+/// this Sovereign and region is deleted (their policies never include
+/// `Delete`, so the cloud objects are orphaned, not deleted), then the
+/// ProviderConfig and its credential, and the step waits until they are
+/// gone. Only then may the sweep delete the objects: a Crossplane still
+/// managing them (with `Create`) would build them again.
+///
+/// A region that was handed off must be released: an unreachable cluster
+/// is retried, then pauses the destroy for an operator (who skips the step
+/// once the cluster is known to be gone). A region that was not handed off
+/// has at most observe-only resources, which change nothing: an
+/// unreachable cluster there is a warning.
+async fn release(cx: &StepCtx) -> StepResult<Released> {
+    let loc = cx.params::<RegionParams>()?.location;
+    let Some(kc) = cx.secret_opt(&crate::cluster::kubeconfig_secret(&loc)).await? else {
+        return Ok(Released {
+            managed_resources: 0,
+            skipped: Some("the region's cluster was never reached".into()),
+        });
+    };
+    let must = handed_off(cx, &loc).await?;
+    match release_in(cx, &kc, &loc).await {
+        Ok(n) => Ok(Released { managed_resources: n, skipped: None }),
+        Err(StepError::Adapter { cause: Cause::Network | Cause::Unavailable, message, .. })
+            if !must =>
+        {
+            let why = format!(
+                "region {loc}: the cluster does not answer ({message}); it was not handed \
+                 to Crossplane, so nothing there manages the cloud objects"
+            );
+            cx.event("warning", json!({ "message": why })).await?;
+            Ok(Released { managed_resources: 0, skipped: Some(why) })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn release_in(cx: &StepCtx, kc: &SecretString, loc: &str) -> StepResult<usize> {
+    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
+    let kube = &cx.env.kube;
+    let mut gone: Vec<ObjectRef> = Vec::new();
+    for k in managed::KINDS {
+        for obj in kube.list(kc, k.api_version, k.kind, &selector).await? {
+            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+            let r = ObjectRef {
+                api_version: k.api_version.into(),
+                kind: k.kind.into(),
+                namespace: namespace.map(str::to_owned),
+                name: name.to_owned(),
+            };
+            if !gone.contains(&r) {
+                gone.push(r);
+            }
+        }
+    }
+    let n = gone.len();
+    gone.push(provider_config_ref());
+    gone.push(secret_ref(NAMESPACE, CREDENTIAL_SECRET));
+    for r in &gone {
+        kube.delete(kc, r).await?;
+    }
+    for r in &gone {
+        kube.wait_until(kc, r, Until::Deleted, Duration::from_secs(300)).await?;
+    }
+    cx.event(
+        "handoff",
+        json!({ "region": loc, "released": n,
+                "message": format!("{n} managed resource(s) deleted; Crossplane no longer manages the region's cloud objects") }),
+    )
+    .await?;
+    Ok(n)
+}

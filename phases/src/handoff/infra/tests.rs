@@ -200,3 +200,39 @@ async fn drift_pauses_with_the_diff_and_writes_nothing() {
     let after = cloud.get("server", s.id).await.unwrap().unwrap();
     assert_eq!(after.labels, s.labels, "the retry wrote nothing over the operator's fix");
 }
+
+/// A destroy first has Crossplane let go: every managed resource of the
+/// region, the ProviderConfig and its credential are gone before the
+/// sweep, and the cloud is empty after it.
+#[tokio::test]
+async fn destroy_releases_every_managed_resource_before_the_sweep() {
+    use crate::jobs::{Submit, destroy};
+    let (rig, world, _) = rig_with_edit(|_| None).await;
+    let req = sample_request("release", 1, 1);
+    let (sov, job) = provision(&rig, &req).await;
+    assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+    let loc = req.regions[0].location.clone();
+    let kc = kubeconfig(&rig, sov, &loc).await;
+    let before = managed_resources(&rig, &kc).await.len();
+    assert!(before > 0);
+
+    let s = rig.store.get_sovereign(sov).await.unwrap().unwrap();
+    let js = rig.store.list_jobs(Some(sov)).await.unwrap();
+    let d = rig.follow_up(destroy(&s, &js, Submit::default()).unwrap()).await;
+    assert_eq!(rig.drive(d).await, JobStatus::Succeeded, "{}", rig.stop_reason(d).await);
+    let states = rig.store.node_states(d).await.unwrap();
+    let out: super::Released = serde_json::from_value(
+        states[&format!("{PHASE}/release-{loc}")].output().cloned().unwrap(),
+    )
+    .unwrap();
+    assert_eq!((out.managed_resources, out.skipped), (before, None));
+    assert!(managed_resources(&rig, &kc).await.is_empty());
+    let pc = ObjectRef {
+        api_version: "hetzner.m.crossplane.io/v1beta1".into(),
+        kind: "ProviderConfig".into(),
+        namespace: Some(super::managed::NAMESPACE.into()),
+        name: super::managed::PROVIDER_CONFIG.into(),
+    };
+    assert!(rig.env().kube.get(&kc, &pc).await.unwrap().is_none());
+    assert!(sim_cloud(&world).all_objects().await.unwrap().is_empty());
+}
