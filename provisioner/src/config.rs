@@ -130,6 +130,11 @@ pub struct HetznerConfig {
     pub k3s_download: Option<K3sDownload>,
     /// How long a new server may take to answer SSH.
     pub host_boot_secs: u64,
+    /// The port the servers' sshd listens on (22 on Hetzner's images).
+    pub ssh_port: u16,
+    /// How often a wait polls what it waits on (the cluster, the cloud,
+    /// DNS).
+    pub poll_millis: u64,
 }
 
 /// Online K3s: each node fetches the installer and checks it against the
@@ -212,6 +217,15 @@ impl HetznerConfig {
         {
             return bad(format!("hetzner.artifacts_dir: {} has no SHA256SUMS", d.display()));
         }
+        if self.ssh_port == 0 {
+            return bad("hetzner.ssh_port must not be 0".into());
+        }
+        if !(10..=60_000).contains(&self.poll_millis) {
+            return bad(format!(
+                "hetzner.poll_millis must be between 10 and 60000, not {}",
+                self.poll_millis
+            ));
+        }
         if self.host_boot_secs == 0 {
             return bad("hetzner.host_boot_secs must be at least 1".into());
         }
@@ -248,6 +262,8 @@ impl Default for HetznerConfig {
             artifacts_dir: None,
             k3s_download: None,
             host_boot_secs: 600,
+            ssh_port: 22,
+            poll_millis: 2_000,
         }
     }
 }

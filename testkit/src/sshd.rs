@@ -19,6 +19,17 @@ pub fn user() -> String {
     })
 }
 
+/// A port free on every one of `ips` (loopback addresses of one test's
+/// nodes, which then all listen on it).
+pub fn free_port_on(ips: &[String]) -> u16 {
+    loop {
+        let p = free_port();
+        if ips.iter().all(|ip| std::net::TcpListener::bind((ip.as_str(), p)).is_ok()) {
+            return p;
+        }
+    }
+}
+
 /// One `sshd` with its own host key, authorized keys, listen address and
 /// session environment (`SetEnv`: `CZ_NODE_ROOT` is always its `root/`).
 pub struct Sshd {

@@ -92,12 +92,12 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         workspace_root: config.data_dir.join("workspaces"),
         infra,
         k3s,
-        ssh_port: 22,
+        ssh_port: h.ssh_port,
         bounds: Bounds {
             host_boot: std::time::Duration::from_secs(h.host_boot_secs),
             ..Default::default()
         },
-        poll: std::time::Duration::from_secs(2),
+        poll: std::time::Duration::from_millis(h.poll_millis),
         public_resolvers: default_public_resolvers(),
     })
 }

@@ -79,6 +79,18 @@ pub struct FakeConfig {
     /// How long a create (`POST`) takes to answer: a real server create
     /// answers in about a second.
     pub create_delay: Duration,
+    /// Addresses given to objects of these names (public IPv4, private IP
+    /// in their network) instead of 203.0.113.x and 10.0.1.x: a test
+    /// whose servers are real hosts (`sshd`s on loopback addresses) and
+    /// whose load balancer address is where its API server listens.
+    pub addresses: BTreeMap<String, Addresses>,
+}
+
+/// What [`FakeConfig::addresses`] gives one object.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    pub public_ipv4: String,
+    pub private_ip: Option<String>,
 }
 
 impl Default for FakeConfig {
@@ -92,6 +104,7 @@ impl Default for FakeConfig {
             unavailable_delay: Duration::from_millis(200),
             server_limit: 100,
             create_delay: Duration::ZERO,
+            addresses: BTreeMap::new(),
         }
     }
 }
@@ -137,6 +150,9 @@ struct FState {
     /// Every action the fake started, as `GET /v1/actions/{id}` answers
     /// it: finished (`success`) by the time anyone asks.
     actions: Vec<Value>,
+    /// Each server's `user_data` (cloud-init) by name: the API takes it at
+    /// creation and never returns it; a test's "host" reads it here.
+    user_data: BTreeMap<String, String>,
 }
 
 impl FState {
@@ -268,6 +284,25 @@ impl FakeHandle {
         let before = objs.len();
         objs.retain(|o| o["name"] != name);
         objs.len() != before
+    }
+
+    /// The `user_data` a server of that name was created with, as
+    /// cloud-init on it would read it (a function a background task can
+    /// keep).
+    pub fn user_data_fn(&self) -> impl Fn(&str) -> Option<String> + Send + Sync + use<> {
+        let inner = self.inner.clone();
+        move |name| inner.state.lock().expect("fake lock").user_data.get(name).cloned()
+    }
+
+    /// [`FakeHandle::objects`] as a function a background task can keep
+    /// (the handle itself stops the fake when dropped).
+    pub fn objects_fn(&self) -> impl Fn(&str) -> Vec<Value> + Send + Sync + use<> {
+        let inner = self.inner.clone();
+        move |kind| {
+            let collection = collection_of(kind).unwrap_or_else(|| panic!("unknown kind `{kind}`"));
+            let st = inner.state.lock().expect("fake lock");
+            st.objects.get(collection).cloned().unwrap_or_default()
+        }
     }
 
     /// The objects of a kind, in the API's JSON shape.
@@ -906,8 +941,19 @@ impl Inner {
             }
             _ => {}
         }
+        if let Some(ud) = v.get("user_data").and_then(Value::as_str)
+            && kind == "server"
+        {
+            st.user_data.insert(name.clone(), ud.to_owned());
+        }
+        let fixed = self.cfg.addresses.get(&name);
+        if let Some(a) = fixed {
+            obj["public_net"]["ipv4"]["ip"] = json!(a.public_ipv4);
+        }
         if let Some(n) = network {
-            let ip = format!("10.0.1.{}", (id % 250) + 2);
+            let ip = fixed
+                .and_then(|a| a.private_ip.clone())
+                .unwrap_or_else(|| format!("10.0.1.{}", (id % 250) + 2));
             let mac = format!("86:00:00:00:{:02x}:{:02x}", (id >> 8) & 0xff, id & 0xff);
             obj["private_net"] =
                 json!([{"network": n, "ip": ip, "alias_ips": [], "mac_address": mac}]);

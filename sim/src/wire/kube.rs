@@ -190,7 +190,20 @@ impl FakeKube {
     /// API: [`FakeKube::kubeconfig`] is the admin's.
     pub async fn start_tls() -> FakeKube {
         let (listener, addr) = super::bind_loopback().await;
-        let pki = Arc::new(Pki::new());
+        FakeKube::serve_tls(listener, addr, Pki::new())
+    }
+
+    /// As [`FakeKube::start_tls`], listening at `addr` (a loopback address
+    /// a test gave its cluster's load balancer), with a serving
+    /// certificate valid for that address.
+    pub async fn start_tls_at(addr: SocketAddr) -> std::io::Result<FakeKube> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        Ok(FakeKube::serve_tls(listener, addr, Pki::for_address(Some(addr.ip()))))
+    }
+
+    fn serve_tls(listener: tokio::net::TcpListener, addr: SocketAddr, pki: Pki) -> FakeKube {
+        let pki = Arc::new(pki);
         let fake = FakeKube::new(addr, Some(pki.clone()));
         let app = Router::new().fallback(handle).with_state(fake.clone());
         let tls = TlsListener::new(listener, &pki);
@@ -198,6 +211,12 @@ impl FakeKube {
             let _ = axum::serve(tls, app.into_make_service_with_connect_info::<Peer>()).await;
         });
         fake
+    }
+
+    /// The admin's client certificate and key (TLS mode), as K3s writes
+    /// them into `k3s.yaml`.
+    pub fn admin_credentials(&self) -> Option<(String, String)> {
+        self.pki.as_ref().map(|p| (p.client_cert_pem.clone(), p.client_key_pem.clone()))
     }
 
     fn new(addr: SocketAddr, pki: Option<Arc<Pki>>) -> FakeKube {

@@ -46,6 +46,13 @@ impl std::fmt::Debug for Pki {
 impl Pki {
     /// A new CA, a serving certificate for 127.0.0.1 and the admin's.
     pub fn new() -> Pki {
+        Pki::for_address(None)
+    }
+
+    /// As [`Pki::new`], the serving certificate also valid for `ip` (the
+    /// address a test's cluster is reached at: its load balancer's, as
+    /// K3s's `tls-san` puts it in the certificate).
+    pub fn for_address(ip: Option<std::net::IpAddr>) -> Pki {
         let bad = |what: &str, e: &dyn std::fmt::Display| -> ! { panic!("the fake's {what}: {e}") };
         let ca_key = KeyPair::generate().unwrap_or_else(|e| bad("CA key", &e));
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| bad("CA", &e));
@@ -65,6 +72,9 @@ impl Pki {
                 "kubernetes.default.svc".try_into().unwrap_or_else(|e| bad("SAN", &e)),
             ),
         ];
+        if let Some(ip) = ip {
+            sp.subject_alt_names.push(SanType::IpAddress(ip));
+        }
         let server_cert = sp.signed_by(&server_key, &issuer).unwrap_or_else(|e| bad("cert", &e));
 
         let client_key = KeyPair::generate().unwrap_or_else(|e| bad("client key", &e));

@@ -71,13 +71,8 @@ fn cluster_dir(dir: &Path) -> PathBuf {
 
 /// A free port on all five loopback addresses of `net`.
 fn port_for(net: &str) -> u16 {
-    loop {
-        let p = cz_testkit::free_port();
-        if NODES.iter().all(|(_, h)| std::net::TcpListener::bind((format!("{net}.{h}"), p)).is_ok())
-        {
-            return p;
-        }
-    }
+    let ips: Vec<String> = NODES.iter().map(|(_, h)| format!("{net}.{h}")).collect();
+    cz_testkit::sshd::free_port_on(&ips)
 }
 
 /// Copies the stubs into an artifact directory with their SHA256SUMS.

@@ -13,7 +13,9 @@
 //! - the `catalyst-zero` binary end to end (build it first:
 //!   `cargo build -p catalyst-zero`): [`daemon_kill9`] (SIGKILL at every
 //!   step boundary and inside every step), [`daemon_dns`] (a real
-//!   PowerDNS), [`daemon_hetzner`] (the hcloud fake and the real tofu CLI).
+//!   PowerDNS), [`daemon_hetzner`] (the hcloud fake and the real tofu CLI),
+//!   [`hetzner_e2e`] (every real adapter of the hetzner backend, from the
+//!   request to `succeeded` and a destroy back to nothing).
 //!
 //! The kill -9 tests run this binary again as their child, naming the
 //! child test by its path here (`kit_fake::child_driver`).
@@ -26,5 +28,6 @@ mod daemon_kill9;
 mod dns_pdns;
 mod handoff_bao;
 mod hcloud_client;
+mod hetzner_e2e;
 mod kit_fake;
 mod kubectl_fake;

@@ -1,0 +1,418 @@
+//! The hetzner backend end to end: one job through the real binary from
+//! `POST /v1/sovereigns` to `succeeded`, then a destroy back to nothing.
+//!
+//! Real: the `catalyst-zero` daemon on the `hetzner` backend; the tofu
+//! (terraform) CLI on the offline module; SSH to five `sshd` nodes with the
+//! stub K3s (`fixtures/k3s-stub/`); a `pdns_server`; three `bao server`
+//! nodes in one raft cluster; the `age` CLI opening the escrow.
+//!
+//! Stand-ins, speaking the wire: the hcloud fake (its servers get the
+//! nodes' loopback addresses, its load balancer the address the fake API
+//! server listens at) and the fake Kubernetes API server over TLS with its
+//! simulated controllers (Flux, External Secrets, Crossplane's
+//! provider-hetzner reading the hcloud fake). The test plays two parts of
+//! the world no daemon talks to: cloud-init on each new server (the keys
+//! of the `user_data` the server was created with go into root's
+//! `authorized_keys`), and K3s's deploy controller applying the manifests
+//! the cluster phase leaves on the first server.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cz_adapters::KubeApi;
+use cz_adapters::kube::KubeClient;
+use cz_sim::wire::controllers::Pace;
+use cz_sim::wire::hcloud::{self as fake, Addresses, DEFAULT_TOKEN, FakeConfig, FakeHandle};
+use cz_sim::wire::kube::FakeKube;
+use cz_state::SecretString;
+use cz_testkit::bao::{Bao, BaoCluster};
+use cz_testkit::daemon::{Api, Daemon, TOKEN, files_containing, tofu_binary};
+use cz_testkit::pdns::Pdns;
+use cz_testkit::requests::sample_body;
+use cz_testkit::sshd::Sshd;
+use serde_json::{Value, json};
+
+const NET: &str = "127.0.61";
+const SUB: &str = "e2e";
+const SLUG: &str = "e2e-omani-works";
+const SOVEREIGN_LABEL: &str = "catalyst.openova.io/sovereign";
+const NODES: [(&str, &str); 5] =
+    [("cp1", "11"), ("cp2", "12"), ("cp3", "13"), ("w1", "14"), ("w2", "15")];
+const LB_HOST: &str = "20";
+/// How long one job may take through the daemon.
+const JOB_BOUND: Duration = Duration::from_secs(600);
+const MANIFESTS: &str = "/var/lib/rancher/k3s/server/manifests";
+
+fn server_name(node: &str) -> String {
+    format!("{SLUG}-fsn1-{node}")
+}
+
+/// Everything outside the daemon.
+struct World {
+    hcloud: FakeHandle,
+    kube: FakeKube,
+    bao: BaoCluster,
+    pdns: Pdns,
+    nodes: Vec<Sshd>,
+    ssh_port: u16,
+    /// The stub K3s's shared state (`CZ_TEST_CLUSTER`).
+    cluster: PathBuf,
+    /// The custodians' age identities (files for the `age` CLI).
+    custodians: Vec<PathBuf>,
+    recipients: Vec<String>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn world(dir: &Path) -> World {
+    use base64::Engine as _;
+    cz_testkit::crypto();
+    let mut addresses = std::collections::BTreeMap::new();
+    for (n, h) in NODES {
+        addresses.insert(
+            server_name(n),
+            Addresses {
+                public_ipv4: format!("{NET}.{h}"),
+                private_ip: Some(format!("10.0.1.{h}")),
+            },
+        );
+    }
+    addresses.insert(
+        format!("{SLUG}-fsn1-lb"),
+        Addresses { public_ipv4: format!("{NET}.{LB_HOST}"), private_ip: None },
+    );
+    let hcloud = fake::start(FakeConfig { addresses, ..FakeConfig::default() }).await;
+    let lb: std::net::SocketAddr = format!("{NET}.{LB_HOST}:6443").parse().unwrap();
+    let kube = FakeKube::start_tls_at(lb).await.expect("the fake API server at the LB address");
+    kube.run_controllers(Pace::default());
+    kube.run_external_secrets(Duration::from_millis(100));
+    kube.run_crossplane(hcloud.base_url(), Duration::from_millis(200));
+    for (n, _) in NODES {
+        kube.put("", "nodes", json!({"metadata": {"name": server_name(n)}}));
+    }
+    let bao = BaoCluster::start(3).await;
+    for (i, node) in bao.nodes.iter().enumerate() {
+        kube.route_pod("openbao", &format!("openbao-{i}"), &node.url());
+    }
+    kube.route_service("openbao", "openbao", &bao.nodes[0].url());
+    let mut pdns = Pdns::prepare();
+    pdns.start().await;
+
+    let cluster = dir.join("cluster");
+    std::fs::create_dir_all(&cluster).unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (cert, key) = kube.admin_credentials().unwrap();
+    let ca = b64(&kube.ca_pem().unwrap());
+    let (cert, key) = (b64(&cert), b64(&key));
+    let ips: Vec<String> = NODES.iter().map(|(_, h)| format!("{NET}.{h}")).collect();
+    let ssh_port = cz_testkit::sshd::free_port_on(&ips);
+    let nodes = NODES
+        .iter()
+        .map(|(n, h)| {
+            let (name, private) = (server_name(n), format!("10.0.1.{h}"));
+            let env: Vec<(&str, &str)> = vec![
+                ("CZ_NODE_NAME", &name),
+                ("CZ_NODE_IP", &private),
+                ("CZ_TEST_CLUSTER", cluster.to_str().unwrap()),
+                ("CZ_TEST_CA_B64", &ca),
+                ("CZ_TEST_CERT_B64", &cert),
+                ("CZ_TEST_KEY_B64", &key),
+            ];
+            // No key yet: Hetzner puts the project's key on at creation.
+            Sshd::start_at(&format!("{NET}.{h}"), ssh_port, &[], &env)
+        })
+        .collect();
+    let mut custodians = Vec::new();
+    let mut recipients = Vec::new();
+    for i in 0..3 {
+        use age::secrecy::ExposeSecret as _;
+        let id = age::x25519::Identity::generate();
+        let f = dir.join(format!("custodian{i}.txt"));
+        std::fs::write(&f, id.to_string().expose_secret()).unwrap();
+        custodians.push(f);
+        recipients.push(id.to_public().to_string());
+    }
+    let w = World {
+        hcloud,
+        kube,
+        bao,
+        pdns,
+        nodes,
+        ssh_port,
+        cluster,
+        custodians,
+        recipients,
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    tokio::spawn(cloud_init_on_each_node(&w));
+    tokio::spawn(k3s_deploys_manifests(&w));
+    w
+}
+
+/// cloud-init's part on each node: the `user_data` its server was created
+/// with puts the listed keys in root's `authorized_keys` (the provisioner's
+/// key arrives that way, as on Hetzner).
+fn cloud_init_on_each_node(w: &World) -> impl std::future::Future<Output = ()> + use<> {
+    let nodes: Vec<(String, PathBuf)> = NODES
+        .iter()
+        .zip(&w.nodes)
+        .map(|((n, _), sshd)| (server_name(n), sshd.dir.path().join("authorized_keys")))
+        .collect();
+    let user_data = w.hcloud.user_data_fn();
+    let stop = w.stop.clone();
+    async move {
+        let mut done = std::collections::BTreeMap::<String, String>::new();
+        while !stop.load(Ordering::SeqCst) {
+            for (name, file) in &nodes {
+                let Some(ud) = user_data(name) else { continue };
+                if done.get(name) == Some(&ud) {
+                    continue;
+                }
+                let doc: Value = serde_saphyr::from_str(&ud).expect("cloud-init is YAML");
+                let keys: Vec<&str> = doc["users"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|u| u["name"] == "root")
+                    .flat_map(|u| u["ssh_authorized_keys"].as_array().into_iter().flatten())
+                    .filter_map(Value::as_str)
+                    .collect();
+                std::fs::write(file, keys.join("\n") + "\n").unwrap();
+                done.insert(name.clone(), ud);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// K3s's deploy controller on the first server: what is in its manifests
+/// directory (and not suppressed by a `.skip` marker) is applied.
+fn k3s_deploys_manifests(w: &World) -> impl std::future::Future<Output = ()> + use<> {
+    let dir = w.nodes[0].path(MANIFESTS);
+    let kc = SecretString::new(w.kube.kubeconfig());
+    let stop = w.stop.clone();
+    async move {
+        let mut applied = std::collections::BTreeMap::<PathBuf, String>::new();
+        while !stop.load(Ordering::SeqCst) {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_none_or(|x| x != "yaml")
+                    || p.with_extension("yaml.skip").exists()
+                {
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&p) else { continue };
+                if applied.get(&p) == Some(&text) {
+                    continue;
+                }
+                let docs: Vec<Value> = text
+                    .split("\n---")
+                    .filter(|d| !d.trim().is_empty())
+                    .filter_map(|d| serde_saphyr::from_str(d).ok())
+                    .collect();
+                if KubeClient.apply(&kc, "k3s", &docs).await.is_ok() {
+                    applied.insert(p, text);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The daemon's configuration for `w`.
+fn config(w: &World, dir: &Path, tofu: &Path) -> PathBuf {
+    let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/../cloud-templates");
+    let artifacts = crate::cluster_sshd::artifact_dir(dir);
+    let path = dir.join("catalyst-zero.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "backend = \"hetzner\"\n\
+             [hetzner]\napi_url = \"{api}\"\ntofu_binary = \"{tofu}\"\nmodule = \"offline\"\n\
+             templates_dir = \"{templates}\"\nartifacts_dir = \"{artifacts}\"\n\
+             host_boot_secs = 60\nssh_port = {ssh}\npoll_millis = 100\n\
+             [hetzner.quota]\nservers = 20\nload_balancers = 5\n\
+             [dns]\npublic_resolvers = [\"127.0.0.1:{port}\"]\n\
+             [powerdns]\napi_url = \"{pdns}\"\ndns_address = \"127.0.0.1:{port}\"\ntimeout_secs = 5\n",
+            api = w.hcloud.base_url(),
+            tofu = tofu.display(),
+            artifacts = artifacts.display(),
+            ssh = w.ssh_port,
+            pdns = w.pdns.url(),
+            port = w.pdns.dns_port,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// This Sovereign's objects in the hcloud fake, per kind.
+fn ours(hcloud: &FakeHandle) -> std::collections::BTreeMap<&'static str, Vec<String>> {
+    cz_sim::backend::cloud::KINDS
+        .iter()
+        .map(|kind| {
+            let names = hcloud
+                .objects(kind)
+                .iter()
+                .filter(|o| o["labels"][SOVEREIGN_LABEL] == SLUG)
+                .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            (*kind, names)
+        })
+        .collect()
+}
+
+/// Every provider-hetzner managed resource in the fake cluster.
+fn managed_resources(kube: &FakeKube) -> Vec<Value> {
+    cz_sim::charts::PROVIDER_HETZNER
+        .crds
+        .iter()
+        .filter(|c| c.group != "hetzner.m.crossplane.io")
+        .flat_map(|c| kube.objects(c.group, c.plural))
+        .collect()
+}
+
+/// Waits (blocking: the world runs on the runtime's workers) for `job`.
+fn finish(api: &Api, job: &str) -> (String, Value) {
+    let status = api.wait_status(job, &["succeeded", "failed", "paused"], JOB_BOUND);
+    (status, api.get(&format!("/v1/jobs/{job}")).unwrap())
+}
+
+/// `age -d -i identity` of `armored` (the real CLI), if it opens.
+fn age_open(identity: &Path, armored: &str, scratch: &Path) -> Option<String> {
+    let f = scratch.join("blob.age");
+    std::fs::write(&f, armored).unwrap();
+    let out = std::process::Command::new("age")
+        .args(["-d", "-i"])
+        .arg(identity)
+        .arg(&f)
+        .output()
+        .expect("the age CLI");
+    out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn e2e_hetzner_backend_every_real_adapter_to_succeeded_and_destroy_to_nothing() {
+    let Some(tofu) = tofu_binary() else {
+        if std::env::var("CZ_ALLOW_NO_TOFU").as_deref() == Ok("1") {
+            cz_testkit::skip("hetzner_e2e", "no tofu/terraform binary on this machine");
+            return;
+        }
+        panic!("NO TOFU/TERRAFORM BINARY: install one or set CZ_ALLOW_NO_TOFU=1 to skip loudly");
+    };
+    assert!(Pdns::available(), "PowerDNS with the gsqlite3 backend is needed (see .ci/run)");
+    assert!(Bao::available(), "the bao binary is needed (CZ_BAO_BIN; .ci/run installs it)");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let w = rt.block_on(world(dir));
+    let foreign = w.hcloud.seed_object("server", "someone-elses-server", [("team", "other")]);
+    let config = config(&w, dir, &tofu);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut d = Daemon::new(&data, 0.0);
+    d.backend_args = vec!["--config".into(), config.display().to_string()];
+    d.env.push(("CATALYST_ZERO_POWERDNS_API_KEY".into(), w.pdns.api_key.clone()));
+    d.start().unwrap();
+    let api = Api::new(d.port);
+
+    let mut body = sample_body(SUB, 3, 2, DEFAULT_TOKEN, &w.recipients[0]);
+    for (i, r) in w.recipients.iter().enumerate() {
+        body["custody"]["custodians"][i]["recipient"] = json!(r);
+    }
+    let started = Instant::now();
+    let (code, resp) = api.post("/v1/sovereigns", &body).unwrap();
+    assert_eq!(code, 202, "{resp}");
+    let job = resp["job_id"].as_str().unwrap().to_owned();
+    let sovereign = resp["sovereign_id"].as_str().unwrap().to_owned();
+    let (status, detail) = finish(&api, &job);
+    let provision_wall = started.elapsed();
+    assert_eq!(
+        status,
+        "succeeded",
+        "{}\n--- daemon log\n{}\n--- bao\n{}",
+        detail,
+        std::fs::read_to_string(data.join("daemon.log")).unwrap_or_default(),
+        w.bao.logs()
+    );
+
+    // The cloud: each object once, on the nodes' addresses.
+    let objs = ours(&w.hcloud);
+    let count = |k: &str| objs[k].len();
+    assert_eq!(
+        (count("server"), count("network"), count("firewall"), count("ssh_key")),
+        (5, 1, 1, 1),
+        "{objs:?}"
+    );
+    assert_eq!((count("load_balancer"), count("placement_group")), (1, 2), "{objs:?}");
+    // K3s: one cluster-init, four joins, every node registered.
+    let calls = std::fs::read_to_string(w.cluster.join("calls.log")).unwrap();
+    assert_eq!(calls.matches("joined role=server cluster-init").count(), 1, "{calls}");
+    assert_eq!(calls.matches(" joined ").count(), 5, "{calls}");
+    // DNS: the Sovereign's zone is served by the real PowerDNS.
+    assert!(!w.pdns.dig(&format!("{SUB}.omani.works"), "SOA").is_empty(), "no zone served");
+    // Crossplane owns the cloud objects, managed but never deleting them.
+    let mrs = managed_resources(&w.kube);
+    assert!(mrs.len() >= 11, "{} managed resources", mrs.len());
+    for mr in &mrs {
+        let policies = mr["spec"]["managementPolicies"].to_string();
+        assert!(policies.contains("Update") && !policies.contains("Delete"), "{mr}");
+    }
+    // OpenBao: initialised, unsealed, its shares escrowed per custodian;
+    // the `age` CLI opens share i with custodian i's identity only.
+    for n in &w.bao.nodes {
+        let s = rt.block_on(n.seal_status()).unwrap();
+        assert_eq!(s["sealed"], false, "{s}");
+    }
+    let escrow = api.get(&format!("/v1/sovereigns/{sovereign}/escrow")).unwrap();
+    let items = escrow["items"].as_array().cloned().unwrap_or_default();
+    let shares: Vec<&Value> = items.iter().filter(|i| i["kind"] == "openbao-share").collect();
+    assert_eq!(shares.len(), 3, "{escrow}");
+    for item in &shares {
+        let owner = item["custodian"].as_u64().unwrap() as usize;
+        for (c, id) in w.custodians.iter().enumerate() {
+            let opened = age_open(id, item["age"].as_str().unwrap(), dir);
+            assert_eq!(opened.is_some(), c == owner, "custodian {c} and share {item}");
+        }
+    }
+    // No secret in the clear in the daemon's data dir.
+    for needle in [DEFAULT_TOKEN, "OPENSSH PRIVATE KEY", TOKEN] {
+        let leaks = files_containing(&data, needle.as_bytes());
+        assert!(leaks.is_empty(), "`{needle}` is on disk: {leaks:?}");
+    }
+
+    // Destroy: back to nothing, someone else's server untouched.
+    let started = Instant::now();
+    let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
+    assert_eq!(code, 202, "{resp}");
+    let destroy = resp["job_id"].as_str().unwrap().to_owned();
+    let (status, detail) = finish(&api, &destroy);
+    let destroy_wall = started.elapsed();
+    assert_eq!(status, "succeeded", "{detail}");
+    let left: Vec<String> = ours(&w.hcloud).into_values().flatten().collect();
+    assert!(left.is_empty(), "labelled objects left after destroy: {left:?}");
+    assert!(
+        w.hcloud.objects("server").iter().any(|o| o["id"] == foreign),
+        "someone else's server was deleted"
+    );
+    assert!(w.pdns.dig(&format!("{SUB}.omani.works"), "SOA").is_empty(), "the zone is served");
+    let mrs = managed_resources(&w.kube);
+    assert!(mrs.is_empty(), "managed resources left: {}", mrs.len());
+    eprintln!(
+        "hetzner e2e: provision {:.1} s, destroy {:.1} s, {} hcloud requests",
+        provision_wall.as_secs_f64(),
+        destroy_wall.as_secs_f64(),
+        w.hcloud.requests().len()
+    );
+    drop(d);
+    drop(w);
+    drop(rt);
+}
