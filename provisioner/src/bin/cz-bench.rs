@@ -5,7 +5,13 @@
 //! - P3 1,000 SSE subscribers replaying and tailing one job;
 //! - P4 200 concurrent `sim` jobs: wall time / one job's critical path, RSS;
 //! - P5 daemon restart with 1,000 stored jobs: time until all in-flight jobs
-//!   run again.
+//!   run again;
+//! - H1 the hetzner backend end to end (real tofu, sshd, PowerDNS, OpenBao;
+//!   the hcloud and Kubernetes fakes answering at once): wall time of a
+//!   provision and of its destroy, the daemon's own overhead on the whole
+//!   path. That world takes servers a benchmark machine may not have, so
+//!   the `hetzner_e2e` test measures it and leaves the figure in
+//!   `target/cz-figures/hetzner-e2e.json`; H1 reports it from there.
 //!
 //! `--quick` shrinks every size so CI can run it as a smoke test; the README
 //! figures come from a full run (`cargo run --release --bin cz-bench`).
@@ -33,6 +39,9 @@ struct Args {
     /// Run only these figures (e.g. `--only p1,p4`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Where the end-to-end tests leave their figures (H1).
+    #[arg(long, default_value = "target/cz-figures")]
+    figures: std::path::PathBuf,
     /// Sim latency factor for P4 (0.1: ten times faster than real clouds;
     /// polling stays proportional, so CPU per simulated second is real).
     #[arg(long, default_value_t = 0.1)]
@@ -208,9 +217,10 @@ async fn main() -> Result<()> {
         // Each figure in its own process: memory one figure used (and the
         // allocator kept) must not count as the next one's peak RSS.
         let exe = std::env::current_exe().context("own path")?;
-        for p in ["p1", "p2", "p3", "p4", "p5"] {
+        for p in ["p1", "p2", "p3", "p4", "p5", "h1"] {
             let mut cmd = std::process::Command::new(&exe);
             cmd.args(["--only", p, "--latency", &args.latency.to_string()]);
+            cmd.arg("--figures").arg(&args.figures);
             if args.quick {
                 cmd.arg("--quick");
             }
@@ -236,5 +246,30 @@ async fn main() -> Result<()> {
     if wants(&args, "p5") {
         catalyst_zero::bench::p5(dir, if args.quick { 100 } else { 1000 }).await?;
     }
+    if wants(&args, "h1") {
+        h1(&args.figures);
+    }
     Ok(())
+}
+
+/// H1, from the figure the `hetzner_e2e` test left (see the module doc).
+fn h1(figures: &Path) {
+    let file = figures.join("hetzner-e2e.json");
+    let Some(f) = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        println!(
+            "H1 hetzner end to end: not measured on this machine ({} is missing): run \
+             `cargo nextest run -p cz-e2e hetzner_e2e` (needs tofu, sshd, pdns_server, bao)",
+            file.display()
+        );
+        return;
+    };
+    println!(
+        "H1 hetzner end to end (real tofu, sshd, PowerDNS, OpenBao; fakes at zero latency): provision {:.1} s, destroy {:.1} s, {} events, {} hcloud requests (measured by the hetzner_e2e test at {})",
+        f["provision_s"].as_f64().unwrap_or(f64::NAN),
+        f["destroy_s"].as_f64().unwrap_or(f64::NAN),
+        f["events"],
+        f["hcloud_requests"],
+        f["at"].as_str().unwrap_or("?"),
+    );
 }
