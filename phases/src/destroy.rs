@@ -21,8 +21,9 @@
 
 use std::time::Duration;
 
+use cz_adapters::cloud::deletion_rank;
 use cz_adapters::labels::{LABEL_REGION, LABEL_SOVEREIGN};
-use cz_engine::{ActionId, PhaseBuilder, Plan, StepResult, action, no_undo};
+use cz_engine::{ActionId, Cause, PhaseBuilder, Plan, StepError, StepResult, action, no_undo};
 use cz_state::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -153,12 +154,23 @@ async fn sweep_with(cx: &StepCtx, token: &SecretString, selector: &str) -> StepR
         &format!("every object labelled {selector} to be gone"),
         Duration::from_secs(1800),
         || async {
-            let objs = cx.env.cloud.list(token, selector).await?;
+            let mut objs = cx.env.cloud.list(token, selector).await?;
             if objs.is_empty() {
                 return Ok(Some(()));
             }
+            objs.sort_by_key(|o| deletion_rank(&o.kind));
+            let mut this_round = 0;
             for o in &objs {
-                cx.env.cloud.delete(token, o).await?;
+                match cx.env.cloud.delete(token, o).await {
+                    Ok(()) => this_round += 1,
+                    // Still in use by what this round deleted (a server's
+                    // deletion is an action that takes a moment): the next
+                    // round. With nothing deleted, it is an outage: retry.
+                    Err(StepError::Adapter { cause: Cause::Unavailable, .. }) if this_round > 0 => {
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
                 deleted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 cx.event(
                     "cloud",

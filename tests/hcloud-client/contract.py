@@ -3,7 +3,9 @@
 Run by tests/tests/all/hcloud_client.rs: `python contract.py ENDPOINT TOKEN`.
 Every kind a Sovereign creates is created (twice), read, listed with label
 selectors (equality and set-based) and pagination, relabelled, waited on
-through its actions, and deleted; the errors we classify are provoked. Every
+through its actions, and deleted; the errors we classify are provoked (a
+duplicate name, an unknown type, an unknown id, a firewall still in use,
+and 429 with the rate-limit headers). Every
 answer goes through the client's own models, so a field the API always sends
 and the fake does not fails here. Prints one JSON line; exits non-zero on
 the first broken expectation.
@@ -190,6 +192,11 @@ api_error(
     "unknown server type",
 )
 api_error({"not_found"}, lambda: c.servers.get_by_id(999_999_999), "unknown id")
+api_error(
+    {"resource_in_use"},
+    lambda: c.firewalls.delete(fws[0]),
+    "a firewall still applied to a server",
+)
 
 for kind, client, made in [
     ("servers", c.servers, servers),

@@ -22,6 +22,19 @@ pub use budget::{BudgetConfig, BudgetRegistry, RateBudget, project_key};
 pub use hcloud::{HcloudClient, ProjectQuota, RetryConfig, cause_of};
 pub use selector::{Selector, selector_matches, valid_label_key, valid_label_value};
 
+/// Where an object of `kind` comes in a teardown: what uses others first
+/// (servers, load balancers), then what can be attached to a server
+/// (volumes, IPs), then what is used (firewalls, networks, placement
+/// groups, keys). Hetzner refuses, for one, to delete a firewall still
+/// applied to a server (`resource_in_use`).
+pub fn deletion_rank(kind: &str) -> u8 {
+    match kind {
+        "server" | "load_balancer" => 0,
+        "volume" | "primary_ip" | "floating_ip" => 1,
+        _ => 2,
+    }
+}
+
 /// What a cloud token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -573,7 +573,9 @@ async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
 pub async fn sweep_region(cx: &StepCtx, location: &str) -> StepResult<()> {
     let token = region_token(cx, location).await?;
     let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?));
-    for obj in cx.env.cloud.list(&token, &selector).await? {
+    let mut objs = cx.env.cloud.list(&token, &selector).await?;
+    objs.sort_by_key(|o| cz_adapters::cloud::deletion_rank(&o.kind));
+    for obj in objs {
         cx.env.cloud.delete(&token, &obj).await?;
     }
     Ok(())

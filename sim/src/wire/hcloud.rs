@@ -903,6 +903,33 @@ impl Inner {
                 obj["server_type"]["name"] = json!(field("server_type"));
                 obj["datacenter"]["location"] = loc;
                 obj["datacenter"]["name"] = json!(format!("{location}-dc1"));
+                // Applied firewalls: on the server and on each firewall
+                // (which then cannot be deleted: `resource_in_use`).
+                let wanted: Vec<i64> = v
+                    .get("firewalls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.get("firewall").and_then(Value::as_i64))
+                    .collect();
+                let fws = st.objects.entry("firewalls").or_default();
+                let mut applied = Vec::new();
+                for fid in wanted {
+                    let Some(fw) = fws.iter_mut().find(|f| f["id"].as_i64() == Some(fid)) else {
+                        return error(
+                            404,
+                            "firewall_resource_not_found",
+                            format!("firewall with ID '{fid}' not found"),
+                        );
+                    };
+                    let entry = json!({"type": "server", "server": {"id": id}});
+                    match fw["applied_to"].as_array_mut() {
+                        Some(a) => a.push(entry),
+                        None => fw["applied_to"] = json!([entry]),
+                    }
+                    applied.push(json!({"id": fid, "status": "applied"}));
+                }
+                obj["public_net"]["firewalls"] = json!(applied);
             }
             "load_balancer" => {
                 obj["load_balancer_type"]["name"] = json!(field("load_balancer_type"));
@@ -1048,7 +1075,18 @@ impl Inner {
         else {
             return error(404, "not_found", format!("{coll} with ID '{id}' not found"));
         };
+        if *coll == "firewalls" && objs[pos]["applied_to"].as_array().is_some_and(|a| !a.is_empty())
+        {
+            return error(422, "resource_in_use", "Firewall still applied to a resource");
+        }
         objs.remove(pos);
+        if *coll == "servers" {
+            for fw in st.objects.entry("firewalls").or_default() {
+                if let Some(a) = fw["applied_to"].as_array_mut() {
+                    a.retain(|t| t["server"]["id"].as_i64() != Some(id));
+                }
+            }
+        }
         // Servers and (since 2025) load balancers are deleted by an action.
         if *coll == "servers" {
             ok(200, Some(json!({"action": st.action("delete_server", &[(id, "server")])})))
