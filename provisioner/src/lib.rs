@@ -15,6 +15,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod datadir;
 pub mod reconcilers;
 pub mod server;
 pub mod supervisor;

@@ -30,6 +30,8 @@ pub struct ServerHandle {
     task: JoinHandle<anyhow::Result<()>>,
     supervisor: Arc<Supervisor>,
     store: Store,
+    /// Held for the daemon's life: one daemon per data directory.
+    _lock: crate::datadir::DataDirLock,
 }
 
 impl ServerHandle {
@@ -112,6 +114,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!("cannot create the data directory {}", config.data_dir.display())
     })?;
+    let lock = crate::datadir::DataDirLock::acquire(&config.data_dir)?;
+    tracing::info!(lock = %lock.path.display(), "Holding the data directory.");
     let token = operator_token(&config)?;
     config.tokens.operator = Some(token.clone());
 
@@ -157,7 +161,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     state.set_ready();
     tracing::info!(resumed, "Recovery done; ready.");
 
-    Ok(ServerHandle { addr, operator_token: token, shutdown, task, supervisor, store })
+    Ok(ServerHandle { addr, operator_token: token, shutdown, task, supervisor, store, _lock: lock })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ mod cluster_sshd;
 mod daemon_dns;
 mod daemon_hetzner;
 mod daemon_kill9;
+mod daemon_lock;
 mod dns_pdns;
 mod handoff_bao;
 mod hcloud_client;
