@@ -24,6 +24,9 @@ pub const ENV_OPERATOR_TOKEN: &str = "CATALYST_ZERO_OPERATOR_TOKEN";
 pub const ENV_WIZARD_TOKEN: &str = "CATALYST_ZERO_WIZARD_TOKEN";
 pub const ENV_DATA_DIR: &str = "CATALYST_ZERO_DATA_DIR";
 pub const ENV_LISTEN: &str = "CATALYST_ZERO_LISTEN";
+pub const ENV_TLS_CERT: &str = "CATALYST_ZERO_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "CATALYST_ZERO_TLS_KEY";
+pub const ENV_INSECURE_LISTEN: &str = "CATALYST_ZERO_INSECURE_LISTEN";
 pub const ENV_SIM_LATENCY: &str = "CATALYST_ZERO_SIM_LATENCY";
 pub const ENV_HETZNER_API_URL: &str = "CATALYST_ZERO_HETZNER_API_URL";
 pub const ENV_TOFU_BINARY: &str = "CATALYST_ZERO_TOFU_BINARY";
@@ -102,6 +105,14 @@ impl Default for QuotaConfig {
             placement_groups: q.placement_groups,
         }
     }
+}
+
+/// The API's TLS certificate chain and private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The `hetzner` backend: Hetzner Cloud API and OpenTofu.
@@ -396,6 +407,12 @@ pub struct Config {
     pub at_rest_key: Option<PathBuf>,
     /// Address the HTTP API listens on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Serve the API over TLS with this certificate chain and key (PEM).
+    pub tls: Option<TlsConfig>,
+    /// Allow plain HTTP on a non-loopback address (a TLS-terminating proxy
+    /// in front). Without it such a listen is refused: bearer tokens and
+    /// escrow would cross the network in clear.
+    pub insecure_listen: bool,
     pub backend: BackendKind,
     /// Latency and failure injection of the `sim` backend.
     pub sim: SimConfig,
@@ -419,6 +436,8 @@ impl Default for Config {
             data_dir: PathBuf::from(".cz-data"),
             at_rest_key: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            tls: None,
+            insecure_listen: false,
             backend: BackendKind::Sim,
             sim: SimConfig::default(),
             hetzner: HetznerConfig::default(),
@@ -487,6 +506,24 @@ impl Config {
             self.listen = l.trim().parse().map_err(|e: std::net::AddrParseError| {
                 LoadError::Env { var: ENV_LISTEN, message: e.to_string() }
             })?;
+        }
+        match (non_empty(ENV_TLS_CERT), non_empty(ENV_TLS_KEY)) {
+            (Some(cert), Some(key)) => {
+                self.tls = Some(TlsConfig {
+                    cert: PathBuf::from(cert.trim()),
+                    key: PathBuf::from(key.trim()),
+                });
+            }
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(LoadError::Env {
+                    var: ENV_TLS_CERT,
+                    message: format!("{ENV_TLS_CERT} and {ENV_TLS_KEY} go together"),
+                });
+            }
+        }
+        if let Some(v) = non_empty(ENV_INSECURE_LISTEN) {
+            self.insecure_listen = matches!(v.trim(), "1" | "true" | "yes");
         }
         if let Some(u) = non_empty(ENV_HETZNER_API_URL) {
             self.hetzner.api_url = u.trim().to_owned();
@@ -566,6 +603,24 @@ impl Config {
 
     /// Checks what serde cannot: ranges and features not built yet.
     pub fn validate(&self) -> Result<(), LoadError> {
+        if !self.listen.ip().is_loopback() && self.tls.is_none() && !self.insecure_listen {
+            return Err(LoadError::Invalid(format!(
+                "listen {} is not a loopback address and the API would be plain HTTP (bearer \
+                 tokens and the escrow in clear): give tls cert and key (--tls-cert, \
+                 --tls-key), or --insecure-listen when a TLS-terminating proxy is in front",
+                self.listen
+            )));
+        }
+        if let Some(t) = &self.tls {
+            for (what, f) in [("tls.cert", &t.cert), ("tls.key", &t.key)] {
+                if !f.is_file() {
+                    return Err(LoadError::Invalid(format!(
+                        "{what}: {} is not a file",
+                        f.display()
+                    )));
+                }
+            }
+        }
         if self.backend == BackendKind::Hetzner {
             self.hetzner.validate()?;
         }

@@ -20,6 +20,7 @@ pub mod reconcilers;
 pub mod server;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod wiring;
 
 pub use config::Config;

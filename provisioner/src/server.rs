@@ -142,14 +142,28 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     let app = api::router(state.clone());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("the HTTP server failed")
-    });
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let task = match &config.tls {
+        Some(t) => {
+            let tls = crate::tls::TlsListener::new(listener, crate::tls::server_config(t)?)
+                .context("cannot listen with TLS")?;
+            tokio::spawn(async move {
+                axum::serve(tls, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                    .context("the HTTPS server failed")
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("the HTTP server failed")
+        }),
+    };
     tracing::info!(
         %addr,
+        scheme,
         data_dir = %config.data_dir.display(),
         backend = config.backend.as_str(),
         sim_latency = config.sim.latency_factor,

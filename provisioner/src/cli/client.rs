@@ -41,10 +41,28 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: String) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .context("cannot build the HTTP client")?;
+        Client::with_ca(base, token, None)
+    }
+
+    /// As [`Client::new`], also trusting the CA certificate(s) in `ca`
+    /// (PEM) for an `https` daemon.
+    pub fn with_ca(
+        base: &str,
+        token: String,
+        ca: Option<&std::path::Path>,
+    ) -> anyhow::Result<Client> {
+        let mut builder =
+            reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(path) = ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read the CA certificate {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} is not a PEM certificate", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Client { base: base.trim_end_matches('/').to_owned(), token, http })
     }
 

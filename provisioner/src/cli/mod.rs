@@ -53,6 +53,10 @@ pub struct Remote {
     /// <CATALYST_ZERO_DATA_DIR or .cz-data>/operator.token).
     #[arg(long, env = "CATALYST_ZERO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for an `https` --server, besides
+    /// the system's roots (a daemon with a private CA's certificate).
+    #[arg(long, env = "CATALYST_ZERO_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -363,6 +367,17 @@ pub struct ServeArgs {
     pub at_rest_key: Option<PathBuf>,
     #[arg(long, env = "CATALYST_ZERO_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve the API over TLS with this certificate chain (PEM); with
+    /// --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback --listen (a TLS-terminating proxy
+    /// in front). Refused otherwise.
+    #[arg(long)]
+    pub insecure_listen: bool,
     #[arg(long, env = "CATALYST_ZERO_BACKEND")]
     pub backend: Option<BackendKind>,
     /// Sim latency factor: 0 = no waits, 1 = realistic.
@@ -425,7 +440,7 @@ pub fn resolve_token(
 }
 
 fn connect(remote: &Remote, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Client> {
-    Client::new(&remote.server, resolve_token(remote, env)?)
+    Client::with_ca(&remote.server, resolve_token(remote, env)?, remote.ca_cert.as_deref())
 }
 
 async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<u8> {
@@ -634,6 +649,12 @@ pub fn serve_config(
     }
     if let Some(l) = args.listen {
         config.listen = l;
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(crate::config::TlsConfig { cert: cert.clone(), key: key.clone() });
+    }
+    if args.insecure_listen {
+        config.insecure_listen = true;
     }
     if let Some(b) = args.backend {
         config.backend = b;

@@ -26,6 +26,7 @@ mod daemon_dns;
 mod daemon_hetzner;
 mod daemon_kill9;
 mod daemon_lock;
+mod daemon_tls;
 mod dns_pdns;
 mod handoff_bao;
 mod hcloud_client;
