@@ -149,8 +149,64 @@ impl<E: StepEnv> Engine<E> {
         Engine { store, registry, env }
     }
 
-    /// Drives `job` until it stops or `cancel` fires.
+    /// Drives `job` until it stops or `cancel` fires. A storage fault that
+    /// outlasts [`STORAGE_FAULT_GRACE`] pauses the job (when that can be
+    /// recorded) instead of leaving it `running` with nobody driving it.
     pub async fn drive(
+        &self,
+        job_id: JobId,
+        cancel: CancellationToken,
+    ) -> Result<DriveOutcome, EngineError> {
+        match self.drive_inner(job_id, cancel).await {
+            Err(EngineError::Store { job, source }) if source.storage_fault().is_some() => {
+                self.pause_for_storage(job, source).await
+            }
+            other => other,
+        }
+    }
+
+    /// Records `job` as `paused` for a storage fault, with the error an
+    /// operator acts on. A full disk may refuse even that write: the
+    /// store's reserve is then released to make room. If nothing can be
+    /// written (a read-only file system), the fault is returned and the
+    /// job stays as recorded until the daemon restarts or an operator acts.
+    async fn pause_for_storage(
+        &self,
+        job: JobId,
+        source: StoreError,
+    ) -> Result<DriveOutcome, EngineError> {
+        let fault = source.storage_fault();
+        let error = StepError::from(source).to_json();
+        tracing::error!(job_id = %job, fault = fault.map(|f| f.as_str()), %error, "Storage fault: pausing the job.");
+        let update = JobUpdate {
+            status: Some(JobStatus::Paused),
+            pause: Some(Some(json!({ "step": Value::Null, "error": error }))),
+            ..Default::default()
+        };
+        let mut last = None;
+        for attempt in 0..5u32 {
+            match self.store.update_job(job, update.clone()).await {
+                Ok(j) => {
+                    let ev = NewJobEvent::new(
+                        "job",
+                        json!({ "status": j.status, "mode": j.mode, "pause": j.pause, "error": j.error }),
+                    );
+                    let _ = self.store.append_events(job, vec![ev]).await;
+                    return Ok(DriveOutcome::Stopped(JobStatus::Paused));
+                }
+                Err(e) => {
+                    if e.storage_fault() == Some(cz_state::StorageFault::DiskFull) {
+                        self.store.release_reserve();
+                    }
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        Err(EngineError::Store { job, source: last.expect("five attempts failed") })
+    }
+
+    async fn drive_inner(
         &self,
         job_id: JobId,
         cancel: CancellationToken,
@@ -242,9 +298,17 @@ impl<E: StepEnv> Engine<E> {
     }
 }
 
+/// How long a storage fault (a full disk, a read-only file system, a
+/// database held by another process) may last before the drive stops and
+/// the job is paused for an operator: long enough to ride out a brief
+/// hiccup, short enough that nobody watches a `running` job nobody drives.
+pub const STORAGE_FAULT_GRACE: Duration = Duration::from_secs(10);
+
 /// Retries a store write for as long as it fails with a retryable error,
 /// escalating the log level (omicron's `retry_notify_ext`): progress must be
-/// recorded, so there is no giving up.
+/// recorded. A storage fault is retried for [`STORAGE_FAULT_GRACE`], then
+/// returned: the drive stops and the job is paused
+/// ([`Engine::pause_for_storage`]).
 async fn record_forever<T, F, Fut>(mut f: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -255,7 +319,10 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if e.retryable() => {
+            Err(e) if e.storage_fault().is_some() && started.elapsed() >= STORAGE_FAULT_GRACE => {
+                return Err(e);
+            }
+            Err(e) if e.retryable() || e.storage_fault().is_some() => {
                 attempt += 1;
                 let elapsed_ms = started.elapsed().as_millis() as u64;
                 if attempt < 5 {

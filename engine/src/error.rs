@@ -148,9 +148,17 @@ pub enum StepError {
     /// A secret the step needs is absent from the store.
     #[error("secret `{name}` is missing from the store")]
     MissingSecret { name: String },
-    /// The store could not be read or written.
+    /// The store could not be read or written. `fault`: the storage under
+    /// it failed (a full disk, a read-only file system, a database held by
+    /// another process), which no retry fixes until an operator acts.
     #[error("store failure: {message}")]
-    Store { message: String, retryable: bool },
+    Store {
+        message: String,
+        retryable: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>)]
+        fault: Option<cz_state::StorageFault>,
+    },
     /// A fault injected by the engine's fault plan (tests, drills).
     #[error("injected fault at `{node}`")]
     Injected { node: String, class: ErrorClass },
@@ -195,6 +203,7 @@ impl StepError {
             StepError::InvalidInput { .. } => Terminal,
             StepError::MissingOutput { .. } => Terminal,
             StepError::MissingSecret { .. } => NeedsOperator,
+            StepError::Store { fault: Some(_), .. } => NeedsOperator,
             StepError::Store { retryable: true, .. } => Transient,
             StepError::Store { retryable: false, .. } => Terminal,
             StepError::Injected { class, .. } => *class,
@@ -223,6 +232,7 @@ impl StepError {
                 "runbooks/terminal-internal.md"
             }
             StepError::MissingSecret { .. } => "runbooks/needs-operator-missing-secret.md",
+            StepError::Store { fault: Some(_), .. } => "runbooks/needs-operator-storage.md",
             StepError::Store { .. } => "runbooks/transient-store.md",
             StepError::Injected { .. } => "runbooks/injected-fault.md",
             StepError::Unhealthy { .. } => "runbooks/needs-operator-component-unhealthy.md",
@@ -247,6 +257,7 @@ impl StepError {
             StepError::InvalidInput { path, .. } => format!("Fix `{path}` in the request and submit again."),
             StepError::MissingOutput { .. } | StepError::Internal { .. } => "This is a bug in Catalyst-Zero; file it with the job id. `abandon` or `cancel` the job.".to_string(),
             StepError::MissingSecret { name } => format!("Secret `{name}` is gone from the store; restore the database backup or re-submit."),
+            StepError::Store { fault: Some(f), .. } => format!("The data directory's storage failed ({}): free space, make it writable or stop what holds the database, then `resume` the job.", f.as_str()),
             StepError::Store { .. } => "The local store failed; check disk space and the data directory.".to_string(),
             StepError::Injected { .. } => "A fault was injected on purpose (fault plan); `retry` to continue.".to_string(),
             StepError::Unhealthy { component, .. } => format!("Component `{component}` is deployed but not healthy; follow its section `#{component}` of the runbook, fix the cause in the cluster, then `retry` (the probe runs again; nothing is reinstalled)."),
@@ -267,7 +278,7 @@ impl StepError {
 
 impl From<cz_state::StoreError> for StepError {
     fn from(e: cz_state::StoreError) -> Self {
-        StepError::Store { retryable: e.retryable(), message: chain(&e) }
+        StepError::Store { retryable: e.retryable(), message: chain(&e), fault: e.storage_fault() }
     }
 }
 
@@ -284,7 +295,12 @@ mod tests {
             StepError::InvalidInput { path: "p".into(), message: "m".into() },
             StepError::MissingOutput { name: "n".into() },
             StepError::MissingSecret { name: "n".into() },
-            StepError::Store { message: "m".into(), retryable: true },
+            StepError::Store { message: "m".into(), retryable: true, fault: None },
+            StepError::Store {
+                message: "m".into(),
+                retryable: false,
+                fault: Some(cz_state::StorageFault::DiskFull),
+            },
             StepError::Injected { node: "n".into(), class: ErrorClass::Terminal },
             StepError::internal("x"),
         ];

@@ -126,6 +126,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     let store = Store::open(paths)
         .await
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    // Space held back so a full disk can still record why a job stopped.
+    store.ensure_reserve();
     let backend = crate::wiring::backend(&config).await?;
     let lease = backend.bounds.dns_lease;
     let dns = backend.dns.clone();

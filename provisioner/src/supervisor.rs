@@ -170,7 +170,11 @@ impl Supervisor {
         let result = match &verb {
             Verb::Retry(target) => verbs.retry(job, target.clone(), actor).await.map(|_| ()),
             Verb::Skip { step, reason } => verbs.skip(job, step, reason, actor).await,
-            Verb::Resume => verbs.resume(job, actor).await,
+            Verb::Resume => {
+                // After a full disk: hold the reserve back again first.
+                self.engine.store.ensure_reserve();
+                verbs.resume(job, actor).await
+            }
             Verb::Abandon => verbs.abandon(job, actor).await,
             Verb::Cancel => verbs.cancel(job, actor).await,
         };

@@ -25,7 +25,14 @@ pub struct TelemetryGuard {
 pub fn init(format: LogFormat, default_filter: &str) -> anyhow::Result<TelemetryGuard> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr on a full disk) is lost,
+    // never fatal: with internal-error logging on, tracing-subscriber
+    // reports the failure with `eprintln!`, which panics when stderr fails
+    // too, and took the store's writer thread down with it.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

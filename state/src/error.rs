@@ -39,8 +39,8 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
-    #[error("the transaction could not commit: {0}")]
-    Commit(String),
+    #[error("the transaction could not commit: {message}")]
+    Commit { message: String, fault: Option<StorageFault> },
     #[error("cannot decode column `{column}`")]
     Decode {
         column: &'static str,
@@ -79,7 +79,74 @@ pub enum StoreError {
     IdempotencyConflict { key: String },
 }
 
+/// A fault of the storage under the store, rather than of one write: no
+/// write can succeed until an operator (or time) clears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageFault {
+    /// `SQLITE_FULL`, `ENOSPC`: the disk (or the database's size cap) is full.
+    DiskFull,
+    /// `SQLITE_READONLY`, `EROFS`: the file system or the file went read-only.
+    ReadOnly,
+    /// `SQLITE_BUSY`, `SQLITE_LOCKED`: another process holds the database.
+    Locked,
+    /// `SQLITE_IOERR`, `SQLITE_CANTOPEN` and other I/O errors.
+    Io,
+}
+
+impl StorageFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageFault::DiskFull => "disk-full",
+            StorageFault::ReadOnly => "read-only",
+            StorageFault::Locked => "locked",
+            StorageFault::Io => "io",
+        }
+    }
+
+    /// The fault behind an OS error, if it is one.
+    pub fn of_io(e: &std::io::Error) -> Option<StorageFault> {
+        match e.raw_os_error() {
+            Some(28) | Some(122) => Some(StorageFault::DiskFull), // ENOSPC, EDQUOT
+            Some(30) => Some(StorageFault::ReadOnly),             // EROFS
+            Some(5) => Some(StorageFault::Io),                    // EIO
+            _ => None,
+        }
+    }
+
+    /// The fault behind a database error, if it is one (SQLite result
+    /// codes: the primary code is the low byte of the extended one).
+    pub fn of_sqlx(e: &sqlx::Error) -> Option<StorageFault> {
+        match e {
+            sqlx::Error::Database(db) => {
+                let code: i64 = db.code()?.parse().ok()?;
+                match code & 0xff {
+                    13 => Some(StorageFault::DiskFull),
+                    8 => Some(StorageFault::ReadOnly),
+                    5 | 6 => Some(StorageFault::Locked),
+                    10 | 14 => Some(StorageFault::Io),
+                    _ => None,
+                }
+            }
+            sqlx::Error::Io(io) => StorageFault::of_io(io),
+            _ => None,
+        }
+    }
+}
+
 impl StoreError {
+    /// The storage fault behind this error, if it is one.
+    pub fn storage_fault(&self) -> Option<StorageFault> {
+        match self {
+            StoreError::Query { source, .. } | StoreError::Open { source, .. } => {
+                StorageFault::of_sqlx(source)
+            }
+            StoreError::Commit { fault, .. } => *fault,
+            StoreError::DataDir { source, .. } => StorageFault::of_io(source),
+            _ => None,
+        }
+    }
+
     pub(crate) fn query(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError::Query { what, source }
     }
@@ -88,7 +155,7 @@ impl StoreError {
     /// a new variant forces a decision.
     pub fn retryable(&self) -> bool {
         match self {
-            StoreError::Commit(_) | StoreError::Query { .. } => true,
+            StoreError::Commit { .. } | StoreError::Query { .. } => true,
             StoreError::DataDir { .. }
             | StoreError::Open { .. }
             | StoreError::Migrate(_)

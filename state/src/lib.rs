@@ -20,7 +20,7 @@ pub mod secrets;
 pub mod shamir;
 mod store;
 
-pub use error::StoreError;
+pub use error::{StorageFault, StoreError};
 pub use journal::{IllegalTransition, NodeState, StepEvent};
 pub use model::{
     AuditEntry, EscrowItem, Job, JobEvent, JobId, JobKind, JobMode, JobStatus, Millis, NewAudit,

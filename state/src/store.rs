@@ -252,6 +252,9 @@ struct Inner {
     paths: StorePaths,
 }
 
+/// How much space the store holds back for recording a full disk.
+pub const RESERVE_BYTES: u64 = 4 << 20;
+
 impl Store {
     /// Opens (creating if needed) the database and identity under `paths`,
     /// applies pending migrations and starts the writer task.
@@ -319,6 +322,54 @@ impl Store {
                 source,
             })?;
         Ok(store)
+    }
+
+    /// The reserve file beside the database: space held back so that,
+    /// when the disk fills, releasing it leaves room to record why the job
+    /// stopped (see [`Store::release_reserve`]).
+    pub fn reserve_path(&self) -> std::path::PathBuf {
+        self.inner.paths.database.with_extension("reserve")
+    }
+
+    /// Writes the reserve if it is missing (real bytes: a sparse file would
+    /// hold back nothing). Whether it is in place; a disk too full for it
+    /// is logged, not an error.
+    pub fn ensure_reserve(&self) -> bool {
+        use std::io::Write as _;
+        let path = self.reserve_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE_BYTES) {
+            return true;
+        }
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&path)?;
+            let chunk = vec![0u8; 1 << 20];
+            for _ in 0..RESERVE_BYTES / chunk.len() as u64 {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()
+        };
+        match write() {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::warn!(
+                    reserve = %path.display(),
+                    error = &e as &dyn std::error::Error,
+                    "Cannot hold back the store's reserve space; a full disk may leave a job unrecorded."
+                );
+                false
+            }
+        }
+    }
+
+    /// Gives the reserve's space back to the file system (a full disk):
+    /// whether there was one.
+    pub fn release_reserve(&self) -> bool {
+        let released = std::fs::remove_file(self.reserve_path()).is_ok();
+        if released {
+            tracing::warn!(reserve = %self.reserve_path().display(), "Released the store's reserve space to record a storage fault.");
+        }
+        released
     }
 
     pub fn paths(&self) -> &StorePaths {
@@ -967,7 +1018,11 @@ async fn run_batch(w: &mut WriterConn, batch: &mut [WriteOp]) -> Vec<OpResult> {
         let _ = sqlx::query("ROLLBACK").execute(&mut w.conn).await;
         w.batch_done(false);
         let msg = error.to_string();
-        return results.iter().map(|_| Err(StoreError::Commit(msg.clone()))).collect();
+        let fault = crate::error::StorageFault::of_sqlx(&error);
+        return results
+            .iter()
+            .map(|_| Err(StoreError::Commit { message: msg.clone(), fault }))
+            .collect();
     }
     w.batch_done(true);
     results

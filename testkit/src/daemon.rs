@@ -40,6 +40,8 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub starts: u32,
+    /// Where its stderr goes (`<data_dir>/daemon.log` unless set).
+    pub log: PathBuf,
 }
 
 impl Daemon {
@@ -52,6 +54,7 @@ impl Daemon {
             env: Vec::new(),
             child: None,
             starts: 0,
+            log: data_dir.join("daemon.log"),
         }
     }
 
@@ -61,10 +64,7 @@ impl Daemon {
 
     /// Starts the daemon and waits (bounded) until it answers `/readyz`.
     pub fn start(&mut self) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data_dir.join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(binary())
             .arg("serve")
             .args(&self.backend_args)
@@ -90,7 +90,7 @@ impl Daemon {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("daemon not ready within 30 s (see {}/daemon.log)", self.data_dir.display());
+                bail!("daemon not ready within 30 s (see {})", self.log.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

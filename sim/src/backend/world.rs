@@ -152,6 +152,20 @@ pub async fn write_atomic_async(path: PathBuf, bytes: Vec<u8>) -> std::io::Resul
         .map_err(std::io::Error::other)?
 }
 
+/// A file-system error of the sim world: a full disk or a read-only file
+/// system is a storage fault (the operator's to clear, the job pauses), as
+/// it is for the store; anything else is the sim's `Unavailable`.
+fn fs_error(system: &str, what: &str, e: std::io::Error) -> StepError {
+    match cz_state::StorageFault::of_io(&e) {
+        Some(fault) => StepError::Store {
+            message: format!("sim world {what}: {e}"),
+            retryable: false,
+            fault: Some(fault),
+        },
+        None => io_error(system, what, e),
+    }
+}
+
 fn io_error(system: &str, what: &str, e: impl std::fmt::Display) -> StepError {
     StepError::adapter(
         system_of(system),
@@ -268,7 +282,7 @@ impl SimWorld {
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_error(system, "encode", e))?;
         write_atomic_async(self.obj_path(system, kind, key), bytes)
             .await
-            .map_err(|e| io_error(system, "write", e))?;
+            .map_err(|e| fs_error(system, "write", e))?;
         let mut cache = self.cache.lock().expect("sim cache");
         if let Some(objs) = cache.get_mut(&(system.to_owned(), kind.to_owned())) {
             objs.insert(format!("{}.json", sanitize_key(key)), value.clone());
@@ -369,7 +383,7 @@ impl SimWorld {
         match tokio::fs::remove_file(self.obj_path(system, kind, key)).await {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_error(system, "delete", e)),
+            Err(e) => Err(fs_error(system, "delete", e)),
         }
     }
 
@@ -408,7 +422,7 @@ impl SimWorld {
         })
         .await
         .map_err(|e| io_error("cloud", "ids", e))?
-        .map_err(|e| io_error("cloud", "ids", e))?;
+        .map_err(|e| fs_error("cloud", "ids", e))?;
         st.scanned = true;
         Ok(id)
     }
@@ -428,7 +442,7 @@ impl SimWorld {
         })
         .await
         .map_err(|e| io_error(name, "seq", e))?
-        .map_err(|e| io_error(name, "seq", e))?;
+        .map_err(|e| fs_error(name, "seq", e))?;
         Ok(n)
     }
 

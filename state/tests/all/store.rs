@@ -354,3 +354,50 @@ async fn a_store_refuses_a_key_it_was_not_written_with() {
     let again = Store::open(paths("a.txt")).await.unwrap();
     assert_eq!(again.get_secret("sov", "token").await.unwrap().unwrap().expose(), "t");
 }
+
+/// A real `SQLITE_FULL` (the database capped by `max_page_count`, as a full
+/// disk caps it), `SQLITE_READONLY` and `SQLITE_BUSY` are classified as
+/// storage faults; an ordinary constraint error is not one.
+#[tokio::test]
+async fn sqlite_errors_of_the_storage_are_classified_as_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("f.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE t (x BLOB UNIQUE); PRAGMA max_page_count = 8;")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut full = None;
+    for i in 0..64 {
+        if let Err(e) =
+            sqlx::query("INSERT INTO t VALUES (?)").bind(vec![i as u8; 4096]).execute(&mut c).await
+        {
+            full = Some(e);
+            break;
+        }
+    }
+    let full = full.expect("the capped database filled up");
+    assert_eq!(StorageFault::of_sqlx(&full), Some(StorageFault::DiskFull), "{full}");
+    let dup = sqlx::query("INSERT INTO t VALUES (?)").bind(vec![0u8; 4096]).execute(&mut c).await;
+    assert_eq!(StorageFault::of_sqlx(&dup.unwrap_err()), None, "a constraint is no fault");
+
+    // Another connection holds the write lock: busy.
+    sqlx::raw_sql("PRAGMA max_page_count = 100000; BEGIN IMMEDIATE;")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("PRAGMA busy_timeout = 10;").execute(&mut other).await.unwrap();
+    let busy = sqlx::query("INSERT INTO t VALUES (x'01')").execute(&mut other).await.unwrap_err();
+    assert_eq!(StorageFault::of_sqlx(&busy), Some(StorageFault::Locked), "{busy}");
+    sqlx::raw_sql("ROLLBACK;").execute(&mut c).await.unwrap();
+
+    // A read-only connection: read-only.
+    let ro = format!("sqlite://{}?mode=ro", dir.path().join("f.db").display());
+    let mut r = sqlx::SqliteConnection::connect(&ro).await.unwrap();
+    let e = sqlx::query("INSERT INTO t VALUES (x'02')").execute(&mut r).await.unwrap_err();
+    assert_eq!(StorageFault::of_sqlx(&e), Some(StorageFault::ReadOnly), "{e}");
+    // The OS's own codes.
+    let enospc = std::io::Error::from_raw_os_error(28);
+    assert_eq!(StorageFault::of_io(&enospc), Some(StorageFault::DiskFull));
+}

@@ -22,6 +22,7 @@
 
 mod check_cli;
 mod cluster_sshd;
+mod daemon_disk_full;
 mod daemon_dns;
 mod daemon_hetzner;
 mod daemon_kill9;
