@@ -25,6 +25,7 @@ pub const ENV_WIZARD_TOKEN: &str = "CATALYST_ZERO_WIZARD_TOKEN";
 pub const ENV_DATA_DIR: &str = "CATALYST_ZERO_DATA_DIR";
 pub const ENV_LISTEN: &str = "CATALYST_ZERO_LISTEN";
 pub const ENV_TLS_CERT: &str = "CATALYST_ZERO_TLS_CERT";
+pub const ENV_TOKENS_FILE: &str = "CATALYST_ZERO_TOKENS_FILE";
 pub const ENV_TLS_KEY: &str = "CATALYST_ZERO_TLS_KEY";
 pub const ENV_INSECURE_LISTEN: &str = "CATALYST_ZERO_INSECURE_LISTEN";
 pub const ENV_SIM_LATENCY: &str = "CATALYST_ZERO_SIM_LATENCY";
@@ -380,6 +381,10 @@ pub struct Tokens {
     pub operator: Option<String>,
     /// Submit and read only (the public wizard's backend).
     pub wizard: Option<String>,
+    /// Named operators: a TOML file of `[[token]]` entries (`name`, `role`,
+    /// `sha256` of the token), reloaded on change; the audit trail records
+    /// the person. See docs/operations.md.
+    pub file: Option<PathBuf>,
 }
 
 impl fmt::Debug for Tokens {
@@ -388,6 +393,7 @@ impl fmt::Debug for Tokens {
         f.debug_struct("Tokens")
             .field("operator", &shown(&self.operator))
             .field("wizard", &shown(&self.wizard))
+            .field("file", &self.file)
             .finish()
     }
 }
@@ -521,6 +527,9 @@ impl Config {
                     message: format!("{ENV_TLS_CERT} and {ENV_TLS_KEY} go together"),
                 });
             }
+        }
+        if let Some(f) = non_empty(ENV_TOKENS_FILE) {
+            self.tokens.file = Some(PathBuf::from(f.trim()));
         }
         if let Some(v) = non_empty(ENV_INSECURE_LISTEN) {
             self.insecure_listen = matches!(v.trim(), "1" | "true" | "yes");

@@ -140,7 +140,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     let addr = listener.local_addr().context("listener has no address")?;
 
     let config = Arc::new(config);
-    let state = ApiState::new(store.clone(), supervisor.clone(), config.clone());
+    let mut state = ApiState::new(store.clone(), supervisor.clone(), config.clone());
+    if let Some(f) = &config.tokens.file {
+        let people =
+            api::tokens::TokenFile::load(f).map_err(|e| anyhow::anyhow!("tokens.file {e}"))?;
+        state.people = Some(Arc::new(people));
+    }
     let app = api::router(state.clone());
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -13,6 +13,7 @@ use cz_state::{Job, JobId, SovereignId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::views::{AuditList, AuditView};
 use super::views::{
     ErrorBody, JobDetail, JobList, JobSummary, ValidationErrors, VerbResponse, job_detail,
 };
@@ -121,8 +122,51 @@ async fn apply(
     caller.require_operator("run operator verbs")?;
     let id = parse_job_id(id)?;
     let action = verb.name().to_owned();
-    let status = st.supervisor.apply(id, verb, caller.actor()).await?;
-    Ok(Json(VerbResponse { job_id: id.to_string(), action, status: status.to_string() }))
+    match st.supervisor.apply(id, verb, caller.actor()).await {
+        Ok(status) => {
+            Ok(Json(VerbResponse { job_id: id.to_string(), action, status: status.to_string() }))
+        }
+        Err(e) => {
+            // Who tried what, and why not: the outcome is audited too.
+            if let cz_engine::VerbError::Refused(why) = &e {
+                let job = st.store.get_job(id).await.ok().flatten();
+                let _ = st
+                    .store
+                    .record_audit(cz_state::NewAudit {
+                        actor: caller.actor().to_owned(),
+                        action: format!("{action}.refused"),
+                        job_id: job.as_ref().map(|j| j.id),
+                        sovereign_id: job.as_ref().map(|j| j.sovereign_id),
+                        detail: serde_json::json!({ "reason": why }),
+                    })
+                    .await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Only the entries of this job.
+    pub job: Option<String>,
+}
+
+/// The audit trail: who did what to which job or Sovereign, and the
+/// outcome. Operator token only.
+#[utoipa::path(get, path = "/v1/audit", tag = "jobs", params(AuditQuery),
+    responses((status = 200, body = AuditList), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 422, body = ValidationErrors)),
+    security(("bearer" = [])))]
+pub async fn audit(
+    State(st): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditList>, ApiError> {
+    caller.require_operator("read the audit trail")?;
+    let job = q.job.as_deref().map(parse_job_id).transpose()?;
+    let entries = st.store.audit(job).await.map_err(ApiError::store("read the audit trail"))?;
+    Ok(Json(AuditList { entries: entries.iter().map(AuditView::from).collect() }))
 }
 
 /// Retry failed steps, one step, or a whole phase. Operator token only.

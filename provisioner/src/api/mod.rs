@@ -25,6 +25,7 @@ mod sovereigns;
 mod system;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
 pub mod views;
 
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Set once recovery has started every in-flight job.
     pub ready: Arc<AtomicBool>,
+    /// Named operators (`tokens.file`), if configured.
+    pub people: Option<Arc<tokens::TokenFile>>,
 }
 
 impl ApiState {
@@ -66,6 +69,7 @@ impl ApiState {
             config,
             metrics: Arc::new(Metrics::new()),
             ready: Arc::new(AtomicBool::new(false)),
+            people: None,
         }
     }
 
@@ -74,27 +78,34 @@ impl ApiState {
     }
 }
 
-/// The caller's scope, from the `Authorization: Bearer` header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Caller {
-    Operator,
-    Wizard,
+/// Who calls, from the `Authorization: Bearer` header: a role and the
+/// name the audit trail records (the person's, from the tokens file, or
+/// the role's for the shared tokens).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub role: tokens::Role,
+    name: String,
 }
 
 impl Caller {
-    /// The actor recorded in the audit trail.
-    pub fn actor(self) -> &'static str {
-        match self {
-            Caller::Operator => "operator",
-            Caller::Wizard => "wizard",
-        }
+    pub fn operator(name: &str) -> Caller {
+        Caller { role: tokens::Role::Operator, name: name.to_owned() }
     }
 
-    /// Refuses anything but the operator token.
-    pub fn require_operator(self, what: &'static str) -> Result<(), ApiError> {
-        match self {
-            Caller::Operator => Ok(()),
-            Caller::Wizard => Err(ApiError::Forbidden(what)),
+    pub fn wizard(name: &str) -> Caller {
+        Caller { role: tokens::Role::Wizard, name: name.to_owned() }
+    }
+
+    /// The actor recorded in the audit trail.
+    pub fn actor(&self) -> &str {
+        &self.name
+    }
+
+    /// Refuses anything but an operator.
+    pub fn require_operator(&self, what: &'static str) -> Result<(), ApiError> {
+        match self.role {
+            tokens::Role::Operator => Ok(()),
+            tokens::Role::Wizard => Err(ApiError::Forbidden(what)),
         }
     }
 }
@@ -119,13 +130,15 @@ impl FromRequestParts<ApiState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
         let tokens = &state.config.tokens;
-        // Evaluate both comparisons every time.
+        // Evaluate every comparison every time.
         let op = tokens.operator.as_deref().is_some_and(|t| token_eq(t, presented));
         let wiz = tokens.wizard.as_deref().is_some_and(|t| token_eq(t, presented));
-        match (op, wiz) {
-            (true, _) => Ok(Caller::Operator),
-            (false, true) => Ok(Caller::Wizard),
-            (false, false) => Err(ApiError::Unauthorized),
+        let person = state.people.as_ref().and_then(|f| f.find(presented));
+        match (person, op, wiz) {
+            (Some((name, role)), _, _) => Ok(Caller { role, name }),
+            (None, true, _) => Ok(Caller::operator("operator")),
+            (None, false, true) => Ok(Caller::wizard("wizard")),
+            (None, false, false) => Err(ApiError::Unauthorized),
         }
     }
 }
@@ -177,6 +190,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/sovereigns/{id}/regions", post(sovereigns::add_region))
         .route("/v1/sovereigns/{id}/escrow", get(escrow::escrow))
         .route("/v1/jobs", get(jobs::list))
+        .route("/v1/audit", get(jobs::audit))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/jobs/{id}/events", get(events::events))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))

@@ -38,7 +38,7 @@ fn idempotency(
     Ok(Some(IdempotencyKey { scope, key: key.to_owned(), body_sha256: body_sha256(body) }))
 }
 
-fn fault_plan(headers: &HeaderMap, caller: Caller) -> Result<FaultPlan, ApiError> {
+fn fault_plan(headers: &HeaderMap, caller: &Caller) -> Result<FaultPlan, ApiError> {
     let Some(v) = headers.get(FAULT_PLAN_HEADER) else { return Ok(FaultPlan::default()) };
     caller.require_operator("inject faults")?;
     let text =
@@ -116,7 +116,7 @@ pub async fn submit(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_json(&headers)?;
-    let faults = fault_plan(&headers, caller)?;
+    let faults = fault_plan(&headers, &caller)?;
     let idem = idempotency(&headers, "POST /v1/sovereigns".into(), &body)?;
     let req = parse_provision(&body).map_err(ApiError::Invalid)?;
     let options = JobOptions { faults, retry: st.config.retry, ..Default::default() };
@@ -201,7 +201,7 @@ pub async fn add_region(
     caller.require_operator("add a region")?;
     let sid = parse_id(&id)?;
     require_json(&headers)?;
-    let faults = fault_plan(&headers, caller)?;
+    let faults = fault_plan(&headers, &caller)?;
     let idem = idempotency(&headers, format!("POST /v1/sovereigns/{sid}/regions"), &body)?;
     let (s, jobs) = sovereign_and_jobs(&st, sid).await?;
     let options = JobOptions { faults, retry: st.config.retry, ..Default::default() };

@@ -168,7 +168,7 @@ impl Modify for BearerAuth {
         super::sovereigns::add_region, super::sovereigns::destroy, super::escrow::escrow,
         super::jobs::list, super::jobs::show, super::events::events,
         super::jobs::retry, super::jobs::skip, super::jobs::resume, super::jobs::abandon,
-        super::jobs::cancel,
+        super::jobs::cancel, super::jobs::audit,
         healthz, readyz, metrics, openapi,
     ),
     components(schemas(
@@ -179,6 +179,7 @@ impl Modify for BearerAuth {
         super::views::EscrowView, super::views::EscrowBlob,
         super::views::JobDetail, super::views::EventPage, super::views::EventView,
         super::views::VerbResponse, super::jobs::RetryBody, super::jobs::SkipBody,
+        super::views::AuditList, super::views::AuditView,
     )),
     modifiers(&BearerAuth),
     tags(

@@ -34,7 +34,7 @@ async fn harness() -> Harness {
     let rig = sim_rig().await;
     crate::wiring::ensure_sim_pool_zones(rig.env()).await.unwrap();
     let config = Config {
-        tokens: Tokens { operator: Some(OP.into()), wizard: Some(WIZ.into()) },
+        tokens: Tokens { operator: Some(OP.into()), wizard: Some(WIZ.into()), file: None },
         retry: RetryPolicy { max_attempts: 3, min_delay_ms: 1, max_delay_ms: 10 },
         heartbeat_secs: 1,
         ..Config::default()
@@ -722,4 +722,49 @@ async fn openapi_lists_every_path() {
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     assert!(schemas.contains_key("ProvisionRequest"));
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// Named operators from a tokens file: the audit trail names the person,
+/// the verb, the target and the outcome (a refused verb too); the audit is
+/// operator-only.
+#[tokio::test]
+async fn the_audit_names_the_person_the_verb_the_target_and_the_outcome() {
+    use sha2::Digest as _;
+    let mut h = harness().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let entry = |name: &str, role: &str, token: &str| {
+        format!(
+            "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{}\"\n",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        )
+    };
+    let (alice, bob) = ("alice-token-0123456789abcdef", "bob-token-0123456789abcdef00");
+    std::fs::write(&file, entry("alice", "operator", alice) + &entry("bob", "wizard", bob))
+        .unwrap();
+    h.state.people = Some(Arc::new(super::tokens::TokenFile::load(&file).unwrap()));
+    h.app = router(h.state.clone());
+
+    let r = h.req(Method::POST, "/v1/sovereigns", Some(bob), Some(&body("named"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let job = r.json()["job_id"].as_str().unwrap().to_owned();
+    h.wait_status(&job, "succeeded").await;
+    // Alice tries to resume a finished job: refused, and audited as such.
+    let r = h.req(Method::POST, &format!("/v1/jobs/{job}/resume"), Some(alice), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    // Bob (a wizard) may not read the audit; nobody without a token may.
+    let r = h.req(Method::GET, "/v1/audit", Some(bob), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = h.req(Method::GET, "/v1/audit", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+
+    let r = h.req(Method::GET, &format!("/v1/audit?job={job}"), Some(alice), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let entries = r.json()["entries"].as_array().cloned().unwrap();
+    let submit = entries.iter().find(|e| e["action"] == "submit").expect("the submit");
+    assert_eq!(submit["actor"], "bob");
+    let refused = entries.iter().find(|e| e["action"] == "resume.refused").expect("the refusal");
+    assert_eq!(refused["actor"], "alice");
+    assert_eq!(refused["job_id"], job.as_str());
+    assert!(refused["detail"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{refused}");
 }

@@ -243,10 +243,24 @@ pub struct PhaseProgress {
 pub struct AuditView {
     pub id: i64,
     pub at: String,
+    /// The person (a named operator), or the shared token's role.
     pub actor: String,
+    /// The verb (`submit`, `retry`, `destroy`, `escrow.read`, ...); a
+    /// refused verb is recorded as `<verb>.refused`.
     pub action: String,
+    /// The target: the job and the Sovereign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sovereign_id: Option<String>,
     #[schema(value_type = Object)]
     pub detail: Value,
+}
+
+/// The audit trail (`GET /v1/audit`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<AuditView>,
 }
 
 impl From<&AuditEntry> for AuditView {
@@ -256,6 +270,8 @@ impl From<&AuditEntry> for AuditView {
             at: rfc3339(a.at),
             actor: a.actor.clone(),
             action: a.action.clone(),
+            job_id: a.job_id.map(|j| j.to_string()),
+            sovereign_id: a.sovereign_id.map(|s| s.to_string()),
             detail: a.detail.clone(),
         }
     }
