@@ -56,17 +56,7 @@ fn is_tofu(e: &Value, kind: &str) -> bool {
 
 /// Objects per kind in the fake whose sovereign label is ours.
 fn ours(fake: &fake::FakeHandle) -> BTreeMap<&'static str, Vec<String>> {
-    let mut out = BTreeMap::new();
-    for kind in cz_sim::backend::cloud::KINDS {
-        let names: Vec<String> = fake
-            .objects(kind)
-            .iter()
-            .filter(|o| o["labels"][SOVEREIGN_LABEL] == SLUG)
-            .map(|o| o["name"].as_str().unwrap_or_default().to_owned())
-            .collect();
-        out.insert(kind, names);
-    }
-    out
+    crate::hetzner_e2e::ours(fake, SLUG)
 }
 
 #[test]

@@ -182,7 +182,7 @@ fn unauthorized(e: &StepError) -> bool {
 }
 
 /// `age -d -i identity` of `armored` (the real CLI), if it opens.
-fn age_open(identity: &Path, armored: &str, scratch: &Path) -> Option<String> {
+pub(crate) fn age_open(identity: &Path, armored: &str, scratch: &Path) -> Option<String> {
     let f = scratch.join("blob.age");
     std::fs::write(&f, armored).unwrap();
     let out = std::process::Command::new("age")

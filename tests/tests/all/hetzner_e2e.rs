@@ -268,7 +268,10 @@ fn config(w: &World, dir: &Path, tofu: &Path) -> PathBuf {
 }
 
 /// This Sovereign's objects in the hcloud fake, per kind.
-fn ours(hcloud: &FakeHandle, slug: &str) -> std::collections::BTreeMap<&'static str, Vec<String>> {
+pub(crate) fn ours(
+    hcloud: &FakeHandle,
+    slug: &str,
+) -> std::collections::BTreeMap<&'static str, Vec<String>> {
     cz_sim::backend::cloud::KINDS
         .iter()
         .map(|kind| {
@@ -291,19 +294,6 @@ fn managed_resources(kube: &FakeKube) -> Vec<Value> {
         .filter(|c| c.group != "hetzner.m.crossplane.io")
         .flat_map(|c| kube.objects(c.group, c.plural))
         .collect()
-}
-
-/// `age -d -i identity` of `armored` (the real CLI), if it opens.
-fn age_open(identity: &Path, armored: &str, scratch: &Path) -> Option<String> {
-    let f = scratch.join("blob.age");
-    std::fs::write(&f, armored).unwrap();
-    let out = std::process::Command::new("age")
-        .args(["-d", "-i"])
-        .arg(identity)
-        .arg(&f)
-        .output()
-        .expect("the age CLI");
-    out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
 }
 
 /// Where a run kills the daemon: after the job's event of each id (in
@@ -514,7 +504,7 @@ fn run(case: Case, fire: Option<Fire>) {
     for item in &shares {
         let owner = item["custodian"].as_u64().unwrap() as usize;
         for (c, id) in w.custodians.iter().enumerate() {
-            let opened = age_open(id, item["age"].as_str().unwrap(), dir);
+            let opened = crate::handoff_bao::age_open(id, item["age"].as_str().unwrap(), dir);
             assert_eq!(opened.is_some(), c == owner, "custodian {c} and share {item}");
         }
     }
