@@ -187,11 +187,7 @@ impl<E: StepEnv> Engine<E> {
         for attempt in 0..5u32 {
             match self.store.update_job(job, update.clone()).await {
                 Ok(j) => {
-                    let ev = NewJobEvent::new(
-                        "job",
-                        json!({ "status": j.status, "mode": j.mode, "pause": j.pause, "error": j.error }),
-                    );
-                    let _ = self.store.append_events(job, vec![ev]).await;
+                    let _ = self.store.append_events(job, vec![job_event(&j)]).await;
                     return Ok(DriveOutcome::Stopped(JobStatus::Paused));
                 }
                 Err(e) => {
@@ -277,10 +273,7 @@ impl<E: StepEnv> Engine<E> {
             .await
             .map_err(|source| EngineError::Store { job: job.id, source })?;
         if status.is_some() || mode.is_some() {
-            let mut evs = vec![NewJobEvent::new(
-                "job",
-                json!({ "status": j.status, "mode": j.mode, "pause": j.pause, "error": j.error }),
-            )];
+            let mut evs = vec![job_event(&j)];
             if matches!(
                 j.status,
                 JobStatus::Succeeded
@@ -296,6 +289,14 @@ impl<E: StepEnv> Engine<E> {
         }
         Ok(j)
     }
+}
+
+/// The `job` event that says where a job stands after a status change.
+fn job_event(j: &Job) -> NewJobEvent {
+    NewJobEvent::new(
+        "job",
+        json!({ "status": j.status, "mode": j.mode, "pause": j.pause, "error": j.error }),
+    )
 }
 
 /// How long a storage fault (a full disk, a read-only file system, a

@@ -463,6 +463,18 @@ where
     result.map(|()| n)
 }
 
+/// The label selector of this Sovereign's objects in `location` (in the
+/// cloud, and on its managed resources in the cluster).
+pub fn region_selector(cx: &StepCtx, location: &str) -> StepResult<String> {
+    Ok(format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?)))
+}
+
+/// This Sovereign's live cloud objects in `location`, with its token.
+pub async fn region_objects(cx: &StepCtx, location: &str) -> StepResult<Vec<CloudObject>> {
+    let token = region_token(cx, location).await?;
+    cx.env.cloud.list(&token, &region_selector(cx, location)?).await
+}
+
 /// The resources the region's module was rendered from.
 async fn read_manifest(ws: &Workspace) -> StepResult<Vec<Resource>> {
     let text = tokio::fs::read(ws.dir.join(MANIFEST)).await.map_err(|e| {
@@ -480,12 +492,10 @@ async fn adopt_orphans(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResu
         return Ok(Vec::new());
     }
     let token = region_token(cx, location).await?;
-    let fqdn = fqdn(cx)?;
     let desired = read_manifest(ws).await?;
     let state = cx.env.tofu.state(ws).await?;
-    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn));
     let mut adopted = Vec::new();
-    for obj in cx.env.cloud.list(&token, &selector).await? {
+    for obj in cx.env.cloud.list(&token, &region_selector(cx, location)?).await? {
         if state.iter().any(|s| s.id == obj.id && s.kind == obj.kind) {
             continue;
         }
@@ -516,9 +526,7 @@ async fn offline_drift(cx: &StepCtx, ws: &Workspace, location: &str) -> StepResu
     if state.is_empty() {
         return Ok(Vec::new());
     }
-    let token = region_token(cx, location).await?;
-    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?));
-    let live = cx.env.cloud.list(&token, &selector).await?;
+    let live = region_objects(cx, location).await?;
     let mut replace = Vec::new();
     for d in &desired {
         let address = format!("terraform_data.{}", render::offline_id(&d.address));
@@ -572,8 +580,7 @@ async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
 /// Deletes every object labelled for this Sovereign and region.
 pub async fn sweep_region(cx: &StepCtx, location: &str) -> StepResult<()> {
     let token = region_token(cx, location).await?;
-    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={location}", slug(&fqdn(cx)?));
-    let mut objs = cx.env.cloud.list(&token, &selector).await?;
+    let mut objs = cx.env.cloud.list(&token, &region_selector(cx, location)?).await?;
     objs.sort_by_key(|o| cz_adapters::cloud::deletion_rank(&o.kind));
     for obj in objs {
         cx.env.cloud.delete(&token, &obj).await?;
@@ -649,9 +656,7 @@ async fn resolve_objects(cx: &StepCtx, out: &Value) -> StepResult<(Vec<Server>, 
     let entries: Vec<Entry> =
         serde_json::from_value(out["objects"].clone()).map_err(|e| output_error("objects", e))?;
     let loc = cx.params::<RegionParams>()?.location;
-    let token = region_token(cx, &loc).await?;
-    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
-    let live = cx.env.cloud.list(&token, &selector).await?;
+    let live = region_objects(cx, &loc).await?;
     let find = |e: &Entry| -> StepResult<&CloudObject> {
         live.iter().find(|o| o.kind == e.kind && o.name == e.name).ok_or_else(|| {
             output_error(

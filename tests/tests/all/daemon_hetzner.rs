@@ -149,19 +149,7 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     );
 
     // No duplicates: exactly the region's objects, once each.
-    let objs = ours(&fake);
-    let count = |k: &str| objs[k].len();
-    assert_eq!(
-        (count("server"), count("network"), count("firewall"), count("ssh_key")),
-        (5, 1, 1, 1),
-        "{objs:?}"
-    );
-    assert_eq!((count("load_balancer"), count("placement_group")), (1, 2), "{objs:?}");
-    for (k, names) in &objs {
-        let mut u = names.clone();
-        u.dedup();
-        assert_eq!(u.len(), names.len(), "duplicate {k}: {names:?}");
-    }
+    crate::hetzner_e2e::assert_one_region(&ours(&fake));
     // Servers were created with their network (a private IP) and type.
     for s in fake.objects("server").iter().filter(|o| o["labels"][SOVEREIGN_LABEL] == SLUG) {
         assert!(

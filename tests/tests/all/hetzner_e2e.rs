@@ -286,6 +286,22 @@ pub(crate) fn ours(
         .collect()
 }
 
+/// Exactly one region of 3 control planes and 2 workers, each object once.
+pub(crate) fn assert_one_region(objs: &std::collections::BTreeMap<&'static str, Vec<String>>) {
+    let count = |k: &str| objs[k].len();
+    assert_eq!(
+        (count("server"), count("network"), count("firewall"), count("ssh_key")),
+        (5, 1, 1, 1),
+        "{objs:?}"
+    );
+    assert_eq!((count("load_balancer"), count("placement_group")), (1, 2), "{objs:?}");
+    for (k, names) in objs {
+        let mut u = names.clone();
+        u.dedup();
+        assert_eq!(u.len(), names.len(), "duplicate {k}: {names:?}");
+    }
+}
+
 /// Every provider-hetzner managed resource in the fake cluster.
 fn managed_resources(kube: &FakeKube) -> Vec<Value> {
     cz_sim::charts::PROVIDER_HETZNER
@@ -468,15 +484,8 @@ fn run(case: Case, fire: Option<Fire>) {
     let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "gap or duplicate in event ids");
 
-    // The cloud: each object once, on the nodes' addresses.
-    let objs = ours(&w.hcloud, &slug);
-    let count = |k: &str| objs[k].len();
-    assert_eq!(
-        (count("server"), count("network"), count("firewall"), count("ssh_key")),
-        (5, 1, 1, 1),
-        "{objs:?}"
-    );
-    assert_eq!((count("load_balancer"), count("placement_group")), (1, 2), "{objs:?}");
+    // The cloud: each object once.
+    assert_one_region(&ours(&w.hcloud, &slug));
     // K3s: one cluster-init, four joins, every node registered.
     let calls = std::fs::read_to_string(w.cluster.join("calls.log")).unwrap();
     assert_eq!(calls.matches("joined role=server cluster-init").count(), 1, "{calls}");

@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cz_adapters::labels::{FIELD_MANAGER, LABEL_REGION, LABEL_SOVEREIGN};
+use cz_adapters::labels::FIELD_MANAGER;
 use cz_adapters::{ObjectRef, Until};
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
 use cz_engine::{action, no_undo};
@@ -324,9 +324,7 @@ async fn region_adoptees(cx: &StepCtx) -> StepResult<(String, Vec<Adoptee>)> {
     let ws = workspace(cx, &loc);
     let mut state = cx.env.tofu.state(&ws).await?;
     if offline::is_offline(&state) {
-        let token = region_token(cx, &loc).await?;
-        let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
-        let live = cx.env.cloud.list(&token, &selector).await?;
+        let live = crate::infra::region_objects(cx, &loc).await?;
         state = offline::provider_state(&state, &live).map_err(|m| {
             precondition(
                 format!("region {loc}: {m}"),
@@ -594,7 +592,7 @@ async fn release(cx: &StepCtx) -> StepResult<Released> {
 }
 
 async fn release_in(cx: &StepCtx, kc: &SecretString, loc: &str) -> StepResult<usize> {
-    let selector = format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={loc}", slug(&fqdn(cx)?));
+    let selector = crate::infra::region_selector(cx, loc)?;
     let kube = &cx.env.kube;
     let mut gone: Vec<ObjectRef> = Vec::new();
     for k in managed::KINDS {
