@@ -24,6 +24,17 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot connect to the database {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot start the store's writer thread")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot apply migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("secret sealing failed")]
@@ -32,7 +43,7 @@ pub enum StoreError {
         "the at-rest key {key} does not open the secrets of {database}: it is not the key this \
          store was written with (point `at_rest_key` at that one)"
     )]
-    WrongKey { key: PathBuf, database: PathBuf },
+    WrongKey { key: PathBuf, database: String },
     #[error("database query failed: {what}")]
     Query {
         what: &'static str,
@@ -77,6 +88,11 @@ pub enum StoreError {
     FqdnTaken { fqdn: String },
     #[error("idempotency key `{key}` was used before with a different body")]
     IdempotencyConflict { key: String },
+    /// This replica no longer holds the job's lease (it expired, or
+    /// another replica took the job over): the write is refused, and the
+    /// run must stop.
+    #[error("this replica no longer holds the lease of job {job}")]
+    LeaseLost { job: JobId },
 }
 
 /// A fault of the storage under the store, rather than of one write: no
@@ -119,6 +135,9 @@ impl StorageFault {
     pub fn of_sqlx(e: &sqlx::Error) -> Option<StorageFault> {
         match e {
             sqlx::Error::Database(db) => {
+                if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    return StorageFault::of_sqlstate(pg.code());
+                }
                 let code: i64 = db.code()?.parse().ok()?;
                 match code & 0xff {
                     13 => Some(StorageFault::DiskFull),
@@ -134,15 +153,31 @@ impl StorageFault {
     }
 }
 
+impl StorageFault {
+    /// The fault behind a PostgreSQL SQLSTATE, if it is one: the server's
+    /// disk is full, it is a read-only standby, or a lock wait gave up.
+    fn of_sqlstate(code: &str) -> Option<StorageFault> {
+        match code {
+            "53100" => Some(StorageFault::DiskFull),
+            "25006" => Some(StorageFault::ReadOnly),
+            "55P03" => Some(StorageFault::Locked),
+            "58030" => Some(StorageFault::Io),
+            _ => None,
+        }
+    }
+}
+
 impl StoreError {
     /// The storage fault behind this error, if it is one.
     pub fn storage_fault(&self) -> Option<StorageFault> {
         match self {
-            StoreError::Query { source, .. } | StoreError::Open { source, .. } => {
-                StorageFault::of_sqlx(source)
-            }
+            StoreError::Query { source, .. }
+            | StoreError::Open { source, .. }
+            | StoreError::Connect { source, .. } => StorageFault::of_sqlx(source),
             StoreError::Commit { fault, .. } => *fault,
-            StoreError::DataDir { source, .. } => StorageFault::of_io(source),
+            StoreError::DataDir { source, .. } | StoreError::Thread { source } => {
+                StorageFault::of_io(source)
+            }
             _ => None,
         }
     }
@@ -158,6 +193,8 @@ impl StoreError {
             StoreError::Commit { .. } | StoreError::Query { .. } => true,
             StoreError::DataDir { .. }
             | StoreError::Open { .. }
+            | StoreError::Connect { .. }
+            | StoreError::Thread { .. }
             | StoreError::Migrate(_)
             | StoreError::Seal(_)
             | StoreError::WrongKey { .. }
@@ -171,7 +208,8 @@ impl StoreError {
             | StoreError::SovereignGone { .. }
             | StoreError::SovereignBusy { .. }
             | StoreError::FqdnTaken { .. }
-            | StoreError::IdempotencyConflict { .. } => false,
+            | StoreError::IdempotencyConflict { .. }
+            | StoreError::LeaseLost { .. } => false,
         }
     }
 }

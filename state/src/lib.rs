@@ -28,6 +28,6 @@ pub use model::{
 };
 pub use secrets::{SealError, Sealer, SecretString};
 pub use store::{
-    IdempotencyKey, JobUpdate, MIGRATOR, SovereignTarget, Store, StorePaths, Submission,
-    SubmitOutcome,
+    Backend, IdempotencyKey, JobUpdate, MIGRATOR, PG_MIGRATOR, Renewal, SovereignTarget, Store,
+    StorePaths, Submission, SubmitOutcome, redact_url,
 };

@@ -99,6 +99,7 @@ pub enum SealError {
 
 /// The daemon's age identity: encrypts secrets for storage and decrypts them.
 pub struct Sealer {
+    path: PathBuf,
     identity: age::x25519::Identity,
     recipient: age::x25519::Recipient,
 }
@@ -148,6 +149,12 @@ impl Sealer {
                 tracing::info!(path = %path.display(), "Created the daemon's at-rest key.");
             }
         }
+        Sealer::load(path)
+    }
+
+    /// Loads the identity at `path`, which must exist, be private to its
+    /// owner and hold an age X25519 secret key (`age-keygen` writes one).
+    pub fn load(path: &Path) -> Result<Sealer, SealError> {
         let meta = std::fs::metadata(path)
             .map_err(|source| SealError::ReadIdentity { path: path.to_owned(), source })?;
         let mode = meta.permissions().mode() & 0o777;
@@ -163,7 +170,12 @@ impl Sealer {
             .and_then(|l| age::x25519::Identity::from_str(l).ok())
             .ok_or_else(|| SealError::ParseIdentity { path: path.to_owned() })?;
         let recipient = identity.to_public();
-        Ok(Sealer { identity, recipient })
+        Ok(Sealer { path: path.to_owned(), identity, recipient })
+    }
+
+    /// Where the key was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The public half, for display (`age1…`).

@@ -28,11 +28,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Connection, Row};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Connection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::StoreError;
@@ -40,8 +38,13 @@ use crate::journal::{NodeState, StepEvent};
 use crate::model::*;
 use crate::secrets::{SealError, Sealer, SecretString};
 
-/// The forward-only migrations in `state/migrations/`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The forward-only migrations of the SQLite store, `state/migrations/sqlite/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The PostgreSQL store's migrations, `state/migrations/postgres/`: the same
+/// versions, tables and columns in PostgreSQL's dialect (the store tests
+/// compare both schemas column by column).
+pub static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How many live events a slow SSE subscriber may fall behind before it
 /// re-reads from the database (it never loses events, see `subscribe`).
@@ -61,7 +64,7 @@ type CustomFn = Box<dyn for<'c> FnOnce(&'c mut WriterConn) -> BoxFuture<'c, OpRe
 /// are staged until the op's savepoint is released, and of a batch until it
 /// commits; a rolled-back op or batch leaves the cache as it was.
 pub(crate) struct WriterConn {
-    conn: SqliteConnection,
+    conn: AnyConnection,
     committed: HashMap<(JobId, String), NodeState>,
     staged: HashMap<(JobId, String), NodeState>,
     op: HashMap<(JobId, String), NodeState>,
@@ -76,7 +79,7 @@ pub(crate) struct WriterConn {
 const NODE_CACHE_MAX: usize = 50_000;
 
 impl WriterConn {
-    fn new(conn: SqliteConnection) -> Self {
+    fn new(conn: AnyConnection) -> Self {
         WriterConn {
             conn,
             committed: HashMap::new(),
@@ -122,10 +125,20 @@ impl WriterConn {
             self.staged_loaded.clear();
         }
     }
+    /// Drops every cached state of `job` (read again from the journal).
+    fn forget(&mut self, job: JobId) {
+        for layer in [&mut self.committed, &mut self.staged, &mut self.op] {
+            layer.retain(|(j, _), _| *j != job);
+        }
+        for set in [&mut self.loaded, &mut self.staged_loaded, &mut self.op_loaded] {
+            set.remove(&job);
+        }
+    }
+
     /// Reads a job's whole journal into the op layer (it becomes committed
     /// cache only if this op and batch commit).
     async fn load_job(&mut self, job: JobId) -> Result<(), StoreError> {
-        let rows = sqlx::query("SELECT node, body FROM step_events WHERE job_id = ? ORDER BY seq")
+        let rows = sqlx::query("SELECT node, body FROM step_events WHERE job_id = $1 ORDER BY seq")
             .bind(job.to_string())
             .fetch_all(&mut self.conn)
             .await
@@ -238,6 +251,24 @@ pub struct JobUpdate {
     pub sovereign_status: Option<SovereignStatus>,
 }
 
+/// The database under a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One file, one daemon (the data dir's lock says which).
+    Sqlite,
+    /// A server shared by replicas; job runs are held by leases.
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
 /// The durable store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -245,41 +276,122 @@ pub struct Store {
 }
 
 struct Inner {
-    pool: SqlitePool,
+    pool: AnyPool,
     writer: mpsc::UnboundedSender<WriteOp>,
     sealer: Sealer,
     hub: Mutex<HashMap<JobId, broadcast::Sender<Arc<JobEvent>>>>,
-    paths: StorePaths,
+    backend: Backend,
+    /// The SQLite files; `None` on PostgreSQL.
+    paths: Option<StorePaths>,
+    /// Where the database is, for messages (a PostgreSQL URL without its
+    /// password).
+    location: String,
+    /// This process's name as a lease owner (PostgreSQL).
+    replica: String,
+    /// The leases this process holds: job → generation.
+    held: Mutex<HashMap<JobId, i64>>,
+}
+
+/// The lease a write of a job is made under (PostgreSQL): checked in the
+/// write's own transaction, and recorded on its rows.
+#[derive(Clone, Debug)]
+struct Fence {
+    owner: String,
+    generation: i64,
 }
 
 /// How much space the store holds back for recording a full disk.
 pub const RESERVE_BYTES: u64 = 4 << 20;
 
+/// Per-connection settings of the SQLite store: WAL with `synchronous =
+/// FULL` (a commit that returned is on disk), foreign keys, and a wait for
+/// an outside writer (an operator's `sqlite3` shell) instead of an error.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000;";
+
+/// `url` without its password, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<an unparseable database URL>".into(),
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the database and identity under `paths`,
-    /// applies pending migrations and starts the writer task.
+    /// Opens (creating if needed) the SQLite database and identity under
+    /// `paths`, applies pending migrations and starts the writer task.
     pub async fn open(paths: StorePaths) -> Result<Store, StoreError> {
         if let Some(dir) = paths.database.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::DataDir { path: dir.to_owned(), source })?;
         }
         let sealer = Sealer::load_or_create(&paths.identity).map_err(StoreError::Seal)?;
-        let opts = SqliteConnectOptions::new()
-            .filename(&paths.database)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(30));
-        let mut writer_conn = SqliteConnection::connect_with(&opts)
-            .await
-            .map_err(|source| StoreError::Open { path: paths.database.clone(), source })?;
+        sqlx::any::install_default_drivers();
+        let open_err = |source| StoreError::Open { path: paths.database.clone(), source };
+        let file = SqliteConnectOptions::new().filename(&paths.database);
+        let rw = AnyConnectOptions::from_url(&file.clone().create_if_missing(true).to_url_lossy())
+            .map_err(open_err)?;
+        let ro =
+            AnyConnectOptions::from_url(&file.read_only(true).to_url_lossy()).map_err(open_err)?;
+        let mut writer_conn = AnyConnection::connect_with(&rw).await.map_err(open_err)?;
+        sqlx::raw_sql(SQLITE_PRAGMAS).execute(&mut writer_conn).await.map_err(open_err)?;
         MIGRATOR.run(&mut writer_conn).await.map_err(StoreError::Migrate)?;
-        let pool = SqlitePoolOptions::new()
+        let pool = AnyPoolOptions::new()
             .max_connections(8)
-            .connect_with(opts.read_only(true))
+            .after_connect(|c, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("PRAGMA busy_timeout = 30000").execute(c).await.map(|_| ())
+                })
+            })
+            .connect_with(ro)
             .await
-            .map_err(|source| StoreError::Open { path: paths.database.clone(), source })?;
+            .map_err(open_err)?;
+        let location = paths.database.display().to_string();
+        Store::start(writer_conn, pool, sealer, Backend::Sqlite, Some(paths), location).await
+    }
+
+    /// Opens the PostgreSQL store at `url` (`postgres://…`) with the
+    /// at-rest key at `identity`, applying pending migrations (under
+    /// PostgreSQL's advisory lock, so replicas starting together migrate
+    /// once).
+    ///
+    /// The key must exist: replicas share the store, so they must share the
+    /// key, and one created here would be this replica's alone.
+    pub async fn open_postgres(url: &str, identity: &Path) -> Result<Store, StoreError> {
+        let location = redact_url(url);
+        let sealer = Sealer::load(identity).map_err(StoreError::Seal)?;
+        sqlx::any::install_default_drivers();
+        let connect_err = |source| StoreError::Connect { url: location.clone(), source };
+        let opts = AnyConnectOptions::from_str(url).map_err(connect_err)?;
+        if opts.database_url.scheme() != "postgres" && opts.database_url.scheme() != "postgresql" {
+            return Err(StoreError::Connect {
+                url: location.clone(),
+                source: sqlx::Error::Configuration("not a postgres:// URL".into()),
+            });
+        }
+        let mut writer_conn = AnyConnection::connect_with(&opts).await.map_err(connect_err)?;
+        PG_MIGRATOR.run(&mut writer_conn).await.map_err(StoreError::Migrate)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .map_err(connect_err)?;
+        Store::start(writer_conn, pool, sealer, Backend::Postgres, None, location).await
+    }
+
+    async fn start(
+        writer_conn: AnyConnection,
+        pool: AnyPool,
+        sealer: Sealer,
+        backend: Backend,
+        paths: Option<StorePaths>,
+        location: String,
+    ) -> Result<Store, StoreError> {
         // A store written with another key would fail at its first secret,
         // mid-job: refuse now.
         let sample: Option<Vec<u8>> = sqlx::query_scalar("SELECT ciphertext FROM secrets LIMIT 1")
@@ -287,12 +399,9 @@ impl Store {
             .await
             .map_err(StoreError::query("check the at-rest key"))?;
         if let Some(blob) = sample
-            && sealer.unseal(&blob).is_err()
+            && sealer.unseal(blob.as_slice()).is_err()
         {
-            return Err(StoreError::WrongKey {
-                key: paths.identity.clone(),
-                database: paths.database.clone(),
-            });
+            return Err(StoreError::WrongKey { key: sealer.path().to_owned(), database: location });
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let store = Store {
@@ -301,7 +410,16 @@ impl Store {
                 writer: tx,
                 sealer,
                 hub: Mutex::new(HashMap::new()),
+                backend,
                 paths,
+                location,
+                replica: format!(
+                    "{}/{}/{}",
+                    hostname(),
+                    std::process::id(),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
+                held: Mutex::new(HashMap::new()),
             }),
         };
         // The writer runs on its own thread with a single-threaded runtime:
@@ -317,18 +435,25 @@ impl Store {
                     .expect("the store writer's runtime");
                 rt.block_on(writer_task(writer_conn, rx, weak));
             })
-            .map_err(|source| StoreError::DataDir {
-                path: store.inner.paths.database.clone(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Thread { source })?;
         Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Where the database is (a file path, or a URL without password).
+    pub fn location(&self) -> &str {
+        &self.inner.location
     }
 
     /// The reserve file beside the database: space held back so that,
     /// when the disk fills, releasing it leaves room to record why the job
     /// stopped (see [`Store::release_reserve`]).
-    pub fn reserve_path(&self) -> std::path::PathBuf {
-        self.inner.paths.database.with_extension("reserve")
+    /// `None` on PostgreSQL, whose disk is the server's.
+    pub fn reserve_path(&self) -> Option<PathBuf> {
+        Some(self.inner.paths.as_ref()?.database.with_extension("reserve"))
     }
 
     /// Writes the reserve if it is missing (real bytes: a sparse file would
@@ -336,7 +461,7 @@ impl Store {
     /// is logged, not an error.
     pub fn ensure_reserve(&self) -> bool {
         use std::io::Write as _;
-        let path = self.reserve_path();
+        let Some(path) = self.reserve_path() else { return true };
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE_BYTES) {
             return true;
         }
@@ -365,19 +490,21 @@ impl Store {
     /// Gives the reserve's space back to the file system (a full disk):
     /// whether there was one.
     pub fn release_reserve(&self) -> bool {
-        let released = std::fs::remove_file(self.reserve_path()).is_ok();
+        let Some(path) = self.reserve_path() else { return false };
+        let released = std::fs::remove_file(&path).is_ok();
         if released {
-            tracing::warn!(reserve = %self.reserve_path().display(), "Released the store's reserve space to record a storage fault.");
+            tracing::warn!(reserve = %path.display(), "Released the store's reserve space to record a storage fault.");
         }
         released
     }
 
-    pub fn paths(&self) -> &StorePaths {
-        &self.inner.paths
+    /// The SQLite store's files; `None` on PostgreSQL.
+    pub fn paths(&self) -> Option<&StorePaths> {
+        self.inner.paths.as_ref()
     }
 
     /// A read-only pool (tests and the schema check use it).
-    pub fn read_pool(&self) -> &SqlitePool {
+    pub fn read_pool(&self) -> &AnyPool {
         &self.inner.pool
     }
 
@@ -426,7 +553,7 @@ impl Store {
     // === sovereigns ===
 
     pub async fn get_sovereign(&self, id: SovereignId) -> Result<Option<Sovereign>, StoreError> {
-        let row = sqlx::query("SELECT * FROM sovereigns WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM sovereigns WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.inner.pool)
             .await
@@ -445,7 +572,7 @@ impl Store {
     // === jobs ===
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id.to_string())
             .fetch_optional(&self.inner.pool)
             .await
@@ -456,7 +583,7 @@ impl Store {
     pub async fn list_jobs(&self, sovereign: Option<SovereignId>) -> Result<Vec<Job>, StoreError> {
         let rows = match sovereign {
             Some(s) => {
-                sqlx::query("SELECT * FROM jobs WHERE sovereign_id = ? ORDER BY created_at, id")
+                sqlx::query("SELECT * FROM jobs WHERE sovereign_id = $1 ORDER BY created_at, id")
                     .bind(s.to_string())
                     .fetch_all(&self.inner.pool)
                     .await
@@ -485,17 +612,20 @@ impl Store {
     /// Applies `update` to a job, refusing a status change the status machine
     /// forbids. Returns the updated row.
     pub async fn update_job(&self, id: JobId, update: JobUpdate) -> Result<Job, StoreError> {
-        self.write(
-            false,
-            Box::new(move |w| {
-                Box::pin(async move {
-                    let c = &mut w.conn;
-                    let job = update_job_tx(c, id, update).await?;
-                    Ok(Box::new(job) as Box<dyn Any + Send>)
-                })
-            }),
-        )
-        .await
+        let fence = self.fence(id)?;
+        let r = self
+            .write(
+                false,
+                Box::new(move |w| {
+                    Box::pin(async move {
+                        check_fence(w, id, fence.as_ref()).await?;
+                        let job = update_job_tx(&mut w.conn, id, update).await?;
+                        Ok(Box::new(job) as Box<dyn Any + Send>)
+                    })
+                }),
+            )
+            .await;
+        self.lost_on(id, r)
     }
 
     // === step journal ===
@@ -509,16 +639,20 @@ impl Store {
         event: StepEvent,
     ) -> Result<NodeState, StoreError> {
         let node = node.to_owned();
-        self.write(
-            false,
-            Box::new(move |w| {
-                Box::pin(async move {
-                    let state = append_step_tx(w, job, &node, &event).await?;
-                    Ok(Box::new(state) as Box<dyn Any + Send>)
-                })
-            }),
-        )
-        .await
+        let fence = self.fence(job)?;
+        let r = self
+            .write(
+                false,
+                Box::new(move |w| {
+                    Box::pin(async move {
+                        let g = check_fence(w, job, fence.as_ref()).await?;
+                        let state = append_step_tx(w, job, &node, &event, g).await?;
+                        Ok(Box::new(state) as Box<dyn Any + Send>)
+                    })
+                }),
+            )
+            .await;
+        self.lost_on(job, r)
     }
 
     /// Appends a journal event and stream events in one transaction (a step
@@ -532,23 +666,27 @@ impl Store {
     ) -> Result<(NodeState, Vec<Arc<JobEvent>>), StoreError> {
         let node = node.to_owned();
         let events = prepare(events);
-        self.write(
-            true,
-            Box::new(move |w| {
-                Box::pin(async move {
-                    let state = append_step_tx(w, job, &node, &event).await?;
-                    let evs = append_events_tx(&mut w.conn, job, events).await?;
-                    Ok(Box::new((state, evs)) as Box<dyn Any + Send>)
-                })
-            }),
-        )
-        .await
+        let fence = self.fence(job)?;
+        let r = self
+            .write(
+                true,
+                Box::new(move |w| {
+                    Box::pin(async move {
+                        let g = check_fence(w, job, fence.as_ref()).await?;
+                        let state = append_step_tx(w, job, &node, &event, g).await?;
+                        let evs = append_events_tx(&mut w.conn, job, events, g).await?;
+                        Ok(Box::new((state, evs)) as Box<dyn Any + Send>)
+                    })
+                }),
+            )
+            .await;
+        self.lost_on(job, r)
     }
 
     /// The whole journal of a job, in order.
     pub async fn journal(&self, job: JobId) -> Result<Vec<StepEventRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, node, body, at FROM step_events WHERE job_id = ? ORDER BY seq",
+            "SELECT seq, node, body, at FROM step_events WHERE job_id = $1 ORDER BY seq",
         )
         .bind(job.to_string())
         .fetch_all(&self.inner.pool)
@@ -593,17 +731,20 @@ impl Store {
             return Ok(Vec::new());
         }
         let events = prepare(events);
-        self.write(
-            true,
-            Box::new(move |w| {
-                Box::pin(async move {
-                    let c = &mut w.conn;
-                    let evs = append_events_tx(c, job, events).await?;
-                    Ok(Box::new(evs) as Box<dyn Any + Send>)
-                })
-            }),
-        )
-        .await
+        let fence = self.fence(job)?;
+        let r = self
+            .write(
+                true,
+                Box::new(move |w| {
+                    Box::pin(async move {
+                        let g = check_fence(w, job, fence.as_ref()).await?;
+                        let evs = append_events_tx(&mut w.conn, job, events, g).await?;
+                        Ok(Box::new(evs) as Box<dyn Any + Send>)
+                    })
+                }),
+            )
+            .await;
+        self.lost_on(job, r)
     }
 
     /// Events with id > `after`, at most `limit`.
@@ -614,7 +755,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<JobEvent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, kind, body FROM job_events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, at, kind, body FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(job.to_string())
         .bind(after)
@@ -673,7 +814,7 @@ impl Store {
     pub async fn audit(&self, job: Option<JobId>) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = match job {
             Some(j) => {
-                sqlx::query("SELECT * FROM audit WHERE job_id = ? ORDER BY id")
+                sqlx::query("SELECT * FROM audit WHERE job_id = $1 ORDER BY id")
                     .bind(j.to_string())
                     .fetch_all(&self.inner.pool)
                     .await
@@ -744,7 +885,7 @@ impl Store {
         owner: &str,
         name: &str,
     ) -> Result<Option<SecretString>, StoreError> {
-        let row = sqlx::query("SELECT ciphertext FROM secrets WHERE owner = ? AND name = ?")
+        let row = sqlx::query("SELECT ciphertext FROM secrets WHERE owner = $1 AND name = $2")
             .bind(owner)
             .bind(name)
             .fetch_optional(&self.inner.pool)
@@ -760,7 +901,7 @@ impl Store {
 
     /// The names of the secrets `owner` holds, sorted (never their values).
     pub async fn secret_names(&self, owner: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT name FROM secrets WHERE owner = ? ORDER BY name")
+        let rows = sqlx::query("SELECT name FROM secrets WHERE owner = $1 ORDER BY name")
             .bind(owner)
             .fetch_all(&self.inner.pool)
             .await
@@ -776,7 +917,7 @@ impl Store {
             Box::new(move |w| {
                 Box::pin(async move {
                     let c = &mut w.conn;
-                    sqlx::query("DELETE FROM secrets WHERE owner = ? AND name = ?")
+                    sqlx::query("DELETE FROM secrets WHERE owner = $1 AND name = $2")
                         .bind(owner)
                         .bind(name)
                         .execute(&mut *c)
@@ -788,6 +929,254 @@ impl Store {
         )
         .await
     }
+}
+
+// === leases (PostgreSQL replicas) ===
+
+/// The database server's clock in milliseconds: replicas judge lease
+/// expiry by one clock, not by their own.
+fn db_now(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+        Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    }
+}
+
+/// What a renewal found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Renewal {
+    /// Still held, now until the new expiry.
+    pub renewed: Vec<JobId>,
+    /// Expired or taken over: their runs must stop (their writes are
+    /// already refused).
+    pub lost: Vec<JobId>,
+}
+
+impl Store {
+    /// This process's name as a lease owner: host, pid and a random tag.
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// The leases this process holds, job → generation.
+    pub fn held_leases(&self) -> BTreeMap<JobId, i64> {
+        self.inner.held.lock().expect("lease table").iter().map(|(j, g)| (*j, *g)).collect()
+    }
+
+    /// The lease a write of `job` must be made under: none on SQLite
+    /// (one writer, by the data dir's lock); on PostgreSQL the one this
+    /// process holds, or `LeaseLost`.
+    fn fence(&self, job: JobId) -> Result<Option<Fence>, StoreError> {
+        match self.inner.backend {
+            Backend::Sqlite => Ok(None),
+            Backend::Postgres => {
+                let held = self.inner.held.lock().expect("lease table");
+                let generation = *held.get(&job).ok_or(StoreError::LeaseLost { job })?;
+                Ok(Some(Fence { owner: self.inner.replica.clone(), generation }))
+            }
+        }
+    }
+
+    /// Forgets the lease of `job` if `r` says it is lost.
+    fn lost_on<T>(&self, job: JobId, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::LeaseLost { .. }) = &r {
+            self.inner.held.lock().expect("lease table").remove(&job);
+        }
+        r
+    }
+
+    /// Claims leases for `ttl`: on `job` alone if given (taking it over
+    /// from a live holder too if `take_over`: an operator's verb), else on
+    /// up to `limit` in-flight jobs whose lease is absent or expired,
+    /// oldest first. Rows being claimed by another replica at this moment
+    /// are skipped (`FOR UPDATE SKIP LOCKED`), so replicas never wait on
+    /// each other. Every claim raises the lease's generation, which
+    /// fences off the writes of any earlier holder. Returns what was
+    /// claimed.
+    pub async fn claim_leases(
+        &self,
+        job: Option<JobId>,
+        take_over: bool,
+        ttl: Duration,
+        limit: i64,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let backend = self.inner.backend;
+        let owner = self.inner.replica.clone();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let claimed: Vec<(JobId, i64)> = self
+            .write(
+                false,
+                Box::new(move |w| {
+                    Box::pin(async move {
+                        let now = db_now(backend);
+                        let lock = match backend {
+                            Backend::Postgres => " FOR UPDATE OF j SKIP LOCKED",
+                            Backend::Sqlite => "",
+                        };
+                        let rows: Vec<String> = match job {
+                            Some(id) => sqlx::query_scalar(AssertSqlSafe(format!(
+                                "SELECT j.id FROM jobs j WHERE j.id = $1{lock}"
+                            )))
+                            .bind(id.to_string())
+                            .fetch_all(&mut w.conn)
+                            .await,
+                            None => sqlx::query_scalar(AssertSqlSafe(format!(
+                                "SELECT j.id FROM jobs j LEFT JOIN job_leases l ON l.job_id = j.id \
+                                 WHERE j.status IN ('pending', 'running') \
+                                 AND (l.job_id IS NULL OR l.expires_at < {now}) \
+                                 ORDER BY j.created_at, j.id LIMIT $1{lock}"
+                            )))
+                            .bind(limit)
+                            .fetch_all(&mut w.conn)
+                            .await,
+                        }
+                        .map_err(StoreError::query("find leases to claim"))?;
+                        let mut out = Vec::new();
+                        for id in rows {
+                            let g: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                                "INSERT INTO job_leases (job_id, owner, generation, expires_at) \
+                                 VALUES ($1, $2, 1, {now} + $3) ON CONFLICT (job_id) DO UPDATE \
+                                 SET owner = excluded.owner, generation = job_leases.generation + 1, \
+                                 expires_at = excluded.expires_at \
+                                 WHERE job_leases.expires_at < {now} OR job_leases.owner = $2 OR $4 \
+                                 RETURNING generation"
+                            )))
+                            .bind(&id)
+                            .bind(&owner)
+                            .bind(ttl_ms)
+                            .bind(take_over)
+                            .fetch_optional(&mut w.conn)
+                            .await
+                            .map_err(StoreError::query("claim a lease"))?;
+                            if let Some(g) = g {
+                                let id: JobId = id.parse().map_err(|e: uuid::Error| {
+                                    StoreError::Decode { column: "id", source: e.to_string().into() }
+                                })?;
+                                // Another replica may have written this job's
+                                // journal since this one last cached it.
+                                w.forget(id);
+                                out.push((id, g));
+                            }
+                        }
+                        Ok(Box::new(out) as Box<dyn Any + Send>)
+                    })
+                }),
+            )
+            .await?;
+        let mut held = self.inner.held.lock().expect("lease table");
+        for (id, g) in &claimed {
+            held.insert(*id, *g);
+        }
+        Ok(claimed.into_iter().map(|(id, _)| id).collect())
+    }
+
+    /// Extends every lease this process holds by `ttl`, and says which are
+    /// lost (expired, or taken over by another replica).
+    pub async fn renew_leases(&self, ttl: Duration) -> Result<Renewal, StoreError> {
+        let backend = self.inner.backend;
+        let owner = self.inner.replica.clone();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let live: Vec<(String, i64)> = self
+            .write(
+                false,
+                Box::new(move |w| {
+                    Box::pin(async move {
+                        let now = db_now(backend);
+                        let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+                            "UPDATE job_leases SET expires_at = {now} + $2 \
+                             WHERE owner = $1 AND expires_at >= {now} RETURNING job_id, generation"
+                        )))
+                        .bind(&owner)
+                        .bind(ttl_ms)
+                        .fetch_all(&mut w.conn)
+                        .await
+                        .map_err(StoreError::query("renew leases"))?;
+                        Ok(Box::new(rows) as Box<dyn Any + Send>)
+                    })
+                }),
+            )
+            .await?;
+        let live: HashMap<String, i64> = live.into_iter().collect();
+        let mut held = self.inner.held.lock().expect("lease table");
+        let mut out = Renewal::default();
+        held.retain(|job, g| {
+            if live.get(&job.to_string()) == Some(g) {
+                out.renewed.push(*job);
+                true
+            } else {
+                out.lost.push(*job);
+                false
+            }
+        });
+        Ok(out)
+    }
+
+    /// Gives up the lease of `job` (its run ended here), so another replica
+    /// need not wait for it to expire. Absent is fine.
+    pub async fn release_lease(&self, job: JobId) -> Result<(), StoreError> {
+        let Some(generation) = self.inner.held.lock().expect("lease table").remove(&job) else {
+            return Ok(());
+        };
+        let owner = self.inner.replica.clone();
+        self.write(
+            false,
+            Box::new(move |w| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "DELETE FROM job_leases WHERE job_id = $1 AND owner = $2 AND generation = $3",
+                    )
+                    .bind(job.to_string())
+                    .bind(&owner)
+                    .bind(generation)
+                    .execute(&mut w.conn)
+                    .await
+                    .map_err(StoreError::query("release a lease"))?;
+                    Ok(Box::new(()) as Box<dyn Any + Send>)
+                })
+            }),
+        )
+        .await
+    }
+
+    /// Forgets every lease this process holds, without writing (it can no
+    /// longer reach the database: they will expire).
+    pub fn drop_leases(&self) -> Vec<JobId> {
+        self.inner.held.lock().expect("lease table").drain().map(|(j, _)| j).collect()
+    }
+}
+
+/// Checks, inside the write's transaction, that this process still holds
+/// `job`'s lease at `fence`'s generation, and keeps the lease row locked
+/// until the commit (a takeover waits for it). The generation to record.
+async fn check_fence(
+    w: &mut WriterConn,
+    job: JobId,
+    fence: Option<&Fence>,
+) -> Result<Option<i64>, StoreError> {
+    let Some(f) = fence else { return Ok(None) };
+    let now = db_now(Backend::Postgres);
+    let ok: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT generation FROM job_leases WHERE job_id = $1 AND owner = $2 \
+         AND generation = $3 AND expires_at >= {now} FOR SHARE"
+    )))
+    .bind(job.to_string())
+    .bind(&f.owner)
+    .bind(f.generation)
+    .fetch_optional(&mut w.conn)
+    .await
+    .map_err(StoreError::query("check the job's lease"))?;
+    match ok {
+        Some(g) => Ok(Some(g)),
+        None => Err(StoreError::LeaseLost { job }),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 // === escrow ===
@@ -813,7 +1202,7 @@ impl Store {
             Box::new(move |w| {
                 Box::pin(async move {
                     let c = &mut w.conn;
-                    sqlx::query("DELETE FROM escrow WHERE sovereign_id = ? AND kind = ?")
+                    sqlx::query("DELETE FROM escrow WHERE sovereign_id = $1 AND kind = $2")
                         .bind(&owner)
                         .bind(&kind)
                         .execute(&mut *c)
@@ -823,7 +1212,7 @@ impl Store {
                         sqlx::query(
                             "INSERT INTO escrow (sovereign_id, kind, idx, custodian, label, \
                              recipient, armored, threshold, parts, fingerprint, created_at) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                         )
                         .bind(&owner)
                         .bind(&kind)
@@ -855,11 +1244,10 @@ impl Store {
         kind: Option<&str>,
     ) -> Result<Vec<EscrowItem>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM escrow WHERE sovereign_id = ? AND (? IS NULL OR kind = ?) \
+            "SELECT * FROM escrow WHERE sovereign_id = $1 AND ($2 IS NULL OR kind = $2) \
              ORDER BY kind, idx",
         )
         .bind(sovereign)
-        .bind(kind)
         .bind(kind)
         .fetch_all(&self.inner.pool)
         .await
@@ -904,13 +1292,13 @@ impl Store {
 /// Inserts or replaces sealed secrets of `owner` (inside the caller's
 /// transaction).
 async fn upsert_sealed(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     owner: &str,
     sealed: Vec<(String, Vec<u8>)>,
 ) -> Result<(), StoreError> {
     for (name, blob) in sealed {
         sqlx::query(
-            "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext",
         )
         .bind(owner)
@@ -927,7 +1315,7 @@ async fn upsert_sealed(
 // === the writer ===
 
 async fn writer_task(
-    conn: SqliteConnection,
+    conn: AnyConnection,
     mut rx: mpsc::UnboundedReceiver<WriteOp>,
     inner: std::sync::Weak<Inner>,
 ) {
@@ -1072,14 +1460,14 @@ fn publish(inner: &Inner, value: &(dyn Any + Send)) {
 // === transactional bodies ===
 
 async fn submit_tx(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     sub: Submission,
     sealed: Vec<(String, String, Vec<u8>)>,
 ) -> Result<SubmitOutcome, StoreError> {
     let now = now_ms();
     if let Some(k) = &sub.idempotency {
         let row = sqlx::query(
-            "SELECT body_sha256, response FROM idempotency_keys WHERE scope = ? AND key = ?",
+            "SELECT body_sha256, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
         )
         .bind(&k.scope)
         .bind(&k.key)
@@ -1097,7 +1485,7 @@ async fn submit_tx(
     let sovereign_id = match &sub.sovereign {
         SovereignTarget::New { id, name, fqdn } => {
             let taken =
-                sqlx::query("SELECT id FROM sovereigns WHERE fqdn = ? AND status <> 'destroyed'")
+                sqlx::query("SELECT id FROM sovereigns WHERE fqdn = $1 AND status <> 'destroyed'")
                     .bind(fqdn)
                     .fetch_optional(&mut *c)
                     .await
@@ -1105,7 +1493,7 @@ async fn submit_tx(
             if taken.is_some() {
                 return Err(StoreError::FqdnTaken { fqdn: fqdn.clone() });
             }
-            sqlx::query("INSERT INTO sovereigns (id, name, fqdn, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO sovereigns (id, name, fqdn, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
                 .bind(id.to_string())
                 .bind(name)
                 .bind(fqdn)
@@ -1118,7 +1506,7 @@ async fn submit_tx(
             *id
         }
         SovereignTarget::Existing { id, status } => {
-            let row = sqlx::query("SELECT status FROM sovereigns WHERE id = ?")
+            let row = sqlx::query("SELECT status FROM sovereigns WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(&mut *c)
                 .await
@@ -1128,7 +1516,7 @@ async fn submit_tx(
             if cur == SovereignStatus::Destroyed.as_str() {
                 return Err(StoreError::SovereignGone { id: *id });
             }
-            let busy = sqlx::query("SELECT id FROM jobs WHERE sovereign_id = ? AND status IN ('pending', 'running', 'paused') LIMIT 1")
+            let busy = sqlx::query("SELECT id FROM jobs WHERE sovereign_id = $1 AND status IN ('pending', 'running', 'paused') LIMIT 1")
                 .bind(id.to_string())
                 .fetch_optional(&mut *c)
                 .await
@@ -1137,7 +1525,7 @@ async fn submit_tx(
                 let job: String = row.get("id");
                 return Err(StoreError::SovereignBusy { id: *id, job });
             }
-            sqlx::query("UPDATE sovereigns SET status = ?, updated_at = ? WHERE id = ?")
+            sqlx::query("UPDATE sovereigns SET status = $1, updated_at = $2 WHERE id = $3")
                 .bind(status.as_str())
                 .bind(now)
                 .bind(id.to_string())
@@ -1147,7 +1535,7 @@ async fn submit_tx(
             *id
         }
     };
-    sqlx::query("INSERT INTO jobs (id, sovereign_id, kind, status, mode, request, plan, options, created_at, updated_at) VALUES (?, ?, ?, 'pending', 'forward', ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO jobs (id, sovereign_id, kind, status, mode, request, plan, options, created_at, updated_at) VALUES ($1, $2, $3, 'pending', 'forward', $4, $5, $6, $7, $8)")
         .bind(sub.job_id.to_string())
         .bind(sovereign_id.to_string())
         .bind(sub.kind.as_str())
@@ -1160,7 +1548,7 @@ async fn submit_tx(
         .await
         .map_err(StoreError::query("insert job"))?;
     for (owner, name, blob) in sealed {
-        sqlx::query("INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext")
+        sqlx::query("INSERT INTO secrets (owner, name, ciphertext, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (owner, name) DO UPDATE SET ciphertext = excluded.ciphertext")
             .bind(owner)
             .bind(name)
             .bind(blob)
@@ -1170,7 +1558,7 @@ async fn submit_tx(
             .map_err(StoreError::query("insert secret"))?;
     }
     if let Some(k) = &sub.idempotency {
-        sqlx::query("INSERT INTO idempotency_keys (scope, key, body_sha256, response, created_at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO idempotency_keys (scope, key, body_sha256, response, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&k.scope)
             .bind(&k.key)
             .bind(&k.body_sha256)
@@ -1184,12 +1572,8 @@ async fn submit_tx(
     Ok(SubmitOutcome::Created(sub.response))
 }
 
-async fn update_job_tx(
-    c: &mut SqliteConnection,
-    id: JobId,
-    u: JobUpdate,
-) -> Result<Job, StoreError> {
-    let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+async fn update_job_tx(c: &mut AnyConnection, id: JobId, u: JobUpdate) -> Result<Job, StoreError> {
+    let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
         .bind(id.to_string())
         .fetch_optional(&mut *c)
         .await
@@ -1223,7 +1607,7 @@ async fn update_job_tx(
         job.error = e;
     }
     job.updated_at = now;
-    sqlx::query("UPDATE jobs SET status = ?, mode = ?, pause = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?")
+    sqlx::query("UPDATE jobs SET status = $1, mode = $2, pause = $3, error = $4, updated_at = $5, finished_at = $6 WHERE id = $7")
         .bind(job.status.as_str())
         .bind(job.mode.as_str())
         .bind(job.pause.as_ref().map(Value::to_string))
@@ -1235,7 +1619,7 @@ async fn update_job_tx(
         .await
         .map_err(StoreError::query("update job"))?;
     if let Some(s) = u.sovereign_status {
-        sqlx::query("UPDATE sovereigns SET status = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE sovereigns SET status = $1, updated_at = $2 WHERE id = $3")
             .bind(s.as_str())
             .bind(now)
             .bind(job.sovereign_id.to_string())
@@ -1251,6 +1635,7 @@ async fn append_step_tx(
     job: JobId,
     node: &str,
     event: &StepEvent,
+    generation: Option<i64>,
 ) -> Result<NodeState, StoreError> {
     let key = (job, node.to_owned());
     let state = match w.cached(&key) {
@@ -1266,12 +1651,13 @@ async fn append_step_tx(
         node: node.to_owned(),
         source,
     })?;
-    sqlx::query("INSERT INTO step_events (job_id, node, event, body, at) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO step_events (job_id, node, event, body, at, generation) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(job.to_string())
         .bind(node)
         .bind(event.name())
         .bind(serde_json::to_string(event).expect("step events serialize"))
         .bind(now_ms())
+        .bind(generation)
         .execute(&mut *c)
         .await
         .map_err(StoreError::query("append step event"))?;
@@ -1294,15 +1680,16 @@ pub(crate) fn prepare(events: Vec<NewJobEvent>) -> Vec<PreparedEvent> {
 }
 
 async fn append_events_tx(
-    c: &mut SqliteConnection,
+    c: &mut AnyConnection,
     job: JobId,
     events: Vec<PreparedEvent>,
+    generation: Option<i64>,
 ) -> Result<Vec<Arc<JobEvent>>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
     let job_s = job.to_string();
-    let head: Option<i64> = sqlx::query("SELECT last_id FROM job_event_heads WHERE job_id = ?")
+    let head: Option<i64> = sqlx::query("SELECT last_id FROM job_event_heads WHERE job_id = $1")
         .bind(&job_s)
         .fetch_optional(&mut *c)
         .await
@@ -1312,20 +1699,28 @@ async fn append_events_tx(
     let at = now_ms();
     // Multi-row inserts: 100k tofu lines are a few hundred statements.
     let mut id = first - 1;
+    // (Numbered placeholders, which both SQLite and PostgreSQL read;
+    // `QueryBuilder` over `Any` writes `?`, which PostgreSQL does not.)
     for chunk in events.chunks(200) {
-        let mut qb =
-            sqlx::QueryBuilder::new("INSERT INTO job_events (job_id, id, at, kind, body) ");
-        qb.push_values(chunk, |mut b, ev| {
+        let sql = multi_row_insert(
+            "INSERT INTO job_events (job_id, id, at, kind, body, generation) VALUES ",
+            6,
+            chunk.len(),
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for ev in chunk {
             id += 1;
-            b.push_bind(job_s.as_str())
-                .push_bind(id)
-                .push_bind(at)
-                .push_bind(ev.kind.as_str())
-                .push_bind(ev.text.as_str());
-        });
-        qb.build().execute(&mut *c).await.map_err(StoreError::query("append events"))?;
+            q = q
+                .bind(job_s.as_str())
+                .bind(id)
+                .bind(at)
+                .bind(ev.kind.as_str())
+                .bind(ev.text.as_str())
+                .bind(generation);
+        }
+        q.execute(&mut *c).await.map_err(StoreError::query("append events"))?;
     }
-    sqlx::query("INSERT INTO job_event_heads (job_id, last_id) VALUES (?, ?) ON CONFLICT (job_id) DO UPDATE SET last_id = excluded.last_id")
+    sqlx::query("INSERT INTO job_event_heads (job_id, last_id) VALUES ($1, $2) ON CONFLICT (job_id) DO UPDATE SET last_id = excluded.last_id")
         .bind(&job_s)
         .bind(id)
         .execute(&mut *c)
@@ -1347,24 +1742,40 @@ async fn append_events_tx(
         .collect())
 }
 
-async fn insert_audit(c: &mut SqliteConnection, e: &NewAudit) -> Result<i64, StoreError> {
-    let r = sqlx::query("INSERT INTO audit (at, actor, action, job_id, sovereign_id, detail) VALUES (?, ?, ?, ?, ?, ?)")
+async fn insert_audit(c: &mut AnyConnection, e: &NewAudit) -> Result<i64, StoreError> {
+    let id: i64 = sqlx::query_scalar("INSERT INTO audit (at, actor, action, job_id, sovereign_id, detail) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
         .bind(now_ms())
         .bind(&e.actor)
         .bind(&e.action)
         .bind(e.job_id.map(|j| j.to_string()))
         .bind(e.sovereign_id.map(|s| s.to_string()))
         .bind(e.detail.to_string())
-        .execute(&mut *c)
+        .fetch_one(&mut *c)
         .await
         .map_err(StoreError::query("insert audit"))?;
-    Ok(r.last_insert_rowid())
+    Ok(id)
+}
+
+/// `head` followed by `rows` tuples of `cols` numbered placeholders.
+fn multi_row_insert(head: &str, cols: usize, rows: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::with_capacity(head.len() + rows * cols * 5);
+    sql.push_str(head);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = write!(sql, "{sep}${}", r * cols + c + 1);
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 // === row decoding ===
 
 fn json_col<T: serde::de::DeserializeOwned>(
-    r: &SqliteRow,
+    r: &AnyRow,
     col: &'static str,
 ) -> Result<T, StoreError> {
     let s: String = r.get(col);
@@ -1372,7 +1783,7 @@ fn json_col<T: serde::de::DeserializeOwned>(
         .map_err(|source| StoreError::Decode { column: col, source: Box::new(source) })
 }
 
-fn parse_col<T: FromStr>(r: &SqliteRow, col: &'static str) -> Result<T, StoreError>
+fn parse_col<T: FromStr>(r: &AnyRow, col: &'static str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
@@ -1381,7 +1792,7 @@ where
         .map_err(|e| StoreError::Decode { column: col, source: format!("`{s}`: {e}").into() })
 }
 
-fn opt_id<T: FromStr>(r: &SqliteRow, col: &'static str) -> Result<Option<T>, StoreError>
+fn opt_id<T: FromStr>(r: &AnyRow, col: &'static str) -> Result<Option<T>, StoreError>
 where
     T::Err: std::fmt::Display,
 {
@@ -1392,7 +1803,7 @@ where
     .transpose()
 }
 
-fn sovereign_from_row(r: &SqliteRow) -> Result<Sovereign, StoreError> {
+fn sovereign_from_row(r: &AnyRow) -> Result<Sovereign, StoreError> {
     Ok(Sovereign {
         id: parse_col(r, "id")?,
         name: r.get("name"),
@@ -1403,7 +1814,7 @@ fn sovereign_from_row(r: &SqliteRow) -> Result<Sovereign, StoreError> {
     })
 }
 
-fn job_from_row(r: &SqliteRow) -> Result<Job, StoreError> {
+fn job_from_row(r: &AnyRow) -> Result<Job, StoreError> {
     let opt_json = |col: &'static str| -> Result<Option<Value>, StoreError> {
         let s: Option<String> = r.get(col);
         s.map(|s| {

@@ -300,7 +300,7 @@ async fn a_valid_submission_succeeds_and_leaks_no_secret() {
     h.get("/v1/sovereigns").await;
     h.get("/v1/jobs").await;
     // Nor does the database, except sealed.
-    let dump = std::fs::read(h.state.store.paths().database.clone()).unwrap();
+    let dump = std::fs::read(h.state.store.paths().unwrap().database.clone()).unwrap();
     assert!(!dump.windows(CLOUD_TOKEN.len()).any(|w| w == CLOUD_TOKEN.as_bytes()));
     // The same domain cannot be provisioned twice.
     let r = h.submit_with(&body("acme"), &[]).await;

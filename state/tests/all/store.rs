@@ -1,10 +1,114 @@
-//! Store tests against a real SQLite file.
+//! Store tests, each run twice: on a real SQLite file and on a real
+//! PostgreSQL server (the test kit's, one per test binary, a database per
+//! test).
 
 use cz_state::*;
 use serde_json::json;
+use sqlx::{AnyConnection, Connection};
 
-async fn open(dir: &std::path::Path) -> Store {
-    Store::open(StorePaths::in_dir(dir)).await.unwrap()
+/// The database a test runs on.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres { url: String, key: tempfile::TempDir, data: std::path::PathBuf },
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// A database of its own on the shared server; `None` (said loudly)
+    /// where PostgreSQL is not installed, outside CI only.
+    async fn postgres(test: &str) -> Option<Db> {
+        use cz_testkit::postgres::Postgres;
+        if !Postgres::available() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must run the PostgreSQL store tests: install postgresql"
+            );
+            cz_testkit::skip(test, "no PostgreSQL server binaries (initdb)");
+            return None;
+        }
+        let pg = Postgres::shared().await;
+        let name = format!("store_{}", test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        pg.create_db(&name);
+        let key = tempfile::tempdir().unwrap();
+        // Replicas share one key: the PostgreSQL store never creates it.
+        cz_state::Sealer::load_or_create(&key.path().join("key.txt")).unwrap();
+        Some(Db::Postgres { url: pg.url(&name), key, data: pg.dir.path().to_owned() })
+    }
+
+    async fn open(&self) -> Store {
+        match self {
+            Db::Sqlite(dir) => Store::open(StorePaths::in_dir(dir.path())).await.unwrap(),
+            Db::Postgres { url, key, .. } => {
+                Store::open_postgres(url, &key.path().join("key.txt")).await.unwrap()
+            }
+        }
+    }
+
+    /// A connection of the test's own, for raw SQL.
+    async fn raw(&self) -> AnyConnection {
+        sqlx::any::install_default_drivers();
+        let url = match self {
+            Db::Sqlite(dir) => {
+                format!("sqlite://{}", dir.path().join("catalyst-zero.db").display())
+            }
+            Db::Postgres { url, .. } => url.clone(),
+        };
+        AnyConnection::connect(&url).await.unwrap()
+    }
+
+    /// Every file the store left on disk, as bytes.
+    fn files(&self) -> Vec<Vec<u8>> {
+        match self {
+            Db::Sqlite(dir) => ["catalyst-zero.db", "catalyst-zero.db-wal"]
+                .iter()
+                .map(|f| std::fs::read(dir.path().join(f)).unwrap_or_default())
+                .collect(),
+            Db::Postgres { data, .. } => walk(data),
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// `both!(test)`: `test::sqlite` and `test::postgres` run `test(&db)`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(&super::Db::sqlite()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = super::Db::postgres(stringify!($name)).await {
+                    super::$name(&db).await
+                }
+            }
+        }
+    };
+}
+
+/// Submits, then takes the job's lease as a driver would (on PostgreSQL a
+/// job's writes need it; on SQLite it is a row nobody reads).
+async fn submit_and_hold(store: &Store, sub: Submission) {
+    let job = sub.job_id;
+    store.submit(sub).await.unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    assert_eq!(store.claim_leases(Some(job), false, ttl, 1).await.unwrap(), vec![job]);
 }
 
 fn submission(fqdn: &str, key: Option<(&str, &str)>) -> Submission {
@@ -42,14 +146,41 @@ fn submission(fqdn: &str, key: Option<(&str, &str)>) -> Submission {
     }
 }
 
-#[tokio::test]
-async fn migrations_build_the_expected_schema_on_an_empty_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    let tables: Vec<(String,)> = sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name")
-        .fetch_all(store.read_pool())
-        .await
-        .unwrap();
+/// The schema of a store: each table's columns in order, with their
+/// nullability (types differ by dialect: TEXT/BYTEA/BIGINT vs SQLite's).
+async fn schema(db: &Db) -> Vec<(String, Vec<(String, bool)>)> {
+    let mut c = db.raw().await;
+    let rows: Vec<(String, String, i64)> = match db {
+        Db::Sqlite(_) => sqlx::query_as(
+            // An INTEGER PRIMARY KEY is the rowid: never NULL, though
+            // `notnull` does not say so.
+            "SELECT m.name, p.name, (p.\"notnull\" OR p.pk > 0) FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx%' \
+             ORDER BY m.name, p.cid",
+        ),
+        Db::Postgres { .. } => sqlx::query_as(
+            "SELECT table_name::text, column_name::text, \
+             CASE WHEN is_nullable = 'NO' THEN 1::bigint ELSE 0::bigint END \
+             FROM information_schema.columns WHERE table_schema = 'public' \
+             AND table_name NOT LIKE '_sqlx%' ORDER BY table_name, ordinal_position",
+        ),
+    }
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let mut out: Vec<(String, Vec<(String, bool)>)> = Vec::new();
+    for (table, col, not_null) in rows {
+        if out.last().is_none_or(|t| t.0 != table) {
+            out.push((table.clone(), Vec::new()));
+        }
+        out.last_mut().unwrap().1.push((col, not_null != 0));
+    }
+    out
+}
+
+async fn migrations_build_the_expected_schema_on_an_empty_database(db: &Db) {
+    let store = db.open().await;
+    let tables = schema(db).await;
     let names: Vec<&str> = tables.iter().map(|t| t.0.as_str()).collect();
     assert_eq!(
         names,
@@ -59,18 +190,15 @@ async fn migrations_build_the_expected_schema_on_an_empty_database() {
             "idempotency_keys",
             "job_event_heads",
             "job_events",
+            "job_leases",
             "jobs",
             "secrets",
             "sovereigns",
             "step_events"
         ]
     );
-    let cols: Vec<(String,)> =
-        sqlx::query_as("SELECT name FROM pragma_table_info('jobs') ORDER BY cid")
-            .fetch_all(store.read_pool())
-            .await
-            .unwrap();
-    let cols: Vec<&str> = cols.iter().map(|c| c.0.as_str()).collect();
+    let jobs = &tables.iter().find(|t| t.0 == "jobs").unwrap().1;
+    let cols: Vec<&str> = jobs.iter().map(|c| c.0.as_str()).collect();
     assert_eq!(
         cols,
         [
@@ -89,32 +217,50 @@ async fn migrations_build_the_expected_schema_on_an_empty_database() {
             "finished_at"
         ]
     );
-    let (mode,): (String,) =
-        sqlx::query_as("PRAGMA journal_mode").fetch_one(store.read_pool()).await.unwrap();
-    assert_eq!(mode, "wal");
+    let mut c = db.raw().await;
+    if let Db::Sqlite(_) = db {
+        let (mode,): (String,) =
+            sqlx::query_as("PRAGMA journal_mode").fetch_one(&mut c).await.unwrap();
+        assert_eq!(mode, "wal");
+    }
     let applied: Vec<(i64,)> =
         sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(store.read_pool())
+            .fetch_all(&mut c)
             .await
             .unwrap();
     assert_eq!(applied.len(), MIGRATOR.iter().count());
     // Re-opening applies nothing new and keeps data.
     drop(store);
-    let again = open(dir.path()).await;
-    let applied2: Vec<(i64,)> = sqlx::query_as("SELECT version FROM _sqlx_migrations")
-        .fetch_all(again.read_pool())
-        .await
-        .unwrap();
+    let _again = db.open().await;
+    let applied2: Vec<(i64,)> =
+        sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
     assert_eq!(applied, applied2);
 }
+both!(migrations_build_the_expected_schema_on_an_empty_database);
 
-#[tokio::test]
-async fn journal_refuses_illegal_transitions_and_is_append_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+/// The two dialects' migrations are one schema: the same versions and
+/// names, and the same tables with the same columns in the same order and
+/// the same nullability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_postgres_migrations_build_the_same_schema() {
+    let versions = |m: &sqlx::migrate::Migrator| -> Vec<(i64, String)> {
+        m.iter().map(|m| (m.version, m.description.to_string())).collect()
+    };
+    assert_eq!(versions(&MIGRATOR), versions(&PG_MIGRATOR));
+    let Some(pg) = Db::postgres("same_schema").await else { return };
+    let lite = Db::sqlite();
+    let (_a, _b) = (lite.open().await, pg.open().await);
+    assert_eq!(schema(&lite).await, schema(&pg).await);
+}
+
+async fn journal_refuses_illegal_transitions_and_is_append_only(db: &Db) {
+    let store = db.open().await;
     let sub = submission("a.omani.works", None);
     let job = sub.job_id;
-    store.submit(sub).await.unwrap();
+    submit_and_hold(&store, sub).await;
     let err = store
         .append_step_event(job, "infra/apply", StepEvent::Succeeded { output: json!(1) })
         .await
@@ -128,24 +274,20 @@ async fn journal_refuses_illegal_transitions_and_is_append_only() {
         .unwrap();
     assert!(s.is_satisfied());
     assert_eq!(store.node_states(job).await.unwrap()["infra/apply"], s);
-    // The triggers refuse updates even from raw SQL.
-    let mut conn =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.paths().database.display()))
-            .await
-            .unwrap();
+    // The triggers refuse updates and deletes even from raw SQL.
+    let mut conn = db.raw().await;
     let r = sqlx::query("UPDATE step_events SET event = 'x'").execute(&mut conn).await;
-    assert!(r.is_err());
+    assert!(r.unwrap_err().to_string().contains("append-only"));
+    let r = sqlx::query("DELETE FROM step_events").execute(&mut conn).await;
+    assert!(r.unwrap_err().to_string().contains("append-only"));
 }
+both!(journal_refuses_illegal_transitions_and_is_append_only);
 
-use sqlx::Connection;
-
-#[tokio::test]
-async fn events_have_gap_free_ids_and_reach_subscribers() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn events_have_gap_free_ids_and_reach_subscribers(db: &Db) {
+    let store = db.open().await;
     let sub = submission("b.omani.works", None);
     let job = sub.job_id;
-    store.submit(sub).await.unwrap();
+    submit_and_hold(&store, sub).await;
     let mut rx = store.subscribe(job);
     let mut handles = Vec::new();
     for i in 0..20 {
@@ -174,32 +316,31 @@ async fn events_have_gap_free_ids_and_reach_subscribers() {
     assert_eq!(live, (1..=40).collect::<Vec<_>>());
     assert_eq!(store.events_after(job, 38, 10).await.unwrap().len(), 2);
 }
+both!(events_have_gap_free_ids_and_reach_subscribers);
 
-#[tokio::test]
-async fn secrets_are_encrypted_at_rest_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn secrets_are_encrypted_at_rest_and_survive_a_restart(db: &Db) {
+    let store = db.open().await;
     let sub = submission("c.omani.works", None);
     let sov = match &sub.sovereign {
         SovereignTarget::New { id, .. } => *id,
         _ => unreachable!(),
     };
-    store.submit(sub).await.unwrap();
+    submit_and_hold(&store, sub).await;
+    store.barrier().await.unwrap();
     drop(store);
-    let raw = std::fs::read(dir.path().join("catalyst-zero.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("catalyst-zero.db-wal")).unwrap_or_default();
-    for bytes in [&raw, &wal] {
+    let files = db.files();
+    assert!(files.iter().map(Vec::len).sum::<usize>() > 0);
+    for bytes in &files {
         assert!(!bytes.windows(16).any(|w| w == b"tok-plaintext-12"), "plaintext secret on disk");
     }
-    let store = open(dir.path()).await;
+    let store = db.open().await;
     let s = store.get_secret(&sov.to_string(), "cloud_token").await.unwrap().unwrap();
     assert_eq!(s.expose(), "tok-plaintext-123");
 }
+both!(secrets_are_encrypted_at_rest_and_survive_a_restart);
 
-#[tokio::test]
-async fn submissions_are_atomic_and_idempotent() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn submissions_are_atomic_and_idempotent(db: &Db) {
+    let store = db.open().await;
     let first = store.submit(submission("d.omani.works", Some(("k1", "h1")))).await.unwrap();
     let SubmitOutcome::Created(resp) = first else { panic!("created") };
     // Same key, same body: the first answer, nothing new.
@@ -224,14 +365,13 @@ async fn submissions_are_atomic_and_idempotent() {
     assert_eq!(before, after);
     assert_eq!(before, (1, 1, 1));
 }
+both!(submissions_are_atomic_and_idempotent);
 
-#[tokio::test]
-async fn job_status_machine_is_enforced() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn job_status_machine_is_enforced(db: &Db) {
+    let store = db.open().await;
     let sub = submission("f.omani.works", None);
     let job = sub.job_id;
-    store.submit(sub).await.unwrap();
+    submit_and_hold(&store, sub).await;
     let j = store
         .update_job(job, JobUpdate { status: Some(JobStatus::Running), ..Default::default() })
         .await
@@ -248,14 +388,13 @@ async fn job_status_machine_is_enforced() {
     assert!(matches!(err, StoreError::IllegalJobStatus { .. }));
     assert!(store.jobs_in_flight().await.unwrap().is_empty());
 }
+both!(job_status_machine_is_enforced);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_to_one_step_admit_exactly_one_transition() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn concurrent_appends_to_one_step_admit_exactly_one_transition(db: &Db) {
+    let store = db.open().await;
     let sub = submission("g.omani.works", None);
     let job = sub.job_id;
-    store.submit(sub).await.unwrap();
+    submit_and_hold(&store, sub).await;
     for round in 1..=3u32 {
         // Many racers, one legal event each round: batches mix accepted and
         // refused ops, and the writer's state cache must not count refused ones.
@@ -276,22 +415,24 @@ async fn concurrent_appends_to_one_step_admit_exactly_one_transition() {
     }
     assert_eq!(store.journal(job).await.unwrap().len(), 3);
     drop(store);
-    // A fresh process (empty cache) derives the same state from the journal.
-    let store = open(dir.path()).await;
+    // A fresh process (empty cache) derives the same state from the journal
+    // (taking the dead process's lease over, as an operator's verb would).
+    let store = db.open().await;
+    let ttl = std::time::Duration::from_secs(60);
+    store.claim_leases(Some(job), true, ttl, 1).await.unwrap();
     let s = store
         .append_step_event(job, "infra/apply", StepEvent::Succeeded { output: json!(7) })
         .await
         .unwrap();
     assert_eq!(s, NodeState::Succeeded { output: json!(7), attempts: 3 });
 }
+both!(concurrent_appends_to_one_step_admit_exactly_one_transition);
 
 /// The escrow of one kind is replaced as a whole, together with the
 /// secrets that go with it, in one commit; reads come back in order and
 /// survive a restart.
-#[tokio::test]
-async fn escrow_is_replaced_per_kind_in_one_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
+async fn escrow_is_replaced_per_kind_in_one_commit(db: &Db) {
+    let store = db.open().await;
     let item = |kind: &str, index: u32| EscrowItem {
         kind: kind.into(),
         index,
@@ -313,7 +454,7 @@ async fn escrow_is_replaced_per_kind_in_one_commit() {
         .unwrap();
     store.put_escrow("sov", "openbao-share", &shares[..2], &[]).await.unwrap();
     drop(store);
-    let store = open(dir.path()).await;
+    let store = db.open().await;
     let all = store.escrow("sov", None).await.unwrap();
     let keys: Vec<(String, u32)> = all.iter().map(|i| (i.kind.clone(), i.index)).collect();
     assert_eq!(
@@ -335,6 +476,7 @@ async fn escrow_is_replaced_per_kind_in_one_commit() {
     store.delete_escrow("sov", "openbao-share").await.unwrap();
     assert_eq!(store.escrow("sov", None).await.unwrap().len(), 1);
 }
+both!(escrow_is_replaced_per_kind_in_one_commit);
 
 /// A store opened with another at-rest key is refused at once, naming
 /// both files, instead of failing at its first secret mid-job.
@@ -353,6 +495,27 @@ async fn a_store_refuses_a_key_it_was_not_written_with() {
     assert!(e.to_string().contains("b.txt") && e.to_string().contains("cz.db"), "{e}");
     let again = Store::open(paths("a.txt")).await.unwrap();
     assert_eq!(again.get_secret("sov", "token").await.unwrap().unwrap().expose(), "t");
+}
+
+/// On PostgreSQL the key is shared by replicas: a missing key is refused
+/// (never created), and so is a key the store was not written with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_store_needs_the_key_it_was_written_with() {
+    let Some(db) = Db::postgres("pg_key").await else { return };
+    let Db::Postgres { url, key, .. } = &db else { unreachable!() };
+    let missing = key.path().join("absent.txt");
+    let e = Store::open_postgres(url, &missing).await.err().expect("refused");
+    assert!(matches!(e, StoreError::Seal(_)), "{e}");
+    assert!(!missing.exists(), "a replica must not make a key of its own");
+    let store = db.open().await;
+    store.put_secret("sov", "token", &SecretString::new("t")).await.unwrap();
+    drop(store);
+    let other = key.path().join("other.txt");
+    Sealer::load_or_create(&other).unwrap();
+    let e = Store::open_postgres(url, &other).await.err().expect("refused");
+    assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("other.txt") && !e.to_string().contains("password"), "{e}");
+    assert_eq!(db.open().await.get_secret("sov", "token").await.unwrap().unwrap().expose(), "t");
 }
 
 /// A real `SQLITE_FULL` (the database capped by `max_page_count`, as a full
@@ -400,4 +563,83 @@ async fn sqlite_errors_of_the_storage_are_classified_as_faults() {
     // The OS's own codes.
     let enospc = std::io::Error::from_raw_os_error(28);
     assert_eq!(StorageFault::of_io(&enospc), Some(StorageFault::DiskFull));
+}
+
+/// Leases on PostgreSQL: claims of two replicas are disjoint, a write is
+/// fenced by the generation it was made under, an expired lease passes to
+/// the next claimer and its old holder's writes are refused, a renewal
+/// says what was lost, and an operator's takeover fences a live holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_fence_writes_of_a_replica_that_lost_its_job() {
+    use std::time::Duration;
+    let Some(db) = Db::postgres("leases").await else { return };
+    let (a, b) = (db.open().await, db.open().await);
+    assert_ne!(a.replica(), b.replica());
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        let sub = submission(&format!("l{i}.omani.works"), None);
+        jobs.push(sub.job_id);
+        a.submit(sub).await.unwrap();
+    }
+    // Unleased writes are refused on PostgreSQL: nobody drives a job
+    // without its lease.
+    let e = a.append_events(jobs[0], vec![NewJobEvent::new("log", json!(1))]).await.unwrap_err();
+    assert!(matches!(e, StoreError::LeaseLost { .. }), "{e}");
+
+    // Two replicas claim at once: every job once, none twice.
+    let ttl = Duration::from_secs(30);
+    let (ca, cb) =
+        tokio::join!(a.claim_leases(None, false, ttl, 20), b.claim_leases(None, false, ttl, 20));
+    let (ca, cb) = (ca.unwrap(), cb.unwrap());
+    assert_eq!(ca.len() + cb.len(), 30, "{} + {}", ca.len(), cb.len());
+    assert!(ca.iter().all(|j| !cb.contains(j)));
+    assert!(a.claim_leases(None, false, ttl, 30).await.unwrap().is_empty(), "all are held");
+
+    let (mine, theirs) = (ca[0], cb[0]);
+    a.append_step_event(mine, "infra/apply", StepEvent::Started { attempt: 1 }).await.unwrap();
+    let e = a
+        .append_step_event(theirs, "infra/apply", StepEvent::Started { attempt: 1 })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::LeaseLost { .. }), "{e}");
+
+    // A's lease of `mine` runs out (A stopped renewing): B claims it, at a
+    // higher generation, and A's late write is refused.
+    a.claim_leases(Some(mine), false, Duration::from_millis(200), 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.claim_leases(None, false, ttl, 30).await.unwrap(), vec![mine]);
+    let e = a
+        .append_step_event(mine, "infra/apply", StepEvent::Succeeded { output: json!(1) })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::LeaseLost { .. }), "{e}");
+    let renewal = a.renew_leases(ttl).await.unwrap();
+    assert!(renewal.lost.is_empty(), "the refused write already dropped it: {renewal:?}");
+    assert!(!a.held_leases().contains_key(&mine));
+    // B goes on from the journal as written: `started` once, by A.
+    let s = b
+        .append_step_event(mine, "infra/apply", StepEvent::Succeeded { output: json!(2) })
+        .await
+        .unwrap();
+    assert_eq!(s, NodeState::Succeeded { output: json!(2), attempts: 1 });
+    let mut c = db.raw().await;
+    let gens: Vec<(Option<i64>,)> =
+        sqlx::query_as("SELECT generation FROM step_events WHERE job_id = $1 ORDER BY seq")
+            .bind(mine.to_string())
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(gens, [(Some(1),), (Some(3),)], "each row carries its writer's generation");
+
+    // An operator's verb on A takes a live lease over from B.
+    let other = cb[1];
+    assert_eq!(a.claim_leases(Some(other), true, ttl, 1).await.unwrap(), vec![other]);
+    let renewal = b.renew_leases(ttl).await.unwrap();
+    assert_eq!(renewal.lost, vec![other]);
+    assert!(renewal.renewed.contains(&mine));
+    a.append_events(other, vec![NewJobEvent::new("log", json!("a"))]).await.unwrap();
+
+    // Released leases are claimable at once.
+    a.release_lease(other).await.unwrap();
+    assert_eq!(b.claim_leases(Some(other), false, ttl, 1).await.unwrap(), vec![other]);
 }

@@ -1,0 +1,18 @@
+-- PostgreSQL twin of ../sqlite/0002_jobs.sql.
+CREATE TABLE jobs (
+    id               TEXT PRIMARY KEY NOT NULL,
+    sovereign_id     TEXT NOT NULL REFERENCES sovereigns (id),
+    kind             TEXT NOT NULL CHECK (kind IN ('provision', 'add-region', 'destroy')),
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'running', 'paused', 'succeeded', 'failed', 'cancelled', 'abandoned')),
+    mode             TEXT NOT NULL CHECK (mode IN ('forward', 'unwinding')),
+    request          TEXT NOT NULL,
+    plan             TEXT NOT NULL,
+    options          TEXT NOT NULL,
+    pause            TEXT,
+    error            TEXT,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    finished_at      BIGINT
+);
+CREATE INDEX jobs_by_sovereign ON jobs (sovereign_id, created_at);
+CREATE INDEX jobs_in_flight ON jobs (status) WHERE status IN ('pending', 'running');
