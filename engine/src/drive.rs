@@ -101,6 +101,9 @@ pub enum DriveOutcome {
     Stopped(JobStatus),
     /// The cancellation token fired; the job is still in flight in the store.
     Interrupted,
+    /// This replica lost the job's lease (PostgreSQL): its writes are
+    /// refused, and the replica that holds the lease now drives the job.
+    LeaseLost,
 }
 
 /// Errors that stop the engine itself (not a step).
@@ -158,6 +161,10 @@ impl<E: StepEnv> Engine<E> {
         cancel: CancellationToken,
     ) -> Result<DriveOutcome, EngineError> {
         match self.drive_inner(job_id, cancel).await {
+            Err(EngineError::Store { job, source: StoreError::LeaseLost { .. } }) => {
+                tracing::warn!(job_id = %job, "Lost the job's lease: stopping; the replica that holds it drives the job.");
+                Ok(DriveOutcome::LeaseLost)
+            }
             Err(EngineError::Store { job, source }) if source.storage_fault().is_some() => {
                 self.pause_for_storage(job, source).await
             }

@@ -96,7 +96,9 @@ impl<E: StepEnv> Rig<E> {
         };
         let status = match outcome.expect("the engine drives the job") {
             DriveOutcome::Stopped(s) => s,
-            DriveOutcome::Interrupted => panic!("job {job} was interrupted"),
+            DriveOutcome::Interrupted | DriveOutcome::LeaseLost => {
+                panic!("job {job} was interrupted")
+            }
         };
         if status == JobStatus::Paused {
             let j = self.store.get_job(job).await.ok().flatten();

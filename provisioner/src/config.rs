@@ -33,6 +33,8 @@ pub const ENV_HETZNER_API_URL: &str = "CATALYST_ZERO_HETZNER_API_URL";
 pub const ENV_TOFU_BINARY: &str = "CATALYST_ZERO_TOFU_BINARY";
 pub const ENV_POWERDNS_API_KEY: &str = "CATALYST_ZERO_POWERDNS_API_KEY";
 pub const ENV_AT_REST_KEY: &str = "CATALYST_ZERO_AT_REST_KEY";
+pub const ENV_DATABASE_URL: &str = "CATALYST_ZERO_DATABASE_URL";
+pub const ENV_SHARED_DIR: &str = "CATALYST_ZERO_SHARED_DIR";
 /// Where systemd's `LoadCredential=` puts credentials.
 pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 
@@ -402,7 +404,8 @@ impl fmt::Debug for Tokens {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Database, sim world and tofu workspaces live here.
+    /// The SQLite database, the lock, and (without `shared_dir`) the sim
+    /// world and tofu workspaces live here.
     pub data_dir: PathBuf,
     /// The daemon's at-rest key (an age identity; created 0600 on first
     /// start; refused if group or others can read it). Default:
@@ -434,6 +437,71 @@ pub struct Config {
     /// Transient-retry bounds applied to every submitted job.
     pub retry: RetryPolicy,
     pub tokens: Tokens,
+    pub database: DatabaseConfig,
+    /// What replicas must share besides the database: the tofu workspaces
+    /// and, on the `sim` backend, the simulated world (then locked across
+    /// processes). Default: the data directory (one replica).
+    pub shared_dir: Option<PathBuf>,
+}
+
+/// The store: SQLite in the data directory (default), or PostgreSQL shared
+/// by replicas that hold each job run by a lease.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host/db`: selects the PostgreSQL store.
+    pub url: Option<String>,
+    /// How long a job's lease lasts unless renewed (PostgreSQL).
+    pub lease_ttl_secs: u64,
+    /// How often a replica renews its leases and claims free jobs.
+    pub lease_renew_secs: u64,
+    /// How many jobs one replica drives at most (PostgreSQL).
+    pub max_runs: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: None, lease_ttl_secs: 15, lease_renew_secs: 5, max_runs: 256 }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_deref().map(cz_state::redact_url))
+            .field("lease_ttl_secs", &self.lease_ttl_secs)
+            .field("lease_renew_secs", &self.lease_renew_secs)
+            .field("max_runs", &self.max_runs)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    fn validate(&self) -> Result<(), LoadError> {
+        if let Some(u) = &self.url
+            && !(u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            return Err(LoadError::Invalid(
+                "database.url: only postgres:// URLs are supported (SQLite is the default, in \
+                 the data directory)"
+                    .into(),
+            ));
+        }
+        if !(5..=300).contains(&self.lease_ttl_secs) {
+            return Err(LoadError::Invalid("database.lease_ttl_secs must be 5..=300".into()));
+        }
+        if self.lease_renew_secs == 0 || self.lease_renew_secs * 2 > self.lease_ttl_secs {
+            return Err(LoadError::Invalid(
+                "database.lease_renew_secs must be at least 1 and at most half of \
+                 lease_ttl_secs (a renewal may be missed once without losing the lease)"
+                    .into(),
+            ));
+        }
+        if self.max_runs == 0 {
+            return Err(LoadError::Invalid("database.max_runs must be at least 1".into()));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -453,6 +521,8 @@ impl Default for Config {
             heartbeat_secs: 15,
             retry: RetryPolicy::default(),
             tokens: Tokens::default(),
+            database: DatabaseConfig::default(),
+            shared_dir: None,
         }
     }
 }
@@ -527,6 +597,12 @@ impl Config {
                     message: format!("{ENV_TLS_CERT} and {ENV_TLS_KEY} go together"),
                 });
             }
+        }
+        if let Some(u) = non_empty(ENV_DATABASE_URL) {
+            self.database.url = Some(u.trim().to_owned());
+        }
+        if let Some(d) = non_empty(ENV_SHARED_DIR) {
+            self.shared_dir = Some(PathBuf::from(d.trim()));
         }
         if let Some(f) = non_empty(ENV_TOKENS_FILE) {
             self.tokens.file = Some(PathBuf::from(f.trim()));
@@ -630,6 +706,7 @@ impl Config {
                 }
             }
         }
+        self.database.validate()?;
         if self.backend == BackendKind::Hetzner {
             self.hetzner.validate()?;
         }

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use cz_engine::Engine;
@@ -120,19 +121,46 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     config.tokens.operator = Some(token.clone());
 
     let key = config.at_rest_key_path(&|k| std::env::var(k).ok())?;
-    let paths =
-        StorePaths { database: StorePaths::in_dir(&config.data_dir).database, identity: key };
-    tracing::info!(at_rest_key = %paths.identity.display(), "Opening the store.");
-    let store = Store::open(paths)
-        .await
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = match &config.database.url {
+        None => {
+            let paths = StorePaths {
+                database: StorePaths::in_dir(&config.data_dir).database,
+                identity: key,
+            };
+            tracing::info!(at_rest_key = %paths.identity.display(), "Opening the store.");
+            Store::open(paths).await.with_context(|| {
+                format!("cannot open the store in {}", config.data_dir.display())
+            })?
+        }
+        Some(url) => {
+            tracing::info!(database = %cz_state::redact_url(url), at_rest_key = %key.display(), "Opening the PostgreSQL store.");
+            if config.shared_dir.is_none() {
+                tracing::warn!(
+                    "No shared_dir: tofu workspaces (and the sim world) stay in this replica's data dir, so a job can move to another replica only if they share that dir."
+                );
+            }
+            Store::open_postgres(url, &key).await.with_context(|| {
+                format!("cannot open the PostgreSQL store {}", cz_state::redact_url(url))
+            })?
+        }
+    };
     // Space held back so a full disk can still record why a job stopped.
     store.ensure_reserve();
     let backend = crate::wiring::backend(&config).await?;
     let lease = backend.bounds.dns_lease;
     let dns = backend.dns.clone();
     let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
-    let supervisor = Arc::new(Supervisor::new(engine));
+    let supervisor = Arc::new(match store.backend() {
+        cz_state::Backend::Sqlite => Supervisor::new(engine),
+        cz_state::Backend::Postgres => Supervisor::with_leases(
+            engine,
+            crate::supervisor::LeasePolicy {
+                ttl: Duration::from_secs(config.database.lease_ttl_secs),
+                renew: Duration::from_secs(config.database.lease_renew_secs),
+                max_runs: config.database.max_runs,
+            },
+        ),
+    });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -178,6 +206,10 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     );
 
     let resumed = supervisor.recover().await.context("startup recovery failed")?;
+    if supervisor.lease_policy().is_some() {
+        let (sup, stop) = (supervisor.clone(), shutdown.clone());
+        tokio::spawn(async move { sup.keep_leases(stop).await });
+    }
     tokio::spawn(crate::reconcilers::dns_leases::run(store.clone(), dns, lease, shutdown.clone()));
     state.set_ready();
     tracing::info!(resumed, "Recovery done; ready.");

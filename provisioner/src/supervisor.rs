@@ -17,15 +17,21 @@
 //! tested without a database, as omicron's saga recovery does) and its
 //! execution ([`Supervisor::recover`]).
 //!
-//! TODO-design: this is the single-daemon design. It assumes one process
-//! owns the data directory (SQLite cannot be shared anyway). Several replicas
-//! on one PostgreSQL store (`docs/architecture.md`) need a lease per job, renewed
-//! by the driver and taken over by another replica when it expires; the
-//! supervisor is where that lease would be acquired before `start` and
-//! released after `stop`. That is a later issue.
+//! On PostgreSQL several replicas share the store, and a replica drives a
+//! job only while it holds the job's lease ([`LeasePolicy`]): the lease
+//! keeper ([`Supervisor::keep_leases`]) renews what this replica holds every
+//! few seconds, stops the runs whose leases were lost, and claims in-flight
+//! jobs nobody holds (a new job, or one whose replica died: its lease
+//! expires). A replica that cannot renew stops all its runs before its
+//! leases can pass to another. The store fences every write with the lease
+//! generation, so a replica that was paused past its lease cannot write a
+//! step twice. On SQLite (one daemon per data dir, by its lock) there are
+//! no leases.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use cz_engine::{DriveOutcome, RetryTarget, VerbError, Verbs};
 
@@ -68,6 +74,29 @@ pub struct Supervisor {
     drivers: Mutex<HashMap<JobId, Driver>>,
     /// Serializes verbs: stop → apply → start is one critical section.
     verbs: tokio::sync::Mutex<()>,
+    /// Job leases (PostgreSQL); `None` on SQLite.
+    leases: Option<LeasePolicy>,
+    pub lease_stats: LeaseStats,
+}
+
+/// How this replica holds job leases.
+#[derive(Clone, Copy, Debug)]
+pub struct LeasePolicy {
+    /// A lease not renewed for this long passes to another replica.
+    pub ttl: Duration,
+    /// How often leases are renewed and free jobs claimed.
+    pub renew: Duration,
+    /// How many jobs this replica drives at most.
+    pub max_runs: usize,
+}
+
+/// Lease counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    pub renewals: AtomicU64,
+    pub renewal_failures: AtomicU64,
+    pub losses: AtomicU64,
+    pub claims: AtomicU64,
 }
 
 /// Which jobs a starting daemon must drive, oldest first: every job whose
@@ -85,7 +114,28 @@ impl Supervisor {
             engine,
             drivers: Mutex::new(HashMap::new()),
             verbs: tokio::sync::Mutex::new(()),
+            leases: None,
+            lease_stats: LeaseStats::default(),
         }
+    }
+
+    /// A supervisor that drives a job only under its lease (PostgreSQL).
+    pub fn with_leases(engine: Engine, policy: LeasePolicy) -> Self {
+        Supervisor { leases: Some(policy), ..Supervisor::new(engine) }
+    }
+
+    pub fn lease_policy(&self) -> Option<LeasePolicy> {
+        self.leases
+    }
+
+    /// How many driver tasks are alive.
+    pub fn driving(&self) -> usize {
+        self.drivers
+            .lock()
+            .expect("supervisor lock")
+            .values()
+            .filter(|d| !d.handle.is_finished())
+            .count()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -102,22 +152,35 @@ impl Supervisor {
         let cancel = CancellationToken::new();
         let engine = self.engine.clone();
         let token = cancel.clone();
+        let leased = self.leases.is_some();
         let handle = tokio::spawn(async move {
             tracing::info!(job_id = %job, "Driving job.");
-            match engine.drive(job, token).await {
+            let outcome = engine.drive(job, token).await;
+            match &outcome {
                 Ok(DriveOutcome::Stopped(status)) => {
                     tracing::info!(job_id = %job, status = status.as_str(), "Job stopped.");
                 }
                 Ok(DriveOutcome::Interrupted) => {
                     tracing::info!(job_id = %job, "Job driver interrupted; the job stays in flight.");
                 }
+                Ok(DriveOutcome::LeaseLost) => {
+                    tracing::warn!(job_id = %job, "Job driver stopped: another replica holds the job now.");
+                }
                 Err(e) => {
                     tracing::error!(
                         job_id = %job,
-                        error = &e as &dyn std::error::Error,
+                        error = e as &dyn std::error::Error,
                         "Job driver failed; the job stays as recorded until a restart or a verb."
                     );
                 }
+            }
+            // The run ended here: let another replica have the job at once
+            // rather than after the lease expires.
+            if leased
+                && !matches!(outcome, Ok(DriveOutcome::LeaseLost))
+                && let Err(e) = engine.store.release_lease(job).await
+            {
+                tracing::warn!(job_id = %job, error = &e as &dyn std::error::Error, "Cannot release the job's lease; it will expire.");
             }
         });
         drivers.insert(job, Driver { cancel, handle });
@@ -143,8 +206,101 @@ impl Supervisor {
             .is_some_and(|d| !d.handle.is_finished())
     }
 
-    /// Starts every in-flight job (daemon startup). Returns how many.
+    /// Starts driving a job just submitted here: on PostgreSQL once its
+    /// lease is claimed (a new job is free; if the claim fails, the lease
+    /// keeper or another replica claims it on its next pass).
+    pub async fn start_new(&self, job: JobId) {
+        if let Some(p) = self.leases {
+            match self.engine.store.claim_leases(Some(job), false, p.ttl, 1).await {
+                Ok(claimed) if claimed.contains(&job) => {
+                    self.lease_stats.claims.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {
+                    tracing::info!(job_id = %job, "Another replica already holds the new job.");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job, error = &e as &dyn std::error::Error, "Cannot claim the new job now; a lease pass will.");
+                    return;
+                }
+            }
+        }
+        self.start(job);
+    }
+
+    /// Renews this replica's leases every `renew` and claims free jobs,
+    /// until `shutdown`.
+    pub async fn keep_leases(&self, shutdown: CancellationToken) {
+        let Some(p) = self.leases else { return };
+        let mut last_renewed = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(p.renew) => {}
+            }
+            self.lease_pass(p, &mut last_renewed).await;
+        }
+    }
+
+    /// One pass of the lease keeper: renew, stop what was lost, claim what
+    /// is free (up to `max_runs`). Returns how many jobs it started.
+    async fn lease_pass(&self, p: LeasePolicy, last_renewed: &mut Instant) -> usize {
+        let store = &self.engine.store;
+        match store.renew_leases(p.ttl).await {
+            Ok(r) => {
+                *last_renewed = Instant::now();
+                self.lease_stats.renewals.fetch_add(1, Ordering::Relaxed);
+                for job in r.lost {
+                    self.lease_stats.losses.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(job_id = %job, "Lost the job's lease (expired or taken over): stopping its run here.");
+                    self.stop(job).await;
+                }
+            }
+            Err(e) => {
+                self.lease_stats.renewal_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = &e as &dyn std::error::Error, "Cannot renew job leases.");
+                // Before the leases can pass to another replica, stop: two
+                // replicas must never drive one job.
+                if last_renewed.elapsed() + p.renew >= p.ttl {
+                    let held = store.drop_leases();
+                    tracing::error!(
+                        runs = held.len(),
+                        "Leases not renewed in time: stopping every run here; other replicas take the jobs over once the leases expire."
+                    );
+                    for job in held {
+                        self.lease_stats.losses.fetch_add(1, Ordering::Relaxed);
+                        self.stop(job).await;
+                    }
+                }
+                return 0;
+            }
+        }
+        let room = p.max_runs.saturating_sub(self.driving());
+        if room == 0 {
+            return 0;
+        }
+        match store.claim_leases(None, false, p.ttl, room as i64).await {
+            Ok(jobs) => {
+                for job in &jobs {
+                    self.lease_stats.claims.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(job_id = %job, "Claimed the job's lease: driving it here.");
+                    self.start(*job);
+                }
+                jobs.len()
+            }
+            Err(e) => {
+                tracing::warn!(error = &e as &dyn std::error::Error, "Cannot claim free jobs.");
+                0
+            }
+        }
+    }
+
+    /// Starts every in-flight job (daemon startup). Returns how many. On
+    /// PostgreSQL: a first lease pass, claiming the jobs nobody holds.
     pub async fn recover(&self) -> Result<usize, cz_state::StoreError> {
+        if let Some(p) = self.leases {
+            return Ok(self.lease_pass(p, &mut Instant::now()).await);
+        }
         let jobs = self.engine.store.jobs_in_flight().await?;
         let plan = recovery_plan(&jobs);
         for id in &plan {
@@ -166,6 +322,12 @@ impl Supervisor {
     pub async fn apply(&self, job: JobId, verb: Verb, actor: &str) -> Result<JobStatus, VerbError> {
         let _serial = self.verbs.lock().await;
         self.stop(job).await;
+        // On PostgreSQL the verb's writes need the job's lease: take it
+        // over (fencing off a run on another replica, which stops at its
+        // next write).
+        if let Some(p) = self.leases {
+            self.engine.store.claim_leases(Some(job), true, p.ttl, 1).await?;
+        }
         let verbs = Verbs { store: &self.engine.store };
         let result = match &verb {
             Verb::Retry(target) => verbs.retry(job, target.clone(), actor).await.map(|_| ()),
@@ -183,6 +345,8 @@ impl Supervisor {
             Some(j) => {
                 if j.status.in_flight() {
                     self.start(job);
+                } else if self.leases.is_some() {
+                    self.engine.store.release_lease(job).await?;
                 }
                 j.status
             }

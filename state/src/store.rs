@@ -754,35 +754,34 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<JobEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, at, kind, body FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(job.to_string())
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(StoreError::query("read events"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(JobEvent {
-                    job_id: job,
-                    id: r.get("id"),
-                    at: r.get("at"),
-                    kind: r.get("kind"),
-                    body: json_col(r, "body")?,
-                    rendered: Default::default(),
-                })
-            })
-            .collect()
+        read_events(&self.inner.pool, job, after, limit).await
     }
 
     /// Live events of a job, published after their transaction committed.
     /// Subscribe *before* reading the backlog and drop ids already seen; on
     /// `Lagged`, read the gap back from `events_after`.
+    ///
+    /// On PostgreSQL another replica may be the one writing the job's
+    /// events: a tail task polls the job's stream every
+    /// [`TAIL_EVERY`] while anyone here subscribes, and publishes what it
+    /// finds (subscribers drop ids they have already seen).
     pub fn subscribe(&self, job: JobId) -> broadcast::Receiver<Arc<JobEvent>> {
         let mut hub = self.inner.hub.lock().expect("event hub lock");
-        hub.entry(job).or_insert_with(|| broadcast::channel(EVENT_FANOUT_CAPACITY).0).subscribe()
+        let mut first = false;
+        let rx = hub
+            .entry(job)
+            .or_insert_with(|| {
+                first = true;
+                broadcast::channel(EVENT_FANOUT_CAPACITY).0
+            })
+            .subscribe();
+        if first
+            && self.inner.backend == Backend::Postgres
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(tail_events(Arc::downgrade(&self.inner), job));
+        }
+        rx
     }
 
     /// Returns once every write handed to the writer before this call is
@@ -1453,6 +1452,89 @@ fn publish(inner: &Inner, value: &(dyn Any + Send)) {
     for ev in events {
         if let Some(tx) = hub.get(&ev.job_id) {
             let _ = tx.send(ev.clone());
+        }
+    }
+}
+
+async fn read_events(
+    pool: &AnyPool,
+    job: JobId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<JobEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, at, kind, body FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(job.to_string())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::query("read events"))?;
+    rows.iter()
+        .map(|r| {
+            Ok(JobEvent {
+                job_id: job,
+                id: r.get("id"),
+                at: r.get("at"),
+                kind: r.get("kind"),
+                body: json_col(r, "body")?,
+                rendered: Default::default(),
+            })
+        })
+        .collect()
+}
+
+/// How often a PostgreSQL replica looks for events of a subscribed job that
+/// another replica wrote.
+pub const TAIL_EVERY: Duration = Duration::from_millis(250);
+
+/// Publishes to this process's subscribers of `job` the events other
+/// replicas write, until nobody here subscribes.
+async fn tail_events(inner: std::sync::Weak<Inner>, job: JobId) {
+    let mut last: Option<i64> = None;
+    loop {
+        tokio::time::sleep(TAIL_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let tx = {
+            let mut hub = inner.hub.lock().expect("event hub lock");
+            match hub.get(&job) {
+                Some(tx) if tx.receiver_count() > 0 => tx.clone(),
+                _ => {
+                    hub.remove(&job);
+                    return;
+                }
+            }
+        };
+        let after = match last {
+            Some(l) => l,
+            None => match sqlx::query_scalar::<_, i64>(
+                "SELECT last_id FROM job_event_heads WHERE job_id = $1",
+            )
+            .bind(job.to_string())
+            .fetch_optional(&inner.pool)
+            .await
+            {
+                Ok(head) => {
+                    last = Some(head.unwrap_or(0));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(job_id = %job, error = &e as &dyn std::error::Error, "Cannot tail the job's events.");
+                    continue;
+                }
+            },
+        };
+        match read_events(&inner.pool, job, after, 1000).await {
+            Ok(evs) => {
+                for e in evs {
+                    last = Some(e.id);
+                    let _ = tx.send(Arc::new(e));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job, error = &e as &dyn std::error::Error, "Cannot tail the job's events.");
+            }
         }
     }
 }

@@ -137,7 +137,7 @@ async fn run_preflight(p: &Preflight, req: &ProvisionRequest) -> (JobId, JobStat
         tokio::time::timeout(Duration::from_secs(60), both).await.expect("pre-flight ends in 60 s");
     let status = match outcome.unwrap() {
         DriveOutcome::Stopped(s) => s,
-        DriveOutcome::Interrupted => JobStatus::Running,
+        DriveOutcome::Interrupted | DriveOutcome::LeaseLost => JobStatus::Running,
     };
     (job, status)
 }

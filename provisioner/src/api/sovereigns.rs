@@ -68,7 +68,7 @@ async fn submit_and_start(st: &ApiState, sub: Submission) -> Result<Value, ApiEr
     match st.store.submit(sub).await.map_err(submit_error)? {
         SubmitOutcome::Created(v) => {
             tracing::info!(job_id = %job_id, "Job submitted.");
-            st.supervisor.start(job_id);
+            st.supervisor.start_new(job_id).await;
             Ok(v)
         }
         SubmitOutcome::Replayed(v) => {

@@ -383,6 +383,14 @@ pub struct ServeArgs {
     /// Sim latency factor: 0 = no waits, 1 = realistic.
     #[arg(long, env = "CATALYST_ZERO_SIM_LATENCY")]
     pub sim_latency: Option<f64>,
+    /// `postgres://…`: use the PostgreSQL store (replicas share it and hold
+    /// each job run by a lease) instead of SQLite in the data directory.
+    #[arg(long, env = "CATALYST_ZERO_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// What replicas share besides the database (tofu workspaces; the sim
+    /// world).
+    #[arg(long, env = "CATALYST_ZERO_SHARED_DIR")]
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// The binary's entry point.
@@ -661,6 +669,12 @@ pub fn serve_config(
     }
     if let Some(f) = args.sim_latency {
         config.sim.latency_factor = f;
+    }
+    if let Some(u) = &args.database_url {
+        config.database.url = Some(u.clone());
+    }
+    if let Some(d) = &args.shared_dir {
+        config.shared_dir = Some(d.clone());
     }
     config.validate()?;
     Ok(config)

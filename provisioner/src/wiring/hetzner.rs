@@ -89,7 +89,7 @@ pub fn hetzner_backend(config: &Config) -> anyhow::Result<Backend> {
         dns,
         // The production registrar APIs unless [registrars] says otherwise.
         registrars: http_registrars(Default::default()),
-        workspace_root: config.data_dir.join("workspaces"),
+        workspace_root: config.shared_dir.as_ref().unwrap_or(&config.data_dir).join("workspaces"),
         infra,
         k3s,
         ssh_port: h.ssh_port,

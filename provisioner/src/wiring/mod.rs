@@ -22,11 +22,17 @@ use crate::config::{BackendKind, Config};
 /// exist (made if missing) on the DNS server the jobs will use.
 pub async fn backend(config: &Config) -> anyhow::Result<Backend> {
     let backend = match config.backend {
-        BackendKind::Sim => sim_backend(
-            config.data_dir.join("sim"),
-            config.data_dir.join("workspaces"),
-            config.sim.clone(),
-        ),
+        BackendKind::Sim => match &config.shared_dir {
+            None => sim_backend(
+                config.data_dir.join("sim"),
+                config.data_dir.join("workspaces"),
+                config.sim.clone(),
+            ),
+            Some(shared) => cz_sim::sim_backend_with_world(
+                Arc::new(cz_sim::SimWorld::shared(shared.join("sim"), config.sim.clone())),
+                shared.join("workspaces"),
+            ),
+        },
         BackendKind::Hetzner => {
             let b = hetzner_backend(config)?;
             let tofu = b.tofu.version().await.map_err(|e| {

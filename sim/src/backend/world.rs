@@ -9,7 +9,10 @@
 //! The world also owns what is per process: latency scaling, failure
 //! injection ([`SimConfig`]), a request log, the id allocator's mutex and the
 //! per-(system, kind) mutexes that make create-with-unique-name atomic. One
-//! daemon process at a time uses a world.
+//! daemon process at a time uses a world, unless it is opened
+//! [`SimWorld::shared`]: then replicas of one PostgreSQL store share it, the
+//! kind locks and counters are also file locks (`flock(2)`) under
+//! `<root>/.locks`, and nothing is cached (another process may have written).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
@@ -184,6 +187,12 @@ struct Calls {
 /// The per-(system, kind) async mutex.
 type KindLock = Arc<Mutex<()>>;
 
+/// A held kind lock (and, in a shared world, its file lock).
+pub struct KindGuard {
+    _guard: OwnedMutexGuard<()>,
+    _file: Option<std::fs::File>,
+}
+
 struct IdState {
     scanned: bool,
 }
@@ -192,6 +201,8 @@ struct IdState {
 pub struct SimWorld {
     root: PathBuf,
     config: SimConfig,
+    /// Shared by several processes (see the module docs).
+    shared: bool,
     ids: Mutex<IdState>,
     locks: StdMutex<HashMap<(String, String), KindLock>>,
     fired: StdMutex<Vec<u32>>,
@@ -229,6 +240,7 @@ impl SimWorld {
         SimWorld {
             root: root.into(),
             config,
+            shared: false,
             ids: Mutex::new(IdState { scanned: false }),
             locks: StdMutex::new(HashMap::new()),
             fired: StdMutex::new(vec![0; rules]),
@@ -240,6 +252,26 @@ impl SimWorld {
     }
 
     /// Keeps a Secret's `data`/`stringData` in memory (see the field).
+    /// A world several processes use at once (replicas on one PostgreSQL
+    /// store): locks are also file locks, and nothing is cached.
+    pub fn shared(root: impl Into<PathBuf>, config: SimConfig) -> SimWorld {
+        SimWorld { shared: true, ..SimWorld::new(root, config) }
+    }
+
+    /// A file lock of `<root>/.locks/<name>` held for the guard's life
+    /// (blocking: call it on a blocking thread).
+    fn file_lock(root: &Path, name: &str) -> std::io::Result<std::fs::File> {
+        let dir = root.join(".locks");
+        std::fs::create_dir_all(&dir)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(sanitize_key(name)))?;
+        f.lock()?;
+        Ok(f)
+    }
+
     pub fn keep_secret_values(&self, key: &str, values: Value) {
         self.secret_values.lock().expect("not poisoned").insert(key.to_owned(), values);
     }
@@ -283,6 +315,9 @@ impl SimWorld {
         write_atomic_async(self.obj_path(system, kind, key), bytes)
             .await
             .map_err(|e| fs_error(system, "write", e))?;
+        if self.shared {
+            return Ok(());
+        }
         let mut cache = self.cache.lock().expect("sim cache");
         if let Some(objs) = cache.get_mut(&(system.to_owned(), kind.to_owned())) {
             objs.insert(format!("{}.json", sanitize_key(key)), value.clone());
@@ -292,6 +327,9 @@ impl SimWorld {
 
     /// The objects of a kind, from the cache (loading them from disk once).
     async fn cached_kind(&self, system: &str, kind: &str) -> Result<Vec<Value>, StepError> {
+        if self.shared {
+            return Ok(self.list_from_disk(system, kind).await?.into_values().collect());
+        }
         let k = (system.to_owned(), kind.to_owned());
         if let Some(objs) = self.cache.lock().expect("sim cache").get(&k) {
             return Ok(objs.values().cloned().collect());
@@ -310,8 +348,12 @@ impl SimWorld {
         key: &str,
     ) -> Result<Option<Value>, StepError> {
         let file = format!("{}.json", sanitize_key(key));
-        if let Some(objs) =
-            self.cache.lock().expect("sim cache").get(&(system.to_owned(), kind.to_owned()))
+        if let Some(objs) = self
+            .cache
+            .lock()
+            .expect("sim cache")
+            .get(&(system.to_owned(), kind.to_owned()))
+            .filter(|_| !self.shared)
         {
             return Ok(objs.get(&file).cloned());
         }
@@ -389,12 +431,31 @@ impl SimWorld {
 
     /// The per-(system, kind) mutex: hold it across read-check-write
     /// sequences (unique names, counters). Any string works as `kind`.
-    pub async fn lock(&self, system: &str, kind: &str) -> OwnedMutexGuard<()> {
+    pub async fn lock(&self, system: &str, kind: &str) -> KindGuard {
         let m = {
             let mut map = self.locks.lock().expect("sim lock map");
             map.entry((system.to_owned(), kind.to_owned())).or_default().clone()
         };
-        m.lock_owned().await
+        let guard = m.lock_owned().await;
+        let file = if self.shared {
+            let (root, name) = (self.root.clone(), format!("{system}.{kind}"));
+            // A lock that cannot be taken is a broken world dir: say so
+            // loudly, and go on with the process-local lock.
+            match tokio::task::spawn_blocking(move || SimWorld::file_lock(&root, &name)).await {
+                Ok(Ok(f)) => Some(f),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "Cannot take a file lock of the shared sim world.");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "The sim world's lock task failed.");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        KindGuard { _guard: guard, _file: file }
     }
 
     // === ids and counters ===
@@ -406,7 +467,9 @@ impl SimWorld {
         let mut st = self.ids.lock().await;
         let root = self.root.clone();
         let scan = !st.scanned;
+        let shared = self.shared;
         let id = tokio::task::spawn_blocking(move || -> std::io::Result<i64> {
+            let _file = if shared { Some(SimWorld::file_lock(&root, "ids")?) } else { None };
             let path = root.join("ids");
             let mut cur = match std::fs::read_to_string(&path) {
                 Ok(s) => s.trim().parse::<i64>().unwrap_or(ID_BASE),
@@ -431,7 +494,9 @@ impl SimWorld {
     pub async fn next_seq(&self, name: &str) -> Result<u64, StepError> {
         let _g = self.ids.lock().await;
         let path = self.root.join("seq").join(sanitize_key(name));
+        let (root, shared) = (self.root.clone(), self.shared);
         let n = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let _file = if shared { Some(SimWorld::file_lock(&root, "ids")?) } else { None };
             let cur = match std::fs::read_to_string(&path) {
                 Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,

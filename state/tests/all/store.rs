@@ -643,3 +643,28 @@ async fn leases_fence_writes_of_a_replica_that_lost_its_job() {
     a.release_lease(other).await.unwrap();
     assert_eq!(b.claim_leases(Some(other), false, ttl, 1).await.unwrap(), vec![other]);
 }
+
+/// On PostgreSQL a subscriber on one replica sees the events another
+/// replica writes, in order and without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_follows_events_written_by_another_replica() {
+    use std::time::Duration;
+    let Some(db) = Db::postgres("tail").await else { return };
+    let (a, b) = (db.open().await, db.open().await);
+    let sub = submission("tail.omani.works", None);
+    let job = sub.job_id;
+    submit_and_hold(&b, sub).await;
+    b.append_events(job, vec![NewJobEvent::new("log", json!(0))]).await.unwrap();
+    let mut rx = a.subscribe(job);
+    tokio::time::sleep(Duration::from_millis(600)).await; // the tail has its start
+    for i in 1..=50 {
+        b.append_events(job, vec![NewJobEvent::new("log", json!(i))]).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 50 {
+        let ev = tokio::time::timeout_at(deadline, rx.recv()).await.expect("in time").unwrap();
+        seen.push(ev.id);
+    }
+    assert_eq!(seen, (2..=51).collect::<Vec<_>>());
+}

@@ -617,7 +617,7 @@ async fn interrupted_inside_every_step_each_node_is_installed_once() {
             }
         };
         match outcome {
-            DriveOutcome::Interrupted => continue,
+            DriveOutcome::Interrupted | DriveOutcome::LeaseLost => continue,
             DriveOutcome::Stopped(JobStatus::Succeeded) => break,
             DriveOutcome::Stopped(s) => panic!("stopped {s}: {}", c.why().await),
         }
