@@ -96,6 +96,21 @@ impl Daemon {
         }
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the daemon runs");
+        let ok = Command::new("kill")
+            .args(["-s", signal, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -s {signal} {pid}");
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -80,7 +80,12 @@ fn check_token(
     Ok(scope)
 }
 
-fn max_of(kind: &str) -> Option<u32> {
+/// The project limit of `kind`: the configured one
+/// ([`SimConfig::project_limits`]), else a new Hetzner project's.
+fn max_of(world: &SimWorld, kind: &str) -> Option<u32> {
+    if let Some(max) = world.config().project_limits.get(kind) {
+        return Some(*max);
+    }
     match kind {
         "server" => Some(25),
         "load_balancer" => Some(5),
@@ -207,7 +212,7 @@ impl SimCloud {
                 format!("uniqueness_error: name is already used ({kind} `{name}`)"),
             ));
         }
-        if let Some(max) = max_of(kind)
+        if let Some(max) = max_of(&self.world, kind)
             && existing.len() as u32 >= max
         {
             return Err(StepError::adapter(
@@ -337,7 +342,7 @@ impl CloudApi for SimCloud {
         let mut limit = BTreeMap::new();
         for kind in ["server", "load_balancer", "network", "placement_group"] {
             let used = self.world.list(SYS, kind).await?.len() as u32;
-            limit.insert(kind, Limit { used, max: max_of(kind).unwrap_or(u32::MAX) });
+            limit.insert(kind, Limit { used, max: max_of(&self.world, kind).unwrap_or(u32::MAX) });
         }
         Ok(ProjectLimits {
             servers: limit["server"],

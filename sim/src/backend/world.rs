@@ -47,11 +47,22 @@ pub struct SimConfig {
     pub transient_rate: f64,
     /// Seed for jitter, transient failures and generated secrets.
     pub seed: Option<u64>,
+    /// The simulated project's limits by kind (`server`, `load_balancer`,
+    /// `network`, `placement_group`) where they differ from a new Hetzner
+    /// project's (25, 5, 10, 10): Hetzner raises them on request, and many
+    /// Sovereigns in one shared world need that.
+    pub project_limits: BTreeMap<String, u32>,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { latency_factor: 1.0, fail: Vec::new(), transient_rate: 0.0, seed: None }
+        SimConfig {
+            latency_factor: 1.0,
+            fail: Vec::new(),
+            transient_rate: 0.0,
+            seed: None,
+            project_limits: BTreeMap::new(),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ mod daemon_dns;
 mod daemon_hetzner;
 mod daemon_kill9;
 mod daemon_lock;
+mod daemon_replicas;
 mod daemon_tls;
 mod dns_pdns;
 mod handoff_bao;
