@@ -181,25 +181,47 @@ pub async fn p3(dir: &Path, subscribers: usize) -> Result<()> {
     Ok(())
 }
 
+/// The store a benchmark runs on: SQLite under `data`, or a fresh
+/// PostgreSQL database `name` on `pg` (key beside `data`).
+pub async fn bench_store(data: &Path, pg: Option<&str>, name: &str) -> Result<cz_state::Store> {
+    std::fs::create_dir_all(data)?;
+    let key = at_rest_key(data);
+    Ok(match pg {
+        None => {
+            let paths = cz_state::StorePaths {
+                database: cz_state::StorePaths::in_dir(data).database,
+                identity: key,
+            };
+            cz_state::Store::open(paths).await?
+        }
+        Some(server) => {
+            cz_state::Sealer::load_or_create(&key)?;
+            let url = cz_state::bench::fresh_postgres_database(server, name).await?;
+            cz_state::Store::open_postgres(&url, &key).await?
+        }
+    })
+}
+
 /// P5: a daemon restarts over `jobs` stored in-flight jobs; time until
 /// every one is driven again (`/readyz` turns ready only after recovery
-/// started them all).
-pub async fn p5(dir: &Path, jobs: usize) -> Result<()> {
-    let data = dir.join("p5");
+/// started them all). On PostgreSQL (`pg`: a server URL) the jobs were
+/// left by a replica that shut down cleanly (leases released); the new
+/// replica claims them all in its first lease pass.
+pub async fn p5(dir: &Path, jobs: usize, pg: Option<&str>) -> Result<()> {
+    let data = dir.join(if pg.is_some() { "p5-pg" } else { "p5" });
+    let store = bench_store(&data, pg, "cz_bench_p5").await?;
     {
         // Jobs a crashed daemon left `running`, written straight into the
         // store (the previous daemon is gone, not shut down).
-        let paths = cz_state::StorePaths {
-            database: cz_state::StorePaths::in_dir(&data).database,
-            identity: at_rest_key(&data),
-        };
-        std::fs::create_dir_all(&data)?;
-        let store = cz_state::Store::open(paths).await?;
+        let hold = Duration::from_secs(600);
         for i in 0..jobs {
             let body = sample_body(&format!("p{i}"), 1, 0);
             let sub = submission(&body, cz_engine::JobOptions::default())?;
             let job = sub.job_id;
             store.submit(sub).await?;
+            if pg.is_some() {
+                store.claim_leases(Some(job), false, hold, 1).await?;
+            }
             store
                 .update_job(
                     job,
@@ -209,10 +231,19 @@ pub async fn p5(dir: &Path, jobs: usize) -> Result<()> {
                     },
                 )
                 .await?;
+            store.release_lease(job).await?;
         }
     }
+    drop(store);
+    let mut c = config(&data, 1.0);
+    if let Some(server) = pg {
+        let mut u = reqwest::Url::parse(server)?;
+        u.set_path("/cz_bench_p5");
+        c.database.url = Some(u.to_string());
+        c.database.max_runs = jobs.max(1);
+    }
     let t0 = Instant::now();
-    let handle = crate::server::start(config(&data, 1.0)).await?;
+    let handle = crate::server::start(c).await?;
     let client = reqwest::Client::new();
     loop {
         let r = client.get(format!("http://{}/readyz", handle.addr)).send().await?;
@@ -227,7 +258,8 @@ pub async fn p5(dir: &Path, jobs: usize) -> Result<()> {
     let ready = t0.elapsed();
     let in_flight = handle.store().jobs_in_flight().await?.len();
     println!(
-        "P5 restart: {jobs} stored jobs, {in_flight} in flight; all driven again after {:.0} ms (aim < 1000 ms)",
+        "P5 restart ({}): {jobs} stored jobs, {in_flight} in flight; all driven again after {:.0} ms (aim < 1000 ms)",
+        if pg.is_some() { "PostgreSQL" } else { "SQLite" },
         ready.as_secs_f64() * 1000.0
     );
     handle.shutdown().await?;

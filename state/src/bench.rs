@@ -85,3 +85,22 @@ pub async fn raw_batched_events(
     }
     Ok(start.elapsed())
 }
+
+/// Creates (dropping any old one) database `name` on the PostgreSQL server
+/// behind `server_url` (any of its databases, e.g. `.../postgres`), and
+/// returns its URL: the PostgreSQL figures run on a fresh database each.
+pub async fn fresh_postgres_database(server_url: &str, name: &str) -> Result<String, sqlx::Error> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(sqlx::Error::Configuration(format!("bad database name `{name}`").into()));
+    }
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(server_url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name}")))
+        .execute(&mut c)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await?;
+    let mut url = url::Url::parse(server_url)
+        .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}

@@ -6,6 +6,8 @@
 //! - P4 200 concurrent `sim` jobs: wall time / one job's critical path, RSS;
 //! - P5 daemon restart with 1,000 stored jobs: time until all in-flight jobs
 //!   run again;
+//! - P4-PG, P5-PG: P4 and P5 on PostgreSQL (`--database-url`, a server the
+//!   benchmark may create databases on), beside the SQLite figures;
 //! - H1 the hetzner backend end to end (real tofu, sshd, PowerDNS, OpenBao;
 //!   the hcloud and Kubernetes fakes answering at once): wall time of a
 //!   provision and of its destroy, the daemon's own overhead on the whole
@@ -46,6 +48,11 @@ struct Args {
     /// polling stays proportional, so CPU per simulated second is real).
     #[arg(long, default_value_t = 0.1)]
     latency: f64,
+    /// A PostgreSQL server (`postgres://user@host:port/postgres`): P4 and P5
+    /// also run on it, each in a fresh database, and are reported beside
+    /// SQLite.
+    #[arg(long, env = "CZ_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 fn wants(args: &Args, p: &str) -> bool {
@@ -158,8 +165,21 @@ async fn p2(dir: &Path, lines: usize) -> Result<()> {
 /// Runs `n` provision jobs concurrently on one store. Each job gets its
 /// own sim world: its own cloud project (quotas are per project, as on
 /// Hetzner, and 200 Sovereigns do not fit one project's 25 servers).
-async fn run_jobs(dir: &Path, n: usize, latency: f64) -> Result<(Duration, usize)> {
-    let store = Store::open(StorePaths::in_dir(&dir.join("data"))).await?;
+///
+/// On PostgreSQL (`pg`) each job is driven under its lease, claimed for
+/// an hour: the figure is the store's and the engine's (with every write
+/// fenced), not the lease keeper's.
+async fn run_jobs(
+    dir: &Path,
+    n: usize,
+    latency: f64,
+    pg: Option<&str>,
+) -> Result<(Duration, usize)> {
+    let db = format!(
+        "cz_bench_{}",
+        dir.file_name().map_or("p4".into(), |f| f.to_string_lossy()).replace('-', "_")
+    );
+    let store = catalyst_zero::bench::bench_store(&dir.join("data"), pg, &db).await?;
     let registry = Arc::new(cz_phases::registry());
     let ns: Vec<String> = cz_phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
     let mut jobs = Vec::new();
@@ -174,6 +194,9 @@ async fn run_jobs(dir: &Path, n: usize, latency: f64) -> Result<(Duration, usize
             &JobOptions::default(),
         )
         .await?;
+        if pg.is_some() {
+            store.claim_leases(Some(job), false, Duration::from_secs(3600), 1).await?;
+        }
         jobs.push((engine, job));
     }
     let start = Instant::now();
@@ -196,12 +219,14 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-async fn p4(dir: &Path, n: usize, latency: f64) -> Result<()> {
+async fn p4(dir: &Path, n: usize, latency: f64, pg: Option<&str>) -> Result<()> {
     reset_peak_rss();
-    let (one, ok1) = run_jobs(&dir.join("p4-one"), 1, latency).await?;
-    let (all, okn) = run_jobs(&dir.join("p4-all"), n, latency).await?;
+    let sfx = if pg.is_some() { "-pg" } else { "" };
+    let (one, ok1) = run_jobs(&dir.join(format!("p4-one{sfx}")), 1, latency, pg).await?;
+    let (all, okn) = run_jobs(&dir.join(format!("p4-all{sfx}")), n, latency, pg).await?;
     println!(
-        "P4 concurrent sim jobs: {n} jobs (latency factor {latency}) in {:.2} s, one job alone {:.2} s; wall/critical-path = {:.2} (aim <= 1.1); succeeded {okn}/{n} (+{ok1}/1); peak RSS {:.0} MiB (aim <= 200)",
+        "P4 concurrent sim jobs ({}): {n} jobs (latency factor {latency}) in {:.2} s, one job alone {:.2} s; wall/critical-path = {:.2} (aim <= 1.1); succeeded {okn}/{n} (+{ok1}/1); peak RSS {:.0} MiB (aim <= 200)",
+        if pg.is_some() { "PostgreSQL" } else { "SQLite" },
         all.as_secs_f64(),
         one.as_secs_f64(),
         all.as_secs_f64() / one.as_secs_f64(),
@@ -217,10 +242,20 @@ async fn main() -> Result<()> {
         // Each figure in its own process: memory one figure used (and the
         // allocator kept) must not count as the next one's peak RSS.
         let exe = std::env::current_exe().context("own path")?;
-        for p in ["p1", "p2", "p3", "p4", "p5", "h1"] {
+        for p in ["p1", "p2", "p3", "p4", "p5", "p4-pg", "p5-pg", "h1"] {
+            if p.ends_with("-pg") && args.database_url.is_none() {
+                println!(
+                    "{}: not measured (no --database-url / CZ_BENCH_DATABASE_URL)",
+                    p.to_uppercase()
+                );
+                continue;
+            }
             let mut cmd = std::process::Command::new(&exe);
             cmd.args(["--only", p, "--latency", &args.latency.to_string()]);
             cmd.arg("--figures").arg(&args.figures);
+            if let Some(u) = &args.database_url {
+                cmd.arg("--database-url").arg(u);
+            }
             if args.quick {
                 cmd.arg("--quick");
             }
@@ -241,10 +276,17 @@ async fn main() -> Result<()> {
         catalyst_zero::bench::p3(dir, if args.quick { 100 } else { 1000 }).await?;
     }
     if wants(&args, "p4") {
-        p4(dir, if args.quick { 20 } else { 200 }, args.latency).await?;
+        p4(dir, if args.quick { 20 } else { 200 }, args.latency, None).await?;
     }
     if wants(&args, "p5") {
-        catalyst_zero::bench::p5(dir, if args.quick { 100 } else { 1000 }).await?;
+        catalyst_zero::bench::p5(dir, if args.quick { 100 } else { 1000 }, None).await?;
+    }
+    let pg = args.database_url.as_deref();
+    if wants(&args, "p4-pg") && pg.is_some() {
+        p4(dir, if args.quick { 20 } else { 200 }, args.latency, pg).await?;
+    }
+    if wants(&args, "p5-pg") && pg.is_some() {
+        catalyst_zero::bench::p5(dir, if args.quick { 100 } else { 1000 }, pg).await?;
     }
     if wants(&args, "h1") {
         h1(&args.figures);
