@@ -1,0 +1,3 @@
+//! Integration tests of the `catalyst-zero` crate, one module per area.
+
+mod deploy;
