@@ -170,9 +170,15 @@ fn kubernetes_manifests_use_real_flags_and_hold_together() {
     let serve = Serve::from_cli();
     let (_, m) = manifests();
     let mut errors = Vec::new();
-    for kind in
-        ["Namespace", "ServiceAccount", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
-    {
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "PersistentVolumeClaim",
+    ] {
         assert!(m.contains_key(kind), "no {kind}");
     }
     let deploy = &m["Deployment"];
@@ -243,7 +249,30 @@ fn kubernetes_manifests_use_real_flags_and_hold_together() {
             .iter()
             .filter(|e| str_at(e, "/name").ends_with("_FILE"))
             .filter_map(|e| e["value"].as_str());
-        let flag_paths = ["config", "data-dir", "tls-cert", "tls-key", "at-rest-key"]
+        // Replicas share the tofu workspaces: --shared-dir on a volume
+        // claim every replica can write (ReadWriteMany).
+        match given.get("shared-dir") {
+            None if replicas > 1 => errors.push(format!("{place}: replicas without --shared-dir")),
+            None => {}
+            Some(dir) => {
+                let vol = mounts.iter().find(|(d, _)| Path::new(dir).starts_with(d)).map(|m| m.1);
+                let claim = vol
+                    .and_then(|v| volumes.get(v))
+                    .and_then(|v| v.pointer("/persistentVolumeClaim/claimName"))
+                    .and_then(Value::as_str);
+                let rwx = claim
+                    .and_then(|c| {
+                        m.get("PersistentVolumeClaim").filter(|p| str_at(p, "/metadata/name") == c)
+                    })
+                    .is_some_and(|p| {
+                        strings(&p["spec"]["accessModes"]).iter().any(|a| a == "ReadWriteMany")
+                    });
+                if !rwx {
+                    errors.push(format!("{place}: --shared-dir is not on a ReadWriteMany claim"));
+                }
+            }
+        }
+        let flag_paths = ["config", "data-dir", "tls-cert", "tls-key", "at-rest-key", "shared-dir"]
             .iter()
             .filter_map(|f| given.get(*f).map(String::as_str));
         for path in flag_paths.chain(env_paths) {
