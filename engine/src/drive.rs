@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::action::Registry;
 use crate::context::{StepCtx, StepEnv};
 use crate::error::{ErrorClass, StepError};
+use crate::observe::{NoObserver, Observer};
 use crate::plan::{NodeDef, PhaseDef, Plan};
 
 /// What happens to what a job created when it fails.
@@ -126,11 +127,18 @@ pub struct Engine<E> {
     pub store: Store,
     pub registry: Arc<Registry<E>>,
     pub env: Arc<E>,
+    /// Told of every step attempt's end (metrics).
+    pub observer: Arc<dyn Observer>,
 }
 
 impl<E> Clone for Engine<E> {
     fn clone(&self) -> Self {
-        Engine { store: self.store.clone(), registry: self.registry.clone(), env: self.env.clone() }
+        Engine {
+            store: self.store.clone(),
+            registry: self.registry.clone(),
+            env: self.env.clone(),
+            observer: self.observer.clone(),
+        }
     }
 }
 
@@ -149,7 +157,13 @@ enum UnwindOutcome {
 
 impl<E: StepEnv> Engine<E> {
     pub fn new(store: Store, registry: Arc<Registry<E>>, env: Arc<E>) -> Self {
-        Engine { store, registry, env }
+        Engine { store, registry, env, observer: Arc::new(NoObserver) }
+    }
+
+    /// The same engine, reporting to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Drives `job` until it stops or `cancel` fires. A storage fault that
@@ -699,12 +713,17 @@ struct NodeExec<E> {
 }
 
 impl<E: StepEnv> NodeExec<E> {
+    /// The phase this node belongs to (its id's first segment).
+    fn phase(&self) -> &str {
+        self.node.id.split('/').next().unwrap_or("")
+    }
+
     async fn record(&self, event: StepEvent, body: Value) -> Result<NodeState, EngineError> {
         let store = self.run.store();
         let mut body = body;
         if let Some(o) = body.as_object_mut() {
             o.insert("step".into(), self.node.id.clone().into());
-            o.insert("phase".into(), self.node.id.split('/').next().unwrap_or("").into());
+            o.insert("phase".into(), self.phase().into());
         }
         let ev = NewJobEvent::new("step", body);
         let (state, _) = record_forever(|| {
@@ -777,9 +796,14 @@ impl<E: StepEnv> NodeExec<E> {
                     first
                 }
             };
-            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let elapsed = started.elapsed();
+            let elapsed_ms = elapsed.as_millis() as u64;
+            let observe = |outcome: &str| {
+                self.run.engine.observer.step(self.phase(), &self.node.action, outcome, elapsed)
+            };
             match result {
                 Ok(output) => {
+                    observe("succeeded");
                     let s = self
                         .record(
                             StepEvent::Succeeded { output },
@@ -793,6 +817,8 @@ impl<E: StepEnv> NodeExec<E> {
                     let mut err = e.to_json();
                     tracing::warn!(job_id = %self.run.job.id, step = %self.node.id, attempt, class = class.as_str(), error = &e as &dyn std::error::Error, "Step failed.");
                     if class == ErrorClass::Transient && attempt < opts.retry.max_attempts {
+                        observe("retrying");
+                        self.run.engine.observer.retry(class);
                         let delay = backoff
                             .next()
                             .unwrap_or(Duration::from_millis(opts.retry.max_delay_ms));
@@ -809,6 +835,7 @@ impl<E: StepEnv> NodeExec<E> {
                             }
                         }
                     }
+                    observe("failed");
                     if class == ErrorClass::Transient {
                         // Attempts exhausted: a person has to look.
                         err["class"] = "needs-operator".into();
@@ -870,6 +897,8 @@ impl<E: StepEnv> NodeExec<E> {
             }
         };
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let outcome = if result.is_ok() { "undone" } else { "undo-failed" };
+        self.run.engine.observer.step(self.phase(), &self.node.action, outcome, started.elapsed());
         let s = match result {
             Ok(()) => {
                 self.record(

@@ -26,6 +26,7 @@ mod action;
 mod context;
 mod drive;
 mod error;
+mod observe;
 mod plan;
 mod verbs;
 
@@ -52,6 +53,8 @@ pub use error::ErrorClass;
 pub use error::StepError;
 pub use error::System;
 pub use error::chain;
+pub use observe::NoObserver;
+pub use observe::Observer;
 pub use plan::NodeDef;
 pub use plan::PhaseBuilder;
 pub use plan::PhaseDef;

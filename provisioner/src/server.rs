@@ -149,7 +149,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
     let backend = crate::wiring::backend(&config).await?;
     let lease = backend.bounds.dns_lease;
     let dns = backend.dns.clone();
-    let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend));
+    let metrics = Arc::new(api::system::Metrics::new());
+    let engine = Engine::new(store.clone(), Arc::new(registry()), Arc::new(backend))
+        .with_observer(metrics.clone());
     let supervisor = Arc::new(match store.backend() {
         cz_state::Backend::Sqlite => Supervisor::new(engine),
         cz_state::Backend::Postgres => Supervisor::with_leases(
@@ -169,6 +171,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
 
     let config = Arc::new(config);
     let mut state = ApiState::new(store.clone(), supervisor.clone(), config.clone());
+    state.metrics = metrics;
     if let Some(f) = &config.tokens.file {
         let people =
             api::tokens::TokenFile::load(f).map_err(|e| anyhow::anyhow!("tokens.file {e}"))?;

@@ -290,6 +290,8 @@ struct Inner {
     replica: String,
     /// The leases this process holds: job → generation.
     held: Mutex<HashMap<JobId, i64>>,
+    /// Job events committed by this process.
+    events_written: std::sync::atomic::AtomicU64,
 }
 
 /// The lease a write of a job is made under (PostgreSQL): checked in the
@@ -420,6 +422,7 @@ impl Store {
                     &uuid::Uuid::new_v4().simple().to_string()[..8]
                 ),
                 held: Mutex::new(HashMap::new()),
+                events_written: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         // The writer runs on its own thread with a single-threaded runtime:
@@ -596,6 +599,51 @@ impl Store {
         }
         .map_err(StoreError::query("list jobs"))?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    /// How many jobs there are of each status (one aggregate query: a
+    /// scrape never loads job rows).
+    pub async fn count_jobs_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM jobs GROUP BY status")
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(StoreError::query("count jobs"))?;
+        rows.into_iter()
+            .map(|(s, n)| {
+                let status = s.parse::<JobStatus>().map_err(|e| StoreError::Decode {
+                    column: "status",
+                    source: format!("`{s}`: {e}").into(),
+                })?;
+                Ok((status, n))
+            })
+            .collect()
+    }
+
+    /// Jobs not yet ended: pending, running or paused (a paused job waits
+    /// for its operator). Final jobs are never read.
+    pub async fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE status IN ('pending', 'running', 'paused') ORDER BY created_at, id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("live jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Whether the database answers (one trivial query).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map_err(StoreError::query("ping"))?;
+        Ok(())
+    }
+
+    /// Job events this process has committed since it started.
+    pub fn events_written(&self) -> u64 {
+        self.inner.events_written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Jobs a starting daemon must drive: `pending` or `running`.
@@ -1448,6 +1496,7 @@ fn publish(inner: &Inner, value: &(dyn Any + Send)) {
     } else {
         return;
     };
+    inner.events_written.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let hub = inner.hub.lock().expect("event hub lock");
     for ev in events {
         if let Some(tx) = hub.get(&ev.job_id) {

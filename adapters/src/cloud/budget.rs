@@ -211,6 +211,14 @@ impl BudgetRegistry {
         self.cfg
     }
 
+    /// Requests left in each project's budget this registry has seen, by
+    /// project key (a hash, never the token).
+    pub fn remaining(&self) -> Vec<(String, f64)> {
+        let budgets: Vec<Arc<RateBudget>> =
+            self.budgets.lock().expect("registry lock").values().cloned().collect();
+        budgets.iter().map(|b| (b.key().to_owned(), b.available())).collect()
+    }
+
     /// The budget of the project `token` belongs to (created full on first use).
     pub fn for_token(&self, token: &SecretString) -> Arc<RateBudget> {
         let key = project_key(token);
@@ -229,6 +237,28 @@ mod tests {
 
     fn cfg(capacity: u32, refill: f64, max_wait_s: u64) -> BudgetConfig {
         BudgetConfig { capacity, refill_per_sec: refill, max_wait: Duration::from_secs(max_wait_s) }
+    }
+
+    /// What `/metrics` reports: each project by its key (never the token),
+    /// with what is left of its budget.
+    #[tokio::test(start_paused = true)]
+    async fn the_registry_reports_what_each_project_has_left() {
+        let reg = BudgetRegistry::new(cfg(10, 0.0, 60));
+        let (a, b) = (SecretString::new("token-a"), SecretString::new("token-b"));
+        for _ in 0..3 {
+            reg.for_token(&a).acquire().await.unwrap();
+        }
+        reg.for_token(&b).acquire().await.unwrap();
+        let mut left = reg.remaining();
+        left.sort_by(|x, y| x.0.cmp(&y.0));
+        let mut want = vec![(project_key(&a), 7.0), (project_key(&b), 9.0)];
+        want.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(left.len(), 2);
+        for ((k, l), (wk, wl)) in left.iter().zip(&want) {
+            assert_eq!(k, wk);
+            assert!((l - wl).abs() < 0.01, "{k}: {l} left, want {wl}");
+            assert!(!k.contains("token"));
+        }
     }
 
     #[tokio::test(start_paused = true)]

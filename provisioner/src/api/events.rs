@@ -103,7 +103,12 @@ pub async fn events(
     // Subscribe before reading anything (see the module doc).
     let live = st.store.subscribe(id);
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(SSE_BUFFER);
-    tokio::spawn(pump(st.clone(), id, after, live, tx));
+    let open = st.metrics.sse_opened();
+    let pumped = st.clone();
+    tokio::spawn(async move {
+        pump(pumped, id, after, live, tx).await;
+        drop(open);
+    });
     let stream = ReceiverStream::new(rx);
     let keep_alive = KeepAlive::new()
         .interval(Duration::from_secs(st.config.heartbeat_secs.max(1)))

@@ -22,7 +22,7 @@ mod escrow;
 mod events;
 mod jobs;
 mod sovereigns;
-mod system;
+pub mod system;
 #[cfg(test)]
 mod tests;
 pub mod tokens;

@@ -4,10 +4,10 @@
 //! `/readyz` turns 200 only once startup recovery has started every in-flight
 //! job *and* the store answers a query, so a load balancer never sends work
 //! to a daemon that is still replaying its state. The job gauge is refreshed
-//! from the store at scrape time (constant work, no cache to go stale).
+//! at scrape time by one aggregate query (no job row is loaded).
 
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State;
@@ -18,6 +18,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -37,11 +38,48 @@ struct StatusLabels {
     status: String,
 }
 
-/// The daemon's Prometheus metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    phase: String,
+    action: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectLabels {
+    /// The first 16 hex digits of the token's SHA-256, never the token.
+    project: String,
+}
+
+type StepHistograms = Family<StepLabels, Histogram, fn() -> Histogram>;
+
+fn step_buckets() -> Histogram {
+    // 10 ms .. ~5.5 min: a DNS check to a tofu apply.
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
+/// The daemon's Prometheus metrics. Counters owned elsewhere (the store's
+/// events, the supervisor's leases) are brought up to date at scrape time;
+/// nothing here reads job rows.
 pub struct Metrics {
     registry: Mutex<Registry>,
     http: Family<HttpLabels, Counter>,
     jobs: Family<StatusLabels, Gauge>,
+    steps: StepHistograms,
+    retries: Family<ClassLabels, Counter>,
+    hcloud_budget: Family<ProjectLabels, Gauge<f64, AtomicU64>>,
+    events: Counter,
+    sse: Gauge,
+    lease_renewals: Counter,
+    lease_renewal_failures: Counter,
+    lease_losses: Counter,
+    lease_claims: Counter,
+    leases_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -52,20 +90,69 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("catalyst_zero");
-        let http = Family::<HttpLabels, Counter>::default();
-        let jobs = Family::<StatusLabels, Gauge>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by method, route and status",
-            http.clone(),
+        let mut r = Registry::with_prefix("catalyst_zero");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            http: Family::default(),
+            jobs: Family::default(),
+            steps: Family::new_with_constructor(step_buckets),
+            retries: Family::default(),
+            hcloud_budget: Family::default(),
+            events: Counter::default(),
+            sse: Gauge::default(),
+            lease_renewals: Counter::default(),
+            lease_renewal_failures: Counter::default(),
+            lease_losses: Counter::default(),
+            lease_claims: Counter::default(),
+            leases_held: Gauge::default(),
+        };
+        r.register("http_requests", "HTTP requests by method, route and status", m.http.clone());
+        r.register("jobs", "Jobs by status (one aggregate query at scrape time)", m.jobs.clone());
+        r.register(
+            "step_duration_seconds",
+            "Step attempts and undos by phase, action and outcome (succeeded, retrying, failed, undone, undo-failed)",
+            m.steps.clone(),
         );
-        registry.register(
-            "jobs",
-            "Jobs by status (read from the store at scrape time)",
-            jobs.clone(),
+        r.register(
+            "step_retries",
+            "Failed step attempts retried, by error class",
+            m.retries.clone(),
         );
-        Metrics { registry: Mutex::new(registry), http, jobs }
+        r.register(
+            "hcloud_budget_remaining",
+            "Requests left in each Hetzner project's rate-limit budget (this process's view)",
+            m.hcloud_budget.clone(),
+        );
+        r.register("events_written", "Job events committed by this process", m.events.clone());
+        r.register("sse_subscribers", "Open SSE event streams", m.sse.clone());
+        r.register(
+            "lease_renewals",
+            "Lease renewal passes that reached the store",
+            m.lease_renewals.clone(),
+        );
+        r.register(
+            "lease_renewal_failures",
+            "Lease renewal passes that could not reach the store",
+            m.lease_renewal_failures.clone(),
+        );
+        r.register(
+            "lease_losses",
+            "Job leases lost (expired or taken over)",
+            m.lease_losses.clone(),
+        );
+        r.register("lease_claims", "Job leases claimed", m.lease_claims.clone());
+        r.register("leases_held", "Job leases this replica holds", m.leases_held.clone());
+        *m.registry.lock().expect("metrics lock") = r;
+        // Every class is shown, at 0 until it happens (a rate over an absent
+        // series is no rate).
+        for class in [
+            cz_engine::ErrorClass::Transient,
+            cz_engine::ErrorClass::NeedsOperator,
+            cz_engine::ErrorClass::Terminal,
+        ] {
+            let _ = m.retries.get_or_create(&ClassLabels { class: class.as_str().to_owned() });
+        }
+        m
     }
 
     pub fn count_request(&self, method: &str, route: &str, status: u16) {
@@ -79,8 +166,35 @@ impl Metrics {
     }
 
     fn set_jobs(&self, counts: &[(JobStatus, i64)]) {
-        for (s, n) in counts {
-            self.jobs.get_or_create(&StatusLabels { status: s.to_string() }).set(*n);
+        for s in JobStatus::ALL {
+            let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+            self.jobs.get_or_create(&StatusLabels { status: s.to_string() }).set(n);
+        }
+    }
+
+    /// An open SSE stream; the gauge goes down when the guard drops.
+    pub fn sse_opened(self: &Arc<Self>) -> SseGuard {
+        self.sse.inc();
+        SseGuard(self.clone())
+    }
+
+    /// Brings the counters kept elsewhere up to date.
+    fn refresh(&self, st: &ApiState) {
+        let bump = |c: &Counter, now: u64| {
+            let seen = c.get();
+            if now > seen {
+                c.inc_by(now - seen);
+            }
+        };
+        bump(&self.events, st.store.events_written());
+        let l = &st.supervisor.lease_stats;
+        bump(&self.lease_renewals, l.renewals.load(Ordering::Relaxed));
+        bump(&self.lease_renewal_failures, l.renewal_failures.load(Ordering::Relaxed));
+        bump(&self.lease_losses, l.losses.load(Ordering::Relaxed));
+        bump(&self.lease_claims, l.claims.load(Ordering::Relaxed));
+        self.leases_held.set(st.store.held_leases().len() as i64);
+        for (project, left) in cz_adapters::cloud::BudgetRegistry::global().remaining() {
+            self.hcloud_budget.get_or_create(&ProjectLabels { project }).set(left);
         }
     }
 
@@ -91,6 +205,31 @@ impl Metrics {
             &self.registry.lock().expect("metrics lock"),
         )?;
         Ok(out)
+    }
+}
+
+/// Holds the SSE gauge up while a stream is open.
+pub struct SseGuard(Arc<Metrics>);
+
+impl Drop for SseGuard {
+    fn drop(&mut self) {
+        self.0.sse.dec();
+    }
+}
+
+impl cz_engine::Observer for Metrics {
+    fn step(&self, phase: &str, action: &str, outcome: &str, elapsed: std::time::Duration) {
+        self.steps
+            .get_or_create(&StepLabels {
+                phase: phase.to_owned(),
+                action: action.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn retry(&self, class: cz_engine::ErrorClass) {
+        self.retries.get_or_create(&ClassLabels { class: class.as_str().to_owned() }).inc();
     }
 }
 
@@ -108,8 +247,8 @@ pub async fn readyz(State(st): State<ApiState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "recovering" })))
             .into_response();
     }
-    match st.store.list_sovereigns().await {
-        Ok(_) => Json(json!({ "status": "ready" })).into_response(),
+    match st.store.ping().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(e) => {
             tracing::warn!(
                 error = &e as &dyn std::error::Error,
@@ -124,12 +263,9 @@ pub async fn readyz(State(st): State<ApiState>) -> Response {
 /// Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
-    let jobs = st.store.list_jobs(None).await.map_err(ApiError::store("count jobs"))?;
-    let counts: Vec<(JobStatus, i64)> = JobStatus::ALL
-        .iter()
-        .map(|s| (*s, jobs.iter().filter(|j| j.status == *s).count() as i64))
-        .collect();
+    let counts = st.store.count_jobs_by_status().await.map_err(ApiError::store("count jobs"))?;
     st.metrics.set_jobs(&counts);
+    st.metrics.refresh(&st);
     let text = st
         .metrics
         .encode()

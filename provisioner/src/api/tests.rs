@@ -39,8 +39,11 @@ async fn harness() -> Harness {
         heartbeat_secs: 1,
         ..Config::default()
     };
-    let supervisor = Arc::new(Supervisor::new(rig.engine.clone()));
-    let state = ApiState::new(rig.store.clone(), supervisor, Arc::new(config));
+    let metrics = Arc::new(super::system::Metrics::new());
+    let engine = rig.engine.clone().with_observer(metrics.clone());
+    let supervisor = Arc::new(Supervisor::new(engine));
+    let mut state = ApiState::new(rig.store.clone(), supervisor, Arc::new(config));
+    state.metrics = metrics;
     state.set_ready();
     let app = router(state.clone());
     Harness { _rig: rig, state, app }
@@ -307,7 +310,31 @@ async fn a_valid_submission_succeeds_and_leaks_no_secret() {
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     let m = h.req(Method::GET, "/metrics", None, None).await.text;
     assert!(m.contains("catalyst_zero_jobs{status=\"succeeded\"} 1"), "{m}");
+    assert!(m.contains("catalyst_zero_jobs{status=\"failed\"} 0"), "{m}");
     assert!(m.contains("catalyst_zero_http_requests_total"), "{m}");
+    // Every step attempt is in the histogram, by phase, action and outcome.
+    let count = |prefix: &str| -> u64 {
+        m.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(
+        m.contains("catalyst_zero_step_duration_seconds_count{phase=\"infra\",action=\"infra.apply\",outcome=\"succeeded\"} 1"),
+        "{m}"
+    );
+    assert!(count("catalyst_zero_step_duration_seconds_count{") >= 40, "{m}");
+    assert!(count("catalyst_zero_events_written_total") > 10, "{m}");
+    assert!(m.contains("catalyst_zero_step_retries_total{class=\"transient\"} 0"), "{m}");
+    for family in [
+        "catalyst_zero_sse_subscribers",
+        "catalyst_zero_step_retries",
+        "catalyst_zero_lease_renewals_total",
+        "catalyst_zero_lease_losses_total",
+        "catalyst_zero_leases_held",
+    ] {
+        assert!(m.contains(family), "{family} missing:\n{m}");
+    }
 }
 
 #[tokio::test]

@@ -21,7 +21,8 @@ use crate::wiring::SIM_POOL_ZONES;
 /// longer than a lease renews its own before anything is swept.
 pub async fn run(store: Store, dns: Arc<dyn DnsApi>, lease: Duration, stop: CancellationToken) {
     loop {
-        match store.list_jobs(None).await {
+        // Live jobs only: the keeper never reads the rows of ended jobs.
+        match store.live_jobs().await {
             Ok(jobs) => {
                 match keep_leases(dns.as_ref(), &jobs, SIM_POOL_ZONES, lease, lease).await {
                     Ok((renewed, swept)) => {
