@@ -299,6 +299,16 @@ async fn read_lines<R: AsyncRead + Unpin>(r: R, mut sink: Option<LineSink>) -> S
 }
 
 /// Runs `spec` to completion (or its timeout). See the module docs.
+#[tracing::instrument(
+    name = "adapter",
+    level = "info",
+    skip_all,
+    fields(
+        system = "command",
+        // The program's name only: arguments may carry what no trace should.
+        op = %spec.program.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+    )
+)]
 pub async fn run(spec: CommandSpec) -> Result<Output, CommandError> {
     let CommandSpec { program, args, cwd, env, timeout, ok_codes, line_sink, pid_file } = spec;
     let argv = argv_string(&program, &args);

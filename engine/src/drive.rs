@@ -40,6 +40,7 @@ use crate::context::{StepCtx, StepEnv};
 use crate::error::{ErrorClass, StepError};
 use crate::observe::{NoObserver, Observer};
 use crate::plan::{NodeDef, PhaseDef, Plan};
+use tracing::Instrument;
 
 /// What happens to what a job created when it fails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -170,6 +171,32 @@ impl<E: StepEnv> Engine<E> {
     /// outlasts [`STORAGE_FAULT_GRACE`] pauses the job (when that can be
     /// recorded) instead of leaving it `running` with nobody driving it.
     pub async fn drive(
+        &self,
+        job_id: JobId,
+        cancel: CancellationToken,
+    ) -> Result<DriveOutcome, EngineError> {
+        // The trace of one drive: a `job` span, a `phase` span per phase it
+        // works on, a `step` span per attempt, the adapters' spans inside.
+        let span = tracing::info_span!(
+            "job",
+            job_id = %job_id,
+            trace_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        self.observer.job_span(&span);
+        span.in_scope(|| tracing::info!("Drive started."));
+        let outcome = self.drive_traced(job_id, cancel).instrument(span.clone()).await;
+        let what = match &outcome {
+            Ok(DriveOutcome::Stopped(s)) => s.as_str(),
+            Ok(DriveOutcome::Interrupted) => "interrupted",
+            Ok(DriveOutcome::LeaseLost) => "lease-lost",
+            Err(_) => "error",
+        };
+        span.record("outcome", what);
+        outcome
+    }
+
+    async fn drive_traced(
         &self,
         job_id: JobId,
         cancel: CancellationToken,
@@ -521,6 +548,18 @@ impl<E: StepEnv> JobRun<E> {
         if all_done(states) {
             return Ok(PhaseOutcome::Done);
         }
+        let span = tracing::info_span!("phase", phase = %phase.id);
+        self.run_phase_traced(phase, states).instrument(span).await
+    }
+
+    async fn run_phase_traced(
+        &self,
+        phase: &PhaseDef,
+        states: &mut BTreeMap<String, NodeState>,
+    ) -> Result<PhaseOutcome, EngineError> {
+        let all_done = |states: &BTreeMap<String, NodeState>| {
+            phase.nodes.iter().all(|n| states.get(&n.id).is_some_and(NodeState::is_satisfied))
+        };
         self.phase_event(&phase.id, "started").await?;
         let mut inflight: JoinSet<Result<(String, NodeState), EngineError>> = JoinSet::new();
         let mut running: BTreeSet<String> = BTreeSet::new();
@@ -558,7 +597,7 @@ impl<E: StepEnv> JobRun<E> {
                             prior: state,
                             outputs: outputs.clone(),
                         };
-                        inflight.spawn(exec.forward());
+                        inflight.spawn(exec.forward().in_current_span());
                     }
                 }
             }
@@ -677,7 +716,11 @@ impl<E: StepEnv> JobRun<E> {
                 prior: state,
                 outputs: outputs.clone(),
             };
-            let fut = exec.undo();
+            let fut = exec.undo().instrument(tracing::info_span!(
+                "undo",
+                step = %node.id,
+                action = %node.action,
+            ));
             let (id, new_state) = tokio::select! {
                 r = fut => r?,
                 _ = self.cancel.cancelled() => return Ok(UnwindOutcome::Interrupted),
@@ -780,22 +823,36 @@ impl<E: StepEnv> NodeExec<E> {
             )
             .await?;
             let cx = self.run.ctx(&self.node, attempt, &self.outputs);
-            let result = if let Some(class) = faults.fail.get(&self.node.id) {
-                Err(StepError::Injected { node: self.node.id.clone(), class: *class })
-            } else if flaky_left > 0 {
-                flaky_left -= 1;
-                Err(StepError::Injected {
-                    node: self.node.id.clone(),
-                    class: ErrorClass::Transient,
-                })
-            } else {
-                let first = step.run(&cx).await;
-                if faults.repeat.contains(&self.node.id) && first.is_ok() {
-                    step.run(&cx).await
+            let span = tracing::info_span!(
+                "step",
+                step = %self.node.id,
+                action = %self.node.action,
+                attempt,
+                error_class = tracing::field::Empty,
+            );
+            let result = async {
+                if let Some(class) = faults.fail.get(&self.node.id) {
+                    Err(StepError::Injected { node: self.node.id.clone(), class: *class })
+                } else if flaky_left > 0 {
+                    flaky_left -= 1;
+                    Err(StepError::Injected {
+                        node: self.node.id.clone(),
+                        class: ErrorClass::Transient,
+                    })
                 } else {
-                    first
+                    let first = step.run(&cx).await;
+                    if faults.repeat.contains(&self.node.id) && first.is_ok() {
+                        step.run(&cx).await
+                    } else {
+                        first
+                    }
                 }
-            };
+            }
+            .instrument(span.clone())
+            .await;
+            if let Err(e) = &result {
+                span.record("error_class", e.class().as_str());
+            }
             let elapsed = started.elapsed();
             let elapsed_ms = elapsed.as_millis() as u64;
             let observe = |outcome: &str| {

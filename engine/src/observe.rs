@@ -8,6 +8,12 @@ use crate::error::ErrorClass;
 
 /// Receives the engine's measurements. Every method defaults to nothing.
 pub trait Observer: Send + Sync + 'static {
+    /// A drive's `job` span was made (its `trace_id` field is empty): the
+    /// daemon records the trace id there, so log lines carry it.
+    fn job_span(&self, span: &tracing::Span) {
+        let _ = span;
+    }
+
     /// A step attempt (or an undo) ended after `elapsed`. `outcome`:
     /// `succeeded`, `retrying` (failed, to be retried), `failed`, `undone`
     /// or `undo-failed`. `action` is the step's kind (`infra.apply`), not

@@ -75,8 +75,8 @@ impl Daemon {
             .arg("--sim-latency")
             .arg(self.sim_latency.to_string())
             .env("CATALYST_ZERO_OPERATOR_TOKEN", TOKEN)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -109,6 +109,22 @@ impl Daemon {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "kill -s {signal} {pid}");
+    }
+
+    /// Waits (at most `bound`) for the process to exit; whether it did.
+    pub fn wait_exit(&mut self, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        while let Some(c) = self.child.as_mut() {
+            if c.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// SIGKILL, then reap.

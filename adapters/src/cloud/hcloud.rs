@@ -299,6 +299,7 @@ impl HcloudClient {
     }
 
     /// One API call: budget, send, observe rate headers, retry 429s.
+    #[tracing::instrument(name = "adapter", level = "info", skip_all, fields(system = "cloud", op = %op))]
     async fn call(
         &self,
         token: &SecretString,

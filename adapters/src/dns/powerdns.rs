@@ -190,6 +190,7 @@ impl PowerDns {
     }
 
     /// One API call: the status and the JSON body (`Null` when empty).
+    #[tracing::instrument(name = "adapter", level = "info", skip_all, fields(system = "dns", op = %op))]
     async fn call(
         &self,
         op: &str,

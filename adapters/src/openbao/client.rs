@@ -108,6 +108,7 @@ impl OpenBaoClient {
     }
 
     /// One call: the status and the body text.
+    #[tracing::instrument(name = "adapter", level = "info", skip_all, fields(system = "openbao", op = %op))]
     async fn call(
         &self,
         op: &str,

@@ -322,11 +322,23 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl SshApi for SshClient {
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "ssh", op = "probe")
+    )]
     async fn probe(&self, host: &Host) -> AdapterResult<String> {
         let (me, host) = (self.clone(), host.clone());
         blocking(move || me.connect(&host, "probe").map(|c| c.fingerprint)).await
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "ssh", op = "run")
+    )]
     async fn run(
         &self,
         host: &Host,
@@ -339,6 +351,12 @@ impl SshApi for SshClient {
         blocking(move || me.run_blocking(&host, &fp, &key, &cmd)).await
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "ssh", op = "upload")
+    )]
     async fn upload(
         &self,
         host: &Host,

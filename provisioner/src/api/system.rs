@@ -218,6 +218,10 @@ impl Drop for SseGuard {
 }
 
 impl cz_engine::Observer for Metrics {
+    fn job_span(&self, span: &tracing::Span) {
+        crate::telemetry::record_trace_id(span);
+    }
+
     fn step(&self, phase: &str, action: &str, outcome: &str, elapsed: std::time::Duration) {
         self.steps
             .get_or_create(&StepLabels {

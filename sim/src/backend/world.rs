@@ -546,6 +546,10 @@ impl SimWorld {
 
     /// Every fake method starts here: sleeps the scaled latency, then
     /// records the call and applies the failure rules.
+    ///
+    /// Traced as an `adapter` span (system and op from `name`): in the sim,
+    /// the simulated latency is the call.
+    #[tracing::instrument(name = "adapter", level = "info", skip_all, fields(system = %system_of(name).as_str(), op = %name))]
     pub async fn op(&self, name: &str, base_latency_ms: u64) -> Result<(), StepError> {
         let d = self.latency(base_latency_ms);
         if !d.is_zero() {

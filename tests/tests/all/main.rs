@@ -29,6 +29,7 @@ mod daemon_kill9;
 mod daemon_lock;
 mod daemon_replicas;
 mod daemon_tls;
+mod daemon_traces;
 mod dns_pdns;
 mod handoff_bao;
 mod hcloud_client;
