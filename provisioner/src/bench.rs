@@ -20,6 +20,8 @@ fn config(dir: &Path, latency: f64) -> Config {
     };
     c.sim.latency_factor = latency;
     c.tokens.operator = Some(TOKEN.into());
+    // P3 slows its job down with a fault plan.
+    c.drills.fault_plans = true;
     c
 }
 

@@ -34,6 +34,8 @@ pub const ENV_TOFU_BINARY: &str = "CATALYST_ZERO_TOFU_BINARY";
 pub const ENV_POWERDNS_API_KEY: &str = "CATALYST_ZERO_POWERDNS_API_KEY";
 pub const ENV_AT_REST_KEY: &str = "CATALYST_ZERO_AT_REST_KEY";
 pub const ENV_DATABASE_URL: &str = "CATALYST_ZERO_DATABASE_URL";
+pub const ENV_FAULT_PLANS: &str = "CATALYST_ZERO_FAULT_PLANS";
+pub const ENV_FAULT_PLANS_ON_HETZNER: &str = "CATALYST_ZERO_FAULT_PLANS_ON_HETZNER";
 pub const ENV_SHARED_DIR: &str = "CATALYST_ZERO_SHARED_DIR";
 /// Where systemd's `LoadCredential=` puts credentials.
 pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
@@ -438,10 +440,22 @@ pub struct Config {
     pub retry: RetryPolicy,
     pub tokens: Tokens,
     pub database: DatabaseConfig,
+    pub drills: Drills,
     /// What replicas must share besides the database: the tofu workspaces
     /// and, on the `sim` backend, the simulated world (then locked across
     /// processes). Default: the data directory (one replica).
     pub shared_dir: Option<PathBuf>,
+}
+
+/// Fault injection through the API (`X-Catalyst-Fault-Plan`), for drills
+/// and tests. Off unless enabled; on the `hetzner` backend it also needs
+/// its own switch, since a plan there fails steps against real
+/// infrastructure.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Drills {
+    pub fault_plans: bool,
+    pub fault_plans_on_hetzner: bool,
 }
 
 /// The store: SQLite in the data directory (default), or PostgreSQL shared
@@ -522,6 +536,7 @@ impl Default for Config {
             retry: RetryPolicy::default(),
             tokens: Tokens::default(),
             database: DatabaseConfig::default(),
+            drills: Drills::default(),
             shared_dir: None,
         }
     }
@@ -596,6 +611,23 @@ impl Config {
                     var: ENV_TLS_CERT,
                     message: format!("{ENV_TLS_CERT} and {ENV_TLS_KEY} go together"),
                 });
+            }
+        }
+        for (var, slot) in [
+            (ENV_FAULT_PLANS, &mut self.drills.fault_plans),
+            (ENV_FAULT_PLANS_ON_HETZNER, &mut self.drills.fault_plans_on_hetzner),
+        ] {
+            if let Some(v) = non_empty(var) {
+                *slot = match v.trim() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    other => {
+                        return Err(LoadError::Env {
+                            var,
+                            message: format!("`{other}`: use true or false"),
+                        });
+                    }
+                };
             }
         }
         if let Some(u) = non_empty(ENV_DATABASE_URL) {
@@ -707,6 +739,11 @@ impl Config {
             }
         }
         self.database.validate()?;
+        if self.drills.fault_plans_on_hetzner && !self.drills.fault_plans {
+            return Err(LoadError::Invalid(
+                "drills.fault_plans_on_hetzner needs drills.fault_plans".into(),
+            ));
+        }
         if self.backend == BackendKind::Hetzner {
             self.hetzner.validate()?;
         }

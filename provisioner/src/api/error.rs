@@ -21,6 +21,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token may not {0}; it needs the operator token")]
     Forbidden(&'static str),
+    /// A feature this daemon's configuration keeps off.
+    #[error("{0}")]
+    Disabled(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("the request is invalid")]
@@ -54,7 +57,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Disabled(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -66,6 +69,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Disabled(_) => "disabled",
             ApiError::NotFound(_) => "not_found",
             ApiError::Invalid(_) => "invalid_request",
             ApiError::Conflict(_) => "conflict",

@@ -38,9 +38,24 @@ fn idempotency(
     Ok(Some(IdempotencyKey { scope, key: key.to_owned(), body_sha256: body_sha256(body) }))
 }
 
-fn fault_plan(headers: &HeaderMap, caller: &Caller) -> Result<FaultPlan, ApiError> {
+fn fault_plan(headers: &HeaderMap, caller: &Caller, st: &ApiState) -> Result<FaultPlan, ApiError> {
     let Some(v) = headers.get(FAULT_PLAN_HEADER) else { return Ok(FaultPlan::default()) };
     caller.require_operator("inject faults")?;
+    let drills = &st.config.drills;
+    if !drills.fault_plans {
+        return Err(ApiError::Disabled(
+            "fault plans are off on this daemon: a drill daemon enables them with \
+             [drills] fault_plans = true (or --fault-plans)"
+                .into(),
+        ));
+    }
+    if st.config.backend == crate::config::BackendKind::Hetzner && !drills.fault_plans_on_hetzner {
+        return Err(ApiError::Disabled(
+            "fault plans are refused on the hetzner backend (they fail steps against real \
+             infrastructure) unless [drills] fault_plans_on_hetzner = true"
+                .into(),
+        ));
+    }
     let text =
         v.to_str().map_err(|_| ApiError::invalid("X-Catalyst-Fault-Plan", "must be ASCII JSON"))?;
     serde_json::from_str(text)
@@ -99,7 +114,7 @@ pub(super) async fn sovereign(st: &ApiState, id: SovereignId) -> Result<Sovereig
     request_body(content = cz_phases::request::ProvisionRequest, content_type = "application/json"),
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body"),
-        ("X-Catalyst-Fault-Plan" = Option<String>, Header, description = "JSON FaultPlan (operator token only; drills and tests)"),
+        ("X-Catalyst-Fault-Plan" = Option<String>, Header, description = "JSON FaultPlan (operator token only; drills and tests). Refused (403, `disabled`) unless the daemon enables `[drills] fault_plans`, and on the hetzner backend unless also `fault_plans_on_hetzner`"),
     ),
     responses(
         (status = 202, body = SubmitResponse),
@@ -116,7 +131,7 @@ pub async fn submit(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     require_json(&headers)?;
-    let faults = fault_plan(&headers, &caller)?;
+    let faults = fault_plan(&headers, &caller, &st)?;
     let idem = idempotency(&headers, "POST /v1/sovereigns".into(), &body)?;
     let req = parse_provision(&body).map_err(ApiError::Invalid)?;
     let options = JobOptions { faults, retry: st.config.retry, ..Default::default() };
@@ -201,7 +216,7 @@ pub async fn add_region(
     caller.require_operator("add a region")?;
     let sid = parse_id(&id)?;
     require_json(&headers)?;
-    let faults = fault_plan(&headers, &caller)?;
+    let faults = fault_plan(&headers, &caller, &st)?;
     let idem = idempotency(&headers, format!("POST /v1/sovereigns/{sid}/regions"), &body)?;
     let (s, jobs) = sovereign_and_jobs(&st, sid).await?;
     let options = JobOptions { faults, retry: st.config.retry, ..Default::default() };

@@ -31,14 +31,20 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(|_| {}).await
+}
+
+async fn harness_with(adjust: impl FnOnce(&mut Config)) -> Harness {
     let rig = sim_rig().await;
     crate::wiring::ensure_sim_pool_zones(rig.env()).await.unwrap();
-    let config = Config {
+    let mut config = Config {
         tokens: Tokens { operator: Some(OP.into()), wizard: Some(WIZ.into()), file: None },
+        drills: crate::config::Drills { fault_plans: true, fault_plans_on_hetzner: false },
         retry: RetryPolicy { max_attempts: 3, min_delay_ms: 1, max_delay_ms: 10 },
         heartbeat_secs: 1,
         ..Config::default()
     };
+    adjust(&mut config);
     let metrics = Arc::new(super::system::Metrics::new());
     let engine = rig.engine.clone().with_observer(metrics.clone());
     let supervisor = Arc::new(Supervisor::new(engine));
@@ -794,4 +800,33 @@ async fn the_audit_names_the_person_the_verb_the_target_and_the_outcome() {
     assert_eq!(refused["actor"], "alice");
     assert_eq!(refused["job_id"], job.as_str());
     assert!(refused["detail"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{refused}");
+}
+
+/// Fault plans are for drills: off unless the config enables them, and on
+/// the hetzner backend only with their own switch. A refused plan stores
+/// nothing.
+#[tokio::test]
+async fn fault_plans_are_refused_unless_the_daemon_enables_them() {
+    let plan = [("x-catalyst-fault-plan", r#"{"slow_ms": 1}"#)];
+    let off = harness_with(|c| c.drills = Default::default()).await;
+    let r = off.submit_with(&body("drill-off"), &plan).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(r.json()["error"]["code"], "disabled", "{}", r.text);
+    assert!(r.text.contains("fault_plans"), "{}", r.text);
+    assert!(off.state.store.list_jobs(None).await.unwrap().is_empty());
+    // Without the header the same daemon takes the request.
+    assert_eq!(off.submit_with(&body("drill-off"), &[]).await.status, StatusCode::ACCEPTED);
+
+    let hetzner = harness_with(|c| c.backend = crate::config::BackendKind::Hetzner).await;
+    let r = hetzner.submit_with(&body("drill-h"), &plan).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert!(r.text.contains("hetzner"), "{}", r.text);
+
+    let allowed = harness_with(|c| {
+        c.backend = crate::config::BackendKind::Hetzner;
+        c.drills.fault_plans_on_hetzner = true;
+    })
+    .await;
+    let r = allowed.submit_with(&body("drill-h"), &plan).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
 }

@@ -391,6 +391,12 @@ pub struct ServeArgs {
     /// world).
     #[arg(long, env = "CATALYST_ZERO_SHARED_DIR")]
     pub shared_dir: Option<PathBuf>,
+    /// Accept fault plans (`X-Catalyst-Fault-Plan`) from operators: drills.
+    #[arg(long)]
+    pub fault_plans: bool,
+    /// Accept them on the hetzner backend too (with --fault-plans).
+    #[arg(long)]
+    pub fault_plans_on_hetzner: bool,
 }
 
 /// The binary's entry point.
@@ -676,6 +682,8 @@ pub fn serve_config(
     if let Some(d) = &args.shared_dir {
         config.shared_dir = Some(d.clone());
     }
+    config.drills.fault_plans |= args.fault_plans;
+    config.drills.fault_plans_on_hetzner |= args.fault_plans_on_hetzner;
     config.validate()?;
     Ok(config)
 }

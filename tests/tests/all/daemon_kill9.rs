@@ -14,6 +14,7 @@ use serde_json::Value;
 fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let mut d = Daemon::new(dir.path(), 0.002);
+    d.backend_args.push("--fault-plans".into());
     d.start().unwrap();
     let mut api = Api::new(d.port);
     // Slow motion (40 ms after each journal write) gives the test time to
