@@ -100,16 +100,19 @@ pub const MAX_OPENBAO_SHARES: u8 = 10;
 #[serde(deny_unknown_fields)]
 pub struct ProvisionRequest {
     /// Must be `catalyst.openova.io/v1`.
+    #[schema(pattern = "^catalyst\\.openova\\.io/v1$")]
     pub api_version: String,
     pub org: Org,
     pub domain: Domain,
     /// 1 to 8 regions, each in a different location.
+    #[schema(min_items = 1, max_items = 8)]
     pub regions: Vec<Region>,
     /// Components to install; defaults to all of them. Required components
     /// cannot be left out.
     #[serde(default = "default_components")]
     pub components: Vec<String>,
     /// 1 to 10 OpenSSH public keys (`<type> <base64> [comment]`).
+    #[schema(min_items = 1, max_items = 10)]
     pub ssh_public_keys: Vec<String>,
     /// The Hetzner Cloud API token (64 letters and digits). Never serialized.
     // `skip_serializing_if` (always true) rather than `skip_serializing`: both
@@ -117,7 +120,7 @@ pub struct ProvisionRequest {
     // `skip_serializing` field from the OpenAPI schema altogether, and the
     // field must be documented as a (write-only) input.
     #[serde(skip_serializing_if = "always_skip", default = "empty_secret")]
-    #[schema(value_type = String, format = Password, write_only, required = true)]
+    #[schema(value_type = String, format = Password, write_only, required = true, pattern = "^[A-Za-z0-9]{64}$")]
     pub cloud_token: SecretString,
     /// A separate Hetzner Cloud API token for Crossplane once it owns the
     /// cloud objects (`infra-handoff`). Hetzner has no finer scope than a
@@ -126,7 +129,7 @@ pub struct ProvisionRequest {
     /// and the job says so in an event (`runbooks/crossplane-credential.md`
     /// says how to rotate it). Never serialized.
     #[serde(skip_serializing_if = "always_skip", default)]
-    #[schema(value_type = Option<String>, format = Password, write_only)]
+    #[schema(value_type = Option<String>, format = Password, write_only, pattern = "^[A-Za-z0-9]{64}$")]
     pub handoff_token: Option<SecretString>,
     pub custody: Custody,
     pub keycloak: Keycloak,
@@ -145,7 +148,11 @@ pub struct ProvisionRequest {
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Org {
+    /// 1 to 100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     pub name: String,
+    /// An address with a valid domain (`local@example.com`).
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
 }
 
@@ -192,7 +199,10 @@ pub enum Provider {
 #[serde(deny_unknown_fields)]
 pub struct NodeGroup {
     /// Provider server type, e.g. `cpx32`.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9-]+$")]
     pub sku: String,
+    /// Control planes: 1 or 3. Workers: 0 to 50.
+    #[schema(maximum = 50)]
     pub count: u32,
 }
 
@@ -206,14 +216,17 @@ pub struct NodeGroup {
 #[serde(deny_unknown_fields)]
 pub struct Custody {
     /// The custodians, 1 to 10, each with an age X25519 recipient.
+    #[schema(min_items = 1, max_items = 10)]
     pub custodians: Vec<Custodian>,
     /// Number of OpenBao unseal shares: one per custodian by default; more
     /// (up to 10) are dealt round-robin, as long as no custodian holds
     /// enough to unseal alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10)]
     pub openbao_shares: Option<u8>,
     /// Shares needed to unseal (1 to the number of shares, and no more than
     /// the number of custodians).
+    #[schema(minimum = 1, maximum = 10)]
     pub openbao_threshold: u8,
     /// How OpenBao is sealed: `shamir` (the default) or `static`.
     #[serde(default)]
@@ -253,9 +266,11 @@ impl Seal {
 #[serde(deny_unknown_fields)]
 pub struct Custodian {
     /// Their age X25519 recipient (`age1…`, as `age-keygen -y` prints it).
+    #[schema(pattern = "^age1[02-9ac-hj-np-z]{58}$")]
     pub recipient: String,
     /// Who they are, for people (1 to 64 printable characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 64)]
     pub label: Option<String>,
 }
 
@@ -305,12 +320,15 @@ pub use cz_engine::FailurePolicy;
 #[serde(deny_unknown_fields)]
 pub struct AddRegionRequest {
     /// Must be `catalyst.openova.io/v1`.
+    #[schema(pattern = "^catalyst\\.openova\\.io/v1$")]
     pub api_version: String,
+    /// 1 to 8 new regions, in locations the Sovereign does not use yet.
+    #[schema(min_items = 1, max_items = 8)]
     pub regions: Vec<Region>,
     /// A new cloud token; when absent the Sovereign's stored token is used.
     /// Never serialized.
     #[serde(skip_serializing_if = "always_skip", default)]
-    #[schema(value_type = Option<String>, format = Password, write_only)]
+    #[schema(value_type = Option<String>, format = Password, write_only, pattern = "^[A-Za-z0-9]{64}$")]
     pub cloud_token: Option<SecretString>,
 }
 

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -29,8 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use utoipa::IntoParams;
 
 use super::jobs::{load_job, parse_job_id};
-use super::views::{ErrorBody, EventPage, EventView};
-use super::{ApiError, ApiState, Caller};
+use super::views::{ErrorBody, EventPage, EventView, ValidationErrors};
+use super::{ApiError, ApiState, Caller, Query};
 
 /// Events read from the database per query.
 const PAGE: i64 = 1000;
@@ -42,10 +42,13 @@ const SSE_BUFFER: usize = 64;
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct EventsQuery {
     /// Only events with an id greater than this.
+    #[param(minimum = 0)]
     pub after: Option<i64>,
-    /// `json` for one page instead of a stream.
+    /// `json` for one page, `sse` (the default) for the stream.
+    #[param(pattern = "^(json|sse)$")]
     pub format: Option<String>,
     /// Page size for the JSON form (1 to 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -60,11 +63,13 @@ fn to_sse(e: &JobEvent) -> Event {
 /// Stream a job's events (SSE), or one page of them with `?format=json`.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = String, Path, description = "Job id"),
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id"),
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]{1,18}$", description = "Resume after this event id"),
         EventsQuery),
     responses(
-        (status = 200, description = "`text/event-stream`: `id:` event id, `event:` kind, `data:` the event as JSON; or, with `?format=json`, one page", body = EventPage),
-        (status = 404, body = ErrorBody)),
+        (status = 200, description = "`text/event-stream`: `id:` event id, `event:` kind, `data:` the event as JSON; or, with `?format=json` (or `Accept: application/json`), one page",
+            content((EventPage = "application/json"), (super::views::SseFrame = "text/event-stream"))),
+        (status = 404, body = ErrorBody),
+        (status = 422, body = ValidationErrors, description = "A malformed query or Last-Event-ID")),
     security(("bearer" = [])))]
 pub async fn events(
     State(st): State<ApiState>,
@@ -84,11 +89,18 @@ pub async fn events(
         }
     };
     let after = last_event_id.or(q.after).unwrap_or(0).max(0);
-    let wants_json = q.format.as_deref() == Some("json")
-        || headers
+    let explicit = match q.format.as_deref() {
+        None => None,
+        Some("json") => Some(true),
+        Some("sse") => Some(false),
+        Some(_) => return Err(ApiError::invalid("format", "must be `json` or `sse`")),
+    };
+    let wants_json = explicit.unwrap_or_else(|| {
+        headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream"));
+            .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream"))
+    });
     if wants_json {
         let limit = q.limit.unwrap_or(PAGE).clamp(1, PAGE);
         let evs = st

@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use cz_engine::RetryTarget;
 use cz_state::{Job, JobId, SovereignId};
@@ -17,7 +17,7 @@ use super::views::{AuditList, AuditView};
 use super::views::{
     ErrorBody, JobDetail, JobList, JobSummary, ValidationErrors, VerbResponse, job_detail,
 };
-use super::{ApiError, ApiState, Caller, require_json};
+use super::{ApiError, ApiState, Caller, Query, require_json};
 use crate::supervisor::Verb;
 
 pub(crate) fn parse_job_id(id: &str) -> Result<JobId, ApiError> {
@@ -35,12 +35,14 @@ pub(crate) async fn load_job(st: &ApiState, id: JobId) -> Result<Job, ApiError> 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListQuery {
     /// Only the jobs of this Sovereign.
+    #[param(format = Uuid)]
     pub sovereign: Option<String>,
 }
 
 /// List jobs, newest last.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
-    responses((status = 200, body = JobList), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = JobList), (status = 401, body = ErrorBody),
+              (status = 422, body = ValidationErrors, description = "`sovereign` is not a Sovereign id")),
     security(("bearer" = [])))]
 pub async fn list(
     State(st): State<ApiState>,
@@ -89,8 +91,10 @@ pub struct RetryBody {
 #[serde(deny_unknown_fields)]
 pub struct SkipBody {
     /// `<phase>/<step>`.
+    #[schema(min_length = 3, max_length = 200, pattern = "^[a-z0-9-]+/[a-z0-9.-]+$")]
     pub step: String,
     /// Why skipping is safe; recorded in the audit trail.
+    #[schema(min_length = 1, max_length = 2000, pattern = "[^ \t\r\n]")]
     pub reason: String,
 }
 
@@ -99,7 +103,10 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    // No body, or JSON `null` (what a generated client sends for an absent
+    // optional body): the defaults.
+    let text = body.trim_ascii();
+    if text.is_empty() || text == b"null" {
         return Ok(T::default());
     }
     parse_required(headers, body)
@@ -149,6 +156,7 @@ async fn apply(
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct AuditQuery {
     /// Only the entries of this job.
+    #[param(format = Uuid)]
     pub job: Option<String>,
 }
 
@@ -156,7 +164,8 @@ pub struct AuditQuery {
 /// outcome. Operator token only.
 #[utoipa::path(get, path = "/v1/audit", tag = "jobs", params(AuditQuery),
     responses((status = 200, body = AuditList), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 422, body = ValidationErrors)),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody, description = "No such job"),
+              (status = 422, body = ValidationErrors)),
     security(("bearer" = [])))]
 pub async fn audit(
     State(st): State<ApiState>,

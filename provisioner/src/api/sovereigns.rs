@@ -113,7 +113,7 @@ pub(super) async fn sovereign(st: &ApiState, id: SovereignId) -> Result<Sovereig
     post, path = "/v1/sovereigns", tag = "sovereigns",
     request_body(content = cz_phases::request::ProvisionRequest, content_type = "application/json"),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "Replays the first answer for the same key and body: 1 to 200 visible ASCII characters"),
         ("X-Catalyst-Fault-Plan" = Option<String>, Header, description = "JSON FaultPlan (operator token only; drills and tests). Refused (403, `disabled`) unless the daemon enables `[drills] fault_plans`, and on the hetzner backend unless also `fault_plans_on_hetzner`"),
     ),
     responses(
@@ -198,7 +198,7 @@ async fn sovereign_and_jobs(
 #[utoipa::path(
     post, path = "/v1/sovereigns/{id}/regions", tag = "sovereigns",
     params(("id" = String, Path, description = "Sovereign id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same key and body")),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,200}$", description = "Replays the first answer for the same key and body: 1 to 200 visible ASCII characters")),
     request_body(content = cz_phases::request::AddRegionRequest, content_type = "application/json"),
     responses((status = 202, body = SubmitResponse),
         (status = 403, body = ErrorBody, description = "Operator token only"),

@@ -296,6 +296,80 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // What the daemon checks against its catalogue is an enum in the
+        // document too: a generated form offers exactly those values.
+        if let Some(schemas) = openapi.components.as_mut().map(|c| &mut c.schemas) {
+            let enumerate = |schemas: &mut std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+            >,
+                             component: &str,
+                             field: &str,
+                             values: &[&str]| {
+                if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o))) =
+                    schemas.get_mut(component)
+                    && let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                        f,
+                    ))) = o.properties.get_mut(field)
+                {
+                    f.enum_values = Some(values.iter().map(|v| serde_json::json!(v)).collect());
+                    f.pattern = None;
+                }
+            };
+            enumerate(schemas, "Region", "location", &cz_adapters::cloud::catalogue::LOCATIONS);
+            enumerate(
+                schemas,
+                "NodeGroup",
+                "sku",
+                &cz_adapters::cloud::catalogue::SERVER_TYPE_NAMES,
+            );
+        }
+        // Every operation that takes a bearer token answers 401 without a
+        // good one: say so once, for all of them.
+        for item in openapi.paths.paths.values_mut() {
+            for op in
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch]
+                    .into_iter()
+                    .flatten()
+            {
+                // A header or query value is never JSON `null`: absent is
+                // how it is optional. (utoipa writes `Option<T>` as
+                // `[T, "null"]`, and a client generated from that sends
+                // the text `null`.)
+                for p in op.parameters.iter_mut().flatten() {
+                    let utoipa::openapi::RefOr::T(p) = p else { continue };
+                    if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(
+                        o,
+                    ))) = p.schema.as_mut()
+                        && let utoipa::openapi::schema::SchemaType::Array(types) = &o.schema_type
+                    {
+                        let kept: Vec<_> = types
+                            .iter()
+                            .filter(|t| **t != utoipa::openapi::schema::Type::Null)
+                            .cloned()
+                            .collect();
+                        if kept.len() == 1 {
+                            o.schema_type =
+                                utoipa::openapi::schema::SchemaType::Type(kept[0].clone());
+                        }
+                    }
+                }
+                if op.security.as_ref().is_some_and(|s| !s.is_empty())
+                    && !op.responses.responses.contains_key("401")
+                {
+                    let unauthorized = utoipa::openapi::ResponseBuilder::new()
+                        .description("Missing or unknown bearer token")
+                        .content(
+                            "application/json",
+                            utoipa::openapi::ContentBuilder::new()
+                                .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build();
+                    op.responses.responses.insert("401".into(), unauthorized.into());
+                }
+            }
+        }
     }
 }
 
@@ -319,6 +393,7 @@ impl Modify for BearerAuth {
         super::views::EscrowView, super::views::EscrowBlob,
         super::views::JobDetail, super::views::EventPage, super::views::EventView,
         super::views::VerbResponse, super::jobs::RetryBody, super::jobs::SkipBody,
+        super::views::SseFrame,
         super::views::AuditList, super::views::AuditView,
     )),
     modifiers(&BearerAuth),

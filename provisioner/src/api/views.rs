@@ -325,6 +325,17 @@ impl From<&JobEvent> for EventView {
     }
 }
 
+/// One Server-Sent Events frame of `GET /v1/jobs/{id}/events`: `id` is
+/// the event's id (gap-free per job), `event` its kind, `data` the event
+/// as JSON (an `EventView`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SseFrame {
+    #[schema(pattern = "^[0-9]+$")]
+    pub id: String,
+    pub event: String,
+    pub data: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventPage {
     pub events: Vec<EventView>,
