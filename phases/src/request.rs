@@ -498,6 +498,27 @@ fn message_without_position(e: &serde_json::Error) -> String {
 // Validation
 // ---------------------------------------------------------------------------
 
+/// Text shown to people (the console, the CLI, escrow listings): no
+/// control characters (line breaks, NUL, escapes) and no invisible
+/// formatting (bidirectional overrides, zero-width characters, BOMs),
+/// which would let a name pose as another.
+pub fn check_shown_text(s: &str) -> Result<(), String> {
+    let bad = s.chars().find(|c| {
+        c.is_control()
+            || matches!(*c as u32,
+                0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB)
+            || (0xFDD0..=0xFDEF).contains(&(*c as u32))
+            || (*c as u32) & 0xFFFE == 0xFFFE
+    });
+    match bad {
+        None => Ok(()),
+        Some(c) => Err(format!(
+            "must not contain control or invisible formatting characters (found U+{:04X})",
+            c as u32
+        )),
+    }
+}
+
 /// Collects errors; keeps the checks below free of `Vec` plumbing.
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
@@ -558,6 +579,8 @@ impl ProvisionRequest {
             errs.add("org.name", "is required");
         } else if self.org.name.chars().count() > 100 {
             errs.add("org.name", "must be at most 100 characters");
+        } else {
+            errs.check("org.name", check_shown_text(&self.org.name));
         }
         errs.check("org.email", check_email(&self.org.email));
     }
@@ -683,9 +706,7 @@ impl ProvisionRequest {
                 );
             }
             if let Some(l) = &cu.label
-                && (l.trim().is_empty()
-                    || l.chars().count() > 64
-                    || l.chars().any(char::is_control))
+                && (l.trim().is_empty() || l.chars().count() > 64 || check_shown_text(l).is_err())
             {
                 errs.add(
                     format!("custody.custodians[{i}].label"),

@@ -7,4 +7,5 @@ mod crossplane_contract;
 mod handoff_contract;
 mod hetzner_preflight;
 mod hetzner_templates;
+mod input_hygiene;
 mod kit_contract;

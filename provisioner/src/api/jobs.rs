@@ -224,6 +224,12 @@ pub async fn skip(
     if b.reason.trim().is_empty() {
         return Err(ApiError::invalid("reason", "is required: say why skipping is safe"));
     }
+    if b.reason.chars().count() > 2000 {
+        return Err(ApiError::invalid("reason", "must be at most 2000 characters"));
+    }
+    if let Err(m) = cz_phases::request::check_shown_text(&b.reason.replace(['\n', '\t'], " ")) {
+        return Err(ApiError::invalid("reason", m));
+    }
     apply(&st, caller, &id, Verb::Skip { step: b.step, reason: b.reason }).await
 }
 
