@@ -159,6 +159,12 @@ async fn watch_until(
 
 #[async_trait]
 impl KubeApi for KubeClient {
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "kubernetes", op = "apply")
+    )]
     async fn apply(
         &self,
         kubeconfig: &SecretString,
@@ -185,6 +191,12 @@ impl KubeApi for KubeClient {
         Ok(())
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "kubernetes", op = "get")
+    )]
     async fn get(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<Option<Value>> {
         let mut res = Resolver::new(client(kubeconfig).await?);
         let api = match res.api(&r.api_version, &r.kind, r.namespace.as_deref()).await {
@@ -197,6 +209,12 @@ impl KubeApi for KubeClient {
         Ok(got.map(|o| serde_json::to_value(o).unwrap_or(Value::Null)))
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "kubernetes", op = "list")
+    )]
     async fn list(
         &self,
         kubeconfig: &SecretString,
@@ -220,6 +238,12 @@ impl KubeApi for KubeClient {
         Ok(list.items.into_iter().map(|o| serde_json::to_value(o).unwrap_or(Value::Null)).collect())
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "kubernetes", op = "delete")
+    )]
     async fn delete(&self, kubeconfig: &SecretString, r: &ObjectRef) -> AdapterResult<()> {
         let mut res = Resolver::new(client(kubeconfig).await?);
         let api = match res.api(&r.api_version, &r.kind, r.namespace.as_deref()).await {
@@ -234,6 +258,12 @@ impl KubeApi for KubeClient {
         }
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "kubernetes", op = "server_version")
+    )]
     async fn server_version(&self, kubeconfig: &SecretString) -> AdapterResult<String> {
         let https = crate::kube::kubeconfig::endpoint(kubeconfig.expose())
             .map(|e| e.server.starts_with("https://"))
@@ -250,6 +280,12 @@ impl KubeApi for KubeClient {
         Ok(info.git_version)
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "kubernetes", op = "wait_until")
+    )]
     async fn wait_until(
         &self,
         kubeconfig: &SecretString,
@@ -269,6 +305,12 @@ impl KubeApi for KubeClient {
         watch_until(api, r, until, bound).await
     }
 
+    #[tracing::instrument(
+        name = "adapter",
+        level = "info",
+        skip_all,
+        fields(system = "kubernetes", op = "service_get")
+    )]
     async fn service_get(
         &self,
         kubeconfig: &SecretString,
