@@ -542,10 +542,7 @@ impl<E: StepEnv> JobRun<E> {
         phase: &PhaseDef,
         states: &mut BTreeMap<String, NodeState>,
     ) -> Result<PhaseOutcome, EngineError> {
-        let all_done = |states: &BTreeMap<String, NodeState>| {
-            phase.nodes.iter().all(|n| states.get(&n.id).is_some_and(NodeState::is_satisfied))
-        };
-        if all_done(states) {
+        if phase_done(phase, states) {
             return Ok(PhaseOutcome::Done);
         }
         let span = tracing::info_span!("phase", phase = %phase.id);
@@ -557,9 +554,6 @@ impl<E: StepEnv> JobRun<E> {
         phase: &PhaseDef,
         states: &mut BTreeMap<String, NodeState>,
     ) -> Result<PhaseOutcome, EngineError> {
-        let all_done = |states: &BTreeMap<String, NodeState>| {
-            phase.nodes.iter().all(|n| states.get(&n.id).is_some_and(NodeState::is_satisfied))
-        };
         self.phase_event(&phase.id, "started").await?;
         let mut inflight: JoinSet<Result<(String, NodeState), EngineError>> = JoinSet::new();
         let mut running: BTreeSet<String> = BTreeSet::new();
@@ -611,7 +605,7 @@ impl<E: StepEnv> JobRun<E> {
                 if self.cancel.is_cancelled() {
                     return Ok(PhaseOutcome::Interrupted);
                 }
-                if all_done(states) {
+                if phase_done(phase, states) {
                     self.phase_event(&phase.id, "succeeded").await?;
                     return Ok(PhaseOutcome::Done);
                 }
@@ -736,6 +730,11 @@ impl<E: StepEnv> JobRun<E> {
         }
         Ok(UnwindOutcome::Done)
     }
+}
+
+/// Whether every step of `phase` is satisfied.
+fn phase_done(phase: &PhaseDef, states: &BTreeMap<String, NodeState>) -> bool {
+    phase.nodes.iter().all(|n| states.get(&n.id).is_some_and(NodeState::is_satisfied))
 }
 
 /// The class recorded with a failed step (what the engine decided then).

@@ -55,6 +55,11 @@ const MAX_BATCH: usize = 512;
 
 type OpResult = Result<Box<dyn Any + Send>, StoreError>;
 type CustomFn = Box<dyn for<'c> FnOnce(&'c mut WriterConn) -> BoxFuture<'c, OpResult> + Send>;
+/// A write of one job's rows, given the lease generation it is made under.
+type FencedFn<T> = Box<
+    dyn for<'c> FnOnce(&'c mut WriterConn, Option<i64>) -> BoxFuture<'c, Result<T, StoreError>>
+        + Send,
+>;
 
 /// The writer's connection and its cache of step states.
 ///
@@ -623,12 +628,21 @@ impl Store {
     /// Jobs not yet ended: pending, running or paused (a paused job waits
     /// for its operator). Final jobs are never read.
     pub async fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(
+        self.jobs_where(
             "SELECT * FROM jobs WHERE status IN ('pending', 'running', 'paused') ORDER BY created_at, id",
+            "live jobs",
         )
-        .fetch_all(&self.inner.pool)
         .await
-        .map_err(StoreError::query("live jobs"))?;
+    }
+
+    /// The jobs `sql` (a fixed query without parameters) selects.
+    async fn jobs_where(
+        &self,
+        sql: &'static str,
+        what: &'static str,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows =
+            sqlx::query(sql).fetch_all(&self.inner.pool).await.map_err(StoreError::query(what))?;
         rows.iter().map(job_from_row).collect()
     }
 
@@ -648,32 +662,24 @@ impl Store {
 
     /// Jobs a starting daemon must drive: `pending` or `running`.
     pub async fn jobs_in_flight(&self) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(
+        self.jobs_where(
             "SELECT * FROM jobs WHERE status IN ('pending', 'running') ORDER BY created_at, id",
+            "jobs in flight",
         )
-        .fetch_all(&self.inner.pool)
         .await
-        .map_err(StoreError::query("jobs in flight"))?;
-        rows.iter().map(job_from_row).collect()
     }
 
     /// Applies `update` to a job, refusing a status change the status machine
     /// forbids. Returns the updated row.
     pub async fn update_job(&self, id: JobId, update: JobUpdate) -> Result<Job, StoreError> {
-        let fence = self.fence(id)?;
-        let r = self
-            .write(
-                false,
-                Box::new(move |w| {
-                    Box::pin(async move {
-                        check_fence(w, id, fence.as_ref()).await?;
-                        let job = update_job_tx(&mut w.conn, id, update).await?;
-                        Ok(Box::new(job) as Box<dyn Any + Send>)
-                    })
-                }),
-            )
-            .await;
-        self.lost_on(id, r)
+        self.fenced(
+            id,
+            false,
+            Box::new(move |w, _| {
+                Box::pin(async move { update_job_tx(&mut w.conn, id, update).await })
+            }),
+        )
+        .await
     }
 
     // === step journal ===
@@ -686,21 +692,7 @@ impl Store {
         node: &str,
         event: StepEvent,
     ) -> Result<NodeState, StoreError> {
-        let node = node.to_owned();
-        let fence = self.fence(job)?;
-        let r = self
-            .write(
-                false,
-                Box::new(move |w| {
-                    Box::pin(async move {
-                        let g = check_fence(w, job, fence.as_ref()).await?;
-                        let state = append_step_tx(w, job, &node, &event, g).await?;
-                        Ok(Box::new(state) as Box<dyn Any + Send>)
-                    })
-                }),
-            )
-            .await;
-        self.lost_on(job, r)
+        Ok(self.append_step_event_with(job, node, event, Vec::new()).await?.0)
     }
 
     /// Appends a journal event and stream events in one transaction (a step
@@ -714,21 +706,18 @@ impl Store {
     ) -> Result<(NodeState, Vec<Arc<JobEvent>>), StoreError> {
         let node = node.to_owned();
         let events = prepare(events);
-        let fence = self.fence(job)?;
-        let r = self
-            .write(
-                true,
-                Box::new(move |w| {
-                    Box::pin(async move {
-                        let g = check_fence(w, job, fence.as_ref()).await?;
-                        let state = append_step_tx(w, job, &node, &event, g).await?;
-                        let evs = append_events_tx(&mut w.conn, job, events, g).await?;
-                        Ok(Box::new((state, evs)) as Box<dyn Any + Send>)
-                    })
-                }),
-            )
-            .await;
-        self.lost_on(job, r)
+        self.fenced(
+            job,
+            true,
+            Box::new(move |w, g| {
+                Box::pin(async move {
+                    let state = append_step_tx(w, job, &node, &event, g).await?;
+                    let evs = append_events_tx(&mut w.conn, job, events, g).await?;
+                    Ok((state, evs))
+                })
+            }),
+        )
+        .await
     }
 
     /// The whole journal of a job, in order.
@@ -779,20 +768,14 @@ impl Store {
             return Ok(Vec::new());
         }
         let events = prepare(events);
-        let fence = self.fence(job)?;
-        let r = self
-            .write(
-                true,
-                Box::new(move |w| {
-                    Box::pin(async move {
-                        let g = check_fence(w, job, fence.as_ref()).await?;
-                        let evs = append_events_tx(&mut w.conn, job, events, g).await?;
-                        Ok(Box::new(evs) as Box<dyn Any + Send>)
-                    })
-                }),
-            )
-            .await;
-        self.lost_on(job, r)
+        self.fenced(
+            job,
+            true,
+            Box::new(move |w, g| {
+                Box::pin(async move { append_events_tx(&mut w.conn, job, events, g).await })
+            }),
+        )
+        .await
     }
 
     /// Events with id > `after`, at most `limit`.
@@ -1000,6 +983,12 @@ pub struct Renewal {
 }
 
 impl Store {
+    /// What a lease write needs: the dialect, this owner, the TTL in ms.
+    fn lease_args(&self, ttl: Duration) -> (Backend, String, i64) {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        (self.inner.backend, self.inner.replica.clone(), ttl_ms)
+    }
+
     /// This process's name as a lease owner: host, pid and a random tag.
     pub fn replica(&self) -> &str {
         &self.inner.replica
@@ -1024,8 +1013,27 @@ impl Store {
         }
     }
 
-    /// Forgets the lease of `job` if `r` says it is lost.
-    fn lost_on<T>(&self, job: JobId, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    /// Runs `run` as a write of `job`'s rows: on PostgreSQL under the
+    /// lease this process holds, checked in the same transaction (a lost
+    /// lease is forgotten here and answered `LeaseLost`).
+    async fn fenced<T: Send + 'static>(
+        &self,
+        job: JobId,
+        publishes_events: bool,
+        run: FencedFn<T>,
+    ) -> Result<T, StoreError> {
+        let fence = self.fence(job)?;
+        let r = self
+            .write(
+                publishes_events,
+                Box::new(move |w| {
+                    Box::pin(async move {
+                        let g = check_fence(w, job, fence.as_ref()).await?;
+                        Ok(Box::new(run(w, g).await?) as Box<dyn Any + Send>)
+                    })
+                }),
+            )
+            .await;
         if let Err(StoreError::LeaseLost { .. }) = &r {
             self.inner.held.lock().expect("lease table").remove(&job);
         }
@@ -1047,9 +1055,7 @@ impl Store {
         ttl: Duration,
         limit: i64,
     ) -> Result<Vec<JobId>, StoreError> {
-        let backend = self.inner.backend;
-        let owner = self.inner.replica.clone();
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let (backend, owner, ttl_ms) = self.lease_args(ttl);
         let claimed: Vec<(JobId, i64)> = self
             .write(
                 false,
@@ -1120,9 +1126,7 @@ impl Store {
     /// Extends every lease this process holds by `ttl`, and says which are
     /// lost (expired, or taken over by another replica).
     pub async fn renew_leases(&self, ttl: Duration) -> Result<Renewal, StoreError> {
-        let backend = self.inner.backend;
-        let owner = self.inner.replica.clone();
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let (backend, owner, ttl_ms) = self.lease_args(ttl);
         let live: Vec<(String, i64)> = self
             .write(
                 false,

@@ -106,42 +106,26 @@ impl Metrics {
             lease_claims: Counter::default(),
             leases_held: Gauge::default(),
         };
-        r.register("http_requests", "HTTP requests by method, route and status", m.http.clone());
-        r.register("jobs", "Jobs by status (one aggregate query at scrape time)", m.jobs.clone());
-        r.register(
-            "step_duration_seconds",
-            "Step attempts and undos by phase, action and outcome (succeeded, retrying, failed, undone, undo-failed)",
-            m.steps.clone(),
-        );
-        r.register(
-            "step_retries",
-            "Failed step attempts retried, by error class",
-            m.retries.clone(),
-        );
-        r.register(
-            "hcloud_budget_remaining",
-            "Requests left in each Hetzner project's rate-limit budget (this process's view)",
-            m.hcloud_budget.clone(),
-        );
-        r.register("events_written", "Job events committed by this process", m.events.clone());
-        r.register("sse_subscribers", "Open SSE event streams", m.sse.clone());
-        r.register(
-            "lease_renewals",
-            "Lease renewal passes that reached the store",
-            m.lease_renewals.clone(),
-        );
-        r.register(
-            "lease_renewal_failures",
-            "Lease renewal passes that could not reach the store",
-            m.lease_renewal_failures.clone(),
-        );
-        r.register(
-            "lease_losses",
-            "Job leases lost (expired or taken over)",
-            m.lease_losses.clone(),
-        );
-        r.register("lease_claims", "Job leases claimed", m.lease_claims.clone());
-        r.register("leases_held", "Job leases this replica holds", m.leases_held.clone());
+        // One table of every family: name, help, metric.
+        macro_rules! register {
+            ($($name:literal, $help:literal, $field:ident;)*) => {
+                $(r.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            "http_requests", "HTTP requests by method, route and status", http;
+            "jobs", "Jobs by status (one aggregate query at scrape time)", jobs;
+            "step_duration_seconds", "Step attempts and undos by phase, action and outcome (succeeded, retrying, failed, undone, undo-failed)", steps;
+            "step_retries", "Failed step attempts retried, by error class", retries;
+            "hcloud_budget_remaining", "Requests left in each Hetzner project's rate-limit budget (this process's view)", hcloud_budget;
+            "events_written", "Job events committed by this process", events;
+            "sse_subscribers", "Open SSE event streams", sse;
+            "lease_renewals", "Lease renewal passes that reached the store", lease_renewals;
+            "lease_renewal_failures", "Lease renewal passes that could not reach the store", lease_renewal_failures;
+            "lease_losses", "Job leases lost (expired or taken over)", lease_losses;
+            "lease_claims", "Job leases claimed", lease_claims;
+            "leases_held", "Job leases this replica holds", leases_held;
+        }
         *m.registry.lock().expect("metrics lock") = r;
         // Every class is shown, at 0 until it happens (a rate over an absent
         // series is no rate).

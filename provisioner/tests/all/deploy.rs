@@ -374,13 +374,16 @@ fn kubernetes_manifests_use_real_flags_and_hold_together() {
 
 // --- Dockerfile -------------------------------------------------------------
 
-/// The Dockerfile's instructions, continuations joined, comments dropped.
-fn dockerfile() -> Vec<(String, String)> {
+/// The logical lines of a file whose lines continue with a trailing `\`
+/// (Dockerfile, systemd): continuations joined, blank lines and lines
+/// starting with one of `comments` dropped (a comment inside a
+/// continuation is kept as text, as both formats read it).
+fn logical_lines(text: &str, comments: &[char]) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
-    for line in read("Dockerfile").lines() {
+    for line in text.lines() {
         let t = line.trim();
-        if t.starts_with('#') || (t.is_empty() && cur.is_empty()) {
+        if cur.is_empty() && (t.is_empty() || t.starts_with(comments)) {
             continue;
         }
         match t.strip_suffix('\\') {
@@ -390,13 +393,22 @@ fn dockerfile() -> Vec<(String, String)> {
             }
             None => {
                 cur.push_str(t);
-                let (k, v) = cur.split_once(char::is_whitespace).unwrap_or((&cur, ""));
-                out.push((k.to_uppercase(), v.trim().to_owned()));
-                cur.clear();
+                out.push(std::mem::take(&mut cur));
             }
         }
     }
     out
+}
+
+/// The Dockerfile's instructions, continuations joined, comments dropped.
+fn dockerfile() -> Vec<(String, String)> {
+    logical_lines(&read("Dockerfile"), &['#'])
+        .into_iter()
+        .map(|l| {
+            let (k, v) = l.split_once(char::is_whitespace).unwrap_or((&l, ""));
+            (k.to_uppercase(), v.trim().to_owned())
+        })
+        .collect()
 }
 
 #[test]
@@ -449,29 +461,12 @@ fn dockerfile_is_multi_stage_non_root_and_uses_real_flags() {
 fn unit_service() -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut section = String::new();
-    let mut cur = String::new();
-    for line in read("systemd/catalyst-zero.service").lines() {
-        let t = line.trim();
-        if cur.is_empty() && (t.starts_with('#') || t.starts_with(';') || t.is_empty()) {
-            continue;
-        }
-        if cur.is_empty() && t.starts_with('[') {
-            section = t.to_owned();
-            continue;
-        }
-        match t.strip_suffix('\\') {
-            Some(head) => {
-                cur.push_str(head);
-                cur.push(' ');
-            }
-            None => {
-                cur.push_str(t);
-                if section == "[Service]" {
-                    let (k, v) = cur.split_once('=').expect("Key=Value");
-                    out.push((k.trim().to_owned(), v.trim().to_owned()));
-                }
-                cur.clear();
-            }
+    for l in logical_lines(&read("systemd/catalyst-zero.service"), &['#', ';']) {
+        if l.starts_with('[') {
+            section = l;
+        } else if section == "[Service]" {
+            let (k, v) = l.split_once('=').expect("Key=Value");
+            out.push((k.trim().to_owned(), v.trim().to_owned()));
         }
     }
     out
