@@ -197,6 +197,24 @@ impl Supervisor {
         }
     }
 
+    /// Stops the drivers of `jobs`: every one is told first, then each is
+    /// awaited (one that waits on the store does not delay the others'
+    /// stop).
+    async fn stop_all_of(&self, jobs: &[JobId]) {
+        let drivers: Vec<(JobId, Driver)> = {
+            let mut map = self.drivers.lock().expect("supervisor lock");
+            jobs.iter().filter_map(|j| map.remove(j).map(|d| (*j, d))).collect()
+        };
+        for (_, d) in &drivers {
+            d.cancel.cancel();
+        }
+        for (job, d) in drivers {
+            if let Err(e) = d.handle.await {
+                tracing::error!(job_id = %job, error = &e as &dyn std::error::Error, "Job driver panicked.");
+            }
+        }
+    }
+
     /// True while a driver task for `job` is alive.
     pub fn is_driving(&self, job: JobId) -> bool {
         self.drivers
@@ -246,7 +264,15 @@ impl Supervisor {
     /// is free (up to `max_runs`). Returns how many jobs it started.
     async fn lease_pass(&self, p: LeasePolicy, last_renewed: &mut Instant) -> usize {
         let store = &self.engine.store;
-        match store.renew_leases(p.ttl).await {
+        // Bounded: a store that does not answer is a failed renewal.
+        let renewal = match tokio::time::timeout(p.renew, store.renew_leases(p.ttl)).await {
+            Ok(r) => r,
+            Err(_) => Err(cz_state::StoreError::Commit {
+                message: format!("no answer within {:?}", p.renew),
+                fault: None,
+            }),
+        };
+        match renewal {
             Ok(r) => {
                 *last_renewed = Instant::now();
                 self.lease_stats.renewals.fetch_add(1, Ordering::Relaxed);
@@ -267,10 +293,8 @@ impl Supervisor {
                         runs = held.len(),
                         "Leases not renewed in time: stopping every run here; other replicas take the jobs over once the leases expire."
                     );
-                    for job in held {
-                        self.lease_stats.losses.fetch_add(1, Ordering::Relaxed);
-                        self.stop(job).await;
-                    }
+                    self.lease_stats.losses.fetch_add(held.len() as u64, Ordering::Relaxed);
+                    self.stop_all_of(&held).await;
                 }
                 return 0;
             }
@@ -360,16 +384,9 @@ impl Supervisor {
     /// Stops every driver (daemon shutdown). Jobs stay in flight in the
     /// store and are resumed by the next start.
     pub async fn shutdown(&self) {
-        let drivers: Vec<(JobId, Driver)> =
-            self.drivers.lock().expect("supervisor lock").drain().collect();
-        for (_, d) in &drivers {
-            d.cancel.cancel();
-        }
-        for (job, d) in drivers {
-            if let Err(e) = d.handle.await {
-                tracing::error!(job_id = %job, error = &e as &dyn std::error::Error, "Job driver panicked.");
-            }
-        }
+        let all: Vec<JobId> =
+            self.drivers.lock().expect("supervisor lock").keys().copied().collect();
+        self.stop_all_of(&all).await;
     }
 }
 

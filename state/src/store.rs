@@ -70,6 +70,9 @@ type FencedFn<T> = Box<
 /// commits; a rolled-back op or batch leaves the cache as it was.
 pub(crate) struct WriterConn {
     conn: AnyConnection,
+    /// How to connect again when a server connection breaks (PostgreSQL:
+    /// a restart, a failover). `None` for SQLite's file.
+    reconnect: Option<AnyConnectOptions>,
     committed: HashMap<(JobId, String), NodeState>,
     staged: HashMap<(JobId, String), NodeState>,
     op: HashMap<(JobId, String), NodeState>,
@@ -84,9 +87,10 @@ pub(crate) struct WriterConn {
 const NODE_CACHE_MAX: usize = 50_000;
 
 impl WriterConn {
-    fn new(conn: AnyConnection) -> Self {
+    fn new(conn: AnyConnection, reconnect: Option<AnyConnectOptions>) -> Self {
         WriterConn {
             conn,
+            reconnect,
             committed: HashMap::new(),
             staged: HashMap::new(),
             op: HashMap::new(),
@@ -359,7 +363,7 @@ impl Store {
             .await
             .map_err(open_err)?;
         let location = paths.database.display().to_string();
-        Store::start(writer_conn, pool, sealer, Backend::Sqlite, Some(paths), location).await
+        Store::start(writer_conn, None, pool, sealer, Backend::Sqlite, Some(paths), location).await
     }
 
     /// Opens the PostgreSQL store at `url` (`postgres://…`) with the
@@ -385,14 +389,15 @@ impl Store {
         PG_MIGRATOR.run(&mut writer_conn).await.map_err(StoreError::Migrate)?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(connect_err)?;
-        Store::start(writer_conn, pool, sealer, Backend::Postgres, None, location).await
+        Store::start(writer_conn, Some(opts), pool, sealer, Backend::Postgres, None, location).await
     }
 
     async fn start(
         writer_conn: AnyConnection,
+        reconnect: Option<AnyConnectOptions>,
         pool: AnyPool,
         sealer: Sealer,
         backend: Backend,
@@ -441,7 +446,7 @@ impl Store {
                     .enable_all()
                     .build()
                     .expect("the store writer's runtime");
-                rt.block_on(writer_task(writer_conn, rx, weak));
+                rt.block_on(writer_task(WriterConn::new(writer_conn, reconnect), rx, weak));
             })
             .map_err(|source| StoreError::Thread { source })?;
         Ok(store)
@@ -1366,11 +1371,10 @@ async fn upsert_sealed(
 // === the writer ===
 
 async fn writer_task(
-    conn: AnyConnection,
+    mut conn: WriterConn,
     mut rx: mpsc::UnboundedReceiver<WriteOp>,
     inner: std::sync::Weak<Inner>,
 ) {
-    let mut conn = WriterConn::new(conn);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -1409,6 +1413,15 @@ async fn run_batch(w: &mut WriterConn, batch: &mut [WriteOp]) -> Vec<OpResult> {
                 attempt += 1;
                 log_retry("begin", attempt, started, &error);
                 tokio::time::sleep(backoff(attempt)).await;
+                // A server that went away broke this connection for good:
+                // connect again (the cache stays right: while this process
+                // could not write, nobody wrote under its leases).
+                if let Some(opts) = w.reconnect.clone()
+                    && let Ok(c) = AnyConnection::connect_with(&opts).await
+                {
+                    tracing::warn!(attempt, "Reconnected the store's writer to the database.");
+                    w.conn = c;
+                }
             }
         }
     }

@@ -183,3 +183,53 @@ fn three_replicas_on_postgres_survive_the_loss_or_pause_of_one() {
         .collect();
     assert!(kinds.contains("step"), "{kinds:?}");
 }
+
+/// A replica that cannot reach its database stops its runs by itself,
+/// before its leases can pass to another replica, and keeps answering.
+#[test]
+fn a_replica_that_cannot_renew_stops_its_runs() {
+    if !Postgres::available() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must install postgresql");
+        cz_testkit::skip("cannot_renew", "no PostgreSQL server binaries");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A server of its own: this test stops it.
+    let mut pg = rt.block_on(Postgres::start());
+    pg.create_db("lonely");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("at-rest-key.txt");
+    cz_state::Sealer::load_or_create(&key).unwrap();
+    let data = dir.path().join("replica");
+    std::fs::create_dir_all(&data).unwrap();
+    // Slow enough that the job is mid-run when the database goes away.
+    let mut d = Daemon::new(&data, 0.2);
+    d.env = vec![
+        ("CATALYST_ZERO_DATABASE_URL".into(), pg.url("lonely")),
+        ("CATALYST_ZERO_AT_REST_KEY".into(), key.display().to_string()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    d.start().unwrap();
+    let api = Api::new(d.port);
+    let (status, body) = api.post("/v1/sovereigns", &request("lonely", 1, 1)).unwrap();
+    assert_eq!(status, 202, "{body}");
+    let job = body["job_id"].as_str().unwrap().to_owned();
+    api.wait_status(&job, &["running"], Duration::from_secs(30));
+
+    let stopped = Instant::now();
+    pg.stop();
+    let deadline = stopped + LEASE_TTL + Duration::from_secs(15);
+    let said = "Leases not renewed in time: stopping every run here";
+    loop {
+        let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+        if log.contains(said) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stop within the lease:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // It stopped before the lease could have passed to anyone else.
+    assert!(stopped.elapsed() < LEASE_TTL, "stopped after {:?}", stopped.elapsed());
+    let health = api.get("/healthz").unwrap();
+    assert_eq!(health["status"], "ok", "it keeps answering");
+}
