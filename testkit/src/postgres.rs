@@ -61,6 +61,20 @@ impl Postgres {
         bin_dir().is_some()
     }
 
+    /// Whether `test` can run on a real server: `false` (said loudly) where
+    /// PostgreSQL is not installed, and a failure under `CI=true`, which
+    /// must install it.
+    pub fn usable(test: &str) -> bool {
+        if Postgres::available() {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must run {test} on a real PostgreSQL: install postgresql"
+        );
+        !crate::skip(test, "no PostgreSQL server binaries (initdb)")
+    }
+
     /// The one server of this test binary, started by the first caller.
     /// Tests sharing it use databases of their own ([`Self::create_db`]).
     pub async fn shared() -> &'static Postgres {
