@@ -1767,7 +1767,11 @@ async fn update_job_tx(c: &mut AnyConnection, id: JobId, u: JobUpdate) -> Result
         .await
         .map_err(StoreError::query("update job"))?;
     if let Some(s) = u.sovereign_status {
-        sqlx::query("UPDATE sovereigns SET status = $1, updated_at = $2 WHERE id = $3")
+        // `destroyed` is a tombstone: nothing brings it back. A verb on an
+        // old job of a destroyed Sovereign (abandoning a provision that was
+        // rolled back) leaves it destroyed; its name may be live again
+        // under a new Sovereign.
+        sqlx::query("UPDATE sovereigns SET status = $1, updated_at = $2 WHERE id = $3 AND status <> 'destroyed'")
             .bind(s.as_str())
             .bind(now)
             .bind(job.sovereign_id.to_string())

@@ -385,6 +385,47 @@ async fn job_status_machine_is_enforced(db: &Db) {
 }
 both!(job_status_machine_is_enforced);
 
+/// Found by schemathesis: abandoning a provision job that was rolled back
+/// (its Sovereign destroyed, the name since taken by another) tried to
+/// bring the old Sovereign back and broke the name's uniqueness.
+async fn a_destroyed_sovereign_stays_destroyed(db: &Db) {
+    let store = db.open().await;
+    let old = submission("tomb.omani.works", None);
+    let old_job = old.job_id;
+    let SovereignTarget::New { id: old_sov, .. } = &old.sovereign else { unreachable!() };
+    let old_sov = *old_sov;
+    submit_and_hold(&store, old).await;
+    store
+        .update_job(
+            old_job,
+            JobUpdate {
+                status: Some(JobStatus::Failed),
+                sovereign_status: Some(SovereignStatus::Destroyed),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    submit_and_hold(&store, submission("tomb.omani.works", None)).await;
+    let j = store
+        .update_job(
+            old_job,
+            JobUpdate {
+                status: Some(JobStatus::Abandoned),
+                sovereign_status: Some(SovereignStatus::Failed),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(j.status, JobStatus::Abandoned);
+    let sovs = store.list_sovereigns().await.unwrap();
+    let status = |id| sovs.iter().find(|s| s.id == id).unwrap().status;
+    assert_eq!(status(old_sov), SovereignStatus::Destroyed);
+    assert_eq!(sovs.iter().filter(|s| s.status != SovereignStatus::Destroyed).count(), 1);
+}
+both!(a_destroyed_sovereign_stays_destroyed);
+
 async fn concurrent_appends_to_one_step_admit_exactly_one_transition(db: &Db) {
     let store = db.open().await;
     let sub = submission("g.omani.works", None);
