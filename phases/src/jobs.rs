@@ -280,6 +280,13 @@ pub enum FollowUpError {
     NotReady(SovereignStatus),
     #[error("the request is invalid")]
     Invalid(Vec<crate::request::FieldError>),
+    /// The request is valid but does not fit the Sovereign as it is.
+    #[error("the request conflicts with the sovereign: {}", conflicts_text(.0))]
+    Conflicts(Vec<crate::request::FieldError>),
+}
+
+fn conflicts_text(errors: &[crate::request::FieldError]) -> String {
+    errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; ")
 }
 
 /// A checked plan, serialized for the store. The plan was just built from
@@ -376,7 +383,11 @@ pub fn add_region(
 ) -> Result<Submission, FollowUpError> {
     let fp = Footprint::of(jobs)?;
     let req: AddRegionRequest =
-        crate::request::parse_add_region(body, &fp.locations()).map_err(FollowUpError::Invalid)?;
+        crate::request::parse_add_region(body).map_err(FollowUpError::Invalid)?;
+    let conflicts = req.conflicts(&fp.locations());
+    if !conflicts.is_empty() {
+        return Err(FollowUpError::Conflicts(conflicts));
+    }
     // A busy Sovereign (job in flight) is refused by the store, in the same
     // transaction that would create the job.
     if matches!(
@@ -838,7 +849,7 @@ mod tests {
         let (s, js) = sovereign_and_jobs(&rig, sov).await;
         let e = add_region(&s, &js, &add_region_body(&["fsn1"]), Submit::default()).unwrap_err();
         assert!(
-            matches!(&e, FollowUpError::Invalid(errs) if errs[0].path.contains("location")),
+            matches!(&e, FollowUpError::Conflicts(errs) if errs[0].path.contains("location")),
             "{e:?}"
         );
         let e = add_region(&s, &[], &add_region_body(&["hel1"]), Submit::default()).unwrap_err();

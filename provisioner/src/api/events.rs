@@ -88,6 +88,12 @@ pub async fn events(
             })?)
         }
     };
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::invalid("after", "must be an event id (0 or more)"));
+    }
+    if q.limit.is_some_and(|l| !(1..=PAGE).contains(&l)) {
+        return Err(ApiError::invalid("limit", format!("must be between 1 and {PAGE}")));
+    }
     let after = last_event_id.or(q.after).unwrap_or(0).max(0);
     let explicit = match q.format.as_deref() {
         None => None,

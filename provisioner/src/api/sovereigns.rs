@@ -31,10 +31,16 @@ fn idempotency(
     body: &Bytes,
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(v) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
-    let key =
-        v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 200).ok_or_else(
-            || ApiError::invalid("Idempotency-Key", "must be 1 to 200 visible ASCII characters"),
-        )?;
+    // Exactly the document's pattern, `^[!-~]{1,200}$`: no spaces inside.
+    let bytes = v.as_bytes();
+    let key = (1..=200)
+        .contains(&bytes.len())
+        .then(|| bytes.iter().all(|b| (b'!'..=b'~').contains(b)))
+        .filter(|ok| *ok)
+        .and_then(|_| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::invalid("Idempotency-Key", "must be 1 to 200 visible ASCII characters")
+        })?;
     Ok(Some(IdempotencyKey { scope, key: key.to_owned(), body_sha256: body_sha256(body) }))
 }
 
@@ -68,9 +74,12 @@ fn submit_error(e: StoreError) -> ApiError {
         StoreError::FqdnTaken { .. }
         | StoreError::SovereignBusy { .. }
         | StoreError::SovereignGone { .. } => ApiError::Conflict(e.to_string()),
-        StoreError::IdempotencyConflict { .. } => ApiError::invalid(
-            "Idempotency-Key",
-            "was already used with a different request body; use a new key for a new request",
+        // A conflict with the stored answer for that key, not a fault of
+        // the request on its own: 409, like a domain in use.
+        StoreError::IdempotencyConflict { .. } => ApiError::Conflict(
+            "the Idempotency-Key was already used with a different request body; use a new key \
+             for a new request"
+                .into(),
         ),
         StoreError::SovereignNotFound { id } => ApiError::NotFound(format!("sovereign {id}")),
         other => ApiError::Internal { what: "store the submission", source: Box::new(other) },
@@ -119,7 +128,7 @@ pub(super) async fn sovereign(st: &ApiState, id: SovereignId) -> Result<Sovereig
     responses(
         (status = 202, body = SubmitResponse),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "The domain is in use"),
+        (status = 409, body = ErrorBody, description = "The domain is in use, or the Idempotency-Key was used with another body"),
         (status = 422, body = ValidationErrors),
     ),
     security(("bearer" = []))
@@ -175,7 +184,7 @@ pub async fn show(
 fn follow_up_error(e: FollowUpError) -> ApiError {
     match e {
         FollowUpError::Invalid(errors) => ApiError::Invalid(errors),
-        FollowUpError::NoProvision | FollowUpError::NotReady(_) => {
+        FollowUpError::NoProvision | FollowUpError::NotReady(_) | FollowUpError::Conflicts(_) => {
             ApiError::Conflict(e.to_string())
         }
         FollowUpError::BadProvision(_) => {
@@ -203,7 +212,7 @@ async fn sovereign_and_jobs(
     responses((status = 202, body = SubmitResponse),
         (status = 403, body = ErrorBody, description = "Operator token only"),
         (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "The sovereign is busy or not ready"),
+        (status = 409, body = ErrorBody, description = "The sovereign is busy or not ready, already has a region in a requested location, or would exceed 8 regions; or the Idempotency-Key was used with another body"),
         (status = 422, body = ValidationErrors)),
     security(("bearer" = [])))]
 pub async fn add_region(
@@ -227,7 +236,10 @@ pub async fn add_region(
 }
 
 /// Destroy a Sovereign (a `destroy` job). Operator token only.
-#[utoipa::path(delete, path = "/v1/sovereigns/{id}", tag = "sovereigns",
+///
+/// A verb, not `DELETE`: the Sovereign's record stays, with its jobs and
+/// audit trail, and shows `destroying` and then `destroyed`.
+#[utoipa::path(post, path = "/v1/sovereigns/{id}/destroy", tag = "sovereigns",
     params(("id" = String, Path, description = "Sovereign id")),
     responses((status = 202, body = SubmitResponse), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),

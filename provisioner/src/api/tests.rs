@@ -207,8 +207,8 @@ async fn scopes_are_enforced() {
     }
     let r = h
         .req(
-            Method::DELETE,
-            &format!("/v1/sovereigns/{}", cz_state::SovereignId::new()),
+            Method::POST,
+            &format!("/v1/sovereigns/{}/destroy", cz_state::SovereignId::new()),
             Some(WIZ),
             None,
         )
@@ -420,12 +420,6 @@ async fn every_bad_input_is_refused_with_its_field_and_no_trace() {
         ),
         ("not an object", "[1, 2]".into(), vec![], "body"),
         (
-            "duplicate key, other body",
-            body("other").to_string(),
-            vec![("idempotency-key", "k-1")],
-            "Idempotency-Key",
-        ),
-        (
             "bad fault plan",
             body("faulty").to_string(),
             vec![("x-catalyst-fault-plan", "{\"explode\": 1}")],
@@ -458,6 +452,23 @@ async fn every_bad_input_is_refused_with_its_field_and_no_trace() {
         );
         assert!(before == h.snapshot().await, "{name} left a trace");
     }
+    // A key used with another body conflicts with what is stored for it:
+    // 409, like a domain in use, and nothing is written.
+    let r = h
+        .call(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/v1/sovereigns")
+                .header("authorization", format!("Bearer {OP}"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", "k-1")
+                .body(Body::from(body("other").to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.text.contains("Idempotency-Key"), "{}", r.text);
+    assert!(before == h.snapshot().await, "a reused key left a trace");
 
     // Same key, same body: the same answer and still one job.
     let again = h.submit_with(&keyed, &[("idempotency-key", "k-1")]).await;
@@ -666,7 +677,9 @@ async fn add_region_then_destroy() {
     dup["regions"][0]["location"] = json!("fsn1");
     let r =
         h.req(Method::POST, &format!("/v1/sovereigns/{sov}/regions"), Some(OP), Some(&dup)).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    // A location the Sovereign has already: a conflict with it (409).
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert!(r.text.contains("regions[0].location"), "{}", r.text);
     assert_eq!(before, h.snapshot().await);
     let r =
         h.req(Method::POST, &format!("/v1/sovereigns/{sov}/regions"), Some(OP), Some(&add)).await;
@@ -675,7 +688,7 @@ async fn add_region_then_destroy() {
     let d = h.wait_status(&add_job, "succeeded").await;
     assert_eq!(d["kind"], "add-region");
     assert_eq!(d["request"]["sovereign"]["fqdn"], "grow.omani.works");
-    let r = h.req(Method::DELETE, &format!("/v1/sovereigns/{sov}"), Some(OP), None).await;
+    let r = h.req(Method::POST, &format!("/v1/sovereigns/{sov}/destroy"), Some(OP), None).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let destroy = r.json()["job_id"].as_str().unwrap().to_owned();
     let d = h.wait_status(&destroy, "succeeded").await;
@@ -687,7 +700,7 @@ async fn add_region_then_destroy() {
         .collect();
     assert_eq!(locations, ["fsn1", "hel1"]);
     assert_eq!(h.get(&format!("/v1/sovereigns/{sov}")).await["status"], "destroyed");
-    let r = h.req(Method::DELETE, &format!("/v1/sovereigns/{sov}"), Some(OP), None).await;
+    let r = h.req(Method::POST, &format!("/v1/sovereigns/{sov}/destroy"), Some(OP), None).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
 }
 
@@ -734,6 +747,7 @@ async fn openapi_lists_every_path() {
     for p in [
         "/v1/sovereigns",
         "/v1/sovereigns/{id}",
+        "/v1/sovereigns/{id}/destroy",
         "/v1/sovereigns/{id}/regions",
         "/v1/sovereigns/{id}/escrow",
         "/v1/jobs",
@@ -751,7 +765,8 @@ async fn openapi_lists_every_path() {
     ] {
         assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
     }
-    assert!(paths["/v1/sovereigns/{id}"].get("delete").is_some());
+    assert!(paths["/v1/sovereigns/{id}/destroy"].get("post").is_some());
+    assert!(paths["/v1/sovereigns/{id}"].get("delete").is_none());
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     assert!(schemas.contains_key("ProvisionRequest"));
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());

@@ -514,8 +514,11 @@ async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
         }
         Command::Destroy { sovereign, follow, remote } => {
             let c = connect(&remote, env)?;
-            let resp = c
-                .send(c.request(reqwest::Method::DELETE, &format!("/v1/sovereigns/{sovereign}")))
+            let resp =
+                c.send(c.request(
+                    reqwest::Method::POST,
+                    &format!("/v1/sovereigns/{sovereign}/destroy"),
+                ))
                 .await?;
             submitted(&c, &resp, follow).await
         }

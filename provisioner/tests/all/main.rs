@@ -1,3 +1,4 @@
 //! Integration tests of the `catalyst-zero` crate, one module per area.
 
+mod contract;
 mod deploy;

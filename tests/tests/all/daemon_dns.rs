@@ -115,7 +115,8 @@ fn e2e_a_sovereign_on_a_real_powerdns_is_served_then_destroyed() {
     }
     assert_eq!(p.dig(&format!("console.{fqdn}"), "A"), lb);
 
-    let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
+    let (code, resp) =
+        api.post(&format!("/v1/sovereigns/{sovereign}/destroy"), &serde_json::Value::Null).unwrap();
     assert_eq!(code, 202, "{resp}");
     let destroy = resp["job_id"].as_str().unwrap().to_owned();
     assert_eq!(api.wait_status(&destroy, ENDED, JOB_BOUND), "succeeded");
@@ -166,7 +167,8 @@ fn e2e_byo_api_delegates_at_the_registrar_and_destroy_gives_it_back() {
     assert_eq!(p.dig("console.acme-e2e.org", "A").len(), 1);
     assert!(fake.calls(Registrar::Dynadot).iter().any(|c| c == "domain_info"), "pre-flight");
 
-    let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
+    let (code, resp) =
+        api.post(&format!("/v1/sovereigns/{sovereign}/destroy"), &serde_json::Value::Null).unwrap();
     assert_eq!(code, 202, "{resp}");
     let destroy = resp["job_id"].as_str().unwrap().to_owned();
     let status = api.wait_status(&destroy, ENDED, JOB_BOUND);

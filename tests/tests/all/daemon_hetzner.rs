@@ -211,11 +211,12 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     fake.seed_object("primary_ip", "ingress-ip", [(SOVEREIGN_LABEL, SLUG)]);
     fake.seed_object("load_balancer", "ccm-lb-ingress", [(SOVEREIGN_LABEL, SLUG)]);
 
-    // Destroy: abandon the paused job, then DELETE the Sovereign; kill the
+    // Destroy: abandon the paused job, then destroy the Sovereign; kill the
     // daemon once during the tofu destroy.
     let (code, resp) = api.post(&format!("/v1/jobs/{job}/abandon"), &Value::Null).unwrap();
     assert_eq!(code, 200, "{resp}");
-    let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
+    let (code, resp) =
+        api.post(&format!("/v1/sovereigns/{sovereign}/destroy"), &serde_json::Value::Null).unwrap();
     assert_eq!(code, 202, "{resp}");
     let destroy = resp["job_id"].as_str().unwrap().to_owned();
     let mut seen = 0;

@@ -520,7 +520,8 @@ fn run(case: Case, fire: Option<Fire>) {
 
     // Destroy: back to nothing, someone else's server untouched.
     let started = Instant::now();
-    let (code, resp) = api.delete(&format!("/v1/sovereigns/{sovereign}")).unwrap();
+    let (code, resp) =
+        api.post(&format!("/v1/sovereigns/{sovereign}/destroy"), &serde_json::Value::Null).unwrap();
     assert_eq!(code, 202, "{resp}");
     let destroy = resp["job_id"].as_str().unwrap().to_owned();
     let kills = fire.as_ref().map(|f| f.destroy.clone()).unwrap_or_default();

@@ -31,6 +31,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
+pub mod contract;
+
 use cz_state::SecretString;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -90,6 +92,9 @@ pub const MAX_SSH_KEYS: usize = 10;
 pub const MAX_CUSTODIANS: usize = 10;
 /// At most this many OpenBao unseal shares.
 pub const MAX_OPENBAO_SHARES: u8 = 10;
+/// A pool domain's longest name: room is left for a 63-character
+/// subdomain, within DNS's 253.
+pub const MAX_POOL_DOMAIN: usize = 253 - 1 - 63;
 
 // ---------------------------------------------------------------------------
 // Types
@@ -203,6 +208,7 @@ pub struct NodeGroup {
     pub sku: String,
     /// Control planes: 1 or 3. Workers: 0 to 50.
     #[schema(maximum = 50)]
+    #[serde(deserialize_with = "whole::number")]
     pub count: u32,
 }
 
@@ -221,12 +227,17 @@ pub struct Custody {
     /// Number of OpenBao unseal shares: one per custodian by default; more
     /// (up to 10) are dealt round-robin, as long as no custodian holds
     /// enough to unseal alone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::optional"
+    )]
     #[schema(minimum = 1, maximum = 10)]
     pub openbao_shares: Option<u8>,
     /// Shares needed to unseal (1 to the number of shares, and no more than
     /// the number of custodians).
     #[schema(minimum = 1, maximum = 10)]
+    #[serde(deserialize_with = "whole::number")]
     pub openbao_threshold: u8,
     /// How OpenBao is sealed: `shamir` (the default) or `static`.
     #[serde(default)]
@@ -411,14 +422,11 @@ pub fn parse_provision(body: &[u8]) -> Result<ProvisionRequest, Vec<FieldError>>
     Ok(req)
 }
 
-/// Parses and validates an add-region request body for a Sovereign whose
-/// regions are in `existing_locations`.
-pub fn parse_add_region(
-    body: &[u8],
-    existing_locations: &[String],
-) -> Result<AddRegionRequest, Vec<FieldError>> {
+/// Parses and validates an add-region request body on its own; see
+/// [`AddRegionRequest::conflicts`] for the checks against the Sovereign.
+pub fn parse_add_region(body: &[u8]) -> Result<AddRegionRequest, Vec<FieldError>> {
     let req: AddRegionRequest = parse_json(body)?;
-    req.validate(existing_locations)?;
+    req.validate()?;
     Ok(req)
 }
 
@@ -501,21 +509,71 @@ fn message_without_position(e: &serde_json::Error) -> String {
 /// Text shown to people (the console, the CLI, escrow listings): no
 /// control characters (line breaks, NUL, escapes) and no invisible
 /// formatting (bidirectional overrides, zero-width characters, BOMs),
-/// which would let a name pose as another.
+/// which would let a name pose as another ([`contract::HIDDEN`]).
 pub fn check_shown_text(s: &str) -> Result<(), String> {
-    let bad = s.chars().find(|c| {
-        c.is_control()
-            || matches!(*c as u32,
-                0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB)
-            || (0xFDD0..=0xFDEF).contains(&(*c as u32))
-            || (*c as u32) & 0xFFFE == 0xFFFE
-    });
+    let bad = s.chars().find(|c| contract::is_hidden(*c));
     match bad {
         None => Ok(()),
         Some(c) => Err(format!(
             "must not contain control or invisible formatting characters (found U+{:04X})",
             c as u32
         )),
+    }
+}
+
+/// Integers as JSON Schema has them: a number with no fraction, so `3.0`
+/// is the integer 3 (a generated client may send it so).
+mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    struct Whole<T>(PhantomData<T>);
+
+    impl<T: TryFrom<u64>> Visitor<'_> for Whole<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<T, E> {
+            let u = u64::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))?;
+            self.visit_u64(u)
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<T, E> {
+            if v.fract() != 0.0 || !(0.0..=u64::MAX as f64).contains(&v) {
+                return Err(E::custom(format!("{v} is not a whole number in range")));
+            }
+            self.visit_u64(v as u64)
+        }
+    }
+
+    pub fn number<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+        d.deserialize_any(Whole(PhantomData))
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        struct Opt<T>(PhantomData<T>);
+        impl<'de, T: TryFrom<u64>> Visitor<'de> for Opt<T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number or null")
+            }
+            fn visit_none<E: Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Option<T>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+                number(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt(PhantomData))
     }
 }
 
@@ -555,7 +613,7 @@ impl ProvisionRequest {
         check_api_version(&mut errs, &self.api_version);
         self.check_org(&mut errs);
         self.check_domain(&mut errs);
-        check_regions(&mut errs, &self.regions, &[]);
+        check_regions(&mut errs, &self.regions);
         self.check_components(&mut errs);
         check_ssh_keys(&mut errs, &self.ssh_public_keys);
         if self.cloud_token.expose().trim().is_empty() {
@@ -589,6 +647,15 @@ impl ProvisionRequest {
         match &self.domain {
             Domain::Pool { pool_domain, subdomain } => {
                 errs.check("domain.pool_domain", check_fqdn(pool_domain));
+                if pool_domain.len() > MAX_POOL_DOMAIN {
+                    errs.add(
+                        "domain.pool_domain",
+                        format!(
+                            "a pool domain has at most {MAX_POOL_DOMAIN} characters, leaving room for a 63-character subdomain; this one has {}",
+                            pool_domain.len()
+                        ),
+                    );
+                }
                 let sub = check_label(subdomain).and_then(|()| {
                     if !subdomain.starts_with(|c: char| c.is_ascii_lowercase()) {
                         Err(format!("{} must start with a letter", shown(subdomain)))
@@ -602,29 +669,19 @@ impl ProvisionRequest {
                         Ok(())
                     }
                 });
-                match sub {
-                    Err(message) => errs.add("domain.subdomain", message),
-                    Ok(()) => {
-                        let len = subdomain.len() + 1 + pool_domain.len();
-                        if len > 253 {
-                            errs.add(
-                                "domain.subdomain",
-                                format!(
-                                    "`<subdomain>.<pool_domain>` would be {len} characters; a domain name has at most 253"
-                                ),
-                            );
-                        }
-                    }
-                }
+                errs.check("domain.subdomain", sub);
             }
             Domain::ByoManual { fqdn } => errs.check("domain.fqdn", check_fqdn(fqdn)),
             Domain::ByoApi { fqdn, registrar, registrar_token } => {
                 errs.check("domain.fqdn", check_fqdn(fqdn));
-                if registrar_token.expose().trim().is_empty() {
+                let token = registrar_token.expose();
+                if token.trim().is_empty() {
                     errs.add(
                         "domain.registrar_token",
                         "is required with mode `byo-api`: an API token of the registrar",
                     );
+                } else if token.trim() != token {
+                    errs.add("domain.registrar_token", "has leading or trailing whitespace");
                 } else if let Err(m) =
                     cz_adapters::registrar::Credentials::parse(*registrar, registrar_token.expose())
                 {
@@ -694,7 +751,7 @@ impl ProvisionRequest {
         }
         for (i, cu) in c.custodians.iter().enumerate() {
             let r = &cu.recipient;
-            if !cz_state::secrets::is_age_recipient(r.trim()) || r.trim() != r {
+            if !cz_state::secrets::is_age_recipient(r) || *r != r.to_ascii_lowercase() {
                 errs.add(
                     format!("custody.custodians[{i}].recipient"),
                     format!("{} is not an age X25519 recipient (expected `age1…`, as printed by `age-keygen -y`)", shown(r)),
@@ -714,71 +771,109 @@ impl ProvisionRequest {
                 );
             }
         }
-        let shares = c.shares();
-        let shares_ok = match c.openbao_shares {
-            _ if n == 0 || n > MAX_CUSTODIANS => false,
-            Some(s) if !(1..=MAX_OPENBAO_SHARES).contains(&s) => {
-                errs.add(
-                    "custody.openbao_shares",
-                    format!("must be between 1 and {MAX_OPENBAO_SHARES}, got {s}"),
-                );
-                false
-            }
-            Some(s) if usize::from(s) < n => {
-                errs.add(
-                    "custody.openbao_shares",
-                    format!("must be at least one per custodian ({n}), got {s}"),
-                );
-                false
-            }
-            _ => true,
-        };
-        let t = c.openbao_threshold;
-        if t == 0 {
-            errs.add("custody.openbao_threshold", "must be at least 1");
-        } else if !shares_ok {
-        } else if t > shares {
-            errs.add(
-                "custody.openbao_threshold",
-                format!("must be between 1 and the number of shares ({shares}), got {t}"),
-            );
-        } else if usize::from(t) > n {
-            errs.add(
-                "custody.custodians",
-                format!(
-                    "{n} custodian(s) cannot reach a threshold of {t}: name at least {t} \
-                     custodians, each with a recipient of their own"
-                ),
-            );
-        } else if t == 1 && shares >= 3 {
-            errs.add(
-                "custody.openbao_threshold",
-                format!("a threshold of 1 with {shares} shares lets any single holder unseal; use at least 2"),
-            );
-        } else if n >= 2 && usize::from(shares).div_ceil(n) >= usize::from(t) {
-            errs.add(
-                "custody.openbao_shares",
-                format!(
-                    "{shares} shares dealt to {n} custodians give one of them {} shares, enough \
-                     to unseal alone with a threshold of {t}",
-                    usize::from(shares).div_ceil(n)
-                ),
-            );
-        }
+        let errors = custody_numbers(n, c.openbao_shares, c.openbao_threshold);
+        errs.0.extend(errors);
     }
 }
 
+/// The share arithmetic of [`Custody`] for `n` custodians: the rules on
+/// `openbao_shares` and `openbao_threshold`. A function of the three
+/// numbers alone, so the OpenAPI document can list what it accepts
+/// ([`contract`]).
+pub fn custody_numbers(n: usize, openbao_shares: Option<u8>, t: u8) -> Vec<FieldError> {
+    let mut errs = Errors::default();
+    let shares = openbao_shares.unwrap_or(n.min(255) as u8);
+    let shares_ok = match openbao_shares {
+        _ if n == 0 || n > MAX_CUSTODIANS => false,
+        Some(s) if !(1..=MAX_OPENBAO_SHARES).contains(&s) => {
+            errs.add(
+                "custody.openbao_shares",
+                format!("must be between 1 and {MAX_OPENBAO_SHARES}, got {s}"),
+            );
+            false
+        }
+        Some(s) if usize::from(s) < n => {
+            errs.add(
+                "custody.openbao_shares",
+                format!("must be at least one per custodian ({n}), got {s}"),
+            );
+            false
+        }
+        _ => true,
+    };
+    if t == 0 {
+        errs.add("custody.openbao_threshold", "must be at least 1");
+    } else if !shares_ok {
+    } else if t > shares {
+        errs.add(
+            "custody.openbao_threshold",
+            format!("must be between 1 and the number of shares ({shares}), got {t}"),
+        );
+    } else if usize::from(t) > n {
+        errs.add(
+            "custody.custodians",
+            format!(
+                "{n} custodian(s) cannot reach a threshold of {t}: name at least {t} \
+                 custodians, each with a recipient of their own"
+            ),
+        );
+    } else if t == 1 && shares >= 3 {
+        errs.add(
+            "custody.openbao_threshold",
+            format!("a threshold of 1 with {shares} shares lets any single holder unseal; use at least 2"),
+        );
+    } else if n >= 2 && usize::from(shares).div_ceil(n) >= usize::from(t) {
+        errs.add(
+            "custody.openbao_shares",
+            format!(
+                "{shares} shares dealt to {n} custodians give one of them {} shares, enough \
+                 to unseal alone with a threshold of {t}",
+                usize::from(shares).div_ceil(n)
+            ),
+        );
+    }
+    errs.0
+}
+
 impl AddRegionRequest {
-    /// Checks the new regions against each other and against the
-    /// Sovereign's `existing_locations`, and the optional cloud token.
-    pub fn validate(&self, existing_locations: &[String]) -> Result<(), Vec<FieldError>> {
+    /// Checks the new regions against each other, and the optional cloud
+    /// token: the request on its own (a 422 when it fails).
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errs = Errors::default();
         check_api_version(&mut errs, &self.api_version);
-        check_regions(&mut errs, &self.regions, existing_locations);
+        check_regions(&mut errs, &self.regions);
         if let Some(token) = &self.cloud_token {
             errs.check("cloud_token", check_hetzner_token(token));
         }
         errs.finish()
+    }
+
+    /// What the request cannot do to a Sovereign whose regions are in
+    /// `existing`: a location it has already, or more regions than a
+    /// Sovereign may have. A conflict with stored state (409), not a fault
+    /// of the request.
+    pub fn conflicts(&self, existing: &[String]) -> Vec<FieldError> {
+        let mut errs = Errors::default();
+        let total = existing.len() + self.regions.len();
+        if total > MAX_REGIONS {
+            errs.add(
+                "regions",
+                format!(
+                    "a Sovereign has at most {MAX_REGIONS} regions; it has {} and {} would be added",
+                    existing.len(),
+                    self.regions.len()
+                ),
+            );
+        }
+        for (i, r) in self.regions.iter().enumerate() {
+            if existing.contains(&r.location) {
+                errs.add(
+                    format!("regions[{i}].location"),
+                    format!("the Sovereign already has a region in `{}`", r.location),
+                );
+            }
+        }
+        errs.0
     }
 }
 
@@ -788,24 +883,16 @@ fn check_api_version(errs: &mut Errors, v: &str) {
     }
 }
 
-/// Region rules, shared by provisioning and add-region. `existing` are the
-/// locations the Sovereign already uses (empty for a new Sovereign).
-fn check_regions(errs: &mut Errors, regions: &[Region], existing: &[String]) {
+/// Region rules, shared by provisioning and add-region.
+fn check_regions(errs: &mut Errors, regions: &[Region]) {
     if regions.is_empty() {
         errs.add("regions", "at least one region is required");
     }
-    let total = existing.len() + regions.len();
-    if total > MAX_REGIONS {
-        let msg = if existing.is_empty() {
-            format!("at most {MAX_REGIONS} regions are allowed, got {}", regions.len())
-        } else {
-            format!(
-                "a Sovereign has at most {MAX_REGIONS} regions; it has {} and {} would be added",
-                existing.len(),
-                regions.len()
-            )
-        };
-        errs.add("regions", msg);
+    if regions.len() > MAX_REGIONS {
+        errs.add(
+            "regions",
+            format!("at most {MAX_REGIONS} regions are allowed, got {}", regions.len()),
+        );
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, r) in regions.iter().enumerate() {
@@ -820,12 +907,7 @@ fn check_regions(errs: &mut Errors, regions: &[Region], existing: &[String]) {
                 ),
             );
         }
-        if existing.iter().any(|e| e == &r.location) {
-            errs.add(
-                format!("{p}.location"),
-                format!("the Sovereign already has a region in `{}`", r.location),
-            );
-        } else if let Some(j) = seen.get(r.location.as_str()) {
+        if let Some(j) = seen.get(r.location.as_str()) {
             errs.add(
                 format!("{p}.location"),
                 format!("location {} is already used by regions[{j}]; each region needs its own location", shown(&r.location)),
@@ -895,7 +977,7 @@ fn check_email(email: &str) -> Result<(), String> {
     if email.is_empty() {
         return Err("is required".to_string());
     }
-    if email.len() > 254 {
+    if email.chars().count() > 254 {
         return Err("must be at most 254 characters".to_string());
     }
     if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -973,8 +1055,11 @@ fn check_fqdn_with(s: &str, first_label_letter: bool) -> Result<(), String> {
     if first_label_letter && !labels[0].starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err(format!("the first label of {} must start with a letter", shown(s)));
     }
-    if labels.last().is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
-        return Err(format!("{} is not a domain name: the last label is all digits", shown(s)));
+    if labels.last().is_some_and(|tld| !tld.starts_with(|c: char| c.is_ascii_lowercase())) {
+        return Err(format!(
+            "{} is not a domain name: the last label (the top-level domain) must start with a letter",
+            shown(s)
+        ));
     }
     Ok(())
 }
@@ -993,24 +1078,44 @@ fn check_ssh_keys(errs: &mut Errors, keys: &[String]) {
     }
 }
 
-/// Checks one OpenSSH public key line: `<type> <base64> [comment]`, where the
-/// base64 blob is in the OpenSSH wire format and names the same type.
+/// Checks one OpenSSH public key line: `<type> <base64>`, then optionally a
+/// space and a comment, single spaces between; the base64 blob is in the
+/// OpenSSH wire format, names the same type and has one of the shapes
+/// ssh-keygen makes ([`contract::key_shapes`]).
 fn check_ssh_key(line: &str) -> Result<(), String> {
-    if line.chars().any(|c| c == '\n' || c == '\r' || c == '\0') {
+    if line.chars().any(|c| matches!(c, '\n' | '\r' | '\0')) {
         return Err("must be a single line".to_string());
     }
-    let mut parts = line.split_whitespace();
-    let Some(kind) = parts.next() else {
+    if line.starts_with(char::is_whitespace) {
+        return Err("must not start with whitespace".to_string());
+    }
+    if let Some(c) = line.chars().find(|&c| contract::is_hidden(c)) {
+        return Err(if c == '\t' {
+            "separate the type, the key data and the comment with single spaces, not tabs"
+                .to_string()
+        } else {
+            format!("must not contain control or invisible characters (found U+{:04X})", c as u32)
+        });
+    }
+    let mut parts = line.splitn(3, ' ');
+    let kind = parts.next().unwrap_or_default();
+    if kind.is_empty() {
         return Err("is empty; expected `<type> <base64> [comment]`".to_string());
-    };
+    }
     if !SSH_KEY_TYPES.contains(&kind) {
         return Err(format!(
             "unsupported SSH key type {}; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa",
             shown(kind)
         ));
     }
-    let Some(data) = parts.next() else {
-        return Err(format!("has no key data; expected `{kind} <base64> [comment]`"));
+    let data = match parts.next() {
+        None => return Err(format!("has no key data; expected `{kind} <base64> [comment]`")),
+        Some("") => {
+            return Err(
+                "separate the type, the key data and the comment with single spaces".to_string()
+            );
+        }
+        Some(data) => data,
     };
     use base64::Engine as _;
     let blob = base64::engine::general_purpose::STANDARD
@@ -1018,15 +1123,25 @@ fn check_ssh_key(line: &str) -> Result<(), String> {
         .map_err(|_| "the key data is not valid base64".to_string())?;
     let not_this_kind = || format!("the key data does not encode a `{kind}` key");
     match ssh_key::PublicKey::from_bytes(&blob) {
-        Ok(key) if key.algorithm().as_str() == kind => Ok(()),
-        Ok(_) => Err(not_this_kind()),
+        Ok(key) if key.algorithm().as_str() != kind => return Err(not_this_kind()),
+        Ok(_) => {}
         // The wire format starts with the type's name, length first: a
         // blob that names this type but does not parse is cut short.
         Err(_) if blob.get(4..4 + kind.len()) == Some(kind.as_bytes()) => {
-            Err(format!("the key data is not a complete {kind} public key"))
+            return Err(format!("the key data is not a complete {kind} public key"));
         }
-        Err(_) => Err(not_this_kind()),
+        Err(_) => return Err(not_this_kind()),
     }
+    if contract::key_blob_ok(kind, &blob) {
+        return Ok(());
+    }
+    Err(match kind {
+        "ssh-rsa" => "an ssh-rsa key must have the exponent 65537 and a modulus of 2048, 3072 \
+                      or 4096 bits, as ssh-keygen makes them"
+            .to_string(),
+        "ssh-ed25519" => not_this_kind(),
+        _ => "an ECDSA key must hold its point uncompressed, as ssh-keygen writes it".to_string(),
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1261,14 +1376,15 @@ mod tests {
             assert_eq!(e.path, "domain.subdomain", "{sub:?}");
             assert!(e.message.contains(needle), "{sub:?}: {}", e.message);
         }
-        // Valid label, but the whole name would be too long.
+        // A valid name, but too long to leave room for any subdomain of
+        // up to 63 characters within DNS's 253.
         let pool = format!("{}.io", vec!["p".repeat(63); 3].join("."));
         assert!(check_fqdn(&pool).is_ok());
         let mut req = sample();
-        req.domain = Domain::Pool { pool_domain: pool, subdomain: "a".repeat(60) };
+        req.domain = Domain::Pool { pool_domain: pool, subdomain: "a".into() };
         let e = only_error(&req);
-        assert_eq!(e.path, "domain.subdomain");
-        assert!(e.message.contains("253"), "{}", e.message);
+        assert_eq!(e.path, "domain.pool_domain");
+        assert!(e.message.contains("at most 189"), "{}", e.message);
     }
 
     #[test]
@@ -1451,10 +1567,21 @@ mod tests {
             e.message,
             "unsupported SSH key type `ssh-dss`; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or ssh-rsa"
         );
-        // Without a comment, and with extra spaces, a key is still fine.
+        // Without a comment, or with spaces in it, a key is fine; the
+        // fields are separated by single spaces, as ssh-keygen writes them.
         let mut req = sample();
-        req.ssh_public_keys = vec![format!("ssh-ed25519   {ed_data}"), format!("{ECDSA} a b c")];
+        req.ssh_public_keys = vec![format!("ssh-ed25519 {ed_data}"), format!("{ECDSA} a b c")];
         req.validate().unwrap();
+        for (key, needle) in [
+            (format!("ssh-ed25519   {ed_data}"), "single spaces"),
+            (format!("ssh-ed25519\t{ed_data}"), "not tabs"),
+            (format!(" ssh-ed25519 {ed_data}"), "start with whitespace"),
+            (format!("ssh-ed25519 {ed_data} \u{202E}evil"), "U+202E"),
+        ] {
+            let mut req = sample();
+            req.ssh_public_keys = vec![key.clone()];
+            assert!(only_error(&req).message.contains(needle), "{key:?}");
+        }
     }
 
     #[test]
@@ -1853,36 +1980,34 @@ mod tests {
             regions: vec![region("nbg1"), region("ash")],
             cloud_token: None,
         };
-        ok.validate(&existing).unwrap();
+        ok.validate().unwrap();
+        assert!(ok.conflicts(&existing).is_empty());
 
         let mut req = ok.clone();
         req.regions = vec![region("nbg1"), region("hel1"), region("nbg1")];
         req.regions[0].control_plane.count = 2;
         req.cloud_token = Some(SecretString::new("not-a-token"));
-        let errs = req.validate(&existing).unwrap_err();
+        let errs = req.validate().unwrap_err();
         let p: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            p,
-            [
-                "regions[0].control_plane.count",
-                "regions[1].location",
-                "regions[2].location",
-                "cloud_token"
-            ]
-        );
-        assert!(errs[1].message.contains("already has a region in `hel1`"), "{}", errs[1].message);
-        assert!(!errs[3].message.contains("not-a-token"));
+        assert_eq!(p, ["regions[0].control_plane.count", "regions[2].location", "cloud_token"]);
+        assert!(!errs[2].message.contains("not-a-token"));
+        // A location the Sovereign has is a conflict with it, not a fault
+        // of the request (409, not 422).
+        let conflicts = req.conflicts(&existing);
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].path, "regions[1].location");
+        assert!(conflicts[0].message.contains("already has a region in `hel1`"));
 
         let mut req = ok.clone();
         req.regions.clear();
-        assert_eq!(req.validate(&existing).unwrap_err()[0].path, "regions");
+        assert_eq!(req.validate().unwrap_err()[0].path, "regions");
 
         // Existing plus new may not exceed 8.
         let existing: Vec<String> =
             ["fsn1", "nbg1", "hel1", "ash", "hil"].iter().map(|s| s.to_string()).collect();
         let mut req = ok.clone();
-        req.regions = vec![region("sin"); 4];
-        let errs = req.validate(&existing).unwrap_err();
+        req.regions = vec![region("sin"), region("fsn1"), region("nbg1"), region("hel1")];
+        let errs = req.conflicts(&existing);
         assert_eq!(errs[0].path, "regions");
         assert!(errs[0].message.contains("at most 8"), "{}", errs[0].message);
     }
@@ -1896,21 +2021,19 @@ mod tests {
                          "workers": {"sku": "cpx32", "count": 0}}],
             "cloud_token": HCLOUD_TOKEN
         });
-        let req = parse_add_region(body.to_string().as_bytes(), &[]).unwrap();
+        let req = parse_add_region(body.to_string().as_bytes()).unwrap();
         assert_eq!(req.cloud_token.as_ref().unwrap().expose(), HCLOUD_TOKEN);
-
-        let errs = parse_add_region(body.to_string().as_bytes(), &["sin".to_string()]).unwrap_err();
-        assert_eq!(errs[0].path, "regions[0].location");
+        assert_eq!(req.conflicts(&["sin".to_string()])[0].path, "regions[0].location");
 
         let mut bad = body.clone();
         bad["regions"][0]["control_plane"]["count"] = "three".into();
-        let errs = parse_add_region(bad.to_string().as_bytes(), &[]).unwrap_err();
+        let errs = parse_add_region(bad.to_string().as_bytes()).unwrap_err();
         assert_eq!(errs[0].path, "regions[0].control_plane.count");
 
         let mut bad = body;
         bad["zone"] = "x".into();
         assert!(
-            parse_add_region(bad.to_string().as_bytes(), &[]).unwrap_err()[0]
+            parse_add_region(bad.to_string().as_bytes()).unwrap_err()[0]
                 .message
                 .contains("unknown field `zone`")
         );
