@@ -10,8 +10,11 @@
 //!
 //! The local count is an estimate; the server's answer wins.
 //! [`RateBudget::observe`] lowers the local count to `RateLimit-Remaining`
-//! (other consumers, e.g. `tofu`, share the project budget) and, when it is
-//! 0, blocks every caller until `RateLimit-Reset`.
+//! (other consumers, e.g. `tofu`, share the project budget). An empty
+//! bucket is waited out one token at a time: a caller waits for the tokens
+//! it lacks at the refill rate (one second for one request), never until
+//! `RateLimit-Reset`, which is when the bucket would be *full* again (up to
+//! an hour away).
 //!
 //! Waits are bounded: if a token would only be available after
 //! [`BudgetConfig::max_wait`], [`RateBudget::acquire`] fails at once with
@@ -21,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cz_state::SecretString;
 use tokio::time::Instant;
@@ -51,8 +54,6 @@ struct State {
     /// are served in order and never oversubscribe the bucket.
     tokens: f64,
     last: Instant,
-    /// Set when the server said `RateLimit-Remaining: 0`.
-    blocked_until: Option<Instant>,
 }
 
 /// The token bucket of one cloud project.
@@ -75,11 +76,7 @@ impl RateBudget {
         RateBudget {
             key: key.into(),
             cfg,
-            state: Mutex::new(State {
-                tokens: f64::from(cfg.capacity),
-                last: Instant::now(),
-                blocked_until: None,
-            }),
+            state: Mutex::new(State { tokens: f64::from(cfg.capacity), last: Instant::now() }),
         }
     }
 
@@ -112,30 +109,17 @@ impl RateBudget {
             let mut st = self.state.lock().expect("budget lock");
             let now = Instant::now();
             self.refill(&mut st, now);
-            let blocked =
-                st.blocked_until.filter(|t| *t > now).map(|t| t - now).unwrap_or_default();
-            if blocked.is_zero() {
-                st.blocked_until = None;
-            }
             let after = st.tokens - 1.0;
-            let refill_wait = if after >= 0.0 {
+            let wait = if after >= 0.0 {
                 Duration::ZERO
             } else {
                 Duration::from_secs_f64(-after / self.cfg.refill_per_sec)
             };
-            let wait = blocked.max(refill_wait);
             if wait > self.cfg.max_wait {
-                let reason = if blocked >= refill_wait {
-                    format!(
-                        "the cloud API reported the project budget exhausted (RateLimit-Remaining: 0) until {:.0}s from now",
-                        blocked.as_secs_f64()
-                    )
-                } else {
-                    format!(
-                        "the local project budget (capacity {}, refill {}/s) has {:.0} requests queued ahead",
-                        self.cfg.capacity, self.cfg.refill_per_sec, -st.tokens
-                    )
-                };
+                let reason = format!(
+                    "the project budget (capacity {}, refill {}/s) has {:.0} requests queued ahead",
+                    self.cfg.capacity, self.cfg.refill_per_sec, -st.tokens
+                );
                 return Err(StepError::adapter(
                     System::Cloud,
                     "rate_budget",
@@ -158,33 +142,14 @@ impl RateBudget {
         Ok(())
     }
 
-    /// Applies the server's view: lowers the local count to `remaining`
-    /// and, when `remaining` is 0, blocks callers until `reset_unix` (unix
-    /// seconds, `RateLimit-Reset`).
-    pub fn observe(&self, remaining: u32, reset_unix: Option<u64>) {
-        let reset_in = reset_unix.map(|r| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            Duration::from_secs(r).saturating_sub(now)
-        });
-        self.observe_in(remaining, reset_in);
-    }
-
-    /// [`observe`](Self::observe) with the reset as a delay from now.
-    pub fn observe_in(&self, remaining: u32, reset_in: Option<Duration>) {
+    /// Applies the server's view, `RateLimit-Remaining`: lowers the local
+    /// count to `remaining` (never raises it: requests reserved here may
+    /// not have reached the server yet). At 0 the next caller waits for one
+    /// token's refill, not for `RateLimit-Reset`.
+    pub fn observe(&self, remaining: u32) {
         let mut st = self.state.lock().expect("budget lock");
-        let now = Instant::now();
-        self.refill(&mut st, now);
-        let remaining = f64::from(remaining);
-        if st.tokens > remaining {
-            st.tokens = remaining;
-        }
-        if remaining < 1.0 {
-            // Without a reset time, assume the next token comes by refill.
-            let delay =
-                reset_in.unwrap_or_else(|| Duration::from_secs_f64(1.0 / self.cfg.refill_per_sec));
-            let until = now + delay;
-            st.blocked_until = Some(st.blocked_until.map_or(until, |b| b.max(until)));
-        }
+        self.refill(&mut st, Instant::now());
+        st.tokens = st.tokens.min(f64::from(remaining));
     }
 }
 
@@ -311,7 +276,7 @@ mod tests {
         match &err {
             StepError::Adapter { cause: Cause::RateLimited, message, .. } => {
                 assert!(message.contains("over the 5s bound"), "{message}");
-                assert!(message.contains("local project budget"), "{message}");
+                assert!(message.contains("the project budget"), "{message}");
             }
             e => panic!("{e}"),
         }
@@ -321,40 +286,33 @@ mod tests {
         assert_eq!(Instant::now() - t0, Duration::from_secs(10));
     }
 
+    /// The rule: an empty bucket costs the tokens a caller lacks
+    /// (one second per request at Hetzner's rate), not the wait until
+    /// `RateLimit-Reset` (the bucket full again, up to an hour).
     #[tokio::test(start_paused = true)]
-    async fn observe_lowers_the_count_and_zero_blocks_until_reset() {
-        let b = RateBudget::new("k", cfg(100, 1.0, 60));
-        b.observe_in(2, Some(Duration::from_secs(98)));
+    async fn observe_lowers_the_count_and_zero_costs_only_the_deficit() {
+        let b = RateBudget::new("k", cfg(3_600, 1.0, 60));
+        b.observe(2);
         assert!(b.available() <= 2.0);
         let t0 = Instant::now();
         b.acquire().await.unwrap();
         b.acquire().await.unwrap();
         assert_eq!(Instant::now(), t0);
-        // The server says nothing is left until 30s from now.
-        b.observe_in(0, Some(Duration::from_secs(30)));
+        // The server says nothing is left: the next request waits one
+        // token (1 s), the one after another second.
+        b.observe(0);
         b.acquire().await.unwrap();
-        assert_eq!(Instant::now() - t0, Duration::from_secs(30));
+        assert_eq!(Instant::now() - t0, Duration::from_secs(1));
+        b.acquire().await.unwrap();
+        assert_eq!(Instant::now() - t0, Duration::from_secs(2));
         // A higher remaining never raises the local count.
-        b.observe_in(1000, None);
-        assert!(b.available() < 100.0);
-        // A reset past the bound fails with the server's reason.
-        b.observe_in(0, Some(Duration::from_secs(3_000)));
-        let err = b.acquire().await.unwrap_err();
-        assert!(err.to_string().contains("RateLimit-Remaining: 0"), "{err}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn observe_with_unix_reset() {
-        let b = RateBudget::new("k", cfg(10, 1.0, 60));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        b.observe(0, Some(now + 20));
-        let t0 = Instant::now();
-        b.acquire().await.unwrap();
-        let waited = Instant::now() - t0;
-        assert!(
-            waited >= Duration::from_secs(19) && waited <= Duration::from_secs(20),
-            "{waited:?}"
-        );
+        b.observe(1000);
+        assert!(b.available() < 1.0);
+        // Queued far past the bound: refused at once with the reason.
+        let slow = RateBudget::new("k", cfg(3_600, 0.01, 60));
+        slow.observe(0);
+        let err = slow.acquire().await.unwrap_err();
+        assert!(err.to_string().contains("over the 60s bound"), "{err}");
     }
 
     #[test]

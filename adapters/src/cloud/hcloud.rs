@@ -4,9 +4,15 @@
 //!   (shared by every client of the same token, see [`BudgetRegistry`]);
 //!   every response's `RateLimit-Remaining`/`RateLimit-Reset` is fed back.
 //! - 429 is retried here, a bounded number of times, after `Retry-After`
-//!   (or `RateLimit-Reset`, or exponential backoff); everything else is
-//!   returned to the engine, classified by [`cause_of`].
+//!   if the server names one, else after the time the missing tokens take
+//!   to refill at the rate the `RateLimit-*` headers imply (one second for
+//!   one request at Hetzner's 3,600/hour), never until `RateLimit-Reset`
+//!   (the bucket *full*); everything else is returned to the engine,
+//!   classified by [`cause_of`].
 //! - Lists follow `meta.pagination.next_page` with `per_page=50`.
+//! - Actions are awaited in batches: one `GET /v1/actions?id=…&id=…` per
+//!   round for every action still running ([`HcloudClient::wait_actions`]),
+//!   not one request per action.
 //! - Error messages carry Hetzner's code and message, never the token.
 
 use std::collections::BTreeMap;
@@ -196,6 +202,21 @@ impl Default for RetryConfig {
     }
 }
 
+/// How the client waits for actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollConfig {
+    /// Between two rounds (Hetzner's own clients: 500 ms).
+    pub interval: Duration,
+    /// The longest a wait lasts before it fails (transient).
+    pub timeout: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig { interval: Duration::from_millis(500), timeout: Duration::from_secs(600) }
+    }
+}
+
 /// A Hetzner API error answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ApiError {
@@ -232,6 +253,7 @@ pub struct HcloudClient {
     budgets: Arc<BudgetRegistry>,
     quota: ProjectQuota,
     retry: RetryConfig,
+    poll: PollConfig,
 }
 
 impl HcloudClient {
@@ -267,6 +289,7 @@ impl HcloudClient {
             budgets,
             quota: ProjectQuota::default(),
             retry: RetryConfig::default(),
+            poll: PollConfig::default(),
         })
     }
 
@@ -278,6 +301,84 @@ impl HcloudClient {
     pub fn with_retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
         self
+    }
+
+    pub fn with_poll(mut self, poll: PollConfig) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    /// Waits until every action in `ids` has finished: one
+    /// `GET /v1/actions?id=…&id=…` per round (up to 50 ids a page) for the
+    /// ones still running. An action that ends in `error` fails the wait
+    /// with its code, classified like any API error; one still running
+    /// after [`PollConfig::timeout`] fails it as `Unavailable`.
+    pub async fn wait_actions(
+        &self,
+        token: &SecretString,
+        op: &str,
+        ids: &[i64],
+    ) -> AdapterResult<()> {
+        let mut pending: Vec<i64> = ids.to_vec();
+        pending.sort_unstable();
+        pending.dedup();
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut still = Vec::new();
+            for chunk in pending.chunks(PER_PAGE as usize) {
+                let mut query: Vec<(&str, String)> =
+                    chunk.iter().map(|id| ("id", id.to_string())).collect();
+                query.push(("per_page", PER_PAGE.to_string()));
+                let v = self
+                    .call(token, op, Method::GET, "/v1/actions", &query, None)
+                    .await
+                    .map_err(|e| e.into_step(op))?;
+                let actions = v["actions"].as_array().cloned().unwrap_or_default();
+                for id in chunk {
+                    let Some(a) = actions.iter().find(|a| a["id"] == *id) else {
+                        return Err(malformed(op, format!("action {id} is not in the answer")));
+                    };
+                    match a["status"].as_str() {
+                        Some("success") => {}
+                        Some("running") => still.push(*id),
+                        Some("error") => {
+                            let code = a.pointer("/error/code").and_then(Value::as_str);
+                            let code = code.unwrap_or("action_failed");
+                            let message =
+                                a.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+                            return Err(StepError::adapter(
+                                System::Cloud,
+                                op,
+                                cause_of(code, 422),
+                                format!(
+                                    "{code}: action {id} ({}) failed: {message}",
+                                    a["command"].as_str().unwrap_or("?")
+                                ),
+                            ));
+                        }
+                        other => {
+                            return Err(malformed(op, format!("action {id} has status {other:?}")));
+                        }
+                    }
+                }
+            }
+            if still.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= self.poll.timeout {
+                return Err(StepError::adapter(
+                    System::Cloud,
+                    op,
+                    Cause::Unavailable,
+                    format!(
+                        "actions {still:?} still running after {}s",
+                        self.poll.timeout.as_secs()
+                    ),
+                ));
+            }
+            pending = still;
+            tokio::time::sleep(self.poll.interval).await;
+        }
     }
 
     /// The budget this client draws on for `token`.
@@ -453,9 +554,12 @@ impl HcloudClient {
             .call(token, op, Method::POST, &format!("/v1/{collection}"), &[], Some(body))
             .await
             .map_err(|e| e.into_step(op))?;
-        v.get(kind).and_then(|o| object_of(kind, o)).ok_or_else(|| {
+        let obj = v.get(kind).and_then(|o| object_of(kind, o)).ok_or_else(|| {
             malformed(op, format!("POST /v1/{collection}: the answer has no `{kind}` object"))
-        })
+        })?;
+        // The create and what follows it (a server's start), together.
+        self.wait_actions(token, op, &running_actions(&v)).await?;
+        Ok(obj)
     }
 
     async fn list_kinds(
@@ -494,26 +598,43 @@ fn without_url(e: reqwest::Error) -> String {
     format!("{kind}: {}", cz_engine::chain(&e.without_url()))
 }
 
+/// The ids of the unfinished actions in an answer (`action`, `actions`,
+/// `next_actions`).
+fn running_actions(v: &Value) -> Vec<i64> {
+    let one = v.get("action").into_iter();
+    let many = ["actions", "next_actions"]
+        .into_iter()
+        .filter_map(|k| v.get(k).and_then(Value::as_array))
+        .flatten();
+    one.chain(many).filter(|a| a["status"] != "success").filter_map(|a| a["id"].as_i64()).collect()
+}
+
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 fn observe_headers(budget: &RateBudget, headers: &HeaderMap) {
     if let Some(remaining) = header_u64(headers, "ratelimit-remaining") {
-        let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
-        budget.observe(remaining, header_u64(headers, "ratelimit-reset"));
+        budget.observe(u32::try_from(remaining).unwrap_or(u32::MAX));
     }
 }
 
-/// How long a 429 asks us to wait: `Retry-After` (seconds), else
-/// `RateLimit-Reset` (unix seconds) from now.
-fn retry_wait(headers: &HeaderMap) -> Option<Duration> {
+/// How long a 429 asks us to wait: `Retry-After` (seconds) if given, else
+/// the deficit: the one token this request lacks, at the refill rate the
+/// headers imply ((limit - remaining) tokens come back by `RateLimit-Reset`;
+/// Hetzner: 1/s). `None` without rate headers (the caller backs off).
+pub fn retry_wait(headers: &HeaderMap) -> Option<Duration> {
     if let Some(s) = header_u64(headers, "retry-after") {
         return Some(Duration::from_secs(s));
     }
+    let limit = header_u64(headers, "ratelimit-limit")? as f64;
+    let remaining = header_u64(headers, "ratelimit-remaining")? as f64;
     let reset = header_u64(headers, "ratelimit-reset")?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let until_full = (reset as f64 - now).max(1.0);
+    let rate = ((limit - remaining) / until_full).max(f64::MIN_POSITIVE);
+    let deficit = (1.0 - remaining).max(0.0);
+    Some(Duration::from_secs_f64((deficit / rate).clamp(0.05, until_full)))
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ApiError {
@@ -759,7 +880,9 @@ impl CloudApi for HcloudClient {
         })?;
         let path = format!("/v1/{collection}/{}", obj.id);
         match self.call(token, op, Method::DELETE, &path, &[], None).await {
-            Ok(_) => Ok(()),
+            // Gone when its action is done: a network cannot go while a
+            // server in it is still being deleted.
+            Ok(v) => self.wait_actions(token, op, &running_actions(&v)).await,
             Err(CallError::Api(a)) if a.status == 404 || a.code == "not_found" => Ok(()),
             Err(e) => Err(e.into_step(op)),
         }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::AdapterResult;
 
 pub use budget::{BudgetConfig, BudgetRegistry, RateBudget, project_key};
-pub use hcloud::{HcloudClient, ProjectQuota, RetryConfig, cause_of};
+pub use hcloud::{HcloudClient, PollConfig, ProjectQuota, RetryConfig, cause_of};
 pub use selector::{Selector, selector_matches, valid_label_key, valid_label_value};
 
 /// Where an object of `kind` comes in a teardown: what uses others first

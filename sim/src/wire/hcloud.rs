@@ -79,6 +79,10 @@ pub struct FakeConfig {
     /// How long a create (`POST`) takes to answer: a real server create
     /// answers in about a second.
     pub create_delay: Duration,
+    /// How long an action (create_server, delete_server, …) stays
+    /// `running` before it is `success`: a real server takes 10 to 30 s to
+    /// boot. Zero: finished by the time anyone asks.
+    pub action_duration: Duration,
     /// Addresses given to objects of these names (public IPv4, private IP
     /// in their network) instead of 203.0.113.x and 10.0.1.x: a test
     /// whose servers are real hosts (`sshd`s on loopback addresses) and
@@ -104,6 +108,7 @@ impl Default for FakeConfig {
             unavailable_delay: Duration::from_millis(200),
             server_limit: 100,
             create_delay: Duration::ZERO,
+            action_duration: Duration::ZERO,
             addresses: BTreeMap::new(),
         }
     }
@@ -147,9 +152,11 @@ struct FState {
     inject_429: u32,
     inject_unavailable: u32,
     inject_errors: VecDeque<(u16, String)>,
-    /// Every action the fake started, as `GET /v1/actions/{id}` answers
-    /// it: finished (`success`) by the time anyone asks.
+    /// Every action the fake started, finished (`success`), with when it
+    /// started: `GET /v1/actions` shows it `running` until
+    /// [`FakeConfig::action_duration`] has passed.
     actions: Vec<Value>,
+    action_started: Vec<Instant>,
     /// Each server's `user_data` (cloud-init) by name: the API takes it at
     /// creation and never returns it; a test's "host" reads it here.
     user_data: BTreeMap<String, String>,
@@ -167,6 +174,7 @@ impl FState {
             "id": id, "command": command, "status": "success", "progress": 100,
             "started": started, "finished": started, "resources": resources, "error": null,
         }));
+        self.action_started.push(Instant::now());
         json!({
             "id": id, "command": command, "status": "running", "progress": 0,
             "started": started, "finished": null, "resources": resources, "error": null,
@@ -669,9 +677,9 @@ impl Inner {
             return (Gate::Answer(a), headers);
         }
         if exhausted {
-            let wait = ((1.0 - tokens) / cfg.refill_per_sec).ceil().max(1.0) as u64;
-            let mut a = error(429, "rate_limit_exceeded", "limit of requests per hour reached");
-            a.headers.push(("retry-after", wait.to_string()));
+            // As Hetzner: no `Retry-After`; the `RateLimit-*` headers say
+            // when the bucket is full again, and the refill is steady.
+            let a = error(429, "rate_limit_exceeded", "limit of requests per hour reached");
             return (Gate::Answer(a), headers);
         }
         if let Some((status, code)) = st.inject_errors.pop_front() {
@@ -707,19 +715,38 @@ impl Inner {
     }
 
     /// `GET /v1/actions/{id}` and `GET /v1/{collection}/actions/{id}`.
+    /// The actions as the API shows them now: `running` (half done) until
+    /// their duration has passed.
+    fn live_actions(&self, st: &FState) -> Vec<Value> {
+        let now = Instant::now();
+        st.actions
+            .iter()
+            .zip(&st.action_started)
+            .map(|(a, at)| {
+                let mut a = a.clone();
+                if now.duration_since(*at) < self.cfg.action_duration {
+                    a["status"] = "running".into();
+                    a["progress"] = 50.into();
+                    a["finished"] = Value::Null;
+                }
+                a
+            })
+            .collect()
+    }
+
     fn action(&self, coll: Option<&str>, id: &str) -> Answer {
         let Ok(id) = id.parse::<i64>() else {
             return error(400, "invalid_input", "invalid id");
         };
         let st = self.state.lock().expect("fake lock");
         let kind = coll.map(singular);
-        st.actions
-            .iter()
+        self.live_actions(&st)
+            .into_iter()
             .find(|a| a["id"] == id)
             .filter(|a| kind.is_none_or(|k| Self::touches(a, k, None)))
             .map_or_else(
                 || error(404, "not_found", format!("action with ID '{id}' not found")),
-                |a| ok(200, Some(json!({"action": a}))),
+                |a| ok(200, Some(json!({ "action": a }))),
             )
     }
 
@@ -751,12 +778,11 @@ impl Inner {
         };
         let items: Vec<Value> = {
             let st = self.state.lock().expect("fake lock");
-            st.actions
-                .iter()
+            self.live_actions(&st)
+                .into_iter()
                 .filter(|a| ids.is_empty() || ids.iter().any(|id| a["id"] == *id))
                 .filter(|a| statuses.is_empty() || statuses.iter().any(|s| a["status"] == *s))
                 .filter(|a| on.is_none_or(|(k, id)| Self::touches(a, k, id)))
-                .cloned()
                 .collect()
         };
         paginated("actions", items, query)
