@@ -184,6 +184,13 @@ impl BudgetRegistry {
         budgets.iter().map(|b| (b.key().to_owned(), b.available())).collect()
     }
 
+    /// Keeps `budget` under its own key, so [`remaining`](Self::remaining)
+    /// reports it: the sim's project budget, which runs on the sim's clock
+    /// and so has its own refill rate.
+    pub fn adopt(&self, budget: Arc<RateBudget>) {
+        self.budgets.lock().expect("registry lock").insert(budget.key().to_owned(), budget);
+    }
+
     /// The budget of the project `token` belongs to (created full on first use).
     pub fn for_token(&self, token: &SecretString) -> Arc<RateBudget> {
         let key = project_key(token);

@@ -12,7 +12,6 @@ use cz_adapters::dns::{DnsApi, PowerDns};
 use cz_adapters::registrar::{Endpoints, HttpRegistrars, Registrars};
 use cz_adapters::{Backend, InfraModule};
 use cz_phases::dns::NAMESERVERS;
-use cz_sim::sim_backend;
 
 use crate::config::{BackendKind, Config};
 
@@ -22,17 +21,24 @@ use crate::config::{BackendKind, Config};
 /// exist (made if missing) on the DNS server the jobs will use.
 pub async fn backend(config: &Config) -> anyhow::Result<Backend> {
     let backend = match config.backend {
-        BackendKind::Sim => match &config.shared_dir {
-            None => sim_backend(
-                config.data_dir.join("sim"),
-                config.data_dir.join("workspaces"),
-                config.sim.clone(),
-            ),
-            Some(shared) => cz_sim::sim_backend_with_world(
-                Arc::new(cz_sim::SimWorld::shared(shared.join("sim"), config.sim.clone())),
-                shared.join("workspaces"),
-            ),
-        },
+        BackendKind::Sim => {
+            let (world, workspaces) = match &config.shared_dir {
+                None => (
+                    cz_sim::SimWorld::new(config.data_dir.join("sim"), config.sim.clone()),
+                    config.data_dir.join("workspaces"),
+                ),
+                Some(shared) => (
+                    cz_sim::SimWorld::shared(shared.join("sim"), config.sim.clone()),
+                    shared.join("workspaces"),
+                ),
+            };
+            // `/metrics` reports the simulated project's budget beside any
+            // real one (`hcloud_budget_remaining{project="sim"}`).
+            if let Some(budget) = world.budget() {
+                cz_adapters::cloud::BudgetRegistry::global().adopt(budget.clone());
+            }
+            cz_sim::sim_backend_with_world(Arc::new(world), workspaces)
+        }
         BackendKind::Hetzner => {
             let b = hetzner_backend(config)?;
             let tofu = b.tofu.version().await.map_err(|e| {

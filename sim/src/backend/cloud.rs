@@ -333,11 +333,13 @@ impl SimCloud {
 impl CloudApi for SimCloud {
     async fn token_scope(&self, token: &SecretString) -> AdapterResult<TokenScope> {
         self.world.op("cloud.token_scope", 300).await?;
+        self.world.charge(1).await?;
         check_token(token, System::Cloud, "token_scope", false)
     }
 
     async fn limits(&self, token: &SecretString) -> AdapterResult<ProjectLimits> {
         self.world.op("cloud.limits", 150).await?;
+        self.world.charge(1).await?;
         check_token(token, System::Cloud, "limits", false)?;
         let mut limit = BTreeMap::new();
         for kind in ["server", "load_balancer", "network", "placement_group"] {
@@ -354,6 +356,7 @@ impl CloudApi for SimCloud {
 
     async fn locations(&self, token: &SecretString) -> AdapterResult<Vec<String>> {
         self.world.op("cloud.locations", 100).await?;
+        self.world.charge(1).await?;
         check_token(token, System::Cloud, "locations", false)?;
         Ok(LOCATIONS.iter().map(|s| (*s).to_owned()).collect())
     }
@@ -364,6 +367,7 @@ impl CloudApi for SimCloud {
         name: &str,
     ) -> AdapterResult<Option<ServerType>> {
         self.world.op("cloud.server_type", 100).await?;
+        self.world.charge(1).await?;
         check_token(token, System::Cloud, "server_type", false)?;
         Ok(server_type_table(name))
     }
@@ -374,12 +378,15 @@ impl CloudApi for SimCloud {
         name: &str,
     ) -> AdapterResult<Option<LoadBalancerType>> {
         self.world.op("cloud.load_balancer_type", 100).await?;
+        self.world.charge(1).await?;
         check_token(token, System::Cloud, "load_balancer_type", false)?;
         Ok(load_balancer_type_table(name))
     }
 
     async fn list(&self, token: &SecretString, selector: &str) -> AdapterResult<Vec<CloudObject>> {
         self.world.op("cloud.list", 200).await?;
+        // The real client lists each kind: one request per kind and page.
+        self.world.charge(KINDS.len() as u32).await?;
         check_token(token, System::Cloud, "list", false)?;
         let sel = Selector::parse(selector).map_err(|m| {
             invalid("list", format!("invalid_input: label_selector `{selector}`: {m}"))
@@ -396,12 +403,15 @@ impl CloudApi for SimCloud {
         name: &str,
     ) -> AdapterResult<Vec<CloudObject>> {
         self.world.op("cloud.find_by_name", 200).await?;
+        // The real client lists each kind: one request per kind and page.
+        self.world.charge(KINDS.len() as u32).await?;
         check_token(token, System::Cloud, "find_by_name", false)?;
         Ok(self.all_objects().await?.into_iter().filter(|o| o.name == name).collect())
     }
 
     async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()> {
         self.world.op("cloud.delete", delete_latency(&obj.kind)).await?;
+        self.world.charge(1).await?;
         check_token(token, System::Cloud, "delete", true)?;
         self.remove(&obj.kind, obj.id).await?;
         Ok(())

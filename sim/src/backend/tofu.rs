@@ -24,7 +24,7 @@ use tokio::sync::Mutex;
 
 use super::cloud::{SimCloud, token_scope_of};
 use super::hcloud_view::provider_view;
-use super::world::{SimWorld, write_atomic, write_atomic_async};
+use super::world::{SimWorld, action_polls, write_atomic, write_atomic_async};
 use cz_adapters::{
     AdapterResult, CloudObject, PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink,
     TokenScope, Workspace,
@@ -451,9 +451,13 @@ impl SimTofu {
         let addr = res.address.as_str();
         let start = Instant::now();
         send(sink, "apply_start", Some(addr), Some("create"), None, format!("{addr}: Creating..."));
+        // The provider's POST and its polls of the action, on the
+        // project's budget (waiting for tokens as it would).
+        let charged = self.world.charge(1 + action_polls(create_latency(&res.kind))).await;
         let total = self.world.latency(create_latency(&res.kind));
         self.wait_with_progress(total, sink, addr, "create", "creating").await;
         let created = async {
+            charged?;
             self.world.check(&format!("tofu.create.{}", res.kind))?;
             if scope == TokenScope::Read {
                 return Err(err(
@@ -533,9 +537,11 @@ impl SimTofu {
                 None,
                 format!("{addr}: Destroying... [id={}]", e.id),
             );
+            let charged = self.world.charge(1 + action_polls(destroy_latency(&e.kind))).await;
             let total = self.world.latency(destroy_latency(&e.kind));
             self.wait_with_progress(total, sink, addr, "delete", "destroying").await;
             let res = async {
+                charged?;
                 self.world.check(&format!("tofu.destroy.{}", e.kind))?;
                 self.cloud().remove(&e.kind, e.id).await
             }
@@ -1053,6 +1059,10 @@ mod tests {
         assert!(pos("hcloud_network.main") < pos("hcloud_server.cp[0]"));
         assert!(pos("hcloud_server.worker[3]") < pos("hcloud_load_balancer.api"));
         assert!(!ws.dir.join(LOCK_FILE).exists());
+        // Each create is a POST and its action polls, on the project's
+        // budget: at least two requests per object.
+        let used = world.hcloud_requests();
+        assert!(used >= 20, "{used} modelled requests for 10 creates");
 
         // Ten objects, listed as the provider's resources (a load
         // balancer's service split out of it).

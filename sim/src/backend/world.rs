@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use cz_adapters::cloud::budget::{BudgetConfig, RateBudget};
 use cz_engine::{Cause, StepError, System};
 
 /// The first cloud id handed out by a fresh world (ids look like Hetzner's).
@@ -52,6 +53,9 @@ pub struct SimConfig {
     /// project's (25, 5, 10, 10): Hetzner raises them on request, and many
     /// Sovereigns in one shared world need that.
     pub project_limits: BTreeMap<String, u32>,
+    /// The simulated project's request budget: Hetzner's token bucket of
+    /// 3,600 requests, one back per (simulated) second.
+    pub hcloud_rate_limit: u32,
 }
 
 impl Default for SimConfig {
@@ -62,6 +66,7 @@ impl Default for SimConfig {
             transient_rate: 0.0,
             seed: None,
             project_limits: BTreeMap::new(),
+            hcloud_rate_limit: 3_600,
         }
     }
 }
@@ -231,6 +236,30 @@ pub struct SimWorld {
     /// digests). A sim restarted in a new process has lost them, as a
     /// wiped etcd would have.
     secret_values: StdMutex<HashMap<String, Value>>,
+    /// The project's request budget on the sim's clock (a simulated second
+    /// is `latency_factor` real seconds), charged by every modelled API
+    /// request: the sim cloud's calls and tofu's (create, action polls,
+    /// delete). `None` at latency 0, where nothing takes time. One project
+    /// per world; in a shared world each process keeps its own.
+    budget: Option<Arc<RateBudget>>,
+    /// Modelled hcloud API requests made so far.
+    hcloud_requests: AtomicU64,
+}
+
+/// The budget's key in metrics: the sim's one project.
+pub const SIM_PROJECT: &str = "sim";
+
+/// How many times the hcloud provider polls an action that takes
+/// `duration_ms`: hcloud-go's default backoff, 500 ms doubling (a model:
+/// the cap is taken as 10 s).
+pub fn action_polls(duration_ms: u64) -> u32 {
+    let (mut waited, mut step, mut polls) = (0u64, 500u64, 0u32);
+    while waited < duration_ms {
+        waited += step;
+        step = (step * 2).min(10_000);
+        polls += 1;
+    }
+    polls.max(1)
 }
 
 impl std::fmt::Debug for SimWorld {
@@ -248,6 +277,17 @@ impl SimWorld {
             None => rand::make_rng::<StdRng>(),
         };
         let rules = config.fail.len();
+        let f = config.latency_factor;
+        let budget = (f > 0.0 && f.is_finite()).then(|| {
+            Arc::new(RateBudget::new(
+                SIM_PROJECT,
+                BudgetConfig {
+                    capacity: config.hcloud_rate_limit.max(1),
+                    refill_per_sec: 1.0 / f,
+                    max_wait: Duration::from_secs_f64(120.0 * f).max(Duration::from_secs(1)),
+                },
+            ))
+        });
         SimWorld {
             root: root.into(),
             config,
@@ -259,7 +299,32 @@ impl SimWorld {
             rng: StdMutex::new(rng),
             cache: StdMutex::new(HashMap::new()),
             secret_values: StdMutex::new(HashMap::new()),
+            budget,
+            hcloud_requests: AtomicU64::new(0),
         }
+    }
+
+    /// The project's request budget (none at latency 0).
+    pub fn budget(&self) -> Option<&Arc<RateBudget>> {
+        self.budget.as_ref()
+    }
+
+    /// Spends `n` modelled hcloud requests, waiting for the budget's
+    /// tokens as the real client does; fails (transient) when the wait
+    /// would be longer than the client waits.
+    pub async fn charge(&self, n: u32) -> Result<(), StepError> {
+        self.hcloud_requests.fetch_add(u64::from(n), Ordering::Relaxed);
+        if let Some(b) = &self.budget {
+            for _ in 0..n {
+                b.acquire().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Modelled hcloud API requests made so far.
+    pub fn hcloud_requests(&self) -> u64 {
+        self.hcloud_requests.load(Ordering::Relaxed)
     }
 
     /// Keeps a Secret's `data`/`stringData` in memory (see the field).
@@ -657,6 +722,39 @@ fn max_cloud_id(cloud_dir: &Path) -> i64 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn action_polls_follow_the_providers_backoff() {
+        assert_eq!(action_polls(0), 1);
+        assert_eq!(action_polls(500), 1);
+        assert_eq!(action_polls(1_500), 2);
+        assert_eq!(action_polls(20_000), 6);
+    }
+
+    /// The project budget runs on the sim's clock: at factor 0.01 a
+    /// simulated second is 10 ms, so 5 requests past a bucket of 5 cost
+    /// 50 ms; at factor 0 nothing waits, but requests are still counted.
+    #[tokio::test(start_paused = true)]
+    async fn the_project_budget_paces_modelled_requests_on_the_sim_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SimConfig { latency_factor: 0.01, hcloud_rate_limit: 5, ..SimConfig::default() };
+        let w = SimWorld::new(dir.path(), cfg);
+        let t0 = tokio::time::Instant::now();
+        w.charge(5).await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        w.charge(5).await.unwrap();
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(49) && waited <= Duration::from_millis(51),
+            "{waited:?}"
+        );
+        assert_eq!(w.hcloud_requests(), 10);
+        assert_eq!(w.budget().unwrap().key(), SIM_PROJECT);
+        let w0 = SimWorld::new(dir.path(), SimConfig::instant());
+        assert!(w0.budget().is_none());
+        w0.charge(100).await.unwrap();
+        assert_eq!(w0.hcloud_requests(), 100);
+    }
 
     #[tokio::test]
     async fn put_get_list_delete_round_trip() {
