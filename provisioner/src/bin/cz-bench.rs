@@ -6,6 +6,10 @@
 //! - P4 200 concurrent `sim` jobs: wall time / one job's critical path, RSS;
 //! - P5 daemon restart with 1,000 stored jobs: time until all in-flight jobs
 //!   run again;
+//! - P6 one large Sovereign on the sim: wall time against one node's
+//!   chain (the same Sovereign with one worker), hcloud requests against
+//!   the project's budget and the wait it forced, steps and events
+//!   written, peak RSS; hetzner-k3s's published figures beside it;
 //! - P4-PG, P5-PG: P4 and P5 on PostgreSQL (`--database-url`, a server the
 //!   benchmark may create databases on), beside the SQLite figures;
 //! - H1 the hetzner backend end to end (real tofu, sshd, PowerDNS, OpenBao;
@@ -27,13 +31,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use cz_engine::{DriveOutcome, Engine, JobOptions};
-use cz_sim::{SimConfig, sim_backend};
+use cz_sim::{SimConfig, SimWorld, sim_backend, sim_backend_with_world};
 use cz_state::{JobId, NewJobEvent, StepEvent, Store, StorePaths};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(about = "Catalyst-Zero benchmarks (P1–P5)")]
+#[command(about = "Catalyst-Zero benchmarks (P1–P6)")]
 struct Args {
     /// Small sizes (CI smoke run).
     #[arg(long)]
@@ -235,6 +239,70 @@ async fn p4(dir: &Path, n: usize, latency: f64, pg: Option<&str>) -> Result<()> 
     Ok(())
 }
 
+/// One Sovereign of `workers` workers and 3 control planes in one region,
+/// driven to hand-off on a sim world of its own; returns its wall time and
+/// the world.
+async fn one_sovereign(
+    dir: &Path,
+    workers: u32,
+    latency: f64,
+) -> Result<(Duration, Arc<SimWorld>, Store, JobId)> {
+    let store = catalyst_zero::bench::bench_store(&dir.join("data"), None, "p6").await?;
+    // A project raised for the size (Hetzner raises limits on request).
+    let limits =
+        [("server", 1_000), ("placement_group", 100), ("load_balancer", 10), ("network", 10)];
+    let config = SimConfig {
+        latency_factor: latency,
+        project_limits: limits.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        ..SimConfig::default()
+    };
+    let world = Arc::new(SimWorld::new(dir.join("sim"), config));
+    let backend = Arc::new(sim_backend_with_world(world.clone(), dir.join("ws")));
+    let ns: Vec<String> = cz_phases::dns::NAMESERVERS.iter().map(|s| s.to_string()).collect();
+    backend.dns.create_zone("omani.works.", &ns, "").await?;
+    let engine = Engine::new(store.clone(), Arc::new(cz_phases::registry()), backend);
+    let job = submit(
+        &store,
+        &catalyst_zero::bench::sample_body("p6", 3, workers),
+        &JobOptions::default(),
+    )
+    .await?;
+    let start = Instant::now();
+    let outcome = engine.drive(job, CancellationToken::new()).await?;
+    anyhow::ensure!(
+        matches!(outcome, DriveOutcome::Stopped(cz_state::JobStatus::Succeeded)),
+        "P6: the {workers}-worker Sovereign ended {outcome:?}"
+    );
+    Ok((start.elapsed(), world, store, job))
+}
+
+/// P6 (see the module doc). 500 nodes wait for regions above 50 workers.
+async fn p6(dir: &Path, workers: u32, latency: f64) -> Result<()> {
+    reset_peak_rss();
+    let (chain, _, _, _) = one_sovereign(&dir.join("p6-one"), 1, latency).await?;
+    let (wall, world, store, job) = one_sovereign(&dir.join("p6-all"), workers, latency).await?;
+    let nodes = workers + 3;
+    let steps = store.journal(job).await?.len();
+    let events = store.events_written();
+    // hetzner-k3s's published figures (3 nodes 2–3 min, 200 in just under
+    // 4 min, 500 in under 11 min), scaled to the same factor.
+    let anchor = |s: f64| s * latency;
+    println!(
+        "P6 one {nodes}-node Sovereign (sim, latency factor {latency}): wall {:.1} s; one node's chain (3 control planes + 1 worker) {:.1} s; wall/chain = {:.2}; hcloud requests {} against a budget of 3600 (+1/simulated s), budget wait {:.1} s; {steps} step events, {events} job events; peak RSS {:.0} MiB. hetzner-k3s at the same factor: 3 nodes {:.0}-{:.0} s, 200 nodes < {:.0} s, 500 nodes < {:.0} s. 500 nodes: not measured (a region allows 50 workers until large regions land)",
+        wall.as_secs_f64(),
+        chain.as_secs_f64(),
+        wall.as_secs_f64() / chain.as_secs_f64(),
+        world.hcloud_requests(),
+        world.budget_wait().as_secs_f64(),
+        peak_rss_mib(),
+        anchor(120.0),
+        anchor(180.0),
+        anchor(240.0),
+        anchor(660.0),
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -242,7 +310,7 @@ async fn main() -> Result<()> {
         // Each figure in its own process: memory one figure used (and the
         // allocator kept) must not count as the next one's peak RSS.
         let exe = std::env::current_exe().context("own path")?;
-        for p in ["p1", "p2", "p3", "p4", "p5", "p4-pg", "p5-pg", "h1"] {
+        for p in ["p1", "p2", "p3", "p4", "p5", "p6", "p4-pg", "p5-pg", "h1"] {
             if p.ends_with("-pg") && args.database_url.is_none() {
                 println!(
                     "{}: not measured (no --database-url / CZ_BENCH_DATABASE_URL)",
@@ -280,6 +348,9 @@ async fn main() -> Result<()> {
     }
     if wants(&args, "p5") {
         catalyst_zero::bench::p5(dir, if args.quick { 100 } else { 1000 }, None).await?;
+    }
+    if wants(&args, "p6") {
+        p6(dir, if args.quick { 7 } else { 47 }, args.latency).await?;
     }
     let pg = args.database_url.as_deref();
     if wants(&args, "p4-pg") && pg.is_some() {

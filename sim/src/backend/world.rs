@@ -244,6 +244,9 @@ pub struct SimWorld {
     budget: Option<Arc<RateBudget>>,
     /// Modelled hcloud API requests made so far.
     hcloud_requests: AtomicU64,
+    /// Time modelled requests spent waiting for the budget, in µs (summed
+    /// over concurrent waiters).
+    budget_wait_us: AtomicU64,
 }
 
 /// The budget's key in metrics: the sim's one project.
@@ -301,6 +304,7 @@ impl SimWorld {
             secret_values: StdMutex::new(HashMap::new()),
             budget,
             hcloud_requests: AtomicU64::new(0),
+            budget_wait_us: AtomicU64::new(0),
         }
     }
 
@@ -315,11 +319,20 @@ impl SimWorld {
     pub async fn charge(&self, n: u32) -> Result<(), StepError> {
         self.hcloud_requests.fetch_add(u64::from(n), Ordering::Relaxed);
         if let Some(b) = &self.budget {
+            let t0 = tokio::time::Instant::now();
             for _ in 0..n {
                 b.acquire().await?;
             }
+            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.budget_wait_us.fetch_add(us, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Time modelled requests have waited for the budget (summed over
+    /// concurrent waiters).
+    pub fn budget_wait(&self) -> Duration {
+        Duration::from_micros(self.budget_wait_us.load(Ordering::Relaxed))
     }
 
     /// Modelled hcloud API requests made so far.
@@ -749,6 +762,7 @@ mod tests {
             "{waited:?}"
         );
         assert_eq!(w.hcloud_requests(), 10);
+        assert_eq!(w.budget_wait(), waited);
         assert_eq!(w.budget().unwrap().key(), SIM_PROJECT);
         let w0 = SimWorld::new(dir.path(), SimConfig::instant());
         assert!(w0.budget().is_none());
