@@ -286,7 +286,7 @@ pub enum FollowUpError {
 }
 
 fn conflicts_text(errors: &[crate::request::FieldError]) -> String {
-    errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; ")
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// A checked plan, serialized for the store. The plan was just built from

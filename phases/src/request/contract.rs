@@ -151,14 +151,6 @@ pub fn registrar_token_pattern(registrar: Registrar) -> String {
     }
 }
 
-pub const REGISTRARS: &[Registrar] = &[
-    Registrar::Cloudflare,
-    Registrar::Namecheap,
-    Registrar::Godaddy,
-    Registrar::Ovh,
-    Registrar::Dynadot,
-];
-
 // ---------------------------------------------------------------------------
 // SSH keys: the exact wire format of every accepted key shape
 // ---------------------------------------------------------------------------
@@ -373,9 +365,9 @@ pub fn apply(doc: &mut Value) {
                 Some("byo-manual") => merge(prop(b, "fqdn"), fqdn),
                 Some("byo-api") => {
                     merge(prop(b, "fqdn"), fqdn);
-                    let rules: Vec<Value> = REGISTRARS
-                        .iter()
-                        .map(|&r| {
+                    let rules: Vec<Value> = Registrar::all()
+                        .into_iter()
+                        .map(|r| {
                             json!({
                                 "if": { "properties": { "registrar": { "const": r } } },
                                 "then": { "properties": { "registrar_token": {

@@ -108,7 +108,7 @@ pub async fn events(
             .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream"))
     });
     if wants_json {
-        let limit = q.limit.unwrap_or(PAGE).clamp(1, PAGE);
+        let limit = q.limit.unwrap_or(PAGE);
         let evs = st
             .store
             .events_after(id, after, limit)

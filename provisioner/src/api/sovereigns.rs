@@ -32,12 +32,10 @@ fn idempotency(
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(v) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
     // Exactly the document's pattern, `^[!-~]{1,200}$`: no spaces inside.
-    let bytes = v.as_bytes();
-    let key = (1..=200)
-        .contains(&bytes.len())
-        .then(|| bytes.iter().all(|b| (b'!'..=b'~').contains(b)))
-        .filter(|ok| *ok)
-        .and_then(|_| v.to_str().ok())
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| (1..=200).contains(&k.len()) && k.bytes().all(|b| (b'!'..=b'~').contains(&b)))
         .ok_or_else(|| {
             ApiError::invalid("Idempotency-Key", "must be 1 to 200 visible ASCII characters")
         })?;

@@ -40,15 +40,10 @@ fn recipients() -> &'static [String] {
 }
 
 fn sample() -> Value {
-    cz_phases::testing::sample_body("acme", 3, 2, &"t".repeat(64), &recipients()[0])
-        .as_object()
-        .map(|o| {
-            let mut v = Value::Object(o.clone());
-            v["custody"]["custodians"][1]["recipient"] = recipients()[1].clone().into();
-            v["custody"]["custodians"][2]["recipient"] = recipients()[2].clone().into();
-            v
-        })
-        .unwrap()
+    let mut v = cz_phases::testing::sample_body("acme", 3, 2, &"t".repeat(64), &recipients()[0]);
+    v["custody"]["custodians"][1]["recipient"] = recipients()[1].clone().into();
+    v["custody"]["custodians"][2]["recipient"] = recipients()[2].clone().into();
+    v
 }
 
 /// Text near every edge: arbitrary Unicode, whitespace, hidden characters.

@@ -128,6 +128,15 @@ impl SimCloud {
         &self.world
     }
 
+    /// One modelled API call: its latency and failure rules (`op`), then
+    /// the `requests` it spends from the project's budget. `list` and
+    /// `find_by_name` cost one request per kind, as the real client lists
+    /// each kind.
+    async fn api(&self, op: &str, latency_ms: u64, requests: u32) -> Result<(), StepError> {
+        self.world.op(op, latency_ms).await?;
+        self.world.charge(requests).await
+    }
+
     fn check_kind(kind: &str, op: &str) -> Result<(), StepError> {
         if KINDS.contains(&kind) {
             Ok(())
@@ -332,14 +341,12 @@ impl SimCloud {
 #[async_trait]
 impl CloudApi for SimCloud {
     async fn token_scope(&self, token: &SecretString) -> AdapterResult<TokenScope> {
-        self.world.op("cloud.token_scope", 300).await?;
-        self.world.charge(1).await?;
+        self.api("cloud.token_scope", 300, 1).await?;
         check_token(token, System::Cloud, "token_scope", false)
     }
 
     async fn limits(&self, token: &SecretString) -> AdapterResult<ProjectLimits> {
-        self.world.op("cloud.limits", 150).await?;
-        self.world.charge(1).await?;
+        self.api("cloud.limits", 150, 1).await?;
         check_token(token, System::Cloud, "limits", false)?;
         let mut limit = BTreeMap::new();
         for kind in ["server", "load_balancer", "network", "placement_group"] {
@@ -355,8 +362,7 @@ impl CloudApi for SimCloud {
     }
 
     async fn locations(&self, token: &SecretString) -> AdapterResult<Vec<String>> {
-        self.world.op("cloud.locations", 100).await?;
-        self.world.charge(1).await?;
+        self.api("cloud.locations", 100, 1).await?;
         check_token(token, System::Cloud, "locations", false)?;
         Ok(LOCATIONS.iter().map(|s| (*s).to_owned()).collect())
     }
@@ -366,8 +372,7 @@ impl CloudApi for SimCloud {
         token: &SecretString,
         name: &str,
     ) -> AdapterResult<Option<ServerType>> {
-        self.world.op("cloud.server_type", 100).await?;
-        self.world.charge(1).await?;
+        self.api("cloud.server_type", 100, 1).await?;
         check_token(token, System::Cloud, "server_type", false)?;
         Ok(server_type_table(name))
     }
@@ -377,16 +382,13 @@ impl CloudApi for SimCloud {
         token: &SecretString,
         name: &str,
     ) -> AdapterResult<Option<LoadBalancerType>> {
-        self.world.op("cloud.load_balancer_type", 100).await?;
-        self.world.charge(1).await?;
+        self.api("cloud.load_balancer_type", 100, 1).await?;
         check_token(token, System::Cloud, "load_balancer_type", false)?;
         Ok(load_balancer_type_table(name))
     }
 
     async fn list(&self, token: &SecretString, selector: &str) -> AdapterResult<Vec<CloudObject>> {
-        self.world.op("cloud.list", 200).await?;
-        // The real client lists each kind: one request per kind and page.
-        self.world.charge(KINDS.len() as u32).await?;
+        self.api("cloud.list", 200, KINDS.len() as u32).await?;
         check_token(token, System::Cloud, "list", false)?;
         let sel = Selector::parse(selector).map_err(|m| {
             invalid("list", format!("invalid_input: label_selector `{selector}`: {m}"))
@@ -402,16 +404,13 @@ impl CloudApi for SimCloud {
         token: &SecretString,
         name: &str,
     ) -> AdapterResult<Vec<CloudObject>> {
-        self.world.op("cloud.find_by_name", 200).await?;
-        // The real client lists each kind: one request per kind and page.
-        self.world.charge(KINDS.len() as u32).await?;
+        self.api("cloud.find_by_name", 200, KINDS.len() as u32).await?;
         check_token(token, System::Cloud, "find_by_name", false)?;
         Ok(self.all_objects().await?.into_iter().filter(|o| o.name == name).collect())
     }
 
     async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()> {
-        self.world.op("cloud.delete", delete_latency(&obj.kind)).await?;
-        self.world.charge(1).await?;
+        self.api("cloud.delete", delete_latency(&obj.kind), 1).await?;
         check_token(token, System::Cloud, "delete", true)?;
         self.remove(&obj.kind, obj.id).await?;
         Ok(())
