@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use cz_adapters::cloud::catalogue::{PLACEMENT_GROUPS_PER_PROJECT, SERVERS_PER_NETWORK};
 use cz_adapters::labels::LABEL_JOB;
 use cz_adapters::{InfraModule, ProjectLimits, TokenScope};
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
@@ -29,6 +30,7 @@ use cz_engine::{action, no_undo};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{fqdn, job_token, precondition, regions, slug};
+use crate::infra::layout::RegionLayout;
 use crate::request::{Region, Registrar};
 use crate::{Registry, StepCtx, release};
 
@@ -210,7 +212,6 @@ async fn catalog(cx: &StepCtx) -> StepResult<Catalog> {
     let regions = regions(cx)?;
     let cloud = &cx.env.cloud;
     let locations = cloud.locations(&token).await?;
-    let lb_type = release::load_balancer_type();
     let mut prices = BTreeMap::new();
     let mut missing = Vec::new();
     for (i, r) in regions.iter().enumerate() {
@@ -237,8 +238,16 @@ async fn catalog(cx: &StepCtx) -> StepResult<Catalog> {
                 }
             }
         }
+        let lb_type = r.load_balancer_type();
         match cloud.load_balancer_type(&token, lb_type).await? {
             Some(t) => match t.prices.get(&r.location) {
+                Some(_) if RegionLayout::of(r).load_balancer_targets > t.max_targets => missing
+                    .push(format!(
+                        "regions[{i}].load_balancer.type: {lb_type} takes at most {} targets, \
+                         the region has {}",
+                        t.max_targets,
+                        RegionLayout::of(r).load_balancer_targets
+                    )),
                 Some(p) => {
                     prices.insert(format!("{}/{lb_type}", r.location), *p);
                 }
@@ -257,34 +266,36 @@ async fn catalog(cx: &StepCtx) -> StepResult<Catalog> {
     Ok(Catalog { prices })
 }
 
-fn servers_in(r: &Region) -> u32 {
-    r.control_plane.count + r.workers.count
-}
-
 async fn quotas(cx: &StepCtx) -> StepResult<Quotas> {
     let token = job_token(cx).await?;
     let regions = regions(cx)?;
     let limits = cx.env.cloud.limits(&token).await?;
-    let servers: u32 = regions.iter().map(servers_in).sum();
-    let groups: u32 = regions.iter().map(|r| 1 + r.workers.count.div_ceil(10)).sum();
+    let layouts: Vec<RegionLayout> = regions.iter().map(RegionLayout::of).collect();
+    let servers: u32 = layouts.iter().map(RegionLayout::servers).sum();
+    let groups: u32 = layouts.iter().map(|l| l.placement_groups).sum();
+    let networks = layouts.iter().filter(|l| l.private_network).count() as u32;
     let n = regions.len() as u32;
     let mut short = Vec::new();
-    for (what, need, l) in [
-        ("servers", servers, limits.servers),
-        ("load balancers", n, limits.load_balancers),
-        ("networks", n, limits.networks),
-        ("placement groups", groups, limits.placement_groups),
+    // The project's placement groups are capped at 50 whatever its quota.
+    let mut group_limit = limits.placement_groups;
+    group_limit.max = group_limit.max.min(PLACEMENT_GROUPS_PER_PROJECT);
+    for (what, field, need, l) in [
+        ("servers", "regions[*].workers.count", servers, limits.servers),
+        ("load balancers", "regions", n, limits.load_balancers),
+        ("networks", "regions[*].network", networks, limits.networks),
+        ("placement groups", "regions[*].workers.count", groups, group_limit),
     ] {
         if l.used + need > l.max {
-            short.push(format!("{what}: need {need}, {} of {} in use", l.used, l.max));
+            short.push(format!("{field}: {what}: need {need}, {} of {} in use", l.used, l.max));
         }
     }
-    for r in &regions {
-        if servers_in(r) > 100 {
+    for (i, (r, l)) in regions.iter().zip(&layouts).enumerate() {
+        if l.private_network && l.servers() > SERVERS_PER_NETWORK {
             short.push(format!(
-                "region {}: {} servers exceed 100 per network",
+                "regions[{i}].network: region {}: {} servers exceed {SERVERS_PER_NETWORK} per \
+                 private network",
                 r.location,
-                servers_in(r)
+                l.servers()
             ));
         }
     }
@@ -334,10 +345,10 @@ async fn names_free(cx: &StepCtx) -> StepResult<NamesFree> {
 
 async fn cost_preview(cx: &StepCtx) -> StepResult<CostPreview> {
     let Catalog { prices } = cx.lookup("preflight/catalog")?;
-    let lb_type = release::load_balancer_type();
     let mut per_region = Vec::new();
     let (mut hourly, mut monthly) = (0.0, 0.0);
     for r in regions(cx)? {
+        let lb_type = r.load_balancer_type();
         let p =
             |sku: &str| prices.get(&format!("{}/{sku}", r.location)).copied().unwrap_or((0.0, 0.0));
         let cp = p(&r.control_plane.sku);

@@ -198,6 +198,42 @@ api_error(
     "a firewall still applied to a server",
 )
 
+# Hetzner's fixed limits: a spread group holds 10 servers; each load
+# balancer type its own number of targets.
+r = c.placement_groups.create(name="pg-full", type="spread", labels=labels("full"))
+full = r.placement_group
+members = []
+for i in range(10):
+    r = c.servers.create(
+        name=f"srv-pg-{i}",
+        server_type=ServerType(name="cx23"),
+        image=Image(name="ubuntu-24.04"),
+        location=Location(name="fsn1"),
+        placement_group=full,
+        labels=labels("full"),
+    )
+    wait(r.action)
+    members.append(r.server)
+check(len(c.placement_groups.get_by_id(full.id).servers) == 10, "the group lists its servers")
+check(members[0].placement_group.id == full.id, "a server names its group")
+api_error(
+    {"placement_error"},
+    lambda: c.servers.create(
+        name="srv-pg-10",
+        server_type=ServerType(name="cx23"),
+        image=Image(name="ubuntu-24.04"),
+        location=Location(name="fsn1"),
+        placement_group=full,
+    ),
+    "an eleventh server in a spread group",
+)
+wanted = {"lb11": 25, "lb21": 75, "lb31": 150}
+for t in c.load_balancer_types.get_all():
+    check(t.max_targets == wanted[t.name], f"{t.name} takes {t.max_targets} targets")
+step("load balancer types' targets")
+servers.extend(members)
+pgs.append(full)
+
 for kind, client, made in [
     ("servers", c.servers, servers),
     ("load_balancers", c.load_balancers, lbs),

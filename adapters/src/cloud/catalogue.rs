@@ -53,7 +53,22 @@ pub const SERVER_TYPE_NAMES: [&str; SERVER_TYPES.len()] = {
     names
 };
 
-const LB_TYPES: &[(&str, f64)] = &[("lb11", 5.39), ("lb21", 16.40), ("lb31", 32.90)];
+/// (name, EU monthly gross EUR, most targets).
+const LB_TYPES: &[(&str, f64, u32)] =
+    &[("lb11", 5.39, 25), ("lb21", 16.40, 75), ("lb31", 32.90, 150)];
+
+/// The load balancer types' names, smallest first.
+pub const LOAD_BALANCER_TYPE_NAMES: [&str; 3] = ["lb11", "lb21", "lb31"];
+
+// Hetzner's fixed limits (not per-project quotas, which the API reports):
+// the plan of a region keeps within them, and the fakes enforce them.
+
+/// Servers one private network holds.
+pub const SERVERS_PER_NETWORK: u32 = 100;
+/// Servers one spread placement group holds.
+pub const SERVERS_PER_PLACEMENT_GROUP: u32 = 10;
+/// Placement groups one project holds.
+pub const PLACEMENT_GROUPS_PER_PROJECT: u32 = 50;
 
 fn location_factor(loc: &str) -> f64 {
     match loc {
@@ -89,6 +104,6 @@ pub fn server_type_table(name: &str) -> Option<ServerType> {
 
 /// A load balancer type by name, with its price per location.
 pub fn load_balancer_type_table(name: &str) -> Option<LoadBalancerType> {
-    let &(n, eu) = LB_TYPES.iter().find(|t| t.0 == name)?;
-    Some(LoadBalancerType { name: n.to_owned(), prices: prices(eu, &LOCATIONS) })
+    let &(n, eu, max_targets) = LB_TYPES.iter().find(|t| t.0 == name)?;
+    Some(LoadBalancerType { name: n.to_owned(), max_targets, prices: prices(eu, &LOCATIONS) })
 }

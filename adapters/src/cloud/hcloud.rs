@@ -836,6 +836,7 @@ impl CloudApi for HcloudClient {
         };
         Ok(Some(LoadBalancerType {
             name: name.to_owned(),
+            max_targets: t.get("max_targets").and_then(Value::as_u64).unwrap_or(0) as u32,
             prices: prices_of(t).map_err(|m| malformed(op, m))?,
         }))
     }

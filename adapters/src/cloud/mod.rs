@@ -73,6 +73,9 @@ pub struct ServerType {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoadBalancerType {
     pub name: String,
+    /// How many targets (servers, label-selected ones each counted) it
+    /// takes.
+    pub max_targets: u32,
     pub prices: BTreeMap<String, (f64, f64)>,
 }
 

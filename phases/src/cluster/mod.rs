@@ -452,14 +452,14 @@ async fn run_ok(
 
 async fn k3s(cx: &StepCtx) -> StepResult<K3sInstalled> {
     let K3sParams { location: loc, suffix, role, first } = cx.params()?;
-    let (h, fp, _) = pinned(cx, &suffix)?;
+    let (h, fp, me) = pinned(cx, &suffix)?;
     let out = outputs(cx)?;
     let k = key(cx).await?;
     let first_ip = out
         .servers
         .iter()
         .find(|s| s.role == "control-plane")
-        .map(|s| s.private_ip.clone())
+        .map(|s| s.node_ip().to_owned())
         .unwrap_or_default();
     // Guard: installed at this version already? Then nothing to do.
     if cx.env.ssh.run(&h, &fp, &k, &format!("test -f {}", at(&marker()))).await?.status == 0 {
@@ -473,8 +473,15 @@ async fn k3s(cx: &StepCtx) -> StepResult<K3sInstalled> {
     }
     let sent = upload_artifacts(cx, &h, &fp, &k).await?;
     let token = cx.secret(&token_name(&loc)).await?;
-    let cfg =
-        k3s_config(&role, first, token.expose(), &first_ip, &out.load_balancer.ipv4, &fqdn(cx)?);
+    let cfg = k3s_config(
+        &role,
+        first,
+        token.expose(),
+        &first_ip,
+        me.node_ip(),
+        &out.load_balancer.ipv4,
+        &fqdn(cx)?,
+    );
     cx.env.ssh.upload(&h, &fp, &k, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600).await?;
     cx.env
         .ssh
@@ -519,11 +526,11 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
 async fn cilium(cx: &StepCtx) -> StepResult<CiliumChart> {
     let out = outputs(cx)?;
     let (h, fp, first) = first_server(cx, &out)?;
-    let body = cilium_manifest(&first.private_ip)?;
+    let body = cilium_manifest(first.node_ip())?;
     cx.env.ssh.upload(&h, &fp, &key(cx).await?, CILIUM_MANIFEST, body.as_bytes(), 0o600).await?;
     Ok(CiliumChart {
         chart_version: release::cilium_chart_version().into(),
-        k8s_service_host: first.private_ip,
+        k8s_service_host: first.node_ip().to_owned(),
     })
 }
 

@@ -17,10 +17,16 @@ pub fn k3s_config(
     first: bool,
     token: &str,
     first_ip: &str,
+    node_ip: &str,
     lb_ip: &str,
     fqdn: &str,
 ) -> String {
     let mut c = format!("token: \"{token}\"\n");
+    // The address the node registers and Cilium's tunnel and WireGuard use:
+    // the private one where the region has a network, else the public one
+    // (K3s would otherwise pick the default route's, the public interface,
+    // even beside a private network).
+    c.push_str(&format!("node-ip: \"{node_ip}\"\n"));
     if role == "server" {
         // The K3s settings the release pins (identical on every server: K3s
         // refuses a join on a "critical configuration value mismatch").

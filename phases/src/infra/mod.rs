@@ -41,6 +41,7 @@
 //! the provider's refresh would. A tofu left running by a killed daemon is
 //! stopped first (see `cz_adapters::tofu::cli`).
 
+pub mod layout;
 pub mod render;
 
 use std::collections::BTreeMap;
@@ -166,57 +167,99 @@ pub fn object_names(slug: &str, r: &Region) -> Vec<String> {
 /// the render testable without a cloud.
 pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Resource> {
     let l = &r.location;
+    let plan = layout::RegionLayout::of(r);
     let lab = |role: &str| match cx {
         Some((cx, fqdn)) => labels(cx, fqdn, role, l),
         None => Default::default(),
     };
-    let mut out = vec![
-        Resource {
-            address: "hcloud_network.main".into(),
-            kind: "network".into(),
-            name: format!("{slug}-{l}-net"),
-            labels: lab("network"),
-            attrs: json!({ "ip_range": "10.0.0.0/16", "subnet": "10.0.1.0/24",
-                           "network_zone": render::network_zone(l) }),
-        },
-        Resource {
-            address: "hcloud_firewall.main".into(),
-            kind: "firewall".into(),
-            name: format!("{slug}-{l}-fw"),
-            labels: lab("firewall"),
-            attrs: json!({ "open": [80, 443], "restricted": [22, 6443] }),
-        },
-        Resource {
-            address: "hcloud_ssh_key.main".into(),
-            kind: "ssh_key".into(),
-            name: format!("{slug}-{l}-key"),
-            labels: lab("ssh-key"),
-            attrs: json!({}),
-        },
-        Resource {
-            address: "hcloud_placement_group.cp".into(),
-            kind: "placement_group".into(),
-            name: format!("{slug}-{l}-pg-cp"),
-            labels: lab("placement-group"),
-            attrs: json!({ "type": "spread" }),
-        },
-    ];
-    for g in 0..r.workers.count.div_ceil(10) {
-        out.push(Resource {
-            address: format!("hcloud_placement_group.workers[{g}]"),
-            kind: "placement_group".into(),
-            name: format!("{slug}-{l}-pg-w{}", g + 1),
-            labels: lab("placement-group"),
-            attrs: json!({ "type": "spread" }),
-        });
+    let res = |address: String, kind: &str, name: String, role: &str, attrs: Value| Resource {
+        address,
+        kind: kind.into(),
+        name,
+        labels: lab(role),
+        attrs,
+    };
+    let network = format!("{slug}-{l}-net");
+    let mut out = Vec::new();
+    if plan.private_network {
+        out.push(res(
+            "hcloud_network.main".into(),
+            "network",
+            network.clone(),
+            "network",
+            json!({ "ip_range": render::NETWORK_IP_RANGE, "subnet": render::SUBNET_IP_RANGE,
+                    "network_zone": render::network_zone(l) }),
+        ));
     }
+    out.push(res(
+        "hcloud_firewall.main".into(),
+        "firewall",
+        format!("{slug}-{l}-fw"),
+        "firewall",
+        json!({ "open": [80, 443], "restricted": [22, 6443] }),
+    ));
+    if !plan.private_network {
+        // The cluster's ports, open to the region's own servers only.
+        out.push(res(
+            "hcloud_firewall.nodes".into(),
+            "firewall",
+            format!("{slug}-{l}-nodes"),
+            "firewall",
+            json!({ "nodes": render::NODE_PORTS.iter().map(|(p, port)| format!("{p}/{port}")).collect::<Vec<_>>() }),
+        ));
+    }
+    out.push(res(
+        "hcloud_ssh_key.main".into(),
+        "ssh_key",
+        format!("{slug}-{l}-key"),
+        "ssh-key",
+        json!({}),
+    ));
+    let group = |g: u32| format!("{slug}-{l}-pg{}", g + 1);
+    for g in 0..plan.placement_groups {
+        out.push(res(
+            format!("hcloud_placement_group.spread[{g}]"),
+            "placement_group",
+            group(g),
+            "placement-group",
+            json!({ "type": "spread" }),
+        ));
+    }
+    let net = if plan.private_network { json!(network) } else { Value::Null };
     for i in 0..r.control_plane.count {
-        out.push(Resource { address: format!("hcloud_server.cp[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-cp{}", i + 1), labels: lab("control-plane"), attrs: json!({ "server_type": r.control_plane.sku, "location": l, "image": release::server_image(), "role": "control-plane", "index": i }) });
+        out.push(res(
+            format!("hcloud_server.cp[{i}]"),
+            "server",
+            format!("{slug}-{l}-cp{}", i + 1),
+            "control-plane",
+            json!({ "server_type": r.control_plane.sku, "location": l,
+                    "image": release::server_image(), "role": "control-plane", "index": i,
+                    "placement_group": group(plan.group_of_control_plane(i)), "network": net }),
+        ));
     }
     for i in 0..r.workers.count {
-        out.push(Resource { address: format!("hcloud_server.worker[{i}]"), kind: "server".into(), name: format!("{slug}-{l}-w{}", i + 1), labels: lab("worker"), attrs: json!({ "server_type": r.workers.sku, "location": l, "image": release::server_image(), "role": "worker", "index": i }) });
+        out.push(res(
+            format!("hcloud_server.worker[{i}]"),
+            "server",
+            format!("{slug}-{l}-w{}", i + 1),
+            "worker",
+            json!({ "server_type": r.workers.sku, "location": l,
+                    "image": release::server_image(), "role": "worker", "index": i,
+                    "placement_group": group(plan.group_of_worker(i)), "network": net }),
+        ));
     }
-    out.push(Resource { address: "hcloud_load_balancer.main".into(), kind: "load_balancer".into(), name: format!("{slug}-{l}-lb"), labels: lab("load-balancer"), attrs: json!({ "type": release::load_balancer_type(), "services": [80, 443, 6443], "targets": "control-plane" }) });
+    let targets = match r.load_balancer.targets {
+        crate::request::LoadBalancerTargets::ControlPlane => "control-plane",
+        crate::request::LoadBalancerTargets::AllNodes => "all-nodes",
+    };
+    out.push(res(
+        "hcloud_load_balancer.main".into(),
+        "load_balancer",
+        format!("{slug}-{l}-lb"),
+        "load-balancer",
+        json!({ "type": plan.load_balancer_type, "services": render::LB_PORTS,
+                "targets": targets, "target_count": plan.load_balancer_targets }),
+    ));
     out
 }
 
@@ -603,7 +646,21 @@ pub struct Server {
     pub id: i64,
     pub role: String,
     pub ipv4: String,
+    /// Empty where the region has no private network (tofu's `null`).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub private_ip: String,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+impl Server {
+    /// The address the cluster uses between nodes: the private one, or the
+    /// public one in a region without a private network.
+    pub fn node_ip(&self) -> &str {
+        if self.private_ip.is_empty() { &self.ipv4 } else { &self.private_ip }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::release;
-use crate::request::Region;
+use crate::request::{LoadBalancerTargets, Region};
 
 /// The private network of a region and the subnet its servers live in; the
 /// same values as the manifest of [`super::desired`].
@@ -44,8 +44,21 @@ pub const SUBNET_IP_RANGE: &str = "10.0.1.0/24";
 pub const CP_IP_OFFSET: u32 = 2;
 pub const WORKER_IP_OFFSET: u32 = 11;
 pub const LB_PRIVATE_IP: &str = "10.0.1.254";
-/// Hetzner's limit of servers in one spread placement group.
-pub const SERVERS_PER_PLACEMENT_GROUP: u32 = 10;
+pub use cz_adapters::cloud::catalogue::SERVERS_PER_PLACEMENT_GROUP;
+/// What the `<prefix>-nodes` firewall opens to the region's own servers when
+/// they talk over their public interfaces: the Kubernetes API (agents), etcd
+/// between control planes, the kubelet, Cilium's health checks and Hubble's
+/// peer service, WireGuard (Cilium's encryption) and VXLAN (its tunnel).
+pub const NODE_PORTS: [(&str, &str); 8] = [
+    ("tcp", "6443"),
+    ("tcp", "2379-2380"),
+    ("tcp", "10250"),
+    ("tcp", "4240"),
+    ("tcp", "4244"),
+    ("udp", "51871"),
+    ("udp", "8472"),
+    ("icmp", ""),
+];
 /// The load balancer's TCP services, all targeting the control planes.
 pub const LB_PORTS: [u16; 3] = [80, 443, 6443];
 /// File name suffix of a template; the rendered file drops it.
@@ -68,6 +81,10 @@ pub struct RenderInput {
     pub provisioner_cidrs: Vec<String>,
     pub image: String,
     pub load_balancer_type: String,
+    /// `control-plane` or `all-nodes`.
+    pub load_balancer_targets: String,
+    /// Whether the servers share a private network ([`super::layout`]).
+    pub private_network: bool,
 }
 
 impl RenderInput {
@@ -92,7 +109,12 @@ impl RenderInput {
             ssh_public_keys: ssh_public_keys.to_vec(),
             provisioner_cidrs: provisioner_cidrs.to_vec(),
             image: release::server_image().to_owned(),
-            load_balancer_type: release::load_balancer_type().to_owned(),
+            load_balancer_type: region.load_balancer_type().to_owned(),
+            load_balancer_targets: match region.load_balancer.targets {
+                LoadBalancerTargets::ControlPlane => "control-plane".into(),
+                LoadBalancerTargets::AllNodes => "all-nodes".into(),
+            },
+            private_network: super::layout::RegionLayout::of(region).private_network,
         })
     }
 }
@@ -177,6 +199,16 @@ pub fn render_offline(
 ) -> Result<BTreeMap<String, String>, RenderError> {
     use serde_json::json;
     validate(input)?;
+    if !input.private_network {
+        // Its nodes firewall needs the servers' addresses in its rules,
+        // which the stand-in's create-time lookups do not resolve.
+        return Err(RenderError::Input {
+            field: "private_network",
+            reason: "the offline stand-in module builds private-network regions only (at most \
+                     100 servers); a public-interface region needs the hcloud provider"
+                .into(),
+        });
+    }
     let prefix = format!("{}-{}", input.slug, input.location);
     let id_of_kind = |kind: &str| {
         resources
@@ -208,17 +240,14 @@ pub fn render_offline(
                 ]);
             }
             "server" => {
-                let index = r.attrs.get("index").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                let pg =
-                    if r.attrs.get("role").and_then(serde_json::Value::as_str) == Some("worker") {
-                        let g = index / u64::from(SERVERS_PER_PLACEMENT_GROUP);
-                        depends_on.push(format!("placement_group_workers_{g}"));
-                        format!("{prefix}-pg-w{}", g + 1)
-                    } else {
-                        depends_on.push("placement_group_cp".to_owned());
-                        format!("{prefix}-pg-cp")
-                    };
-                attrs["placement_group"] = json!(pg);
+                // The manifest names the server's group.
+                let pg = r.attrs.get("placement_group").and_then(serde_json::Value::as_str);
+                depends_on.extend(
+                    resources
+                        .iter()
+                        .filter(|g| g.kind == "placement_group" && Some(g.name.as_str()) == pg)
+                        .map(|g| offline_id(&g.address)),
+                );
                 attrs["user_data"] = json!(cloud_init);
                 attrs["network"] = json!(format!("{prefix}-net"));
                 attrs["firewall"] = json!(format!("{prefix}-fw"));
@@ -233,14 +262,8 @@ pub fn render_offline(
                     .iter()
                     .map(|p| json!({"protocol": "tcp", "listen_port": p, "destination_port": p}))
                     .collect();
-                let selector = format!(
-                    "{}={},{}=control-plane",
-                    cz_adapters::labels::LABEL_SOVEREIGN,
-                    input.slug,
-                    cz_adapters::labels::LABEL_ROLE
-                );
-                attrs["targets"] =
-                    json!([{"type": "label_selector", "label_selector": {"selector": selector}}]);
+                attrs["targets"] = json!([{"type": "label_selector",
+                                           "label_selector": {"selector": lb_selector(input)}}]);
                 depends_on.push(id_of_kind("network"));
                 depends_on.extend(
                     resources
@@ -375,7 +398,20 @@ fn context(i: &RenderInput) -> tera::Context {
     cx.insert("cp_count", &i.control_plane.1);
     cx.insert("worker_sku", &i.workers.0);
     cx.insert("worker_count", &i.workers.1);
-    cx.insert("worker_groups", &i.workers.1.div_ceil(SERVERS_PER_PLACEMENT_GROUP));
+    cx.insert(
+        "placement_groups",
+        &(i.control_plane.1 + i.workers.1).div_ceil(SERVERS_PER_PLACEMENT_GROUP),
+    );
+    cx.insert("private_network", &i.private_network);
+    cx.insert("lb_selector", &lb_selector(i));
+    cx.insert("lb_all_nodes", &(i.load_balancer_targets == "all-nodes"));
+    cx.insert(
+        "node_ports",
+        &NODE_PORTS
+            .iter()
+            .map(|(p, port)| serde_json::json!({"protocol": p, "port": port}))
+            .collect::<Vec<_>>(),
+    );
     cx.insert("servers_per_placement_group", &SERVERS_PER_PLACEMENT_GROUP);
     cx.insert("ssh_public_keys", &i.ssh_public_keys);
     cx.insert("ssh_key", &i.ssh_public_keys[0]);
@@ -392,6 +428,17 @@ fn context(i: &RenderInput) -> tera::Context {
     // tested against, pinned in the release.
     cx.insert("hcloud_provider_version", release::hcloud_provider_version());
     cx
+}
+
+/// The load balancer's label selector: the region's control planes, or
+/// all its servers.
+fn lb_selector(i: &RenderInput) -> String {
+    use cz_adapters::labels::{LABEL_REGION, LABEL_ROLE, LABEL_SOVEREIGN};
+    let role = match i.load_balancer_targets.as_str() {
+        "all-nodes" => String::new(),
+        _ => format!(",{LABEL_ROLE}=control-plane"),
+    };
+    format!("{LABEL_SOVEREIGN}={},{LABEL_REGION}={}{role}", i.slug, i.location)
 }
 
 /// A double-quoted HCL string literal: JSON escaping plus HCL's template
@@ -433,6 +480,17 @@ fn validate(i: &RenderInput) -> Result<(), RenderError> {
         return bad(
             "workers.count",
             format!("{} (at most {})", i.workers.1, crate::request::MAX_WORKERS),
+        );
+    }
+    if i.private_network
+        && i.control_plane.1 + i.workers.1 > cz_adapters::cloud::catalogue::SERVERS_PER_NETWORK
+    {
+        return bad("private_network", "a private network holds at most 100 servers".into());
+    }
+    if !matches!(i.load_balancer_targets.as_str(), "control-plane" | "all-nodes") {
+        return bad(
+            "load_balancer_targets",
+            format!("`{}` (control-plane or all-nodes)", i.load_balancer_targets),
         );
     }
     if i.ssh_public_keys.is_empty() {

@@ -403,6 +403,17 @@ pub fn apply(doc: &mut Value) {
                 "description": format!("0 to {MAX_WORKERS} workers."),
             }),
         );
+        region.insert("allOf".into(), Value::Array(region_limits()));
+        region.insert(
+            "description".into(),
+            json!(
+                "One region of the Sovereign: a cluster in one provider location. \
+                   Hetzner's fixed limits bound its size: 10 servers per spread placement \
+                   group and 50 groups per project (so at most 500 servers), 100 servers \
+                   per private network, and the load balancer type's targets \
+                   (lb11 25, lb21 75, lb31 150)."
+            ),
+        );
     }
     let distinct_locations: Vec<Value> = HETZNER_LOCATIONS
         .iter()
@@ -496,6 +507,69 @@ fn custody_branches() -> Vec<Value> {
         }
     }
     out
+}
+
+/// Hetzner's fixed limits on a region (`crate::infra::layout::check`), as
+/// `if`/`then` on the control-plane count: the workers that fit beside 1
+/// or 3 control planes.
+fn region_limits() -> Vec<Value> {
+    use cz_adapters::cloud::catalogue::{
+        LOAD_BALANCER_TYPE_NAMES, PLACEMENT_GROUPS_PER_PROJECT, SERVERS_PER_NETWORK,
+        SERVERS_PER_PLACEMENT_GROUP, load_balancer_type_table,
+    };
+    let most_workers = |cp: u32, servers: u32, when: Value| {
+        let mut cond = json!({
+            "properties": { "control_plane": {
+                "properties": { "count": { "const": cp } }, "required": ["count"] } },
+            "required": ["control_plane"],
+        });
+        if let (Value::Object(c), Value::Object(w)) = (&mut cond, when) {
+            for (k, v) in w {
+                match (c.get_mut(k.as_str()), v) {
+                    (Some(Value::Object(a)), Value::Object(b)) => a.extend(b),
+                    (Some(Value::Array(a)), Value::Array(b)) => a.extend(b),
+                    (_, v) => {
+                        c.insert(k, v);
+                    }
+                }
+            }
+        }
+        json!({ "if": cond, "then": { "properties": { "workers": { "properties": {
+            "count": { "maximum": servers.saturating_sub(cp) } } } } } })
+    };
+    let mut rules = Vec::new();
+    for cp in [1, 3] {
+        rules.push(most_workers(
+            cp,
+            PLACEMENT_GROUPS_PER_PROJECT * SERVERS_PER_PLACEMENT_GROUP,
+            json!({}),
+        ));
+        rules.push(most_workers(
+            cp,
+            SERVERS_PER_NETWORK,
+            json!({ "properties": { "network": { "const": "private" } }, "required": ["network"] }),
+        ));
+        for name in LOAD_BALANCER_TYPE_NAMES {
+            let t = load_balancer_type_table(name).expect("a catalogue type");
+            // An absent type is the release's.
+            let lb = if name == crate::release::load_balancer_type() {
+                json!({ "properties": { "targets": { "const": "all-nodes" } },
+                        "required": ["targets"],
+                        "anyOf": [{ "properties": { "type": { "const": name } } },
+                                  { "not": { "required": ["type"] } }] })
+            } else {
+                json!({ "properties": { "targets": { "const": "all-nodes" },
+                                        "type": { "const": name } },
+                        "required": ["targets", "type"] })
+            };
+            rules.push(most_workers(
+                cp,
+                t.max_targets,
+                json!({ "properties": { "load_balancer": lb }, "required": ["load_balancer"] }),
+            ));
+        }
+    }
+    rules
 }
 
 fn object<'a>(

@@ -85,7 +85,7 @@ pub const SSH_KEY_TYPES: &[&str] = &[
 /// At most this many regions per Sovereign.
 pub const MAX_REGIONS: usize = 8;
 /// At most this many workers per region.
-pub const MAX_WORKERS: u32 = 50;
+pub const MAX_WORKERS: u32 = 500;
 /// At most this many SSH keys.
 pub const MAX_SSH_KEYS: usize = 10;
 /// At most this many age recipients.
@@ -190,6 +190,81 @@ pub struct Region {
     pub location: String,
     pub control_plane: NodeGroup,
     pub workers: NodeGroup,
+    /// How the region's nodes reach each other. Default `auto`.
+    #[serde(default)]
+    pub network: NodeNetwork,
+    /// The region's load balancer. Default: the release's type, targeting
+    /// the control planes.
+    #[serde(default)]
+    pub load_balancer: LoadBalancerSpec,
+}
+
+/// How the nodes of a region reach each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeNetwork {
+    /// A Hetzner private network while the region has at most 100 servers
+    /// (the most one network holds); above that, the public interfaces
+    /// with Cilium's WireGuard encryption.
+    #[default]
+    Auto,
+    /// Always a private network: at most 100 servers.
+    Private,
+    /// Always the public interfaces, WireGuard-encrypted, as a region whose
+    /// nodes span network zones needs.
+    Public,
+}
+
+/// A region's load balancer: its type, and which servers it targets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerSpec {
+    /// The Hetzner type; absent means the release's pinned type. Each type
+    /// takes at most so many targets: lb11 25, lb21 75, lb31 150.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<LoadBalancerKind>,
+    /// Which servers it forwards to. Default `control-plane`.
+    #[serde(default)]
+    pub targets: LoadBalancerTargets,
+}
+
+/// Hetzner's load balancer types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalancerKind {
+    Lb11,
+    Lb21,
+    Lb31,
+}
+
+impl LoadBalancerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lb11 => "lb11",
+            Self::Lb21 => "lb21",
+            Self::Lb31 => "lb31",
+        }
+    }
+}
+
+/// The servers a load balancer forwards to; every service (80, 443, 6443)
+/// goes to every target, and Hetzner's per-service health checks keep
+/// traffic to the targets that listen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancerTargets {
+    /// The control planes (the API, and ingress where it runs there).
+    #[default]
+    ControlPlane,
+    /// Every server of the region: ingress on the workers.
+    AllNodes,
+}
+
+impl Region {
+    /// The load balancer's type name: the request's, else the release's.
+    pub fn load_balancer_type(&self) -> &str {
+        self.load_balancer.kind.map_or_else(crate::release::load_balancer_type, |k| k.as_str())
+    }
 }
 
 /// Cloud providers.
@@ -206,8 +281,8 @@ pub struct NodeGroup {
     /// Provider server type, e.g. `cpx32`.
     #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9-]+$")]
     pub sku: String,
-    /// Control planes: 1 or 3. Workers: 0 to 50.
-    #[schema(maximum = 50)]
+    /// Control planes: 1 or 3. Workers: 0 to 500.
+    #[schema(maximum = 500)]
     #[serde(deserialize_with = "whole::number")]
     pub count: u32,
 }
@@ -932,6 +1007,11 @@ fn check_regions(errs: &mut Errors, regions: &[Region]) {
                 format!("{p}.workers.count"),
                 format!("must be between 0 and {MAX_WORKERS}, got {}", r.workers.count),
             );
+        } else if matches!(r.control_plane.count, 1 | 3) {
+            // Hetzner's fixed limits on the region's shape.
+            for (field, message) in crate::infra::layout::check(&p, r) {
+                errs.add(field, message);
+            }
         }
     }
 }
@@ -1167,6 +1247,8 @@ mod tests {
             location: location.to_string(),
             control_plane: NodeGroup { sku: "cpx32".to_string(), count: 3 },
             workers: NodeGroup { sku: "cpx42".to_string(), count: 2 },
+            network: NodeNetwork::Auto,
+            load_balancer: LoadBalancerSpec::default(),
         }
     }
 
@@ -1464,13 +1546,21 @@ mod tests {
     }
 
     #[test]
-    fn worker_count_is_0_to_50() {
+    fn worker_count_is_0_to_500_within_the_placement_groups() {
         let mut req = sample();
         req.regions[0].workers.count = 0;
         req.validate().unwrap();
-        req.regions[0].workers.count = 50;
+        req.regions[0].workers.count = 497;
         req.validate().unwrap();
-        req.regions[0].workers.count = 51;
+        // 3 + 498 servers need 51 spread groups of 10; a project holds 50.
+        req.regions[0].workers.count = 498;
+        let e = req.validate().unwrap_err();
+        assert_eq!(e[0].path, "regions[0].workers.count");
+        assert!(e[0].message.contains("at most 50"), "{}", e[0].message);
+        req.regions[0].control_plane.count = 1;
+        req.regions[0].workers.count = 499;
+        req.validate().unwrap();
+        req.regions[0].workers.count = 501;
         assert_eq!(paths(&req), ["regions[0].workers.count"]);
     }
 

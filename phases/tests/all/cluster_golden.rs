@@ -28,9 +28,12 @@ fn golden(name: &str, got: &str) {
 #[test]
 fn node_files_match_their_golden_files() {
     let (first, lb, fqdn) = ("10.0.1.2", "203.0.113.50", "acme.omani.works");
-    golden("config-server-first.yaml", &k3s_config("server", true, TOKEN, first, lb, fqdn));
-    golden("config-server-join.yaml", &k3s_config("server", false, TOKEN, first, lb, fqdn));
-    golden("config-agent.yaml", &k3s_config("agent", false, TOKEN, first, lb, fqdn));
+    golden("config-server-first.yaml", &k3s_config("server", true, TOKEN, first, first, lb, fqdn));
+    golden(
+        "config-server-join.yaml",
+        &k3s_config("server", false, TOKEN, first, "10.0.1.3", lb, fqdn),
+    );
+    golden("config-agent.yaml", &k3s_config("agent", false, TOKEN, first, "10.0.1.11", lb, fqdn));
     let air = K3sSource::AirGap { dir: "/srv/artifacts".into() };
     let online = K3sSource::Download {
         script_url: "https://get.k3s.io".into(),
@@ -57,8 +60,8 @@ fn node_files_match_their_golden_files() {
 fn server_configs_carry_the_critical_flags_identically() {
     // K3s refuses a server join with "critical configuration value mismatch"
     // if these differ between servers.
-    let first = k3s_config("server", true, TOKEN, "10.0.1.2", "203.0.113.50", "a.b.c");
-    let join = k3s_config("server", false, TOKEN, "10.0.1.2", "203.0.113.50", "a.b.c");
+    let first = k3s_config("server", true, TOKEN, "10.0.1.2", "10.0.1.2", "203.0.113.50", "a.b.c");
+    let join = k3s_config("server", false, TOKEN, "10.0.1.2", "10.0.1.3", "203.0.113.50", "a.b.c");
     let critical = |c: &str| -> Vec<String> {
         c.lines()
             .filter(|l| {

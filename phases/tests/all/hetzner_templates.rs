@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use cz_phases::infra;
 use cz_phases::infra::render::{RenderError, RenderInput, render_hetzner};
 use cz_phases::request::{
-    HETZNER_LOCATIONS, HETZNER_SKUS, NodeGroup, Provider, ProvisionRequest, Region, parse_provision,
+    HETZNER_LOCATIONS, HETZNER_SKUS, LoadBalancerSpec, NodeGroup, NodeNetwork, Provider,
+    ProvisionRequest, Region, parse_provision,
 };
 use hcl::{Body, Expression, ObjectKey};
 use serde_json::{Value, json};
@@ -86,6 +87,14 @@ fn cases() -> Vec<(String, ProvisionRequest, Region)> {
     for r in &two.regions {
         out.push((format!("hetzner-two-region-{}", r.location), two.clone(), r.clone()));
     }
+    // Above a private network's 100 servers: public interfaces, 15 groups.
+    let large = request(json!([region("hel1", ("cpx32", 3), ("cpx22", 147))]));
+    out.push(("hetzner-large".to_owned(), large.clone(), large.regions[0].clone()));
+    // Ingress on every node, through a load balancer type that takes them.
+    let mut all = region("ash", ("cpx31", 3), ("cpx31", 20));
+    all["load_balancer"] = json!({ "type": "lb21", "targets": "all-nodes" });
+    let all = request(json!([all]));
+    out.push(("hetzner-all-nodes".to_owned(), all.clone(), all.regions[0].clone()));
     out
 }
 
@@ -403,6 +412,8 @@ fn every_accepted_location_and_sku_renders_to_that_value() {
                 location: loc.to_string(),
                 control_plane: NodeGroup { sku: sku.to_string(), count: 1 },
                 workers: NodeGroup { sku: sku.to_string(), count: 1 },
+                network: NodeNetwork::Auto,
+                load_balancer: LoadBalancerSpec::default(),
             };
             // The request schema accepts it…
             let one = request(json!([region(loc, (sku, 1), (sku, 1))]));
@@ -670,6 +681,19 @@ fn the_offline_module_mirrors_the_manifest_with_builtin_resources_only() {
     use cz_adapters::cloud::shim::ShimObject;
     use cz_phases::infra::render::{offline_id, render_offline};
     for (case, req, r) in cases() {
+        if !infra::layout::RegionLayout::of(&r).private_network {
+            // The stand-in builds private-network regions only, and says so.
+            let e = render_offline(
+                &input(&req, &r),
+                &infra::desired(&slug(&req), &r, None),
+                Path::new("/opt/catalyst-zero/bin/catalyst-zero"),
+                "http://127.0.0.1:4000",
+                Path::new(OFFLINE),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("hcloud provider"), "{case}: {e}");
+            continue;
+        }
         let mut desired = infra::desired(&slug(&req), &r, None);
         // The step labels every object; the test sets what it would.
         for d in &mut desired {

@@ -372,7 +372,7 @@ async fn every_bad_input_is_refused_with_its_field_and_no_trace() {
         ),
         (
             "out-of-range count",
-            set(&|v| v["regions"][0]["workers"]["count"] = json!(51)),
+            set(&|v| v["regions"][0]["workers"]["count"] = json!(501)),
             vec![],
             "regions[0].workers.count",
         ),
@@ -417,6 +417,37 @@ async fn every_bad_input_is_refused_with_its_field_and_no_trace() {
             }),
             vec![],
             "custody.custodians",
+        ),
+        // Hetzner's fixed limits, named with their field before anything
+        // is created.
+        (
+            "101 servers on a private network",
+            set(&|v| {
+                v["regions"][0]["network"] = json!("private");
+                v["regions"][0]["control_plane"]["count"] = json!(3);
+                v["regions"][0]["workers"]["count"] = json!(98);
+            }),
+            vec![],
+            "regions[0].network",
+        ),
+        (
+            "more placement groups than a project holds",
+            set(&|v| {
+                v["regions"][0]["control_plane"]["count"] = json!(3);
+                v["regions"][0]["workers"]["count"] = json!(498);
+            }),
+            vec![],
+            "a Hetzner project holds at most 50",
+        ),
+        (
+            "more targets than the load balancer type takes",
+            set(&|v| {
+                v["regions"][0]["control_plane"]["count"] = json!(3);
+                v["regions"][0]["workers"]["count"] = json!(30);
+                v["regions"][0]["load_balancer"] = json!({"type": "lb11", "targets": "all-nodes"});
+            }),
+            vec![],
+            "regions[0].load_balancer.type",
         ),
         ("not an object", "[1, 2]".into(), vec![], "body"),
         (

@@ -73,9 +73,44 @@ fn count() -> impl Strategy<Value = Value> {
         Just(json!(3.0)),
         Just(json!(1.5)),
         Just(json!(-1)),
-        Just(json!(50)),
-        Just(json!(51)),
         Just(json!(7.0)),
+        // The edges of Hetzner's limits beside 1 or 3 control planes.
+        proptest::sample::select(vec![22, 24, 25, 72, 74, 75, 97, 99, 100, 147, 149, 150])
+            .prop_map(Value::from),
+        proptest::sample::select(vec![496, 497, 498, 499, 500, 501]).prop_map(Value::from),
+    ]
+}
+
+fn network() -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        Just(None),
+        proptest::sample::select(vec!["auto", "private", "public", "Private", ""])
+            .prop_map(|n| Some(n.into())),
+    ]
+}
+
+fn load_balancer() -> impl Strategy<Value = Option<Value>> {
+    let kind = prop_oneof![
+        Just(None),
+        proptest::sample::select(vec!["lb11", "lb21", "lb31", "lb41"]).prop_map(Some)
+    ];
+    let targets = prop_oneof![
+        Just(None),
+        proptest::sample::select(vec!["control-plane", "all-nodes", "workers"]).prop_map(Some)
+    ];
+    prop_oneof![
+        Just(None),
+        (kind, targets).prop_map(|(k, t)| {
+            let mut lb = json!({});
+            if let Some(k) = k {
+                lb["type"] = k.into();
+            }
+            if let Some(t) = t {
+                lb["targets"] = t.into();
+            }
+            Some(lb)
+        }),
+        Just(Some(json!({ "targets": "all-nodes", "extra": 1 }))),
     ]
 }
 
@@ -85,11 +120,20 @@ fn region() -> impl Strategy<Value = Value> {
         Just("xx1".to_owned()),
     ];
     let sku = prop_oneof![Just("cpx32"), Just("cax11"), Just("bogus")];
-    (location, count(), count(), sku).prop_map(|(l, cp, w, sku)| {
-        json!({ "provider": "hetzner", "location": l,
-                "control_plane": { "sku": sku, "count": cp },
-                "workers": { "sku": "cpx32", "count": w } })
-    })
+    (location, count(), count(), sku, network(), load_balancer()).prop_map(
+        |(l, cp, w, sku, net, lb)| {
+            let mut r = json!({ "provider": "hetzner", "location": l,
+                    "control_plane": { "sku": sku, "count": cp },
+                    "workers": { "sku": "cpx32", "count": w } });
+            if let Some(n) = net {
+                r["network"] = n;
+            }
+            if let Some(lb) = lb {
+                r["load_balancer"] = lb;
+            }
+            r
+        },
+    )
 }
 
 /// A key line: one of the accepted shapes with random bytes (a byte the

@@ -14,7 +14,10 @@ use cz_state::SecretString;
 use serde_json::{Value, json};
 
 use super::world::SimWorld;
-use cz_adapters::cloud::catalogue::{LOCATIONS, load_balancer_type_table, server_type_table};
+use cz_adapters::cloud::catalogue::{
+    LOCATIONS, PLACEMENT_GROUPS_PER_PROJECT, SERVERS_PER_NETWORK, SERVERS_PER_PLACEMENT_GROUP,
+    load_balancer_type_table, server_type_table,
+};
 use cz_adapters::cloud::selector::{Selector, valid_label_key, valid_label_value};
 use cz_adapters::{
     AdapterResult, CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerType,
@@ -80,6 +83,18 @@ fn check_token(
     Ok(scope)
 }
 
+/// The documentation ranges (RFC 5737) the sim's public IPv4 addresses
+/// come from: 759 addresses, hosts .2 to .254 of each.
+const IP_POOLS: [&str; 3] = ["203.0.113", "198.51.100", "192.0.2"];
+
+/// The pool position of a public address of [`IP_POOLS`].
+fn public_index(ip: &str) -> Option<usize> {
+    let (net, host) = ip.rsplit_once('.')?;
+    let pool = IP_POOLS.iter().position(|p| *p == net)?;
+    let host: usize = host.parse().ok()?;
+    (2..=254).contains(&host).then(|| pool * 253 + host - 2)
+}
+
 /// The project limit of `kind`: the configured one
 /// ([`SimConfig::project_limits`]), else a new Hetzner project's.
 fn max_of(world: &SimWorld, kind: &str) -> Option<u32> {
@@ -90,7 +105,7 @@ fn max_of(world: &SimWorld, kind: &str) -> Option<u32> {
         "server" => Some(25),
         "load_balancer" => Some(5),
         "network" => Some(10),
-        "placement_group" => Some(10),
+        "placement_group" => Some(PLACEMENT_GROUPS_PER_PROJECT),
         _ => None,
     }
 }
@@ -231,23 +246,42 @@ impl SimCloud {
                 format!("resource_limit_exceeded: {kind} limit exceeded ({max})"),
             ));
         }
+        if kind == "server" {
+            // Hetzner's fixed limits: 10 servers per spread placement group,
+            // 100 per private network.
+            for (attr, most) in
+                [("placement_group", SERVERS_PER_PLACEMENT_GROUP), ("network", SERVERS_PER_NETWORK)]
+            {
+                let Some(of) = attrs.get(attr).and_then(Value::as_str) else { continue };
+                let members = existing
+                    .iter()
+                    .filter(|o| o.attrs.get(attr).and_then(Value::as_str) == Some(of))
+                    .count() as u32;
+                if members >= most {
+                    return Err(StepError::adapter(
+                        System::Cloud,
+                        "create",
+                        Cause::QuotaExceeded,
+                        format!(
+                            "resource_limit_exceeded: {attr} `{of}` holds at most {most} servers"
+                        ),
+                    ));
+                }
+            }
+        }
         if matches!(kind, "server" | "load_balancer") && !attrs.contains_key("ipv4") {
             let _ip_lock = self.world.lock(SYS, "ip-pool").await;
             let mut used = BTreeSet::new();
             for k in ["server", "load_balancer"] {
                 for o in self.objects_of(k).await? {
-                    if let Some(n) = o
-                        .attrs
-                        .get("ipv4")
-                        .and_then(Value::as_str)
-                        .and_then(|ip| ip.strip_prefix("203.0.113."))
-                        .and_then(|n| n.parse::<u8>().ok())
+                    if let Some(n) =
+                        o.attrs.get("ipv4").and_then(Value::as_str).and_then(public_index)
                     {
                         used.insert(n);
                     }
                 }
             }
-            let n = (2u8..=254).find(|n| !used.contains(n)).ok_or_else(|| {
+            let n = (0..IP_POOLS.len() * 253).find(|n| !used.contains(n)).ok_or_else(|| {
                 StepError::adapter(
                     System::Cloud,
                     "create",
@@ -255,8 +289,14 @@ impl SimCloud {
                     "ip_unavailable: no public IPv4 left",
                 )
             })?;
-            attrs.insert("ipv4".into(), json!(format!("203.0.113.{n}")));
-            attrs.entry("private_ip").or_insert_with(|| json!(format!("10.0.1.{n}")));
+            let (pool, host) = (n / 253, n % 253 + 2);
+            attrs.insert("ipv4".into(), json!(format!("{}.{host}", IP_POOLS[pool])));
+            // A server without a network (`"network": null`) has no private IP.
+            if !attrs.get("network").is_some_and(Value::is_null) {
+                attrs
+                    .entry("private_ip")
+                    .or_insert_with(|| json!(format!("10.0.{}.{host}", pool + 1)));
+            }
             // Written while the pool lock is held, so the address is taken.
             let obj = self.finish_create(kind, name, labels, attrs).await?;
             return Ok(obj);
@@ -488,6 +528,41 @@ mod tests {
         assert_eq!(s2.attrs["ipv4"], "203.0.113.2");
         assert!(s2.id > lb.id);
         assert_eq!(cloud.all_objects().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn hetzners_fixed_limits_hold_per_group_and_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SimConfig {
+            project_limits: [("server".to_owned(), 1_000)].into(),
+            ..SimConfig::instant()
+        };
+        let cloud = SimCloud::new(Arc::new(SimWorld::new(dir.path(), config)));
+        let server = |name: String, attrs: Value| {
+            let cloud = cloud.clone();
+            async move { cloud.create("server", &name, BTreeMap::new(), attrs).await }
+        };
+        for i in 0..10 {
+            server(format!("g{i}"), json!({"placement_group": "pg1", "network": "n1"}))
+                .await
+                .unwrap();
+        }
+        let e = server("g10".into(), json!({"placement_group": "pg1"})).await.unwrap_err();
+        assert!(e.to_string().contains("placement_group `pg1` holds at most 10"), "{e}");
+        for i in 10..100 {
+            server(format!("n{i}"), json!({"network": "n1"})).await.unwrap();
+        }
+        let e = server("n100".into(), json!({"network": "n1"})).await.unwrap_err();
+        assert!(e.to_string().contains("network `n1` holds at most 100"), "{e}");
+        // Without a network: a public address only, from beyond the first
+        // documentation range once it is used up.
+        let mut last = None;
+        for i in 0..160 {
+            last = Some(server(format!("p{i}"), json!({"network": null})).await.unwrap());
+        }
+        let last = last.unwrap();
+        assert!(last.attrs.get("private_ip").is_none(), "{:?}", last.attrs);
+        assert_eq!(last.attrs["ipv4"], "198.51.100.8", "the 260th address");
     }
 
     #[tokio::test]

@@ -36,7 +36,10 @@ use serde_json::{Value, json};
 
 use cz_adapters::cloud::Selector;
 use cz_adapters::cloud::budget::project_key;
-use cz_adapters::cloud::catalogue::{LOCATIONS, load_balancer_type_table, server_type_table};
+use cz_adapters::cloud::catalogue::{
+    LOCATIONS, PLACEMENT_GROUPS_PER_PROJECT, SERVERS_PER_NETWORK, SERVERS_PER_PLACEMENT_GROUP,
+    load_balancer_type_table, server_type_table,
+};
 use cz_adapters::cloud::hcloud::collection_of;
 
 /// The token the fake accepts unless configured otherwise.
@@ -46,7 +49,7 @@ pub const DEFAULT_TOKEN: &str = "fakehcloudtoken00000000000000000000000000000000
 pub const SERVER_TYPES: [&str; 8] =
     ["cx23", "cx33", "cpx22", "cpx31", "cpx32", "cax21", "ccx13", "ccx33"];
 /// Load balancer types the fake's catalogue holds.
-pub const LB_TYPES: [&str; 3] = ["lb11", "lb21", "lb31"];
+pub const LB_TYPES: [&str; 3] = cz_adapters::cloud::catalogue::LOAD_BALANCER_TYPE_NAMES;
 
 const OBJECT_COLLECTIONS: [&str; 8] = [
     "servers",
@@ -465,9 +468,9 @@ fn catalogue(collection: &str) -> Vec<Value> {
                     "id": i + 1,
                     "name": t.name,
                     "description": t.name.to_uppercase(),
-                    "max_connections": 10_000,
-                    "max_services": 5,
-                    "max_targets": 25,
+                    "max_connections": ([10_000, 20_000, 40_000][i]),
+                    "max_services": ([5, 15, 30][i]),
+                    "max_targets": t.max_targets,
                     "deprecated": null,
                     "prices": price_json(&t.prices),
                 }))
@@ -920,6 +923,43 @@ impl Inner {
         if let Some(n) = network.filter(|n| !network_exists(*n)) {
             return error(404, "not_found", format!("network with ID '{n}' not found"));
         }
+        // Hetzner's fixed limits: 50 placement groups per project, 10
+        // servers per spread group, 100 servers per network.
+        let count_in = |coll: &str| st.objects.get(coll).map_or(0, Vec::len) as u32;
+        if kind == "placement_group" && count_in("placement_groups") >= PLACEMENT_GROUPS_PER_PROJECT
+        {
+            return error(403, "resource_limit_exceeded", "placement_group limit exceeded");
+        }
+        let group = v.get("placement_group").and_then(Value::as_i64).filter(|_| kind == "server");
+        if let Some(g) = group {
+            let Some(pg) = st
+                .objects
+                .get("placement_groups")
+                .and_then(|gs| gs.iter().find(|o| o["id"].as_i64() == Some(g)))
+            else {
+                return error(404, "not_found", format!("placement group with ID '{g}' not found"));
+            };
+            let members = pg["servers"].as_array().map_or(0, Vec::len) as u32;
+            if members >= SERVERS_PER_PLACEMENT_GROUP {
+                return error(
+                    412,
+                    "placement_error",
+                    format!("spread placement group '{g}' already holds {members} servers"),
+                );
+            }
+        }
+        if let Some(n) = network.filter(|_| kind == "server") {
+            let attached = st.objects.get("servers").map_or(0, |ss| {
+                ss.iter().filter(|o| o.pointer("/private_net/0/network") == Some(&json!(n))).count()
+            }) as u32;
+            if attached >= SERVERS_PER_NETWORK {
+                return error(
+                    403,
+                    "resource_limit_exceeded",
+                    format!("network '{n}' already holds {attached} servers"),
+                );
+            }
+        }
         let id = st.next_id;
         st.next_id += 1;
         let mut obj = object_json(kind, id, &name, &labels);
@@ -1002,6 +1042,16 @@ impl Inner {
         let fixed = self.cfg.addresses.get(&name);
         if let Some(a) = fixed {
             obj["public_net"]["ipv4"]["ip"] = json!(a.public_ipv4);
+        }
+        if let Some(g) = group {
+            let pgs = st.objects.entry("placement_groups").or_default();
+            if let Some(pg) = pgs.iter_mut().find(|o| o["id"].as_i64() == Some(g)) {
+                match pg["servers"].as_array_mut() {
+                    Some(a) => a.push(json!(id)),
+                    None => pg["servers"] = json!([id]),
+                }
+                obj["placement_group"] = pg.clone();
+            }
         }
         if let Some(n) = network {
             let ip = fixed
@@ -1110,6 +1160,11 @@ impl Inner {
             for fw in st.objects.entry("firewalls").or_default() {
                 if let Some(a) = fw["applied_to"].as_array_mut() {
                     a.retain(|t| t["server"]["id"].as_i64() != Some(id));
+                }
+            }
+            for pg in st.objects.entry("placement_groups").or_default() {
+                if let Some(a) = pg["servers"].as_array_mut() {
+                    a.retain(|s| s.as_i64() != Some(id));
                 }
             }
         }

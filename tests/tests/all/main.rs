@@ -36,3 +36,4 @@ mod hcloud_client;
 mod hetzner_e2e;
 mod kit_fake;
 mod kubectl_fake;
+mod large_region;

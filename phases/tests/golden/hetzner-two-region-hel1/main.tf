@@ -83,22 +83,12 @@ resource "hcloud_ssh_key" "main" {
   }
 }
 
-# Hetzner allows at most 10 servers per spread placement group: one group for
-# the control planes and one per 10 workers.
-resource "hcloud_placement_group" "cp" {
-  name = "acme-omani-works-hel1-pg-cp"
-  type = "spread"
-  labels = {
-    "catalyst.openova.io/sovereign" = "acme-omani-works"
-    "catalyst.openova.io/job-id"    = "0191d3c4-5b6a-7c8d-9e0f-a1b2c3d4e5f6"
-    "catalyst.openova.io/role"      = "placement-group"
-    "catalyst.openova.io/region"    = "hel1"
-  }
-}
-
-resource "hcloud_placement_group" "workers" {
+# Hetzner allows at most 10 servers per spread placement group (and 50
+# groups per project): the servers fill the groups in order, the control
+# planes first, so they share the first group and each gets its own host.
+resource "hcloud_placement_group" "spread" {
   count = 1
-  name  = "acme-omani-works-hel1-pg-w${count.index + 1}"
+  name  = "acme-omani-works-hel1-pg${count.index + 1}"
   type  = "spread"
   labels = {
     "catalyst.openova.io/sovereign" = "acme-omani-works"
@@ -117,7 +107,7 @@ resource "hcloud_server" "cp" {
   location           = "hel1"
   ssh_keys           = [hcloud_ssh_key.main.id]
   firewall_ids       = [hcloud_firewall.main.id]
-  placement_group_id = hcloud_placement_group.cp.id
+  placement_group_id = hcloud_placement_group.spread[floor(count.index / 10)].id
   user_data          = file("${path.module}/cloud-init.yaml")
   labels = {
     "catalyst.openova.io/sovereign" = "acme-omani-works"
@@ -140,8 +130,8 @@ resource "hcloud_server" "cp" {
   depends_on = [hcloud_network_subnet.main]
 }
 
-# Worker N (1-based) has the private IP 10.0.1.(10+N) and sits in placement
-# group ceil(N / 10).
+# Worker N (1-based) has the private IP 10.0.1.(10+N); the
+# control planes fill the placement groups before it.
 resource "hcloud_server" "worker" {
   count              = 3
   name               = "acme-omani-works-hel1-w${count.index + 1}"
@@ -150,7 +140,7 @@ resource "hcloud_server" "worker" {
   location           = "hel1"
   ssh_keys           = [hcloud_ssh_key.main.id]
   firewall_ids       = [hcloud_firewall.main.id]
-  placement_group_id = hcloud_placement_group.workers[floor(count.index / 10)].id
+  placement_group_id = hcloud_placement_group.spread[floor((1 + count.index) / 10)].id
   user_data          = file("${path.module}/cloud-init.yaml")
   labels = {
     "catalyst.openova.io/sovereign" = "acme-omani-works"

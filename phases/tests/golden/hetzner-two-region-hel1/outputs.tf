@@ -17,10 +17,7 @@ output "ssh_key_id" {
 }
 
 output "placement_group_ids" {
-  value = {
-    control_plane = hcloud_placement_group.cp.id
-    workers       = hcloud_placement_group.workers[*].id
-  }
+  value = hcloud_placement_group.spread[*].id
 }
 
 output "control_planes" {
