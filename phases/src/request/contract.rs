@@ -551,12 +551,12 @@ fn region_limits() -> Vec<Value> {
         ));
         for name in LOAD_BALANCER_TYPE_NAMES {
             let t = load_balancer_type_table(name).expect("a catalogue type");
-            // An absent type is the release's.
+            // An absent or null type is the release's (`properties` holds
+            // for an absent key).
             let lb = if name == crate::release::load_balancer_type() {
-                json!({ "properties": { "targets": { "const": "all-nodes" } },
-                        "required": ["targets"],
-                        "anyOf": [{ "properties": { "type": { "const": name } } },
-                                  { "not": { "required": ["type"] } }] })
+                json!({ "properties": { "targets": { "const": "all-nodes" },
+                                        "type": { "enum": [name, null] } },
+                        "required": ["targets"] })
             } else {
                 json!({ "properties": { "targets": { "const": "all-nodes" },
                                         "type": { "const": name } },

@@ -92,7 +92,9 @@ fn network() -> impl Strategy<Value = Option<Value>> {
 fn load_balancer() -> impl Strategy<Value = Option<Value>> {
     let kind = prop_oneof![
         Just(None),
-        proptest::sample::select(vec!["lb11", "lb21", "lb31", "lb41"]).prop_map(Some)
+        Just(Some(Value::Null)),
+        proptest::sample::select(vec!["lb11", "lb21", "lb31", "lb41"])
+            .prop_map(|k| Some(Value::from(k)))
     ];
     let targets = prop_oneof![
         Just(None),
@@ -103,7 +105,7 @@ fn load_balancer() -> impl Strategy<Value = Option<Value>> {
         (kind, targets).prop_map(|(k, t)| {
             let mut lb = json!({});
             if let Some(k) = k {
-                lb["type"] = k.into();
+                lb["type"] = k;
             }
             if let Some(t) = t {
                 lb["targets"] = t.into();
