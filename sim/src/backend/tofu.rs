@@ -36,8 +36,9 @@ pub const STATE_FILE: &str = "terraform.tfstate";
 pub const LOCK_FILE: &str = ".terraform.tfstate.lock.info";
 const INIT_DIR: &str = ".terraform";
 
-/// How many resources of one kind tofu creates at once (`-parallelism`).
-const PARALLELISM: usize = 5;
+/// How many resources of one kind tofu creates at once: `-parallelism`,
+/// whose default is 10 (the runner does not change it).
+const PARALLELISM: usize = 10;
 
 /// One resource of the rendered manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -370,20 +370,43 @@ async fn adopt_undo(cx: &StepCtx) -> StepResult<()> {
 
 /// Each adoptee's live resource once all are Synced and Ready; a resource
 /// that reports a reconcile error is retried until the bound.
-async fn observed(cx: &StepCtx, all: &[Adoptee]) -> StepResult<Vec<Value>> {
+async fn observed(cx: &StepCtx, loc: &str, all: &[Adoptee]) -> StepResult<Vec<Value>> {
     let kc = kubeconfig(cx).await?;
     let kube = &cx.env.kube;
+    // One list per kind (a region's few kinds), not one get per resource:
+    // a 500-server region has over 550 managed resources, and each poll
+    // round read them all.
+    let mut kinds: Vec<(&str, &str)> =
+        all.iter().map(|a| (a.kind.api_version, a.kind.kind)).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let selector = format!(
+        "app.kubernetes.io/managed-by={FIELD_MANAGER},{}={loc}",
+        cz_adapters::labels::LABEL_REGION
+    );
     cx.wait_for(
         &format!("{} managed resources Synced and Ready", all.len()),
         Duration::from_secs(900),
         || async {
+            let mut live: BTreeMap<(&str, &str, String), Value> = BTreeMap::new();
+            for (api_version, kind) in &kinds {
+                for o in kube.list(&kc, api_version, kind, &selector).await? {
+                    if o.pointer("/metadata/namespace").and_then(Value::as_str) != Some(NAMESPACE) {
+                        continue;
+                    }
+                    let name = o.pointer("/metadata/name").and_then(Value::as_str);
+                    let name = name.unwrap_or_default().to_owned();
+                    live.insert((api_version, kind, name), o);
+                }
+            }
             let mut out = Vec::with_capacity(all.len());
             for a in all {
-                let Some(live) = kube.get(&kc, &mr_ref(a)).await? else { return Ok(None) };
-                if !all_true(&live, &["Synced", "Ready"]) {
+                let key = (a.kind.api_version, a.kind.kind, a.name.clone());
+                let Some(o) = live.remove(&key) else { return Ok(None) };
+                if !all_true(&o, &["Synced", "Ready"]) {
                     return Ok(None);
                 }
-                out.push(live);
+                out.push(o);
             }
             Ok(Some(out))
         },
@@ -394,7 +417,7 @@ async fn observed(cx: &StepCtx, all: &[Adoptee]) -> StepResult<Vec<Value>> {
 /// Zero diff between tofu and the cloud (how many fields were compared,
 /// which were not observed), or `needs-operator` with the differences.
 async fn zero_diff(cx: &StepCtx, loc: &str, all: &[Adoptee]) -> StepResult<(usize, Vec<String>)> {
-    let live = observed(cx, all).await?;
+    let live = observed(cx, loc, all).await?;
     let mut diffs = Vec::new();
     let mut unobserved = Vec::new();
     let mut compared = 0;
