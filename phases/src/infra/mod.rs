@@ -226,27 +226,25 @@ pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Reso
         ));
     }
     let net = if plan.private_network { json!(network) } else { Value::Null };
-    for i in 0..r.control_plane.count {
-        out.push(res(
-            format!("hcloud_server.cp[{i}]"),
-            "server",
-            format!("{slug}-{l}-cp{}", i + 1),
-            "control-plane",
-            json!({ "server_type": r.control_plane.sku, "location": l,
-                    "image": release::server_image(), "role": "control-plane", "index": i,
-                    "placement_group": group(plan.group_of_control_plane(i)), "network": net }),
-        ));
-    }
-    for i in 0..r.workers.count {
-        out.push(res(
-            format!("hcloud_server.worker[{i}]"),
-            "server",
-            format!("{slug}-{l}-w{}", i + 1),
-            "worker",
-            json!({ "server_type": r.workers.sku, "location": l,
-                    "image": release::server_image(), "role": "worker", "index": i,
-                    "placement_group": group(plan.group_of_worker(i)), "network": net }),
-        ));
+    // (address name, server name, role, server type, count, group of i)
+    let groups: [(&str, &str, &str, &str, u32, &dyn Fn(u32) -> u32); 2] = [
+        ("cp", "cp", "control-plane", &r.control_plane.sku, r.control_plane.count, &|i| {
+            plan.group_of_control_plane(i)
+        }),
+        ("worker", "w", "worker", &r.workers.sku, r.workers.count, &|i| plan.group_of_worker(i)),
+    ];
+    for (address, short, role, sku, count, group_of) in groups {
+        for i in 0..count {
+            out.push(res(
+                format!("hcloud_server.{address}[{i}]"),
+                "server",
+                format!("{slug}-{l}-{short}{}", i + 1),
+                role,
+                json!({ "server_type": sku, "location": l, "image": release::server_image(),
+                        "role": role, "index": i, "placement_group": group(group_of(i)),
+                        "network": net }),
+            ));
+        }
     }
     let targets = match r.load_balancer.targets {
         crate::request::LoadBalancerTargets::ControlPlane => "control-plane",
