@@ -71,14 +71,20 @@ impl RegionLayout {
         self.control_planes + self.workers
     }
 
+    /// The placement group (0-based) of the server at `position` (0-based,
+    /// the control planes first, then the workers).
+    pub fn group_at(&self, position: u32) -> u32 {
+        position / SERVERS_PER_PLACEMENT_GROUP
+    }
+
     /// The placement group (0-based) of control plane `i` (0-based).
     pub fn group_of_control_plane(&self, i: u32) -> u32 {
-        i / SERVERS_PER_PLACEMENT_GROUP
+        self.group_at(i)
     }
 
     /// The placement group (0-based) of worker `i` (0-based).
     pub fn group_of_worker(&self, i: u32) -> u32 {
-        (self.control_planes + i) / SERVERS_PER_PLACEMENT_GROUP
+        self.group_at(self.control_planes + i)
     }
 }
 

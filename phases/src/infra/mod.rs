@@ -226,14 +226,13 @@ pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Reso
         ));
     }
     let net = if plan.private_network { json!(network) } else { Value::Null };
-    // (address name, server name, role, server type, count, group of i)
-    let groups: [(&str, &str, &str, &str, u32, &dyn Fn(u32) -> u32); 2] = [
-        ("cp", "cp", "control-plane", &r.control_plane.sku, r.control_plane.count, &|i| {
-            plan.group_of_control_plane(i)
-        }),
-        ("worker", "w", "worker", &r.workers.sku, r.workers.count, &|i| plan.group_of_worker(i)),
+    // (address name, server name, role, server type, count, position of
+    // the first: the control planes fill the groups first).
+    let groups = [
+        ("cp", "cp", "control-plane", &r.control_plane.sku, r.control_plane.count, 0),
+        ("worker", "w", "worker", &r.workers.sku, r.workers.count, r.control_plane.count),
     ];
-    for (address, short, role, sku, count, group_of) in groups {
+    for (address, short, role, sku, count, first) in groups {
         for i in 0..count {
             out.push(res(
                 format!("hcloud_server.{address}[{i}]"),
@@ -241,7 +240,7 @@ pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Reso
                 format!("{slug}-{l}-{short}{}", i + 1),
                 role,
                 json!({ "server_type": sku, "location": l, "image": release::server_image(),
-                        "role": role, "index": i, "placement_group": group(group_of(i)),
+                        "role": role, "index": i, "placement_group": group(plan.group_at(first + i)),
                         "network": net }),
             ));
         }
