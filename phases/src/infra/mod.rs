@@ -245,17 +245,13 @@ pub fn desired(slug: &str, r: &Region, cx: Option<(&StepCtx, &str)>) -> Vec<Reso
             ));
         }
     }
-    let targets = match r.load_balancer.targets {
-        crate::request::LoadBalancerTargets::ControlPlane => "control-plane",
-        crate::request::LoadBalancerTargets::AllNodes => "all-nodes",
-    };
     out.push(res(
         "hcloud_load_balancer.main".into(),
         "load_balancer",
         format!("{slug}-{l}-lb"),
         "load-balancer",
         json!({ "type": plan.load_balancer_type, "services": render::LB_PORTS,
-                "targets": targets, "target_count": plan.load_balancer_targets }),
+                "targets": r.load_balancer.targets.as_str(), "target_count": plan.load_balancer_targets }),
     ));
     out
 }

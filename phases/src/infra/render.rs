@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::release;
-use crate::request::{LoadBalancerTargets, Region};
+use crate::request::Region;
 
 /// The private network of a region and the subnet its servers live in; the
 /// same values as the manifest of [`super::desired`].
@@ -110,10 +110,7 @@ impl RenderInput {
             provisioner_cidrs: provisioner_cidrs.to_vec(),
             image: release::server_image().to_owned(),
             load_balancer_type: region.load_balancer_type().to_owned(),
-            load_balancer_targets: match region.load_balancer.targets {
-                LoadBalancerTargets::ControlPlane => "control-plane".into(),
-                LoadBalancerTargets::AllNodes => "all-nodes".into(),
-            },
+            load_balancer_targets: region.load_balancer.targets.as_str().to_owned(),
             private_network: super::layout::RegionLayout::of(region).private_network,
         })
     }

@@ -260,6 +260,16 @@ pub enum LoadBalancerTargets {
     AllNodes,
 }
 
+impl LoadBalancerTargets {
+    /// The wire name: `control-plane` or `all-nodes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ControlPlane => "control-plane",
+            Self::AllNodes => "all-nodes",
+        }
+    }
+}
+
 impl Region {
     /// The load balancer's type name: the request's, else the release's.
     pub fn load_balancer_type(&self) -> &str {
