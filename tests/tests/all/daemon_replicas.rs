@@ -88,6 +88,30 @@ fn three_replicas_on_postgres_survive_the_loss_or_pause_of_one() {
     assert!(running > 0, "the faults must land mid-run");
     reps[2].kill9();
     std::thread::sleep(Duration::from_secs(1));
+    // Pause replica 1 only while it provably holds the lease of a running
+    // job: under load it may have finished its own by now, and a replica
+    // paused with nothing in hand has nothing to lose.
+    let mine: BTreeSet<String> =
+        jobs.iter().filter(|(_, r)| *r == 1).map(|(j, _)| j.clone()).collect();
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let held: Vec<String> = sqlx::query_scalar(
+                "SELECT l.job_id FROM job_leases l JOIN jobs j ON j.id = l.job_id \
+                 WHERE j.status = 'running'",
+            )
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+            if held.iter().any(|j| mine.contains(j)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica 1 never held a running job's lease");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
     reps[1].signal("STOP");
     std::thread::sleep(LEASE_TTL + Duration::from_secs(5));
     reps[1].signal("CONT");
