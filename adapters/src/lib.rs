@@ -47,7 +47,9 @@ pub use dns::{DnsApi, Rrset, absolute_name};
 pub use kube::{KubeApi, ObjectRef, Until};
 pub use openbao::{BaoApi, BaoInit, BaoInitRequest, BaoLeader, BaoStatus};
 pub use ssh::{CommandOutput, Host, ProvisionerKey, SshApi};
-pub use tofu::{PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink, Workspace};
+pub use tofu::{
+    DEFAULT_PARALLELISM, PlanSummary, StateResource, TofuApi, TofuEvent, TofuSink, Workspace,
+};
 
 /// What the `infra` phase renders into a region's workspace for its tofu.
 #[derive(Clone, Debug, PartialEq, Eq)]

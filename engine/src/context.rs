@@ -7,12 +7,12 @@
 //! this crate can name a backend: `E` only has to say how often a bounded
 //! wait polls ([`StepEnv`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cz_state::{JobId, NewJobEvent, SecretString, SovereignId, Store};
+use cz_state::{JobId, NewJobEvent, NodeState, SecretString, SovereignId, StepEvent, Store};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,20 @@ pub struct StepCtx<E> {
     pub env: Arc<E>,
     pub(crate) store: Store,
     pub cancel: CancellationToken,
+    /// Set for a step that releases nodes ([`StepCtx::release`]).
+    pub(crate) releaser: Option<Arc<Releaser>>,
+}
+
+/// What a producer step needs to release its nodes: which they are, which
+/// are satisfied already, and the channel to the driving loop (so their
+/// dependents start at once).
+pub(crate) struct Releaser {
+    /// Ids of the nodes this step releases.
+    pub(crate) nodes: BTreeSet<String>,
+    /// Those not satisfied yet, with the attempts their journal holds (an
+    /// earlier drive may have journaled a start and died).
+    pub(crate) pending: Mutex<BTreeMap<String, u32>>,
+    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<(String, NodeState)>,
 }
 
 impl<E> Clone for StepCtx<E> {
@@ -59,6 +73,7 @@ impl<E> Clone for StepCtx<E> {
             env: self.env.clone(),
             store: self.store.clone(),
             cancel: self.cancel.clone(),
+            releaser: self.releaser.clone(),
         }
     }
 }
@@ -192,6 +207,61 @@ impl<E: StepEnv> StepCtx<E> {
         if let Some(o) = body.as_object_mut() {
             o.entry("phase").or_insert_with(|| self.phase().into());
             o.entry("step").or_insert_with(|| self.node.clone().into());
+        }
+    }
+
+    /// Releases `step` (a node of this phase that this step produces, see
+    /// [`NodeDef::released_by`](crate::NodeDef::released_by)) with `output`:
+    /// journaled as that node's start and success, then its dependents may
+    /// start. Idempotent: a node satisfied already (an earlier run released
+    /// it) is left as it is, and `false` says so.
+    pub async fn release<T: serde::Serialize>(&self, step: &str, output: &T) -> StepResult<bool> {
+        let id =
+            if step.contains('/') { step.to_owned() } else { format!("{}/{step}", self.phase()) };
+        let r = self.releaser.as_ref().filter(|r| r.nodes.contains(&id)).ok_or_else(|| {
+            StepError::internal(format!("`{}` does not release `{id}`", self.node))
+        })?;
+        let Some(prior) = r.pending.lock().expect("release set").remove(&id) else {
+            return Ok(false);
+        };
+        let output = serde_json::to_value(output)
+            .map_err(|e| StepError::internal(format!("output of `{id}`: {e}")))?;
+        let tag = |state: &str| {
+            NewJobEvent::new(
+                "step",
+                json!({ "state": state, "attempt": prior + 1, "step": id, "phase": self.phase(),
+                        "released_by": self.node }),
+            )
+        };
+        let journal = async {
+            self.store
+                .append_step_event_with(
+                    self.job_id,
+                    &id,
+                    StepEvent::Started { attempt: prior + 1 },
+                    vec![tag("started")],
+                )
+                .await?;
+            self.store
+                .append_step_event_with(
+                    self.job_id,
+                    &id,
+                    StepEvent::Succeeded { output },
+                    vec![tag("succeeded")],
+                )
+                .await
+        };
+        match journal.await {
+            Ok((state, _)) => {
+                // The loop is gone only when the drive stopped; the journal
+                // holds the release for the next one.
+                let _ = r.tx.send((id, state));
+                Ok(true)
+            }
+            Err(e) => {
+                r.pending.lock().expect("release set").insert(id, prior);
+                Err(e.into())
+            }
         }
     }
 

@@ -6,11 +6,14 @@
 //! therefore resumes exactly there: a node whose last event is `started` is
 //! run again (steps are idempotent), an `undo_started` node is undone again.
 //!
-//! Forward: phases run in order; inside a phase every node whose
-//! dependencies are satisfied runs concurrently. An error's class decides:
+//! Forward: phases run in order, a phase that overlaps the one before it
+//! together with it (one *stage*); inside a stage every node whose
+//! dependencies are satisfied runs concurrently, and a released node is
+//! satisfied when its producer journals it (see [`crate::plan`]). An error's class decides:
 //! `transient` → retried here with bounded, jittered exponential backoff
 //! (`backon`), escalating to `needs-operator` when attempts run out;
-//! `needs-operator` → the job pauses with remediation and runbook;
+//! `needs-operator` → the job pauses with remediation and runbook, once
+//! every step of the stage that does not depend on the blocked one has run;
 //! `terminal` → the job fails and, under the `rollback` policy, unwinds.
 //!
 //! Unwinding: every node that may have had effects is undone in reverse
@@ -36,7 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::action::Registry;
-use crate::context::{StepCtx, StepEnv};
+use crate::context::{Releaser, StepCtx, StepEnv};
 use crate::error::{ErrorClass, StepError};
 use crate::observe::{NoObserver, Observer};
 use crate::plan::{NodeDef, PhaseDef, Plan};
@@ -436,12 +439,12 @@ impl<E: StepEnv> JobRun<E> {
     /// `None`: interrupted. `Some(true)`: switched to unwinding. `Some(false)`: stopped.
     async fn forward(&self) -> Result<Option<bool>, EngineError> {
         let mut states = self.states().await?;
-        for phase in &self.plan.phases {
-            match self.run_phase(phase, &mut states).await? {
+        for stage in self.plan.stages() {
+            match self.run_stage(&stage, &mut states).await? {
                 PhaseOutcome::Done => {}
                 PhaseOutcome::Interrupted => return Ok(None),
                 PhaseOutcome::Paused { node, error } => {
-                    self.phase_event(&phase.id, "paused").await?;
+                    self.phase_event(phase_of(&node), "paused").await?;
                     self.engine
                         .set_status(
                             &self.job,
@@ -455,7 +458,7 @@ impl<E: StepEnv> JobRun<E> {
                     return Ok(Some(false));
                 }
                 PhaseOutcome::Failed { node, error } => {
-                    self.phase_event(&phase.id, "failed").await?;
+                    self.phase_event(phase_of(&node), "failed").await?;
                     let err = json!({ "step": node, "error": error });
                     if self.options.on_failure == FailurePolicy::Rollback {
                         self.engine
@@ -534,36 +537,49 @@ impl<E: StepEnv> JobRun<E> {
             env: self.engine.env.clone(),
             store: self.engine.store.clone(),
             cancel: self.cancel.child_token(),
+            releaser: None,
         }
     }
 
-    async fn run_phase(
+    async fn run_stage(
         &self,
-        phase: &PhaseDef,
+        stage: &[&PhaseDef],
         states: &mut BTreeMap<String, NodeState>,
     ) -> Result<PhaseOutcome, EngineError> {
-        if phase_done(phase, states) {
+        if stage.iter().all(|p| phase_done(p, states)) {
             return Ok(PhaseOutcome::Done);
         }
-        let span = tracing::info_span!("phase", phase = %phase.id);
-        self.run_phase_traced(phase, states).instrument(span).await
+        self.run_stage_traced(stage, states).await
     }
 
-    async fn run_phase_traced(
+    async fn run_stage_traced(
         &self,
-        phase: &PhaseDef,
+        stage: &[&PhaseDef],
         states: &mut BTreeMap<String, NodeState>,
     ) -> Result<PhaseOutcome, EngineError> {
-        self.phase_event(&phase.id, "started").await?;
+        let mut open: Vec<&PhaseDef> = Vec::new();
+        // The trace has a `phase` span per phase, each step's span under
+        // its own phase's, whether or not the phase overlaps another.
+        let mut spans: BTreeMap<&str, tracing::Span> = BTreeMap::new();
+        for p in stage {
+            if !phase_done(p, states) {
+                self.phase_event(&p.id, "started").await?;
+                open.push(p);
+                spans.insert(&p.id, tracing::info_span!("phase", phase = %p.id));
+            }
+        }
+        let nodes: Vec<&NodeDef> = stage.iter().flat_map(|p| p.nodes.iter()).collect();
         let mut inflight: JoinSet<Result<(String, NodeState), EngineError>> = JoinSet::new();
         let mut running: BTreeSet<String> = BTreeSet::new();
+        // Released nodes arrive here from their producers, mid-step.
+        let (tx, mut released) = tokio::sync::mpsc::unbounded_channel::<(String, NodeState)>();
         // Outputs of satisfied steps, shared by every step launched until the
         // next completion (copied only when a completion adds one).
         let mut outputs = Arc::new(Self::outputs(states));
         loop {
             let mut blocked: Option<(String, Value)> = None;
             let mut failed: Option<(String, Value)> = None;
-            for n in &phase.nodes {
+            for n in &nodes {
                 if let Some(NodeState::Failed { error, .. }) = states.get(&n.id) {
                     match stored_class(error) {
                         ErrorClass::Terminal => {
@@ -573,9 +589,13 @@ impl<E: StepEnv> JobRun<E> {
                     }
                 }
             }
-            if failed.is_none() && blocked.is_none() && !self.cancel.is_cancelled() {
-                for n in &phase.nodes {
-                    if running.contains(&n.id) {
+            // A step that waits for an operator blocks only what depends on
+            // it: the rest of the stage runs on (a server that never boots
+            // holds back no other node's bring-up), then the job pauses. A
+            // terminal failure stops every launch: the job unwinds.
+            if failed.is_none() && !self.cancel.is_cancelled() {
+                for n in &nodes {
+                    if running.contains(&n.id) || n.released_by.is_some() {
                         continue;
                     }
                     let state = states.get(&n.id).cloned().unwrap_or_default();
@@ -585,13 +605,17 @@ impl<E: StepEnv> JobRun<E> {
                             .all(|d| states.get(d).is_some_and(NodeState::is_satisfied));
                     if ready {
                         running.insert(n.id.clone());
+                        let releaser = self.releaser(&nodes, &n.id, states, &tx);
                         let exec = NodeExec {
                             run: self.clone_run(),
-                            node: n.clone(),
+                            node: (*n).clone(),
                             prior: state,
                             outputs: outputs.clone(),
+                            releaser,
                         };
-                        inflight.spawn(exec.forward().in_current_span());
+                        let span = spans.get(phase_of(&n.id)).cloned();
+                        let span = span.unwrap_or_else(tracing::Span::current);
+                        inflight.spawn(exec.forward().instrument(span));
                     }
                 }
             }
@@ -605,23 +629,38 @@ impl<E: StepEnv> JobRun<E> {
                 if self.cancel.is_cancelled() {
                     return Ok(PhaseOutcome::Interrupted);
                 }
-                if phase_done(phase, states) {
-                    self.phase_event(&phase.id, "succeeded").await?;
+                if stage.iter().all(|p| phase_done(p, states)) {
                     return Ok(PhaseOutcome::Done);
                 }
+                let stuck: Vec<&str> = nodes
+                    .iter()
+                    .filter(|n| !states.get(&n.id).is_some_and(NodeState::is_satisfied))
+                    .map(|n| n.id.as_str())
+                    .take(5)
+                    .collect();
                 return Err(EngineError::BadPlan {
                     job: self.job.id,
-                    message: format!("phase `{}` cannot make progress", phase.id),
+                    message: format!(
+                        "phase `{}` cannot make progress: {} never became ready (a released \
+                         node its producer did not release?)",
+                        phase_of(stuck.first().copied().unwrap_or_default()),
+                        stuck.join(", ")
+                    ),
                 });
             }
             tokio::select! {
                 joined = inflight.join_next() => {
                     let (id, state) = joined.expect("non-empty join set").expect("step task panicked")?;
                     running.remove(&id);
-                    if let Some(out) = state.output() {
-                        Arc::make_mut(&mut outputs).insert(id.clone(), out.clone());
+                    // What the step released before it returned is queued;
+                    // take it first.
+                    while let Ok((rid, rstate)) = released.try_recv() {
+                        Self::settle(states, &mut outputs, rid, rstate);
                     }
-                    states.insert(id, state);
+                    Self::settle(states, &mut outputs, id, state);
+                }
+                Some((id, state)) = released.recv() => {
+                    Self::settle(states, &mut outputs, id, state);
                 }
                 _ = self.cancel.cancelled() => {
                     // Dropping in-flight steps is exactly a crash: their
@@ -633,7 +672,58 @@ impl<E: StepEnv> JobRun<E> {
                     return Ok(PhaseOutcome::Interrupted);
                 }
             }
+            let mut still_open = Vec::with_capacity(open.len());
+            for p in open {
+                if phase_done(p, states) {
+                    // Its span ends with the phase.
+                    spans.remove(p.id.as_str());
+                    self.phase_event(&p.id, "succeeded").await?;
+                } else {
+                    still_open.push(p);
+                }
+            }
+            open = still_open;
         }
+    }
+
+    /// Records a node's new state and, if satisfied, its output.
+    fn settle(
+        states: &mut BTreeMap<String, NodeState>,
+        outputs: &mut Arc<BTreeMap<String, Value>>,
+        id: String,
+        state: NodeState,
+    ) {
+        if let Some(out) = state.output() {
+            Arc::make_mut(outputs).insert(id.clone(), out.clone());
+        }
+        states.insert(id, state);
+    }
+
+    /// The release handle of `producer`, if any node names it.
+    fn releaser(
+        &self,
+        nodes: &[&NodeDef],
+        producer: &str,
+        states: &BTreeMap<String, NodeState>,
+        tx: &tokio::sync::mpsc::UnboundedSender<(String, NodeState)>,
+    ) -> Option<Arc<Releaser>> {
+        let mine: Vec<&NodeDef> =
+            nodes.iter().copied().filter(|n| n.released_by.as_deref() == Some(producer)).collect();
+        if mine.is_empty() {
+            return None;
+        }
+        let pending = mine
+            .iter()
+            .filter_map(|n| {
+                let s = states.get(&n.id).cloned().unwrap_or_default();
+                (!s.is_satisfied()).then(|| (n.id.clone(), s.attempts()))
+            })
+            .collect();
+        Some(Arc::new(Releaser {
+            nodes: mine.iter().map(|n| n.id.clone()).collect(),
+            pending: std::sync::Mutex::new(pending),
+            tx: tx.clone(),
+        }))
     }
 
     fn clone_run(&self) -> Arc<JobRun<E>> {
@@ -709,6 +799,7 @@ impl<E: StepEnv> JobRun<E> {
                 node: node.clone(),
                 prior: state,
                 outputs: outputs.clone(),
+                releaser: None,
             };
             let fut = exec.undo().instrument(tracing::info_span!(
                 "undo",
@@ -732,6 +823,11 @@ impl<E: StepEnv> JobRun<E> {
     }
 }
 
+/// The phase of a node id (its first segment).
+fn phase_of(node: &str) -> &str {
+    node.split('/').next().unwrap_or(node)
+}
+
 /// Whether every step of `phase` is satisfied.
 fn phase_done(phase: &PhaseDef, states: &BTreeMap<String, NodeState>) -> bool {
     phase.nodes.iter().all(|n| states.get(&n.id).is_some_and(NodeState::is_satisfied))
@@ -752,6 +848,8 @@ struct NodeExec<E> {
     prior: NodeState,
     /// Outputs of satisfied steps (and, for an undo, the step's own).
     outputs: Arc<BTreeMap<String, Value>>,
+    /// Set when this node releases others (kept across its attempts).
+    releaser: Option<Arc<Releaser>>,
 }
 
 impl<E: StepEnv> NodeExec<E> {
@@ -821,7 +919,8 @@ impl<E: StepEnv> NodeExec<E> {
                 json!({ "state": "started", "attempt": attempt }),
             )
             .await?;
-            let cx = self.run.ctx(&self.node, attempt, &self.outputs);
+            let mut cx = self.run.ctx(&self.node, attempt, &self.outputs);
+            cx.releaser = self.releaser.clone();
             let span = tracing::info_span!(
                 "step",
                 step = %self.node.id,

@@ -5,8 +5,19 @@
 //! code. A restarted daemon rebuilds a run from the stored plan and the
 //! registry alone (steno's split of `Dag` and `ActionRegistry`).
 //!
-//! Node ids are `<phase>/<step>` and unique in a plan. Dependencies are
-//! within a phase; phases run strictly in order.
+//! Node ids are `<phase>/<step>` and unique in a plan. Phases run in
+//! order, except that a phase marked [`PhaseDef::overlaps`] starts together
+//! with the phase before it (a *stage*): its steps may then depend on that
+//! phase's steps, and each starts as soon as its own dependencies are
+//! satisfied. This is how a node's bring-up starts while the rest of the
+//! fleet is still being created.
+//!
+//! A *released* node ([`NodeDef::released_by`]) is a fact another step of
+//! its phase learns while it runs — the apply that creates a region's
+//! servers releases each server as the cloud reports it created. No action
+//! runs for it: its producer journals it (with its output) through
+//! [`StepCtx::release`](crate::StepCtx::release), and its dependents start
+//! from there, while the producer still runs.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -29,6 +40,11 @@ pub struct NodeDef {
     /// index, a region); they make per-item steps idempotent.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub params: Value,
+    /// A released node: the step (same phase) that journals it as it learns
+    /// it. The engine never runs this node's action forward; its undo runs
+    /// as any other's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
 }
 
 /// One phase: a DAG of steps.
@@ -36,6 +52,10 @@ pub struct NodeDef {
 pub struct PhaseDef {
     pub id: String,
     pub nodes: Vec<NodeDef>,
+    /// Starts together with the phase before it; its steps may depend on
+    /// that phase's steps (and on the phases that one overlaps).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overlaps: bool,
 }
 
 /// A whole job plan.
@@ -49,8 +69,12 @@ pub struct Plan {
 pub enum PlanError {
     #[error("node id `{0}` is used twice")]
     DuplicateNode(String),
-    #[error("node `{node}` depends on `{dep}`, which is not in phase `{phase}`")]
+    #[error(
+        "node `{node}` depends on `{dep}`, which is neither in phase `{phase}` nor in a phase it overlaps"
+    )]
     UnknownDependency { phase: String, node: String, dep: String },
+    #[error("node `{node}` is released by `{producer}`, which is not a running step of its phase")]
+    BadProducer { node: String, producer: String },
     #[error("phase `{0}` has a dependency cycle")]
     Cycle(String),
     #[error("node `{node}` names action `{action}`, which is not registered")]
@@ -73,17 +97,28 @@ impl Plan {
         self.phases.iter().flat_map(|p| p.topo_order().unwrap_or_default()).collect()
     }
 
-    /// Checks unique ids, known dependencies and acyclicity.
+    /// The nodes whose action runs (every node but the released ones), in
+    /// [`Plan::nodes_in_order`]'s order.
+    pub fn steps_that_run(&self) -> impl Iterator<Item = &NodeDef> {
+        self.nodes_in_order().into_iter().filter(|n| n.released_by.is_none())
+    }
+
+    /// Checks unique ids, known dependencies, producers and acyclicity.
     pub fn validate(&self) -> Result<(), PlanError> {
         let mut seen = BTreeSet::new();
+        // Ids of the current stage's earlier phases.
+        let mut stage: BTreeSet<&str> = BTreeSet::new();
         for p in &self.phases {
+            if !p.overlaps {
+                stage.clear();
+            }
             let ids: BTreeSet<&str> = p.nodes.iter().map(|n| n.id.as_str()).collect();
             for n in &p.nodes {
                 if !seen.insert(n.id.clone()) {
                     return Err(PlanError::DuplicateNode(n.id.clone()));
                 }
                 for d in &n.depends_on {
-                    if !ids.contains(d.as_str()) {
+                    if !ids.contains(d.as_str()) && !stage.contains(d.as_str()) {
                         return Err(PlanError::UnknownDependency {
                             phase: p.id.clone(),
                             node: n.id.clone(),
@@ -91,18 +126,48 @@ impl Plan {
                         });
                     }
                 }
+                if let Some(producer) = &n.released_by {
+                    let runs = p.nodes.iter().any(|m| &m.id == producer && m.released_by.is_none());
+                    if !runs {
+                        return Err(PlanError::BadProducer {
+                            node: n.id.clone(),
+                            producer: producer.clone(),
+                        });
+                    }
+                }
             }
             p.topo_order()?;
+            stage.extend(ids);
         }
         Ok(())
+    }
+
+    /// The phases grouped in stages: a phase and the phases that overlap it.
+    pub fn stages(&self) -> Vec<Vec<&PhaseDef>> {
+        let mut out: Vec<Vec<&PhaseDef>> = Vec::new();
+        for p in &self.phases {
+            match out.last_mut() {
+                Some(stage) if p.overlaps => stage.push(p),
+                _ => out.push(vec![p]),
+            }
+        }
+        out
     }
 }
 
 impl PhaseDef {
     /// Kahn's algorithm, stable with respect to declaration order.
+    /// Dependencies on other phases' nodes (an overlapping phase's) do not
+    /// order this phase.
     pub fn topo_order(&self) -> Result<Vec<&NodeDef>, PlanError> {
-        let mut indeg: HashMap<&str, usize> =
-            self.nodes.iter().map(|n| (n.id.as_str(), n.depends_on.len())).collect();
+        let own: BTreeSet<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+        let mut indeg: HashMap<&str, usize> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (n.id.as_str(), n.depends_on.iter().filter(|d| own.contains(d.as_str())).count())
+            })
+            .collect();
         let mut out = Vec::with_capacity(self.nodes.len());
         let mut done = BTreeSet::new();
         while out.len() < self.nodes.len() {
@@ -136,12 +201,36 @@ pub struct PhaseBuilder {
 
 impl PhaseBuilder {
     pub fn new(id: &str) -> Self {
-        PhaseBuilder { phase: PhaseDef { id: id.to_owned(), nodes: Vec::new() } }
+        PhaseBuilder { phase: PhaseDef { id: id.to_owned(), nodes: Vec::new(), overlaps: false } }
     }
 
-    /// The full id of a step of this phase.
+    /// A phase that starts together with the one before it.
+    pub fn overlapping(id: &str) -> Self {
+        let mut b = Self::new(id);
+        b.phase.overlaps = true;
+        b
+    }
+
+    /// The full id of a step of this phase; a name that already holds a
+    /// `/` is another phase's full id and is kept.
     pub fn id(&self, step: &str) -> String {
-        format!("{}/{}", self.phase.id, step)
+        if step.contains('/') { step.to_owned() } else { format!("{}/{}", self.phase.id, step) }
+    }
+
+    /// Adds a node `name` that `producer` (a step of this phase) releases
+    /// while it runs; `after` only orders it for display and unwinding.
+    pub fn released<P: Serialize>(
+        &mut self,
+        name: &str,
+        action: ActionId<P>,
+        producer: &str,
+        after: &[&str],
+        params: P,
+    ) -> String {
+        let id = self.step(name, action, after, params);
+        let producer = self.id(producer);
+        self.phase.nodes.last_mut().expect("just added").released_by = Some(producer);
+        id
     }
 
     /// Adds a step `name` running `action` with `params` (the type its
@@ -161,6 +250,7 @@ impl PhaseBuilder {
             action: action.name.to_owned(),
             depends_on: after.iter().map(|a| self.id(a)).collect(),
             params,
+            released_by: None,
         });
         id
     }

@@ -279,8 +279,14 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// Cloud objects the sim cloud holds, per kind, from its files (the "remote"
 /// side, independent of the daemon).
 pub fn sim_cloud_objects(data_dir: &Path) -> BTreeMap<String, Vec<Value>> {
+    sim_world_objects(data_dir, "cloud")
+}
+
+/// Every record one simulated system keeps, by kind
+/// (`<data_dir>/sim/<system>/<kind>/*.json`): `ssh` holds `k3s_nodes`.
+pub fn sim_world_objects(data_dir: &Path, system: &str) -> BTreeMap<String, Vec<Value>> {
     let mut out = BTreeMap::new();
-    let root = data_dir.join("sim").join("cloud");
+    let root = data_dir.join("sim").join(system);
     let Ok(kinds) = std::fs::read_dir(&root) else { return out };
     for k in kinds.flatten() {
         if !k.path().is_dir() {

@@ -869,6 +869,28 @@ impl CloudApi for HcloudClient {
         Ok(found.into_iter().filter(|o| o.name == name).collect())
     }
 
+    /// `GET /v1/{collection}/{id}`, answered as `{"<kind>": object}`.
+    async fn object(
+        &self,
+        token: &SecretString,
+        kind: &str,
+        id: i64,
+    ) -> AdapterResult<Option<CloudObject>> {
+        let op = "object";
+        let collection = known_collection(op, kind)?;
+        let path = format!("/v1/{collection}/{id}");
+        match self.call(token, op, Method::GET, &path, &[], None).await {
+            Ok(v) => {
+                let item = v.get(kind).ok_or_else(|| malformed(op, format!("no `{kind}` key")))?;
+                object_of(kind, item)
+                    .map(Some)
+                    .ok_or_else(|| malformed(op, format!("the {kind} has no id/name")))
+            }
+            Err(CallError::Api(a)) if a.status == 404 || a.code == "not_found" => Ok(None),
+            Err(e) => Err(e.into_step(op)),
+        }
+    }
+
     async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()> {
         let op = "delete";
         let collection = collection_of(&obj.kind).ok_or_else(|| {

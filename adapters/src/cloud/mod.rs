@@ -118,6 +118,13 @@ pub trait CloudApi: Send + Sync {
         token: &SecretString,
         name: &str,
     ) -> AdapterResult<Vec<CloudObject>>;
+    /// One object by kind and id (one request); `None` when it is gone.
+    async fn object(
+        &self,
+        token: &SecretString,
+        kind: &str,
+        id: i64,
+    ) -> AdapterResult<Option<CloudObject>>;
     /// Deletes an object; already gone is success.
     async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()>;
 }

@@ -189,6 +189,7 @@ impl TofuCli {
                 address: None,
                 action: None,
                 elapsed_s: None,
+                id: None,
                 message: msg,
             });
         }
@@ -363,6 +364,7 @@ pub fn parse_event(line: &str) -> Option<TofuEvent> {
             address: None,
             action: None,
             elapsed_s: None,
+            id: None,
             message: line.to_owned(),
         });
     };
@@ -382,6 +384,7 @@ pub fn parse_event(line: &str) -> Option<TofuEvent> {
             .map(str::to_owned),
         action: hook.and_then(|h| h.get("action")).and_then(Value::as_str).map(str::to_owned),
         elapsed_s: hook.and_then(|h| h.get("elapsed_seconds")).and_then(Value::as_f64),
+        id: hook.and_then(|h| h.get("id_value")).and_then(Value::as_str).map(str::to_owned),
         message,
     })
 }
@@ -600,11 +603,13 @@ impl TofuApi for TofuCli {
         ws: &Workspace,
         token: &SecretString,
         replace: &[String],
+        parallelism: u32,
         sink: TofuSink,
     ) -> AdapterResult<()> {
         self.prepare(ws, "apply", Some(&sink)).await?;
         let replace: Vec<String> = replace.iter().map(|a| format!("-replace={a}")).collect();
-        let mut args = vec!["apply", "-input=false", "-auto-approve", "-json"];
+        let parallelism = format!("-parallelism={}", parallelism.max(1));
+        let mut args = vec!["apply", "-input=false", "-auto-approve", "-json", &parallelism];
         args.extend(replace.iter().map(String::as_str));
         let spec = self.spec(ws, &args, Some(token)).line_sink(event_sink(sink));
         self.exec("apply", spec).await?;
@@ -670,8 +675,9 @@ mod tests {
 
     #[test]
     fn parses_apply_lines() {
-        let l = r#"{"@level":"info","@message":"terraform_data.a: Creation complete after 0s [id=x]","hook":{"resource":{"addr":"terraform_data.a"},"action":"create","elapsed_seconds":1.5},"type":"apply_complete"}"#;
+        let l = r#"{"@level":"info","@message":"terraform_data.a: Creation complete after 0s [id=x]","hook":{"resource":{"addr":"terraform_data.a"},"action":"create","id_key":"id","id_value":"x","elapsed_seconds":1.5},"type":"apply_complete"}"#;
         let e = parse_event(l).unwrap();
+        assert_eq!(e.id.as_deref(), Some("x"));
         assert_eq!(e.kind, "apply_complete");
         assert_eq!(e.address.as_deref(), Some("terraform_data.a"));
         assert_eq!(e.action.as_deref(), Some("create"));

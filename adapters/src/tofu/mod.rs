@@ -33,6 +33,10 @@ pub struct TofuEvent {
     pub address: Option<String>,
     pub action: Option<String>,
     pub elapsed_s: Option<f64>,
+    /// The object's id, where tofu reports one (`apply_complete`'s
+    /// `hook.id_value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub message: String,
 }
 
@@ -54,6 +58,9 @@ pub struct StateResource {
     pub attrs: Value,
 }
 
+/// tofu's own `-parallelism` default.
+pub const DEFAULT_PARALLELISM: u32 = 10;
+
 /// Where apply/destroy stream their events. Sent in order; the step
 /// forwards them to the job's event stream.
 pub type TofuSink = tokio::sync::mpsc::UnboundedSender<TofuEvent>;
@@ -68,11 +75,14 @@ pub trait TofuApi: Send + Sync {
     /// `apply -auto-approve`. `replace` names state addresses to destroy and
     /// create again (`-replace=ADDR`): objects that are in the state but
     /// gone from the cloud, which only a provider's refresh would notice.
+    /// `parallelism` is how many objects tofu creates at once
+    /// (`-parallelism`; tofu's own default is [`DEFAULT_PARALLELISM`]).
     async fn apply(
         &self,
         ws: &Workspace,
         token: &SecretString,
         replace: &[String],
+        parallelism: u32,
         sink: TofuSink,
     ) -> AdapterResult<()>;
     async fn output(&self, ws: &Workspace) -> AdapterResult<Value>;

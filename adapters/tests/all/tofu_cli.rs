@@ -138,7 +138,7 @@ async fn init_plan_apply_output_state_and_no_op_reapply() {
     assert!(!f.ws.dir.join("tfplan").exists(), "the plan file (which embeds the token) is removed");
 
     let (tx, mut rx) = events();
-    f.cli.apply(&f.ws, &token(), &[], tx).await.unwrap();
+    f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap();
     let ev = drain(&mut rx);
     let starts: Vec<_> = ev.iter().filter(|e| e.kind == "apply_start").collect();
     let completes: Vec<_> = ev.iter().filter(|e| e.kind == "apply_complete").collect();
@@ -170,7 +170,7 @@ async fn init_plan_apply_output_state_and_no_op_reapply() {
     let plan = f.cli.plan(&f.ws, &token()).await.unwrap();
     assert_eq!((plan.add, plan.change, plan.destroy), (0, 0, 0), "re-plan is a no-op");
     let (tx, mut rx) = events();
-    f.cli.apply(&f.ws, &token(), &[], tx).await.unwrap();
+    f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap();
     let ev = drain(&mut rx);
     assert!(ev.iter().all(|e| e.kind != "apply_start"), "re-apply creates nothing: {ev:#?}");
     assert_eq!(f.cli.state(&f.ws).await.unwrap().len(), 2);
@@ -194,7 +194,7 @@ async fn failing_apply_reports_the_diagnostic() {
     let f = fixture(&bin, "fail", Duration::from_secs(120));
     f.cli.init(&f.ws).await.unwrap();
     let (tx, mut rx) = events();
-    let e = f.cli.apply(&f.ws, &token(), &[], tx).await.unwrap_err();
+    let e = f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap_err();
     match &e {
         StepError::Adapter { cause: Cause::CommandFailed, message, .. } => {
             assert!(message.contains("the doomed resource refuses to exist"), "{message}");
@@ -231,7 +231,7 @@ async fn stale_lock_is_removed_and_live_lock_conflicts() {
     .unwrap();
     std::fs::write(f.ws.dir.join(PID_FILE), "99999999\n").unwrap();
     let (tx, mut rx) = events();
-    f.cli.apply(&f.ws, &token(), &[], tx).await.unwrap();
+    f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap();
     let ev = drain(&mut rx);
     assert!(ev.iter().any(|e| e.kind == "stale_lock_removed"), "{ev:#?}");
     assert_eq!(f.cli.state(&f.ws).await.unwrap().len(), 2);
@@ -246,7 +246,7 @@ async fn stale_lock_is_removed_and_live_lock_conflicts() {
     std::fs::write(f.ws.dir.join(PID_FILE), format!("{}\n", holder.id())).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let (tx, _rx) = events();
-    let e = f.cli.apply(&f.ws, &token(), &[], tx).await.unwrap_err();
+    let e = f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap_err();
     holder.kill().unwrap();
     holder.wait().unwrap();
     assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }), "{e}");
@@ -269,7 +269,7 @@ fn spawn_orphan(cwd: Option<&std::path::Path>, name: &str) -> u32 {
 /// An apply in `f`'s workspace stops the orphan `pid`, says so, and runs.
 async fn apply_stops_orphan(f: &Fixture, pid: u32) {
     let (tx, mut rx) = events();
-    f.cli.apply(&f.ws, &token(), &[], tx).await.unwrap();
+    f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap();
     let ev = drain(&mut rx);
     let stale = ev.iter().find(|e| e.kind == "stale_lock_removed").expect("an event");
     assert!(stale.message.contains(&format!("stopped tofu pid {pid}")), "{}", stale.message);
@@ -316,7 +316,7 @@ async fn timeout_kills_the_apply_and_a_rerun_converges() {
     f.cli.init(&f.ws).await.unwrap();
     let (tx, mut rx) = events();
     let started = Instant::now();
-    let e = f.cli.apply(&f.ws, &token(), &[], tx).await.unwrap_err();
+    let e = f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap_err();
     let took = started.elapsed();
     assert!(took < timeout + Duration::from_secs(5), "took {took:?}");
     match &e {
@@ -341,7 +341,7 @@ async fn timeout_kills_the_apply_and_a_rerun_converges() {
     std::fs::write(&main, src).unwrap();
     let fast = TofuCli::new(&bin, f._dir.path().join("plugin-cache"), Duration::from_secs(120));
     let (tx, _rx) = events();
-    fast.apply(&f.ws, &token(), &[], tx).await.unwrap();
+    fast.apply(&f.ws, &token(), &[], 10, tx).await.unwrap();
     let state = fast.state(&f.ws).await.unwrap();
     assert_eq!(addresses(&state), ["terraform_data.quick", "terraform_data.slow"], "no duplicates");
     let plan = fast.plan(&f.ws, &token()).await.unwrap();

@@ -4,6 +4,7 @@
 
 mod faults;
 mod generic;
+mod pipeline;
 mod plans;
 mod resume;
 mod retry;

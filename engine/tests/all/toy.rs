@@ -163,6 +163,19 @@ impl World {
         })
     }
 
+    /// Creates `name` with `value` for the step `cx` (logged, knobs apply).
+    pub fn make_thing(&self, cx: &StepCtx<World>, name: &str, value: i64) -> StepResult<Made> {
+        self.make(cx, name, value)
+    }
+
+    /// Removes `name` (logged as `delete:<name>`); already gone is done.
+    pub fn remove(&self, name: &str) {
+        self.with(|s| {
+            s.calls.push(format!("delete:{name}"));
+            s.things.remove(name);
+        })
+    }
+
     /// Creates `name` with `value`; done already is done.
     fn make(&self, cx: &StepCtx<World>, name: &str, value: i64) -> StepResult<Made> {
         self.call("create", cx, name, |s| match s.things.get(name) {

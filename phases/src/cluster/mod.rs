@@ -1,11 +1,17 @@
 //! Phase 3, `cluster`: K3s and Cilium over SSH, kubeconfig verified.
 //!
+//! The phase overlaps `infra` (a pipelined bring-up): a server's steps start
+//! as soon as `infra/apply-<loc>` releases that server (`infra/server-<s>`,
+//! when the cloud reports it created), while the rest of the fleet is still
+//! being created; the K3s installs also wait for the region's load balancer
+//! (`infra/load-balancer-<loc>`: its address is in the servers' TLS SANs).
+//!
 //! Per region:
 //! 1. `join-token-<loc>` (undo: forget it): a random join token, held
 //!    age-encrypted in the store, never derived from inputs;
-//! 2. `ssh-<server>`, one per server: a bounded, reasoned wait while the
-//!    host boots, then its host key pinned on first contact (every later
-//!    call checks it);
+//! 2. `ssh-<server>`, one per server, once the server is released: a
+//!    bounded, reasoned wait while the host boots, then its host key pinned
+//!    on first contact (every later call checks it);
 //! 3. `k3s-<server>` (undo: K3s's uninstall script): the first server with
 //!    `cluster-init`, the other servers joining it one at a time, agents
 //!    joining in parallel. Air-gap artifacts are uploaded where a node's
@@ -35,7 +41,7 @@ use serde_json::{Value, json};
 
 use self::render::{ARTIFACTS, cilium_manifest, install_script, k3s_config, marker};
 use crate::common::{RegionParams, SecretRef, command_failed, fqdn, precondition};
-use crate::infra::{Outputs, PROVISIONER_KEY, Server};
+use crate::infra::{LoadBalancer, Outputs, PROVISIONER_KEY, Server};
 use crate::request::Region;
 use crate::{Registry, StepCtx, release};
 
@@ -158,22 +164,23 @@ fn server_names(slug_loc: &str, r: &Region) -> (Vec<String>, Vec<String>) {
 }
 
 pub fn phase(regions: &[Region]) -> PhaseDef {
-    let mut b = PhaseBuilder::new(PHASE);
+    let mut b = PhaseBuilder::overlapping(PHASE);
     for r in regions {
         let l = &r.location;
         let (cps, ws) = server_names(l, r);
         let tok = format!("join-token-{l}");
+        let lb = crate::infra::load_balancer_node(l);
         b.step(&tok, JOIN_TOKEN, &[], RegionParams::new(l));
         for (i, s) in cps.iter().chain(ws.iter()).enumerate() {
             let role = if i < cps.len() { "control-plane" } else { "worker" };
             let p = NodeParams { location: l.clone(), suffix: s.clone(), role: role.into() };
-            b.step(&format!("ssh-{s}"), SSH, &[], p);
+            b.step(&format!("ssh-{s}"), SSH, &[&crate::infra::server_node(s)], p);
         }
         let mut servers: Vec<String> = Vec::new();
         for (i, s) in cps.iter().enumerate() {
             let name = format!("k3s-{s}");
             let ssh = format!("ssh-{s}");
-            let mut after = vec![ssh.as_str(), tok.as_str()];
+            let mut after = vec![ssh.as_str(), tok.as_str(), lb.as_str()];
             let prev: Option<String> = servers.last().cloned();
             if let Some(p) = &prev {
                 after.push(p.as_str());
@@ -198,7 +205,7 @@ pub fn phase(regions: &[Region]) -> PhaseDef {
                 role: "agent".into(),
                 first: false,
             };
-            b.step(&name, K3S_STEP, &[ssh.as_str(), first.as_str()], p);
+            b.step(&name, K3S_STEP, &[ssh.as_str(), first.as_str(), lb.as_str()], p);
             agents.push(name);
         }
         let cil = format!("cilium-{l}");
@@ -228,23 +235,35 @@ pub fn phase(regions: &[Region]) -> PhaseDef {
 
 // --- steps ---------------------------------------------------------------
 
-/// The region's infra outputs. Every step of this phase names its region
-/// in its params, under `location`.
-fn outputs(cx: &StepCtx) -> StepResult<Outputs> {
-    cx.lookup(&format!("infra/outputs-{}", location(cx)?))
-}
-
-/// This node's region.
+/// This node's region (every step of this phase names it in its params,
+/// under `location`).
 fn location(cx: &StepCtx) -> StepResult<String> {
     Ok(cx.params::<RegionParams>()?.location)
 }
 
-fn server_by_suffix(cx: &StepCtx, out: &Outputs, suffix: &str) -> StepResult<Server> {
+/// The server `suffix` as `infra/apply-<loc>` released it; a job planned
+/// before the bring-up was pipelined reads the region's outputs instead.
+fn released_server(cx: &StepCtx, suffix: &str) -> StepResult<Server> {
+    if let Ok(s) = cx.lookup::<Server>(&crate::infra::server_node(suffix)) {
+        return Ok(s);
+    }
+    let out: Outputs = cx.lookup(&format!("infra/outputs-{}", location(cx)?))?;
     out.servers
         .iter()
         .find(|s| s.name.ends_with(&format!("-{suffix}")))
         .cloned()
         .ok_or_else(|| StepError::MissingOutput { name: format!("{}: server *-{suffix}", cx.node) })
+}
+
+/// The region's load balancer as `infra/apply-<loc>` released it (or, for
+/// a job planned before, its outputs).
+fn load_balancer(cx: &StepCtx) -> StepResult<LoadBalancer> {
+    let loc = location(cx)?;
+    if let Ok(lb) = cx.lookup::<LoadBalancer>(&crate::infra::load_balancer_node(&loc)) {
+        return Ok(lb);
+    }
+    let out: Outputs = cx.lookup(&format!("infra/outputs-{loc}"))?;
+    Ok(out.load_balancer)
 }
 
 fn host(cx: &StepCtx, s: &Server) -> Host {
@@ -267,9 +286,8 @@ pub const ARTIFACT_FILES: [&str; 2] = ["k3s", "install.sh"];
 pub const SUMS_FILE: &str = "SHA256SUMS";
 
 async fn ssh(cx: &StepCtx) -> StepResult<Pinned> {
-    let out = outputs(cx)?;
     let NodeParams { suffix, .. } = cx.params()?;
-    let s = server_by_suffix(cx, &out, &suffix)?;
+    let s = released_server(cx, &suffix)?;
     let h = host(cx, &s);
     let fp = cx
         .wait_for(
@@ -295,15 +313,9 @@ fn pinned(cx: &StepCtx, suffix: &str) -> StepResult<(Host, String, Server)> {
     Ok((p.host, p.fingerprint, p.server))
 }
 
-/// The region's first control plane with its pinned SSH host.
-fn first_server(cx: &StepCtx, out: &Outputs) -> StepResult<(Host, String, Server)> {
-    let first = out
-        .servers
-        .iter()
-        .find(|s| s.role == "control-plane")
-        .ok_or_else(|| StepError::MissingOutput { name: "control plane".into() })?;
-    let suffix = format!("{}-{}", out.location, first.name.rsplit('-').next().unwrap_or_default());
-    pinned(cx, &suffix)
+/// The region's first control plane (`<loc>-cp1`) with its pinned SSH host.
+fn first_server(cx: &StepCtx) -> StepResult<(Host, String, Server)> {
+    pinned(cx, &format!("{}-cp1", location(cx)?))
 }
 
 fn token_name(loc: &str) -> String {
@@ -453,14 +465,9 @@ async fn run_ok(
 async fn k3s(cx: &StepCtx) -> StepResult<K3sInstalled> {
     let K3sParams { location: loc, suffix, role, first } = cx.params()?;
     let (h, fp, me) = pinned(cx, &suffix)?;
-    let out = outputs(cx)?;
+    let lb = load_balancer(cx)?;
     let k = key(cx).await?;
-    let first_ip = out
-        .servers
-        .iter()
-        .find(|s| s.role == "control-plane")
-        .map(|s| s.node_ip().to_owned())
-        .unwrap_or_default();
+    let first_ip = first_server(cx)?.2.node_ip().to_owned();
     // Guard: installed at this version already? Then nothing to do.
     if cx.env.ssh.run(&h, &fp, &k, &format!("test -f {}", at(&marker()))).await?.status == 0 {
         return Ok(K3sInstalled {
@@ -473,15 +480,8 @@ async fn k3s(cx: &StepCtx) -> StepResult<K3sInstalled> {
     }
     let sent = upload_artifacts(cx, &h, &fp, &k).await?;
     let token = cx.secret(&token_name(&loc)).await?;
-    let cfg = k3s_config(
-        &role,
-        first,
-        token.expose(),
-        &first_ip,
-        me.node_ip(),
-        &out.load_balancer.ipv4,
-        &fqdn(cx)?,
-    );
+    let cfg =
+        k3s_config(&role, first, token.expose(), &first_ip, me.node_ip(), &lb.ipv4, &fqdn(cx)?);
     cx.env.ssh.upload(&h, &fp, &k, "/etc/rancher/k3s/config.yaml", cfg.as_bytes(), 0o600).await?;
     cx.env
         .ssh
@@ -524,8 +524,7 @@ async fn k3s_undo(cx: &StepCtx) -> StepResult<()> {
 }
 
 async fn cilium(cx: &StepCtx) -> StepResult<CiliumChart> {
-    let out = outputs(cx)?;
-    let (h, fp, first) = first_server(cx, &out)?;
+    let (h, fp, first) = first_server(cx)?;
     let body = cilium_manifest(first.node_ip())?;
     cx.env.ssh.upload(&h, &fp, &key(cx).await?, CILIUM_MANIFEST, body.as_bytes(), 0o600).await?;
     Ok(CiliumChart {
@@ -542,16 +541,14 @@ async fn cilium(cx: &StepCtx) -> StepResult<CiliumChart> {
 /// exists and installed the CNI), so `cilium.yaml.skip` suppresses it from
 /// then on. Skipping (or removing) a manifest deletes none of its objects.
 async fn cilium_settled(cx: &StepCtx) -> StepResult<Settled> {
-    let out = outputs(cx)?;
-    let (h, fp, _) = first_server(cx, &out)?;
+    let (h, fp, _) = first_server(cx)?;
     run_ok(cx, &h, &fp, &key(cx).await?, &format!("touch {}", at(CILIUM_SKIP))).await?;
     Ok(Settled { suppressed: CILIUM_MANIFEST.into(), marker: CILIUM_SKIP.into() })
 }
 
 async fn cilium_settled_undo(cx: &StepCtx) -> StepResult<()> {
     // A host that is gone has no marker left.
-    let Ok(out) = outputs(cx) else { return Ok(()) };
-    let Ok((h, fp, _)) = first_server(cx, &out) else { return Ok(()) };
+    let Ok((h, fp, _)) = first_server(cx) else { return Ok(()) };
     run_ok(cx, &h, &fp, &key(cx).await?, &format!("rm -f {}", at(CILIUM_SKIP))).await?;
     Ok(())
 }
@@ -562,8 +559,7 @@ pub(crate) fn kubeconfig_secret(loc: &str) -> String {
 
 async fn kubeconfig(cx: &StepCtx) -> StepResult<Kubeconfig> {
     let loc = location(cx)?;
-    let out = outputs(cx)?;
-    let (h, fp, _) = first_server(cx, &out)?;
+    let (h, fp, _) = first_server(cx)?;
     let k = key(cx).await?;
     let raw = run_ok(cx, &h, &fp, &k, &format!("cat {}", at(KUBECONFIG_PATH))).await?;
     if !raw.contains("https://127.0.0.1:6443") {
@@ -574,7 +570,7 @@ async fn kubeconfig(cx: &StepCtx) -> StepResult<Kubeconfig> {
             "k3s.yaml does not point at https://127.0.0.1:6443",
         ));
     }
-    let endpoint = format!("https://{}:6443", out.load_balancer.ipv4);
+    let endpoint = format!("https://{}:6443", load_balancer(cx)?.ipv4);
     let rewritten = SecretString::new(raw.replace("https://127.0.0.1:6443", &endpoint));
     // the endpoint we hand over must answer, over TLS verified with
     // the cluster's CA for that address, before it is stored as the
@@ -609,9 +605,8 @@ pub async fn kubeconfig_for(cx: &StepCtx, loc: &str) -> StepResult<SecretString>
 }
 
 async fn verify(cx: &StepCtx) -> StepResult<ClusterVerified> {
-    let out = outputs(cx)?;
     let VerifyParams { servers: want_servers, agents: want_agents, .. } = cx.params()?;
-    let (h, fp, _) = first_server(cx, &out)?;
+    let (h, fp, _) = first_server(cx)?;
     let k = key(cx).await?;
     let counts = cx
         .wait_for(

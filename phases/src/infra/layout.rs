@@ -29,6 +29,8 @@ use cz_adapters::cloud::catalogue::{
 };
 
 use crate::request::{LoadBalancerTargets, NodeNetwork, Region};
+use cz_adapters::DEFAULT_PARALLELISM;
+use cz_adapters::cloud::BudgetConfig;
 
 /// How one region is laid out in the cloud.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +47,27 @@ pub struct RegionLayout {
     pub load_balancer_targets: u32,
 }
 
+/// Requests one server create costs the project's budget: its `POST` and
+/// the provider's polls of the create action (a create takes about 30 s,
+/// polled at 0.5, 1, 2, 4, 8, 10, 10 s: seven polls).
+pub const REQUESTS_PER_SERVER_CREATE: u32 = 8;
+
 impl RegionLayout {
+    /// How many objects the region's apply creates at once (tofu's
+    /// `-parallelism`): every server and the load balancer in one wave where
+    /// the project's request budget carries it, never fewer than tofu's
+    /// default, and never more than half the budget can pay for in one burst
+    /// (225 creates): the other half stays for the rest of the job, the
+    /// release `GET`s and other jobs on the project. The bucket refills
+    /// 1/s, far slower than a burst spends it, so a wider apply would wait
+    /// for tokens instead of creating. Two large regions of one job apply at
+    /// once and share the budget: the client and the provider wait on a
+    /// `429`, and nothing fails.
+    pub fn apply_parallelism(&self) -> u32 {
+        let cap = BudgetConfig::default().capacity / 2 / REQUESTS_PER_SERVER_CREATE;
+        (self.control_planes + self.workers + 1).clamp(DEFAULT_PARALLELISM, cap)
+    }
+
     pub fn of(r: &Region) -> Self {
         let servers = r.control_plane.count + r.workers.count;
         let private_network = match r.network {
@@ -217,5 +239,15 @@ mod tests {
         r.workers.count = 200;
         r.load_balancer.kind = Some(LoadBalancerKind::Lb31);
         assert!(check("regions[0]", &r)[0].1.contains("fewer workers"));
+    }
+
+    #[test]
+    fn an_apply_creates_a_large_fleet_in_waves_the_budget_carries() {
+        let layout = |workers| RegionLayout::of(&region(3, workers));
+        assert_eq!(layout(1).apply_parallelism(), DEFAULT_PARALLELISM);
+        assert_eq!(layout(47).apply_parallelism(), 51);
+        assert_eq!(layout(497).apply_parallelism(), 225);
+        let burst = layout(497).apply_parallelism() * REQUESTS_PER_SERVER_CREATE;
+        assert!(burst <= BudgetConfig::default().capacity / 2);
     }
 }

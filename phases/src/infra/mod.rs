@@ -9,7 +9,15 @@
 //!    workspace;
 //! 3. `init-<loc>`, 4. `plan-<loc>` (the plan's summary is streamed);
 //! 5. `apply-<loc>` (undo: `tofu destroy`, then a sweep by label): every
-//!    tofu event streamed into the job's stream;
+//!    tofu event streamed into the job's stream. It *releases*
+//!    `server-<server>` for each server and `load-balancer-<loc>` as tofu
+//!    reports each created (`apply_complete` with its id; one `GET` of the
+//!    object gives its addresses), so the `cluster` phase, which overlaps
+//!    this one, starts that node's bring-up while the others are still being
+//!    created (a pipelined bring-up). When the apply ends, whatever it has not
+//!    released yet (objects adopted after a crash, objects an earlier run
+//!    made, the offline module's objects, a `GET` that failed) is released
+//!    from tofu's outputs, so every run ends with all of them released;
 //! 6. `outputs-<loc>`: ids and IPs, persisted for the later phases.
 //!
 //! Workspaces and state live under the data directory, never a temp dir:
@@ -46,6 +54,7 @@ pub mod render;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cz_adapters::labels::{LABEL_REGION, LABEL_ROLE, LABEL_SOVEREIGN};
 use cz_adapters::{
@@ -105,6 +114,13 @@ pub struct Applied {
     pub events: u64,
     /// Objects an interrupted apply had created, imported into the state.
     pub adopted: Vec<String>,
+    /// Servers and load balancers released as tofu created them (the rest
+    /// were released from the outputs when the apply ended).
+    #[serde(default)]
+    pub released_early: usize,
+    /// Objects tofu created at once (`-parallelism`).
+    #[serde(default)]
+    pub parallelism: u32,
 }
 
 /// The manifest `render` writes beside the module ([`MANIFEST`]).
@@ -121,6 +137,25 @@ const INIT: ActionId<RegionParams> = ActionId::new("infra.init");
 const PLAN: ActionId<RegionParams> = ActionId::new("infra.plan");
 const APPLY: ActionId<RegionParams> = ActionId::new("infra.apply");
 const OUTPUTS: ActionId<RegionParams> = ActionId::new("infra.outputs");
+const SERVER: ActionId<ServerParams> = ActionId::new("infra.server");
+const LOAD_BALANCER: ActionId<RegionParams> = ActionId::new("infra.load-balancer");
+
+/// `server-<server>`'s params: which server (`fsn1-cp1`) of which region.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerParams {
+    pub location: String,
+    pub suffix: String,
+}
+
+/// The node `apply-<loc>` releases when server `suffix` (`fsn1-w3`) exists.
+pub fn server_node(suffix: &str) -> String {
+    format!("{PHASE}/server-{suffix}")
+}
+
+/// The node `apply-<loc>` releases when the region's load balancer exists.
+pub fn load_balancer_node(location: &str) -> String {
+    format!("{PHASE}/load-balancer-{location}")
+}
 
 pub fn register(r: &mut Registry) {
     r.register(PROVISIONER_KEY_STEP, action!(provisioner_key, provisioner_key_undo));
@@ -129,6 +164,9 @@ pub fn register(r: &mut Registry) {
     r.register(PLAN, action!(plan, no_undo));
     r.register(APPLY, action!(apply, apply_undo));
     r.register(OUTPUTS, action!(outputs, no_undo));
+    // Released by the apply, never run; the apply's undo removes the objects.
+    r.register(SERVER, action!(released_server, no_undo));
+    r.register(LOAD_BALANCER, action!(released_load_balancer, no_undo));
 }
 
 pub fn phase(regions: &[Region]) -> PhaseDef {
@@ -140,8 +178,15 @@ pub fn phase(regions: &[Region]) -> PhaseDef {
         b.step(&format!("render-{l}"), RENDER, &["provisioner-key"], p());
         b.step(&format!("init-{l}"), INIT, &[&format!("render-{l}")], p());
         b.step(&format!("plan-{l}"), PLAN, &[&format!("init-{l}")], p());
-        b.step(&format!("apply-{l}"), APPLY, &[&format!("plan-{l}")], p());
-        b.step(&format!("outputs-{l}"), OUTPUTS, &[&format!("apply-{l}")], p());
+        let (plan, apply) = (format!("plan-{l}"), format!("apply-{l}"));
+        b.step(&apply, APPLY, &[&plan], p());
+        b.released(&format!("load-balancer-{l}"), LOAD_BALANCER, &apply, &[&plan], p());
+        let cps = (1..=r.control_plane.count).map(|i| format!("{l}-cp{i}"));
+        for suffix in cps.chain((1..=r.workers.count).map(|i| format!("{l}-w{i}"))) {
+            let params = ServerParams { location: l.clone(), suffix: suffix.clone() };
+            b.released(&format!("server-{suffix}"), SERVER, &apply, &[&plan], params);
+        }
+        b.step(&format!("outputs-{l}"), OUTPUTS, &[&apply], p());
     }
     b.build()
 }
@@ -492,9 +537,40 @@ where
     F: FnOnce(TofuSink) -> Fut,
     Fut: std::future::Future<Output = StepResult<()>>,
 {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    with_events_tapped(cx, |_| {}, f).await
+}
+
+/// [`with_events`], with `tap` seeing each event as tofu emits it.
+async fn with_events_tapped<T, F, Fut>(cx: &StepCtx, tap: T, f: F) -> StepResult<u64>
+where
+    T: Fn(&TofuEvent),
+    F: FnOnce(TofuSink) -> Fut,
+    Fut: std::future::Future<Output = StepResult<()>>,
+{
+    let (tx, mut from_tofu) = tokio::sync::mpsc::unbounded_channel::<TofuEvent>();
+    let (to_store, rx) = tokio::sync::mpsc::unbounded_channel();
     let fwd = tokio::spawn(forward_events(cx.clone(), rx));
-    let result = f(tx).await;
+    let run = f(tx);
+    tokio::pin!(run);
+    let mut result = None;
+    // Until tofu is done and its last event is passed on.
+    loop {
+        tokio::select! {
+            r = &mut run, if result.is_none() => result = Some(r),
+            ev = from_tofu.recv() => match ev {
+                Some(ev) => {
+                    tap(&ev);
+                    let _ = to_store.send(ev);
+                }
+                None => break,
+            },
+        }
+    }
+    let result = match result {
+        Some(r) => r,
+        None => run.await,
+    };
+    drop(to_store);
     let n = fwd.await.map_err(|e| StepError::internal(e.to_string()))??;
     result.map(|()| n)
 }
@@ -585,13 +661,161 @@ async fn apply(cx: &StepCtx) -> StepResult<Applied> {
     let adopted = adopt_orphans(cx, &ws, &loc).await?;
     let replace = offline_drift(cx, &ws, &loc).await?;
     let tofu = cx.env.tofu.clone();
-    let lines = with_events(cx, |sink| {
-        let (ws, token) = (ws.clone(), token.clone());
-        async move { tofu.apply(&ws, &token, &replace, sink).await }
-    })
-    .await?;
+    let releases = Releases::of(cx, &slug(&fqdn(cx)?), &read_manifest(&ws).await?, &token);
+    let parallelism = layout::RegionLayout::of(&region_of(cx)?).apply_parallelism();
+    let lines = with_events_tapped(
+        cx,
+        |e| releases.created(e),
+        |sink| {
+            let (ws, token) = (ws.clone(), token.clone());
+            async move { tofu.apply(&ws, &token, &replace, parallelism, sink).await }
+        },
+    )
+    .await;
+    let early = releases.finish().await;
+    let lines = lines?;
+    // Whatever was not released as it was created, from tofu's outputs.
+    let out = read_outputs(cx, &loc).await?;
+    cx.release(&load_balancer_node(&loc), &out.load_balancer).await?;
+    for s in &out.servers {
+        cx.release(&server_node(&suffix_of(&s.name, &loc)), s).await?;
+    }
     let state = cx.env.tofu.state(&ws).await?;
-    Ok(Applied { resources: state.len(), events: lines, adopted })
+    Ok(Applied {
+        resources: state.len(),
+        events: lines,
+        adopted,
+        released_early: early,
+        parallelism,
+    })
+}
+
+/// A server's name without the Sovereign's prefix: `fsn1-w3`.
+fn suffix_of(name: &str, location: &str) -> String {
+    match name.rfind(&format!("-{location}-")) {
+        Some(at) => name[at + 1..].to_owned(),
+        None => name.to_owned(),
+    }
+}
+
+/// What `apply` releases as tofu creates it: the objects' addresses mapped
+/// to their released nodes, and the releases in flight (each needs one
+/// `GET` of the new object for its addresses).
+struct Releases {
+    cx: StepCtx,
+    token: cz_state::SecretString,
+    /// tofu address → (released node, kind, role).
+    nodes: BTreeMap<String, (String, String, String)>,
+    tasks: std::sync::Mutex<tokio::task::JoinSet<bool>>,
+    /// At most this many `GET`s at once.
+    gets: Arc<tokio::sync::Semaphore>,
+}
+
+impl Releases {
+    fn of(
+        cx: &StepCtx,
+        slug: &str,
+        manifest: &[Resource],
+        token: &cz_state::SecretString,
+    ) -> Releases {
+        let nodes = manifest
+            .iter()
+            .filter_map(|r| {
+                let node = match r.kind.as_str() {
+                    "server" => server_node(r.name.strip_prefix(&format!("{slug}-"))?),
+                    "load_balancer" => {
+                        let name = r.name.strip_prefix(&format!("{slug}-"))?;
+                        load_balancer_node(name.strip_suffix("-lb")?)
+                    }
+                    _ => return None,
+                };
+                let role = r.attrs.get("role").and_then(Value::as_str).unwrap_or_default();
+                Some((r.address.clone(), (node, r.kind.clone(), role.to_owned())))
+            })
+            .collect();
+        Releases {
+            cx: cx.clone(),
+            token: token.clone(),
+            nodes,
+            tasks: Default::default(),
+            gets: Arc::new(tokio::sync::Semaphore::new(RELEASE_GETS)),
+        }
+    }
+
+    /// A tofu event: a create of a released object starts its release.
+    fn created(&self, e: &TofuEvent) {
+        if e.kind != "apply_complete" || e.action.as_deref() != Some("create") {
+            return;
+        }
+        let (Some(address), Some(id)) = (&e.address, e.id.as_deref().and_then(|i| i.parse().ok()))
+        else {
+            return;
+        };
+        let Some((node, kind, role)) = self.nodes.get(address).cloned() else { return };
+        let (cx, token, gets) = (self.cx.clone(), self.token.clone(), self.gets.clone());
+        let task = async move {
+            let _permit = gets.acquire().await.expect("semaphore open");
+            match release_created(&cx, &token, &node, &kind, &role, id).await {
+                Ok(released) => released,
+                Err(e) => {
+                    // The end of the apply releases it from the outputs.
+                    tracing::warn!(job_id = %cx.job_id, node = %node, error = &e as &dyn std::error::Error, "Could not release a created object early.");
+                    false
+                }
+            }
+        };
+        self.tasks.lock().expect("release tasks").spawn(task);
+    }
+
+    /// Waits for the releases in flight; how many released a node.
+    async fn finish(&self) -> usize {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().expect("release tasks"));
+        let mut n = 0;
+        while let Some(r) = tasks.join_next().await {
+            n += usize::from(r.unwrap_or(false));
+        }
+        n
+    }
+}
+
+/// How many `GET`s of new objects run at once.
+const RELEASE_GETS: usize = 16;
+
+/// Releases `node` with the object `id` as the API shows it now.
+async fn release_created(
+    cx: &StepCtx,
+    token: &cz_state::SecretString,
+    node: &str,
+    kind: &str,
+    role: &str,
+    id: i64,
+) -> StepResult<bool> {
+    let Some(o) = cx.env.cloud.object(token, kind, id).await? else { return Ok(false) };
+    let text = |k: &str| o.attrs.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    if kind == "load_balancer" {
+        return cx.release(node, &LoadBalancer { id: o.id, ipv4: text("ipv4") }).await;
+    }
+    let server = Server {
+        name: o.name.clone(),
+        id: o.id,
+        role: role.to_owned(),
+        ipv4: text("ipv4"),
+        private_ip: text("private_ip"),
+    };
+    cx.release(node, &server).await
+}
+
+/// Never runs: `apply-<loc>` releases these nodes.
+async fn released_server(cx: &StepCtx) -> StepResult<Server> {
+    Err(not_released(cx))
+}
+
+async fn released_load_balancer(cx: &StepCtx) -> StepResult<LoadBalancer> {
+    Err(not_released(cx))
+}
+
+fn not_released(cx: &StepCtx) -> StepError {
+    StepError::internal(format!("`{}` is released by its region's apply, not run", cx.node))
 }
 
 async fn apply_undo(cx: &StepCtx) -> StepResult<()> {
@@ -746,7 +970,13 @@ async fn resolve_objects(cx: &StepCtx, out: &Value) -> StepResult<(Vec<Server>, 
 }
 
 async fn outputs(cx: &StepCtx) -> StepResult<Outputs> {
-    let loc = cx.params::<RegionParams>()?.location;
+    read_outputs(cx, &cx.params::<RegionParams>()?.location).await
+}
+
+/// The region's servers and load balancer from tofu's outputs, checked
+/// against the request.
+async fn read_outputs(cx: &StepCtx, loc: &str) -> StepResult<Outputs> {
+    let loc = loc.to_owned();
     let ws = workspace(cx, &loc);
     let out = cx.env.tofu.output(&ws).await?;
     let (servers, load_balancer) = if out.get("servers").is_some() {

@@ -221,6 +221,11 @@ pub struct StepView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub skipped: Option<Value>,
+    /// A released node: the step that journals it as it learns it (the
+    /// apply releases each server as the cloud creates it); no action runs
+    /// for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -460,6 +465,7 @@ pub fn job_detail(job: &Job, journal: &[StepEventRecord], audit: &[AuditEntry]) 
                     elapsed_ms: started.zip(finished).map(|(s, e)| e - s),
                     error,
                     skipped,
+                    released_by: n.released_by.clone(),
                 }
             })
             .collect();

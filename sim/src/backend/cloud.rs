@@ -449,6 +449,17 @@ impl CloudApi for SimCloud {
         Ok(self.all_objects().await?.into_iter().filter(|o| o.name == name).collect())
     }
 
+    async fn object(
+        &self,
+        token: &SecretString,
+        kind: &str,
+        id: i64,
+    ) -> AdapterResult<Option<CloudObject>> {
+        self.api("cloud.object", 100, 1).await?;
+        check_token(token, System::Cloud, "object", false)?;
+        self.get(kind, id).await
+    }
+
     async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()> {
         self.api("cloud.delete", delete_latency(&obj.kind), 1).await?;
         check_token(token, System::Cloud, "delete", true)?;

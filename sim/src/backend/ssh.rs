@@ -467,7 +467,16 @@ impl SimSsh {
         }
         let labels: serde_json::Map<String, Value> =
             cfg.node_labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        // How often this server instance ran the K3s installer: once, unless
+        // something installed twice.
+        let joins = self
+            .node_of(&host.address, server.id)
+            .await?
+            .and_then(|n| n["joins"].as_u64())
+            .unwrap_or(0)
+            + 1;
         let node = json!({
+            "joins": joins,
             "address": host.address,
             "name": cfg.node_name.clone().unwrap_or_else(|| host.name.clone()),
             "role": m.role,
@@ -596,9 +605,15 @@ impl SimSsh {
                     self.uninstall_k3s(host, server, disk).await?;
                 }
                 if let Some(m) = parse_marker(&text) {
-                    let o = self.install_k3s(host, server, disk, &m).await?;
-                    if o.status != 0 {
-                        return Ok(o);
+                    // The wrapper's guard and its last act: the version
+                    // marker (`cz_phases::cluster::render::install_script`).
+                    let installed = format!("/var/lib/catalyst/k3s-{}.installed", m.version);
+                    if !disk.files.contains_key(&installed) {
+                        let o = self.install_k3s(host, server, disk, &m).await?;
+                        if o.status != 0 {
+                            return Ok(o);
+                        }
+                        disk.files.insert(installed, (0o644, Vec::new()));
                     }
                 }
                 let exit = text

@@ -36,10 +36,6 @@ pub const STATE_FILE: &str = "terraform.tfstate";
 pub const LOCK_FILE: &str = ".terraform.tfstate.lock.info";
 const INIT_DIR: &str = ".terraform";
 
-/// How many resources of one kind tofu creates at once: `-parallelism`,
-/// whose default is 10 (the runner does not change it).
-const PARALLELISM: usize = 10;
-
 /// One resource of the rendered manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ManifestResource {
@@ -125,6 +121,16 @@ fn kind_rank(kind: &str) -> u8 {
     }
 }
 
+/// The wave a create runs in. The load balancer depends on nothing the
+/// servers make (its targets are a label selector), so tofu creates it
+/// beside the servers, as it does with the real module.
+fn create_wave(kind: &str) -> u8 {
+    match kind {
+        "load_balancer" => kind_rank("server"),
+        k => kind_rank(k),
+    }
+}
+
 fn create_latency(kind: &str) -> u64 {
     match kind {
         "server" => 30_000,
@@ -172,6 +178,7 @@ fn send(
         address: address.map(str::to_owned),
         action: action.map(str::to_owned),
         elapsed_s: elapsed,
+        id: None,
         message,
     });
 }
@@ -484,18 +491,19 @@ impl SimTofu {
                 });
                 write_state(ws, &mut st, "apply").await?;
                 drop(st);
-                send(
-                    sink,
-                    "apply_complete",
-                    Some(addr),
-                    Some("create"),
-                    Some(elapsed),
-                    format!(
+                // As tofu's hook does, the event carries the new id.
+                let _ = sink.send(TofuEvent {
+                    kind: "apply_complete".into(),
+                    address: Some(addr.to_owned()),
+                    action: Some("create".into()),
+                    elapsed_s: Some(elapsed),
+                    id: Some(obj.id.to_string()),
+                    message: format!(
                         "{addr}: Creation complete after {}s [id={}]",
                         elapsed.round() as u64,
                         obj.id
                     ),
-                );
+                });
                 Ok(())
             }
             Err(e) => {
@@ -642,6 +650,7 @@ impl TofuApi for SimTofu {
         ws: &Workspace,
         token: &SecretString,
         replace: &[String],
+        parallelism: u32,
         sink: TofuSink,
     ) -> AdapterResult<()> {
         self.world.op("tofu.apply", 2_000).await?;
@@ -754,19 +763,23 @@ impl TofuApi for SimTofu {
         let have: BTreeSet<String> = st.resources.iter().map(|e| e.address.clone()).collect();
         let mut pending: Vec<&ManifestResource> =
             manifest.resources.iter().filter(|r| !have.contains(&r.address)).collect();
-        pending.sort_by_key(|r| kind_rank(&r.kind)); // stable: manifest order within a kind
+        // Stable: manifest order within a kind; the load balancer first in
+        // its wave (it starts with the first servers).
+        pending.sort_by_key(|r| (create_wave(&r.kind), r.kind != "load_balancer"));
         let state = Mutex::new(st);
         let mut added = 0u32;
         let mut i = 0;
         while i < pending.len() {
-            let rank = kind_rank(&pending[i].kind);
+            let rank = create_wave(&pending[i].kind);
             let j = pending[i..]
                 .iter()
-                .position(|r| kind_rank(&r.kind) != rank)
+                .position(|r| create_wave(&r.kind) != rank)
                 .map_or(pending.len(), |k| i + k);
             let group = &pending[i..j];
             i = j;
-            let width = if group[0].kind == "server" { PARALLELISM } else { 1 };
+            let parallel = group.iter().any(|r| r.kind == "server");
+            // `-parallelism`: how many objects tofu creates at once.
+            let width = if parallel { parallelism.max(1) as usize } else { 1 };
             let sem = tokio::sync::Semaphore::new(width);
             let failed = AtomicBool::new(false);
             let results = futures::future::join_all(group.iter().map(|r| {
@@ -977,6 +990,7 @@ mod tests {
     use crate::backend::cloud::sim_token;
     use crate::backend::world::{FailRule, SimConfig};
     use cz_adapters::CloudApi;
+    use cz_adapters::DEFAULT_PARALLELISM;
 
     fn manifest(workers: usize) -> Value {
         let mut resources = vec![
@@ -1044,21 +1058,27 @@ mod tests {
             PlanSummary { add: 10, change: 0, destroy: 0 }
         );
         let (tx, mut rx) = events();
-        tofu.apply(&ws, &token, &[], tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
         let ev = drain(&mut rx);
         assert_eq!(ev.iter().filter(|e| e.kind == "apply_start").count(), 10);
         assert_eq!(ev.iter().filter(|e| e.kind == "apply_complete").count(), 10);
         assert!(ev.iter().all(|e| e.kind != "apply_complete" || e.elapsed_s.is_some()));
         assert_eq!(ev.last().unwrap().kind, "change_summary");
         assert!(ev.last().unwrap().message.contains("10 added"));
-        // Ordering: the network before any server, the LB after all servers.
+        // Ordering: the network before any server, the LB with the servers.
         let pos = |addr: &str| {
             ev.iter()
                 .position(|e| e.kind == "apply_complete" && e.address.as_deref() == Some(addr))
                 .unwrap()
         };
         assert!(pos("hcloud_network.main") < pos("hcloud_server.cp[0]"));
-        assert!(pos("hcloud_server.worker[3]") < pos("hcloud_load_balancer.api"));
+        let started = |addr: &str| {
+            ev.iter()
+                .position(|e| e.kind == "apply_start" && e.address.as_deref() == Some(addr))
+                .unwrap()
+        };
+        assert!(started("hcloud_load_balancer.api") < pos("hcloud_server.cp[0]"));
+        assert!(ev.iter().any(|e| e.kind == "apply_complete" && e.id.is_some()));
         assert!(!ws.dir.join(LOCK_FILE).exists());
         // Each create is a POST and its action polls, on the project's
         // budget: at least two requests per object.
@@ -1090,7 +1110,7 @@ mod tests {
         assert_eq!(creates, 10);
         assert_eq!(tofu.plan(&ws, &token).await.unwrap(), PlanSummary::default());
         let (tx, mut rx) = events();
-        tofu.apply(&ws, &token, &[], tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
         assert_eq!(world.calls("cloud.create"), creates, "re-apply creates nothing");
         let ev = drain(&mut rx);
         assert_eq!(ev.len(), 1);
@@ -1102,7 +1122,9 @@ mod tests {
         };
         let before = lb_id(&tofu.state(&ws).await.unwrap()).unwrap();
         let (tx, mut rx) = events();
-        tofu.apply(&ws, &token, &["hcloud_load_balancer.api".to_owned()], tx).await.unwrap();
+        tofu.apply(&ws, &token, &["hcloud_load_balancer.api".to_owned()], DEFAULT_PARALLELISM, tx)
+            .await
+            .unwrap();
         assert_eq!(world.calls("cloud.create"), creates + 1, "one re-create");
         let after = lb_id(&tofu.state(&ws).await.unwrap()).unwrap();
         assert_ne!(before, after);
@@ -1130,7 +1152,7 @@ mod tests {
         let (tx, _rx) = events();
         let net_only = json!({"resources": [manifest(0)["resources"][0].clone()]});
         write_manifest(&ws, &net_only);
-        tofu.apply(&ws, &token, &[], tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
         write_manifest(&ws, &manifest(0));
         let cloud = SimCloud::new(world.clone());
         let orphan = cloud
@@ -1144,7 +1166,7 @@ mod tests {
             .unwrap();
 
         let (tx, mut rx) = events();
-        let e = tofu.apply(&ws, &token, &[], tx).await.unwrap_err();
+        let e = tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap_err();
         match &e {
             StepError::Adapter {
                 system: System::Tofu, cause: Cause::Conflict, message, ..
@@ -1167,14 +1189,14 @@ mod tests {
         assert!(ev.iter().all(|e| e.kind != "change_summary"));
         assert!(!ws.dir.join(LOCK_FILE).exists(), "the lock is released on error");
 
+        let e = tofu.import(&ws, &token, "hcloud_server.cp[1]", 999).await;
+        assert!(matches!(e, Err(StepError::Adapter { cause: Cause::NotFound, .. })));
         tofu.import(&ws, &token, "hcloud_server.cp[1]", orphan.id).await.unwrap();
         let e = tofu.import(&ws, &token, "hcloud_server.cp[1]", orphan.id).await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }));
-        let e = tofu.import(&ws, &token, "hcloud_load_balancer.api", 999).await;
-        assert!(matches!(e, Err(StepError::Adapter { cause: Cause::NotFound, .. })));
 
         let (tx, _rx) = events();
-        tofu.apply(&ws, &token, &[], tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
         let servers: Vec<_> = cloud.objects_of("server").await.unwrap();
         assert_eq!(servers.len(), 3, "no duplicate server");
         let names: BTreeSet<_> = servers.iter().map(|s| s.name.as_str()).collect();
@@ -1197,7 +1219,7 @@ mod tests {
         )
         .unwrap();
         let (tx, _rx) = events();
-        tofu.apply(&ws, &token, &[], tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
         assert!(!ws.dir.join(LOCK_FILE).exists());
         // A lock held by a live process (this one).
         std::fs::write(
@@ -1206,7 +1228,7 @@ mod tests {
         )
         .unwrap();
         let (tx, _rx) = events();
-        let e = tofu.apply(&ws, &token, &[], tx).await.unwrap_err();
+        let e = tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }), "{e}");
         assert!(ws.dir.join(LOCK_FILE).exists(), "someone else's lock is left alone");
     }
@@ -1226,7 +1248,7 @@ mod tests {
         tofu.init(&ws).await.unwrap();
         let token = sim_token("rw");
         let (tx, _rx) = events();
-        let e = tofu.apply(&ws, &token, &[], tx).await.unwrap_err();
+        let e = tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::QuotaExceeded, .. }));
         assert_eq!(
             tofu.state(&ws).await.unwrap().len(),
@@ -1240,19 +1262,22 @@ mod tests {
         cloud.delete(&token, &victim).await.unwrap();
         assert_eq!(tofu.plan(&ws, &token).await.unwrap().add, 2);
         let (tx, mut rx) = events();
-        tofu.apply(&ws, &token, &[], tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
         assert!(drain(&mut rx).iter().any(|e| e.kind == "resource_drift"));
         assert_eq!(cloud.objects_of("server").await.unwrap().len(), 4);
         // A read-only token cannot create.
         write_manifest(&ws, &manifest(2));
         let (tx, _rx) = events();
-        let e = tofu.apply(&ws, &sim_token("readonly"), &[], tx).await.unwrap_err();
+        let e = tofu
+            .apply(&ws, &sim_token("readonly"), &[], DEFAULT_PARALLELISM, tx)
+            .await
+            .unwrap_err();
         assert!(matches!(e, StepError::Adapter { cause: Cause::Unauthorized, .. }));
         // Shrinking the manifest destroys the extra worker.
         write_manifest(&ws, &manifest(0));
         assert_eq!(tofu.plan(&ws, &token).await.unwrap().destroy, 1);
         let (tx, _rx) = events();
-        tofu.apply(&ws, &token, &[], tx).await.unwrap();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
         assert_eq!(cloud.objects_of("server").await.unwrap().len(), 3);
     }
 }

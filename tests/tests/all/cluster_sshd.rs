@@ -215,7 +215,9 @@ fn backend_for(dir: &Path, port: u16) -> Backend {
     backend
 }
 
-/// Registers `test.outputs`: the infra outputs pointing at the nodes.
+/// Registers `test.outputs`, the infra outputs pointing at the nodes, and
+/// a `test.server-<name>` / `test.load-balancer` per object: what
+/// `infra/apply-fsn1` would have released.
 fn register_outputs(reg: &mut Registry, dir: &Path, net: &str) {
     let servers: Vec<Server> = NODES
         .iter()
@@ -227,6 +229,13 @@ fn register_outputs(reg: &mut Registry, dir: &Path, net: &str) {
             private_ip: format!("{net}.{h}"),
         })
         .collect();
+    for s in &servers {
+        let short = s.name.rsplit('-').next().unwrap();
+        let name: &'static str = Box::leak(format!("test.server-{short}").into_boxed_str());
+        reg.register_dyn(name, Stub::new(s.clone()).action());
+    }
+    let lb = LoadBalancer { id: 99, ipv4: format!("{net}.20") };
+    reg.register_dyn("test.load-balancer", Stub::new(lb).action());
     let outputs = Outputs {
         location: "fsn1".into(),
         servers,
@@ -245,7 +254,17 @@ async fn rig_for(dir: &Path, net: &str, port: u16) -> Rig<Backend> {
 fn infra_phase() -> PhaseDef {
     let mut infra = PhaseBuilder::new("infra");
     infra.step("outputs-fsn1", OUTPUTS, &[], ());
-    infra.build()
+    let mut phase = infra.build();
+    let mut stub = |id: String, action: String| {
+        let mut n = phase.nodes[0].clone();
+        (n.id, n.action) = (id, action);
+        phase.nodes.push(n);
+    };
+    for (name, _) in NODES {
+        stub(cz_phases::infra::server_node(&format!("fsn1-{name}")), format!("test.server-{name}"));
+    }
+    stub(cz_phases::infra::load_balancer_node("fsn1"), "test.load-balancer".into());
+    phase
 }
 
 fn cluster_phase() -> PhaseDef {

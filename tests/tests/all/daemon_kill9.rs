@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cz_testkit::daemon::{Api, Daemon, files_containing, sim_cloud_objects, sim_kube_objects};
+use cz_testkit::daemon::{
+    Api, Daemon, files_containing, sim_cloud_objects, sim_kube_objects, sim_world_objects,
+};
 use cz_testkit::requests::{CLOUD_TOKEN, request};
 use serde_json::Value;
 
@@ -112,6 +114,15 @@ fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
         assert_eq!(names.len(), list.len(), "duplicate {kind} names");
     }
 
+    // No second join: each server ran the K3s installer once, however
+    // often its bring-up (started while the fleet was still being created)
+    // was killed.
+    let nodes = sim_world_objects(dir.path(), "ssh").remove("k3s_nodes").unwrap_or_default();
+    assert_eq!(nodes.len(), 5, "{nodes:?}");
+    for n in &nodes {
+        assert_eq!(n["joins"], 1, "a second join: {n}");
+    }
+
     // Crossplane owns each object through exactly one managed resource,
     // fully managed but without Delete, however often the hand-off was
     // killed between observing and widening or inside either: 5 servers,
@@ -150,6 +161,21 @@ fn e2e_kill9_at_boundaries_and_mid_step_resumes_without_duplicates() {
     }
     let ids: Vec<i64> = all.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "gap or duplicate in event ids");
+    // Pipelined: a server's bring-up started before the apply creating
+    // the fleet had finished.
+    let first = |step: &str, state: &str| {
+        all.iter()
+            .position(|e| {
+                e["kind"] == "step"
+                    && e["state"] == state
+                    && e["step"].as_str().is_some_and(|s| s.starts_with(step))
+            })
+            .unwrap_or_else(|| panic!("no {state} of {step}*"))
+    };
+    assert!(
+        first("cluster/ssh-", "started") < first("infra/apply-", "succeeded"),
+        "the bring-up waited for the whole apply"
+    );
     let ends: Vec<&Value> = all.iter().filter(|e| e["kind"] == "end").collect();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0]["status"], "succeeded");
