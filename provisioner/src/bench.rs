@@ -267,3 +267,47 @@ pub async fn p5(dir: &Path, jobs: usize, pg: Option<&str>) -> Result<()> {
     handle.shutdown().await?;
     Ok(())
 }
+
+/// P6's critical path: one node's chain (the whole job for the smallest
+/// fleet, `chain`) plus the wait the project's request budget forces on a
+/// fleet that needs `requests` hcloud requests: whatever the bucket cannot
+/// pay at once (`requests` beyond its `capacity`) comes back at
+/// `refill_per_sec` simulated seconds, which last `latency` real seconds
+/// each. No schedule finishes a fleet's creates before that wait is over;
+/// the slowest node's boot and join follow its create.
+pub fn critical_path(
+    chain: std::time::Duration,
+    requests: u64,
+    budget: &cz_adapters::cloud::BudgetConfig,
+    latency: f64,
+) -> (std::time::Duration, std::time::Duration) {
+    let excess = requests.saturating_sub(u64::from(budget.capacity)) as f64;
+    let forced = std::time::Duration::from_secs_f64(excess / budget.refill_per_sec * latency);
+    (chain + forced, forced)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cz_adapters::cloud::BudgetConfig;
+
+    use super::critical_path;
+
+    #[test]
+    fn the_critical_path_adds_only_the_wait_the_budget_forces() {
+        let hetzner = BudgetConfig::default();
+        let chain = Duration::from_secs(60);
+        // Within the bucket: the chain alone.
+        assert_eq!(critical_path(chain, 500, &hetzner, 0.1), (chain, Duration::ZERO));
+        assert_eq!(critical_path(chain, 3_600, &hetzner, 0.1).1, Duration::ZERO);
+        // 1,000 requests beyond 3,600 tokens at 1/s: 1,000 simulated
+        // seconds, 100 real ones at factor 0.1.
+        let (path, forced) = critical_path(chain, 4_600, &hetzner, 0.1);
+        assert_eq!(forced, Duration::from_secs(100));
+        assert_eq!(path, Duration::from_secs(160));
+        // A faster refill forces less.
+        let fast = BudgetConfig { refill_per_sec: 10.0, ..hetzner };
+        assert_eq!(critical_path(chain, 4_600, &fast, 0.1).1, Duration::from_secs(10));
+    }
+}
