@@ -45,6 +45,9 @@ use crate::observe::{NoObserver, Observer};
 use crate::plan::{NodeDef, PhaseDef, Plan};
 use tracing::Instrument;
 
+/// Drives loading their job at once (see `Engine::load_gate`).
+const LOADING_DRIVES: usize = 8;
+
 /// What happens to what a job created when it fails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -133,6 +136,10 @@ pub struct Engine<E> {
     pub env: Arc<E>,
     /// Told of every step attempt's end (metrics).
     pub observer: Arc<dyn Observer>,
+    /// How many drives load their job (row, plan, journal) at once: a
+    /// restart over 1,000 in-flight jobs must not queue the readiness check
+    /// and every API read behind 2,000 reads of the store.
+    load_gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl<E> Clone for Engine<E> {
@@ -142,6 +149,7 @@ impl<E> Clone for Engine<E> {
             registry: self.registry.clone(),
             env: self.env.clone(),
             observer: self.observer.clone(),
+            load_gate: self.load_gate.clone(),
         }
     }
 }
@@ -161,7 +169,13 @@ enum UnwindOutcome {
 
 impl<E: StepEnv> Engine<E> {
     pub fn new(store: Store, registry: Arc<Registry<E>>, env: Arc<E>) -> Self {
-        Engine { store, registry, env, observer: Arc::new(NoObserver) }
+        Engine {
+            store,
+            registry,
+            env,
+            observer: Arc::new(NoObserver),
+            load_gate: Arc::new(tokio::sync::Semaphore::new(LOADING_DRIVES)),
+        }
     }
 
     /// The same engine, reporting to `observer`.
@@ -260,6 +274,7 @@ impl<E: StepEnv> Engine<E> {
     ) -> Result<DriveOutcome, EngineError> {
         let st = |source| EngineError::Store { job: job_id, source };
         loop {
+            let gate = self.load_gate.acquire().await.expect("the gate is never closed");
             let job = self
                 .store
                 .get_job(job_id)
@@ -276,6 +291,7 @@ impl<E: StepEnv> Engine<E> {
                 .map_err(|e| EngineError::BadPlan { job: job_id, message: e.to_string() })?;
             let options: JobOptions =
                 serde_json::from_value(job.options.clone()).unwrap_or_default();
+            drop(gate);
             if job.status == JobStatus::Pending {
                 self.set_status(
                     &job,
@@ -438,7 +454,9 @@ impl<E: StepEnv> JobRun<E> {
 
     /// `None`: interrupted. `Some(true)`: switched to unwinding. `Some(false)`: stopped.
     async fn forward(&self) -> Result<Option<bool>, EngineError> {
+        let gate = self.engine.load_gate.acquire().await.expect("the gate is never closed");
         let mut states = self.states().await?;
+        drop(gate);
         for stage in self.plan.stages() {
             match self.run_stage(&stage, &mut states).await? {
                 PhaseOutcome::Done => {}

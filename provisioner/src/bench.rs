@@ -238,6 +238,8 @@ pub async fn p5(dir: &Path, jobs: usize, pg: Option<&str>) -> Result<()> {
     }
     drop(store);
     let mut c = config(&data, 1.0);
+    // The world a crashed daemon left: its pool zones exist.
+    crate::wiring::backend(&config(&data, 0.0)).await?;
     if let Some(server) = pg {
         let mut u = reqwest::Url::parse(server)?;
         u.set_path("/cz_bench_p5");
@@ -260,7 +262,7 @@ pub async fn p5(dir: &Path, jobs: usize, pg: Option<&str>) -> Result<()> {
     let ready = t0.elapsed();
     let in_flight = handle.store().jobs_in_flight().await?.len();
     println!(
-        "P5 restart ({}): {jobs} stored jobs, {in_flight} in flight; all driven again after {:.0} ms (aim < 1000 ms)",
+        "P5 restart ({}): {jobs} stored jobs, {in_flight} in flight; all driven again after {:.0} ms (aim < 250 ms)",
         if pg.is_some() { "PostgreSQL" } else { "SQLite" },
         ready.as_secs_f64() * 1000.0
     );

@@ -207,7 +207,6 @@ pub async fn start(mut config: Config) -> anyhow::Result<ServerHandle> {
         sim_latency = config.sim.latency_factor,
         "Catalyst-Zero listening."
     );
-
     let resumed = supervisor.recover().await.context("startup recovery failed")?;
     if supervisor.lease_policy().is_some() {
         let (sup, stop) = (supervisor.clone(), shutdown.clone());

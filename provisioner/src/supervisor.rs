@@ -13,9 +13,11 @@
 //! the job is driven again if the verb left it in flight. Verbs are
 //! serialized by one lock so two operators cannot interleave on a job.
 //!
-//! Startup recovery is split into a pure plan ([`recovery_plan`], unit
-//! tested without a database, as omicron's saga recovery does) and its
-//! execution ([`Supervisor::recover`]).
+//! Startup recovery ([`Supervisor::recover`]) starts a driver for every
+//! pending or running job, oldest first, from their ids alone
+//! (`Store::jobs_in_flight_ids`); each driver loads its job when the
+//! engine's load gate lets it, so readiness does not wait for 1,000 jobs
+//! to be decoded.
 //!
 //! On PostgreSQL several replicas share the store, and a replica drives a
 //! job only while it holds the job's lease ([`LeasePolicy`]): the lease
@@ -37,7 +39,7 @@ use cz_engine::{DriveOutcome, RetryTarget, VerbError, Verbs};
 
 /// The engine over the daemon's backend.
 pub type Engine = cz_engine::Engine<cz_adapters::Backend>;
-use cz_state::{Job, JobId, JobStatus};
+use cz_state::{JobId, JobStatus};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -97,15 +99,6 @@ pub struct LeaseStats {
     pub renewal_failures: AtomicU64,
     pub losses: AtomicU64,
     pub claims: AtomicU64,
-}
-
-/// Which jobs a starting daemon must drive, oldest first: every job whose
-/// status is `pending` or `running`. Paused and failed jobs wait for an
-/// operator; final jobs are done.
-pub fn recovery_plan(jobs: &[Job]) -> Vec<JobId> {
-    let mut in_flight: Vec<&Job> = jobs.iter().filter(|j| j.status.in_flight()).collect();
-    in_flight.sort_by_key(|j| (j.created_at, j.id));
-    in_flight.into_iter().map(|j| j.id).collect()
 }
 
 impl Supervisor {
@@ -325,20 +318,21 @@ impl Supervisor {
         if let Some(p) = self.leases {
             return Ok(self.lease_pass(p, &mut Instant::now()).await);
         }
-        let jobs = self.engine.store.jobs_in_flight().await?;
-        let plan = recovery_plan(&jobs);
-        for id in &plan {
-            let job = jobs.iter().find(|j| j.id == *id).expect("planned from this list");
-            tracing::info!(
+        // Ids only, oldest first: nothing of the jobs is decoded before
+        // their drives load them (in turn, see the engine's load gate).
+        let jobs = self.engine.store.jobs_in_flight_ids().await?;
+        for (id, sovereign_id, kind, status) in &jobs {
+            tracing::debug!(
                 job_id = %id,
-                sovereign_id = %job.sovereign_id,
-                kind = job.kind.as_str(),
-                status = job.status.as_str(),
+                sovereign_id = %sovereign_id,
+                kind = kind.as_str(),
+                status = status.as_str(),
                 "Resuming job after start."
             );
             self.start(*id);
         }
-        Ok(plan.len())
+        tracing::info!(jobs = jobs.len(), "Resumed every job in flight.");
+        Ok(jobs.len())
     }
 
     /// Applies an operator verb: stop the driver, apply, restart if the job
@@ -387,47 +381,5 @@ impl Supervisor {
         let all: Vec<JobId> =
             self.drivers.lock().expect("supervisor lock").keys().copied().collect();
         self.stop_all_of(&all).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use cz_state::{JobKind, JobMode, SovereignId};
-    use serde_json::Value;
-
-    use super::*;
-
-    fn job(status: JobStatus, created_at: i64) -> Job {
-        Job {
-            id: JobId::new(),
-            sovereign_id: SovereignId::new(),
-            kind: JobKind::Provision,
-            status,
-            mode: JobMode::Forward,
-            request: Value::Null,
-            plan: Value::Null,
-            options: Value::Null,
-            pause: None,
-            error: None,
-            created_at,
-            updated_at: created_at,
-            finished_at: None,
-        }
-    }
-
-    #[test]
-    fn recovery_picks_pending_and_running_oldest_first() {
-        let jobs = vec![
-            job(JobStatus::Running, 30),
-            job(JobStatus::Paused, 5),
-            job(JobStatus::Pending, 10),
-            job(JobStatus::Succeeded, 1),
-            job(JobStatus::Failed, 2),
-            job(JobStatus::Cancelled, 3),
-            job(JobStatus::Abandoned, 4),
-        ];
-        let plan = recovery_plan(&jobs);
-        assert_eq!(plan, vec![jobs[2].id, jobs[0].id]);
-        assert!(recovery_plan(&[]).is_empty());
     }
 }

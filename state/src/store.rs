@@ -665,6 +665,31 @@ impl Store {
         self.inner.events_written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The jobs a starting daemon must drive, oldest first, without their
+    /// request, plan and options (nothing JSON is decoded): `(id, sovereign,
+    /// kind, status)`.
+    pub async fn jobs_in_flight_ids(
+        &self,
+    ) -> Result<Vec<(JobId, SovereignId, JobKind, JobStatus)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, sovereign_id, kind, status FROM jobs \
+             WHERE status IN ('pending', 'running') ORDER BY created_at, id",
+        )
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("jobs in flight"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse_col(r, "id")?,
+                    parse_col(r, "sovereign_id")?,
+                    parse_col(r, "kind")?,
+                    parse_col(r, "status")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Jobs a starting daemon must drive: `pending` or `running`.
     pub async fn jobs_in_flight(&self) -> Result<Vec<Job>, StoreError> {
         self.jobs_where(

@@ -107,21 +107,30 @@ fn with_dns_config(mut b: Backend, config: &Config) -> anyhow::Result<Backend> {
 /// daemon does not start rather than fail every job at `dns-reserve`.
 async fn ensure_pool_zones(backend: &Backend, real: bool) -> anyhow::Result<()> {
     let ns: Vec<String> = NAMESERVERS.iter().map(|s| s.to_string()).collect();
-    for zone in SIM_POOL_ZONES {
-        let exists = backend.dns.zone_exists(zone).await.map_err(|e| {
-            anyhow::anyhow!("the DNS server cannot be used (checking the pool zone {zone}): {e}")
-        })?;
-        if !exists {
-            backend
-                .dns
-                .create_zone(zone, &ns, "")
-                .await
-                .with_context(|| format!("cannot create the pool zone {zone}"))?;
-            if real {
-                tracing::warn!(zone, "Created the missing pool zone in PowerDNS.");
+    // The zones at once: each check is a round trip to the DNS server, on
+    // the way to readiness.
+    let ensure = |zone: &'static str| {
+        let ns = &ns;
+        async move {
+            let exists = backend.dns.zone_exists(zone).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "the DNS server cannot be used (checking the pool zone {zone}): {e}"
+                )
+            })?;
+            if !exists {
+                backend
+                    .dns
+                    .create_zone(zone, ns, "")
+                    .await
+                    .with_context(|| format!("cannot create the pool zone {zone}"))?;
+                if real {
+                    tracing::warn!(zone, "Created the missing pool zone in PowerDNS.");
+                }
             }
+            Ok::<_, anyhow::Error>(())
         }
-    }
+    };
+    futures::future::try_join_all(SIM_POOL_ZONES.iter().map(|z| ensure(z))).await?;
     Ok(())
 }
 

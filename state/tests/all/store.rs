@@ -385,6 +385,32 @@ async fn job_status_machine_is_enforced(db: &Db) {
 }
 both!(job_status_machine_is_enforced);
 
+/// What a starting daemon resumes: the pending and running jobs, read
+/// without their JSON.
+async fn jobs_in_flight_ids_are_the_pending_and_running_ones(db: &Db) {
+    let store = db.open().await;
+    let mut ids = Vec::new();
+    for name in ["r", "p", "s"] {
+        let sub = submission(&format!("{name}.omani.works"), None);
+        ids.push(sub.job_id);
+        submit_and_hold(&store, sub).await;
+    }
+    let to = |s| JobUpdate { status: Some(s), ..Default::default() };
+    store.update_job(ids[0], to(JobStatus::Running)).await.unwrap();
+    store.update_job(ids[2], to(JobStatus::Running)).await.unwrap();
+    store.update_job(ids[2], to(JobStatus::Succeeded)).await.unwrap();
+    let found = store.jobs_in_flight_ids().await.unwrap();
+    let mut got: Vec<(JobId, JobStatus)> = found.iter().map(|(id, _, _, s)| (*id, *s)).collect();
+    got.sort_by_key(|(id, _)| *id);
+    let mut want = vec![(ids[0], JobStatus::Running), (ids[1], JobStatus::Pending)];
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(got, want);
+    let full: Vec<JobId> = store.jobs_in_flight().await.unwrap().iter().map(|j| j.id).collect();
+    let light: Vec<JobId> = found.iter().map(|(id, ..)| *id).collect();
+    assert_eq!(full, light, "the same jobs in the same order");
+}
+both!(jobs_in_flight_ids_are_the_pending_and_running_ones);
+
 /// Found by schemathesis: abandoning a provision job that was rolled back
 /// (its Sovereign destroyed, the name since taken by another) tried to
 /// bring the old Sovereign back and broke the name's uniqueness.
