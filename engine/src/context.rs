@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::action::StepResult;
 use crate::error::{ErrorClass, StepError};
 
+/// The outputs of satisfied nodes, by node id. Each output is shared: the
+/// map is copied when a step completes while others still read it, and
+/// that copy must not copy every output with it.
+pub type Outputs = BTreeMap<String, Arc<Value>>;
+
 /// What the engine needs of a step environment.
 pub trait StepEnv: Send + Sync + 'static {
     /// How often [`StepCtx::wait_for`] checks its condition.
@@ -39,7 +44,7 @@ pub struct StepCtx<E> {
     /// The job's request, secrets removed.
     pub request: Arc<Value>,
     /// Outputs of satisfied nodes, by node id.
-    pub outputs: Arc<BTreeMap<String, Value>>,
+    pub outputs: Arc<Outputs>,
     /// The step environment: the adapters and settings the daemon wired in.
     pub env: Arc<E>,
     pub(crate) store: Store,
@@ -90,14 +95,18 @@ impl<E: StepEnv> StepCtx<E> {
             .outputs
             .get(node)
             .ok_or_else(|| StepError::MissingOutput { name: node.to_owned() })?;
-        serde_json::from_value(v.clone()).map_err(|e| StepError::Internal {
+        T::deserialize(v.as_ref()).map_err(|e| StepError::Internal {
             message: format!("output of `{node}` does not decode: {e}"),
         })
     }
 
     /// Outputs of every node whose id starts with `prefix` (per-item steps).
     pub fn lookup_prefix(&self, prefix: &str) -> Vec<(&String, &Value)> {
-        self.outputs.range(prefix.to_owned()..).take_while(|(k, _)| k.starts_with(prefix)).collect()
+        self.outputs
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k, v.as_ref()))
+            .collect()
     }
 
     /// The node's params, typed. The registry checked them against the

@@ -39,7 +39,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::action::Registry;
-use crate::context::{Releaser, StepCtx, StepEnv};
+use crate::context::{Outputs, Releaser, StepCtx, StepEnv};
 use crate::error::{ErrorClass, StepError};
 use crate::observe::{NoObserver, Observer};
 use crate::plan::{NodeDef, PhaseDef, Plan};
@@ -275,7 +275,7 @@ impl<E: StepEnv> Engine<E> {
         let st = |source| EngineError::Store { job: job_id, source };
         loop {
             let gate = self.load_gate.acquire().await.expect("the gate is never closed");
-            let job = self
+            let mut job = self
                 .store
                 .get_job(job_id)
                 .await
@@ -284,13 +284,16 @@ impl<E: StepEnv> Engine<E> {
             if !job.status.in_flight() {
                 return Ok(DriveOutcome::Stopped(job.status));
             }
-            let plan: Plan = serde_json::from_value(job.plan.clone())
+            // Taken out of the row, not copied: a running job holds its plan
+            // and request once.
+            let plan: Plan = serde_json::from_value(std::mem::take(&mut job.plan))
                 .map_err(|e| EngineError::BadPlan { job: job_id, message: e.to_string() })?;
             self.registry
                 .check_plan(&plan)
                 .map_err(|e| EngineError::BadPlan { job: job_id, message: e.to_string() })?;
             let options: JobOptions =
-                serde_json::from_value(job.options.clone()).unwrap_or_default();
+                serde_json::from_value(std::mem::take(&mut job.options)).unwrap_or_default();
+            let request = Arc::new(std::mem::take(&mut job.request));
             drop(gate);
             if job.status == JobStatus::Pending {
                 self.set_status(
@@ -301,7 +304,7 @@ impl<E: StepEnv> Engine<E> {
             }
             let run = JobRun {
                 engine: self.clone(),
-                request: Arc::new(job.request.clone()),
+                request,
                 job: Arc::new(job),
                 plan: Arc::new(plan),
                 options: Arc::new(options),
@@ -534,16 +537,14 @@ impl<E: StepEnv> JobRun<E> {
         Ok(())
     }
 
-    fn outputs(states: &BTreeMap<String, NodeState>) -> BTreeMap<String, Value> {
-        states.iter().filter_map(|(k, s)| s.output().map(|o| (k.clone(), o.clone()))).collect()
+    fn outputs(states: &BTreeMap<String, NodeState>) -> Outputs {
+        states
+            .iter()
+            .filter_map(|(k, s)| s.output().map(|o| (k.clone(), Arc::new(o.clone()))))
+            .collect()
     }
 
-    fn ctx(
-        &self,
-        node: &NodeDef,
-        attempt: u32,
-        outputs: &Arc<BTreeMap<String, Value>>,
-    ) -> StepCtx<E> {
+    fn ctx(&self, node: &NodeDef, attempt: u32, outputs: &Arc<Outputs>) -> StepCtx<E> {
         StepCtx {
             job_id: self.job.id,
             sovereign_id: self.job.sovereign_id,
@@ -707,12 +708,12 @@ impl<E: StepEnv> JobRun<E> {
     /// Records a node's new state and, if satisfied, its output.
     fn settle(
         states: &mut BTreeMap<String, NodeState>,
-        outputs: &mut Arc<BTreeMap<String, Value>>,
+        outputs: &mut Arc<Outputs>,
         id: String,
         state: NodeState,
     ) {
         if let Some(out) = state.output() {
-            Arc::make_mut(outputs).insert(id.clone(), out.clone());
+            Arc::make_mut(outputs).insert(id.clone(), Arc::new(out.clone()));
         }
         states.insert(id, state);
     }
@@ -865,7 +866,7 @@ struct NodeExec<E> {
     node: NodeDef,
     prior: NodeState,
     /// Outputs of satisfied steps (and, for an undo, the step's own).
-    outputs: Arc<BTreeMap<String, Value>>,
+    outputs: Arc<Outputs>,
     /// Set when this node releases others (kept across its attempts).
     releaser: Option<Arc<Releaser>>,
 }

@@ -1878,22 +1878,16 @@ async fn append_events_tx(
     let mut id = first - 1;
     // (Numbered placeholders, which both SQLite and PostgreSQL read;
     // `QueryBuilder` over `Any` writes `?`, which PostgreSQL does not.)
-    for chunk in events.chunks(200) {
-        let sql = multi_row_insert(
-            "INSERT INTO job_events (job_id, id, at, kind, body, generation) VALUES ",
-            6,
-            chunk.len(),
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        // The job, the time and the generation are bound once per
+        // statement; each row binds only its id, kind and body.
+        let mut q = sqlx::query(AssertSqlSafe(events_insert(chunk.len())))
+            .bind(job_s.as_str())
+            .bind(at)
+            .bind(generation);
         for ev in chunk {
             id += 1;
-            q = q
-                .bind(job_s.as_str())
-                .bind(id)
-                .bind(at)
-                .bind(ev.kind.as_str())
-                .bind(ev.text.as_str())
-                .bind(generation);
+            q = q.bind(id).bind(ev.kind.as_str()).bind(ev.text.as_str());
         }
         q.execute(&mut *c).await.map_err(StoreError::query("append events"))?;
     }
@@ -1934,17 +1928,21 @@ async fn insert_audit(c: &mut AnyConnection, e: &NewAudit) -> Result<i64, StoreE
 }
 
 /// `head` followed by `rows` tuples of `cols` numbered placeholders.
-fn multi_row_insert(head: &str, cols: usize, rows: usize) -> String {
+/// Rows per multi-row insert of job events.
+const EVENTS_PER_INSERT: usize = 300;
+
+/// `INSERT INTO job_events` of `rows` rows sharing `$1` (job), `$2` (at)
+/// and `$3` (generation); row `r` binds `$4+3r` (id), `$5+3r` (kind) and
+/// `$6+3r` (body). A numbered placeholder may repeat: SQLite and
+/// PostgreSQL both bind it once.
+fn events_insert(rows: usize) -> String {
     use std::fmt::Write as _;
-    let mut sql = String::with_capacity(head.len() + rows * cols * 5);
-    sql.push_str(head);
+    let mut sql = String::with_capacity(80 + rows * 32);
+    sql.push_str("INSERT INTO job_events (job_id, id, at, kind, body, generation) VALUES ");
     for r in 0..rows {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            let sep = if c == 0 { "" } else { ", " };
-            let _ = write!(sql, "{sep}${}", r * cols + c + 1);
-        }
-        sql.push(')');
+        let p = 4 + 3 * r;
+        let sep = if r == 0 { "" } else { ", " };
+        let _ = write!(sql, "{sep}($1, ${p}, $2, ${}, ${}, $3)", p + 1, p + 2);
     }
     sql
 }

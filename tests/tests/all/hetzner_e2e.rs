@@ -538,6 +538,10 @@ fn run(case: Case, fire: Option<Fire>) {
     assert!(w.pdns.dig(&zone, "SOA").is_empty(), "the zone is still served");
     let mrs = managed_resources(&w.kube);
     assert!(mrs.is_empty(), "managed resources left: {}", mrs.len());
+    // The fake's request log: no project was served more requests than its
+    // bucket (3,600, one back per second) allowed at any moment, however
+    // often the daemon was killed mid-way.
+    assert_within_budget(&w.hcloud.requests(), 3_600.0, 1.0);
     // No secret in the clear in the daemon's data dir (its log included).
     let starts = d.starts;
     drop(d);
@@ -561,6 +565,30 @@ fn run(case: Case, fire: Option<Fire>) {
 }
 
 /// The run's figure, for `cz-bench` (H1): in `target/cz-figures/`.
+/// Every served request (not a 429) of a project was within its bucket:
+/// the n-th by arrival came at most `capacity + refill × t` into the run.
+pub(crate) fn assert_within_budget(
+    log: &[cz_sim::wire::hcloud::RecordedRequest],
+    capacity: f64,
+    refill_per_sec: f64,
+) {
+    let mut served: std::collections::BTreeMap<&str, Vec<Duration>> = Default::default();
+    for r in log.iter().filter(|r| r.status != 429) {
+        served.entry(r.project.as_deref().unwrap_or("")).or_default().push(r.at);
+    }
+    for (project, mut at) in served {
+        at.sort();
+        for (n, t) in at.iter().enumerate() {
+            let allowed = capacity + refill_per_sec * t.as_secs_f64();
+            assert!(
+                (n + 1) as f64 <= allowed + 1.0,
+                "project {project}: request {} at {t:?} is over its budget ({allowed:.0})",
+                n + 1
+            );
+        }
+    }
+}
+
 fn write_figure(provision: Duration, destroy: Duration, events: usize, requests: usize) {
     let bin = cz_testkit::daemon::binary();
     let target = bin.parent().and_then(Path::parent).expect("the target directory");
