@@ -1878,16 +1878,31 @@ async fn append_events_tx(
     let mut id = first - 1;
     // (Numbered placeholders, which both SQLite and PostgreSQL read;
     // `QueryBuilder` over `Any` writes `?`, which PostgreSQL does not.)
+    // SQLite looks a numbered placeholder's name up by a linear scan, once
+    // per parameter: a statement of n of them costs n², so SQLite gets plain
+    // `?`s, every value bound per row. PostgreSQL gets numbered ones, the
+    // job, time and generation bound once per statement.
+    let positional = c.backend_name().eq_ignore_ascii_case("sqlite");
     for chunk in events.chunks(EVENTS_PER_INSERT) {
-        // The job, the time and the generation are bound once per
-        // statement; each row binds only its id, kind and body.
-        let mut q = sqlx::query(AssertSqlSafe(events_insert(chunk.len())))
-            .bind(job_s.as_str())
-            .bind(at)
-            .bind(generation);
-        for ev in chunk {
-            id += 1;
-            q = q.bind(id).bind(ev.kind.as_str()).bind(ev.text.as_str());
+        let sql = AssertSqlSafe(events_insert(chunk.len(), positional));
+        let mut q = sqlx::query(sql);
+        if positional {
+            for ev in chunk {
+                id += 1;
+                q = q
+                    .bind(job_s.as_str())
+                    .bind(id)
+                    .bind(at)
+                    .bind(ev.kind.as_str())
+                    .bind(ev.text.as_str())
+                    .bind(generation);
+            }
+        } else {
+            q = q.bind(job_s.as_str()).bind(at).bind(generation);
+            for ev in chunk {
+                id += 1;
+                q = q.bind(id).bind(ev.kind.as_str()).bind(ev.text.as_str());
+            }
         }
         q.execute(&mut *c).await.map_err(StoreError::query("append events"))?;
     }
@@ -1929,20 +1944,24 @@ async fn insert_audit(c: &mut AnyConnection, e: &NewAudit) -> Result<i64, StoreE
 
 /// `head` followed by `rows` tuples of `cols` numbered placeholders.
 /// Rows per multi-row insert of job events.
-const EVENTS_PER_INSERT: usize = 300;
+const EVENTS_PER_INSERT: usize = 200;
 
-/// `INSERT INTO job_events` of `rows` rows sharing `$1` (job), `$2` (at)
-/// and `$3` (generation); row `r` binds `$4+3r` (id), `$5+3r` (kind) and
-/// `$6+3r` (body). A numbered placeholder may repeat: SQLite and
-/// PostgreSQL both bind it once.
-fn events_insert(rows: usize) -> String {
+/// `INSERT INTO job_events` of `rows` rows. `positional`: plain `?`s, six
+/// per row (job, id, at, kind, body, generation). Else numbered ones,
+/// shared `$1` (job), `$2` (at) and `$3` (generation), and row `r`'s id,
+/// kind and body at `$4+3r`, `$5+3r` and `$6+3r`.
+fn events_insert(rows: usize, positional: bool) -> String {
     use std::fmt::Write as _;
     let mut sql = String::with_capacity(80 + rows * 32);
     sql.push_str("INSERT INTO job_events (job_id, id, at, kind, body, generation) VALUES ");
     for r in 0..rows {
-        let p = 4 + 3 * r;
         let sep = if r == 0 { "" } else { ", " };
-        let _ = write!(sql, "{sep}($1, ${p}, $2, ${}, ${}, $3)", p + 1, p + 2);
+        if positional {
+            let _ = write!(sql, "{sep}(?, ?, ?, ?, ?, ?)");
+        } else {
+            let p = 4 + 3 * r;
+            let _ = write!(sql, "{sep}($1, ${p}, $2, ${}, ${}, $3)", p + 1, p + 2);
+        }
     }
     sql
 }
