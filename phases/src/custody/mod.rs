@@ -204,6 +204,22 @@ pub(crate) fn annotated(secret: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A new sealed-secrets key. RSA-4096 generation takes most of a second
+/// of a core: it runs off the async workers (they serve the API, the event
+/// streams, the leases and every other job's steps), at most one per core
+/// at a time, so 200 jobs reaching custody at once queue for the CPU
+/// instead of stalling the daemon.
+async fn generate_sealing_key() -> StepResult<SealingKey> {
+    static GATE: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    });
+    let _turn = GATE.acquire().await.expect("the gate is never closed");
+    tokio::task::spawn_blocking(|| SealingKey::generate(""))
+        .await
+        .map_err(|e| StepError::internal(format!("the key generation task: {e}")))?
+        .map_err(|e| StepError::internal(format!("generating the sealed-secrets key: {e}")))
+}
+
 async fn sealing_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     let custody = custody_of(cx)?;
     let kc = kubeconfig(cx).await?;
@@ -218,8 +234,7 @@ async fn sealing_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     if let Found::Done(fingerprint) = found(cx, &kc, &r, SEALED_SECRETS_KEY, cert_fp).await? {
         return Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: false });
     }
-    let key = SealingKey::generate("")
-        .map_err(|e| StepError::internal(format!("generating the sealed-secrets key: {e}")))?;
+    let key = generate_sealing_key().await?;
     let fingerprint = certificate_fingerprint(&key.certificate_pem)
         .ok_or_else(|| StepError::internal("the generated certificate is not PEM"))?;
     let private = key.private_pem.expose().as_bytes();
