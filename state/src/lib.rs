@@ -23,8 +23,9 @@ mod store;
 pub use error::{StorageFault, StoreError};
 pub use journal::{IllegalTransition, NodeState, StepEvent};
 pub use model::{
-    AuditEntry, EscrowItem, Job, JobEvent, JobId, JobKind, JobMode, JobStatus, Millis, NewAudit,
-    NewJobEvent, Rendered, Sovereign, SovereignId, SovereignStatus, StepEventRecord, now_ms,
+    AuditEntry, ConsoleSession, EscrowItem, Job, JobEvent, JobId, JobKind, JobMode, JobStatus,
+    Millis, NewAudit, NewJobEvent, Rendered, Sovereign, SovereignId, SovereignStatus,
+    StepEventRecord, now_ms,
 };
 pub use secrets::{SealError, Sealer, SecretString};
 pub use store::{

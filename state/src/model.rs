@@ -282,6 +282,22 @@ pub struct AuditEntry {
     pub detail: Value,
 }
 
+/// A console sign-in (`/ui`), as the store keeps it: digests only, never
+/// the session secret or the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSession {
+    /// SHA-256 (hex) of the session secret the browser holds.
+    pub id_sha256: String,
+    /// The person (or the shared token's role) the audit trail records.
+    pub actor: String,
+    /// `operator` (the only role a session is opened for today).
+    pub role: String,
+    /// SHA-256 (hex) of the token the session was opened with.
+    pub token_sha256: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
 /// An audit entry to append.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NewAudit {

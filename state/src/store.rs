@@ -808,6 +808,17 @@ impl Store {
         .await
     }
 
+    /// The id of a job's newest event (0: none yet).
+    pub async fn last_event_id(&self, job: JobId) -> Result<i64, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_id FROM job_event_heads WHERE job_id = $1")
+                .bind(job.to_string())
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(StoreError::query("read last event id"))?;
+        Ok(last.unwrap_or(0))
+    }
+
     /// Events with id > `after`, at most `limit`.
     pub async fn events_after(
         &self,
@@ -884,21 +895,43 @@ impl Store {
             }
         }
         .map_err(StoreError::query("read audit"))?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    id: r.get("id"),
-                    at: r.get("at"),
-                    actor: r.get("actor"),
-                    action: r.get("action"),
-                    job_id: opt_id(r, "job_id")?,
-                    sovereign_id: opt_id(r, "sovereign_id")?,
-                    detail: json_col(r, "detail")?,
-                })
-            })
-            .collect()
+        audit_rows(&rows)
     }
 
+    /// The audit entries of one Sovereign with one action (`escrow.read`).
+    pub async fn audit_of_sovereign(
+        &self,
+        sovereign: SovereignId,
+        action: &str,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM audit WHERE sovereign_id = $1 AND action = $2 ORDER BY id")
+                .bind(sovereign.to_string())
+                .bind(action)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(StoreError::query("read audit"))?;
+        audit_rows(&rows)
+    }
+}
+
+fn audit_rows(rows: &[AnyRow]) -> Result<Vec<AuditEntry>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                id: r.get("id"),
+                at: r.get("at"),
+                actor: r.get("actor"),
+                action: r.get("action"),
+                job_id: opt_id(r, "job_id")?,
+                sovereign_id: opt_id(r, "sovereign_id")?,
+                detail: json_col(r, "detail")?,
+            })
+        })
+        .collect()
+}
+
+impl Store {
     // === secrets ===
 
     fn seal(&self, plain: &SecretString) -> Result<Vec<u8>, StoreError> {
@@ -1258,6 +1291,95 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+// === console sessions ===
+
+impl Store {
+    /// Opens a console session (and drops sessions that ended or expired
+    /// over a day ago, so the table stays small).
+    pub async fn open_console_session(&self, s: ConsoleSession) -> Result<(), StoreError> {
+        self.write(
+            false,
+            Box::new(move |w| {
+                Box::pin(async move {
+                    let c = &mut w.conn;
+                    let horizon = now_ms() - 86_400_000;
+                    sqlx::query(
+                        "DELETE FROM console_sessions WHERE expires_at < $1 OR ended_at < $1",
+                    )
+                    .bind(horizon)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(StoreError::query("sweep console sessions"))?;
+                    sqlx::query(
+                        "INSERT INTO console_sessions (id_sha256, actor, role, token_sha256, \
+                         created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(s.id_sha256)
+                    .bind(s.actor)
+                    .bind(s.role)
+                    .bind(s.token_sha256)
+                    .bind(s.created_at)
+                    .bind(s.expires_at)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(StoreError::query("open console session"))?;
+                    Ok(Box::new(()) as Box<dyn Any + Send>)
+                })
+            }),
+        )
+        .await
+    }
+
+    /// The live session whose secret hashes to `id_sha256`: not ended and
+    /// not expired at `now`.
+    pub async fn console_session(
+        &self,
+        id_sha256: &str,
+        now: Millis,
+    ) -> Result<Option<ConsoleSession>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM console_sessions WHERE id_sha256 = $1 AND ended_at IS NULL \
+             AND expires_at > $2",
+        )
+        .bind(id_sha256)
+        .bind(now)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("read console session"))?;
+        Ok(row.map(|r| ConsoleSession {
+            id_sha256: r.get("id_sha256"),
+            actor: r.get("actor"),
+            role: r.get("role"),
+            token_sha256: r.get("token_sha256"),
+            created_at: r.get("created_at"),
+            expires_at: r.get("expires_at"),
+        }))
+    }
+
+    /// Ends a session (sign-out); an unknown or ended one is fine.
+    pub async fn end_console_session(&self, id_sha256: &str) -> Result<(), StoreError> {
+        let id = id_sha256.to_owned();
+        self.write(
+            false,
+            Box::new(move |w| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE console_sessions SET ended_at = $1 \
+                         WHERE id_sha256 = $2 AND ended_at IS NULL",
+                    )
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(&mut w.conn)
+                    .await
+                    .map_err(StoreError::query("end console session"))?;
+                    Ok(Box::new(()) as Box<dyn Any + Send>)
+                })
+            }),
+        )
+        .await
+    }
 }
 
 // === escrow ===
