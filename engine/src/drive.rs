@@ -65,6 +65,9 @@ pub enum FailurePolicy {
 pub struct FaultPlan {
     /// Fail the node's do with this class (every attempt).
     pub fail: BTreeMap<String, ErrorClass>,
+    /// Fail the node's do with this class until an operator retries the
+    /// node (the drill of pause → fix → retry: the retry is the fix).
+    pub until_retry: BTreeMap<String, ErrorClass>,
     /// Fail the node's do with a transient error this many times, then pass.
     pub flaky: BTreeMap<String, u32>,
     /// Run the node's do twice (idempotency check).
@@ -901,16 +904,13 @@ impl<E: StepEnv> NodeExec<E> {
         Ok(state)
     }
 
-    /// How many times this node's do has started, over the whole journal.
-    async fn started_before(&self) -> Result<u32, EngineError> {
+    /// How many of this node's journal events match, over the whole journal.
+    async fn count_in_journal(&self, which: fn(&StepEvent) -> bool) -> Result<u32, EngineError> {
         let journal = record_forever(|| self.run.store().journal(self.run.job.id))
             .await
             .map_err(|source| EngineError::Store { job: self.run.job.id, source })?;
-        let started = journal
-            .iter()
-            .filter(|r| r.node == self.node.id && matches!(r.event, StepEvent::Started { .. }))
-            .count();
-        Ok(u32::try_from(started).unwrap_or(u32::MAX))
+        let n = journal.iter().filter(|r| r.node == self.node.id && which(&r.event)).count();
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     async fn forward(self) -> Result<(String, NodeState), EngineError> {
@@ -927,8 +927,18 @@ impl<E: StepEnv> NodeExec<E> {
         let mut flaky_left = match faults.flaky.get(&self.node.id) {
             // Counted over every attempt the journal holds, across an
             // operator's retries (which restart the attempt count).
-            Some(n) => n.saturating_sub(self.started_before().await?),
+            Some(n) => n.saturating_sub(
+                self.count_in_journal(|e| matches!(e, StepEvent::Started { .. })).await?,
+            ),
             None => 0,
+        };
+        let until_retry = match faults.until_retry.get(&self.node.id) {
+            Some(class) => {
+                let retried =
+                    self.count_in_journal(|e| matches!(e, StepEvent::Retried { .. })).await?;
+                (retried == 0).then_some(*class)
+            }
+            None => None,
         };
         loop {
             attempt += 1;
@@ -948,7 +958,7 @@ impl<E: StepEnv> NodeExec<E> {
                 error_class = tracing::field::Empty,
             );
             let result = async {
-                if let Some(class) = faults.fail.get(&self.node.id) {
+                if let Some(class) = faults.fail.get(&self.node.id).or(until_retry.as_ref()) {
                     Err(StepError::Injected { node: self.node.id.clone(), class: *class })
                 } else if flaky_left > 0 {
                     flaky_left -= 1;

@@ -48,6 +48,22 @@ async fn flaky_fails_n_times_then_passes() {
     assert_eq!(rig.env().count("create:disk"), 1);
 }
 
+/// `until_retry` pauses the job at the step until an operator retries it (or resumes, which retries the failed steps); then the step runs once.
+#[tokio::test]
+async fn until_retry_pauses_until_an_operator_retries() {
+    let rig = toy::rig().await;
+    let faults = FaultPlan {
+        until_retry: [(DISK.to_owned(), ErrorClass::NeedsOperator)].into(),
+        ..Default::default()
+    };
+    let job = toy::submit_toy(&rig, with_faults(faults)).await;
+    assert_eq!(rig.drive(job).await, JobStatus::Paused);
+    assert_eq!(rig.env().count("create:disk"), 0);
+    Verbs { store: &rig.store }.retry(job, RetryTarget::Failed, "alice").await.unwrap();
+    assert_eq!(rig.drive(job).await, JobStatus::Succeeded);
+    assert_eq!(rig.env().count("create:disk"), 1);
+}
+
 /// `flaky` counts every failure of the step, also across an operator's retry: N failures, then it passes.
 #[tokio::test]
 async fn flaky_counts_failures_across_a_retry() {
