@@ -181,6 +181,7 @@ async fn migrations_build_the_expected_schema_on_an_empty_database(db: &Db) {
         names,
         [
             "audit",
+            "console_sessions",
             "escrow",
             "idempotency_keys",
             "job_event_heads",
@@ -730,3 +731,39 @@ async fn a_subscriber_follows_events_written_by_another_replica() {
     }
     assert_eq!(seen, (2..=51).collect::<Vec<_>>());
 }
+
+/// A console session is found while it lives, not once it expired or
+/// ended; ending twice is fine; a new sign-in sweeps long-dead rows.
+async fn console_sessions_live_expire_and_end(db: &Db) {
+    let store = db.open().await;
+    let now = now_ms();
+    let session = |id: &str, expires_at| ConsoleSession {
+        id_sha256: id.into(),
+        actor: "alice".into(),
+        role: "operator".into(),
+        token_sha256: "ab".repeat(32),
+        created_at: now - 10,
+        expires_at,
+    };
+    store.open_console_session(session("live", now + 60_000)).await.unwrap();
+    store.open_console_session(session("expired", now - 1)).await.unwrap();
+    store.open_console_session(session("ancient", now - 2 * 86_400_000)).await.unwrap();
+    assert_eq!(
+        store.console_session("live", now).await.unwrap(),
+        Some(session("live", now + 60_000))
+    );
+    assert_eq!(store.console_session("expired", now).await.unwrap(), None);
+    assert_eq!(store.console_session("nope", now).await.unwrap(), None);
+    store.end_console_session("live").await.unwrap();
+    store.end_console_session("live").await.unwrap();
+    assert_eq!(store.console_session("live", now).await.unwrap(), None);
+    // The next sign-in sweeps what expired over a day ago.
+    store.open_console_session(session("next", now + 60_000)).await.unwrap();
+    let mut c = db.raw().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM console_sessions")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, 3, "live (ended), expired, next; not ancient");
+}
+both!(console_sessions_live_expire_and_end);
