@@ -441,10 +441,29 @@ pub struct Config {
     pub tokens: Tokens,
     pub database: DatabaseConfig,
     pub drills: Drills,
+    /// The operator console served at `/ui`.
+    pub console: ConsoleConfig,
     /// What replicas must share besides the database: the tofu workspaces
     /// and, on the `sim` backend, the simulated world (then locked across
     /// processes). Default: the data directory (one replica).
     pub shared_dir: Option<PathBuf>,
+}
+
+/// The operator console (`/ui`): a browser front end on the same API,
+/// signed in with an operator token into a cookie session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve `/ui` (on by default; off answers 404 there).
+    pub enabled: bool,
+    /// How long a sign-in lasts (5 minutes to 7 days).
+    pub session_secs: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { enabled: true, session_secs: 8 * 3600 }
+    }
 }
 
 /// Fault injection through the API (`X-Catalyst-Fault-Plan`), for drills
@@ -537,6 +556,7 @@ impl Default for Config {
             tokens: Tokens::default(),
             database: DatabaseConfig::default(),
             drills: Drills::default(),
+            console: ConsoleConfig::default(),
             shared_dir: None,
         }
     }
@@ -739,6 +759,11 @@ impl Config {
             }
         }
         self.database.validate()?;
+        if !(300..=7 * 86_400).contains(&self.console.session_secs) {
+            return Err(LoadError::Invalid(
+                "console.session_secs must be from 300 (5 minutes) to 604800 (7 days)".into(),
+            ));
+        }
         if self.drills.fault_plans_on_hetzner && !self.drills.fault_plans {
             return Err(LoadError::Invalid(
                 "drills.fault_plans_on_hetzner needs drills.fault_plans".into(),

@@ -21,6 +21,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token may not {0}; it needs the operator token")]
     Forbidden(&'static str),
+    /// A console request that changes something without the session's
+    /// `X-CSRF-Token`, or from another site.
+    #[error(
+        "refused: a console request must carry the session's X-CSRF-Token and come from the console itself"
+    )]
+    Csrf,
     /// A feature this daemon's configuration keeps off.
     #[error("{0}")]
     Disabled(String),
@@ -57,7 +63,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::Disabled(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Disabled(_) | ApiError::Csrf => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -69,6 +77,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::Csrf => "csrf",
             ApiError::Disabled(_) => "disabled",
             ApiError::NotFound(_) => "not_found",
             ApiError::Invalid(_) => "invalid_request",

@@ -74,7 +74,10 @@ pub async fn show(
     let job = load_job(&st, id).await?;
     let journal = st.store.journal(id).await.map_err(ApiError::store("read a journal"))?;
     let audit = st.store.audit(Some(id)).await.map_err(ApiError::store("read the audit trail"))?;
-    Ok(Json(job_detail(&job, &journal, &audit)))
+    let mut detail = job_detail(&job, &journal, &audit);
+    detail.last_event_id =
+        st.store.last_event_id(id).await.map_err(ApiError::store("read the last event id"))?;
+    Ok(Json(detail))
 }
 
 /// Body of `retry`: at most one of `step` and `phase`; neither retries every

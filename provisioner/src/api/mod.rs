@@ -10,6 +10,8 @@
 //! time (on their SHA-256 digests, so the length does not leak either).
 //! Health, readiness, metrics and the OpenAPI document need no token: they
 //! carry no tenant data and are what load balancers and scrapers reach.
+//! The operator console ([`console`]) reaches the same handlers with a
+//! session cookie instead of a bearer token, CSRF-checked on every verb.
 //!
 //! Request bodies are taken as raw bytes and parsed here, so that every
 //! rejection (malformed JSON, wrong content type, unknown field, invalid
@@ -17,6 +19,7 @@
 //! and so the idempotency key can be bound to the exact bytes submitted.
 //! Bodies are never logged: they carry cloud tokens.
 
+pub mod console;
 mod error;
 mod escrow;
 mod events;
@@ -121,6 +124,15 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        if parts.headers.get(header::AUTHORIZATION).is_none()
+            && state.config.console.enabled
+            && console::has_session_cookie(&parts.headers)
+        {
+            // The console: a session cookie, and CSRF checked on every verb.
+            let p = console::presented(state, &parts.headers).await?;
+            console::check_csrf(parts, &p)?;
+            return Ok(p.caller);
+        }
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -182,9 +194,25 @@ async fn count_requests(State(state): State<ApiState>, req: Request, next: Next)
     resp
 }
 
+/// The operator console's routes (`console.enabled`).
+fn console_routes(state: &ApiState) -> Router<ApiState> {
+    if !state.config.console.enabled {
+        return Router::new();
+    }
+    Router::new()
+        .route("/", get(console::root))
+        .route("/ui", get(console::index))
+        .route("/ui/", get(console::index))
+        .route("/ui/app.js", get(console::app_js))
+        .route("/ui/app.css", get(console::app_css))
+        .route("/ui/runbooks/{name}", get(console::runbook))
+        .route("/ui/session", get(console::whoami).post(console::sign_in).delete(console::sign_out))
+}
+
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .merge(console_routes(&state))
         .route("/v1/sovereigns", post(sovereigns::submit).get(sovereigns::list))
         .route("/v1/sovereigns/{id}", get(sovereigns::show))
         .route("/v1/sovereigns/{id}/destroy", post(sovereigns::destroy))

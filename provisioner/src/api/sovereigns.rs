@@ -17,8 +17,9 @@ use cz_state::{IdempotencyKey, Sovereign, SovereignId, StoreError, Submission, S
 use serde_json::Value;
 
 use super::views::{
-    ErrorBody, JobSummary, SovereignDetail, SovereignList, SovereignView, SubmitResponse,
-    ValidationErrors,
+    CustodianView, CustodyItemView, CustodyView, DnsView, ErrorBody, JobSummary, RegionView,
+    SovereignDetail, SovereignList, SovereignView, SubmitResponse, ValidationErrors, job_facts,
+    rfc3339,
 };
 use super::{ApiError, ApiState, Caller, body_sha256, require_json};
 
@@ -172,9 +173,110 @@ pub async fn show(
 ) -> Result<Json<SovereignDetail>, ApiError> {
     let s = sovereign(&st, parse_id(&id)?).await?;
     let jobs = st.store.list_jobs(Some(s.id)).await.map_err(ApiError::store("list jobs"))?;
+    let mut oldest_first: Vec<&cz_state::Job> = jobs.iter().collect();
+    oldest_first.sort_by_key(|j| (j.created_at, j.id.to_string()));
+    let gone = s.status == cz_state::SovereignStatus::Destroyed;
+    let (mut regions, mut dns, mut seal) = (Vec::<RegionView>::new(), None, None);
+    let mut api_endpoint = None;
+    let mut org_name = None;
+    for job in oldest_first {
+        if job.kind == cz_state::JobKind::Provision {
+            org_name = job.request.pointer("/org/name").and_then(Value::as_str).map(str::to_owned);
+        }
+        if job.kind == cz_state::JobKind::Destroy || gone {
+            continue;
+        }
+        let journal = st.store.journal(job.id).await.map_err(ApiError::store("read a journal"))?;
+        let facts = job_facts(job, &journal);
+        for r in facts.regions {
+            match regions.iter_mut().find(|have| have.location == r.location) {
+                Some(have) => *have = r,
+                None => regions.push(r),
+            }
+        }
+        if facts.kubeconfig_checked {
+            api_endpoint = Some(format!("https://api.{}:6443", s.fqdn));
+        }
+        if let Some(d) = facts.dns {
+            let keep_records = d.records.is_empty()
+                && dns.as_ref().is_some_and(|o: &DnsView| !o.records.is_empty());
+            dns = Some(match (keep_records, dns.take()) {
+                (true, Some(old)) => DnsView { state: old.state, records: old.records },
+                _ => d,
+            });
+        }
+        seal = facts.seal.or(seal);
+    }
+    let custody = if gone { None } else { custody_of(&st, &s, seal).await? };
     Ok(Json(SovereignDetail {
         sovereign: SovereignView::from(&s),
         jobs: jobs.iter().map(JobSummary::from).collect(),
+        org_name,
+        api_endpoint,
+        dns,
+        regions,
+        custody,
+    }))
+}
+
+/// Who holds which part of the Sovereign's keys, and which parts an
+/// operator has fetched (the escrow read is audited); never a blob.
+async fn custody_of(
+    st: &ApiState,
+    s: &Sovereign,
+    seal: Option<String>,
+) -> Result<Option<CustodyView>, ApiError> {
+    let items = st
+        .store
+        .escrow(&s.id.to_string(), None)
+        .await
+        .map_err(ApiError::store("read the escrow"))?;
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let reads = st
+        .store
+        .audit_of_sovereign(s.id, "escrow.read")
+        .await
+        .map_err(ApiError::store("read the audit trail"))?;
+    let head = items
+        .iter()
+        .find(|i| i.kind == cz_phases::custody::escrow::OPENBAO_SHARE)
+        .unwrap_or(&items[0]);
+    let mut custodians: Vec<CustodianView> = Vec::new();
+    for i in &items {
+        if !custodians.iter().any(|c| c.index == i.custodian) {
+            custodians.push(CustodianView {
+                index: i.custodian,
+                label: i.label.clone(),
+                recipient: i.recipient.clone(),
+            });
+        }
+    }
+    custodians.sort_by_key(|c| c.index);
+    let views = items
+        .iter()
+        .map(|i| {
+            let last = reads.iter().rev().find(|r| r.at >= i.created_at);
+            CustodyItemView {
+                kind: i.kind.clone(),
+                index: i.index,
+                custodian: i.custodian,
+                label: i.label.clone(),
+                fingerprint: i.fingerprint.clone(),
+                created_at: rfc3339(i.created_at),
+                retrieved: last.is_some(),
+                retrieved_by: last.map(|r| r.actor.clone()),
+                retrieved_at: last.map(|r| rfc3339(r.at)),
+            }
+        })
+        .collect();
+    Ok(Some(CustodyView {
+        threshold: head.threshold,
+        parts: head.parts,
+        seal: seal.unwrap_or_else(|| "unknown".to_owned()),
+        custodians,
+        items: views,
     }))
 }
 

@@ -876,3 +876,149 @@ async fn fault_plans_are_refused_unless_the_daemon_enables_them() {
     let r = allowed.submit_with(&body("drill-h"), &plan).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
 }
+
+/// The console's sessions: an operator token opens one (a wizard token and
+/// a wrong one do not); the cookie reads the API, every verb needs the
+/// CSRF header and a same-site origin, and the audit names the person.
+/// Sign-out, and a revoked token, end it. The store keeps no secret.
+#[tokio::test]
+async fn console_sessions_check_csrf_and_end_on_sign_out_and_revocation() {
+    use sha2::Digest as _;
+    let mut h = harness().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let alice = "alice-token-0123456789abcdef";
+    let entry = |token: &str| {
+        format!(
+            "[[token]]\nname = \"alice\"\nrole = \"operator\"\nsha256 = \"{}\"\n",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        )
+    };
+    std::fs::write(&file, entry(alice)).unwrap();
+    let people = Arc::new(super::tokens::TokenFile::load(&file).unwrap());
+    h.state.people = Some(people.clone());
+    h.app = router(h.state.clone());
+
+    let sign_in = |token: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri("/ui/session")
+            .header("content-type", "application/json")
+            .body(Body::from(json!({ "token": token }).to_string()))
+            .unwrap()
+    };
+    // A wizard token sees no console; a wrong token is unknown.
+    let r = h.call(sign_in(WIZ)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = h.call(sign_in("not-a-token")).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+
+    let resp = h.app.clone().oneshot(sign_in(alice)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    let secret = set.split(';').next().unwrap().strip_prefix("cz_session=").unwrap().to_owned();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let who: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(who["actor"], "alice");
+    let csrf = who["csrf"].as_str().unwrap().to_owned();
+    let cookie = format!("cz_session={secret}");
+
+    let with_cookie = |method: Method, uri: &str, extra: &[(&str, &str)]| {
+        let mut b = Request::builder().method(method).uri(uri).header("cookie", &cookie);
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        b.header("content-type", "application/json").body(Body::from("{}")).unwrap()
+    };
+    let r = h.call(with_cookie(Method::GET, "/ui/session", &[])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["csrf"], csrf.as_str());
+    let r = h.call(with_cookie(Method::GET, "/v1/jobs", &[])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    let (sov, job) = h.submit(&body("consoled")).await;
+    h.wait_status(&job, "succeeded").await;
+    let resume = format!("/v1/jobs/{job}/resume");
+    // A verb without the CSRF header, with a forged one, or from another
+    // site: refused before the handler runs (no audit entry).
+    for extra in [
+        vec![],
+        vec![("x-csrf-token", "0000")],
+        vec![("x-csrf-token", csrf.as_str()), ("origin", "https://evil.example")],
+        vec![("x-csrf-token", csrf.as_str()), ("sec-fetch-site", "cross-site")],
+    ] {
+        let r = h.call(with_cookie(Method::POST, &resume, &extra)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{extra:?}: {}", r.text);
+        assert_eq!(r.json()["error"]["code"], "csrf");
+    }
+    let audit = h.state.store.audit(Some(job.parse().unwrap())).await.unwrap();
+    assert!(!audit.iter().any(|a| a.action.starts_with("resume")), "{audit:?}");
+    // With it, the verb reaches the handler, and the audit names Alice.
+    let r = h.call(with_cookie(Method::POST, &resume, &[("x-csrf-token", &csrf)])).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let audit = h.state.store.audit(Some(job.parse().unwrap())).await.unwrap();
+    let refused = audit.iter().find(|a| a.action == "resume.refused").expect("audited");
+    assert_eq!(refused.actor, "alice");
+
+    // The Sovereign page's data: regions with addressed nodes, DNS, API.
+    let s = h.get(&format!("/v1/sovereigns/{sov}")).await;
+    assert_eq!(s["org_name"], "Acme", "{s:#}");
+    let nodes = s["regions"][0]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{s:#}");
+    assert!(nodes.iter().all(|n| n["stage"] == "ready" && n["ipv4"].is_string()), "{s:#}");
+    assert!(s["regions"][0]["load_balancer"].is_string(), "{s:#}");
+    assert_eq!(s["dns"]["state"], "propagated", "{s:#}");
+    assert!(s["api_endpoint"].as_str().unwrap().starts_with("https://api."), "{s:#}");
+    assert!(s["custody"]["custodians"].as_array().is_some_and(|c| !c.is_empty()), "{s:#}");
+    assert!(!s.to_string().contains("BEGIN AGE"), "no blob on the page: {s:#}");
+    let d = h.get(&format!("/v1/jobs/{job}")).await;
+    assert!(d["last_event_id"].as_i64().unwrap() > 10, "{d:#}");
+    assert_eq!(d["nodes"].as_array().unwrap().len(), 2);
+
+    // The store holds digests, never the session secret.
+    let snap = h.snapshot().await;
+    assert!(!snap.contains(&secret));
+
+    // Sign-out needs the CSRF header too, then the cookie is dead.
+    let r = h.call(with_cookie(Method::DELETE, "/ui/session", &[])).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = h.call(with_cookie(Method::DELETE, "/ui/session", &[("x-csrf-token", &csrf)])).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = h.call(with_cookie(Method::GET, "/v1/jobs", &[])).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+
+    // A new session ends when Alice's token is revoked.
+    let resp = h.app.clone().oneshot(sign_in(alice)).await.unwrap();
+    let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let cookie2 = set.split(';').next().unwrap().to_owned();
+    let get = |c: &str| {
+        Request::builder().uri("/v1/jobs").header("cookie", c).body(Body::empty()).unwrap()
+    };
+    assert_eq!(h.call(get(&cookie2)).await.status, StatusCode::OK);
+    std::fs::write(&file, entry("a-new-token-for-alice-000")).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(h.call(get(&cookie2)).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The console's assets carry a strict CSP; a runbook renders as HTML.
+#[tokio::test]
+async fn console_assets_carry_a_strict_csp_and_runbooks_render() {
+    let h = harness().await;
+    for uri in ["/ui", "/ui/app.js", "/ui/app.css", "/ui/runbooks/needs-operator-quota.md"] {
+        let resp = h.app.clone().oneshot(Request::get(uri).body(Body::empty()).unwrap()).await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+        let csp = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{csp}");
+        assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    }
+    let r = h.req(Method::GET, "/ui/runbooks/needs-operator-quota.md", None, None).await;
+    assert!(r.text.contains("<h1>") || r.text.contains("<h2>"), "{}", r.text);
+    let r = h.req(Method::GET, "/ui/runbooks/..%2Fsecret.md", None, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let disabled = harness_with(|c| c.console.enabled = false).await;
+    assert_eq!(disabled.req(Method::GET, "/ui", None, None).await.status, StatusCode::NOT_FOUND);
+}

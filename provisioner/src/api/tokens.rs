@@ -141,8 +141,19 @@ impl TokenFile {
 
     /// The person and role `presented` belongs to.
     pub fn find(&self, presented: &str) -> Option<(String, Role)> {
+        self.find_by(Sha256::digest(presented.as_bytes()).into())
+    }
+
+    /// The person and role whose token has this SHA-256 (hex): how a
+    /// console session, which keeps only the digest, checks that its token
+    /// was not revoked.
+    pub fn find_digest(&self, sha256_hex: &str) -> Option<(String, Role)> {
+        let digest: [u8; 32] = hex::decode(sha256_hex).ok()?.try_into().ok()?;
+        self.find_by(digest)
+    }
+
+    fn find_by(&self, digest: [u8; 32]) -> Option<(String, Role)> {
         self.refresh();
-        let digest = Sha256::digest(presented.as_bytes());
         let l = self.loaded.read().expect("tokens lock");
         let mut found = None;
         // Every entry is compared, found or not.

@@ -82,6 +82,15 @@ pub struct SovereignDetail {
     #[serde(flatten)]
     pub sovereign: SovereignView,
     pub jobs: Vec<JobSummary>,
+    /// The organization's name from the provision request (as submitted:
+    /// shown escaped).
+    pub org_name: Option<String>,
+    /// The Kubernetes API, once a kubeconfig was checked against it.
+    pub api_endpoint: Option<String>,
+    pub dns: Option<DnsView>,
+    /// Every region with its nodes (none once destroyed).
+    pub regions: Vec<RegionView>,
+    pub custody: Option<CustodyView>,
 }
 
 /// What the custodians hold for a Sovereign: every escrowed blob, each
@@ -297,6 +306,93 @@ pub struct JobDetail {
     #[schema(value_type = Option<Object>)]
     pub cost: Option<Value>,
     pub audit: Vec<AuditView>,
+    /// The id of the job's newest event (0: none yet): where a reader of
+    /// the newest page of `/events` starts.
+    pub last_event_id: i64,
+    /// Every server of the job's cluster phase, with how far it got.
+    pub nodes: Vec<NodeView>,
+}
+
+/// One server of a cluster: its address and how far its bring-up got.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    /// `<location>-cp1`, `<location>-w3`, ...
+    pub name: String,
+    pub location: String,
+    /// `control-plane` or `worker`.
+    pub role: String,
+    /// `pending`, then `created` (the cloud made it), `reachable` (its SSH
+    /// host key is pinned), `joined` (K3s installed and joined) and
+    /// `ready` (the region's nodes verified Ready).
+    pub stage: String,
+    /// The step after `stage` failed (the job paused or failed there).
+    pub failed: bool,
+    pub ipv4: Option<String>,
+    pub private_ip: Option<String>,
+}
+
+/// One region of a Sovereign, from its provision and add-region jobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegionView {
+    pub location: String,
+    /// The region's load balancer (the API and ingress address).
+    pub load_balancer: Option<String>,
+    pub nodes: Vec<NodeView>,
+}
+
+/// The Sovereign's DNS, as its jobs left it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DnsView {
+    /// `pending`, `reserved` (zone made and delegated), `records-written`
+    /// or `propagated` (every public resolver answers).
+    pub state: String,
+    pub records: Vec<DnsRecordView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DnsRecordView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub content: String,
+}
+
+/// The custody of a Sovereign's keys: who holds which part. Never a
+/// secret, never a blob (those come only from the audited escrow read).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CustodyView {
+    /// Parts needed of parts made (of the OpenBao unseal shares, else of
+    /// the sealing key).
+    pub threshold: u8,
+    pub parts: u8,
+    /// OpenBao's seal as the last job saw it: `unsealed`, `sealed`
+    /// (initialised, not yet unsealed) or `unknown`.
+    pub seal: String,
+    pub custodians: Vec<CustodianView>,
+    pub items: Vec<CustodyItemView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CustodianView {
+    pub index: u32,
+    pub label: String,
+    /// The custodian's age recipient (a public key).
+    pub recipient: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CustodyItemView {
+    pub kind: String,
+    pub index: u32,
+    pub custodian: u32,
+    pub label: String,
+    pub fingerprint: Option<String>,
+    pub created_at: String,
+    /// Whether an operator fetched the escrow since this part was made,
+    /// who last did and when (from the audit trail).
+    pub retrieved: bool,
+    pub retrieved_by: Option<String>,
+    pub retrieved_at: Option<String>,
 }
 
 /// One event of a job's stream (also each SSE `data:`).
@@ -425,6 +521,166 @@ fn phase_state(steps: &[StepView]) -> &'static str {
     }
 }
 
+/// A step's output, if it succeeded.
+fn output_of<'a>(folded: &'a BTreeMap<&str, Fold>, step: &str) -> Option<&'a Value> {
+    match folded.get(step).map(|f| &f.state) {
+        Some(NodeState::Succeeded { output, .. }) => Some(output),
+        _ => None,
+    }
+}
+
+fn state_of<'a>(folded: &'a BTreeMap<&str, Fold>, step: &str) -> &'a str {
+    folded.get(step).map(|f| f.state.name()).unwrap_or("pending")
+}
+
+/// The regions of a job's cluster phase, each server with its address
+/// and stage, from the plan (`cluster/ssh-<server>` names every server)
+/// and the journal.
+fn cluster_of(plan: &Plan, folded: &BTreeMap<&str, Fold>) -> Vec<RegionView> {
+    let Some(cluster) = plan.phases.iter().find(|p| p.id == "cluster") else {
+        return Vec::new();
+    };
+    let mut regions: Vec<RegionView> = Vec::new();
+    for n in &cluster.nodes {
+        let Some(server) = n.id.strip_prefix("cluster/ssh-") else { continue };
+        let text = |k: &str| n.params.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let location = text("location");
+        let outputs = output_of(folded, &format!("infra/outputs-{location}"));
+        // The released node's output is the server; an older plan has only
+        // the region's outputs.
+        let found = output_of(folded, &format!("infra/server-{server}")).cloned().or_else(|| {
+            outputs.and_then(|o| o["servers"].as_array()).and_then(|all| {
+                all.iter()
+                    .find(|s| {
+                        s["name"]
+                            .as_str()
+                            .is_some_and(|n| n == server || n.ends_with(&format!("-{server}")))
+                    })
+                    .cloned()
+            })
+        });
+        let ladder = [
+            ("created", format!("infra/server-{server}")),
+            ("reachable", format!("cluster/ssh-{server}")),
+            ("joined", format!("cluster/k3s-{server}")),
+            ("ready", format!("cluster/verify-{location}")),
+        ];
+        let mut stage = "pending";
+        let mut failed = false;
+        for (name, step) in &ladder {
+            let done = match state_of(folded, step) {
+                "succeeded" | "skipped" => true,
+                // An older plan has no released server node.
+                "pending" if *name == "created" => found.is_some(),
+                "failed" | "undo_failed" => {
+                    failed = true;
+                    false
+                }
+                _ => false,
+            };
+            if !done {
+                break;
+            }
+            stage = name;
+        }
+        let addr = |k: &str| {
+            found.as_ref().and_then(|s| s[k].as_str()).filter(|v| !v.is_empty()).map(str::to_owned)
+        };
+        let node = NodeView {
+            name: server.to_owned(),
+            location: location.clone(),
+            role: text("role"),
+            stage: stage.to_owned(),
+            failed,
+            ipv4: addr("ipv4"),
+            private_ip: addr("private_ip"),
+        };
+        let lb = output_of(folded, &format!("infra/load-balancer-{location}"))
+            .or_else(|| outputs.map(|o| &o["load_balancer"]))
+            .and_then(|l| l["ipv4"].as_str())
+            .map(str::to_owned);
+        match regions.iter_mut().find(|r| r.location == location) {
+            Some(r) => r.nodes.push(node),
+            None => regions.push(RegionView { location, load_balancer: lb, nodes: vec![node] }),
+        }
+    }
+    regions
+}
+
+/// What a Sovereign's page shows of one of its jobs (its regions, DNS and
+/// seal), folded from that job's journal.
+#[derive(Default)]
+pub struct JobFacts {
+    pub regions: Vec<RegionView>,
+    pub kubeconfig_checked: bool,
+    pub dns: Option<DnsView>,
+    /// `unsealed`, `sealed` or none (the job did not get that far).
+    pub seal: Option<String>,
+}
+
+/// The facts of one job (see [`JobFacts`]).
+pub fn job_facts(job: &Job, journal: &[StepEventRecord]) -> JobFacts {
+    let plan: Plan = serde_json::from_value(job.plan.clone()).unwrap_or_default();
+    let folded = fold(journal);
+    let regions = cluster_of(&plan, &folded);
+    let kubeconfig_checked = regions
+        .iter()
+        .any(|r| state_of(&folded, &format!("cluster/kubeconfig-{}", r.location)) == "succeeded");
+    let has = |phase: &str| plan.phases.iter().any(|p| p.id == phase);
+    let dns = (has("dns-reserve") || has("dns-commit")).then(|| {
+        let records: Vec<DnsRecordView> = output_of(&folded, "dns-commit/records")
+            .and_then(|o| o["rrsets"].as_array())
+            .map(|sets| {
+                sets.iter()
+                    .flat_map(|r| {
+                        let name = r["name"].as_str().unwrap_or_default().to_owned();
+                        let rtype = r["rtype"].as_str().unwrap_or_default().to_owned();
+                        r["records"].as_array().cloned().unwrap_or_default().into_iter().map(
+                            move |c| DnsRecordView {
+                                name: name.clone(),
+                                rtype: rtype.clone(),
+                                content: c.as_str().unwrap_or_default().to_owned(),
+                            },
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let phase_done = |phase: &str| {
+            plan.phases.iter().find(|p| p.id == phase).is_some_and(|p| {
+                p.nodes.iter().all(|n| matches!(state_of(&folded, &n.id), "succeeded" | "skipped"))
+            })
+        };
+        let state = if state_of(&folded, "dns-commit/propagation") == "succeeded" {
+            "propagated"
+        } else if state_of(&folded, "dns-commit/records") == "succeeded" {
+            "records-written"
+        } else if has("dns-reserve") && phase_done("dns-reserve") {
+            "reserved"
+        } else {
+            "pending"
+        };
+        DnsView { state: state.to_owned(), records }
+    });
+    let unseals: Vec<&str> = plan
+        .phases
+        .iter()
+        .filter(|p| p.id == "secrets-handoff" || p.id == "secrets-join")
+        .flat_map(|p| p.nodes.iter())
+        .filter(|n| n.action.ends_with(".unseal") || n.id.contains("/unseal-"))
+        .map(|n| n.id.as_str())
+        .collect();
+    let seal = if !unseals.is_empty() && unseals.iter().all(|u| state_of(&folded, u) == "succeeded")
+    {
+        Some("unsealed".to_owned())
+    } else if state_of(&folded, "secrets-handoff/init") == "succeeded" {
+        Some("sealed".to_owned())
+    } else {
+        None
+    };
+    JobFacts { regions, kubeconfig_checked, dns, seal }
+}
+
 /// The detail view of a job.
 pub fn job_detail(job: &Job, journal: &[StepEventRecord], audit: &[AuditEntry]) -> JobDetail {
     let plan: Plan = serde_json::from_value(job.plan.clone()).unwrap_or_default();
@@ -480,10 +736,8 @@ pub fn job_detail(job: &Job, journal: &[StepEventRecord], audit: &[AuditEntry]) 
         }
         phases.push(PhaseView { phase: p.id.clone(), state: state.to_owned(), steps });
     }
-    let cost = match folded.get("preflight/cost-preview").map(|f| &f.state) {
-        Some(NodeState::Succeeded { output, .. }) => Some(output.clone()),
-        _ => None,
-    };
+    let cost = output_of(&folded, "preflight/cost-preview").cloned();
+    let nodes = cluster_of(&plan, &folded).into_iter().flat_map(|r| r.nodes).collect();
     JobDetail {
         job: JobSummary::from(job),
         request: job.request.clone(),
@@ -491,6 +745,8 @@ pub fn job_detail(job: &Job, journal: &[StepEventRecord], audit: &[AuditEntry]) 
         progress,
         cost,
         audit: audit.iter().map(AuditView::from).collect(),
+        last_event_id: 0,
+        nodes,
     }
 }
 
