@@ -10,7 +10,9 @@
 //!   (OpenBao, `bao server`), [`postgres::Postgres`] (`initdb` + `pg_ctl`);
 //! - [`daemon`]: the `catalyst-zero` binary as a child process, and its
 //!   HTTP API;
-//! - [`kill9`]: SIGKILL of the process driving a job, inside every step.
+//! - [`kill9`]: SIGKILL of the process driving a job, inside every step;
+//! - [`browser`]: a headless Chromium over WebDriver (`chromedriver`), for
+//!   the console.
 //!
 //! A server a test cannot have here (no binary on the machine) is reported
 //! by its `available()`; tests that need one say so in their output when
@@ -18,6 +20,7 @@
 //! ([`process::spawn_tied`]): they stop when it exits, however it exits.
 
 pub mod bao;
+pub mod browser;
 pub mod daemon;
 pub mod kill9;
 pub mod pdns;

@@ -22,6 +22,7 @@
 
 mod check_cli;
 mod cluster_sshd;
+mod console;
 mod daemon_disk_full;
 mod daemon_dns;
 mod daemon_hetzner;
