@@ -103,11 +103,9 @@ async fn subscribe(
     Ok((ids, lat))
 }
 
-/// P3: `subscribers` SSE clients replay a job's backlog and tail it live.
-pub async fn p3(dir: &Path, subscribers: usize) -> Result<()> {
-    let handle = crate::server::start(config(&dir.join("p3"), 0.0)).await?;
-    let base = format!("http://{}", handle.addr);
-    let client = reqwest::Client::new();
+/// Submits a job that pauses at its first step (a fault plan), so a
+/// benchmark has a job whose log it controls.
+async fn submit_held(client: &reqwest::Client, base: &str, sub: &str) -> Result<cz_state::JobId> {
     let resp = client
         .post(format!("{base}/v1/sovereigns"))
         .bearer_auth(TOKEN)
@@ -115,11 +113,19 @@ pub async fn p3(dir: &Path, subscribers: usize) -> Result<()> {
             "X-Catalyst-Fault-Plan",
             json!({ "fail": { "preflight/validate": "needs-operator" } }).to_string(),
         )
-        .json(&sample_body("p3", 1, 0))
+        .json(&sample_body(sub, 1, 0))
         .send()
         .await?;
     let body: Value = resp.json().await?;
-    let job: cz_state::JobId = body["job_id"].as_str().context("job id")?.parse()?;
+    Ok(body["job_id"].as_str().context("job id")?.parse()?)
+}
+
+/// P3: `subscribers` SSE clients replay a job's backlog and tail it live.
+pub async fn p3(dir: &Path, subscribers: usize) -> Result<()> {
+    let handle = crate::server::start(config(&dir.join("p3"), 0.0)).await?;
+    let base = format!("http://{}", handle.addr);
+    let client = reqwest::Client::new();
+    let job = submit_held(&client, &base, "p3").await?;
     let store = handle.store().clone();
     // Let the job pause, then add a backlog to replay.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -286,6 +292,92 @@ pub fn critical_path(
     let excess = requests.saturating_sub(u64::from(budget.capacity)) as f64;
     let forced = std::time::Duration::from_secs_f64(excess / budget.refill_per_sec * latency);
     (chain + forced, forced)
+}
+
+/// P7: the console opening a job whose log is `events` long, as the page
+/// does it: the page and its assets, the session, the job's detail, the
+/// newest page of its log (200 events) and its runbook. The aim: under a
+/// second however long the log (the page never loads it whole; the
+/// browser test checks the rows stay bounded).
+pub async fn p7(dir: &Path, sizes: &[usize]) -> Result<()> {
+    for &events in sizes {
+        let handle = crate::server::start(config(&dir.join(format!("p7-{events}")), 0.0)).await?;
+        let base = format!("http://{}", handle.addr);
+        let client = reqwest::Client::new();
+        let job = submit_held(&client, &base, &format!("p7-{events}")).await?;
+        let store = handle.store().clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.get_job(job).await?.context("the job")?.status != cz_state::JobStatus::Paused {
+            anyhow::ensure!(Instant::now() < deadline, "P7's job did not pause");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut added = store.last_event_id(job).await? as usize;
+        while added < events {
+            let n = (events - added).min(1000);
+            let evs = (0..n)
+                .map(|i| {
+                    cz_state::NewJobEvent::new(
+                        "tofu",
+                        json!({ "type": "apply_progress", "address": format!("hcloud_server.w[{i}]"),
+                                "action": "create", "elapsed_s": i % 60 }),
+                    )
+                })
+                .collect();
+            store.append_events(job, evs).await?;
+            added += n;
+        }
+        let signed = client
+            .post(format!("{base}/ui/session"))
+            .json(&json!({ "token": TOKEN }))
+            .send()
+            .await?;
+        anyhow::ensure!(signed.status().is_success(), "sign-in: {}", signed.status());
+        let cookie = signed
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .context("a session cookie")?
+            .to_owned();
+        let mut times = Vec::new();
+        let mut bytes = 0usize;
+        for _ in 0..20 {
+            let started = Instant::now();
+            bytes = 0;
+            let mut get = async |path: String| -> Result<Value> {
+                let r =
+                    client.get(format!("{base}{path}")).header("cookie", &cookie).send().await?;
+                anyhow::ensure!(r.status().is_success(), "{path}: {}", r.status());
+                let b = r.bytes().await?;
+                bytes += b.len();
+                Ok(serde_json::from_slice(&b).unwrap_or(Value::Null))
+            };
+            for asset in ["/ui", "/ui/app.js", "/ui/app.css", "/ui/session"] {
+                get(asset.to_owned()).await?;
+            }
+            let detail = get(format!("/v1/jobs/{job}")).await?;
+            let last = detail["last_event_id"].as_i64().context("last_event_id")?;
+            let page = get(format!(
+                "/v1/jobs/{job}/events?format=json&after={}&limit=200",
+                (last - 200).max(0)
+            ))
+            .await?;
+            anyhow::ensure!(page["events"].as_array().is_some_and(|e| e.len() == 200));
+            let runbook = detail["pause"]["error"]["runbook"].as_str().unwrap_or_default();
+            let file = runbook.rsplit('/').next().unwrap_or_default();
+            get(format!("/ui/runbooks/{file}")).await?;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!(
+            "P7 console opens a paused job of {events} events (page, assets, session, detail, newest 200 events, runbook; {} KiB): p50 {:.1} ms, max {:.1} ms (aim < 1 s, whatever the log's length)",
+            bytes / 1024,
+            times[times.len() / 2].as_secs_f64() * 1000.0,
+            times[times.len() - 1].as_secs_f64() * 1000.0,
+        );
+        handle.shutdown().await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

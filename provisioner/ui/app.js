@@ -546,12 +546,36 @@
     return s && (isStr(s.name) || isStr(s.fqdn)) ? str(s.name || s.fqdn) : shortId(id);
   }
 
+  /**
+   * GETs `url` for a page (a job's or a Sovereign's): `apply`s the JSON
+   * answer, or says in `notFound` why there is none (404, an error, or the
+   * daemon unreachable, which the page's polling retries).
+   */
+  async function load(pg, url, notFound, noun, id, apply) {
+    try {
+      const r = await api(url, { signal: pg.signal });
+      if (!pg.alive) return;
+      if (r.ok && isObj(r.data)) {
+        notFound.replaceChildren();
+        apply(r.data);
+      } else if (r.status === 404) {
+        notFound.replaceChildren(h('section', { class: 'card empty-state' }, h('h2', null, 'No such ' + noun),
+          h('p', null, 'The daemon knows no ' + noun + ' ', code(id), '. ', h('a', { href: '#/jobs' }, 'Back to the jobs.'))));
+      } else {
+        notFound.replaceChildren(h('p', { class: 'banner error' }, 'Could not read the ' + noun + ': ' + errorText(r)));
+      }
+    } catch (e) {
+      if (!quiet(e) && pg.alive) notFound.replaceChildren(h('p', { class: 'banner error' }, 'Could not reach the daemon; retrying.'));
+    }
+  }
+
   // ===== jobs list =====
 
   /** The current phase of a job, as far as this page knows it. */
   function currentPhase(j) {
     const step = (isObj(j.pause) && j.pause.step) || (isObj(j.error) && j.error.step);
     if (isStr(step)) return step.split('/')[0];
+    if (!TERMINAL.has(j.status) && isStr(j.current_phase)) return j.current_phase;
     if (!TERMINAL.has(j.status) && S.phaseCache.has(j.id)) return S.phaseCache.get(j.id);
     return '—';
   }
@@ -838,19 +862,7 @@
       }
       refreshing = true;
       try {
-        const r = await api(base, { signal: pg.signal });
-        if (!pg.alive) return;
-        if (r.ok && isObj(r.data)) {
-          notFound.replaceChildren();
-          apply(r.data);
-        } else if (r.status === 404) {
-          notFound.replaceChildren(h('section', { class: 'card empty-state' },
-            h('h2', null, 'No such job'), h('p', null, 'The daemon knows no job ', code(jobId), '. ', h('a', { href: '#/jobs' }, 'Back to the jobs.'))));
-        } else {
-          notFound.replaceChildren(h('p', { class: 'banner error' }, 'Could not read the job: ' + errorText(r)));
-        }
-      } catch (e) {
-        if (!quiet(e) && pg.alive) notFound.replaceChildren(h('p', { class: 'banner error' }, 'Could not reach the daemon; retrying.'));
+        await load(pg, base, notFound, 'job', jobId, apply);
       } finally {
         refreshing = false;
         if (dirty && pg.alive) {
@@ -1844,19 +1856,7 @@
       if (busy) return;
       busy = true;
       try {
-        const r = await api(base, { signal: pg.signal });
-        if (!pg.alive) return;
-        if (r.ok && isObj(r.data)) {
-          notFound.replaceChildren();
-          apply(r.data);
-        } else if (r.status === 404) {
-          notFound.replaceChildren(h('section', { class: 'card empty-state' }, h('h2', null, 'No such Sovereign'),
-            h('p', null, 'The daemon knows no Sovereign ', code(sovId), '. ', h('a', { href: '#/jobs' }, 'Back to the jobs.'))));
-        } else {
-          notFound.replaceChildren(h('p', { class: 'banner error' }, 'Could not read the Sovereign: ' + errorText(r)));
-        }
-      } catch (e) {
-        if (!quiet(e) && pg.alive) notFound.replaceChildren(h('p', { class: 'banner error' }, 'Could not reach the daemon; retrying.'));
+        await load(pg, base, notFound, 'Sovereign', sovId, apply);
       } finally {
         busy = false;
       }

@@ -611,6 +611,55 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// Job rows for a list: every column but the request, the plan and the
+    /// options, which are `Null` here (a list of many jobs never loads
+    /// their plans; the console polls it).
+    pub async fn list_jobs_light(
+        &self,
+        sovereign: Option<SovereignId>,
+    ) -> Result<Vec<Job>, StoreError> {
+        macro_rules! light {
+            ($tail:literal) => {
+                concat!(
+                    "SELECT id, sovereign_id, kind, status, mode, 'null' AS request, ",
+                    "'null' AS plan, 'null' AS options, pause, error, created_at, updated_at, ",
+                    "finished_at FROM jobs",
+                    $tail
+                )
+            };
+        }
+        let rows = match sovereign {
+            Some(s) => {
+                sqlx::query(light!(" WHERE sovereign_id = $1 ORDER BY created_at, id"))
+                    .bind(s.to_string())
+                    .fetch_all(&self.inner.pool)
+                    .await
+            }
+            None => {
+                sqlx::query(light!(" ORDER BY created_at, id")).fetch_all(&self.inner.pool).await
+            }
+        }
+        .map_err(StoreError::query("list jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// The phase of a job's newest `phase` event: the phase it is on (or
+    /// was last on). Reads back from the newest event, so it costs the
+    /// events since that phase began, not the whole log.
+    pub async fn latest_phase(&self, job: JobId) -> Result<Option<String>, StoreError> {
+        let body: Option<String> = sqlx::query_scalar(
+            "SELECT body FROM job_events WHERE job_id = $1 AND kind = 'phase' \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(job.to_string())
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(StoreError::query("read the latest phase"))?;
+        Ok(body
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .and_then(|v| v["phase"].as_str().map(str::to_owned)))
+    }
+
     /// How many jobs there are of each status (one aggregate query: a
     /// scrape never loads job rows).
     pub async fn count_jobs_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {

@@ -56,8 +56,22 @@ pub async fn list(
                 .map_err(|_| ApiError::invalid("sovereign", "must be a sovereign id (UUID)"))?,
         ),
     };
-    let jobs = st.store.list_jobs(sov).await.map_err(ApiError::store("list jobs"))?;
-    Ok(Json(JobList { jobs: jobs.iter().map(JobSummary::from).collect() }))
+    let jobs = st.store.list_jobs_light(sov).await.map_err(ApiError::store("list jobs"))?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        let mut s = JobSummary::from(j);
+        s.current_phase = current_phase(&st, j).await?;
+        out.push(s);
+    }
+    Ok(Json(JobList { jobs: out }))
+}
+
+/// The phase a job not yet finished is on; none for a finished job.
+async fn current_phase(st: &ApiState, j: &cz_state::Job) -> Result<Option<String>, ApiError> {
+    if j.status.is_final() {
+        return Ok(None);
+    }
+    st.store.latest_phase(j.id).await.map_err(ApiError::store("read the current phase"))
 }
 
 /// Show a job: phases, steps, attempts, timings, errors, progress, audit.
@@ -75,6 +89,7 @@ pub async fn show(
     let journal = st.store.journal(id).await.map_err(ApiError::store("read a journal"))?;
     let audit = st.store.audit(Some(id)).await.map_err(ApiError::store("read the audit trail"))?;
     let mut detail = job_detail(&job, &journal, &audit);
+    detail.job.current_phase = current_phase(&st, &job).await?;
     detail.last_event_id =
         st.store.last_event_id(id).await.map_err(ApiError::store("read the last event id"))?;
     Ok(Json(detail))

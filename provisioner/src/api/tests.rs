@@ -1022,3 +1022,29 @@ async fn console_assets_carry_a_strict_csp_and_runbooks_render() {
     let disabled = harness_with(|c| c.console.enabled = false).await;
     assert_eq!(disabled.req(Method::GET, "/ui", None, None).await.status, StatusCode::NOT_FOUND);
 }
+
+/// The jobs list names the phase an unfinished job is on (without loading
+/// any plan); a finished job has none.
+#[tokio::test]
+async fn the_jobs_list_names_the_current_phase() {
+    let h = harness().await;
+    let plan = [(
+        "x-catalyst-fault-plan",
+        r#"{"until_retry": {"custody/sealing-key": "needs-operator"}}"#,
+    )];
+    let r = h.submit_with(&body("phased"), &plan).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let job = r.json()["job_id"].as_str().unwrap().to_owned();
+    h.wait_status(&job, "paused").await;
+    let list = h.get("/v1/jobs").await;
+    let row = list["jobs"].as_array().unwrap().iter().find(|j| j["id"] == job.as_str()).unwrap();
+    assert_eq!(row["current_phase"], "custody", "{row}");
+    assert!(row.get("plan").is_none() && row.get("request").is_none(), "{row}");
+    assert_eq!(h.get(&format!("/v1/jobs/{job}")).await["current_phase"], "custody");
+    let r = h.req(Method::POST, &format!("/v1/jobs/{job}/retry"), Some(OP), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    h.wait_status(&job, "succeeded").await;
+    let list = h.get("/v1/jobs").await;
+    let row = list["jobs"].as_array().unwrap().iter().find(|j| j["id"] == job.as_str()).unwrap();
+    assert!(row.get("current_phase").is_none(), "{row}");
+}

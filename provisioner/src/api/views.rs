@@ -165,6 +165,10 @@ pub struct JobSummary {
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
+    /// The phase a job not yet finished is on (of its newest phase event;
+    /// with overlapping phases, the newer one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_phase: Option<String>,
 }
 
 impl From<&Job> for JobSummary {
@@ -180,6 +184,7 @@ impl From<&Job> for JobSummary {
             created_at: rfc3339(j.created_at),
             updated_at: rfc3339(j.updated_at),
             finished_at: j.finished_at.map(rfc3339),
+            current_phase: None,
         }
     }
 }

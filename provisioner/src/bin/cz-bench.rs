@@ -10,6 +10,8 @@
 //!   chain (the same Sovereign with one worker), hcloud requests against
 //!   the project's budget and the wait it forced, steps and events
 //!   written, peak RSS; hetzner-k3s's published figures beside it;
+//! - P7 the console opening a job of 10,000 and 100,000 events: every
+//!   request the page makes, timed;
 //! - P4-PG, P5-PG: P4 and P5 on PostgreSQL (`--database-url`, a server the
 //!   benchmark may create databases on), beside the SQLite figures;
 //! - H1 the hetzner backend end to end (real tofu, sshd, PowerDNS, OpenBao;
@@ -37,7 +39,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(about = "Catalyst-Zero benchmarks (P1–P6)")]
+#[command(about = "Catalyst-Zero benchmarks (P1–P7)")]
 struct Args {
     /// Small sizes (CI smoke run).
     #[arg(long)]
@@ -329,7 +331,7 @@ async fn main() -> Result<()> {
         // Each figure in its own process: memory one figure used (and the
         // allocator kept) must not count as the next one's peak RSS.
         let exe = std::env::current_exe().context("own path")?;
-        for p in ["p1", "p2", "p3", "p4", "p5", "p6", "p4-pg", "p5-pg", "h1"] {
+        for p in ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p4-pg", "p5-pg", "h1"] {
             if p.ends_with("-pg") && args.database_url.is_none() {
                 println!(
                     "{}: not measured (no --database-url / CZ_BENCH_DATABASE_URL)",
@@ -372,6 +374,10 @@ async fn main() -> Result<()> {
         // 50 and 500 nodes (3 control planes each); quick: 10.
         let sizes: &[u32] = if args.quick { &[7] } else { &[47, 497] };
         p6(dir, sizes, args.latency).await?;
+    }
+    if wants(&args, "p7") {
+        let sizes: &[usize] = if args.quick { &[2_000] } else { &[10_000, 100_000] };
+        catalyst_zero::bench::p7(dir, sizes).await?;
     }
     let pg = args.database_url.as_deref();
     if wants(&args, "p4-pg") && pg.is_some() {

@@ -38,6 +38,37 @@ fn no_browser(test: &str) -> bool {
     cz_testkit::skip(test, why)
 }
 
+const ALICE: &str = "alice-console-token-0123456789";
+const WIZARD: &str = "wizard-console-token-012345678";
+
+/// A daemon on the `sim` backend with fault plans on and a tokens file
+/// (`alice`, an operator; `wiz`, a wizard), and a client of its API.
+struct Console {
+    dir: tempfile::TempDir,
+    d: Daemon,
+    api: Api,
+}
+
+impl Console {
+    fn start(latency: f64) -> Console {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let people = dir.path().join("tokens.toml");
+        tokens_file(&people, &[("alice", "operator", ALICE), ("wiz", "wizard", WIZARD)]);
+        let mut d = Daemon::new(&data, latency);
+        d.backend_args.push("--fault-plans".into());
+        d.env.push(("CATALYST_ZERO_TOKENS_FILE".into(), people.display().to_string()));
+        d.start().unwrap();
+        let api = Api::new(d.port);
+        Console { dir, d, api }
+    }
+
+    fn people(&self) -> PathBuf {
+        self.dir.path().join("tokens.toml")
+    }
+}
+
 /// Signs in on the sign-in screen and waits for the person's name.
 fn sign_in(b: &Browser, d: &Daemon, token: &str, who: &str) -> Result<()> {
     b.goto(&d.url("/ui"))?;
@@ -74,11 +105,7 @@ fn the_console_follows_a_job_live_through_a_kill9_and_a_restart() {
     if no_browser("the_console_follows_a_job_live_through_a_kill9_and_a_restart") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::new(dir.path(), 0.02);
-    d.backend_args.push("--fault-plans".into());
-    d.start().unwrap();
-    let api = Api::new(d.port);
+    let Console { dir, mut d, api } = Console::start(0.02);
     let b = Browser::new().unwrap();
     sign_in(&b, &d, TOKEN, "operator").unwrap();
 
@@ -120,8 +147,22 @@ fn the_console_follows_a_job_live_through_a_kill9_and_a_restart() {
     let steps = b.attrs("#phases .chip", "data-state").unwrap();
     assert!(steps.len() > 20 && steps.iter().all(|s| s == "succeeded"), "{steps:?}");
 
+    // Two more jobs for the list: one paused in the cluster phase, one
+    // running (its current phase shown without opening it).
+    let paused = r#"{"until_retry": {"cluster/cilium-fsn1": "needs-operator"}}"#;
+    let (_, held) = submit(&api, &request("held", 1, 1), Some(paused));
+    let (_, moving) = submit(&api, &request("moving", 1, 1), Some(r#"{"slow_ms": 400}"#));
     route(&b, "#/jobs").unwrap();
     b.wait_text(&format!("#jobs tr[data-job='{job}'] .status"), "succeeded", PAGE).unwrap();
+    b.wait_text(&format!("#jobs tr[data-job='{held}'] .status"), "paused", JOB).unwrap();
+    b.wait_text(&format!("#jobs tr[data-job='{held}'] .phase"), "cluster", PAGE).unwrap();
+    b.wait_for("the running job's phase", PAGE, |b| {
+        let row = format!("#jobs tr[data-job='{moving}']");
+        let running = b.text(&format!("{row} .status"))?.is_some_and(|s| s.trim() == "running");
+        let phase = b.text(&format!("{row} .phase"))?.unwrap_or_default();
+        Ok((running && !phase.trim().is_empty() && phase.trim() != "—").then_some(()))
+    })
+    .unwrap();
     b.screenshot(&screenshots().join("jobs.png")).unwrap();
 
     route(&b, &format!("#/sovereigns/{sov}")).unwrap();
@@ -167,9 +208,6 @@ fn tokens_file(path: &std::path::Path, people: &[(&str, &str, &str)]) {
     std::fs::write(path, text).unwrap();
 }
 
-const ALICE: &str = "alice-console-token-0123456789";
-const WIZARD: &str = "wizard-console-token-012345678";
-
 /// A job paused by a fault shows its class, remediation and rendered
 /// runbook; retry, confirmed in the page, finishes it, and the audit names
 /// the person. Revoking her token sends the page back to sign-in with
@@ -179,21 +217,13 @@ fn a_paused_step_is_explained_and_retried_from_the_page() {
     if no_browser("a_paused_step_is_explained_and_retried_from_the_page") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let people = dir.path().join("tokens.toml");
-    tokens_file(&people, &[("alice", "operator", ALICE), ("wiz", "wizard", WIZARD)]);
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let mut d = Daemon::new(&data, 0.0);
-    d.backend_args.push("--fault-plans".into());
-    d.env.push(("CATALYST_ZERO_TOKENS_FILE".into(), people.display().to_string()));
-    d.start().unwrap();
-    let api = Api::new(d.port);
+    let c = Console::start(0.0);
+    let (d, api) = (&c.d, &c.api);
     let b = Browser::new().unwrap();
-    sign_in(&b, &d, ALICE, "alice").unwrap();
+    sign_in(&b, d, ALICE, "alice").unwrap();
 
     let plan = r#"{"until_retry": {"custody/sealing-key": "needs-operator"}}"#;
-    let (_, job) = submit(&api, &request("paused", 1, 1), Some(plan));
+    let (_, job) = submit(api, &request("paused", 1, 1), Some(plan));
     route(&b, &format!("#/jobs/{job}")).unwrap();
     b.wait_text("#job-status", "paused", JOB).unwrap();
     b.wait_text("#pause .error-class", "needs-operator", PAGE).unwrap();
@@ -237,7 +267,7 @@ fn a_paused_step_is_explained_and_retried_from_the_page() {
 
     // Alice's token is revoked: the page goes back to sign-in, and nothing
     // of the job stays in it.
-    tokens_file(&people, &[("wiz", "wizard", WIZARD)]);
+    tokens_file(&c.people(), &[("wiz", "wizard", WIZARD)]);
     b.wait_for("the sign-in screen", PAGE, |b| Ok((b.count("#sign-in-form")? == 1).then_some(())))
         .unwrap();
     let page = b.text("body").unwrap().unwrap_or_default();
@@ -252,19 +282,11 @@ fn a_wizard_token_and_forged_requests_are_refused() {
     if no_browser("a_wizard_token_and_forged_requests_are_refused") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let people = dir.path().join("tokens.toml");
-    tokens_file(&people, &[("wiz", "wizard", WIZARD)]);
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let mut d = Daemon::new(&data, 0.0);
-    d.backend_args.push("--fault-plans".into());
-    d.env.push(("CATALYST_ZERO_TOKENS_FILE".into(), people.display().to_string()));
-    d.start().unwrap();
-    let api = Api::new(d.port);
+    let c = Console::start(0.0);
+    let (d, api) = (&c.d, &c.api);
     // A paused job: a cancel would change it.
     let plan = r#"{"until_retry": {"preflight/quotas": "needs-operator"}}"#;
-    let (_, job) = submit(&api, &request("forged", 1, 0), Some(plan));
+    let (_, job) = submit(api, &request("forged", 1, 0), Some(plan));
     api.wait_status(&job, &["paused"], JOB);
 
     let b = Browser::new().unwrap();
@@ -279,7 +301,7 @@ fn a_wizard_token_and_forged_requests_are_refused() {
     assert_eq!(b.count("#whoami").unwrap() + b.count("#jobs").unwrap(), 0);
     assert!(b.cookie("cz_session").unwrap().is_none(), "no session for a wizard");
 
-    sign_in(&b, &d, TOKEN, "operator").unwrap();
+    sign_in(&b, d, TOKEN, "operator").unwrap();
     // From the console's own origin, but without the CSRF header or with a
     // forged one: refused.
     let post = |csrf: Option<&str>| -> Value {
@@ -329,14 +351,12 @@ fn hostile_org_names_are_text_and_run_nothing() {
     if no_browser("hostile_org_names_are_text_and_run_nothing") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::new(dir.path(), 0.0);
-    d.start().unwrap();
-    let api = Api::new(d.port);
+    let c = Console::start(0.0);
+    let (d, api) = (&c.d, &c.api);
     let hostile = r#"<script>window.__pwned=1</script>"><img src=x onerror="window.__pwned=2">'"#;
     let mut body = request("hostile", 1, 0);
     body["org"]["name"] = json!(hostile);
-    let (sov, job) = submit(&api, &body, None);
+    let (sov, job) = submit(api, &body, None);
     let mut controls = request("controls", 1, 0);
     controls["org"]["name"] = json!("Acme\u{1b}[31m\u{7}\u{202e}");
     let (status, resp) = api.post("/v1/sovereigns", &controls).unwrap();
@@ -345,7 +365,7 @@ fn hostile_org_names_are_text_and_run_nothing() {
     api.wait_status(&job, &["succeeded"], JOB);
 
     let b = Browser::new().unwrap();
-    sign_in(&b, &d, TOKEN, "operator").unwrap();
+    sign_in(&b, d, TOKEN, "operator").unwrap();
     route(&b, &format!("#/sovereigns/{sov}")).unwrap();
     b.wait_text("#sovereign-org", hostile, PAGE).unwrap();
     route(&b, &format!("#/jobs/{job}")).unwrap();
@@ -372,19 +392,17 @@ fn a_long_event_log_is_paged_not_loaded_whole() {
     if no_browser("a_long_event_log_is_paged_not_loaded_whole") {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::new(dir.path(), 0.0);
-    d.start().unwrap();
-    let api = Api::new(d.port);
+    let c = Console::start(0.0);
+    let (d, api) = (&c.d, &c.api);
     // 23 servers: within the sim project's quota of 25.
-    let (_, job) = submit(&api, &request("long", 3, 20), None);
+    let (_, job) = submit(api, &request("long", 3, 20), None);
     let status = api.wait_status(&job, &["succeeded", "paused", "failed"], JOB);
     assert_eq!(status, "succeeded");
     let last = api.get(&format!("/v1/jobs/{job}")).unwrap()["last_event_id"].as_i64().unwrap();
     assert!(last > 400, "a long log: {last} events");
 
     let b = Browser::new().unwrap();
-    sign_in(&b, &d, TOKEN, "operator").unwrap();
+    sign_in(&b, d, TOKEN, "operator").unwrap();
     let started = std::time::Instant::now();
     route(&b, &format!("#/jobs/{job}")).unwrap();
     b.wait_for("the newest event", PAGE, |b| {
