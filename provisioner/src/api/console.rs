@@ -282,22 +282,29 @@ pub fn check_csrf(parts: &Parts, p: &Presented) -> Result<(), ApiError> {
         return Ok(());
     }
     let h = &parts.headers;
+    let foreign = from_another_site(h);
+    let token_ok = h
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| token_eq(t.trim(), &p.csrf));
+    if foreign || !token_ok {
+        tracing::warn!(actor = p.caller.actor(), method = %parts.method, path = parts.uri.path(),
+            from_another_site = foreign, "Refused a console request without a valid CSRF token.");
+        return Err(ApiError::Csrf);
+    }
+    Ok(())
+}
+
+/// Whether the browser says the request comes from another site: a
+/// cross-site `Sec-Fetch-Site`, or an `Origin` other than this host.
+fn from_another_site(h: &HeaderMap) -> bool {
     let cross_site = h.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site");
     let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
     let foreign_origin = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()).is_some_and(|o| {
         let authority = o.split_once("://").map(|(_, a)| a).unwrap_or(o);
         Some(authority) != host
     });
-    let token_ok = h
-        .get(CSRF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| token_eq(t.trim(), &p.csrf));
-    if cross_site || foreign_origin || !token_ok {
-        tracing::warn!(actor = p.caller.actor(), method = %parts.method, path = parts.uri.path(),
-            cross_site, foreign_origin, "Refused a console request without a valid CSRF token.");
-        return Err(ApiError::Csrf);
-    }
-    Ok(())
+    cross_site || foreign_origin
 }
 
 fn session_cookie(st: &ApiState, value: &str, max_age: u64) -> HeaderValue {
@@ -339,6 +346,10 @@ pub async fn sign_in(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require_json(&headers)?;
+    // Nobody signs a browser in from another site (login CSRF).
+    if from_another_site(&headers) {
+        return Err(ApiError::Csrf);
+    }
     let SignIn { token } = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid("token", format!("expected {{\"token\": \"...\"}}: {e}")))?;
     let token = token.trim();

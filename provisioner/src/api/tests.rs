@@ -912,6 +912,11 @@ async fn console_sessions_check_csrf_and_end_on_sign_out_and_revocation() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let r = h.call(sign_in("not-a-token")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    // Nor is a browser signed in from another site (login CSRF).
+    let mut forged = sign_in(alice);
+    forged.headers_mut().insert("sec-fetch-site", "cross-site".parse().unwrap());
+    let r = h.call(forged).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 
     let resp = h.app.clone().oneshot(sign_in(alice)).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
