@@ -86,7 +86,7 @@ impl<E> Clone for StepCtx<E> {
 impl<E: StepEnv> StepCtx<E> {
     /// The phase id of this step.
     pub fn phase(&self) -> &str {
-        self.node.split('/').next().unwrap_or(&self.node)
+        crate::plan::phase_of(&self.node)
     }
 
     /// The output of an earlier node (`phase/step`), deserialized.

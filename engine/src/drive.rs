@@ -42,7 +42,7 @@ use crate::action::Registry;
 use crate::context::{Outputs, Releaser, StepCtx, StepEnv};
 use crate::error::{ErrorClass, StepError};
 use crate::observe::{NoObserver, Observer};
-use crate::plan::{NodeDef, PhaseDef, Plan};
+use crate::plan::{NodeDef, PhaseDef, Plan, phase_of};
 use tracing::Instrument;
 
 /// Drives loading their job at once (see `Engine::load_gate`).
@@ -571,14 +571,6 @@ impl<E: StepEnv> JobRun<E> {
         if stage.iter().all(|p| phase_done(p, states)) {
             return Ok(PhaseOutcome::Done);
         }
-        self.run_stage_traced(stage, states).await
-    }
-
-    async fn run_stage_traced(
-        &self,
-        stage: &[&PhaseDef],
-        states: &mut BTreeMap<String, NodeState>,
-    ) -> Result<PhaseOutcome, EngineError> {
         let mut open: Vec<&PhaseDef> = Vec::new();
         // The trace has a `phase` span per phase, each step's span under
         // its own phase's, whether or not the phase overlaps another.
@@ -591,6 +583,14 @@ impl<E: StepEnv> JobRun<E> {
             }
         }
         let nodes: Vec<&NodeDef> = stage.iter().flat_map(|p| p.nodes.iter()).collect();
+        // Each producer's released nodes, found once per stage (not per
+        // launch: a 500-server region has a thousand steps).
+        let mut released_by: BTreeMap<&str, Vec<&NodeDef>> = BTreeMap::new();
+        for n in &nodes {
+            if let Some(p) = n.released_by.as_deref() {
+                released_by.entry(p).or_default().push(n);
+            }
+        }
         let mut inflight: JoinSet<Result<(String, NodeState), EngineError>> = JoinSet::new();
         let mut running: BTreeSet<String> = BTreeSet::new();
         // Released nodes arrive here from their producers, mid-step.
@@ -627,7 +627,8 @@ impl<E: StepEnv> JobRun<E> {
                             .all(|d| states.get(d).is_some_and(NodeState::is_satisfied));
                     if ready {
                         running.insert(n.id.clone());
-                        let releaser = self.releaser(&nodes, &n.id, states, &tx);
+                        let mine = released_by.get(n.id.as_str()).map(Vec::as_slice);
+                        let releaser = Self::releaser(mine.unwrap_or_default(), states, &tx);
                         let exec = NodeExec {
                             run: self.clone_run(),
                             node: (*n).clone(),
@@ -721,16 +722,12 @@ impl<E: StepEnv> JobRun<E> {
         states.insert(id, state);
     }
 
-    /// The release handle of `producer`, if any node names it.
+    /// The release handle of a producer of the nodes `mine`, if it has any.
     fn releaser(
-        &self,
-        nodes: &[&NodeDef],
-        producer: &str,
+        mine: &[&NodeDef],
         states: &BTreeMap<String, NodeState>,
         tx: &tokio::sync::mpsc::UnboundedSender<(String, NodeState)>,
     ) -> Option<Arc<Releaser>> {
-        let mine: Vec<&NodeDef> =
-            nodes.iter().copied().filter(|n| n.released_by.as_deref() == Some(producer)).collect();
         if mine.is_empty() {
             return None;
         }
@@ -845,11 +842,6 @@ impl<E: StepEnv> JobRun<E> {
     }
 }
 
-/// The phase of a node id (its first segment).
-fn phase_of(node: &str) -> &str {
-    node.split('/').next().unwrap_or(node)
-}
-
 /// Whether every step of `phase` is satisfied.
 fn phase_done(phase: &PhaseDef, states: &BTreeMap<String, NodeState>) -> bool {
     phase.nodes.iter().all(|n| states.get(&n.id).is_some_and(NodeState::is_satisfied))
@@ -875,9 +867,9 @@ struct NodeExec<E> {
 }
 
 impl<E: StepEnv> NodeExec<E> {
-    /// The phase this node belongs to (its id's first segment).
+    /// The phase this node belongs to.
     fn phase(&self) -> &str {
-        self.node.id.split('/').next().unwrap_or("")
+        phase_of(&self.node.id)
     }
 
     async fn record(&self, event: StepEvent, body: Value) -> Result<NodeState, EngineError> {

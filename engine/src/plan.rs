@@ -260,6 +260,11 @@ impl PhaseBuilder {
     }
 }
 
+/// The phase of a node id (`<phase>/<step>`): its first segment.
+pub fn phase_of(node: &str) -> &str {
+    node.split('/').next().unwrap_or(node)
+}
+
 /// Summary of how many nodes of each phase are in each state.
 pub fn phase_progress(
     plan: &Plan,
