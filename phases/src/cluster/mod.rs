@@ -157,17 +157,12 @@ pub fn register(r: &mut Registry) {
     r.register(CILIUM_SETTLED, action!(cilium_settled, cilium_settled_undo));
 }
 
-fn server_names(slug_loc: &str, r: &Region) -> (Vec<String>, Vec<String>) {
-    let cps = (1..=r.control_plane.count).map(|i| format!("{slug_loc}-cp{i}")).collect();
-    let ws = (1..=r.workers.count).map(|i| format!("{slug_loc}-w{i}")).collect();
-    (cps, ws)
-}
-
 pub fn phase(regions: &[Region]) -> PhaseDef {
     let mut b = PhaseBuilder::overlapping(PHASE);
     for r in regions {
         let l = &r.location;
-        let (cps, ws) = server_names(l, r);
+        let mut cps: Vec<String> = crate::infra::server_suffixes(r).collect();
+        let ws = cps.split_off(r.control_plane.count as usize);
         let tok = format!("join-token-{l}");
         let lb = crate::infra::load_balancer_node(l);
         b.step(&tok, JOIN_TOKEN, &[], RegionParams::new(l));

@@ -169,6 +169,14 @@ pub fn register(r: &mut Registry) {
     r.register(LOAD_BALANCER, action!(released_load_balancer, no_undo));
 }
 
+/// A region's servers by name without the Sovereign's prefix, control
+/// planes first: `fsn1-cp1`, ..., `fsn1-w1`, ...
+pub fn server_suffixes(r: &Region) -> impl Iterator<Item = String> + '_ {
+    let l = &r.location;
+    let cps = (1..=r.control_plane.count).map(move |i| format!("{l}-cp{i}"));
+    cps.chain((1..=r.workers.count).map(move |i| format!("{l}-w{i}")))
+}
+
 pub fn phase(regions: &[Region]) -> PhaseDef {
     let mut b = PhaseBuilder::new(PHASE);
     b.step("provisioner-key", PROVISIONER_KEY_STEP, &[], ());
@@ -181,8 +189,7 @@ pub fn phase(regions: &[Region]) -> PhaseDef {
         let (plan, apply) = (format!("plan-{l}"), format!("apply-{l}"));
         b.step(&apply, APPLY, &[&plan], p());
         b.released(&format!("load-balancer-{l}"), LOAD_BALANCER, &apply, &[&plan], p());
-        let cps = (1..=r.control_plane.count).map(|i| format!("{l}-cp{i}"));
-        for suffix in cps.chain((1..=r.workers.count).map(|i| format!("{l}-w{i}"))) {
+        for suffix in server_suffixes(r) {
             let params = ServerParams { location: l.clone(), suffix: suffix.clone() };
             b.released(&format!("server-{suffix}"), SERVER, &apply, &[&plan], params);
         }
@@ -661,7 +668,8 @@ async fn apply(cx: &StepCtx) -> StepResult<Applied> {
     let adopted = adopt_orphans(cx, &ws, &loc).await?;
     let replace = offline_drift(cx, &ws, &loc).await?;
     let tofu = cx.env.tofu.clone();
-    let releases = Releases::of(cx, &slug(&fqdn(cx)?), &read_manifest(&ws).await?, &token);
+    let slug = slug(&fqdn(cx)?);
+    let releases = Releases::of(cx, &slug, &read_manifest(&ws).await?, &token);
     let parallelism = layout::RegionLayout::of(&region_of(cx)?).apply_parallelism();
     let lines = with_events_tapped(
         cx,
@@ -674,11 +682,15 @@ async fn apply(cx: &StepCtx) -> StepResult<Applied> {
     .await;
     let early = releases.finish().await;
     let lines = lines?;
-    // Whatever was not released as it was created, from tofu's outputs.
+    // Whatever was not released as it was created, from tofu's outputs
+    // (read once per apply: `outputs-<loc>` takes what is released here).
     let out = read_outputs(cx, &loc).await?;
     cx.release(&load_balancer_node(&loc), &out.load_balancer).await?;
     for s in &out.servers {
-        cx.release(&server_node(&suffix_of(&s.name, &loc)), s).await?;
+        let suffix = unprefixed(&s.name, &slug).ok_or_else(|| {
+            output_error("servers", format!("`{}` is not named `{slug}-...`", s.name))
+        })?;
+        cx.release(&server_node(suffix), s).await?;
     }
     let state = cx.env.tofu.state(&ws).await?;
     Ok(Applied {
@@ -690,12 +702,10 @@ async fn apply(cx: &StepCtx) -> StepResult<Applied> {
     })
 }
 
-/// A server's name without the Sovereign's prefix: `fsn1-w3`.
-fn suffix_of(name: &str, location: &str) -> String {
-    match name.rfind(&format!("-{location}-")) {
-        Some(at) => name[at + 1..].to_owned(),
-        None => name.to_owned(),
-    }
+/// A cloud object's name without the Sovereign's prefix (`<slug>-`):
+/// `fsn1-w3` for a server, `fsn1-lb` for a load balancer.
+fn unprefixed<'a>(name: &'a str, slug: &str) -> Option<&'a str> {
+    name.strip_prefix(slug)?.strip_prefix('-')
 }
 
 /// What `apply` releases as tofu creates it: the objects' addresses mapped
@@ -722,10 +732,9 @@ impl Releases {
             .iter()
             .filter_map(|r| {
                 let node = match r.kind.as_str() {
-                    "server" => server_node(r.name.strip_prefix(&format!("{slug}-"))?),
+                    "server" => server_node(unprefixed(&r.name, slug)?),
                     "load_balancer" => {
-                        let name = r.name.strip_prefix(&format!("{slug}-"))?;
-                        load_balancer_node(name.strip_suffix("-lb")?)
+                        load_balancer_node(unprefixed(&r.name, slug)?.strip_suffix("-lb")?)
                     }
                     _ => return None,
                 };
@@ -969,8 +978,27 @@ async fn resolve_objects(cx: &StepCtx, out: &Value) -> StepResult<(Vec<Server>, 
     Ok((servers, lb))
 }
 
+/// `outputs-<loc>`: the region's servers and load balancer as the apply
+/// released them (tofu's outputs are read, and on the offline module each
+/// object fetched, once per apply). A plan from before released nodes has
+/// none, and reads tofu's outputs.
 async fn outputs(cx: &StepCtx) -> StepResult<Outputs> {
-    read_outputs(cx, &cx.params::<RegionParams>()?.location).await
+    let loc = cx.params::<RegionParams>()?.location;
+    let region = region_of(cx)?;
+    let released = || -> StepResult<Outputs> {
+        Ok(Outputs {
+            location: loc.clone(),
+            servers: server_suffixes(&region)
+                .map(|s| cx.lookup::<Server>(&server_node(&s)))
+                .collect::<StepResult<_>>()?,
+            load_balancer: cx.lookup(&load_balancer_node(&loc))?,
+            workspace: workspace(cx, &loc).dir,
+        })
+    };
+    match released() {
+        Err(StepError::MissingOutput { .. }) => read_outputs(cx, &loc).await,
+        other => other,
+    }
 }
 
 /// The region's servers and load balancer from tofu's outputs, checked
