@@ -4,8 +4,9 @@
 //! names shown as text, and the refusals (a wizard token, a forged CSRF
 //! request, a revoked token).
 //!
-//! The screenshots the README shows are written by these tests, to
-//! `docs/console/` (or `$CZ_SCREENSHOTS`).
+//! The screenshots the README shows are written by these tests: to
+//! `target/console-screenshots/`, or to `$CZ_SCREENSHOTS` (relative to the
+//! repository); `CZ_SCREENSHOTS=docs/console` refreshes the README's.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,10 +21,16 @@ use serde_json::{Value, json};
 const PAGE: Duration = Duration::from_secs(60);
 const JOB: Duration = Duration::from_secs(300);
 
+/// Where the screenshots go: `$CZ_SCREENSHOTS`, else
+/// `target/console-screenshots/` (a test run leaves the repository's copies
+/// in `docs/console/` alone; `CZ_SCREENSHOTS=docs/console` refreshes them).
 fn screenshots() -> PathBuf {
-    std::env::var_os("CZ_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/console"))
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    match std::env::var_os("CZ_SCREENSHOTS").map(PathBuf::from) {
+        Some(dir) if dir.is_relative() => repo.join(dir),
+        Some(dir) => dir,
+        None => repo.join("target/console-screenshots"),
+    }
 }
 
 /// Without Chromium these tests fail (`.ci/run` installs it), unless
