@@ -781,6 +781,72 @@ mod tests {
         assert_eq!((x.started_at, x.finished_at), (Some(300), Some(350)));
     }
 
+    /// A plan from before released nodes: addresses come from the region's
+    /// outputs, the stage stops at the failed step and says so.
+    #[test]
+    fn nodes_of_an_older_plan_come_from_the_region_outputs() {
+        use cz_state::{JobId, JobKind, JobMode, JobStatus, SovereignId};
+        let node = |id: &str, params: Value| serde_json::json!({ "id": id, "action": "x", "params": params });
+        let cp1 = serde_json::json!({ "location": "fsn1", "suffix": "fsn1-cp1", "role": "control-plane" });
+        let w1 = serde_json::json!({ "location": "fsn1", "suffix": "fsn1-w1", "role": "worker" });
+        let plan = serde_json::json!({ "phases": [
+            { "id": "infra", "nodes": [node("infra/outputs-fsn1", serde_json::json!({ "location": "fsn1" }))] },
+            { "id": "cluster", "nodes": [
+                node("cluster/ssh-fsn1-cp1", cp1.clone()), node("cluster/k3s-fsn1-cp1", cp1),
+                node("cluster/ssh-fsn1-w1", w1.clone()), node("cluster/k3s-fsn1-w1", w1),
+                node("cluster/verify-fsn1", serde_json::json!({ "location": "fsn1" })) ] } ] });
+        let job = Job {
+            id: JobId::new(),
+            sovereign_id: SovereignId::new(),
+            kind: JobKind::Provision,
+            status: JobStatus::Paused,
+            mode: JobMode::Forward,
+            request: Value::Null,
+            plan,
+            options: Value::Null,
+            pause: None,
+            error: None,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: None,
+        };
+        let outputs = serde_json::json!({ "location": "fsn1", "workspace": "/w",
+            "servers": [
+                { "name": "acme-fsn1-cp1", "id": 1, "role": "control-plane", "ipv4": "203.0.113.3", "private_ip": "10.0.1.3" },
+                { "name": "acme-fsn1-w1", "id": 2, "role": "worker", "ipv4": "203.0.113.4", "private_ip": null } ],
+            "load_balancer": { "id": 9, "ipv4": "203.0.113.2" } });
+        let mut seq = 0;
+        let mut rec = |node: &str, event| {
+            seq += 1;
+            StepEventRecord { seq, node: node.into(), event, at: seq }
+        };
+        let ok = |output| StepEvent::Succeeded { output };
+        let journal = vec![
+            rec("infra/outputs-fsn1", StepEvent::Started { attempt: 1 }),
+            rec("infra/outputs-fsn1", ok(outputs)),
+            rec("cluster/ssh-fsn1-cp1", StepEvent::Started { attempt: 1 }),
+            rec("cluster/ssh-fsn1-cp1", ok(Value::Null)),
+            rec("cluster/k3s-fsn1-cp1", StepEvent::Started { attempt: 1 }),
+            rec("cluster/k3s-fsn1-cp1", ok(Value::Null)),
+            rec("cluster/ssh-fsn1-w1", StepEvent::Started { attempt: 1 }),
+            rec(
+                "cluster/ssh-fsn1-w1",
+                StepEvent::Failed { error: serde_json::json!({ "class": "needs-operator" }) },
+            ),
+        ];
+        let facts = job_facts(&job, &journal);
+        assert_eq!(facts.regions.len(), 1);
+        let r = &facts.regions[0];
+        assert_eq!(r.load_balancer.as_deref(), Some("203.0.113.2"));
+        let (cp, w) = (&r.nodes[0], &r.nodes[1]);
+        assert_eq!((cp.stage.as_str(), cp.failed), ("joined", false));
+        assert_eq!(cp.private_ip.as_deref(), Some("10.0.1.3"));
+        assert_eq!((w.stage.as_str(), w.failed), ("created", true));
+        assert_eq!((w.ipv4.as_deref(), w.private_ip.as_deref()), (Some("203.0.113.4"), None));
+        assert_eq!(w.role, "worker");
+        assert!(facts.dns.is_none() && facts.seal.is_none() && !facts.kubeconfig_checked);
+    }
+
     #[test]
     fn rfc3339_is_utc_millis() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
