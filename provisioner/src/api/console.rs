@@ -31,10 +31,11 @@ use axum::response::{IntoResponse, Response};
 use cz_state::{ConsoleSession, NewAudit, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::views::rfc3339;
-use super::{ApiError, ApiState, Caller, require_json, token_eq, tokens};
+use super::{
+    ApiError, ApiState, Caller, caller_of_digest, hex_sha256, require_json, token_eq, tokens,
+};
 
 /// The session cookie.
 pub const COOKIE: &str = "cz_session";
@@ -54,10 +55,6 @@ mod embedded {
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self'; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
 
 /// The CSRF token of a session: a digest of its secret, so nothing more is
 /// stored and only a holder of the cookie's value can know it.
@@ -244,20 +241,6 @@ pub fn has_session_cookie(headers: &HeaderMap) -> bool {
     cookie_secret(headers).is_some()
 }
 
-/// The person `token_sha256` belongs to, if that token still opens an
-/// operator session.
-fn operator_of_digest(st: &ApiState, token_sha256: &str) -> Option<String> {
-    let shared = st.config.tokens.operator.as_deref().map(|t| hex_sha256(t.as_bytes()));
-    let shared_ok = shared.is_some_and(|d| token_eq(&d, token_sha256));
-    let person = st.people.as_ref().and_then(|f| f.find_digest(token_sha256));
-    match (person, shared_ok) {
-        (Some((name, tokens::Role::Operator)), _) => Some(name),
-        (Some((_, tokens::Role::Wizard)), _) => None,
-        (None, true) => Some("operator".to_owned()),
-        (None, false) => None,
-    }
-}
-
 /// Checks the request's session cookie.
 pub async fn presented(st: &ApiState, headers: &HeaderMap) -> Result<Presented, ApiError> {
     let secret = cookie_secret(headers).ok_or(ApiError::Unauthorized)?;
@@ -268,11 +251,10 @@ pub async fn presented(st: &ApiState, headers: &HeaderMap) -> Result<Presented, 
         .map_err(ApiError::store("read a console session"))?
         .ok_or(ApiError::Unauthorized)?;
     // A revoked or rotated token ends its sessions.
-    let actor = operator_of_digest(st, &session.token_sha256).ok_or(ApiError::Unauthorized)?;
-    if actor != session.actor {
-        return Err(ApiError::Unauthorized);
-    }
-    Ok(Presented { caller: Caller::operator(&actor), csrf: csrf_of(secret), session })
+    let caller = caller_of_digest(st, &session.token_sha256)
+        .filter(|c| c.role == tokens::Role::Operator && c.actor() == session.actor)
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(Presented { caller, csrf: csrf_of(secret), session })
 }
 
 /// The checks of a changing request made with the session cookie: the
@@ -357,19 +339,16 @@ pub async fn sign_in(
         return Err(ApiError::invalid("token", "is required"));
     }
     let digest = hex_sha256(token.as_bytes());
-    let wizard = st.config.tokens.wizard.as_deref().is_some_and(|t| token_eq(t, token))
-        || st
-            .people
-            .as_ref()
-            .and_then(|f| f.find(token))
-            .is_some_and(|(_, r)| r == tokens::Role::Wizard);
-    let Some(actor) = operator_of_digest(&st, &digest) else {
-        if wizard {
+    let actor = match caller_of_digest(&st, &digest) {
+        Some(c) if c.role == tokens::Role::Operator => c.actor().to_owned(),
+        Some(_) => {
             tracing::warn!("A wizard token tried to sign in to the console.");
             return Err(ApiError::Forbidden("sign in to the console"));
         }
-        tracing::warn!("A console sign-in with an unknown token was refused.");
-        return Err(ApiError::Unauthorized);
+        None => {
+            tracing::warn!("A console sign-in with an unknown token was refused.");
+            return Err(ApiError::Unauthorized);
+        }
     };
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let now = now_ms();

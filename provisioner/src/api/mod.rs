@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -141,17 +140,27 @@ impl FromRequestParts<ApiState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
-        let tokens = &state.config.tokens;
-        // Evaluate every comparison every time.
-        let op = tokens.operator.as_deref().is_some_and(|t| token_eq(t, presented));
-        let wiz = tokens.wizard.as_deref().is_some_and(|t| token_eq(t, presented));
-        let person = state.people.as_ref().and_then(|f| f.find(presented));
-        match (person, op, wiz) {
-            (Some((name, role)), _, _) => Ok(Caller { role, name }),
-            (None, true, _) => Ok(Caller::operator("operator")),
-            (None, false, true) => Ok(Caller::wizard("wizard")),
-            (None, false, false) => Err(ApiError::Unauthorized),
-        }
+        caller_of_digest(state, &hex_sha256(presented.as_bytes())).ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// Who a token is, from its SHA-256 (hex): a named person from the tokens
+/// file first, else the shared operator or wizard token. Every comparison
+/// runs every time, in constant time. Bearer tokens and the console's
+/// sessions (which keep only the digest of the token that opened them) are
+/// both resolved here.
+pub(crate) fn caller_of_digest(state: &ApiState, token_sha256: &str) -> Option<Caller> {
+    let tokens = &state.config.tokens;
+    let shared = |t: &Option<String>| {
+        t.as_deref().is_some_and(|t| token_eq(&hex_sha256(t.as_bytes()), token_sha256))
+    };
+    let (op, wiz) = (shared(&tokens.operator), shared(&tokens.wizard));
+    let person = state.people.as_ref().and_then(|f| f.find_digest(token_sha256));
+    match (person, op, wiz) {
+        (Some((name, role)), _, _) => Some(Caller { role, name }),
+        (None, true, _) => Some(Caller::operator("operator")),
+        (None, false, true) => Some(Caller::wizard("wizard")),
+        (None, false, false) => None,
     }
 }
 
@@ -176,9 +185,10 @@ pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// SHA-256 of a raw body, hex (what an idempotency key is bound to).
-pub(crate) fn body_sha256(body: &Bytes) -> String {
-    hex::encode(Sha256::digest(body))
+/// SHA-256 of bytes, hex: what an idempotency key is bound to (the raw
+/// body), and how tokens and console sessions are kept and compared.
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Counts every request by route and status.

@@ -21,7 +21,7 @@ use super::views::{
     SovereignDetail, SovereignList, SovereignView, SubmitResponse, ValidationErrors, job_facts,
     rfc3339,
 };
-use super::{ApiError, ApiState, Caller, body_sha256, require_json};
+use super::{ApiError, ApiState, Caller, hex_sha256, require_json};
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const FAULT_PLAN_HEADER: &str = "x-catalyst-fault-plan";
@@ -40,7 +40,7 @@ fn idempotency(
         .ok_or_else(|| {
             ApiError::invalid("Idempotency-Key", "must be 1 to 200 visible ASCII characters")
         })?;
-    Ok(Some(IdempotencyKey { scope, key: key.to_owned(), body_sha256: body_sha256(body) }))
+    Ok(Some(IdempotencyKey { scope, key: key.to_owned(), body_sha256: hex_sha256(body) }))
 }
 
 fn fault_plan(headers: &HeaderMap, caller: &Caller, st: &ApiState) -> Result<FaultPlan, ApiError> {

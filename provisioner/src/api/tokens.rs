@@ -20,7 +20,6 @@ use std::sync::RwLock;
 use std::time::{Instant, SystemTime};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -139,20 +138,11 @@ impl TokenFile {
         }
     }
 
-    /// The person and role `presented` belongs to.
-    pub fn find(&self, presented: &str) -> Option<(String, Role)> {
-        self.find_by(Sha256::digest(presented.as_bytes()).into())
-    }
-
-    /// The person and role whose token has this SHA-256 (hex): how a
-    /// console session, which keeps only the digest, checks that its token
-    /// was not revoked.
+    /// The person and role whose token has this SHA-256 (hex). Callers
+    /// hold only the digest: of the bearer token presented, or of the
+    /// token a console session was opened with.
     pub fn find_digest(&self, sha256_hex: &str) -> Option<(String, Role)> {
         let digest: [u8; 32] = hex::decode(sha256_hex).ok()?.try_into().ok()?;
-        self.find_by(digest)
-    }
-
-    fn find_by(&self, digest: [u8; 32]) -> Option<(String, Role)> {
         self.refresh();
         let l = self.loaded.read().expect("tokens lock");
         let mut found = None;
@@ -171,6 +161,12 @@ impl TokenFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
+
+    /// The person `token` belongs to (as the API looks it up: by digest).
+    fn find(t: &TokenFile, token: &str) -> Option<(String, Role)> {
+        t.find_digest(&hex::encode(Sha256::digest(token.as_bytes())))
+    }
 
     fn line(name: &str, role: &str, token: &str) -> String {
         format!(
@@ -185,18 +181,18 @@ mod tests {
         let f = dir.path().join("tokens.toml");
         std::fs::write(&f, line("alice", "operator", "alice-secret-token-1")).unwrap();
         let t = TokenFile::load(&f).unwrap();
-        assert_eq!(t.find("alice-secret-token-1"), Some(("alice".into(), Role::Operator)));
-        assert_eq!(t.find("nope"), None);
+        assert_eq!(find(&t, "alice-secret-token-1"), Some(("alice".into(), Role::Operator)));
+        assert_eq!(find(&t, "nope"), None);
         // Bob is added, Alice revoked: no restart.
         std::fs::write(&f, line("bob", "wizard", "bob-secret-token-22")).unwrap();
         t.loaded.write().unwrap().checked -= std::time::Duration::from_secs(2);
-        assert_eq!(t.find("bob-secret-token-22"), Some(("bob".into(), Role::Wizard)));
-        assert_eq!(t.find("alice-secret-token-1"), None);
+        assert_eq!(find(&t, "bob-secret-token-22"), Some(("bob".into(), Role::Wizard)));
+        assert_eq!(find(&t, "alice-secret-token-1"), None);
         // A broken file keeps the last good set.
         std::fs::write(&f, "[[token]]\nname = \"x y\"\nrole = \"operator\"\nsha256 = \"00\"\n")
             .unwrap();
         t.loaded.write().unwrap().checked -= std::time::Duration::from_secs(2);
-        assert_eq!(t.find("bob-secret-token-22"), Some(("bob".into(), Role::Wizard)));
+        assert_eq!(find(&t, "bob-secret-token-22"), Some(("bob".into(), Role::Wizard)));
         assert!(TokenFile::load(&f).unwrap_err().contains("name `x y`"));
         let dup = line("a", "operator", "one-token-aaaa") + &line("a", "wizard", "two-token-bbbb");
         std::fs::write(&f, dup).unwrap();
