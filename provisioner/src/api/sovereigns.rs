@@ -176,7 +176,7 @@ pub async fn show(
     let mut oldest_first: Vec<&cz_state::Job> = jobs.iter().collect();
     oldest_first.sort_by_key(|j| (j.created_at, j.id.to_string()));
     let gone = s.status == cz_state::SovereignStatus::Destroyed;
-    let (mut regions, mut dns, mut seal) = (Vec::<RegionView>::new(), None, None);
+    let (mut regions, mut dns, mut seal) = (Vec::<RegionView>::new(), None::<DnsView>, None);
     let mut api_endpoint = None;
     let mut org_name = None;
     for job in oldest_first {
@@ -197,13 +197,13 @@ pub async fn show(
         if facts.kubeconfig_checked {
             api_endpoint = Some(format!("https://api.{}:6443", s.fqdn));
         }
-        if let Some(d) = facts.dns {
-            let keep_records = d.records.is_empty()
-                && dns.as_ref().is_some_and(|o: &DnsView| !o.records.is_empty());
-            dns = Some(match (keep_records, dns.take()) {
-                (true, Some(old)) => DnsView { state: old.state, records: old.records },
-                _ => d,
-            });
+        // A later job's DNS replaces the earlier one's, unless it wrote no
+        // records where the earlier one did (an add-region job that has not
+        // reached its records yet).
+        if let Some(d) = facts.dns
+            && !(d.records.is_empty() && dns.as_ref().is_some_and(|o| !o.records.is_empty()))
+        {
+            dns = Some(d);
         }
         seal = facts.seal.or(seal);
     }

@@ -538,6 +538,11 @@ fn state_of<'a>(folded: &'a BTreeMap<&str, Fold>, step: &str) -> &'a str {
     folded.get(step).map(|f| f.state.name()).unwrap_or("pending")
 }
 
+/// Whether a step is done, as the engine counts it (succeeded or skipped).
+fn satisfied(folded: &BTreeMap<&str, Fold>, step: &str) -> bool {
+    folded.get(step).is_some_and(|f| f.state.is_satisfied())
+}
+
 /// The regions of a job's cluster phase, each server with its address
 /// and stage, from the plan (`cluster/ssh-<server>` names every server)
 /// and the journal.
@@ -573,17 +578,10 @@ fn cluster_of(plan: &Plan, folded: &BTreeMap<&str, Fold>) -> Vec<RegionView> {
         let mut stage = "pending";
         let mut failed = false;
         for (name, step) in &ladder {
-            let done = match state_of(folded, step) {
-                "succeeded" | "skipped" => true,
-                // An older plan has no released server node.
-                "pending" if *name == "created" => found.is_some(),
-                "failed" | "undo_failed" => {
-                    failed = true;
-                    false
-                }
-                _ => false,
-            };
-            if !done {
+            // An older plan has no released server node: its outputs say.
+            let older = *name == "created" && state_of(folded, step) == "pending";
+            if !(satisfied(folded, step) || older && found.is_some()) {
+                failed = matches!(state_of(folded, step), "failed" | "undo_failed");
                 break;
             }
             stage = name;
@@ -600,13 +598,15 @@ fn cluster_of(plan: &Plan, folded: &BTreeMap<&str, Fold>) -> Vec<RegionView> {
             ipv4: addr("ipv4"),
             private_ip: addr("private_ip"),
         };
-        let lb = output_of(folded, &format!("infra/load-balancer-{location}"))
-            .or_else(|| outputs.map(|o| &o["load_balancer"]))
-            .and_then(|l| l["ipv4"].as_str())
-            .map(str::to_owned);
         match regions.iter_mut().find(|r| r.location == location) {
             Some(r) => r.nodes.push(node),
-            None => regions.push(RegionView { location, load_balancer: lb, nodes: vec![node] }),
+            None => {
+                let load_balancer = output_of(folded, &format!("infra/load-balancer-{location}"))
+                    .or_else(|| outputs.map(|o| &o["load_balancer"]))
+                    .and_then(|l| l["ipv4"].as_str())
+                    .map(str::to_owned);
+                regions.push(RegionView { location, load_balancer, nodes: vec![node] })
+            }
         }
     }
     regions
@@ -652,9 +652,8 @@ pub fn job_facts(job: &Job, journal: &[StepEventRecord]) -> JobFacts {
             })
             .unwrap_or_default();
         let phase_done = |phase: &str| {
-            plan.phases.iter().find(|p| p.id == phase).is_some_and(|p| {
-                p.nodes.iter().all(|n| matches!(state_of(&folded, &n.id), "succeeded" | "skipped"))
-            })
+            let phase = plan.phases.iter().find(|p| p.id == phase);
+            phase.is_some_and(|p| p.nodes.iter().all(|n| satisfied(&folded, &n.id)))
         };
         let state = if state_of(&folded, "dns-commit/propagation") == "succeeded" {
             "propagated"
