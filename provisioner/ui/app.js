@@ -147,6 +147,11 @@
     return n;
   }
 
+  /** A row of a definition list: `<div><dt>label</dt><dd>value</dd></div>`. */
+  function fact(label, value) {
+    return h('div', null, h('dt', null, label), h('dd', null, value));
+  }
+
   function append(n, kids) {
     for (const kid of kids.flat(Infinity)) {
       if (kid === null || kid === undefined || kid === false) continue;
@@ -820,11 +825,11 @@
         h('h1', null, 'Job ', h('span', { class: 'mono' }, shortId(jobId))),
         status),
       h('dl', { class: 'facts' },
-        h('div', null, h('dt', null, 'Kind'), h('dd', null, kind)),
-        h('div', null, h('dt', null, 'Sovereign'), h('dd', null, sovLink)),
-        h('div', null, h('dt', null, 'Mode'), h('dd', null, mode)),
-        h('div', null, h('dt', null, 'Created'), h('dd', null, created)),
-        h('div', null, h('dt', null, 'Duration'), h('dd', null, duration))),
+        fact('Kind', kind),
+        fact('Sovereign', sovLink),
+        fact('Mode', mode),
+        fact('Created', created),
+        fact('Duration', duration)),
       h('div', { class: 'actions' }, verbs, outcome));
 
     main.append(notFound, head, pauseSlot, errorSlot,
@@ -1021,8 +1026,8 @@
     const card = h('section', { id, class: 'card failure', 'data-kind': isPause ? 'pause' : 'failed' },
       h('h2', null, title),
       h('dl', { class: 'facts' },
-        h('div', null, h('dt', null, 'Step'), h('dd', null, h('code', { class: 'failing-step' }, step || '—'))),
-        h('div', null, h('dt', null, 'Class'), h('dd', null, h('span', { class: 'error-class', 'data-class': str(e.class) }, str(e.class) || '—'))),
+        fact('Step', h('code', { class: 'failing-step' }, step || '—')),
+        fact('Class', h('span', { class: 'error-class', 'data-class': str(e.class) }, str(e.class) || '—')),
         cause ? h('div', null, h('dt', null, 'Cause'), h('dd', { class: 'error-cause' }, cause)) : null),
       h('div', { class: 'failure-body' },
         h('div', { class: 'failure-text' },
@@ -1270,7 +1275,7 @@
     }
     const rest = Object.keys(c).filter((k) => !['currency', 'monthly', 'hourly', 'regions'].includes(k));
     if (rest.length) {
-      card.append(h('dl', { class: 'kv' }, rest.map((k) => h('div', null, h('dt', null, k), h('dd', null, clip(str(c[k]), 300))))));
+      card.append(h('dl', { class: 'kv' }, rest.map((k) => fact(k, clip(str(c[k]), 300)))));
     }
   }
 
@@ -1748,11 +1753,11 @@
         h('div', { class: 'crumbs' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / Sovereign ', h('span', { class: 'mono', title: sovId }, shortId(sovId))),
         h('div', { class: 'title-row' }, h('h1', null, name), status),
         h('dl', { class: 'facts' },
-          h('div', null, h('dt', null, 'Organization'), h('dd', null, org)),
-          h('div', null, h('dt', null, 'FQDN'), h('dd', null, fqdn)),
-          h('div', null, h('dt', null, 'API endpoint'), h('dd', null, endpoint)),
-          h('div', null, h('dt', null, 'Created'), h('dd', null, createdAt)),
-          h('div', null, h('dt', null, 'Updated'), h('dd', null, updatedAt))),
+          fact('Organization', org),
+          fact('FQDN', fqdn),
+          fact('API endpoint', endpoint),
+          fact('Created', createdAt),
+          fact('Updated', updatedAt)),
         h('div', { class: 'actions' }, verbs, outcome)),
       h('div', { class: 'columns' },
         h('div', { class: 'col-main' },

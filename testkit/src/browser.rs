@@ -280,6 +280,16 @@ impl Browser {
         }
     }
 
+    /// Waits until exactly `n` elements match `css`.
+    pub fn wait_count(&self, css: &str, n: usize, bound: Duration) -> Result<()> {
+        self.wait_for(&format!("{n} of `{css}`"), bound, |b| Ok((b.count(css)? == n).then_some(())))
+    }
+
+    /// Waits until at least one element matches `css`.
+    pub fn wait_any(&self, css: &str, bound: Duration) -> Result<()> {
+        self.wait_for(&format!("`{css}`"), bound, |b| Ok((b.count(css)? > 0).then_some(())))
+    }
+
     /// Saves a PNG of the viewport.
     pub fn screenshot(&self, path: &Path) -> Result<()> {
         let v = self.call("GET", "/screenshot", None)?;

@@ -76,12 +76,17 @@ impl Console {
     }
 }
 
+/// Opens the console and submits `token` on its sign-in screen.
+fn enter_token(b: &Browser, d: &Daemon, token: &str) -> Result<()> {
+    b.goto(&d.url("/ui"))?;
+    b.wait_count("#token", 1, PAGE)?;
+    b.type_into("#token", token)?;
+    b.click("#sign-in")
+}
+
 /// Signs in on the sign-in screen and waits for the person's name.
 fn sign_in(b: &Browser, d: &Daemon, token: &str, who: &str) -> Result<()> {
-    b.goto(&d.url("/ui"))?;
-    b.wait_for("the sign-in form", PAGE, |b| Ok((b.count("#token")? == 1).then_some(())))?;
-    b.type_into("#token", token)?;
-    b.click("#sign-in")?;
+    enter_token(b, d, token)?;
     b.wait_text("#whoami", who, PAGE)
 }
 
@@ -126,8 +131,7 @@ fn the_console_follows_a_job_live_through_a_kill9_and_a_restart() {
         Ok((done >= 2 && running).then_some(()))
     })
     .unwrap();
-    b.wait_for("events in the log", PAGE, |b| Ok((b.count("#events .event")? > 0).then_some(())))
-        .unwrap();
+    b.wait_any("#events .event", PAGE).unwrap();
     b.screenshot(&screenshots().join("job-running.png")).unwrap();
 
     d.kill9();
@@ -173,10 +177,7 @@ fn the_console_follows_a_job_live_through_a_kill9_and_a_restart() {
     b.screenshot(&screenshots().join("jobs.png")).unwrap();
 
     route(&b, &format!("#/sovereigns/{sov}")).unwrap();
-    b.wait_for("the Sovereign's nodes", PAGE, |b| {
-        Ok((b.count("#regions .node")? == 3).then_some(()))
-    })
-    .unwrap();
+    b.wait_count("#regions .node", 3, PAGE).unwrap();
     let page = b.text("body").unwrap().unwrap_or_default();
     assert!(page.contains("live.omani.works"), "{page}");
     b.screenshot(&screenshots().join("sovereign.png")).unwrap();
@@ -237,10 +238,7 @@ fn a_paused_step_is_explained_and_retried_from_the_page() {
     let remediation = b.text("#pause .remediation").unwrap().unwrap_or_default();
     assert!(!remediation.trim().is_empty());
     // The runbook is rendered (headings, a table), not a file path.
-    b.wait_for("the rendered runbook", PAGE, |b| {
-        Ok((b.count("#pause .runbook h1, #pause .runbook h2")? > 0).then_some(()))
-    })
-    .unwrap();
+    b.wait_any("#pause .runbook h1, #pause .runbook h2", PAGE).unwrap();
     assert!(b.count("#pause .runbook table").unwrap() > 0);
     let chip = b.attrs("#phases .chip[data-step='custody/sealing-key']", "data-state").unwrap();
     assert_eq!(chip, ["paused"]);
@@ -248,14 +246,12 @@ fn a_paused_step_is_explained_and_retried_from_the_page() {
 
     // Cancel in the dialog does nothing; OK retries.
     b.click("button[data-verb='retry']").unwrap();
-    b.wait_for("the confirmation", PAGE, |b| Ok((b.count("#confirm[open]")? == 1).then_some(())))
-        .unwrap();
+    b.wait_count("#confirm[open]", 1, PAGE).unwrap();
     b.click("#confirm-cancel").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(api.status(&job).as_deref(), Some("paused"));
     b.click("button[data-verb='retry']").unwrap();
-    b.wait_for("the confirmation", PAGE, |b| Ok((b.count("#confirm[open]")? == 1).then_some(())))
-        .unwrap();
+    b.wait_count("#confirm[open]", 1, PAGE).unwrap();
     b.click("#confirm-ok").unwrap();
     b.wait_for("the verb's outcome", PAGE, |b| {
         Ok(b.text("#verb-outcome")?.filter(|t| !t.trim().is_empty()))
@@ -275,8 +271,7 @@ fn a_paused_step_is_explained_and_retried_from_the_page() {
     // Alice's token is revoked: the page goes back to sign-in, and nothing
     // of the job stays in it.
     tokens_file(&c.people(), &[("wiz", "wizard", WIZARD)]);
-    b.wait_for("the sign-in screen", PAGE, |b| Ok((b.count("#sign-in-form")? == 1).then_some(())))
-        .unwrap();
+    b.wait_count("#sign-in-form", 1, PAGE).unwrap();
     let page = b.text("body").unwrap().unwrap_or_default();
     assert!(!page.contains(&job), "the job is still on the page: {page}");
     assert_eq!(b.count("#job-status, #events .event").unwrap(), 0);
@@ -297,10 +292,7 @@ fn a_wizard_token_and_forged_requests_are_refused() {
     api.wait_status(&job, &["paused"], JOB);
 
     let b = Browser::new().unwrap();
-    b.goto(&d.url("/ui")).unwrap();
-    b.wait_for("the sign-in form", PAGE, |b| Ok((b.count("#token")? == 1).then_some(()))).unwrap();
-    b.type_into("#token", WIZARD).unwrap();
-    b.click("#sign-in").unwrap();
+    enter_token(&b, d, WIZARD).unwrap();
     b.wait_for("the refusal", PAGE, |b| {
         Ok(b.text("#sign-in-error")?.filter(|t| !t.trim().is_empty()))
     })
@@ -378,8 +370,7 @@ fn hostile_org_names_are_text_and_run_nothing() {
     route(&b, &format!("#/jobs/{job}")).unwrap();
     b.wait_text("#job-status", "succeeded", PAGE).unwrap();
     route(&b, "#/jobs").unwrap();
-    b.wait_for("the jobs list", PAGE, |b| Ok((b.count("#jobs tr[data-job]")? > 0).then_some(())))
-        .unwrap();
+    b.wait_any("#jobs tr[data-job]", PAGE).unwrap();
     assert_eq!(b.script("return window.__pwned;", json!([])).unwrap(), Value::Null);
     assert_eq!(b.count("img, script:not([src])").unwrap(), 0, "no element was injected");
     let refused: Vec<(String, String)> = b
