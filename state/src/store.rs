@@ -2113,7 +2113,6 @@ async fn insert_audit(c: &mut AnyConnection, e: &NewAudit) -> Result<i64, StoreE
     Ok(id)
 }
 
-/// `head` followed by `rows` tuples of `cols` numbered placeholders.
 /// Rows per multi-row insert of job events.
 const EVENTS_PER_INSERT: usize = 200;
 
