@@ -652,15 +652,19 @@ async fn roundtrip(cx: &StepCtx) -> StepResult<RoundTrip> {
     let kc = kubeconfig(cx).await?;
     let b = &cx.env.bao;
     let path = format!("secret/data/{CANARY_KEY}");
+    // Each leg asks for a sync of its own: a run that died after the
+    // first leg left the ExternalSecret synced to an older canary, and ESO
+    // refreshes an unchanged ExternalSecret only after `refreshInterval`.
+    let stamp = chrono::Utc::now().timestamp_millis();
     let first = hex::encode(rand::random::<[u8; 16]>());
     b.write(&ep, &root, &path, json!({ "data": { "canary": first } })).await?;
-    cx.env.kube.apply(&kc, FIELD_MANAGER, &[roundtrip_external_secret(None)]).await?;
+    let es = roundtrip_external_secret(Some(&format!("{stamp}-first")));
+    cx.env.kube.apply(&kc, FIELD_MANAGER, &[es]).await?;
     wait_synced(cx, &kc, &first).await?;
     // The other leg: a change in OpenBao reaches the cluster on a resync.
     let second = hex::encode(rand::random::<[u8; 16]>());
     b.write(&ep, &root, &path, json!({ "data": { "canary": second } })).await?;
-    let stamp = chrono::Utc::now().timestamp_millis().to_string();
-    let es = roundtrip_external_secret(Some(&stamp));
+    let es = roundtrip_external_secret(Some(&format!("{stamp}-second")));
     cx.env.kube.apply(&kc, FIELD_MANAGER, &[es]).await?;
     wait_synced(cx, &kc, &second).await?;
     cleanup_roundtrip(cx, &kc).await?;

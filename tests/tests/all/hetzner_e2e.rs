@@ -476,10 +476,12 @@ fn run(case: Case, fire: Option<Fire>) {
     assert_eq!(
         status,
         "succeeded",
-        "{}\n--- daemon log\n{}\n--- bao\n{}",
-        detail,
+        // The job last: CI keeps the tail of a failure's output.
+        "--- daemon log\n{}\n--- bao\n{}\n--- the job\n{}\n--- where it stopped\n{}",
         std::fs::read_to_string(data.join("daemon.log")).unwrap_or_default(),
-        w.bao.logs()
+        w.bao.logs(),
+        detail,
+        detail["pause"],
     );
     let events = all_events(&api, &job);
     let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();

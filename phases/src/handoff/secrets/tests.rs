@@ -7,7 +7,10 @@ use cz_engine::{Cause, ErrorClass, FaultPlan, JobOptions, RetryTarget, StepError
 use cz_state::{JobId, JobStatus, SecretString, SovereignId};
 use serde_json::{Value, json};
 
-use super::{BaoInitialized, NAMESPACE, PHASE, PORT, REPLICAS, RoundTrip};
+use super::{
+    BaoInitialized, CANARY_KEY, CANARY_SECRET, ESO_NAMESPACE, NAMESPACE, PHASE, PORT, REPLICAS,
+    ROOT_TOKEN, RoundTrip, roundtrip_external_secret,
+};
 use crate::custody::escrow::{OPENBAO_RECOVERY_KEY, OPENBAO_SHARE, STATIC_SEAL_KEY};
 use crate::jobs::provision_plan;
 use crate::request::{ProvisionRequest, Seal};
@@ -15,6 +18,7 @@ use crate::testing::{
     BaoTap, FailRule, SimRig, SimRigExt, WorldConfig as SimConfig, phase_tests,
     restart_bao_replica, sample_request, sim_rig, sim_rig_in_world, sim_rig_with,
 };
+use cz_adapters::labels::FIELD_MANAGER;
 
 phase_tests!(super::PHASE, sample_request("sec", 1, 0));
 
@@ -250,6 +254,57 @@ async fn the_round_trip_proves_both_legs_and_cleans_up() {
         events.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("forced resync"))),
         "the round trip reported"
     );
+}
+
+/// The daemon died inside `roundtrip` after its first leg synced: the
+/// ExternalSecret stands and its Secret holds that run's canary. The re-run
+/// writes a new canary and must have ESO fetch it now; an unchanged
+/// ExternalSecret is refreshed only after its `refreshInterval` (1 h).
+#[tokio::test]
+async fn a_round_trip_rerun_over_a_synced_first_leg_forces_a_refresh() {
+    let req = sample_request("eso-rerun", 1, 0);
+    let rig = sim_rig_with(crate::registry(), |mut b| {
+        b.bounds.secret_sync = std::time::Duration::from_secs(3);
+        b
+    })
+    .await;
+    let mut faults = FaultPlan::default();
+    faults.until_retry.insert(format!("{PHASE}/roundtrip"), ErrorClass::NeedsOperator);
+    let (sov, job) = run(&rig, &req, JobOptions { faults, ..Default::default() }).await;
+    assert_eq!(rig.drive(job).await, JobStatus::Paused);
+    assert_eq!(rig.stop_reason(job).await["step"], format!("{PHASE}/roundtrip"));
+
+    // The first leg as the dead run left it, synced by ESO.
+    let owner = sov.to_string();
+    let root = rig.store.get_secret(&owner, ROOT_TOKEN).await.unwrap().unwrap();
+    let kc = rig.store.get_secret(&owner, "kubeconfig-fsn1").await.unwrap().unwrap();
+    let env = rig.env();
+    let at = replica(&rig, sov, 0).await;
+    let path = format!("secret/data/{CANARY_KEY}");
+    env.bao.write(&at, &root, &path, json!({ "data": { "canary": "stale" } })).await.unwrap();
+    env.kube.apply(&kc, FIELD_MANAGER, &[roundtrip_external_secret(None)]).await.unwrap();
+    let secret = ObjectRef {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        namespace: Some(ESO_NAMESPACE.into()),
+        name: CANARY_SECRET.into(),
+    };
+    let synced = async {
+        loop {
+            if let Some(s) = env.kube.get(&kc, &secret).await.unwrap()
+                && s.pointer("/data/canary").is_some()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), synced).await.expect("ESO synced");
+
+    Verbs { store: &rig.store }.retry(job, RetryTarget::Failed, "alice").await.unwrap();
+    assert_eq!(rig.drive(job).await, JobStatus::Succeeded, "{}", rig.stop_reason(job).await);
+    let rt: RoundTrip = output(&rig, job, "roundtrip").await;
+    assert!(rt.synced && rt.resynced);
 }
 
 /// With the static seal: the key is a Secret the pods mount, split to the
