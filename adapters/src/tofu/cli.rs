@@ -45,12 +45,14 @@
 //! lock held by a live process → `Conflict`; timeout → `Unavailable`; any
 //! other non-zero exit → `CommandFailed` with the diagnostics.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cz_state::SecretString;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::command::{CommandError, CommandSpec, Output, run};
@@ -352,12 +354,84 @@ fn stop_orphan(pid: u32, binary: &Path) -> String {
     }
 }
 
+/// The fields of a `-json` UI line that an event keeps, borrowed from the
+/// line: 100k lines are not 100k JSON trees.
+#[derive(Deserialize)]
+struct UiLine<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "@message", borrow)]
+    message: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    hook: Option<UiHook<'a>>,
+    #[serde(borrow)]
+    change: Option<UiHook<'a>>,
+    #[serde(borrow)]
+    diagnostic: Option<UiDiagnostic<'a>>,
+}
+
+#[derive(Deserialize)]
+struct UiHook<'a> {
+    #[serde(borrow)]
+    resource: Option<UiResource<'a>>,
+    #[serde(borrow)]
+    action: Option<Cow<'a, str>>,
+    elapsed_seconds: Option<f64>,
+    #[serde(borrow)]
+    id_value: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct UiResource<'a> {
+    #[serde(borrow)]
+    addr: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct UiDiagnostic<'a> {
+    #[serde(borrow)]
+    detail: Option<Cow<'a, str>>,
+}
+
 /// One `-json` UI line → a typed event (`log` if it is not JSON).
 pub fn parse_event(line: &str) -> Option<TofuEvent> {
     let line = line.trim();
     if line.is_empty() {
         return None;
     }
+    if let Ok(l) = serde_json::from_str::<UiLine>(line) {
+        let hook = l.hook.or(l.change);
+        let mut message = l.message.map(Cow::into_owned).unwrap_or_default();
+        if let Some(detail) = l.diagnostic.and_then(|d| d.detail).filter(|d| !d.is_empty()) {
+            message = format!("{message}: {detail}");
+        }
+        let owned = |c: Option<Cow<str>>| c.map(Cow::into_owned);
+        let (address, action, elapsed_s, id) = match hook {
+            Some(h) => (
+                owned(h.resource.and_then(|r| r.addr)),
+                owned(h.action),
+                h.elapsed_seconds,
+                owned(h.id_value),
+            ),
+            None => (None, None, None, None),
+        };
+        return Some(TofuEvent {
+            kind: l.kind.map_or_else(|| "log".to_owned(), Cow::into_owned),
+            address,
+            action,
+            elapsed_s,
+            id,
+            message,
+        });
+    }
+    // JSON of another shape than tofu's (a field of an unexpected type):
+    // read it leniently.
+    parse_event_leniently(line)
+}
+
+/// [`parse_event`] over a JSON tree: any JSON, fields of other types read
+/// as absent.
+fn parse_event_leniently(line: &str) -> Option<TofuEvent> {
     let Ok(v) = serde_json::from_str::<Value>(line) else {
         return Some(TofuEvent {
             kind: "log".into(),
@@ -683,10 +757,32 @@ mod tests {
         assert_eq!(e.action.as_deref(), Some("create"));
         assert_eq!(e.elapsed_s, Some(1.5));
         assert_eq!(parse_event("plain text").unwrap().kind, "log");
+        assert_eq!(parse_event("  ").as_ref(), None);
         let d = r#"{"@level":"error","@message":"Error: boom","diagnostic":{"severity":"error","summary":"boom","detail":"it broke","address":"terraform_data.a"},"type":"diagnostic"}"#;
         assert_eq!(diagnostics_of(d), "terraform_data.a: boom: it broke");
         assert_eq!(cause_of("Error acquiring the state lock"), Cause::Conflict);
         assert_eq!(cause_of("Unsupported argument"), Cause::Invalid);
         assert_eq!(cause_of("Resource postcondition failed"), Cause::CommandFailed);
+    }
+
+    /// The borrowed parse and the tree parse read every shape of line alike;
+    /// a field of an unexpected type falls back to the tree.
+    #[test]
+    fn the_typed_parse_reads_what_the_tree_reads() {
+        let lines = [
+            r#"{"@level":"info","@message":"hcloud_server.w[0]: Still creating... [10s elapsed]","hook":{"resource":{"addr":"hcloud_server.w[0]"},"action":"create","elapsed_seconds":10},"type":"apply_progress"}"#,
+            r#"{"@level":"info","@message":"a \"quoted\" \u00e9 line","change":{"resource":{"addr":"hcloud_network.n"},"action":"create"},"type":"planned_change"}"#,
+            r#"{"@level":"error","@message":"Error: boom","diagnostic":{"severity":"error","summary":"boom","detail":"it broke"},"type":"diagnostic"}"#,
+            r#"{"@level":"info","@message":"x","hook":{"resource":{"addr":"a.b"},"action":"delete","id_value":null},"type":"apply_start"}"#,
+            r#"{"@message":"no type"}"#,
+            r#"{"type":"apply_progress","hook":{"action":5,"elapsed_seconds":"soon"}}"#,
+            r#"[1, 2]"#,
+        ];
+        for l in lines {
+            assert_eq!(parse_event(l), parse_event_leniently(l), "{l}");
+        }
+        let odd = parse_event(lines[5]).unwrap();
+        assert_eq!((odd.kind.as_str(), odd.action, odd.elapsed_s), ("apply_progress", None, None));
+        assert_eq!(parse_event(lines[1]).unwrap().message, "a \"quoted\" é line");
     }
 }
