@@ -144,15 +144,42 @@ async fn p2(dir: &Path, lines: usize) -> Result<()> {
             .to_string()
         })
         .collect();
+    // The product's path: tofu's reader parses each line as it comes
+    // (`parse_event`) while `infra`'s forwarder commits what has arrived,
+    // up to 1,000 events a commit, each tagged with its phase and step.
+    let feed = texts.clone();
     let start = Instant::now();
-    for chunk in texts.chunks(1000) {
-        let evs = chunk
-            .iter()
-            .map(|t| NewJobEvent::new("tofu", serde_json::from_str(t).expect("json")))
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        for t in feed {
+            if let Some(ev) = cz_adapters::tofu::cli::parse_event(&t) {
+                let _ = tx.send(ev);
+            }
+        }
+    });
+    let mut forwarded = 0;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1000
+            && let Ok(ev) = rx.try_recv()
+        {
+            batch.push(ev);
+        }
+        forwarded += batch.len();
+        let evs = batch
+            .into_iter()
+            .map(|e| {
+                let mut body = serde_json::to_value(e).expect("serializable");
+                body["phase"] = "infra".into();
+                body["step"] = "infra/apply-fsn1".into();
+                NewJobEvent::new("tofu", body)
+            })
             .collect();
         store.append_events(job, evs).await?;
     }
+    reader.await?;
     let ours = start.elapsed();
+    assert_eq!(forwarded, lines);
     let stored = store.events_after(job, 0, lines as i64 + 10).await?;
     let ids_ok = stored.iter().enumerate().all(|(i, e)| e.id == i as i64 + 1);
     let raw = cz_state::bench::raw_batched_events(&dir.join("p2-raw.db"), &texts, 1000).await?;
