@@ -41,7 +41,8 @@ use crate::registrar::Registrars;
 pub type AdapterResult<T> = Result<T, StepError>;
 
 pub use cloud::{
-    CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerType, TokenScope,
+    CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerAction, ServerType,
+    TokenScope,
 };
 pub use dns::{DnsApi, Rrset, absolute_name};
 pub use kube::{KubeApi, ObjectRef, Until};

@@ -3,6 +3,8 @@
 //! driving to the engine: the daemon stops a job's driver before a verb and
 //! starts it again after (the provisioner's supervisor).
 
+use std::collections::BTreeSet;
+
 use cz_state::{
     Job, JobId, JobKind, JobMode, JobStatus, JobUpdate, NewAudit, NewJobEvent, NodeState,
     SovereignStatus, StepEvent, Store, StoreError,
@@ -138,13 +140,28 @@ impl Verbs<'_> {
                 }
                 vec![s.clone()]
             }
-            RetryTarget::Phase(p) => plan
-                .phase(p)
-                .ok_or_else(|| VerbError::Refused(format!("no phase `{p}` in this job's plan")))?
-                .nodes
-                .iter()
-                .map(|n| n.id.clone())
-                .collect(),
+            RetryTarget::Phase(p) => {
+                let phase = plan.phase(p).ok_or_else(|| {
+                    VerbError::Refused(format!("no phase `{p}` in this job's plan"))
+                })?;
+                let mut nodes: Vec<String> = phase.nodes.iter().map(|n| n.id.clone()).collect();
+                // And the failed steps downstream of it: a node that failed
+                // on what the phase made (a server that never booted and was
+                // deleted) runs again on what the retry makes.
+                let mut downstream: BTreeSet<&str> =
+                    phase.nodes.iter().map(|n| n.id.as_str()).collect();
+                for n in plan.nodes_in_order() {
+                    if n.depends_on.iter().any(|d| downstream.contains(d.as_str())) {
+                        downstream.insert(&n.id);
+                        if !nodes.contains(&n.id)
+                            && matches!(states.get(&n.id), Some(NodeState::Failed { .. }))
+                        {
+                            nodes.push(n.id.clone());
+                        }
+                    }
+                }
+                nodes
+            }
         };
         if job.mode == JobMode::Unwinding {
             // Retrying during an unwind means: try the failed undo again. The

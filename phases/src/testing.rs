@@ -357,6 +357,14 @@ impl cz_adapters::CloudApi for CloudTap {
         self.deletions.lock().expect("tap lock").push((t.expose().to_owned(), region));
         self.inner.delete(t, obj).await
     }
+    async fn server_action(
+        &self,
+        t: &SecretString,
+        id: i64,
+        action: cz_adapters::ServerAction,
+    ) -> AdapterResult<()> {
+        self.inner.server_action(t, id, action).await
+    }
 }
 
 /// The sim world's cloud (for a test's hand edits and checks).

@@ -21,6 +21,7 @@ from hcloud.load_balancer_types import LoadBalancerType
 from hcloud.locations import Location
 from hcloud.networks import NetworkSubnet
 from hcloud.server_types import ServerType
+from hcloud.servers import BoundServer
 
 endpoint, token = sys.argv[1], sys.argv[2]
 c = Client(token=token, api_endpoint=endpoint, poll_interval=0.05)
@@ -143,6 +144,15 @@ check(servers[0].public_net.ipv4.ip, "public ipv4")
 acts = c.servers.get_actions(servers[0])
 check(any(x.command == "create_server" for x in acts), "the server's actions list its create")
 step("server actions")
+# A host that stopped: Hetzner's client powers it on and resets it.
+wait(c.servers.power_off(servers[1]))
+check(c.servers.get_by_id(servers[1].id).status == "off", "powered off")
+wait(c.servers.power_on(servers[1]))
+check(c.servers.get_by_id(servers[1].id).status == "running", "powered on")
+wait(c.servers.reset(servers[1]))
+check(c.servers.get_by_id(servers[1].id).status == "running", "running after a reset")
+api_error({"not_found"}, lambda: c.servers.power_on(BoundServer(c.servers, {"id": 999_999_999})), "power on a gone server")
+step("server power actions")
 fws = []
 for i in "ab":
     r = c.firewalls.create(

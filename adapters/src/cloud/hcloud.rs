@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 use super::budget::{BudgetRegistry, RateBudget};
 use crate::cloud::selector::Selector;
 use crate::{
-    AdapterResult, CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerType,
-    TokenScope,
+    AdapterResult, CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerAction,
+    ServerType, TokenScope,
 };
 use cz_engine::{Cause, StepError, System};
 
@@ -909,6 +909,22 @@ impl CloudApi for HcloudClient {
             Err(CallError::Api(a)) if a.status == 404 || a.code == "not_found" => Ok(()),
             Err(e) => Err(e.into_step(op)),
         }
+    }
+
+    /// `POST /v1/servers/{id}/actions/{action}`, then its action awaited.
+    async fn server_action(
+        &self,
+        token: &SecretString,
+        id: i64,
+        action: ServerAction,
+    ) -> AdapterResult<()> {
+        let op = "server_action";
+        let path = format!("/v1/servers/{id}/actions/{}", action.as_str());
+        let v = self
+            .call(token, op, Method::POST, &path, &[], Some(&json!({})))
+            .await
+            .map_err(|e| e.into_step(op))?;
+        self.wait_actions(token, op, &running_actions(&v)).await
     }
 }
 

@@ -93,6 +93,27 @@ pub struct CloudObject {
     pub attrs: Value,
 }
 
+/// A power action on a server: Hetzner's
+/// `POST /v1/servers/{id}/actions/{poweron|reset}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerAction {
+    /// Power on a server that is `off`.
+    Poweron,
+    /// A hard reset: the power cut and restored (a hung boot).
+    Reset,
+}
+
+impl ServerAction {
+    /// The action's name in the API's path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerAction::Poweron => "poweron",
+            ServerAction::Reset => "reset",
+        }
+    }
+}
+
 #[async_trait]
 pub trait CloudApi: Send + Sync {
     /// Proves the token's scope by a harmless write where the API allows it.
@@ -127,4 +148,12 @@ pub trait CloudApi: Send + Sync {
     ) -> AdapterResult<Option<CloudObject>>;
     /// Deletes an object; already gone is success.
     async fn delete(&self, token: &SecretString, obj: &CloudObject) -> AdapterResult<()>;
+    /// Runs a power action on server `id` and waits until the API reports
+    /// it done. A server that is gone is `NotFound`.
+    async fn server_action(
+        &self,
+        token: &SecretString,
+        id: i64,
+        action: ServerAction,
+    ) -> AdapterResult<()>;
 }

@@ -11,7 +11,12 @@
 //!    age-encrypted in the store, never derived from inputs;
 //! 2. `ssh-<server>`, one per server, once the server is released: a
 //!    bounded, reasoned wait while the host boots, then its host key pinned
-//!    on first contact (every later call checks it);
+//!    on first contact (every later call checks it). A server with no SSH
+//!    within the bound is asked about: `off` is powered on, anything else
+//!    gets one hard reset, and the wait runs once more. Still nothing: the
+//!    server is deleted and the step waits for an operator, whose
+//!    `retry --phase infra` makes it again (this step runs again with it).
+//!    The other nodes go on meanwhile;
 //! 3. `k3s-<server>` (undo: K3s's uninstall script): the first server with
 //!    `cluster-init`, the other servers joining it one at a time, agents
 //!    joining in parallel. Air-gap artifacts are uploaded where a node's
@@ -32,7 +37,7 @@
 
 pub mod render;
 
-use cz_adapters::{Host, K3sSource, ProvisionerKey};
+use cz_adapters::{Host, K3sSource, ProvisionerKey, ServerAction};
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
 use cz_engine::{action, no_undo};
 use cz_state::SecretString;
@@ -284,22 +289,115 @@ async fn ssh(cx: &StepCtx) -> StepResult<Pinned> {
     let NodeParams { suffix, .. } = cx.params()?;
     let s = released_server(cx, &suffix)?;
     let h = host(cx, &s);
-    let fp = cx
-        .wait_for(
-            &format!("SSH on {} ({}) to accept connections", s.name, s.ipv4),
-            cx.env.bounds.host_boot,
-            || async {
-                match cx.env.ssh.probe(&h).await {
-                    Ok(fp) => Ok(Some(fp)),
-                    Err(StepError::Adapter {
-                        cause: Cause::Network | Cause::Unavailable, ..
-                    }) => Ok(None),
-                    Err(e) => Err(e),
+    let fp = match wait_ssh(cx, &s, &h).await {
+        Err(waited @ StepError::Timeout { .. }) => {
+            // No SSH within the bound: ask the cloud why, and act once.
+            let action = revive(cx, &s, &waited).await?;
+            match wait_ssh(cx, &s, &h).await {
+                Err(again @ StepError::Timeout { .. }) => {
+                    return Err(replace(cx, &s, action, &again).await?);
                 }
-            },
-        )
-        .await?;
+                r => r?,
+            }
+        }
+        r => r?,
+    };
     Ok(Pinned { host: h, fingerprint: fp, server: s })
+}
+
+/// Waits (bounded by `host_boot`) for SSH on `s`; its host key.
+async fn wait_ssh(cx: &StepCtx, s: &Server, h: &Host) -> StepResult<String> {
+    cx.wait_for(
+        &format!("SSH on {} ({}) to accept connections", s.name, s.ipv4),
+        cx.env.bounds.host_boot,
+        || async {
+            match cx.env.ssh.probe(h).await {
+                Ok(fp) => Ok(Some(fp)),
+                Err(StepError::Adapter { cause: Cause::Network | Cause::Unavailable, .. }) => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await
+}
+
+/// A server that did not boot in time (`waited` says how long), by what
+/// the cloud says of it: `off` is powered on; any other state (a boot that
+/// hung) gets one hard reset. A server gone from the cloud is an
+/// operator's: the region's apply makes it again. The action taken.
+async fn revive(cx: &StepCtx, s: &Server, waited: &StepError) -> StepResult<ServerAction> {
+    let loc = location(cx)?;
+    let token = crate::common::region_token(cx, &loc).await?;
+    let Some(obj) = cx.env.cloud.object(&token, "server", s.id).await? else {
+        return Err(gone(cx, s, waited));
+    };
+    let status = obj.attrs.get("status").and_then(Value::as_str).unwrap_or("unknown");
+    let action = if status == "off" { ServerAction::Poweron } else { ServerAction::Reset };
+    let doing = match action {
+        ServerAction::Poweron => "powering it on",
+        ServerAction::Reset => "resetting it once",
+    };
+    cx.event(
+        "server",
+        json!({ "server": s.name, "id": s.id, "status": status, "action": action,
+                "message": format!("{} ({}) is `{status}` and did not answer: {waited}; {doing}",
+                                   s.name, s.id) }),
+    )
+    .await?;
+    match cx.env.cloud.server_action(&token, s.id, action).await {
+        Err(StepError::Adapter { cause: Cause::NotFound, .. }) => Err(gone(cx, s, waited)),
+        r => r.map(|()| action),
+    }
+}
+
+/// A server that did not boot even after [`revive`]'s `action`: deleted,
+/// so the region's next apply makes a new one (tofu's refresh, and the
+/// offline module's drift check, see it gone). The job then waits for an
+/// operator: a retry of `infra` replaces it, and this step runs again on
+/// the new one.
+async fn replace(
+    cx: &StepCtx,
+    s: &Server,
+    action: ServerAction,
+    again: &StepError,
+) -> StepResult<StepError> {
+    let loc = location(cx)?;
+    let token = crate::common::region_token(cx, &loc).await?;
+    if let Some(obj) = cx.env.cloud.object(&token, "server", s.id).await? {
+        cx.env.cloud.delete(&token, &obj).await?;
+    }
+    let message = format!(
+        "server {} ({}) never booted: after a {} it still {again}; it was deleted",
+        s.name,
+        s.id,
+        action.as_str()
+    );
+    cx.event(
+        "server",
+        json!({ "server": s.name, "id": s.id, "action": "delete", "message": message }),
+    )
+    .await?;
+    Ok(StepError::Precondition {
+        message,
+        remediation: format!(
+            "`catalyst-zero retry {} --phase infra`: the region's apply creates the server \
+             again and this step runs on the new one. The other nodes went on without it.",
+            cx.job_id
+        ),
+    })
+}
+
+fn gone(cx: &StepCtx, s: &Server, waited: &StepError) -> StepError {
+    StepError::Precondition {
+        message: format!("{waited}, and the cloud has no server {} ({}): it is gone", s.name, s.id),
+        remediation: format!(
+            "`catalyst-zero retry {} --phase infra`: the region's apply creates the server \
+             again and this step runs on the new one.",
+            cx.job_id
+        ),
+    }
 }
 
 /// A server's host with its pinned host key.

@@ -13,15 +13,15 @@ use async_trait::async_trait;
 use cz_state::SecretString;
 use serde_json::{Value, json};
 
-use super::world::SimWorld;
+use super::world::{ServerFault, SimWorld};
 use cz_adapters::cloud::catalogue::{
     LOCATIONS, PLACEMENT_GROUPS_PER_PROJECT, SERVERS_PER_NETWORK, SERVERS_PER_PLACEMENT_GROUP,
     load_balancer_type_table, server_type_table,
 };
 use cz_adapters::cloud::selector::{Selector, valid_label_key, valid_label_value};
 use cz_adapters::{
-    AdapterResult, CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerType,
-    TokenScope,
+    AdapterResult, CloudApi, CloudObject, Limit, LoadBalancerType, ProjectLimits, ServerAction,
+    ServerType, TokenScope,
 };
 use cz_engine::{Cause, StepError, System};
 
@@ -317,6 +317,16 @@ impl SimCloud {
         }
         if kind == "server" {
             attrs.insert("status".into(), json!("running"));
+            // A fault of the config, on this name's first server only.
+            if let Some(fault) = self.world.config().server_faults.get(name)
+                && self.world.get(SYS, "faulted", name).await?.is_none()
+            {
+                self.world.put(SYS, "faulted", name, &json!(fault)).await?;
+                match fault {
+                    ServerFault::Off => attrs.insert("status".into(), json!("off")),
+                    ServerFault::Hang => attrs.insert("boot".into(), json!("hang")),
+                };
+            }
         }
         let id = self.world.next_id().await?;
         let obj = CloudObject {
@@ -465,6 +475,29 @@ impl CloudApi for SimCloud {
         check_token(token, System::Cloud, "delete", true)?;
         self.remove(&obj.kind, obj.id).await?;
         Ok(())
+    }
+
+    /// The POST and one poll of its action. Power-on and reset leave the
+    /// server `running`; a hung boot stays hung.
+    async fn server_action(
+        &self,
+        token: &SecretString,
+        id: i64,
+        action: ServerAction,
+    ) -> AdapterResult<()> {
+        self.api("cloud.server_action", 1_000, 2).await?;
+        check_token(token, System::Cloud, "server_action", true)?;
+        let _lock = self.world.lock(SYS, "server").await;
+        let Some(mut server) = self.get("server", id).await? else {
+            return Err(StepError::adapter(
+                System::Cloud,
+                "server_action",
+                Cause::NotFound,
+                format!("not_found: server with ID '{id}' not found ({})", action.as_str()),
+            ));
+        };
+        server.attrs["status"] = json!("running");
+        self.store(&server).await
     }
 }
 

@@ -24,7 +24,7 @@ pub use kube::SimKube;
 pub use registrar::SimRegistrars;
 pub use ssh::SimSsh;
 pub use tofu::SimTofu;
-pub use world::{FailRule, SimConfig, SimWorld};
+pub use world::{FailRule, ServerFault, SimConfig, SimWorld};
 
 use cz_adapters::{Backend, InfraModule, K3sSource};
 

@@ -289,6 +289,8 @@ impl SimSsh {
         let server = SimCloud::new(self.world.clone())
             .by_ipv4("server", &host.address)
             .await?
+            // A server that is off, or whose boot hung, answers nothing.
+            .filter(|s| s.attrs["status"] == "running" && s.attrs.get("boot").is_none())
             .ok_or_else(|| {
                 StepError::adapter(
                     System::Ssh,

@@ -56,6 +56,20 @@ pub struct SimConfig {
     /// The simulated project's request budget: Hetzner's token bucket of
     /// 3,600 requests, one back per (simulated) second.
     pub hcloud_rate_limit: u32,
+    /// Servers, by name, whose first incarnation comes up broken: a host
+    /// that failed on the cloud's side. The server made again under the
+    /// same name (a replacement) is healthy.
+    pub server_faults: BTreeMap<String, ServerFault>,
+}
+
+/// How a simulated server fails to come up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerFault {
+    /// Created `off`: a power-on brings it up.
+    Off,
+    /// `running`, but its boot hangs: no SSH, and a reset does not help.
+    Hang,
 }
 
 impl Default for SimConfig {
@@ -67,6 +81,7 @@ impl Default for SimConfig {
             seed: None,
             project_limits: BTreeMap::new(),
             hcloud_rate_limit: 3_600,
+            server_faults: BTreeMap::new(),
         }
     }
 }

@@ -286,6 +286,16 @@ impl FakeHandle {
         id
     }
 
+    /// Sets server `name`'s `status` (`off`, `running`, …): a host that
+    /// stopped, as the API would show it. False if there is no such server.
+    pub fn set_server_status(&self, name: &str, status: &str) -> bool {
+        let mut st = self.inner.state.lock().expect("fake lock");
+        let servers = st.objects.entry("servers").or_default();
+        let Some(s) = servers.iter_mut().find(|o| o["name"] == name) else { return false };
+        s["status"] = status.into();
+        true
+    }
+
     /// Deletes an object of `kind` by name as someone in the console would
     /// (no API request is recorded); whether it was there.
     pub fn remove_object(&self, kind: &str, name: &str) -> bool {
@@ -710,6 +720,7 @@ impl Inner {
             ("GET", ["v1", coll]) => self.list(coll, &query),
             ("GET", ["v1", coll, id]) => self.get_one(coll, id),
             ("PUT", ["v1", coll, id]) => self.update(coll, id, body),
+            ("POST", ["v1", "servers", id, "actions", action]) => self.server_action(id, action),
             ("POST", ["v1", "ssh_keys"]) => self.create_ssh_key(body),
             ("POST", ["v1", coll]) => self.create(coll, body),
             ("DELETE", ["v1", coll, id]) => self.delete(coll, id),
@@ -1097,6 +1108,37 @@ impl Inner {
             Some(o) => ok(200, Some(json!({ singular(coll): o }))),
             None => error(404, "not_found", format!("{coll} with ID '{id}' not found")),
         }
+    }
+
+    /// `POST /v1/servers/{id}/actions/{poweron|poweroff|reset}`: the
+    /// server's `status` as the action leaves it, and the action (201).
+    fn server_action(&self, id: &str, action: &str) -> Answer {
+        let (command, status) = match action {
+            "poweron" => ("start_server", "running"),
+            "poweroff" => ("stop_server", "off"),
+            "reset" => ("reset_server", "running"),
+            _ => {
+                return error(
+                    404,
+                    "not_found",
+                    format!("no route POST /v1/servers/{id}/actions/{action}"),
+                );
+            }
+        };
+        let Ok(id) = id.parse::<i64>() else {
+            return error(400, "invalid_input", "invalid id");
+        };
+        let mut st = self.state.lock().expect("fake lock");
+        if st.read_only {
+            return error(403, "forbidden", "insufficient permissions for this request");
+        }
+        let servers = st.objects.entry("servers").or_default();
+        let Some(server) = servers.iter_mut().find(|o| o["id"].as_i64() == Some(id)) else {
+            return error(404, "not_found", format!("servers with ID '{id}' not found"));
+        };
+        server["status"] = status.into();
+        let action = st.action(command, &[(id, "server")]);
+        ok(201, Some(json!({ "action": action })))
     }
 
     /// `PUT /v1/{collection}/{id}`: the name and labels Hetzner lets a

@@ -9,7 +9,7 @@ use cz_adapters::cloud::hcloud::{KNOWN_CODES, OTHER_CODES};
 use cz_adapters::cloud::{
     BudgetConfig, BudgetRegistry, HcloudClient, PollConfig, ProjectQuota, RetryConfig,
 };
-use cz_adapters::{CloudApi, CloudObject, TokenScope};
+use cz_adapters::{CloudApi, CloudObject, ServerAction, TokenScope};
 use cz_engine::{Cause, StepError};
 use cz_sim::wire::hcloud::{self as fake, DEFAULT_TOKEN, FakeConfig, FakeHandle, RecordedRequest};
 use cz_state::SecretString;
@@ -135,6 +135,33 @@ async fn delete_removes_and_absent_is_ok() {
     let deletes: Vec<_> = log.iter().filter(|r| r.method == "DELETE").collect();
     assert_eq!(deletes.iter().map(|r| r.status).collect::<Vec<_>>(), [200, 204, 404, 404]);
     assert_eq!(deletes[2].code.as_deref(), Some("not_found"));
+}
+
+/// A stopped server powered on, a hung one reset: one POST each, its
+/// action awaited, the status the API shows after; a gone server is
+/// `NotFound`.
+#[tokio::test]
+async fn server_power_actions_post_and_wait_for_their_action() {
+    let f = fake::start(FakeConfig::default()).await;
+    let c = client(&f);
+    let t = token();
+    f.seed_object("server", "s", [("k", "v")]);
+    assert!(f.set_server_status("s", "off"));
+    let s = c.find_by_name(&t, "s").await.unwrap().pop().unwrap();
+    assert_eq!(c.object(&t, "server", s.id).await.unwrap().unwrap().attrs["status"], "off");
+    f.clear_requests();
+    c.server_action(&t, s.id, ServerAction::Poweron).await.unwrap();
+    assert_eq!(c.object(&t, "server", s.id).await.unwrap().unwrap().attrs["status"], "running");
+    c.server_action(&t, s.id, ServerAction::Reset).await.unwrap();
+    let log = f.requests();
+    let posts: Vec<(&str, u16)> =
+        log.iter().filter(|r| r.method == "POST").map(|r| (r.path.as_str(), r.status)).collect();
+    let on = format!("/v1/servers/{}/actions/poweron", s.id);
+    let reset = format!("/v1/servers/{}/actions/reset", s.id);
+    assert_eq!(posts, [(on.as_str(), 201), (reset.as_str(), 201)]);
+    assert!(log.iter().any(|r| r.path == "/v1/actions"), "the actions were awaited");
+    let e = c.server_action(&t, 999_999_999, ServerAction::Poweron).await.unwrap_err();
+    assert_eq!(cause(&e), Cause::NotFound, "{e}");
 }
 
 #[tokio::test]

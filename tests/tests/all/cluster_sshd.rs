@@ -558,6 +558,9 @@ async fn a_host_that_never_comes_up_pauses_with_its_name_after_the_bound() {
         "{why}"
     );
     assert!(why.contains("timed out after 3s"), "{why}");
+    // This world's servers are hosts the cloud does not list: asked why
+    // the host is silent, the cloud says it has no such server.
+    assert!(why.contains("is gone") && why.contains("--phase infra"), "{why}");
     assert!(!installs(c.dir()).contains_key("w2"));
 }
 

@@ -63,6 +63,7 @@ fn hetzners_own_client_parses_every_answer_of_the_fake() {
             assert!(calls.iter().any(|c| c == &want), "never checked: {want}");
         }
     }
+    assert!(calls.iter().any(|c| c == "server power actions"), "never checked: power actions");
     // The 429 came first, and the client went on after it.
     let log = handle.requests();
     assert_eq!(log.first().map(|r| r.status), Some(429), "{:?}", log.first());

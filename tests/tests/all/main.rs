@@ -38,3 +38,4 @@ mod hetzner_e2e;
 mod kit_fake;
 mod kubectl_fake;
 mod large_region;
+mod server_boot;
