@@ -150,6 +150,12 @@ impl<E: StepEnv> StepCtx<E> {
             .ok_or_else(|| StepError::MissingSecret { name: name.to_owned() })
     }
 
+    /// Every node's state in the journal now: what sibling steps did while
+    /// this one ran ([`StepCtx::outputs`] is as it was when it started).
+    pub async fn node_states_now(&self) -> StepResult<BTreeMap<String, NodeState>> {
+        Ok(self.store.node_states(self.job_id).await?)
+    }
+
     pub async fn secret_opt(&self, name: &str) -> StepResult<Option<SecretString>> {
         Ok(self.store.get_secret(&self.sovereign_id.to_string(), name).await?)
     }

@@ -13,10 +13,12 @@
 //!    bounded, reasoned wait while the host boots, then its host key pinned
 //!    on first contact (every later call checks it). A server with no SSH
 //!    within the bound is asked about: `off` is powered on, anything else
-//!    gets one hard reset, and the wait runs once more. Still nothing: the
-//!    server is deleted and the step waits for an operator, whose
-//!    `retry --phase infra` makes it again (this step runs again with it).
-//!    The other nodes go on meanwhile;
+//!    gets one hard reset, and the wait runs once more. Still nothing,
+//!    while another server of the region answered: the server is deleted
+//!    and the step waits for an operator, whose `retry --phase infra`
+//!    makes it again (this step runs again with it). When no server of
+//!    the region answered, the daemon's reach is as likely at fault:
+//!    nothing is deleted. The other nodes go on meanwhile;
 //! 3. `k3s-<server>` (undo: K3s's uninstall script): the first server with
 //!    `cluster-init`, the other servers joining it one at a time, agents
 //!    joining in parallel. Air-gap artifacts are uploaded where a node's
@@ -352,8 +354,9 @@ async fn revive(cx: &StepCtx, s: &Server, waited: &StepError) -> StepResult<Serv
     }
 }
 
-/// A server that did not boot even after [`revive`]'s `action`: deleted,
-/// so the region's next apply makes a new one (tofu's refresh, and the
+/// A server that did not boot even after [`revive`]'s `action`, when
+/// another server of its region did: deleted, so the region's next apply
+/// makes a new one (tofu's refresh, and the
 /// offline module's drift check, see it gone). The job then waits for an
 /// operator: a retry of `infra` replaces it, and this step runs again on
 /// the new one.
@@ -364,6 +367,33 @@ async fn replace(
     again: &StepError,
 ) -> StepResult<StepError> {
     let loc = location(cx)?;
+    // Deleting takes evidence that the fault is this server's: another
+    // server of the region answered SSH. When none did, the daemon's
+    // reach (a firewall, the SSH port) is as likely at fault, and nothing
+    // is deleted.
+    let prefix = format!("{PHASE}/ssh-{loc}-");
+    let answered =
+        cx.node_states_now().await?.into_iter().any(|(node, state)| {
+            node.starts_with(&prefix) && node != cx.node && state.is_satisfied()
+        });
+    if !answered {
+        return Ok(StepError::Precondition {
+            message: format!(
+                "no server of region {loc} answered SSH on port {}: after a {} of {} ({}) it \
+                 still {again}",
+                cx.env.ssh_port,
+                action.as_str(),
+                s.name,
+                s.id
+            ),
+            remediation: format!(
+                "Check that this daemon reaches the region's servers on SSH port {} (the \
+                 servers' firewall, the `ssh_port` setting, routes), then `catalyst-zero retry \
+                 {}`. Nothing was deleted.",
+                cx.env.ssh_port, cx.job_id
+            ),
+        });
+    }
     let token = crate::common::region_token(cx, &loc).await?;
     if let Some(obj) = cx.env.cloud.object(&token, "server", s.id).await? {
         cx.env.cloud.delete(&token, &obj).await?;

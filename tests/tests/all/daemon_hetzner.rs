@@ -139,6 +139,8 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
     // The job runs preflight, DNS and infra for real, then pauses in the
     // cluster phase: the fake's servers are API objects, not hosts, so the
     // real SSH adapter's bounded wait for them runs out, naming the host.
+    // Each server gets one reset through the real client; as none of the
+    // region answers, none is deleted (the daemon's reach may be at fault).
     let status = api.wait_status(&job, &["paused", "failed", "succeeded"], JOB_BOUND);
     let detail = api.get(&format!("/v1/jobs/{job}")).unwrap();
     assert_eq!(status, "paused", "{detail}");
@@ -147,6 +149,15 @@ fn e2e_hetzner_backend_fake_api_real_cli_kill9_mid_apply_and_destroy() {
         pause.contains("cluster/ssh-fsn1-") && pause.contains("to accept connections"),
         "{pause}"
     );
+    assert!(pause.contains("Nothing was deleted"), "{pause}");
+    // (A kill mid-wait may repeat a reset: count the servers, not resets.)
+    let reset: std::collections::BTreeSet<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/actions/reset") && r.status == 201)
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(reset.len(), 5, "every server reset: {reset:?}");
 
     // No duplicates: exactly the region's objects, once each.
     crate::hetzner_e2e::assert_one_region(&ours(&fake));

@@ -77,3 +77,46 @@ async fn a_server_off_is_powered_on_and_a_hung_one_replaced_while_the_rest_join(
     assert_eq!(servers.len(), 7, "one server each, the hung one made once more");
     assert_eq!(servers.iter().filter(|s| s.name == hung).count(), 1);
 }
+
+/// No server of the region answers (every boot hangs here; on a real
+/// cloud, as likely a firewall between the daemon and the servers): each
+/// gets its one reset, and nothing is deleted; the pause says to check
+/// the daemon's reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_no_server_answers_nothing_is_deleted() {
+    let mut req = sample_request("reach", 1, 1);
+    req.regions.truncate(1);
+    let loc = req.regions[0].location.clone();
+    let slug = sovereign_slug(&req.fqdn());
+    let names = [format!("{slug}-{loc}-cp1"), format!("{slug}-{loc}-w1")];
+    let config = SimConfig {
+        server_faults: names.iter().map(|n| (n.clone(), ServerFault::Hang)).collect(),
+        ..SimConfig::instant()
+    };
+    let (rig, world) = sim_rig_in_world_with(config, |mut b, _| {
+        b.bounds.host_boot = std::time::Duration::from_secs(1);
+        b
+    })
+    .await;
+    let plan = cz_phases::jobs::provision_plan(&req);
+    let (_, job) = rig.submit_plan(&req, &plan, JobOptions::default()).await;
+    assert_eq!(rig.drive(job).await, JobStatus::Paused);
+    let stop = rig.stop_reason(job).await;
+    let message = stop["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("no server of region {loc} answered SSH")), "{stop}");
+    let remedy = stop["error"]["remediation"].as_str().unwrap();
+    assert!(remedy.contains("Nothing was deleted"), "{remedy}");
+    let servers = sim_cloud(&world).objects_of("server").await.unwrap();
+    let mut left: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    left.sort();
+    assert_eq!(left, names.iter().map(String::as_str).collect::<Vec<_>>());
+    let resets = rig
+        .store
+        .events_after(job, 0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "server" && e.body["action"] == "reset")
+        .count();
+    assert_eq!(resets, 2, "one reset each");
+}
