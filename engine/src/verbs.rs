@@ -151,13 +151,12 @@ impl Verbs<'_> {
                 let mut downstream: BTreeSet<&str> =
                     phase.nodes.iter().map(|n| n.id.as_str()).collect();
                 for n in plan.nodes_in_order() {
-                    if n.depends_on.iter().any(|d| downstream.contains(d.as_str())) {
-                        downstream.insert(&n.id);
-                        if !nodes.contains(&n.id)
-                            && matches!(states.get(&n.id), Some(NodeState::Failed { .. }))
-                        {
-                            nodes.push(n.id.clone());
-                        }
+                    // (`insert` is false for the phase's own nodes.)
+                    if n.depends_on.iter().any(|d| downstream.contains(d.as_str()))
+                        && downstream.insert(&n.id)
+                        && matches!(states.get(&n.id), Some(NodeState::Failed { .. }))
+                    {
+                        nodes.push(n.id.clone());
                     }
                 }
                 nodes

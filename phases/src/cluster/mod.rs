@@ -39,7 +39,7 @@
 
 pub mod render;
 
-use cz_adapters::{Host, K3sSource, ProvisionerKey, ServerAction};
+use cz_adapters::{CloudObject, Host, K3sSource, ProvisionerKey, ServerAction};
 use cz_engine::{ActionId, Cause, PhaseBuilder, PhaseDef, StepError, StepResult, System};
 use cz_engine::{action, no_undo};
 use cz_state::SecretString;
@@ -294,10 +294,12 @@ async fn ssh(cx: &StepCtx) -> StepResult<Pinned> {
     let fp = match wait_ssh(cx, &s, &h).await {
         Err(waited @ StepError::Timeout { .. }) => {
             // No SSH within the bound: ask the cloud why, and act once.
-            let action = revive(cx, &s, &waited).await?;
+            let loc = location(cx)?;
+            let token = crate::common::region_token(cx, &loc).await?;
+            let (obj, action) = revive(cx, &token, &s, &waited).await?;
             match wait_ssh(cx, &s, &h).await {
                 Err(again @ StepError::Timeout { .. }) => {
-                    return Err(replace(cx, &s, action, &again).await?);
+                    return Err(replace(cx, &token, &loc, &obj, action, &again).await?);
                 }
                 r => r?,
             }
@@ -328,11 +330,15 @@ async fn wait_ssh(cx: &StepCtx, s: &Server, h: &Host) -> StepResult<String> {
 /// A server that did not boot in time (`waited` says how long), by what
 /// the cloud says of it: `off` is powered on; any other state (a boot that
 /// hung) gets one hard reset. A server gone from the cloud is an
-/// operator's: the region's apply makes it again. The action taken.
-async fn revive(cx: &StepCtx, s: &Server, waited: &StepError) -> StepResult<ServerAction> {
-    let loc = location(cx)?;
-    let token = crate::common::region_token(cx, &loc).await?;
-    let Some(obj) = cx.env.cloud.object(&token, "server", s.id).await? else {
+/// operator's: the region's apply makes it again. The server as the
+/// cloud showed it, and the action taken.
+async fn revive(
+    cx: &StepCtx,
+    token: &SecretString,
+    s: &Server,
+    waited: &StepError,
+) -> StepResult<(CloudObject, ServerAction)> {
+    let Some(obj) = cx.env.cloud.object(token, "server", s.id).await? else {
         return Err(gone(cx, s, waited));
     };
     let status = obj.attrs.get("status").and_then(Value::as_str).unwrap_or("unknown");
@@ -348,25 +354,26 @@ async fn revive(cx: &StepCtx, s: &Server, waited: &StepError) -> StepResult<Serv
                                    s.name, s.id) }),
     )
     .await?;
-    match cx.env.cloud.server_action(&token, s.id, action).await {
+    match cx.env.cloud.server_action(token, s.id, action).await {
         Err(StepError::Adapter { cause: Cause::NotFound, .. }) => Err(gone(cx, s, waited)),
-        r => r.map(|()| action),
+        r => r.map(|()| (obj, action)),
     }
 }
 
-/// A server that did not boot even after [`revive`]'s `action`, when
-/// another server of its region did: deleted, so the region's next apply
-/// makes a new one (tofu's refresh, and the
-/// offline module's drift check, see it gone). The job then waits for an
-/// operator: a retry of `infra` replaces it, and this step runs again on
-/// the new one.
+/// A server (`obj`) that did not boot even after [`revive`]'s `action`,
+/// when another server of its region (`loc`) did: deleted (gone already
+/// is done), so the region's next apply makes a new one (tofu's refresh,
+/// and the offline module's drift check, see it gone). The job then waits
+/// for an operator: a retry of `infra` replaces it, and this step runs
+/// again on the new one.
 async fn replace(
     cx: &StepCtx,
-    s: &Server,
+    token: &SecretString,
+    loc: &str,
+    obj: &CloudObject,
     action: ServerAction,
     again: &StepError,
 ) -> StepResult<StepError> {
-    let loc = location(cx)?;
     // Deleting takes evidence that the fault is this server's: another
     // server of the region answered SSH. When none did, the daemon's
     // reach (a firewall, the SSH port) is as likely at fault, and nothing
@@ -383,8 +390,8 @@ async fn replace(
                  still {again}",
                 cx.env.ssh_port,
                 action.as_str(),
-                s.name,
-                s.id
+                obj.name,
+                obj.id
             ),
             remediation: format!(
                 "Check that this daemon reaches the region's servers on SSH port {} (the \
@@ -394,40 +401,38 @@ async fn replace(
             ),
         });
     }
-    let token = crate::common::region_token(cx, &loc).await?;
-    if let Some(obj) = cx.env.cloud.object(&token, "server", s.id).await? {
-        cx.env.cloud.delete(&token, &obj).await?;
-    }
+    cx.env.cloud.delete(token, obj).await?;
     let message = format!(
         "server {} ({}) never booted: after a {} it still {again}; it was deleted",
-        s.name,
-        s.id,
+        obj.name,
+        obj.id,
         action.as_str()
     );
     cx.event(
         "server",
-        json!({ "server": s.name, "id": s.id, "action": "delete", "message": message }),
+        json!({ "server": obj.name, "id": obj.id, "action": "delete", "message": message }),
     )
     .await?;
     Ok(StepError::Precondition {
         message,
-        remediation: format!(
-            "`catalyst-zero retry {} --phase infra`: the region's apply creates the server \
-             again and this step runs on the new one. The other nodes went on without it.",
-            cx.job_id
-        ),
+        remediation: format!("{} The other nodes went on without it.", retry_infra(cx)),
     })
 }
 
 fn gone(cx: &StepCtx, s: &Server, waited: &StepError) -> StepError {
     StepError::Precondition {
         message: format!("{waited}, and the cloud has no server {} ({}): it is gone", s.name, s.id),
-        remediation: format!(
-            "`catalyst-zero retry {} --phase infra`: the region's apply creates the server \
-             again and this step runs on the new one.",
-            cx.job_id
-        ),
+        remediation: retry_infra(cx),
     }
+}
+
+/// The remedy for a server that is gone: the region's apply again.
+fn retry_infra(cx: &StepCtx) -> String {
+    format!(
+        "`catalyst-zero retry {} --phase infra`: the region's apply creates the server again \
+         and this step runs on the new one.",
+        cx.job_id
+    )
 }
 
 /// A server's host with its pinned host key.
