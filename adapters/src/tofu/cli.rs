@@ -393,16 +393,34 @@ struct UiDiagnostic<'a> {
     detail: Option<Cow<'a, str>>,
 }
 
-/// One `-json` UI line → a typed event (`log` if it is not JSON).
-pub fn parse_event(line: &str) -> Option<TofuEvent> {
-    let line = line.trim();
-    if line.is_empty() {
-        return None;
+impl<'a> UiLine<'a> {
+    /// The same fields read from a JSON tree, leniently: a field of another
+    /// type is absent.
+    fn of_tree(v: &'a Value) -> UiLine<'a> {
+        fn text(v: Option<&Value>) -> Option<Cow<'_, str>> {
+            v.and_then(Value::as_str).map(Cow::Borrowed)
+        }
+        let hook = |h: Option<&'a Value>| {
+            h.map(|h| UiHook {
+                resource: Some(UiResource { addr: text(h.pointer("/resource/addr")) }),
+                action: text(h.get("action")),
+                elapsed_seconds: h.get("elapsed_seconds").and_then(Value::as_f64),
+                id_value: text(h.get("id_value")),
+            })
+        };
+        UiLine {
+            kind: text(v.get("type")),
+            message: text(v.get("@message")),
+            hook: hook(v.get("hook")),
+            change: hook(v.get("change")),
+            diagnostic: v.get("diagnostic").map(|d| UiDiagnostic { detail: text(d.get("detail")) }),
+        }
     }
-    if let Ok(l) = serde_json::from_str::<UiLine>(line) {
-        let hook = l.hook.or(l.change);
-        let mut message = l.message.map(Cow::into_owned).unwrap_or_default();
-        if let Some(detail) = l.diagnostic.and_then(|d| d.detail).filter(|d| !d.is_empty()) {
+
+    fn event(self) -> TofuEvent {
+        let hook = self.hook.or(self.change);
+        let mut message = self.message.map(Cow::into_owned).unwrap_or_default();
+        if let Some(detail) = self.diagnostic.and_then(|d| d.detail).filter(|d| !d.is_empty()) {
             message = format!("{message}: {detail}");
         }
         let owned = |c: Option<Cow<str>>| c.map(Cow::into_owned);
@@ -415,18 +433,29 @@ pub fn parse_event(line: &str) -> Option<TofuEvent> {
             ),
             None => (None, None, None, None),
         };
-        return Some(TofuEvent {
-            kind: l.kind.map_or_else(|| "log".to_owned(), Cow::into_owned),
+        TofuEvent {
+            kind: self.kind.map_or_else(|| "log".to_owned(), Cow::into_owned),
             address,
             action,
             elapsed_s,
             id,
             message,
-        });
+        }
     }
-    // JSON of another shape than tofu's (a field of an unexpected type):
-    // read it leniently.
-    parse_event_leniently(line)
+}
+
+/// One `-json` UI line → a typed event (`log` if it is not JSON).
+pub fn parse_event(line: &str) -> Option<TofuEvent> {
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    match serde_json::from_str::<UiLine>(line) {
+        Ok(l) => Some(l.event()),
+        // JSON of another shape than tofu's (a field of an unexpected
+        // type): read it leniently.
+        Err(_) => parse_event_leniently(line),
+    }
 }
 
 /// [`parse_event`] over a JSON tree: any JSON, fields of other types read
@@ -442,25 +471,7 @@ fn parse_event_leniently(line: &str) -> Option<TofuEvent> {
             message: line.to_owned(),
         });
     };
-    let hook = v.get("hook").or_else(|| v.get("change"));
-    let mut message = v.get("@message").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if let Some(d) = v.get("diagnostic") {
-        let detail = d.get("detail").and_then(Value::as_str).unwrap_or_default();
-        if !detail.is_empty() {
-            message = format!("{message}: {detail}");
-        }
-    }
-    Some(TofuEvent {
-        kind: v.get("type").and_then(Value::as_str).unwrap_or("log").to_owned(),
-        address: hook
-            .and_then(|h| h.pointer("/resource/addr"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        action: hook.and_then(|h| h.get("action")).and_then(Value::as_str).map(str::to_owned),
-        elapsed_s: hook.and_then(|h| h.get("elapsed_seconds")).and_then(Value::as_f64),
-        id: hook.and_then(|h| h.get("id_value")).and_then(Value::as_str).map(str::to_owned),
-        message,
-    })
+    Some(UiLine::of_tree(&v).event())
 }
 
 /// Error-level diagnostics of a `-json` stream, joined; `""` if none.

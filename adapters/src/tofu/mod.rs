@@ -65,6 +65,22 @@ pub const DEFAULT_PARALLELISM: u32 = 10;
 /// forwards them to the job's event stream.
 pub type TofuSink = tokio::sync::mpsc::UnboundedSender<TofuEvent>;
 
+/// The events of one commit to the job's stream: waits for the next event
+/// of `rx`, then takes what else has arrived, up to `max` (100k lines must
+/// not be 100k fsyncs). `None` once the sender is gone and all is taken.
+pub async fn next_batch(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<TofuEvent>,
+    max: usize,
+) -> Option<Vec<TofuEvent>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max
+        && let Ok(ev) = rx.try_recv()
+    {
+        batch.push(ev);
+    }
+    Some(batch)
+}
+
 #[async_trait]
 pub trait TofuApi: Send + Sync {
     /// The CLI's name and version (`OpenTofu 1.8.2`, `Terraform 1.11.4`);

@@ -513,6 +513,9 @@ async fn plan(cx: &StepCtx) -> StepResult<PlanSummary> {
     Ok(s)
 }
 
+/// Tofu events in one commit to the job's stream, at most.
+pub const EVENTS_PER_COMMIT: usize = 1000;
+
 /// Forwards tofu events to the job's stream in batches (one commit per
 /// batch: 100k lines must not be 100k fsyncs).
 async fn forward_events(
@@ -520,14 +523,7 @@ async fn forward_events(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<TofuEvent>,
 ) -> StepResult<u64> {
     let mut n = 0u64;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while let Ok(ev) = rx.try_recv() {
-            batch.push(ev);
-            if batch.len() >= 1000 {
-                break;
-            }
-        }
+    while let Some(batch) = cz_adapters::tofu::next_batch(&mut rx, EVENTS_PER_COMMIT).await {
         n += batch.len() as u64;
         cx.events(
             "tofu",

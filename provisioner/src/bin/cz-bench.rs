@@ -158,13 +158,8 @@ async fn p2(dir: &Path, lines: usize) -> Result<()> {
         }
     });
     let mut forwarded = 0;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 1000
-            && let Ok(ev) = rx.try_recv()
-        {
-            batch.push(ev);
-        }
+    let per_commit = cz_phases::infra::EVENTS_PER_COMMIT;
+    while let Some(batch) = cz_adapters::tofu::next_batch(&mut rx, per_commit).await {
         forwarded += batch.len();
         let evs = batch
             .into_iter()
