@@ -218,6 +218,21 @@ impl<E: StepEnv> StepCtx<E> {
         Ok(())
     }
 
+    /// A typed event of this step, serialized once with its phase/step
+    /// tags (no [`Value`] on the way to the store: tofu's lines are made
+    /// into events as they come, while the previous batch commits). `T`
+    /// serializes as a map with no `phase` or `step` field.
+    pub fn tagged<T: serde::Serialize>(&self, kind: &str, body: &T) -> StepResult<NewJobEvent> {
+        NewJobEvent::of_step(kind, body, self.phase(), &self.node)
+            .map_err(|e| StepError::internal(format!("serialize a `{kind}` event: {e}")))
+    }
+
+    /// Appends events made by [`StepCtx::tagged`] in one commit.
+    pub async fn append(&self, events: Vec<NewJobEvent>) -> StepResult<()> {
+        self.store.append_events(self.job_id, events).await?;
+        Ok(())
+    }
+
     fn tag(&self, body: &mut Value) {
         if let Some(o) = body.as_object_mut() {
             o.entry("phase").or_insert_with(|| self.phase().into());

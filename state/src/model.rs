@@ -258,15 +258,65 @@ pub struct EscrowItem {
 }
 
 /// An event to append (the store assigns id and time).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// It is serialized when it is made, on the emitter's task, so the store's
+/// single writer only binds text. An event made from a typed value
+/// ([`NewJobEvent::of_step`]) never becomes a [`Value`] on the way in: the
+/// writer parses its text back only if someone is subscribed to the job
+/// when it commits (100k tofu lines are stored, not re-shaped three times).
+#[derive(Clone, Debug, PartialEq)]
 pub struct NewJobEvent {
-    pub kind: String,
-    pub body: Value,
+    kind: String,
+    /// The body as stored: JSON text.
+    text: String,
+    /// The body as the emitter built it, if it built one (kept for live
+    /// subscribers: no parse back).
+    value: Option<Value>,
+}
+
+/// A typed body with its phase and step tags, serialized in one pass.
+#[derive(Serialize)]
+struct Tagged<'a, T> {
+    #[serde(flatten)]
+    body: &'a T,
+    phase: &'a str,
+    step: &'a str,
 }
 
 impl NewJobEvent {
     pub fn new(kind: impl Into<String>, body: Value) -> Self {
-        NewJobEvent { kind: kind.into(), body }
+        NewJobEvent { kind: kind.into(), text: body.to_string(), value: Some(body) }
+    }
+
+    /// A step's event from a typed body, tagged with `phase` and `step`
+    /// (the view's filters) in the same serialization. `body` must
+    /// serialize as a map without fields of those names.
+    pub fn of_step<T: Serialize>(
+        kind: impl Into<String>,
+        body: &T,
+        phase: &str,
+        step: &str,
+    ) -> Result<Self, serde_json::Error> {
+        let text = serde_json::to_string(&Tagged { body, phase, step })?;
+        Ok(NewJobEvent { kind: kind.into(), text, value: None })
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The body as stored (JSON text).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The body as a value: the emitter's, else parsed from the text.
+    pub fn body(&self) -> Value {
+        match &self.value {
+            Some(v) => v.clone(),
+            // Text this type serialized itself: it parses.
+            None => serde_json::from_str(&self.text).unwrap_or(Value::Null),
+        }
     }
 }
 

@@ -776,27 +776,29 @@ impl Store {
 
     /// Appends a journal event and stream events in one transaction (a step
     /// transition and the events announcing it are never separated).
+    /// Returns the node's new state and the last event's id (0: none).
     pub async fn append_step_event_with(
         &self,
         job: JobId,
         node: &str,
         event: StepEvent,
         events: Vec<NewJobEvent>,
-    ) -> Result<(NodeState, Vec<Arc<JobEvent>>), StoreError> {
+    ) -> Result<(NodeState, i64), StoreError> {
         let node = node.to_owned();
-        let events = prepare(events);
-        self.fenced(
-            job,
-            true,
-            Box::new(move |w, g| {
-                Box::pin(async move {
-                    let state = append_step_tx(w, job, &node, &event, g).await?;
-                    let evs = append_events_tx(&mut w.conn, job, events, g).await?;
-                    Ok((state, evs))
-                })
-            }),
-        )
-        .await
+        let (state, appended) = self
+            .fenced(
+                job,
+                true,
+                Box::new(move |w, g| {
+                    Box::pin(async move {
+                        let state = append_step_tx(w, job, &node, &event, g).await?;
+                        let evs = append_events_tx(&mut w.conn, job, events, g).await?;
+                        Ok((state, evs))
+                    })
+                }),
+            )
+            .await?;
+        Ok((state, appended.last_id()))
     }
 
     /// The whole journal of a job, in order.
@@ -837,24 +839,27 @@ impl Store {
 
     // === job events ===
 
-    /// Appends events to a job's stream; ids are allocated in the transaction.
+    /// Appends events to a job's stream; ids are allocated in the
+    /// transaction. Returns the id of the last one (0: none given, none
+    /// written).
     pub async fn append_events(
         &self,
         job: JobId,
         events: Vec<NewJobEvent>,
-    ) -> Result<Vec<Arc<JobEvent>>, StoreError> {
+    ) -> Result<i64, StoreError> {
         if events.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
-        let events = prepare(events);
-        self.fenced(
-            job,
-            true,
-            Box::new(move |w, g| {
-                Box::pin(async move { append_events_tx(&mut w.conn, job, events, g).await })
-            }),
-        )
-        .await
+        let appended = self
+            .fenced(
+                job,
+                true,
+                Box::new(move |w, g| {
+                    Box::pin(async move { append_events_tx(&mut w.conn, job, events, g).await })
+                }),
+            )
+            .await?;
+        Ok(appended.last_id())
     }
 
     /// The id of a job's newest event (0: none yet).
@@ -1701,20 +1706,33 @@ fn log_retry(what: &str, attempt: u32, started: Instant, error: &sqlx::Error) {
     }
 }
 
+/// Publishes what a committed transaction appended. A job nobody
+/// subscribes to costs a counter: its events become [`JobEvent`]s (and a
+/// text-only body a [`Value`]) only for a live subscriber.
 fn publish(inner: &Inner, value: &(dyn Any + Send)) {
-    let events: &[Arc<JobEvent>] = if let Some(v) = value.downcast_ref::<Vec<Arc<JobEvent>>>() {
-        v
-    } else if let Some((_, v)) = value.downcast_ref::<(NodeState, Vec<Arc<JobEvent>>)>() {
-        v
+    let appended = if let Some(a) = value.downcast_ref::<Appended>() {
+        a
+    } else if let Some((_, a)) = value.downcast_ref::<(NodeState, Appended)>() {
+        a
     } else {
         return;
     };
-    inner.events_written.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    inner
+        .events_written
+        .fetch_add(appended.events.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let hub = inner.hub.lock().expect("event hub lock");
-    for ev in events {
-        if let Some(tx) = hub.get(&ev.job_id) {
-            let _ = tx.send(ev.clone());
-        }
+    let Some(tx) = hub.get(&appended.job).filter(|tx| tx.receiver_count() > 0) else {
+        return;
+    };
+    for (ev, id) in appended.events.iter().zip(appended.first..) {
+        let _ = tx.send(Arc::new(JobEvent {
+            job_id: appended.job,
+            id,
+            at: appended.at,
+            kind: ev.kind().to_owned(),
+            body: ev.body(),
+            rendered: Default::default(),
+        }));
     }
 }
 
@@ -2013,28 +2031,31 @@ async fn append_step_tx(
     Ok(next)
 }
 
-/// An event serialized on the caller's thread, off the writer's path.
-pub(crate) struct PreparedEvent {
-    kind: String,
-    text: String,
-    body: Value,
+/// Events a transaction appended: what the writer publishes once it
+/// committed.
+pub(crate) struct Appended {
+    job: JobId,
+    /// The first event's id; the rest follow without gaps.
+    first: i64,
+    at: Millis,
+    events: Vec<NewJobEvent>,
 }
 
-pub(crate) fn prepare(events: Vec<NewJobEvent>) -> Vec<PreparedEvent> {
-    events
-        .into_iter()
-        .map(|e| PreparedEvent { text: e.body.to_string(), kind: e.kind, body: e.body })
-        .collect()
+impl Appended {
+    /// The last event's id (0: none appended).
+    fn last_id(&self) -> i64 {
+        if self.events.is_empty() { 0 } else { self.first + self.events.len() as i64 - 1 }
+    }
 }
 
 async fn append_events_tx(
     c: &mut AnyConnection,
     job: JobId,
-    events: Vec<PreparedEvent>,
+    events: Vec<NewJobEvent>,
     generation: Option<i64>,
-) -> Result<Vec<Arc<JobEvent>>, StoreError> {
+) -> Result<Appended, StoreError> {
     if events.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Appended { job, first: 0, at: 0, events });
     }
     let job_s = job.to_string();
     let head: Option<i64> = sqlx::query("SELECT last_id FROM job_event_heads WHERE job_id = $1")
@@ -2064,15 +2085,15 @@ async fn append_events_tx(
                     .bind(job_s.as_str())
                     .bind(id)
                     .bind(at)
-                    .bind(ev.kind.as_str())
-                    .bind(ev.text.as_str())
+                    .bind(ev.kind())
+                    .bind(ev.text())
                     .bind(generation);
             }
         } else {
             q = q.bind(job_s.as_str()).bind(at).bind(generation);
             for ev in chunk {
                 id += 1;
-                q = q.bind(id).bind(ev.kind.as_str()).bind(ev.text.as_str());
+                q = q.bind(id).bind(ev.kind()).bind(ev.text());
             }
         }
         q.execute(&mut *c).await.map_err(StoreError::query("append events"))?;
@@ -2083,20 +2104,7 @@ async fn append_events_tx(
         .execute(&mut *c)
         .await
         .map_err(StoreError::query("advance event head"))?;
-    Ok(events
-        .into_iter()
-        .zip(first..)
-        .map(|(ev, id)| {
-            Arc::new(JobEvent {
-                job_id: job,
-                id,
-                at,
-                kind: ev.kind,
-                body: ev.body,
-                rendered: Default::default(),
-            })
-        })
-        .collect())
+    Ok(Appended { job, first, at, events })
 }
 
 async fn insert_audit(c: &mut AnyConnection, e: &NewAudit) -> Result<i64, StoreError> {
@@ -2113,8 +2121,10 @@ async fn insert_audit(c: &mut AnyConnection, e: &NewAudit) -> Result<i64, StoreE
     Ok(id)
 }
 
-/// Rows per multi-row insert of job events.
-const EVENTS_PER_INSERT: usize = 200;
+/// Rows per multi-row insert of job events: a forwarder's whole commit of
+/// tofu lines is one statement (6,000 parameters on SQLite, 3,003 on
+/// PostgreSQL; the limits are 32,766 and 65,535).
+const EVENTS_PER_INSERT: usize = 1000;
 
 /// `INSERT INTO job_events` of `rows` rows. `positional`: plain `?`s, six
 /// per row (job, id, at, kind, body, generation). Else numbered ones,

@@ -68,10 +68,10 @@ pub type TofuSink = tokio::sync::mpsc::UnboundedSender<TofuEvent>;
 /// The events of one commit to the job's stream: waits for the next event
 /// of `rx`, then takes what else has arrived, up to `max` (100k lines must
 /// not be 100k fsyncs). `None` once the sender is gone and all is taken.
-pub async fn next_batch(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<TofuEvent>,
+pub async fn next_batch<T>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>,
     max: usize,
-) -> Option<Vec<TofuEvent>> {
+) -> Option<Vec<T>> {
     let mut batch = vec![rx.recv().await?];
     while batch.len() < max
         && let Ok(ev) = rx.try_recv()

@@ -520,16 +520,12 @@ pub const EVENTS_PER_COMMIT: usize = 1000;
 /// batch: 100k lines must not be 100k fsyncs).
 async fn forward_events(
     cx: StepCtx,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<TofuEvent>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<cz_state::NewJobEvent>,
 ) -> StepResult<u64> {
     let mut n = 0u64;
     while let Some(batch) = cz_adapters::tofu::next_batch(&mut rx, EVENTS_PER_COMMIT).await {
         n += batch.len() as u64;
-        cx.events(
-            "tofu",
-            batch.into_iter().map(|e| serde_json::to_value(e).expect("serializable")).collect(),
-        )
-        .await?;
+        cx.append(batch).await?;
     }
     Ok(n)
 }
@@ -563,7 +559,9 @@ where
             ev = from_tofu.recv() => match ev {
                 Some(ev) => {
                     tap(&ev);
-                    let _ = to_store.send(ev);
+                    // Serialized here, while the forwarder's last batch
+                    // commits.
+                    let _ = to_store.send(cx.tagged("tofu", &ev)?);
                 }
                 None => break,
             },

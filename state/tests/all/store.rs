@@ -314,6 +314,101 @@ async fn events_have_gap_free_ids_and_reach_subscribers(db: &Db) {
 }
 both!(events_have_gap_free_ids_and_reach_subscribers);
 
+/// A typed event is stored as the text it was serialized to, tags and all,
+/// and a live subscriber gets it as a value (parsed back only because it
+/// subscribed).
+async fn typed_events_are_stored_tagged_and_reach_subscribers(db: &Db) {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        elapsed_s: Option<f64>,
+    }
+    let store = db.open().await;
+    let sub = submission("typed.omani.works", None);
+    let job = sub.job_id;
+    submit_and_hold(&store, sub).await;
+    let mut rx = store.subscribe(job);
+    let ev = NewJobEvent::of_step(
+        "tofu",
+        &Line { kind: "apply_progress", elapsed_s: Some(1.5) },
+        "infra",
+        "infra/apply-fsn1",
+    )
+    .unwrap();
+    assert_eq!(
+        ev.text(),
+        r#"{"type":"apply_progress","elapsed_s":1.5,"phase":"infra","step":"infra/apply-fsn1"}"#
+    );
+    assert_eq!(store.append_events(job, vec![ev]).await.unwrap(), 1);
+    let want = json!({ "type": "apply_progress", "elapsed_s": 1.5, "phase": "infra",
+                       "step": "infra/apply-fsn1" });
+    let live = rx.try_recv().unwrap();
+    assert_eq!((live.id, live.kind.as_str(), &live.body), (1, "tofu", &want));
+    let stored = store.events_after(job, 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].body, want);
+}
+both!(typed_events_are_stored_tagged_and_reach_subscribers);
+
+/// Events for a job the store does not have are refused, and none is
+/// written: the head row's reference to `jobs` guards the stream.
+async fn events_of_an_unknown_job_are_refused_whole(db: &Db) {
+    let store = db.open().await;
+    let ghost = JobId::new();
+    let evs = vec![NewJobEvent::new("log", json!(1)), NewJobEvent::new("log", json!(2))];
+    store.append_events(ghost, evs).await.unwrap_err();
+    let mut c = db.raw().await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM job_events WHERE job_id = $1")
+        .bind(ghost.to_string())
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(store.last_event_id(ghost).await.unwrap(), 0);
+}
+both!(events_of_an_unknown_job_are_refused_whole);
+
+/// Migration 11 rebuilds `job_events` on SQLite (to drop its per-row
+/// foreign key): a database written before it keeps every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_table_rebuild_keeps_every_event() {
+    let db = Db::sqlite();
+    let Db::Sqlite(dir) = &db else { unreachable!() };
+    let before = sqlx::migrate::Migrator {
+        migrations: MIGRATOR.iter().filter(|m| m.version < 11).cloned().collect(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("catalyst-zero.db").display());
+    let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    before.run(&mut c).await.unwrap();
+    sqlx::raw_sql(
+        // (No job row: the old per-row reference is switched off to write
+        // the rows alone.)
+        "PRAGMA foreign_keys = OFF; INSERT INTO job_events (job_id, id, at, kind, body, generation) VALUES \
+         ('j', 1, 10, 'log', '{\"a\":1}', NULL), ('j', 2, 11, 'step', '{}', 3)",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    let store = db.open().await;
+    let mut c = db.raw().await;
+    let rows: Vec<(String, i64, i64, String, String, Option<i64>)> =
+        sqlx::query_as("SELECT job_id, id, at, kind, body, generation FROM job_events ORDER BY id")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("j".into(), 1, 10, "log".into(), r#"{"a":1}"#.into(), None),
+            ("j".into(), 2, 11, "step".into(), "{}".into(), Some(3)),
+        ]
+    );
+    drop(store);
+}
+
 async fn secrets_are_encrypted_at_rest_and_survive_a_restart(db: &Db) {
     let store = db.open().await;
     let sub = submission("c.omani.works", None);
