@@ -264,6 +264,13 @@ async fn p4(dir: &Path, n: usize, latency: f64, pg: Option<&str>) -> Result<()> 
     let sfx = if pg.is_some() { "-pg" } else { "" };
     let (one, ok1) = run_jobs(&dir.join(format!("p4-one{sfx}")), 1, latency, pg).await?;
     let (all, okn) = run_jobs(&dir.join(format!("p4-all{sfx}")), n, latency, pg).await?;
+    let (key, cores) = sealing_key_cost(P4_KEYS_TIMED)?;
+    let floor = n as f64 * key.as_secs_f64() / cores as f64;
+    println!(
+        "P4 floor: one RSA-4096 sealing key (custody, one per Sovereign) takes {:.2} s of a core (mean of {P4_KEYS_TIMED}); {n} of them on {cores} cores take {floor:.1} s alone, {:.2}x one job alone",
+        key.as_secs_f64(),
+        floor / one.as_secs_f64()
+    );
     println!(
         "P4 concurrent sim jobs ({}): {n} jobs (latency factor {latency}) in {:.2} s, one job alone {:.2} s; wall/critical-path = {:.2} (aim <= 1.1); succeeded {okn}/{n} (+{ok1}/1); peak RSS {:.0} MiB (aim <= 150)",
         if pg.is_some() { "PostgreSQL" } else { "SQLite" },
@@ -273,6 +280,22 @@ async fn p4(dir: &Path, n: usize, latency: f64, pg: Option<&str>) -> Result<()> 
         peak_rss_mib()
     );
     Ok(())
+}
+
+/// Sealing keys P4 times one after another for its floor (a key's time
+/// varies by a factor of several, prime search being random).
+const P4_KEYS_TIMED: u32 = 16;
+
+/// The mean time one core takes to make a sealed-secrets key, as custody
+/// makes it, and the cores there are: the CPU floor under P4, which no
+/// scheduling beats.
+fn sealing_key_cost(keys: u32) -> Result<(Duration, usize)> {
+    let start = Instant::now();
+    for _ in 0..keys {
+        cz_adapters::sealed_secrets::SealingKey::generate("")?;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok((start.elapsed() / keys, cores))
 }
 
 /// One Sovereign of `workers` workers and 3 control planes in one region,
