@@ -205,19 +205,6 @@ impl<E: StepEnv> StepCtx<E> {
         Ok(())
     }
 
-    /// Emits several events in one commit (tofu line batches).
-    pub async fn events(&self, kind: &str, bodies: Vec<Value>) -> StepResult<()> {
-        let evs = bodies
-            .into_iter()
-            .map(|mut b| {
-                self.tag(&mut b);
-                NewJobEvent::new(kind, b)
-            })
-            .collect();
-        self.store.append_events(self.job_id, evs).await?;
-        Ok(())
-    }
-
     /// A typed event of this step, serialized once with its phase/step
     /// tags (no [`Value`] on the way to the store: tofu's lines are made
     /// into events as they come, while the previous batch commits). `T`
