@@ -42,9 +42,14 @@ impl Drop for Tied {
 /// stops it when this process exits (checked five times a second) or when
 /// the shell gets SIGTERM.
 pub fn spawn_tied<S: AsRef<OsStr>>(program: &Path, args: &[S], log: &Path) -> Tied {
+    // The trap is set before the program starts and names it by `$!`: a
+    // SIGTERM that lands between the fork and a later `trap` would kill the
+    // shell by default and orphan the program (a CI run caught that). If
+    // the signal lands before the fork, `$!` is empty and nothing starts.
     const WATCH: &str = r#"parent="$1"; shift
-"$@" & child=$!
-trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT
+trap 'kill -TERM $! 2>/dev/null; wait; exit 0' TERM INT
+"$@" &
+child=$!
 while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.2; done
 kill -TERM "$child" 2>/dev/null
 wait "$child""#;

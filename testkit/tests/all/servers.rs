@@ -71,11 +71,15 @@ fn alive(pid: &str) -> bool {
 async fn a_tied_process_stops_with_its_owner() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
-    // Asked to stop.
-    let mut t = spawn_tied(Path::new("/bin/sleep"), &["1000"], &log);
-    let pid = find_child(t.id());
-    t.stop();
-    assert!(!alive(&pid), "sleep {pid} outlived stop()");
+    // Asked to stop, right after the program starts: a stop that lands
+    // before the shell is ready must not orphan it. Several rounds, since
+    // the window is a few microseconds wide.
+    for round in 0..10 {
+        let mut t = spawn_tied(Path::new("/bin/sleep"), &["1000"], &log);
+        let pid = find_child(t.id());
+        t.stop();
+        assert!(!alive(&pid), "round {round}: sleep {pid} outlived stop()");
+    }
     // Its owner gone: a child test process ties a sleep and is killed
     // with SIGKILL (no destructor runs); the sleep must go.
     let pid_file = dir.path().join("pid");
@@ -124,6 +128,6 @@ fn find_child(shell: u32) -> String {
             return pid.to_owned();
         }
         assert!(Instant::now() < deadline, "no child under {shell}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::yield_now();
     }
 }
