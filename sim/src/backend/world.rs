@@ -476,6 +476,32 @@ impl SimWorld {
         self.cached_kind(system, kind).await
     }
 
+    /// The objects of a kind that `keep` accepts, in file-name order. Only
+    /// those are copied out of the cache: a read that needs a few objects
+    /// of a large kind (one sim cluster's Kubernetes objects) does not pay
+    /// for cloning all of them.
+    pub async fn list_where(
+        &self,
+        system: &str,
+        kind: &str,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<Value>, StepError> {
+        if self.shared {
+            let all = self.list_from_disk(system, kind).await?;
+            return Ok(all.into_values().filter(|v| keep(v)).collect());
+        }
+        let k = (system.to_owned(), kind.to_owned());
+        let loaded = if self.cache.lock().expect("sim cache").contains_key(&k) {
+            None
+        } else {
+            Some(self.list_from_disk(system, kind).await?)
+        };
+        let mut cache = self.cache.lock().expect("sim cache");
+        // As in `cached_kind`: whatever got into the cache first stays.
+        let objs = cache.entry(k).or_insert_with(|| loaded.unwrap_or_default());
+        Ok(objs.values().filter(|v| keep(v)).cloned().collect())
+    }
+
     async fn list_from_disk(
         &self,
         system: &str,
