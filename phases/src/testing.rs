@@ -620,6 +620,8 @@ impl Scenario for PhaseScenario {
 
     async fn assert_clean_slate(&self, run: &Started<Backend>, failed_at: &str) {
         run.rig.assert_clean_slate(run.sovereign, &self.request, failed_at).await;
+        // Nor does a sealing key made ahead wait in memory for a job gone.
+        assert!(!crate::custody::has_key_ahead(run.job), "{failed_at}: a sealing key made ahead");
     }
 
     async fn end_state(&self, run: &Started<Backend>) -> Value {

@@ -17,7 +17,10 @@
 //!    OpenBao pods (`catalyst-zero unseal`) without the daemon.
 //!
 //! Each key is generated, escrowed (one commit) and then installed, in one
-//! step, with nothing left in the daemon's store. A re-run finds the
+//! step, with nothing left in the daemon's store. The sealed-secrets key,
+//! RSA-4096 and most of a second of a core, is the exception in time only:
+//! `infra` starts it in memory while the job waits on the cloud, and
+//! `sealing-key` takes it from there (see [`AHEAD`]). A re-run finds the
 //! Secret in the cluster and the escrow holding the same fingerprint, and
 //! does nothing. A kill between the escrow commit and the install leaves an
 //! escrow and no Secret: nothing can have used that key yet (it never
@@ -214,11 +217,85 @@ async fn generate_sealing_key() -> StepResult<SealingKey> {
         tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
     });
     let _turn = GATE.acquire().await.expect("the gate is never closed");
+    KEYS_MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tokio::task::spawn_blocking(|| SealingKey::generate(""))
         .await
         .map_err(|e| StepError::internal(format!("the key generation task: {e}")))?
         .map_err(|e| StepError::internal(format!("generating the sealed-secrets key: {e}")))
 }
+
+/// Sealing keys made ahead of their step, by job, in memory only.
+///
+/// A key costs most of a second of a core, and `sealing-key` used to make
+/// it on the job's critical path: 200 jobs reaching custody together
+/// queued about a minute for the CPU, each of them waiting. `infra` now
+/// starts the key ([`make_sealing_key_ahead`]) as the job begins waiting
+/// on the cloud, and `sealing-key` takes it ([`take_sealing_key`]).
+///
+/// Nothing of it is stored: after a restart, or a retry in another
+/// process, the map is empty and `sealing-key` makes its key as before.
+/// The key reaches the store only as the custodians' escrow, in that step,
+/// so the step's idempotence and undo are unchanged. A key its job never
+/// took (the job failed or was cancelled before custody) is dropped after
+/// [`AHEAD_KEPT`].
+static AHEAD: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<cz_state::JobId, KeyAhead>>,
+> = std::sync::LazyLock::new(Default::default);
+
+struct KeyAhead {
+    started: std::time::Instant,
+    key: tokio::task::JoinHandle<StepResult<SealingKey>>,
+}
+
+/// How long a key made ahead waits for its job's `sealing-key`.
+const AHEAD_KEPT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Starts making `job`'s sealing key in the background, unless it is
+/// already being made. Only a provision makes one; `infra` calls this.
+pub(crate) fn make_sealing_key_ahead(job: cz_state::JobId) {
+    let mut ahead = AHEAD.lock().expect("not poisoned");
+    ahead.retain(|_, k| {
+        let keep = k.started.elapsed() < AHEAD_KEPT;
+        if !keep {
+            k.key.abort();
+        }
+        keep
+    });
+    ahead.entry(job).or_insert_with(|| KeyAhead {
+        started: std::time::Instant::now(),
+        key: tokio::spawn(generate_sealing_key()),
+    });
+}
+
+/// Drops `job`'s key made ahead, if any: its job unwound, or found its
+/// key installed.
+pub(crate) fn forget_sealing_key_ahead(job: cz_state::JobId) {
+    if let Some(k) = AHEAD.lock().expect("not poisoned").remove(&job) {
+        k.key.abort();
+    }
+}
+
+/// `job`'s key made ahead, or a new one.
+async fn take_sealing_key(job: cz_state::JobId) -> StepResult<SealingKey> {
+    let ahead = AHEAD.lock().expect("not poisoned").remove(&job);
+    match ahead {
+        Some(k) => match k.key.await {
+            Ok(made) => made,
+            // Aborted by the sweep (a job that came back after an hour).
+            Err(_) => generate_sealing_key().await,
+        },
+        None => generate_sealing_key().await,
+    }
+}
+
+/// Whether a key is being made or waits for `job` (tests).
+#[cfg(any(test, feature = "testing"))]
+pub fn has_key_ahead(job: cz_state::JobId) -> bool {
+    AHEAD.lock().expect("not poisoned").contains_key(&job)
+}
+
+/// Sealing keys this process has made (tests count them).
+static KEYS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 async fn sealing_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     let custody = custody_of(cx)?;
@@ -232,9 +309,10 @@ async fn sealing_key(cx: &StepCtx) -> StepResult<KeyEscrowed> {
     };
     let cert_fp = |s: &Value| annotated(s).or_else(|| cert_fp(s));
     if let Found::Done(fingerprint) = found(cx, &kc, &r, SEALED_SECRETS_KEY, cert_fp).await? {
+        forget_sealing_key_ahead(cx.job_id);
         return Ok(KeyEscrowed { secret, fingerprint, threshold, parts, generated: false });
     }
-    let key = generate_sealing_key().await?;
+    let key = take_sealing_key(cx.job_id).await?;
     let fingerprint = certificate_fingerprint(&key.certificate_pem)
         .ok_or_else(|| StepError::internal("the generated certificate is not PEM"))?;
     let private = key.private_pem.expose().as_bytes();
@@ -358,7 +436,52 @@ async fn admin_kubeconfig_undo(cx: &StepCtx) -> StepResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{phase_tests, sample_request};
+    use std::sync::atomic::Ordering;
+
+    use cz_engine::JobOptions;
+    use cz_engine::testing::Scenario as _;
+    use cz_state::{JobId, JobStatus};
+
+    use super::{
+        KEYS_MADE, forget_sealing_key_ahead, has_key_ahead, make_sealing_key_ahead,
+        take_sealing_key,
+    };
+    use crate::testing::{PhaseScenario, phase_tests, sample_request};
 
     phase_tests!(super::PHASE, sample_request("cus", 1, 0));
+
+    /// `infra` starts the sealing key, `sealing-key` installs that one:
+    /// one key made for the job, none left waiting after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sealing_key_is_made_while_the_job_waits_on_the_cloud() {
+        let s = PhaseScenario::provision(sample_request("ahead", 1, 0), "cluster");
+        let run = s.start(JobOptions::default()).await;
+        assert_eq!(run.rig.drive(run.job).await, JobStatus::Succeeded);
+        assert!(has_key_ahead(run.job), "infra started the key");
+        assert_eq!(KEYS_MADE.load(Ordering::Relaxed), 1, "one key, made before custody");
+        let s = PhaseScenario::provision(sample_request("ahead", 1, 0), super::PHASE);
+        let run = s.start(JobOptions::default()).await;
+        assert_eq!(run.rig.drive(run.job).await, JobStatus::Succeeded);
+        assert!(!has_key_ahead(run.job), "custody took it");
+        assert_eq!(KEYS_MADE.load(Ordering::Relaxed), 2, "custody made no key of its own");
+    }
+
+    /// Taken once; a key forgotten is gone; a job with none gets a new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_made_ahead_is_taken_once_or_forgotten() {
+        let (a, b) = (JobId::new(), JobId::new());
+        make_sealing_key_ahead(a);
+        make_sealing_key_ahead(a);
+        make_sealing_key_ahead(b);
+        forget_sealing_key_ahead(b);
+        assert!(!has_key_ahead(b));
+        let first = take_sealing_key(a).await.unwrap();
+        assert!(!has_key_ahead(a));
+        let second = take_sealing_key(a).await.unwrap();
+        assert_ne!(first.certificate_pem, second.certificate_pem, "a second take makes a new key");
+        // a's ahead key (once, though asked twice), b's perhaps (aborted
+        // while it waited for the CPU, or made and dropped), a's second.
+        let made = KEYS_MADE.load(Ordering::Relaxed);
+        assert!((2..=3).contains(&made), "{made} keys made");
+    }
 }

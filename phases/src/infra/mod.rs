@@ -354,6 +354,11 @@ async fn refuse_if_handed_off(cx: &StepCtx, location: &str) -> StepResult<()> {
 /// it), held age-encrypted in the store, its public half authorized on every
 /// server by the module. Never derived from inputs, never on disk in clear.
 async fn provisioner_key(cx: &StepCtx) -> StepResult<ProvisionerPublicKey> {
+    // The job now waits minutes on the cloud: custody's sealing key is
+    // made meanwhile, off its critical path (a provision's only).
+    if job_request(cx)?.provision().is_some() {
+        crate::custody::make_sealing_key_ahead(cx.job_id);
+    }
     let key = match cx.secret_opt(PROVISIONER_KEY).await? {
         Some(private) => ProvisionerKey::from_private(private)?,
         None => {
@@ -368,6 +373,7 @@ async fn provisioner_key(cx: &StepCtx) -> StepResult<ProvisionerPublicKey> {
 async fn provisioner_key_undo(cx: &StepCtx) -> StepResult<()> {
     // Only a provision owns the key; an add-region borrowed the Sovereign's.
     if job_request(cx)?.provision().is_some() {
+        crate::custody::forget_sealing_key_ahead(cx.job_id);
         cx.delete_secret(PROVISIONER_KEY).await?;
     }
     Ok(())
