@@ -202,6 +202,18 @@ fn median(xs: &mut [f64]) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// CPU time this process has used, user and system, all threads
+/// (`/proc/self/stat`, in the kernel's fixed 100 ticks a second).
+fn cpu_used() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which may hold spaces: state is
+    // the first, utime the 12th, stime the 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 =
+        after.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
+}
+
 /// Runs `n` provision jobs concurrently on one store. Each job gets its
 /// own sim world: its own cloud project (quotas are per project, as on
 /// Hetzner, and 200 Sovereigns do not fit one project's 25 servers).
@@ -263,13 +275,22 @@ async fn p4(dir: &Path, n: usize, latency: f64, pg: Option<&str>) -> Result<()> 
     reset_peak_rss();
     let sfx = if pg.is_some() { "-pg" } else { "" };
     let (one, ok1) = run_jobs(&dir.join(format!("p4-one{sfx}")), 1, latency, pg).await?;
+    let cpu_before = cpu_used();
     let (all, okn) = run_jobs(&dir.join(format!("p4-all{sfx}")), n, latency, pg).await?;
+    let cpu = (cpu_used() - cpu_before).as_secs_f64();
     let (key, cores) = sealing_key_cost(P4_KEYS_TIMED)?;
     let floor = n as f64 * key.as_secs_f64() / cores as f64;
     println!(
         "P4 floor: one RSA-4096 sealing key (custody, one per Sovereign) takes {:.2} s of a core (mean of {P4_KEYS_TIMED}); {n} of them on {cores} cores take {floor:.1} s alone, {:.2}x one job alone",
         key.as_secs_f64(),
         floor / one.as_secs_f64()
+    );
+    println!(
+        "P4 CPU: the {n} jobs used {cpu:.0} s of CPU in {:.0} s on {cores} cores ({:.0}% busy), {:.2} s a job, {:.2} s of it the sealing key",
+        all.as_secs_f64(),
+        100.0 * cpu / (all.as_secs_f64() * cores as f64),
+        cpu / n as f64,
+        key.as_secs_f64()
     );
     println!(
         "P4 concurrent sim jobs ({}): {n} jobs (latency factor {latency}) in {:.2} s, one job alone {:.2} s; wall/critical-path = {:.2} (aim <= 1.1); succeeded {okn}/{n} (+{ok1}/1); peak RSS {:.0} MiB (aim <= 150)",
