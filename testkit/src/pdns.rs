@@ -28,7 +28,7 @@ use cz_state::SecretString;
 use tokio::sync::OnceCell;
 
 use crate::free_port;
-use crate::process::{Tied, spawn_tied};
+use crate::process::{Tied, spawn_tied, spawn_tied_removing};
 
 const PDNS: &str = "/usr/sbin/pdns_server";
 const SCHEMA: &str = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql";
@@ -114,16 +114,9 @@ impl Pdns {
     /// [`Self::start`]; `remove_dir`: its directory is removed when the
     /// server exits (a shared server's; a private one may start again).
     async fn launch(&mut self, remove_dir: bool) {
-        /// Runs the server (`$2...`) and removes `$1` once it has exited.
-        const REMOVING: &str = r#"dir="$1"; shift
-trap 'kill -TERM "$c" 2>/dev/null; wait "$c"; rm -rf "$dir"; exit 0' TERM INT
-"$@" & c=$!
-wait "$c"; rm -rf "$dir""#;
         let config_dir = format!("--config-dir={}", self.dir.display());
         let child = if remove_dir {
-            let dir = self.dir.display().to_string();
-            let args = ["-c", REMOVING, "sh", &dir, PDNS, &config_dir];
-            spawn_tied(Path::new("sh"), &args, &self.log())
+            spawn_tied_removing(Path::new(PDNS), &[config_dir], &self.log(), &self.dir)
         } else {
             spawn_tied(Path::new(PDNS), &[config_dir], &self.log())
         };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 use crate::free_port;
-use crate::process::{Tied, spawn_tied};
+use crate::process::{Tied, spawn_tied, spawn_tied_removing};
 
 pub struct Postgres {
     pub dir: tempfile::TempDir,
@@ -78,12 +78,20 @@ impl Postgres {
     /// The one server of this test binary, started by the first caller.
     /// Tests sharing it use databases of their own ([`Self::create_db`]).
     pub async fn shared() -> &'static Postgres {
-        SHARED.get_or_init(Postgres::start).await
+        // Its `TempDir` lives in a static, whose destructor never runs:
+        // the directory goes when the server does.
+        SHARED.get_or_init(|| Postgres::launch(true)).await
     }
 
     /// Initializes a cluster and starts it; waits (bounded) until it takes
     /// connections.
     pub async fn start() -> Postgres {
+        Postgres::launch(false).await
+    }
+
+    /// [`Self::start`]; `remove_dir`: the directory is removed when the
+    /// server exits (the shared server's).
+    async fn launch(remove_dir: bool) -> Postgres {
         let bin = bin_dir().expect("no PostgreSQL server binaries (initdb)");
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data = dir.path().join("data");
@@ -108,7 +116,11 @@ impl Postgres {
         args.extend(["-c".into(), format!("unix_socket_directories={}", dir.path().display())]);
         args.extend(["-c".into(), "fsync=off".into()]);
         let log = dir.path().join("postgres.log");
-        let child = spawn_tied(&postgres, &args, &log);
+        let child = if remove_dir {
+            spawn_tied_removing(&postgres, &args, &log, dir.path())
+        } else {
+            spawn_tied(&postgres, &args, &log)
+        };
         let pg = Postgres { dir, port, child: Some(child) };
         let started = Instant::now();
         while !pg.accepts() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cz_testkit::bao::Bao;
 use cz_testkit::pdns::Pdns;
 use cz_testkit::postgres::{self, Postgres};
-use cz_testkit::process::spawn_tied;
+use cz_testkit::process::{spawn_tied, spawn_tied_removing};
 use cz_testkit::skip;
 
 /// A fresh OpenBao answers uninitialized and sealed, as a new pod does.
@@ -104,6 +104,34 @@ async fn a_tied_process_stops_with_its_owner() {
     while alive(&sleep_pid) {
         assert!(Instant::now() < deadline, "the tied sleep outlived its owner");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A shared server's directory goes when the server does, asked to stop
+/// or not: its `TempDir` lives in a static and is never dropped.
+#[tokio::test]
+async fn a_removing_tied_process_takes_its_directory_along() {
+    for stop in [true, false] {
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::write(dir.join("data"), "x").unwrap();
+        let log = dir.join("log");
+        let mut t = spawn_tied_removing(Path::new("/bin/sleep"), &["1000"], &log, &dir);
+        let inner = find_child(t.id());
+        let pid = find_child(inner.parse().unwrap());
+        if stop {
+            t.stop();
+        } else {
+            // The program ends on its own: the directory still goes.
+            assert!(Command::new("kill").arg(&pid).status().unwrap().success());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while dir.exists() {
+                assert!(Instant::now() < deadline, "{} outlived its program", dir.display());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            t.stop();
+        }
+        assert!(!alive(&pid), "sleep {pid} outlived stop()");
+        assert!(!dir.exists(), "{} outlived its server", dir.display());
     }
 }
 
