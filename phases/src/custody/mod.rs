@@ -458,6 +458,11 @@ mod tests {
         let run = s.start(JobOptions::default()).await;
         assert_eq!(run.rig.drive(run.job).await, JobStatus::Succeeded);
         assert!(has_key_ahead(run.job), "infra started the key");
+        // Started in the background: give it a moment to begin.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while KEYS_MADE.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(KEYS_MADE.load(Ordering::Relaxed), 1, "one key, made before custody");
         let s = PhaseScenario::provision(sample_request("ahead", 1, 0), super::PHASE);
         let run = s.start(JobOptions::default()).await;
