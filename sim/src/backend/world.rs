@@ -429,22 +429,6 @@ impl SimWorld {
         Ok(())
     }
 
-    /// The objects of a kind, from the cache (loading them from disk once).
-    async fn cached_kind(&self, system: &str, kind: &str) -> Result<Vec<Value>, StepError> {
-        if self.shared {
-            return Ok(self.list_from_disk(system, kind).await?.into_values().collect());
-        }
-        let k = (system.to_owned(), kind.to_owned());
-        if let Some(objs) = self.cache.lock().expect("sim cache").get(&k) {
-            return Ok(objs.values().cloned().collect());
-        }
-        let loaded = self.list_from_disk(system, kind).await?;
-        let mut cache = self.cache.lock().expect("sim cache");
-        // A write that raced the load is already on disk and in `loaded`, or
-        // it finished after: keep whatever got into the cache first.
-        Ok(cache.entry(k).or_insert(loaded).values().cloned().collect())
-    }
-
     pub async fn get(
         &self,
         system: &str,
@@ -473,11 +457,12 @@ impl SimWorld {
 
     /// Every object of a kind, in file-name order.
     pub async fn list(&self, system: &str, kind: &str) -> Result<Vec<Value>, StepError> {
-        self.cached_kind(system, kind).await
+        self.list_where(system, kind, |_| true).await
     }
 
-    /// The objects of a kind that `keep` accepts, in file-name order. Only
-    /// those are copied out of the cache: a read that needs a few objects
+    /// The objects of a kind that `keep` accepts, in file-name order, from
+    /// the cache (loading the kind from disk once). Only those are copied
+    /// out of the cache: a read that needs a few objects
     /// of a large kind (one sim cluster's Kubernetes objects) does not pay
     /// for cloning all of them.
     pub async fn list_where(
@@ -497,7 +482,8 @@ impl SimWorld {
             Some(self.list_from_disk(system, kind).await?)
         };
         let mut cache = self.cache.lock().expect("sim cache");
-        // As in `cached_kind`: whatever got into the cache first stays.
+        // A write that raced the load is already on disk and in `loaded`, or
+        // it finished after: keep whatever got into the cache first.
         let objs = cache.entry(k).or_insert_with(|| loaded.unwrap_or_default());
         Ok(objs.values().filter(|v| keep(v)).cloned().collect())
     }
