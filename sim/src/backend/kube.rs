@@ -82,6 +82,17 @@ fn installs_charts(obj: &Value) -> bool {
         || crossplane::is_provider_package(obj)
 }
 
+/// What a managed resource's status reads ([`SimKube::observe`]): every
+/// managed resource (the simulated provider writes the updates they ask
+/// for, [`SimKube::cloud_view`]), the provider configs and the Secrets
+/// they name. No chart installs any of these.
+fn feeds_managed_status(obj: &Value) -> bool {
+    let api = obj["apiVersion"].as_str().unwrap_or_default();
+    crossplane::is_managed(api)
+        || crossplane::is_config(api)
+        || (api == "v1" && obj["kind"] == "Secret")
+}
+
 fn is_managed_resource(obj: &Value) -> bool {
     obj["apiVersion"].as_str().is_some_and(crossplane::is_managed)
 }
@@ -106,6 +117,70 @@ pub fn helm_ready_latency_ms(name: &str) -> u64 {
             20_000 + u64::from(u16::from_be_bytes([h[0], h[1]])) % 70_001
         }
     }
+}
+
+/// One object a chart installs, rendered: its key and, for a workload,
+/// its pods (key and object) as they run once it is available.
+struct ChartObject {
+    key: String,
+    object: Value,
+    pods: Vec<(String, Value)>,
+}
+
+/// How many renderings [`chart_objects`] keeps before it starts over.
+const CHART_OBJECTS_KEPT: usize = 1024;
+
+/// `chart`'s objects as Helm release `release` in `ns`
+/// ([`crate::charts::manifests`], with the pods of its workloads).
+///
+/// They are a function of those three alone, and every read of every sim
+/// cluster with the chart installed needs them ([`SimKube::installed`]):
+/// rendering them on each read was a quarter of the allocations of 200
+/// concurrent sim jobs (P4). They are rendered once per process and
+/// shared; a read copies only the objects it wants.
+fn chart_objects(
+    chart: &'static crate::charts::Chart,
+    release: &str,
+    ns: &str,
+) -> Arc<[ChartObject]> {
+    type Renderings = HashMap<(usize, String, String), Arc<[ChartObject]>>;
+    static RENDERED: std::sync::LazyLock<std::sync::Mutex<Renderings>> =
+        std::sync::LazyLock::new(Default::default);
+    let id = (std::ptr::from_ref(chart).addr(), release.to_owned(), ns.to_owned());
+    if let Some(done) = RENDERED.lock().expect("not poisoned").get(&id) {
+        return done.clone();
+    }
+    let rendered: Arc<[ChartObject]> = crate::charts::manifests(chart, release, ns)
+        .into_iter()
+        .map(|(_, _, object)| {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let pods = if matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet") {
+                let n = object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                (0..n)
+                    .map(|i| {
+                        let pod_name = crate::charts::pod_name(kind, name, i);
+                        let key = key_of("v1", "Pod", Some(ns), &pod_name);
+                        (key, crate::charts::pod(kind, &object, &pod_name, None))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let key = key_of(
+                object["apiVersion"].as_str().unwrap_or_default(),
+                kind,
+                object.pointer("/metadata/namespace").and_then(Value::as_str),
+                name,
+            );
+            ChartObject { key, object, pods }
+        })
+        .collect();
+    let mut kept = RENDERED.lock().expect("not poisoned");
+    if kept.len() >= CHART_OBJECTS_KEPT {
+        kept.clear();
+    }
+    kept.entry(id).or_insert(rendered).clone()
 }
 
 /// A stored object and when its spec last changed.
@@ -250,35 +325,22 @@ impl SimKube {
                 continue;
             };
             let Some(chart) = chart else { continue };
-            for (_, _, obj) in crate::charts::manifests(chart, &release, &ns) {
-                let kind = obj["kind"].as_str().unwrap_or_default().to_owned();
-                let workload = matches!(kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet");
-                let pods_from =
-                    at + chrono::Duration::from_std(self.world.scaled(8_000)).unwrap_or_default();
-                if workload && now >= pods_from {
-                    let n = obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-                    let wname =
-                        obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-                    for i in 0..n {
-                        let name = crate::charts::pod_name(&kind, wname, i);
-                        let key = key_of("v1", "Pod", Some(&ns), &name);
-                        if wanted(&key) {
-                            let pod = crate::charts::pod(&kind, &obj, &name, None);
-                            out.push((key, Stored { object: pod, reconcile_from: pods_from }));
+            let pods_from =
+                at + chrono::Duration::from_std(self.world.scaled(8_000)).unwrap_or_default();
+            for co in chart_objects(chart, &release, &ns).iter() {
+                if now >= pods_from {
+                    for (key, pod) in &co.pods {
+                        if wanted(key) {
+                            let pod = Stored { object: pod.clone(), reconcile_from: pods_from };
+                            out.push((key.clone(), pod));
                         }
                     }
                 }
-                let api = obj["apiVersion"].as_str().unwrap_or_default().to_owned();
-                let name = obj
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let ons =
-                    obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_owned);
-                let key = key_of(&api, &kind, ons.as_deref(), &name);
-                if wanted(&key) {
-                    out.push((key, Stored { object: obj, reconcile_from: at }));
+                if wanted(&co.key) {
+                    out.push((
+                        co.key.clone(),
+                        Stored { object: co.object.clone(), reconcile_from: at },
+                    ));
                 }
             }
         }
@@ -380,7 +442,14 @@ impl SimKube {
         if !objects.iter().any(provided) {
             return Ok(());
         }
-        let all = self.load_all(cluster).await?;
+        let crds = "apiextensions.k8s.io/v1/CustomResourceDefinition/";
+        let all = self
+            .load_some(
+                cluster,
+                |o| o["kind"] == "CustomResourceDefinition",
+                |k| k.starts_with(crds),
+            )
+            .await?;
         for o in objects.iter().filter(|o| provided(o)) {
             let api = o["apiVersion"].as_str().unwrap_or_default();
             let kind = o["kind"].as_str().unwrap_or_default();
@@ -410,7 +479,7 @@ impl SimKube {
     /// Deleting a managed resource deletes its cloud object only when its
     /// policies allow `Delete`; otherwise the object is orphaned.
     async fn delete_managed(&self, cluster: &str, r: &ObjectRef) -> Result<(), StepError> {
-        let all = self.load_all(cluster).await?;
+        let all = self.load_some(cluster, feeds_managed_status, |_| false).await?;
         let Some(s) = all.get(&ref_key(r)) else { return Ok(()) };
         if !crossplane::allows(&s.object, "Delete") {
             return Ok(());
@@ -835,7 +904,17 @@ impl SimKube {
     /// cluster: store statuses, and every ExternalSecret due a sync.
     async fn eso(&self, kubeconfig: &SecretString, cluster: &str) -> Result<(), StepError> {
         let _g = self.world.lock(SYS, cluster).await;
-        let all = self.load_all(cluster).await?;
+        // Pods (is ESO's controller up?), stores and ExternalSecrets.
+        let all = self
+            .load_some(
+                cluster,
+                |o| {
+                    o["apiVersion"] == "external-secrets.io/v1"
+                        || (o["apiVersion"] == "v1" && o["kind"] == "Pod")
+                },
+                |k| k.starts_with("v1/Pod/"),
+            )
+            .await?;
         // ESO's controller pod runs (its chart is installed and rolled out).
         let runs = all.values().any(|s| {
             s.object["kind"] == "Pod"
@@ -1039,7 +1118,7 @@ impl KubeApi for SimKube {
         };
         let mr = is_managed_resource(&one.object);
         let all = if mr {
-            self.load_all(&cluster).await?
+            self.load_some(&cluster, feeds_managed_status, |_| false).await?
         } else if is_helm_release(&one.object) {
             // A release's status reads only releases (its dependencies),
             // and no chart installs one.
@@ -1079,7 +1158,7 @@ impl KubeApi for SimKube {
         // A managed resource's status reads its ProviderConfig; any other
         // kind's reads only the object (and a release's, releases).
         let all = if crossplane::is_managed(api_version) {
-            self.load_all(&cluster).await?
+            self.load_some(&cluster, feeds_managed_status, |_| false).await?
         } else {
             let prefix = format!("{api_version}/{kind}/");
             self.load_some(
@@ -1160,8 +1239,22 @@ impl KubeApi for SimKube {
     ) -> AdapterResult<(u16, String)> {
         self.world.op("kube.proxy", 100).await?;
         let cluster = Self::cluster(kubeconfig, "service proxy")?;
-        let all = self.load_all(&cluster).await?;
-        let Some(svc) = all.get(&key_of("v1", "Service", Some(namespace), service)) else {
+        // The Service and the pods of its namespace (its endpoints).
+        let svc_key = key_of("v1", "Service", Some(namespace), service);
+        let pods = format!("v1/Pod/{namespace}/");
+        let all = self
+            .load_some(
+                &cluster,
+                |o| {
+                    o["apiVersion"] == "v1"
+                        && (o["kind"] == "Service" || o["kind"] == "Pod")
+                        && o.pointer("/metadata/namespace").and_then(Value::as_str)
+                            == Some(namespace)
+                },
+                |k| k == svc_key || k.starts_with(&pods),
+            )
+            .await?;
+        let Some(svc) = all.get(&svc_key) else {
             return Ok((404, format!("services \"{service}\" not found")));
         };
         let svc = &svc.object;
