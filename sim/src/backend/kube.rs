@@ -838,7 +838,7 @@ impl SimKube {
                 meta.insert("generation".into(), json!(1));
                 meta.insert(
                     "resourceVersion".into(),
-                    json!(self.world.next_seq("kube.resourceVersion").await?.to_string()),
+                    json!(self.world.next_rising("kube.resourceVersion").await?.to_string()),
                 );
                 meta.insert("managedFields".into(), managed);
                 Stored { object: new, reconcile_from: now }
@@ -881,7 +881,7 @@ impl SimKube {
                 }
                 meta.insert(
                     "resourceVersion".into(),
-                    json!(self.world.next_seq("kube.resourceVersion").await?.to_string()),
+                    json!(self.world.next_rising("kube.resourceVersion").await?.to_string()),
                 );
                 meta.insert("managedFields".into(), managed);
                 Stored {

@@ -235,6 +235,9 @@ pub struct SimWorld {
     /// Shared by several processes (see the module docs).
     shared: bool,
     ids: Mutex<IdState>,
+    /// [`Self::next_rising`]'s blocks, by counter: (last handed out, end
+    /// of the block reserved on disk).
+    rising: Mutex<HashMap<String, (u64, u64)>>,
     locks: StdMutex<HashMap<(String, String), KindLock>>,
     fired: StdMutex<Vec<u32>>,
     calls: StdMutex<Calls>,
@@ -263,6 +266,9 @@ pub struct SimWorld {
     /// over concurrent waiters).
     budget_wait_us: AtomicU64,
 }
+
+/// How many values [`SimWorld::next_rising`] reserves per file write.
+pub const RISING_BLOCK: u64 = 1000;
 
 /// The budget's key in metrics: the sim's one project.
 pub const SIM_PROJECT: &str = "sim";
@@ -311,6 +317,7 @@ impl SimWorld {
             config,
             shared: false,
             ids: Mutex::new(IdState { scanned: false }),
+            rising: Mutex::new(HashMap::new()),
             locks: StdMutex::new(HashMap::new()),
             fired: StdMutex::new(vec![0; rules]),
             calls: StdMutex::new(Calls::default()),
@@ -627,6 +634,42 @@ impl SimWorld {
         Ok(n)
     }
 
+    /// A persisted world-wide counter whose values need only grow, as
+    /// resourceVersions (etcd revisions) do: gaps are allowed. It shares
+    /// [`Self::next_seq`]'s file, which holds the largest value a process
+    /// may have handed out. A process reserves [`RISING_BLOCK`] values at a
+    /// time and writes the file once per block instead of once per value
+    /// (a kube write was two file writes); a restart starts after the last
+    /// block reserved. A world shared by several processes hands out
+    /// values one by one under its file lock, as [`Self::next_seq`] does,
+    /// so that each value is larger than every one before it.
+    pub async fn next_rising(&self, name: &str) -> Result<u64, StepError> {
+        if self.shared {
+            return self.next_seq(name).await;
+        }
+        let mut rising = self.rising.lock().await;
+        let (last, end) = rising.entry(name.to_owned()).or_insert((0, 0));
+        if *last >= *end {
+            let path = self.root.join("seq").join(sanitize_key(name));
+            let reserved = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64)> {
+                let start = match std::fs::read_to_string(&path) {
+                    Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                    Err(e) => return Err(e),
+                };
+                let end = start + RISING_BLOCK;
+                write_atomic(&path, end.to_string().as_bytes())?;
+                Ok((start, end))
+            })
+            .await
+            .map_err(|e| io_error(name, "seq", e))?
+            .map_err(|e| fs_error(name, "seq", e))?;
+            (*last, *end) = reserved;
+        }
+        *last += 1;
+        Ok(*last)
+    }
+
     // === latency, failure injection, request log ===
 
     /// `base_ms` scaled by the latency factor, ±20 % jitter.
@@ -769,6 +812,32 @@ mod tests {
         assert_eq!(action_polls(500), 1);
         assert_eq!(action_polls(1_500), 2);
         assert_eq!(action_polls(20_000), 6);
+    }
+
+    /// Rising values grow across restarts, and a block of them costs one
+    /// file write: the file holds the block's end.
+    #[tokio::test]
+    async fn rising_values_grow_across_restarts_with_one_write_a_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seq").join("rv");
+        let w = SimWorld::new(dir.path(), SimConfig::instant());
+        let mut seen = Vec::new();
+        for _ in 0..RISING_BLOCK + 2 {
+            seen.push(w.next_rising("rv").await.unwrap());
+        }
+        assert!(seen.windows(2).all(|p| p[0] < p[1]), "{seen:?}");
+        assert_eq!(seen[0], 1);
+        let on_disk = || std::fs::read_to_string(&file).unwrap().parse::<u64>().unwrap();
+        assert_eq!(on_disk(), 2 * RISING_BLOCK, "two blocks reserved, one write each");
+        let last = *seen.last().unwrap();
+        drop(w);
+        // A restart (or a kill -9) skips what was reserved and not used.
+        let w = SimWorld::new(dir.path(), SimConfig::instant());
+        let after = w.next_rising("rv").await.unwrap();
+        assert!(after > last, "{after} after {last}");
+        assert_eq!(after, 2 * RISING_BLOCK + 1);
+        // The one-by-one counter of the same name continues above both.
+        assert!(w.next_seq("rv").await.unwrap() > after);
     }
 
     /// The project budget runs on the sim's clock: at factor 0.01 a
