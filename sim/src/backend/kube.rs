@@ -93,6 +93,30 @@ fn feeds_managed_status(obj: &Value) -> bool {
         || (api == "v1" && obj["kind"] == "Secret")
 }
 
+/// The fields of an object that installs charts which decide what it
+/// installs and when ([`SimKube::installed`], [`SimKube::hr_eval`]): its
+/// identity and the chart, release, namespace and dependencies it names,
+/// not its values. Reads that need the installers but not their whole
+/// objects copy these: a Flux release's values are most of its size.
+fn installer_outline(obj: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for field in ["apiVersion", "kind"] {
+        if let Some(v) = obj.get(field) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    let pick = |from: Option<&Value>, fields: &[&str]| -> Value {
+        let from = from.and_then(Value::as_object);
+        Value::Object(
+            fields.iter().filter_map(|f| Some(((*f).to_owned(), from?.get(*f)?.clone()))).collect(),
+        )
+    };
+    out.insert("metadata".into(), pick(obj.get("metadata"), &["name", "namespace"]));
+    let spec = ["chart", "dependsOn", "targetNamespace", "releaseName", "package"];
+    out.insert("spec".into(), pick(obj.get("spec"), &spec));
+    Value::Object(out)
+}
+
 fn is_managed_resource(obj: &Value) -> bool {
     obj["apiVersion"].as_str().is_some_and(crossplane::is_managed)
 }
@@ -253,7 +277,15 @@ impl SimKube {
         keep: impl Fn(&Value) -> bool,
         wanted: impl Fn(&str) -> bool,
     ) -> Result<HashMap<String, Stored>, StepError> {
-        let mut out = self.load_stored_where(cluster, |o| installs_charts(o) || keep(o)).await?;
+        let mut out = self
+            .load_stored_as(cluster, |o| {
+                if keep(o) {
+                    Some(o.clone())
+                } else {
+                    installs_charts(o).then(|| installer_outline(o))
+                }
+            })
+            .await?;
         let now = Utc::now();
         for (k, v) in self.installed(&out, now, &wanted) {
             out.entry(k).or_insert(v);
@@ -347,16 +379,23 @@ impl SimKube {
         out
     }
 
-    /// The stored objects `keep` accepts; only those are copied.
-    async fn load_stored_where(
+    /// What `view` makes of each stored object (skipping those it returns
+    /// `None` for), keyed by the key of what it made.
+    async fn load_stored_as(
         &self,
         cluster: &str,
-        keep: impl Fn(&Value) -> bool,
+        view: impl Fn(&Value) -> Option<Value>,
     ) -> Result<HashMap<String, Stored>, StepError> {
-        let mut out = HashMap::new();
-        let keep = |v: &Value| v.get("object").is_some_and(&keep);
-        for v in self.world.list_where(SYS, cluster, keep).await? {
-            if let Some(s) = Stored::from_json(v) {
+        let rows = self
+            .world
+            .list_map(SYS, cluster, |w| {
+                let reconcile_from = parse_time(&w["reconcileFrom"])?;
+                Some(Stored { object: view(w.get("object")?)?, reconcile_from })
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|s| {
                 let o = &s.object;
                 let key = key_of(
                     o["apiVersion"].as_str().unwrap_or(""),
@@ -364,10 +403,9 @@ impl SimKube {
                     o.pointer("/metadata/namespace").and_then(Value::as_str),
                     o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
                 );
-                out.insert(key, s);
-            }
-        }
-        Ok(out)
+                (key, s)
+            })
+            .collect())
     }
 
     /// The live sim cloud, when a managed resource needs it. First the
@@ -1120,9 +1158,13 @@ impl KubeApi for SimKube {
         let all = if mr {
             self.load_some(&cluster, feeds_managed_status, |_| false).await?
         } else if is_helm_release(&one.object) {
-            // A release's status reads only releases (its dependencies),
-            // and no chart installs one.
-            self.load_stored_where(&cluster, is_helm_release).await?
+            // A release's status reads only the outlines of the releases
+            // (its dependencies), and no chart installs one.
+            let mut releases = self
+                .load_stored_as(&cluster, |o| is_helm_release(o).then(|| installer_outline(o)))
+                .await?;
+            releases.insert(key.clone(), one);
+            releases
         } else {
             HashMap::from([(key.clone(), one)])
         };
@@ -1508,6 +1550,44 @@ mod tests {
             name: "nothing".into(),
         };
         assert!(kube.get(&kc(), &none).await.unwrap().is_none());
+    }
+
+    /// Reads that need a release only to know what it installs copy its
+    /// outline, not its values.
+    #[test]
+    fn an_installers_outline_keeps_what_decides_the_install_and_not_its_values() {
+        let mut r = hr("bp-crossplane", &["bp-cert-manager"]);
+        r["spec"]["values"] = json!({"replicas": 3, "args": ["--debug"]});
+        r["spec"]["targetNamespace"] = json!("crossplane-system");
+        let o = installer_outline(&r);
+        assert!(o["spec"].get("values").is_none() && o["metadata"].get("labels").is_none());
+        for field in ["chart", "dependsOn", "targetNamespace"] {
+            assert_eq!(o["spec"][field], r["spec"][field], "{field}");
+        }
+        assert_eq!(o["metadata"], json!({"name": "bp-crossplane", "namespace": "flux-system"}));
+        assert!(is_helm_release(&o) && installs_charts(&o));
+        let cluster_scoped = json!({"apiVersion": "pkg.crossplane.io/v1", "kind": "Provider",
+            "metadata": {"name": "p"}, "spec": {"package": "x/provider-hetzner:v1"}});
+        let o = installer_outline(&cluster_scoped);
+        assert!(o["metadata"].get("namespace").is_none() && installs_charts(&o));
+    }
+
+    /// A chart's objects are shared by every read of one release in one
+    /// namespace, and a release elsewhere gets its own.
+    #[test]
+    fn a_charts_objects_are_rendered_once_per_release_and_namespace() {
+        let chart = crate::charts::chart("bp-cilium").unwrap();
+        let a = chart_objects(chart, "cilium", "kube-system");
+        assert!(Arc::ptr_eq(&a, &chart_objects(chart, "cilium", "kube-system")));
+        let b = chart_objects(chart, "cilium", "elsewhere");
+        assert!(!Arc::ptr_eq(&a, &b) && !b.is_empty());
+        assert!(b.iter().all(|o| !o.key.contains("/kube-system/")));
+        let pods: Vec<_> = b.iter().flat_map(|o| &o.pods).collect();
+        assert!(!pods.is_empty());
+        for (key, pod) in pods {
+            assert!(key.starts_with("v1/Pod/elsewhere/"), "{key}");
+            assert_eq!(pod["metadata"]["namespace"], "elsewhere");
+        }
     }
 
     #[tokio::test]

@@ -478,9 +478,21 @@ impl SimWorld {
         kind: &str,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<Vec<Value>, StepError> {
+        self.list_map(system, kind, |v| keep(v).then(|| v.clone())).await
+    }
+
+    /// What `view` makes of each object of a kind, in file-name order,
+    /// skipping the objects it returns `None` for: a read that needs only
+    /// a few fields of many objects copies only those.
+    pub async fn list_map<T>(
+        &self,
+        system: &str,
+        kind: &str,
+        view: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, StepError> {
         if self.shared {
             let all = self.list_from_disk(system, kind).await?;
-            return Ok(all.into_values().filter(|v| keep(v)).collect());
+            return Ok(all.values().filter_map(view).collect());
         }
         let k = (system.to_owned(), kind.to_owned());
         let loaded = if self.cache.lock().expect("sim cache").contains_key(&k) {
@@ -492,7 +504,7 @@ impl SimWorld {
         // A write that raced the load is already on disk and in `loaded`, or
         // it finished after: keep whatever got into the cache first.
         let objs = cache.entry(k).or_insert_with(|| loaded.unwrap_or_default());
-        Ok(objs.values().filter(|v| keep(v)).cloned().collect())
+        Ok(objs.values().filter_map(view).collect())
     }
 
     async fn list_from_disk(
