@@ -57,6 +57,16 @@ fn key_of(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) ->
     format!("{api_version}/{kind}/{}/{name}", namespace.unwrap_or("_"))
 }
 
+/// An object's key, from its own apiVersion, kind, namespace and name.
+fn object_key(o: &Value) -> String {
+    key_of(
+        o["apiVersion"].as_str().unwrap_or_default(),
+        o["kind"].as_str().unwrap_or_default(),
+        o.pointer("/metadata/namespace").and_then(Value::as_str),
+        o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default(),
+    )
+}
+
 fn ref_key(r: &ObjectRef) -> String {
     key_of(&r.api_version, &r.kind, r.namespace.as_deref(), &r.name)
 }
@@ -191,13 +201,7 @@ fn chart_objects(
             } else {
                 Vec::new()
             };
-            let key = key_of(
-                object["apiVersion"].as_str().unwrap_or_default(),
-                kind,
-                object.pointer("/metadata/namespace").and_then(Value::as_str),
-                name,
-            );
-            ChartObject { key, object, pods }
+            ChartObject { key: object_key(&object), object, pods }
         })
         .collect();
     let mut kept = RENDERED.lock().expect("not poisoned");
@@ -393,19 +397,7 @@ impl SimKube {
                 Some(Stored { object: view(w.get("object")?)?, reconcile_from })
             })
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|s| {
-                let o = &s.object;
-                let key = key_of(
-                    o["apiVersion"].as_str().unwrap_or(""),
-                    o["kind"].as_str().unwrap_or(""),
-                    o.pointer("/metadata/namespace").and_then(Value::as_str),
-                    o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
-                );
-                (key, s)
-            })
-            .collect())
+        Ok(rows.into_iter().map(|s| (object_key(&s.object), s)).collect())
     }
 
     /// The live sim cloud, when a managed resource needs it. First the

@@ -179,6 +179,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     res
 }
 
+/// A persisted counter's value: `absent` when its file does not exist (or
+/// does not hold a number).
+fn read_counter<T: std::str::FromStr>(path: &Path, absent: T) -> std::io::Result<T> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().parse().unwrap_or(absent)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(absent),
+        Err(e) => Err(e),
+    }
+}
+
 /// [`write_atomic`] off the async executor.
 pub async fn write_atomic_async(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
@@ -606,11 +616,7 @@ impl SimWorld {
         let id = tokio::task::spawn_blocking(move || -> std::io::Result<i64> {
             let _file = if shared { Some(SimWorld::file_lock(&root, "ids")?) } else { None };
             let path = root.join("ids");
-            let mut cur = match std::fs::read_to_string(&path) {
-                Ok(s) => s.trim().parse::<i64>().unwrap_or(ID_BASE),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ID_BASE,
-                Err(e) => return Err(e),
-            };
+            let mut cur = read_counter(&path, ID_BASE)?;
             if scan {
                 cur = cur.max(max_cloud_id(&root.join("cloud")));
             }
@@ -632,11 +638,7 @@ impl SimWorld {
         let (root, shared) = (self.root.clone(), self.shared);
         let n = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
             let _file = if shared { Some(SimWorld::file_lock(&root, "ids")?) } else { None };
-            let cur = match std::fs::read_to_string(&path) {
-                Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(e),
-            };
+            let cur = read_counter(&path, 0u64)?;
             write_atomic(&path, (cur + 1).to_string().as_bytes())?;
             Ok(cur + 1)
         })
@@ -664,11 +666,7 @@ impl SimWorld {
         if *last >= *end {
             let path = self.root.join("seq").join(sanitize_key(name));
             let reserved = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, u64)> {
-                let start = match std::fs::read_to_string(&path) {
-                    Ok(s) => s.trim().parse::<u64>().unwrap_or(0),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-                    Err(e) => return Err(e),
-                };
+                let start = read_counter(&path, 0u64)?;
                 let end = start + RISING_BLOCK;
                 write_atomic(&path, end.to_string().as_bytes())?;
                 Ok((start, end))
