@@ -379,6 +379,29 @@ impl SimSsh {
         Ok(nodes)
     }
 
+    /// The node's K3s config file, as K3s reads it.
+    fn k3s_config(disk: &Disk) -> K3sConfig {
+        disk.files
+            .get(K3S_CONFIG_PATH)
+            .map(|(_, b)| parse_k3s_config(&String::from_utf8_lossy(b)))
+            .unwrap_or_default()
+    }
+
+    /// The cluster this server instance joined by an installer of `m`'s
+    /// role and version, if its join is on record.
+    async fn joined_at_version(
+        &self,
+        host: &Host,
+        server: &CloudObject,
+        m: &K3sMarker,
+    ) -> Result<Option<String>, StepError> {
+        Ok(self.node_of(&host.address, server.id).await?.and_then(|n| {
+            let same = n["role"].as_str() == Some(m.role.as_str())
+                && n["version"].as_str() == Some(m.version.as_str());
+            same.then(|| n["cluster"].as_str().map(str::to_owned)).flatten()
+        }))
+    }
+
     async fn install_k3s(
         &self,
         host: &Host,
@@ -394,11 +417,7 @@ impl SimSsh {
         if !d.is_zero() {
             tokio::time::sleep(d).await;
         }
-        let cfg = disk
-            .files
-            .get(K3S_CONFIG_PATH)
-            .map(|(_, b)| parse_k3s_config(&String::from_utf8_lossy(b)))
-            .unwrap_or_default();
+        let cfg = Self::k3s_config(disk);
         let join_url = m.server.clone().or(cfg.server.clone());
         let cluster = match (&m.cluster, &join_url) {
             (Some(c), _) => c.clone(),
@@ -441,32 +460,7 @@ impl SimSsh {
                 self.world.put(SYS, "k3s_clusters", &cluster, &rec).await?;
             }
         }
-        disk.files.insert(
-            K3S_BIN.into(),
-            (0o755, format!("#!/bin/sh\n# sim k3s {}\n", m.version).into_bytes()),
-        );
-        let uninstall = if m.role == "server" {
-            "/usr/local/bin/k3s-uninstall.sh"
-        } else {
-            "/usr/local/bin/k3s-agent-uninstall.sh"
-        };
-        disk.files.insert(
-            uninstall.into(),
-            (0o755, format!("#!/bin/sh\n{UNINSTALL_MARKER}\n").into_bytes()),
-        );
-        if m.role == "server" {
-            disk.files
-                .entry(KUBECONFIG_PATH.into())
-                .or_insert_with(|| (0o600, fake_kubeconfig(&cluster).into_bytes()));
-            let t = sha_hex(&format!("sim-k3s-token:{cluster}"));
-            let token = match token_sha.as_deref() {
-                Some(d) => format!("sha256:{d}"),
-                None => format!("K10{}::server:{}", &t[..32], &t[32..]),
-            };
-            disk.files
-                .entry(K3S_TOKEN_PATH.into())
-                .or_insert_with(|| (0o600, format!("{token}\n").into_bytes()));
-        }
+        Self::lay_k3s_files(disk, m, &cluster, token_sha.as_deref());
         let labels: serde_json::Map<String, Value> =
             cfg.node_labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         // How often this server instance ran the K3s installer: once, unless
@@ -492,6 +486,37 @@ impl SimSsh {
         self.world.put(SYS, "k3s_nodes", &host.address, &node).await?;
         let unit = if m.role == "agent" { "k3s-agent" } else { "k3s" };
         Ok(out(0, format!("[INFO]  systemd: Starting {unit}\n"), ""))
+    }
+
+    /// The files the K3s installer leaves on the node: the binary, its
+    /// uninstall script and, on a server, the kubeconfig and the token.
+    fn lay_k3s_files(disk: &mut Disk, m: &K3sMarker, cluster: &str, token_sha: Option<&str>) {
+        disk.files.insert(
+            K3S_BIN.into(),
+            (0o755, format!("#!/bin/sh\n# sim k3s {}\n", m.version).into_bytes()),
+        );
+        let uninstall = if m.role == "server" {
+            "/usr/local/bin/k3s-uninstall.sh"
+        } else {
+            "/usr/local/bin/k3s-agent-uninstall.sh"
+        };
+        disk.files.insert(
+            uninstall.into(),
+            (0o755, format!("#!/bin/sh\n{UNINSTALL_MARKER}\n").into_bytes()),
+        );
+        if m.role == "server" {
+            disk.files
+                .entry(KUBECONFIG_PATH.into())
+                .or_insert_with(|| (0o600, fake_kubeconfig(cluster).into_bytes()));
+            let t = sha_hex(&format!("sim-k3s-token:{cluster}"));
+            let token = match token_sha {
+                Some(d) => format!("sha256:{d}"),
+                None => format!("K10{}::server:{}", &t[..32], &t[32..]),
+            };
+            disk.files
+                .entry(K3S_TOKEN_PATH.into())
+                .or_insert_with(|| (0o600, format!("{token}\n").into_bytes()));
+        }
     }
 
     /// What the k3s uninstall scripts do: the node leaves, k3s files go.
@@ -611,9 +636,23 @@ impl SimSsh {
                     // marker (`cz_phases::cluster::render::install_script`).
                     let installed = format!("/var/lib/catalyst/k3s-{}.installed", m.version);
                     if !disk.files.contains_key(&installed) {
-                        let o = self.install_k3s(host, server, disk, &m).await?;
-                        if o.status != 0 {
-                            return Ok(o);
+                        match self.joined_at_version(host, server, &m).await? {
+                            // The installer joined, then the daemon died
+                            // before this disk was saved: the sim's remote
+                            // side dies with it, but the real script
+                            // ignores SIGHUP and runs to its end. Finish
+                            // it as it would have, without a second join.
+                            Some(cluster) => {
+                                let cfg = Self::k3s_config(disk);
+                                let token_sha = cfg.token.as_deref().map(token_digest);
+                                Self::lay_k3s_files(disk, &m, &cluster, token_sha.as_deref());
+                            }
+                            None => {
+                                let o = self.install_k3s(host, server, disk, &m).await?;
+                                if o.status != 0 {
+                                    return Ok(o);
+                                }
+                            }
                         }
                         disk.files.insert(installed, (0o644, Vec::new()));
                     }
@@ -929,6 +968,40 @@ mod tests {
                 .status,
             1
         );
+    }
+
+    /// A daemon killed after the installer joined but before the node's
+    /// disk was saved: the real script ignores SIGHUP and finishes, so
+    /// the next run finds it done, with its files, and joins no second
+    /// time.
+    #[tokio::test]
+    async fn an_installer_cut_off_after_its_join_finishes_without_a_second() {
+        let (_d, world, ssh, hosts) = setup().await;
+        let h = &hosts[0];
+        let fp = ssh.probe(h).await.unwrap();
+        let script = "#!/bin/sh\n# sim:k3s-install role=server version=v1.33.4+k3s1\n";
+        ssh.upload(h, &fp, &k(), "/root/install.sh", script.as_bytes(), 0o700).await.unwrap();
+        let disk_before = world.get(SYS, "files", &h.address).await.unwrap().unwrap();
+        assert_eq!(ssh.run(h, &fp, &k(), "sh /root/install.sh").await.unwrap().status, 0);
+        let disk_after = world.get(SYS, "files", &h.address).await.unwrap().unwrap();
+        // The kill: the join is on record, the disk is as it was.
+        world.put(SYS, "files", &h.address, &disk_before).await.unwrap();
+        let marker = "/var/lib/catalyst/k3s-v1.33.4+k3s1.installed";
+        let test_f = |p: &str| format!("test -f {p}");
+        assert_eq!(ssh.run(h, &fp, &k(), &test_f(marker)).await.unwrap().status, 1);
+
+        assert_eq!(ssh.run(h, &fp, &k(), "sh /root/install.sh").await.unwrap().status, 0);
+        let nodes = ssh.k3s_nodes().await.unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["joins"], 1, "{nodes:?}");
+        assert_eq!(
+            world.get(SYS, "files", &h.address).await.unwrap().unwrap(),
+            disk_after,
+            "the node's disk as the uncut run left it"
+        );
+        // A run after that is the script's guard: still one join.
+        assert_eq!(ssh.run(h, &fp, &k(), "sh /root/install.sh").await.unwrap().status, 0);
+        assert_eq!(ssh.k3s_nodes().await.unwrap()[0]["joins"], 1);
     }
 
     /// The way the cluster phase drives it: join URL, token and node labels
