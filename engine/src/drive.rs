@@ -463,8 +463,12 @@ impl<E: StepEnv> JobRun<E> {
         let gate = self.engine.load_gate.acquire().await.expect("the gate is never closed");
         let mut states = self.states().await?;
         drop(gate);
+        // Outputs of satisfied steps, shared by every step launched until
+        // the next completion (copied only when a completion adds one);
+        // the states keep none of their own (see `settle`).
+        let mut outputs = Arc::new(Self::take_outputs(&mut states));
         for stage in self.plan.stages() {
-            match self.run_stage(&stage, &mut states).await? {
+            match self.run_stage(&stage, &mut states, &mut outputs).await? {
                 PhaseOutcome::Done => {}
                 PhaseOutcome::Interrupted => return Ok(None),
                 PhaseOutcome::Paused { node, error } => {
@@ -567,6 +571,7 @@ impl<E: StepEnv> JobRun<E> {
         &self,
         stage: &[&PhaseDef],
         states: &mut BTreeMap<String, NodeState>,
+        outputs: &mut Arc<Outputs>,
     ) -> Result<PhaseOutcome, EngineError> {
         if stage.iter().all(|p| phase_done(p, states)) {
             return Ok(PhaseOutcome::Done);
@@ -595,9 +600,6 @@ impl<E: StepEnv> JobRun<E> {
         let mut running: BTreeSet<String> = BTreeSet::new();
         // Released nodes arrive here from their producers, mid-step.
         let (tx, mut released) = tokio::sync::mpsc::unbounded_channel::<(String, NodeState)>();
-        // Outputs of satisfied steps, shared by every step launched until the
-        // next completion (copied only when a completion adds one).
-        let mut outputs = Arc::new(Self::outputs(states));
         loop {
             let mut blocked: Option<(String, Value)> = None;
             let mut failed: Option<(String, Value)> = None;
@@ -620,11 +622,14 @@ impl<E: StepEnv> JobRun<E> {
                     if running.contains(&n.id) || n.released_by.is_some() {
                         continue;
                     }
-                    let state = states.get(&n.id).cloned().unwrap_or_default();
-                    let ready = matches!(state, NodeState::Pending | NodeState::Running { .. })
-                        && n.depends_on
-                            .iter()
-                            .all(|d| states.get(d).is_some_and(NodeState::is_satisfied));
+                    let state = states.get(&n.id);
+                    let ready = matches!(
+                        state,
+                        None | Some(NodeState::Pending | NodeState::Running { .. })
+                    ) && n
+                        .depends_on
+                        .iter()
+                        .all(|d| states.get(d).is_some_and(NodeState::is_satisfied));
                     if ready {
                         running.insert(n.id.clone());
                         let mine = released_by.get(n.id.as_str()).map(Vec::as_slice);
@@ -632,7 +637,7 @@ impl<E: StepEnv> JobRun<E> {
                         let exec = NodeExec {
                             run: self.clone_run(),
                             node: (*n).clone(),
-                            prior: state,
+                            prior: state.cloned().unwrap_or_default(),
                             outputs: outputs.clone(),
                             releaser,
                         };
@@ -678,12 +683,12 @@ impl<E: StepEnv> JobRun<E> {
                     // What the step released before it returned is queued;
                     // take it first.
                     while let Ok((rid, rstate)) = released.try_recv() {
-                        Self::settle(states, &mut outputs, rid, rstate);
+                        Self::settle(states, outputs, rid, rstate);
                     }
-                    Self::settle(states, &mut outputs, id, state);
+                    Self::settle(states, outputs, id, state);
                 }
                 Some((id, state)) = released.recv() => {
-                    Self::settle(states, &mut outputs, id, state);
+                    Self::settle(states, outputs, id, state);
                 }
                 _ = self.cancel.cancelled() => {
                     // Dropping in-flight steps is exactly a crash: their
@@ -709,15 +714,24 @@ impl<E: StepEnv> JobRun<E> {
         }
     }
 
-    /// Records a node's new state and, if satisfied, its output.
+    /// Moves every state's output into one map (see `settle`).
+    fn take_outputs(states: &mut BTreeMap<String, NodeState>) -> Outputs {
+        states
+            .iter_mut()
+            .filter_map(|(k, s)| s.take_output().map(|o| (k.clone(), Arc::new(o))))
+            .collect()
+    }
+
+    /// Records a node's new state and, if satisfied, its output: the
+    /// output moves to `outputs`, so 200 jobs' outputs are not held twice.
     fn settle(
         states: &mut BTreeMap<String, NodeState>,
         outputs: &mut Arc<Outputs>,
         id: String,
-        state: NodeState,
+        mut state: NodeState,
     ) {
-        if let Some(out) = state.output() {
-            Arc::make_mut(outputs).insert(id.clone(), Arc::new(out.clone()));
+        if let Some(out) = state.take_output() {
+            Arc::make_mut(outputs).insert(id.clone(), Arc::new(out));
         }
         states.insert(id, state);
     }

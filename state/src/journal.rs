@@ -157,6 +157,26 @@ impl NodeState {
         }
     }
 
+    /// Moves the output out (see [`Self::output`]), leaving `null` in its
+    /// place: for a holder that keeps outputs apart from states, so that
+    /// none is held twice. The state's kind, attempts and whether it had
+    /// an output stay.
+    pub fn take_output(&mut self) -> Option<Value> {
+        match self {
+            NodeState::Succeeded { output, .. } => Some(std::mem::take(output)),
+            NodeState::Undoing { output: Some(o), .. }
+            | NodeState::UndoFailed { output: Some(o), .. } => Some(std::mem::take(o)),
+            _ => None,
+        }
+    }
+
+    /// True when `event` carries the state's output into the next state
+    /// ([`Self::next`] on `undo_started` or `undo_failed`): a state whose
+    /// output was taken cannot answer such an event.
+    pub fn carries_output(event: &StepEvent) -> bool {
+        matches!(event, StepEvent::UndoStarted | StepEvent::UndoFailed { .. })
+    }
+
     /// True when an unwind must still run this step's undo.
     pub fn needs_undo(&self) -> bool {
         matches!(

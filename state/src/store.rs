@@ -164,7 +164,9 @@ impl WriterConn {
             })?;
             states.insert(node, next);
         }
-        for (node, st) in states {
+        for (node, mut st) in states {
+            // Outputs are left to the journal (see `append_step_tx`).
+            st.take_output();
             let key = (job, node);
             // Staged writes of this batch are newer than nothing and already
             // in the rows read; keep the layers consistent by preferring them.
@@ -174,6 +176,29 @@ impl WriterConn {
         }
         self.op_loaded.insert(job);
         Ok(())
+    }
+
+    /// One step's state read from the journal, output included (in this
+    /// connection, so an uncommitted batch's own writes count).
+    async fn node_from_journal(&mut self, job: JobId, node: &str) -> Result<NodeState, StoreError> {
+        let rows = sqlx::query(
+            "SELECT body FROM step_events WHERE job_id = $1 AND node = $2 ORDER BY seq",
+        )
+        .bind(job.to_string())
+        .bind(node)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(StoreError::query("read step journal"))?;
+        let mut state = NodeState::Pending;
+        for r in &rows {
+            let ev: StepEvent = json_col(r, "body")?;
+            state = state.next(&ev).map_err(|source| StoreError::CorruptJournal {
+                job,
+                node: node.to_owned(),
+                source,
+            })?;
+        }
+        Ok(state)
     }
 }
 
@@ -2004,7 +2029,12 @@ async fn append_step_tx(
     generation: Option<i64>,
 ) -> Result<NodeState, StoreError> {
     let key = (job, node.to_owned());
+    // The cache keeps states without their outputs: 200 jobs' outputs as
+    // JSON trees were a sixth of the daemon's heap, held a second time by
+    // the engine. The two events that carry an output on read the step's
+    // journal instead (undo only).
     let state = match w.cached(&key) {
+        _ if NodeState::carries_output(event) => w.node_from_journal(job, node).await?,
         Some(s) => s,
         None => {
             w.load_job(job).await?;
@@ -2027,7 +2057,9 @@ async fn append_step_tx(
         .execute(&mut *c)
         .await
         .map_err(StoreError::query("append step event"))?;
-    w.op.insert(key, next.clone());
+    let mut kept = next.clone();
+    kept.take_output();
+    w.op.insert(key, kept);
     Ok(next)
 }
 

@@ -279,6 +279,50 @@ async fn journal_refuses_illegal_transitions_and_is_append_only(db: &Db) {
 }
 both!(journal_refuses_illegal_transitions_and_is_append_only);
 
+/// The writer caches states without their outputs; the undo events, which
+/// carry a step's output into its next state, still get it, in one store
+/// and in a store opened again (a cold cache).
+async fn undo_states_keep_the_output_the_cache_does_not(db: &Db) {
+    let store = db.open().await;
+    let sub = submission("u.omani.works", None);
+    let job = sub.job_id;
+    submit_and_hold(&store, sub).await;
+    let out = json!({"ids": [1, 2, 3], "name": "net"});
+    for node in ["a", "b"] {
+        store.append_step_event(job, node, StepEvent::Started { attempt: 1 }).await.unwrap();
+        store
+            .append_step_event(job, node, StepEvent::Succeeded { output: out.clone() })
+            .await
+            .unwrap();
+    }
+    let undoing = NodeState::Undoing { attempts: 1, output: Some(out.clone()) };
+    let s = store.append_step_event(job, "a", StepEvent::UndoStarted).await.unwrap();
+    assert_eq!(s, undoing);
+    let s = store
+        .append_step_event(job, "a", StepEvent::UndoFailed { error: json!("gone wrong") })
+        .await
+        .unwrap();
+    assert_eq!(
+        s,
+        NodeState::UndoFailed {
+            error: json!("gone wrong"),
+            attempts: 1,
+            output: Some(out.clone())
+        }
+    );
+    assert_eq!(store.append_step_event(job, "a", StepEvent::UndoStarted).await.unwrap(), undoing);
+    store.release_lease(job).await.unwrap();
+    drop(store);
+    let store = db.open().await;
+    let ttl = std::time::Duration::from_secs(60);
+    assert_eq!(store.claim_leases(Some(job), false, ttl, 1).await.unwrap(), vec![job]);
+    assert_eq!(store.append_step_event(job, "b", StepEvent::UndoStarted).await.unwrap(), undoing);
+    let states = store.node_states(job).await.unwrap();
+    assert_eq!(states["a"], undoing);
+    assert_eq!(states["b"], undoing);
+}
+both!(undo_states_keep_the_output_the_cache_does_not);
+
 async fn events_have_gap_free_ids_and_reach_subscribers(db: &Db) {
     let store = db.open().await;
     let sub = submission("b.omani.works", None);
