@@ -189,16 +189,13 @@ impl WriterConn {
         .fetch_all(&mut self.conn)
         .await
         .map_err(StoreError::query("read step journal"))?;
-        let mut state = NodeState::Pending;
-        for r in &rows {
-            let ev: StepEvent = json_col(r, "body")?;
-            state = state.next(&ev).map_err(|source| StoreError::CorruptJournal {
-                job,
-                node: node.to_owned(),
-                source,
-            })?;
-        }
-        Ok(state)
+        let events: Vec<StepEvent> =
+            rows.iter().map(|r| json_col(r, "body")).collect::<Result<_, _>>()?;
+        NodeState::replay(&events).map_err(|source| StoreError::CorruptJournal {
+            job,
+            node: node.to_owned(),
+            source,
+        })
     }
 }
 
@@ -2033,13 +2030,13 @@ async fn append_step_tx(
     // JSON trees were a sixth of the daemon's heap, held a second time by
     // the engine. The two events that carry an output on read the step's
     // journal instead (undo only).
-    let state = match w.cached(&key) {
-        _ if NodeState::carries_output(event) => w.node_from_journal(job, node).await?,
-        Some(s) => s,
-        None => {
-            w.load_job(job).await?;
-            w.cached(&key).expect("a loaded job answers every step")
-        }
+    let state = if NodeState::carries_output(event) {
+        w.node_from_journal(job, node).await?
+    } else if let Some(s) = w.cached(&key) {
+        s
+    } else {
+        w.load_job(job).await?;
+        w.cached(&key).expect("a loaded job answers every step")
     };
     let c = &mut w.conn;
     let next = state.next(event).map_err(|source| StoreError::IllegalTransition {

@@ -460,7 +460,7 @@ impl SimSsh {
                 self.world.put(SYS, "k3s_clusters", &cluster, &rec).await?;
             }
         }
-        Self::lay_k3s_files(disk, m, &cluster, token_sha.as_deref());
+        Self::lay_k3s_files(disk, m, &cluster);
         let labels: serde_json::Map<String, Value> =
             cfg.node_labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         // How often this server instance ran the K3s installer: once, unless
@@ -489,8 +489,10 @@ impl SimSsh {
     }
 
     /// The files the K3s installer leaves on the node: the binary, its
-    /// uninstall script and, on a server, the kubeconfig and the token.
-    fn lay_k3s_files(disk: &mut Disk, m: &K3sMarker, cluster: &str, token_sha: Option<&str>) {
+    /// uninstall script and, on a server, the kubeconfig and the token
+    /// (the config file's token, as K3s keeps it, when there is one).
+    fn lay_k3s_files(disk: &mut Disk, m: &K3sMarker, cluster: &str) {
+        let token_sha = Self::k3s_config(disk).token.as_deref().map(token_digest);
         disk.files.insert(
             K3S_BIN.into(),
             (0o755, format!("#!/bin/sh\n# sim k3s {}\n", m.version).into_bytes()),
@@ -509,7 +511,7 @@ impl SimSsh {
                 .entry(KUBECONFIG_PATH.into())
                 .or_insert_with(|| (0o600, fake_kubeconfig(cluster).into_bytes()));
             let t = sha_hex(&format!("sim-k3s-token:{cluster}"));
-            let token = match token_sha {
+            let token = match token_sha.as_deref() {
                 Some(d) => format!("sha256:{d}"),
                 None => format!("K10{}::server:{}", &t[..32], &t[32..]),
             };
@@ -642,11 +644,7 @@ impl SimSsh {
                             // side dies with it, but the real script
                             // ignores SIGHUP and runs to its end. Finish
                             // it as it would have, without a second join.
-                            Some(cluster) => {
-                                let cfg = Self::k3s_config(disk);
-                                let token_sha = cfg.token.as_deref().map(token_digest);
-                                Self::lay_k3s_files(disk, &m, &cluster, token_sha.as_deref());
-                            }
+                            Some(cluster) => Self::lay_k3s_files(disk, &m, &cluster),
                             None => {
                                 let o = self.install_k3s(host, server, disk, &m).await?;
                                 if o.status != 0 {
