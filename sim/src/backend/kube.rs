@@ -80,51 +80,134 @@ fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
 }
 
 fn is_helm_release(obj: &Value) -> bool {
-    obj["kind"] == "HelmRelease"
-        && obj["apiVersion"].as_str().is_some_and(|a| a.starts_with("helm.toolkit.fluxcd.io/"))
+    Head::of_object(obj).is_helm_release()
 }
 
 /// Whether a stored object installs a chart's objects ([`SimKube::installed`]):
 /// a Flux HelmRelease, a K3s HelmChart or a Crossplane provider package.
 fn installs_charts(obj: &Value) -> bool {
-    is_helm_release(obj)
-        || (obj["apiVersion"] == "helm.cattle.io/v1" && obj["kind"] == "HelmChart")
-        || crossplane::is_provider_package(obj)
+    let head = Head::of_object(obj);
+    head.is_helm_release() || head.is_helm_chart() || crossplane::is_provider_package(obj)
+}
+
+/// An object's identity as its key spells it, `apiVersion/kind/namespace/
+/// name` (`_` for no namespace): what a read of the stored objects can
+/// decide on without parsing one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Head<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    namespace: Option<&'a str>,
+}
+
+impl<'a> Head<'a> {
+    /// From a key ([`key_of`]); an apiVersion may hold a `/`, nothing
+    /// after it can.
+    fn of_key(key: &'a str) -> Head<'a> {
+        let mut parts = key.rsplitn(4, '/').skip(1);
+        let namespace = parts.next().filter(|ns| *ns != "_");
+        let kind = parts.next().unwrap_or_default();
+        Head { api_version: parts.next().unwrap_or_default(), kind, namespace }
+    }
+
+    fn of_object(obj: &'a Value) -> Head<'a> {
+        Head {
+            api_version: obj["apiVersion"].as_str().unwrap_or_default(),
+            kind: obj["kind"].as_str().unwrap_or_default(),
+            namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str),
+        }
+    }
+
+    fn is(&self, api_version: &str, kind: &str) -> bool {
+        self.api_version == api_version && self.kind == kind
+    }
+
+    fn is_helm_release(&self) -> bool {
+        self.kind == "HelmRelease" && self.api_version.starts_with("helm.toolkit.fluxcd.io/")
+    }
+
+    fn is_helm_chart(&self) -> bool {
+        self.is("helm.cattle.io/v1", "HelmChart")
+    }
+
+    /// Whether the object may install charts ([`installs_charts`] decides,
+    /// from the object: a provider package only if it is Hetzner's).
+    fn may_install_charts(&self) -> bool {
+        self.is_helm_release()
+            || self.is_helm_chart()
+            || self.is("pkg.crossplane.io/v1", "Provider")
+    }
 }
 
 /// What a managed resource's status reads ([`SimKube::observe`]): every
 /// managed resource (the simulated provider writes the updates they ask
 /// for, [`SimKube::cloud_view`]), the provider configs and the Secrets
 /// they name. No chart installs any of these.
-fn feeds_managed_status(obj: &Value) -> bool {
-    let api = obj["apiVersion"].as_str().unwrap_or_default();
-    crossplane::is_managed(api)
-        || crossplane::is_config(api)
-        || (api == "v1" && obj["kind"] == "Secret")
+fn feeds_managed_status(h: &Head<'_>) -> bool {
+    crossplane::is_managed(h.api_version)
+        || crossplane::is_config(h.api_version)
+        || h.is("v1", "Secret")
+}
+
+/// Which stored objects a read takes, and how much of each.
+enum Take {
+    Skip,
+    Whole,
+    /// The [`installer_outline`] of an object that [`installs_charts`].
+    Outline,
 }
 
 /// The fields of an object that installs charts which decide what it
 /// installs and when ([`SimKube::installed`], [`SimKube::hr_eval`]): its
 /// identity and the chart, release, namespace and dependencies it names,
 /// not its values. Reads that need the installers but not their whole
-/// objects copy these: a Flux release's values are most of its size.
+/// objects take these: a Flux release's values are most of its size, and
+/// parsing a stored object as an `Outline` skips them without building them.
+#[derive(Default, serde::Deserialize, serde::Serialize)]
+struct Outline {
+    #[serde(rename = "apiVersion", default, skip_serializing_if = "Option::is_none")]
+    api_version: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<Value>,
+    #[serde(default)]
+    metadata: OutlineMeta,
+    #[serde(default)]
+    spec: OutlineSpec,
+}
+
+#[derive(Default, serde::Deserialize, serde::Serialize)]
+struct OutlineMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<Value>,
+}
+
+#[derive(Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutlineSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chart: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    depends_on: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target_namespace: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    release_name: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    package: Option<Value>,
+}
+
+/// An object's [`Outline`]: of its identity only if its metadata or spec
+/// is not an object.
 fn installer_outline(obj: &Value) -> Value {
-    let mut out = serde_json::Map::new();
-    for field in ["apiVersion", "kind"] {
-        if let Some(v) = obj.get(field) {
-            out.insert(field.into(), v.clone());
-        }
-    }
-    let pick = |from: Option<&Value>, fields: &[&str]| -> Value {
-        let from = from.and_then(Value::as_object);
-        Value::Object(
-            fields.iter().filter_map(|f| Some(((*f).to_owned(), from?.get(*f)?.clone()))).collect(),
-        )
-    };
-    out.insert("metadata".into(), pick(obj.get("metadata"), &["name", "namespace"]));
-    let spec = ["chart", "dependsOn", "targetNamespace", "releaseName", "package"];
-    out.insert("spec".into(), pick(obj.get("spec"), &spec));
-    Value::Object(out)
+    use serde::Deserialize;
+    let outline = Outline::deserialize(obj).unwrap_or_else(|_| Outline {
+        api_version: obj.get("apiVersion").cloned(),
+        kind: obj.get("kind").cloned(),
+        ..Outline::default()
+    });
+    serde_json::to_value(outline).unwrap_or_default()
 }
 
 fn is_managed_resource(obj: &Value) -> bool {
@@ -218,7 +301,20 @@ struct Stored {
     reconcile_from: DateTime<Utc>,
 }
 
+/// A stored object's file: the object (or the part of it a read parses)
+/// and when its controllers reconcile from.
+#[derive(serde::Deserialize)]
+struct StoredDoc<T> {
+    object: T,
+    #[serde(rename = "reconcileFrom")]
+    reconcile_from: Value,
+}
+
 impl Stored {
+    fn from_doc(doc: StoredDoc<Value>) -> Option<Stored> {
+        Some(Stored { reconcile_from: parse_time(&doc.reconcile_from)?, object: doc.object })
+    }
+
     fn from_json(v: Value) -> Option<Stored> {
         let reconcile_from = parse_time(&v["reconcileFrom"])?;
         let Value::Object(mut v) = v else { return None };
@@ -278,15 +374,17 @@ impl SimKube {
     async fn load_some(
         &self,
         cluster: &str,
-        keep: impl Fn(&Value) -> bool,
+        keep: impl Fn(&Head<'_>) -> bool,
         wanted: impl Fn(&str) -> bool,
     ) -> Result<HashMap<String, Stored>, StepError> {
         let mut out = self
-            .load_stored_as(cluster, |o| {
-                if keep(o) {
-                    Some(o.clone())
+            .load_stored_as(cluster, |head| {
+                if keep(head) {
+                    Take::Whole
+                } else if head.may_install_charts() {
+                    Take::Outline
                 } else {
-                    installs_charts(o).then(|| installer_outline(o))
+                    Take::Skip
                 }
             })
             .await?;
@@ -383,21 +481,39 @@ impl SimKube {
         out
     }
 
-    /// What `view` makes of each stored object (skipping those it returns
-    /// `None` for), keyed by the key of what it made.
+    /// The stored objects `take` asks for, as much of each as it asks,
+    /// by key. Only those are parsed ([`SimWorld::list_map`]).
     async fn load_stored_as(
         &self,
         cluster: &str,
-        view: impl Fn(&Value) -> Option<Value>,
+        take: impl Fn(&Head<'_>) -> Take,
     ) -> Result<HashMap<String, Stored>, StepError> {
         let rows = self
             .world
-            .list_map(SYS, cluster, |w| {
-                let reconcile_from = parse_time(&w["reconcileFrom"])?;
-                Some(Stored { object: view(w.get("object")?)?, reconcile_from })
+            .list_map(SYS, cluster, |o| {
+                let st = match take(&Head::of_key(o.key())) {
+                    Take::Skip => return None,
+                    Take::Whole => Stored::from_json(o.value()?)?,
+                    // Parsed to its outline: the values are skipped, not built.
+                    Take::Outline => {
+                        let st = match o.parse::<StoredDoc<Outline>>() {
+                            Ok(doc) => Stored::from_doc(StoredDoc {
+                                object: serde_json::to_value(doc.object).ok()?,
+                                reconcile_from: doc.reconcile_from,
+                            })?,
+                            // A metadata or spec that is not an object.
+                            Err(_) => {
+                                let whole = Stored::from_json(o.value()?)?;
+                                Stored { object: installer_outline(&whole.object), ..whole }
+                            }
+                        };
+                        installs_charts(&st.object).then_some(st)?
+                    }
+                };
+                Some((o.key().to_owned(), st))
             })
             .await?;
-        Ok(rows.into_iter().map(|s| (object_key(&s.object), s)).collect())
+        Ok(rows.into_iter().collect())
     }
 
     /// The live sim cloud, when a managed resource needs it. First the
@@ -474,11 +590,7 @@ impl SimKube {
         }
         let crds = "apiextensions.k8s.io/v1/CustomResourceDefinition/";
         let all = self
-            .load_some(
-                cluster,
-                |o| o["kind"] == "CustomResourceDefinition",
-                |k| k.starts_with(crds),
-            )
+            .load_some(cluster, |h| h.kind == "CustomResourceDefinition", |k| k.starts_with(crds))
             .await?;
         for o in objects.iter().filter(|o| provided(o)) {
             let api = o["apiVersion"].as_str().unwrap_or_default();
@@ -938,10 +1050,7 @@ impl SimKube {
         let all = self
             .load_some(
                 cluster,
-                |o| {
-                    o["apiVersion"] == "external-secrets.io/v1"
-                        || (o["apiVersion"] == "v1" && o["kind"] == "Pod")
-                },
+                |h| h.api_version == "external-secrets.io/v1" || h.is("v1", "Pod"),
                 |k| k.starts_with("v1/Pod/"),
             )
             .await?;
@@ -1153,7 +1262,9 @@ impl KubeApi for SimKube {
             // A release's status reads only the outlines of the releases
             // (its dependencies), and no chart installs one.
             let mut releases = self
-                .load_stored_as(&cluster, |o| is_helm_release(o).then(|| installer_outline(o)))
+                .load_stored_as(&cluster, |h| {
+                    if h.is_helm_release() { Take::Outline } else { Take::Skip }
+                })
                 .await?;
             releases.insert(key.clone(), one);
             releases
@@ -1195,12 +1306,8 @@ impl KubeApi for SimKube {
             self.load_some(&cluster, feeds_managed_status, |_| false).await?
         } else {
             let prefix = format!("{api_version}/{kind}/");
-            self.load_some(
-                &cluster,
-                |o| o["apiVersion"] == api_version && o["kind"] == kind,
-                |k| k.starts_with(&prefix),
-            )
-            .await?
+            self.load_some(&cluster, |h| h.is(api_version, kind), |k| k.starts_with(&prefix))
+                .await?
         };
         let now = Utc::now();
         let mut keys: Vec<(String, String, &String)> = all
@@ -1279,12 +1386,7 @@ impl KubeApi for SimKube {
         let all = self
             .load_some(
                 &cluster,
-                |o| {
-                    o["apiVersion"] == "v1"
-                        && (o["kind"] == "Service" || o["kind"] == "Pod")
-                        && o.pointer("/metadata/namespace").and_then(Value::as_str)
-                            == Some(namespace)
-                },
+                |h| (h.is("v1", "Service") || h.is("v1", "Pod")) && h.namespace == Some(namespace),
                 |k| k == svc_key || k.starts_with(&pods),
             )
             .await?;
@@ -1544,6 +1646,27 @@ mod tests {
         assert!(kube.get(&kc(), &none).await.unwrap().is_none());
     }
 
+    /// A read decides from a key what it would decide from the object.
+    #[test]
+    fn a_key_names_the_head_its_object_has() {
+        let objects = [
+            hr("bp-x", &[]),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "a"}}),
+            json!({"apiVersion": "pkg.crossplane.io/v1", "kind": "Provider", "metadata": {"name": "p"}}),
+        ];
+        for o in &objects {
+            let key = object_key(o);
+            assert_eq!(Head::of_key(&key), Head::of_object(o), "{key}");
+        }
+        let hr_key = object_key(&objects[0]);
+        assert!(
+            Head::of_key(&hr_key).is_helm_release() && Head::of_key(&hr_key).may_install_charts()
+        );
+        assert!(feeds_managed_status(&Head::of_key("v1/Secret/a/s")));
+        assert!(!feeds_managed_status(&Head::of_key("v1/ConfigMap/a/s")));
+    }
+
     /// Reads that need a release only to know what it installs copy its
     /// outline, not its values.
     #[test]
@@ -1562,6 +1685,42 @@ mod tests {
             "metadata": {"name": "p"}, "spec": {"package": "x/provider-hetzner:v1"}});
         let o = installer_outline(&cluster_scoped);
         assert!(o["metadata"].get("namespace").is_none() && installs_charts(&o));
+    }
+
+    /// A read of the stored installers parses each to the outline the
+    /// object gives, skipping everything else; an object whose spec is
+    /// not an object outlines to its identity, as before.
+    #[tokio::test]
+    async fn stored_installers_read_as_the_outline_their_objects_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let kube = SimKube::new(Arc::new(SimWorld::new(dir.path(), SimConfig::instant())));
+        let mut r = hr("bp-crossplane", &["bp-cert-manager"]);
+        r["spec"]["values"] = json!({"replicas": 3, "args": ["--debug"]});
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "flux-system"}, "data": {"k": "v"}});
+        kube.apply(&kc(), "catalyst-zero", &[r.clone(), cm.clone()]).await.unwrap();
+        let cluster = cluster_of(kc().expose());
+        let odd = json!({"object": {"apiVersion": "helm.toolkit.fluxcd.io/v2",
+            "kind": "HelmRelease", "metadata": {"name": "odd", "namespace": "flux-system"},
+            "spec": "not an object"}, "reconcileFrom": "2026-01-01T00:00:00Z"});
+        let odd_key = "helm.toolkit.fluxcd.io/v2/HelmRelease/flux-system/odd";
+        kube.world.put(SYS, &cluster, odd_key, &odd).await.unwrap();
+        let read = kube.load_stored_as(&cluster, |h| {
+            if h.may_install_charts() { Take::Outline } else { Take::Skip }
+        });
+        let read = read.await.unwrap();
+        assert_eq!(read.len(), 2, "{:?}", read.keys());
+        let stored = read[&object_key(&r)].object.clone();
+        let mut expected = installer_outline(&r);
+        // What apply added to the stored object's metadata is not outlined.
+        assert_eq!(stored, expected);
+        expected = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {}, "spec": {}});
+        assert_eq!(read[odd_key].object, expected);
+        let whole = kube.load_stored_as(&cluster, |h| {
+            if h.is("v1", "ConfigMap") { Take::Whole } else { Take::Skip }
+        });
+        assert_eq!(whole.await.unwrap()[&object_key(&cm)].object["data"], cm["data"]);
     }
 
     /// A chart's objects are shared by every read of one release in one

@@ -154,6 +154,78 @@ pub fn sanitize_key(key: &str) -> String {
     out
 }
 
+/// The key [`sanitize_key`] made `file` (an object's file name) from:
+/// each `=XX` back to its byte.
+fn key_of_file(file: &str) -> String {
+    let stem = file.strip_suffix(".json").unwrap_or(file).as_bytes();
+    if stem == b"=00" {
+        return String::new();
+    }
+    let mut out = Vec::with_capacity(stem.len());
+    let mut i = 0;
+    while i < stem.len() {
+        let hex = stem.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match hex.map(|h| u8::from_str_radix(h, 16)) {
+            Some(Ok(b)) if stem[i] == b'=' => {
+                out.push(b);
+                i += 3;
+            }
+            _ => {
+                out.push(stem[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One object as the cache holds it: the key it was put under and its
+/// compact JSON text (the file's).
+#[derive(Clone, Debug)]
+struct Cached {
+    key: Box<str>,
+    text: Arc<str>,
+}
+
+impl Cached {
+    fn new(file: &str, text: Arc<str>) -> Cached {
+        Cached { key: key_of_file(file).into(), text }
+    }
+
+    fn view(&self) -> ObjectText<'_> {
+        ObjectText { key: &self.key, text: &self.text }
+    }
+}
+
+/// One stored object as [`SimWorld::list_map`] shows it: the key it was
+/// put under and its JSON text, parsed only on demand.
+#[derive(Clone, Copy)]
+pub struct ObjectText<'a> {
+    key: &'a str,
+    text: &'a str,
+}
+
+impl<'a> ObjectText<'a> {
+    /// The key the object was [put](SimWorld::put) under.
+    pub fn key(&self) -> &'a str {
+        self.key
+    }
+
+    /// The object, parsed (`None`, logged, if its text is not JSON, which
+    /// only a hand-edited file can be: the cache holds what was written).
+    pub fn value(&self) -> Option<Value> {
+        self.parse()
+            .map_err(|e| tracing::warn!(key = self.key, error = %e, "Skipping an unreadable sim object."))
+            .ok()
+    }
+
+    /// The object as a `T`: a type of the fields a read needs parses
+    /// only those, skipping the rest without building it.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(self.text)
+    }
+}
+
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `bytes` to `path` atomically against process death: temp file in
@@ -190,8 +262,11 @@ fn read_counter<T: std::str::FromStr>(path: &Path, absent: T) -> std::io::Result
 }
 
 /// [`write_atomic`] off the async executor.
-pub async fn write_atomic_async(path: PathBuf, bytes: Vec<u8>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+pub async fn write_atomic_async(
+    path: PathBuf,
+    bytes: impl AsRef<[u8]> + Send + 'static,
+) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || write_atomic(&path, bytes.as_ref()))
         .await
         .map_err(std::io::Error::other)?
 }
@@ -257,7 +332,7 @@ pub struct SimWorld {
     /// is loaded once, reads never touch the disk (the sim's own cost must
     /// not swamp what the benchmarks measure). Files stay the truth across
     /// restarts.
-    cache: StdMutex<HashMap<(String, String), std::collections::BTreeMap<String, Value>>>,
+    cache: StdMutex<HashMap<(String, String), BTreeMap<String, Cached>>>,
     /// The values of the simulated clusters' Secrets, by cluster and
     /// object key: process memory only, as a real cluster keeps them in
     /// its etcd and never in the daemon's data dir (the files hold their
@@ -424,7 +499,8 @@ impl SimWorld {
         self.obj_dir(system, kind).join(format!("{}.json", sanitize_key(key)))
     }
 
-    /// Stores `value` (atomic replace).
+    /// Stores `value` (atomic replace), as compact JSON: the cache holds
+    /// the same text the file does.
     pub async fn put(
         &self,
         system: &str,
@@ -432,8 +508,9 @@ impl SimWorld {
         key: &str,
         value: &Value,
     ) -> Result<(), StepError> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| io_error(system, "encode", e))?;
-        write_atomic_async(self.obj_path(system, kind, key), bytes)
+        let text: Arc<str> =
+            serde_json::to_string(value).map_err(|e| io_error(system, "encode", e))?.into();
+        write_atomic_async(self.obj_path(system, kind, key), Arc::<[u8]>::from(text.clone()))
             .await
             .map_err(|e| fs_error(system, "write", e))?;
         if self.shared {
@@ -441,7 +518,7 @@ impl SimWorld {
         }
         let mut cache = self.cache.lock().expect("sim cache");
         if let Some(objs) = cache.get_mut(&(system.to_owned(), kind.to_owned())) {
-            objs.insert(format!("{}.json", sanitize_key(key)), value.clone());
+            objs.insert(format!("{}.json", sanitize_key(key)), Cached { key: key.into(), text });
         }
         Ok(())
     }
@@ -453,14 +530,18 @@ impl SimWorld {
         key: &str,
     ) -> Result<Option<Value>, StepError> {
         let file = format!("{}.json", sanitize_key(key));
-        if let Some(objs) = self
+        let cached = self
             .cache
             .lock()
             .expect("sim cache")
             .get(&(system.to_owned(), kind.to_owned()))
             .filter(|_| !self.shared)
-        {
-            return Ok(objs.get(&file).cloned());
+            .map(|objs| objs.get(&file).map(|c| c.text.clone()));
+        if let Some(text) = cached {
+            return text
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| io_error(system, &format!("decode {kind}/{file}"), e));
         }
         let path = self.obj_path(system, kind, key);
         match tokio::fs::read(&path).await {
@@ -477,32 +558,36 @@ impl SimWorld {
         self.list_where(system, kind, |_| true).await
     }
 
-    /// The objects of a kind that `keep` accepts, in file-name order, from
-    /// the cache (loading the kind from disk once). Only those are copied
-    /// out of the cache: a read that needs a few objects
-    /// of a large kind (one sim cluster's Kubernetes objects) does not pay
-    /// for cloning all of them.
+    /// The objects of a kind that `keep` accepts, in file-name order.
     pub async fn list_where(
         &self,
         system: &str,
         kind: &str,
         keep: impl Fn(&Value) -> bool,
     ) -> Result<Vec<Value>, StepError> {
-        self.list_map(system, kind, |v| keep(v).then(|| v.clone())).await
+        self.list_map(system, kind, |o| o.value().filter(|v| keep(v))).await
     }
 
     /// What `view` makes of each object of a kind, in file-name order,
-    /// skipping the objects it returns `None` for: a read that needs only
-    /// a few fields of many objects copies only those.
+    /// skipping the objects it returns `None` for, from the cache (loading
+    /// the kind from disk once).
+    ///
+    /// The cache holds each object as its compact JSON text, not as a
+    /// parsed tree: 200 sim clusters in one process (P4) kept 60 MB of
+    /// `Value` trees, most of them Kubernetes objects, where their text
+    /// is a quarter of that. A view that can decide from an object's key
+    /// ([`ObjectText::key`]) parses nothing it skips; one that keeps an
+    /// object parses only that object ([`ObjectText::value`]).
     pub async fn list_map<T>(
         &self,
         system: &str,
         kind: &str,
-        view: impl Fn(&Value) -> Option<T>,
+        view: impl Fn(ObjectText<'_>) -> Option<T>,
     ) -> Result<Vec<T>, StepError> {
+        let as_text = |o: &Cached| view(o.view());
         if self.shared {
             let all = self.list_from_disk(system, kind).await?;
-            return Ok(all.values().filter_map(view).collect());
+            return Ok(all.values().filter_map(as_text).collect());
         }
         let k = (system.to_owned(), kind.to_owned());
         let loaded = if self.cache.lock().expect("sim cache").contains_key(&k) {
@@ -514,17 +599,19 @@ impl SimWorld {
         // A write that raced the load is already on disk and in `loaded`, or
         // it finished after: keep whatever got into the cache first.
         let objs = cache.entry(k).or_insert_with(|| loaded.unwrap_or_default());
-        Ok(objs.values().filter_map(view).collect())
+        Ok(objs.values().filter_map(as_text).collect())
     }
 
+    /// A kind's object files, by file name, as compact JSON text (files
+    /// an older world wrote pretty-printed are compacted as they load).
     async fn list_from_disk(
         &self,
         system: &str,
         kind: &str,
-    ) -> Result<std::collections::BTreeMap<String, Value>, StepError> {
+    ) -> Result<BTreeMap<String, Cached>, StepError> {
         let dir = self.obj_dir(system, kind);
         let sys = system.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<std::collections::BTreeMap<String, Value>, StepError> {
+        tokio::task::spawn_blocking(move || -> Result<BTreeMap<String, Cached>, StepError> {
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
@@ -539,13 +626,14 @@ impl SimWorld {
                 })
                 .collect();
             names.sort();
-            let mut out = std::collections::BTreeMap::new();
+            let mut out = BTreeMap::new();
             for p in names {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
                 match std::fs::read(&p) {
-                    Ok(bytes) => match serde_json::from_slice(&bytes) {
+                    Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
                         Ok(v) => {
-                            out.insert(name, v);
+                            let cached = Cached::new(&name, v.to_string().into());
+                            out.insert(name, cached);
                         }
                         Err(e) => tracing::warn!(path = %p.display(), error = %e, "Skipping an unreadable sim object."),
                     },
@@ -916,6 +1004,51 @@ mod tests {
             assert!(!s.contains('/') && !s.starts_with('.'), "{k} → {s}");
             assert!(seen.insert(s), "collision for {k}");
         }
+    }
+
+    #[test]
+    fn a_file_name_gives_back_its_key() {
+        let keys = ["a/b", "a_b", "a=2Fb", "..", ".", "", "x.y", "http://openbao-0.x:8200", "ü/ß"];
+        for k in keys {
+            assert_eq!(key_of_file(&format!("{}.json", sanitize_key(k))), k);
+        }
+    }
+
+    /// The cache holds what the file holds, compact JSON; a view sees each
+    /// object's key and parses only the objects it asks for; a file an
+    /// older world wrote pretty-printed reads the same.
+    #[tokio::test]
+    async fn a_view_sees_keys_and_parses_only_what_it_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sim");
+        let w = SimWorld::new(&root, SimConfig::instant());
+        w.put("kube", "c1", "v1/Secret/ns/a", &json!({"object": {"n": 1}})).await.unwrap();
+        let file = root.join("kube/c1").join(format!("{}.json", sanitize_key("v1/Secret/ns/a")));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), r#"{"object":{"n":1}}"#);
+        // Written by an older world, and one hand-broken file.
+        let pretty = serde_json::to_vec_pretty(&json!({"object": {"n": 2}})).unwrap();
+        std::fs::write(
+            root.join("kube/c1").join(format!("{}.json", sanitize_key("v1/Pod/ns/b"))),
+            pretty,
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("kube/c1").join(format!("{}.json", sanitize_key("v1/Pod/ns/c"))),
+            "{",
+        )
+        .unwrap();
+        let w = SimWorld::new(&root, SimConfig::instant());
+        let keys = w.list_map("kube", "c1", |o| Some(o.key().to_owned())).await.unwrap();
+        assert_eq!(keys, ["v1/Pod/ns/b", "v1/Secret/ns/a"], "the broken file is skipped");
+        let pods = w
+            .list_map("kube", "c1", |o| o.key().starts_with("v1/Pod/").then(|| o.value()).flatten())
+            .await
+            .unwrap();
+        assert_eq!(pods, [json!({"object": {"n": 2}})]);
+        assert_eq!(
+            w.get("kube", "c1", "v1/Pod/ns/b").await.unwrap(),
+            Some(json!({"object": {"n": 2}}))
+        );
     }
 
     #[tokio::test]
