@@ -120,6 +120,149 @@ async fn submit_held(client: &reqwest::Client, base: &str, sub: &str) -> Result<
     Ok(body["job_id"].as_str().context("job id")?.parse()?)
 }
 
+/// Waits for a [`submit_held`] job to pause.
+async fn paused(store: &cz_state::Store, job: cz_state::JobId) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.get_job(job).await?.context("the job")?.status != cz_state::JobStatus::Paused {
+        anyhow::ensure!(Instant::now() < deadline, "the held job did not pause");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// This process's resident memory in MiB, as `/proc/self/status` gives
+/// `field` (`VmRSS` now, `VmHWM` its peak).
+pub fn rss_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A line of `tofu apply -json` progress, the kind a large apply streams
+/// most of (P2, P8).
+pub fn tofu_progress_line(i: usize) -> String {
+    json!({ "@level": "info", "@message": format!("hcloud_server.worker[{i}]: Still creating... [{i}s elapsed]"),
+            "type": "apply_progress", "hook": { "resource": { "addr": format!("hcloud_server.worker[{}]", i % 50) }, "action": "create", "elapsed_seconds": i } })
+    .to_string()
+}
+
+/// An SSE client that only follows: it publishes the id of the last event
+/// it received and keeps nothing else.
+async fn follow(url: String, last: tokio::sync::watch::Sender<i64>) -> Result<()> {
+    let resp = reqwest::Client::new().get(&url).bearer_auth(TOKEN).send().await?;
+    if !resp.status().is_success() {
+        bail!("subscribe: {}", resp.status());
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk?));
+        while let Some(pos) = buf.find("\n\n") {
+            let id = buf[..pos]
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .and_then(|id| id.trim().parse::<i64>().ok());
+            buf.drain(..pos + 2);
+            if let Some(id) = id {
+                last.send_replace(id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// P8: memory against the length of one job's event log. A daemon holds
+/// a job (paused at its first step, as P7's) while its log grows to each
+/// of `sizes` events along the product's tofu path: each `-json` line
+/// parsed as the CLI adapter's reader parses it, tagged as `infra`'s
+/// forwarder tags it, committed up to `EVENTS_PER_COMMIT` at a time.
+/// `subscribers` SSE clients tail it live throughout. At each size, once
+/// every subscriber has the whole log, the process's resident memory.
+///
+/// Nothing of a log should stay in memory: the store commits and fans out
+/// events (a slow subscriber's lag is bounded, after which it re-reads
+/// from the database), the SSE stream renders each once, and the engine
+/// never sees them. The figure is the slope of resident memory against
+/// the log's length (least squares over `sizes`), beside what the log
+/// takes in the database: what keeping it in memory would cost at least.
+/// Resident memory moves by some MiB either way as SQLite's page caches
+/// fill (up to 2 MiB for each of the store's connections) and as the
+/// allocator keeps or returns what a moment's lag used.
+pub async fn p8(dir: &Path, sizes: &[usize], subscribers: usize) -> Result<()> {
+    let data = dir.join("p8");
+    let handle = crate::server::start(config(&data, 0.0)).await?;
+    let base = format!("http://{}", handle.addr);
+    let client = reqwest::Client::new();
+    let job = submit_held(&client, &base, "p8").await?;
+    let store = handle.store().clone();
+    paused(&store, job).await?;
+    let mut followers = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..subscribers {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        tasks.spawn(follow(format!("{base}/v1/jobs/{job}/events"), tx));
+        followers.push(rx);
+    }
+    let mut written = store.last_event_id(job).await? as usize;
+    let mut rss = Vec::new();
+    let started = Instant::now();
+    for &size in sizes {
+        let per_commit = cz_phases::infra::EVENTS_PER_COMMIT;
+        while written < size {
+            let batch = (written..size.min(written + per_commit))
+                .filter_map(|i| cz_adapters::tofu::cli::parse_event(&tofu_progress_line(i)))
+                .map(|ev| cz_state::NewJobEvent::of_step("tofu", &ev, "infra", "infra/apply-fsn1"))
+                .collect::<Result<Vec<_>, _>>()?;
+            written += batch.len();
+            store.append_events(job, batch).await?;
+        }
+        let last = store.last_event_id(job).await?;
+        for rx in &mut followers {
+            let caught_up = rx.wait_for(|id| *id >= last);
+            tokio::time::timeout(Duration::from_secs(600), caught_up)
+                .await
+                .context("a subscriber did not catch up in 10 minutes")??;
+        }
+        rss.push((size, rss_mib("VmRSS")));
+    }
+    let took = started.elapsed();
+    let figures: Vec<String> = rss.iter().map(|(n, mib)| format!("{n}: {mib:.0} MiB")).collect();
+    let per_100k = slope(&rss) * 100_000.0;
+    let db = cz_state::StorePaths::in_dir(&data).database;
+    let on_disk: u64 = ["", "-wal"]
+        .iter()
+        .filter_map(|sfx| std::fs::metadata(format!("{}{sfx}", db.display())).ok())
+        .map(|m| m.len())
+        .sum();
+    let last = rss[rss.len() - 1].0;
+    let log_per_100k = on_disk as f64 / (1024.0 * 1024.0) / last as f64 * 100_000.0;
+    println!(
+        "P8 memory against the event log: one job's log grown to {last} events ({subscribers} SSE subscribers tailing, {:.0} s); daemon RSS {}; {per_100k:+.1} MiB per 100,000 events, {:.0}% of the {log_per_100k:.0} MiB they take in the database, the least holding them would cost (aim: no growth with the log)",
+        took.as_secs_f64(),
+        figures.join(", "),
+        100.0 * per_100k / log_per_100k,
+    );
+    tasks.abort_all();
+    handle.shutdown().await?;
+    Ok(())
+}
+
+/// The least-squares slope of `y` against `x`.
+fn slope(points: &[(usize, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0 as f64).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 as f64 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 as f64 - mx).powi(2)).sum();
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
+}
+
 /// P3: `subscribers` SSE clients replay a job's backlog and tail it live.
 pub async fn p3(dir: &Path, subscribers: usize) -> Result<()> {
     let handle = crate::server::start(config(&dir.join("p3"), 0.0)).await?;
@@ -306,11 +449,7 @@ pub async fn p7(dir: &Path, sizes: &[usize]) -> Result<()> {
         let client = reqwest::Client::new();
         let job = submit_held(&client, &base, &format!("p7-{events}")).await?;
         let store = handle.store().clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while store.get_job(job).await?.context("the job")?.status != cz_state::JobStatus::Paused {
-            anyhow::ensure!(Instant::now() < deadline, "P7's job did not pause");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        paused(&store, job).await?;
         let mut added = store.last_event_id(job).await? as usize;
         while added < events {
             let n = (events - added).min(1000);
@@ -386,7 +525,14 @@ mod tests {
 
     use cz_adapters::cloud::BudgetConfig;
 
-    use super::critical_path;
+    use super::{critical_path, slope};
+
+    #[test]
+    fn the_slope_is_the_least_squares_fit() {
+        assert_eq!(slope(&[(0, 1.0), (10, 2.0), (20, 3.0)]), 0.1);
+        assert_eq!(slope(&[(0, 5.0), (10, 7.0), (20, 5.0)]), 0.0);
+        assert_eq!(slope(&[(7, 5.0)]), 0.0);
+    }
 
     #[test]
     fn the_critical_path_adds_only_the_wait_the_budget_forces() {

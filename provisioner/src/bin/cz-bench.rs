@@ -12,6 +12,9 @@
 //!   written, peak RSS; hetzner-k3s's published figures beside it;
 //! - P7 the console opening a job of 10,000 and 100,000 events: every
 //!   request the page makes, timed;
+//! - P8 one job's event log grown to a million events while SSE
+//!   subscribers tail it: the daemon's resident memory against the log's
+//!   length (it must not grow with it);
 //! - P4-PG, P5-PG: P4 and P5 on PostgreSQL (`--database-url`, a server the
 //!   benchmark may create databases on), beside the SQLite figures;
 //! - H1 the hetzner backend end to end (real tofu, sshd, PowerDNS, OpenBao;
@@ -67,15 +70,7 @@ fn wants(args: &Args, p: &str) -> bool {
 
 /// Peak resident set size of this process, in MiB (Linux `VmHWM`).
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    catalyst_zero::bench::rss_mib("VmHWM")
 }
 
 /// Submits a provision job for `body` straight into the store.
@@ -139,13 +134,7 @@ const P2_ROUNDS: usize = 5;
 
 async fn p2(dir: &Path, lines: usize) -> Result<()> {
     let store = Store::open(StorePaths::in_dir(&dir.join("p2"))).await?;
-    let texts: Vec<String> = (0..lines)
-        .map(|i| {
-            json!({ "@level": "info", "@message": format!("hcloud_server.worker[{i}]: Still creating... [{i}s elapsed]"),
-                    "type": "apply_progress", "hook": { "resource": { "addr": format!("hcloud_server.worker[{}]", i % 50) }, "action": "create", "elapsed_seconds": i } })
-            .to_string()
-        })
-        .collect();
+    let texts: Vec<String> = (0..lines).map(catalyst_zero::bench::tofu_progress_line).collect();
     let (mut ours, mut raw, mut lossless) = (Vec::new(), Vec::new(), true);
     for round in 0..P2_ROUNDS {
         let body = catalyst_zero::bench::sample_body(&format!("p2-{round}"), 1, 0);
@@ -409,7 +398,7 @@ async fn main() -> Result<()> {
         // Each figure in its own process: memory one figure used (and the
         // allocator kept) must not count as the next one's peak RSS.
         let exe = std::env::current_exe().context("own path")?;
-        for p in ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p4-pg", "p5-pg", "h1"] {
+        for p in ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p4-pg", "p5-pg", "h1"] {
             if p.ends_with("-pg") && args.database_url.is_none() {
                 println!(
                     "{}: not measured (no --database-url / CZ_BENCH_DATABASE_URL)",
@@ -456,6 +445,14 @@ async fn main() -> Result<()> {
     if wants(&args, "p7") {
         let sizes: &[usize] = if args.quick { &[2_000] } else { &[10_000, 100_000] };
         catalyst_zero::bench::p7(dir, sizes).await?;
+    }
+    if wants(&args, "p8") {
+        let (sizes, subscribers): (&[usize], usize) = if args.quick {
+            (&[2_000, 10_000], 2)
+        } else {
+            (&[100_000, 250_000, 500_000, 750_000, 1_000_000], 4)
+        };
+        catalyst_zero::bench::p8(dir, sizes, subscribers).await?;
     }
     let pg = args.database_url.as_deref();
     if wants(&args, "p4-pg") && pg.is_some() {
