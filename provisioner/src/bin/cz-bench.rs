@@ -448,7 +448,7 @@ async fn main() -> Result<()> {
     }
     if wants(&args, "p8") {
         let (sizes, subscribers): (&[usize], usize) = if args.quick {
-            (&[2_000, 10_000], 2)
+            (&[50_000, 100_000], 2)
         } else {
             (&[100_000, 250_000, 500_000, 750_000, 1_000_000], 4)
         };
