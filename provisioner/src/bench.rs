@@ -59,6 +59,13 @@ pub fn submission(body: &Value, options: cz_engine::JobOptions) -> Result<cz_sta
     Ok(cz_phases::jobs::provision(&req, submit))
 }
 
+/// The next whole SSE frame received (up to its blank line), taken out
+/// of `buf`.
+fn take_frame(buf: &mut String) -> Option<String> {
+    let pos = buf.find("\n\n")?;
+    Some(buf.drain(..pos + 2).collect())
+}
+
 /// One SSE subscriber: returns (ids received, latencies in µs of tagged events).
 async fn subscribe(
     url: String,
@@ -76,8 +83,7 @@ async fn subscribe(
     let mut signalled = false;
     while let Some(chunk) = stream.next().await {
         buf.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(pos) = buf.find("\n\n") {
-            let frame: String = buf.drain(..pos + 2).collect();
+        while let Some(frame) = take_frame(&mut buf) {
             let mut data = None;
             for line in frame.lines() {
                 if let Some(d) = line.strip_prefix("data:") {
@@ -163,12 +169,11 @@ async fn follow(url: String, last: tokio::sync::watch::Sender<i64>) -> Result<()
     let mut buf = String::new();
     while let Some(chunk) = stream.next().await {
         buf.push_str(&String::from_utf8_lossy(&chunk?));
-        while let Some(pos) = buf.find("\n\n") {
-            let id = buf[..pos]
+        while let Some(frame) = take_frame(&mut buf) {
+            let id = frame
                 .lines()
                 .find_map(|l| l.strip_prefix("id:"))
                 .and_then(|id| id.trim().parse::<i64>().ok());
-            buf.drain(..pos + 2);
             if let Some(id) = id {
                 last.send_replace(id);
             }

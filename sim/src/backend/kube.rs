@@ -316,9 +316,7 @@ impl Stored {
     }
 
     fn from_json(v: Value) -> Option<Stored> {
-        let reconcile_from = parse_time(&v["reconcileFrom"])?;
-        let Value::Object(mut v) = v else { return None };
-        Some(Stored { object: v.remove("object")?, reconcile_from })
+        serde_json::from_value(v).ok().and_then(Stored::from_doc)
     }
 
     fn to_json(&self) -> Value {
@@ -493,7 +491,7 @@ impl SimKube {
             .list_map(SYS, cluster, |o| {
                 let st = match take(&Head::of_key(o.key())) {
                     Take::Skip => return None,
-                    Take::Whole => Stored::from_json(o.value()?)?,
+                    Take::Whole => Stored::from_doc(o.parse().ok()?)?,
                     // Parsed to its outline: the values are skipped, not built.
                     Take::Outline => {
                         let st = match o.parse::<StoredDoc<Outline>>() {

@@ -179,6 +179,21 @@ fn key_of_file(file: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An object file's text, checked to be JSON, compact: what [`SimWorld::put`]
+/// writes is compact already (serde_json escapes a newline inside a
+/// string), so only a file an older world pretty-printed is parsed and
+/// written out again. A shared world reads every file on every list, so
+/// its files are not parsed twice.
+fn compact_text(bytes: Vec<u8>) -> serde_json::Result<Arc<str>> {
+    // JSON is UTF-8: text that is not, is not JSON.
+    let text = String::from_utf8(bytes).map_err(serde::de::Error::custom)?;
+    if text.contains('\n') {
+        return Ok(serde_json::from_str::<Value>(&text)?.to_string().into());
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+    Ok(text.into())
+}
+
 /// One object as the cache holds it: the key it was put under and its
 /// compact JSON text (the file's).
 #[derive(Clone, Debug)]
@@ -630,9 +645,9 @@ impl SimWorld {
             for p in names {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
                 match std::fs::read(&p) {
-                    Ok(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-                        Ok(v) => {
-                            let cached = Cached::new(&name, v.to_string().into());
+                    Ok(bytes) => match compact_text(bytes) {
+                        Ok(text) => {
+                            let cached = Cached::new(&name, text);
                             out.insert(name, cached);
                         }
                         Err(e) => tracing::warn!(path = %p.display(), error = %e, "Skipping an unreadable sim object."),
