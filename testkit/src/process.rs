@@ -38,6 +38,22 @@ impl Drop for Tied {
     }
 }
 
+/// A shell function that stops the shell's last background child (`$!`)
+/// with SIGTERM and reaps it. The signal is sent again every half second
+/// until the child is gone: a SIGTERM that lands between the shell's fork
+/// and the child's `exec` is caught by the handler the child inherited
+/// from the shell's own trap, and is lost when it execs (dash loses about
+/// one in three such signals; a CI run caught a server that outlived its
+/// stop that way).
+const STOP_CHILD: &str = r#"stop_child() {
+  c=$!
+  kill -TERM $c 2>/dev/null
+  (while sleep 0.5; do kill -TERM $c 2>/dev/null || exit 0; done) &
+  r=$!
+  wait $c
+  kill $r 2>/dev/null
+}"#;
+
 /// Starts `program args`, its output appended to `log`, under a shell that
 /// stops it when this process exits (checked five times a second) or when
 /// the shell gets SIGTERM.
@@ -46,13 +62,15 @@ pub fn spawn_tied<S: AsRef<OsStr>>(program: &Path, args: &[S], log: &Path) -> Ti
     // SIGTERM that lands between the fork and a later `trap` would kill the
     // shell by default and orphan the program (a CI run caught that). If
     // the signal lands before the fork, `$!` is empty and nothing starts.
-    const WATCH: &str = r#"parent="$1"; shift
-trap 'kill -TERM $! 2>/dev/null; wait; exit 0' TERM INT
+    let watch = format!(
+        r#"{STOP_CHILD}
+parent="$1"; shift
+trap 'stop_child; exit 0' TERM INT
 "$@" &
 child=$!
 while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.2; done
-kill -TERM "$child" 2>/dev/null
-wait "$child""#;
+stop_child"#
+    );
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -61,7 +79,7 @@ wait "$child""#;
     let err = out.try_clone().expect("a second handle on the log");
     let shell = Command::new("sh")
         .arg("-c")
-        .arg(WATCH)
+        .arg(watch)
         .arg("tied")
         .arg(std::process::id().to_string())
         .arg(program)
@@ -86,13 +104,16 @@ pub fn spawn_tied_removing<S: AsRef<OsStr>>(
     dir: &Path,
 ) -> Tied {
     // As in `spawn_tied`: the trap comes first and names the program by `$!`.
-    const REMOVING: &str = r#"dir="$1"; shift
-trap 'kill -TERM $! 2>/dev/null; wait; rm -rf "$dir"; exit 0' TERM INT
+    let removing = format!(
+        r#"{STOP_CHILD}
+dir="$1"; shift
+trap 'stop_child; rm -rf "$dir"; exit 0' TERM INT
 "$@" &
 wait $!
-rm -rf "$dir""#;
+rm -rf "$dir""#
+    );
     let mut all: Vec<OsString> =
-        vec!["-c".into(), REMOVING.into(), "sh".into(), dir.into(), program.into()];
+        vec!["-c".into(), removing.into(), "sh".into(), dir.into(), program.into()];
     all.extend(args.iter().map(|a| a.as_ref().to_owned()));
     spawn_tied(Path::new("sh"), &all, log)
 }

@@ -117,7 +117,10 @@ async fn a_removing_tied_process_takes_its_directory_along() {
         let log = dir.join("log");
         let mut t = spawn_tied_removing(Path::new("/bin/sleep"), &["1000"], &log, &dir);
         let inner = find_child(t.id());
-        let pid = find_child(inner.parse().unwrap());
+        // Signalled by this test, the program must be `sleep` already: a
+        // SIGTERM to the shell's child before its `exec` is lost (see
+        // `STOP_CHILD`), so the directory would outlive the kill.
+        let pid = find_program(inner.parse().unwrap(), "sleep");
         if stop {
             t.stop();
         } else {
@@ -144,6 +147,20 @@ fn tied_owner() {
     let t = spawn_tied(Path::new("/bin/sleep"), &["1000"], &file.with_extension("log"));
     std::fs::write(&file, format!("{}\n", find_child(t.id()))).unwrap();
     std::thread::sleep(Duration::from_secs(60));
+}
+
+/// The pid of `shell`'s child once it runs `program` (it has `exec`ed).
+fn find_program(shell: u32, program: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pid = find_child(shell);
+    loop {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if exe.file_name().is_some_and(|n| n == program) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "{pid} never ran {program}: {}", exe.display());
+        std::thread::yield_now();
+    }
 }
 
 /// The pid of `shell`'s child (the tied program).
