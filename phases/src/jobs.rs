@@ -588,6 +588,52 @@ mod tests {
             && a.detail["reason"] == "preview checked by hand"));
     }
 
+    /// A tofu state lock held by a live process (a replica paused
+    /// mid-apply, which lost the job's lease) is waited for, never taken
+    /// and never handed to an operator: once its holder lets go, the same
+    /// job applies and succeeds. (A CI run of three replicas paused one
+    /// while it held the lock; its job's new owner paused for an operator.)
+    #[tokio::test]
+    async fn a_state_lock_held_by_a_live_process_is_waited_for() {
+        let rig = sim_rig().await;
+        let req = sample_request("locked", 1, 0);
+        let retry = RetryPolicy { max_attempts: 6, min_delay_ms: 20, max_delay_ms: 100 };
+        let options = JobOptions { retry, ..Default::default() };
+        let (sov, job) = rig.submit_plan(&req, &provision_plan(&req), options).await;
+        let ws = rig.root.join("ws").join(sov.to_string()).join("fsn1");
+        std::fs::create_dir_all(&ws).unwrap();
+        let lock = ws.join(cz_adapters::tofu::cli::LOCK_FILE);
+        // Held by this process: alive, as a stopped replica's is.
+        std::fs::write(&lock, json!({"ID": "replica-1", "pid": std::process::id()}).to_string())
+            .unwrap();
+        // The holder lets go once the apply has waited for it.
+        let store = rig.store.clone();
+        let release = tokio::spawn(async move {
+            loop {
+                let events = store.events_after(job, 0, i64::MAX).await.unwrap();
+                let waited = events
+                    .iter()
+                    .any(|e| e.body["step"] == "infra/apply-fsn1" && e.body["state"] == "retrying");
+                if waited {
+                    std::fs::remove_file(&lock).unwrap();
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        assert_eq!(rig.drive(job).await, JobStatus::Succeeded, "{}", rig.stop_reason(job).await);
+        release.await.unwrap();
+        let retried = rig.events(job, "step").await;
+        let waited = retried
+            .iter()
+            .find(|e| e["step"] == "infra/apply-fsn1" && e["state"] == "retrying")
+            .expect("the apply waited for the lock");
+        assert_eq!(waited["error"]["cause"], "unavailable", "{waited}");
+        let message = waited["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("locked by a running process"), "{message}");
+        assert_eq!(rig.cloud_objects().await.iter().filter(|(k, _)| k == "server").count(), 1);
+    }
+
     async fn sovereign_and_jobs(
         rig: &crate::testing::SimRig,
         sov: SovereignId,

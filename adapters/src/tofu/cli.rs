@@ -22,8 +22,10 @@
 //!   `.terraform.tfstate.lock.info` exists, we look at
 //!   `.catalyst-tofu.pid`, where the pid of each tofu child we spawn is
 //!   recorded while it runs. If that pid is alive and is a tofu/terraform
-//!   process, the lock is held → `Conflict` (two applies on one state would
-//!   corrupt it). Otherwise the lock was left by a daemon killed mid-apply
+//!   process, the lock is held → `Unavailable`: never taken (two applies on
+//!   one state would corrupt it), retried until its holder lets go (our own
+//!   tofu from an interrupted attempt, still exiting), escalated to an
+//!   operator when the attempts run out. Otherwise the lock was left by a daemon killed mid-apply
 //!   (kill -9 leaves the lock file; its holder is gone), so it is removed
 //!   with a warning and a `stale_lock_removed` event, and the command runs.
 //! - **Orphans**: a daemon killed with SIGKILL runs no destructor, so the
@@ -42,7 +44,8 @@
 //!   module's create-or-adopt), so nothing is duplicated in the cloud.
 //!
 //! Causes: binary missing → `NotFound`; configuration errors → `Invalid`;
-//! lock held by a live process → `Conflict`; timeout → `Unavailable`; any
+//! lock held by a live process, or tofu's own `Error acquiring the state
+//! lock` → `Unavailable` (retried); timeout → `Unavailable`; any
 //! other non-zero exit → `CommandFailed` with the diagnostics.
 
 use std::borrow::Cow;
@@ -264,9 +267,9 @@ fn clear_stale_lock(dir: &Path, op: &str, binary: &Path) -> AdapterResult<Option
             .unwrap_or(Value::Null);
         return Err(err(
             op,
-            Cause::Conflict,
+            Cause::Unavailable,
             format!(
-                "the workspace {} is in use: tofu pid {pid} is still running (lock ID {}, who {}, operation {})",
+                "the workspace {} is in use: tofu pid {pid} is still running (lock ID {}, who {}, operation {}); retrying until it lets go",
                 dir.display(),
                 info.get("ID").and_then(Value::as_str).unwrap_or("?"),
                 info.get("Who").and_then(Value::as_str).unwrap_or("?"),
@@ -506,7 +509,8 @@ fn diagnostics_of(stdout: &str) -> String {
 fn cause_of(diags: &str) -> Cause {
     let d = diags.to_ascii_lowercase();
     if d.contains("error acquiring the state lock") || d.contains("state is locked") {
-        Cause::Conflict
+        // Someone took the lock between our check and tofu's: wait for it.
+        Cause::Unavailable
     } else if [
         "unsupported argument",
         "missing required argument",
@@ -771,7 +775,7 @@ mod tests {
         assert_eq!(parse_event("  ").as_ref(), None);
         let d = r#"{"@level":"error","@message":"Error: boom","diagnostic":{"severity":"error","summary":"boom","detail":"it broke","address":"terraform_data.a"},"type":"diagnostic"}"#;
         assert_eq!(diagnostics_of(d), "terraform_data.a: boom: it broke");
-        assert_eq!(cause_of("Error acquiring the state lock"), Cause::Conflict);
+        assert_eq!(cause_of("Error acquiring the state lock"), Cause::Unavailable);
         assert_eq!(cause_of("Unsupported argument"), Cause::Invalid);
         assert_eq!(cause_of("Resource postcondition failed"), Cause::CommandFailed);
     }

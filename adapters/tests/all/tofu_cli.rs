@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cz_adapters::tofu::TofuCli;
 use cz_adapters::tofu::cli::{LOCK_FILE, PID_FILE};
 use cz_adapters::{TofuApi, TofuEvent, Workspace};
-use cz_engine::{Cause, StepError};
+use cz_engine::{Cause, ErrorClass, StepError};
 use cz_state::SecretString;
 
 const TOKEN: &str = "cz-test-token-7f3a9c1e-DO-NOT-PERSIST";
@@ -219,7 +219,7 @@ async fn missing_binary_is_not_found() {
 }
 
 #[tokio::test]
-async fn stale_lock_is_removed_and_live_lock_conflicts() {
+async fn stale_lock_is_removed_and_a_live_lock_is_waited_for() {
     let Some(bin) = binary() else { return };
     let f = fixture(&bin, "ok", Duration::from_secs(120));
     f.cli.init(&f.ws).await.unwrap();
@@ -237,7 +237,8 @@ async fn stale_lock_is_removed_and_live_lock_conflicts() {
     assert_eq!(f.cli.state(&f.ws).await.unwrap().len(), 2);
     assert!(!f.ws.dir.join(LOCK_FILE).exists());
 
-    // A lock whose recorded tofu process is alive: Conflict, left alone.
+    // A lock whose recorded tofu process is alive: left alone, and retried
+    // (`Unavailable`, transient) rather than handed to an operator at once.
     let mut holder = std::process::Command::new("/bin/bash")
         .args(["-c", "exec -a terraform-holder sleep 30"])
         .spawn()
@@ -249,7 +250,8 @@ async fn stale_lock_is_removed_and_live_lock_conflicts() {
     let e = f.cli.apply(&f.ws, &token(), &[], 10, tx).await.unwrap_err();
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }), "{e}");
+    assert!(matches!(e, StepError::Adapter { cause: Cause::Unavailable, .. }), "{e}");
+    assert_eq!(e.class(), ErrorClass::Transient);
     assert!(f.ws.dir.join(LOCK_FILE).exists(), "a live holder's lock is left alone");
 }
 

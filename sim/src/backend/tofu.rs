@@ -8,7 +8,8 @@
 //! rewritten atomically after each resource change like tofu's incremental
 //! state persistence, so a daemon killed mid-apply leaves exactly the state
 //! real tofu would leave. `.terraform.tfstate.lock.info` guards apply,
-//! destroy and import; a lock whose pid is dead is stale and removed.
+//! destroy and import; a lock whose pid is dead is stale and removed, one
+//! whose pid lives is `Unavailable` (retried until its holder lets go).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -231,7 +232,11 @@ impl StateLock {
         // half-written lock, and the link fails if a lock exists.
         let tmp = dir.join(format!(".{LOCK_FILE}.{id}"));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&info).expect("json")).map_err(io)?;
-        let mut result = Err(err(op, Cause::Conflict, "Error acquiring the state lock"));
+        // Held, by a live process or by one that took it back between our
+        // two tries: `Unavailable`, retried. The holder lets go when its
+        // operation ends, or when its run stops (a replica that lost the
+        // job's lease stops its run; a paused one does once continued).
+        let mut result = Err(err(op, Cause::Unavailable, "Error acquiring the state lock"));
         for _ in 0..2 {
             match std::fs::hard_link(&tmp, &path) {
                 Ok(()) => {
@@ -247,9 +252,9 @@ impl StateLock {
                     if pid_alive(pid) {
                         result = Err(err(
                             op,
-                            Cause::Conflict,
+                            Cause::Unavailable,
                             format!(
-                                "Error acquiring the state lock: the state is locked by a running process (pid {pid}, ID {}, operation {})",
+                                "Error acquiring the state lock: the state is locked by a running process (pid {pid}, ID {}, operation {}); retrying until it lets go",
                                 held.get("ID").and_then(Value::as_str).unwrap_or("?"),
                                 held.get("Operation").and_then(Value::as_str).unwrap_or("?"),
                             ),
@@ -991,6 +996,7 @@ mod tests {
     use crate::backend::world::{FailRule, SimConfig};
     use cz_adapters::CloudApi;
     use cz_adapters::DEFAULT_PARALLELISM;
+    use cz_engine::ErrorClass;
 
     fn manifest(workers: usize) -> Value {
         let mut resources = vec![
@@ -1207,7 +1213,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stale_lock_is_removed_live_lock_conflicts() {
+    async fn stale_lock_is_removed_and_a_live_lock_is_waited_for() {
         let (_d, _w, tofu, ws) = setup(SimConfig::instant());
         write_manifest(&ws, &manifest(0));
         tofu.init(&ws).await.unwrap();
@@ -1229,8 +1235,16 @@ mod tests {
         .unwrap();
         let (tx, _rx) = events();
         let e = tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap_err();
-        assert!(matches!(e, StepError::Adapter { cause: Cause::Conflict, .. }), "{e}");
+        // Retried, not an operator's: its holder may be a replica paused
+        // mid-apply (SIGSTOP, a frozen VM) whose run stops once it goes on.
+        assert!(matches!(e, StepError::Adapter { cause: Cause::Unavailable, .. }), "{e}");
+        assert_eq!(e.class(), ErrorClass::Transient);
+        assert!(e.to_string().contains(&format!("pid {}", std::process::id())), "{e}");
         assert!(ws.dir.join(LOCK_FILE).exists(), "someone else's lock is left alone");
+        // Once the holder lets go, the retry applies.
+        std::fs::remove_file(ws.dir.join(LOCK_FILE)).unwrap();
+        let (tx, _rx) = events();
+        tofu.apply(&ws, &token, &[], DEFAULT_PARALLELISM, tx).await.unwrap();
     }
 
     #[tokio::test]
