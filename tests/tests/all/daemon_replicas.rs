@@ -123,12 +123,33 @@ fn three_replicas_on_postgres_survive_the_loss_or_pause_of_one() {
             &["succeeded", "failed", "paused", "cancelled"],
             Duration::from_secs(600),
         );
-        assert_eq!(
-            s,
-            "succeeded",
-            "job {job}: {}",
-            apis[0].get(&format!("/v1/jobs/{job}")).unwrap()
-        );
+        if s != "succeeded" {
+            // Everything a rare failure under load leaves to read: the
+            // job, its last events, and what each replica logged of it
+            // (the data directories go with this test).
+            let events = apis[0].events_after(job, 0);
+            let last: Vec<String> =
+                events.iter().rev().take(15).rev().map(|e| e.to_string()).collect();
+            let logs: Vec<String> = reps
+                .iter()
+                .enumerate()
+                .flat_map(|(i, d)| {
+                    let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+                    let mine: Vec<String> = log
+                        .lines()
+                        .filter(|l| l.contains(job.as_str()))
+                        .map(|l| format!("replica {i}: {l}"))
+                        .collect();
+                    mine.into_iter().rev().take(15).rev().collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "job {job} ended {s}: {}\nlast events:\n{}\nreplica logs:\n{}",
+                apis[0].get(&format!("/v1/jobs/{job}")).unwrap(),
+                last.join("\n"),
+                logs.join("\n")
+            );
+        }
     }
     let took = started.elapsed();
     eprintln!(
