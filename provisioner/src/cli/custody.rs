@@ -20,7 +20,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use cz_adapters::openbao::{BaoApi, BaoEndpoint, BaoStatus, OpenBaoClient};
+use cz_adapters::openbao::{BaoApi, BaoEndpoint, BaoStatus};
 use cz_phases::custody::escrow::{ADMIN_KUBECONFIG, OPENBAO_SHARE};
 use cz_phases::handoff::join::admin_kubeconfig_kind;
 use cz_phases::handoff::secrets::{NAMESPACE, PORT, REPLICAS};
@@ -213,8 +213,11 @@ pub async fn unseal_pods(
     out
 }
 
-/// `unseal SOVEREIGN --identity FILE [--region LOC]`.
+/// `unseal SOVEREIGN --identity FILE [--region LOC]`: the shares go to
+/// the pods through `bao` (OpenBao's HTTP API; a simulated Sovereign's
+/// world for `--sim-world`).
 pub async fn unseal(
+    bao: &dyn BaoApi,
     escrow: &Escrow,
     identity_file: &Path,
     region: Option<&str>,
@@ -270,7 +273,7 @@ pub async fn unseal(
     };
     println!("{}: you hold {} of {total} shares; {threshold} unseal.", escrow.fqdn, shares.len());
     let keys: Vec<SecretString> = shares.into_iter().map(|(_, s)| s).collect();
-    let reports = unseal_pods(&OpenBaoClient::default(), &pods, &keys).await;
+    let reports = unseal_pods(bao, &pods, &keys).await;
     for r in &reports {
         println!("  {}", r.line());
     }

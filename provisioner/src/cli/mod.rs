@@ -211,6 +211,11 @@ pub enum Command {
         /// An OpenBao replica's API URL (repeatable), e.g. a port-forward.
         #[arg(long = "endpoint")]
         endpoints: Vec<String>,
+        /// A simulated Sovereign (the `sim` backend): its world's directory
+        /// (`sim/` under the daemon's data_dir, or under shared_dir), whose
+        /// simulated OpenBao pods get the shares as real pods would.
+        #[arg(long)]
+        sim_world: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -525,11 +530,27 @@ async fn dispatch(cmd: Command, env: &dyn Fn(&str) -> Option<String>) -> anyhow:
         Command::Escrow { sovereign, out, remote } => {
             custody::escrow_out(&connect(&remote, env)?, &sovereign, &out).await
         }
-        Command::Unseal { sovereign, region, identity, escrow, kubeconfig, endpoints, remote } => {
+        Command::Unseal {
+            sovereign,
+            region,
+            identity,
+            escrow,
+            kubeconfig,
+            endpoints,
+            sim_world,
+            remote,
+        } => {
             let e = custody::load_escrow(escrow.as_deref(), || connect(&remote, env), &sovereign)
                 .await?;
-            custody::unseal(&e, &identity, region.as_deref(), kubeconfig.as_deref(), &endpoints)
-                .await
+            let bao: Box<dyn cz_adapters::openbao::BaoApi> = match sim_world {
+                // Shared: the daemon may be writing the same world.
+                Some(dir) => Box::new(cz_sim::SimBao::new(std::sync::Arc::new(
+                    cz_sim::SimWorld::shared(dir, cz_sim::SimConfig::instant()),
+                ))),
+                None => Box::new(cz_adapters::openbao::OpenBaoClient::default()),
+            };
+            let (region, kubeconfig) = (region.as_deref(), kubeconfig.as_deref());
+            custody::unseal(bao.as_ref(), &e, &identity, region, kubeconfig, &endpoints).await
         }
         Command::Check { config, cloud_token_file } => {
             check::run(&config, cloud_token_file.as_deref(), env).await
