@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cz_testkit::daemon::{Api, Daemon, TOKEN, sim_cloud_objects};
 use cz_testkit::postgres::Postgres;
-use cz_testkit::requests::request;
+use cz_testkit::requests::{Custodians, request};
 use sqlx::Connection;
 
 /// Sim latency: a job takes a few seconds, so the faults land mid-run.
@@ -63,25 +63,14 @@ fn three_replicas_on_postgres_survive_the_loss_or_pause_of_one() {
     // Three custodians whose identities this test holds: a replica lost
     // inside `secrets-handoff/init`'s unseal leaves OpenBao replicas only
     // they can unseal (the daemon never holds a share).
-    let mut custodians = Vec::new();
-    let mut recipients = Vec::new();
-    for i in 0..3 {
-        use age::secrecy::ExposeSecret as _;
-        let id = age::x25519::Identity::generate();
-        let f = dir.path().join(format!("custodian{i}.txt"));
-        std::fs::write(&f, id.to_string().expose_secret()).unwrap();
-        custodians.push(f);
-        recipients.push(id.to_public().to_string());
-    }
+    let custodians = Custodians::generate(dir.path());
 
     // 30 jobs, submitted round robin: each replica drives its own.
     let started = Instant::now();
     let mut jobs: Vec<(String, usize)> = Vec::new();
     for i in 0..30 {
         let mut body = request(&format!("rep{i}"), 1, 1);
-        for (c, r) in recipients.iter().enumerate() {
-            body["custody"]["custodians"][c]["recipient"] = serde_json::json!(r);
-        }
+        custodians.deal(&mut body);
         let (status, body) = apis[i % 3].post("/v1/sovereigns", &body).unwrap();
         assert_eq!(status, 202, "{body}");
         jobs.push((body["job_id"].as_str().unwrap().to_owned(), i % 3));
@@ -158,13 +147,16 @@ fn three_replicas_on_postgres_survive_the_loss_or_pause_of_one() {
     // after `init` committed the escrow but before it unsealed every
     // OpenBao replica from the shares in its memory leaves those replicas
     // sealed, and the job's new owner stops for the custodians.
-    let mut unsealed_by_custodians = 0;
-    for (job, submitted_to) in &jobs {
-        let mut s = apis[0].wait_status(
+    let ended = |job: &str| {
+        apis[0].wait_status(
             job,
             &["succeeded", "failed", "paused", "cancelled"],
             Duration::from_secs(600),
-        );
+        )
+    };
+    let mut unsealed_by_custodians = 0;
+    for (job, submitted_to) in &jobs {
+        let mut s = ended(job);
         let detail = apis[0].get(&format!("/v1/jobs/{job}")).unwrap();
         if s == "paused"
             && detail["pause"]["step"]
@@ -175,31 +167,13 @@ fn three_replicas_on_postgres_survive_the_loss_or_pause_of_one() {
             assert_ne!(*submitted_to, 0, "job {job} of the healthy replica needs custodians");
             unsealed_by_custodians += 1;
             let sov = detail["sovereign_id"].as_str().unwrap();
-            for id in &custodians[..2] {
-                let out = Command::new(cz_testkit::daemon::binary())
-                    .args(["unseal", sov, "--server", &reps[0].url(""), "--token", TOKEN])
-                    .arg("--identity")
-                    .arg(id)
-                    .arg("--sim-world")
-                    .arg(shared.join("sim"))
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stdout);
-                assert!(
-                    out.status.success(),
-                    "unseal: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            let world = shared.join("sim");
+            custodians.unseal(sov, &reps[0].url(""), &["--sim-world".as_ref(), world.as_ref()]);
             eprintln!("custodians unsealed {} of job {job}; retrying", detail["pause"]["step"]);
             let (code, resp) =
                 apis[0].post(&format!("/v1/jobs/{job}/retry"), &serde_json::json!({})).unwrap();
             assert_eq!(code, 200, "{resp}");
-            s = apis[0].wait_status(
-                job,
-                &["succeeded", "failed", "paused", "cancelled"],
-                Duration::from_secs(600),
-            );
+            s = ended(job);
         }
         if s != "succeeded" {
             // Everything a rare failure under load leaves to read: the

@@ -35,7 +35,7 @@ use cz_sim::wire::controllers::Pace;
 use cz_sim::wire::kube::FakeKube;
 use cz_state::{JobId, JobStatus, SecretString, SovereignId};
 use cz_testkit::bao::{Bao, BaoCluster};
-use cz_testkit::requests::sample_request;
+use cz_testkit::requests::{Custodians, sample_request};
 use cz_testkit::rig::{BaoTap, Rig, SimRigExt, Stub, rig_in, sim_backend_in, step_output};
 use serde_json::{Value, json};
 
@@ -123,23 +123,14 @@ fn backend(dir: &Path, bao: Arc<dyn BaoApi>) -> Backend {
     b
 }
 
-/// Three custodians whose identities the test holds (files for `age`).
-struct Custodians {
-    files: Vec<PathBuf>,
-}
-
+/// The sample's three custodians, dealt to identities the test holds.
 fn custodians(dir: &Path, req: &mut ProvisionRequest) -> Custodians {
-    use age::secrecy::ExposeSecret as _;
-    let mut files = Vec::new();
-    for (i, c) in req.custody.custodians.iter_mut().enumerate() {
-        let id = age::x25519::Identity::generate();
-        let f = dir.join(format!("custodian{i}.txt"));
-        std::fs::write(&f, id.to_string().expose_secret()).unwrap();
-        c.recipient = id.to_public().to_string();
-        files.push(f);
+    let people = Custodians::generate(dir);
+    for (c, r) in req.custody.custodians.iter_mut().zip(&people.recipients) {
+        c.recipient = r.clone();
     }
     req.custody.openbao_threshold = 2;
-    Custodians { files }
+    people
 }
 
 fn request(dir: &Path) -> (ProvisionRequest, Custodians) {

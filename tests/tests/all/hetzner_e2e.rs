@@ -30,7 +30,7 @@ use cz_state::SecretString;
 use cz_testkit::bao::{Bao, BaoCluster};
 use cz_testkit::daemon::{Api, Daemon, TOKEN, files_containing, tofu_binary};
 use cz_testkit::pdns::Pdns;
-use cz_testkit::requests::sample_body;
+use cz_testkit::requests::{Custodians, sample_body};
 use cz_testkit::sshd::Sshd;
 use serde_json::{Value, json};
 
@@ -71,9 +71,8 @@ struct World {
     ssh_port: u16,
     /// The stub K3s's shared state (`CZ_TEST_CLUSTER`).
     cluster: PathBuf,
-    /// The custodians' age identities (files for the `age` CLI).
-    custodians: Vec<PathBuf>,
-    recipients: Vec<String>,
+    /// The custodians whose age identities the test holds.
+    custodians: Custodians,
     stop: Arc<AtomicBool>,
 }
 
@@ -142,16 +141,7 @@ async fn world(case: Case, dir: &Path) -> World {
             Sshd::start_at(&format!("{net}.{h}"), ssh_port, &[], &env)
         })
         .collect();
-    let mut custodians = Vec::new();
-    let mut recipients = Vec::new();
-    for i in 0..3 {
-        use age::secrecy::ExposeSecret as _;
-        let id = age::x25519::Identity::generate();
-        let f = dir.join(format!("custodian{i}.txt"));
-        std::fs::write(&f, id.to_string().expose_secret()).unwrap();
-        custodians.push(f);
-        recipients.push(id.to_public().to_string());
-    }
+    let custodians = Custodians::generate(dir);
     let w = World {
         case,
         hcloud,
@@ -162,7 +152,6 @@ async fn world(case: Case, dir: &Path) -> World {
         ssh_port,
         cluster,
         custodians,
-        recipients,
         stop: Arc::new(AtomicBool::new(false)),
     };
     tokio::spawn(cloud_init_on_each_node(&w));
@@ -392,14 +381,7 @@ fn finish(
                 .as_str()
                 .is_some_and(|s| s.starts_with("secrets-handoff/unseal-"))
         {
-            for id in &w.custodians[..2] {
-                let out = std::process::Command::new(cz_testkit::daemon::binary())
-                    .args(["unseal", sov, "--server", &d.url(""), "--token", TOKEN, "--identity"])
-                    .arg(id)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "unseal: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            w.custodians.unseal(sov, &d.url(""), &[]);
             eprintln!("custodians unsealed {} after a restart; retrying", detail["pause"]["step"]);
             let (code, resp) = api.post(&format!("/v1/jobs/{job}/retry"), &json!({})).unwrap();
             assert_eq!(code, 200, "{resp}");
@@ -461,10 +443,8 @@ fn run(case: Case, fire: Option<Fire>) {
     d.start().unwrap();
     let mut api = Api::new(d.port);
 
-    let mut body = sample_body(case.sub, 3, 2, DEFAULT_TOKEN, &w.recipients[0]);
-    for (i, r) in w.recipients.iter().enumerate() {
-        body["custody"]["custodians"][i]["recipient"] = json!(r);
-    }
+    let mut body = sample_body(case.sub, 3, 2, DEFAULT_TOKEN, &w.custodians.recipients[0]);
+    w.custodians.deal(&mut body);
     let started = Instant::now();
     let (code, resp) = api.post("/v1/sovereigns", &body).unwrap();
     assert_eq!(code, 202, "{resp}");
@@ -515,7 +495,7 @@ fn run(case: Case, fire: Option<Fire>) {
     assert_eq!(shares.len(), 3, "{escrow}");
     for item in &shares {
         let owner = item["custodian"].as_u64().unwrap() as usize;
-        for (c, id) in w.custodians.iter().enumerate() {
+        for (c, id) in w.custodians.files.iter().enumerate() {
             let opened = crate::handoff_bao::age_open(id, item["age"].as_str().unwrap(), dir);
             assert_eq!(opened.is_some(), c == owner, "custodian {c} and share {item}");
         }
